@@ -1,0 +1,236 @@
+//! The whole configuration: every resource by kind and id, checked as one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{FieldError, ValidationErrors};
+use crate::key::{Key, Kind};
+use crate::route::Route;
+use crate::upstream::Upstream;
+use crate::validate;
+
+pub type Labels = BTreeMap<String, String>;
+pub type Plugins = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    pub upstream_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugins: Option<Plugins>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_websocket: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_time: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalRule {
+    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub plugins: Plugins,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_time: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    pub plugins: Plugins,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_time: Option<i64>,
+}
+
+/// One resource of any kind, parsed and validated on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    Route(Route),
+    Service(Service),
+    Upstream(Upstream),
+    GlobalRule(GlobalRule),
+    PluginConfig(PluginConfig),
+    /// Kinds the data plane does not use yet: kept as the JSON objects they are.
+    Other(Kind, serde_json::Value),
+}
+
+impl Resource {
+    /// Parses and validates one resource; error paths are relative to the resource.
+    pub fn from_json(kind: Kind, value: &serde_json::Value) -> Result<Resource, ValidationErrors> {
+        fn parse<T: serde::de::DeserializeOwned>(
+            value: &serde_json::Value,
+        ) -> Result<T, ValidationErrors> {
+            serde_path_to_error::deserialize(value).map_err(|e| {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                FieldError::new(path, e.into_inner().to_string()).into()
+            })
+        }
+        let resource = match kind {
+            Kind::Routes => Resource::Route(parse(value)?),
+            Kind::Services => Resource::Service(parse(value)?),
+            Kind::Upstreams => Resource::Upstream(parse(value)?),
+            Kind::GlobalRules => Resource::GlobalRule(parse(value)?),
+            Kind::PluginConfigs => Resource::PluginConfig(parse(value)?),
+            other if value.is_object() => Resource::Other(other, value.clone()),
+            _ => return Err(FieldError::new("", "must be an object").into()),
+        };
+        let errors = validate::resource(&resource);
+        if errors.is_empty() {
+            Ok(resource)
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let value = match self {
+            Resource::Route(r) => serde_json::to_value(r),
+            Resource::Service(s) => serde_json::to_value(s),
+            Resource::Upstream(u) => serde_json::to_value(u),
+            Resource::GlobalRule(g) => serde_json::to_value(g),
+            Resource::PluginConfig(p) => serde_json::to_value(p),
+            Resource::Other(_, v) => return v.clone(),
+        };
+        // Serializing plain data structs into a JSON value cannot fail.
+        value.expect("resource serializes to JSON")
+    }
+}
+
+/// Every resource of one configuration version, by id, after each was validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    pub routes: BTreeMap<String, Route>,
+    pub services: BTreeMap<String, Service>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub global_rules: BTreeMap<String, GlobalRule>,
+    pub plugin_configs: BTreeMap<String, PluginConfig>,
+    /// Resources of the kinds the data plane does not use yet.
+    pub others: BTreeMap<Key, serde_json::Value>,
+}
+
+impl Config {
+    /// Builds a configuration from store entries, validating each resource and then the
+    /// references between them. Error paths start with `<kind>/<id>`.
+    pub fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (&'a Key, &'a serde_json::Value)>,
+    ) -> Result<Config, ValidationErrors> {
+        let mut config = Config::default();
+        let mut errors = Vec::new();
+        for (key, value) in entries {
+            match Resource::from_json(key.kind, value) {
+                Ok(resource) => config.insert(key, resource),
+                Err(e) => errors.extend(e.0.into_iter().map(|e| e.within(&key.to_string()))),
+            }
+        }
+        errors.extend(config.check_references(|key| key.to_string()));
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+
+    pub(crate) fn insert(&mut self, key: &Key, resource: Resource) {
+        let id = key.id.clone();
+        match resource {
+            Resource::Route(r) => drop(self.routes.insert(id, r)),
+            Resource::Service(s) => drop(self.services.insert(id, s)),
+            Resource::Upstream(u) => drop(self.upstreams.insert(id, u)),
+            Resource::GlobalRule(g) => drop(self.global_rules.insert(id, g)),
+            Resource::PluginConfig(p) => drop(self.plugin_configs.insert(id, p)),
+            Resource::Other(_, v) => drop(self.others.insert(key.clone(), v)),
+        }
+    }
+
+    /// Errors for every reference to a resource that does not exist; `locate` names the
+    /// referring resource in the error path.
+    pub(crate) fn check_references(&self, locate: impl Fn(&Key) -> String) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut check = |key: Key, field: &str, target: Option<&String>, exists: &dyn Fn(&str) -> bool| {
+            if let Some(id) = target {
+                if !exists(id) {
+                    let kind = field.trim_end_matches("_id");
+                    errors.push(FieldError::new(
+                        format!("{}.{field}", locate(&key)),
+                        format!("{kind} `{id}` does not exist"),
+                    ));
+                }
+            }
+        };
+        for (id, route) in &self.routes {
+            let key = Key::new(Kind::Routes, id);
+            check(key.clone(), "service_id", route.service_id.as_ref(), &|i| self.services.contains_key(i));
+            check(key.clone(), "upstream_id", route.upstream_id.as_ref(), &|i| self.upstreams.contains_key(i));
+            check(key, "plugin_config_id", route.plugin_config_id.as_ref(), &|i| {
+                self.plugin_configs.contains_key(i)
+            });
+        }
+        for (id, service) in &self.services {
+            check(Key::new(Kind::Services, id), "upstream_id", service.upstream_id.as_ref(), &|i| {
+                self.upstreams.contains_key(i)
+            });
+        }
+        for (id, route) in &self.routes {
+            let has_upstream = route.upstream.is_some()
+                || route.upstream_id.is_some()
+                || route.service_id.as_ref().and_then(|s| self.services.get(s)).is_some_and(|s| {
+                    s.upstream.is_some() || s.upstream_id.is_some()
+                });
+            let service_missing = route.service_id.as_ref().is_some_and(|s| !self.services.contains_key(s));
+            if !has_upstream && !service_missing {
+                errors.push(FieldError::new(
+                    locate(&Key::new(Kind::Routes, id)),
+                    "has no upstream: set `upstream`, `upstream_id`, or a `service_id` whose service has one",
+                ));
+            }
+        }
+        errors
+    }
+}
+
+/// APISIX ids are strings or integers; both become strings.
+pub(crate) fn de_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Str(String),
+        Int(u64),
+    }
+    match Option::<Id>::deserialize(d) {
+        Ok(Some(Id::Str(s))) => Ok(Some(s)),
+        Ok(Some(Id::Int(n))) => Ok(Some(n.to_string())),
+        Ok(None) => Ok(None),
+        Err(_) => Err(serde::de::Error::custom("must be a string or a non-negative integer")),
+    }
+}

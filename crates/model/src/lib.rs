@@ -1,0 +1,24 @@
+//! Pylon's resources, as APISIX v3 names them: types, parsing and validation.
+//!
+//! Everything here is plain data. A resource is parsed from JSON (the store's format) or from the
+//! standalone YAML file, validated field by field, and then checked against the others (an
+//! `upstream_id` must name an upstream). Every error carries the path of the field it is about.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+pub mod expr;
+mod key;
+mod route;
+mod standalone;
+mod upstream;
+mod validate;
+
+pub use config::{Config, GlobalRule, PluginConfig, Resource, Service};
+pub use error::{FieldError, ValidationErrors};
+pub use key::{Key, Kind};
+pub use route::Route;
+pub use standalone::parse_standalone;
+pub use upstream::{
+    HashOn, KeepalivePool, Node, Nodes, PassHost, Scheme, Timeout, Upstream, UpstreamType,
+};

@@ -1,0 +1,177 @@
+//! APISIX's standalone `apisix.yaml`: every resource kind as a top-level list, `#END` optional.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::error::{FieldError, ValidationErrors};
+use crate::key::{Key, Kind};
+use crate::config::Resource;
+
+/// Parses a standalone YAML document into store entries and the configuration they make.
+///
+/// Resources without an id get their 1-based position as id, as APISIX does. Error paths are
+/// positions in the document: `routes[3].upstream.nodes[0].port`.
+pub fn parse_standalone(
+    text: &str,
+) -> Result<(BTreeMap<Key, serde_json::Value>, Config), ValidationErrors> {
+    let doc: serde_json::Value = if text.trim().is_empty() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        serde_yaml::from_str(text).map_err(|e| FieldError::new("", format!("not valid YAML: {e}")))?
+    };
+    let doc = match doc {
+        serde_json::Value::Object(map) => map,
+        serde_json::Value::Null => Default::default(),
+        _ => return Err(FieldError::new("", "must be a map of resource kinds").into()),
+    };
+
+    let mut entries = BTreeMap::new();
+    let mut locations = BTreeMap::new();
+    let mut config = Config::default();
+    let mut errors = Vec::new();
+    for (kind_name, items) in &doc {
+        let Some(kind) = Kind::parse(kind_name) else {
+            errors.push(FieldError::new(
+                kind_name.clone(),
+                format!("unknown resource kind; expected one of {}", kind_names()),
+            ));
+            continue;
+        };
+        let items = match items {
+            serde_json::Value::Array(items) => items.as_slice(),
+            serde_json::Value::Null => &[],
+            _ => {
+                errors.push(FieldError::new(kind_name.clone(), "must be a list"));
+                continue;
+            }
+        };
+        for (i, item) in items.iter().enumerate() {
+            let location = format!("{kind_name}[{i}]");
+            let id = match item.get(kind.id_field()) {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(serde_json::Value::Number(n)) if n.is_u64() => n.to_string(),
+                None => (i + 1).to_string(),
+                Some(_) => {
+                    errors.push(FieldError::new(
+                        format!("{location}.{}", kind.id_field()),
+                        "must be a non-empty string or a non-negative integer",
+                    ));
+                    continue;
+                }
+            };
+            let key = Key::new(kind, id);
+            if let Some(first) = locations.get(&key) {
+                errors.push(FieldError::new(
+                    location,
+                    format!("duplicate {} `{}` (first at {first})", kind.id_field(), key.id),
+                ));
+                continue;
+            }
+            match Resource::from_json(kind, item) {
+                Ok(resource) => config.insert(&key, resource),
+                Err(e) => errors.extend(e.0.into_iter().map(|e| e.within(&location))),
+            }
+            entries.insert(key.clone(), item.clone());
+            locations.insert(key, location);
+        }
+    }
+    errors.extend(config.check_references(|key| locations[key].clone()));
+    if errors.is_empty() {
+        Ok((entries, config))
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+fn kind_names() -> String {
+    Kind::ALL.map(Kind::as_str).join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_apisix_standalone_files_as_they_are() {
+        let (entries, config) = parse_standalone(
+            r#"
+routes:
+  -
+    uri: /hello
+    upstream:
+        nodes:
+            "127.0.0.1:1980": 1
+        type: roundrobin
+  - id: api
+    uris: ["/api/*"]
+    hosts: ["*.example.com"]
+    methods: [GET, POST]
+    upstream_id: 1
+upstreams:
+  - id: 1
+    nodes:
+      - host: 127.0.0.1
+        port: 1981
+        weight: 1
+        priority: -1
+#END
+"#,
+        )
+        .unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(config.routes["1"].uri.as_deref(), Some("/hello"));
+        assert_eq!(config.routes["api"].upstream_id.as_deref(), Some("1"));
+        assert!(config.upstreams.contains_key("1"));
+    }
+
+    #[test]
+    fn reports_every_error_with_its_document_path() {
+        let errors = parse_standalone(
+            r#"
+routes:
+  - uri: /a
+    upstream: {nodes: {"127.0.0.1:80": 1}}
+  - uri: /b
+    upstream_id: missing
+  - uri: b
+    methods: [FETCH]
+    upstream:
+      nodes:
+        - {host: 127.0.0.1, port: 70000, weight: 1}
+  - uri: /d
+    upsteam: {}
+"#,
+        )
+        .unwrap_err();
+        let got: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        assert!(got.contains(&"routes[2].uri: must start with `/`".to_owned()), "{got:?}");
+        assert!(got.iter().any(|e| e.starts_with("routes[2].methods[0]: `FETCH`")), "{got:?}");
+        assert!(
+            got.contains(&"routes[2].upstream.nodes[0].port: must be 1..65535".to_owned()),
+            "{got:?}"
+        );
+        assert!(got.iter().any(|e| e.starts_with("routes[3]") && e.contains("upsteam")), "{got:?}");
+        assert!(
+            got.contains(&"routes[1].upstream_id: upstream `missing` does not exist".to_owned()),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_duplicate_ids_and_unknown_kinds() {
+        let errors = parse_standalone(
+            "routes:\n  - {id: 1, uri: /a, upstream_id: u}\n  - {id: 1, uri: /b, upstream_id: u}\nupstreams:\n  - {id: u, nodes: {\"a:1\": 1}}\nroutez: []\n",
+        )
+        .unwrap_err();
+        let got: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        assert!(got.iter().any(|e| e.starts_with("routes[1]: duplicate id `1` (first at routes[0])")), "{got:?}");
+        assert!(got.iter().any(|e| e.starts_with("routez: unknown resource kind")), "{got:?}");
+    }
+
+    #[test]
+    fn empty_file_is_an_empty_config() {
+        let (entries, config) = parse_standalone("#END\n").unwrap();
+        assert!(entries.is_empty());
+        assert!(config.routes.is_empty());
+    }
+}

@@ -1,0 +1,381 @@
+//! Upstreams: the nodes a request is balanced over, and how it reaches them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::config::{de_opt_id, Labels};
+use crate::error::FieldError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    pub nodes: Nodes,
+    #[serde(rename = "type", default)]
+    pub balancer: UpstreamType,
+    #[serde(default)]
+    pub hash_on: HashOn,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Further attempts after the first; `None` means "one per other node".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i64>,
+    /// Seconds within which retries may still start; 0 or absent means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Timeout>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_pool: Option<KeepalivePool>,
+    #[serde(default)]
+    pub pass_host: PassHost,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_host: Option<String>,
+    #[serde(default)]
+    pub scheme: Scheme,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_time: Option<i64>,
+}
+
+/// Connect, send and read timeouts in seconds, as APISIX writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeout {
+    pub connect: f64,
+    pub send: f64,
+    pub read: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepalivePool {
+    /// Idle connections kept per node and worker.
+    #[serde(default = "KeepalivePool::default_size")]
+    pub size: i64,
+    /// Seconds an idle connection is kept.
+    #[serde(default = "KeepalivePool::default_idle_timeout")]
+    pub idle_timeout: f64,
+    /// Requests served on one connection before it is closed.
+    #[serde(default = "KeepalivePool::default_requests")]
+    pub requests: i64,
+}
+
+impl KeepalivePool {
+    fn default_size() -> i64 {
+        320
+    }
+    fn default_idle_timeout() -> f64 {
+        60.0
+    }
+    fn default_requests() -> i64 {
+        1000
+    }
+}
+
+impl Default for KeepalivePool {
+    fn default() -> Self {
+        Self {
+            size: Self::default_size(),
+            idle_timeout: Self::default_idle_timeout(),
+            requests: Self::default_requests(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamType {
+    #[default]
+    Roundrobin,
+    Chash,
+    LeastConn,
+    Ewma,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    #[default]
+    Vars,
+    Header,
+    Cookie,
+    Consumer,
+    VarsCombinations,
+}
+
+/// Which `Host` the upstream sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassHost {
+    /// The client's `Host`.
+    #[default]
+    Pass,
+    /// The chosen node's `host[:port]`.
+    Node,
+    /// `upstream_host`.
+    Rewrite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+    Grpc,
+    Grpcs,
+    Tcp,
+    Udp,
+    Tls,
+    Kafka,
+}
+
+impl Scheme {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Https | Scheme::Grpcs | Scheme::Tls => 443,
+            _ => 80,
+        }
+    }
+}
+
+/// `nodes` in either of APISIX's forms: `{"host:port": weight}` or a list of node objects.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Nodes {
+    Map(BTreeMap<String, i64>),
+    List(Vec<NodeSpec>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+    pub weight: i64,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A node after validation: the form the data plane uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Node {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    pub priority: i32,
+}
+
+impl Node {
+    /// `host:port`, with brackets around IPv6 literals: the node's stable identity.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Nodes {
+    /// The nodes in list form, or every problem found, with paths relative to `nodes`.
+    pub fn resolve(&self, scheme: Scheme) -> Result<Vec<Node>, Vec<FieldError>> {
+        let mut nodes = Vec::new();
+        let mut errors = Vec::new();
+        match self {
+            Nodes::Map(map) => {
+                for (addr, &weight) in map {
+                    let path = format!("[\"{addr}\"]");
+                    let node = split_host_port(addr)
+                        .map_err(|m| FieldError::new(path.clone(), m))
+                        .and_then(|(host, port)| {
+                            build_node(host, port, weight, 0, scheme, &path, "")
+                        });
+                    match node {
+                        Ok(n) => nodes.push(n),
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            Nodes::List(list) => {
+                for (i, spec) in list.iter().enumerate() {
+                    let path = format!("[{i}]");
+                    match build_node(
+                        &spec.host,
+                        spec.port,
+                        spec.weight,
+                        spec.priority,
+                        scheme,
+                        &path,
+                        ".",
+                    ) {
+                        Ok(n) => nodes.push(n),
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(nodes)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Nodes::Map(m) => m.is_empty(),
+            Nodes::List(l) => l.is_empty(),
+        }
+    }
+}
+
+fn build_node(
+    host: &str,
+    port: Option<i64>,
+    weight: i64,
+    priority: i64,
+    scheme: Scheme,
+    path: &str,
+    field_sep: &str,
+) -> Result<Node, FieldError> {
+    let field = |name: &str| {
+        if field_sep.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}{field_sep}{name}")
+        }
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(FieldError::new(field("host"), "must be an IP address or a host name"));
+    }
+    let port = match port {
+        None => scheme.default_port(),
+        Some(p) if (1..=65535).contains(&p) => p as u16,
+        Some(_) => return Err(FieldError::new(field("port"), "must be 1..65535")),
+    };
+    let weight = u32::try_from(weight)
+        .map_err(|_| FieldError::new(field("weight"), "must be 0..4294967295"))?;
+    let priority = i32::try_from(priority)
+        .map_err(|_| FieldError::new(field("priority"), "must fit in 32 bits"))?;
+    Ok(Node {
+        host: host.to_owned(),
+        port,
+        weight,
+        priority,
+    })
+}
+
+/// Splits `host[:port]`, `[v6][:port]`; a bare IPv6 literal has no port.
+fn split_host_port(addr: &str) -> Result<(&str, Option<i64>), String> {
+    let bad_port = || format!("port of `{addr}` must be 1..65535");
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{addr}`: unclosed `[`"))?;
+        return match after.strip_prefix(':') {
+            Some(p) => Ok((host, Some(p.parse().map_err(|_| bad_port())?))),
+            None if after.is_empty() => Ok((host, None)),
+            None => Err(format!("`{addr}` is not host:port")),
+        };
+    }
+    match addr.rsplit_once(':') {
+        Some((host, _)) if host.contains(':') => Ok((addr, None)),
+        Some((host, p)) => Ok((host, Some(p.parse().map_err(|_| bad_port())?))),
+        None => Ok((addr, None)),
+    }
+}
+
+impl<'de> Deserialize<'de> for Nodes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NodesVisitor;
+        impl<'de> Visitor<'de> for NodesVisitor {
+            type Value = Nodes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of \"host:port\" to weight, or a list of {host, port, weight}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Nodes, A::Error> {
+                let mut nodes = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, i64>()? {
+                    nodes.insert(k, v);
+                }
+                Ok(Nodes::Map(nodes))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Nodes, A::Error> {
+                let mut nodes = Vec::new();
+                while let Some(n) = seq.next_element::<NodeSpec>()? {
+                    nodes.push(n);
+                }
+                Ok(Nodes::List(nodes))
+            }
+        }
+        d.deserialize_any(NodesVisitor).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(json: &str) -> Nodes {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn map_and_list_forms_resolve_to_the_same_nodes() {
+        let map = nodes(r#"{"127.0.0.1:1980": 2, "[::1]:81": 1, "example.com": 1}"#);
+        let list = nodes(
+            r#"[{"host":"127.0.0.1","port":1980,"weight":2},
+                {"host":"::1","port":81,"weight":1},
+                {"host":"example.com","weight":1}]"#,
+        );
+        let mut a = map.resolve(Scheme::Http).unwrap();
+        let mut b = list.resolve(Scheme::Http).unwrap();
+        a.sort_by_key(Node::address);
+        b.sort_by_key(Node::address);
+        assert_eq!(a, b);
+        assert_eq!(a[0].address(), "127.0.0.1:1980");
+        assert_eq!(a[1].address(), "[::1]:81");
+        assert_eq!(a[2].address(), "example.com:80");
+    }
+
+    #[test]
+    fn bad_nodes_are_reported_with_their_paths() {
+        let errs = nodes(r#"[{"host":"a","port":0,"weight":1},{"host":"b","port":80,"weight":-1}]"#)
+            .resolve(Scheme::Http)
+            .unwrap_err();
+        assert_eq!(
+            errs,
+            vec![
+                FieldError::new("[0].port", "must be 1..65535"),
+                FieldError::new("[1].weight", "must be 0..4294967295"),
+            ]
+        );
+        let errs = nodes(r#"{"a:99999": 1}"#).resolve(Scheme::Http).unwrap_err();
+        assert_eq!(errs[0].path, "[\"a:99999\"]");
+    }
+}
