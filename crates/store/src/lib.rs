@@ -1,0 +1,111 @@
+//! Pylon's configuration store.
+//!
+//! One trait, [`ConfigStore`]: list everything at a revision, watch the changes after a
+//! revision, and write with compare-and-swap. The data plane only ever lists and watches, so a
+//! backend (the YAML file here; the embedded store and etcd next) plugs in without touching it.
+#![forbid(unsafe_code)]
+
+mod event_log;
+mod yaml;
+
+pub use event_log::EventLog;
+pub use yaml::YamlStore;
+
+use async_trait::async_trait;
+use pylon_model::Key;
+use tokio::sync::mpsc;
+
+/// A store revision: increases with every change, never reused.
+pub type Revision = u64;
+
+/// One resource as stored: its raw JSON, checked by the reader, not the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: Key,
+    pub value: serde_json::Value,
+    /// The revision that last modified this entry.
+    pub mod_revision: Revision,
+}
+
+/// Everything in the store at one revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing {
+    pub revision: Revision,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Put(Entry),
+    Delete { key: Key, revision: Revision },
+}
+
+impl Event {
+    pub fn key(&self) -> &Key {
+        match self {
+            Event::Put(entry) => &entry.key,
+            Event::Delete { key, .. } => key,
+        }
+    }
+
+    pub fn revision(&self) -> Revision {
+        match self {
+            Event::Put(entry) => entry.mod_revision,
+            Event::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// The changes of one revision, applied together: a reader never sees half of a change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub revision: Revision,
+    pub events: Vec<Event>,
+}
+
+/// What a watcher receives: changes in revision order, or the error that ended the watch.
+pub type WatchStream = mpsc::Receiver<Result<Change, StoreError>>;
+
+/// The condition a write is made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    None,
+    /// The key must not exist.
+    Absent,
+    /// The key must exist and have been last modified at this revision.
+    ModRevision(Revision),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The store no longer holds the history the watch asked for; list again.
+    #[error("revision {0} is no longer available; list again")]
+    Compacted(Revision),
+    #[error("this store is read-only: {0}")]
+    ReadOnly(&'static str),
+    #[error("precondition failed for {0}")]
+    Conflict(Key),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait ConfigStore: Send + Sync {
+    /// Every entry, at the store's current revision.
+    async fn list(&self) -> Result<Listing, StoreError>;
+
+    /// The changes after `after`, in order. The stream ends with [`StoreError::Compacted`] when
+    /// the store cannot serve from that revision; the reader then lists again.
+    async fn watch(&self, after: Revision) -> Result<WatchStream, StoreError>;
+
+    /// Creates or replaces `key` if `condition` holds; returns the new revision.
+    async fn put(
+        &self,
+        key: &Key,
+        value: serde_json::Value,
+        condition: Precondition,
+    ) -> Result<Revision, StoreError>;
+
+    /// Deletes `key` if `condition` holds; returns the new revision.
+    async fn delete(&self, key: &Key, condition: Precondition) -> Result<Revision, StoreError>;
+}
