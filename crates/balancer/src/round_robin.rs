@@ -91,7 +91,10 @@ mod tests {
         let s = spec(&[("a", 7, 0), ("b", 2, 0), ("c", 0, 0), ("d", 1, 0)]);
         let seq = sequence(&s, 1000, |_| false);
         let count = |c| seq.chars().filter(|&x| x == c).count();
-        assert_eq!([count('a'), count('b'), count('c'), count('d')], [700, 200, 0, 100]);
+        assert_eq!(
+            [count('a'), count('b'), count('c'), count('d')],
+            [700, 200, 0, 100]
+        );
     }
 
     #[test]

@@ -96,7 +96,10 @@ mod tests {
     #[test]
     fn first_falls_through_to_lower_tiers() {
         let t = Tiers::new(&[node("a", 1, 1), node("b", 1, 0)]);
-        assert_eq!(t.first(|tier, nodes| (tier == 1).then(|| nodes[0])), Some(1));
+        assert_eq!(
+            t.first(|tier, nodes| (tier == 1).then(|| nodes[0])),
+            Some(1)
+        );
         assert_eq!(t.first(|_, _| None::<usize>), None);
     }
 }
