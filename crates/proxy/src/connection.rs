@@ -1,0 +1,287 @@
+//! One client connection: read a request head, answer it, repeat while keep-alive allows.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use pylon_router::RequestView;
+use tokio::net::TcpStream;
+
+use crate::access_log::AccessRecord;
+use crate::error::GatewayError;
+use crate::forward::{self, Outcome};
+use crate::http1::{has_token, request_framing, BodyFraming, HeadError, RequestHead, ResponseHead};
+use crate::relay::{read_more, write_all, RelayError};
+use crate::snapshot::RouteTarget;
+use crate::vars::{normalize_host, RequestVars};
+use crate::worker::Worker;
+
+/// A client connection and the buffers it reuses from one request to the next.
+pub(crate) struct Downstream {
+    pub stream: TcpStream,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    /// Bytes read from the client and not yet consumed: the next head, or body bytes.
+    pub buf: BytesMut,
+    pub head: RequestHead,
+    pub response: ResponseHead,
+    /// Heads being written.
+    pub out: Vec<u8>,
+    /// The request's host, normalized.
+    pub host: String,
+}
+
+enum HeadRead {
+    Complete,
+    /// The client closed, went idle past the keep-alive timeout, or the worker is stopping.
+    Closed,
+    Failed(GatewayError),
+}
+
+pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, client: SocketAddr, local: SocketAddr) {
+    // Small writes are whole messages; delaying them only adds latency.
+    let _ = stream.set_nodelay(true);
+    let mut conn = Downstream {
+        stream,
+        client,
+        local,
+        buf: BytesMut::with_capacity(8 * 1024),
+        head: RequestHead::default(),
+        response: ResponseHead::default(),
+        out: Vec::with_capacity(1024),
+        host: String::new(),
+    };
+    let mut first = true;
+    loop {
+        match read_head(&worker, &mut conn, first).await {
+            HeadRead::Complete => {}
+            HeadRead::Closed => return,
+            HeadRead::Failed(error) => {
+                reject_unparsed(&worker, &mut conn, error).await;
+                return;
+            }
+        }
+        first = false;
+        if !handle(&worker, &mut conn).await || worker.is_stopping() {
+            return;
+        }
+    }
+}
+
+async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadRead {
+    let limits = &worker.limits;
+    let mut deadline = (!conn.buf.is_empty() || first).then(|| Instant::now() + limits.header_timeout);
+    loop {
+        match conn.head.parse(&conn.buf, &limits.head) {
+            Ok(Some(len)) => {
+                conn.buf.advance(len);
+                return HeadRead::Complete;
+            }
+            Ok(None) => {}
+            Err(HeadError::LineTooLong) => return HeadRead::Failed(GatewayError::UriTooLong),
+            Err(HeadError::HeadTooLarge | HeadError::TooManyHeaders) => {
+                return HeadRead::Failed(GatewayError::HeadersTooLarge)
+            }
+            Err(HeadError::Malformed(_) | HeadError::Version) => {
+                return HeadRead::Failed(GatewayError::BadRequest)
+            }
+        }
+        let read = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                read_more(&mut conn.stream, &mut conn.buf, left).await
+            }
+            // Idle between requests: wait for the first byte, or for the worker to stop.
+            None => {
+                let stopping = worker.stopping();
+                if worker.is_stopping() {
+                    return HeadRead::Closed;
+                }
+                tokio::select! {
+                    read = read_more(&mut conn.stream, &mut conn.buf, limits.keepalive_timeout) => read,
+                    _ = stopping => return HeadRead::Closed,
+                }
+            }
+        };
+        match read {
+            Ok(0) => return HeadRead::Closed,
+            Ok(_) => {
+                deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+            }
+            Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut && deadline.is_some() && !conn.buf.is_empty() => {
+                return HeadRead::Failed(GatewayError::RequestTimeout)
+            }
+            Err(_) => return HeadRead::Closed,
+        }
+    }
+}
+
+/// Handles one parsed request; returns whether the connection can carry another.
+async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
+    let started = Instant::now();
+    let view = worker.view();
+    let head = &conn.head;
+    let host_ok = match head.header("host") {
+        Some(raw) => normalize_host(raw, &mut conn.host),
+        None => {
+            conn.host.clear();
+            // HTTP/1.1 requires Host (RFC 9112 §3.2); HTTP/1.0 may go without.
+            head.minor_version() == 0
+        }
+    };
+    let framing = request_framing(head);
+    let vars = RequestVars {
+        head,
+        host: (!conn.host.is_empty()).then_some(conn.host.as_str()),
+        client: conn.client,
+        local: conn.local,
+    };
+    let route = view.snapshot.router.find(&vars);
+    let framing = match framing {
+        Ok(framing) if host_ok => framing,
+        // The body's length is unknown: nothing after this head can be trusted.
+        _ => {
+            let outcome = respond_error(worker, conn, GatewayError::BadRequest, false).await;
+            log(worker, conn, route, started, &outcome);
+            return false;
+        }
+    };
+    let outcome = match route {
+        Some(route) => forward::proxy(worker, &view, route, conn, framing).await,
+        None => {
+            let keep = skip_buffered_body(conn, framing) && wants_keep_alive(&conn.head);
+            respond_error(worker, conn, GatewayError::RouteNotFound, keep).await
+        }
+    };
+    log(worker, conn, route, started, &outcome);
+    outcome.keep_alive
+}
+
+/// A head the codec refused. It is still logged, with the route it would have matched if the
+/// request line could be read.
+async fn reject_unparsed(worker: &Worker, conn: &mut Downstream, error: GatewayError) {
+    let started = Instant::now();
+    let outcome = respond_error(worker, conn, error, false).await;
+    if !worker.access_log.is_enabled() {
+        return;
+    }
+    let line_end = memchr::memchr(b'\n', &conn.buf).unwrap_or(conn.buf.len());
+    let line = String::from_utf8_lossy(&conn.buf[..line_end.min(1024)]);
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let method = parts.next().unwrap_or("").to_owned();
+    let uri = parts.next().unwrap_or("").to_owned();
+    let view = worker.view();
+    let route = view.snapshot.router.find(&RequestLine {
+        method: &method,
+        path: uri.split('?').next().unwrap_or(""),
+        client: conn.client,
+    });
+    worker.access_log.record(AccessRecord {
+        time: SystemTime::now(),
+        client: conn.client,
+        method,
+        uri,
+        host: String::new(),
+        status: outcome.status,
+        bytes_sent: outcome.bytes_sent,
+        request_length: conn.buf.len() as u64,
+        route_id: route.map(|r| r.id.clone()),
+        upstream: None,
+        upstream_latency: None,
+        latency: started.elapsed(),
+        user_agent: String::new(),
+    });
+}
+
+/// What the router can see of a request whose head could not be parsed.
+struct RequestLine<'a> {
+    method: &'a str,
+    path: &'a str,
+    client: SocketAddr,
+}
+
+impl RequestView for RequestLine<'_> {
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn host(&self) -> Option<&str> {
+        None
+    }
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn remote_addr(&self) -> std::net::IpAddr {
+        self.client.ip()
+    }
+    fn var(&self, _: &str) -> Option<std::borrow::Cow<'_, str>> {
+        None
+    }
+}
+
+pub(crate) async fn respond_error(
+    worker: &Worker,
+    conn: &mut Downstream,
+    error: GatewayError,
+    keep_alive: bool,
+) -> Outcome {
+    let keep_alive = keep_alive && !worker.is_stopping();
+    conn.out.clear();
+    error.write_response(&mut conn.out, !keep_alive);
+    let sent = write_all(&mut conn.stream, &conn.out, worker.limits.send_timeout).await;
+    Outcome {
+        keep_alive: keep_alive && sent.is_ok(),
+        status: error.status(),
+        bytes_sent: conn.out.len() as u64,
+        upstream: None,
+        upstream_latency: None,
+    }
+}
+
+/// Whether the client asked to keep the connection open.
+pub(crate) fn wants_keep_alive(head: &RequestHead) -> bool {
+    let connection = head.header("connection");
+    if head.minor_version() >= 1 {
+        !connection.is_some_and(|v| has_token(v, "close"))
+    } else {
+        connection.is_some_and(|v| has_token(v, "keep-alive"))
+    }
+}
+
+/// Drops a request body that will not be forwarded, if it has fully arrived; otherwise the
+/// connection cannot be reused and false is returned.
+fn skip_buffered_body(conn: &mut Downstream, framing: BodyFraming) -> bool {
+    match framing {
+        BodyFraming::None => true,
+        BodyFraming::Length(n) if conn.buf.len() as u64 >= n => {
+            conn.buf.advance(n as usize);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn log(worker: &Worker, conn: &Downstream, route: Option<&RouteTarget>, started: Instant, outcome: &Outcome) {
+    if !worker.access_log.is_enabled() {
+        return;
+    }
+    let head = &conn.head;
+    worker.access_log.record(AccessRecord {
+        time: SystemTime::now(),
+        client: conn.client,
+        method: head.method().to_owned(),
+        uri: head.target().to_owned(),
+        host: conn.host.clone(),
+        status: outcome.status,
+        bytes_sent: outcome.bytes_sent,
+        request_length: head.raw().len() as u64,
+        route_id: route.map(|r| r.id.clone()),
+        upstream: outcome.upstream,
+        upstream_latency: outcome.upstream_latency,
+        latency: started.elapsed(),
+        user_agent: head
+            .header("user-agent")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default(),
+    });
+}

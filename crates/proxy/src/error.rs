@@ -1,0 +1,71 @@
+//! Responses the gateway makes itself, in one place: status, reason and JSON body.
+
+use std::io::Write;
+
+/// Why the gateway answers instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    BadRequest,
+    RouteNotFound,
+    RequestTimeout,
+    UriTooLong,
+    HeadersTooLarge,
+    BadGateway,
+    NoUpstreamNode,
+    GatewayTimeout,
+}
+
+impl GatewayError {
+    pub fn status(self) -> u16 {
+        self.parts().0
+    }
+
+    fn parts(self) -> (u16, &'static str, &'static str) {
+        match self {
+            GatewayError::BadRequest => (400, "Bad Request", "400 Bad Request"),
+            GatewayError::RouteNotFound => (404, "Not Found", "404 Route Not Found"),
+            GatewayError::RequestTimeout => (408, "Request Timeout", "408 Request Timeout"),
+            GatewayError::UriTooLong => (414, "URI Too Long", "414 Request-URI Too Large"),
+            GatewayError::HeadersTooLarge => (
+                431,
+                "Request Header Fields Too Large",
+                "431 Request Header Fields Too Large",
+            ),
+            GatewayError::BadGateway => (502, "Bad Gateway", "502 Bad Gateway"),
+            GatewayError::NoUpstreamNode => (503, "Service Unavailable", "503 No Upstream Node Available"),
+            GatewayError::GatewayTimeout => (504, "Gateway Timeout", "504 Gateway Timeout"),
+        }
+    }
+
+    /// Writes the whole response into `out`; returns the body length.
+    pub fn write_response(self, out: &mut Vec<u8>, close: bool) -> u64 {
+        let (status, reason, message) = self.parts();
+        let body_len = message.len() + r#"{"error_msg":""}"#.len() + 1;
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            out,
+            "HTTP/1.1 {status} {reason}\r\nServer: Pylon\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\n{}\r\n{{\"error_msg\":\"{message}\"}}\n",
+            if close { "Connection: close\r\n" } else { "" },
+        );
+        body_len as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_json_with_exact_lengths() {
+        let mut out = Vec::new();
+        let len = GatewayError::RouteNotFound.write_response(&mut out, true);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(head.contains("Content-Type: application/json"));
+        assert!(head.ends_with("Connection: close"));
+        assert_eq!(body, "{\"error_msg\":\"404 Route Not Found\"}\n");
+        assert_eq!(len as usize, body.len());
+        assert!(head.contains(&format!("Content-Length: {len}")));
+    }
+}

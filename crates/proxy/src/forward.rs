@@ -1,0 +1,490 @@
+//! Proxying one request: pick a node, send the request, relay the response; retry on another
+//! node while that is still safe.
+//!
+//! A request is replayed only while nothing about it is lost: its body must still be in our
+//! buffer (never partly streamed), and once the upstream may have acted on it (it was sent and
+//! then timed out or the connection dropped) only idempotent methods go again. Once the first
+//! response byte has gone to the client there is no way back: a failure then aborts the client
+//! connection rather than pass off a truncated response as complete.
+
+use std::cell::Cell;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Buf;
+use tokio::io::AsyncRead;
+use tokio::net::TcpStream;
+
+use crate::connection::{respond_error, wants_keep_alive, Downstream};
+use crate::error::GatewayError;
+use crate::http1::{has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead};
+use crate::pool::UpstreamConn;
+use crate::relay::{read_more, write_all, Relay, RelayError};
+use crate::snapshot::{HashPart, NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
+use crate::vars::RequestVars;
+use crate::worker::Worker;
+use pylon_model::PassHost;
+use pylon_router::RequestView;
+
+/// How a request ended, for the connection loop and the access log.
+pub(crate) struct Outcome {
+    pub keep_alive: bool,
+    pub status: u16,
+    pub bytes_sent: u64,
+    pub upstream: Option<SocketAddr>,
+    pub upstream_latency: Option<Duration>,
+}
+
+/// Why one attempt failed before anything reached the client.
+struct Failure {
+    error: GatewayError,
+    /// The request may go to another node (or a fresh connection to the same one).
+    replayable: bool,
+    /// A reused idle connection failed before the upstream could have seen the request:
+    /// try again on a new connection without counting an attempt.
+    stale: bool,
+}
+
+/// An attempt that got as far as the client: either a complete exchange or an aborted one.
+struct Delivered {
+    client_reusable: bool,
+    status: u16,
+    bytes_sent: u64,
+}
+
+pub(crate) async fn proxy(
+    worker: &Worker,
+    view: &WorkerView,
+    route: &RouteTarget,
+    conn: &mut Downstream,
+    framing: BodyFraming,
+) -> Outcome {
+    let upstream = &view.snapshot.upstreams[route.upstream];
+    let balancer = &view.balancers[route.upstream];
+    let hash_key = upstream.hash_key.as_ref().map(|key| {
+        let vars = RequestVars {
+            head: &conn.head,
+            host: (!conn.host.is_empty()).then_some(conn.host.as_str()),
+            client: conn.client,
+            local: conn.local,
+        };
+        let mut out = String::new();
+        for part in &key.0 {
+            match part {
+                HashPart::Literal(s) => out.push_str(s),
+                HashPart::Var(name) => out.push_str(vars.var(name).as_deref().unwrap_or("")),
+            }
+        }
+        out
+    });
+    let body_buffered = match framing {
+        BodyFraming::None => true,
+        BodyFraming::Length(n) => conn.buf.len() as u64 >= n,
+        BodyFraming::Chunked | BodyFraming::UntilClose => false,
+    };
+    let idempotent = matches!(conn.head.method(), "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE");
+    let started = Instant::now();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = GatewayError::BadGateway;
+    loop {
+        let pick = {
+            let mut state = balancer.borrow_mut();
+            let key = hash_key.as_deref().map(str::as_bytes);
+            state
+                .pick(&upstream.balancer, key, |i| tried.contains(&i))
+                // Every node was tried: retries may go round again rather than give up early.
+                .or_else(|| state.pick(&upstream.balancer, key, |_| false))
+        };
+        let Some(index) = pick else {
+            let error = if tried.is_empty() { GatewayError::NoUpstreamNode } else { last_error };
+            return respond_error(worker, conn, error, false).await;
+        };
+        let node = &upstream.nodes[index];
+        let attempt_started = Instant::now();
+        balancer.borrow_mut().on_request_start(index);
+        let mut result = attempt(worker, conn, upstream, node, route.timeouts, framing).await;
+        if let Err(Failure { stale: true, replayable: true, .. }) = result {
+            result = attempt_fresh(worker, conn, upstream, node, route.timeouts, framing).await;
+        }
+        let latency = attempt_started.elapsed();
+        balancer.borrow_mut().on_request_end(index, latency, result.is_err());
+        match result {
+            Ok(delivered) => {
+                return Outcome {
+                    keep_alive: delivered.client_reusable,
+                    status: delivered.status,
+                    bytes_sent: delivered.bytes_sent,
+                    upstream: node.addr,
+                    upstream_latency: Some(latency),
+                }
+            }
+            Err(failure) => {
+                tracing::warn!(
+                    upstream = %upstream.key,
+                    node = ?node.addr,
+                    status = failure.error.status(),
+                    "upstream attempt failed"
+                );
+                tried.push(index);
+                last_error = failure.error;
+                let in_time = upstream.retry_timeout.is_none_or(|t| started.elapsed() < t);
+                let replayable = failure.replayable && body_buffered;
+                let safe = replayable && (idempotent || failure.error == GatewayError::BadGateway && !failure.stale);
+                if tried.len() > upstream.retries || !in_time || !safe {
+                    let mut outcome = respond_error(worker, conn, failure.error, false).await;
+                    outcome.upstream = node.addr;
+                    outcome.upstream_latency = Some(latency);
+                    return outcome;
+                }
+            }
+        }
+    }
+}
+
+/// One attempt on one node: an idle pooled connection if there is one, else a new one.
+async fn attempt(
+    worker: &Worker,
+    conn: &mut Downstream,
+    upstream: &UpstreamTarget,
+    node: &NodeTarget,
+    timeouts: Timeouts,
+    framing: BodyFraming,
+) -> Result<Delivered, Failure> {
+    let addr = node.addr.ok_or(Failure::before_sending(GatewayError::BadGateway))?;
+    let pooled = worker.pool.borrow_mut().checkout(addr, Instant::now());
+    match pooled {
+        Some(up) => exchange(worker, conn, upstream, node, addr, up, true, timeouts, framing).await,
+        None => attempt_fresh(worker, conn, upstream, node, timeouts, framing).await,
+    }
+}
+
+async fn attempt_fresh(
+    worker: &Worker,
+    conn: &mut Downstream,
+    upstream: &UpstreamTarget,
+    node: &NodeTarget,
+    timeouts: Timeouts,
+    framing: BodyFraming,
+) -> Result<Delivered, Failure> {
+    let addr = node.addr.ok_or(Failure::before_sending(GatewayError::BadGateway))?;
+    let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => return Err(Failure::before_sending(GatewayError::BadGateway)),
+        Err(_) => return Err(Failure::before_sending(GatewayError::GatewayTimeout)),
+    };
+    let _ = stream.set_nodelay(true);
+    let up = UpstreamConn {
+        stream,
+        buf: bytes::BytesMut::with_capacity(16 * 1024),
+        requests: 0,
+    };
+    exchange(worker, conn, upstream, node, addr, up, false, timeouts, framing).await
+}
+
+impl Failure {
+    /// Nothing was sent: any request may go elsewhere.
+    fn before_sending(error: GatewayError) -> Self {
+        Failure { error, replayable: true, stale: false }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    worker: &Worker,
+    conn: &mut Downstream,
+    upstream: &UpstreamTarget,
+    node: &NodeTarget,
+    addr: SocketAddr,
+    mut up: UpstreamConn,
+    reused: bool,
+    timeouts: Timeouts,
+    framing: BodyFraming,
+) -> Result<Delivered, Failure> {
+    up.requests += 1;
+    up.buf.clear();
+    conn.out.clear();
+    write_request_head(&mut conn.out, &conn.head, conn.client, conn.local, upstream, node, framing);
+    // A body that has fully arrived goes out with the head and stays buffered until the
+    // exchange succeeds, so a retry can send it again.
+    let inline_body = match framing {
+        BodyFraming::Length(n) if conn.buf.len() as u64 >= n => n as usize,
+        _ => 0,
+    };
+    conn.out.extend_from_slice(&conn.buf[..inline_body]);
+    let streamed_body = match framing {
+        BodyFraming::Length(n) => n as usize > inline_body,
+        BodyFraming::Chunked => true,
+        BodyFraming::None | BodyFraming::UntilClose => false,
+    };
+    if write_all(&mut up.stream, &conn.out, timeouts.send).await.is_err() {
+        // Whatever the upstream got, it was not a whole request it could act on.
+        return Err(Failure { error: GatewayError::BadGateway, replayable: true, stale: reused });
+    }
+    conn.buf.advance(inline_body);
+
+    let client_http10 = conn.head.minor_version() == 0;
+    let method_is_head = conn.head.method() == "HEAD";
+    let client_keep_alive = wants_keep_alive(&conn.head) && !worker.is_stopping();
+    let upload_done = Cell::new(!streamed_body);
+    let Downstream { stream, buf, response, out, .. } = conn;
+    let (mut client_read, mut client_write) = stream.split();
+    let (mut up_read, mut up_write) = up.stream.split();
+    let responder = Responder {
+        response,
+        out,
+        timeouts,
+        client_send_timeout: worker.limits.send_timeout,
+        max_head: worker.limits.max_response_head,
+        client_http10,
+        method_is_head,
+        client_keep_alive,
+        upload_done: &upload_done,
+        reused,
+    };
+    let download = responder.run(&mut up_read, &mut up.buf, &mut client_write);
+
+    let result = if streamed_body {
+        let upload_relay = Relay {
+            framing,
+            decode_chunked: false,
+            read_timeout: worker.limits.body_timeout,
+            write_timeout: timeouts.send,
+        };
+        let mut no_prefix = Vec::new();
+        let upload = upload_relay.run(&mut client_read, buf, &mut up_write, &mut no_prefix);
+        tokio::pin!(upload, download);
+        let mut upload_failed = false;
+        loop {
+            tokio::select! {
+                sent = &mut upload, if !upload_done.get() && !upload_failed => match sent {
+                    Ok(_) => upload_done.set(true),
+                    // The client went away or stalled: there is no one to answer.
+                    Err(RelayError::Source(_) | RelayError::Framing(_)) => {
+                        return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0 });
+                    }
+                    // The upstream stopped reading; it may still have answered (413, say).
+                    Err(RelayError::Destination(_)) => upload_failed = true,
+                },
+                received = &mut download => break received.map_err(|mut f| {
+                    // The body was partly streamed: it cannot be sent again.
+                    f.replayable = false;
+                    f
+                }),
+            }
+        }
+    } else {
+        download.await
+    };
+    let delivered = result?;
+    let upstream_reusable = delivered.upstream_reusable && upload_done.get() && up.buf.is_empty();
+    if upstream_reusable {
+        worker.pool.borrow_mut().checkin(addr, up, &upstream.pool, Instant::now());
+    }
+    Ok(Delivered {
+        client_reusable: delivered.client_reusable && upload_done.get(),
+        status: delivered.status,
+        bytes_sent: delivered.bytes_sent,
+    })
+}
+
+/// The request head as the upstream gets it: hop-by-hop headers dropped, `Host` per
+/// `pass_host`, and the `X-Forwarded-*` / `X-Real-IP` headers set.
+fn write_request_head(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    client: SocketAddr,
+    local: SocketAddr,
+    upstream: &UpstreamTarget,
+    node: &NodeTarget,
+    framing: BodyFraming,
+) {
+    let client_ip = client.ip();
+    let connection = head.header("connection");
+    out.extend_from_slice(head.method().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    let client_host = head.header("host");
+    match (upstream.pass_host, client_host) {
+        (PassHost::Pass, Some(host)) => out.extend_from_slice(host),
+        (PassHost::Rewrite, _) => out.extend_from_slice(upstream.upstream_host.as_deref().unwrap_or("").as_bytes()),
+        _ => out.extend_from_slice(node.host_header.as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut forwarded_for: Option<&[u8]> = None;
+    for (name, value) in head.headers() {
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forwarded_for = Some(value);
+            continue;
+        }
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("host")
+            || is_forwarding_header(name)
+            || connection.is_some_and(|c| has_token(c, name))
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), value);
+    }
+    if framing == BodyFraming::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(previous) = forwarded_for {
+        out.extend_from_slice(previous);
+        out.extend_from_slice(b", ");
+    }
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: http\r\n");
+    if let Some(host) = client_host {
+        push_header(out, b"X-Forwarded-Host", host);
+    }
+    let _ = write!(out, "X-Forwarded-Port: {}\r\n\r\n", local.port());
+}
+
+fn is_forwarding_header(name: &str) -> bool {
+    ["x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response side of an exchange: reads the upstream's head, forwards interim (1xx)
+/// responses, then the final head and body.
+struct Responder<'a> {
+    response: &'a mut ResponseHead,
+    out: &'a mut Vec<u8>,
+    timeouts: Timeouts,
+    client_send_timeout: Duration,
+    max_head: usize,
+    client_http10: bool,
+    method_is_head: bool,
+    client_keep_alive: bool,
+    upload_done: &'a Cell<bool>,
+    reused: bool,
+}
+
+struct Received {
+    client_reusable: bool,
+    upstream_reusable: bool,
+    status: u16,
+    bytes_sent: u64,
+}
+
+impl Received {
+    fn aborted(status: u16) -> Self {
+        Received { client_reusable: false, upstream_reusable: false, status, bytes_sent: 0 }
+    }
+}
+
+impl Responder<'_> {
+    async fn run<R, W>(self, up: &mut R, up_buf: &mut bytes::BytesMut, client: &mut W) -> Result<Received, Failure>
+    where
+        R: AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let mut interim_sent = 0u64;
+        let head_len = loop {
+            match self.response.parse(up_buf, self.max_head) {
+                Ok(Some(len)) => {
+                    let status = self.response.status();
+                    if (100..200).contains(&status) && status != 101 {
+                        // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1
+                        // clients as they are.
+                        if !self.client_http10 {
+                            if write_all(client, &up_buf[..len], self.client_send_timeout).await.is_err() {
+                                return Ok(Received::aborted(0));
+                            }
+                            interim_sent += len as u64;
+                        }
+                        up_buf.advance(len);
+                        continue;
+                    }
+                    break len;
+                }
+                Ok(None) => {}
+                Err(_) => return Err(Failure { error: GatewayError::BadGateway, replayable: false, stale: false }),
+            }
+            match read_more(up, up_buf, self.timeouts.read).await {
+                Ok(n) if n > 0 => continue,
+                result => {
+                    let nothing_received = up_buf.is_empty() && interim_sent == 0;
+                    let timed_out = matches!(&result, Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut);
+                    return Err(Failure {
+                        error: if timed_out { GatewayError::GatewayTimeout } else { GatewayError::BadGateway },
+                        replayable: nothing_received,
+                        stale: self.reused && nothing_received && !timed_out,
+                    });
+                }
+            }
+        };
+        let status = self.response.status();
+        let method = if self.method_is_head { "HEAD" } else { "GET" };
+        let Ok(framing) = response_framing(self.response, method) else {
+            return Err(Failure { error: GatewayError::BadGateway, replayable: false, stale: false });
+        };
+        if status == 101 {
+            return Err(Failure { error: GatewayError::BadGateway, replayable: false, stale: false });
+        }
+        up_buf.advance(head_len);
+
+        let decode_chunked = framing == BodyFraming::Chunked && self.client_http10;
+        let upstream_connection = self.response.header("connection");
+        let upstream_reusable = self.response.minor_version() >= 1
+            && !upstream_connection.is_some_and(|c| has_token(c, "close"))
+            && framing != BodyFraming::UntilClose;
+        let client_reusable = self.client_keep_alive
+            && self.upload_done.get()
+            && framing != BodyFraming::UntilClose
+            && !decode_chunked;
+
+        let out = self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.response.reason().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in self.response.headers() {
+            if is_hop_by_hop(name) || upstream_connection.is_some_and(|c| has_token(c, name)) {
+                continue;
+            }
+            push_header(out, name.as_bytes(), value);
+        }
+        if framing == BodyFraming::Chunked && !decode_chunked {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        if !client_reusable {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.client_http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+
+        let relay = Relay {
+            framing,
+            decode_chunked,
+            read_timeout: self.timeouts.read,
+            write_timeout: self.client_send_timeout,
+        };
+        match relay.run(up, up_buf, client, out).await {
+            Ok(sent) => Ok(Received {
+                client_reusable,
+                upstream_reusable,
+                status,
+                bytes_sent: interim_sent + sent,
+            }),
+            // The response is cut short: the client must see its connection end, never a
+            // shorter body passed off as whole.
+            Err(_) => Ok(Received::aborted(status)),
+        }
+    }
+}
+

@@ -1,0 +1,276 @@
+//! Request and response heads: the raw bytes of the head and where each part of it is.
+
+use std::ops::Range;
+
+/// Size limits for a request head; breaking one is the client's error (414 / 431).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_request_line: usize,
+    pub max_head: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("request line too long")]
+    LineTooLong,
+    #[error("header section too large")]
+    HeadTooLarge,
+    #[error("too many headers")]
+    TooManyHeaders,
+    #[error("malformed head: {0}")]
+    Malformed(&'static str),
+    #[error("unsupported HTTP version")]
+    Version,
+}
+
+/// Where one header is within the head.
+#[derive(Debug, Clone)]
+struct HeaderAt {
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+/// The header block shared by request and response heads.
+#[derive(Debug, Default)]
+struct Block {
+    raw: Vec<u8>,
+    headers: Vec<HeaderAt>,
+}
+
+impl Block {
+    fn fill(&mut self, buf: &[u8], len: usize, headers: &[httparse::Header<'_>]) {
+        self.raw.clear();
+        self.raw.extend_from_slice(&buf[..len]);
+        self.headers.clear();
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        self.headers.extend(headers.iter().map(|h| HeaderAt {
+            name: at(h.name.as_bytes()),
+            value: at(h.value),
+        }));
+    }
+
+    fn str_at(&self, r: &Range<usize>) -> &str {
+        // httparse admits only tokens (ASCII) in method, target, header names and reason; the
+        // check cannot fail on bytes it accepted.
+        std::str::from_utf8(&self.raw[r.clone()]).unwrap_or("")
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers
+            .iter()
+            .map(|h| (self.str_at(&h.name), &self.raw[h.value.clone()]))
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
+/// A parsed request head. Reused across the requests of a connection.
+#[derive(Debug, Default)]
+pub struct RequestHead {
+    block: Block,
+    method: Range<usize>,
+    target: Range<usize>,
+    minor_version: u8,
+}
+
+impl RequestHead {
+    /// Parses the head at the start of `buf`. `Ok(None)`: more bytes are needed.
+    /// On success returns the head's length; the body, if any, follows it in `buf`.
+    pub fn parse(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<Option<usize>, HeadError> {
+        let mut storage = [httparse::EMPTY_HEADER; 128];
+        let storage = &mut storage[..limits.max_headers.min(128)];
+        let mut req = httparse::Request::new(storage);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                if len > limits.max_head {
+                    return Err(HeadError::HeadTooLarge);
+                }
+                let line_end = memchr::memchr(b'\n', buf).unwrap_or(len);
+                if line_end > limits.max_request_line {
+                    return Err(HeadError::LineTooLong);
+                }
+                let version = req.version.ok_or(HeadError::Malformed("no version"))?;
+                let base = buf.as_ptr() as usize;
+                let at = |s: &str| {
+                    let start = s.as_ptr() as usize - base;
+                    start..start + s.len()
+                };
+                self.method = at(req.method.ok_or(HeadError::Malformed("no method"))?);
+                self.target = at(req.path.ok_or(HeadError::Malformed("no target"))?);
+                self.minor_version = version;
+                self.block.fill(buf, len, req.headers);
+                Ok(Some(len))
+            }
+            Ok(httparse::Status::Partial) => {
+                match memchr::memchr(b'\n', buf) {
+                    None if buf.len() > limits.max_request_line => Err(HeadError::LineTooLong),
+                    Some(end) if end > limits.max_request_line => Err(HeadError::LineTooLong),
+                    _ if buf.len() > limits.max_head => Err(HeadError::HeadTooLarge),
+                    _ => Ok(None),
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
+            Err(httparse::Error::Version) => Err(HeadError::Version),
+            Err(httparse::Error::Token) => Err(HeadError::Malformed("invalid character in method or header name")),
+            Err(httparse::Error::HeaderName) => Err(HeadError::Malformed("invalid header name")),
+            Err(httparse::Error::HeaderValue) => Err(HeadError::Malformed("invalid header value")),
+            Err(_) => Err(HeadError::Malformed("invalid request line")),
+        }
+    }
+
+    pub fn method(&self) -> &str {
+        self.block.str_at(&self.method)
+    }
+
+    /// The request target exactly as received.
+    pub fn target(&self) -> &str {
+        self.block.str_at(&self.target)
+    }
+
+    /// The target's path: everything before `?`.
+    pub fn path(&self) -> &str {
+        let target = self.target();
+        target.split_once('?').map_or(target, |(p, _)| p)
+    }
+
+    /// The query string after `?`, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.target().split_once('?').map(|(_, q)| q)
+    }
+
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub fn minor_version(&self) -> u8 {
+        self.minor_version
+    }
+
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.block.headers()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.block.header(name)
+    }
+
+    /// The raw head, request line included.
+    pub fn raw(&self) -> &[u8] {
+        &self.block.raw
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug, Default)]
+pub struct ResponseHead {
+    block: Block,
+    status: u16,
+    reason: Range<usize>,
+    minor_version: u8,
+}
+
+impl ResponseHead {
+    /// Parses the head at the start of `buf`. `Ok(None)`: more bytes are needed.
+    pub fn parse(&mut self, buf: &[u8], max_head: usize) -> Result<Option<usize>, HeadError> {
+        let mut storage = [httparse::EMPTY_HEADER; 128];
+        let mut res = httparse::Response::new(&mut storage);
+        match res.parse(buf) {
+            Ok(httparse::Status::Complete(len)) if len <= max_head => {
+                let base = buf.as_ptr() as usize;
+                let reason = res.reason.unwrap_or("");
+                let start = reason.as_ptr() as usize - base;
+                self.reason = if reason.is_empty() { 0..0 } else { start..start + reason.len() };
+                self.status = res.code.ok_or(HeadError::Malformed("no status"))?;
+                self.minor_version = res.version.ok_or(HeadError::Malformed("no version"))?;
+                self.block.fill(buf, len, res.headers);
+                Ok(Some(len))
+            }
+            Ok(httparse::Status::Partial) if buf.len() <= max_head => Ok(None),
+            Ok(_) => Err(HeadError::HeadTooLarge),
+            Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
+            Err(_) => Err(HeadError::Malformed("invalid response head")),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    pub fn reason(&self) -> &str {
+        self.block.str_at(&self.reason)
+    }
+
+    pub fn minor_version(&self) -> u8 {
+        self.minor_version
+    }
+
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.block.headers()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.block.header(name)
+    }
+
+    pub fn raw(&self) -> &[u8] {
+        &self.block.raw
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_request_line: 64,
+        max_head: 256,
+        max_headers: 4,
+    };
+
+    #[test]
+    fn parses_a_request_head_in_pieces() {
+        let mut head = RequestHead::default();
+        let wire = b"GET /a/b?x=1&y HTTP/1.1\r\nHost: Example.com\r\nX-A: 1\r\n\r\nBODY";
+        assert_eq!(head.parse(&wire[..20], &LIMITS), Ok(None));
+        assert_eq!(head.parse(wire, &LIMITS), Ok(Some(wire.len() - 4)));
+        assert_eq!(head.method(), "GET");
+        assert_eq!(head.target(), "/a/b?x=1&y");
+        assert_eq!(head.path(), "/a/b");
+        assert_eq!(head.query(), Some("x=1&y"));
+        assert_eq!(head.minor_version(), 1);
+        assert_eq!(head.header("host"), Some(&b"Example.com"[..]));
+        assert_eq!(head.headers().count(), 2);
+    }
+
+    #[test]
+    fn enforces_limits_before_the_head_is_complete() {
+        let mut head = RequestHead::default();
+        let long_line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(80));
+        assert_eq!(head.parse(long_line.as_bytes(), &LIMITS), Err(HeadError::LineTooLong));
+        assert_eq!(head.parse(&[b'a'; 65], &LIMITS), Err(HeadError::LineTooLong));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "v".repeat(300));
+        assert_eq!(head.parse(big.as_bytes(), &LIMITS), Err(HeadError::HeadTooLarge));
+        let many = "GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n";
+        assert_eq!(head.parse(many.as_bytes(), &LIMITS), Err(HeadError::TooManyHeaders));
+        assert!(matches!(head.parse(b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n", &LIMITS), Err(HeadError::Malformed(_))));
+        assert_eq!(head.parse(b"GET / HTTP/2.0\r\n\r\n", &LIMITS), Err(HeadError::Version));
+    }
+
+    #[test]
+    fn parses_a_response_head() {
+        let mut head = ResponseHead::default();
+        let wire = b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(head.parse(wire, 1024), Ok(Some(wire.len() - 3)));
+        assert_eq!(head.status(), 404);
+        assert_eq!(head.reason(), "Not Found");
+        assert_eq!(head.header("content-length"), Some(&b"3"[..]));
+        assert!(head.parse(b"garbage\r\n\r\n", 1024).is_err());
+        assert_eq!(head.parse(b"HTTP/1.1 200 OK\r\n", 8), Err(HeadError::HeadTooLarge));
+    }
+}

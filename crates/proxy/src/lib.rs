@@ -1,0 +1,30 @@
+//! Pylon's data plane.
+//!
+//! The performance idea is nginx's: one worker thread per core, each with its own listener
+//! socket (`SO_REUSEPORT`), its own upstream connection pools and its own balancer state, so a
+//! request never takes a lock or wakes another thread. Heads are parsed in place into buffers
+//! that live as long as the connection, and bodies stream through in both directions as they
+//! arrive. The configuration is one immutable [`Snapshot`] per version, compiled on the control
+//! side and swapped in atomically; a worker notices a new one with a pointer comparison.
+//! `BENCHMARKS.md` has the figures against nginx on the same machine.
+#![forbid(unsafe_code)]
+
+mod access_log;
+mod connection;
+mod error;
+mod forward;
+pub mod http1;
+mod pool;
+mod publish;
+mod relay;
+mod server;
+mod settings;
+mod snapshot;
+mod vars;
+mod worker;
+
+pub use access_log::AccessLog;
+pub use publish::{PublishError, Publisher};
+pub use server::Gateway;
+pub use settings::{AccessLogSettings, ProxySettings, UpstreamDefaults};
+pub use snapshot::{Snapshot, SnapshotCell};

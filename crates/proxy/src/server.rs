@@ -1,0 +1,93 @@
+//! Starting and stopping the data plane: listener sockets, worker threads, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use crate::access_log::AccessLog;
+use crate::settings::ProxySettings;
+use crate::snapshot::SnapshotCell;
+use crate::worker::{self, Limits};
+
+const BACKLOG: i32 = 4096;
+
+/// The running data plane.
+pub struct Gateway {
+    addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds every listen address once per worker (`SO_REUSEPORT`: the kernel spreads
+    /// connections over the workers) and starts the workers.
+    pub fn start(
+        settings: &ProxySettings,
+        snapshots: SnapshotCell,
+        access_log: AccessLog,
+    ) -> std::io::Result<Gateway> {
+        let workers = settings.worker_count();
+        let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for &requested in &settings.listen {
+            // Port 0 is resolved by the first bind; the other workers join that port.
+            let mut addr = requested;
+            for listeners in per_worker.iter_mut() {
+                let listener = bind(addr)?;
+                addr = listener.local_addr()?;
+                listeners.push(listener);
+            }
+            addrs.push(addr);
+        }
+        let limits = Arc::new(Limits::new(settings));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut handles = Vec::new();
+        for (i, listeners) in per_worker.into_iter().enumerate() {
+            let (snapshots, limits, access_log, shutdown_rx) =
+                (snapshots.clone(), limits.clone(), access_log.clone(), shutdown_rx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("pylon-worker-{i}"))
+                .spawn(move || {
+                    if let Err(e) = worker::run(listeners, snapshots, limits, access_log, shutdown_rx) {
+                        tracing::error!(worker = i, "worker failed: {e}");
+                    }
+                })?;
+            handles.push(handle);
+        }
+        Ok(Gateway {
+            addrs,
+            shutdown,
+            workers: handles,
+        })
+    }
+
+    /// The addresses actually listened on (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, closes idle
+    /// connections, and returns when every worker has stopped.
+    pub fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}

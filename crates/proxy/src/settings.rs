@@ -1,0 +1,171 @@
+//! The data plane's settings: the `proxy` and `access_log` sections of the node's config file.
+//! Durations are in seconds, as in APISIX's config.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::http1::HeadLimits;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// Addresses the HTTP proxy listens on. Port 0 picks a free port (shared by all workers).
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads, each with its own listener socket and upstream pools; 0 = one per core.
+    pub workers: usize,
+    /// Connections a worker holds at once; beyond that, new ones are closed at accept.
+    pub max_connections_per_worker: usize,
+    /// Seconds a client has to send a complete request head.
+    pub client_header_timeout: f64,
+    /// Seconds between two reads of a request body.
+    pub client_body_timeout: f64,
+    /// Seconds a write to the client may take.
+    pub client_send_timeout: f64,
+    /// Seconds an idle keep-alive connection is kept open.
+    pub keepalive_timeout: f64,
+    /// Longest request line, in bytes (longer: 414).
+    pub max_request_line: usize,
+    /// Largest request head, request line and headers together (larger: 431).
+    pub max_header_size: usize,
+    /// Most headers in a request (more: 431).
+    pub max_headers: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: f64,
+    /// Used where an upstream or route sets no value of its own.
+    pub upstream: UpstreamDefaults,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamDefaults {
+    pub connect_timeout: f64,
+    pub send_timeout: f64,
+    pub read_timeout: f64,
+    /// Idle connections kept per node and worker.
+    pub keepalive_size: usize,
+    pub keepalive_idle_timeout: f64,
+    /// Requests served on one upstream connection before it is closed.
+    pub keepalive_requests: u64,
+    /// Largest response head accepted from an upstream (larger: 502).
+    pub max_response_header_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogSettings {
+    pub enabled: bool,
+    /// `stdout`, or a file path (appended to).
+    pub path: String,
+    /// Lines buffered between the workers and the log writer; beyond it lines are dropped and
+    /// counted rather than slowing requests down.
+    pub buffer: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 9080))],
+            workers: 0,
+            max_connections_per_worker: 8192,
+            client_header_timeout: 30.0,
+            client_body_timeout: 60.0,
+            client_send_timeout: 60.0,
+            keepalive_timeout: 60.0,
+            max_request_line: 8 * 1024,
+            max_header_size: 32 * 1024,
+            max_headers: 100,
+            shutdown_grace: 10.0,
+            upstream: UpstreamDefaults::default(),
+        }
+    }
+}
+
+impl Default for UpstreamDefaults {
+    fn default() -> Self {
+        Self {
+            connect_timeout: 60.0,
+            send_timeout: 60.0,
+            read_timeout: 60.0,
+            keepalive_size: 320,
+            keepalive_idle_timeout: 60.0,
+            keepalive_requests: 1000,
+            max_response_header_size: 64 * 1024,
+        }
+    }
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "stdout".to_owned(),
+            buffer: 65536,
+        }
+    }
+}
+
+impl ProxySettings {
+    /// Every problem with these settings, with the field's path under `proxy`.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.listen.is_empty() {
+            errors.push("proxy.listen: needs at least one address".to_owned());
+        }
+        let seconds = [
+            ("proxy.client_header_timeout", self.client_header_timeout),
+            ("proxy.client_body_timeout", self.client_body_timeout),
+            ("proxy.client_send_timeout", self.client_send_timeout),
+            ("proxy.keepalive_timeout", self.keepalive_timeout),
+            ("proxy.upstream.connect_timeout", self.upstream.connect_timeout),
+            ("proxy.upstream.send_timeout", self.upstream.send_timeout),
+            ("proxy.upstream.read_timeout", self.upstream.read_timeout),
+            ("proxy.upstream.keepalive_idle_timeout", self.upstream.keepalive_idle_timeout),
+        ];
+        for (field, value) in seconds {
+            if !(value > 0.0 && value.is_finite()) {
+                errors.push(format!("{field}: must be a number of seconds > 0"));
+            }
+        }
+        if !(self.shutdown_grace >= 0.0 && self.shutdown_grace.is_finite()) {
+            errors.push("proxy.shutdown_grace: must be a number of seconds >= 0".to_owned());
+        }
+        if self.max_request_line < 64 {
+            errors.push("proxy.max_request_line: must be at least 64".to_owned());
+        }
+        if self.max_header_size < self.max_request_line {
+            errors.push("proxy.max_header_size: must be at least max_request_line".to_owned());
+        }
+        if !(1..=128).contains(&self.max_headers) {
+            errors.push("proxy.max_headers: must be 1..128".to_owned());
+        }
+        if self.max_connections_per_worker == 0 {
+            errors.push("proxy.max_connections_per_worker: must be at least 1".to_owned());
+        }
+        if self.upstream.keepalive_requests == 0 {
+            errors.push("proxy.upstream.keepalive_requests: must be at least 1".to_owned());
+        }
+        errors
+    }
+
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+
+    pub(crate) fn head_limits(&self) -> HeadLimits {
+        HeadLimits {
+            max_request_line: self.max_request_line,
+            max_head: self.max_header_size,
+            max_headers: self.max_headers,
+        }
+    }
+}
+
+pub(crate) fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}

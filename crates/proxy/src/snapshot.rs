@@ -1,0 +1,367 @@
+//! The compiled configuration: one immutable [`Snapshot`] per config version, published
+//! atomically; and each worker's view of it, which adds the worker's own balancer state.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pylon_balancer::{Algorithm, BalancerSpec, BalancerState, NodeSpec};
+use pylon_model::{Config, HashOn, PassHost, Timeout, Upstream, UpstreamType};
+use pylon_router::{RouteSpec, Router};
+
+use crate::settings::{secs, UpstreamDefaults};
+
+/// One configuration version, compiled for the request path.
+pub struct Snapshot {
+    /// The store revision this was compiled from.
+    pub revision: u64,
+    pub router: Router<RouteTarget>,
+    pub upstreams: Vec<UpstreamTarget>,
+}
+
+/// What a matched route leads to.
+pub struct RouteTarget {
+    pub id: Arc<str>,
+    /// Index into [`Snapshot::upstreams`].
+    pub upstream: usize,
+    /// The route's own timeouts, else its upstream's, else the node defaults.
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub send: Duration,
+    pub read: Duration,
+}
+
+pub struct UpstreamTarget {
+    /// Where this upstream was defined: `upstreams/1`, or `routes/7` for an inline one.
+    pub key: String,
+    /// Changes when anything the balancer state depends on changes.
+    pub fingerprint: u64,
+    pub nodes: Vec<NodeTarget>,
+    pub balancer: BalancerSpec,
+    /// For consistent hashing: what the key is made of.
+    pub hash_key: Option<HashKey>,
+    /// Further attempts after the first one.
+    pub retries: usize,
+    pub retry_timeout: Option<Duration>,
+    pub pass_host: PassHost,
+    pub upstream_host: Option<String>,
+    pub pool: PoolSettings,
+}
+
+pub struct NodeTarget {
+    /// `None` when the host name did not resolve when this version was compiled.
+    pub addr: Option<SocketAddr>,
+    /// `host[:port]` as the `Host` header for `pass_host: node`.
+    pub host_header: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub idle_timeout: Duration,
+    pub requests: u64,
+}
+
+/// A consistent-hash key template: literal text and request variables, concatenated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HashKey(pub Vec<HashPart>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HashPart {
+    Literal(String),
+    Var(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CompileError(String);
+
+impl Snapshot {
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            revision: 0,
+            router: Router::new(Vec::new()).expect("an empty router always builds"),
+            upstreams: Vec::new(),
+        }
+    }
+
+    /// Compiles a validated configuration. Host names of nodes are resolved here, on the
+    /// control thread, never on a worker.
+    pub fn compile(
+        config: &Config,
+        revision: u64,
+        defaults: &UpstreamDefaults,
+    ) -> Result<Snapshot, CompileError> {
+        let mut upstreams = Vec::new();
+        let mut index_of: HashMap<String, usize> = HashMap::new();
+        let mut specs = Vec::new();
+        for (id, route) in config.routes.iter().filter(|(_, r)| r.is_enabled()) {
+            let service = route.service_id.as_ref().and_then(|s| config.services.get(s).map(|svc| (s, svc)));
+            let (key, upstream) = if let Some(u) = &route.upstream {
+                (format!("routes/{id}"), u)
+            } else if let Some(uid) = &route.upstream_id {
+                (format!("upstreams/{uid}"), lookup(&config.upstreams, uid)?)
+            } else if let Some((sid, svc)) = service {
+                match (&svc.upstream, &svc.upstream_id) {
+                    (Some(u), _) => (format!("services/{sid}"), u),
+                    (None, Some(uid)) => (format!("upstreams/{uid}"), lookup(&config.upstreams, uid)?),
+                    (None, None) => return Err(CompileError(format!("routes/{id}: has no upstream"))),
+                }
+            } else {
+                return Err(CompileError(format!("routes/{id}: has no upstream")));
+            };
+            let index = match index_of.get(&key) {
+                Some(&i) => i,
+                None => {
+                    upstreams.push(compile_upstream(key.clone(), upstream, defaults));
+                    index_of.insert(key, upstreams.len() - 1);
+                    upstreams.len() - 1
+                }
+            };
+            let timeouts = route
+                .timeout
+                .or(upstream.timeout)
+                .map_or_else(|| Timeouts::from_defaults(defaults), Timeouts::from_model);
+            let mut hosts: Vec<String> = route.all_hosts().map(str::to_owned).collect();
+            if hosts.is_empty() {
+                hosts = service.and_then(|(_, s)| s.hosts.clone()).unwrap_or_default();
+            }
+            specs.push(RouteSpec {
+                uris: route.all_uris().map(str::to_owned).collect(),
+                hosts,
+                methods: route.methods.clone().unwrap_or_default(),
+                remote_addrs: route.all_remote_addrs().map(str::to_owned).collect(),
+                vars: route.vars.clone(),
+                priority: route.priority,
+                value: RouteTarget {
+                    id: Arc::from(id.as_str()),
+                    upstream: index,
+                    timeouts,
+                },
+            });
+        }
+        let router = Router::new(specs).map_err(|e| CompileError(e.to_string()))?;
+        Ok(Snapshot {
+            revision,
+            router,
+            upstreams,
+        })
+    }
+}
+
+fn lookup<'a>(upstreams: &'a std::collections::BTreeMap<String, Upstream>, id: &str) -> Result<&'a Upstream, CompileError> {
+    upstreams
+        .get(id)
+        .ok_or_else(|| CompileError(format!("upstream `{id}` does not exist")))
+}
+
+impl Timeouts {
+    fn from_model(t: Timeout) -> Self {
+        Self {
+            connect: secs(t.connect),
+            send: secs(t.send),
+            read: secs(t.read),
+        }
+    }
+
+    fn from_defaults(d: &UpstreamDefaults) -> Self {
+        Self {
+            connect: secs(d.connect_timeout),
+            send: secs(d.send_timeout),
+            read: secs(d.read_timeout),
+        }
+    }
+}
+
+fn compile_upstream(key: String, upstream: &Upstream, defaults: &UpstreamDefaults) -> UpstreamTarget {
+    // Validation has already resolved these nodes once; it cannot fail here.
+    let nodes = upstream.nodes.resolve(upstream.scheme).unwrap_or_default();
+    let algorithm = match upstream.balancer {
+        UpstreamType::Roundrobin => Algorithm::RoundRobin,
+        UpstreamType::Chash => Algorithm::ConsistentHash,
+        UpstreamType::LeastConn => Algorithm::LeastConn,
+        UpstreamType::Ewma => Algorithm::Ewma,
+    };
+    let node_specs: Vec<NodeSpec> = nodes
+        .iter()
+        .map(|n| NodeSpec::new(n.address(), n.weight).with_priority(n.priority))
+        .collect();
+    let hash_key = (upstream.balancer == UpstreamType::Chash).then(|| hash_key(upstream));
+    let pool = upstream.keepalive_pool.map_or(
+        PoolSettings {
+            size: defaults.keepalive_size,
+            idle_timeout: secs(defaults.keepalive_idle_timeout),
+            requests: defaults.keepalive_requests,
+        },
+        |p| PoolSettings {
+            size: p.size as usize,
+            idle_timeout: secs(p.idle_timeout),
+            requests: p.requests as u64,
+        },
+    );
+    let mut fingerprint = std::collections::hash_map::DefaultHasher::new();
+    (algorithm, &hash_key).hash(&mut fingerprint);
+    for n in &nodes {
+        n.hash(&mut fingerprint);
+    }
+    let retries = upstream
+        .retries
+        .map_or(nodes.len().saturating_sub(1), |r| r as usize);
+    UpstreamTarget {
+        key,
+        fingerprint: fingerprint.finish(),
+        nodes: nodes
+            .iter()
+            .map(|n| NodeTarget {
+                addr: resolve(&n.host, n.port),
+                host_header: if n.port == upstream.scheme.default_port() {
+                    n.host.clone()
+                } else {
+                    n.address()
+                },
+            })
+            .collect(),
+        balancer: BalancerSpec::new(algorithm, &node_specs),
+        hash_key,
+        retries,
+        retry_timeout: upstream.retry_timeout.filter(|&t| t > 0.0).map(secs),
+        pass_host: upstream.pass_host,
+        upstream_host: upstream.upstream_host.clone(),
+        pool,
+    }
+}
+
+fn hash_key(upstream: &Upstream) -> HashKey {
+    let key = upstream.key.clone().unwrap_or_default();
+    let var = |name: String| HashKey(vec![HashPart::Var(name)]);
+    match upstream.hash_on {
+        HashOn::Vars => var(key),
+        HashOn::Header => var(format!("http_{}", key.to_ascii_lowercase().replace('-', "_"))),
+        HashOn::Cookie => var(format!("cookie_{key}")),
+        // Without authentication there is no consumer; APISIX then hashes the client address.
+        HashOn::Consumer => var("remote_addr".to_owned()),
+        HashOn::VarsCombinations => HashKey(parse_template(&key)),
+    }
+}
+
+/// Splits `$host-$uri` into variables and literals.
+fn parse_template(template: &str) -> Vec<HashPart> {
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(dollar) = rest.find('$') {
+        if dollar > 0 {
+            parts.push(HashPart::Literal(rest[..dollar].to_owned()));
+        }
+        let name_len = rest[dollar + 1..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len() - dollar - 1);
+        parts.push(HashPart::Var(rest[dollar + 1..dollar + 1 + name_len].to_owned()));
+        rest = &rest[dollar + 1 + name_len..];
+    }
+    if !rest.is_empty() {
+        parts.push(HashPart::Literal(rest.to_owned()));
+    }
+    parts
+}
+
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.next(),
+        Err(e) => {
+            tracing::warn!(host, "upstream node does not resolve: {e}");
+            None
+        }
+    }
+}
+
+/// Where workers find the current snapshot.
+pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
+
+/// One worker's view of a snapshot: the snapshot plus the worker's own balancer state for
+/// each upstream (round-robin positions, in-flight counts, latency averages), which carries
+/// over from the previous view for every upstream whose nodes and algorithm did not change.
+pub struct WorkerView {
+    pub snapshot: Arc<Snapshot>,
+    pub balancers: Vec<RefCell<BalancerState>>,
+}
+
+impl WorkerView {
+    pub fn new(snapshot: Arc<Snapshot>, previous: Option<&WorkerView>) -> WorkerView {
+        let mut carried: HashMap<(&str, u64), &RefCell<BalancerState>> = HashMap::new();
+        if let Some(prev) = previous {
+            for (u, state) in prev.snapshot.upstreams.iter().zip(&prev.balancers) {
+                carried.insert((u.key.as_str(), u.fingerprint), state);
+            }
+        }
+        let balancers = snapshot
+            .upstreams
+            .iter()
+            .map(|u| {
+                let state = carried
+                    .get(&(u.key.as_str(), u.fingerprint))
+                    .map_or_else(|| u.balancer.new_state(), |s| s.borrow().clone());
+                RefCell::new(state)
+            })
+            .collect();
+        WorkerView { snapshot, balancers }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_templates_split_into_vars_and_literals() {
+        assert_eq!(
+            parse_template("$host-$uri!"),
+            vec![
+                HashPart::Var("host".into()),
+                HashPart::Literal("-".into()),
+                HashPart::Var("uri".into()),
+                HashPart::Literal("!".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn balancer_state_survives_unrelated_config_changes() {
+        let defaults = UpstreamDefaults::default();
+        let config = |nodes: &str, extra_route: bool| {
+            let mut text = format!(
+                "upstreams:\n  - {{id: u, nodes: {nodes}}}\nroutes:\n  - {{id: r, uri: /a, upstream_id: u}}\n"
+            );
+            if extra_route {
+                text.push_str("  - {id: r2, uri: /b, upstream_id: u}\n");
+            }
+            pylon_model::parse_standalone(&text).unwrap().1
+        };
+        let rr = |view: &WorkerView| {
+            let u = &view.snapshot.upstreams[0];
+            view.balancers[0].borrow_mut().pick(&u.balancer, None, |_| false).unwrap()
+        };
+        let nodes = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
+        let v1 = WorkerView::new(Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults).unwrap()), None);
+        let first = rr(&v1);
+        // A new route does not reset the round robin: the next pick is the other node.
+        let v2 = WorkerView::new(Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults).unwrap()), Some(&v1));
+        assert_ne!(rr(&v2), first);
+        // Changed nodes start afresh.
+        let v3 = WorkerView::new(
+            Arc::new(Snapshot::compile(&config(r#"{"127.0.0.1:1": 1, "127.0.0.1:3": 1}"#, true), 3, &defaults).unwrap()),
+            Some(&v2),
+        );
+        assert_ne!(v3.snapshot.upstreams[0].fingerprint, v2.snapshot.upstreams[0].fingerprint);
+    }
+}

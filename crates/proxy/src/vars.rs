@@ -1,0 +1,207 @@
+//! Request variables, APISIX-style (`uri`, `host`, `arg_x`, `http_x`, `cookie_x`, ...), computed
+//! only when something reads them: the query string and cookies are scanned on demand.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+
+use pylon_router::RequestView;
+
+use crate::http1::RequestHead;
+
+pub struct RequestVars<'a> {
+    pub head: &'a RequestHead,
+    /// The request's host, lowercased and without port.
+    pub host: Option<&'a str>,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl RequestView for RequestVars<'_> {
+    fn path(&self) -> &str {
+        self.head.path()
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.host
+    }
+
+    fn method(&self) -> &str {
+        self.head.method()
+    }
+
+    fn remote_addr(&self) -> IpAddr {
+        self.client.ip()
+    }
+
+    fn var(&self, name: &str) -> Option<Cow<'_, str>> {
+        if let Some(arg) = name.strip_prefix("arg_") {
+            return query_arg(self.head.query()?, arg);
+        }
+        if let Some(header) = name.strip_prefix("http_") {
+            let value = self
+                .head
+                .headers()
+                .find(|(n, _)| header_matches_var(n, header))?
+                .1;
+            return Some(String::from_utf8_lossy(value));
+        }
+        if let Some(cookie) = name.strip_prefix("cookie_") {
+            return self
+                .head
+                .headers()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+                .find_map(|(_, v)| cookie_value(v, cookie))
+                .map(String::from_utf8_lossy);
+        }
+        Some(match name {
+            "uri" => Cow::Borrowed(self.head.path()),
+            "request_uri" => Cow::Borrowed(self.head.target()),
+            "args" | "query_string" => Cow::Borrowed(self.head.query()?),
+            "host" => Cow::Borrowed(self.host?),
+            "request_method" => Cow::Borrowed(self.head.method()),
+            "remote_addr" => Cow::Owned(self.client.ip().to_string()),
+            "remote_port" => Cow::Owned(self.client.port().to_string()),
+            "server_addr" => Cow::Owned(self.local.ip().to_string()),
+            "server_port" => Cow::Owned(self.local.port().to_string()),
+            "scheme" => Cow::Borrowed("http"),
+            "server_protocol" => Cow::Borrowed(if self.head.minor_version() == 0 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            }),
+            _ => return None,
+        })
+    }
+}
+
+/// `http_x_api_key` names the header `X-Api-Key`: `_` stands for `-`, case does not matter.
+fn header_matches_var(header: &str, var: &str) -> bool {
+    header.len() == var.len()
+        && header
+            .bytes()
+            .zip(var.bytes())
+            .all(|(h, v)| h.eq_ignore_ascii_case(&v) || (h == b'-' && v == b'_'))
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+fn query_arg<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn cookie_value<'v>(header: &'v [u8], name: &str) -> Option<&'v [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+    })
+}
+
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(h << 4 | l);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Writes the host of a `Host` header value into `out`: lowercased, without the port.
+/// Returns false when the value is not a plausible host.
+pub fn normalize_host(raw: &[u8], out: &mut String) -> bool {
+    out.clear();
+    let host = if raw.first() == Some(&b'[') {
+        match raw.iter().position(|&b| b == b']') {
+            Some(end) => &raw[..=end],
+            None => return false,
+        }
+    } else {
+        match raw.iter().rposition(|&b| b == b':') {
+            Some(colon) => &raw[..colon],
+            None => raw,
+        }
+    };
+    if host.is_empty()
+        || !host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+    {
+        return false;
+    }
+    out.extend(host.iter().map(|&b| b.to_ascii_lowercase() as char));
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::HeadLimits;
+
+    fn with_vars(wire: &str, check: impl FnOnce(&RequestVars<'_>)) {
+        let mut head = RequestHead::default();
+        let limits = HeadLimits { max_request_line: 1024, max_head: 4096, max_headers: 64 };
+        head.parse(wire.as_bytes(), &limits).unwrap().unwrap();
+        let vars = RequestVars {
+            head: &head,
+            host: Some("example.com"),
+            client: "10.1.2.3:5555".parse().unwrap(),
+            local: "127.0.0.1:9080".parse().unwrap(),
+        };
+        check(&vars);
+    }
+
+    #[test]
+    fn variables_read_the_request_on_demand() {
+        with_vars(
+            "GET /p/q?a=1&name=J%C3%B6rg+K&flag HTTP/1.1\r\nX-Api-Key: k1\r\nCookie: sid=abc; theme=dark\r\n\r\n",
+            |v| {
+                assert_eq!(v.var("uri").as_deref(), Some("/p/q"));
+                assert_eq!(v.var("request_uri").as_deref(), Some("/p/q?a=1&name=J%C3%B6rg+K&flag"));
+                assert_eq!(v.var("arg_a").as_deref(), Some("1"));
+                assert_eq!(v.var("arg_name").as_deref(), Some("Jörg K"));
+                assert_eq!(v.var("arg_flag").as_deref(), Some(""));
+                assert_eq!(v.var("arg_missing"), None);
+                assert_eq!(v.var("http_x_api_key").as_deref(), Some("k1"));
+                assert_eq!(v.var("cookie_theme").as_deref(), Some("dark"));
+                assert_eq!(v.var("cookie_nope"), None);
+                assert_eq!(v.var("remote_addr").as_deref(), Some("10.1.2.3"));
+                assert_eq!(v.var("server_port").as_deref(), Some("9080"));
+                assert_eq!(v.var("host").as_deref(), Some("example.com"));
+            },
+        );
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        let mut out = String::new();
+        assert!(normalize_host(b"API.Example.com:8080", &mut out));
+        assert_eq!(out, "api.example.com");
+        assert!(normalize_host(b"[::1]:80", &mut out));
+        assert_eq!(out, "[::1]");
+        assert!(!normalize_host(b"bad host", &mut out));
+        assert!(!normalize_host(b"", &mut out));
+    }
+}
