@@ -44,7 +44,7 @@ impl LeastConn {
                 if excluded(node) {
                     continue;
                 }
-                if best.map_or(true, |(_, b)| lighter(node, b)) {
+                if best.is_none_or(|(_, b)| lighter(node, b)) {
                     best = Some((pos, node));
                 }
             }

@@ -37,7 +37,7 @@ impl RoundRobin {
                 let weight = i64::from(weights[node]);
                 self.current[node] += weight;
                 total += weight;
-                if best.map_or(true, |b| self.current[node] > self.current[b]) {
+                if best.is_none_or(|b| self.current[node] > self.current[b]) {
                     best = Some(node);
                 }
             }

@@ -14,7 +14,11 @@ use pylon_store::YamlStore;
 use node_config::NodeConfig;
 
 #[derive(Parser)]
-#[command(name = "pylon", version, about = "Pylon, a dynamic high-performance API gateway")]
+#[command(
+    name = "pylon",
+    version,
+    about = "Pylon, a dynamic high-performance API gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,7 +69,8 @@ fn main() -> std::process::ExitCode {
 fn validate(file: Option<&Path>, node_config: Option<&Path>) -> anyhow::Result<()> {
     let node = NodeConfig::load(node_config)?;
     let file = file.unwrap_or(&node.config.file);
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let (_, config) = pylon_model::parse_standalone(&text)
         .map_err(|errors| anyhow::anyhow!("{} is not valid:\n{errors}", file.display()))?;
     println!(
@@ -81,13 +86,17 @@ fn validate(file: Option<&Path>, node_config: Option<&Path>) -> anyhow::Result<(
 fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
     let node = NodeConfig::load(node_config)?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&node.log.level).context("log.level")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&node.log.level).context("log.level")?,
+        )
         .with_writer(std::io::stderr)
         .init();
 
     // The control side (config store, compiling snapshots) runs here; the workers have their
     // own threads and runtimes.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let store = YamlStore::open(&node.config.file).await?;
         let cell = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));

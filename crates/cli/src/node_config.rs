@@ -63,8 +63,10 @@ impl NodeConfig {
         let Some(path) = path else {
             return Ok(NodeConfig::default());
         };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut config = Self::parse(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config =
+            Self::parse(&text).with_context(|| format!("{} is not valid", path.display()))?;
         if config.config.file.is_relative() {
             let dir = path.parent().unwrap_or(Path::new("."));
             config.config.file = dir.join(&config.config.file);
@@ -76,8 +78,10 @@ impl NodeConfig {
         let config: NodeConfig = if text.trim().is_empty() {
             NodeConfig::default()
         } else {
-            let de = serde_yaml::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))?
+            // Through a Value, so that errors carry the field's path and nothing else.
+            let value: serde_yaml::Value = serde_yaml::from_str(text)?;
+            serde_path_to_error::deserialize(value)
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))?
         };
         let errors = config.proxy.validate();
         if !errors.is_empty() {
@@ -100,11 +104,23 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let err = NodeConfig::parse("proxy:\n  workerz: 2\n").unwrap_err().to_string();
-        assert!(err.starts_with("proxy: unknown field `workerz`"), "{err}");
-        let err = NodeConfig::parse("proxy:\n  listen: [\"nope\"]\n").unwrap_err().to_string();
+        let err = NodeConfig::parse("proxy:\n  workerz: 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("proxy.workerz: unknown field `workerz`"),
+            "{err}"
+        );
+        let err = NodeConfig::parse("proxy:\n  listen: [\"nope\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("proxy.listen[0]:"), "{err}");
-        let err = NodeConfig::parse("proxy:\n  keepalive_timeout: 0\n").unwrap_err().to_string();
-        assert_eq!(err, "proxy.keepalive_timeout: must be a number of seconds > 0");
+        let err = NodeConfig::parse("proxy:\n  keepalive_timeout: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "proxy.keepalive_timeout: must be a number of seconds > 0"
+        );
     }
 }

@@ -16,7 +16,11 @@ pub type Plugins = serde_json::Map<String, serde_json::Value>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
-    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -24,7 +28,11 @@ pub struct Service {
     pub desc: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
-    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub upstream_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
@@ -45,7 +53,11 @@ pub struct Service {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalRule {
-    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     pub plugins: Plugins,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,7 +69,11 @@ pub struct GlobalRule {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
-    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -74,6 +90,8 @@ pub struct PluginConfig {
 
 /// One resource of any kind, parsed and validated on its own.
 #[derive(Debug, Clone, PartialEq)]
+// Resources are parsed once per write, never per request: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Resource {
     Route(Route),
     Service(Service),
@@ -177,37 +195,56 @@ impl Config {
     /// referring resource in the error path.
     pub(crate) fn check_references(&self, locate: impl Fn(&Key) -> String) -> Vec<FieldError> {
         let mut errors = Vec::new();
-        let mut check = |key: Key, field: &str, target: Option<&String>, exists: &dyn Fn(&str) -> bool| {
-            if let Some(id) = target {
-                if !exists(id) {
-                    let kind = field.trim_end_matches("_id");
-                    errors.push(FieldError::new(
-                        format!("{}.{field}", locate(&key)),
-                        format!("{kind} `{id}` does not exist"),
-                    ));
+        let mut check =
+            |key: Key, field: &str, target: Option<&String>, exists: &dyn Fn(&str) -> bool| {
+                if let Some(id) = target {
+                    if !exists(id) {
+                        let kind = field.trim_end_matches("_id");
+                        errors.push(FieldError::new(
+                            format!("{}.{field}", locate(&key)),
+                            format!("{kind} `{id}` does not exist"),
+                        ));
+                    }
                 }
-            }
-        };
+            };
         for (id, route) in &self.routes {
             let key = Key::new(Kind::Routes, id);
-            check(key.clone(), "service_id", route.service_id.as_ref(), &|i| self.services.contains_key(i));
-            check(key.clone(), "upstream_id", route.upstream_id.as_ref(), &|i| self.upstreams.contains_key(i));
-            check(key, "plugin_config_id", route.plugin_config_id.as_ref(), &|i| {
-                self.plugin_configs.contains_key(i)
+            check(key.clone(), "service_id", route.service_id.as_ref(), &|i| {
+                self.services.contains_key(i)
             });
+            check(
+                key.clone(),
+                "upstream_id",
+                route.upstream_id.as_ref(),
+                &|i| self.upstreams.contains_key(i),
+            );
+            check(
+                key,
+                "plugin_config_id",
+                route.plugin_config_id.as_ref(),
+                &|i| self.plugin_configs.contains_key(i),
+            );
         }
         for (id, service) in &self.services {
-            check(Key::new(Kind::Services, id), "upstream_id", service.upstream_id.as_ref(), &|i| {
-                self.upstreams.contains_key(i)
-            });
+            check(
+                Key::new(Kind::Services, id),
+                "upstream_id",
+                service.upstream_id.as_ref(),
+                &|i| self.upstreams.contains_key(i),
+            );
         }
         for (id, route) in &self.routes {
             let has_upstream = route.upstream.is_some()
                 || route.upstream_id.is_some()
-                || route.service_id.as_ref().and_then(|s| self.services.get(s)).is_some_and(|s| {
-                    s.upstream.is_some() || s.upstream_id.is_some()
-                });
-            let service_missing = route.service_id.as_ref().is_some_and(|s| !self.services.contains_key(s));
+                || route
+                    .service_id
+                    .as_ref()
+                    .and_then(|s| self.services.get(s))
+                    .is_some_and(|s| s.upstream.is_some() || s.upstream_id.is_some());
+            let service_missing = route
+                .service_id
+                .as_ref()
+                .is_some_and(|s| !self.services.contains_key(s));
             if !has_upstream && !service_missing {
                 errors.push(FieldError::new(
                     locate(&Key::new(Kind::Routes, id)),
@@ -231,6 +268,8 @@ pub(crate) fn de_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String
         Ok(Some(Id::Str(s))) => Ok(Some(s)),
         Ok(Some(Id::Int(n))) => Ok(Some(n.to_string())),
         Ok(None) => Ok(None),
-        Err(_) => Err(serde::de::Error::custom("must be a string or a non-negative integer")),
+        Err(_) => Err(serde::de::Error::custom(
+            "must be a string or a non-negative integer",
+        )),
     }
 }

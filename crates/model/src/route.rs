@@ -11,7 +11,11 @@ use crate::upstream::{Timeout, Upstream};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -40,15 +44,27 @@ pub struct Route {
     /// 1 enabled, 0 disabled.
     #[serde(default = "enabled")]
     pub status: i64,
-    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_id: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub upstream_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugins: Option<Plugins>,
-    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub plugin_config_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_websocket: Option<bool>,
@@ -71,12 +87,18 @@ fn enabled() -> i64 {
 impl Route {
     /// `uri` and `uris` together, as the router sees them.
     pub fn all_uris(&self) -> impl Iterator<Item = &str> {
-        self.uri.iter().chain(self.uris.iter().flatten()).map(String::as_str)
+        self.uri
+            .iter()
+            .chain(self.uris.iter().flatten())
+            .map(String::as_str)
     }
 
     /// `host` and `hosts` together.
     pub fn all_hosts(&self) -> impl Iterator<Item = &str> {
-        self.host.iter().chain(self.hosts.iter().flatten()).map(String::as_str)
+        self.host
+            .iter()
+            .chain(self.hosts.iter().flatten())
+            .map(String::as_str)
     }
 
     /// `remote_addr` and `remote_addrs` together.

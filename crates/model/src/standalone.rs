@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
+use crate::config::Resource;
 use crate::error::{FieldError, ValidationErrors};
 use crate::key::{Key, Kind};
-use crate::config::Resource;
 
 /// Parses a standalone YAML document into store entries and the configuration they make.
 ///
@@ -17,7 +17,8 @@ pub fn parse_standalone(
     let doc: serde_json::Value = if text.trim().is_empty() {
         serde_json::Value::Object(Default::default())
     } else {
-        serde_yaml::from_str(text).map_err(|e| FieldError::new("", format!("not valid YAML: {e}")))?
+        serde_yaml::from_str(text)
+            .map_err(|e| FieldError::new("", format!("not valid YAML: {e}")))?
     };
     let doc = match doc {
         serde_json::Value::Object(map) => map,
@@ -63,7 +64,11 @@ pub fn parse_standalone(
             if let Some(first) = locations.get(&key) {
                 errors.push(FieldError::new(
                     location,
-                    format!("duplicate {} `{}` (first at {first})", kind.id_field(), key.id),
+                    format!(
+                        "duplicate {} `{}` (first at {first})",
+                        kind.id_field(),
+                        key.id
+                    ),
                 ));
                 continue;
             }
@@ -144,13 +149,24 @@ routes:
         )
         .unwrap_err();
         let got: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-        assert!(got.contains(&"routes[2].uri: must start with `/`".to_owned()), "{got:?}");
-        assert!(got.iter().any(|e| e.starts_with("routes[2].methods[0]: `FETCH`")), "{got:?}");
+        assert!(
+            got.contains(&"routes[2].uri: must start with `/`".to_owned()),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("routes[2].methods[0]: `FETCH`")),
+            "{got:?}"
+        );
         assert!(
             got.contains(&"routes[2].upstream.nodes[0].port: must be 1..65535".to_owned()),
             "{got:?}"
         );
-        assert!(got.iter().any(|e| e.starts_with("routes[3]") && e.contains("upsteam")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("routes[3]") && e.contains("upsteam")),
+            "{got:?}"
+        );
         assert!(
             got.contains(&"routes[1].upstream_id: upstream `missing` does not exist".to_owned()),
             "{got:?}"
@@ -164,8 +180,16 @@ routes:
         )
         .unwrap_err();
         let got: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-        assert!(got.iter().any(|e| e.starts_with("routes[1]: duplicate id `1` (first at routes[0])")), "{got:?}");
-        assert!(got.iter().any(|e| e.starts_with("routez: unknown resource kind")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("routes[1]: duplicate id `1` (first at routes[0])")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|e| e.starts_with("routez: unknown resource kind")),
+            "{got:?}"
+        );
     }
 
     #[test]

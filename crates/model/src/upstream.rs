@@ -12,7 +12,11 @@ use crate::error::FieldError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    #[serde(default, deserialize_with = "de_opt_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -271,7 +275,10 @@ fn build_node(
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
-        return Err(FieldError::new(field("host"), "must be an IP address or a host name"));
+        return Err(FieldError::new(
+            field("host"),
+            "must be an IP address or a host name",
+        ));
     }
     let port = match port {
         None => scheme.default_port(),
@@ -365,9 +372,10 @@ mod tests {
 
     #[test]
     fn bad_nodes_are_reported_with_their_paths() {
-        let errs = nodes(r#"[{"host":"a","port":0,"weight":1},{"host":"b","port":80,"weight":-1}]"#)
-            .resolve(Scheme::Http)
-            .unwrap_err();
+        let errs =
+            nodes(r#"[{"host":"a","port":0,"weight":1},{"host":"b","port":80,"weight":-1}]"#)
+                .resolve(Scheme::Http)
+                .unwrap_err();
         assert_eq!(
             errs,
             vec![
@@ -375,7 +383,9 @@ mod tests {
                 FieldError::new("[1].weight", "must be 0..4294967295"),
             ]
         );
-        let errs = nodes(r#"{"a:99999": 1}"#).resolve(Scheme::Http).unwrap_err();
+        let errs = nodes(r#"{"a:99999": 1}"#)
+            .resolve(Scheme::Http)
+            .unwrap_err();
         assert_eq!(errs[0].path, "[\"a:99999\"]");
     }
 }

@@ -24,7 +24,11 @@ pub(crate) fn resource(resource: &Resource) -> Vec<FieldError> {
             }
             plugins(s.plugins.as_ref(), &mut errors);
             unsupported(&mut errors, "script", s.script.is_some());
-            unsupported(&mut errors, "enable_websocket", s.enable_websocket == Some(true));
+            unsupported(
+                &mut errors,
+                "enable_websocket",
+                s.enable_websocket == Some(true),
+            );
         }
         Resource::Upstream(u) => upstream(u, &mut errors),
         Resource::GlobalRule(g) => plugins(Some(&g.plugins), &mut errors),
@@ -65,7 +69,10 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
         remote_addr(&format!("remote_addrs[{i}]"), addr, errors);
     }
     if !(r.status == 0 || r.status == 1) {
-        errors.push(FieldError::new("status", "must be 0 (disabled) or 1 (enabled)"));
+        errors.push(FieldError::new(
+            "status",
+            "must be 0 (disabled) or 1 (enabled)",
+        ));
     }
     if let Some(t) = &r.timeout {
         timeout("timeout", t, errors);
@@ -107,7 +114,10 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new("retries", "must be 0..100"));
     }
     if u.retry_timeout.is_some_and(|t| t < 0.0 || !t.is_finite()) {
-        errors.push(FieldError::new("retry_timeout", "must be a number of seconds >= 0"));
+        errors.push(FieldError::new(
+            "retry_timeout",
+            "must be a number of seconds >= 0",
+        ));
     }
     if let Some(t) = &u.timeout {
         timeout("timeout", t, errors);
@@ -117,7 +127,10 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new("keepalive_pool.size", "must be >= 0"));
         }
         if pool.idle_timeout < 0.0 || !pool.idle_timeout.is_finite() {
-            errors.push(FieldError::new("keepalive_pool.idle_timeout", "must be >= 0"));
+            errors.push(FieldError::new(
+                "keepalive_pool.idle_timeout",
+                "must be >= 0",
+            ));
         }
         if pool.requests < 1 {
             errors.push(FieldError::new("keepalive_pool.requests", "must be >= 1"));
@@ -145,13 +158,20 @@ fn uri_pattern(path: &str, uri: &str, errors: &mut Vec<FieldError>) {
     if !uri.starts_with('/') {
         errors.push(FieldError::new(path, "must start with `/`"));
     } else if uri.contains(|c: char| c.is_whitespace() || c.is_control()) {
-        errors.push(FieldError::new(path, "must not contain spaces or control characters"));
+        errors.push(FieldError::new(
+            path,
+            "must not contain spaces or control characters",
+        ));
     } else if uri.find('*').is_some_and(|i| i != uri.len() - 1) {
         errors.push(FieldError::new(path, "`*` is allowed only at the end"));
     }
 }
 
-fn hosts_list<'a>(path: &str, hosts: impl Iterator<Item = &'a String>, errors: &mut Vec<FieldError>) {
+fn hosts_list<'a>(
+    path: &str,
+    hosts: impl Iterator<Item = &'a String>,
+    errors: &mut Vec<FieldError>,
+) {
     for (i, host) in hosts.enumerate() {
         host_pattern(&format!("{path}[{i}]"), host, errors);
     }
@@ -161,9 +181,9 @@ fn hosts_list<'a>(path: &str, hosts: impl Iterator<Item = &'a String>, errors: &
 fn host_pattern(path: &str, host: &str, errors: &mut Vec<FieldError>) {
     let name = host.strip_prefix("*.").unwrap_or(host);
     let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']'));
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        });
     if !valid {
         errors.push(FieldError::new(
             path,
@@ -174,14 +194,20 @@ fn host_pattern(path: &str, host: &str, errors: &mut Vec<FieldError>) {
 
 fn remote_addr(path: &str, addr: &str, errors: &mut Vec<FieldError>) {
     if addr.parse::<IpAddr>().is_err() && addr.parse::<ipnet::IpNet>().is_err() {
-        errors.push(FieldError::new(path, format!("`{addr}` is not an IP address or CIDR")));
+        errors.push(FieldError::new(
+            path,
+            format!("`{addr}` is not an IP address or CIDR"),
+        ));
     }
 }
 
 fn timeout(path: &str, t: &Timeout, errors: &mut Vec<FieldError>) {
     for (name, v) in [("connect", t.connect), ("send", t.send), ("read", t.read)] {
         if !(v > 0.0 && v.is_finite()) {
-            errors.push(FieldError::new(format!("{path}.{name}"), "must be a number of seconds > 0"));
+            errors.push(FieldError::new(
+                format!("{path}.{name}"),
+                "must be a number of seconds > 0",
+            ));
         }
     }
 }
@@ -208,5 +234,8 @@ fn nested(errors: &mut Vec<FieldError>, prefix: &str, check: impl FnOnce(&mut Ve
 }
 
 fn is_var_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }

@@ -132,7 +132,10 @@ fn write_lines(rx: Receiver<AccessRecord>, out: Box<dyn Write + Send>, dropped: 
         }
         let drops = dropped.load(Ordering::Relaxed);
         if drops > reported_drops {
-            tracing::warn!(lines = drops - reported_drops, "access log lines dropped: the writer could not keep up");
+            tracing::warn!(
+                lines = drops - reported_drops,
+                "access log lines dropped: the writer could not keep up"
+            );
             reported_drops = drops;
         }
         // Flush whenever the channel runs dry, so lines appear promptly when traffic is light.

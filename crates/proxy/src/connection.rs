@@ -39,7 +39,12 @@ enum HeadRead {
     Failed(GatewayError),
 }
 
-pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, client: SocketAddr, local: SocketAddr) {
+pub(crate) async fn serve(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+) {
     // Small writes are whole messages; delaying them only adds latency.
     let _ = stream.set_nodelay(true);
     let mut conn = Downstream {
@@ -71,7 +76,8 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, client: SocketA
 
 async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadRead {
     let limits = &worker.limits;
-    let mut deadline = (!conn.buf.is_empty() || first).then(|| Instant::now() + limits.header_timeout);
+    let mut deadline =
+        (!conn.buf.is_empty() || first).then(|| Instant::now() + limits.header_timeout);
     loop {
         match conn.head.parse(&conn.buf, &limits.head) {
             Ok(Some(len)) => {
@@ -109,7 +115,11 @@ async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadR
             Ok(_) => {
                 deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
             }
-            Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut && deadline.is_some() && !conn.buf.is_empty() => {
+            Err(RelayError::Source(e))
+                if e.kind() == std::io::ErrorKind::TimedOut
+                    && deadline.is_some()
+                    && !conn.buf.is_empty() =>
+            {
                 return HeadRead::Failed(GatewayError::RequestTimeout)
             }
             Err(_) => return HeadRead::Closed,
@@ -261,7 +271,13 @@ fn skip_buffered_body(conn: &mut Downstream, framing: BodyFraming) -> bool {
     }
 }
 
-fn log(worker: &Worker, conn: &Downstream, route: Option<&RouteTarget>, started: Instant, outcome: &Outcome) {
+fn log(
+    worker: &Worker,
+    conn: &Downstream,
+    route: Option<&RouteTarget>,
+    started: Instant,
+    outcome: &Outcome,
+) {
     if !worker.access_log.is_enabled() {
         return;
     }

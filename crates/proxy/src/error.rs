@@ -32,7 +32,9 @@ impl GatewayError {
                 "431 Request Header Fields Too Large",
             ),
             GatewayError::BadGateway => (502, "Bad Gateway", "502 Bad Gateway"),
-            GatewayError::NoUpstreamNode => (503, "Service Unavailable", "503 No Upstream Node Available"),
+            GatewayError::NoUpstreamNode => {
+                (503, "Service Unavailable", "503 No Upstream Node Available")
+            }
             GatewayError::GatewayTimeout => (504, "Gateway Timeout", "504 Gateway Timeout"),
         }
     }

@@ -18,7 +18,9 @@ use tokio::net::TcpStream;
 
 use crate::connection::{respond_error, wants_keep_alive, Downstream};
 use crate::error::GatewayError;
-use crate::http1::{has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead};
+use crate::http1::{
+    has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead,
+};
 use crate::pool::UpstreamConn;
 use crate::relay::{read_more, write_all, Relay, RelayError};
 use crate::snapshot::{HashPart, NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
@@ -83,7 +85,10 @@ pub(crate) async fn proxy(
         BodyFraming::Length(n) => conn.buf.len() as u64 >= n,
         BodyFraming::Chunked | BodyFraming::UntilClose => false,
     };
-    let idempotent = matches!(conn.head.method(), "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE");
+    let idempotent = matches!(
+        conn.head.method(),
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    );
     let started = Instant::now();
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = GatewayError::BadGateway;
@@ -97,18 +102,29 @@ pub(crate) async fn proxy(
                 .or_else(|| state.pick(&upstream.balancer, key, |_| false))
         };
         let Some(index) = pick else {
-            let error = if tried.is_empty() { GatewayError::NoUpstreamNode } else { last_error };
+            let error = if tried.is_empty() {
+                GatewayError::NoUpstreamNode
+            } else {
+                last_error
+            };
             return respond_error(worker, conn, error, false).await;
         };
         let node = &upstream.nodes[index];
         let attempt_started = Instant::now();
         balancer.borrow_mut().on_request_start(index);
         let mut result = attempt(worker, conn, upstream, node, route.timeouts, framing).await;
-        if let Err(Failure { stale: true, replayable: true, .. }) = result {
+        if let Err(Failure {
+            stale: true,
+            replayable: true,
+            ..
+        }) = result
+        {
             result = attempt_fresh(worker, conn, upstream, node, route.timeouts, framing).await;
         }
         let latency = attempt_started.elapsed();
-        balancer.borrow_mut().on_request_end(index, latency, result.is_err());
+        balancer
+            .borrow_mut()
+            .on_request_end(index, latency, result.is_err());
         match result {
             Ok(delivered) => {
                 return Outcome {
@@ -130,7 +146,8 @@ pub(crate) async fn proxy(
                 last_error = failure.error;
                 let in_time = upstream.retry_timeout.is_none_or(|t| started.elapsed() < t);
                 let replayable = failure.replayable && body_buffered;
-                let safe = replayable && (idempotent || failure.error == GatewayError::BadGateway && !failure.stale);
+                let safe = replayable
+                    && (idempotent || failure.error == GatewayError::BadGateway && !failure.stale);
                 if tried.len() > upstream.retries || !in_time || !safe {
                     let mut outcome = respond_error(worker, conn, failure.error, false).await;
                     outcome.upstream = node.addr;
@@ -151,10 +168,17 @@ async fn attempt(
     timeouts: Timeouts,
     framing: BodyFraming,
 ) -> Result<Delivered, Failure> {
-    let addr = node.addr.ok_or(Failure::before_sending(GatewayError::BadGateway))?;
+    let addr = node
+        .addr
+        .ok_or(Failure::before_sending(GatewayError::BadGateway))?;
     let pooled = worker.pool.borrow_mut().checkout(addr, Instant::now());
     match pooled {
-        Some(up) => exchange(worker, conn, upstream, node, addr, up, true, timeouts, framing).await,
+        Some(up) => {
+            exchange(
+                worker, conn, upstream, node, addr, up, true, timeouts, framing,
+            )
+            .await
+        }
         None => attempt_fresh(worker, conn, upstream, node, timeouts, framing).await,
     }
 }
@@ -167,7 +191,9 @@ async fn attempt_fresh(
     timeouts: Timeouts,
     framing: BodyFraming,
 ) -> Result<Delivered, Failure> {
-    let addr = node.addr.ok_or(Failure::before_sending(GatewayError::BadGateway))?;
+    let addr = node
+        .addr
+        .ok_or(Failure::before_sending(GatewayError::BadGateway))?;
     let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(_)) => return Err(Failure::before_sending(GatewayError::BadGateway)),
@@ -179,13 +205,20 @@ async fn attempt_fresh(
         buf: bytes::BytesMut::with_capacity(16 * 1024),
         requests: 0,
     };
-    exchange(worker, conn, upstream, node, addr, up, false, timeouts, framing).await
+    exchange(
+        worker, conn, upstream, node, addr, up, false, timeouts, framing,
+    )
+    .await
 }
 
 impl Failure {
     /// Nothing was sent: any request may go elsewhere.
     fn before_sending(error: GatewayError) -> Self {
-        Failure { error, replayable: true, stale: false }
+        Failure {
+            error,
+            replayable: true,
+            stale: false,
+        }
     }
 }
 
@@ -204,7 +237,15 @@ async fn exchange(
     up.requests += 1;
     up.buf.clear();
     conn.out.clear();
-    write_request_head(&mut conn.out, &conn.head, conn.client, conn.local, upstream, node, framing);
+    write_request_head(
+        &mut conn.out,
+        &conn.head,
+        conn.client,
+        conn.local,
+        upstream,
+        node,
+        framing,
+    );
     // A body that has fully arrived goes out with the head and stays buffered until the
     // exchange succeeds, so a retry can send it again.
     let inline_body = match framing {
@@ -217,9 +258,16 @@ async fn exchange(
         BodyFraming::Chunked => true,
         BodyFraming::None | BodyFraming::UntilClose => false,
     };
-    if write_all(&mut up.stream, &conn.out, timeouts.send).await.is_err() {
+    if write_all(&mut up.stream, &conn.out, timeouts.send)
+        .await
+        .is_err()
+    {
         // Whatever the upstream got, it was not a whole request it could act on.
-        return Err(Failure { error: GatewayError::BadGateway, replayable: true, stale: reused });
+        return Err(Failure {
+            error: GatewayError::BadGateway,
+            replayable: true,
+            stale: reused,
+        });
     }
     conn.buf.advance(inline_body);
 
@@ -227,7 +275,13 @@ async fn exchange(
     let method_is_head = conn.head.method() == "HEAD";
     let client_keep_alive = wants_keep_alive(&conn.head) && !worker.is_stopping();
     let upload_done = Cell::new(!streamed_body);
-    let Downstream { stream, buf, response, out, .. } = conn;
+    let Downstream {
+        stream,
+        buf,
+        response,
+        out,
+        ..
+    } = conn;
     let (mut client_read, mut client_write) = stream.split();
     let (mut up_read, mut up_write) = up.stream.split();
     let responder = Responder {
@@ -279,7 +333,10 @@ async fn exchange(
     let delivered = result?;
     let upstream_reusable = delivered.upstream_reusable && upload_done.get() && up.buf.is_empty();
     if upstream_reusable {
-        worker.pool.borrow_mut().checkin(addr, up, &upstream.pool, Instant::now());
+        worker
+            .pool
+            .borrow_mut()
+            .checkin(addr, up, &upstream.pool, Instant::now());
     }
     Ok(Delivered {
         client_reusable: delivered.client_reusable && upload_done.get(),
@@ -308,7 +365,9 @@ fn write_request_head(
     let client_host = head.header("host");
     match (upstream.pass_host, client_host) {
         (PassHost::Pass, Some(host)) => out.extend_from_slice(host),
-        (PassHost::Rewrite, _) => out.extend_from_slice(upstream.upstream_host.as_deref().unwrap_or("").as_bytes()),
+        (PassHost::Rewrite, _) => {
+            out.extend_from_slice(upstream.upstream_host.as_deref().unwrap_or("").as_bytes())
+        }
         _ => out.extend_from_slice(node.host_header.as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
@@ -336,7 +395,10 @@ fn write_request_head(
         out.extend_from_slice(b", ");
     }
     // Writing into a Vec cannot fail.
-    let _ = write!(out, "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: http\r\n");
+    let _ = write!(
+        out,
+        "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: http\r\n"
+    );
     if let Some(host) = client_host {
         push_header(out, b"X-Forwarded-Host", host);
     }
@@ -344,9 +406,14 @@ fn write_request_head(
 }
 
 fn is_forwarding_header(name: &str) -> bool {
-    ["x-real-ip", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -380,12 +447,22 @@ struct Received {
 
 impl Received {
     fn aborted(status: u16) -> Self {
-        Received { client_reusable: false, upstream_reusable: false, status, bytes_sent: 0 }
+        Received {
+            client_reusable: false,
+            upstream_reusable: false,
+            status,
+            bytes_sent: 0,
+        }
     }
 }
 
 impl Responder<'_> {
-    async fn run<R, W>(self, up: &mut R, up_buf: &mut bytes::BytesMut, client: &mut W) -> Result<Received, Failure>
+    async fn run<R, W>(
+        self,
+        up: &mut R,
+        up_buf: &mut bytes::BytesMut,
+        client: &mut W,
+    ) -> Result<Received, Failure>
     where
         R: AsyncRead + Unpin,
         W: tokio::io::AsyncWrite + Unpin,
@@ -399,7 +476,10 @@ impl Responder<'_> {
                         // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1
                         // clients as they are.
                         if !self.client_http10 {
-                            if write_all(client, &up_buf[..len], self.client_send_timeout).await.is_err() {
+                            if write_all(client, &up_buf[..len], self.client_send_timeout)
+                                .await
+                                .is_err()
+                            {
                                 return Ok(Received::aborted(0));
                             }
                             interim_sent += len as u64;
@@ -410,7 +490,13 @@ impl Responder<'_> {
                     break len;
                 }
                 Ok(None) => {}
-                Err(_) => return Err(Failure { error: GatewayError::BadGateway, replayable: false, stale: false }),
+                Err(_) => {
+                    return Err(Failure {
+                        error: GatewayError::BadGateway,
+                        replayable: false,
+                        stale: false,
+                    })
+                }
             }
             match read_more(up, up_buf, self.timeouts.read).await {
                 Ok(n) if n > 0 => continue,
@@ -418,7 +504,11 @@ impl Responder<'_> {
                     let nothing_received = up_buf.is_empty() && interim_sent == 0;
                     let timed_out = matches!(&result, Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut);
                     return Err(Failure {
-                        error: if timed_out { GatewayError::GatewayTimeout } else { GatewayError::BadGateway },
+                        error: if timed_out {
+                            GatewayError::GatewayTimeout
+                        } else {
+                            GatewayError::BadGateway
+                        },
                         replayable: nothing_received,
                         stale: self.reused && nothing_received && !timed_out,
                     });
@@ -428,10 +518,18 @@ impl Responder<'_> {
         let status = self.response.status();
         let method = if self.method_is_head { "HEAD" } else { "GET" };
         let Ok(framing) = response_framing(self.response, method) else {
-            return Err(Failure { error: GatewayError::BadGateway, replayable: false, stale: false });
+            return Err(Failure {
+                error: GatewayError::BadGateway,
+                replayable: false,
+                stale: false,
+            });
         };
         if status == 101 {
-            return Err(Failure { error: GatewayError::BadGateway, replayable: false, stale: false });
+            return Err(Failure {
+                error: GatewayError::BadGateway,
+                replayable: false,
+                stale: false,
+            });
         }
         up_buf.advance(head_len);
 
@@ -487,4 +585,3 @@ impl Responder<'_> {
         }
     }
 }
-

@@ -41,7 +41,13 @@ impl Pool {
     }
 
     /// Keeps `conn` for reuse unless it has served its quota or the pool for `addr` is full.
-    pub fn checkin(&mut self, addr: SocketAddr, conn: UpstreamConn, settings: &PoolSettings, now: Instant) {
+    pub fn checkin(
+        &mut self,
+        addr: SocketAddr,
+        conn: UpstreamConn,
+        settings: &PoolSettings,
+        now: Instant,
+    ) {
         if conn.requests >= settings.requests || settings.size == 0 {
             return;
         }
@@ -88,7 +94,11 @@ mod tests {
     async fn pair(listener: &TcpListener) -> (UpstreamConn, TcpStream) {
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let conn = UpstreamConn { stream: client.unwrap(), buf: BytesMut::new(), requests: 1 };
+        let conn = UpstreamConn {
+            stream: client.unwrap(),
+            buf: BytesMut::new(),
+            requests: 1,
+        };
         (conn, server.unwrap().0)
     }
 
@@ -96,7 +106,11 @@ mod tests {
     async fn reuses_live_connections_and_drops_closed_or_expired_ones() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let settings = PoolSettings { size: 2, idle_timeout: Duration::from_secs(60), requests: 10 };
+        let settings = PoolSettings {
+            size: 2,
+            idle_timeout: Duration::from_secs(60),
+            requests: 10,
+        };
         let mut pool = Pool::default();
         let now = Instant::now();
 
@@ -114,11 +128,18 @@ mod tests {
 
         let (conn, _server) = pair(&listener).await;
         pool.checkin(addr, conn, &settings, now);
-        assert!(pool.checkout(addr, now + Duration::from_secs(61)).is_none(), "expired");
+        assert!(
+            pool.checkout(addr, now + Duration::from_secs(61)).is_none(),
+            "expired"
+        );
 
         let (mut spent, _server) = pair(&listener).await;
         spent.requests = 10;
         pool.checkin(addr, spent, &settings, now);
-        assert_eq!(pool.idle_count(), 0, "a connection past its request quota is closed");
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a connection past its request quota is closed"
+        );
     }
 }

@@ -31,7 +31,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(store: Arc<dyn ConfigStore>, cell: SnapshotCell, defaults: UpstreamDefaults) -> Self {
+    pub fn new(
+        store: Arc<dyn ConfigStore>,
+        cell: SnapshotCell,
+        defaults: UpstreamDefaults,
+    ) -> Self {
         Self {
             store,
             cell,
@@ -44,7 +48,11 @@ impl Publisher {
     /// Lists the store and publishes what it holds.
     pub async fn load(&mut self) -> Result<Arc<Snapshot>, PublishError> {
         let listing = self.store.list().await?;
-        self.entries = listing.entries.into_iter().map(|e| (e.key, e.value)).collect();
+        self.entries = listing
+            .entries
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect();
         self.revision = listing.revision;
         self.publish()?;
         Ok(self.cell.load_full())
@@ -58,7 +66,9 @@ impl Publisher {
                     while let Some(Ok(change)) = changes.recv().await {
                         for event in change.events {
                             match event {
-                                Event::Put(entry) => drop(self.entries.insert(entry.key, entry.value)),
+                                Event::Put(entry) => {
+                                    drop(self.entries.insert(entry.key, entry.value))
+                                }
                                 Event::Delete { key, .. } => drop(self.entries.remove(&key)),
                             }
                         }
@@ -78,10 +88,14 @@ impl Publisher {
     }
 
     fn publish(&self) -> Result<(), PublishError> {
-        let invalid = |errors: String| PublishError::Invalid { revision: self.revision, errors };
+        let invalid = |errors: String| PublishError::Invalid {
+            revision: self.revision,
+            errors,
+        };
         let config = Config::from_entries(&self.entries).map_err(|e| invalid(e.to_string()))?;
         let started = std::time::Instant::now();
-        let snapshot = Snapshot::compile(&config, self.revision, &self.defaults).map_err(|e| invalid(e.to_string()))?;
+        let snapshot = Snapshot::compile(&config, self.revision, &self.defaults)
+            .map_err(|e| invalid(e.to_string()))?;
         let routes = snapshot.router.len();
         self.cell.store(Arc::new(snapshot));
         tracing::info!(

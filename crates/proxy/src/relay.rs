@@ -50,7 +50,12 @@ impl Relay {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut out = Output { dst, prefix, written: 0, timeout: self.write_timeout };
+        let mut out = Output {
+            dst,
+            prefix,
+            written: 0,
+            timeout: self.write_timeout,
+        };
         match self.framing {
             BodyFraming::None => {}
             BodyFraming::Length(mut left) => loop {
@@ -208,7 +213,11 @@ mod tests {
     #[tokio::test]
     async fn streams_a_length_body_read_by_read() {
         let mut src = Builder::new().read(b"def").read(b"ghi").build();
-        let mut dst = Builder::new().write(b"abc").write(b"def").write(b"ghi").build();
+        let mut dst = Builder::new()
+            .write(b"abc")
+            .write(b"def")
+            .write(b"ghi")
+            .build();
         let mut buf = BytesMut::from(&b"abc"[..]);
         let n = relay(BodyFraming::Length(9), false)
             .run(&mut src, &mut buf, &mut dst, &mut Vec::new())
@@ -231,7 +240,10 @@ mod tests {
     #[tokio::test]
     async fn chunked_bodies_pass_through_byte_for_byte_or_decoded() {
         let wire: &[u8] = b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n";
-        let mut dst = Builder::new().write(b"3\r\nabc\r\n").write(b"0\r\nX-T: 1\r\n\r\n").build();
+        let mut dst = Builder::new()
+            .write(b"3\r\nabc\r\n")
+            .write(b"0\r\nX-T: 1\r\n\r\n")
+            .build();
         let mut src = Builder::new().read(&wire[8..]).build();
         let mut buf = BytesMut::from(&wire[..8]);
         relay(BodyFraming::Chunked, false)
@@ -242,7 +254,12 @@ mod tests {
         let mut dst = Builder::new().write(b"abc").build();
         let mut buf = BytesMut::from(wire);
         relay(BodyFraming::Chunked, true)
-            .run(&mut Builder::new().build(), &mut buf, &mut dst, &mut Vec::new())
+            .run(
+                &mut Builder::new().build(),
+                &mut buf,
+                &mut dst,
+                &mut Vec::new(),
+            )
             .await
             .unwrap();
         assert!(buf.is_empty());

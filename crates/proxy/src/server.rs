@@ -30,7 +30,8 @@ impl Gateway {
         access_log: AccessLog,
     ) -> std::io::Result<Gateway> {
         let workers = settings.worker_count();
-        let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for &requested in &settings.listen {
             // Port 0 is resolved by the first bind; the other workers join that port.
@@ -46,12 +47,18 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = Vec::new();
         for (i, listeners) in per_worker.into_iter().enumerate() {
-            let (snapshots, limits, access_log, shutdown_rx) =
-                (snapshots.clone(), limits.clone(), access_log.clone(), shutdown_rx.clone());
+            let (snapshots, limits, access_log, shutdown_rx) = (
+                snapshots.clone(),
+                limits.clone(),
+                access_log.clone(),
+                shutdown_rx.clone(),
+            );
             let handle = std::thread::Builder::new()
                 .name(format!("pylon-worker-{i}"))
                 .spawn(move || {
-                    if let Err(e) = worker::run(listeners, snapshots, limits, access_log, shutdown_rx) {
+                    if let Err(e) =
+                        worker::run(listeners, snapshots, limits, access_log, shutdown_rx)
+                    {
                         tracing::error!(worker = i, "worker failed: {e}");
                     }
                 })?;

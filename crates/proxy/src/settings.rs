@@ -118,10 +118,16 @@ impl ProxySettings {
             ("proxy.client_body_timeout", self.client_body_timeout),
             ("proxy.client_send_timeout", self.client_send_timeout),
             ("proxy.keepalive_timeout", self.keepalive_timeout),
-            ("proxy.upstream.connect_timeout", self.upstream.connect_timeout),
+            (
+                "proxy.upstream.connect_timeout",
+                self.upstream.connect_timeout,
+            ),
             ("proxy.upstream.send_timeout", self.upstream.send_timeout),
             ("proxy.upstream.read_timeout", self.upstream.read_timeout),
-            ("proxy.upstream.keepalive_idle_timeout", self.upstream.keepalive_idle_timeout),
+            (
+                "proxy.upstream.keepalive_idle_timeout",
+                self.upstream.keepalive_idle_timeout,
+            ),
         ];
         for (field, value) in seconds {
             if !(value > 0.0 && value.is_finite()) {

@@ -104,7 +104,10 @@ impl Snapshot {
         let mut index_of: HashMap<String, usize> = HashMap::new();
         let mut specs = Vec::new();
         for (id, route) in config.routes.iter().filter(|(_, r)| r.is_enabled()) {
-            let service = route.service_id.as_ref().and_then(|s| config.services.get(s).map(|svc| (s, svc)));
+            let service = route
+                .service_id
+                .as_ref()
+                .and_then(|s| config.services.get(s).map(|svc| (s, svc)));
             let (key, upstream) = if let Some(u) = &route.upstream {
                 (format!("routes/{id}"), u)
             } else if let Some(uid) = &route.upstream_id {
@@ -112,8 +115,12 @@ impl Snapshot {
             } else if let Some((sid, svc)) = service {
                 match (&svc.upstream, &svc.upstream_id) {
                     (Some(u), _) => (format!("services/{sid}"), u),
-                    (None, Some(uid)) => (format!("upstreams/{uid}"), lookup(&config.upstreams, uid)?),
-                    (None, None) => return Err(CompileError(format!("routes/{id}: has no upstream"))),
+                    (None, Some(uid)) => {
+                        (format!("upstreams/{uid}"), lookup(&config.upstreams, uid)?)
+                    }
+                    (None, None) => {
+                        return Err(CompileError(format!("routes/{id}: has no upstream")))
+                    }
                 }
             } else {
                 return Err(CompileError(format!("routes/{id}: has no upstream")));
@@ -132,7 +139,9 @@ impl Snapshot {
                 .map_or_else(|| Timeouts::from_defaults(defaults), Timeouts::from_model);
             let mut hosts: Vec<String> = route.all_hosts().map(str::to_owned).collect();
             if hosts.is_empty() {
-                hosts = service.and_then(|(_, s)| s.hosts.clone()).unwrap_or_default();
+                hosts = service
+                    .and_then(|(_, s)| s.hosts.clone())
+                    .unwrap_or_default();
             }
             specs.push(RouteSpec {
                 uris: route.all_uris().map(str::to_owned).collect(),
@@ -157,7 +166,10 @@ impl Snapshot {
     }
 }
 
-fn lookup<'a>(upstreams: &'a std::collections::BTreeMap<String, Upstream>, id: &str) -> Result<&'a Upstream, CompileError> {
+fn lookup<'a>(
+    upstreams: &'a std::collections::BTreeMap<String, Upstream>,
+    id: &str,
+) -> Result<&'a Upstream, CompileError> {
     upstreams
         .get(id)
         .ok_or_else(|| CompileError(format!("upstream `{id}` does not exist")))
@@ -181,7 +193,11 @@ impl Timeouts {
     }
 }
 
-fn compile_upstream(key: String, upstream: &Upstream, defaults: &UpstreamDefaults) -> UpstreamTarget {
+fn compile_upstream(
+    key: String,
+    upstream: &Upstream,
+    defaults: &UpstreamDefaults,
+) -> UpstreamTarget {
     // Validation has already resolved these nodes once; it cannot fail here.
     let nodes = upstream.nodes.resolve(upstream.scheme).unwrap_or_default();
     let algorithm = match upstream.balancer {
@@ -244,7 +260,10 @@ fn hash_key(upstream: &Upstream) -> HashKey {
     let var = |name: String| HashKey(vec![HashPart::Var(name)]);
     match upstream.hash_on {
         HashOn::Vars => var(key),
-        HashOn::Header => var(format!("http_{}", key.to_ascii_lowercase().replace('-', "_"))),
+        HashOn::Header => var(format!(
+            "http_{}",
+            key.to_ascii_lowercase().replace('-', "_")
+        )),
         HashOn::Cookie => var(format!("cookie_{key}")),
         // Without authentication there is no consumer; APISIX then hashes the client address.
         HashOn::Consumer => var("remote_addr".to_owned()),
@@ -263,7 +282,9 @@ fn parse_template(template: &str) -> Vec<HashPart> {
         let name_len = rest[dollar + 1..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(rest.len() - dollar - 1);
-        parts.push(HashPart::Var(rest[dollar + 1..dollar + 1 + name_len].to_owned()));
+        parts.push(HashPart::Var(
+            rest[dollar + 1..dollar + 1 + name_len].to_owned(),
+        ));
         rest = &rest[dollar + 1 + name_len..];
     }
     if !rest.is_empty() {
@@ -314,7 +335,10 @@ impl WorkerView {
                 RefCell::new(state)
             })
             .collect();
-        WorkerView { snapshot, balancers }
+        WorkerView {
+            snapshot,
+            balancers,
+        }
     }
 }
 
@@ -349,19 +373,38 @@ mod tests {
         };
         let rr = |view: &WorkerView| {
             let u = &view.snapshot.upstreams[0];
-            view.balancers[0].borrow_mut().pick(&u.balancer, None, |_| false).unwrap()
+            view.balancers[0]
+                .borrow_mut()
+                .pick(&u.balancer, None, |_| false)
+                .unwrap()
         };
         let nodes = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
-        let v1 = WorkerView::new(Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults).unwrap()), None);
+        let v1 = WorkerView::new(
+            Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults).unwrap()),
+            None,
+        );
         let first = rr(&v1);
         // A new route does not reset the round robin: the next pick is the other node.
-        let v2 = WorkerView::new(Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults).unwrap()), Some(&v1));
+        let v2 = WorkerView::new(
+            Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults).unwrap()),
+            Some(&v1),
+        );
         assert_ne!(rr(&v2), first);
         // Changed nodes start afresh.
         let v3 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(r#"{"127.0.0.1:1": 1, "127.0.0.1:3": 1}"#, true), 3, &defaults).unwrap()),
+            Arc::new(
+                Snapshot::compile(
+                    &config(r#"{"127.0.0.1:1": 1, "127.0.0.1:3": 1}"#, true),
+                    3,
+                    &defaults,
+                )
+                .unwrap(),
+            ),
             Some(&v2),
         );
-        assert_ne!(v3.snapshot.upstreams[0].fingerprint, v2.snapshot.upstreams[0].fingerprint);
+        assert_ne!(
+            v3.snapshot.upstreams[0].fingerprint,
+            v2.snapshot.upstreams[0].fingerprint
+        );
     }
 }

@@ -109,15 +109,13 @@ fn percent_decode(s: &str) -> Cow<'_, str> {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -145,9 +143,9 @@ pub fn normalize_host(raw: &[u8], out: &mut String) -> bool {
         }
     };
     if host.is_empty()
-        || !host
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+        || !host.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
     {
         return false;
     }
@@ -162,7 +160,11 @@ mod tests {
 
     fn with_vars(wire: &str, check: impl FnOnce(&RequestVars<'_>)) {
         let mut head = RequestHead::default();
-        let limits = HeadLimits { max_request_line: 1024, max_head: 4096, max_headers: 64 };
+        let limits = HeadLimits {
+            max_request_line: 1024,
+            max_head: 4096,
+            max_headers: 64,
+        };
         head.parse(wire.as_bytes(), &limits).unwrap().unwrap();
         let vars = RequestVars {
             head: &head,

@@ -97,7 +97,9 @@ pub(crate) fn run(
     access_log: AccessLog,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let worker = Rc::new(Worker {
@@ -128,7 +130,10 @@ pub(crate) fn run(
             tokio::time::sleep(DRAIN_POLL).await;
         }
         if worker.connections.get() > 0 {
-            tracing::warn!(connections = worker.connections.get(), "grace period over; closing connections still open");
+            tracing::warn!(
+                connections = worker.connections.get(),
+                "grace period over; closing connections still open"
+            );
         }
         Ok(())
     })
@@ -157,12 +162,16 @@ async fn accept(worker: Rc<Worker>, listener: TcpListener) {
             drop(stream);
             continue;
         }
-        let Ok(local) = stream.local_addr() else { continue };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         worker.connections.set(worker.connections.get() + 1);
         let conn_worker = worker.clone();
         tokio::task::spawn_local(async move {
             connection::serve(conn_worker.clone(), stream, client, local).await;
-            conn_worker.connections.set(conn_worker.connections.get() - 1);
+            conn_worker
+                .connections
+                .set(conn_worker.connections.get() - 1);
         });
     }
 }

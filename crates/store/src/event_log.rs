@@ -136,7 +136,11 @@ mod tests {
         let log = EventLog::new();
         assert_eq!(log.apply([(key("1"), Some(json!({"a": 1})))]), Some(1));
         let mut rx = log.watch(1).unwrap();
-        assert_eq!(log.apply([(key("1"), Some(json!({"a": 1})))]), None, "no-op write");
+        assert_eq!(
+            log.apply([(key("1"), Some(json!({"a": 1})))]),
+            None,
+            "no-op write"
+        );
         assert_eq!(
             log.apply([(key("1"), None), (key("2"), Some(json!({})))]),
             Some(2)
@@ -144,7 +148,9 @@ mod tests {
         let change = rx.recv().await.unwrap().unwrap();
         assert_eq!(change.revision, 2);
         assert_eq!(change.events.len(), 2);
-        assert!(matches!(&change.events[0], Event::Delete { key: k, revision: 2 } if *k == key("1")));
+        assert!(
+            matches!(&change.events[0], Event::Delete { key: k, revision: 2 } if *k == key("1"))
+        );
         assert_eq!(log.list().entries.len(), 1);
     }
 

@@ -77,12 +77,21 @@ impl ConfigStore for YamlStore {
         self.log.watch(after)
     }
 
-    async fn put(&self, _: &Key, _: serde_json::Value, _: Precondition) -> Result<Revision, StoreError> {
-        Err(StoreError::ReadOnly("the configuration comes from a YAML file; edit the file"))
+    async fn put(
+        &self,
+        _: &Key,
+        _: serde_json::Value,
+        _: Precondition,
+    ) -> Result<Revision, StoreError> {
+        Err(StoreError::ReadOnly(
+            "the configuration comes from a YAML file; edit the file",
+        ))
     }
 
     async fn delete(&self, _: &Key, _: Precondition) -> Result<Revision, StoreError> {
-        Err(StoreError::ReadOnly("the configuration comes from a YAML file; edit the file"))
+        Err(StoreError::ReadOnly(
+            "the configuration comes from a YAML file; edit the file",
+        ))
     }
 }
 
@@ -126,7 +135,9 @@ async fn follow(path: PathBuf, mut stamp: Option<Stamp>, mut text: String, log: 
                     tracing::info!(file = %path.display(), revision, "config file reloaded");
                 }
             }
-            Err(e) => tracing::error!("config file change refused, the previous version stays in force: {e}"),
+            Err(e) => tracing::error!(
+                "config file change refused, the previous version stays in force: {e}"
+            ),
         }
     }
 }
@@ -169,7 +180,8 @@ mod tests {
     use crate::{ConfigStore, Event};
     use pylon_model::Kind;
 
-    const ONE_ROUTE: &str = "routes:\n  - {id: r1, uri: /a, upstream: {nodes: {\"127.0.0.1:1\": 1}}}\n";
+    const ONE_ROUTE: &str =
+        "routes:\n  - {id: r1, uri: /a, upstream: {nodes: {\"127.0.0.1:1\": 1}}}\n";
     const TWO_ROUTES: &str = "routes:\n  - {id: r1, uri: /a, upstream: {nodes: {\"127.0.0.1:1\": 1}}}\n  - {id: r2, uri: /b, upstream: {nodes: {\"127.0.0.1:1\": 1}}}\n";
 
     async fn next_change(rx: &mut WatchStream) -> crate::Change {
@@ -216,7 +228,17 @@ mod tests {
 
         std::fs::write(&path, "routes:\n  - {uri: /x, upstream_id: nope}\n").unwrap();
         let err = YamlStore::open(&path).await.err().unwrap().to_string();
-        assert!(err.contains("routes[0].upstream_id: upstream `nope` does not exist"), "{err}");
-        assert!(store.put(&Key::new(Kind::Routes, "x"), serde_json::json!({}), Precondition::None).await.is_err());
+        assert!(
+            err.contains("routes[0].upstream_id: upstream `nope` does not exist"),
+            "{err}"
+        );
+        assert!(store
+            .put(
+                &Key::new(Kind::Routes, "x"),
+                serde_json::json!({}),
+                Precondition::None
+            )
+            .await
+            .is_err());
     }
 }

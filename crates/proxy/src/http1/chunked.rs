@@ -21,10 +21,17 @@ pub enum ChunkError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a chunk size.
-    Size { value: u64, digits: u32 },
+    Size {
+        value: u64,
+        digits: u32,
+    },
     /// After the size: optional whitespace and extensions up to LF.
-    SizeLine { value: u64 },
-    Data { remaining: u64 },
+    SizeLine {
+        value: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     /// At the start of a trailer line (or the final empty line).
@@ -44,7 +51,10 @@ pub struct ChunkedScanner {
 impl Default for ChunkedScanner {
     fn default() -> Self {
         Self {
-            state: State::Size { value: 0, digits: 0 },
+            state: State::Size {
+                value: 0,
+                digits: 0,
+            },
             line_extra: 0,
             trailer_bytes: 0,
         }
@@ -58,13 +68,20 @@ impl ChunkedScanner {
 
     /// Scans `input`; returns how many of its bytes belong to the body (all of them unless the
     /// body ends inside `input`). `on_data` receives the decoded data bytes.
-    pub fn scan(&mut self, input: &[u8], mut on_data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+    pub fn scan(
+        &mut self,
+        input: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
             self.state = match self.state {
                 State::Size { value, digits } => match hex(b) {
-                    Some(d) if digits < MAX_SIZE_DIGITS => State::Size { value: value << 4 | d, digits: digits + 1 },
+                    Some(d) if digits < MAX_SIZE_DIGITS => State::Size {
+                        value: value << 4 | d,
+                        digits: digits + 1,
+                    },
                     Some(_) => return Err(ChunkError::Size),
                     None if digits == 0 => return Err(ChunkError::Size),
                     None => {
@@ -84,11 +101,18 @@ impl ChunkedScanner {
                     on_data(&input[i..i + n]);
                     i += n;
                     let remaining = remaining - n as u64;
-                    self.state = if remaining == 0 { State::DataCr } else { State::Data { remaining } };
+                    self.state = if remaining == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data { remaining }
+                    };
                     continue;
                 }
                 State::DataCr if b == b'\r' => State::DataLf,
-                State::DataCr | State::DataLf if b == b'\n' => State::Size { value: 0, digits: 0 },
+                State::DataCr | State::DataLf if b == b'\n' => State::Size {
+                    value: 0,
+                    digits: 0,
+                },
                 State::DataCr | State::DataLf => return Err(ChunkError::Delimiter),
                 State::TrailerStart if b == b'\r' => State::TrailerStart,
                 State::TrailerStart if b == b'\n' => {
@@ -100,7 +124,11 @@ impl ChunkedScanner {
                     if self.trailer_bytes > MAX_TRAILERS {
                         return Err(ChunkError::TooLong);
                     }
-                    if b == b'\n' { State::TrailerStart } else { State::Trailer }
+                    if b == b'\n' {
+                        State::TrailerStart
+                    } else {
+                        State::Trailer
+                    }
                 }
                 State::Done => return Ok(i),
             };
@@ -161,11 +189,20 @@ mod tests {
     #[test]
     fn refuses_malformed_chunks() {
         assert_eq!(scan_all(b"zz\r\n", 4).unwrap_err(), ChunkError::Size);
-        assert_eq!(scan_all(b"3\r\nabcX\r\n", 16).unwrap_err(), ChunkError::Delimiter);
-        assert_eq!(scan_all(b"ffffffffffffffffff\r\n", 32).unwrap_err(), ChunkError::Size);
+        assert_eq!(
+            scan_all(b"3\r\nabcX\r\n", 16).unwrap_err(),
+            ChunkError::Delimiter
+        );
+        assert_eq!(
+            scan_all(b"ffffffffffffffffff\r\n", 32).unwrap_err(),
+            ChunkError::Size
+        );
         assert_eq!(scan_all(b"\r\n", 2).unwrap_err(), ChunkError::Size);
         let long_ext = format!("1;{}\r\n", "x".repeat(MAX_LINE_EXTRA + 1));
-        assert_eq!(scan_all(long_ext.as_bytes(), 64).unwrap_err(), ChunkError::TooLong);
+        assert_eq!(
+            scan_all(long_ext.as_bytes(), 64).unwrap_err(),
+            ChunkError::TooLong
+        );
     }
 
     #[test]

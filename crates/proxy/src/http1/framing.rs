@@ -102,7 +102,11 @@ mod tests {
 
     fn request(wire: &str) -> Result<BodyFraming, FramingError> {
         let mut head = RequestHead::default();
-        let limits = HeadLimits { max_request_line: 1024, max_head: 4096, max_headers: 64 };
+        let limits = HeadLimits {
+            max_request_line: 1024,
+            max_head: 4096,
+            max_headers: 64,
+        };
         head.parse(wire.as_bytes(), &limits).unwrap().unwrap();
         request_framing(&head)
     }
@@ -110,26 +114,52 @@ mod tests {
     #[test]
     fn request_bodies_are_framed_or_refused() {
         assert_eq!(request("GET / HTTP/1.1\r\n\r\n"), Ok(BodyFraming::None));
-        assert_eq!(request("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"), Ok(BodyFraming::Length(12)));
-        assert_eq!(request("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"), Ok(BodyFraming::Length(5)));
-        assert_eq!(request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Ok(BodyFraming::Chunked));
+        assert_eq!(
+            request("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+            Ok(BodyFraming::Length(12))
+        );
+        assert_eq!(
+            request("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"),
+            Ok(BodyFraming::Length(5))
+        );
+        assert_eq!(
+            request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Ok(BodyFraming::Chunked)
+        );
         assert_eq!(
             request("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(FramingError::Ambiguous)
         );
-        assert_eq!(request("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"), Err(FramingError::BadLength));
-        assert_eq!(request("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), Err(FramingError::BadLength));
-        assert_eq!(request("POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n"), Err(FramingError::BadLength));
-        assert_eq!(request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), Err(FramingError::BadTransferEncoding));
+        assert_eq!(
+            request("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            Err(FramingError::BadLength)
+        );
+        assert_eq!(
+            request("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            Err(FramingError::BadLength)
+        );
+        assert_eq!(
+            request("POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n"),
+            Err(FramingError::BadLength)
+        );
+        assert_eq!(
+            request("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Err(FramingError::BadTransferEncoding)
+        );
     }
 
     #[test]
     fn response_bodies_follow_status_and_method() {
         let mut head = ResponseHead::default();
-        head.parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 1024).unwrap();
+        head.parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 1024)
+            .unwrap();
         assert_eq!(response_framing(&head, "GET"), Ok(BodyFraming::Length(5)));
         assert_eq!(response_framing(&head, "HEAD"), Ok(BodyFraming::None));
-        head.parse(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", 1024).unwrap();
+        head.parse(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            1024,
+        )
+        .unwrap();
         assert_eq!(response_framing(&head, "GET"), Ok(BodyFraming::None));
         head.parse(b"HTTP/1.1 200 OK\r\n\r\n", 1024).unwrap();
         assert_eq!(response_framing(&head, "GET"), Ok(BodyFraming::UntilClose));

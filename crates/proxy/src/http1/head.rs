@@ -110,17 +110,17 @@ impl RequestHead {
                 self.block.fill(buf, len, req.headers);
                 Ok(Some(len))
             }
-            Ok(httparse::Status::Partial) => {
-                match memchr::memchr(b'\n', buf) {
-                    None if buf.len() > limits.max_request_line => Err(HeadError::LineTooLong),
-                    Some(end) if end > limits.max_request_line => Err(HeadError::LineTooLong),
-                    _ if buf.len() > limits.max_head => Err(HeadError::HeadTooLarge),
-                    _ => Ok(None),
-                }
-            }
+            Ok(httparse::Status::Partial) => match memchr::memchr(b'\n', buf) {
+                None if buf.len() > limits.max_request_line => Err(HeadError::LineTooLong),
+                Some(end) if end > limits.max_request_line => Err(HeadError::LineTooLong),
+                _ if buf.len() > limits.max_head => Err(HeadError::HeadTooLarge),
+                _ => Ok(None),
+            },
             Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
             Err(httparse::Error::Version) => Err(HeadError::Version),
-            Err(httparse::Error::Token) => Err(HeadError::Malformed("invalid character in method or header name")),
+            Err(httparse::Error::Token) => Err(HeadError::Malformed(
+                "invalid character in method or header name",
+            )),
             Err(httparse::Error::HeaderName) => Err(HeadError::Malformed("invalid header name")),
             Err(httparse::Error::HeaderValue) => Err(HeadError::Malformed("invalid header value")),
             Err(_) => Err(HeadError::Malformed("invalid request line")),
@@ -185,7 +185,11 @@ impl ResponseHead {
                 let base = buf.as_ptr() as usize;
                 let reason = res.reason.unwrap_or("");
                 let start = reason.as_ptr() as usize - base;
-                self.reason = if reason.is_empty() { 0..0 } else { start..start + reason.len() };
+                self.reason = if reason.is_empty() {
+                    0..0
+                } else {
+                    start..start + reason.len()
+                };
                 self.status = res.code.ok_or(HeadError::Malformed("no status"))?;
                 self.minor_version = res.version.ok_or(HeadError::Malformed("no version"))?;
                 self.block.fill(buf, len, res.headers);
@@ -252,14 +256,32 @@ mod tests {
     fn enforces_limits_before_the_head_is_complete() {
         let mut head = RequestHead::default();
         let long_line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(80));
-        assert_eq!(head.parse(long_line.as_bytes(), &LIMITS), Err(HeadError::LineTooLong));
-        assert_eq!(head.parse(&[b'a'; 65], &LIMITS), Err(HeadError::LineTooLong));
+        assert_eq!(
+            head.parse(long_line.as_bytes(), &LIMITS),
+            Err(HeadError::LineTooLong)
+        );
+        assert_eq!(
+            head.parse(&[b'a'; 65], &LIMITS),
+            Err(HeadError::LineTooLong)
+        );
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "v".repeat(300));
-        assert_eq!(head.parse(big.as_bytes(), &LIMITS), Err(HeadError::HeadTooLarge));
+        assert_eq!(
+            head.parse(big.as_bytes(), &LIMITS),
+            Err(HeadError::HeadTooLarge)
+        );
         let many = "GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n";
-        assert_eq!(head.parse(many.as_bytes(), &LIMITS), Err(HeadError::TooManyHeaders));
-        assert!(matches!(head.parse(b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n", &LIMITS), Err(HeadError::Malformed(_))));
-        assert_eq!(head.parse(b"GET / HTTP/2.0\r\n\r\n", &LIMITS), Err(HeadError::Version));
+        assert_eq!(
+            head.parse(many.as_bytes(), &LIMITS),
+            Err(HeadError::TooManyHeaders)
+        );
+        assert!(matches!(
+            head.parse(b"GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n", &LIMITS),
+            Err(HeadError::Malformed(_))
+        ));
+        assert_eq!(
+            head.parse(b"GET / HTTP/2.0\r\n\r\n", &LIMITS),
+            Err(HeadError::Version)
+        );
     }
 
     #[test]
@@ -271,6 +293,9 @@ mod tests {
         assert_eq!(head.reason(), "Not Found");
         assert_eq!(head.header("content-length"), Some(&b"3"[..]));
         assert!(head.parse(b"garbage\r\n\r\n", 1024).is_err());
-        assert_eq!(head.parse(b"HTTP/1.1 200 OK\r\n", 8), Err(HeadError::HeadTooLarge));
+        assert_eq!(
+            head.parse(b"HTTP/1.1 200 OK\r\n", 8),
+            Err(HeadError::HeadTooLarge)
+        );
     }
 }
