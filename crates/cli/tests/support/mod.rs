@@ -1,0 +1,182 @@
+//! Test support: the real `pylon` binary on ephemeral loopback ports, real upstream servers,
+//! and a raw HTTP/1.1 client that shows exactly what went over the wire.
+#![allow(dead_code)] // each test binary uses its own subset
+
+pub mod client;
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bounded wait for anything a test waits on.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `pylon run` process with its own temp dir, node config and routes file.
+pub struct Pylon {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    stdout_lines: mpsc::Receiver<String>,
+}
+
+impl Pylon {
+    /// Starts pylon with `routes` (standalone YAML) and extra node config under `proxy:`
+    /// (indented YAML lines, may be empty).
+    pub fn start(routes: &str, proxy_extra: &str) -> Pylon {
+        Self::try_start(routes, proxy_extra).unwrap_or_else(|e| panic!("pylon did not start: {e}"))
+    }
+
+    pub fn try_start(routes: &str, proxy_extra: &str) -> Result<Pylon, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("apisix.yaml"), routes).unwrap();
+        let node = format!(
+            "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 2\n{proxy_extra}\naccess_log:\n  path: access.log\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
+        );
+        std::fs::write(dir.path().join("node.yaml"), node).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
+            .arg("run")
+            .arg("-c")
+            .arg(dir.path().join("node.yaml"))
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let log_path = dir.path().join("pylon.stderr");
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(log_path).unwrap();
+            let _ = std::io::copy(&mut BufReader::new(stderr), &mut file);
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("pylon: proxy listening on http://") {
+                        let addr = addr.parse().unwrap();
+                        return Ok(Pylon {
+                            child,
+                            dir,
+                            addr,
+                            stdout_lines: rx,
+                        });
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    std::thread::sleep(Duration::from_millis(100));
+                    let stderr = std::fs::read_to_string(dir.path().join("pylon.stderr"))
+                        .unwrap_or_default();
+                    return Err(format!("exited {status:?}; stderr:\n{stderr}"));
+                }
+            }
+        }
+    }
+
+    pub fn routes_path(&self) -> PathBuf {
+        self.dir.path().join("apisix.yaml")
+    }
+
+    /// Replaces the routes file atomically, as a deployment tool would.
+    pub fn write_routes(&self, routes: &str) {
+        let tmp = self.dir.path().join("apisix.yaml.tmp");
+        std::fs::write(&tmp, routes).unwrap();
+        std::fs::rename(&tmp, self.routes_path()).unwrap();
+    }
+
+    /// Everything pylon logged to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pylon.stderr")).unwrap_or_default()
+    }
+
+    /// Waits until stderr contains `needle` (bounded).
+    pub fn wait_for_log(&self, needle: &str) {
+        wait_until(
+            || self.stderr().contains(needle),
+            &format!("log line containing {needle:?}"),
+        );
+    }
+
+    /// The access log's lines so far, parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        read_json_lines(&self.dir.path().join("access.log"))
+    }
+
+    /// Waits until the access log has at least `n` lines and returns them.
+    pub fn wait_access_log(&self, n: usize) -> Vec<serde_json::Value> {
+        wait_until(
+            || self.access_log().len() >= n,
+            &format!("{n} access log lines"),
+        );
+        self.access_log()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code and stdout lines.
+    pub fn wait_exit(&mut self) -> (Option<i32>, Vec<String>) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), self.stdout_lines.try_iter().collect());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pylon did not exit within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Pylon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.ends_with('}'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
+        .collect()
+}
+
+/// Polls `cond` every 20 ms for at most [`WAIT`].
+pub fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
