@@ -164,7 +164,31 @@ fn uri_pattern(path: &str, uri: &str, errors: &mut Vec<FieldError>) {
         ));
     } else if uri.find('*').is_some_and(|i| i != uri.len() - 1) {
         errors.push(FieldError::new(path, "`*` is allowed only at the end"));
+    } else if let Some(message) = bad_param(uri) {
+        // The router refuses these too, but only when a snapshot is compiled: `pylon validate`
+        // said "valid" and the error named no document path. Catch them here, as the router
+        // would (pylon-router's `Pattern::parse`).
+        errors.push(FieldError::new(path, message));
     }
+}
+
+/// Why the `:param` segments of a URI pattern (already known to start with `/` and to have `*`
+/// at most at the end) would not compile.
+fn bad_param(uri: &str) -> Option<&'static str> {
+    let (body, is_prefix) = match uri[1..].strip_suffix('*') {
+        Some(body) => (body, true),
+        None => (&uri[1..], false),
+    };
+    let mut segments = body.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if is_prefix && segments.peek().is_none() && segment.starts_with(':') {
+            return Some("a `:` parameter cannot end in `*`");
+        }
+        if segment == ":" {
+            return Some("a `:` parameter needs a name");
+        }
+    }
+    None
 }
 
 fn hosts_list<'a>(
@@ -180,7 +204,9 @@ fn hosts_list<'a>(
 /// A host name, optionally with a leading `*.` wildcard.
 fn host_pattern(path: &str, host: &str, errors: &mut Vec<FieldError>) {
     let name = host.strip_prefix("*.").unwrap_or(host);
+    // A leading dot (`.a.com`, `*..a.com`) is no host either; the router refuses it.
     let valid = !name.is_empty()
+        && !name.starts_with('.')
         && name.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
         });
@@ -238,4 +264,56 @@ fn is_var_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri_errors(uri: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        uri_pattern("uri", uri, &mut errors);
+        errors.into_iter().map(|e| e.to_string()).collect()
+    }
+
+    fn host_ok(host: &str) -> bool {
+        let mut errors = Vec::new();
+        host_pattern("host", host, &mut errors);
+        errors.is_empty()
+    }
+
+    /// Whatever passes here must compile in the router: the file is accepted on this check.
+    #[test]
+    fn uri_patterns_the_router_would_refuse_are_errors() {
+        for good in [
+            "/",
+            "/a",
+            "/a/*",
+            "/a*",
+            "/*",
+            "/user/:id",
+            "/a/:id/b/*",
+            "/a/b:c",
+        ] {
+            assert_eq!(uri_errors(good), Vec::<String>::new(), "{good}");
+        }
+        assert_eq!(
+            uri_errors("/a/:id*"),
+            ["uri: a `:` parameter cannot end in `*`"]
+        );
+        assert_eq!(
+            uri_errors("/:*"),
+            ["uri: a `:` parameter cannot end in `*`"]
+        );
+        assert_eq!(uri_errors("/a/:/b"), ["uri: a `:` parameter needs a name"]);
+        assert_eq!(uri_errors("/a/:"), ["uri: a `:` parameter needs a name"]);
+    }
+
+    #[test]
+    fn hosts_with_a_leading_dot_are_errors() {
+        assert!(host_ok("a.com") && host_ok("*.a.com"));
+        assert!(!host_ok(".a.com"));
+        assert!(!host_ok("*..a.com"));
+        assert!(!host_ok("*."));
+    }
 }

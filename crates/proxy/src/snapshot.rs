@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -314,12 +315,15 @@ pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
 /// over from the previous view for every upstream whose nodes and algorithm did not change.
 pub struct WorkerView {
     pub snapshot: Arc<Snapshot>,
-    pub balancers: Vec<RefCell<BalancerState>>,
+    /// Shared with the previous view, not copied from it: a request that started before a
+    /// config change ends on the view it started with, and its `on_request_end` must reach
+    /// the state the new view picks with, or least_conn/EWMA would count it in flight for ever.
+    pub balancers: Vec<Rc<RefCell<BalancerState>>>,
 }
 
 impl WorkerView {
     pub fn new(snapshot: Arc<Snapshot>, previous: Option<&WorkerView>) -> WorkerView {
-        let mut carried: HashMap<(&str, u64), &RefCell<BalancerState>> = HashMap::new();
+        let mut carried: HashMap<(&str, u64), &Rc<RefCell<BalancerState>>> = HashMap::new();
         if let Some(prev) = previous {
             for (u, state) in prev.snapshot.upstreams.iter().zip(&prev.balancers) {
                 carried.insert((u.key.as_str(), u.fingerprint), state);
@@ -329,10 +333,10 @@ impl WorkerView {
             .upstreams
             .iter()
             .map(|u| {
-                let state = carried
-                    .get(&(u.key.as_str(), u.fingerprint))
-                    .map_or_else(|| u.balancer.new_state(), |s| s.borrow().clone());
-                RefCell::new(state)
+                carried.get(&(u.key.as_str(), u.fingerprint)).map_or_else(
+                    || Rc::new(RefCell::new(u.balancer.new_state())),
+                    |s| Rc::clone(s),
+                )
             })
             .collect();
         WorkerView {
@@ -406,5 +410,48 @@ mod tests {
             v3.snapshot.upstreams[0].fingerprint,
             v2.snapshot.upstreams[0].fingerprint
         );
+    }
+
+    #[test]
+    fn a_request_started_before_a_config_change_ends_on_the_state_in_use() {
+        let defaults = UpstreamDefaults::default();
+        let config = |extra_route: bool| {
+            let mut text = "upstreams:\n  - {id: u, type: least_conn, nodes: {\"127.0.0.1:1\": 1, \"127.0.0.1:2\": 1}}\nroutes:\n  - {id: r, uri: /a, upstream_id: u}\n".to_owned();
+            if extra_route {
+                text.push_str("  - {id: r2, uri: /b, upstream_id: u}\n");
+            }
+            pylon_model::parse_standalone(&text).unwrap().1
+        };
+        let v1 = WorkerView::new(
+            Arc::new(Snapshot::compile(&config(false), 1, &defaults).unwrap()),
+            None,
+        );
+        let spec = &v1.snapshot.upstreams[0].balancer;
+        let busy = v1.balancers[0]
+            .borrow_mut()
+            .pick(spec, None, |_| false)
+            .unwrap();
+        v1.balancers[0].borrow_mut().on_request_start(busy);
+
+        let v2 = WorkerView::new(
+            Arc::new(Snapshot::compile(&config(true), 2, &defaults).unwrap()),
+            Some(&v1),
+        );
+        // The request ends on the view it started with, after the change.
+        v1.balancers[0]
+            .borrow_mut()
+            .on_request_end(busy, Duration::from_millis(1), false);
+        // Both nodes idle in the new view: they take turns.
+        let spec = &v2.snapshot.upstreams[0].balancer;
+        let picks: Vec<usize> = (0..4)
+            .map(|_| {
+                let mut state = v2.balancers[0].borrow_mut();
+                let node = state.pick(spec, None, |_| false).unwrap();
+                state.on_request_start(node);
+                state.on_request_end(node, Duration::from_millis(1), false);
+                node
+            })
+            .collect();
+        assert_eq!(picks.iter().filter(|&&n| n == busy).count(), 2, "{picks:?}");
     }
 }

@@ -15,6 +15,10 @@ use pylon_model::{parse_standalone, Key, ValidationErrors};
 use crate::{ConfigStore, EventLog, Listing, Precondition, Revision, StoreError, WatchStream};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// A file modified less than this long ago is read even when its stamp did not change: file
+/// systems keep modification times at a coarse granularity (a clock tick, or 2 s on FAT), so a
+/// rewrite of the same length right after a poll read the file may leave its stamp as it was.
+const RECENT: Duration = Duration::from_secs(2);
 
 pub struct YamlStore {
     path: PathBuf,
@@ -101,7 +105,7 @@ async fn follow(path: PathBuf, mut stamp: Option<Stamp>, mut text: String, log: 
     loop {
         interval.tick().await;
         let current = stat(&path).await;
-        if current == stamp {
+        if current == stamp && !current.as_ref().is_some_and(Stamp::is_recent) {
             continue;
         }
         let new_text = match read(&path).await {
@@ -139,6 +143,16 @@ async fn follow(path: PathBuf, mut stamp: Option<Stamp>, mut text: String, log: 
                 "config file change refused, the previous version stays in force: {e}"
             ),
         }
+    }
+}
+
+impl Stamp {
+    /// Whether a later write could have left this stamp unchanged (see [`RECENT`]). A time in
+    /// the future (clock skew) or none at all counts as recent.
+    fn is_recent(&self) -> bool {
+        self.modified
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_none_or(|age| age < RECENT)
     }
 }
 
@@ -214,6 +228,39 @@ mod tests {
         std::fs::write(&path, ONE_ROUTE).unwrap();
         let change = next_change(&mut rx).await;
         assert!(matches!(&change.events[..], [Event::Delete { key, .. }] if key.id == "r2"));
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_that_keeps_the_stamp_is_still_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apisix.yaml");
+        std::fs::write(&path, ONE_ROUTE).unwrap();
+        let store = YamlStore::open(&path).await.unwrap();
+        let mut rx = store
+            .watch(store.list().await.unwrap().revision)
+            .await
+            .unwrap();
+
+        // Same length, same modification time: what a rewrite within one tick of the file
+        // system's clock looks like.
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let changed = ONE_ROUTE.replace("uri: /a", "uri: /z");
+        assert_eq!(changed.len(), ONE_ROUTE.len());
+        // Replaced atomically, so that no poll can read a half-written file.
+        let tmp = dir.path().join("apisix.yaml.tmp");
+        std::fs::write(&tmp, &changed).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let change = next_change(&mut rx).await;
+        assert!(
+            matches!(&change.events[..], [Event::Put(e)] if e.value["uri"] == "/z"),
+            "{change:?}"
+        );
     }
 
     #[tokio::test]

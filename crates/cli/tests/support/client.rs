@@ -211,3 +211,26 @@ pub fn raw(addr: SocketAddr, raw: &[u8]) -> Response {
 pub fn settle() {
     std::thread::sleep(Duration::from_millis(50));
 }
+
+// === raw reads, for tests that check bytes as they arrive ===
+
+impl Conn {
+    /// Reads until `needle` has arrived; returns everything up to and including it, raw, and
+    /// keeps what came after it for the next read.
+    pub fn read_until(&mut self, needle: &[u8]) -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.windows(needle.len()).position(|w| w == needle) {
+                return Ok(self.buf.drain(..i + needle.len()).collect());
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Reads exactly `n` raw bytes.
+    pub fn read_raw(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            self.fill()?;
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+}

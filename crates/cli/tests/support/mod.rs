@@ -33,8 +33,14 @@ impl Pylon {
     pub fn try_start(routes: &str, proxy_extra: &str) -> Result<Pylon, String> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("apisix.yaml"), routes).unwrap();
+        // A `workers` line in `proxy_extra` replaces the default one: YAML refuses a key twice.
+        let workers = if proxy_extra.contains("workers:") {
+            ""
+        } else {
+            "  workers: 2\n"
+        };
         let node = format!(
-            "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 2\n{proxy_extra}\naccess_log:\n  path: access.log\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
+            "proxy:\n  listen: [\"127.0.0.1:0\"]\n{workers}{proxy_extra}\naccess_log:\n  path: access.log\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
         );
         std::fs::write(dir.path().join("node.yaml"), node).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
@@ -178,5 +184,43 @@ pub fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// === reloads ===
+
+impl Pylon {
+    /// How many configuration versions pylon has published so far, the first one included.
+    pub fn published(&self) -> usize {
+        self.stderr().matches("configuration published").count()
+    }
+
+    /// Replaces the routes file and waits (bounded) until pylon has published it: every request
+    /// sent after this returns sees the new configuration.
+    pub fn reload(&self, routes: &str) {
+        let before = self.published();
+        self.write_routes(routes);
+        wait_until(
+            || self.published() > before,
+            "the new routes file to be published",
+        );
+    }
+}
+
+// === exit ===
+
+impl Pylon {
+    /// Once pylon has exited: the stdout lines not yet taken, up to the end of the stream
+    /// (bounded). After [`Pylon::wait_exit`] the last lines may still be in the pipe.
+    pub fn rest_of_stdout(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout_lines.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => return lines,
+            }
+        }
     }
 }

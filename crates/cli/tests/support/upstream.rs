@@ -255,3 +255,31 @@ pub fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, &str)], bo
     bytes.extend_from_slice(body);
     let _ = stream.write_all(&bytes);
 }
+
+/// The handler [`Upstream::start`] uses: `200`, body `name`, header `X-Upstream: name`; for
+/// bringing a node back with [`Upstream::on`].
+pub fn named(name: &str) -> Handler {
+    let name = name.to_owned();
+    Arc::new(move |_, stream| {
+        respond(stream, 200, &[("X-Upstream", &name)], name.as_bytes());
+        true
+    })
+}
+
+/// A latch that handlers wait on to hold a request until the test opens it. The wait is
+/// bounded by [`super::WAIT`], so a failing test cannot leave a thread behind for ever.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<AtomicBool>);
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn wait(&self) {
+        let deadline = std::time::Instant::now() + super::WAIT;
+        while !self.0.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
