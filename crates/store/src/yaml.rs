@@ -109,6 +109,13 @@ async fn follow(path: PathBuf, mut stamp: Option<Stamp>, mut text: String, log: 
             continue;
         }
         let new_text = match read(&path).await {
+            // A file that disappears is far more often a deployment mistake than a wish to
+            // drop every route: keep serving what it last said.
+            Ok((None, _)) if stamp.is_some() => {
+                tracing::warn!(file = %path.display(), "config file is gone; the last version stays in force");
+                stamp = None;
+                continue;
+            }
             Ok((new_stamp, new_text)) => {
                 stamp = new_stamp;
                 new_text
@@ -119,6 +126,13 @@ async fn follow(path: PathBuf, mut stamp: Option<Stamp>, mut text: String, log: 
             }
         };
         if new_text == text {
+            continue;
+        }
+        // As in APISIX, a file that ended with `#END` is complete only when it does again: a
+        // writer that rewrites the file in place is caught half-way, not taken at its word.
+        if has_end_marker(&text) && !has_end_marker(&new_text) {
+            tracing::debug!(file = %path.display(), "config file incomplete (no #END yet)");
+            stamp = None;
             continue;
         }
         text = new_text;
@@ -154,6 +168,13 @@ impl Stamp {
             .and_then(|m| SystemTime::now().duration_since(m).ok())
             .is_none_or(|age| age < RECENT)
     }
+}
+
+fn has_end_marker(text: &str) -> bool {
+    text.trim_end()
+        .lines()
+        .next_back()
+        .is_some_and(|l| l.trim() == "#END")
 }
 
 async fn stat(path: &Path) -> Option<Stamp> {
@@ -287,5 +308,38 @@ mod tests {
             )
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_or_half_written_file_does_not_replace_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apisix.yaml");
+        std::fs::write(&path, format!("{TWO_ROUTES}#END\n")).unwrap();
+        let store = YamlStore::open(&path).await.unwrap();
+        let mut rx = store
+            .watch(store.list().await.unwrap().revision)
+            .await
+            .unwrap();
+
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::sleep(POLL_INTERVAL * 3).await;
+        assert_eq!(
+            store.list().await.unwrap().entries.len(),
+            2,
+            "deletion ignored"
+        );
+
+        // A truncated rewrite (no #END yet) is valid YAML with fewer routes: not applied.
+        std::fs::write(&path, ONE_ROUTE).unwrap();
+        tokio::time::sleep(POLL_INTERVAL * 3).await;
+        assert_eq!(
+            store.list().await.unwrap().entries.len(),
+            2,
+            "incomplete file ignored"
+        );
+
+        std::fs::write(&path, format!("{ONE_ROUTE}#END\n")).unwrap();
+        let change = next_change(&mut rx).await;
+        assert!(matches!(&change.events[..], [Event::Delete { key, .. }] if key.id == "r2"));
     }
 }
