@@ -512,7 +512,6 @@ fn upstream_connections_are_reused_up_to_keepalive_pool_requests() {
 }
 
 #[test]
-#[ignore = "bug in crates/proxy/src/forward.rs (not ours): proxy() treats `error == BadGateway && !stale` as safe to retry for any method, so a POST sent on a fresh connection and dropped unanswered goes to the next node"]
 fn a_post_the_upstream_dropped_without_answer_is_not_sent_again() {
     // Each node reads the whole request and closes the connection without answering: it may
     // have acted on it, so a non-idempotent request must not go to the next node.

@@ -133,7 +133,9 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
     let view = worker.view();
     let head = &conn.head;
     let host_ok = match head.header("host") {
-        Some(raw) => normalize_host(raw, &mut conn.host),
+        // More than one Host is refused (RFC 9112 §3.2): routing on one and forwarding
+        // another, as a server behind might pick, would let a client slip past host rules.
+        Some(raw) => normalize_host(raw, &mut conn.host) && host_count(head) == 1,
         None => {
             conn.host.clear();
             // HTTP/1.1 requires Host (RFC 9112 §3.2); HTTP/1.0 may go without.
@@ -256,6 +258,12 @@ pub(crate) fn wants_keep_alive(head: &RequestHead) -> bool {
     } else {
         connection.is_some_and(|v| has_token(v, "keep-alive"))
     }
+}
+
+fn host_count(head: &RequestHead) -> usize {
+    head.headers()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("host"))
+        .count()
 }
 
 /// Drops a request body that will not be forwarded, if it has fully arrived; otherwise the

@@ -46,6 +46,9 @@ struct Failure {
     /// A reused idle connection failed before the upstream could have seen the request:
     /// try again on a new connection without counting an attempt.
     stale: bool,
+    /// The whole request reached the upstream, which may have acted on it: only an
+    /// idempotent request may go again.
+    sent: bool,
 }
 
 /// An attempt that got as far as the client: either a complete exchange or an aborted one.
@@ -145,9 +148,7 @@ pub(crate) async fn proxy(
                 tried.push(index);
                 last_error = failure.error;
                 let in_time = upstream.retry_timeout.is_none_or(|t| started.elapsed() < t);
-                let replayable = failure.replayable && body_buffered;
-                let safe = replayable
-                    && (idempotent || failure.error == GatewayError::BadGateway && !failure.stale);
+                let safe = failure.allows_retry(body_buffered, idempotent);
                 if tried.len() > upstream.retries || !in_time || !safe {
                     let mut outcome = respond_error(worker, conn, failure.error, false).await;
                     outcome.upstream = node.addr;
@@ -212,12 +213,19 @@ async fn attempt_fresh(
 }
 
 impl Failure {
+    /// Whether the request may go to another attempt: its body must still be whole in our
+    /// buffer, and a request the upstream may have acted on goes again only if idempotent.
+    fn allows_retry(&self, body_buffered: bool, idempotent: bool) -> bool {
+        self.replayable && body_buffered && (idempotent || !self.sent)
+    }
+
     /// Nothing was sent: any request may go elsewhere.
     fn before_sending(error: GatewayError) -> Self {
         Failure {
             error,
             replayable: true,
             stale: false,
+            sent: false,
         }
     }
 }
@@ -242,8 +250,7 @@ async fn exchange(
         &conn.head,
         conn.client,
         conn.local,
-        upstream,
-        node,
+        upstream_host(&conn.head, upstream, node),
         framing,
     );
     // A body that has fully arrived goes out with the head and stays buffered until the
@@ -267,14 +274,33 @@ async fn exchange(
             error: GatewayError::BadGateway,
             replayable: true,
             stale: reused,
+            sent: false,
         });
     }
-    conn.buf.advance(inline_body);
 
     let client_http10 = conn.head.minor_version() == 0;
+    // A client that asked for a go-ahead (`Expect: 100-continue`) holds its body back until it
+    // gets one. The gateway gives it here, once the upstream has the head: the upstream never
+    // sees the expectation (see `write_request_head`), so it would never answer it itself.
+    let mut continue_sent = 0;
+    if streamed_body && !client_http10 && expects_continue(&conn.head) {
+        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        if write_all(&mut conn.stream, CONTINUE, worker.limits.send_timeout)
+            .await
+            .is_err()
+        {
+            return Ok(Delivered {
+                client_reusable: false,
+                status: 499,
+                bytes_sent: 0,
+            });
+        }
+        continue_sent = CONTINUE.len() as u64;
+    }
     let method_is_head = conn.head.method() == "HEAD";
     let client_keep_alive = wants_keep_alive(&conn.head) && !worker.is_stopping();
     let upload_done = Cell::new(!streamed_body);
+    let response_started = Cell::new(false);
     let Downstream {
         stream,
         buf,
@@ -294,6 +320,7 @@ async fn exchange(
         method_is_head,
         client_keep_alive,
         upload_done: &upload_done,
+        response_started: &response_started,
         reused,
     };
     let download = responder.run(&mut up_read, &mut up.buf, &mut client_write);
@@ -313,24 +340,56 @@ async fn exchange(
             tokio::select! {
                 sent = &mut upload, if !upload_done.get() && !upload_failed => match sent {
                     Ok(_) => upload_done.set(true),
-                    // The client went away or stalled: there is no one to answer.
-                    Err(RelayError::Source(_) | RelayError::Framing(_)) => {
+                    // The client's body broke its chunked framing, or the client stalled
+                    // mid-body: it is still there to be told why (below).
+                    Err(RelayError::Framing(_)) => break Err(GatewayError::BadRequest),
+                    Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        break Err(GatewayError::RequestTimeout)
+                    }
+                    // The client went away: there is no one to answer.
+                    Err(RelayError::Source(_)) => {
                         return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0 });
                     }
                     // The upstream stopped reading; it may still have answered (413, say).
                     Err(RelayError::Destination(_)) => upload_failed = true,
                 },
-                received = &mut download => break received.map_err(|mut f| {
+                received = &mut download => break Ok(received.map_err(|mut f| {
                     // The body was partly streamed: it cannot be sent again.
                     f.replayable = false;
                     f
-                }),
+                })),
             }
         }
     } else {
-        download.await
+        Ok(download.await)
+    };
+    let result = match result {
+        Ok(result) => result,
+        // The client's fault, not the upstream's: answered here so that it does not count
+        // against the node. The upstream connection, holding part of a body, is dropped.
+        Err(error) => {
+            if response_started.get() {
+                // Part of a response is out: all that is left is to end the connection.
+                return Ok(Delivered {
+                    client_reusable: false,
+                    status: error.status(),
+                    bytes_sent: 0,
+                });
+            }
+            out.clear();
+            error.write_response(out, true);
+            let _ = write_all(&mut client_write, out, worker.limits.send_timeout).await;
+            return Ok(Delivered {
+                client_reusable: false,
+                status: error.status(),
+                bytes_sent: continue_sent + out.len() as u64,
+            });
+        }
     };
     let delivered = result?;
+    // Only now is the inline body done with: had this attempt failed, a retry would have
+    // needed it again (the bytes after it are the client's next request, not this body).
+    buf.advance(inline_body);
     let upstream_reusable = delivered.upstream_reusable && upload_done.get() && up.buf.is_empty();
     if upstream_reusable {
         worker
@@ -341,46 +400,56 @@ async fn exchange(
     Ok(Delivered {
         client_reusable: delivered.client_reusable && upload_done.get(),
         status: delivered.status,
-        bytes_sent: delivered.bytes_sent,
+        bytes_sent: continue_sent + delivered.bytes_sent,
     })
 }
 
-/// The request head as the upstream gets it: hop-by-hop headers dropped, `Host` per
-/// `pass_host`, and the `X-Forwarded-*` / `X-Real-IP` headers set.
+/// Whether the request carries `Expect: 100-continue`.
+fn expects_continue(head: &RequestHead) -> bool {
+    head.header("expect")
+        .is_some_and(|v| has_token(v, "100-continue"))
+}
+
+/// The `Host` the upstream gets, per `pass_host`.
+fn upstream_host<'a>(
+    head: &'a RequestHead,
+    upstream: &'a UpstreamTarget,
+    node: &'a NodeTarget,
+) -> &'a [u8] {
+    match (upstream.pass_host, head.header("host")) {
+        (PassHost::Pass, Some(host)) => host,
+        (PassHost::Rewrite, _) => upstream.upstream_host.as_deref().unwrap_or("").as_bytes(),
+        _ => node.host_header.as_bytes(),
+    }
+}
+
+/// The request head as the upstream gets it: hop-by-hop headers dropped, `Host` as given,
+/// and the `X-Forwarded-*` / `X-Real-IP` headers set.
 fn write_request_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
     client: SocketAddr,
     local: SocketAddr,
-    upstream: &UpstreamTarget,
-    node: &NodeTarget,
+    host: &[u8],
     framing: BodyFraming,
 ) {
     let client_ip = client.ip();
     let connection = head.header("connection");
+    let client_host = head.header("host");
     out.extend_from_slice(head.method().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    let client_host = head.header("host");
-    match (upstream.pass_host, client_host) {
-        (PassHost::Pass, Some(host)) => out.extend_from_slice(host),
-        (PassHost::Rewrite, _) => {
-            out.extend_from_slice(upstream.upstream_host.as_deref().unwrap_or("").as_bytes())
-        }
-        _ => out.extend_from_slice(node.host_header.as_bytes()),
-    }
+    out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
-    let mut forwarded_for: Option<&[u8]> = None;
     for (name, value) in head.headers() {
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            forwarded_for = Some(value);
-            continue;
-        }
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("host")
+            || name.eq_ignore_ascii_case("x-forwarded-for")
             || is_forwarding_header(name)
             || connection.is_some_and(|c| has_token(c, name))
+            // The gateway answers the expectation itself (see `exchange`).
+            || name.eq_ignore_ascii_case("expect") && has_token(value, "100-continue")
         {
             continue;
         }
@@ -390,9 +459,14 @@ fn write_request_head(
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    if let Some(previous) = forwarded_for {
-        out.extend_from_slice(previous);
-        out.extend_from_slice(b", ");
+    // Every incoming X-Forwarded-For, in order: a list split over several header lines is
+    // still one list (RFC 9110 §5.3), and keeping only one would lose hops.
+    for (name, value) in head.headers() {
+        let value = value.trim_ascii();
+        if name.eq_ignore_ascii_case("x-forwarded-for") && !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
     }
     // Writing into a Vec cannot fail.
     let _ = write!(
@@ -435,6 +509,8 @@ struct Responder<'a> {
     method_is_head: bool,
     client_keep_alive: bool,
     upload_done: &'a Cell<bool>,
+    /// Set before the first byte of a response (interim or final) is written to the client.
+    response_started: &'a Cell<bool>,
     reused: bool,
 }
 
@@ -476,6 +552,7 @@ impl Responder<'_> {
                         // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1
                         // clients as they are.
                         if !self.client_http10 {
+                            self.response_started.set(true);
                             if write_all(client, &up_buf[..len], self.client_send_timeout)
                                 .await
                                 .is_err()
@@ -495,6 +572,7 @@ impl Responder<'_> {
                         error: GatewayError::BadGateway,
                         replayable: false,
                         stale: false,
+                        sent: true,
                     })
                 }
             }
@@ -511,6 +589,7 @@ impl Responder<'_> {
                         },
                         replayable: nothing_received,
                         stale: self.reused && nothing_received && !timed_out,
+                        sent: true,
                     });
                 }
             }
@@ -522,6 +601,7 @@ impl Responder<'_> {
                 error: GatewayError::BadGateway,
                 replayable: false,
                 stale: false,
+                sent: true,
             });
         };
         if status == 101 {
@@ -529,6 +609,7 @@ impl Responder<'_> {
                 error: GatewayError::BadGateway,
                 replayable: false,
                 stale: false,
+                sent: true,
             });
         }
         up_buf.advance(head_len);
@@ -572,6 +653,7 @@ impl Responder<'_> {
             read_timeout: self.timeouts.read,
             write_timeout: self.client_send_timeout,
         };
+        self.response_started.set(true);
         match relay.run(up, up_buf, client, out).await {
             Ok(sent) => Ok(Received {
                 client_reusable,
@@ -583,5 +665,78 @@ impl Responder<'_> {
             // shorter body passed off as whole.
             Err(_) => Ok(Received::aborted(status)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::HeadLimits;
+
+    fn forwarded_head(wire: &str, framing: BodyFraming) -> String {
+        let mut head = RequestHead::default();
+        let limits = HeadLimits {
+            max_request_line: 1024,
+            max_head: 4096,
+            max_headers: 64,
+        };
+        head.parse(wire.as_bytes(), &limits).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            &head,
+            "192.0.2.9:5555".parse().unwrap(),
+            "127.0.0.1:9080".parse().unwrap(),
+            b"backend",
+            framing,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn only_idempotent_requests_go_again_once_the_upstream_may_have_acted() {
+        let refused = Failure::before_sending(GatewayError::BadGateway);
+        assert!(
+            refused.allows_retry(true, false),
+            "nothing sent: a POST may go elsewhere"
+        );
+        let dropped = Failure {
+            error: GatewayError::BadGateway,
+            replayable: true,
+            stale: false,
+            sent: true,
+        };
+        assert!(dropped.allows_retry(true, true));
+        assert!(
+            !dropped.allows_retry(true, false),
+            "a POST the upstream may have acted on"
+        );
+        assert!(
+            !refused.allows_retry(false, true),
+            "a body partly streamed is gone"
+        );
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept_in_order() {
+        let head = forwarded_head(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2, 3.3.3.3\r\nX-Forwarded-For: \r\n\r\n",
+            BodyFraming::None,
+        );
+        assert!(
+            head.contains("\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 192.0.2.9\r\n"),
+            "{head}"
+        );
+        assert_eq!(head.matches("X-Forwarded-For").count(), 1, "{head}");
+    }
+
+    #[test]
+    fn the_continue_expectation_stays_with_the_gateway() {
+        let head = forwarded_head(
+            "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            BodyFraming::Length(5),
+        );
+        assert!(!head.to_ascii_lowercase().contains("expect"), "{head}");
+        assert!(head.contains("\r\nContent-Length: 5\r\n"), "{head}");
     }
 }
