@@ -115,15 +115,56 @@ pub(crate) async fn proxy(
         let node = &upstream.nodes[index];
         let attempt_started = Instant::now();
         balancer.borrow_mut().on_request_start(index);
-        let mut result = attempt(worker, conn, upstream, node, route.timeouts, framing).await;
-        if let Err(Failure {
-            stale: true,
-            replayable: true,
-            ..
-        }) = result
-        {
-            result = attempt_fresh(worker, conn, upstream, node, route.timeouts, framing).await;
-        }
+        let result = match node.addr {
+            None => Err(Failure::before_sending(GatewayError::BadGateway)),
+            Some(addr) => {
+                let pooled = worker.pool.borrow_mut().checkout(addr, Instant::now());
+                let mut result = match pooled {
+                    Some(up) => {
+                        exchange(
+                            worker,
+                            conn,
+                            upstream,
+                            node,
+                            addr,
+                            up,
+                            true,
+                            route.timeouts,
+                            framing,
+                        )
+                        .await
+                    }
+                    None => {
+                        connect_and_exchange(
+                            worker,
+                            conn,
+                            upstream,
+                            node,
+                            addr,
+                            route.timeouts,
+                            framing,
+                        )
+                        .await
+                    }
+                };
+                // An idle connection the upstream had already closed (the keep-alive race):
+                // one more try on a fresh connection, not counted as an attempt.
+                if matches!(&result, Err(f) if f.stale && f.allows_retry(body_buffered, idempotent))
+                {
+                    result = connect_and_exchange(
+                        worker,
+                        conn,
+                        upstream,
+                        node,
+                        addr,
+                        route.timeouts,
+                        framing,
+                    )
+                    .await;
+                }
+                result
+            }
+        };
         let latency = attempt_started.elapsed();
         balancer
             .borrow_mut()
@@ -160,41 +201,15 @@ pub(crate) async fn proxy(
     }
 }
 
-/// One attempt on one node: an idle pooled connection if there is one, else a new one.
-async fn attempt(
+async fn connect_and_exchange(
     worker: &Worker,
     conn: &mut Downstream,
     upstream: &UpstreamTarget,
     node: &NodeTarget,
+    addr: SocketAddr,
     timeouts: Timeouts,
     framing: BodyFraming,
 ) -> Result<Delivered, Failure> {
-    let addr = node
-        .addr
-        .ok_or(Failure::before_sending(GatewayError::BadGateway))?;
-    let pooled = worker.pool.borrow_mut().checkout(addr, Instant::now());
-    match pooled {
-        Some(up) => {
-            exchange(
-                worker, conn, upstream, node, addr, up, true, timeouts, framing,
-            )
-            .await
-        }
-        None => attempt_fresh(worker, conn, upstream, node, timeouts, framing).await,
-    }
-}
-
-async fn attempt_fresh(
-    worker: &Worker,
-    conn: &mut Downstream,
-    upstream: &UpstreamTarget,
-    node: &NodeTarget,
-    timeouts: Timeouts,
-    framing: BodyFraming,
-) -> Result<Delivered, Failure> {
-    let addr = node
-        .addr
-        .ok_or(Failure::before_sending(GatewayError::BadGateway))?;
     let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(_)) => return Err(Failure::before_sending(GatewayError::BadGateway)),
@@ -671,16 +686,9 @@ impl Responder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::HeadLimits;
 
     fn forwarded_head(wire: &str, framing: BodyFraming) -> String {
-        let mut head = RequestHead::default();
-        let limits = HeadLimits {
-            max_request_line: 1024,
-            max_head: 4096,
-            max_headers: 64,
-        };
-        head.parse(wire.as_bytes(), &limits).unwrap().unwrap();
+        let head = RequestHead::from_wire(wire);
         let mut out = Vec::new();
         write_request_head(
             &mut out,

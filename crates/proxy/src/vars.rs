@@ -156,16 +156,9 @@ pub fn normalize_host(raw: &[u8], out: &mut String) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::HeadLimits;
 
     fn with_vars(wire: &str, check: impl FnOnce(&RequestVars<'_>)) {
-        let mut head = RequestHead::default();
-        let limits = HeadLimits {
-            max_request_line: 1024,
-            max_head: 4096,
-            max_headers: 64,
-        };
-        head.parse(wire.as_bytes(), &limits).unwrap().unwrap();
+        let head = RequestHead::from_wire(wire);
         let vars = RequestVars {
             head: &head,
             host: Some("example.com"),

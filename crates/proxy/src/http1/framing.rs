@@ -98,16 +98,9 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::HeadLimits;
 
     fn request(wire: &str) -> Result<BodyFraming, FramingError> {
-        let mut head = RequestHead::default();
-        let limits = HeadLimits {
-            max_request_line: 1024,
-            max_head: 4096,
-            max_headers: 64,
-        };
-        head.parse(wire.as_bytes(), &limits).unwrap().unwrap();
+        let head = RequestHead::from_wire(wire);
         request_framing(&head)
     }
 

@@ -166,6 +166,21 @@ impl RequestHead {
     }
 }
 
+#[cfg(test)]
+impl RequestHead {
+    /// The head of `wire`, which must be a complete request head, parsed with roomy limits.
+    pub(crate) fn from_wire(wire: &str) -> RequestHead {
+        let mut head = RequestHead::default();
+        let limits = HeadLimits {
+            max_request_line: 1024,
+            max_head: 4096,
+            max_headers: 64,
+        };
+        head.parse(wire.as_bytes(), &limits).unwrap().unwrap();
+        head
+    }
+}
+
 /// A parsed response head.
 #[derive(Debug, Default)]
 pub struct ResponseHead {
