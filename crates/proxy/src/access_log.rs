@@ -104,42 +104,58 @@ impl AccessLog {
     }
 }
 
+/// How long the writer lets records gather while traffic flows.
+const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+
 fn write_lines(rx: Receiver<AccessRecord>, out: Box<dyn Write + Send>, dropped: &AtomicU64) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut reported_drops = 0;
+    // The writer blocks only when the log is idle. While records flow it wakes up every
+    // BATCH_INTERVAL and takes what has gathered, so a worker's send never has to wake it:
+    // waking a thread per request would cost more than the log line itself.
     while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(record) = next {
-            let line = Line {
-                time: humantime::format_rfc3339_millis(record.time).to_string(),
-                client_ip: record.client.ip().to_string(),
-                method: &record.method,
-                uri: &record.uri,
-                host: &record.host,
-                status: record.status,
-                bytes_sent: record.bytes_sent,
-                request_length: record.request_length,
-                route_id: record.route_id.as_deref(),
-                upstream_addr: record.upstream.map(|a| a.to_string()),
-                upstream_latency_ms: record.upstream_latency.map(millis),
-                latency_ms: millis(record.latency),
-                user_agent: &record.user_agent,
-            };
-            if serde_json::to_writer(&mut out, &line).is_ok() {
-                let _ = out.write_all(b"\n");
+        write_line(&mut out, &first);
+        loop {
+            let mut gathered = 0;
+            while let Ok(record) = rx.try_recv() {
+                write_line(&mut out, &record);
+                gathered += 1;
             }
-            next = rx.try_recv().ok();
+            let drops = dropped.load(Ordering::Relaxed);
+            if drops > reported_drops {
+                tracing::warn!(
+                    lines = drops - reported_drops,
+                    "access log lines dropped: the writer could not keep up"
+                );
+                reported_drops = drops;
+            }
+            let _ = out.flush();
+            if gathered == 0 {
+                break;
+            }
+            std::thread::sleep(BATCH_INTERVAL);
         }
-        let drops = dropped.load(Ordering::Relaxed);
-        if drops > reported_drops {
-            tracing::warn!(
-                lines = drops - reported_drops,
-                "access log lines dropped: the writer could not keep up"
-            );
-            reported_drops = drops;
-        }
-        // Flush whenever the channel runs dry, so lines appear promptly when traffic is light.
-        let _ = out.flush();
+    }
+}
+
+fn write_line(out: &mut impl Write, record: &AccessRecord) {
+    let line = Line {
+        time: humantime::format_rfc3339_millis(record.time).to_string(),
+        client_ip: record.client.ip().to_string(),
+        method: &record.method,
+        uri: &record.uri,
+        host: &record.host,
+        status: record.status,
+        bytes_sent: record.bytes_sent,
+        request_length: record.request_length,
+        route_id: record.route_id.as_deref(),
+        upstream_addr: record.upstream.map(|a| a.to_string()),
+        upstream_latency_ms: record.upstream_latency.map(millis),
+        latency_ms: millis(record.latency),
+        user_agent: &record.user_agent,
+    };
+    if serde_json::to_writer(&mut *out, &line).is_ok() {
+        let _ = out.write_all(b"\n");
     }
 }
 
