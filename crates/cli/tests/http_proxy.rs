@@ -748,6 +748,25 @@ fn the_request_target_is_forwarded_exactly_as_received() {
     assert_eq!(seen, targets);
 }
 
+#[test]
+fn an_absolute_form_target_is_routed_by_its_authority() {
+    let up = echo("a");
+    let routes = format!(
+        "routes:\n  - id: api\n    uri: /v1/*\n    hosts: [api.example.com]\n    upstream:\n      nodes:\n        {}\n",
+        up.node()
+    );
+    let pylon = Pylon::start(&routes, "");
+    // RFC 9112 §3.2.2: the target's authority wins over a Host header.
+    let res = support::client::raw(
+        pylon.addr,
+        b"GET http://API.example.com/v1/items?x=1 HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    );
+    assert_eq!(res.status, 200);
+    let seen = &up.received()[0];
+    assert_eq!(seen.target, "http://API.example.com/v1/items?x=1");
+    assert_eq!(seen.header("host"), Some("API.example.com"));
+}
+
 // === upstream failures ===
 
 #[test]

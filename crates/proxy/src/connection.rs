@@ -132,10 +132,10 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
     let started = Instant::now();
     let view = worker.view();
     let head = &conn.head;
-    let host_ok = match head.header("host") {
+    let host_ok = match head.client_host() {
         // More than one Host is refused (RFC 9112 §3.2): routing on one and forwarding
         // another, as a server behind might pick, would let a client slip past host rules.
-        Some(raw) => normalize_host(raw, &mut conn.host) && host_count(head) == 1,
+        Some(raw) => normalize_host(raw, &mut conn.host) && host_count(head) <= 1,
         None => {
             conn.host.clear();
             // HTTP/1.1 requires Host (RFC 9112 §3.2); HTTP/1.0 may go without.

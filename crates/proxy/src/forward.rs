@@ -431,7 +431,7 @@ fn upstream_host<'a>(
     upstream: &'a UpstreamTarget,
     node: &'a NodeTarget,
 ) -> &'a [u8] {
-    match (upstream.pass_host, head.header("host")) {
+    match (upstream.pass_host, head.client_host()) {
         (PassHost::Pass, Some(host)) => host,
         (PassHost::Rewrite, _) => upstream.upstream_host.as_deref().unwrap_or("").as_bytes(),
         _ => node.host_header.as_bytes(),
@@ -450,7 +450,7 @@ fn write_request_head(
 ) {
     let client_ip = client.ip();
     let connection = head.header("connection");
-    let client_host = head.header("host");
+    let client_host = head.client_host();
     out.extend_from_slice(head.method().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target().as_bytes());

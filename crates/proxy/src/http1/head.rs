@@ -136,15 +136,40 @@ impl RequestHead {
         self.block.str_at(&self.target)
     }
 
-    /// The target's path: everything before `?`.
+    /// The target's path: everything before `?`, without the scheme and authority of an
+    /// absolute-form target (`GET http://host/path`).
     pub fn path(&self) -> &str {
-        let target = self.target();
-        target.split_once('?').map_or(target, |(p, _)| p)
+        let target = self.origin_form();
+        match target.split_once('?').map_or(target, |(p, _)| p) {
+            "" => "/",
+            path => path,
+        }
     }
 
     /// The query string after `?`, if any.
     pub fn query(&self) -> Option<&str> {
-        self.target().split_once('?').map(|(_, q)| q)
+        self.origin_form().split_once('?').map(|(_, q)| q)
+    }
+
+    /// The authority of an absolute-form target, which stands in for `Host` (RFC 9112 §3.2.2).
+    pub fn authority(&self) -> Option<&str> {
+        let rest = strip_scheme(self.target())?;
+        Some(&rest[..rest.find(['/', '?']).unwrap_or(rest.len())])
+    }
+
+    /// The host the client asked for: an absolute-form target's authority, else `Host`.
+    pub fn client_host(&self) -> Option<&[u8]> {
+        self.authority()
+            .map(str::as_bytes)
+            .or_else(|| self.header("host"))
+    }
+
+    fn origin_form(&self) -> &str {
+        let target = self.target();
+        match strip_scheme(target) {
+            Some(rest) => &rest[rest.find(['/', '?']).unwrap_or(rest.len())..],
+            None => target,
+        }
     }
 
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -179,6 +204,15 @@ impl RequestHead {
         head.parse(wire.as_bytes(), &limits).unwrap().unwrap();
         head
     }
+}
+
+/// What follows `http://` or `https://` (in any case) in an absolute-form target.
+fn strip_scheme(target: &str) -> Option<&str> {
+    ["http://", "https://"].iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| &target[scheme.len()..])
+    })
 }
 
 /// A parsed response head.
@@ -265,6 +299,21 @@ mod tests {
         assert_eq!(head.minor_version(), 1);
         assert_eq!(head.header("host"), Some(&b"Example.com"[..]));
         assert_eq!(head.headers().count(), 2);
+    }
+
+    #[test]
+    fn absolute_form_targets_give_path_query_and_authority() {
+        let head = RequestHead::from_wire(
+            "GET HTTP://API.example.com:8080/v1/x?y=1 HTTP/1.1\r\nHost: other\r\n\r\n",
+        );
+        assert_eq!(head.target(), "HTTP://API.example.com:8080/v1/x?y=1");
+        assert_eq!(head.authority(), Some("API.example.com:8080"));
+        assert_eq!(head.path(), "/v1/x");
+        assert_eq!(head.query(), Some("y=1"));
+        let head = RequestHead::from_wire("GET http://h?q HTTP/1.1\r\n\r\n");
+        assert_eq!((head.path(), head.query()), ("/", Some("q")));
+        let head = RequestHead::from_wire("GET /plain HTTP/1.1\r\n\r\n");
+        assert_eq!((head.authority(), head.path()), (None, "/plain"));
     }
 
     #[test]
