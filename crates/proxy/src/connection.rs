@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use pylon_router::RequestView;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::access_log::AccessRecord;
@@ -30,6 +31,18 @@ pub(crate) struct Downstream {
     pub out: Vec<u8>,
     /// The request's host, normalized.
     pub host: String,
+}
+
+impl Downstream {
+    /// The current request's variables.
+    pub fn vars(&self) -> RequestVars<'_> {
+        RequestVars {
+            head: &self.head,
+            host: (!self.host.is_empty()).then_some(self.host.as_str()),
+            client: self.client,
+            local: self.local,
+        }
+    }
 }
 
 enum HeadRead {
@@ -143,13 +156,7 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
         }
     };
     let framing = request_framing(head);
-    let vars = RequestVars {
-        head,
-        host: (!conn.host.is_empty()).then_some(conn.host.as_str()),
-        client: conn.client,
-        local: conn.local,
-    };
-    let route = view.snapshot.router.find(&vars);
+    let route = view.snapshot.router.find(&conn.vars());
     let framing = match framing {
         Ok(framing) if host_ok => framing,
         // The body's length is unknown: nothing after this head can be trusted.
@@ -238,16 +245,31 @@ pub(crate) async fn respond_error(
     keep_alive: bool,
 ) -> Outcome {
     let keep_alive = keep_alive && !worker.is_stopping();
-    conn.out.clear();
-    error.write_response(&mut conn.out, !keep_alive);
-    let sent = write_all(&mut conn.stream, &conn.out, worker.limits.send_timeout).await;
+    let sent = send_error(worker, &mut conn.stream, &mut conn.out, error, keep_alive).await;
     Outcome {
-        keep_alive: keep_alive && sent.is_ok(),
+        keep_alive: keep_alive && sent.is_some(),
         status: error.status(),
-        bytes_sent: conn.out.len() as u64,
+        bytes_sent: sent.unwrap_or(0),
         upstream: None,
         upstream_latency: None,
     }
+}
+
+/// Writes the gateway's own response for `error` through `out`; returns the bytes written,
+/// or `None` when the client could not take them.
+pub(crate) async fn send_error<W: AsyncWrite + Unpin>(
+    worker: &Worker,
+    client: &mut W,
+    out: &mut Vec<u8>,
+    error: GatewayError,
+    keep_alive: bool,
+) -> Option<u64> {
+    out.clear();
+    error.write_response(out, !keep_alive);
+    write_all(client, out, worker.limits.send_timeout)
+        .await
+        .ok()
+        .map(|()| out.len() as u64)
 }
 
 /// Whether the client asked to keep the connection open.

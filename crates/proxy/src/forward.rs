@@ -16,18 +16,16 @@ use bytes::Buf;
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 
-use crate::connection::{respond_error, wants_keep_alive, Downstream};
+use crate::connection::{respond_error, send_error, wants_keep_alive, Downstream};
 use crate::error::GatewayError;
 use crate::http1::{
     has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead,
 };
 use crate::pool::UpstreamConn;
 use crate::relay::{read_more, write_all, Relay, RelayError};
-use crate::snapshot::{HashPart, NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
-use crate::vars::RequestVars;
+use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
 use crate::worker::Worker;
 use pylon_model::PassHost;
-use pylon_router::RequestView;
 
 /// How a request ended, for the connection loop and the access log.
 pub(crate) struct Outcome {
@@ -67,22 +65,10 @@ pub(crate) async fn proxy(
 ) -> Outcome {
     let upstream = &view.snapshot.upstreams[route.upstream];
     let balancer = &view.balancers[route.upstream];
-    let hash_key = upstream.hash_key.as_ref().map(|key| {
-        let vars = RequestVars {
-            head: &conn.head,
-            host: (!conn.host.is_empty()).then_some(conn.host.as_str()),
-            client: conn.client,
-            local: conn.local,
-        };
-        let mut out = String::new();
-        for part in &key.0 {
-            match part {
-                HashPart::Literal(s) => out.push_str(s),
-                HashPart::Var(name) => out.push_str(vars.var(name).as_deref().unwrap_or("")),
-            }
-        }
-        out
-    });
+    let hash_key = upstream
+        .hash_key
+        .as_ref()
+        .map(|key| key.render(&conn.vars()));
     let body_buffered = match framing {
         BodyFraming::None => true,
         BodyFraming::Length(n) => conn.buf.len() as u64 >= n,
@@ -119,50 +105,35 @@ pub(crate) async fn proxy(
             None => Err(Failure::before_sending(GatewayError::BadGateway)),
             Some(addr) => {
                 let pooled = worker.pool.borrow_mut().checkout(addr, Instant::now());
-                let mut result = match pooled {
-                    Some(up) => {
+                let first = exchange(
+                    worker,
+                    conn,
+                    upstream,
+                    node,
+                    addr,
+                    pooled,
+                    route.timeouts,
+                    framing,
+                )
+                .await;
+                match first {
+                    // An idle connection the upstream had already closed (the keep-alive
+                    // race): one more try on a fresh connection, not counted as an attempt.
+                    Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
                         exchange(
                             worker,
                             conn,
                             upstream,
                             node,
                             addr,
-                            up,
-                            true,
+                            None,
                             route.timeouts,
                             framing,
                         )
                         .await
                     }
-                    None => {
-                        connect_and_exchange(
-                            worker,
-                            conn,
-                            upstream,
-                            node,
-                            addr,
-                            route.timeouts,
-                            framing,
-                        )
-                        .await
-                    }
-                };
-                // An idle connection the upstream had already closed (the keep-alive race):
-                // one more try on a fresh connection, not counted as an attempt.
-                if matches!(&result, Err(f) if f.stale && f.allows_retry(body_buffered, idempotent))
-                {
-                    result = connect_and_exchange(
-                        worker,
-                        conn,
-                        upstream,
-                        node,
-                        addr,
-                        route.timeouts,
-                        framing,
-                    )
-                    .await;
+                    result => result,
                 }
-                result
             }
         };
         let latency = attempt_started.elapsed();
@@ -201,32 +172,6 @@ pub(crate) async fn proxy(
     }
 }
 
-async fn connect_and_exchange(
-    worker: &Worker,
-    conn: &mut Downstream,
-    upstream: &UpstreamTarget,
-    node: &NodeTarget,
-    addr: SocketAddr,
-    timeouts: Timeouts,
-    framing: BodyFraming,
-) -> Result<Delivered, Failure> {
-    let stream = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(_)) => return Err(Failure::before_sending(GatewayError::BadGateway)),
-        Err(_) => return Err(Failure::before_sending(GatewayError::GatewayTimeout)),
-    };
-    let _ = stream.set_nodelay(true);
-    let up = UpstreamConn {
-        stream,
-        buf: bytes::BytesMut::with_capacity(16 * 1024),
-        requests: 0,
-    };
-    exchange(
-        worker, conn, upstream, node, addr, up, false, timeouts, framing,
-    )
-    .await
-}
-
 impl Failure {
     /// Whether the request may go to another attempt: its body must still be whole in our
     /// buffer, and a request the upstream may have acted on goes again only if idempotent.
@@ -252,11 +197,15 @@ async fn exchange(
     upstream: &UpstreamTarget,
     node: &NodeTarget,
     addr: SocketAddr,
-    mut up: UpstreamConn,
-    reused: bool,
+    pooled: Option<UpstreamConn>,
     timeouts: Timeouts,
     framing: BodyFraming,
 ) -> Result<Delivered, Failure> {
+    let reused = pooled.is_some();
+    let mut up = match pooled {
+        Some(up) => up,
+        None => connect(addr, timeouts.connect).await?,
+    };
     up.requests += 1;
     up.buf.clear();
     conn.out.clear();
@@ -391,13 +340,11 @@ async fn exchange(
                     bytes_sent: 0,
                 });
             }
-            out.clear();
-            error.write_response(out, true);
-            let _ = write_all(&mut client_write, out, worker.limits.send_timeout).await;
+            let sent = send_error(worker, &mut client_write, out, error, false).await;
             return Ok(Delivered {
                 client_reusable: false,
                 status: error.status(),
-                bytes_sent: continue_sent + out.len() as u64,
+                bytes_sent: continue_sent + sent.unwrap_or(0),
             });
         }
     };
@@ -416,6 +363,20 @@ async fn exchange(
         client_reusable: delivered.client_reusable && upload_done.get(),
         status: delivered.status,
         bytes_sent: continue_sent + delivered.bytes_sent,
+    })
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, Failure> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => return Err(Failure::before_sending(GatewayError::BadGateway)),
+        Err(_) => return Err(Failure::before_sending(GatewayError::GatewayTimeout)),
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(UpstreamConn {
+        stream,
+        buf: bytes::BytesMut::with_capacity(16 * 1024),
+        requests: 0,
     })
 }
 

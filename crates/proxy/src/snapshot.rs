@@ -12,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use pylon_balancer::{Algorithm, BalancerSpec, BalancerState, NodeSpec};
 use pylon_model::{Config, HashOn, PassHost, Timeout, Upstream, UpstreamType};
-use pylon_router::{RouteSpec, Router};
+use pylon_router::{RequestView, RouteSpec, Router};
 
 use crate::settings::{secs, UpstreamDefaults};
 
@@ -74,6 +74,20 @@ pub struct PoolSettings {
 /// A consistent-hash key template: literal text and request variables, concatenated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HashKey(pub Vec<HashPart>);
+
+impl HashKey {
+    /// The key for one request.
+    pub fn render(&self, vars: &impl RequestView) -> String {
+        let mut key = String::new();
+        for part in &self.0 {
+            match part {
+                HashPart::Literal(s) => key.push_str(s),
+                HashPart::Var(name) => key.push_str(vars.var(name).as_deref().unwrap_or("")),
+            }
+        }
+        key
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HashPart {
