@@ -1,14 +1,11 @@
-//! Proxying one request: pick a node, send the request, relay the response; retry on another
-//! node while that is still safe.
+//! Proxying one HTTP/1 request: pick a node, send the request, relay the response; retry on
+//! another node while that is still safe (the rules are in [`crate::attempts`]).
 //!
-//! A request is replayed only while nothing about it is lost: its body must still be in our
-//! buffer (never partly streamed), and once the upstream may have acted on it (it was sent and
-//! then timed out or the connection dropped) only idempotent methods go again. Once the first
-//! response byte has gone to the client there is no way back: a failure then aborts the client
-//! connection rather than pass off a truncated response as complete.
+//! A body is replayable only while it is still whole in our buffer, never once partly streamed.
+//! Once the first response byte has gone to the client there is no way back: a failure then
+//! aborts the client connection rather than pass off a truncated response as complete.
 
 use std::cell::Cell;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,16 +13,18 @@ use bytes::Buf;
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 
+use crate::attempts::{Attempts, Failure};
 use crate::connection::{respond_error, send_error, wants_keep_alive, Downstream};
 use crate::error::GatewayError;
 use crate::http1::{
     has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead,
 };
+use crate::outbound::{forwards_header, push_header, upstream_host, write_forwarding_headers};
 use crate::pool::UpstreamConn;
 use crate::relay::{read_more, write_all, Relay, RelayError};
 use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
+use crate::vars::RequestFields;
 use crate::worker::Worker;
-use pylon_model::PassHost;
 
 /// How a request ended, for the connection loop and the access log.
 pub(crate) struct Outcome {
@@ -34,19 +33,6 @@ pub(crate) struct Outcome {
     pub bytes_sent: u64,
     pub upstream: Option<SocketAddr>,
     pub upstream_latency: Option<Duration>,
-}
-
-/// Why one attempt failed before anything reached the client.
-struct Failure {
-    error: GatewayError,
-    /// The request may go to another node (or a fresh connection to the same one).
-    replayable: bool,
-    /// A reused idle connection failed before the upstream could have seen the request:
-    /// try again on a new connection without counting an attempt.
-    stale: bool,
-    /// The whole request reached the upstream, which may have acted on it: only an
-    /// idempotent request may go again.
-    sent: bool,
 }
 
 /// An attempt that got as far as the client: either a complete exchange or an aborted one.
@@ -63,44 +49,19 @@ pub(crate) async fn proxy(
     conn: &mut Downstream,
     framing: BodyFraming,
 ) -> Outcome {
-    let upstream = &view.snapshot.upstreams[route.upstream];
-    let balancer = &view.balancers[route.upstream];
-    let hash_key = upstream
-        .hash_key
-        .as_ref()
-        .map(|key| key.render(&conn.vars()));
+    let mut attempts = Attempts::new(view, route, &conn.vars(), conn.head.method());
+    let upstream = attempts.upstream();
     let body_buffered = match framing {
         BodyFraming::None => true,
         BodyFraming::Length(n) => conn.buf.len() as u64 >= n,
         BodyFraming::Chunked | BodyFraming::UntilClose => false,
     };
-    let idempotent = matches!(
-        conn.head.method(),
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    );
-    let started = Instant::now();
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last_error = GatewayError::BadGateway;
     loop {
-        let pick = {
-            let mut state = balancer.borrow_mut();
-            let key = hash_key.as_deref().map(str::as_bytes);
-            state
-                .pick(&upstream.balancer, key, |i| tried.contains(&i))
-                // Every node was tried: retries may go round again rather than give up early.
-                .or_else(|| state.pick(&upstream.balancer, key, |_| false))
+        let attempt = match attempts.next() {
+            Ok(attempt) => attempt,
+            Err(error) => return respond_error(worker, conn, error, false).await,
         };
-        let Some(index) = pick else {
-            let error = if tried.is_empty() {
-                GatewayError::NoUpstreamNode
-            } else {
-                last_error
-            };
-            return respond_error(worker, conn, error, false).await;
-        };
-        let node = &upstream.nodes[index];
-        let attempt_started = Instant::now();
-        balancer.borrow_mut().on_request_start(index);
+        let node = attempt.node;
         let result = match node.addr {
             None => Err(Failure::before_sending(GatewayError::BadGateway)),
             Some(addr) => {
@@ -119,7 +80,7 @@ pub(crate) async fn proxy(
                 match first {
                     // An idle connection the upstream had already closed (the keep-alive
                     // race): one more try on a fresh connection, not counted as an attempt.
-                    Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
+                    Err(f) if f.stale && f.allows_retry(body_buffered, attempts.idempotent()) => {
                         exchange(
                             worker,
                             conn,
@@ -136,10 +97,6 @@ pub(crate) async fn proxy(
                 }
             }
         };
-        let latency = attempt_started.elapsed();
-        balancer
-            .borrow_mut()
-            .on_request_end(index, latency, result.is_err());
         match result {
             Ok(delivered) => {
                 return Outcome {
@@ -147,45 +104,18 @@ pub(crate) async fn proxy(
                     status: delivered.status,
                     bytes_sent: delivered.bytes_sent,
                     upstream: node.addr,
-                    upstream_latency: Some(latency),
+                    upstream_latency: Some(attempt.finish(false)),
                 }
             }
             Err(failure) => {
-                tracing::warn!(
-                    upstream = %upstream.key,
-                    node = ?node.addr,
-                    status = failure.error.status(),
-                    "upstream attempt failed"
-                );
-                tried.push(index);
-                last_error = failure.error;
-                let in_time = upstream.retry_timeout.is_none_or(|t| started.elapsed() < t);
-                let safe = failure.allows_retry(body_buffered, idempotent);
-                if tried.len() > upstream.retries || !in_time || !safe {
+                let (latency, again) = attempts.failed(attempt, &failure, body_buffered);
+                if !again {
                     let mut outcome = respond_error(worker, conn, failure.error, false).await;
                     outcome.upstream = node.addr;
                     outcome.upstream_latency = Some(latency);
                     return outcome;
                 }
             }
-        }
-    }
-}
-
-impl Failure {
-    /// Whether the request may go to another attempt: its body must still be whole in our
-    /// buffer, and a request the upstream may have acted on goes again only if idempotent.
-    fn allows_retry(&self, body_buffered: bool, idempotent: bool) -> bool {
-        self.replayable && body_buffered && (idempotent || !self.sent)
-    }
-
-    /// Nothing was sent: any request may go elsewhere.
-    fn before_sending(error: GatewayError) -> Self {
-        Failure {
-            error,
-            replayable: true,
-            stale: false,
-            sent: false,
         }
     }
 }
@@ -209,12 +139,14 @@ async fn exchange(
     up.requests += 1;
     up.buf.clear();
     conn.out.clear();
+    let client_host = conn.head.client_host();
     write_request_head(
         &mut conn.out,
         &conn.head,
+        client_host,
         conn.client,
         conn.local,
-        upstream_host(&conn.head, upstream, node),
+        upstream_host(client_host, upstream, node),
         framing,
     );
     // A body that has fully arrived goes out with the head and stays buffered until the
@@ -386,32 +318,18 @@ fn expects_continue(head: &RequestHead) -> bool {
         .is_some_and(|v| has_token(v, "100-continue"))
 }
 
-/// The `Host` the upstream gets, per `pass_host`.
-fn upstream_host<'a>(
-    head: &'a RequestHead,
-    upstream: &'a UpstreamTarget,
-    node: &'a NodeTarget,
-) -> &'a [u8] {
-    match (upstream.pass_host, head.client_host()) {
-        (PassHost::Pass, Some(host)) => host,
-        (PassHost::Rewrite, _) => upstream.upstream_host.as_deref().unwrap_or("").as_bytes(),
-        _ => node.host_header.as_bytes(),
-    }
-}
-
 /// The request head as the upstream gets it: hop-by-hop headers dropped, `Host` as given,
 /// and the `X-Forwarded-*` / `X-Real-IP` headers set.
-fn write_request_head(
+pub(crate) fn write_request_head(
     out: &mut Vec<u8>,
-    head: &RequestHead,
+    head: &impl RequestFields,
+    client_host: Option<&[u8]>,
     client: SocketAddr,
     local: SocketAddr,
     host: &[u8],
     framing: BodyFraming,
 ) {
-    let client_ip = client.ip();
     let connection = head.header("connection");
-    let client_host = head.client_host();
     out.extend_from_slice(head.method().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target().as_bytes());
@@ -419,57 +337,22 @@ fn write_request_head(
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
     for (name, value) in head.headers() {
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("host")
-            || name.eq_ignore_ascii_case("x-forwarded-for")
-            || is_forwarding_header(name)
-            || connection.is_some_and(|c| has_token(c, name))
-            // The gateway answers the expectation itself (see `exchange`).
-            || name.eq_ignore_ascii_case("expect") && has_token(value, "100-continue")
-        {
-            continue;
-        }
-        push_header(out, name.as_bytes(), value);
-    }
-    if framing == BodyFraming::Chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    // Every incoming X-Forwarded-For, in order: a list split over several header lines is
-    // still one list (RFC 9110 §5.3), and keeping only one would lose hops.
-    for (name, value) in head.headers() {
-        let value = value.trim_ascii();
-        if name.eq_ignore_ascii_case("x-forwarded-for") && !value.is_empty() {
-            out.extend_from_slice(value);
-            out.extend_from_slice(b", ");
+        if forwards_header(name, value, connection) {
+            push_header(out, name.as_bytes(), value);
         }
     }
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: http\r\n"
-    );
-    if let Some(host) = client_host {
-        push_header(out, b"X-Forwarded-Host", host);
+    match framing {
+        BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        // A head whose own Content-Length went out with the others needs none; one that came
+        // without (an HTTP/2 request, whose DATA frames carry the length) gets it here.
+        BodyFraming::Length(n) if head.header("content-length").is_none() => push_header(
+            out,
+            b"Content-Length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        ),
+        _ => {}
     }
-    let _ = write!(out, "X-Forwarded-Port: {}\r\n\r\n", local.port());
-}
-
-fn is_forwarding_header(name: &str) -> bool {
-    [
-        "x-real-ip",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-port",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
+    write_forwarding_headers(out, head, client_host, client, local);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -654,36 +537,13 @@ mod tests {
         write_request_head(
             &mut out,
             &head,
+            head.client_host(),
             "192.0.2.9:5555".parse().unwrap(),
             "127.0.0.1:9080".parse().unwrap(),
             b"backend",
             framing,
         );
         String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn only_idempotent_requests_go_again_once_the_upstream_may_have_acted() {
-        let refused = Failure::before_sending(GatewayError::BadGateway);
-        assert!(
-            refused.allows_retry(true, false),
-            "nothing sent: a POST may go elsewhere"
-        );
-        let dropped = Failure {
-            error: GatewayError::BadGateway,
-            replayable: true,
-            stale: false,
-            sent: true,
-        };
-        assert!(dropped.allows_retry(true, true));
-        assert!(
-            !dropped.allows_retry(true, false),
-            "a POST the upstream may have acted on"
-        );
-        assert!(
-            !refused.allows_retry(false, true),
-            "a body partly streamed is gone"
-        );
     }
 
     #[test]

@@ -10,10 +10,12 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod attempts;
 mod connection;
 mod error;
 mod forward;
 pub mod http1;
+mod outbound;
 mod pool;
 mod publish;
 mod relay;

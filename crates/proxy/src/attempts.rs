@@ -1,0 +1,213 @@
+//! Which node an attempt goes to, and whether a failed attempt may be followed by another: the
+//! rules every protocol path (HTTP/1.1, HTTP/2, gRPC) shares.
+//!
+//! A request is replayed only while nothing about it is lost: its body must still be whole in
+//! the gateway's hands (never partly streamed), and once the upstream may have acted on it (it
+//! was sent and then timed out or the connection dropped) only idempotent methods go again.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use pylon_balancer::BalancerState;
+use pylon_router::RequestView;
+
+use crate::error::GatewayError;
+use crate::snapshot::{NodeTarget, RouteTarget, UpstreamTarget, WorkerView};
+
+/// Why one attempt failed before anything reached the client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Failure {
+    pub error: GatewayError,
+    /// The request may go to another node (or a fresh connection to the same one).
+    pub replayable: bool,
+    /// A reused idle connection failed before the upstream could have seen the request:
+    /// try again on a new connection without counting an attempt.
+    pub stale: bool,
+    /// The whole request reached the upstream, which may have acted on it: only an
+    /// idempotent request may go again.
+    pub sent: bool,
+}
+
+impl Failure {
+    /// Whether the request may go to another attempt: its body must still be whole in our
+    /// hands, and a request the upstream may have acted on goes again only if idempotent.
+    pub fn allows_retry(&self, body_buffered: bool, idempotent: bool) -> bool {
+        self.replayable && body_buffered && (idempotent || !self.sent)
+    }
+
+    /// Nothing was sent: any request may go elsewhere.
+    pub fn before_sending(error: GatewayError) -> Self {
+        Failure {
+            error,
+            replayable: true,
+            stale: false,
+            sent: false,
+        }
+    }
+}
+
+/// Methods that may be sent twice without changing the outcome (RFC 9110 §9.2.2).
+pub(crate) fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+/// The attempts of one request on one upstream.
+pub(crate) struct Attempts<'v> {
+    upstream: &'v UpstreamTarget,
+    balancer: &'v RefCell<BalancerState>,
+    hash_key: Option<String>,
+    idempotent: bool,
+    started: Instant,
+    tried: Vec<usize>,
+    last_error: GatewayError,
+}
+
+/// One attempt on one node, counted in flight by the balancer until it is finished or dropped.
+pub(crate) struct Attempt<'v> {
+    pub node: &'v NodeTarget,
+    index: usize,
+    started: Instant,
+    balancer: &'v RefCell<BalancerState>,
+    finished: bool,
+}
+
+impl<'v> Attempts<'v> {
+    pub fn new(
+        view: &'v WorkerView,
+        route: &RouteTarget,
+        vars: &impl RequestView,
+        method: &str,
+    ) -> Self {
+        let upstream = &view.snapshot.upstreams[route.upstream];
+        Attempts {
+            upstream,
+            balancer: &view.balancers[route.upstream],
+            hash_key: upstream.hash_key.as_ref().map(|key| key.render(vars)),
+            idempotent: is_idempotent(method),
+            started: Instant::now(),
+            tried: Vec::new(),
+            last_error: GatewayError::BadGateway,
+        }
+    }
+
+    pub fn upstream(&self) -> &'v UpstreamTarget {
+        self.upstream
+    }
+
+    /// The node for the next attempt; or, when there is none, the error to answer with.
+    pub fn next(&mut self) -> Result<Attempt<'v>, GatewayError> {
+        let mut state = self.balancer.borrow_mut();
+        let key = self.hash_key.as_deref().map(str::as_bytes);
+        let tried = &self.tried;
+        let pick = state
+            .pick(&self.upstream.balancer, key, |i| tried.contains(&i))
+            // Every node was tried: retries may go round again rather than give up early.
+            .or_else(|| state.pick(&self.upstream.balancer, key, |_| false));
+        let Some(index) = pick else {
+            return Err(if self.tried.is_empty() {
+                GatewayError::NoUpstreamNode
+            } else {
+                self.last_error
+            });
+        };
+        state.on_request_start(index);
+        Ok(Attempt {
+            node: &self.upstream.nodes[index],
+            index,
+            started: Instant::now(),
+            balancer: self.balancer,
+            finished: false,
+        })
+    }
+
+    /// Ends a failed attempt; returns its latency and whether another attempt may follow.
+    /// `body_buffered`: the request's body (if any) is still whole in the gateway's hands.
+    pub fn failed(
+        &mut self,
+        attempt: Attempt<'_>,
+        failure: &Failure,
+        body_buffered: bool,
+    ) -> (Duration, bool) {
+        tracing::warn!(
+            upstream = %self.upstream.key,
+            node = ?attempt.node.addr,
+            status = failure.error.status(),
+            "upstream attempt failed"
+        );
+        self.tried.push(attempt.index);
+        self.last_error = failure.error;
+        let latency = attempt.finish(true);
+        let in_time = self
+            .upstream
+            .retry_timeout
+            .is_none_or(|t| self.started.elapsed() < t);
+        let again = self.tried.len() <= self.upstream.retries
+            && in_time
+            && failure.allows_retry(body_buffered, self.idempotent);
+        (latency, again)
+    }
+
+    /// Whether this request's method may be sent twice.
+    pub fn idempotent(&self) -> bool {
+        self.idempotent
+    }
+}
+
+impl Attempt<'_> {
+    /// Ends the attempt for the balancer; returns how long it took.
+    pub fn finish(mut self, failed: bool) -> Duration {
+        self.end(failed)
+    }
+
+    fn end(&mut self, failed: bool) -> Duration {
+        self.finished = true;
+        let latency = self.started.elapsed();
+        self.balancer
+            .borrow_mut()
+            .on_request_end(self.index, latency, failed);
+        latency
+    }
+}
+
+impl Drop for Attempt<'_> {
+    /// An attempt abandoned mid-way (the client reset its stream, the connection was closed at
+    /// shutdown) still leaves the balancer's in-flight count, or least_conn and EWMA would
+    /// count it for ever. It is not the node's fault, so it does not count as a failure.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.end(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_idempotent_requests_go_again_once_the_upstream_may_have_acted() {
+        let refused = Failure::before_sending(GatewayError::BadGateway);
+        assert!(
+            refused.allows_retry(true, false),
+            "nothing sent: a POST may go elsewhere"
+        );
+        let dropped = Failure {
+            error: GatewayError::BadGateway,
+            replayable: true,
+            stale: false,
+            sent: true,
+        };
+        assert!(dropped.allows_retry(true, true));
+        assert!(
+            !dropped.allows_retry(true, false),
+            "a POST the upstream may have acted on"
+        );
+        assert!(
+            !refused.allows_retry(false, true),
+            "a body partly streamed is gone"
+        );
+    }
+}
