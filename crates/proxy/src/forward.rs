@@ -24,7 +24,7 @@ use crate::http1::{
 use crate::pool::UpstreamConn;
 use crate::tls::MaybeTls;
 use crate::relay::{read_more, write_all, Relay, RelayError};
-use crate::snapshot::{NodeTarget, RouteTarget, UpstreamTarget, WorkerView};
+use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
 use crate::tunnel;
 use crate::worker::Worker;
 use pylon_model::PassHost;
@@ -222,13 +222,14 @@ async fn exchange(
     up.requests += 1;
     up.buf.clear();
     conn.out.clear();
+    let scheme = conn.vars().scheme();
     write_request_head(
         &mut conn.out,
         &conn.head,
         conn.client,
         conn.local,
         upstream_host(&conn.head, upstream, node),
-        conn.vars().scheme(),
+        scheme,
         framing,
         upgrade,
     );

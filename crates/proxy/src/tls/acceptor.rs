@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pylon_model::Ssl;
+use pylon_model::{Ssl, SslType, TlsVersion};
 use pylon_router::{HostPattern, HostTable};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -43,7 +43,7 @@ impl SniTable {
     /// others keep working; validation has already refused what it can recognise as broken.
     pub fn compile(ssls: &BTreeMap<String, Ssl>, tls: &TlsContext) -> SniTable {
         let mut table = SniTable::default();
-        for (id, ssl) in ssls.iter().filter(|(_, ssl)| ssl.is_server() && ssl.is_enabled()) {
+        for (id, ssl) in ssls.iter().filter(|(_, ssl)| ssl.kind == SslType::Server && ssl.is_enabled()) {
             let config = match server_config(ssl, tls) {
                 Ok(config) => Arc::new(config),
                 Err(e) => {
@@ -79,14 +79,13 @@ impl SniTable {
         self.len
     }
 
-    fn find(&self, name: &str) -> Option<&Arc<ServerConfig>> {
+    fn find<'a>(&'a self, name: &'a str) -> Option<&'a Arc<ServerConfig>> {
         self.by_name.matching(name).flatten().next()
     }
 
     fn lookup(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
-        sni.and_then(|name| self.find(&name.to_ascii_lowercase()))
-            .or(self.fallback.as_ref())
-            .cloned()
+        sni.and_then(|name| self.find(&name.to_ascii_lowercase()).cloned())
+            .or_else(|| self.fallback.clone())
     }
 }
 
@@ -122,6 +121,7 @@ pub async fn accept(mut tcp: TcpStream, table: &SniTable, timeout: Duration) -> 
                 Ok(None) => continue,
                 Err((error, alert)) => {
                     let mut out = Vec::new();
+                    let mut alert = alert;
                     let _ = alert.write(&mut out);
                     let _ = tcp.write_all(&out).await;
                     return Err(error.to_string());
@@ -161,14 +161,16 @@ fn server_config(ssl: &Ssl, tls: &TlsContext) -> Result<ServerConfig, TlsError> 
             Ok(Arc::new(CertifiedKey::new(pair.chain, key)))
         })
         .collect::<Result<Vec<_>, TlsError>>()?;
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = ssl
-        .protocol_versions()
-        .into_iter()
-        .map(|v| match v {
-            pylon_model::TlsVersion::Tls12 => &rustls::version::TLS12,
-            pylon_model::TlsVersion::Tls13 => &rustls::version::TLS13,
-        })
-        .collect();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = match &ssl.ssl_protocols {
+        Some(versions) => versions
+            .iter()
+            .map(|v| match v {
+                TlsVersion::Tls12 => &rustls::version::TLS12,
+                TlsVersion::Tls13 => &rustls::version::TLS13,
+            })
+            .collect(),
+        None => rustls::DEFAULT_VERSIONS.to_vec(),
+    };
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&versions)
         .map_err(TlsError::rustls)?;
@@ -184,7 +186,7 @@ fn server_config(ssl: &Ssl, tls: &TlsContext) -> Result<ServerConfig, TlsError> 
                 .map_err(|e| TlsError::Config(format!("client.ca: {e}")))?;
             builder.with_client_cert_verifier(Arc::new(DepthLimited {
                 inner: verifier,
-                depth: ssl.client_verify_depth(),
+                depth: ssl.client.as_ref().map_or(1, |c| c.depth as usize),
             }))
         }
     };

@@ -42,8 +42,8 @@ impl UpstreamTls {
         };
         let mut fingerprint = std::collections::hash_map::DefaultHasher::new();
         (verify, alpn).hash(&mut fingerprint);
-        let mut config = match tls.map(|t| t.client_key_pair()).transpose() {
-            Ok(Some(Some(pair))) => {
+        let mut config = match tls.and_then(|t| t.client_key_pair()).transpose() {
+            Ok(Some(pair)) => {
                 pair.chain.hash(&mut fingerprint);
                 builder
                     .with_client_auth_cert(pair.chain, pair.key)
