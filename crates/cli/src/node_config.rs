@@ -71,7 +71,13 @@ impl NodeConfig {
         if config.config.file.is_relative() {
             config.config.file = dir.join(&config.config.file);
         }
-        if let Some(ca) = config.proxy.upstream.trusted_ca.as_mut().filter(|p| p.is_relative()) {
+        if let Some(ca) = config
+            .proxy
+            .upstream
+            .trusted_ca
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
             *ca = dir.join(&*ca);
         }
         Ok(config)

@@ -80,8 +80,12 @@ pub(crate) async fn serve_tls(
 ) {
     let _ = stream.set_nodelay(true);
     let snapshot = worker.view().snapshot.clone();
-    let tls = match tls::accept(stream, &snapshot.certificates, worker.limits.handshake_timeout)
-        .await
+    let tls = match tls::accept(
+        stream,
+        &snapshot.certificates,
+        worker.limits.handshake_timeout,
+    )
+    .await
     {
         Handshake::Done(tls) => tls,
         Handshake::Failed(reason) => {

@@ -22,9 +22,9 @@ use crate::http1::{
     has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead,
 };
 use crate::pool::UpstreamConn;
-use crate::tls::MaybeTls;
 use crate::relay::{read_more, write_all, Relay, RelayError};
 use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
+use crate::tls::MaybeTls;
 use crate::tunnel;
 use crate::worker::Worker;
 use pylon_model::PassHost;
@@ -110,32 +110,13 @@ pub(crate) async fn proxy(
                     .pool
                     .borrow_mut()
                     .checkout((addr, node.pool_id), Instant::now());
-                let first = exchange(
-                    worker,
-                    conn,
-                    upstream,
-                    node,
-                    addr,
-                    pooled,
-                    route,
-                    framing,
-                )
-                .await;
+                let first =
+                    exchange(worker, conn, upstream, node, addr, pooled, route, framing).await;
                 match first {
                     // An idle connection the upstream had already closed (the keep-alive
                     // race): one more try on a fresh connection, not counted as an attempt.
                     Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
-                        exchange(
-                            worker,
-                            conn,
-                            upstream,
-                            node,
-                            addr,
-                            None,
-                            route,
-                            framing,
-                        )
-                        .await
+                        exchange(worker, conn, upstream, node, addr, None, route, framing).await
                     }
                     result => result,
                 }
@@ -738,7 +719,11 @@ impl Responder<'_> {
 
     /// Sends the upstream's `101` on, with its headers (`Sec-WebSocket-Accept`, ...) and the
     /// upgrade itself.
-    async fn switch_protocols<W>(self, client: &mut W, interim_sent: u64) -> Result<Received, Failure>
+    async fn switch_protocols<W>(
+        self,
+        client: &mut W,
+        interim_sent: u64,
+    ) -> Result<Received, Failure>
     where
         W: tokio::io::AsyncWrite + Unpin,
     {

@@ -139,14 +139,19 @@ impl ProxySettings {
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
         if self.listen.is_empty() && self.https.listen.is_empty() {
-            errors.push("proxy.listen: needs at least one address (or proxy.https.listen)".to_owned());
+            errors.push(
+                "proxy.listen: needs at least one address (or proxy.https.listen)".to_owned(),
+            );
         }
         let seconds = [
             ("proxy.client_header_timeout", self.client_header_timeout),
             ("proxy.client_body_timeout", self.client_body_timeout),
             ("proxy.client_send_timeout", self.client_send_timeout),
             ("proxy.keepalive_timeout", self.keepalive_timeout),
-            ("proxy.https.handshake_timeout", self.https.handshake_timeout),
+            (
+                "proxy.https.handshake_timeout",
+                self.https.handshake_timeout,
+            ),
             (
                 "proxy.upstream.connect_timeout",
                 self.upstream.connect_timeout,

@@ -269,7 +269,11 @@ fn compile_upstream(
         .scheme
         .is_tls()
         .then(|| {
-            let alpn: &[u8] = if upstream.scheme.is_grpc() { b"h2" } else { b"http/1.1" };
+            let alpn: &[u8] = if upstream.scheme.is_grpc() {
+                b"h2"
+            } else {
+                b"http/1.1"
+            };
             UpstreamTls::new(upstream.tls.as_ref(), alpn, &tls.upstream_roots)
         })
         .transpose()

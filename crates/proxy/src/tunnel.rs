@@ -42,8 +42,20 @@ where
     let last_activity = Cell::new(Instant::now());
     let to_upstream = Cell::new(0u64);
     let to_client = Cell::new(0u64);
-    let upload = pump(client_read, upstream_write, client_early, &last_activity, &to_upstream);
-    let download = pump(upstream_read, client_write, upstream_early, &last_activity, &to_client);
+    let upload = pump(
+        client_read,
+        upstream_write,
+        client_early,
+        &last_activity,
+        &to_upstream,
+    );
+    let download = pump(
+        upstream_read,
+        client_write,
+        upstream_early,
+        &last_activity,
+        &to_client,
+    );
     let idle_watch = async {
         loop {
             let deadline = last_activity.get() + idle;

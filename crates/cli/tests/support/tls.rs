@@ -40,7 +40,10 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = params.self_signed(&key).unwrap();
         TestCa { cert, key }
     }
@@ -63,9 +66,10 @@ impl TestCa {
     fn issue_with_key(&self, names: &[&str], key: KeyPair) -> Issued {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names.clone()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         Issued {
             cert: cert.pem(),
@@ -85,7 +89,10 @@ pub fn ssl_yaml(id: &str, snis: &[&str], issued: &Issued, extra: &str) -> String
     let indent = |pem: &str| pem.trim_end().replace('\n', "\n      ");
     format!(
         "  - id: {id}\n    snis: [{}]\n    cert: |\n      {}\n    key: |\n      {}\n{extra}",
-        snis.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "),
+        snis.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         indent(&issued.cert),
         indent(&issued.key),
     )
@@ -160,11 +167,18 @@ impl TlsConn {
         }
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut response = httparse::Response::new(&mut headers);
-        response.parse(&raw).map_err(|e| std::io::Error::other(e.to_string()))?;
+        response
+            .parse(&raw)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let headers: Vec<(String, String)> = response
             .headers
             .iter()
-            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect();
         let length: usize = headers
             .iter()
@@ -178,7 +192,9 @@ impl TlsConn {
             status: response.code.unwrap_or(0),
             body: String::from_utf8_lossy(&body).into_owned(),
             headers,
-            alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+            alpn: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
             resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             version: conn.protocol_version(),
             peer_cert: conn.peer_certificates().and_then(|c| c.first().cloned()),
@@ -253,7 +269,11 @@ fn serve_tls(tcp: TcpStream, config: Arc<ServerConfig>, name: &str) {
             }
         }
         let sni = stream.conn.server_name().unwrap_or("-").to_owned();
-        let client_cert = if stream.conn.peer_certificates().is_some() { "yes" } else { "no" };
+        let client_cert = if stream.conn.peer_certificates().is_some() {
+            "yes"
+        } else {
+            "no"
+        };
         let body = format!("{name} sni={sni} client_cert={client_cert}");
         let reply = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",

@@ -43,7 +43,10 @@ impl SniTable {
     /// others keep working; validation has already refused what it can recognise as broken.
     pub fn compile(ssls: &BTreeMap<String, Ssl>, tls: &TlsContext) -> SniTable {
         let mut table = SniTable::default();
-        for (id, ssl) in ssls.iter().filter(|(_, ssl)| ssl.kind == SslType::Server && ssl.is_enabled()) {
+        for (id, ssl) in ssls
+            .iter()
+            .filter(|(_, ssl)| ssl.kind == SslType::Server && ssl.is_enabled())
+        {
             let config = match server_config(ssl, tls) {
                 Ok(config) => Arc::new(config),
                 Err(e) => {

@@ -76,7 +76,10 @@ impl UpstreamTls {
 /// The server name sent in SNI and verified against the certificate: the upstream host the
 /// request will carry, as nginx's `proxy_ssl_name $proxy_host` does.
 pub fn server_name(host: &str) -> Option<ServerName<'static>> {
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     ServerName::try_from(host.to_owned()).ok()
 }
 
