@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use crate::config::{Plugins, Resource};
 use crate::error::FieldError;
 use crate::route::Route;
-use crate::upstream::{HashOn, PassHost, Scheme, Timeout, Upstream, UpstreamType};
+use crate::upstream::{HashOn, PassHost, Timeout, Upstream, UpstreamType};
 
 const METHODS: [&str; 10] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
@@ -24,15 +24,11 @@ pub(crate) fn resource(resource: &Resource) -> Vec<FieldError> {
             }
             plugins(s.plugins.as_ref(), &mut errors);
             unsupported(&mut errors, "script", s.script.is_some());
-            unsupported(
-                &mut errors,
-                "enable_websocket",
-                s.enable_websocket == Some(true),
-            );
         }
         Resource::Upstream(u) => upstream(u, &mut errors),
         Resource::GlobalRule(g) => plugins(Some(&g.plugins), &mut errors),
         Resource::PluginConfig(p) => plugins(Some(&p.plugins), &mut errors),
+        Resource::Ssl(s) => s.validate(&mut errors),
         Resource::Other(..) => {}
     }
     errors
@@ -83,7 +79,6 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
     plugins(r.plugins.as_ref(), errors);
     unsupported(errors, "filter_func", r.filter_func.is_some());
     unsupported(errors, "script", r.script.is_some());
-    unsupported(errors, "enable_websocket", r.enable_websocket == Some(true));
 }
 
 fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
@@ -142,15 +137,23 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
             "is required when `pass_host` is rewrite",
         ));
     }
-    if u.scheme != Scheme::Http {
-        errors.push(FieldError::new(
-            "scheme",
-            "only `http` upstreams are supported by this build",
-        ));
+    if let Some(tls) = &u.tls {
+        // Settings that would be silently ignored are a mistake worth saying so.
+        if !u.scheme.is_tls() {
+            errors.push(FieldError::new(
+                "tls",
+                format!(
+                    "applies only to `https` and `grpcs` upstreams, and scheme is `{}`",
+                    u.scheme.as_str()
+                ),
+            ));
+        }
+        nested(errors, "tls", |e| tls.validate(e));
     }
-    unsupported(errors, "checks", u.checks.is_some());
+    if let Some(checks) = &u.checks {
+        nested(errors, "checks", |e| checks.validate(e));
+    }
     unsupported(errors, "discovery_type", u.discovery_type.is_some());
-    unsupported(errors, "tls", u.tls.is_some());
 }
 
 /// A URI pattern: absolute, with an optional trailing `*` and `:param` segments.
@@ -202,7 +205,7 @@ fn hosts_list<'a>(
 }
 
 /// A host name, optionally with a leading `*.` wildcard.
-fn host_pattern(path: &str, host: &str, errors: &mut Vec<FieldError>) {
+pub(crate) fn host_pattern(path: &str, host: &str, errors: &mut Vec<FieldError>) {
     let name = host.strip_prefix("*.").unwrap_or(host);
     // A leading dot (`.a.com`, `*..a.com`) is no host either; the router refuses it.
     let valid = !name.is_empty()

@@ -22,11 +22,14 @@ mod relay;
 mod server;
 mod settings;
 mod snapshot;
+mod tls;
+mod tunnel;
 mod vars;
 mod worker;
 
 pub use access_log::AccessLog;
 pub use publish::{PublishError, Publisher};
 pub use server::Gateway;
-pub use settings::{AccessLogSettings, ProxySettings, UpstreamDefaults};
+pub use settings::{AccessLogSettings, HttpsSettings, ProxySettings, UpstreamDefaults};
 pub use snapshot::{Snapshot, SnapshotCell};
+pub use tls::{TlsContext, TlsError};

@@ -35,17 +35,25 @@ pub(crate) fn forwards_header(name: &str, value: &[u8], connection: Option<&[u8]
         || name.eq_ignore_ascii_case("expect") && has_token(value, "100-continue"))
 }
 
+/// Where a request came from, as the forwarding headers tell it.
+pub(crate) struct RequestContext<'a> {
+    /// The host the client asked for, as it sent it.
+    pub client_host: Option<&'a [u8]>,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    /// `http` or `https`: how the client reached the gateway.
+    pub scheme: &'a str,
+}
+
 /// Writes the forwarding headers as HTTP/1 header lines: `X-Forwarded-For` (every hop the
 /// client's own headers list, then the client), `X-Real-IP`, `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` (when the client named a host) and `X-Forwarded-Port`.
 pub(crate) fn write_forwarding_headers(
     out: &mut Vec<u8>,
     head: &impl RequestFields,
-    client_host: Option<&[u8]>,
-    client: SocketAddr,
-    local: SocketAddr,
+    context: &RequestContext<'_>,
 ) {
-    let client_ip = client.ip();
+    let client_ip = context.client.ip();
     out.extend_from_slice(b"X-Forwarded-For: ");
     // Every incoming X-Forwarded-For, in order: a list split over several header lines is
     // still one list (RFC 9110 §5.3), and keeping only one would lose hops.
@@ -59,12 +67,13 @@ pub(crate) fn write_forwarding_headers(
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: http\r\n"
+        "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: {}\r\n",
+        context.scheme
     );
-    if let Some(host) = client_host {
+    if let Some(host) = context.client_host {
         push_header(out, b"X-Forwarded-Host", host);
     }
-    let _ = write!(out, "X-Forwarded-Port: {}\r\n", local.port());
+    let _ = write!(out, "X-Forwarded-Port: {}\r\n", context.local.port());
 }
 
 fn is_forwarding_header(name: &str) -> bool {

@@ -11,6 +11,7 @@ use pylon_store::{ConfigStore, Event, Revision, StoreError};
 
 use crate::settings::UpstreamDefaults;
 use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::tls::TlsContext;
 
 const RELIST_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -26,6 +27,7 @@ pub struct Publisher {
     store: Arc<dyn ConfigStore>,
     cell: SnapshotCell,
     defaults: UpstreamDefaults,
+    tls: Arc<TlsContext>,
     entries: BTreeMap<Key, serde_json::Value>,
     revision: Revision,
 }
@@ -35,11 +37,13 @@ impl Publisher {
         store: Arc<dyn ConfigStore>,
         cell: SnapshotCell,
         defaults: UpstreamDefaults,
+        tls: Arc<TlsContext>,
     ) -> Self {
         Self {
             store,
             cell,
             defaults,
+            tls,
             entries: BTreeMap::new(),
             revision: 0,
         }
@@ -94,7 +98,7 @@ impl Publisher {
         };
         let config = Config::from_entries(&self.entries).map_err(|e| invalid(e.to_string()))?;
         let started = std::time::Instant::now();
-        let snapshot = Snapshot::compile(&config, self.revision, &self.defaults)
+        let snapshot = Snapshot::compile(&config, self.revision, &self.defaults, &self.tls)
             .map_err(|e| invalid(e.to_string()))?;
         let routes = snapshot.router.len();
         self.cell.store(Arc::new(snapshot));

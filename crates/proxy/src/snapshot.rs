@@ -14,7 +14,10 @@ use pylon_balancer::{Algorithm, BalancerSpec, BalancerState, NodeSpec};
 use pylon_model::{Config, HashOn, PassHost, Timeout, Upstream, UpstreamType};
 use pylon_router::{RequestView, RouteSpec, Router};
 
+use rustls::pki_types::ServerName;
+
 use crate::settings::{secs, UpstreamDefaults};
+use crate::tls::{server_name, SniTable, TlsContext, UpstreamTls};
 
 /// One configuration version, compiled for the request path.
 pub struct Snapshot {
@@ -22,6 +25,8 @@ pub struct Snapshot {
     pub revision: u64,
     pub router: Router<RouteTarget>,
     pub upstreams: Vec<UpstreamTarget>,
+    /// Server certificates for the https listener, by SNI.
+    pub certificates: SniTable,
 }
 
 /// What a matched route leads to.
@@ -31,6 +36,8 @@ pub struct RouteTarget {
     pub upstream: usize,
     /// The route's own timeouts, else its upstream's, else the node defaults.
     pub timeouts: Timeouts,
+    /// `enable_websocket`, the route's or else its service's.
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,6 +62,8 @@ pub struct UpstreamTarget {
     pub pass_host: PassHost,
     pub upstream_host: Option<String>,
     pub pool: PoolSettings,
+    /// For `https` and `grpcs` upstreams.
+    pub tls: Option<UpstreamTls>,
 }
 
 pub struct NodeTarget {
@@ -62,6 +71,11 @@ pub struct NodeTarget {
     pub addr: Option<SocketAddr>,
     /// `host[:port]` as the `Host` header for `pass_host: node`.
     pub host_header: String,
+    /// The name sent in SNI and verified against the node's certificate, for TLS upstreams.
+    pub tls_name: Option<ServerName<'static>>,
+    /// Tells this node's pooled connections from others to the same address: 0 for plain
+    /// TCP, else a hash of the TLS settings and server name.
+    pub pool_id: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,6 +119,7 @@ impl Snapshot {
             revision: 0,
             router: Router::new(Vec::new()).expect("an empty router always builds"),
             upstreams: Vec::new(),
+            certificates: SniTable::default(),
         }
     }
 
@@ -114,6 +129,7 @@ impl Snapshot {
         config: &Config,
         revision: u64,
         defaults: &UpstreamDefaults,
+        tls: &TlsContext,
     ) -> Result<Snapshot, CompileError> {
         let mut upstreams = Vec::new();
         let mut index_of: HashMap<String, usize> = HashMap::new();
@@ -143,7 +159,7 @@ impl Snapshot {
             let index = match index_of.get(&key) {
                 Some(&i) => i,
                 None => {
-                    upstreams.push(compile_upstream(key.clone(), upstream, defaults));
+                    upstreams.push(compile_upstream(key.clone(), upstream, defaults, tls)?);
                     index_of.insert(key, upstreams.len() - 1);
                     upstreams.len() - 1
                 }
@@ -169,6 +185,10 @@ impl Snapshot {
                     id: Arc::from(id.as_str()),
                     upstream: index,
                     timeouts,
+                    websocket: route
+                        .enable_websocket
+                        .or(service.and_then(|(_, s)| s.enable_websocket))
+                        .unwrap_or(false),
                 },
             });
         }
@@ -177,6 +197,7 @@ impl Snapshot {
             revision,
             router,
             upstreams,
+            certificates: SniTable::compile(&config.ssls, tls),
         })
     }
 }
@@ -212,7 +233,8 @@ fn compile_upstream(
     key: String,
     upstream: &Upstream,
     defaults: &UpstreamDefaults,
-) -> UpstreamTarget {
+    tls: &TlsContext,
+) -> Result<UpstreamTarget, CompileError> {
     // Validation has already resolved these nodes once; it cannot fail here.
     let nodes = upstream.nodes.resolve(upstream.scheme).unwrap_or_default();
     let algorithm = match upstream.balancer {
@@ -243,10 +265,30 @@ fn compile_upstream(
     for n in &nodes {
         n.hash(&mut fingerprint);
     }
+    let upstream_tls = upstream
+        .scheme
+        .is_tls()
+        .then(|| {
+            let alpn: &[u8] = if upstream.scheme.is_grpc() {
+                b"h2"
+            } else {
+                b"http/1.1"
+            };
+            UpstreamTls::new(upstream.tls.as_ref(), alpn, &tls.upstream_roots)
+        })
+        .transpose()
+        .map_err(|e| CompileError(format!("{key}: tls: {e}")))?;
+    if let Some(t) = &upstream_tls {
+        t.fingerprint.hash(&mut fingerprint);
+    }
     let retries = upstream
         .retries
         .map_or(nodes.len().saturating_sub(1), |r| r as usize);
-    UpstreamTarget {
+    let sni_override = match upstream.pass_host {
+        PassHost::Rewrite => upstream.upstream_host.as_deref(),
+        PassHost::Pass | PassHost::Node => None,
+    };
+    Ok(UpstreamTarget {
         key,
         fingerprint: fingerprint.finish(),
         nodes: nodes
@@ -258,6 +300,14 @@ fn compile_upstream(
                 } else {
                     n.address()
                 },
+                tls_name: upstream_tls
+                    .as_ref()
+                    .and_then(|_| server_name(sni_override.unwrap_or(&n.host))),
+                pool_id: upstream_tls.as_ref().map_or(0, |t| {
+                    let mut id = std::collections::hash_map::DefaultHasher::new();
+                    (t.fingerprint, sni_override.unwrap_or(&n.host)).hash(&mut id);
+                    id.finish() | 1
+                }),
             })
             .collect(),
         balancer: BalancerSpec::new(algorithm, &node_specs),
@@ -267,7 +317,8 @@ fn compile_upstream(
         pass_host: upstream.pass_host,
         upstream_host: upstream.upstream_host.clone(),
         pool,
-    }
+        tls: upstream_tls,
+    })
 }
 
 fn hash_key(upstream: &Upstream) -> HashKey {
@@ -364,6 +415,10 @@ impl WorkerView {
 mod tests {
     use super::*;
 
+    fn tls() -> TlsContext {
+        TlsContext::new(None, None).unwrap()
+    }
+
     #[test]
     fn hash_templates_split_into_vars_and_literals() {
         assert_eq!(
@@ -398,13 +453,13 @@ mod tests {
         };
         let nodes = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
         let v1 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults).unwrap()),
+            Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults, &tls()).unwrap()),
             None,
         );
         let first = rr(&v1);
         // A new route does not reset the round robin: the next pick is the other node.
         let v2 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults).unwrap()),
+            Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults, &tls()).unwrap()),
             Some(&v1),
         );
         assert_ne!(rr(&v2), first);
@@ -415,6 +470,7 @@ mod tests {
                     &config(r#"{"127.0.0.1:1": 1, "127.0.0.1:3": 1}"#, true),
                     3,
                     &defaults,
+                    &tls(),
                 )
                 .unwrap(),
             ),
@@ -437,7 +493,7 @@ mod tests {
             pylon_model::parse_standalone(&text).unwrap().1
         };
         let v1 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(false), 1, &defaults).unwrap()),
+            Arc::new(Snapshot::compile(&config(false), 1, &defaults, &tls()).unwrap()),
             None,
         );
         let spec = &v1.snapshot.upstreams[0].balancer;
@@ -448,7 +504,7 @@ mod tests {
         v1.balancers[0].borrow_mut().on_request_start(busy);
 
         let v2 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(true), 2, &defaults).unwrap()),
+            Arc::new(Snapshot::compile(&config(true), 2, &defaults, &tls()).unwrap()),
             Some(&v1),
         );
         // The request ends on the view it started with, after the change.

@@ -61,6 +61,23 @@ pub struct RequestVars<'a, H = RequestHead> {
     pub host: Option<&'a str>,
     pub client: SocketAddr,
     pub local: SocketAddr,
+    /// Set when the client connected over TLS: the SNI it sent, if any.
+    pub tls: Option<TlsInfo<'a>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TlsInfo<'a> {
+    pub server_name: Option<&'a str>,
+}
+
+impl<H> RequestVars<'_, H> {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 impl<H: RequestFields> RequestView for RequestVars<'_, H> {
@@ -110,7 +127,8 @@ impl<H: RequestFields> RequestView for RequestVars<'_, H> {
             "remote_port" => Cow::Owned(self.client.port().to_string()),
             "server_addr" => Cow::Owned(self.local.ip().to_string()),
             "server_port" => Cow::Owned(self.local.port().to_string()),
-            "scheme" => Cow::Borrowed("http"),
+            "scheme" => Cow::Borrowed(self.scheme()),
+            "ssl_server_name" => Cow::Borrowed(self.tls?.server_name?),
             "server_protocol" => Cow::Borrowed(self.head.protocol()),
             _ => return None,
         })
@@ -207,6 +225,7 @@ mod tests {
             host: Some("example.com"),
             client: "10.1.2.3:5555".parse().unwrap(),
             local: "127.0.0.1:9080".parse().unwrap(),
+            tls: None,
         };
         check(&vars);
     }
