@@ -6,6 +6,7 @@
 //! was sent and then timed out or the connection dropped) only idempotent methods go again.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use pylon_balancer::BalancerState;
@@ -35,6 +36,17 @@ impl Failure {
         self.replayable && body_buffered && (idempotent || !self.sent)
     }
 
+    /// The upstream answered with something that is not a usable response: it has seen the
+    /// request, and nothing of its answer can be passed on.
+    pub fn bad_response() -> Self {
+        Failure {
+            error: GatewayError::BadGateway,
+            replayable: false,
+            stale: false,
+            sent: true,
+        }
+    }
+
     /// Nothing was sent: any request may go elsewhere.
     pub fn before_sending(error: GatewayError) -> Self {
         Failure {
@@ -54,6 +66,20 @@ pub(crate) fn is_idempotent(method: &str) -> bool {
     )
 }
 
+/// An attempt that succeeded, and where.
+pub(crate) struct Done<'v, T> {
+    pub value: T,
+    pub node: &'v NodeTarget,
+    pub latency: Duration,
+}
+
+/// Why the request gets a gateway error, and the last node tried, if any.
+pub(crate) struct GaveUp<'v> {
+    pub error: GatewayError,
+    pub node: Option<&'v NodeTarget>,
+    pub latency: Option<Duration>,
+}
+
 /// The attempts of one request on one upstream.
 pub(crate) struct Attempts<'v> {
     upstream: &'v UpstreamTarget,
@@ -66,8 +92,8 @@ pub(crate) struct Attempts<'v> {
 }
 
 /// One attempt on one node, counted in flight by the balancer until it is finished or dropped.
-pub(crate) struct Attempt<'v> {
-    pub node: &'v NodeTarget,
+struct Attempt<'v> {
+    node: &'v NodeTarget,
     index: usize,
     started: Instant,
     balancer: &'v RefCell<BalancerState>,
@@ -97,8 +123,50 @@ impl<'v> Attempts<'v> {
         self.upstream
     }
 
+    /// Runs `exchange` on one node after another until it succeeds or the retry rules say
+    /// stop. `body_buffered`: the request's body (if any) is whole in the gateway's hands, so
+    /// an attempt that failed before streaming any of it may send it again. A node whose name
+    /// did not resolve fails its attempt without being called.
+    pub async fn run<T>(
+        &mut self,
+        body_buffered: bool,
+        mut exchange: impl AsyncFnMut(&'v NodeTarget, SocketAddr) -> Result<T, Failure>,
+    ) -> Result<Done<'v, T>, GaveUp<'v>> {
+        loop {
+            let attempt = self.next().map_err(|error| GaveUp {
+                error,
+                node: None,
+                latency: None,
+            })?;
+            let node = attempt.node;
+            let result = match node.addr {
+                None => Err(Failure::before_sending(GatewayError::BadGateway)),
+                Some(addr) => exchange(node, addr).await,
+            };
+            match result {
+                Ok(value) => {
+                    return Ok(Done {
+                        value,
+                        node,
+                        latency: attempt.finish(false),
+                    })
+                }
+                Err(failure) => {
+                    let (latency, again) = self.failed(attempt, &failure, body_buffered);
+                    if !again {
+                        return Err(GaveUp {
+                            error: failure.error,
+                            node: Some(node),
+                            latency: Some(latency),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     /// The node for the next attempt; or, when there is none, the error to answer with.
-    pub fn next(&mut self) -> Result<Attempt<'v>, GatewayError> {
+    fn next(&mut self) -> Result<Attempt<'v>, GatewayError> {
         let mut state = self.balancer.borrow_mut();
         let key = self.hash_key.as_deref().map(str::as_bytes);
         let tried = &self.tried;
@@ -125,7 +193,7 @@ impl<'v> Attempts<'v> {
 
     /// Ends a failed attempt; returns its latency and whether another attempt may follow.
     /// `body_buffered`: the request's body (if any) is still whole in the gateway's hands.
-    pub fn failed(
+    fn failed(
         &mut self,
         attempt: Attempt<'_>,
         failure: &Failure,
@@ -158,7 +226,7 @@ impl<'v> Attempts<'v> {
 
 impl Attempt<'_> {
     /// Ends the attempt for the balancer; returns how long it took.
-    pub fn finish(mut self, failed: bool) -> Duration {
+    fn finish(mut self, failed: bool) -> Duration {
         self.end(failed)
     }
 

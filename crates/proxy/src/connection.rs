@@ -13,6 +13,7 @@ use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
 use crate::forward::{self, Outcome};
 use crate::http1::{has_token, request_framing, BodyFraming, HeadError, RequestHead, ResponseHead};
+use crate::http2::{self, Rewind, Sniffed};
 use crate::relay::{read_more, write_all, RelayError};
 use crate::snapshot::RouteTarget;
 use crate::tls::{self, ClientStream, Handshake, MaybeTls};
@@ -67,7 +68,23 @@ pub(crate) async fn serve(
 ) {
     // Small writes are whole messages; delaying them only adds latency.
     let _ = stream.set_nodelay(true);
-    serve_http1(worker, MaybeTls::Plain(stream), None, client, local).await;
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    match http2::sniff(&mut stream, &mut buf, worker.limits.header_timeout).await {
+        Sniffed::Http1 => {
+            serve_http1(worker, MaybeTls::Plain(stream), None, client, local, buf).await
+        }
+        Sniffed::Http2 => {
+            let peer = http2::Peer {
+                client,
+                local,
+                server_name: None,
+                tls: false,
+            };
+            http2::serve(worker, Rewind::new(buf, stream), peer).await
+        }
+        Sniffed::Closed => {}
+    }
 }
 
 /// A connection to the HTTPS listener: the handshake, with the certificate for the client's
@@ -95,7 +112,17 @@ pub(crate) async fn serve_tls(
     };
     drop(snapshot);
     let server_name = tls.get_ref().1.server_name().map(Box::from);
-    serve_http1(worker, MaybeTls::Tls(tls), server_name, client, local).await;
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let peer = http2::Peer {
+            client,
+            local,
+            server_name,
+            tls: true,
+        };
+        return http2::serve(worker, tls, peer).await;
+    }
+    let buf = BytesMut::with_capacity(8 * 1024);
+    serve_http1(worker, MaybeTls::Tls(tls), server_name, client, local, buf).await;
 }
 
 async fn serve_http1(
@@ -104,13 +131,14 @@ async fn serve_http1(
     server_name: Option<Box<str>>,
     client: SocketAddr,
     local: SocketAddr,
+    buf: BytesMut,
 ) {
     let mut conn = Downstream {
         stream,
         server_name,
         client,
         local,
-        buf: BytesMut::with_capacity(8 * 1024),
+        buf,
         head: RequestHead::default(),
         response: ResponseHead::default(),
         out: Vec::with_capacity(1024),

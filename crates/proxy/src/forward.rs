@@ -55,55 +55,42 @@ pub(crate) async fn proxy(
 ) -> Outcome {
     let mut attempts = Attempts::new(view, route, &conn.vars(), conn.head.method());
     let upstream = attempts.upstream();
+    let idempotent = attempts.idempotent();
     let body_buffered = match framing {
         BodyFraming::None => true,
         BodyFraming::Length(n) => conn.buf.len() as u64 >= n,
         BodyFraming::Chunked | BodyFraming::UntilClose => false,
     };
-    loop {
-        let attempt = match attempts.next() {
-            Ok(attempt) => attempt,
-            Err(error) => return respond_error(worker, conn, error, false).await,
-        };
-        let node = attempt.node;
-        let result = match node.addr {
-            None => Err(Failure::before_sending(GatewayError::BadGateway)),
-            Some(addr) => {
-                let pooled = worker
-                    .pool
-                    .borrow_mut()
-                    .checkout((addr, node.pool_id), Instant::now());
-                let first =
-                    exchange(worker, conn, upstream, node, addr, pooled, route, framing).await;
-                match first {
-                    // An idle connection the upstream had already closed (the keep-alive
-                    // race): one more try on a fresh connection, not counted as an attempt.
-                    Err(f) if f.stale && f.allows_retry(body_buffered, attempts.idempotent()) => {
-                        exchange(worker, conn, upstream, node, addr, None, route, framing).await
-                    }
-                    result => result,
+    let result = attempts
+        .run(body_buffered, async |node, addr| {
+            let pooled = worker
+                .pool
+                .borrow_mut()
+                .checkout((addr, node.pool_id), Instant::now());
+            let first = exchange(worker, conn, upstream, node, addr, pooled, route, framing).await;
+            match first {
+                // An idle connection the upstream had already closed (the keep-alive race):
+                // one more try on a fresh connection, not counted as an attempt.
+                Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
+                    exchange(worker, conn, upstream, node, addr, None, route, framing).await
                 }
+                result => result,
             }
-        };
-        match result {
-            Ok(delivered) => {
-                return Outcome {
-                    keep_alive: delivered.client_reusable,
-                    status: delivered.status,
-                    bytes_sent: delivered.bytes_sent,
-                    upstream: node.addr,
-                    upstream_latency: Some(attempt.finish(false)),
-                }
-            }
-            Err(failure) => {
-                let (latency, again) = attempts.failed(attempt, &failure, body_buffered);
-                if !again {
-                    let mut outcome = respond_error(worker, conn, failure.error, false).await;
-                    outcome.upstream = node.addr;
-                    outcome.upstream_latency = Some(latency);
-                    return outcome;
-                }
-            }
+        })
+        .await;
+    match result {
+        Ok(done) => Outcome {
+            keep_alive: done.value.client_reusable,
+            status: done.value.status,
+            bytes_sent: done.value.bytes_sent,
+            upstream: done.node.addr,
+            upstream_latency: Some(done.latency),
+        },
+        Err(gave_up) => {
+            let mut outcome = respond_error(worker, conn, gave_up.error, false).await;
+            outcome.upstream = gave_up.node.and_then(|n| n.addr);
+            outcome.upstream_latency = gave_up.latency;
+            outcome
         }
     }
 }
@@ -319,7 +306,7 @@ async fn exchange(
 
 /// A new connection to `node`, with the TLS handshake for TLS upstreams; both within the
 /// connect timeout.
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     upstream: &UpstreamTarget,
     node: &NodeTarget,
@@ -419,6 +406,44 @@ pub(crate) fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Reads the upstream's next response head, interim or final, into `response`; returns its
+/// length at the start of `up_buf`. `interim_seen`: an interim response came before this one,
+/// so the upstream has answered and the request must not be replayed.
+pub(crate) async fn read_response_head<R: AsyncRead + Unpin>(
+    up: &mut R,
+    up_buf: &mut bytes::BytesMut,
+    response: &mut ResponseHead,
+    max_head: usize,
+    read_timeout: Duration,
+    reused: bool,
+    interim_seen: bool,
+) -> Result<usize, Failure> {
+    loop {
+        match response.parse(up_buf, max_head) {
+            Ok(Some(len)) => return Ok(len),
+            Ok(None) => {}
+            Err(_) => return Err(Failure::bad_response()),
+        }
+        match read_more(up, up_buf, read_timeout).await {
+            Ok(n) if n > 0 => {}
+            result => {
+                let nothing_received = up_buf.is_empty() && !interim_seen;
+                let timed_out = matches!(&result, Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut);
+                return Err(Failure {
+                    error: if timed_out {
+                        GatewayError::GatewayTimeout
+                    } else {
+                        GatewayError::BadGateway
+                    },
+                    replayable: nothing_received,
+                    stale: reused && nothing_received && !timed_out,
+                    sent: true,
+                });
+            }
+        }
+    }
+}
+
 /// The response side of an exchange: reads the upstream's head, forwards interim (1xx)
 /// responses, then the final head and body.
 struct Responder<'a> {
@@ -473,74 +498,44 @@ impl Responder<'_> {
     {
         let mut interim_sent = 0u64;
         let head_len = loop {
-            match self.response.parse(up_buf, self.max_head) {
-                Ok(Some(len)) => {
-                    let status = self.response.status();
-                    if (100..200).contains(&status) && status != 101 {
-                        // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1
-                        // clients as they are.
-                        if !self.client_http10 {
-                            self.response_started.set(true);
-                            if write_all(client, &up_buf[..len], self.client_send_timeout)
-                                .await
-                                .is_err()
-                            {
-                                return Ok(Received::aborted(0));
-                            }
-                            interim_sent += len as u64;
-                        }
-                        up_buf.advance(len);
-                        continue;
+            let len = read_response_head(
+                up,
+                up_buf,
+                self.response,
+                self.max_head,
+                self.timeouts.read,
+                self.reused,
+                interim_sent > 0,
+            )
+            .await?;
+            let status = self.response.status();
+            if (100..200).contains(&status) && status != 101 {
+                // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as
+                // they are.
+                if !self.client_http10 {
+                    self.response_started.set(true);
+                    if write_all(client, &up_buf[..len], self.client_send_timeout)
+                        .await
+                        .is_err()
+                    {
+                        return Ok(Received::aborted(0));
                     }
-                    break len;
+                    interim_sent += len as u64;
                 }
-                Ok(None) => {}
-                Err(_) => {
-                    return Err(Failure {
-                        error: GatewayError::BadGateway,
-                        replayable: false,
-                        stale: false,
-                        sent: true,
-                    })
-                }
+                up_buf.advance(len);
+                continue;
             }
-            match read_more(up, up_buf, self.timeouts.read).await {
-                Ok(n) if n > 0 => continue,
-                result => {
-                    let nothing_received = up_buf.is_empty() && interim_sent == 0;
-                    let timed_out = matches!(&result, Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut);
-                    return Err(Failure {
-                        error: if timed_out {
-                            GatewayError::GatewayTimeout
-                        } else {
-                            GatewayError::BadGateway
-                        },
-                        replayable: nothing_received,
-                        stale: self.reused && nothing_received && !timed_out,
-                        sent: true,
-                    });
-                }
-            }
+            break len;
         };
         let status = self.response.status();
         let method = if self.method_is_head { "HEAD" } else { "GET" };
         let Ok(framing) = response_framing(self.response, method) else {
-            return Err(Failure {
-                error: GatewayError::BadGateway,
-                replayable: false,
-                stale: false,
-                sent: true,
-            });
+            return Err(Failure::bad_response());
         };
         if status == 101 {
             if !self.upgrade {
                 // A protocol switch nobody asked for: the upstream is not speaking HTTP.
-                return Err(Failure {
-                    error: GatewayError::BadGateway,
-                    replayable: false,
-                    stale: false,
-                    sent: true,
-                });
+                return Err(Failure::bad_response());
             }
             up_buf.advance(head_len);
             return self.switch_protocols(client, interim_sent).await;

@@ -15,6 +15,7 @@ mod connection;
 mod error;
 mod forward;
 pub mod http1;
+mod http2;
 mod outbound;
 mod pool;
 mod publish;
@@ -28,6 +29,7 @@ mod vars;
 mod worker;
 
 pub use access_log::AccessLog;
+pub use http2::Http2Settings;
 pub use publish::{PublishError, Publisher};
 pub use server::Gateway;
 pub use settings::{AccessLogSettings, HttpsSettings, ProxySettings, UpstreamDefaults};

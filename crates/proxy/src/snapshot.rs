@@ -64,6 +64,8 @@ pub struct UpstreamTarget {
     pub pool: PoolSettings,
     /// For `https` and `grpcs` upstreams.
     pub tls: Option<UpstreamTls>,
+    /// `grpc` and `grpcs` upstreams are spoken to in HTTP/2.
+    pub grpc: bool,
 }
 
 pub struct NodeTarget {
@@ -318,6 +320,7 @@ fn compile_upstream(
         upstream_host: upstream.upstream_host.clone(),
         pool,
         tls: upstream_tls,
+        grpc: upstream.scheme.is_grpc(),
     })
 }
 
