@@ -149,6 +149,7 @@ impl Ssl {
         self.pairs()
             .map(|(cert, key, cert_path, key_path)| {
                 load_key_pair(cert, key, &cert_path, &key_path, now)
+                    // Never empty: see `load_key_pair`.
                     .map_err(|mut errors| errors.remove(0))
             })
             .collect()
