@@ -138,7 +138,7 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         ));
     }
     if let Some(tls) = &u.tls {
-        // Settings that would be silently ignored are a mistake worth saying so.
+        // On a clear-text upstream these settings would be silently ignored: say so instead.
         if !u.scheme.is_tls() {
             errors.push(FieldError::new(
                 "tls",
