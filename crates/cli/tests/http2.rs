@@ -65,6 +65,8 @@ async fn an_h2c_request_reaches_an_http1_upstream_and_the_answer_comes_back() {
         .header("x-custom", "a")
         .header("x-forwarded-for", "10.0.0.1")
         .header("te", "trailers")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
         .body(())
         .unwrap();
     let reply = send(&mut h2.sender, req, b"").await;
@@ -85,6 +87,15 @@ async fn an_h2c_request_reaches_an_http1_upstream_and_the_answer_comes_back() {
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-host"), Some("example.com"));
     assert!(!seen.has_header("te"), "hop-by-hop header dropped");
+    // HTTP/2 sends a cookie per field; HTTP/1 gets them on one line.
+    assert_eq!(seen.header("cookie"), Some("a=1; b=2"));
+    assert_eq!(
+        seen.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .count(),
+        1
+    );
     assert!(
         !seen.has_header("content-length") && !seen.chunked,
         "a GET without a body"
@@ -104,16 +115,23 @@ async fn request_bodies_go_up_with_their_length_or_chunked() {
     let pylon = Pylon::start(&routes_to_addr(up.addr), "");
     let mut h2 = connect(pylon.addr).await;
 
-    // A small body that came whole with the head: sent with the length the gateway counted.
-    let reply = send(
-        &mut h2.sender,
-        request("POST", "/small").body(()).unwrap(),
-        b"hello",
-    )
-    .await;
+    // A small body, with or without a declared length: whole, under a Content-Length or
+    // chunked (which one depends on whether it had arrived when the upstream was chosen).
+    let req = request("POST", "/small")
+        .header("content-length", "5")
+        .body(())
+        .unwrap();
+    let reply = send(&mut h2.sender, req, b"hello").await;
     assert_eq!(reply.text(), "POST /small|hello");
     assert_eq!(reply.header("x-length"), Some("5"));
     assert_eq!(reply.header("x-chunked"), Some("no"));
+    let reply = send(
+        &mut h2.sender,
+        request("POST", "/undeclared").body(()).unwrap(),
+        b"hi",
+    )
+    .await;
+    assert_eq!(reply.text(), "POST /undeclared|hi");
 
     // The client's own Content-Length goes on as it was.
     let body = pattern(300_000);
@@ -140,6 +158,35 @@ async fn request_bodies_go_up_with_their_length_or_chunked() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-chunked"), Some("yes"));
     assert_eq!(&reply.body["POST /streamed|".len()..], &body[..]);
+}
+
+#[tokio::test]
+async fn a_post_goes_to_the_next_node_when_the_first_refuses_the_connection() {
+    let up = echo();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Round robin over a dead node and a live one: half the requests meet the dead one first.
+    let routes = format!(
+        "routes:\n  - id: r1\n    uri: /*\n    upstream:\n      nodes:\n        \"{closed}\": 1\n        \"{}\": 1\n",
+        up.addr
+    );
+    let pylon = Pylon::start(&routes, "");
+    let mut h2 = connect(pylon.addr).await;
+    for i in 0..4 {
+        // Declared and undeclared lengths: nothing of either was sent before the refusal.
+        let mut req = request("POST", &format!("/p{i}"));
+        if i % 2 == 0 {
+            req = req.header("content-length", "4");
+        }
+        let reply = send(&mut h2.sender, req.body(()).unwrap(), b"data").await;
+        assert_eq!(
+            (reply.status, reply.text()),
+            (200, format!("POST /p{i}|data"))
+        );
+    }
+    assert_eq!(up.request_count(), 4);
 }
 
 /// An upstream that answers `/big` with `len` bytes, counting how many it has written.

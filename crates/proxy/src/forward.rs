@@ -382,10 +382,29 @@ pub(crate) fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
+    // HTTP/2 may split `Cookie` into one field per cookie; HTTP/1 wants them on one line
+    // (RFC 9113 §8.2.3).
+    let join_cookies = head.protocol() == "HTTP/2.0";
+    let mut cookies = 0;
     for (name, value) in head.headers() {
-        if forwards_header(name, value, connection) {
+        if join_cookies && name.eq_ignore_ascii_case("cookie") {
+            cookies += 1;
+        } else if forwards_header(name, value, connection) {
             push_header(out, name.as_bytes(), value);
         }
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"Cookie: ");
+        let values = head
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"));
+        for (i, (_, value)) in values.enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(value);
+        }
+        out.extend_from_slice(b"\r\n");
     }
     match framing {
         BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),

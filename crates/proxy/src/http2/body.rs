@@ -169,12 +169,14 @@ pub(super) async fn pipe(
     Ok(relayed)
 }
 
-/// Most request body read ahead before the upstream is chosen; more streams as it comes.
+/// Most request body held before the upstream is chosen; a longer one streams as it comes.
 const PREFETCH_LIMIT: usize = 64 * 1024;
 
-/// A request body, with what of it had arrived by the time the request was routed. Unary gRPC
-/// calls and small uploads come whole with their head; keeping them lets a failed attempt be
-/// retried on another node, as an HTTP/1 body already in the read buffer can be.
+/// A request body, with what of it the gateway holds before the upstream is chosen: the whole
+/// body when its declared length is within [`PREFETCH_LIMIT`] (as nginx reads a body before
+/// proxying it), else what had arrived with the head. Unary gRPC calls and small uploads are
+/// thereby whole in hand, so a failed attempt can be retried on another node, as an HTTP/1
+/// body already in the read buffer can be.
 pub(super) struct RequestBody {
     pub recv: RecvStream,
     early: Vec<Bytes>,
@@ -182,45 +184,78 @@ pub(super) struct RequestBody {
     /// The whole body (and its trailers) is in hand.
     pub complete: bool,
     pub trailers: Option<HeaderMap>,
-    released: bool,
+    /// Early bytes whose window the client has not had back yet.
+    unreleased: usize,
 }
 
 impl RequestBody {
-    /// Takes what has already arrived, without waiting for more.
-    pub async fn prefetch(mut recv: RecvStream) -> Result<Self, Halt> {
-        let mut early = Vec::new();
-        let mut early_len = 0;
-        let mut complete = recv.is_end_stream();
-        let mut trailers = None;
-        while !complete && early_len < PREFETCH_LIMIT {
-            match poll_fn(|cx| Poll::Ready(recv.poll_data(cx))).await {
-                Poll::Ready(Some(Ok(data))) => {
-                    early_len += data.len();
-                    early.push(data);
+    /// Reads a body of `declared` length within the limit whole (each read at most
+    /// `timeout`); of any other, takes what has already arrived without waiting.
+    pub async fn prefetch(
+        recv: RecvStream,
+        declared: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Self, Halt> {
+        let mut body = RequestBody {
+            complete: recv.is_end_stream(),
+            recv,
+            early: Vec::new(),
+            early_len: 0,
+            trailers: None,
+            unreleased: 0,
+        };
+        if declared.is_some_and(|n| n <= PREFETCH_LIMIT as u64) {
+            body.read_whole(timeout).await?;
+        } else {
+            body.take_arrived()?;
+        }
+        Ok(body)
+    }
+
+    async fn read_whole(&mut self, timeout: Duration) -> Result<(), Halt> {
+        while !self.complete {
+            match next_data(&mut self.recv, timeout).await? {
+                // The window goes back at once: what is held is bounded by the limit, and a
+                // window smaller than the body must not stall it.
+                Some(data) => {
+                    release(&mut self.recv, data.len());
+                    self.push(data);
                 }
-                Poll::Ready(Some(Err(e))) => return Err(e.into()),
+                None => {
+                    self.trailers = trailers(&mut self.recv, timeout).await?;
+                    self.complete = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_arrived(&mut self) -> Result<(), Halt> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        while !self.complete && self.early_len < PREFETCH_LIMIT {
+            match self.recv.poll_data(&mut cx) {
+                Poll::Ready(Some(data)) => {
+                    let data = data?;
+                    self.unreleased += data.len();
+                    self.push(data);
+                }
                 Poll::Ready(None) => {
-                    match poll_fn(|cx| Poll::Ready(recv.poll_trailers(cx))).await {
-                        Poll::Ready(Ok(t)) => {
-                            trailers = t;
-                            complete = true;
-                        }
-                        Poll::Ready(Err(e)) => return Err(e.into()),
-                        Poll::Pending => {}
+                    if let Poll::Ready(trailers) = self.recv.poll_trailers(&mut cx) {
+                        self.trailers = trailers?;
+                        self.complete = true;
                     }
                     break;
                 }
                 Poll::Pending => break,
             }
         }
-        Ok(RequestBody {
-            recv,
-            early,
-            early_len,
-            complete,
-            trailers,
-            released: false,
-        })
+        Ok(())
+    }
+
+    fn push(&mut self, data: Bytes) {
+        self.early_len += data.len();
+        self.early.push(data);
     }
 
     /// The data that arrived early, in order.
@@ -240,10 +275,8 @@ impl RequestBody {
     /// Gives the early data's window back to the client, once an attempt has sent it on; the
     /// data itself stays for a retry.
     pub fn release_early(&mut self) {
-        if !self.released {
-            self.released = true;
-            release(&mut self.recv, self.early_len);
-        }
+        let n = std::mem::take(&mut self.unreleased);
+        release(&mut self.recv, n);
     }
 }
 

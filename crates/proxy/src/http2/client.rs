@@ -120,6 +120,11 @@ impl Client {
         let _ = self.respond.send_informational(head);
     }
 
+    /// Tells a client waiting on `Expect: 100-continue` to send its body.
+    pub fn send_continue(&mut self) {
+        self.send_interim(100, HeaderMap::new());
+    }
+
     /// Completes when the client resets the stream before the response head went out.
     pub async fn reset(&mut self) -> Reason {
         let reason = poll_fn(|cx| self.respond.poll_reset(cx))

@@ -10,12 +10,13 @@ use h2::RecvStream;
 use http::request::Parts;
 use http::{Method, Request};
 
-use super::body::RequestBody;
+use super::body::{Halt, RequestBody};
 use super::client::{Client, Delivered};
 use super::{to_http1, upstream, Connection};
 use crate::access_log::AccessRecord;
 use crate::attempts::{Attempts, GaveUp};
 use crate::error::GatewayError;
+use crate::http1::has_token;
 use crate::outbound::RequestContext;
 use crate::snapshot::{RouteTarget, Timeouts, UpstreamTarget, WorkerView};
 use crate::vars::{normalize_host, RequestFields, RequestVars, TlsInfo};
@@ -65,6 +66,17 @@ fn is_grpc(parts: &Parts) -> bool {
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl Exchange<'_> {
+    /// The client holds its body back for a `100 Continue` (`Expect: 100-continue`), which
+    /// the gateway gives once an upstream has the head: the expectation is not forwarded.
+    pub fn expects_continue(&self) -> bool {
+        self.parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| has_token(v.as_bytes(), "100-continue"))
+    }
 }
 
 /// What every attempt of one stream shares.
@@ -155,8 +167,14 @@ async fn proxy(
     client: &mut Client,
 ) -> (Delivered, Tried) {
     let parts = vars.head;
-    let mut body = match RequestBody::prefetch(recv).await {
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body_timeout = worker.limits.body_timeout;
+    let mut body = match RequestBody::prefetch(recv, declared, body_timeout).await {
         Ok(body) => body,
+        Err(Halt::TimedOut) => return (client.send_error(GatewayError::RequestTimeout), None),
         Err(halt) => {
             client.halted(halt);
             return (Delivered::CLIENT_GONE, None);
@@ -177,8 +195,11 @@ async fn proxy(
         timeouts: route.timeouts,
         idempotent: attempts.idempotent(),
     };
+    // The body beyond what the gateway holds stays with the client until an attempt starts
+    // streaming it, and every failure after that is marked not replayable (`with_upload`):
+    // for the failures that are, the body is still whole.
     let result = attempts
-        .run(body.complete, async |node, addr| {
+        .run(true, async |node, addr| {
             if upstream.grpc {
                 upstream::exchange(&exchange, node, addr, &mut body, client).await
             } else {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, EXPECT};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::{HeaderMap, Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -47,7 +47,7 @@ pub(super) async fn exchange(
     let key = (addr, node.pool_id);
     let pooled = x.worker.pool.borrow_mut().checkout(key, Instant::now());
     match once(x, node, addr, pooled, body, client).await {
-        Err(f) if f.stale && f.allows_retry(body.complete, x.idempotent) => {
+        Err(f) if f.stale && f.allows_retry(true, x.idempotent) => {
             once(x, node, addr, None, body, client).await
         }
         result => result,
@@ -88,15 +88,8 @@ async fn once(
     }
     body.release_early();
     let streamed = !body.complete;
-    // The gateway answers the expectation itself (`write_request_head` drops it): the body is
-    // on its way to an upstream that has the head.
-    if streamed
-        && x.parts
-            .headers
-            .get(EXPECT)
-            .is_some_and(|v| has_token(v.as_bytes(), "100-continue"))
-    {
-        client.send_interim(100, HeaderMap::new());
+    if streamed && x.expects_continue() {
+        client.send_continue();
     }
     let upload_done = Cell::new(!streamed);
     let head_sent = Cell::new(false);

@@ -123,7 +123,7 @@ pub(super) async fn exchange(
     client: &mut Client,
 ) -> Result<Delivered, Failure> {
     match once(x, node, addr, body, client).await {
-        Err(f) if f.stale && f.allows_retry(body.complete, x.idempotent) => {
+        Err(f) if f.stale && f.allows_retry(true, x.idempotent) => {
             once(x, node, addr, body, client).await
         }
         result => result,
@@ -175,6 +175,9 @@ async fn once(
     }
     body.release_early();
     let streamed = !body.complete;
+    if streamed && x.expects_continue() {
+        client.send_continue();
+    }
     let upload_done = Cell::new(!streamed);
     let head_sent = Cell::new(false);
     let ended = {
