@@ -210,6 +210,43 @@ impl Stream for Counting {
     }
 }
 
+/// A TLS connection to the test's gRPC server.
+struct TlsIo(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
 struct GrpcUpstream {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -230,6 +267,62 @@ impl GrpcUpstream {
             listener,
             accepted: accepted.clone(),
         };
+        Self::serve(addr, accepted, incoming, name)
+    }
+
+    /// Behind TLS, offering only `h2` by ALPN; `accepted` counts the handshakes that chose it.
+    async fn tls(name: &'static str, issued: &support::tls::Issued) -> GrpcUpstream {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(issued.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(issued.key.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(support::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::channel::<std::io::Result<TlsIo>>(16);
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, tx, counted) = (acceptor.clone(), tx.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = tx.send(Ok(TlsIo(tls))).await;
+                });
+            }
+        });
+        Self::serve(addr, accepted, ReceiverStream::new(rx), name)
+    }
+
+    fn serve<I, IO>(
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        incoming: I,
+        name: &'static str,
+    ) -> GrpcUpstream
+    where
+        I: Stream<Item = std::io::Result<IO>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+    {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             Server::builder()
@@ -501,4 +594,28 @@ async fn calls_share_one_upstream_connection_per_worker_and_a_lost_one_is_remade
     }
     assert_eq!(answered.as_deref(), Some("again from second"));
     assert!(up.accepted.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcs_upstreams_are_spoken_to_in_http2_over_tls() {
+    let ca = support::tls::TestCa::new("upstream ca");
+    let up = GrpcUpstream::tls("secure", &ca.issue(&["grpc.test"])).await;
+    let routes = format!(
+        "routes:\n  - id: grpcs\n    uri: /test.Echo/*\n    upstream:\n      scheme: grpcs\n      tls:\n        verify: false\n      nodes:\n        \"{}\": 1\n",
+        up.addr
+    );
+    let pylon = Pylon::start(&routes, "");
+    let mut grpc = client(&pylon).await;
+    let reply = call_unary(&mut grpc, Request::new(echo("hi", 3)))
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner(), echo("hi from secure", 3));
+    let status = call_unary(&mut grpc, Request::new(echo("fail", 0)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        up.accepted.load(Ordering::SeqCst) >= 1,
+        "the upstream's TLS handshake chose h2"
+    );
 }

@@ -189,6 +189,26 @@ async fn a_post_goes_to_the_next_node_when_the_first_refuses_the_connection() {
     assert_eq!(up.request_count(), 4);
 }
 
+#[tokio::test]
+async fn a_chunked_response_arrives_whole_with_its_trailers() {
+    let up = Upstream::with_handler(
+        "chunked",
+        Arc::new(|_req: &Received, stream: &mut TcpStream| {
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n",
+            );
+            true
+        }),
+    );
+    let pylon = Pylon::start(&routes_to_addr(up.addr), "");
+    let mut h2 = connect(pylon.addr).await;
+    let reply = send(&mut h2.sender, request("GET", "/t").body(()).unwrap(), b"").await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "hello world"));
+    assert_eq!(reply.header("transfer-encoding"), None);
+    let trailers = reply.trailers.expect("trailers");
+    assert_eq!(trailers.get("x-checksum").unwrap(), "abc");
+}
+
 /// An upstream that answers `/big` with `len` bytes, counting how many it has written.
 fn big_response(len: usize, written: Arc<AtomicUsize>) -> Upstream {
     Upstream::with_handler(
