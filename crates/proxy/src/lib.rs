@@ -11,8 +11,10 @@
 
 mod access_log;
 mod connection;
+mod control;
 mod error;
 mod forward;
+mod health;
 pub mod http1;
 mod pool;
 mod publish;
@@ -24,6 +26,8 @@ mod vars;
 mod worker;
 
 pub use access_log::AccessLog;
+pub use control::{ControlApi, ControlSettings};
+pub use health::HealthRegistry;
 pub use publish::{PublishError, Publisher};
 pub use server::Gateway;
 pub use settings::{AccessLogSettings, ProxySettings, UpstreamDefaults};

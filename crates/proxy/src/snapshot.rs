@@ -14,6 +14,7 @@ use pylon_balancer::{Algorithm, BalancerSpec, BalancerState, NodeSpec};
 use pylon_model::{Config, HashOn, PassHost, Timeout, Upstream, UpstreamType};
 use pylon_router::{RequestView, RouteSpec, Router};
 
+use crate::health::UpstreamHealth;
 use crate::settings::{secs, UpstreamDefaults};
 
 /// One configuration version, compiled for the request path.
@@ -55,6 +56,8 @@ pub struct UpstreamTarget {
     pub pass_host: PassHost,
     pub upstream_host: Option<String>,
     pub pool: PoolSettings,
+    /// With `checks`: the nodes' health, shared by every worker and the checker.
+    pub(crate) health: Option<Arc<UpstreamHealth>>,
 }
 
 pub struct NodeTarget {
@@ -246,20 +249,25 @@ fn compile_upstream(
     let retries = upstream
         .retries
         .map_or(nodes.len().saturating_sub(1), |r| r as usize);
+    let targets: Vec<NodeTarget> = nodes
+        .iter()
+        .map(|n| NodeTarget {
+            addr: resolve(&n.host, n.port),
+            host_header: if n.port == upstream.scheme.default_port() {
+                n.host.clone()
+            } else {
+                n.address()
+            },
+        })
+        .collect();
+    let health = upstream
+        .checks
+        .as_ref()
+        .map(|checks| Arc::new(UpstreamHealth::new(&key, checks, &nodes, &targets)));
     UpstreamTarget {
         key,
         fingerprint: fingerprint.finish(),
-        nodes: nodes
-            .iter()
-            .map(|n| NodeTarget {
-                addr: resolve(&n.host, n.port),
-                host_header: if n.port == upstream.scheme.default_port() {
-                    n.host.clone()
-                } else {
-                    n.address()
-                },
-            })
-            .collect(),
+        nodes: targets,
         balancer: BalancerSpec::new(algorithm, &node_specs),
         hash_key,
         retries,
@@ -267,6 +275,7 @@ fn compile_upstream(
         pass_host: upstream.pass_host,
         upstream_host: upstream.upstream_host.clone(),
         pool,
+        health,
     }
 }
 

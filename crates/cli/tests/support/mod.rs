@@ -20,6 +20,8 @@ pub struct Pylon {
     child: Child,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The control API (`/v1/healthcheck`), on a free port of its own.
+    pub control: Option<SocketAddr>,
     stdout_lines: mpsc::Receiver<String>,
 }
 
@@ -40,7 +42,7 @@ impl Pylon {
             "  workers: 2\n"
         };
         let node = format!(
-            "proxy:\n  listen: [\"127.0.0.1:0\"]\n{workers}{proxy_extra}\naccess_log:\n  path: access.log\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
+            "proxy:\n  listen: [\"127.0.0.1:0\"]\n{workers}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
         );
         std::fs::write(dir.path().join("node.yaml"), node).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
@@ -68,16 +70,22 @@ impl Pylon {
             let _ = std::io::copy(&mut BufReader::new(stderr), &mut file);
         });
         let deadline = Instant::now() + WAIT;
+        let mut control = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("pylon: control API listening on http://")
+                    {
+                        control = Some(addr.parse().unwrap());
+                    }
                     if let Some(addr) = line.strip_prefix("pylon: proxy listening on http://") {
                         let addr = addr.parse().unwrap();
                         return Ok(Pylon {
                             child,
                             dir,
                             addr,
+                            control,
                             stdout_lines: rx,
                         });
                     }
