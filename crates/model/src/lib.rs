@@ -5,7 +5,6 @@
 //! `upstream_id` must name an upstream). Every error carries the path of the field it is about.
 #![forbid(unsafe_code)]
 
-mod checks;
 mod config;
 mod error;
 pub mod expr;
@@ -15,10 +14,6 @@ mod standalone;
 mod upstream;
 mod validate;
 
-pub use checks::{
-    ActiveCheck, ActiveHealthy, ActiveUnhealthy, CheckType, HealthChecks, PassiveCheck,
-    PassiveHealthy, PassiveUnhealthy,
-};
 pub use config::{Config, GlobalRule, PluginConfig, Resource, Service};
 pub use error::{FieldError, ValidationErrors};
 pub use key::{Key, Kind};

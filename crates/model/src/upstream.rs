@@ -48,7 +48,7 @@ pub struct Upstream {
     #[serde(default)]
     pub scheme: Scheme,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checks: Option<crate::checks::HealthChecks>,
+    pub checks: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -148,6 +148,7 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
             "only `http` upstreams are supported by this build",
         ));
     }
+    unsupported(errors, "checks", u.checks.is_some());
     unsupported(errors, "discovery_type", u.discovery_type.is_some());
     unsupported(errors, "tls", u.tls.is_some());
 }
