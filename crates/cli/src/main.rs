@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
-use pylon_proxy::{AccessLog, ControlApi, Gateway, Publisher, Snapshot};
+use pylon_proxy::{AccessLog, ControlApi, Gateway, Publisher, Snapshot, TlsContext};
 use pylon_store::YamlStore;
 
 use node_config::NodeConfig;
@@ -100,7 +100,21 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
     runtime.block_on(async {
         let store = YamlStore::open(&node.config.file).await?;
         let cell = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
-        let mut publisher = Publisher::new(Arc::new(store), cell.clone(), node.proxy.upstream.clone());
+        let trusted_ca = match &node.proxy.upstream.trusted_ca {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("proxy.upstream.trusted_ca: reading {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let tls = TlsContext::new(trusted_ca.as_deref(), node.proxy.https.fallback_sni.clone())
+            .context("proxy.upstream.trusted_ca")?;
+        let mut publisher = Publisher::new(
+            Arc::new(store),
+            cell.clone(),
+            node.proxy.upstream.clone(),
+            Arc::new(tls),
+        );
         let snapshot = publisher.load().await?;
         let access_log = AccessLog::start(&node.access_log).context("access log")?;
         // Health checkers and the control API run here, on the control runtime.
@@ -118,6 +132,12 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
 
         for addr in gateway.local_addrs() {
             println!("pylon: proxy listening on http://{addr}");
+        }
+        for addr in gateway.https_addrs() {
+            println!(
+                "pylon: proxy listening on https://{addr} ({} certificate(s))",
+                snapshot.certificates.len()
+            );
         }
         println!(
             "pylon: {} worker(s); config from {} (reloaded on change), revision {}, {} route(s); access log: {}",

@@ -69,9 +69,18 @@ impl NodeConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut config =
             Self::parse(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
         if config.config.file.is_relative() {
-            let dir = path.parent().unwrap_or(Path::new("."));
             config.config.file = dir.join(&config.config.file);
+        }
+        if let Some(ca) = config
+            .proxy
+            .upstream
+            .trusted_ca
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
+            *ca = dir.join(&*ca);
         }
         Ok(config)
     }

@@ -29,9 +29,10 @@ fn proxies_a_route_and_answers_404_elsewhere() {
         serde_json::json!({"error_msg": "404 Route Not Found"})
     );
 
+    // Two workers log independently: the lines need not be in request order.
     let log = pylon.wait_access_log(2);
-    assert_eq!(log[0]["route_id"], "r1");
-    assert_eq!(log[0]["status"], 200);
-    assert_eq!(log[0]["upstream_addr"], up.addr.to_string());
-    assert_eq!(log[1]["status"], 404);
+    let proxied = log.iter().find(|l| l["status"] == 200).expect("200 logged");
+    assert_eq!(proxied["route_id"], "r1");
+    assert_eq!(proxied["upstream_addr"], up.addr.to_string());
+    assert!(log.iter().any(|l| l["status"] == 404));
 }

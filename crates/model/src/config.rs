@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::error::{FieldError, ValidationErrors};
 use crate::key::{Key, Kind};
 use crate::route::Route;
+use crate::ssl::Ssl;
 use crate::upstream::Upstream;
 use crate::validate;
 
@@ -98,6 +99,7 @@ pub enum Resource {
     Upstream(Upstream),
     GlobalRule(GlobalRule),
     PluginConfig(PluginConfig),
+    Ssl(Ssl),
     /// Kinds the data plane does not use yet: kept as the JSON objects they are.
     Other(Kind, serde_json::Value),
 }
@@ -120,6 +122,7 @@ impl Resource {
             Kind::Upstreams => Resource::Upstream(parse(value)?),
             Kind::GlobalRules => Resource::GlobalRule(parse(value)?),
             Kind::PluginConfigs => Resource::PluginConfig(parse(value)?),
+            Kind::Ssls => Resource::Ssl(parse(value)?),
             other if value.is_object() => Resource::Other(other, value.clone()),
             _ => return Err(FieldError::new("", "must be an object").into()),
         };
@@ -138,6 +141,7 @@ impl Resource {
             Resource::Upstream(u) => serde_json::to_value(u),
             Resource::GlobalRule(g) => serde_json::to_value(g),
             Resource::PluginConfig(p) => serde_json::to_value(p),
+            Resource::Ssl(s) => serde_json::to_value(s),
             Resource::Other(_, v) => return v.clone(),
         };
         // Serializing plain data structs into a JSON value cannot fail.
@@ -153,6 +157,7 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     pub global_rules: BTreeMap<String, GlobalRule>,
     pub plugin_configs: BTreeMap<String, PluginConfig>,
+    pub ssls: BTreeMap<String, Ssl>,
     /// Resources of the kinds the data plane does not use yet.
     pub others: BTreeMap<Key, serde_json::Value>,
 }
@@ -187,6 +192,7 @@ impl Config {
             Resource::Upstream(u) => drop(self.upstreams.insert(id, u)),
             Resource::GlobalRule(g) => drop(self.global_rules.insert(id, g)),
             Resource::PluginConfig(p) => drop(self.plugin_configs.insert(id, p)),
+            Resource::Ssl(s) => drop(self.ssls.insert(id, s)),
             Resource::Other(_, v) => drop(self.others.insert(key.clone(), v)),
         }
     }

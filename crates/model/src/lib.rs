@@ -5,20 +5,32 @@
 //! `upstream_id` must name an upstream). Every error carries the path of the field it is about.
 #![forbid(unsafe_code)]
 
+mod checks;
 mod config;
 mod error;
 pub mod expr;
 mod key;
 mod route;
+mod ssl;
 mod standalone;
+#[cfg(test)]
+mod test_certs;
+mod tls;
 mod upstream;
 mod validate;
 
+pub use checks::{
+    ActiveCheck, ActiveHealthy, ActiveUnhealthy, CheckType, HealthChecks, PassiveCheck,
+    PassiveHealthy, PassiveUnhealthy,
+};
 pub use config::{Config, GlobalRule, PluginConfig, Resource, Service};
 pub use error::{FieldError, ValidationErrors};
 pub use key::{Key, Kind};
 pub use route::Route;
+pub use ssl::{Ssl, SslClient, SslType, TlsVersion};
 pub use standalone::parse_standalone;
+pub use tls::{parse_certificates, parse_private_key, KeyPair};
 pub use upstream::{
-    HashOn, KeepalivePool, Node, Nodes, PassHost, Scheme, Timeout, Upstream, UpstreamType,
+    HashOn, KeepalivePool, Node, Nodes, PassHost, Scheme, Timeout, Upstream, UpstreamTls,
+    UpstreamType,
 };

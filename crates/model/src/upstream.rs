@@ -2,12 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::SystemTime;
 
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::checks::HealthChecks;
 use crate::config::{de_opt_id, Labels};
 use crate::error::FieldError;
+use crate::tls::{load_key_pair, KeyPair, REDACTED};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,13 +51,13 @@ pub struct Upstream {
     #[serde(default)]
     pub scheme: Scheme,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checks: Option<serde_json::Value>,
+    pub checks: Option<HealthChecks>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<UpstreamTls>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +143,7 @@ pub enum PassHost {
     Rewrite,
 }
 
+/// How the gateway talks to the nodes: HTTP/1.1 or gRPC (HTTP/2), in clear or over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheme {
@@ -148,18 +152,104 @@ pub enum Scheme {
     Https,
     Grpc,
     Grpcs,
-    Tcp,
-    Udp,
-    Tls,
-    Kafka,
 }
 
 impl Scheme {
+    /// The port of a node written without one.
     pub fn default_port(self) -> u16 {
-        match self {
-            Scheme::Https | Scheme::Grpcs | Scheme::Tls => 443,
-            _ => 80,
+        if self.is_tls() {
+            443
+        } else {
+            80
         }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, Scheme::Https | Scheme::Grpcs)
+    }
+
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Scheme::Grpc | Scheme::Grpcs)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+            Scheme::Grpc => "grpc",
+            Scheme::Grpcs => "grpcs",
+        }
+    }
+}
+
+/// TLS towards the nodes of an `https` or `grpcs` upstream.
+///
+/// Unlike APISIX, where `verify` defaults to false, Pylon verifies the nodes' certificates
+/// (against the system's roots, for the node's host name) unless `verify: false` is written:
+/// an upstream reached over TLS without verification is open to anyone on the path, and that
+/// should be a visible choice.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM certificate (chain) presented to the nodes: mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    #[serde(default = "verify_by_default")]
+    pub verify: bool,
+}
+
+fn verify_by_default() -> bool {
+    true
+}
+
+impl UpstreamTls {
+    /// The client certificate and key, parsed and checked; `None` without a client
+    /// certificate. Error paths are relative to `tls`.
+    pub fn client_key_pair(&self) -> Option<Result<KeyPair, FieldError>> {
+        // Errors are never empty: every branch below, and `load_key_pair`, report one or more.
+        self.load_client_key_pair()
+            .map(|r| r.map_err(|mut errors| errors.remove(0)))
+    }
+
+    fn load_client_key_pair(&self) -> Option<Result<KeyPair, Vec<FieldError>>> {
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(load_key_pair(
+                cert,
+                key,
+                "client_cert",
+                "client_key",
+                SystemTime::now(),
+            )),
+            (Some(_), None) => Some(Err(vec![FieldError::new(
+                "client_key",
+                "required when tls.client_cert is set",
+            )])),
+            (None, Some(_)) => Some(Err(vec![FieldError::new(
+                "client_cert",
+                "required when tls.client_key is set",
+            )])),
+            (None, None) => None,
+        }
+    }
+
+    /// Every problem, with paths relative to `tls`.
+    pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
+        if let Some(Err(e)) = self.load_client_key_pair() {
+            errors.extend(e);
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key.as_ref().map(|_| REDACTED))
+            .field("verify", &self.verify)
+            .finish()
     }
 }
 

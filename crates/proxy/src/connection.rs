@@ -15,12 +15,15 @@ use crate::forward::{self, Outcome};
 use crate::http1::{has_token, request_framing, BodyFraming, HeadError, RequestHead, ResponseHead};
 use crate::relay::{read_more, write_all, RelayError};
 use crate::snapshot::RouteTarget;
-use crate::vars::{normalize_host, RequestVars};
+use crate::tls::{self, ClientStream, Handshake, MaybeTls};
+use crate::vars::{normalize_host, RequestVars, TlsInfo};
 use crate::worker::Worker;
 
 /// A client connection and the buffers it reuses from one request to the next.
 pub(crate) struct Downstream {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
+    /// For TLS connections: the SNI the client sent.
+    pub server_name: Option<Box<str>>,
     pub client: SocketAddr,
     pub local: SocketAddr,
     /// Bytes read from the client and not yet consumed: the next head, or body bytes.
@@ -41,6 +44,9 @@ impl Downstream {
             host: (!self.host.is_empty()).then_some(self.host.as_str()),
             client: self.client,
             local: self.local,
+            tls: matches!(self.stream, MaybeTls::Tls(_)).then_some(TlsInfo {
+                server_name: self.server_name.as_deref(),
+            }),
         }
     }
 }
@@ -52,6 +58,7 @@ enum HeadRead {
     Failed(GatewayError),
 }
 
+/// A connection to the plain HTTP listener.
 pub(crate) async fn serve(
     worker: Rc<Worker>,
     stream: TcpStream,
@@ -60,8 +67,47 @@ pub(crate) async fn serve(
 ) {
     // Small writes are whole messages; delaying them only adds latency.
     let _ = stream.set_nodelay(true);
+    serve_http1(worker, MaybeTls::Plain(stream), None, client, local).await;
+}
+
+/// A connection to the HTTPS listener: the handshake, with the certificate for the client's
+/// SNI in the current snapshot, then HTTP/1.1.
+pub(crate) async fn serve_tls(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let snapshot = worker.view().snapshot.clone();
+    let tls = match tls::accept(
+        stream,
+        &snapshot.certificates,
+        worker.limits.handshake_timeout,
+    )
+    .await
+    {
+        Handshake::Done(tls) => tls,
+        Handshake::Failed(reason) => {
+            tracing::debug!(%client, "TLS handshake failed: {reason}");
+            return;
+        }
+    };
+    drop(snapshot);
+    let server_name = tls.get_ref().1.server_name().map(Box::from);
+    serve_http1(worker, MaybeTls::Tls(tls), server_name, client, local).await;
+}
+
+async fn serve_http1(
+    worker: Rc<Worker>,
+    stream: ClientStream,
+    server_name: Option<Box<str>>,
+    client: SocketAddr,
+    local: SocketAddr,
+) {
     let mut conn = Downstream {
         stream,
+        server_name,
         client,
         local,
         buf: BytesMut::with_capacity(8 * 1024),

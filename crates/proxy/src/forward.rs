@@ -25,6 +25,8 @@ use crate::http1::{
 use crate::pool::UpstreamConn;
 use crate::relay::{read_more, write_all, Relay, RelayError};
 use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
+use crate::tls::MaybeTls;
+use crate::tunnel;
 use crate::worker::Worker;
 use pylon_balancer::BalancerState;
 use pylon_model::PassHost;
@@ -107,33 +109,17 @@ pub(crate) async fn proxy(
         let result = match node.addr {
             None => Err(Failure::before_sending(GatewayError::BadGateway)),
             Some(addr) => {
-                let pooled = worker.pool.borrow_mut().checkout(addr, Instant::now());
-                let first = exchange(
-                    worker,
-                    conn,
-                    upstream,
-                    node,
-                    addr,
-                    pooled,
-                    route.timeouts,
-                    framing,
-                )
-                .await;
+                let pooled = worker
+                    .pool
+                    .borrow_mut()
+                    .checkout((addr, node.pool_id), Instant::now());
+                let first =
+                    exchange(worker, conn, upstream, node, addr, pooled, route, framing).await;
                 match first {
                     // An idle connection the upstream had already closed (the keep-alive
                     // race): one more try on a fresh connection, not counted as an attempt.
                     Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
-                        exchange(
-                            worker,
-                            conn,
-                            upstream,
-                            node,
-                            addr,
-                            None,
-                            route.timeouts,
-                            framing,
-                        )
-                        .await
+                        exchange(worker, conn, upstream, node, addr, None, route, framing).await
                     }
                     result => result,
                 }
@@ -233,24 +219,35 @@ async fn exchange(
     node: &NodeTarget,
     addr: SocketAddr,
     pooled: Option<UpstreamConn>,
-    timeouts: Timeouts,
+    route: &RouteTarget,
     framing: BodyFraming,
 ) -> Result<Delivered, Failure> {
+    let timeouts = route.timeouts;
+    // A WebSocket handshake on a route that allows it: the upgrade goes to the upstream, and
+    // a `101` turns both connections into a tunnel. Elsewhere the upgrade headers are dropped
+    // as hop-by-hop and the request is an ordinary one.
+    let upgrade = route
+        .websocket
+        .then(|| websocket_upgrade(&conn.head))
+        .flatten();
     let reused = pooled.is_some();
     let mut up = match pooled {
         Some(up) => up,
-        None => connect(addr, timeouts.connect).await?,
+        None => connect(addr, upstream, node, timeouts.connect).await?,
     };
     up.requests += 1;
     up.buf.clear();
     conn.out.clear();
+    let scheme = conn.vars().scheme();
     write_request_head(
         &mut conn.out,
         &conn.head,
         conn.client,
         conn.local,
         upstream_host(&conn.head, upstream, node),
+        scheme,
         framing,
+        upgrade,
     );
     // A body that has fully arrived goes out with the head and stays buffered until the
     // exchange succeeds, so a retry can send it again.
@@ -322,6 +319,7 @@ async fn exchange(
         upload_done: &upload_done,
         response_started: &response_started,
         reused,
+        upgrade: upgrade.is_some(),
     };
     let download = responder.run(&mut up_read, &mut up.buf, &mut client_write);
 
@@ -390,12 +388,30 @@ async fn exchange(
     // Only now is the inline body done with: had this attempt failed, a retry would have
     // needed it again (the bytes after it are the client's next request, not this body).
     buf.advance(inline_body);
+    if delivered.upgraded {
+        let relayed = tunnel::run(
+            &mut client_read,
+            &mut client_write,
+            buf,
+            &mut up_read,
+            &mut up_write,
+            &mut up.buf,
+            timeouts.read,
+        )
+        .await;
+        return Ok(Delivered {
+            client_reusable: false,
+            status: 101,
+            bytes_sent: continue_sent + delivered.bytes_sent + relayed.to_client,
+            upstream_answered: true,
+        });
+    }
     let upstream_reusable = delivered.upstream_reusable && upload_done.get() && up.buf.is_empty();
     if upstream_reusable {
         worker
             .pool
             .borrow_mut()
-            .checkin(addr, up, &upstream.pool, Instant::now());
+            .checkin((addr, node.pool_id), up, &upstream.pool, Instant::now());
     }
     Ok(Delivered {
         client_reusable: delivered.client_reusable && upload_done.get(),
@@ -405,18 +421,59 @@ async fn exchange(
     })
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, Failure> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+/// A new connection to `node`, with the TLS handshake for TLS upstreams; both within the
+/// connect timeout.
+async fn connect(
+    addr: SocketAddr,
+    upstream: &UpstreamTarget,
+    node: &NodeTarget,
+    timeout: Duration,
+) -> Result<UpstreamConn, Failure> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(_)) => return Err(Failure::before_sending(GatewayError::BadGateway)),
         Err(_) => return Err(Failure::before_sending(GatewayError::GatewayTimeout)),
     };
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let stream = match (&upstream.tls, &node.tls_name) {
+        (None, _) => MaybeTls::Plain(tcp),
+        (Some(tls), Some(name)) => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tls.connect(name.clone(), tcp, left).await {
+                Ok(stream) => MaybeTls::Tls(Box::new(stream)),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(Failure::before_sending(GatewayError::GatewayTimeout))
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %upstream.key, %addr, "TLS handshake failed: {e}");
+                    return Err(Failure::before_sending(GatewayError::BadGateway));
+                }
+            }
+        }
+        (Some(_), None) => {
+            tracing::warn!(upstream = %upstream.key, %addr, "no valid TLS server name for node");
+            return Err(Failure::before_sending(GatewayError::BadGateway));
+        }
+    };
     Ok(UpstreamConn {
         stream,
         buf: bytes::BytesMut::with_capacity(16 * 1024),
         requests: 0,
     })
+}
+
+/// The protocol a WebSocket handshake asks to upgrade to (`Upgrade: websocket` with
+/// `Connection: upgrade`, on an HTTP/1.1 GET).
+fn websocket_upgrade(head: &RequestHead) -> Option<&[u8]> {
+    let protocol = head.header("upgrade")?;
+    let asked = head.method() == "GET"
+        && head.minor_version() == 1
+        && has_token(protocol, "websocket")
+        && head
+            .header("connection")
+            .is_some_and(|c| has_token(c, "upgrade"));
+    asked.then_some(protocol)
 }
 
 /// Whether the request carries `Expect: 100-continue`.
@@ -446,7 +503,9 @@ fn write_request_head(
     client: SocketAddr,
     local: SocketAddr,
     host: &[u8],
+    scheme: &str,
     framing: BodyFraming,
+    upgrade: Option<&[u8]>,
 ) {
     let client_ip = client.ip();
     let connection = head.header("connection");
@@ -473,6 +532,10 @@ fn write_request_head(
     if framing == BodyFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
+    if let Some(protocol) = upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        push_header(out, b"Upgrade", protocol);
+    }
     out.extend_from_slice(b"X-Forwarded-For: ");
     // Every incoming X-Forwarded-For, in order: a list split over several header lines is
     // still one list (RFC 9110 §5.3), and keeping only one would lose hops.
@@ -486,7 +549,7 @@ fn write_request_head(
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: http\r\n"
+        "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: {scheme}\r\n"
     );
     if let Some(host) = client_host {
         push_header(out, b"X-Forwarded-Host", host);
@@ -527,6 +590,9 @@ struct Responder<'a> {
     /// Set before the first byte of a response (interim or final) is written to the client.
     response_started: &'a Cell<bool>,
     reused: bool,
+    /// The request asked for a WebSocket upgrade the route allows: a `101` is the answer
+    /// that starts the tunnel.
+    upgrade: bool,
 }
 
 struct Received {
@@ -534,6 +600,8 @@ struct Received {
     upstream_reusable: bool,
     status: u16,
     bytes_sent: u64,
+    /// A `101 Switching Protocols` went to the client: the connections are now a tunnel.
+    upgraded: bool,
 }
 
 impl Received {
@@ -543,6 +611,7 @@ impl Received {
             upstream_reusable: false,
             status,
             bytes_sent: 0,
+            upgraded: false,
         }
     }
 }
@@ -620,12 +689,17 @@ impl Responder<'_> {
             });
         };
         if status == 101 {
-            return Err(Failure {
-                error: GatewayError::BadGateway,
-                replayable: false,
-                stale: false,
-                sent: true,
-            });
+            if !self.upgrade {
+                // A protocol switch nobody asked for: the upstream is not speaking HTTP.
+                return Err(Failure {
+                    error: GatewayError::BadGateway,
+                    replayable: false,
+                    stale: false,
+                    sent: true,
+                });
+            }
+            up_buf.advance(head_len);
+            return self.switch_protocols(client, interim_sent).await;
         }
         up_buf.advance(head_len);
 
@@ -675,11 +749,53 @@ impl Responder<'_> {
                 upstream_reusable,
                 status,
                 bytes_sent: interim_sent + sent,
+                upgraded: false,
             }),
             // The response is cut short: the client must see its connection end, never a
             // shorter body passed off as whole.
             Err(_) => Ok(Received::aborted(status)),
         }
+    }
+
+    /// Sends the upstream's `101` on, with its headers (`Sec-WebSocket-Accept`, ...) and the
+    /// upgrade itself.
+    async fn switch_protocols<W>(
+        self,
+        client: &mut W,
+        interim_sent: u64,
+    ) -> Result<Received, Failure>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let out = self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for (name, value) in self.response.headers() {
+            if !is_hop_by_hop(name) {
+                push_header(out, name.as_bytes(), value);
+            }
+        }
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        push_header(
+            out,
+            b"Upgrade",
+            self.response.header("upgrade").unwrap_or(b"websocket"),
+        );
+        out.extend_from_slice(b"\r\n");
+        self.response_started.set(true);
+        if write_all(client, out, self.client_send_timeout)
+            .await
+            .is_err()
+        {
+            return Ok(Received::aborted(101));
+        }
+        Ok(Received {
+            client_reusable: false,
+            upstream_reusable: false,
+            status: 101,
+            bytes_sent: interim_sent + out.len() as u64,
+            upgraded: true,
+        })
     }
 }
 
@@ -696,7 +812,9 @@ mod tests {
             "192.0.2.9:5555".parse().unwrap(),
             "127.0.0.1:9080".parse().unwrap(),
             b"backend",
+            "http",
             framing,
+            None,
         );
         String::from_utf8(out).unwrap()
     }
@@ -734,7 +852,7 @@ upstreams:
       - {host: 127.0.0.1, port: 1, weight: 1, priority: 1}
       - {host: 127.0.0.1, port: 2, weight: 1, priority: 1}
       - {host: 127.0.0.1, port: 3, weight: 1, priority: 0}
-    checks: {passive: {unhealthy: {http_failures: 1}}}
+    checks: {active: {type: tcp}, passive: {unhealthy: {http_failures: 1}}}
 routes:
   - {id: r, uri: /, upstream_id: u}
 "#;
@@ -743,6 +861,7 @@ routes:
             &config,
             1,
             &crate::settings::UpstreamDefaults::default(),
+            &crate::tls::TlsContext::new(None, None).unwrap(),
         )
         .unwrap();
         let upstream = &snapshot.upstreams[0];

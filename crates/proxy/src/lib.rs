@@ -22,6 +22,8 @@ mod relay;
 mod server;
 mod settings;
 mod snapshot;
+mod tls;
+mod tunnel;
 mod vars;
 mod worker;
 
@@ -30,5 +32,6 @@ pub use control::{ControlApi, ControlSettings};
 pub use health::HealthRegistry;
 pub use publish::{PublishError, Publisher};
 pub use server::Gateway;
-pub use settings::{AccessLogSettings, ProxySettings, UpstreamDefaults};
+pub use settings::{AccessLogSettings, HttpsSettings, ProxySettings, UpstreamDefaults};
 pub use snapshot::{Snapshot, SnapshotCell};
+pub use tls::{TlsContext, TlsError};

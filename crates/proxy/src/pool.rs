@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use crate::snapshot::PoolSettings;
+use crate::tls::UpstreamStream;
 
 /// A connection to an upstream node, with its read buffer.
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub buf: BytesMut,
     /// Requests this connection has carried.
     pub requests: u64,
@@ -23,15 +23,19 @@ struct Idle {
     expires: Instant,
 }
 
+/// Which connections are interchangeable: same node, and for TLS the same settings (server
+/// name, client certificate, verification), which the second half identifies; 0 is plain TCP.
+pub type PoolKey = (SocketAddr, u64);
+
 #[derive(Default)]
 pub struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    idle: HashMap<PoolKey, Vec<Idle>>,
 }
 
 impl Pool {
     /// The most recently used live idle connection to `addr`, if any.
-    pub fn checkout(&mut self, addr: SocketAddr, now: Instant) -> Option<UpstreamConn> {
-        let idle = self.idle.get_mut(&addr)?;
+    pub fn checkout(&mut self, key: PoolKey, now: Instant) -> Option<UpstreamConn> {
+        let idle = self.idle.get_mut(&key)?;
         while let Some(entry) = idle.pop() {
             if entry.expires > now && is_quiet(&entry.conn.stream) {
                 return Some(entry.conn);
@@ -43,7 +47,7 @@ impl Pool {
     /// Keeps `conn` for reuse unless it has served its quota or the pool for `addr` is full.
     pub fn checkin(
         &mut self,
-        addr: SocketAddr,
+        key: PoolKey,
         conn: UpstreamConn,
         settings: &PoolSettings,
         now: Instant,
@@ -51,7 +55,7 @@ impl Pool {
         if conn.requests >= settings.requests || settings.size == 0 {
             return;
         }
-        let idle = self.idle.entry(addr).or_default();
+        let idle = self.idle.entry(key).or_default();
         if idle.len() >= settings.size {
             // The oldest goes: the newest is the likeliest to still be open at the other end.
             idle.remove(0);
@@ -79,9 +83,10 @@ impl Pool {
 /// An idle connection must have nothing to read: data or EOF means the upstream closed it or
 /// sent bytes no request asked for. Tokio answers from its cached readiness, so a quiet
 /// connection usually costs no system call here.
-fn is_quiet(stream: &TcpStream) -> bool {
+/// For TLS the raw socket is probed: an idle TLS connection has no bytes in flight either.
+fn is_quiet(stream: &UpstreamStream) -> bool {
     let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    matches!(stream.tcp().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 #[cfg(test)]
@@ -89,13 +94,15 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use crate::tls::MaybeTls;
 
     async fn pair(listener: &TcpListener) -> (UpstreamConn, TcpStream) {
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let conn = UpstreamConn {
-            stream: client.unwrap(),
+            stream: MaybeTls::Plain(client.unwrap()),
             buf: BytesMut::new(),
             requests: 1,
         };
@@ -105,7 +112,7 @@ mod tests {
     #[tokio::test]
     async fn reuses_live_connections_and_drops_closed_or_expired_ones() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let addr = (listener.local_addr().unwrap(), 0);
         let settings = PoolSettings {
             size: 2,
             idle_timeout: Duration::from_secs(60),

@@ -12,6 +12,7 @@ use pylon_store::{ConfigStore, Event, Revision, StoreError};
 use crate::health::HealthRegistry;
 use crate::settings::UpstreamDefaults;
 use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::tls::TlsContext;
 
 const RELIST_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -27,6 +28,7 @@ pub struct Publisher {
     store: Arc<dyn ConfigStore>,
     cell: SnapshotCell,
     defaults: UpstreamDefaults,
+    tls: Arc<TlsContext>,
     entries: BTreeMap<Key, serde_json::Value>,
     revision: Revision,
     health: Arc<HealthRegistry>,
@@ -37,11 +39,13 @@ impl Publisher {
         store: Arc<dyn ConfigStore>,
         cell: SnapshotCell,
         defaults: UpstreamDefaults,
+        tls: Arc<TlsContext>,
     ) -> Self {
         Self {
             store,
             cell,
             defaults,
+            tls,
             entries: BTreeMap::new(),
             revision: 0,
             health: Arc::default(),
@@ -102,7 +106,7 @@ impl Publisher {
         };
         let config = Config::from_entries(&self.entries).map_err(|e| invalid(e.to_string()))?;
         let started = std::time::Instant::now();
-        let mut snapshot = Snapshot::compile(&config, self.revision, &self.defaults)
+        let mut snapshot = Snapshot::compile(&config, self.revision, &self.defaults, &self.tls)
             .map_err(|e| invalid(e.to_string()))?;
         self.health.attach(&mut snapshot);
         let routes = snapshot.router.len();

@@ -10,13 +10,14 @@ use tokio::sync::watch;
 use crate::access_log::AccessLog;
 use crate::settings::ProxySettings;
 use crate::snapshot::SnapshotCell;
-use crate::worker::{self, Limits};
+use crate::worker::{self, Limits, Listener};
 
 const BACKLOG: i32 = 4096;
 
 /// The running data plane.
 pub struct Gateway {
     addrs: Vec<SocketAddr>,
+    https_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -30,18 +31,19 @@ impl Gateway {
         access_log: AccessLog,
     ) -> std::io::Result<Gateway> {
         let workers = settings.worker_count();
-        let mut per_worker: Vec<Vec<std::net::TcpListener>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        let mut addrs = Vec::new();
-        for &requested in &settings.listen {
+        let mut per_worker: Vec<Vec<Listener>> = (0..workers).map(|_| Vec::new()).collect();
+        let plain = settings.listen.iter().map(|&addr| (addr, false));
+        let tls = settings.https.listen.iter().map(|&addr| (addr, true));
+        let (mut addrs, mut https_addrs) = (Vec::new(), Vec::new());
+        for (requested, tls) in plain.chain(tls) {
             // Port 0 is resolved by the first bind; the other workers join that port.
             let mut addr = requested;
             for listeners in per_worker.iter_mut() {
-                let listener = bind(addr)?;
-                addr = listener.local_addr()?;
-                listeners.push(listener);
+                let socket = bind(addr)?;
+                addr = socket.local_addr()?;
+                listeners.push(Listener { socket, tls });
             }
-            addrs.push(addr);
+            if tls { &mut https_addrs } else { &mut addrs }.push(addr);
         }
         let limits = Arc::new(Limits::new(settings));
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -66,14 +68,20 @@ impl Gateway {
         }
         Ok(Gateway {
             addrs,
+            https_addrs,
             shutdown,
             workers: handles,
         })
     }
 
-    /// The addresses actually listened on (port 0 resolved).
+    /// The plain HTTP addresses actually listened on (port 0 resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The HTTPS addresses actually listened on (port 0 resolved).
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https_addrs
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period, closes idle

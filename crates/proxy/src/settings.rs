@@ -35,6 +35,20 @@ pub struct ProxySettings {
     pub shutdown_grace: f64,
     /// Used where an upstream or route sets no value of its own.
     pub upstream: UpstreamDefaults,
+    pub https: HttpsSettings,
+}
+
+/// The TLS listener. Certificates come from the `ssls` resources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpsSettings {
+    /// Addresses the HTTPS (and HTTP/2 over TLS) proxy listens on; empty: none.
+    pub listen: Vec<SocketAddr>,
+    /// The SNI whose certificate answers clients that send none, or a name no ssl covers.
+    /// Unset: such handshakes fail with an `unrecognized_name` alert.
+    pub fallback_sni: Option<String>,
+    /// Seconds a client has to complete the TLS handshake.
+    pub handshake_timeout: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +64,8 @@ pub struct UpstreamDefaults {
     pub keepalive_requests: u64,
     /// Largest response head accepted from an upstream (larger: 502).
     pub max_response_header_size: usize,
+    /// A PEM file of CA certificates trusted for TLS upstreams besides the system's roots.
+    pub trusted_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +94,17 @@ impl Default for ProxySettings {
             max_headers: 100,
             shutdown_grace: 10.0,
             upstream: UpstreamDefaults::default(),
+            https: HttpsSettings::default(),
+        }
+    }
+}
+
+impl Default for HttpsSettings {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 9443))],
+            fallback_sni: None,
+            handshake_timeout: 10.0,
         }
     }
 }
@@ -92,6 +119,7 @@ impl Default for UpstreamDefaults {
             keepalive_idle_timeout: 60.0,
             keepalive_requests: 1000,
             max_response_header_size: 64 * 1024,
+            trusted_ca: None,
         }
     }
 }
@@ -110,14 +138,20 @@ impl ProxySettings {
     /// Every problem with these settings, with the field's path under `proxy`.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        if self.listen.is_empty() {
-            errors.push("proxy.listen: needs at least one address".to_owned());
+        if self.listen.is_empty() && self.https.listen.is_empty() {
+            errors.push(
+                "proxy.listen: needs at least one address (or proxy.https.listen)".to_owned(),
+            );
         }
         let seconds = [
             ("proxy.client_header_timeout", self.client_header_timeout),
             ("proxy.client_body_timeout", self.client_body_timeout),
             ("proxy.client_send_timeout", self.client_send_timeout),
             ("proxy.keepalive_timeout", self.keepalive_timeout),
+            (
+                "proxy.https.handshake_timeout",
+                self.https.handshake_timeout,
+            ),
             (
                 "proxy.upstream.connect_timeout",
                 self.upstream.connect_timeout,

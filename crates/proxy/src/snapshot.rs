@@ -14,8 +14,11 @@ use pylon_balancer::{Algorithm, BalancerSpec, BalancerState, NodeSpec};
 use pylon_model::{Config, HashOn, PassHost, Timeout, Upstream, UpstreamType};
 use pylon_router::{RequestView, RouteSpec, Router};
 
+use rustls::pki_types::ServerName;
+
 use crate::health::UpstreamHealth;
 use crate::settings::{secs, UpstreamDefaults};
+use crate::tls::{server_name, SniTable, TlsContext, UpstreamTls};
 
 /// One configuration version, compiled for the request path.
 pub struct Snapshot {
@@ -23,6 +26,8 @@ pub struct Snapshot {
     pub revision: u64,
     pub router: Router<RouteTarget>,
     pub upstreams: Vec<UpstreamTarget>,
+    /// Server certificates for the https listener, by SNI.
+    pub certificates: SniTable,
 }
 
 /// What a matched route leads to.
@@ -32,6 +37,8 @@ pub struct RouteTarget {
     pub upstream: usize,
     /// The route's own timeouts, else its upstream's, else the node defaults.
     pub timeouts: Timeouts,
+    /// `enable_websocket`, the route's or else its service's.
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +63,8 @@ pub struct UpstreamTarget {
     pub pass_host: PassHost,
     pub upstream_host: Option<String>,
     pub pool: PoolSettings,
+    /// For `https` and `grpcs` upstreams.
+    pub tls: Option<UpstreamTls>,
     /// With `checks`: the nodes' health, shared by every worker and the checker.
     pub(crate) health: Option<Arc<UpstreamHealth>>,
 }
@@ -65,6 +74,11 @@ pub struct NodeTarget {
     pub addr: Option<SocketAddr>,
     /// `host[:port]` as the `Host` header for `pass_host: node`.
     pub host_header: String,
+    /// The name sent in SNI and verified against the node's certificate, for TLS upstreams.
+    pub tls_name: Option<ServerName<'static>>,
+    /// Tells this node's pooled connections from others to the same address: 0 for plain
+    /// TCP, else a hash of the TLS settings and server name.
+    pub pool_id: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,6 +122,7 @@ impl Snapshot {
             revision: 0,
             router: Router::new(Vec::new()).expect("an empty router always builds"),
             upstreams: Vec::new(),
+            certificates: SniTable::default(),
         }
     }
 
@@ -117,6 +132,7 @@ impl Snapshot {
         config: &Config,
         revision: u64,
         defaults: &UpstreamDefaults,
+        tls: &TlsContext,
     ) -> Result<Snapshot, CompileError> {
         let mut upstreams = Vec::new();
         let mut index_of: HashMap<String, usize> = HashMap::new();
@@ -146,7 +162,7 @@ impl Snapshot {
             let index = match index_of.get(&key) {
                 Some(&i) => i,
                 None => {
-                    upstreams.push(compile_upstream(key.clone(), upstream, defaults));
+                    upstreams.push(compile_upstream(key.clone(), upstream, defaults, tls)?);
                     index_of.insert(key, upstreams.len() - 1);
                     upstreams.len() - 1
                 }
@@ -172,6 +188,10 @@ impl Snapshot {
                     id: Arc::from(id.as_str()),
                     upstream: index,
                     timeouts,
+                    websocket: route
+                        .enable_websocket
+                        .or(service.and_then(|(_, s)| s.enable_websocket))
+                        .unwrap_or(false),
                 },
             });
         }
@@ -180,6 +200,7 @@ impl Snapshot {
             revision,
             router,
             upstreams,
+            certificates: SniTable::compile(&config.ssls, tls),
         })
     }
 }
@@ -215,7 +236,8 @@ fn compile_upstream(
     key: String,
     upstream: &Upstream,
     defaults: &UpstreamDefaults,
-) -> UpstreamTarget {
+    tls: &TlsContext,
+) -> Result<UpstreamTarget, CompileError> {
     // Validation has already resolved these nodes once; it cannot fail here.
     let nodes = upstream.nodes.resolve(upstream.scheme).unwrap_or_default();
     let algorithm = match upstream.balancer {
@@ -246,9 +268,29 @@ fn compile_upstream(
     for n in &nodes {
         n.hash(&mut fingerprint);
     }
+    let upstream_tls = upstream
+        .scheme
+        .is_tls()
+        .then(|| {
+            let alpn: &[u8] = if upstream.scheme.is_grpc() {
+                b"h2"
+            } else {
+                b"http/1.1"
+            };
+            UpstreamTls::new(upstream.tls.as_ref(), alpn, &tls.upstream_roots)
+        })
+        .transpose()
+        .map_err(|e| CompileError(format!("{key}: tls: {e}")))?;
+    if let Some(t) = &upstream_tls {
+        t.fingerprint.hash(&mut fingerprint);
+    }
     let retries = upstream
         .retries
         .map_or(nodes.len().saturating_sub(1), |r| r as usize);
+    let sni_override = match upstream.pass_host {
+        PassHost::Rewrite => upstream.upstream_host.as_deref(),
+        PassHost::Pass | PassHost::Node => None,
+    };
     let targets: Vec<NodeTarget> = nodes
         .iter()
         .map(|n| NodeTarget {
@@ -258,13 +300,20 @@ fn compile_upstream(
             } else {
                 n.address()
             },
+            tls_name: upstream_tls
+                .as_ref()
+                .and_then(|_| server_name(sni_override.unwrap_or(&n.host))),
+            pool_id: upstream_tls.as_ref().map_or(0, |t| {
+                let mut id = std::collections::hash_map::DefaultHasher::new();
+                (t.fingerprint, sni_override.unwrap_or(&n.host)).hash(&mut id);
+                id.finish() | 1
+            }),
         })
         .collect();
-    let health = upstream
-        .checks
-        .as_ref()
-        .map(|checks| Arc::new(UpstreamHealth::new(&key, checks, &nodes, &targets)));
-    UpstreamTarget {
+    let health = UpstreamHealth::compile(&key, upstream, &nodes, &targets, tls)
+        .map_err(|e| CompileError(format!("{key}: checks: {e}")))?
+        .map(Arc::new);
+    Ok(UpstreamTarget {
         key,
         fingerprint: fingerprint.finish(),
         nodes: targets,
@@ -275,8 +324,9 @@ fn compile_upstream(
         pass_host: upstream.pass_host,
         upstream_host: upstream.upstream_host.clone(),
         pool,
+        tls: upstream_tls,
         health,
-    }
+    })
 }
 
 fn hash_key(upstream: &Upstream) -> HashKey {
@@ -373,6 +423,10 @@ impl WorkerView {
 mod tests {
     use super::*;
 
+    fn tls() -> TlsContext {
+        TlsContext::new(None, None).unwrap()
+    }
+
     #[test]
     fn hash_templates_split_into_vars_and_literals() {
         assert_eq!(
@@ -407,13 +461,13 @@ mod tests {
         };
         let nodes = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
         let v1 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults).unwrap()),
+            Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults, &tls()).unwrap()),
             None,
         );
         let first = rr(&v1);
         // A new route does not reset the round robin: the next pick is the other node.
         let v2 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults).unwrap()),
+            Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults, &tls()).unwrap()),
             Some(&v1),
         );
         assert_ne!(rr(&v2), first);
@@ -424,6 +478,7 @@ mod tests {
                     &config(r#"{"127.0.0.1:1": 1, "127.0.0.1:3": 1}"#, true),
                     3,
                     &defaults,
+                    &tls(),
                 )
                 .unwrap(),
             ),
@@ -446,7 +501,7 @@ mod tests {
             pylon_model::parse_standalone(&text).unwrap().1
         };
         let v1 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(false), 1, &defaults).unwrap()),
+            Arc::new(Snapshot::compile(&config(false), 1, &defaults, &tls()).unwrap()),
             None,
         );
         let spec = &v1.snapshot.upstreams[0].balancer;
@@ -457,7 +512,7 @@ mod tests {
         v1.balancers[0].borrow_mut().on_request_start(busy);
 
         let v2 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(true), 2, &defaults).unwrap()),
+            Arc::new(Snapshot::compile(&config(true), 2, &defaults, &tls()).unwrap()),
             Some(&v1),
         );
         // The request ends on the view it started with, after the change.

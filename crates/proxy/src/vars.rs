@@ -14,6 +14,23 @@ pub struct RequestVars<'a> {
     pub host: Option<&'a str>,
     pub client: SocketAddr,
     pub local: SocketAddr,
+    /// Set when the client connected over TLS: the SNI it sent, if any.
+    pub tls: Option<TlsInfo<'a>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TlsInfo<'a> {
+    pub server_name: Option<&'a str>,
+}
+
+impl RequestVars<'_> {
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 impl RequestView for RequestVars<'_> {
@@ -63,7 +80,8 @@ impl RequestView for RequestVars<'_> {
             "remote_port" => Cow::Owned(self.client.port().to_string()),
             "server_addr" => Cow::Owned(self.local.ip().to_string()),
             "server_port" => Cow::Owned(self.local.port().to_string()),
-            "scheme" => Cow::Borrowed("http"),
+            "scheme" => Cow::Borrowed(self.scheme()),
+            "ssl_server_name" => Cow::Borrowed(self.tls?.server_name?),
             "server_protocol" => Cow::Borrowed(if self.head.minor_version() == 0 {
                 "HTTP/1.0"
             } else {
@@ -164,6 +182,7 @@ mod tests {
             host: Some("example.com"),
             client: "10.1.2.3:5555".parse().unwrap(),
             local: "127.0.0.1:9080".parse().unwrap(),
+            tls: None,
         };
         check(&vars);
     }

@@ -33,6 +33,7 @@ pub(crate) struct Limits {
     pub max_response_head: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    pub handshake_timeout: Duration,
 }
 
 impl Limits {
@@ -46,6 +47,7 @@ impl Limits {
             max_response_head: settings.upstream.max_response_header_size,
             max_connections: settings.max_connections_per_worker,
             shutdown_grace: secs(settings.shutdown_grace),
+            handshake_timeout: secs(settings.https.handshake_timeout),
         }
     }
 }
@@ -90,8 +92,15 @@ impl Worker {
 }
 
 /// Runs a worker on the current thread until it has stopped and drained.
+/// A listening socket of one worker.
+pub(crate) struct Listener {
+    pub socket: std::net::TcpListener,
+    /// Connections start with a TLS handshake.
+    pub tls: bool,
+}
+
 pub(crate) fn run(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<Listener>,
     snapshots: SnapshotCell,
     limits: Arc<Limits>,
     access_log: AccessLog,
@@ -113,8 +122,8 @@ pub(crate) fn run(
             stop: Notify::new(),
         });
         for listener in listeners {
-            let listener = TcpListener::from_std(listener)?;
-            tokio::task::spawn_local(accept(worker.clone(), listener));
+            let socket = TcpListener::from_std(listener.socket)?;
+            tokio::task::spawn_local(accept(worker.clone(), socket, listener.tls));
         }
         tokio::task::spawn_local(sweep_pool(worker.clone()));
 
@@ -139,7 +148,7 @@ pub(crate) fn run(
     })
 }
 
-async fn accept(worker: Rc<Worker>, listener: TcpListener) {
+async fn accept(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
     loop {
         let stopping = worker.stopping();
         if worker.is_stopping() {
@@ -168,7 +177,11 @@ async fn accept(worker: Rc<Worker>, listener: TcpListener) {
         worker.connections.set(worker.connections.get() + 1);
         let conn_worker = worker.clone();
         tokio::task::spawn_local(async move {
-            connection::serve(conn_worker.clone(), stream, client, local).await;
+            if tls {
+                connection::serve_tls(conn_worker.clone(), stream, client, local).await;
+            } else {
+                connection::serve(conn_worker.clone(), stream, client, local).await;
+            }
             conn_worker
                 .connections
                 .set(conn_worker.connections.get() - 1);

@@ -8,14 +8,14 @@ use std::collections::HashMap;
 
 /// A parsed `hosts` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HostPattern {
+pub enum HostPattern {
     Exact(Box<str>),
     /// The suffix with its leading dot: `.example.com` for `*.example.com`.
     Wildcard(Box<str>),
 }
 
 impl HostPattern {
-    pub(crate) fn parse(host: &str) -> Result<Self, String> {
+    pub fn parse(host: &str) -> Result<Self, String> {
         let lower = host.to_ascii_lowercase();
         let (pattern, name) = match lower.strip_prefix('*') {
             Some(suffix) => (
@@ -40,7 +40,7 @@ impl HostPattern {
 
 /// Something per host pattern (the router keeps a path tree per host).
 #[derive(Debug)]
-pub(crate) struct HostTable<V> {
+pub struct HostTable<V> {
     exact: HashMap<Box<str>, V>,
     wildcard: HashMap<Box<str>, V>,
 }
@@ -55,7 +55,7 @@ impl<V> Default for HostTable<V> {
 }
 
 impl<V: Default> HostTable<V> {
-    pub(crate) fn entry(&mut self, pattern: &HostPattern) -> &mut V {
+    pub fn entry(&mut self, pattern: &HostPattern) -> &mut V {
         match pattern {
             HostPattern::Exact(host) => self.exact.entry(host.clone()).or_default(),
             HostPattern::Wildcard(suffix) => self.wildcard.entry(suffix.clone()).or_default(),
@@ -66,7 +66,7 @@ impl<V: Default> HostTable<V> {
 impl<V> HostTable<V> {
     /// The groups whose pattern matches `host` (lowercase), most specific first: the exact host,
     /// then wildcards from the longest suffix to the shortest.
-    pub(crate) fn matching<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a V> + 'a {
+    pub fn matching<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a V> + 'a {
         let wildcards = (!self.wildcard.is_empty())
             .then(|| {
                 host.match_indices('.')

@@ -25,6 +25,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 pub use error::RouterError;
+pub use host::{HostPattern, HostTable};
 pub use router::Router;
 
 /// What the router reads of a request. The proxy implements it; only [`RequestView::var`] may be

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod client;
+pub mod tls;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -20,6 +21,8 @@ pub struct Pylon {
     child: Child,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The HTTPS listener, when there is one.
+    pub https_addr: Option<SocketAddr>,
     /// The control API (`/v1/healthcheck`), on a free port of its own.
     pub control: Option<SocketAddr>,
     stdout_lines: mpsc::Receiver<String>,
@@ -41,8 +44,14 @@ impl Pylon {
         } else {
             "  workers: 2\n"
         };
+        // Every test gets an HTTPS listener on a free port unless it configures its own.
+        let https = if proxy_extra.contains("https:") {
+            ""
+        } else {
+            "  https:\n    listen: [\"127.0.0.1:0\"]\n"
+        };
         let node = format!(
-            "proxy:\n  listen: [\"127.0.0.1:0\"]\n{workers}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
+            "proxy:\n  listen: [\"127.0.0.1:0\"]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
         );
         std::fs::write(dir.path().join("node.yaml"), node).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
@@ -70,21 +79,27 @@ impl Pylon {
             let _ = std::io::copy(&mut BufReader::new(stderr), &mut file);
         });
         let deadline = Instant::now() + WAIT;
-        let mut control = None;
+        let (mut addr, mut https_addr, mut control) = (None, None, None);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("pylon: control API listening on http://")
+                    if let Some(a) = line.strip_prefix("pylon: proxy listening on http://") {
+                        addr = Some(a.parse().unwrap());
+                    } else if let Some(a) = line.strip_prefix("pylon: proxy listening on https://")
                     {
-                        control = Some(addr.parse().unwrap());
-                    }
-                    if let Some(addr) = line.strip_prefix("pylon: proxy listening on http://") {
-                        let addr = addr.parse().unwrap();
+                        https_addr = a.split(' ').next().and_then(|a| a.parse().ok());
+                    } else if let Some(a) =
+                        line.strip_prefix("pylon: control API listening on http://")
+                    {
+                        control = Some(a.parse().unwrap());
+                    } else if line.contains(" worker(s); ") {
+                        // Printed after every listener.
                         return Ok(Pylon {
                             child,
                             dir,
-                            addr,
+                            addr: addr.expect("pylon printed no http listener"),
+                            https_addr,
                             control,
                             stdout_lines: rx,
                         });

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pylon_model::{ActiveCheck, CheckType};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
@@ -23,13 +24,14 @@ use tokio::time::Instant;
 
 use super::status::{Outcome, Thresholds};
 use super::{seconds, CheckedNode, StatusClasses, UpstreamHealth};
+use crate::tls::{server_name, TlsContext, TlsError, UpstreamTls};
 
 /// The longest status line a probe reads.
 const MAX_STATUS_LINE: usize = 1024;
 
 /// The active checks of one upstream, compiled.
 pub(crate) struct ActivePlan {
-    kind: CheckType,
+    transport: Transport,
     timeout: Duration,
     concurrency: usize,
     host: Option<String>,
@@ -42,12 +44,43 @@ pub(crate) struct ActivePlan {
     thresholds: Thresholds,
 }
 
+/// How a probe talks to a node.
+enum Transport {
+    /// Connecting is all.
+    Tcp,
+    Http,
+    /// Verifying the certificate unless `https_verify_certificate` is off, and presenting the
+    /// upstream's client certificate (`tls.client_cert`) if it has one.
+    Https(UpstreamTls),
+}
+
 impl ActivePlan {
-    pub fn new(check: &ActiveCheck) -> Self {
+    /// `upstream_tls` is the upstream's `tls`, whose client certificate https probes present.
+    pub fn new(
+        check: &ActiveCheck,
+        upstream_tls: Option<&pylon_model::UpstreamTls>,
+        tls: &TlsContext,
+    ) -> Result<Self, TlsError> {
+        let transport = match check.kind {
+            CheckType::Tcp => Transport::Tcp,
+            CheckType::Http => Transport::Http,
+            CheckType::Https => {
+                let settings = pylon_model::UpstreamTls {
+                    client_cert: upstream_tls.and_then(|t| t.client_cert.clone()),
+                    client_key: upstream_tls.and_then(|t| t.client_key.clone()),
+                    verify: check.https_verify_certificate,
+                };
+                Transport::Https(UpstreamTls::new(
+                    Some(&settings),
+                    b"http/1.1",
+                    &tls.upstream_roots,
+                )?)
+            }
+        };
         // APISIX's defaults, for values validation should not have let through.
         let second = Duration::from_secs(1);
-        Self {
-            kind: check.kind,
+        Ok(Self {
+            transport,
             timeout: seconds(check.timeout, second),
             concurrency: (check.concurrency as usize).max(1),
             host: check.host.clone(),
@@ -66,6 +99,14 @@ impl ActivePlan {
                 check.unhealthy.tcp_failures,
                 check.unhealthy.timeouts,
             ),
+        })
+    }
+
+    /// Identifies the TLS settings of https probes; 0 for other checks.
+    pub fn tls_fingerprint(&self) -> u64 {
+        match &self.transport {
+            Transport::Https(tls) => tls.fingerprint,
+            Transport::Tcp | Transport::Http => 0,
         }
     }
 
@@ -127,6 +168,8 @@ async fn watch(health: Arc<UpstreamHealth>, index: usize, limit: Arc<Semaphore>)
     };
     let request = plan.request(node);
     let target = plan.target(node);
+    // SNI and the name verified: the checks' `host`, else the node's.
+    let name = server_name(plan.host.as_deref().unwrap_or(&node.host));
     loop {
         let (started, outcome) = {
             // The semaphore is never closed: this cannot fail.
@@ -134,7 +177,7 @@ async fn watch(health: Arc<UpstreamHealth>, index: usize, limit: Arc<Semaphore>)
                 return;
             };
             let started = Instant::now();
-            (started, probe(plan, target, &request).await)
+            (started, probe(plan, target, name.as_ref(), &request).await)
         };
         if let Some(outcome) = outcome {
             health.record(index, outcome, &plan.thresholds, "active");
@@ -149,11 +192,16 @@ async fn watch(health: Arc<UpstreamHealth>, index: usize, limit: Arc<Semaphore>)
 }
 
 /// One probe; `None` when the node answered a status in neither list.
-async fn probe(plan: &ActivePlan, target: Option<SocketAddr>, request: &[u8]) -> Option<Outcome> {
+async fn probe(
+    plan: &ActivePlan,
+    target: Option<SocketAddr>,
+    name: Option<&ServerName<'static>>,
+    request: &[u8],
+) -> Option<Outcome> {
     let Some(addr) = target else {
         return Some(Outcome::TcpFailure);
     };
-    match tokio::time::timeout(plan.timeout, exchange(plan.kind, addr, request)).await {
+    match tokio::time::timeout(plan.timeout, exchange(plan, addr, name, request)).await {
         Err(_) => Some(Outcome::Timeout),
         Ok(Err(_)) => Some(Outcome::TcpFailure),
         Ok(Ok(None)) => Some(Outcome::Success),
@@ -161,17 +209,32 @@ async fn probe(plan: &ActivePlan, target: Option<SocketAddr>, request: &[u8]) ->
     }
 }
 
-/// Connects and, for http checks, sends the request and reads the status; `None` for a tcp
-/// check, which only connects.
-async fn exchange(kind: CheckType, addr: SocketAddr, request: &[u8]) -> io::Result<Option<u16>> {
-    let mut stream = TcpStream::connect(addr).await?;
-    match kind {
-        CheckType::Tcp => Ok(None),
-        CheckType::Http | CheckType::Https => {
-            stream.write_all(request).await?;
-            read_status(&mut stream).await.map(Some)
+/// Connects and, for http(s) checks, sends the request and reads the status; `None` for a
+/// tcp check, which only connects. A failed TLS handshake fails like a connection.
+async fn exchange(
+    plan: &ActivePlan,
+    addr: SocketAddr,
+    name: Option<&ServerName<'static>>,
+    request: &[u8],
+) -> io::Result<Option<u16>> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    match &plan.transport {
+        Transport::Tcp => Ok(None),
+        Transport::Http => ask(&mut tcp, request).await.map(Some),
+        Transport::Https(tls) => {
+            let name = name.cloned().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "not a valid TLS server name")
+            })?;
+            let mut stream = tls.connect(name, tcp, plan.timeout).await?;
+            ask(&mut stream, request).await.map(Some)
         }
     }
+}
+
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, request: &[u8]) -> io::Result<u16> {
+    stream.write_all(request).await?;
+    stream.flush().await?;
+    read_status(stream).await
 }
 
 /// Reads up to the end of the status line and returns its code.
@@ -257,28 +320,34 @@ mod tests {
             port: Some(9000),
             ..ActiveCheck::default()
         };
-        let plan = ActivePlan::new(&check);
+        let probes = plan(&check);
         assert_eq!(
-            String::from_utf8(plan.request(&node("127.0.0.1:8080"))).unwrap(),
+            String::from_utf8(probes.request(&node("127.0.0.1:8080"))).unwrap(),
             "GET /status?full=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: pylon-check\r\nX-A: b\r\nConnection: close\r\n\r\n"
         );
         assert_eq!(
-            plan.target(&node("x")),
+            probes.target(&node("x")),
             Some("127.0.0.1:9000".parse().unwrap())
         );
         check.host = Some("health.example".into());
-        let request = String::from_utf8(ActivePlan::new(&check).request(&node("x"))).unwrap();
+        let request = String::from_utf8(plan(&check).request(&node("x"))).unwrap();
         assert!(
             request.contains("\r\nHost: health.example\r\n"),
             "{request}"
         );
         check.req_headers = vec!["host: other".into()];
-        let request = String::from_utf8(ActivePlan::new(&check).request(&node("x"))).unwrap();
+        let request = String::from_utf8(plan(&check).request(&node("x"))).unwrap();
         assert_eq!(request.matches("ost:").count(), 1, "{request}");
+    }
+
+    fn plan(check: &ActiveCheck) -> ActivePlan {
+        let tls = TlsContext::new(None, None).unwrap();
+        ActivePlan::new(check, None, &tls).unwrap()
     }
 
     /// A one-node upstream whose checks are `check`.
     fn checked(addr: SocketAddr, check: ActiveCheck) -> Arc<UpstreamHealth> {
+        let active = plan(&check);
         let checks = pylon_model::HealthChecks {
             active: Some(check),
             passive: None,
@@ -292,10 +361,13 @@ mod tests {
         let targets = [crate::snapshot::NodeTarget {
             addr: Some(addr),
             host_header: addr.to_string(),
+            tls_name: None,
+            pool_id: 0,
         }];
         Arc::new(UpstreamHealth::new(
             "upstreams/1",
             &checks,
+            Some(active),
             &nodes,
             &targets,
         ))

@@ -22,9 +22,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pylon_model::{CheckType, HealthChecks, Node};
+use pylon_model::{CheckType, HealthChecks, Node, Upstream};
 
 use crate::snapshot::NodeTarget;
+use crate::tls::{TlsContext, TlsError};
 use active::ActivePlan;
 use passive::PassivePolicy;
 pub use registry::HealthRegistry;
@@ -43,6 +44,9 @@ struct CheckConfig {
     key: String,
     /// As configured: a new version with other checks starts afresh.
     checks: HealthChecks,
+    /// Of the TLS settings https probes use (0 for none), which come partly from the
+    /// upstream's `tls`: new settings restart the checker.
+    tls_fingerprint: u64,
     active: Option<ActivePlan>,
     passive: Option<PassivePolicy>,
 }
@@ -66,13 +70,39 @@ impl CheckedNode {
 }
 
 impl UpstreamHealth {
-    /// Fresh state for the upstream at `key`: every node healthy. `nodes` and `targets` are
-    /// the upstream's nodes as configured and as compiled, in the same order.
-    pub fn new(key: &str, checks: &HealthChecks, nodes: &[Node], targets: &[NodeTarget]) -> Self {
+    /// Fresh state for the upstream at `key`, if it has `checks`: every node healthy. `nodes`
+    /// and `targets` are its nodes as configured and as compiled, in the same order. Fails
+    /// only when the TLS settings of https checks cannot be built.
+    pub fn compile(
+        key: &str,
+        upstream: &Upstream,
+        nodes: &[Node],
+        targets: &[NodeTarget],
+        tls: &TlsContext,
+    ) -> Result<Option<Self>, TlsError> {
+        let Some(checks) = &upstream.checks else {
+            return Ok(None);
+        };
+        let active = checks
+            .active
+            .as_ref()
+            .map(|check| ActivePlan::new(check, upstream.tls.as_ref(), tls))
+            .transpose()?;
+        Ok(Some(Self::new(key, checks, active, nodes, targets)))
+    }
+
+    fn new(
+        key: &str,
+        checks: &HealthChecks,
+        active: Option<ActivePlan>,
+        nodes: &[Node],
+        targets: &[NodeTarget],
+    ) -> Self {
         let config = CheckConfig {
             key: key.to_owned(),
             checks: checks.clone(),
-            active: checks.active.as_ref().map(ActivePlan::new),
+            tls_fingerprint: active.as_ref().map_or(0, ActivePlan::tls_fingerprint),
+            active,
             passive: checks.passive.as_ref().map(PassivePolicy::new),
         };
         let nodes = nodes
@@ -132,15 +162,13 @@ impl UpstreamHealth {
         }
     }
 
-    /// The type shown by the control API: the active checks', else the passive checks'.
+    /// The type shown by the control API: the active checks' (which validation requires).
     fn kind(&self) -> CheckType {
-        let checks = &self.config.checks;
-        checks
+        self.config
+            .checks
             .active
             .as_ref()
-            .map(|a| a.kind)
-            .or(checks.passive.as_ref().map(|p| p.kind))
-            .unwrap_or_default()
+            .map_or_else(CheckType::default, |a| a.kind)
     }
 
     /// The state to use from now on, given the one in force (`previous`): the same object
@@ -150,7 +178,8 @@ impl UpstreamHealth {
         let Some(previous) = previous else {
             return (self.clone(), true);
         };
-        if previous.config.checks != self.config.checks {
+        let (old, new) = (&previous.config, &self.config);
+        if (&old.checks, old.tls_fingerprint) != (&new.checks, new.tls_fingerprint) {
             return (self.clone(), true);
         }
         let same_nodes = previous.nodes.len() == self.nodes.len()

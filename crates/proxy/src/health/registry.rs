@@ -161,6 +161,7 @@ mod tests {
     use super::*;
     use crate::health::status::Outcome;
     use crate::settings::UpstreamDefaults;
+    use crate::tls::TlsContext;
 
     /// A snapshot of upstream `u` with `nodes`, `checks` (YAML flow), and routes `/a` (and
     /// `/b` with `extra_route`) to it.
@@ -172,10 +173,13 @@ mod tests {
             text.push_str("  - {id: r2, uri: /b, upstream_id: u}\n");
         }
         let config = pylon_model::parse_standalone(&text).unwrap().1;
-        Snapshot::compile(&config, 1, &UpstreamDefaults::default()).unwrap()
+        let tls = TlsContext::new(None, None).unwrap();
+        Snapshot::compile(&config, 1, &UpstreamDefaults::default(), &tls).unwrap()
     }
 
-    const PASSIVE: &str = "{passive: {unhealthy: {http_failures: 1}}}";
+    /// Passive checks take a node out at the first failure. (The active checks they need
+    /// never run: these tests do not yield to the runtime the checkers are spawned on.)
+    const PASSIVE: &str = "{active: {type: tcp}, passive: {unhealthy: {http_failures: 1}}}";
     const TWO: &str = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
 
     fn health(snapshot: &Snapshot) -> &Arc<UpstreamHealth> {
@@ -229,7 +233,11 @@ mod tests {
         registry.attach(&mut v1);
         take_down(&v1, 0);
 
-        let mut v2 = snapshot(TWO, "{passive: {unhealthy: {http_failures: 2}}}", false);
+        let mut v2 = snapshot(
+            TWO,
+            "{active: {type: tcp}, passive: {unhealthy: {http_failures: 2}}}",
+            false,
+        );
         registry.attach(&mut v2);
         assert!(!health(&v2).is_down(0));
         assert_eq!(registry.report_all().len(), 1);
@@ -249,7 +257,7 @@ mod tests {
         take_down(&v1, 1);
         let report = serde_json::to_value(registry.report("upstreams/u").unwrap()).unwrap();
         assert_eq!(report["name"], "/pylon/upstreams/u");
-        assert_eq!(report["type"], "http");
+        assert_eq!(report["type"], "tcp");
         let node = &report["nodes"][1];
         assert_eq!(
             (&node["ip"], &node["port"]),
