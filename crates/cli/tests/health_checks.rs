@@ -2,8 +2,8 @@
 //! to them stop getting traffic and get it back when they recover; backup tiers take over;
 //! the control API shows it all.
 //!
-//! Checks run every second (APISIX's smallest interval), so a node changes state within a
-//! few seconds; every wait is bounded by `WAIT`, and nothing asserts a duration.
+//! Checks run four times a second, so a node changes state within a second or two; every
+//! wait is bounded by `WAIT`, and nothing asserts a duration.
 
 mod support;
 
@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::client::{get, Response};
+use support::tls::{TestCa, TlsUpstream};
 use support::upstream::{named, respond, Upstream};
 use support::{wait_until, Pylon};
 
 /// Active http checks on `/health`: two failures take a node out, two successes bring it back.
 const HTTP_CHECKS: &str = "{active: {type: http, http_path: /health, timeout: 1, \
-     healthy: {interval: 1, successes: 2}, \
-     unhealthy: {interval: 1, http_failures: 2, tcp_failures: 2, timeouts: 2}}}";
+     healthy: {interval: 0.25, successes: 2}, \
+     unhealthy: {interval: 0.25, http_failures: 2, tcp_failures: 2, timeouts: 2}}}";
 
 /// A node that answers traffic with 200 and its name, and `/health` with a status the test
 /// sets, counting the failing answers.
@@ -180,8 +181,8 @@ fn tcp_checks_take_out_a_node_that_stops_listening_and_bring_it_back() {
     let a = Upstream::start("a");
     let b = Upstream::start("b");
     let b_addr = b.addr;
-    let checks = "{active: {type: tcp, timeout: 1, healthy: {interval: 1, successes: 1}, \
-                  unhealthy: {interval: 1, tcp_failures: 1}}}";
+    let checks = "{active: {type: tcp, timeout: 1, healthy: {interval: 0.25, successes: 1}, \
+                  unhealthy: {interval: 0.25, tcp_failures: 1}}}";
     let pylon = Pylon::start(&upstream(&[node(a.addr, 0), node(b_addr, 0)], checks), "");
 
     b.stop();
@@ -254,7 +255,7 @@ fn when_every_node_is_unhealthy_all_of_them_take_traffic() {
 /// need) count only 200 and 502 from `/health`, so a node answering 500 to everything is
 /// neither taken out nor brought back by them: what moves it is the traffic.
 const PASSIVE_CHECKS: &str = "{active: {type: http, http_path: /health, \
-     healthy: {interval: 1, http_statuses: [200]}, unhealthy: {interval: 1, http_statuses: [502]}}, \
+     healthy: {interval: 0.25, http_statuses: [200]}, unhealthy: {interval: 0.25, http_statuses: [502]}}, \
      passive: {unhealthy: {http_statuses: [500], http_failures: 3}}}";
 
 /// Answers every request 500.
@@ -426,4 +427,51 @@ fn a_taken_control_port_stops_pylon_from_starting() {
         stderr.contains(&format!("control.listen {addr}")),
         "{stderr}"
     );
+}
+
+#[test]
+fn https_checks_verify_the_nodes_certificate_unless_told_not_to() {
+    let ca = TestCa::new("upstream ca");
+    let trusted = TlsUpstream::start("trusted", &ca.issue(&["127.0.0.1"]), None);
+    let rogue = TlsUpstream::start("rogue", &TestCa::new("rogue").issue(&["127.0.0.1"]), None);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    // Traffic itself is not verified (`tls.verify: false`): only the checks tell the nodes
+    // apart.
+    let checked = |id: &str, verify: bool| {
+        format!(
+            "  - {{id: {id}, scheme: https, tls: {{verify: false}}, retries: 0, nodes: [{}, {}], \
+             checks: {{active: {{type: https, https_verify_certificate: {verify}, \
+             healthy: {{interval: 0.25, successes: 1}}, unhealthy: {{interval: 0.25, tcp_failures: 1}}}}}}}}\n",
+            node(trusted.addr, 0),
+            node(rogue.addr, 0),
+        )
+    };
+    let routes = format!(
+        "upstreams:\n{}{}routes:\n  - {{id: r, uri: /t, upstream_id: verified}}\n  - {{id: u, uri: /u, upstream_id: unverified}}\n",
+        checked("verified", true),
+        checked("unverified", false),
+    );
+    let pylon = Pylon::start(
+        &routes,
+        &format!("  upstream:\n    trusted_ca: {}\n", ca_file.display()),
+    );
+
+    let status = |key: &str, addr: SocketAddr| node_health(&pylon, key, addr)["status"].clone();
+    wait_until(
+        || status("upstreams/verified", rogue.addr) == "unhealthy",
+        "the rogue node to fail its checks",
+    );
+    assert_eq!(status("upstreams/verified", trusted.addr), "healthy");
+    for _ in 0..10 {
+        let res = get(pylon.addr, "example.com", "/t");
+        assert!(res.text().starts_with("trusted "), "{}", res.text());
+    }
+    // Without verification both pass: still healthy after several more rounds of probes.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(status("upstreams/unverified", trusted.addr), "healthy");
+    assert_eq!(status("upstreams/unverified", rogue.addr), "healthy");
+    let listed = control(&pylon, "/v1/healthcheck/upstreams/verified").json();
+    assert_eq!(listed["type"], "https");
 }
