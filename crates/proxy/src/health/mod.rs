@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(classes.classify(503), Some(Outcome::HttpFailure));
         assert_eq!(classes.classify(404), None);
         assert_eq!(classes.classify(0), None);
-        assert_eq!(StatusSet::new(&[700]).contains(700), false);
+        assert!(!StatusSet::new(&[700]).contains(700));
     }
 
     #[test]
