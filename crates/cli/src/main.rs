@@ -74,11 +74,12 @@ fn validate(file: Option<&Path>, node_config: Option<&Path>) -> anyhow::Result<(
     let (_, config) = pylon_model::parse_standalone(&text)
         .map_err(|errors| anyhow::anyhow!("{} is not valid:\n{errors}", file.display()))?;
     println!(
-        "{}: valid ({} routes, {} services, {} upstreams)",
+        "{}: valid ({} routes, {} services, {} upstreams, {} ssls)",
         file.display(),
         config.routes.len(),
         config.services.len(),
-        config.upstreams.len()
+        config.upstreams.len(),
+        config.ssls.len()
     );
     Ok(())
 }

@@ -57,7 +57,7 @@ fn good_ssls_tls_upstreams_and_checks_are_accepted() {
     let (code, stdout, stderr) = validate(&text);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stdout.contains("valid (1 routes, 0 services, 1 upstreams)"),
+        stdout.contains("valid (1 routes, 0 services, 1 upstreams, 1 ssls)"),
         "{stdout}"
     );
 }
