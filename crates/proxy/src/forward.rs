@@ -497,6 +497,7 @@ fn upstream_host<'a>(
 
 /// The request head as the upstream gets it: hop-by-hop headers dropped, `Host` as given,
 /// and the `X-Forwarded-*` / `X-Real-IP` headers set.
+#[allow(clippy::too_many_arguments)]
 fn write_request_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
