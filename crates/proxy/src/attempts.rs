@@ -13,6 +13,7 @@ use pylon_balancer::BalancerState;
 use pylon_router::RequestView;
 
 use crate::error::GatewayError;
+use crate::health::passive::Attempt as HealthReport;
 use crate::snapshot::{NodeTarget, RouteTarget, UpstreamTarget, WorkerView};
 
 /// Why one attempt failed before anything reached the client.
@@ -64,6 +65,13 @@ pub(crate) fn is_idempotent(method: &str) -> bool {
         method,
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     )
+}
+
+/// What the passive health check learns from an attempt that reached the client.
+pub(crate) trait UpstreamAnswer {
+    /// The upstream's status, when the response was the upstream's (not one the gateway made
+    /// for a client-side failure).
+    fn upstream_status(&self) -> Option<u16>;
 }
 
 /// An attempt that succeeded, and where.
@@ -127,7 +135,7 @@ impl<'v> Attempts<'v> {
     /// stop. `body_buffered`: the request's body (if any) is whole in the gateway's hands, so
     /// an attempt that failed before streaming any of it may send it again. A node whose name
     /// did not resolve fails its attempt without being called.
-    pub async fn run<T>(
+    pub async fn run<T: UpstreamAnswer>(
         &mut self,
         body_buffered: bool,
         mut exchange: impl AsyncFnMut(&'v NodeTarget, SocketAddr) -> Result<T, Failure>,
@@ -143,6 +151,7 @@ impl<'v> Attempts<'v> {
                 None => Err(Failure::before_sending(GatewayError::BadGateway)),
                 Some(addr) => exchange(node, addr).await,
             };
+            self.report_health(attempt.index, &result);
             match result {
                 Ok(value) => {
                     return Ok(Done {
@@ -165,15 +174,26 @@ impl<'v> Attempts<'v> {
         }
     }
 
+    /// Tells the passive health check, if the upstream has one, how the attempt went.
+    fn report_health<T: UpstreamAnswer>(&self, index: usize, result: &Result<T, Failure>) {
+        let Some(health) = self.upstream.health.as_deref() else {
+            return;
+        };
+        let report = match result {
+            Ok(delivered) => delivered.upstream_status().map(HealthReport::Answered),
+            Err(f) if f.error == GatewayError::GatewayTimeout => Some(HealthReport::TimedOut),
+            Err(_) => Some(HealthReport::Failed),
+        };
+        if let Some(report) = report {
+            health.report_attempt(index, report);
+        }
+    }
+
     /// The node for the next attempt; or, when there is none, the error to answer with.
     fn next(&mut self) -> Result<Attempt<'v>, GatewayError> {
         let mut state = self.balancer.borrow_mut();
         let key = self.hash_key.as_deref().map(str::as_bytes);
-        let tried = &self.tried;
-        let pick = state
-            .pick(&self.upstream.balancer, key, |i| tried.contains(&i))
-            // Every node was tried: retries may go round again rather than give up early.
-            .or_else(|| state.pick(&self.upstream.balancer, key, |_| false));
+        let pick = pick_node(&mut state, self.upstream, key, &self.tried);
         let Some(index) = pick else {
             return Err(if self.tried.is_empty() {
                 GatewayError::NoUpstreamNode
@@ -222,6 +242,26 @@ impl<'v> Attempts<'v> {
     pub fn idempotent(&self) -> bool {
         self.idempotent
     }
+}
+
+/// The node for the next attempt: an untried healthy one if there is one. Unhealthy nodes
+/// are left out, so a lower priority tier takes over when every node above it is down; and
+/// when no node is healthy at all, all of them take traffic rather than none (as APISIX).
+fn pick_node(
+    state: &mut BalancerState,
+    upstream: &UpstreamTarget,
+    key: Option<&[u8]>,
+    tried: &[usize],
+) -> Option<usize> {
+    let spec = &upstream.balancer;
+    let down = |i: usize| upstream.health.as_ref().is_some_and(|h| h.is_down(i));
+    state
+        .pick(spec, key, |i| tried.contains(&i) || down(i))
+        // Every healthy node was tried: retries may go round them again rather than give up
+        // early.
+        .or_else(|| state.pick(spec, key, down))
+        .or_else(|| state.pick(spec, key, |i| tried.contains(&i)))
+        .or_else(|| state.pick(spec, key, |_| false))
 }
 
 impl Attempt<'_> {
@@ -277,5 +317,53 @@ mod tests {
             !refused.allows_retry(false, true),
             "a body partly streamed is gone"
         );
+    }
+
+    #[test]
+    fn unhealthy_nodes_are_skipped_until_none_is_healthy() {
+        let text = r#"
+upstreams:
+  - id: u
+    nodes:
+      - {host: 127.0.0.1, port: 1, weight: 1, priority: 1}
+      - {host: 127.0.0.1, port: 2, weight: 1, priority: 1}
+      - {host: 127.0.0.1, port: 3, weight: 1, priority: 0}
+    checks: {active: {type: tcp}, passive: {unhealthy: {http_failures: 1}}}
+routes:
+  - {id: r, uri: /, upstream_id: u}
+"#;
+        let config = pylon_model::parse_standalone(text).unwrap().1;
+        let snapshot = crate::snapshot::Snapshot::compile(
+            &config,
+            1,
+            &crate::settings::UpstreamDefaults::default(),
+            &crate::tls::TlsContext::new(None, None).unwrap(),
+        )
+        .unwrap();
+        let upstream = &snapshot.upstreams[0];
+        let health = upstream.health.as_ref().unwrap();
+        let mut state = upstream.balancer.new_state();
+        let mut picks = |tried: &[usize]| -> Vec<usize> {
+            let mut picked: Vec<usize> = (0..6)
+                .filter_map(|_| pick_node(&mut state, upstream, None, tried))
+                .collect();
+            picked.sort_unstable();
+            picked.dedup();
+            picked
+        };
+        assert_eq!(picks(&[]), [0, 1], "the first tier takes all");
+        health.report_attempt(0, HealthReport::Answered(500));
+        assert_eq!(picks(&[]), [1], "its healthy node");
+        assert_eq!(picks(&[1]), [2], "a retry: the untried healthy node below");
+        assert_eq!(
+            picks(&[1, 2]),
+            [1],
+            "every healthy node tried: round them again"
+        );
+        health.report_attempt(1, HealthReport::Answered(500));
+        assert_eq!(picks(&[]), [2], "the backup tier takes over");
+        health.report_attempt(2, HealthReport::Answered(500));
+        assert_eq!(picks(&[]), [0, 1], "none healthy: all, by priority");
+        assert_eq!(picks(&[0, 1]), [2]);
     }
 }

@@ -13,7 +13,7 @@ use bytes::Buf;
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 
-use crate::attempts::{Attempts, Failure};
+use crate::attempts::{Attempts, Failure, UpstreamAnswer};
 use crate::connection::{respond_error, send_error, wants_keep_alive, Downstream};
 use crate::error::GatewayError;
 use crate::http1::{
@@ -44,6 +44,14 @@ struct Delivered {
     client_reusable: bool,
     status: u16,
     bytes_sent: u64,
+    /// The status is the upstream's, not one the gateway made for a client-side failure.
+    upstream_answered: bool,
+}
+
+impl UpstreamAnswer for Delivered {
+    fn upstream_status(&self) -> Option<u16> {
+        self.upstream_answered.then_some(self.status)
+    }
 }
 
 pub(crate) async fn proxy(
@@ -177,6 +185,7 @@ async fn exchange(
                 client_reusable: false,
                 status: 499,
                 bytes_sent: 0,
+                upstream_answered: false,
             });
         }
         continue_sent = CONTINUE.len() as u64;
@@ -233,7 +242,7 @@ async fn exchange(
                     }
                     // The client went away: there is no one to answer.
                     Err(RelayError::Source(_)) => {
-                        return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0 });
+                        return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0, upstream_answered: false });
                     }
                     // The upstream stopped reading; it may still have answered (413, say).
                     Err(RelayError::Destination(_)) => upload_failed = true,
@@ -259,6 +268,7 @@ async fn exchange(
                     client_reusable: false,
                     status: error.status(),
                     bytes_sent: 0,
+                    upstream_answered: false,
                 });
             }
             let sent = send_error(worker, &mut client_write, out, error, false).await;
@@ -266,6 +276,7 @@ async fn exchange(
                 client_reusable: false,
                 status: error.status(),
                 bytes_sent: continue_sent + sent.unwrap_or(0),
+                upstream_answered: false,
             });
         }
     };
@@ -288,6 +299,7 @@ async fn exchange(
             client_reusable: false,
             status: 101,
             bytes_sent: continue_sent + delivered.bytes_sent + relayed.to_client,
+            upstream_answered: true,
         });
     }
     let upstream_reusable = delivered.upstream_reusable && upload_done.get() && up.buf.is_empty();
@@ -301,6 +313,7 @@ async fn exchange(
         client_reusable: delivered.client_reusable && upload_done.get(),
         status: delivered.status,
         bytes_sent: continue_sent + delivered.bytes_sent,
+        upstream_answered: true,
     })
 }
 

@@ -18,6 +18,7 @@ use http::{HeaderMap, Response, StatusCode};
 
 use super::body::Halt;
 use super::Connection;
+use crate::attempts::UpstreamAnswer;
 use crate::error::GatewayError;
 
 pub(super) struct Client {
@@ -33,6 +34,8 @@ pub(super) struct Delivered {
     pub status: u16,
     /// Body bytes (an HTTP/2 head's size on the wire depends on header compression).
     pub bytes_sent: u64,
+    /// The status is the upstream's, not the gateway's.
+    upstream_answered: bool,
 }
 
 impl Delivered {
@@ -40,7 +43,23 @@ impl Delivered {
     pub const CLIENT_GONE: Delivered = Delivered {
         status: 499,
         bytes_sent: 0,
+        upstream_answered: false,
     };
+
+    /// The upstream's response, with `status`, went to the client (perhaps cut short).
+    pub fn upstream(status: u16, bytes_sent: u64) -> Self {
+        Delivered {
+            status,
+            bytes_sent,
+            upstream_answered: true,
+        }
+    }
+}
+
+impl UpstreamAnswer for Delivered {
+    fn upstream_status(&self) -> Option<u16> {
+        self.upstream_answered.then_some(self.status)
+    }
 }
 
 impl Client {
@@ -64,6 +83,7 @@ impl Client {
             Ok(bytes_sent) => Delivered {
                 status: if self.grpc { 200 } else { error.status() },
                 bytes_sent,
+                upstream_answered: false,
             },
             Err(_) => Delivered::CLIENT_GONE,
         }

@@ -245,9 +245,18 @@ struct Received {
 }
 
 impl Received {
+    /// The upstream's response, cut short.
     fn cut_short(status: u16, bytes_sent: u64) -> Self {
         Received {
-            delivered: Delivered { status, bytes_sent },
+            delivered: Delivered::upstream(status, bytes_sent),
+            upstream_reusable: false,
+        }
+    }
+
+    /// The client left before the response began.
+    fn client_gone() -> Self {
+        Received {
+            delivered: Delivered::CLIENT_GONE,
             upstream_reusable: false,
         }
     }
@@ -268,7 +277,7 @@ async fn receive<R: AsyncRead + Unpin>(
     let head_len = loop {
         let len = tokio::select! {
             len = read_response_head(up, up_buf, response, limits.max_response_head, x.timeouts.read, reused, interim_seen) => len?,
-            _ = client.reset() => return Ok(Received::cut_short(499, 0)),
+            _ = client.reset() => return Ok(Received::client_gone()),
         };
         let status = response.status();
         if (100..200).contains(&status) && status != 101 {
@@ -306,15 +315,12 @@ async fn receive<R: AsyncRead + Unpin>(
     *head.headers_mut() = response_headers(response);
     let end = framing.is_none();
     let Ok(mut send) = client.send_head(head, end) else {
-        return Ok(Received::cut_short(499, 0));
+        return Ok(Received::client_gone());
     };
     head_sent.set(true);
     if end {
         return Ok(Received {
-            delivered: Delivered {
-                status,
-                bytes_sent: 0,
-            },
+            delivered: Delivered::upstream(status, 0),
             upstream_reusable,
         });
     }
@@ -331,10 +337,7 @@ async fn receive<R: AsyncRead + Unpin>(
     .await
     {
         Ok(()) => Ok(Received {
-            delivered: Delivered {
-                status,
-                bytes_sent: sent,
-            },
+            delivered: Delivered::upstream(status, sent),
             upstream_reusable,
         }),
         Err(PipeError::Destination(halt)) => {

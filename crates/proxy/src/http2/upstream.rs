@@ -447,10 +447,7 @@ async fn receive(
     };
     head_sent.set(true);
     if end {
-        return Ok(Delivered {
-            status,
-            bytes_sent: 0,
-        });
+        return Ok(Delivered::upstream(status, 0));
     }
     let relayed = pipe(
         &mut up_body,
@@ -476,7 +473,7 @@ async fn receive(
             0
         }
     };
-    Ok(Delivered { status, bytes_sent })
+    Ok(Delivered::upstream(status, bytes_sent))
 }
 
 /// What an upstream's failure before its response head says about retrying.
