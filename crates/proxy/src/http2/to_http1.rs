@@ -362,14 +362,17 @@ fn response_headers(response: &ResponseHead) -> HeaderMap {
         if is_hop_by_hop(name) || connection.is_some_and(|c| has_token(c, name)) {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            headers.append(name, value);
-        }
+        append_header(&mut headers, name.as_bytes(), value);
     }
     headers
+}
+
+/// Adds an HTTP/1 header to an HTTP/2 header map; one HTTP/2 cannot carry (a name or value it
+/// does not allow) is left out.
+pub(super) fn append_header(headers: &mut HeaderMap, name: &[u8], value: &[u8]) {
+    if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+        headers.append(name, value);
+    }
 }
 
 /// The upstream's body to the client as DATA frames, ending with its trailers if it had any.
@@ -481,12 +484,7 @@ fn parse_trailers(lines: &[u8]) -> Option<HeaderMap> {
         if is_hop_by_hop(header.name) {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(header.name.as_bytes()),
-            HeaderValue::from_bytes(header.value),
-        ) {
-            trailers.append(name, value);
-        }
+        append_header(&mut trailers, header.name.as_bytes(), header.value);
     }
     (!trailers.is_empty()).then_some(trailers)
 }

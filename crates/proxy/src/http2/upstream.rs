@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, SendStream};
-use http::header::{HeaderName, HeaderValue, TE};
+use http::header::{HeaderValue, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use tokio::sync::watch;
@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use super::body::{finish, pipe, send_data, with_upload, Ended, Halt, PipeError, RequestBody};
 use super::client::{Client, Delivered};
 use super::stream::Exchange;
+use super::to_http1::append_header;
 use crate::attempts::Failure;
 use crate::error::GatewayError;
 use crate::forward::connect;
@@ -142,23 +143,24 @@ async fn once(
     let (conn, reused) = checkout(x, key, addr, node).await?;
     let _in_flight = InFlight::new(&conn.in_flight);
     // Dead or going away: the next stream to this node gets a new connection.
-    let retire = |failure: Failure| {
-        if failure.stale {
-            pool.borrow_mut().forget(key, conn.id);
-        }
-        failure
-    };
+    let retire = || pool.borrow_mut().forget(key, conn.id);
     // Waits while the upstream's stream limit is reached.
     let mut sender =
         match tokio::time::timeout(x.timeouts.connect, conn.sender.clone().ready()).await {
             Ok(Ok(sender)) => sender,
-            Ok(Err(_)) => return Err(retire(Failure::stale_connection(reused))),
+            Ok(Err(_)) => {
+                retire();
+                return Err(Failure::stale_connection(reused));
+            }
             Err(_) => return Err(Failure::before_sending(GatewayError::GatewayTimeout)),
         };
     let request = upstream_request(x, node)?;
     let (response, mut up_send) = match sender.send_request(request, body.is_empty()) {
         Ok(sent) => sent,
-        Err(_) => return Err(retire(Failure::stale_connection(reused))),
+        Err(_) => {
+            retire();
+            return Err(Failure::stale_connection(reused));
+        }
     };
     if let Err(halt) = send_early_body(&mut up_send, body, x.timeouts.send).await {
         let timed_out = halt == Halt::TimedOut;
@@ -199,7 +201,12 @@ async fn once(
         }
     };
     match ended.settle(client, head_sent.get()) {
-        Ok(received) => received.map_err(retire),
+        Ok(received) => received.map_err(|failure| {
+            if failure.stale {
+                retire();
+            }
+            failure
+        }),
         Err(delivered) => Ok(delivered),
     }
 }
@@ -386,12 +393,7 @@ fn upstream_request(x: &Exchange<'_>, node: &NodeTarget) -> Result<Request<()>, 
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&line[..colon]),
-            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
-        ) {
-            headers.append(name, value);
-        }
+        append_header(headers, &line[..colon], line[colon + 1..].trim_ascii());
     }
     Ok(request)
 }
