@@ -201,11 +201,10 @@ async fn once(
         }
     };
     match ended.settle(client, head_sent.get()) {
-        Ok(received) => received.map_err(|failure| {
+        Ok(received) => received.inspect_err(|failure| {
             if failure.stale {
                 retire();
             }
-            failure
         }),
         Err(delivered) => Ok(delivered),
     }
