@@ -320,6 +320,49 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_attempt_is_no_longer_counted_in_flight() {
+        let text = "upstreams:\n  - {id: u, type: least_conn, nodes: {\"127.0.0.1:1\": 1, \"127.0.0.1:2\": 1}}\nroutes:\n  - {id: r, uri: /, upstream_id: u}\n";
+        let config = pylon_model::parse_standalone(text).unwrap().1;
+        let snapshot = crate::snapshot::Snapshot::compile(
+            &config,
+            1,
+            &crate::settings::UpstreamDefaults::default(),
+            &crate::tls::TlsContext::new(None, None).unwrap(),
+        )
+        .unwrap();
+        let view = WorkerView::new(std::sync::Arc::new(snapshot), None);
+        let route = RouteTarget {
+            id: "r".into(),
+            upstream: 0,
+            timeouts: crate::snapshot::Timeouts {
+                connect: Duration::from_secs(1),
+                send: Duration::from_secs(1),
+                read: Duration::from_secs(1),
+            },
+            websocket: false,
+        };
+        let head = crate::http1::RequestHead::from_wire("GET / HTTP/1.1\r\n\r\n");
+        let vars = crate::vars::RequestVars {
+            head: &head,
+            host: None,
+            client: "127.0.0.1:1000".parse().unwrap(),
+            local: "127.0.0.1:9080".parse().unwrap(),
+            tls: None,
+        };
+        let mut attempts = Attempts::new(&view, &route, &vars, "GET");
+        // A stream the client cancelled mid-attempt: the attempt is dropped, never finished.
+        drop(attempts.next().unwrap());
+        // Both nodes are idle again, so least_conn takes turns between them.
+        let mut picks = [0; 2];
+        for _ in 0..4 {
+            let attempt = attempts.next().unwrap();
+            picks[attempt.index] += 1;
+            attempt.finish(false);
+        }
+        assert_eq!(picks, [2, 2]);
+    }
+
+    #[test]
     fn unhealthy_nodes_are_skipped_until_none_is_healthy() {
         let text = r#"
 upstreams:
