@@ -13,8 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use support::client::get;
 use support::http2::{
-    connect, get_headers, read_body, read_reply, request, rst_stream, send, send_body, RawH2,
-    CANCEL, ENHANCE_YOUR_CALM, GOAWAY, HEADERS, REFUSED_STREAM, RST_STREAM,
+    connect, filler_field, frame, get_block, get_headers, read_body, read_reply, request,
+    rst_stream, send, send_body, RawH2, CANCEL, CONTINUATION, ENHANCE_YOUR_CALM, GOAWAY, HEADERS,
+    REFUSED_STREAM, RST_STREAM,
 };
 use support::upstream::{respond, Gate, Received, Upstream};
 use support::{wait_until, Pylon, WAIT};
@@ -547,6 +548,26 @@ fn a_rapid_reset_burst_gets_goaway() {
         "the cancelled streams were not all proxied"
     );
     gate.open();
+}
+
+#[test]
+fn a_continuation_flood_gets_goaway() {
+    let up = echo();
+    let pylon = Pylon::start(&routes_to_addr(up.addr), "");
+    let mut raw = RawH2::connect(pylon.addr);
+    // A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION frames
+    // far beyond what `max_header_list_size` could need.
+    let mut flood = frame(HEADERS, 0x1, 1, &get_block("/"));
+    for _ in 0..200 {
+        flood.extend(frame(CONTINUATION, 0, 1, &filler_field()));
+    }
+    raw.write(&flood);
+    let goaway = raw
+        .until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY before the connection ended");
+    assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM);
+    assert!(raw.until(|_| false).is_none(), "the connection is closed");
+    assert_eq!(up.request_count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

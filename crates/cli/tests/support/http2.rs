@@ -130,6 +130,7 @@ pub async fn read_body(recv: &mut RecvStream) -> Vec<u8> {
 // === raw frames ===
 
 pub const HEADERS: u8 = 0x1;
+pub const CONTINUATION: u8 = 0x9;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const GOAWAY: u8 = 0x7;
@@ -218,12 +219,26 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A HEADERS frame for `GET path` on `example.com`, ending the stream (END_HEADERS and
-/// END_STREAM), encoded without Huffman or indexing.
+/// END_STREAM).
 pub fn get_headers(stream: u32, path: &str) -> Vec<u8> {
+    frame(HEADERS, 0x4 | 0x1, stream, &get_block(path))
+}
+
+/// The header block of `GET path` on `example.com`, encoded without Huffman or indexing.
+pub fn get_block(path: &str) -> Vec<u8> {
     let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
     literal(&mut block, 4, path.as_bytes()); // :path
     literal(&mut block, 1, b"example.com"); // :authority
-    frame(HEADERS, 0x4 | 0x1, stream, &block)
+    block
+}
+
+/// A header block fragment of one `x-filler` field, for CONTINUATION frames.
+pub fn filler_field() -> Vec<u8> {
+    let mut block = vec![0x00, 8];
+    block.extend_from_slice(b"x-filler");
+    block.push(16);
+    block.extend_from_slice(b"0123456789abcdef");
+    block
 }
 
 /// A literal header field without indexing, its name from the static table.
