@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
-use pylon_proxy::{AccessLog, Gateway, Publisher, Snapshot, TlsContext};
+use pylon_proxy::{AccessLog, Gateway, HandoffServer, Publisher, Snapshot, TlsContext, Takeover};
 use pylon_store::YamlStore;
 
 use node_config::NodeConfig;
@@ -26,10 +26,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway in the foreground until SIGTERM or SIGINT.
+    /// Run the gateway in the foreground until SIGTERM, SIGINT or SIGQUIT.
     ///
     /// Without -c, Pylon listens on 127.0.0.1:9080 and reads its routes from
     /// conf/apisix.yaml, reloading that file whenever it changes.
+    ///
+    /// If a pylon with the same config is running, this one takes its listening sockets over
+    /// (through `proxy.handoff_socket`) and the old one drains and exits: a restart or binary
+    /// upgrade that refuses and resets no connection.
     Run {
         /// Node config file (listen addresses, workers, timeouts, config source, logs).
         #[arg(short, long, value_name = "FILE")]
@@ -117,7 +121,34 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         );
         let snapshot = publisher.load().await?;
         let access_log = AccessLog::start(&node.access_log).context("access log")?;
-        let gateway = Gateway::start(&node.proxy, cell, access_log)?;
+        // Only now, with the configuration known to be good, is a running pylon asked for its
+        // sockets: a new process that cannot start never disturbs the old one.
+        let mut takeover = match node.handoff_socket() {
+            Some(path) => Takeover::connect(path)
+                .with_context(|| format!("taking over from the pylon at {}", path.display()))?,
+            None => None,
+        };
+        let inherited = takeover.as_mut().map(Takeover::take_listeners).unwrap_or_default();
+        let mut gateway = Gateway::start(&node.proxy, cell, access_log, inherited)?;
+        let mut handoff = node.handoff_socket().and_then(|path| {
+            match HandoffServer::start(path, gateway.take_listeners()) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    tracing::warn!(
+                        "handoff socket {}: {e}; a restart will not be able to take over",
+                        path.display()
+                    );
+                    None
+                }
+            }
+        });
+        if let Some(takeover) = takeover {
+            let (pid, count) = (takeover.pid(), takeover.socket_count());
+            if let Err(e) = takeover.finish() {
+                tracing::warn!("pid {pid} was not told to stop (already stopping?): {e}");
+            }
+            println!("pylon: took over {count} listening socket(s) from pid {pid}");
+        }
 
         for addr in gateway.local_addrs() {
             println!("pylon: proxy listening on http://{addr}");
@@ -126,6 +157,12 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             println!(
                 "pylon: proxy listening on https://{addr} ({} certificate(s))",
                 snapshot.certificates.len()
+            );
+        }
+        if let Some(path) = node.handoff_socket().filter(|_| handoff.is_some()) {
+            println!(
+                "pylon: handoff socket: {} (another `pylon run` with this config takes over)",
+                path.display()
             );
         }
         println!(
@@ -143,8 +180,16 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             );
         }
         let follower = tokio::spawn(publisher.follow());
-        wait_for_signal().await?;
+        tokio::select! {
+            signal = wait_for_signal() => signal?,
+            pid = successor(handoff.as_mut()) => {
+                println!("pylon: pid {pid} took over the listening sockets");
+            }
+        }
         println!("pylon: stopping: finishing in-flight requests");
+        if let Some(handoff) = handoff {
+            handoff.close();
+        }
         follower.abort();
         tokio::task::spawn_blocking(move || gateway.shutdown()).await?;
         println!("pylon: stopped");
@@ -152,13 +197,26 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
     })
 }
 
+/// SIGTERM, SIGINT, or SIGQUIT (nginx's graceful stop, which operators send out of habit:
+/// left to its default it would dump core and drop every request in flight).
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = quit.recv() => {}
     }
     Ok(())
+}
+
+/// Completes when a new process has taken the listening sockets over; never without a
+/// handoff socket.
+async fn successor(handoff: Option<&mut HandoffServer>) -> u32 {
+    match handoff {
+        Some(handoff) => handoff.successor().await,
+        None => std::future::pending().await,
+    }
 }

@@ -13,6 +13,7 @@ mod access_log;
 mod connection;
 mod error;
 mod forward;
+mod handoff;
 pub mod http1;
 mod pool;
 mod publish;
@@ -26,6 +27,7 @@ mod vars;
 mod worker;
 
 pub use access_log::AccessLog;
+pub use handoff::{HandoffError, HandoffServer, Listeners, Takeover};
 pub use publish::{PublishError, Publisher};
 pub use server::Gateway;
 pub use settings::{AccessLogSettings, HttpsSettings, ProxySettings, UpstreamDefaults};

@@ -1,0 +1,102 @@
+//! Zero-downtime restarts: a new `pylon run` takes the listening sockets over from the running
+//! one instead of binding its own.
+//!
+//! Binding again with `SO_REUSEPORT` is not enough: every socket of a reuseport group has its
+//! own accept queue, and when the old process closes its sockets, the connections still waiting
+//! in their queues are reset. Passing the very same sockets on, as nginx, HAProxy and Envoy do,
+//! keeps every queue alive: whichever process holds a socket accepts from it.
+//!
+//! The exchange, over the old process's unix socket (`SOCK_SEQPACKET`, so each message arrives
+//! whole and a descriptor never comes apart from the line that describes it):
+//!
+//! 1. The new process connects and says `take 1` (the protocol version).
+//! 2. The old one sends each listening socket in a message of its own, `socket <listener>
+//!    <http|https> <configured address>` with the descriptor attached (`SCM_RIGHTS`), then
+//!    `end <count>`. It keeps serving meanwhile.
+//! 3. The new process starts its workers on those sockets (binding more on the same address
+//!    when it has more workers, giving a worker several when it has fewer), puts its own
+//!    handoff socket in place of the old one's, and says `ready`.
+//! 4. The old process stops accepting and drains as on SIGTERM. Its copies of the sockets
+//!    close, but the sockets live on in the new process, queued connections included.
+//!
+//! Whoever finds nobody at the socket starts on its own. A new process that gets the sockets
+//! but fails before `ready` leaves the old one serving as if nothing had happened; an old
+//! process that is already stopping refuses, and the new one binds its own sockets.
+
+mod server;
+mod takeover;
+mod wire;
+
+use std::net::{SocketAddr, TcpListener};
+
+pub use server::HandoffServer;
+pub use takeover::Takeover;
+
+/// What can go wrong on the handoff socket.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The other side said something this version does not understand.
+    #[error("unexpected message on the handoff socket: {0}")]
+    Protocol(String),
+    /// The other side declined, and said why.
+    #[error("the other process refused the handoff: {0}")]
+    Refused(String),
+    /// Listening sockets are only passed between processes of the same user.
+    #[error("the process at the handoff socket runs as another user (uid {0})")]
+    OtherUser(u32),
+}
+
+/// Listening sockets by listen address: those a process hands over, or has inherited.
+#[derive(Default)]
+pub struct Listeners {
+    groups: Vec<Group>,
+}
+
+/// The sockets of one listen address (one per worker of the process that bound them).
+struct Group {
+    /// The address as the configuration says it (port 0 included).
+    configured: SocketAddr,
+    /// The address actually bound.
+    local: SocketAddr,
+    tls: bool,
+    sockets: Vec<TcpListener>,
+}
+
+impl Listeners {
+    pub fn socket_count(&self) -> usize {
+        self.groups.iter().map(|g| g.sockets.len()).sum()
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        configured: SocketAddr,
+        tls: bool,
+        sockets: Vec<TcpListener>,
+    ) -> std::io::Result<()> {
+        let Some(first) = sockets.first() else {
+            return Ok(());
+        };
+        self.groups.push(Group {
+            configured,
+            local: first.local_addr()?,
+            tls,
+            sockets,
+        });
+        Ok(())
+    }
+
+    /// The sockets for the listen address `requested`: those of the first listener configured
+    /// the same way, or bound at exactly that address (the previous configuration may have
+    /// said port 0 where this one names the port it got). Empty when there are none.
+    pub(crate) fn take(&mut self, requested: SocketAddr, tls: bool) -> Vec<TcpListener> {
+        let found = self.groups.iter().position(|g| {
+            g.tls == tls && (g.configured == requested || g.local == requested)
+        });
+        match found {
+            Some(i) => self.groups.remove(i).sockets,
+            None => Vec::new(),
+        }
+    }
+}
