@@ -63,13 +63,6 @@ impl Conn {
         })
     }
 
-    /// Whether bytes arrived that no read has taken yet. After a failed read, false means the
-    /// server sent nothing of a response (the case where a client may retry a request on a
-    /// new connection, RFC 9112 §9.3.1).
-    pub fn has_unread_bytes(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
     pub fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).unwrap();
     }
