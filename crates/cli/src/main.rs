@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
-use pylon_proxy::{AccessLog, Gateway, HandoffServer, Publisher, Snapshot, TlsContext, Takeover};
+use pylon_proxy::{AccessLog, Gateway, HandoffServer, Publisher, Snapshot, Takeover, TlsContext};
 use pylon_store::YamlStore;
 
 use node_config::NodeConfig;

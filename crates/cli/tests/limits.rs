@@ -94,7 +94,10 @@ fn a_client_that_goes_away_closes_its_request_to_the_upstream() {
         drop(client);
         let (seen, gone) = closed.recv_timeout(WAIT * 2).unwrap();
         assert_eq!(seen, target);
-        assert!(gone, "{target}: the upstream connection outlived the client");
+        assert!(
+            gone,
+            "{target}: the upstream connection outlived the client"
+        );
         let log = pylon.wait_access_log(i + 1);
         assert_eq!(log[i]["status"], 499, "{:?}", log[i]);
     }

@@ -58,10 +58,16 @@ impl Load {
         };
         // Several at once, so that connections are waiting in the accept queues whenever a
         // pylon lets go of its sockets.
-        for name in ["new connections 1", "new connections 2", "new connections 3"] {
+        for name in [
+            "new connections 1",
+            "new connections 2",
+            "new connections 3",
+        ] {
             load.spawn(name, phase, move |_| new_connection(http));
         }
-        load.spawn("kept-alive connection", phase, move |conn| keep_alive(http, conn));
+        load.spawn("kept-alive connection", phase, move |conn| {
+            keep_alive(http, conn)
+        });
         let config = client_config(ca.roots(), &["http/1.1"]);
         load.spawn("https", phase, move |_| {
             let res = https_get(https, "example.com", config.clone(), "/r")?;
@@ -75,9 +81,7 @@ impl Load {
         &mut self,
         name: &'static str,
         phase: &Phase,
-        mut request: impl FnMut(&mut Option<Conn>) -> Result<(u16, String), String>
-            + Send
-            + 'static,
+        mut request: impl FnMut(&mut Option<Conn>) -> Result<(u16, String), String> + Send + 'static,
     ) {
         let tally = Arc::new(Mutex::new(Tally::default()));
         let (stop, phase, shared) = (self.stop.clone(), phase.clone(), tally.clone());
@@ -198,7 +202,10 @@ fn two_successive_takeovers_fail_no_request_and_the_newest_pylon_serves() {
     assert_eq!((second.addr, second.https_addr), (first.addr, Some(https)));
     load.wait_for(1, 3);
     let stdout = assert_drained(&mut first);
-    let handed = format!("pylon: pid {} took over the listening sockets", second.pid());
+    let handed = format!(
+        "pylon: pid {} took over the listening sockets",
+        second.pid()
+    );
     assert!(stdout.contains(&handed), "{stdout:?}");
     phase.store(2, Ordering::SeqCst);
     load.wait_for(2, 5);
@@ -229,7 +236,10 @@ fn two_successive_takeovers_fail_no_request_and_the_newest_pylon_serves() {
         eprintln!("{name}: {} requests", tally.served.len());
     }
     // The newest pylon keeps serving on its own, on both listeners.
-    assert_eq!(support::client::get(third.addr, "example.com", "/").text(), "three");
+    assert_eq!(
+        support::client::get(third.addr, "example.com", "/").text(),
+        "three"
+    );
     let config = client_config(ca.roots(), &["http/1.1"]);
     let res = https_get(https, "example.com", config, "/").unwrap();
     assert_eq!(res.body, "three");
@@ -251,7 +261,10 @@ fn a_socket_file_left_by_a_killed_pylon_does_not_stop_the_next_one() {
         "{:?}",
         next.startup
     );
-    assert_eq!(support::client::get(next.addr, "example.com", "/").text(), "up");
+    assert_eq!(
+        support::client::get(next.addr, "example.com", "/").text(),
+        "up"
+    );
     // And it can be taken over in turn.
     let newer = next.successor(&routes(&up, &cert), "");
     assert!(took_over(&newer, 4, &next), "{:?}", newer.startup);

@@ -53,7 +53,10 @@ impl Gateway {
                 addr = socket.local_addr()?;
                 sockets.push(socket);
             }
-            let copies = sockets.iter().map(|s| s.try_clone()).collect::<Result<_, _>>()?;
+            let copies = sockets
+                .iter()
+                .map(|s| s.try_clone())
+                .collect::<Result<_, _>>()?;
             listeners.push(requested, tls, copies)?;
             // Each socket has its own accept queue: with fewer workers than sockets (more
             // came over from the previous process), a worker serves several.

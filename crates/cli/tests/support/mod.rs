@@ -38,7 +38,12 @@ impl Pylon {
     }
 
     pub fn try_start(routes: &str, proxy_extra: &str) -> Result<Pylon, String> {
-        Self::launch(routes, "\"127.0.0.1:0\"", Some("\"127.0.0.1:0\""), proxy_extra)
+        Self::launch(
+            routes,
+            "\"127.0.0.1:0\"",
+            Some("\"127.0.0.1:0\""),
+            proxy_extra,
+        )
     }
 
     /// Starts a second pylon, in a temp dir of its own with `routes`, on this one's listen
@@ -46,11 +51,19 @@ impl Pylon {
     /// the listening sockets over and this one drains and exits. Returns once the new one
     /// serves (its startup lines are in [`Pylon::startup`]).
     pub fn successor(&self, routes: &str, proxy_extra: &str) -> Pylon {
-        let handoff = self.handoff_socket.as_ref().expect("pylon has a handoff socket");
+        let handoff = self
+            .handoff_socket
+            .as_ref()
+            .expect("pylon has a handoff socket");
         let extra = format!("  handoff_socket: \"{}\"\n{proxy_extra}", handoff.display());
         let https = self.https_addr.map(|a| format!("\"{a}\""));
-        Self::launch(routes, &format!("\"{}\"", self.addr), https.as_deref(), &extra)
-            .unwrap_or_else(|e| panic!("the successor did not start: {e}"))
+        Self::launch(
+            routes,
+            &format!("\"{}\"", self.addr),
+            https.as_deref(),
+            &extra,
+        )
+        .unwrap_or_else(|e| panic!("the successor did not start: {e}"))
     }
 
     /// Writes the node config (`listen`, `https.listen` unless `proxy_extra` has its own

@@ -65,10 +65,6 @@ struct Group {
 }
 
 impl Listeners {
-    pub fn socket_count(&self) -> usize {
-        self.groups.iter().map(|g| g.sockets.len()).sum()
-    }
-
     pub(crate) fn push(
         &mut self,
         configured: SocketAddr,
@@ -91,12 +87,91 @@ impl Listeners {
     /// the same way, or bound at exactly that address (the previous configuration may have
     /// said port 0 where this one names the port it got). Empty when there are none.
     pub(crate) fn take(&mut self, requested: SocketAddr, tls: bool) -> Vec<TcpListener> {
-        let found = self.groups.iter().position(|g| {
-            g.tls == tls && (g.configured == requested || g.local == requested)
-        });
+        let found = self
+            .groups
+            .iter()
+            .position(|g| g.tls == tls && (g.configured == requested || g.local == requested));
         match found {
             Some(i) => self.groups.remove(i).sockets,
             None => Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn socket_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("pylon-{name}-{}.sock", std::process::id()))
+    }
+
+    fn any_port() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[tokio::test]
+    async fn a_successor_gets_the_very_sockets_then_the_old_process_hears_it_serves() {
+        let path = socket_path("handoff");
+        let http = TcpListener::bind(any_port()).unwrap();
+        let https = TcpListener::bind(any_port()).unwrap();
+        let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
+        let mut own = Listeners::default();
+        own.push(any_port(), false, vec![http.try_clone().unwrap()])
+            .unwrap();
+        own.push(any_port(), true, vec![https.try_clone().unwrap()])
+            .unwrap();
+        let mut server = HandoffServer::start(&path, own).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only this user may take the sockets");
+
+        // Blocking, on this thread: the server side has a thread of its own.
+        let mut takeover = Takeover::connect(&path).unwrap().unwrap();
+        assert_eq!(takeover.pid(), std::process::id());
+        assert_eq!(takeover.socket_count(), 2);
+        let mut inherited = takeover.take_listeners();
+        // Matched by the configured address and scheme, or by the address bound.
+        assert!(inherited.take(https_addr, false).is_empty());
+        let tls = inherited.take(https_addr, true);
+        let plain = inherited.take(any_port(), false);
+        assert_eq!((plain.len(), tls.len()), (1, 1));
+
+        // The very socket: a connection made to the original is accepted on the copy.
+        let client = TcpStream::connect(http_addr).unwrap();
+        plain[0].set_nonblocking(false).unwrap();
+        let (accepted, peer) = plain[0].accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        drop(accepted);
+
+        takeover.finish().unwrap();
+        assert_eq!(server.successor().await, std::process::id());
+        server.close();
+        assert!(
+            !path.exists(),
+            "the socket file is removed by the process that made it"
+        );
+        assert!(Takeover::connect(&path).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_stale_socket_file_means_nobody_to_take_over_from() {
+        let path = socket_path("stale");
+        let server = HandoffServer::start(&path, Listeners::default()).unwrap();
+        // What a killed process leaves: the file, with nobody listening.
+        let kept = path.with_extension("kept");
+        std::fs::hard_link(&path, &kept).unwrap();
+        server.close();
+        std::fs::rename(&kept, &path).unwrap();
+        assert!(Takeover::connect(&path).unwrap().is_none());
+        // And a new server replaces it.
+        let server = HandoffServer::start(&path, Listeners::default()).unwrap();
+        let takeover = Takeover::connect(&path).unwrap().unwrap();
+        assert_eq!(takeover.socket_count(), 0);
+        drop(takeover);
+        server.close();
     }
 }

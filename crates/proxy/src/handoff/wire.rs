@@ -12,8 +12,7 @@ use rustix::io::Errno;
 use rustix::net::sockopt::{self, Timeout};
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags,
-    SocketType,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
 use super::HandoffError;
@@ -52,7 +51,9 @@ pub(super) fn listen(path: &Path) -> io::Result<(OwnedFd, (u64, u64))> {
         }
     }
     let mut temporary = PathBuf::from(path);
-    temporary.as_mut_os_string().push(format!(".{}", std::process::id()));
+    temporary
+        .as_mut_os_string()
+        .push(format!(".{}", std::process::id()));
     let _ = std::fs::remove_file(&temporary);
     let socket = seqpacket()?;
     rustix::net::bind(&socket, &SocketAddrUnix::new(&temporary)?)?;
