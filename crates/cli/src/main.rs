@@ -8,7 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
-use pylon_proxy::{AccessLog, Gateway, HandoffServer, Publisher, Snapshot, Takeover, TlsContext};
+use pylon_proxy::{
+    AccessLog, ControlApi, ControlSettings, Gateway, HandoffServer, Publisher, Snapshot, Takeover,
+    TlsContext,
+};
 use pylon_store::YamlStore;
 
 use node_config::NodeConfig;
@@ -78,11 +81,12 @@ fn validate(file: Option<&Path>, node_config: Option<&Path>) -> anyhow::Result<(
     let (_, config) = pylon_model::parse_standalone(&text)
         .map_err(|errors| anyhow::anyhow!("{} is not valid:\n{errors}", file.display()))?;
     println!(
-        "{}: valid ({} routes, {} services, {} upstreams)",
+        "{}: valid ({} routes, {} services, {} upstreams, {} ssls)",
         file.display(),
         config.routes.len(),
         config.services.len(),
-        config.upstreams.len()
+        config.upstreams.len(),
+        config.ssls.len()
     );
     Ok(())
 }
@@ -128,20 +132,18 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
                 .with_context(|| format!("taking over from the pylon at {}", path.display()))?,
             None => None,
         };
-        let inherited = takeover.as_mut().map(Takeover::take_listeners).unwrap_or_default();
+        let mut inherited = takeover.as_mut().map(Takeover::take_listeners).unwrap_or_default();
+        // Health checkers and the control API run here, on the control runtime.
+        let control = if node.control.enabled {
+            let api = ControlApi::bind(&node.control, &mut inherited, publisher.health()).await;
+            Some(api.with_context(|| format!("control.listen {}", node.control.listen))?)
+        } else {
+            None
+        };
         let mut gateway = Gateway::start(&node.proxy, cell, access_log, inherited)?;
-        let mut handoff = node.handoff_socket().and_then(|path| {
-            match HandoffServer::start(path, gateway.take_listeners()) {
-                Ok(server) => Some(server),
-                Err(e) => {
-                    tracing::warn!(
-                        "handoff socket {}: {e}; a restart will not be able to take over",
-                        path.display()
-                    );
-                    None
-                }
-            }
-        });
+        let mut handoff = node
+            .handoff_socket()
+            .and_then(|path| serve_handoff(path, &mut gateway, control.as_ref(), &node.control));
         if let Some(takeover) = takeover {
             let (pid, count) = (takeover.pid(), takeover.socket_count());
             if let Err(e) = takeover.finish() {
@@ -149,6 +151,13 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             }
             println!("pylon: took over {count} listening socket(s) from pid {pid}");
         }
+        let control = match control {
+            Some(control) => {
+                println!("pylon: control API listening on http://{}", control.local_addr()?);
+                Some(tokio::spawn(control.serve()))
+            }
+            None => None,
+        };
 
         for addr in gateway.local_addrs() {
             println!("pylon: proxy listening on http://{addr}");
@@ -190,6 +199,9 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         if let Some(handoff) = handoff {
             handoff.close();
         }
+        if let Some(control) = control {
+            control.abort();
+        }
         follower.abort();
         tokio::task::spawn_blocking(move || gateway.shutdown()).await?;
         println!("pylon: stopped");
@@ -210,6 +222,31 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = quit.recv() => {}
     }
     Ok(())
+}
+
+/// Listens on the handoff socket, ready to give a successor the proxy's and the control API's
+/// listening sockets. A failure costs only the restarts without downtime: it is logged, and
+/// the node serves on.
+fn serve_handoff(
+    path: &Path,
+    gateway: &mut Gateway,
+    control: Option<&ControlApi>,
+    control_settings: &ControlSettings,
+) -> Option<HandoffServer> {
+    let mut listeners = gateway.take_listeners();
+    let started = control
+        .map_or(Ok(()), |api| api.share(control_settings, &mut listeners))
+        .and_then(|()| HandoffServer::start(path, listeners));
+    match started {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::warn!(
+                "handoff socket {}: {e}; a restart will not be able to take over",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// Completes when a new process has taken the listening sockets over; never without a

@@ -198,8 +198,10 @@ fn two_successive_takeovers_fail_no_request_and_the_newest_pylon_serves() {
     // More workers than the first one had: the second binds a third socket per address.
     phase.store(1, Ordering::SeqCst);
     let mut second = first.successor(&routes(&two, &cert), "  workers: 3\n");
-    assert!(took_over(&second, 4, &first), "{:?}", second.startup);
+    // Two per proxy listener (one per worker of the first), and the control API's.
+    assert!(took_over(&second, 5, &first), "{:?}", second.startup);
     assert_eq!((second.addr, second.https_addr), (first.addr, Some(https)));
+    assert_eq!(second.control, first.control);
     load.wait_for(1, 3);
     let stdout = assert_drained(&mut first);
     let handed = format!(
@@ -210,13 +212,13 @@ fn two_successive_takeovers_fail_no_request_and_the_newest_pylon_serves() {
     phase.store(2, Ordering::SeqCst);
     load.wait_for(2, 5);
 
-    // Fewer workers: the third's one worker accepts on all six sockets. The operator also
+    // Fewer workers: the third's one worker accepts on all three sockets of each address. The operator also
     // sends the old pylon SIGQUIT once the new one has taken over, as scripts written for
     // nginx do: whichever comes first, the signal or the word from the new pylon, the old one
     // drains, and its sockets live on in the new process.
     phase.store(3, Ordering::SeqCst);
     let third = second.successor(&routes(&three, &cert), "  workers: 1\n");
-    assert!(took_over(&third, 6, &second), "{:?}", third.startup);
+    assert!(took_over(&third, 7, &second), "{:?}", third.startup);
     second.signal("QUIT");
     load.wait_for(3, 3);
     assert_drained(&mut second);
@@ -235,7 +237,11 @@ fn two_successive_takeovers_fail_no_request_and_the_newest_pylon_serves() {
         }
         eprintln!("{name}: {} requests", tally.served.len());
     }
-    // The newest pylon keeps serving on its own, on both listeners.
+    // The newest pylon keeps serving on its own, on every listener, the control API's too.
+    let control = third.control.unwrap();
+    assert_eq!(control, first.control.unwrap());
+    let res = support::client::get(control, "localhost", "/v1/healthcheck");
+    assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(
         support::client::get(third.addr, "example.com", "/").text(),
         "three"
@@ -267,5 +273,5 @@ fn a_socket_file_left_by_a_killed_pylon_does_not_stop_the_next_one() {
     );
     // And it can be taken over in turn.
     let newer = next.successor(&routes(&up, &cert), "");
-    assert!(took_over(&newer, 4, &next), "{:?}", newer.startup);
+    assert!(took_over(&newer, 5, &next), "{:?}", newer.startup);
 }

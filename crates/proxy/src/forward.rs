@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::connection::{respond_error, send_error, wants_keep_alive, Downstream};
 use crate::error::GatewayError;
+use crate::health::passive::Attempt;
 use crate::http1::{
     has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead,
 };
@@ -29,6 +30,7 @@ use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerV
 use crate::tls::MaybeTls;
 use crate::tunnel;
 use crate::worker::Worker;
+use pylon_balancer::BalancerState;
 use pylon_model::PassHost;
 
 /// How a request ended, for the connection loop and the access log.
@@ -58,6 +60,8 @@ struct Delivered {
     client_reusable: bool,
     status: u16,
     bytes_sent: u64,
+    /// The status is the upstream's, not one the gateway made for a client-side failure.
+    upstream_answered: bool,
 }
 
 pub(crate) async fn proxy(
@@ -85,15 +89,14 @@ pub(crate) async fn proxy(
     let started = Instant::now();
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = GatewayError::BadGateway;
+    let health = upstream.health.as_deref();
     loop {
-        let pick = {
-            let mut state = balancer.borrow_mut();
-            let key = hash_key.as_deref().map(str::as_bytes);
-            state
-                .pick(&upstream.balancer, key, |i| tried.contains(&i))
-                // Every node was tried: retries may go round again rather than give up early.
-                .or_else(|| state.pick(&upstream.balancer, key, |_| false))
-        };
+        let pick = pick_node(
+            &mut balancer.borrow_mut(),
+            upstream,
+            hash_key.as_deref().map(str::as_bytes),
+            &tried,
+        );
         let Some(index) = pick else {
             let error = if tried.is_empty() {
                 GatewayError::NoUpstreamNode
@@ -128,6 +131,18 @@ pub(crate) async fn proxy(
         balancer
             .borrow_mut()
             .on_request_end(index, latency, result.is_err());
+        if let Some(health) = health {
+            let attempt = match &result {
+                Ok(delivered) => delivered
+                    .upstream_answered
+                    .then_some(Attempt::Answered(delivered.status)),
+                Err(f) if f.error == GatewayError::GatewayTimeout => Some(Attempt::TimedOut),
+                Err(_) => Some(Attempt::Failed),
+            };
+            if let Some(attempt) = attempt {
+                health.report_attempt(index, attempt);
+            }
+        }
         match result {
             Ok(delivered) => {
                 return Outcome {
@@ -158,6 +173,26 @@ pub(crate) async fn proxy(
             }
         }
     }
+}
+
+/// The node for the next attempt: an untried healthy one if there is one. Unhealthy nodes
+/// are left out, so a lower priority tier takes over when every node above it is down; and
+/// when no node is healthy at all, all of them take traffic rather than none (as APISIX).
+fn pick_node(
+    state: &mut BalancerState,
+    upstream: &UpstreamTarget,
+    key: Option<&[u8]>,
+    tried: &[usize],
+) -> Option<usize> {
+    let spec = &upstream.balancer;
+    let down = |i: usize| upstream.health.as_ref().is_some_and(|h| h.is_down(i));
+    state
+        .pick(spec, key, |i| tried.contains(&i) || down(i))
+        // Every healthy node was tried: retries may go round them again rather than give up
+        // early.
+        .or_else(|| state.pick(spec, key, down))
+        .or_else(|| state.pick(spec, key, |i| tried.contains(&i)))
+        .or_else(|| state.pick(spec, key, |_| false))
 }
 
 impl Failure {
@@ -256,6 +291,7 @@ async fn exchange(
                 client_reusable: false,
                 status: 499,
                 bytes_sent: 0,
+                upstream_answered: false,
             });
         }
         continue_sent = CONTINUE.len() as u64;
@@ -316,7 +352,7 @@ async fn exchange(
                         }
                         // The client went away: there is no one to answer.
                         Err(RelayError::Source(_)) => {
-                            return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0 });
+                            return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0, upstream_answered: false });
                         }
                         // The upstream stopped reading; it may still have answered (413, say).
                         Err(RelayError::Destination(_)) => upload_failed = true,
@@ -338,6 +374,7 @@ async fn exchange(
                             client_reusable: false,
                             status: 499,
                             bytes_sent: 0,
+                            upstream_answered: false,
                         })
                     }
                 }
@@ -362,6 +399,7 @@ async fn exchange(
                     client_reusable: false,
                     status: error.status(),
                     bytes_sent: 0,
+                    upstream_answered: false,
                 });
             }
             let sent = send_error(worker, &mut client_write, out, error, false).await;
@@ -369,6 +407,7 @@ async fn exchange(
                 client_reusable: false,
                 status: error.status(),
                 bytes_sent: continue_sent + sent.unwrap_or(0),
+                upstream_answered: false,
             });
         }
     };
@@ -391,6 +430,7 @@ async fn exchange(
             client_reusable: false,
             status: 101,
             bytes_sent: continue_sent + delivered.bytes_sent + relayed.to_client,
+            upstream_answered: true,
         });
     }
     let upstream_reusable = delivered.upstream_reusable && upload_done.get() && up.buf.is_empty();
@@ -404,6 +444,7 @@ async fn exchange(
         client_reusable: delivered.client_reusable && upload_done.get(),
         status: delivered.status,
         bytes_sent: continue_sent + delivered.bytes_sent,
+        upstream_answered: true,
     })
 }
 
@@ -510,6 +551,7 @@ fn upstream_host<'a>(
 
 /// The request head as the upstream gets it: hop-by-hop headers dropped, `Host` as given,
 /// and the `X-Forwarded-*` / `X-Real-IP` headers set.
+#[allow(clippy::too_many_arguments)]
 fn write_request_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
@@ -854,6 +896,54 @@ mod tests {
             !refused.allows_retry(false, true),
             "a body partly streamed is gone"
         );
+    }
+
+    #[test]
+    fn unhealthy_nodes_are_skipped_until_none_is_healthy() {
+        let text = r#"
+upstreams:
+  - id: u
+    nodes:
+      - {host: 127.0.0.1, port: 1, weight: 1, priority: 1}
+      - {host: 127.0.0.1, port: 2, weight: 1, priority: 1}
+      - {host: 127.0.0.1, port: 3, weight: 1, priority: 0}
+    checks: {active: {type: tcp}, passive: {unhealthy: {http_failures: 1}}}
+routes:
+  - {id: r, uri: /, upstream_id: u}
+"#;
+        let config = pylon_model::parse_standalone(text).unwrap().1;
+        let snapshot = crate::snapshot::Snapshot::compile(
+            &config,
+            1,
+            &crate::settings::UpstreamDefaults::default(),
+            &crate::tls::TlsContext::new(None, None).unwrap(),
+        )
+        .unwrap();
+        let upstream = &snapshot.upstreams[0];
+        let health = upstream.health.as_ref().unwrap();
+        let mut state = upstream.balancer.new_state();
+        let mut picks = |tried: &[usize]| -> Vec<usize> {
+            let mut picked: Vec<usize> = (0..6)
+                .filter_map(|_| pick_node(&mut state, upstream, None, tried))
+                .collect();
+            picked.sort_unstable();
+            picked.dedup();
+            picked
+        };
+        assert_eq!(picks(&[]), [0, 1], "the first tier takes all");
+        health.report_attempt(0, Attempt::Answered(500));
+        assert_eq!(picks(&[]), [1], "its healthy node");
+        assert_eq!(picks(&[1]), [2], "a retry: the untried healthy node below");
+        assert_eq!(
+            picks(&[1, 2]),
+            [1],
+            "every healthy node tried: round them again"
+        );
+        health.report_attempt(1, Attempt::Answered(500));
+        assert_eq!(picks(&[]), [2], "the backup tier takes over");
+        health.report_attempt(2, Attempt::Answered(500));
+        assert_eq!(picks(&[]), [0, 1], "none healthy: all, by priority");
+        assert_eq!(picks(&[0, 1]), [2]);
     }
 
     #[test]

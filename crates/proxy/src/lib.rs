@@ -11,9 +11,11 @@
 
 mod access_log;
 mod connection;
+mod control;
 mod error;
 mod forward;
 mod handoff;
+mod health;
 pub mod http1;
 mod pool;
 mod publish;
@@ -27,7 +29,9 @@ mod vars;
 mod worker;
 
 pub use access_log::AccessLog;
+pub use control::{ControlApi, ControlSettings};
 pub use handoff::{HandoffError, HandoffServer, Listeners, Takeover};
+pub use health::HealthRegistry;
 pub use publish::{PublishError, Publisher};
 pub use server::Gateway;
 pub use settings::{AccessLogSettings, HttpsSettings, ProxySettings, UpstreamDefaults};

@@ -8,7 +8,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
-use crate::handoff::Listeners;
+use crate::handoff::{Kind, Listeners};
 use crate::settings::ProxySettings;
 use crate::snapshot::SnapshotCell;
 use crate::worker::{self, Limits, Listener};
@@ -42,7 +42,7 @@ impl Gateway {
         let (mut addrs, mut https_addrs) = (Vec::new(), Vec::new());
         let mut listeners = Listeners::default();
         for (requested, tls) in plain.chain(tls) {
-            let mut sockets = inherited.take(requested, tls);
+            let mut sockets = inherited.take(requested, Kind::proxy(tls));
             // Port 0 is resolved by the first bind; the other sockets join that port.
             let mut addr = match sockets.first() {
                 Some(socket) => socket.local_addr()?,
@@ -57,7 +57,7 @@ impl Gateway {
                 .iter()
                 .map(|s| s.try_clone())
                 .collect::<Result<_, _>>()?;
-            listeners.push(requested, tls, copies)?;
+            listeners.push(requested, Kind::proxy(tls), copies)?;
             // Each socket has its own accept queue: with fewer workers than sockets (more
             // came over from the previous process), a worker serves several.
             for (i, socket) in sockets.into_iter().enumerate() {

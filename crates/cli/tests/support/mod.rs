@@ -27,6 +27,8 @@ pub struct Pylon {
     pub handoff_socket: Option<PathBuf>,
     /// What pylon printed up to the line saying it serves.
     pub startup: Vec<String>,
+    /// The control API (`/v1/healthcheck`), on a free port of its own.
+    pub control: Option<SocketAddr>,
     stdout_lines: mpsc::Receiver<String>,
 }
 
@@ -90,7 +92,7 @@ impl Pylon {
             _ => String::new(),
         };
         let node = format!(
-            "proxy:\n  listen: [{listen}]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
+            "proxy:\n  listen: [{listen}]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
         );
         std::fs::write(dir.path().join("node.yaml"), node).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
@@ -118,7 +120,7 @@ impl Pylon {
             let _ = std::io::copy(&mut BufReader::new(stderr), &mut file);
         });
         let deadline = Instant::now() + WAIT;
-        let (mut addr, mut https_addr, mut handoff_socket) = (None, None, None);
+        let (mut addr, mut https_addr, mut control, mut handoff_socket) = (None, None, None, None);
         let mut startup = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -129,6 +131,10 @@ impl Pylon {
                     } else if let Some(a) = line.strip_prefix("pylon: proxy listening on https://")
                     {
                         https_addr = a.split(' ').next().and_then(|a| a.parse().ok());
+                    } else if let Some(a) =
+                        line.strip_prefix("pylon: control API listening on http://")
+                    {
+                        control = Some(a.parse().unwrap());
                     } else if let Some(path) = line.strip_prefix("pylon: handoff socket: ") {
                         handoff_socket = path.split(' ').next().map(PathBuf::from);
                     }
@@ -141,6 +147,7 @@ impl Pylon {
                             dir,
                             addr: addr.expect("pylon printed no http listener"),
                             https_addr,
+                            control,
                             handoff_socket,
                             startup,
                             stdout_lines: rx,

@@ -11,8 +11,9 @@
 //!
 //! 1. The new process connects and says `take 1` (the protocol version).
 //! 2. The old one sends each listening socket in a message of its own, `socket <listener>
-//!    <http|https> <configured address>` with the descriptor attached (`SCM_RIGHTS`), then
-//!    `end <count>`. It keeps serving meanwhile.
+//!    <http|https|control> <configured address>` with the descriptor attached (`SCM_RIGHTS`),
+//!    then `end <count>`. It keeps serving meanwhile. The control API's socket goes too: its
+//!    port is fixed, and the new process could not bind it while the old one holds it.
 //! 3. The new process starts its workers on those sockets (binding more on the same address
 //!    when it has more workers, giving a worker several when it has fewer), puts its own
 //!    handoff socket in place of the old one's, and says `ready`.
@@ -54,21 +55,54 @@ pub struct Listeners {
     groups: Vec<Group>,
 }
 
+/// What a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Http,
+    Https,
+    /// The control API ([`crate::ControlApi`]).
+    Control,
+}
+
 /// The sockets of one listen address (one per worker of the process that bound them).
 struct Group {
     /// The address as the configuration says it (port 0 included).
     configured: SocketAddr,
     /// The address actually bound.
     local: SocketAddr,
-    tls: bool,
+    kind: Kind,
     sockets: Vec<TcpListener>,
+}
+
+impl Kind {
+    pub(crate) fn proxy(tls: bool) -> Kind {
+        if tls {
+            Kind::Https
+        } else {
+            Kind::Http
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Http => "http",
+            Kind::Https => "https",
+            Kind::Control => "control",
+        }
+    }
+
+    fn from_word(word: &str) -> Option<Kind> {
+        [Kind::Http, Kind::Https, Kind::Control]
+            .into_iter()
+            .find(|kind| kind.word() == word)
+    }
 }
 
 impl Listeners {
     pub(crate) fn push(
         &mut self,
         configured: SocketAddr,
-        tls: bool,
+        kind: Kind,
         sockets: Vec<TcpListener>,
     ) -> std::io::Result<()> {
         let Some(first) = sockets.first() else {
@@ -77,20 +111,21 @@ impl Listeners {
         self.groups.push(Group {
             configured,
             local: first.local_addr()?,
-            tls,
+            kind,
             sockets,
         });
         Ok(())
     }
 
-    /// The sockets for the listen address `requested`: those of the first listener configured
-    /// the same way, or bound at exactly that address (the previous configuration may have
-    /// said port 0 where this one names the port it got). Empty when there are none.
-    pub(crate) fn take(&mut self, requested: SocketAddr, tls: bool) -> Vec<TcpListener> {
+    /// The sockets for the listen address `requested`: those of the first listener of that
+    /// kind configured the same way, or bound at exactly that address (the previous
+    /// configuration may have said port 0 where this one names the port it got). Empty when
+    /// there are none.
+    pub(crate) fn take(&mut self, requested: SocketAddr, kind: Kind) -> Vec<TcpListener> {
         let found = self
             .groups
             .iter()
-            .position(|g| g.tls == tls && (g.configured == requested || g.local == requested));
+            .position(|g| g.kind == kind && (g.configured == requested || g.local == requested));
         match found {
             Some(i) => self.groups.remove(i).sockets,
             None => Vec::new(),
@@ -121,9 +156,9 @@ mod tests {
         let https = TcpListener::bind(any_port()).unwrap();
         let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
         let mut own = Listeners::default();
-        own.push(any_port(), false, vec![http.try_clone().unwrap()])
+        own.push(any_port(), Kind::Http, vec![http.try_clone().unwrap()])
             .unwrap();
-        own.push(any_port(), true, vec![https.try_clone().unwrap()])
+        own.push(any_port(), Kind::Https, vec![https.try_clone().unwrap()])
             .unwrap();
         let mut server = HandoffServer::start(&path, own).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
@@ -135,9 +170,9 @@ mod tests {
         assert_eq!(takeover.socket_count(), 2);
         let mut inherited = takeover.take_listeners();
         // Matched by the configured address and scheme, or by the address bound.
-        assert!(inherited.take(https_addr, false).is_empty());
-        let tls = inherited.take(https_addr, true);
-        let plain = inherited.take(any_port(), false);
+        assert!(inherited.take(https_addr, Kind::Http).is_empty());
+        let tls = inherited.take(https_addr, Kind::Https);
+        let plain = inherited.take(any_port(), Kind::Http);
         assert_eq!((plain.len(), tls.len()), (1, 1));
 
         // The very socket: a connection made to the original is accepted on the copy.

@@ -134,8 +134,7 @@ fn hand_over(shared: &Shared, connection: &OwnedFd) -> Result<u32, HandoffError>
         };
         let mut sent = 0;
         for (index, group) in listeners.groups.iter().enumerate() {
-            let scheme = if group.tls { "https" } else { "http" };
-            let text = format!("socket {index} {scheme} {}", group.configured);
+            let text = format!("socket {index} {} {}", group.kind.word(), group.configured);
             for socket in &group.sockets {
                 wire::send(connection, &text, Some(socket.as_fd()))?;
                 sent += 1;

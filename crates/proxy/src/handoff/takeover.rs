@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{wire, HandoffError, Listeners};
+use super::{wire, HandoffError, Kind, Listeners};
 
 /// The protocol this version speaks.
 pub(super) const HELLO: &str = "take 1";
@@ -36,7 +36,7 @@ impl Takeover {
         wire::set_timeout(&connection, STEP_TIMEOUT)?;
         let pid = wire::peer_pid(&connection)?;
         wire::send(&connection, HELLO, None)?;
-        let mut groups: Vec<(usize, SocketAddr, bool, Vec<TcpListener>)> = Vec::new();
+        let mut groups: Vec<(usize, SocketAddr, Kind, Vec<TcpListener>)> = Vec::new();
         let mut received = 0;
         loop {
             let message = wire::recv(&connection)?.ok_or_else(|| {
@@ -45,13 +45,13 @@ impl Takeover {
             let mut words = message.text.split(' ');
             match (words.next(), message.fd) {
                 (Some("socket"), Some(fd)) => {
-                    let (index, configured, tls) = parse_socket(words)
+                    let (index, configured, kind) = parse_socket(words)
                         .ok_or_else(|| HandoffError::Protocol(message.text.clone()))?;
                     let socket = listener(fd)?;
                     received += 1;
                     match groups.last_mut() {
                         Some(group) if group.0 == index => group.3.push(socket),
-                        _ => groups.push((index, configured, tls, vec![socket])),
+                        _ => groups.push((index, configured, kind, vec![socket])),
                     }
                 }
                 (Some("end"), None) if words.next() == Some(&received.to_string()) => break,
@@ -65,8 +65,8 @@ impl Takeover {
             }
         }
         let mut listeners = Listeners::default();
-        for (_, configured, tls, sockets) in groups {
-            listeners.push(configured, tls, sockets)?;
+        for (_, configured, kind, sockets) in groups {
+            listeners.push(configured, kind, sockets)?;
         }
         Ok(Some(Takeover {
             connection,
@@ -99,16 +99,12 @@ impl Takeover {
     }
 }
 
-/// `<listener> <http|https> <configured address>`.
-fn parse_socket<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<(usize, SocketAddr, bool)> {
+/// `<listener> <http|https|control> <configured address>`.
+fn parse_socket<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<(usize, SocketAddr, Kind)> {
     let index = words.next()?.parse().ok()?;
-    let tls = match words.next()? {
-        "http" => false,
-        "https" => true,
-        _ => return None,
-    };
+    let kind = Kind::from_word(words.next()?)?;
     let configured = words.next()?.parse().ok()?;
-    words.next().is_none().then_some((index, configured, tls))
+    words.next().is_none().then_some((index, configured, kind))
 }
 
 /// A received descriptor as a listener, if it is one.
