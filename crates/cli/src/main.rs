@@ -8,7 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
-use pylon_proxy::{AccessLog, ControlApi, Gateway, Publisher, Snapshot, TlsContext};
+use pylon_proxy::{
+    AccessLog, ControlApi, ControlSettings, Gateway, HandoffServer, Publisher, Snapshot, Takeover,
+    TlsContext,
+};
 use pylon_store::YamlStore;
 
 use node_config::NodeConfig;
@@ -26,10 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway in the foreground until SIGTERM or SIGINT.
+    /// Run the gateway in the foreground until SIGTERM, SIGINT or SIGQUIT.
     ///
     /// Without -c, Pylon listens on 127.0.0.1:9080 and reads its routes from
     /// conf/apisix.yaml, reloading that file whenever it changes.
+    ///
+    /// If a pylon with the same config is running, this one takes its listening sockets over
+    /// (through `proxy.handoff_socket`) and the old one drains and exits: a restart or binary
+    /// upgrade that refuses and resets no connection.
     Run {
         /// Node config file (listen addresses, workers, timeouts, config source, logs).
         #[arg(short, long, value_name = "FILE")]
@@ -118,18 +125,39 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         );
         let snapshot = publisher.load().await?;
         let access_log = AccessLog::start(&node.access_log).context("access log")?;
+        // Only now, with the configuration known to be good, is a running pylon asked for its
+        // sockets: a new process that cannot start never disturbs the old one.
+        let mut takeover = match node.handoff_socket() {
+            Some(path) => Takeover::connect(path)
+                .with_context(|| format!("taking over from the pylon at {}", path.display()))?,
+            None => None,
+        };
+        let mut inherited = takeover.as_mut().map(Takeover::take_listeners).unwrap_or_default();
         // Health checkers and the control API run here, on the control runtime.
         let control = if node.control.enabled {
-            let api = ControlApi::bind(&node.control, publisher.health()).await;
+            let api = ControlApi::bind(&node.control, &mut inherited, publisher.health()).await;
             Some(api.with_context(|| format!("control.listen {}", node.control.listen))?)
         } else {
             None
         };
-        let gateway = Gateway::start(&node.proxy, cell, access_log)?;
-        if let Some(control) = control {
-            println!("pylon: control API listening on http://{}", control.local_addr()?);
-            tokio::spawn(control.serve());
+        let mut gateway = Gateway::start(&node.proxy, cell, access_log, inherited)?;
+        let mut handoff = node
+            .handoff_socket()
+            .and_then(|path| serve_handoff(path, &mut gateway, control.as_ref(), &node.control));
+        if let Some(takeover) = takeover {
+            let (pid, count) = (takeover.pid(), takeover.socket_count());
+            if let Err(e) = takeover.finish() {
+                tracing::warn!("pid {pid} was not told to stop (already stopping?): {e}");
+            }
+            println!("pylon: took over {count} listening socket(s) from pid {pid}");
         }
+        let control = match control {
+            Some(control) => {
+                println!("pylon: control API listening on http://{}", control.local_addr()?);
+                Some(tokio::spawn(control.serve()))
+            }
+            None => None,
+        };
 
         for addr in gateway.local_addrs() {
             println!("pylon: proxy listening on http://{addr}");
@@ -138,6 +166,12 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             println!(
                 "pylon: proxy listening on https://{addr} ({} certificate(s))",
                 snapshot.certificates.len()
+            );
+        }
+        if let Some(path) = node.handoff_socket().filter(|_| handoff.is_some()) {
+            println!(
+                "pylon: handoff socket: {} (another `pylon run` with this config takes over)",
+                path.display()
             );
         }
         println!(
@@ -155,8 +189,19 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             );
         }
         let follower = tokio::spawn(publisher.follow());
-        wait_for_signal().await?;
+        tokio::select! {
+            signal = wait_for_signal() => signal?,
+            pid = successor(handoff.as_mut()) => {
+                println!("pylon: pid {pid} took over the listening sockets");
+            }
+        }
         println!("pylon: stopping: finishing in-flight requests");
+        if let Some(handoff) = handoff {
+            handoff.close();
+        }
+        if let Some(control) = control {
+            control.abort();
+        }
         follower.abort();
         tokio::task::spawn_blocking(move || gateway.shutdown()).await?;
         println!("pylon: stopped");
@@ -164,13 +209,51 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
     })
 }
 
+/// SIGTERM, SIGINT, or SIGQUIT (nginx's graceful stop, which operators send out of habit:
+/// left to its default it would dump core and drop every request in flight).
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = quit.recv() => {}
     }
     Ok(())
+}
+
+/// Listens on the handoff socket, ready to give a successor the proxy's and the control API's
+/// listening sockets. A failure costs only the restarts without downtime: it is logged, and
+/// the node serves on.
+fn serve_handoff(
+    path: &Path,
+    gateway: &mut Gateway,
+    control: Option<&ControlApi>,
+    control_settings: &ControlSettings,
+) -> Option<HandoffServer> {
+    let mut listeners = gateway.take_listeners();
+    let started = control
+        .map_or(Ok(()), |api| api.share(control_settings, &mut listeners))
+        .and_then(|()| HandoffServer::start(path, listeners));
+    match started {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::warn!(
+                "handoff socket {}: {e}; a restart will not be able to take over",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Completes when a new process has taken the listening sockets over; never without a
+/// handoff socket.
+async fn successor(handoff: Option<&mut HandoffServer>) -> u32 {
+    match handoff {
+        Some(handoff) => handoff.successor().await,
+        None => std::future::pending().await,
+    }
 }

@@ -63,7 +63,9 @@ impl NodeConfig {
     /// Reads and checks a node config file; `None` gives the defaults.
     pub fn load(path: Option<&Path>) -> anyhow::Result<NodeConfig> {
         let Some(path) = path else {
-            return Ok(NodeConfig::default());
+            let mut config = NodeConfig::default();
+            config.proxy.handoff_socket = Some(PathBuf::from("pylon.sock"));
+            return Ok(config);
         };
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -82,7 +84,25 @@ impl NodeConfig {
         {
             *ca = dir.join(&*ca);
         }
+        // Named after the config file, so that two nodes configured in one directory do not
+        // take each other over.
+        let handoff = config.proxy.handoff_socket.get_or_insert_with(|| {
+            let mut name = path.file_stem().unwrap_or_default().to_owned();
+            name.push(".sock");
+            PathBuf::from(name)
+        });
+        if handoff.is_relative() && !handoff.as_os_str().is_empty() {
+            *handoff = dir.join(&*handoff);
+        }
         Ok(config)
+    }
+
+    /// Where a new `pylon run` takes this one over; `None`: handoff turned off.
+    pub fn handoff_socket(&self) -> Option<&Path> {
+        self.proxy
+            .handoff_socket
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
     }
 
     fn parse(text: &str) -> anyhow::Result<NodeConfig> {

@@ -52,6 +52,10 @@ impl Downstream {
     }
 }
 
+/// How long a stopping worker still waits for the next request on an idle keep-alive
+/// connection: the time for a client to send one right after reading a response.
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
 enum HeadRead {
     Complete,
     /// The client closed, went idle past the keep-alive timeout, or the worker is stopping.
@@ -155,7 +159,7 @@ async fn serve_http1(
             }
         }
         first = false;
-        if !handle(&worker, &mut conn).await || worker.is_stopping() {
+        if !handle(&worker, &mut conn).await {
             return linger(&mut conn.stream).await;
         }
     }
@@ -212,15 +216,19 @@ async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadR
                 let left = deadline.saturating_duration_since(Instant::now());
                 read_more(&mut conn.stream, &mut conn.buf, left).await
             }
-            // Idle between requests: wait for the first byte, or for the worker to stop.
+            // Idle between requests: wait for the first byte. Once the worker stops, only a
+            // moment longer: a request sent right after the last response may be on its way,
+            // and is better answered (with `Connection: close`) than cut off.
             None => {
                 let stopping = worker.stopping();
                 if worker.is_stopping() {
-                    return HeadRead::Closed;
-                }
-                tokio::select! {
-                    read = read_more(&mut conn.stream, &mut conn.buf, limits.keepalive_timeout) => read,
-                    _ = stopping => return HeadRead::Closed,
+                    let linger = DRAIN_LINGER.min(limits.keepalive_timeout);
+                    read_more(&mut conn.stream, &mut conn.buf, linger).await
+                } else {
+                    tokio::select! {
+                        read = read_more(&mut conn.stream, &mut conn.buf, limits.keepalive_timeout) => read,
+                        _ = stopping => continue,
+                    }
                 }
             }
         };

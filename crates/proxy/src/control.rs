@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::handoff::{Kind, Listeners};
 use crate::health::HealthRegistry;
 use crate::http1::{HeadLimits, RequestHead};
 
@@ -53,11 +55,24 @@ pub struct ControlApi {
 }
 
 impl ControlApi {
-    pub async fn bind(settings: &ControlSettings, health: Arc<HealthRegistry>) -> io::Result<Self> {
-        Ok(Self {
-            listener: TcpListener::bind(settings.listen).await?,
-            health,
-        })
+    /// Listens on `settings.listen`: on the socket a predecessor handed over if there is one
+    /// among `inherited` (see [`crate::Takeover`]), else on a new one.
+    pub async fn bind(
+        settings: &ControlSettings,
+        inherited: &mut Listeners,
+        health: Arc<HealthRegistry>,
+    ) -> io::Result<Self> {
+        let listener = match inherited.take(settings.listen, Kind::Control).pop() {
+            Some(socket) => TcpListener::from_std(socket)?,
+            None => TcpListener::bind(settings.listen).await?,
+        };
+        Ok(Self { listener, health })
+    }
+
+    /// Adds a copy of the listening socket to `listeners`, for a successor to take over.
+    pub fn share(&self, settings: &ControlSettings, listeners: &mut Listeners) -> io::Result<()> {
+        let copy = std::net::TcpListener::from(self.listener.as_fd().try_clone_to_owned()?);
+        listeners.push(settings.listen, Kind::Control, vec![copy])
     }
 
     /// The address actually listened on (port 0 resolved).

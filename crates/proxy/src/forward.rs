@@ -6,11 +6,13 @@
 //! aborts the client connection rather than pass off a truncated response as complete.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use bytes::Buf;
-use tokio::io::AsyncRead;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use crate::attempts::{Attempts, Failure, UpstreamAnswer};
@@ -217,45 +219,70 @@ async fn exchange(
         reused,
         upgrade: upgrade.is_some(),
     };
-    let download = responder.run(&mut up_read, &mut up.buf, &mut client_write);
-
-    let result = if streamed_body {
-        let upload_relay = Relay {
-            framing,
-            decode_chunked: false,
-            read_timeout: worker.limits.body_timeout,
-            write_timeout: timeouts.send,
-        };
-        let mut no_prefix = Vec::new();
-        let upload = upload_relay.run(&mut client_read, buf, &mut up_write, &mut no_prefix);
-        tokio::pin!(upload, download);
-        let mut upload_failed = false;
-        loop {
-            tokio::select! {
-                sent = &mut upload, if !upload_done.get() && !upload_failed => match sent {
-                    Ok(_) => upload_done.set(true),
-                    // The client's body broke its chunked framing, or the client stalled
-                    // mid-body: it is still there to be told why (below).
-                    Err(RelayError::Framing(_)) => break Err(GatewayError::BadRequest),
-                    Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                        break Err(GatewayError::RequestTimeout)
-                    }
-                    // The client went away: there is no one to answer.
-                    Err(RelayError::Source(_)) => {
-                        return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0, upstream_answered: false });
-                    }
-                    // The upstream stopped reading; it may still have answered (413, say).
-                    Err(RelayError::Destination(_)) => upload_failed = true,
-                },
-                received = &mut download => break Ok(received.map_err(|mut f| {
-                    // The body was partly streamed: it cannot be sent again.
-                    f.replayable = false;
-                    f
-                })),
+    let result = {
+        let download = responder.run(&mut up_read, &mut up.buf, &mut client_write);
+        tokio::pin!(download);
+        let early = if streamed_body {
+            let upload_relay = Relay {
+                framing,
+                decode_chunked: false,
+                read_timeout: worker.limits.body_timeout,
+                write_timeout: timeouts.send,
+            };
+            let mut no_prefix = Vec::new();
+            let upload = upload_relay.run(&mut client_read, buf, &mut up_write, &mut no_prefix);
+            tokio::pin!(upload);
+            let mut upload_failed = false;
+            loop {
+                tokio::select! {
+                    sent = &mut upload, if !upload_failed => match sent {
+                        Ok(_) => {
+                            upload_done.set(true);
+                            break None;
+                        }
+                        // The client's body broke its chunked framing, or the client stalled
+                        // mid-body: it is still there to be told why (below).
+                        Err(RelayError::Framing(_)) => break Some(Err(GatewayError::BadRequest)),
+                        Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                            break Some(Err(GatewayError::RequestTimeout))
+                        }
+                        // The client went away: there is no one to answer.
+                        Err(RelayError::Source(_)) => {
+                            return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0, upstream_answered: false });
+                        }
+                        // The upstream stopped reading; it may still have answered (413, say).
+                        Err(RelayError::Destination(_)) => upload_failed = true,
+                    },
+                    received = &mut download => break Some(Ok(received)),
+                }
             }
-        }
-    } else {
-        Ok(download.await)
+        } else {
+            None
+        };
+        let received = match early {
+            Some(result) => result,
+            None => {
+                let limit = worker.limits.head.max_head;
+                match unless_client_leaves(download, &mut client_read, buf, limit).await {
+                    Some(received) => Ok(received),
+                    None => {
+                        return Ok(Delivered {
+                            client_reusable: false,
+                            status: 499,
+                            bytes_sent: 0,
+                            upstream_answered: false,
+                        })
+                    }
+                }
+            }
+        };
+        received.map(|received| {
+            received.map_err(|mut f| {
+                // A body partly streamed cannot be sent again.
+                f.replayable &= !streamed_body;
+                f
+            })
+        })
     };
     let result = match result {
         Ok(result) => result,
@@ -315,6 +342,33 @@ async fn exchange(
         bytes_sent: continue_sent + delivered.bytes_sent,
         upstream_answered: true,
     })
+}
+
+/// Waits for the response, watching the client meanwhile. If it closes its connection before
+/// the response is through, `None`: the exchange is abandoned, closing the upstream connection,
+/// rather than left to run for nobody (as nginx does unless `proxy_ignore_client_abort`).
+/// Bytes the client sends meanwhile (a pipelined request) stay in `buf`; past `limit` of them
+/// the client is no longer watched, so that it cannot make the gateway buffer without bound.
+async fn unless_client_leaves<F, R>(
+    mut download: Pin<&mut F>,
+    client: &mut R,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Option<F::Output>
+where
+    F: Future,
+    R: AsyncRead + Unpin,
+{
+    loop {
+        tokio::select! {
+            biased;
+            received = &mut download => return Some(received),
+            read = client.read_buf(buf), if buf.len() < limit => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
+        }
+    }
 }
 
 /// A new connection to `node`, with the TLS handshake for TLS upstreams; both within the

@@ -15,6 +15,7 @@ mod connection;
 mod control;
 mod error;
 mod forward;
+mod handoff;
 mod health;
 pub mod http1;
 mod http2;
@@ -32,6 +33,7 @@ mod worker;
 
 pub use access_log::AccessLog;
 pub use control::{ControlApi, ControlSettings};
+pub use handoff::{HandoffError, HandoffServer, Listeners, Takeover};
 pub use health::HealthRegistry;
 pub use http2::Http2Settings;
 pub use publish::{PublishError, Publisher};

@@ -8,6 +8,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
+use crate::handoff::{Kind, Listeners};
 use crate::settings::ProxySettings;
 use crate::snapshot::SnapshotCell;
 use crate::worker::{self, Limits, Listener};
@@ -20,28 +21,47 @@ pub struct Gateway {
     https_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    /// Copies of the listening sockets, for a successor to take over.
+    listeners: Listeners,
 }
 
 impl Gateway {
-    /// Binds every listen address once per worker (`SO_REUSEPORT`: the kernel spreads
-    /// connections over the workers) and starts the workers.
+    /// Starts the workers on the listening sockets `inherited` from the process this one
+    /// replaces (see [`crate::Takeover`]) and binds the rest: every listen address once per
+    /// worker (`SO_REUSEPORT`: the kernel spreads connections over the workers).
     pub fn start(
         settings: &ProxySettings,
         snapshots: SnapshotCell,
         access_log: AccessLog,
+        mut inherited: Listeners,
     ) -> std::io::Result<Gateway> {
         let workers = settings.worker_count();
         let mut per_worker: Vec<Vec<Listener>> = (0..workers).map(|_| Vec::new()).collect();
         let plain = settings.listen.iter().map(|&addr| (addr, false));
         let tls = settings.https.listen.iter().map(|&addr| (addr, true));
         let (mut addrs, mut https_addrs) = (Vec::new(), Vec::new());
+        let mut listeners = Listeners::default();
         for (requested, tls) in plain.chain(tls) {
-            // Port 0 is resolved by the first bind; the other workers join that port.
-            let mut addr = requested;
-            for listeners in per_worker.iter_mut() {
+            let mut sockets = inherited.take(requested, Kind::proxy(tls));
+            // Port 0 is resolved by the first bind; the other sockets join that port.
+            let mut addr = match sockets.first() {
+                Some(socket) => socket.local_addr()?,
+                None => requested,
+            };
+            while sockets.len() < workers {
                 let socket = bind(addr)?;
                 addr = socket.local_addr()?;
-                listeners.push(Listener { socket, tls });
+                sockets.push(socket);
+            }
+            let copies = sockets
+                .iter()
+                .map(|s| s.try_clone())
+                .collect::<Result<_, _>>()?;
+            listeners.push(requested, Kind::proxy(tls), copies)?;
+            // Each socket has its own accept queue: with fewer workers than sockets (more
+            // came over from the previous process), a worker serves several.
+            for (i, socket) in sockets.into_iter().enumerate() {
+                per_worker[i % workers].push(Listener { socket, tls });
             }
             if tls { &mut https_addrs } else { &mut addrs }.push(addr);
         }
@@ -71,6 +91,7 @@ impl Gateway {
             https_addrs,
             shutdown,
             workers: handles,
+            listeners,
         })
     }
 
@@ -84,9 +105,17 @@ impl Gateway {
         &self.https_addrs
     }
 
+    /// Copies of the listening sockets, for [`crate::HandoffServer`]; the gateway keeps none.
+    pub fn take_listeners(&mut self) -> Listeners {
+        std::mem::take(&mut self.listeners)
+    }
+
     /// Stops accepting, lets in-flight requests finish within the grace period, closes idle
     /// connections, and returns when every worker has stopped.
     pub fn shutdown(self) {
+        // First, so that the sockets close (and refuse connections) as the workers let go of
+        // theirs, unless a successor holds them.
+        drop(self.listeners);
         let _ = self.shutdown.send(true);
         for worker in self.workers {
             let _ = worker.join();

@@ -32,8 +32,14 @@ pub struct ProxySettings {
     pub max_header_size: usize,
     /// Most headers in a request (more: 431).
     pub max_headers: usize,
-    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT, or after a new process
+    /// took the listening sockets over.
     pub shutdown_grace: f64,
+    /// The unix socket through which a new `pylon run` takes the listening sockets over from
+    /// this one (a restart without a refused or reset connection). Unset: `<node config file
+    /// name without extension>.sock` beside the node config (`pylon.sock` without one); `""`:
+    /// no handoff.
+    pub handoff_socket: Option<std::path::PathBuf>,
     /// Used where an upstream or route sets no value of its own.
     pub upstream: UpstreamDefaults,
     pub https: HttpsSettings,
@@ -96,6 +102,7 @@ impl Default for ProxySettings {
             max_header_size: 32 * 1024,
             max_headers: 100,
             shutdown_grace: 10.0,
+            handoff_socket: None,
             upstream: UpstreamDefaults::default(),
             https: HttpsSettings::default(),
             http2: Http2Settings::default(),

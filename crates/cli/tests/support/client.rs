@@ -49,13 +49,18 @@ pub struct Conn {
 
 impl Conn {
     pub fn connect(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect_timeout(&addr, WAIT).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Conn {
+        Self::try_connect(addr).unwrap()
+    }
+
+    /// For tests where connecting may fail and that is what they count.
+    pub fn try_connect(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, WAIT)?;
+        stream.set_read_timeout(Some(WAIT))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
             stream,
             buf: Vec::new(),
-        }
+        })
     }
 
     pub fn send(&mut self, raw: &[u8]) {

@@ -24,6 +24,10 @@ pub struct Pylon {
     pub addr: SocketAddr,
     /// The HTTPS listener, when there is one.
     pub https_addr: Option<SocketAddr>,
+    /// Where a successor takes this pylon over.
+    pub handoff_socket: Option<PathBuf>,
+    /// What pylon printed up to the line saying it serves.
+    pub startup: Vec<String>,
     /// The control API (`/v1/healthcheck`), on a free port of its own.
     pub control: Option<SocketAddr>,
     stdout_lines: mpsc::Receiver<String>,
@@ -37,6 +41,42 @@ impl Pylon {
     }
 
     pub fn try_start(routes: &str, proxy_extra: &str) -> Result<Pylon, String> {
+        Self::launch(
+            routes,
+            "\"127.0.0.1:0\"",
+            Some("\"127.0.0.1:0\""),
+            proxy_extra,
+        )
+    }
+
+    /// Starts a second pylon, in a temp dir of its own with `routes`, on this one's listen
+    /// addresses and handoff socket, as an operator restarting or upgrading would: it takes
+    /// the listening sockets over and this one drains and exits. Returns once the new one
+    /// serves (its startup lines are in [`Pylon::startup`]).
+    pub fn successor(&self, routes: &str, proxy_extra: &str) -> Pylon {
+        let handoff = self
+            .handoff_socket
+            .as_ref()
+            .expect("pylon has a handoff socket");
+        let extra = format!("  handoff_socket: \"{}\"\n{proxy_extra}", handoff.display());
+        let https = self.https_addr.map(|a| format!("\"{a}\""));
+        Self::launch(
+            routes,
+            &format!("\"{}\"", self.addr),
+            https.as_deref(),
+            &extra,
+        )
+        .unwrap_or_else(|e| panic!("the successor did not start: {e}"))
+    }
+
+    /// Writes the node config (`listen`, `https.listen` unless `proxy_extra` has its own
+    /// `https:`) and starts pylon on it.
+    fn launch(
+        routes: &str,
+        listen: &str,
+        https_listen: Option<&str>,
+        proxy_extra: &str,
+    ) -> Result<Pylon, String> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("apisix.yaml"), routes).unwrap();
         // A `workers` line in `proxy_extra` replaces the default one: YAML refuses a key twice.
@@ -46,13 +86,14 @@ impl Pylon {
             "  workers: 2\n"
         };
         // Every test gets an HTTPS listener on a free port unless it configures its own.
-        let https = if proxy_extra.contains("https:") {
-            ""
-        } else {
-            "  https:\n    listen: [\"127.0.0.1:0\"]\n"
+        let https = match https_listen {
+            Some(addr) if !proxy_extra.contains("https:") => {
+                format!("  https:\n    listen: [{addr}]\n")
+            }
+            _ => String::new(),
         };
         let node = format!(
-            "proxy:\n  listen: [\"127.0.0.1:0\"]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
+            "proxy:\n  listen: [{listen}]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
         );
         std::fs::write(dir.path().join("node.yaml"), node).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
@@ -80,7 +121,8 @@ impl Pylon {
             let _ = std::io::copy(&mut BufReader::new(stderr), &mut file);
         });
         let deadline = Instant::now() + WAIT;
-        let (mut addr, mut https_addr, mut control) = (None, None, None);
+        let (mut addr, mut https_addr, mut control, mut handoff_socket) = (None, None, None, None);
+        let mut startup = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -94,14 +136,21 @@ impl Pylon {
                         line.strip_prefix("pylon: control API listening on http://")
                     {
                         control = Some(a.parse().unwrap());
-                    } else if line.contains(" worker(s); ") {
-                        // Printed after every listener.
+                    } else if let Some(path) = line.strip_prefix("pylon: handoff socket: ") {
+                        handoff_socket = path.split(' ').next().map(PathBuf::from);
+                    }
+                    let ready = line.contains(" worker(s); ");
+                    startup.push(line);
+                    if ready {
+                        // Printed after every listener and the handoff socket.
                         return Ok(Pylon {
                             child,
                             dir,
                             addr: addr.expect("pylon printed no http listener"),
                             https_addr,
                             control,
+                            handoff_socket,
+                            startup,
                             stdout_lines: rx,
                         });
                     }
@@ -162,8 +211,13 @@ impl Pylon {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `QUIT`, ...).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.pid().to_string())
             .status()
             .unwrap();

@@ -134,7 +134,8 @@ impl TlsConn {
         sni: &str,
         config: Arc<ClientConfig>,
     ) -> Result<TlsConn, rustls::Error> {
-        let tcp = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+        let tcp = TcpStream::connect_timeout(&addr, WAIT)
+            .map_err(|e| rustls::Error::General(format!("connect: {e}")))?;
         tcp.set_read_timeout(Some(WAIT)).unwrap();
         let name = ServerName::try_from(sni.to_owned()).unwrap();
         let conn = ClientConnection::new(config, name)?;

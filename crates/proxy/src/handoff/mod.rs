@@ -1,0 +1,212 @@
+//! Zero-downtime restarts: a new `pylon run` takes the listening sockets over from the running
+//! one instead of binding its own.
+//!
+//! Binding again with `SO_REUSEPORT` is not enough: every socket of a reuseport group has its
+//! own accept queue, and when the old process closes its sockets, the connections still waiting
+//! in their queues are reset. Passing the very same sockets on, as nginx, HAProxy and Envoy do,
+//! keeps every queue alive: whichever process holds a socket accepts from it.
+//!
+//! The exchange, over the old process's unix socket (`SOCK_SEQPACKET`, so each message arrives
+//! whole and a descriptor never comes apart from the line that describes it):
+//!
+//! 1. The new process connects and says `take 1` (the protocol version).
+//! 2. The old one sends each listening socket in a message of its own, `socket <listener>
+//!    <http|https|control> <configured address>` with the descriptor attached (`SCM_RIGHTS`),
+//!    then `end <count>`. It keeps serving meanwhile. The control API's socket goes too: its
+//!    port is fixed, and the new process could not bind it while the old one holds it.
+//! 3. The new process starts its workers on those sockets (binding more on the same address
+//!    when it has more workers, giving a worker several when it has fewer), puts its own
+//!    handoff socket in place of the old one's, and says `ready`.
+//! 4. The old process stops accepting and drains as on SIGTERM. Its copies of the sockets
+//!    close, but the sockets live on in the new process, queued connections included.
+//!
+//! Whoever finds nobody at the socket starts on its own. A new process that gets the sockets
+//! but fails before `ready` leaves the old one serving as if nothing had happened; an old
+//! process that is already stopping refuses, and the new one binds its own sockets.
+
+mod server;
+mod takeover;
+mod wire;
+
+use std::net::{SocketAddr, TcpListener};
+
+pub use server::HandoffServer;
+pub use takeover::Takeover;
+
+/// What can go wrong on the handoff socket.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The other side said something this version does not understand.
+    #[error("unexpected message on the handoff socket: {0}")]
+    Protocol(String),
+    /// The other side declined, and said why.
+    #[error("the other process refused the handoff: {0}")]
+    Refused(String),
+    /// Listening sockets are only passed between processes of the same user.
+    #[error("the process at the handoff socket runs as another user (uid {0})")]
+    OtherUser(u32),
+}
+
+/// Listening sockets by listen address: those a process hands over, or has inherited.
+#[derive(Default)]
+pub struct Listeners {
+    groups: Vec<Group>,
+}
+
+/// What a listening socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Http,
+    Https,
+    /// The control API ([`crate::ControlApi`]).
+    Control,
+}
+
+/// The sockets of one listen address (one per worker of the process that bound them).
+struct Group {
+    /// The address as the configuration says it (port 0 included).
+    configured: SocketAddr,
+    /// The address actually bound.
+    local: SocketAddr,
+    kind: Kind,
+    sockets: Vec<TcpListener>,
+}
+
+impl Kind {
+    pub(crate) fn proxy(tls: bool) -> Kind {
+        if tls {
+            Kind::Https
+        } else {
+            Kind::Http
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Http => "http",
+            Kind::Https => "https",
+            Kind::Control => "control",
+        }
+    }
+
+    fn from_word(word: &str) -> Option<Kind> {
+        [Kind::Http, Kind::Https, Kind::Control]
+            .into_iter()
+            .find(|kind| kind.word() == word)
+    }
+}
+
+impl Listeners {
+    pub(crate) fn push(
+        &mut self,
+        configured: SocketAddr,
+        kind: Kind,
+        sockets: Vec<TcpListener>,
+    ) -> std::io::Result<()> {
+        let Some(first) = sockets.first() else {
+            return Ok(());
+        };
+        self.groups.push(Group {
+            configured,
+            local: first.local_addr()?,
+            kind,
+            sockets,
+        });
+        Ok(())
+    }
+
+    /// The sockets for the listen address `requested`: those of the first listener of that
+    /// kind configured the same way, or bound at exactly that address (the previous
+    /// configuration may have said port 0 where this one names the port it got). Empty when
+    /// there are none.
+    pub(crate) fn take(&mut self, requested: SocketAddr, kind: Kind) -> Vec<TcpListener> {
+        let found = self
+            .groups
+            .iter()
+            .position(|g| g.kind == kind && (g.configured == requested || g.local == requested));
+        match found {
+            Some(i) => self.groups.remove(i).sockets,
+            None => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn socket_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("pylon-{name}-{}.sock", std::process::id()))
+    }
+
+    fn any_port() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[tokio::test]
+    async fn a_successor_gets_the_very_sockets_then_the_old_process_hears_it_serves() {
+        let path = socket_path("handoff");
+        let http = TcpListener::bind(any_port()).unwrap();
+        let https = TcpListener::bind(any_port()).unwrap();
+        let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
+        let mut own = Listeners::default();
+        own.push(any_port(), Kind::Http, vec![http.try_clone().unwrap()])
+            .unwrap();
+        own.push(any_port(), Kind::Https, vec![https.try_clone().unwrap()])
+            .unwrap();
+        let mut server = HandoffServer::start(&path, own).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only this user may take the sockets");
+
+        // Blocking, on this thread: the server side has a thread of its own.
+        let mut takeover = Takeover::connect(&path).unwrap().unwrap();
+        assert_eq!(takeover.pid(), std::process::id());
+        assert_eq!(takeover.socket_count(), 2);
+        let mut inherited = takeover.take_listeners();
+        // Matched by the configured address and scheme, or by the address bound.
+        assert!(inherited.take(https_addr, Kind::Http).is_empty());
+        let tls = inherited.take(https_addr, Kind::Https);
+        let plain = inherited.take(any_port(), Kind::Http);
+        assert_eq!((plain.len(), tls.len()), (1, 1));
+
+        // The very socket: a connection made to the original is accepted on the copy.
+        let client = TcpStream::connect(http_addr).unwrap();
+        plain[0].set_nonblocking(false).unwrap();
+        let (accepted, peer) = plain[0].accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        drop(accepted);
+
+        takeover.finish().unwrap();
+        assert_eq!(server.successor().await, std::process::id());
+        server.close();
+        assert!(
+            !path.exists(),
+            "the socket file is removed by the process that made it"
+        );
+        assert!(Takeover::connect(&path).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_stale_socket_file_means_nobody_to_take_over_from() {
+        let path = socket_path("stale");
+        let server = HandoffServer::start(&path, Listeners::default()).unwrap();
+        // What a killed process leaves: the file, with nobody listening.
+        let kept = path.with_extension("kept");
+        std::fs::hard_link(&path, &kept).unwrap();
+        server.close();
+        std::fs::rename(&kept, &path).unwrap();
+        assert!(Takeover::connect(&path).unwrap().is_none());
+        // And a new server replaces it.
+        let server = HandoffServer::start(&path, Listeners::default()).unwrap();
+        let takeover = Takeover::connect(&path).unwrap().unwrap();
+        assert_eq!(takeover.socket_count(), 0);
+        drop(takeover);
+        server.close();
+    }
+}

@@ -1,0 +1,122 @@
+//! The new process's side of a handoff: receive the listening sockets, then, once serving on
+//! them, tell the old process to drain.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{wire, HandoffError, Kind, Listeners};
+
+/// The protocol this version speaks.
+pub(super) const HELLO: &str = "take 1";
+/// Said by an old process that is already stopping: its sockets are closing anyway.
+pub(super) const STOPPING: &str = "refused stopping";
+
+/// Every step of the exchange is quick (the old process only sends what it holds); this
+/// bounds a peer that hangs.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Listening sockets received from the process being replaced, which keeps serving on them
+/// until [`Takeover::finish`].
+pub struct Takeover {
+    connection: OwnedFd,
+    pid: u32,
+    listeners: Listeners,
+    received: usize,
+}
+
+impl Takeover {
+    /// Takes the listening sockets of the pylon listening at the handoff socket `path`.
+    /// `None` when there is none, or when it is already stopping.
+    pub fn connect(path: &Path) -> Result<Option<Takeover>, HandoffError> {
+        let Some(connection) = wire::connect(path)? else {
+            return Ok(None);
+        };
+        wire::set_timeout(&connection, STEP_TIMEOUT)?;
+        let pid = wire::peer_pid(&connection)?;
+        wire::send(&connection, HELLO, None)?;
+        let mut groups: Vec<(usize, SocketAddr, Kind, Vec<TcpListener>)> = Vec::new();
+        let mut received = 0;
+        loop {
+            let message = wire::recv(&connection)?.ok_or_else(|| {
+                HandoffError::Protocol(format!("pid {pid} closed the connection"))
+            })?;
+            let mut words = message.text.split(' ');
+            match (words.next(), message.fd) {
+                (Some("socket"), Some(fd)) => {
+                    let (index, configured, kind) = parse_socket(words)
+                        .ok_or_else(|| HandoffError::Protocol(message.text.clone()))?;
+                    let socket = listener(fd)?;
+                    received += 1;
+                    match groups.last_mut() {
+                        Some(group) if group.0 == index => group.3.push(socket),
+                        _ => groups.push((index, configured, kind, vec![socket])),
+                    }
+                }
+                (Some("end"), None) if words.next() == Some(&received.to_string()) => break,
+                _ if message.text == STOPPING => return Ok(None),
+                (Some("refused"), None) => {
+                    return Err(HandoffError::Refused(
+                        message.text["refused".len()..].trim().to_owned(),
+                    ))
+                }
+                _ => return Err(HandoffError::Protocol(message.text)),
+            }
+        }
+        let mut listeners = Listeners::default();
+        for (_, configured, kind, sockets) in groups {
+            listeners.push(configured, kind, sockets)?;
+        }
+        Ok(Some(Takeover {
+            connection,
+            pid,
+            listeners,
+            received,
+        }))
+    }
+
+    /// The process the sockets came from.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How many listening sockets came over.
+    pub fn socket_count(&self) -> usize {
+        self.received
+    }
+
+    /// The sockets received, for [`crate::Gateway::start`].
+    pub fn take_listeners(&mut self) -> Listeners {
+        std::mem::take(&mut self.listeners)
+    }
+
+    /// Tells the old process that this one serves on the sockets now: it stops accepting and
+    /// drains. An error means the old process did not get the word, usually because it was
+    /// stopping anyway.
+    pub fn finish(self) -> Result<(), HandoffError> {
+        Ok(wire::send(&self.connection, "ready", None)?)
+    }
+}
+
+/// `<listener> <http|https|control> <configured address>`.
+fn parse_socket<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<(usize, SocketAddr, Kind)> {
+    let index = words.next()?.parse().ok()?;
+    let kind = Kind::from_word(words.next()?)?;
+    let configured = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((index, configured, kind))
+}
+
+/// A received descriptor as a listener, if it is one.
+fn listener(fd: OwnedFd) -> Result<TcpListener, HandoffError> {
+    if !wire::is_tcp_listener(&fd)? {
+        return Err(HandoffError::Protocol(
+            "a descriptor that is not a listening TCP socket".to_owned(),
+        ));
+    }
+    let socket = TcpListener::from(fd);
+    // Shared with the old process (the flag belongs to the socket, not the descriptor), and
+    // already set there; set again so this side does not depend on it.
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
