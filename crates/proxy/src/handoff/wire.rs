@@ -1,5 +1,9 @@
 //! The handoff socket itself: a unix `SOCK_SEQPACKET` socket carrying short text messages, each
 //! with at most one file descriptor attached.
+//!
+//! Through rustix rather than nix: rustix hands received descriptors over as `OwnedFd`, where
+//! nix gives raw numbers that only `unsafe` code could take ownership of, and this crate
+//! forbids `unsafe`.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
