@@ -7,20 +7,23 @@
 #
 #   tls13-full     TLS 1.3 handshakes/s: pylon-loadgen tls, HS_CONNS connections, each doing
 #                  handshake + GET /hello (Connection: close) + close, no session reuse
+#                  (the client offers suites in a browser's order: AES-128-GCM-SHA256 first)
 #   tls13-resumed  the same, each connection resuming its task's previous session (ticket)
 #   tls12-full     TLS 1.2 handshakes/s (ECDHE-ECDSA)
 #   tls12-resumed  TLS 1.2 resumed by session id
 #   https          requests/s over kept-alive TLS connections: wrk -t1 -cCONNS https://
 #   h2             h2load -cCONNS -mSTREAMS over TLS (ALPN h2)
 #   h2c            h2load -cCONNS -mSTREAMS, h2c with prior knowledge
+#   tls13-full-aes256  (not run by default) tls13-full with AES-256-GCM-SHA384 first
 #   ws             WebSocket echo messages/s: pylon-loadgen ws, CONNS connections, each sending
 #                  a WS_SIZE-byte binary message and waiting for its echo; "direct" is the
 #                  echo server without a proxy (the ceiling)
 #
 # For each run it prints the rate, the proxy's CPU time per operation, how busy its core was
-# (a proxy at ~100 % is saturated, so its rate is what one core does) and how busy the load
-# generator's process was (near 1.0: the load side, not the proxy, set the rate; then compare
-# CPU per operation), and how many cores other processes on the machine took meanwhile; then
+# (a proxy at ~100 % is saturated, so its rate is what one core does), how busy the load
+# generator's process and the whole load core were (near 1.0: the load side, not the proxy,
+# set the rate; then compare CPU per operation), and how many cores other processes on the
+# machine took meanwhile; then
 # medians over ROUNDS and the ratios Pylon/nginx.
 #
 # usage: bench/protocols.sh [TEST...]      (default: all of the above; h2 and h2c are skipped,
@@ -91,12 +94,13 @@ has_h2c=1; speaks --http2-prior-knowledge http://127.0.0.1:9080/hello || has_h2c
 
 cpu_ticks() { # user+system ticks of a process's threads
   local s=0 l t; for t in /proc/$1/task/*/stat; do l=$(cat "$t" 2>/dev/null) || continue; l=${l##*) }; read -ra a <<< "$l"; s=$((s + a[11] + a[12])); done; echo $s; }
-busy_ticks() { # non-idle ticks of all CPUs
+busy_ticks() { # non-idle ticks of all CPUs, or with an argument of that CPU
   local cpu user nice system idle iowait irq softirq steal rest
-  read -r cpu user nice system idle iowait irq softirq steal rest < /proc/stat
-  echo $((user + nice + system + irq + softirq + steal)); }
+  while read -r cpu user nice system idle iowait irq softirq steal rest; do
+    [[ $cpu == cpu${1:-} ]] && { echo $((user + nice + system + irq + softirq + steal)); return; }
+  done < /proc/stat; }
 ours_ticks() { # ticks of every process this script started, and of the load PID $1
-  local s=0 p c; for p in "${pids[@]}" "$1"; do for c in $p $(pgrep -P "$p"); do s=$((s + $(cpu_ticks "$c"))); done; done; echo $s; }
+  local s=0 p c; for p in "${pids[@]}" $1; do for c in $p $(pgrep -P "$p"); do s=$((s + $(cpu_ticks "$c"))); done; done; echo $s; }
 wait_quiet() { # up to QUIET_WAIT s for a second in which other processes stay under OTHERS_MAX
   local a0 o0 i; for i in $(seq "$quiet_wait"); do
     a0=$(busy_ticks); o0=$(ours_ticks ""); sleep 1
@@ -115,15 +119,15 @@ measure() {
   # The CPU readings bracket the load's window, less 0.3 s at its end: the load exits then.
   sleep_until $((start + w * 1000000))
   t0=${EPOCHREALTIME/./}; [[ -n $pid ]] && c0=$(cpu_ticks "$pid"); l0=$(cpu_ticks $load)
-  local all0 ours0 all1 ours1; all0=$(busy_ticks); ours0=$(ours_ticks $load)
+  local all0 ours0 all1 ours1 z0 z1; all0=$(busy_ticks); ours0=$(ours_ticks $load); z0=$(busy_ticks $pin_load)
   sleep_until $((start + (w + dur) * 1000000 - 300000))
   t1=${EPOCHREALTIME/./}; [[ -n $pid ]] && c1=$(cpu_ticks "$pid"); l1=$(cpu_ticks $load)
-  all1=$(busy_ticks); ours1=$(ours_ticks $load)
+  all1=$(busy_ticks); ours1=$(ours_ticks $load); z1=$(busy_ticks $pin_load)
   wait $load || { echo "protocols: $test/$who: load failed:" >&2; cat "$out" >&2; }
   python3 - "$test" "$who" "$c0" "$c1" "$l0" "$l1" "$(getconf CLK_TCK)" "$t0" "$t1" "$out" \
-    $(( (all1 - all0) - (ours1 - ours0) )) <<'PY'
+    $(( (all1 - all0) - (ours1 - ours0) )) $((z1 - z0)) <<'PY'
 import re, sys
-test, who, c0, c1, l0, l1, tck, t0, t1, path, others = sys.argv[1:]
+test, who, c0, c1, l0, l1, tck, t0, t1, path, others, core0 = sys.argv[1:]
 c0, c1, l0, l1, tck, span = int(c0), int(c1), int(l0), int(l1), int(tck), (int(t1) - int(t0)) / 1e6
 out = open(path).read()
 extra = ""
@@ -144,7 +148,8 @@ else:
 busy = (c1 - c0) / tck / span if c1 > c0 else float("nan")
 cpu = busy * 1e6 / rate if rate > 0 else float("nan")
 others = max(0, int(others)) / tck / span
-print(f"{test}\t{who}\t{rate:.0f}\t{cpu:.2f}\t{busy:.2f}\t{(l1 - l0) / tck / span:.2f}\t{others:.2f}\t{extra}")
+load = f"{(l1 - l0) / tck / span:.2f}/{int(core0) / tck / span:.2f}"
+print(f"{test}\t{who}\t{rate:.0f}\t{cpu:.2f}\t{busy:.2f}\t{load}\t{others:.2f}\t{extra}")
 PY
 }
 # load TEST TARGET (nginx|pylon|direct): the command line for one test against one target.
@@ -158,6 +163,7 @@ load() {
   local lg=("$loadgen" tls "$tls_addr" --sni bench.test --conns "$hs_conns" --duration "$dur" --warmup "$warm")
   case $1 in
     tls13-full) echo "$warm" "${lg[@]}" --tls 1.3 ;;
+    tls13-full-aes256) echo "$warm" "${lg[@]}" --tls 1.3 --suites rustls ;;
     tls13-resumed) echo "$warm" "${lg[@]}" --tls 1.3 --resume ;;
     tls12-full) echo "$warm" "${lg[@]}" --tls 1.2 ;;
     tls12-resumed) echo "$warm" "${lg[@]}" --tls 1.2 --resume ;;
@@ -168,7 +174,7 @@ load() {
   esac
 }
 results=$tmp/results; : > "$results"
-echo -e "test\ttarget\trate/s\tcpu_us/op\tbusy\tload_busy\tothers\tdetails"
+echo -e "test\ttarget\trate/s\tcpu_us/op\tbusy\tload/cpu$pin_load\tothers\tdetails"
 for r in $(seq "$rounds"); do
   for test in "${tests[@]}"; do
     case $test in
@@ -200,12 +206,12 @@ for line in open(sys.argv[1]):
     test, who, rate, cpu, busy, *_ = line.rstrip("\n").split("\t")
     rows.setdefault(test, {}).setdefault(who, []).append((float(rate), float(cpu), float(busy)))
 print("\nmedians over rounds (rate/s, proxy CPU µs per operation, proxy core busy):")
-print(f"  {'test':14s} {'nginx':>9s} {'pylon':>9s} {'ratio':>6s}   {'cpu nginx':>9s} {'cpu pylon':>9s} {'ratio':>6s}   busy n/p")
+print(f"  {'test':17s} {'nginx':>9s} {'pylon':>9s} {'ratio':>6s}   {'cpu nginx':>9s} {'cpu pylon':>9s} {'ratio':>6s}   busy n/p")
 for test, by in rows.items():
     med = {w: [st.median(c) for c in zip(*v)] for w, v in by.items()}
     n, p = med.get("nginx"), med.get("pylon")
     if not n or not p:
         continue
     direct = f"   (direct {med['direct'][0]:.0f})" if "direct" in med else ""
-    print(f"  {test:14s} {n[0]:9.0f} {p[0]:9.0f} {p[0]/n[0]:6.3f}   {n[1]:9.2f} {p[1]:9.2f} {p[1]/n[1]:6.3f}   {n[2]:.2f}/{p[2]:.2f}{direct}")
+    print(f"  {test:17s} {n[0]:9.0f} {p[0]:9.0f} {p[0]/n[0]:6.3f}   {n[1]:9.2f} {p[1]:9.2f} {p[1]/n[1]:6.3f}   {n[2]:.2f}/{p[2]:.2f}{direct}")
 PY

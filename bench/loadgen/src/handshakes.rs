@@ -35,18 +35,23 @@ pub async fn run(addr: &str, args: &Args) -> Result<String, String> {
         other => return Err(format!("--tls: `{other}` is not 1.2 or 1.3")),
     };
     let resume = args.flag("resume");
+    let suites = match args.str("suites", "browser") {
+        "browser" => Suites::Browser,
+        "rustls" => Suites::Rustls,
+        other => return Err(format!("--suites: `{other}` is not browser or rustls")),
+    };
     let conns: usize = args.num("conns", 64)?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n",
         args.str("path", "/hello")
     );
     let request: Arc<[u8]> = request.into_bytes().into();
-    let shared = client_config(version, false)?;
+    let shared = client_config(version, suites, false)?;
     let window = Window::from_args(args)?;
     let negotiated = Arc::new(Mutex::new(None));
     for _ in 0..conns {
         let connector = TlsConnector::from(if resume {
-            client_config(version, true)?
+            client_config(version, suites, true)?
         } else {
             shared.clone()
         });
@@ -155,12 +160,38 @@ async fn exchange(
     Ok(outcome)
 }
 
+/// The order in which the client offers cipher suites; the servers follow the client's.
+#[derive(Clone, Copy)]
+enum Suites {
+    /// AES-128-GCM first, as browsers do: the handshake hashes with SHA-256.
+    Browser,
+    /// rustls's default, AES-256-GCM first: SHA-384, which ring computes without SIMD on
+    /// AMD processors (its AVX code is for Intel's only).
+    Rustls,
+}
+
 /// `resume`: a session cache of this config's own, for one task.
 fn client_config(
     version: &'static rustls::SupportedProtocolVersion,
+    suites: Suites,
     resume: bool,
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    use rustls::crypto::ring::cipher_suite::*;
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Suites::Browser = suites {
+        provider.cipher_suites = vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ];
+    }
+    let provider = Arc::new(provider);
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[version])
         .map_err(|e| e.to_string())?

@@ -28,8 +28,8 @@ use std::process::ExitCode;
 use args::Args;
 
 const USAGE: &str = "usage:
-  pylon-loadgen tls ADDR [--sni NAME] [--tls 1.2|1.3] [--resume] [--conns N] [--path P]
-                         [--duration S] [--warmup S]
+  pylon-loadgen tls ADDR [--sni NAME] [--tls 1.2|1.3] [--resume] [--suites browser|rustls]
+                         [--conns N] [--path P] [--duration S] [--warmup S]
   pylon-loadgen ws ADDR [--path P] [--conns N] [--size BYTES] [--duration S] [--warmup S]
   pylon-loadgen ws-echo ADDR";
 
