@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
-use pylon_proxy::{AccessLog, Gateway, Publisher, Snapshot, TlsContext};
+use pylon_proxy::{AccessLog, ControlApi, Gateway, Publisher, Snapshot, TlsContext};
 use pylon_store::YamlStore;
 
 use node_config::NodeConfig;
@@ -74,11 +74,12 @@ fn validate(file: Option<&Path>, node_config: Option<&Path>) -> anyhow::Result<(
     let (_, config) = pylon_model::parse_standalone(&text)
         .map_err(|errors| anyhow::anyhow!("{} is not valid:\n{errors}", file.display()))?;
     println!(
-        "{}: valid ({} routes, {} services, {} upstreams)",
+        "{}: valid ({} routes, {} services, {} upstreams, {} ssls)",
         file.display(),
         config.routes.len(),
         config.services.len(),
-        config.upstreams.len()
+        config.upstreams.len(),
+        config.ssls.len()
     );
     Ok(())
 }
@@ -117,7 +118,18 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         );
         let snapshot = publisher.load().await?;
         let access_log = AccessLog::start(&node.access_log).context("access log")?;
+        // Health checkers and the control API run here, on the control runtime.
+        let control = if node.control.enabled {
+            let api = ControlApi::bind(&node.control, publisher.health()).await;
+            Some(api.with_context(|| format!("control.listen {}", node.control.listen))?)
+        } else {
+            None
+        };
         let gateway = Gateway::start(&node.proxy, cell, access_log)?;
+        if let Some(control) = control {
+            println!("pylon: control API listening on http://{}", control.local_addr()?);
+            tokio::spawn(control.serve());
+        }
 
         for addr in gateway.local_addrs() {
             println!("pylon: proxy listening on http://{addr}");

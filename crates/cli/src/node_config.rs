@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use pylon_proxy::{AccessLogSettings, ProxySettings};
+use pylon_proxy::{AccessLogSettings, ControlSettings, ProxySettings};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct NodeConfig {
     pub proxy: ProxySettings,
     pub access_log: AccessLogSettings,
+    /// The control API (`/v1/healthcheck`): loopback only, as APISIX's.
+    pub control: ControlSettings,
     pub config: ConfigSource,
     pub log: LogSettings,
 }
@@ -109,6 +111,8 @@ mod tests {
         let config = NodeConfig::parse("").unwrap();
         assert_eq!(config.proxy.listen, vec!["127.0.0.1:9080".parse().unwrap()]);
         assert_eq!(config.config.file, PathBuf::from("conf/apisix.yaml"));
+        assert_eq!(config.control.listen, "127.0.0.1:9090".parse().unwrap());
+        assert!(config.control.enabled);
     }
 
     #[test]

@@ -171,7 +171,7 @@ fn validate_accepts_a_good_file_and_lists_every_error_of_a_bad_one() {
     );
     assert_eq!(code, Some(0));
     assert!(
-        stdout.contains("valid (2 routes, 0 services, 1 upstreams)"),
+        stdout.contains("valid (2 routes, 0 services, 1 upstreams, 0 ssls)"),
         "{stdout}"
     );
 

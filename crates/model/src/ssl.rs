@@ -149,6 +149,7 @@ impl Ssl {
         self.pairs()
             .map(|(cert, key, cert_path, key_path)| {
                 load_key_pair(cert, key, &cert_path, &key_path, now)
+                    // Never empty: see `load_key_pair`.
                     .map_err(|mut errors| errors.remove(0))
             })
             .collect()
@@ -256,10 +257,19 @@ impl Ssl {
 fn server_name(path: &str, name: &str, errors: &mut Vec<FieldError>) {
     let before = errors.len();
     host_pattern(path, name, errors);
-    if errors.len() == before && name.contains([':', '[', ']']) {
+    if errors.len() > before {
+        return;
+    }
+    let unbracketed = name.trim_start_matches('[').trim_end_matches(']');
+    if unbracketed.parse::<std::net::IpAddr>().is_ok() {
         errors.push(FieldError::new(
             path,
-            format!("`{name}` is not a host name: a server name has no port or IP address"),
+            format!("`{name}` is an IP address: clients send only host names as SNI"),
+        ));
+    } else if name.contains([':', '[', ']']) {
+        errors.push(FieldError::new(
+            path,
+            format!("`{name}` is not a host name: a server name has no port"),
         ));
     }
 }
@@ -282,5 +292,268 @@ impl fmt::Debug for Ssl {
             .field("create_time", &self.create_time)
             .field("update_time", &self.update_time)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::config::Resource;
+    use crate::key::Kind;
+    use crate::test_certs::{ca_and_leaf, ecdsa, rsa, valid_between};
+
+    fn parse(value: Value) -> Result<Ssl, Vec<String>> {
+        match Resource::from_json(Kind::Ssls, &value) {
+            Ok(Resource::Ssl(ssl)) => Ok(ssl),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.0.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    fn server(names: &[&str]) -> Value {
+        let pem = ecdsa(names);
+        json!({"cert": pem.cert, "key": pem.key, "snis": names})
+    }
+
+    fn with(mut base: Value, field: &str, value: Value) -> Value {
+        base[field] = value;
+        base
+    }
+
+    #[test]
+    fn a_server_certificate_with_defaults() {
+        let ssl = parse(server(&["a.test", "*.b.test"])).unwrap();
+        assert_eq!(ssl.kind, SslType::Server);
+        assert!(ssl.is_enabled());
+        assert_eq!(
+            ssl.server_names().collect::<Vec<_>>(),
+            ["a.test", "*.b.test"]
+        );
+        assert_eq!(ssl.key_pairs().unwrap().len(), 1);
+        assert!(ssl.client_ca().is_none());
+        assert_eq!(ssl.ssl_protocols, None);
+
+        let legacy = with(server(&["a.test"]), "snis", Value::Null);
+        let legacy = parse(with(legacy, "sni", json!("a.test"))).unwrap();
+        assert_eq!(legacy.server_names().collect::<Vec<_>>(), ["a.test"]);
+    }
+
+    #[test]
+    fn rsa_and_ecdsa_certificates_for_the_same_names() {
+        let (e, r) = (ecdsa(&["a.test"]), rsa(&["a.test"]));
+        let ssl = parse(json!({
+            "id": 7, "cert": e.cert, "key": e.key, "certs": [r.cert], "keys": [r.key],
+            "snis": ["a.test"], "ssl_protocols": ["TLSv1.3", "TLSv1.2"],
+        }))
+        .unwrap();
+        assert_eq!(ssl.id.as_deref(), Some("7"));
+        assert_eq!(ssl.key_pairs().unwrap().len(), 2);
+        assert_eq!(
+            ssl.ssl_protocols,
+            Some(vec![TlsVersion::Tls13, TlsVersion::Tls12])
+        );
+    }
+
+    #[test]
+    fn key_material_errors_name_the_field() {
+        let (e, r, other) = (ecdsa(&["a.test"]), rsa(&["a.test"]), ecdsa(&["a.test"]));
+        let expired = valid_between(&["a.test"], (2000, 1, 1), (2001, 1, 1));
+        assert_eq!(
+            parse(json!({"cert": "nope", "key": other.key, "snis": ["a.test"]})).unwrap_err(),
+            ["cert: not a PEM certificate"]
+        );
+        assert_eq!(
+            parse(json!({"cert": e.cert, "key": other.key, "snis": ["a.test"]})).unwrap_err(),
+            ["key: does not match the certificate"]
+        );
+        assert_eq!(
+            parse(json!({
+                "cert": e.cert, "key": e.key, "snis": ["a.test"],
+                "certs": [r.cert, expired.cert], "keys": [r.key, expired.key],
+            }))
+            .unwrap_err(),
+            ["certs[1]: certificate expired at 2001-01-01T00:00:00Z"]
+        );
+        assert_eq!(
+            parse(json!({
+                "cert": e.cert, "key": e.key, "snis": ["a.test"],
+                "certs": [r.cert], "keys": [other.key],
+            }))
+            .unwrap_err(),
+            ["keys[0]: does not match the certificate"]
+        );
+        assert_eq!(
+            parse(json!({
+                "cert": e.cert, "key": e.key, "snis": ["a.test"],
+                "certs": [r.cert, other.cert], "keys": [r.key],
+            }))
+            .unwrap_err(),
+            ["keys: must have as many entries as certs"]
+        );
+        assert!(
+            parse(json!({"key": e.key, "snis": ["a.test"]})).unwrap_err()[0]
+                .contains("missing field `cert`")
+        );
+    }
+
+    #[test]
+    fn server_names_follow_the_host_rules_of_routes() {
+        let errors = parse(server(&[
+            "a.test",
+            "*.a.test",
+            "a.*.test",
+            "*",
+            "a.test:443",
+            "*.",
+            "127.0.0.1",
+            "[::1]",
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "snis[2]: `a.*.test` is not a host name (a leading `*.` is the only wildcard)",
+                "snis[3]: `*` is not a host name (a leading `*.` is the only wildcard)",
+                "snis[4]: `a.test:443` is not a host name: a server name has no port",
+                "snis[5]: `*.` is not a host name (a leading `*.` is the only wildcard)",
+                "snis[6]: `127.0.0.1` is an IP address: clients send only host names as SNI",
+                "snis[7]: `[::1]` is an IP address: clients send only host names as SNI",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_server_certificate_needs_names_and_one_way_to_write_them() {
+        let none = with(server(&["a.test"]), "snis", Value::Null);
+        assert_eq!(
+            parse(none.clone()).unwrap_err(),
+            ["snis: a server certificate needs at least one name (`snis` or `sni`)"]
+        );
+        assert_eq!(
+            parse(with(server(&["a.test"]), "snis", json!([]))).unwrap_err(),
+            ["snis: must not be empty"]
+        );
+        assert_eq!(
+            parse(with(server(&["a.test"]), "sni", json!("b.test"))).unwrap_err(),
+            ["sni: set `sni` or `snis`, not both"]
+        );
+        let client = parse(with(none, "type", json!("client"))).unwrap();
+        assert_eq!(client.kind, SslType::Client);
+        assert_eq!(client.server_names().count(), 0);
+    }
+
+    #[test]
+    fn client_verification() {
+        let (ca, _) = ca_and_leaf(&["a.test"]);
+        let ssl = parse(with(
+            server(&["a.test"]),
+            "client",
+            json!({"ca": ca.cert, "skip_mtls_uri_regex": ["^/health$", "/public/.*"]}),
+        ))
+        .unwrap();
+        let client = ssl.client.as_ref().unwrap();
+        assert_eq!(client.depth, 1);
+        assert_eq!(ssl.client_ca().unwrap().unwrap().len(), 1);
+
+        assert_eq!(
+            parse(with(
+                server(&["a.test"]),
+                "client",
+                json!({"ca": "nope", "depth": 2, "skip_mtls_uri_regex": ["/ok", "(open"]}),
+            ))
+            .unwrap_err()
+            .iter()
+            .map(|e| e.lines().next().unwrap_or_default())
+            .collect::<Vec<_>>(),
+            [
+                "client.ca: not a PEM certificate",
+                "client.skip_mtls_uri_regex[1]: regex `(open` does not compile: regex parse error:",
+            ]
+        );
+        assert_eq!(
+            parse(with(
+                server(&["a.test"]),
+                "client",
+                json!({"ca": ca.cert, "skip_mtls_uri_regex": []}),
+            ))
+            .unwrap_err(),
+            ["client.skip_mtls_uri_regex: must not be empty (leave it out instead)"]
+        );
+        assert!(
+            parse(with(server(&["a.test"]), "client", json!({"depth": 1}))).unwrap_err()[0]
+                .starts_with("client: missing field `ca`")
+        );
+    }
+
+    #[test]
+    fn status_type_and_protocols_are_checked() {
+        assert_eq!(
+            parse(with(server(&["a.test"]), "status", json!(2))).unwrap_err(),
+            ["status: must be 0 (disabled) or 1 (enabled)"]
+        );
+        assert!(!parse(with(server(&["a.test"]), "status", json!(0)))
+            .unwrap()
+            .is_enabled());
+        assert_eq!(
+            parse(with(
+                server(&["a.test"]),
+                "ssl_protocols",
+                json!(["TLSv1.2", "TLSv1.1"])
+            ))
+            .unwrap_err(),
+            ["ssl_protocols[1]: TLSv1.1 is not supported: use TLSv1.2 or TLSv1.3"]
+        );
+        assert_eq!(
+            parse(with(server(&["a.test"]), "ssl_protocols", json!(["tls13"]))).unwrap_err(),
+            ["ssl_protocols[0]: `tls13` is not a TLS version: use TLSv1.2 or TLSv1.3"]
+        );
+        assert_eq!(
+            parse(with(server(&["a.test"]), "ssl_protocols", json!([]))).unwrap_err(),
+            ["ssl_protocols: must list TLSv1.2, TLSv1.3 or both (leave it out for the default)"]
+        );
+        assert!(
+            parse(with(server(&["a.test"]), "type", json!("both"))).unwrap_err()[0]
+                .starts_with("type: unknown variant `both`")
+        );
+        assert!(
+            parse(with(server(&["a.test"]), "exptime", json!(1))).unwrap_err()[0]
+                .contains("unknown field `exptime`")
+        );
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let (e, r) = (ecdsa(&["a.test"]), rsa(&["a.test"]));
+        let (ca, _) = ca_and_leaf(&["a.test"]);
+        let value = json!({
+            "id": "s1", "cert": e.cert, "key": e.key, "certs": [r.cert], "keys": [r.key],
+            "snis": ["a.test", "*.a.test"], "type": "server", "status": 1,
+            "client": {"ca": ca.cert, "depth": 3, "skip_mtls_uri_regex": ["^/h"]},
+            "labels": {"env": "prod"}, "ssl_protocols": ["TLSv1.2"],
+            "create_time": 1, "update_time": 2,
+        });
+        let resource = Resource::from_json(Kind::Ssls, &value).unwrap();
+        assert_eq!(resource.to_json(), value);
+        assert_eq!(
+            Resource::from_json(Kind::Ssls, &resource.to_json()).unwrap(),
+            resource
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_keys() {
+        let (e, r) = (ecdsa(&["a.test"]), rsa(&["a.test"]));
+        let ssl = parse(json!({
+            "cert": e.cert, "key": e.key, "certs": [r.cert], "keys": [r.key], "snis": ["a.test"],
+        }))
+        .unwrap();
+        let debug = format!("{ssl:?}");
+        assert!(debug.contains("key: <redacted>, "), "{debug}");
+        assert!(debug.contains("keys: [<redacted>]"), "{debug}");
+        assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+        let debug = format!("{:?}", Resource::Ssl(ssl));
+        assert!(!debug.contains("PRIVATE KEY"), "{debug}");
     }
 }

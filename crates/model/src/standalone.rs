@@ -193,6 +193,30 @@ routes:
     }
 
     #[test]
+    fn ssls_are_read_like_every_other_kind() {
+        let pem = crate::test_certs::ecdsa(&["a.test"]);
+        let other = crate::test_certs::ecdsa(&["a.test"]);
+        // YAML takes JSON flow syntax, which spares indenting the PEM blocks.
+        let ssl = |id: &str, key: &str| serde_json::json!({"id": id, "cert": pem.cert, "key": key, "snis": ["a.test"]});
+        let (entries, config) =
+            parse_standalone(&format!("ssls:\n  - {}\n", ssl("s1", &pem.key))).unwrap();
+        assert!(entries.contains_key(&Key::new(Kind::Ssls, "s1")));
+        assert_eq!(config.ssls["s1"].key_pairs().unwrap().len(), 1);
+        assert!(config.others.is_empty());
+
+        let errors = parse_standalone(&format!(
+            "ssls:\n  - {}\n  - {}\n",
+            ssl("s1", &pem.key),
+            ssl("s2", &other.key)
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errors.to_string(),
+            "ssls[1].key: does not match the certificate"
+        );
+    }
+
+    #[test]
     fn empty_file_is_an_empty_config() {
         let (entries, config) = parse_standalone("#END\n").unwrap();
         assert!(entries.is_empty());

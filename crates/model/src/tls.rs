@@ -113,7 +113,8 @@ fn signing_key(key: &PrivateKeyDer<'_>) -> Result<Arc<dyn SigningKey>, String> {
 }
 
 /// Parses and checks one certificate chain and its key: both parse, the key is the leaf's, and
-/// the leaf is valid at `now`. Errors name `cert_path` or `key_path`; every problem is reported.
+/// the leaf is valid at `now`. Errors name `cert_path` or `key_path`; every problem is reported,
+/// so an `Err` is never empty.
 pub(crate) fn load_key_pair(
     cert: &str,
     key: &str,

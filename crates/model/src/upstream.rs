@@ -209,15 +209,20 @@ impl UpstreamTls {
     /// The client certificate and key, parsed and checked; `None` without a client
     /// certificate. Error paths are relative to `tls`.
     pub fn client_key_pair(&self) -> Option<Result<KeyPair, FieldError>> {
-        self.client_key_pair_at(SystemTime::now())
+        // Errors are never empty: every branch below, and `load_key_pair`, report one or more.
+        self.load_client_key_pair()
             .map(|r| r.map_err(|mut errors| errors.remove(0)))
     }
 
-    fn client_key_pair_at(&self, now: SystemTime) -> Option<Result<KeyPair, Vec<FieldError>>> {
+    fn load_client_key_pair(&self) -> Option<Result<KeyPair, Vec<FieldError>>> {
         match (&self.client_cert, &self.client_key) {
-            (Some(cert), Some(key)) => {
-                Some(load_key_pair(cert, key, "client_cert", "client_key", now))
-            }
+            (Some(cert), Some(key)) => Some(load_key_pair(
+                cert,
+                key,
+                "client_cert",
+                "client_key",
+                SystemTime::now(),
+            )),
             (Some(_), None) => Some(Err(vec![FieldError::new(
                 "client_key",
                 "required when tls.client_cert is set",
@@ -232,7 +237,7 @@ impl UpstreamTls {
 
     /// Every problem, with paths relative to `tls`.
     pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
-        if let Some(Err(e)) = self.client_key_pair_at(SystemTime::now()) {
+        if let Some(Err(e)) = self.load_client_key_pair() {
             errors.extend(e);
         }
     }

@@ -2,17 +2,18 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use pylon_router::RequestView;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
 use crate::forward::{self, Outcome};
 use crate::http1::{has_token, request_framing, BodyFraming, HeadError, RequestHead, ResponseHead};
+use crate::http2::{self, Rewind, Sniffed};
 use crate::relay::{read_more, write_all, RelayError};
 use crate::snapshot::RouteTarget;
 use crate::tls::{self, ClientStream, Handshake, MaybeTls};
@@ -61,17 +62,33 @@ enum HeadRead {
 /// A connection to the plain HTTP listener.
 pub(crate) async fn serve(
     worker: Rc<Worker>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     client: SocketAddr,
     local: SocketAddr,
 ) {
     // Small writes are whole messages; delaying them only adds latency.
     let _ = stream.set_nodelay(true);
-    serve_http1(worker, MaybeTls::Plain(stream), None, client, local).await;
+    // HTTP/2 with prior knowledge (h2c) is told from HTTP/1 by its first bytes.
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    match http2::sniff(&mut stream, &mut buf, worker.limits.header_timeout).await {
+        Sniffed::Http1 => {
+            serve_http1(worker, MaybeTls::Plain(stream), None, client, local, buf).await
+        }
+        Sniffed::Http2 => {
+            let peer = http2::Peer {
+                client,
+                local,
+                server_name: None,
+                tls: false,
+            };
+            http2::serve(worker, Rewind::new(buf, stream), peer).await
+        }
+        Sniffed::Closed => {}
+    }
 }
 
 /// A connection to the HTTPS listener: the handshake, with the certificate for the client's
-/// SNI in the current snapshot, then HTTP/1.1.
+/// SNI in the current snapshot, then HTTP/2 or HTTP/1.1 as ALPN chose.
 pub(crate) async fn serve_tls(
     worker: Rc<Worker>,
     stream: TcpStream,
@@ -95,7 +112,17 @@ pub(crate) async fn serve_tls(
     };
     drop(snapshot);
     let server_name = tls.get_ref().1.server_name().map(Box::from);
-    serve_http1(worker, MaybeTls::Tls(tls), server_name, client, local).await;
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let peer = http2::Peer {
+            client,
+            local,
+            server_name,
+            tls: true,
+        };
+        return http2::serve(worker, tls, peer).await;
+    }
+    let buf = BytesMut::with_capacity(8 * 1024);
+    serve_http1(worker, MaybeTls::Tls(tls), server_name, client, local, buf).await;
 }
 
 async fn serve_http1(
@@ -104,13 +131,14 @@ async fn serve_http1(
     server_name: Option<Box<str>>,
     client: SocketAddr,
     local: SocketAddr,
+    buf: BytesMut,
 ) {
     let mut conn = Downstream {
         stream,
         server_name,
         client,
         local,
-        buf: BytesMut::with_capacity(8 * 1024),
+        buf,
         head: RequestHead::default(),
         response: ResponseHead::default(),
         out: Vec::with_capacity(1024),
@@ -123,12 +151,39 @@ async fn serve_http1(
             HeadRead::Closed => return,
             HeadRead::Failed(error) => {
                 reject_unparsed(&worker, &mut conn, error).await;
-                return;
+                return linger(&mut conn.stream).await;
             }
         }
         first = false;
         if !handle(&worker, &mut conn).await || worker.is_stopping() {
-            return;
+            return linger(&mut conn.stream).await;
+        }
+    }
+}
+
+/// Closing a connection the client may still be sending on (an error before its body was
+/// read, say) must not reset it: unread bytes in the socket turn `close` into a RST, which can
+/// destroy the response before the client reads it. So, as nginx's lingering close: send a
+/// FIN first, then read and discard what still comes for a while.
+async fn linger(stream: &mut ClientStream) {
+    /// Longest wait for more bytes, for all of them, and most bytes discarded.
+    const QUIET: Duration = Duration::from_secs(1);
+    const TOTAL: Duration = Duration::from_secs(5);
+    const MAX_DISCARD: usize = 1 << 20;
+    if tokio::time::timeout(QUIET, stream.shutdown())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let deadline = Instant::now() + TOTAL;
+    let mut scratch = [0u8; 4096];
+    let mut discarded = 0;
+    while discarded < MAX_DISCARD {
+        let wait = QUIET.min(deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, stream.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
         }
     }
 }

@@ -39,17 +39,48 @@ impl GatewayError {
         }
     }
 
+    /// What the client is told, e.g. `404 Route Not Found`.
+    pub fn message(self) -> &'static str {
+        self.parts().2
+    }
+
+    /// The JSON body: `{"error_msg":"<message>"}` and a newline.
+    pub fn write_body(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"error_msg":""#);
+        out.extend_from_slice(self.message().as_bytes());
+        out.extend_from_slice(b"\"}\n");
+    }
+
+    /// The gRPC status a gRPC client gets instead (the `grpc-status` codes of
+    /// `grpc/doc/statuscodes.md`, chosen as gRPC's own HTTP-to-gRPC mapping does).
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            GatewayError::RouteNotFound => 12, // UNIMPLEMENTED
+            GatewayError::RequestTimeout | GatewayError::GatewayTimeout => 4, // DEADLINE_EXCEEDED
+            GatewayError::BadGateway | GatewayError::NoUpstreamNode => 14, // UNAVAILABLE
+            GatewayError::BadRequest | GatewayError::UriTooLong | GatewayError::HeadersTooLarge => {
+                13 // INTERNAL
+            }
+        }
+    }
+
     /// Writes the whole response into `out`; returns the body length.
     pub fn write_response(self, out: &mut Vec<u8>, close: bool) -> u64 {
-        let (status, reason, message) = self.parts();
-        let body_len = message.len() + r#"{"error_msg":""}"#.len() + 1;
+        let (status, reason, _) = self.parts();
+        let body_len = self.body_len();
         // Writing into a Vec cannot fail.
         let _ = write!(
             out,
-            "HTTP/1.1 {status} {reason}\r\nServer: Pylon\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\n{}\r\n{{\"error_msg\":\"{message}\"}}\n",
+            "HTTP/1.1 {status} {reason}\r\nServer: Pylon\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\n{}\r\n",
             if close { "Connection: close\r\n" } else { "" },
         );
+        self.write_body(out);
         body_len as u64
+    }
+
+    /// The length of what [`GatewayError::write_body`] writes.
+    pub fn body_len(self) -> usize {
+        self.message().len() + r#"{"error_msg":""}"#.len() + 1
     }
 }
 

@@ -1,14 +1,11 @@
-//! Proxying one request: pick a node, send the request, relay the response; retry on another
-//! node while that is still safe.
+//! Proxying one HTTP/1 request: pick a node, send the request, relay the response; retry on
+//! another node while that is still safe (the rules are in [`crate::attempts`]).
 //!
-//! A request is replayed only while nothing about it is lost: its body must still be in our
-//! buffer (never partly streamed), and once the upstream may have acted on it (it was sent and
-//! then timed out or the connection dropped) only idempotent methods go again. Once the first
-//! response byte has gone to the client there is no way back: a failure then aborts the client
-//! connection rather than pass off a truncated response as complete.
+//! A body is replayable only while it is still whole in our buffer, never once partly streamed.
+//! Once the first response byte has gone to the client there is no way back: a failure then
+//! aborts the client connection rather than pass off a truncated response as complete.
 
 use std::cell::Cell;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,18 +13,22 @@ use bytes::Buf;
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 
+use crate::attempts::{Attempts, Failure, UpstreamAnswer};
 use crate::connection::{respond_error, send_error, wants_keep_alive, Downstream};
 use crate::error::GatewayError;
 use crate::http1::{
     has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead,
+};
+use crate::outbound::{
+    forwards_header, push_header, upstream_host, write_forwarding_headers, RequestContext,
 };
 use crate::pool::UpstreamConn;
 use crate::relay::{read_more, write_all, Relay, RelayError};
 use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
 use crate::tls::MaybeTls;
 use crate::tunnel;
+use crate::vars::RequestFields;
 use crate::worker::Worker;
-use pylon_model::PassHost;
 
 /// How a request ended, for the connection loop and the access log.
 pub(crate) struct Outcome {
@@ -38,24 +39,19 @@ pub(crate) struct Outcome {
     pub upstream_latency: Option<Duration>,
 }
 
-/// Why one attempt failed before anything reached the client.
-struct Failure {
-    error: GatewayError,
-    /// The request may go to another node (or a fresh connection to the same one).
-    replayable: bool,
-    /// A reused idle connection failed before the upstream could have seen the request:
-    /// try again on a new connection without counting an attempt.
-    stale: bool,
-    /// The whole request reached the upstream, which may have acted on it: only an
-    /// idempotent request may go again.
-    sent: bool,
-}
-
 /// An attempt that got as far as the client: either a complete exchange or an aborted one.
 struct Delivered {
     client_reusable: bool,
     status: u16,
     bytes_sent: u64,
+    /// The status is the upstream's, not one the gateway made for a client-side failure.
+    upstream_answered: bool,
+}
+
+impl UpstreamAnswer for Delivered {
+    fn upstream_status(&self) -> Option<u16> {
+        self.upstream_answered.then_some(self.status)
+    }
 }
 
 pub(crate) async fn proxy(
@@ -65,113 +61,44 @@ pub(crate) async fn proxy(
     conn: &mut Downstream,
     framing: BodyFraming,
 ) -> Outcome {
-    let upstream = &view.snapshot.upstreams[route.upstream];
-    let balancer = &view.balancers[route.upstream];
-    let hash_key = upstream
-        .hash_key
-        .as_ref()
-        .map(|key| key.render(&conn.vars()));
+    let mut attempts = Attempts::new(view, route, &conn.vars(), conn.head.method());
+    let upstream = attempts.upstream();
+    let idempotent = attempts.idempotent();
     let body_buffered = match framing {
         BodyFraming::None => true,
         BodyFraming::Length(n) => conn.buf.len() as u64 >= n,
         BodyFraming::Chunked | BodyFraming::UntilClose => false,
     };
-    let idempotent = matches!(
-        conn.head.method(),
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    );
-    let started = Instant::now();
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last_error = GatewayError::BadGateway;
-    loop {
-        let pick = {
-            let mut state = balancer.borrow_mut();
-            let key = hash_key.as_deref().map(str::as_bytes);
-            state
-                .pick(&upstream.balancer, key, |i| tried.contains(&i))
-                // Every node was tried: retries may go round again rather than give up early.
-                .or_else(|| state.pick(&upstream.balancer, key, |_| false))
-        };
-        let Some(index) = pick else {
-            let error = if tried.is_empty() {
-                GatewayError::NoUpstreamNode
-            } else {
-                last_error
-            };
-            return respond_error(worker, conn, error, false).await;
-        };
-        let node = &upstream.nodes[index];
-        let attempt_started = Instant::now();
-        balancer.borrow_mut().on_request_start(index);
-        let result = match node.addr {
-            None => Err(Failure::before_sending(GatewayError::BadGateway)),
-            Some(addr) => {
-                let pooled = worker
-                    .pool
-                    .borrow_mut()
-                    .checkout((addr, node.pool_id), Instant::now());
-                let first =
-                    exchange(worker, conn, upstream, node, addr, pooled, route, framing).await;
-                match first {
-                    // An idle connection the upstream had already closed (the keep-alive
-                    // race): one more try on a fresh connection, not counted as an attempt.
-                    Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
-                        exchange(worker, conn, upstream, node, addr, None, route, framing).await
-                    }
-                    result => result,
+    let result = attempts
+        .run(body_buffered, async |node, addr| {
+            let pooled = worker
+                .pool
+                .borrow_mut()
+                .checkout((addr, node.pool_id), Instant::now());
+            let first = exchange(worker, conn, upstream, node, addr, pooled, route, framing).await;
+            match first {
+                // An idle connection the upstream had already closed (the keep-alive race):
+                // one more try on a fresh connection, not counted as an attempt.
+                Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
+                    exchange(worker, conn, upstream, node, addr, None, route, framing).await
                 }
+                result => result,
             }
-        };
-        let latency = attempt_started.elapsed();
-        balancer
-            .borrow_mut()
-            .on_request_end(index, latency, result.is_err());
-        match result {
-            Ok(delivered) => {
-                return Outcome {
-                    keep_alive: delivered.client_reusable,
-                    status: delivered.status,
-                    bytes_sent: delivered.bytes_sent,
-                    upstream: node.addr,
-                    upstream_latency: Some(latency),
-                }
-            }
-            Err(failure) => {
-                tracing::warn!(
-                    upstream = %upstream.key,
-                    node = ?node.addr,
-                    status = failure.error.status(),
-                    "upstream attempt failed"
-                );
-                tried.push(index);
-                last_error = failure.error;
-                let in_time = upstream.retry_timeout.is_none_or(|t| started.elapsed() < t);
-                let safe = failure.allows_retry(body_buffered, idempotent);
-                if tried.len() > upstream.retries || !in_time || !safe {
-                    let mut outcome = respond_error(worker, conn, failure.error, false).await;
-                    outcome.upstream = node.addr;
-                    outcome.upstream_latency = Some(latency);
-                    return outcome;
-                }
-            }
-        }
-    }
-}
-
-impl Failure {
-    /// Whether the request may go to another attempt: its body must still be whole in our
-    /// buffer, and a request the upstream may have acted on goes again only if idempotent.
-    fn allows_retry(&self, body_buffered: bool, idempotent: bool) -> bool {
-        self.replayable && body_buffered && (idempotent || !self.sent)
-    }
-
-    /// Nothing was sent: any request may go elsewhere.
-    fn before_sending(error: GatewayError) -> Self {
-        Failure {
-            error,
-            replayable: true,
-            stale: false,
-            sent: false,
+        })
+        .await;
+    match result {
+        Ok(done) => Outcome {
+            keep_alive: done.value.client_reusable,
+            status: done.value.status,
+            bytes_sent: done.value.bytes_sent,
+            upstream: done.node.addr,
+            upstream_latency: Some(done.latency),
+        },
+        Err(gave_up) => {
+            let mut outcome = respond_error(worker, conn, gave_up.error, false).await;
+            outcome.upstream = gave_up.node.and_then(|n| n.addr);
+            outcome.upstream_latency = gave_up.latency;
+            outcome
         }
     }
 }
@@ -204,13 +131,17 @@ async fn exchange(
     up.buf.clear();
     conn.out.clear();
     let scheme = conn.vars().scheme();
+    let client_host = conn.head.client_host();
     write_request_head(
         &mut conn.out,
         &conn.head,
-        conn.client,
-        conn.local,
-        upstream_host(&conn.head, upstream, node),
-        scheme,
+        &RequestContext {
+            client_host,
+            client: conn.client,
+            local: conn.local,
+            scheme,
+        },
+        upstream_host(client_host, upstream, node),
         framing,
         upgrade,
     );
@@ -254,6 +185,7 @@ async fn exchange(
                 client_reusable: false,
                 status: 499,
                 bytes_sent: 0,
+                upstream_answered: false,
             });
         }
         continue_sent = CONTINUE.len() as u64;
@@ -310,7 +242,7 @@ async fn exchange(
                     }
                     // The client went away: there is no one to answer.
                     Err(RelayError::Source(_)) => {
-                        return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0 });
+                        return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0, upstream_answered: false });
                     }
                     // The upstream stopped reading; it may still have answered (413, say).
                     Err(RelayError::Destination(_)) => upload_failed = true,
@@ -336,6 +268,7 @@ async fn exchange(
                     client_reusable: false,
                     status: error.status(),
                     bytes_sent: 0,
+                    upstream_answered: false,
                 });
             }
             let sent = send_error(worker, &mut client_write, out, error, false).await;
@@ -343,6 +276,7 @@ async fn exchange(
                 client_reusable: false,
                 status: error.status(),
                 bytes_sent: continue_sent + sent.unwrap_or(0),
+                upstream_answered: false,
             });
         }
     };
@@ -365,6 +299,7 @@ async fn exchange(
             client_reusable: false,
             status: 101,
             bytes_sent: continue_sent + delivered.bytes_sent + relayed.to_client,
+            upstream_answered: true,
         });
     }
     let upstream_reusable = delivered.upstream_reusable && upload_done.get() && up.buf.is_empty();
@@ -378,12 +313,13 @@ async fn exchange(
         client_reusable: delivered.client_reusable && upload_done.get(),
         status: delivered.status,
         bytes_sent: continue_sent + delivered.bytes_sent,
+        upstream_answered: true,
     })
 }
 
 /// A new connection to `node`, with the TLS handshake for TLS upstreams; both within the
 /// connect timeout.
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     upstream: &UpstreamTarget,
     node: &NodeTarget,
@@ -442,97 +378,102 @@ fn expects_continue(head: &RequestHead) -> bool {
         .is_some_and(|v| has_token(v, "100-continue"))
 }
 
-/// The `Host` the upstream gets, per `pass_host`.
-fn upstream_host<'a>(
-    head: &'a RequestHead,
-    upstream: &'a UpstreamTarget,
-    node: &'a NodeTarget,
-) -> &'a [u8] {
-    match (upstream.pass_host, head.client_host()) {
-        (PassHost::Pass, Some(host)) => host,
-        (PassHost::Rewrite, _) => upstream.upstream_host.as_deref().unwrap_or("").as_bytes(),
-        _ => node.host_header.as_bytes(),
-    }
-}
-
 /// The request head as the upstream gets it: hop-by-hop headers dropped, `Host` as given,
 /// and the `X-Forwarded-*` / `X-Real-IP` headers set.
-fn write_request_head(
+pub(crate) fn write_request_head(
     out: &mut Vec<u8>,
-    head: &RequestHead,
-    client: SocketAddr,
-    local: SocketAddr,
+    head: &impl RequestFields,
+    context: &RequestContext<'_>,
     host: &[u8],
-    scheme: &str,
     framing: BodyFraming,
     upgrade: Option<&[u8]>,
 ) {
-    let client_ip = client.ip();
     let connection = head.header("connection");
-    let client_host = head.client_host();
     out.extend_from_slice(head.method().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n");
+    // HTTP/2 may split `Cookie` into one field per cookie; HTTP/1 wants them on one line
+    // (RFC 9113 §8.2.3).
+    let join_cookies = head.protocol() == "HTTP/2.0";
+    let mut cookies = 0;
     for (name, value) in head.headers() {
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("host")
-            || name.eq_ignore_ascii_case("x-forwarded-for")
-            || is_forwarding_header(name)
-            || connection.is_some_and(|c| has_token(c, name))
-            // The gateway answers the expectation itself (see `exchange`).
-            || name.eq_ignore_ascii_case("expect") && has_token(value, "100-continue")
-        {
-            continue;
+        if join_cookies && name.eq_ignore_ascii_case("cookie") {
+            cookies += 1;
+        } else if forwards_header(name, value, connection) {
+            push_header(out, name.as_bytes(), value);
         }
-        push_header(out, name.as_bytes(), value);
     }
-    if framing == BodyFraming::Chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    if cookies > 0 {
+        out.extend_from_slice(b"Cookie: ");
+        let values = head
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"));
+        for (i, (_, value)) in values.enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(value);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        // A head whose own Content-Length went out with the others needs none; one that came
+        // without (an HTTP/2 request, whose DATA frames carry the length) gets it here.
+        BodyFraming::Length(n) if head.header("content-length").is_none() => push_header(
+            out,
+            b"Content-Length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        ),
+        _ => {}
     }
     if let Some(protocol) = upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
         push_header(out, b"Upgrade", protocol);
     }
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    // Every incoming X-Forwarded-For, in order: a list split over several header lines is
-    // still one list (RFC 9110 §5.3), and keeping only one would lose hops.
-    for (name, value) in head.headers() {
-        let value = value.trim_ascii();
-        if name.eq_ignore_ascii_case("x-forwarded-for") && !value.is_empty() {
-            out.extend_from_slice(value);
-            out.extend_from_slice(b", ");
+    write_forwarding_headers(out, head, context);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads the upstream's next response head, interim or final, into `response`; returns its
+/// length at the start of `up_buf`. `interim_seen`: an interim response came before this one,
+/// so the upstream has answered and the request must not be replayed.
+pub(crate) async fn read_response_head<R: AsyncRead + Unpin>(
+    up: &mut R,
+    up_buf: &mut bytes::BytesMut,
+    response: &mut ResponseHead,
+    max_head: usize,
+    read_timeout: Duration,
+    reused: bool,
+    interim_seen: bool,
+) -> Result<usize, Failure> {
+    loop {
+        match response.parse(up_buf, max_head) {
+            Ok(Some(len)) => return Ok(len),
+            Ok(None) => {}
+            Err(_) => return Err(Failure::bad_response()),
+        }
+        match read_more(up, up_buf, read_timeout).await {
+            Ok(n) if n > 0 => {}
+            result => {
+                let nothing_received = up_buf.is_empty() && !interim_seen;
+                let timed_out = matches!(&result, Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut);
+                return Err(Failure {
+                    error: if timed_out {
+                        GatewayError::GatewayTimeout
+                    } else {
+                        GatewayError::BadGateway
+                    },
+                    replayable: nothing_received,
+                    stale: reused && nothing_received && !timed_out,
+                    sent: true,
+                });
+            }
         }
     }
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: {scheme}\r\n"
-    );
-    if let Some(host) = client_host {
-        push_header(out, b"X-Forwarded-Host", host);
-    }
-    let _ = write!(out, "X-Forwarded-Port: {}\r\n\r\n", local.port());
-}
-
-fn is_forwarding_header(name: &str) -> bool {
-    [
-        "x-real-ip",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-port",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
-
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The response side of an exchange: reads the upstream's head, forwards interim (1xx)
@@ -589,74 +530,44 @@ impl Responder<'_> {
     {
         let mut interim_sent = 0u64;
         let head_len = loop {
-            match self.response.parse(up_buf, self.max_head) {
-                Ok(Some(len)) => {
-                    let status = self.response.status();
-                    if (100..200).contains(&status) && status != 101 {
-                        // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1
-                        // clients as they are.
-                        if !self.client_http10 {
-                            self.response_started.set(true);
-                            if write_all(client, &up_buf[..len], self.client_send_timeout)
-                                .await
-                                .is_err()
-                            {
-                                return Ok(Received::aborted(0));
-                            }
-                            interim_sent += len as u64;
-                        }
-                        up_buf.advance(len);
-                        continue;
+            let len = read_response_head(
+                up,
+                up_buf,
+                self.response,
+                self.max_head,
+                self.timeouts.read,
+                self.reused,
+                interim_sent > 0,
+            )
+            .await?;
+            let status = self.response.status();
+            if (100..200).contains(&status) && status != 101 {
+                // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as
+                // they are.
+                if !self.client_http10 {
+                    self.response_started.set(true);
+                    if write_all(client, &up_buf[..len], self.client_send_timeout)
+                        .await
+                        .is_err()
+                    {
+                        return Ok(Received::aborted(0));
                     }
-                    break len;
+                    interim_sent += len as u64;
                 }
-                Ok(None) => {}
-                Err(_) => {
-                    return Err(Failure {
-                        error: GatewayError::BadGateway,
-                        replayable: false,
-                        stale: false,
-                        sent: true,
-                    })
-                }
+                up_buf.advance(len);
+                continue;
             }
-            match read_more(up, up_buf, self.timeouts.read).await {
-                Ok(n) if n > 0 => continue,
-                result => {
-                    let nothing_received = up_buf.is_empty() && interim_sent == 0;
-                    let timed_out = matches!(&result, Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut);
-                    return Err(Failure {
-                        error: if timed_out {
-                            GatewayError::GatewayTimeout
-                        } else {
-                            GatewayError::BadGateway
-                        },
-                        replayable: nothing_received,
-                        stale: self.reused && nothing_received && !timed_out,
-                        sent: true,
-                    });
-                }
-            }
+            break len;
         };
         let status = self.response.status();
         let method = if self.method_is_head { "HEAD" } else { "GET" };
         let Ok(framing) = response_framing(self.response, method) else {
-            return Err(Failure {
-                error: GatewayError::BadGateway,
-                replayable: false,
-                stale: false,
-                sent: true,
-            });
+            return Err(Failure::bad_response());
         };
         if status == 101 {
             if !self.upgrade {
                 // A protocol switch nobody asked for: the upstream is not speaking HTTP.
-                return Err(Failure {
-                    error: GatewayError::BadGateway,
-                    replayable: false,
-                    stale: false,
-                    sent: true,
-                });
+                return Err(Failure::bad_response());
             }
             up_buf.advance(head_len);
             return self.switch_protocols(client, interim_sent).await;
@@ -769,38 +680,17 @@ mod tests {
         write_request_head(
             &mut out,
             &head,
-            "192.0.2.9:5555".parse().unwrap(),
-            "127.0.0.1:9080".parse().unwrap(),
+            &RequestContext {
+                client_host: head.client_host(),
+                client: "192.0.2.9:5555".parse().unwrap(),
+                local: "127.0.0.1:9080".parse().unwrap(),
+                scheme: "http",
+            },
             b"backend",
-            "http",
             framing,
             None,
         );
         String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn only_idempotent_requests_go_again_once_the_upstream_may_have_acted() {
-        let refused = Failure::before_sending(GatewayError::BadGateway);
-        assert!(
-            refused.allows_retry(true, false),
-            "nothing sent: a POST may go elsewhere"
-        );
-        let dropped = Failure {
-            error: GatewayError::BadGateway,
-            replayable: true,
-            stale: false,
-            sent: true,
-        };
-        assert!(dropped.allows_retry(true, true));
-        assert!(
-            !dropped.allows_retry(true, false),
-            "a POST the upstream may have acted on"
-        );
-        assert!(
-            !refused.allows_retry(false, true),
-            "a body partly streamed is gone"
-        );
     }
 
     #[test]

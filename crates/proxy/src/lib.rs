@@ -10,10 +10,15 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod attempts;
 mod connection;
+mod control;
 mod error;
 mod forward;
+mod health;
 pub mod http1;
+mod http2;
+mod outbound;
 mod pool;
 mod publish;
 mod relay;
@@ -26,6 +31,9 @@ mod vars;
 mod worker;
 
 pub use access_log::AccessLog;
+pub use control::{ControlApi, ControlSettings};
+pub use health::HealthRegistry;
+pub use http2::Http2Settings;
 pub use publish::{PublishError, Publisher};
 pub use server::Gateway;
 pub use settings::{AccessLogSettings, HttpsSettings, ProxySettings, UpstreamDefaults};

@@ -9,6 +9,7 @@ use std::time::Duration;
 use pylon_model::{Config, Key};
 use pylon_store::{ConfigStore, Event, Revision, StoreError};
 
+use crate::health::HealthRegistry;
 use crate::settings::UpstreamDefaults;
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::tls::TlsContext;
@@ -30,6 +31,7 @@ pub struct Publisher {
     tls: Arc<TlsContext>,
     entries: BTreeMap<Key, serde_json::Value>,
     revision: Revision,
+    health: Arc<HealthRegistry>,
 }
 
 impl Publisher {
@@ -46,7 +48,13 @@ impl Publisher {
             tls,
             entries: BTreeMap::new(),
             revision: 0,
+            health: Arc::default(),
         }
+    }
+
+    /// The health state of the published upstreams, for the control API.
+    pub fn health(&self) -> Arc<HealthRegistry> {
+        self.health.clone()
     }
 
     /// Lists the store and publishes what it holds.
@@ -98,8 +106,9 @@ impl Publisher {
         };
         let config = Config::from_entries(&self.entries).map_err(|e| invalid(e.to_string()))?;
         let started = std::time::Instant::now();
-        let snapshot = Snapshot::compile(&config, self.revision, &self.defaults, &self.tls)
+        let mut snapshot = Snapshot::compile(&config, self.revision, &self.defaults, &self.tls)
             .map_err(|e| invalid(e.to_string()))?;
+        self.health.attach(&mut snapshot);
         let routes = snapshot.router.len();
         self.cell.store(Arc::new(snapshot));
         tracing::info!(

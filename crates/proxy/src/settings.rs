@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::http1::HeadLimits;
+use crate::http2::Http2Settings;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +37,8 @@ pub struct ProxySettings {
     /// Used where an upstream or route sets no value of its own.
     pub upstream: UpstreamDefaults,
     pub https: HttpsSettings,
+    /// HTTP/2 from clients (h2c on `listen`, `h2` on `https.listen`) and its abuse limits.
+    pub http2: Http2Settings,
 }
 
 /// The TLS listener. Certificates come from the `ssls` resources.
@@ -95,6 +98,7 @@ impl Default for ProxySettings {
             shutdown_grace: 10.0,
             upstream: UpstreamDefaults::default(),
             https: HttpsSettings::default(),
+            http2: Http2Settings::default(),
         }
     }
 }
@@ -186,6 +190,7 @@ impl ProxySettings {
         if self.upstream.keepalive_requests == 0 {
             errors.push("proxy.upstream.keepalive_requests: must be at least 1".to_owned());
         }
+        errors.extend(self.http2.validate());
         errors
     }
 

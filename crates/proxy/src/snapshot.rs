@@ -16,6 +16,7 @@ use pylon_router::{RequestView, RouteSpec, Router};
 
 use rustls::pki_types::ServerName;
 
+use crate::health::UpstreamHealth;
 use crate::settings::{secs, UpstreamDefaults};
 use crate::tls::{server_name, SniTable, TlsContext, UpstreamTls};
 
@@ -64,6 +65,10 @@ pub struct UpstreamTarget {
     pub pool: PoolSettings,
     /// For `https` and `grpcs` upstreams.
     pub tls: Option<UpstreamTls>,
+    /// `grpc` and `grpcs` upstreams are spoken to in HTTP/2.
+    pub grpc: bool,
+    /// With `checks`: the nodes' health, shared by every worker and the checker.
+    pub(crate) health: Option<Arc<UpstreamHealth>>,
 }
 
 pub struct NodeTarget {
@@ -288,28 +293,32 @@ fn compile_upstream(
         PassHost::Rewrite => upstream.upstream_host.as_deref(),
         PassHost::Pass | PassHost::Node => None,
     };
+    let targets: Vec<NodeTarget> = nodes
+        .iter()
+        .map(|n| NodeTarget {
+            addr: resolve(&n.host, n.port),
+            host_header: if n.port == upstream.scheme.default_port() {
+                n.host.clone()
+            } else {
+                n.address()
+            },
+            tls_name: upstream_tls
+                .as_ref()
+                .and_then(|_| server_name(sni_override.unwrap_or(&n.host))),
+            pool_id: upstream_tls.as_ref().map_or(0, |t| {
+                let mut id = std::collections::hash_map::DefaultHasher::new();
+                (t.fingerprint, sni_override.unwrap_or(&n.host)).hash(&mut id);
+                id.finish() | 1
+            }),
+        })
+        .collect();
+    let health = UpstreamHealth::compile(&key, upstream, &nodes, &targets, tls)
+        .map_err(|e| CompileError(format!("{key}: checks: {e}")))?
+        .map(Arc::new);
     Ok(UpstreamTarget {
         key,
         fingerprint: fingerprint.finish(),
-        nodes: nodes
-            .iter()
-            .map(|n| NodeTarget {
-                addr: resolve(&n.host, n.port),
-                host_header: if n.port == upstream.scheme.default_port() {
-                    n.host.clone()
-                } else {
-                    n.address()
-                },
-                tls_name: upstream_tls
-                    .as_ref()
-                    .and_then(|_| server_name(sni_override.unwrap_or(&n.host))),
-                pool_id: upstream_tls.as_ref().map_or(0, |t| {
-                    let mut id = std::collections::hash_map::DefaultHasher::new();
-                    (t.fingerprint, sni_override.unwrap_or(&n.host)).hash(&mut id);
-                    id.finish() | 1
-                }),
-            })
-            .collect(),
+        nodes: targets,
         balancer: BalancerSpec::new(algorithm, &node_specs),
         hash_key,
         retries,
@@ -318,6 +327,8 @@ fn compile_upstream(
         upstream_host: upstream.upstream_host.clone(),
         pool,
         tls: upstream_tls,
+        grpc: upstream.scheme.is_grpc(),
+        health,
     })
 }
 

@@ -8,8 +8,55 @@ use pylon_router::RequestView;
 
 use crate::http1::RequestHead;
 
-pub struct RequestVars<'a> {
-    pub head: &'a RequestHead,
+/// The parts of a request head that variables read, whichever protocol it came in on.
+pub trait RequestFields {
+    fn method(&self) -> &str;
+    /// The request target as received: path and query (or an HTTP/1 absolute-form URI).
+    fn target(&self) -> &str;
+    fn path(&self) -> &str;
+    fn query(&self) -> Option<&str>;
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])>;
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2.0`, as `$server_protocol` gives it.
+    fn protocol(&self) -> &'static str;
+
+    /// The first header called `name` (any case).
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
+impl RequestFields for RequestHead {
+    fn method(&self) -> &str {
+        RequestHead::method(self)
+    }
+    fn target(&self) -> &str {
+        RequestHead::target(self)
+    }
+    fn path(&self) -> &str {
+        RequestHead::path(self)
+    }
+    fn query(&self) -> Option<&str> {
+        RequestHead::query(self)
+    }
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        RequestHead::headers(self)
+    }
+    fn protocol(&self) -> &'static str {
+        if self.minor_version() == 0 {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        }
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        RequestHead::header(self, name)
+    }
+}
+
+pub struct RequestVars<'a, H = RequestHead> {
+    pub head: &'a H,
     /// The request's host, lowercased and without port.
     pub host: Option<&'a str>,
     pub client: SocketAddr,
@@ -23,7 +70,7 @@ pub struct TlsInfo<'a> {
     pub server_name: Option<&'a str>,
 }
 
-impl RequestVars<'_> {
+impl<H> RequestVars<'_, H> {
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() {
             "https"
@@ -33,7 +80,7 @@ impl RequestVars<'_> {
     }
 }
 
-impl RequestView for RequestVars<'_> {
+impl<H: RequestFields> RequestView for RequestVars<'_, H> {
     fn path(&self) -> &str {
         self.head.path()
     }
@@ -82,11 +129,7 @@ impl RequestView for RequestVars<'_> {
             "server_port" => Cow::Owned(self.local.port().to_string()),
             "scheme" => Cow::Borrowed(self.scheme()),
             "ssl_server_name" => Cow::Borrowed(self.tls?.server_name?),
-            "server_protocol" => Cow::Borrowed(if self.head.minor_version() == 0 {
-                "HTTP/1.0"
-            } else {
-                "HTTP/1.1"
-            }),
+            "server_protocol" => Cow::Borrowed(self.head.protocol()),
             _ => return None,
         })
     }

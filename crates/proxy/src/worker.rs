@@ -14,6 +14,7 @@ use tokio::sync::{futures::Notified, watch, Notify};
 use crate::access_log::AccessLog;
 use crate::connection;
 use crate::http1::HeadLimits;
+use crate::http2::{H2Upstreams, Http2Settings};
 use crate::pool::Pool;
 use crate::settings::{secs, ProxySettings};
 use crate::snapshot::{Snapshot, SnapshotCell, WorkerView};
@@ -34,6 +35,7 @@ pub(crate) struct Limits {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub handshake_timeout: Duration,
+    pub http2: Http2Settings,
 }
 
 impl Limits {
@@ -48,6 +50,7 @@ impl Limits {
             max_connections: settings.max_connections_per_worker,
             shutdown_grace: secs(settings.shutdown_grace),
             handshake_timeout: secs(settings.https.handshake_timeout),
+            http2: settings.http2.clone(),
         }
     }
 }
@@ -56,6 +59,8 @@ pub(crate) struct Worker {
     pub limits: Arc<Limits>,
     pub access_log: AccessLog,
     pub pool: RefCell<Pool>,
+    /// HTTP/2 upstream connections (gRPC), one per node.
+    pub h2_upstreams: Rc<RefCell<H2Upstreams>>,
     snapshots: RefCell<Cache<SnapshotCell, Arc<Snapshot>>>,
     view: RefCell<Option<Rc<WorkerView>>>,
     connections: Cell<usize>,
@@ -115,6 +120,7 @@ pub(crate) fn run(
             limits,
             access_log,
             pool: RefCell::default(),
+            h2_upstreams: Rc::default(),
             snapshots: RefCell::new(Cache::new(snapshots)),
             view: RefCell::default(),
             connections: Cell::new(0),

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod client;
+pub mod http2;
 pub mod tls;
 pub mod upstream;
 
@@ -23,6 +24,8 @@ pub struct Pylon {
     pub addr: SocketAddr,
     /// The HTTPS listener, when there is one.
     pub https_addr: Option<SocketAddr>,
+    /// The control API (`/v1/healthcheck`), on a free port of its own.
+    pub control: Option<SocketAddr>,
     stdout_lines: mpsc::Receiver<String>,
 }
 
@@ -49,7 +52,7 @@ impl Pylon {
             "  https:\n    listen: [\"127.0.0.1:0\"]\n"
         };
         let node = format!(
-            "proxy:\n  listen: [\"127.0.0.1:0\"]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
+            "proxy:\n  listen: [\"127.0.0.1:0\"]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
         );
         std::fs::write(dir.path().join("node.yaml"), node).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
@@ -77,7 +80,7 @@ impl Pylon {
             let _ = std::io::copy(&mut BufReader::new(stderr), &mut file);
         });
         let deadline = Instant::now() + WAIT;
-        let (mut addr, mut https_addr) = (None, None);
+        let (mut addr, mut https_addr, mut control) = (None, None, None);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -87,6 +90,10 @@ impl Pylon {
                     } else if let Some(a) = line.strip_prefix("pylon: proxy listening on https://")
                     {
                         https_addr = a.split(' ').next().and_then(|a| a.parse().ok());
+                    } else if let Some(a) =
+                        line.strip_prefix("pylon: control API listening on http://")
+                    {
+                        control = Some(a.parse().unwrap());
                     } else if line.contains(" worker(s); ") {
                         // Printed after every listener.
                         return Ok(Pylon {
@@ -94,6 +101,7 @@ impl Pylon {
                             dir,
                             addr: addr.expect("pylon printed no http listener"),
                             https_addr,
+                            control,
                             stdout_lines: rx,
                         });
                     }

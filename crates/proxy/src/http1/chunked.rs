@@ -68,10 +68,18 @@ impl ChunkedScanner {
 
     /// Scans `input`; returns how many of its bytes belong to the body (all of them unless the
     /// body ends inside `input`). `on_data` receives the decoded data bytes.
-    pub fn scan(
+    pub fn scan(&mut self, input: &[u8], on_data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+        self.scan_with_trailers(input, on_data, |_| {})
+    }
+
+    /// As [`ChunkedScanner::scan`], and `on_trailer` receives the trailer section's lines, CRLF
+    /// included, without the empty line that ends it (for a proxy that turns them into
+    /// HTTP/2 trailers).
+    pub fn scan_with_trailers(
         &mut self,
         input: &[u8],
         mut on_data: impl FnMut(&[u8]),
+        mut on_trailer: impl FnMut(u8),
     ) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
@@ -124,6 +132,7 @@ impl ChunkedScanner {
                     if self.trailer_bytes > MAX_TRAILERS {
                         return Err(ChunkError::TooLong);
                     }
+                    on_trailer(b);
                     if b == b'\n' {
                         State::TrailerStart
                     } else {
@@ -183,6 +192,24 @@ mod tests {
             assert!(done, "step {step}");
             assert_eq!(used, body.len() - 4, "step {step}");
             assert_eq!(data, b"hello0123456789");
+        }
+    }
+
+    #[test]
+    fn trailers_come_out_as_lines() {
+        let body = b"3\r\nabc\r\n0\r\nGrpc-Status: 0\r\nX-B: 2\r\n\r\nNEXT";
+        for step in 1..body.len() {
+            let mut scanner = ChunkedScanner::default();
+            let mut trailers = Vec::new();
+            for piece in body.chunks(step) {
+                scanner
+                    .scan_with_trailers(piece, |_| {}, |b| trailers.push(b))
+                    .unwrap();
+                if scanner.is_done() {
+                    break;
+                }
+            }
+            assert_eq!(trailers, b"Grpc-Status: 0\r\nX-B: 2\r\n", "step {step}");
         }
     }
 

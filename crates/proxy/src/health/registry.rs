@@ -1,0 +1,273 @@
+//! The process-wide registry of health state: carries it from one configuration version to
+//! the next, runs the active checkers, and answers the control API.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use pylon_model::{CheckType, Key};
+use serde::Serialize;
+
+use super::active::{self, Checker};
+use super::UpstreamHealth;
+use crate::snapshot::Snapshot;
+
+/// Every checked upstream of the configuration in force, by key. Only the control side
+/// (publisher, control API) takes its lock; workers reach the state through the snapshot.
+#[derive(Default)]
+pub struct HealthRegistry {
+    upstreams: Mutex<BTreeMap<String, Checked>>,
+}
+
+struct Checked {
+    health: Arc<UpstreamHealth>,
+    /// Held for its `Drop`, which stops the probes.
+    _checker: Option<Checker>,
+}
+
+impl HealthRegistry {
+    /// Gives each checked upstream of `snapshot`, before it is published, the state to use:
+    /// carried over from the version in force where its nodes and checks allow it (see the
+    /// module doc of [`crate::health`]). Starts, restarts and stops active checkers to
+    /// match. Must run on the control runtime: checkers are spawned on it.
+    pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
+        let mut upstreams = self.lock();
+        let mut previous = std::mem::take(&mut *upstreams);
+        for upstream in &mut snapshot.upstreams {
+            let Some(fresh) = &upstream.health else {
+                continue;
+            };
+            let old = previous.remove(&upstream.key);
+            let (health, restart) = fresh.carry_from(old.as_ref().map(|c| &c.health));
+            let checked = match old {
+                Some(old) if !restart => old,
+                _ => {
+                    let checker = active::start(&health);
+                    tracing::info!(
+                        upstream = %upstream.key,
+                        nodes = health.nodes.len(),
+                        active = checker.is_some(),
+                        "health checks (re)started"
+                    );
+                    Checked {
+                        health: health.clone(),
+                        _checker: checker,
+                    }
+                }
+            };
+            upstream.health = Some(health);
+            upstreams.insert(upstream.key.clone(), checked);
+        }
+        for key in previous.keys() {
+            tracing::info!(upstream = %key, "health checks stopped");
+        }
+    }
+
+    /// The control API's `GET /v1/healthcheck`: every checked upstream.
+    pub(crate) fn report_all(&self) -> Vec<UpstreamReport> {
+        self.lock()
+            .values()
+            .map(|checked| UpstreamReport::of(&checked.health))
+            .collect()
+    }
+
+    /// The control API's `GET /v1/healthcheck/<kind>/<id>`, for the upstream at `key`.
+    pub(crate) fn report(&self, key: &str) -> Option<UpstreamReport> {
+        self.lock()
+            .get(key)
+            .map(|checked| UpstreamReport::of(&checked.health))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Checked>> {
+        // The map stays consistent whatever a panicking holder was doing: each insert is whole.
+        self.upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One upstream's health as the control API shows it (APISIX's format).
+#[derive(Debug, Serialize)]
+pub(crate) struct UpstreamReport {
+    /// The store key of the resource that defines the upstream: `/pylon/upstreams/1`.
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    nodes: Vec<NodeReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeReport {
+    ip: String,
+    port: u16,
+    /// The host as configured (a name or the IP again).
+    hostname: String,
+    /// `healthy`, `mostly_healthy`, `mostly_unhealthy` or `unhealthy`.
+    status: &'static str,
+    counter: Counter,
+    /// RFC 3339, UTC; `null` while the node has kept the status it started with.
+    status_changed_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Counter {
+    success: u16,
+    http_failure: u16,
+    tcp_failure: u16,
+    timeout_failure: u16,
+}
+
+impl UpstreamReport {
+    fn of(health: &UpstreamHealth) -> Self {
+        let nodes = health
+            .nodes
+            .iter()
+            .map(|node| {
+                let status = node.health.status();
+                NodeReport {
+                    ip: node
+                        .addr
+                        .map_or_else(|| node.host.clone(), |a| a.ip().to_string()),
+                    port: node.port,
+                    hostname: node.host.clone(),
+                    status: status.label(),
+                    counter: Counter {
+                        success: status.success,
+                        http_failure: status.http_failure,
+                        tcp_failure: status.tcp_failure,
+                        timeout_failure: status.timeout_failure,
+                    },
+                    status_changed_at: status.changed_at_ms.map(|ms| {
+                        let at = UNIX_EPOCH + Duration::from_millis(ms);
+                        humantime::format_rfc3339_millis(at).to_string()
+                    }),
+                }
+            })
+            .collect();
+        Self {
+            name: format!("{}/{}", Key::DEFAULT_PREFIX, health.config.key),
+            kind: match health.kind() {
+                CheckType::Http => "http",
+                CheckType::Https => "https",
+                CheckType::Tcp => "tcp",
+            },
+            nodes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::status::Outcome;
+    use crate::settings::UpstreamDefaults;
+    use crate::tls::TlsContext;
+
+    /// A snapshot of upstream `u` with `nodes`, `checks` (YAML flow), and routes `/a` (and
+    /// `/b` with `extra_route`) to it.
+    fn snapshot(nodes: &str, checks: &str, extra_route: bool) -> Snapshot {
+        let mut text = format!(
+            "upstreams:\n  - {{id: u, nodes: {nodes}, checks: {checks}}}\nroutes:\n  - {{id: r, uri: /a, upstream_id: u}}\n"
+        );
+        if extra_route {
+            text.push_str("  - {id: r2, uri: /b, upstream_id: u}\n");
+        }
+        let config = pylon_model::parse_standalone(&text).unwrap().1;
+        let tls = TlsContext::new(None, None).unwrap();
+        Snapshot::compile(&config, 1, &UpstreamDefaults::default(), &tls).unwrap()
+    }
+
+    /// Passive checks take a node out at the first failure. (The active checks they need
+    /// never run: these tests do not yield to the runtime the checkers are spawned on.)
+    const PASSIVE: &str = "{active: {type: tcp}, passive: {unhealthy: {http_failures: 1}}}";
+    const TWO: &str = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
+
+    fn health(snapshot: &Snapshot) -> &Arc<UpstreamHealth> {
+        snapshot.upstreams[0].health.as_ref().unwrap()
+    }
+
+    fn take_down(snapshot: &Snapshot, node: usize) {
+        let health = health(snapshot);
+        let limits = health.config.passive.as_ref().unwrap().thresholds;
+        health.record(node, Outcome::HttpFailure, &limits, "test");
+        assert!(health.is_down(node));
+    }
+
+    #[tokio::test]
+    async fn state_survives_a_change_that_leaves_nodes_and_checks_alone() {
+        let registry = HealthRegistry::default();
+        let mut v1 = snapshot(TWO, PASSIVE, false);
+        registry.attach(&mut v1);
+        take_down(&v1, 1);
+
+        let mut v2 = snapshot(TWO, PASSIVE, true);
+        registry.attach(&mut v2);
+        assert!(Arc::ptr_eq(health(&v1), health(&v2)));
+        assert!(health(&v2).is_down(1));
+    }
+
+    #[tokio::test]
+    async fn nodes_that_stay_keep_their_state_when_others_come_and_go() {
+        let registry = HealthRegistry::default();
+        let mut v1 = snapshot(TWO, PASSIVE, false);
+        registry.attach(&mut v1);
+        take_down(&v1, 1);
+
+        // Node :2 stays (now second of three), :1 goes, :3 comes.
+        let mut v2 = snapshot(
+            r#"{"127.0.0.1:3": 1, "127.0.0.1:2": 1, "127.0.0.1:4": 1}"#,
+            PASSIVE,
+            false,
+        );
+        registry.attach(&mut v2);
+        let nodes: Vec<_> = health(&v2).nodes.iter().map(|n| n.port).collect();
+        assert_eq!(nodes, [2, 3, 4], "nodes in balancer order");
+        assert!(health(&v2).is_down(0));
+        assert!(!health(&v2).is_down(1));
+    }
+
+    #[tokio::test]
+    async fn other_checks_start_afresh_and_removed_upstreams_go() {
+        let registry = HealthRegistry::default();
+        let mut v1 = snapshot(TWO, PASSIVE, false);
+        registry.attach(&mut v1);
+        take_down(&v1, 0);
+
+        let mut v2 = snapshot(
+            TWO,
+            "{active: {type: tcp}, passive: {unhealthy: {http_failures: 2}}}",
+            false,
+        );
+        registry.attach(&mut v2);
+        assert!(!health(&v2).is_down(0));
+        assert_eq!(registry.report_all().len(), 1);
+
+        let mut v3 = snapshot(TWO, PASSIVE, false);
+        v3.upstreams[0].health = None;
+        registry.attach(&mut v3);
+        assert!(registry.report_all().is_empty());
+        assert!(registry.report("upstreams/u").is_none());
+    }
+
+    #[tokio::test]
+    async fn reports_have_apisix_fields() {
+        let registry = HealthRegistry::default();
+        let mut v1 = snapshot(TWO, PASSIVE, false);
+        registry.attach(&mut v1);
+        take_down(&v1, 1);
+        let report = serde_json::to_value(registry.report("upstreams/u").unwrap()).unwrap();
+        assert_eq!(report["name"], "/pylon/upstreams/u");
+        assert_eq!(report["type"], "tcp");
+        let node = &report["nodes"][1];
+        assert_eq!(
+            (&node["ip"], &node["port"]),
+            (&"127.0.0.1".into(), &2.into())
+        );
+        assert_eq!(node["status"], "unhealthy");
+        assert_eq!(node["counter"]["http_failure"], 1);
+        assert_eq!(node["counter"]["success"], 0);
+        assert!(node["status_changed_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(report["nodes"][0]["status"], "healthy");
+        assert!(report["nodes"][0]["status_changed_at"].is_null());
+    }
+}

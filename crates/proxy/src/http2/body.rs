@@ -1,0 +1,341 @@
+//! Bodies over HTTP/2 streams, under flow control end to end.
+//!
+//! Sending waits for the receiver's window before each piece, so nothing piles up in a send
+//! buffer; receiving gives window back only after the bytes went on. What a relay holds is
+//! therefore bounded by the windows on either side, however large the body.
+
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{Reason, RecvStream, SendStream};
+use http::HeaderMap;
+
+use super::client::{Client, Delivered};
+use crate::attempts::Failure;
+use crate::error::GatewayError;
+
+/// Why a stream stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Halt {
+    /// The peer reset the stream.
+    Reset(Reason),
+    /// A read or a wait for window took longer than its timeout.
+    TimedOut,
+    /// The connection under the stream failed or went away.
+    Gone,
+}
+
+impl From<h2::Error> for Halt {
+    fn from(e: h2::Error) -> Self {
+        match e.reason() {
+            Some(reason) if e.is_reset() && e.is_remote() => Halt::Reset(reason),
+            _ => Halt::Gone,
+        }
+    }
+}
+
+/// Sends `data`, each piece no larger than the window the receiver has opened, waiting at
+/// most `timeout` for each opening. `end` ends the stream with the last piece.
+pub(super) async fn send_data(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+    timeout: Duration,
+) -> Result<(), Halt> {
+    if data.is_empty() {
+        return send.send_data(data, end).map_err(Halt::from);
+    }
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = loop {
+            let capacity = send.capacity();
+            if capacity > 0 {
+                break capacity;
+            }
+            match tokio::time::timeout(timeout, poll_fn(|cx| send.poll_capacity(cx))).await {
+                Err(_) => return Err(Halt::TimedOut),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(e.into()),
+                // The stream can no longer send: the receiver reset it.
+                Ok(None) => return Err(reset_reason(send).await),
+            }
+        };
+        let piece = data.split_to(granted.min(data.len()));
+        send.send_data(piece, end && data.is_empty())?;
+    }
+    Ok(())
+}
+
+/// Ends the stream: with `trailers` if there are any, else with an empty DATA frame.
+pub(super) fn finish(
+    send: &mut SendStream<Bytes>,
+    trailers: Option<HeaderMap>,
+) -> Result<(), Halt> {
+    match trailers {
+        Some(trailers) => send.send_trailers(trailers),
+        None => send.send_data(Bytes::new(), true),
+    }
+    .map_err(Halt::from)
+}
+
+async fn reset_reason(send: &mut SendStream<Bytes>) -> Halt {
+    match poll_fn(|cx| match send.poll_reset(cx) {
+        Poll::Ready(result) => Poll::Ready(Some(result)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+    {
+        Some(Ok(reason)) => Halt::Reset(reason),
+        _ => Halt::Gone,
+    }
+}
+
+/// Completes when the receiver resets the stream.
+pub(super) async fn reset_by_peer(send: &mut SendStream<Bytes>) -> Halt {
+    match poll_fn(|cx| send.poll_reset(cx)).await {
+        Ok(reason) => Halt::Reset(reason),
+        Err(e) => e.into(),
+    }
+}
+
+/// The next piece of body, waiting at most `timeout`; `None` once the data is complete (the
+/// trailers, if any, are still to be read).
+pub(super) async fn next_data(
+    recv: &mut RecvStream,
+    timeout: Duration,
+) -> Result<Option<Bytes>, Halt> {
+    match tokio::time::timeout(timeout, recv.data()).await {
+        Err(_) => Err(Halt::TimedOut),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(data))) => Ok(Some(data)),
+        Ok(Some(Err(e))) => Err(e.into()),
+    }
+}
+
+/// The trailers after the data, if the sender sent any, waiting at most `timeout`.
+pub(super) async fn trailers(
+    recv: &mut RecvStream,
+    timeout: Duration,
+) -> Result<Option<HeaderMap>, Halt> {
+    match tokio::time::timeout(timeout, recv.trailers()).await {
+        Err(_) => Err(Halt::TimedOut),
+        Ok(result) => result.map_err(Halt::from),
+    }
+}
+
+/// Gives `n` received bytes of window back to the sender: they have gone on.
+pub(super) fn release(recv: &mut RecvStream, n: usize) {
+    // Fails only when the stream is already gone, and then there is no one to give it to.
+    let _ = recv.flow_control().release_capacity(n);
+}
+
+/// Which end of a relay stopped it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PipeError {
+    Source(Halt),
+    Destination(Halt),
+}
+
+/// Relays the rest of `recv` to `send`: the data, then the trailers or the end of the stream.
+/// Returns the data bytes relayed.
+pub(super) async fn pipe(
+    recv: &mut RecvStream,
+    send: &mut SendStream<Bytes>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+) -> Result<u64, PipeError> {
+    let mut relayed = 0;
+    loop {
+        let data = tokio::select! {
+            biased;
+            halt = reset_by_peer(send) => return Err(PipeError::Destination(halt)),
+            data = next_data(recv, read_timeout) => data.map_err(PipeError::Source)?,
+        };
+        let Some(data) = data else { break };
+        let len = data.len();
+        send_data(send, data, false, write_timeout)
+            .await
+            .map_err(PipeError::Destination)?;
+        release(recv, len);
+        relayed += len as u64;
+    }
+    let trailers = trailers(recv, read_timeout)
+        .await
+        .map_err(PipeError::Source)?;
+    finish(send, trailers).map_err(PipeError::Destination)?;
+    Ok(relayed)
+}
+
+/// Most request body held before the upstream is chosen; a longer one streams as it comes.
+const PREFETCH_LIMIT: usize = 64 * 1024;
+
+/// A request body, with what of it the gateway holds before the upstream is chosen: the whole
+/// body when its declared length is within [`PREFETCH_LIMIT`] (as nginx reads a body before
+/// proxying it), else what had arrived with the head. Unary gRPC calls and small uploads are
+/// thereby whole in hand, so a failed attempt can be retried on another node, as an HTTP/1
+/// body already in the read buffer can be.
+pub(super) struct RequestBody {
+    pub recv: RecvStream,
+    early: Vec<Bytes>,
+    early_len: usize,
+    /// The whole body (and its trailers) is in hand.
+    pub complete: bool,
+    pub trailers: Option<HeaderMap>,
+    /// Early bytes whose window the client has not had back yet.
+    unreleased: usize,
+}
+
+impl RequestBody {
+    /// Reads a body of `declared` length within the limit whole (each read at most
+    /// `timeout`); of any other, takes what has already arrived without waiting.
+    pub async fn prefetch(
+        recv: RecvStream,
+        declared: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Self, Halt> {
+        let mut body = RequestBody {
+            complete: recv.is_end_stream(),
+            recv,
+            early: Vec::new(),
+            early_len: 0,
+            trailers: None,
+            unreleased: 0,
+        };
+        if declared.is_some_and(|n| n <= PREFETCH_LIMIT as u64) {
+            body.read_whole(timeout).await?;
+        } else {
+            body.take_arrived()?;
+        }
+        Ok(body)
+    }
+
+    async fn read_whole(&mut self, timeout: Duration) -> Result<(), Halt> {
+        while !self.complete {
+            match next_data(&mut self.recv, timeout).await? {
+                // The window goes back at once: what is held is bounded by the limit, and a
+                // window smaller than the body must not stall it.
+                Some(data) => {
+                    release(&mut self.recv, data.len());
+                    self.push(data);
+                }
+                None => {
+                    self.trailers = trailers(&mut self.recv, timeout).await?;
+                    self.complete = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_arrived(&mut self) -> Result<(), Halt> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        while !self.complete && self.early_len < PREFETCH_LIMIT {
+            match self.recv.poll_data(&mut cx) {
+                Poll::Ready(Some(data)) => {
+                    let data = data?;
+                    self.unreleased += data.len();
+                    self.push(data);
+                }
+                Poll::Ready(None) => {
+                    if let Poll::Ready(trailers) = self.recv.poll_trailers(&mut cx) {
+                        self.trailers = trailers?;
+                        self.complete = true;
+                    }
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, data: Bytes) {
+        self.early_len += data.len();
+        self.early.push(data);
+    }
+
+    /// The data that arrived early, in order.
+    pub fn early(&self) -> &[Bytes] {
+        &self.early
+    }
+
+    pub fn early_len(&self) -> usize {
+        self.early_len
+    }
+
+    /// Nothing at all to send after the head.
+    pub fn is_empty(&self) -> bool {
+        self.complete && self.early_len == 0 && self.trailers.is_none()
+    }
+
+    /// Gives the early data's window back to the client, once an attempt has sent it on; the
+    /// data itself stays for a retry.
+    pub fn release_early(&mut self) {
+        let n = std::mem::take(&mut self.unreleased);
+        release(&mut self.recv, n);
+    }
+}
+
+/// How an exchange ended, seen from the client's side of it.
+pub(super) enum Ended<T> {
+    /// The upstream's response went to the client (or failed before any of it did).
+    Received(Result<T, Failure>),
+    /// The client reset the stream, or its connection failed, mid-body.
+    ClientGone(Halt),
+    /// The client stalled mid-body.
+    ClientTimedOut,
+}
+
+/// Runs `download` (the response to the client) with `upload` (the rest of the request body
+/// to the upstream) beside it, until the download ends or the client's side of the upload
+/// fails. An upstream that stops taking the body does not end the exchange: it may still
+/// answer (413, say). `upload_done` is set once the whole body went up.
+pub(super) async fn with_upload<T>(
+    upload: impl Future<Output = Result<(), PipeError>>,
+    download: impl Future<Output = Result<T, Failure>>,
+    upload_done: &Cell<bool>,
+) -> Ended<T> {
+    tokio::pin!(upload, download);
+    let mut upload_failed = false;
+    loop {
+        tokio::select! {
+            sent = &mut upload, if !upload_done.get() && !upload_failed => match sent {
+                Ok(()) => upload_done.set(true),
+                Err(PipeError::Source(Halt::TimedOut)) => return Ended::ClientTimedOut,
+                Err(PipeError::Source(halt)) => return Ended::ClientGone(halt),
+                Err(PipeError::Destination(_)) => upload_failed = true,
+            },
+            received = &mut download => return Ended::Received(received.map_err(|mut f| {
+                // The body was partly streamed: it cannot be sent again.
+                f.replayable = false;
+                f
+            })),
+        }
+    }
+}
+
+impl<T> Ended<T> {
+    /// The upstream's outcome; or, when the client ended the exchange, what it got: nothing
+    /// once it is gone, a 408 for a stalled body unless a response was already under way
+    /// (that one is cut off: the stream is reset when its handles go). The client's faults
+    /// never count against the node.
+    pub fn settle(
+        self,
+        client: &mut Client,
+        head_sent: bool,
+    ) -> Result<Result<T, Failure>, Delivered> {
+        match self {
+            Ended::Received(received) => Ok(received),
+            Ended::ClientGone(halt) => {
+                client.halted(halt);
+                Err(Delivered::CLIENT_GONE)
+            }
+            Ended::ClientTimedOut if head_sent => Err(Delivered::CLIENT_GONE),
+            Ended::ClientTimedOut => Err(client.send_error(GatewayError::RequestTimeout)),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The client's side of one stream: the response head, the gateway's own errors, and noticing
+//! that the client cancelled.
+//!
+//! Gateway errors go to HTTP clients as they do over HTTP/1 (status and JSON body). A gRPC
+//! client (`content-type: application/grpc...`) gets them as a gRPC status instead, in a
+//! trailers-only response (HTTP 200 with `grpc-status` and `grpc-message`), as Envoy answers:
+//! nginx and APISIX send the bare HTTP status, which a gRPC client can only turn into a generic
+//! UNAVAILABLE or UNKNOWN with the gateway's message lost.
+
+use std::future::poll_fn;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, SendStream};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, SERVER};
+use http::{HeaderMap, Response, StatusCode};
+
+use super::body::Halt;
+use super::Connection;
+use crate::attempts::UpstreamAnswer;
+use crate::error::GatewayError;
+
+pub(super) struct Client {
+    respond: SendResponse<Bytes>,
+    conn: Rc<Connection>,
+    grpc: bool,
+    reset_recorded: bool,
+}
+
+/// What the client got, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Delivered {
+    pub status: u16,
+    /// Body bytes (an HTTP/2 head's size on the wire depends on header compression).
+    pub bytes_sent: u64,
+    /// The status is the upstream's, not the gateway's.
+    upstream_answered: bool,
+}
+
+impl Delivered {
+    /// The client went away before its response was complete (nginx's 499).
+    pub const CLIENT_GONE: Delivered = Delivered {
+        status: 499,
+        bytes_sent: 0,
+        upstream_answered: false,
+    };
+
+    /// The upstream's response, with `status`, went to the client (perhaps cut short).
+    pub fn upstream(status: u16, bytes_sent: u64) -> Self {
+        Delivered {
+            status,
+            bytes_sent,
+            upstream_answered: true,
+        }
+    }
+}
+
+impl UpstreamAnswer for Delivered {
+    fn upstream_status(&self) -> Option<u16> {
+        self.upstream_answered.then_some(self.status)
+    }
+}
+
+impl Client {
+    pub fn new(respond: SendResponse<Bytes>, conn: Rc<Connection>, grpc: bool) -> Self {
+        Client {
+            respond,
+            conn,
+            grpc,
+            reset_recorded: false,
+        }
+    }
+
+    /// Answers with the gateway's own response for `error`.
+    pub fn send_error(&mut self, error: GatewayError) -> Delivered {
+        let sent = if self.grpc {
+            self.send_grpc_status(error)
+        } else {
+            self.send_json(error)
+        };
+        match sent {
+            Ok(bytes_sent) => Delivered {
+                status: if self.grpc { 200 } else { error.status() },
+                bytes_sent,
+                upstream_answered: false,
+            },
+            Err(_) => Delivered::CLIENT_GONE,
+        }
+    }
+
+    fn send_json(&mut self, error: GatewayError) -> Result<u64, h2::Error> {
+        let mut body = Vec::with_capacity(error.body_len());
+        error.write_body(&mut body);
+        let mut head = Response::new(());
+        *head.status_mut() =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let headers = head.headers_mut();
+        headers.insert(SERVER, HeaderValue::from_static("Pylon"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let mut send = self.respond.send_response(head, false)?;
+        let len = body.len() as u64;
+        // A few dozen bytes: queued whatever the client's window, never a build-up.
+        send.send_data(Bytes::from(body), true)?;
+        Ok(len)
+    }
+
+    /// A trailers-only response (gRPC over HTTP/2, "Responses").
+    fn send_grpc_status(&mut self, error: GatewayError) -> Result<u64, h2::Error> {
+        let mut head = Response::new(());
+        let headers = head.headers_mut();
+        headers.insert(SERVER, HeaderValue::from_static("Pylon"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(error.grpc_status())),
+        );
+        // The messages are printable ASCII without `%`: nothing to percent-encode.
+        headers.insert("grpc-message", HeaderValue::from_static(error.message()));
+        self.respond.send_response(head, true)?;
+        Ok(0)
+    }
+
+    /// Sends the response head; the body follows on the returned stream unless `end`.
+    pub fn send_head(&mut self, head: Response<()>, end: bool) -> Result<SendStream<Bytes>, Halt> {
+        self.respond
+            .send_response(head, end)
+            .map_err(|e| self.halted(e.into()))
+    }
+
+    /// Sends an interim (1xx) response on; a client that cannot take it gets the final one.
+    pub fn send_interim(&mut self, status: u16, headers: HeaderMap) {
+        let Ok(status) = StatusCode::from_u16(status) else {
+            return;
+        };
+        let mut head = Response::new(());
+        *head.status_mut() = status;
+        *head.headers_mut() = headers;
+        let _ = self.respond.send_informational(head);
+    }
+
+    /// Tells a client waiting on `Expect: 100-continue` to send its body.
+    pub fn send_continue(&mut self) {
+        self.send_interim(100, HeaderMap::new());
+    }
+
+    /// Completes when the client resets the stream before the response head went out.
+    pub async fn reset(&mut self) -> Reason {
+        let reason = poll_fn(|cx| self.respond.poll_reset(cx))
+            .await
+            .unwrap_or(Reason::CANCEL);
+        self.record_reset();
+        reason
+    }
+
+    /// Notes why the stream to the client stopped; a reset by the client is counted against
+    /// the connection (once per stream).
+    pub fn halted(&mut self, halt: Halt) -> Halt {
+        if matches!(halt, Halt::Reset(_)) {
+            self.record_reset();
+        }
+        halt
+    }
+
+    fn record_reset(&mut self) {
+        if !self.reset_recorded {
+            self.reset_recorded = true;
+            self.conn.record_reset();
+        }
+    }
+}

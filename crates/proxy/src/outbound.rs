@@ -1,0 +1,96 @@
+//! What the upstream is told about a request, whichever protocol the client and the upstream
+//! speak: the `Host` per `pass_host`, which of the client's headers go on, and the forwarding
+//! headers (`X-Forwarded-*`, `X-Real-IP`) the gateway sets in place of the client's own.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use pylon_model::PassHost;
+
+use crate::http1::{has_token, is_hop_by_hop};
+use crate::snapshot::{NodeTarget, UpstreamTarget};
+use crate::vars::RequestFields;
+
+/// The `Host` (or `:authority`) the upstream gets, per `pass_host`.
+pub(crate) fn upstream_host<'a>(
+    client_host: Option<&'a [u8]>,
+    upstream: &'a UpstreamTarget,
+    node: &'a NodeTarget,
+) -> &'a [u8] {
+    match (upstream.pass_host, client_host) {
+        (PassHost::Pass, Some(host)) => host,
+        (PassHost::Rewrite, _) => upstream.upstream_host.as_deref().unwrap_or("").as_bytes(),
+        _ => node.host_header.as_bytes(),
+    }
+}
+
+/// Whether a client header goes on to the upstream. Not: hop-by-hop headers and those the
+/// client's `Connection` names, `Host` (set per `pass_host`), the forwarding headers (the
+/// gateway sets its own), and `Expect: 100-continue` (the gateway answers it itself).
+pub(crate) fn forwards_header(name: &str, value: &[u8], connection: Option<&[u8]>) -> bool {
+    !(is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case("host")
+        || is_forwarding_header(name)
+        || connection.is_some_and(|c| has_token(c, name))
+        || name.eq_ignore_ascii_case("expect") && has_token(value, "100-continue"))
+}
+
+/// Where a request came from, as the forwarding headers tell it.
+pub(crate) struct RequestContext<'a> {
+    /// The host the client asked for, as it sent it.
+    pub client_host: Option<&'a [u8]>,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    /// `http` or `https`: how the client reached the gateway.
+    pub scheme: &'a str,
+}
+
+/// Writes the forwarding headers as HTTP/1 header lines: `X-Forwarded-For` (every hop the
+/// client's own headers list, then the client), `X-Real-IP`, `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` (when the client named a host) and `X-Forwarded-Port`.
+pub(crate) fn write_forwarding_headers(
+    out: &mut Vec<u8>,
+    head: &impl RequestFields,
+    context: &RequestContext<'_>,
+) {
+    let client_ip = context.client.ip();
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    // Every incoming X-Forwarded-For, in order: a list split over several header lines is
+    // still one list (RFC 9110 §5.3), and keeping only one would lose hops.
+    for (name, value) in head.headers() {
+        let value = value.trim_ascii();
+        if name.eq_ignore_ascii_case("x-forwarded-for") && !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
+    }
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{client_ip}\r\nX-Real-IP: {client_ip}\r\nX-Forwarded-Proto: {}\r\n",
+        context.scheme
+    );
+    if let Some(host) = context.client_host {
+        push_header(out, b"X-Forwarded-Host", host);
+    }
+    let _ = write!(out, "X-Forwarded-Port: {}\r\n", context.local.port());
+}
+
+fn is_forwarding_header(name: &str) -> bool {
+    [
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
