@@ -31,6 +31,7 @@
 # env:   DURATION (whole s, default 8), WARMUP (whole s, default 1), ROUNDS (default 3), CONNS (default 50),
 #        HS_CONNS (default 64), STREAMS (default 10), WS_SIZE (default 64),
 #        SKIP_BUILD=1 (use the release binaries already in CARGO_TARGET_DIR or target/),
+#        PYLON, LOADGEN (binaries to use instead of those),
 #        KEEP=1 (leave the temporary directory, with the configs and logs),
 #        OTHERS_MAX (default 0.15), RETRIES (default 3): a measurement during which processes
 #        not started here used more than OTHERS_MAX cores is run again, up to RETRIES times;
@@ -48,7 +49,7 @@ for t in nginx wrk h2load openssl python3 curl taskset; do
   command -v $t >/dev/null || { echo "protocols: $t missing (apt-get install nginx-light wrk nghttp2-client openssl curl)" >&2; exit 2; }
 done
 [[ -n ${SKIP_BUILD:-} ]] || cargo build --release -p pylon-cli -p pylon-loadgen
-pylon=$target/release/pylon loadgen=$target/release/pylon-loadgen
+pylon=${PYLON:-$target/release/pylon} loadgen=${LOADGEN:-$target/release/pylon-loadgen}
 ncpu=$(nproc); pin_load=0; pin_proxy=$(( ncpu > 1 ? 1 : 0 ))
 tmp=$(mktemp -d); pids=()
 cleanup() {
@@ -210,7 +211,8 @@ print(f"  {'test':17s} {'nginx':>9s} {'pylon':>9s} {'ratio':>6s}   {'cpu nginx':
 for test, by in rows.items():
     med = {w: [st.median(c) for c in zip(*v)] for w, v in by.items()}
     n, p = med.get("nginx"), med.get("pylon")
-    if not n or not p:
+    if not n or not p or not n[0] or not n[1] or n[1] != n[1]:
+        print(f"  {test:17s} incomplete: {med}")
         continue
     direct = f"   (direct {med['direct'][0]:.0f})" if "direct" in med else ""
     print(f"  {test:17s} {n[0]:9.0f} {p[0]:9.0f} {p[0]/n[0]:6.3f}   {n[1]:9.2f} {p[1]:9.2f} {p[1]/n[1]:6.3f}   {n[2]:.2f}/{p[2]:.2f}{direct}")
