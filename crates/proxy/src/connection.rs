@@ -160,9 +160,22 @@ async fn serve_http1(
         }
         first = false;
         if !handle(&worker, &mut conn).await {
-            return linger(&mut conn.stream).await;
+            if client_may_still_send(&conn) {
+                linger(&mut conn.stream).await;
+            }
+            return;
         }
     }
+}
+
+/// Whether closing now could meet bytes the client is still sending: part of a body, or a next
+/// request from a client that did not ask to close. A body-less request from a client that
+/// asked to close (the common way a connection ends) leaves nothing to wait for, and lingering
+/// there would only cost a timer and a wake-up per connection.
+fn client_may_still_send(conn: &Downstream) -> bool {
+    !conn.buf.is_empty()
+        || !matches!(request_framing(&conn.head), Ok(BodyFraming::None))
+        || wants_keep_alive(&conn.head)
 }
 
 /// Closing a connection the client may still be sending on (an error before its body was
