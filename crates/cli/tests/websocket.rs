@@ -103,13 +103,23 @@ async fn the_upstream_closing_closes_the_client() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routes_without_enable_websocket_do_not_upgrade() {
-    let upstream = echo_server(None).await;
-    let pylon = Pylon::start(&routes(upstream, false, ""), "");
-    let result = tokio_tungstenite::connect_async(format!("ws://{}/ws", pylon.addr)).await;
-    // The upstream never saw an upgrade request, so it could not switch protocols.
-    assert!(result.is_err());
+#[test]
+fn routes_without_enable_websocket_do_not_upgrade() {
+    let up = support::upstream::Upstream::start("plain");
+    let pylon = Pylon::start(&routes(up.addr, false, ""), "");
+    let res = support::client::raw(
+        pylon.addr,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    // An ordinary request reaches the upstream: the upgrade headers are dropped as hop-by-hop.
+    assert_eq!(res.status, 200);
+    assert_eq!(res.text(), "plain");
+    let seen = up.received();
+    assert!(!seen[0].has_header("upgrade"));
+    assert_eq!(
+        seen[0].header("sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
