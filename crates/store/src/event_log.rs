@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use pylon_model::Key;
 use tokio::sync::mpsc;
 
-use crate::{Change, Entry, Event, Listing, Revision, StoreError, WatchStream};
+use crate::{Change, Entry, Event, Listing, Precondition, Revision, StoreError, Txn, WatchStream};
 
 /// Changes kept for watchers that fall behind; older ones must list again.
 const HISTORY: usize = 1024;
@@ -67,24 +67,65 @@ impl EventLog {
         Ok(rx)
     }
 
+    /// Applies `txn` as one revision if its conditions hold. Returns the revision after it:
+    /// unchanged when every write was a no-op.
+    pub fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
+        let mut state = self.lock();
+        if txn
+            .unchanged_since
+            .is_some_and(|since| state.revision > since)
+        {
+            return Err(StoreError::Conflict);
+        }
+        for (key, condition) in &txn.conditions {
+            let current = state.entries.get(key).map(|e| e.mod_revision);
+            let holds = match condition {
+                Precondition::Absent => current.is_none(),
+                Precondition::ModRevision(rev) => current == Some(*rev),
+            };
+            if !holds {
+                return Err(StoreError::Conflict);
+            }
+        }
+        Ok(state.apply(txn.writes).unwrap_or(state.revision))
+    }
+
     /// Applies puts (`Some`) and deletes (`None`) as one revision; returns it, or `None` when
     /// nothing actually changed.
     pub fn apply(
         &self,
         writes: impl IntoIterator<Item = (Key, Option<serde_json::Value>)>,
     ) -> Option<Revision> {
-        let mut state = self.lock();
+        self.lock().apply(writes)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way readers
+        // could misread: every mutation completes before the next statement can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn apply(
+        &mut self,
+        writes: impl IntoIterator<Item = (Key, Option<serde_json::Value>)>,
+    ) -> Option<Revision> {
+        let state = self;
         let revision = state.revision + 1;
         let mut events = Vec::new();
         for (key, value) in writes {
             match value {
                 Some(value) => {
-                    if state.entries.get(&key).is_some_and(|e| e.value == value) {
-                        continue;
-                    }
+                    let create_revision = match state.entries.get(&key) {
+                        Some(e) if e.value == value => continue,
+                        Some(e) => e.create_revision,
+                        None => revision,
+                    };
                     let entry = Entry {
                         key: key.clone(),
                         value,
+                        create_revision,
                         mod_revision: revision,
                     };
                     state.entries.insert(key, entry.clone());
@@ -112,12 +153,6 @@ impl EventLog {
             .subscribers
             .retain(|tx| tx.try_send(Ok(change.clone())).is_ok());
         Some(revision)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-updated in a way readers
-        // could misread: every mutation above completes before the next statement can panic.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -168,5 +203,34 @@ mod tests {
         }
         assert_eq!(log.watch(1).unwrap_err(), StoreError::Compacted(1));
         assert!(log.watch(log.revision()).is_ok());
+    }
+
+    #[test]
+    fn a_transaction_applies_whole_or_not_at_all() {
+        let log = EventLog::new();
+        let r1 = log.commit(Txn::put(key("1"), json!(1))).unwrap();
+        let r2 = log
+            .commit(Txn::put(key("2"), json!(2)).when(key("2"), Precondition::Absent))
+            .unwrap();
+        assert_eq!((r1, r2), (1, 2));
+        assert_eq!(log.get(&key("2")).unwrap().create_revision, 2);
+
+        let stale = Txn::delete(key("1")).unchanged_since(r1);
+        assert_eq!(log.commit(stale), Err(StoreError::Conflict));
+        let lost_update =
+            Txn::put(key("1"), json!(10)).when(key("1"), Precondition::ModRevision(0));
+        assert_eq!(log.commit(lost_update), Err(StoreError::Conflict));
+        assert_eq!(log.get(&key("1")).unwrap().value, json!(1));
+
+        let r3 = log
+            .commit(Txn::put(key("1"), json!(10)).when(key("1"), Precondition::ModRevision(1)))
+            .unwrap();
+        let entry = log.get(&key("1")).unwrap();
+        assert_eq!((entry.create_revision, entry.mod_revision), (1, r3));
+        assert_eq!(
+            log.commit(Txn::put(key("1"), json!(10))),
+            Ok(r3),
+            "a no-op keeps the revision"
+        );
     }
 }

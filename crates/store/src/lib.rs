@@ -23,7 +23,9 @@ pub type Revision = u64;
 pub struct Entry {
     pub key: Key,
     pub value: serde_json::Value,
-    /// The revision that last modified this entry.
+    /// The revision that created this entry (APISIX's `createdIndex`).
+    pub create_revision: Revision,
+    /// The revision that last modified this entry (APISIX's `modifiedIndex`).
     pub mod_revision: Revision,
 }
 
@@ -66,14 +68,51 @@ pub struct Change {
 /// What a watcher receives: changes in revision order, or the error that ended the watch.
 pub type WatchStream = mpsc::Receiver<Result<Change, StoreError>>;
 
-/// The condition a write is made under.
+/// The condition a key must meet for a transaction to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precondition {
-    None,
     /// The key must not exist.
     Absent,
     /// The key must exist and have been last modified at this revision.
     ModRevision(Revision),
+}
+
+/// A set of writes applied atomically, as one revision, only if every condition holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Txn {
+    /// Nothing written through this store may have changed after this revision: the writer
+    /// checked its change against the whole configuration as of then (references included),
+    /// and that check must still hold when it commits.
+    pub unchanged_since: Option<Revision>,
+    pub conditions: Vec<(Key, Precondition)>,
+    /// Puts (`Some`) and deletes (`None`).
+    pub writes: Vec<(Key, Option<serde_json::Value>)>,
+}
+
+impl Txn {
+    pub fn put(key: Key, value: serde_json::Value) -> Txn {
+        Txn {
+            writes: vec![(key, Some(value))],
+            ..Txn::default()
+        }
+    }
+
+    pub fn delete(key: Key) -> Txn {
+        Txn {
+            writes: vec![(key, None)],
+            ..Txn::default()
+        }
+    }
+
+    pub fn unchanged_since(mut self, revision: Revision) -> Txn {
+        self.unchanged_since = Some(revision);
+        self
+    }
+
+    pub fn when(mut self, key: Key, condition: Precondition) -> Txn {
+        self.conditions.push((key, condition));
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -83,8 +122,9 @@ pub enum StoreError {
     Compacted(Revision),
     #[error("this store is read-only: {0}")]
     ReadOnly(&'static str),
-    #[error("precondition failed for {0}")]
-    Conflict(Key),
+    /// A condition of a transaction did not hold; nothing was written.
+    #[error("the configuration changed concurrently; nothing was written")]
+    Conflict,
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
@@ -94,18 +134,16 @@ pub trait ConfigStore: Send + Sync {
     /// Every entry, at the store's current revision.
     async fn list(&self) -> Result<Listing, StoreError>;
 
+    /// One entry, as of the store's current revision.
+    async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError>;
+
     /// The changes after `after`, in order. The stream ends with [`StoreError::Compacted`] when
-    /// the store cannot serve from that revision; the reader then lists again.
+    /// the store cannot serve from that revision; the reader then lists again. It ends with
+    /// another error, or just ends, when the store is lost; the reader lists again then too.
     async fn watch(&self, after: Revision) -> Result<WatchStream, StoreError>;
 
-    /// Creates or replaces `key` if `condition` holds; returns the new revision.
-    async fn put(
-        &self,
-        key: &Key,
-        value: serde_json::Value,
-        condition: Precondition,
-    ) -> Result<Revision, StoreError>;
-
-    /// Deletes `key` if `condition` holds; returns the new revision.
-    async fn delete(&self, key: &Key, condition: Precondition) -> Result<Revision, StoreError>;
+    /// Applies `txn` if its conditions hold, or fails with [`StoreError::Conflict`] and writes
+    /// nothing. Returns the store's revision after the transaction (unchanged if every write
+    /// was a no-op). Only an acknowledged commit is durable.
+    async fn commit(&self, txn: Txn) -> Result<Revision, StoreError>;
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use pylon_model::{parse_standalone, Key, ValidationErrors};
 
-use crate::{ConfigStore, EventLog, Listing, Precondition, Revision, StoreError, WatchStream};
+use crate::{ConfigStore, Entry, EventLog, Listing, Revision, StoreError, Txn, WatchStream};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// A file modified less than this long ago is read even when its stamp did not change: file
@@ -81,18 +81,11 @@ impl ConfigStore for YamlStore {
         self.log.watch(after)
     }
 
-    async fn put(
-        &self,
-        _: &Key,
-        _: serde_json::Value,
-        _: Precondition,
-    ) -> Result<Revision, StoreError> {
-        Err(StoreError::ReadOnly(
-            "the configuration comes from a YAML file; edit the file",
-        ))
+    async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError> {
+        Ok(self.log.get(key))
     }
 
-    async fn delete(&self, _: &Key, _: Precondition) -> Result<Revision, StoreError> {
+    async fn commit(&self, _: Txn) -> Result<Revision, StoreError> {
         Err(StoreError::ReadOnly(
             "the configuration comes from a YAML file; edit the file",
         ))
@@ -300,14 +293,12 @@ mod tests {
             err.contains("routes[0].upstream_id: upstream `nope` does not exist"),
             "{err}"
         );
-        assert!(store
-            .put(
-                &Key::new(Kind::Routes, "x"),
-                serde_json::json!({}),
-                Precondition::None
-            )
-            .await
-            .is_err());
+        assert!(matches!(
+            store
+                .commit(Txn::put(Key::new(Kind::Routes, "x"), serde_json::json!({})))
+                .await,
+            Err(StoreError::ReadOnly(_))
+        ));
     }
 
     #[tokio::test]
