@@ -6,9 +6,11 @@
 #![forbid(unsafe_code)]
 
 mod event_log;
+mod replica;
 mod yaml;
 
 pub use event_log::EventLog;
+pub use replica::{Replica, View};
 pub use yaml::YamlStore;
 
 use async_trait::async_trait;

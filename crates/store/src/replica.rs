@@ -1,0 +1,404 @@
+//! A process's one local copy of the store, kept current.
+//!
+//! A [`Replica`] lists the store, then follows its watch, and whenever the watch breaks
+//! (compaction, a lost connection, an etcd restart) lists again with backoff. Everything in the
+//! process that reads configuration (the publisher that compiles snapshots, the Admin API) reads
+//! a [`View`] of it: an immutable copy at one revision, replaced as a whole on every change, so a
+//! reader never sees half of a change.
+//!
+//! With a cache file, every view taken from the store is also written to local disk, and a node
+//! whose store is unreachable at start serves the last copy it saw until the store returns.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pylon_model::Key;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{Change, ConfigStore, Entry, Event, Listing, Revision, StoreError};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The cache is rewritten at most this often: a burst of changes costs one write.
+const CACHE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The store's content at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub revision: Revision,
+    pub entries: BTreeMap<Key, Arc<Entry>>,
+    /// False while serving the local cache because the store could not be reached.
+    pub live: bool,
+}
+
+impl View {
+    fn from_listing(listing: Listing) -> View {
+        View {
+            revision: listing.revision,
+            entries: listing
+                .entries
+                .into_iter()
+                .map(|e| (e.key.clone(), Arc::new(e)))
+                .collect(),
+            live: true,
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        for event in change.events {
+            match event {
+                Event::Put(entry) => drop(self.entries.insert(entry.key.clone(), Arc::new(entry))),
+                Event::Delete { key, .. } => drop(self.entries.remove(&key)),
+            }
+        }
+        self.revision = change.revision;
+    }
+
+    /// The entries of one kind, in id order.
+    pub fn of_kind(&self, kind: pylon_model::Kind) -> impl Iterator<Item = &Arc<Entry>> {
+        let first = Key::new(kind, String::new());
+        self.entries
+            .range(first..)
+            .take_while(move |(key, _)| key.kind == kind)
+            .map(|(_, entry)| entry)
+    }
+}
+
+pub struct Replica {
+    views: watch::Receiver<Arc<View>>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    /// Lists `store` and starts following it. If the store cannot be reached and `cache` holds
+    /// a copy, starts from that copy and keeps trying the store in the background.
+    pub async fn start(
+        store: Arc<dyn ConfigStore>,
+        cache: Option<PathBuf>,
+    ) -> Result<Replica, StoreError> {
+        let view = match store.list().await {
+            Ok(listing) => View::from_listing(listing),
+            Err(e) => match cache.as_deref().map(read_cache) {
+                Some(Ok(view)) => {
+                    tracing::warn!(
+                        "config store unavailable ({e}); serving the local copy at revision {} until it returns",
+                        view.revision
+                    );
+                    view
+                }
+                Some(Err(cache_error)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{e}; and no usable local copy: {cache_error}"
+                    )))
+                }
+                None => return Err(e),
+            },
+        };
+        let live = view.live;
+        let (tx, views) = watch::channel(Arc::new(view));
+        if let Some(path) = cache {
+            tokio::spawn(keep_cache(path, views.clone()));
+        }
+        let follower = tokio::spawn(follow(store, tx, live));
+        Ok(Replica { views, follower })
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<View> {
+        self.views.borrow().clone()
+    }
+
+    /// A receiver that is told of every new view (the latest one: views in between may be
+    /// skipped, never a part of one).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<View>> {
+        self.views.clone()
+    }
+
+    /// Waits until the view has reached `revision`: a writer reads its own writes.
+    pub async fn caught_up(&self, revision: Revision) -> Arc<View> {
+        let mut views = self.views.clone();
+        let reached = views
+            .wait_for(|v| v.revision >= revision)
+            .await
+            .map(|v| v.clone());
+        // The follower never ends while the replica lives.
+        reached.unwrap_or_else(|_| self.view())
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+async fn follow(store: Arc<dyn ConfigStore>, views: watch::Sender<Arc<View>>, mut live: bool) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if live {
+            let revision = views.borrow().revision;
+            match store.watch(revision).await {
+                Ok(mut changes) => {
+                    backoff = FIRST_BACKOFF;
+                    let reason = follow_watch(&mut changes, &views).await;
+                    tracing::warn!("config watch ended: {reason}; listing again");
+                }
+                Err(e) => tracing::warn!("config watch failed: {e}; listing again"),
+            }
+        }
+        // List again, with backoff, until the store answers.
+        loop {
+            match store.list().await {
+                Ok(listing) => {
+                    let current = views.borrow().revision;
+                    if listing.revision < current {
+                        tracing::warn!(
+                            "config store revision went backwards ({current} → {}): the store was restored or replaced; taking its content as it is now",
+                            listing.revision
+                        );
+                    }
+                    views.send_replace(Arc::new(View::from_listing(listing)));
+                    live = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("config store unavailable: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Applies changes until the watch ends; returns why it ended. Changes that arrive together
+/// make one new view: a burst of thousands of events costs one copy, not thousands.
+async fn follow_watch(
+    changes: &mut crate::WatchStream,
+    views: &watch::Sender<Arc<View>>,
+) -> String {
+    while let Some(first) = changes.recv().await {
+        let mut view = View::clone(&views.borrow());
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Ok(change) if change.revision > view.revision => view.apply(change),
+                Ok(_) => {}
+                Err(e) => {
+                    views.send_replace(Arc::new(view));
+                    return e.to_string();
+                }
+            }
+            next = changes.try_recv().ok();
+        }
+        views.send_replace(Arc::new(view));
+    }
+    "the store closed it".to_owned()
+}
+
+/// The cache file's format: what [`View`] holds, as JSON.
+#[derive(Serialize, Deserialize)]
+struct CachedView {
+    revision: Revision,
+    entries: Vec<CachedEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedEntry {
+    kind: String,
+    id: String,
+    value: serde_json::Value,
+    create_revision: Revision,
+    mod_revision: Revision,
+}
+
+async fn keep_cache(path: PathBuf, mut views: watch::Receiver<Arc<View>>) {
+    loop {
+        let view = views.borrow_and_update().clone();
+        if view.live {
+            let target = path.clone();
+            let written = tokio::task::spawn_blocking(move || write_cache(&target, &view)).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!("local config copy {} not written: {e}", path.display());
+            }
+        }
+        tokio::time::sleep(CACHE_INTERVAL).await;
+        if views.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes the view to a temporary file and renames it over the cache: a crash leaves the old
+/// copy or the new one, never half of one.
+fn write_cache(path: &Path, view: &View) -> std::io::Result<()> {
+    let cached = CachedView {
+        revision: view.revision,
+        entries: view
+            .entries
+            .values()
+            .map(|e| CachedEntry {
+                kind: e.key.kind.to_string(),
+                id: e.key.id.clone(),
+                value: e.value.clone(),
+                create_revision: e.create_revision,
+                mod_revision: e.mod_revision,
+            })
+            .collect(),
+    };
+    let bytes = serde_json::to_vec(&cached)?;
+    let temp = path.with_extension("tmp");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&temp, bytes)?;
+    std::fs::File::open(&temp)?.sync_all()?;
+    std::fs::rename(&temp, path)
+}
+
+fn read_cache(path: &Path) -> Result<View, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cached: CachedView =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut entries = BTreeMap::new();
+    for e in cached.entries {
+        let kind = pylon_model::Kind::parse(&e.kind)
+            .ok_or_else(|| format!("{}: unknown kind `{}`", path.display(), e.kind))?;
+        let key = Key::new(kind, e.id);
+        let entry = Entry {
+            key: key.clone(),
+            value: e.value,
+            create_revision: e.create_revision,
+            mod_revision: e.mod_revision,
+        };
+        entries.insert(key, Arc::new(entry));
+    }
+    Ok(View {
+        revision: cached.revision,
+        entries,
+        live: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventLog, Txn, WatchStream};
+    use async_trait::async_trait;
+    use pylon_model::Kind;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An in-memory store that can be taken down and replaced, as an etcd that restarts.
+    #[derive(Default)]
+    struct Flaky {
+        log: std::sync::Mutex<Arc<EventLog>>,
+        down: AtomicBool,
+    }
+
+    impl Flaky {
+        fn log(&self) -> Arc<EventLog> {
+            self.log.lock().unwrap().clone()
+        }
+        fn check(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(StoreError::Unavailable("down".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait]
+    impl ConfigStore for Flaky {
+        async fn list(&self) -> Result<Listing, StoreError> {
+            self.check()?;
+            Ok(self.log().list())
+        }
+        async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError> {
+            self.check()?;
+            Ok(self.log().get(key))
+        }
+        async fn watch(&self, after: Revision) -> Result<WatchStream, StoreError> {
+            self.check()?;
+            self.log().watch(after)
+        }
+        async fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
+            self.check()?;
+            self.log().commit(txn)
+        }
+    }
+
+    fn route(id: &str) -> Key {
+        Key::new(Kind::Routes, id)
+    }
+
+    async fn until(replica: &Replica, what: impl Fn(&View) -> bool) -> Arc<View> {
+        let mut views = replica.subscribe();
+        let wait = views.wait_for(|v| what(v));
+        let view = tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("replica did not reach the expected view")
+            .unwrap();
+        view.clone()
+    }
+
+    #[tokio::test]
+    async fn follows_changes_and_relists_when_the_store_is_replaced() {
+        let store = Arc::new(Flaky::default());
+        store.log().apply([(route("1"), Some(json!(1)))]);
+        let replica = Replica::start(store.clone(), None).await.unwrap();
+        assert_eq!(replica.view().revision, 1);
+
+        let rev = store.commit(Txn::put(route("2"), json!(2))).await.unwrap();
+        let view = replica.caught_up(rev).await;
+        assert_eq!(view.entries.len(), 2);
+        assert_eq!(view.of_kind(Kind::Routes).count(), 2);
+
+        // A restored store: a lower revision, other content. The old watch ends with it.
+        let restored = Arc::new(EventLog::new());
+        restored.apply([(route("9"), Some(json!(9)))]);
+        let old = std::mem::replace(&mut *store.log.lock().unwrap(), restored);
+        drop(old);
+        let view = until(&replica, |v| v.entries.contains_key(&route("9"))).await;
+        assert_eq!(view.revision, 1);
+        assert_eq!(view.entries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn starts_from_the_local_copy_while_the_store_is_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("config.json");
+        let store = Arc::new(Flaky::default());
+        store
+            .log()
+            .apply([(route("1"), Some(json!({"uri": "/a"})))]);
+        {
+            let _replica = Replica::start(store.clone(), Some(cache.clone()))
+                .await
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !cache.exists() {
+                assert!(std::time::Instant::now() < deadline, "cache not written");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        store.down.store(true, Ordering::SeqCst);
+        assert!(Replica::start(store.clone(), None).await.is_err());
+        let replica = Replica::start(store.clone(), Some(cache.clone()))
+            .await
+            .unwrap();
+        let view = replica.view();
+        assert!(!view.live);
+        assert_eq!(view.entries[&route("1")].value, json!({"uri": "/a"}));
+
+        store.log().apply([(route("2"), Some(json!({})))]);
+        store.down.store(false, Ordering::SeqCst);
+        let view = until(&replica, |v| v.live).await;
+        assert_eq!(view.entries.len(), 2);
+    }
+}
