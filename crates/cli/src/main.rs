@@ -1,5 +1,7 @@
 //! `pylon`: run the gateway, validate configuration, print the version.
 
+mod admin_client;
+mod declarative;
 mod node_config;
 
 use std::path::{Path, PathBuf};
@@ -8,13 +10,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
+use pylon_admin::{AdminApi, AdminRole};
 use pylon_proxy::{
-    AccessLog, ControlApi, ControlSettings, Gateway, HandoffServer, Publisher, Snapshot, Takeover,
+    AccessLog, ControlApi, Gateway, HandoffServer, NodeStatus, Publisher, Snapshot, Takeover,
     TlsContext,
 };
-use pylon_store::YamlStore;
+use pylon_store::{ConfigStore, EmbeddedStore, EtcdStore, Keyring, Replica, YamlStore};
 
-use node_config::NodeConfig;
+use node_config::{NodeConfig, SourceKind};
 
 #[derive(Parser)]
 #[command(
@@ -50,8 +53,50 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The whole configuration as a YAML document, through a node's Admin API.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the whole configuration (standalone YAML, as conf/apisix.yaml).
+    Dump,
+    /// Show what `apply FILE` would change.
+    Diff {
+        file: PathBuf,
+        /// Also list the resources that FILE does not have, which `apply --prune` deletes.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Make the configuration what FILE says, atomically: creates and updates what differs,
+    /// leaves the rest untouched.
+    Apply {
+        file: PathBuf,
+        /// Also delete the resources that FILE does not have.
+        #[arg(long)]
+        prune: bool,
+    },
+}
+
+/// Which Admin API to talk to, and with which key.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// Node config file: the Admin API's address and key are taken from it.
+    #[arg(short, long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// The Admin API's address (host:port), instead of the node config's `admin.listen`.
+    #[arg(long, value_name = "ADDR", global = true)]
+    admin: Option<String>,
+    /// An admin key, instead of the node config's first (or the one generated in its data dir).
+    #[arg(long, env = "PYLON_API_KEY", value_name = "KEY", global = true, hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +104,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config.as_deref()),
         Command::Validate { file, config } => validate(file.as_deref(), config.as_deref()),
+        Command::Config { action, admin } => config_command(action, &admin),
         Command::Version => {
             println!("pylon {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -70,6 +116,33 @@ fn main() -> std::process::ExitCode {
             eprintln!("pylon: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+fn config_command(action: ConfigAction, target: &AdminTarget) -> anyhow::Result<()> {
+    let node = NodeConfig::load(target.config.as_deref())?;
+    let address = match &target.admin {
+        Some(address) => address.clone(),
+        None => node.admin.listen.to_string(),
+    };
+    let api_key = match &target.api_key {
+        Some(key) => key.clone(),
+        None => {
+            let mut settings = node.admin.clone();
+            settings.resolve_keys(&node.config.data_dir)?;
+            settings
+                .admin_key
+                .iter()
+                .find(|k| k.role == AdminRole::Admin)
+                .map(|k| k.key.clone())
+                .context("no admin key: pass --api-key or set admin.admin_key")?
+        }
+    };
+    let client = admin_client::AdminClient::new(&address, api_key)?;
+    match action {
+        ConfigAction::Dump => declarative::dump(&client),
+        ConfigAction::Diff { file, prune } => declarative::diff(&client, &file, prune),
+        ConfigAction::Apply { file, prune } => declarative::apply(&client, &file, prune),
     }
 }
 
@@ -100,30 +173,40 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    // The control side (config store, compiling snapshots) runs here; the workers have their
-    // own threads and runtimes.
+    // The control side (config store, compiling snapshots, the Admin and control APIs) runs
+    // here; the proxy workers have their own threads and runtimes.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = YamlStore::open(&node.config.file).await?;
-        let cell = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
-        let trusted_ca = match &node.proxy.upstream.trusted_ca {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("proxy.upstream.trusted_ca: reading {}", path.display()))?,
-            ),
-            None => None,
-        };
-        let tls = TlsContext::new(trusted_ca.as_deref(), node.proxy.https.fallback_sni.clone())
-            .context("proxy.upstream.trusted_ca")?;
-        let mut publisher = Publisher::new(
-            Arc::new(store),
-            cell.clone(),
-            node.proxy.upstream.clone(),
-            Arc::new(tls),
+        let role = node.deployment.role;
+        let node_id = node.node_id()?;
+        let store = open_store(&node).await?;
+        let cache = (node.config.source == SourceKind::Etcd)
+            .then(|| node.config.data_dir.join("etcd-copy.json"));
+        let replica = Arc::new(
+            Replica::start(store.clone(), cache)
+                .await
+                .context("reading the configuration")?,
         );
-        let snapshot = publisher.load().await?;
+        let keyring = Arc::new(keyring(&node)?);
+
+        let cell = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
+        let mut publisher = if role.proxies() {
+            let tls = tls_context(&node)?;
+            let mut publisher = Publisher::new(
+                &replica,
+                cell.clone(),
+                node.proxy.upstream.clone(),
+                Arc::new(tls),
+                keyring.clone(),
+            );
+            publisher.publish_current()?;
+            Some(publisher)
+        } else {
+            None
+        };
+        let snapshot = cell.load_full();
         let access_log = AccessLog::start(&node.access_log).context("access log")?;
         // Only now, with the configuration known to be good, is a running pylon asked for its
         // sockets: a new process that cannot start never disturbs the old one.
@@ -133,17 +216,41 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             None => None,
         };
         let mut inherited = takeover.as_mut().map(Takeover::take_listeners).unwrap_or_default();
+        let admin = if node.runs_admin() {
+            let listener = match inherited.take_admin(node.admin.listen) {
+                Some(socket) => tokio::net::TcpListener::from_std(socket)?,
+                None => tokio::net::TcpListener::bind(node.admin.listen)
+                    .await
+                    .with_context(|| format!("admin.listen {}", node.admin.listen))?,
+            };
+            let mut settings = node.admin.clone();
+            settings.resolve_keys(&node.config.data_dir)?;
+            Some(AdminApi::new(listener, settings, store.clone(), replica.clone(), keyring.clone()))
+        } else {
+            None
+        };
         // Health checkers and the control API run here, on the control runtime.
+        let status = NodeStatus {
+            id: node_id.clone(),
+            role: role.as_str(),
+            serving: role.proxies().then(|| cell.clone()),
+            store: replica.subscribe(),
+        };
+        let health = publisher.as_ref().map(Publisher::health).unwrap_or_default();
         let control = if node.control.enabled {
-            let api = ControlApi::bind(&node.control, &mut inherited, publisher.health()).await;
+            let api = ControlApi::bind(&node.control, &mut inherited, health, status).await;
             Some(api.with_context(|| format!("control.listen {}", node.control.listen))?)
         } else {
             None
         };
-        let mut gateway = Gateway::start(&node.proxy, cell, access_log, inherited)?;
-        let mut handoff = node
-            .handoff_socket()
-            .and_then(|path| serve_handoff(path, &mut gateway, control.as_ref(), &node.control));
+        let mut gateway = if role.proxies() {
+            Some(Gateway::start(&node.proxy, cell, access_log, inherited)?)
+        } else {
+            None
+        };
+        let mut handoff = node.handoff_socket().and_then(|path| {
+            serve_handoff(path, gateway.as_mut(), control.as_ref(), admin.as_ref(), &node)
+        });
         if let Some(takeover) = takeover {
             let (pid, count) = (takeover.pid(), takeover.socket_count());
             if let Err(e) = takeover.finish() {
@@ -151,22 +258,25 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             }
             println!("pylon: took over {count} listening socket(s) from pid {pid}");
         }
-        let control = match control {
-            Some(control) => {
-                println!("pylon: control API listening on http://{}", control.local_addr()?);
-                Some(tokio::spawn(control.serve()))
-            }
-            None => None,
-        };
-
-        for addr in gateway.local_addrs() {
-            println!("pylon: proxy listening on http://{addr}");
+        let mut tasks = Vec::new();
+        if let Some(control) = control {
+            println!("pylon: control API listening on http://{}", control.local_addr()?);
+            tasks.push(tokio::spawn(control.serve()));
         }
-        for addr in gateway.https_addrs() {
-            println!(
-                "pylon: proxy listening on https://{addr} ({} certificate(s))",
-                snapshot.certificates.len()
-            );
+        if let Some(admin) = admin {
+            println!("pylon: admin API listening on http://{}", admin.local_addr()?);
+            tasks.push(tokio::spawn(admin.serve()));
+        }
+        if let Some(gateway) = &gateway {
+            for addr in gateway.local_addrs() {
+                println!("pylon: proxy listening on http://{addr}");
+            }
+            for addr in gateway.https_addrs() {
+                println!(
+                    "pylon: proxy listening on https://{addr} ({} certificate(s))",
+                    snapshot.certificates.len()
+                );
+            }
         }
         if let Some(path) = node.handoff_socket().filter(|_| handoff.is_some()) {
             println!(
@@ -174,21 +284,25 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
                 path.display()
             );
         }
+        let view = replica.view();
         println!(
-            "pylon: {} worker(s); config from {} (reloaded on change), revision {}, {} route(s); access log: {}",
-            node.proxy.worker_count(),
-            node.config.file.display(),
-            snapshot.revision,
+            "pylon: node {node_id} ({}); {} worker(s); config from {}, revision {}, {} route(s); access log: {}",
+            role.as_str(),
+            if role.proxies() { node.proxy.worker_count() } else { 0 },
+            describe_source(&node),
+            view.revision,
             snapshot.router.len(),
             if node.access_log.enabled { node.access_log.path.as_str() } else { "off" },
         );
-        if snapshot.router.is_empty() {
-            println!(
-                "pylon: no routes yet: every request gets 404 until {} has some",
-                node.config.file.display()
-            );
+        if !view.live {
+            println!("pylon: the config store is unreachable: serving the local copy until it returns");
         }
-        let follower = tokio::spawn(publisher.follow());
+        if role.proxies() && snapshot.router.is_empty() {
+            println!("pylon: no routes yet: every request gets 404 until one is added");
+        }
+        if let Some(publisher) = publisher.take() {
+            tasks.push(tokio::spawn(publisher.follow()));
+        }
         tokio::select! {
             signal = wait_for_signal() => signal?,
             pid = successor(handoff.as_mut()) => {
@@ -199,14 +313,59 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         if let Some(handoff) = handoff {
             handoff.close();
         }
-        if let Some(control) = control {
-            control.abort();
+        for task in tasks {
+            task.abort();
         }
-        follower.abort();
-        tokio::task::spawn_blocking(move || gateway.shutdown()).await?;
+        if let Some(gateway) = gateway {
+            tokio::task::spawn_blocking(move || gateway.shutdown()).await?;
+        }
         println!("pylon: stopped");
         Ok(())
     })
+}
+
+async fn open_store(node: &NodeConfig) -> anyhow::Result<Arc<dyn ConfigStore>> {
+    Ok(match node.config.source {
+        SourceKind::Yaml => Arc::new(YamlStore::open(&node.config.file).await?),
+        SourceKind::Embedded => {
+            let dir = node.config.data_dir.join("store");
+            Arc::new(EmbeddedStore::open(&dir).with_context(|| format!("config store {}", dir.display()))?)
+        }
+        SourceKind::Etcd => Arc::new(EtcdStore::new(node.config.etcd.clone()).context("config.etcd")?),
+    })
+}
+
+fn keyring(node: &NodeConfig) -> anyhow::Result<Keyring> {
+    let secrets = &node.data_encryption.keyring;
+    if !secrets.is_empty() || node.config.source != SourceKind::Embedded {
+        return Keyring::new(secrets).context("data_encryption.keyring");
+    }
+    let path = node.config.data_dir.join("keyring");
+    Keyring::load_or_generate(&path).with_context(|| format!("keyring {}", path.display()))
+}
+
+fn tls_context(node: &NodeConfig) -> anyhow::Result<TlsContext> {
+    let trusted_ca = match &node.proxy.upstream.trusted_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("proxy.upstream.trusted_ca: reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    TlsContext::new(trusted_ca.as_deref(), node.proxy.https.fallback_sni.clone())
+        .context("proxy.upstream.trusted_ca")
+}
+
+fn describe_source(node: &NodeConfig) -> String {
+    match node.config.source {
+        SourceKind::Yaml => format!("{} (reloaded on change)", node.config.file.display()),
+        SourceKind::Embedded => format!("the embedded store in {}", node.config.data_dir.display()),
+        SourceKind::Etcd => format!(
+            "etcd {} under {}",
+            node.config.etcd.endpoints.join(","),
+            node.config.etcd.prefix
+        ),
+    }
 }
 
 /// SIGTERM, SIGINT, or SIGQUIT (nginx's graceful stop, which operators send out of habit:
@@ -224,18 +383,24 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Listens on the handoff socket, ready to give a successor the proxy's and the control API's
-/// listening sockets. A failure costs only the restarts without downtime: it is logged, and
-/// the node serves on.
+/// Listens on the handoff socket, ready to give a successor the proxy's, the Admin API's and
+/// the control API's listening sockets. A failure costs only the restarts without downtime: it
+/// is logged, and the node serves on.
 fn serve_handoff(
     path: &Path,
-    gateway: &mut Gateway,
+    gateway: Option<&mut Gateway>,
     control: Option<&ControlApi>,
-    control_settings: &ControlSettings,
+    admin: Option<&AdminApi>,
+    node: &NodeConfig,
 ) -> Option<HandoffServer> {
-    let mut listeners = gateway.take_listeners();
+    let mut listeners = gateway.map(Gateway::take_listeners).unwrap_or_default();
     let started = control
-        .map_or(Ok(()), |api| api.share(control_settings, &mut listeners))
+        .map_or(Ok(()), |api| api.share(&node.control, &mut listeners))
+        .and_then(|()| {
+            admin.map_or(Ok(()), |api| {
+                listeners.share_admin(node.admin.listen, api.listener())
+            })
+        })
         .and_then(|()| HandoffServer::start(path, listeners));
     match started {
         Ok(server) => Some(server),

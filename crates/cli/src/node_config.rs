@@ -1,38 +1,114 @@
-//! The node's own settings file (listen addresses, workers, limits, timeouts, config source,
-//! logs). Every field has a default, so an empty file, or none, is a working configuration.
+//! The node's own settings file (role, listen addresses, workers, limits, timeouts, config
+//! source, Admin API, logs). Every field has a default, so an empty file, or none, is a working
+//! configuration: a traditional node on the embedded store in `./data`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use pylon_admin::AdminSettings;
 use pylon_proxy::{AccessLogSettings, ControlSettings, ProxySettings};
+use pylon_store::EtcdSettings;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
+    pub deployment: Deployment,
     pub proxy: ProxySettings,
     pub access_log: AccessLogSettings,
     /// The control API (`/v1/healthcheck`): loopback only, as APISIX's.
     pub control: ControlSettings,
     pub config: ConfigSource,
+    /// The Admin API: on traditional and control-plane nodes whose store can be written.
+    pub admin: AdminSettings,
+    pub data_encryption: DataEncryption,
     pub log: LogSettings,
 }
 
-/// Where routes, upstreams and the other resources come from.
+/// What this node does in a cluster, as APISIX's deployment roles.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Deployment {
+    pub role: Role,
+    /// Reported on `/v1/status`. Default: generated once and kept in `config.data_dir/node_id`.
+    pub node_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Proxy and Admin API.
+    #[default]
+    Traditional,
+    /// Proxy only: serves what the shared store holds, takes no writes.
+    DataPlane,
+    /// Admin API only: writes the shared store, serves no traffic.
+    ControlPlane,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Traditional => "traditional",
+            Role::DataPlane => "data_plane",
+            Role::ControlPlane => "control_plane",
+        }
+    }
+
+    pub fn proxies(self) -> bool {
+        self != Role::ControlPlane
+    }
+
+    pub fn administers(self) -> bool {
+        self != Role::DataPlane
+    }
+}
+
+/// Keys that seal SSL private keys in the store.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataEncryption {
+    /// Secrets; the first seals, all are tried to open (so a key can be rotated). Every node
+    /// of a cluster needs the same ones. Empty: on the embedded store, a secret generated
+    /// into `config.data_dir/keyring`; on etcd, required as soon as an ssl is stored.
+    pub keyring: Vec<String>,
+}
+
+/// Where routes, upstreams and the other resources come from. Relative paths are relative to
+/// the node config file's directory (or the working directory when there is none).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigSource {
     pub source: SourceKind,
-    /// The standalone YAML file, for `source: yaml`. Relative paths are relative to the node
-    /// config file's directory (or the working directory when there is none).
+    /// The node's own files: the embedded store, the last known-good copy of an etcd
+    /// configuration, the node id, a generated admin key and keyring.
+    pub data_dir: PathBuf,
+    /// The standalone YAML file, for `source: yaml`.
     pub file: PathBuf,
+    /// The cluster, for `source: etcd`.
+    pub etcd: EtcdSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
+    /// A file-backed store in `data_dir`, written through the Admin API.
     #[default]
+    Embedded,
+    /// A shared etcd cluster: every node watches one prefix.
+    Etcd,
+    /// A standalone YAML file, reloaded when it changes; the Admin API is off.
     Yaml,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Embedded => "embedded",
+            SourceKind::Etcd => "etcd",
+            SourceKind::Yaml => "yaml",
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,8 +121,10 @@ pub struct LogSettings {
 impl Default for ConfigSource {
     fn default() -> Self {
         Self {
-            source: SourceKind::Yaml,
+            source: SourceKind::Embedded,
+            data_dir: PathBuf::from("data"),
             file: PathBuf::from("conf/apisix.yaml"),
+            etcd: EtcdSettings::default(),
         }
     }
 }
@@ -72,8 +150,10 @@ impl NodeConfig {
         let mut config =
             Self::parse(&text).with_context(|| format!("{} is not valid", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        if config.config.file.is_relative() {
-            config.config.file = dir.join(&config.config.file);
+        for path in [&mut config.config.file, &mut config.config.data_dir] {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
         }
         if let Some(ca) = config
             .proxy
@@ -97,6 +177,30 @@ impl NodeConfig {
         Ok(config)
     }
 
+    /// Whether this node runs the Admin API: its role says so and its store can be written.
+    pub fn runs_admin(&self) -> bool {
+        self.deployment.role.administers() && self.config.source != SourceKind::Yaml
+    }
+
+    /// The configured node id, or the one generated on the first start.
+    pub fn node_id(&self) -> anyhow::Result<String> {
+        if let Some(id) = &self.deployment.node_id {
+            return Ok(id.clone());
+        }
+        let path = self.config.data_dir.join("node_id");
+        match std::fs::read_to_string(&path) {
+            Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        let id = generated_node_id();
+        std::fs::create_dir_all(&self.config.data_dir)
+            .and_then(|()| std::fs::write(&path, format!("{id}\n")))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(id)
+    }
+
     /// Where a new `pylon run` takes this one over; `None`: handoff turned off.
     pub fn handoff_socket(&self) -> Option<&Path> {
         self.proxy
@@ -114,12 +218,38 @@ impl NodeConfig {
             serde_path_to_error::deserialize(value)
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))?
         };
-        let errors = config.proxy.validate();
+        let mut errors = config.proxy.validate();
+        let role = config.deployment.role;
+        match (role, config.config.source) {
+            (Role::DataPlane, SourceKind::Embedded) => errors.push(
+                "deployment.role: a data_plane node serves a shared store: set config.source to etcd (or yaml)".to_owned(),
+            ),
+            (Role::ControlPlane, source) if source != SourceKind::Etcd => errors.push(format!(
+                "deployment.role: a control_plane node writes a shared store: set config.source to etcd, not {}",
+                source.as_str()
+            )),
+            _ => {}
+        }
+        if config.config.source == SourceKind::Etcd && config.config.etcd.endpoints.is_empty() {
+            errors.push("config.etcd.endpoints: at least one endpoint is needed".to_owned());
+        }
         if !errors.is_empty() {
             bail!("{}", errors.join("\n"));
         }
         Ok(config)
     }
+}
+
+/// A node id that is unique without coordination: host name, time and process id.
+fn generated_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let host = if host.is_empty() { "pylon" } else { &host };
+    format!("{host}-{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
 }
 
 #[cfg(test)]
@@ -130,7 +260,10 @@ mod tests {
     fn an_empty_file_is_the_defaults() {
         let config = NodeConfig::parse("").unwrap();
         assert_eq!(config.proxy.listen, vec!["127.0.0.1:9080".parse().unwrap()]);
-        assert_eq!(config.config.file, PathBuf::from("conf/apisix.yaml"));
+        assert_eq!(config.config.source, SourceKind::Embedded);
+        assert_eq!(config.config.data_dir, PathBuf::from("data"));
+        assert_eq!(config.deployment.role, Role::Traditional);
+        assert!(config.runs_admin());
         assert_eq!(config.control.listen, "127.0.0.1:9090".parse().unwrap());
         assert!(config.control.enabled);
     }
@@ -155,5 +288,21 @@ mod tests {
             err,
             "proxy.keepalive_timeout: must be a number of seconds > 0"
         );
+    }
+
+    #[test]
+    fn roles_need_a_store_they_can_share() {
+        let err = NodeConfig::parse("deployment:\n  role: data_plane\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("deployment.role: a data_plane node"), "{err}");
+        let err = NodeConfig::parse("deployment:\n  role: control_plane\nconfig:\n  source: yaml\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set config.source to etcd, not yaml"), "{err}");
+        let dp = NodeConfig::parse("deployment:\n  role: data_plane\nconfig:\n  source: etcd\n").unwrap();
+        assert!(dp.deployment.role.proxies() && !dp.runs_admin());
+        let yaml = NodeConfig::parse("config:\n  source: yaml\n").unwrap();
+        assert!(!yaml.runs_admin(), "a YAML file cannot be written through the Admin API");
     }
 }

@@ -184,7 +184,8 @@ impl Config {
         }
     }
 
-    pub(crate) fn insert(&mut self, key: &Key, resource: Resource) {
+    /// Adds or replaces one resource (already validated on its own).
+    pub fn insert(&mut self, key: &Key, resource: Resource) {
         let id = key.id.clone();
         match resource {
             Resource::Route(r) => drop(self.routes.insert(id, r)),
@@ -194,6 +195,20 @@ impl Config {
             Resource::PluginConfig(p) => drop(self.plugin_configs.insert(id, p)),
             Resource::Ssl(s) => drop(self.ssls.insert(id, s)),
             Resource::Other(_, v) => drop(self.others.insert(key.clone(), v)),
+        }
+    }
+
+    /// Removes one resource, if present.
+    pub fn remove(&mut self, key: &Key) {
+        let id = key.id.as_str();
+        match key.kind {
+            Kind::Routes => drop(self.routes.remove(id)),
+            Kind::Services => drop(self.services.remove(id)),
+            Kind::Upstreams => drop(self.upstreams.remove(id)),
+            Kind::GlobalRules => drop(self.global_rules.remove(id)),
+            Kind::PluginConfigs => drop(self.plugin_configs.remove(id)),
+            Kind::Ssls => drop(self.ssls.remove(id)),
+            _ => drop(self.others.remove(key)),
         }
     }
 

@@ -329,7 +329,8 @@ mod tests {
             &crate::settings::UpstreamDefaults::default(),
             &crate::tls::TlsContext::new(None, None).unwrap(),
         )
-        .unwrap();
+        .unwrap()
+        .snapshot;
         let view = WorkerView::new(std::sync::Arc::new(snapshot), None);
         let route = RouteTarget {
             id: "r".into(),
@@ -382,7 +383,8 @@ routes:
             &crate::settings::UpstreamDefaults::default(),
             &crate::tls::TlsContext::new(None, None).unwrap(),
         )
-        .unwrap();
+        .unwrap()
+        .snapshot;
         let upstream = &snapshot.upstreams[0];
         let health = upstream.health.as_ref().unwrap();
         let mut state = upstream.balancer.new_state();

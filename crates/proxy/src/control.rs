@@ -4,6 +4,8 @@
 //! for the operator on the machine (loopback by default, as APISIX's): it has no
 //! authentication, so it must never listen where traffic comes from.
 //!
+//! - `GET /v1/status`: the node's id and role, the configuration revision it serves, and the
+//!   store's: where they differ, a change is still being applied or was refused.
 //! - `GET /v1/healthcheck`: every upstream with health checks, its nodes and their status.
 //! - `GET /v1/healthcheck/<kind>/<id>`: the one defined at `<kind>/<id>` (`upstreams/1`, or
 //!   `routes/7` for an inline upstream).
@@ -14,13 +16,16 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pylon_store::View;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::handoff::{Kind, Listeners};
 use crate::health::HealthRegistry;
 use crate::http1::{HeadLimits, RequestHead};
+use crate::snapshot::SnapshotCell;
 
 /// A client has this long to send its request and take the answer.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,10 +53,40 @@ impl Default for ControlSettings {
     }
 }
 
+/// What `/v1/status` reports, read at each request.
+#[derive(Clone)]
+pub struct NodeStatus {
+    pub id: String,
+    /// `traditional`, `data_plane` or `control_plane`.
+    pub role: &'static str,
+    /// The snapshot the proxy serves; `None` on a node without a proxy (control plane).
+    pub serving: Option<SnapshotCell>,
+    /// The node's copy of the store.
+    pub store: watch::Receiver<Arc<View>>,
+}
+
+impl NodeStatus {
+    fn report(&self) -> serde_json::Value {
+        let store = self.store.borrow();
+        serde_json::json!({
+            "id": self.id,
+            "role": self.role,
+            "version": env!("CARGO_PKG_VERSION"),
+            "serving_revision": self.serving.as_ref().map(|cell| cell.load().revision),
+            "store": {
+                "revision": store.revision,
+                "resources": store.entries.len(),
+                "connected": store.live,
+            },
+        })
+    }
+}
+
 /// The control API's listener, bound and ready to serve.
 pub struct ControlApi {
     listener: TcpListener,
     health: Arc<HealthRegistry>,
+    status: Arc<NodeStatus>,
 }
 
 impl ControlApi {
@@ -61,12 +96,17 @@ impl ControlApi {
         settings: &ControlSettings,
         inherited: &mut Listeners,
         health: Arc<HealthRegistry>,
+        status: NodeStatus,
     ) -> io::Result<Self> {
         let listener = match inherited.take(settings.listen, Kind::Control).pop() {
             Some(socket) => TcpListener::from_std(socket)?,
             None => TcpListener::bind(settings.listen).await?,
         };
-        Ok(Self { listener, health })
+        Ok(Self {
+            listener,
+            health,
+            status: Arc::new(status),
+        })
     }
 
     /// Adds a copy of the listening socket to `listeners`, for a successor to take over.
@@ -85,10 +125,10 @@ impl ControlApi {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    let health = self.health.clone();
+                    let (health, status) = (self.health.clone(), self.status.clone());
                     tokio::spawn(async move {
-                        let _ =
-                            tokio::time::timeout(EXCHANGE_TIMEOUT, answer(stream, &health)).await;
+                        let exchange = answer(stream, &health, &status);
+                        let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await;
                     });
                 }
                 Err(e) => {
@@ -101,12 +141,16 @@ impl ControlApi {
     }
 }
 
-async fn answer(mut stream: TcpStream, health: &HealthRegistry) -> io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    health: &HealthRegistry,
+    status: &NodeStatus,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut head = RequestHead::default();
     let (status, body) = loop {
         match head.parse(&buf, &LIMITS) {
-            Ok(Some(_)) => break route(head.method(), head.path(), health),
+            Ok(Some(_)) => break route(head.method(), head.path(), health, status),
             Ok(None) => {}
             Err(_) => break error(400, "400 Bad Request"),
         }
@@ -127,13 +171,21 @@ async fn answer(mut stream: TcpStream, health: &HealthRegistry) -> io::Result<()
 }
 
 /// The status and JSON body for `method path`.
-fn route(method: &str, path: &str, health: &HealthRegistry) -> (u16, String) {
-    let Some(rest) = path.strip_prefix("/v1/healthcheck") else {
-        return error(404, "404 Not Found");
-    };
+fn route(
+    method: &str,
+    path: &str,
+    health: &HealthRegistry,
+    status: &NodeStatus,
+) -> (u16, String) {
     if method != "GET" {
         return error(405, "405 Method Not Allowed");
     }
+    if path == "/v1/status" {
+        return (200, status.report().to_string());
+    }
+    let Some(rest) = path.strip_prefix("/v1/healthcheck") else {
+        return error(404, "404 Not Found");
+    };
     let json = match rest {
         "" | "/" => serde_json::to_string(&health.report_all()),
         _ => {
@@ -172,21 +224,49 @@ fn reason(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
+    fn status(view: View) -> NodeStatus {
+        NodeStatus {
+            id: "node-1".into(),
+            role: "control_plane",
+            serving: None,
+            store: watch::channel(Arc::new(view)).1,
+        }
+    }
+
     #[test]
     fn unknown_paths_and_upstreams_are_json_404s() {
         let health = HealthRegistry::default();
-        assert_eq!(route("GET", "/v1/healthcheck", &health), (200, "[]".into()));
+        let status = status(View::default());
+        let route = |method, path| route(method, path, &health, &status);
+        assert_eq!(route("GET", "/v1/healthcheck"), (200, "[]".into()));
         assert_eq!(
-            route("GET", "/v1/schema", &health),
+            route("GET", "/v1/schema"),
             (404, r#"{"error_msg":"404 Not Found"}"#.into())
         );
         assert_eq!(
-            route("GET", "/v1/healthcheck/upstreams/1", &health),
+            route("GET", "/v1/healthcheck/upstreams/1"),
             (
                 404,
                 r#"{"error_msg":"no health checker for upstreams/1"}"#.into()
             )
         );
-        assert_eq!(route("POST", "/v1/healthcheck", &health).0, 405);
+        assert_eq!(route("POST", "/v1/healthcheck").0, 405);
+    }
+
+    #[test]
+    fn status_names_the_node_and_its_revisions() {
+        let view = View {
+            revision: 42,
+            live: true,
+            ..View::default()
+        };
+        let (code, body) = route("GET", "/v1/status", &HealthRegistry::default(), &status(view));
+        assert_eq!(code, 200);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["id"], "node-1");
+        assert_eq!(body["role"], "control_plane");
+        assert_eq!(body["serving_revision"], serde_json::Value::Null);
+        assert_eq!(body["store"]["revision"], 42);
+        assert_eq!(body["store"]["connected"], true);
     }
 }

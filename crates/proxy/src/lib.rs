@@ -32,12 +32,12 @@ mod vars;
 mod worker;
 
 pub use access_log::AccessLog;
-pub use control::{ControlApi, ControlSettings};
+pub use control::{ControlApi, ControlSettings, NodeStatus};
 pub use handoff::{HandoffError, HandoffServer, Listeners, Takeover};
 pub use health::HealthRegistry;
 pub use http2::Http2Settings;
-pub use publish::{PublishError, Publisher};
+pub use publish::Publisher;
 pub use server::Gateway;
 pub use settings::{AccessLogSettings, HttpsSettings, ProxySettings, UpstreamDefaults};
-pub use snapshot::{Snapshot, SnapshotCell};
+pub use snapshot::{CompileError, Snapshot, SnapshotCell};
 pub use tls::{TlsContext, TlsError};

@@ -1,54 +1,51 @@
-//! The control side of configuration: follow the store, and for every change validate,
-//! compile and publish a new snapshot. A change that fails leaves the last good snapshot in
-//! force.
+//! The control side of configuration: follow the process's [`Replica`] of the store, and for
+//! every new view validate, compile and publish a new snapshot.
+//!
+//! Resources are parsed once per version: a view that changes one route of ten thousand
+//! re-parses that route only, and the snapshot compile is the only whole-configuration cost.
+//! A resource that does not validate, or a route whose references are missing, is left out
+//! and logged; the rest of the configuration is served. (The YAML store refuses a file with
+//! any error before it gets here, so a file is applied whole or not at all.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use pylon_model::{Config, Key};
-use pylon_store::{ConfigStore, Event, Revision, StoreError};
+use pylon_model::{Config, Key, Resource, ValidationErrors};
+use pylon_store::{Replica, Revision, View};
+use tokio::sync::watch;
 
 use crate::health::HealthRegistry;
 use crate::settings::UpstreamDefaults;
-use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::snapshot::{CompileError, Snapshot, SnapshotCell};
 use crate::tls::TlsContext;
 
-const RELIST_BACKOFF: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("configuration at revision {revision} is not valid:\n{errors}")]
-    Invalid { revision: Revision, errors: String },
-}
-
 pub struct Publisher {
-    store: Arc<dyn ConfigStore>,
+    views: watch::Receiver<Arc<View>>,
     cell: SnapshotCell,
     defaults: UpstreamDefaults,
     tls: Arc<TlsContext>,
-    entries: BTreeMap<Key, serde_json::Value>,
-    revision: Revision,
     health: Arc<HealthRegistry>,
+    /// Every resource that validated, kept in step with the view.
+    config: Config,
+    /// The revision each key was last parsed at, valid or not.
+    parsed: BTreeMap<Key, Revision>,
 }
 
 impl Publisher {
     pub fn new(
-        store: Arc<dyn ConfigStore>,
+        replica: &Replica,
         cell: SnapshotCell,
         defaults: UpstreamDefaults,
         tls: Arc<TlsContext>,
     ) -> Self {
         Self {
-            store,
+            views: replica.subscribe(),
             cell,
             defaults,
             tls,
-            entries: BTreeMap::new(),
-            revision: 0,
             health: Arc::default(),
+            config: Config::default(),
+            parsed: BTreeMap::new(),
         }
     }
 
@@ -57,66 +54,81 @@ impl Publisher {
         self.health.clone()
     }
 
-    /// Lists the store and publishes what it holds.
-    pub async fn load(&mut self) -> Result<Arc<Snapshot>, PublishError> {
-        let listing = self.store.list().await?;
-        self.entries = listing
-            .entries
-            .into_iter()
-            .map(|e| (e.key, e.value))
-            .collect();
-        self.revision = listing.revision;
-        self.publish()?;
+    /// Publishes the replica's current view.
+    pub fn publish_current(&mut self) -> Result<Arc<Snapshot>, CompileError> {
+        let view = self.views.borrow_and_update().clone();
+        self.publish(&view)?;
         Ok(self.cell.load_full())
     }
 
-    /// Follows the store's changes for ever, listing again whenever the watch breaks.
+    /// Publishes every new view, for ever.
     pub async fn follow(mut self) {
-        loop {
-            match self.store.watch(self.revision).await {
-                Ok(mut changes) => {
-                    while let Some(Ok(change)) = changes.recv().await {
-                        for event in change.events {
-                            match event {
-                                Event::Put(entry) => {
-                                    drop(self.entries.insert(entry.key, entry.value))
-                                }
-                                Event::Delete { key, .. } => drop(self.entries.remove(&key)),
-                            }
-                        }
-                        self.revision = change.revision;
-                        if let Err(e) = self.publish() {
-                            tracing::error!("{e}; still serving the previous configuration");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!("config watch failed: {e}"),
-            }
-            tokio::time::sleep(RELIST_BACKOFF).await;
-            if let Err(e) = self.load().await {
-                tracing::error!("config relist failed: {e}");
+        while self.views.changed().await.is_ok() {
+            let view = self.views.borrow_and_update().clone();
+            if let Err(e) = self.publish(&view) {
+                tracing::error!(
+                    revision = view.revision,
+                    "configuration not published: {e}; still serving revision {}",
+                    self.cell.load().revision
+                );
             }
         }
     }
 
-    fn publish(&self) -> Result<(), PublishError> {
-        let invalid = |errors: String| PublishError::Invalid {
-            revision: self.revision,
-            errors,
-        };
-        let config = Config::from_entries(&self.entries).map_err(|e| invalid(e.to_string()))?;
+    fn publish(&mut self, view: &View) -> Result<(), CompileError> {
         let started = std::time::Instant::now();
-        let mut snapshot = Snapshot::compile(&config, self.revision, &self.defaults, &self.tls)
-            .map_err(|e| invalid(e.to_string()))?;
+        self.update_config(view);
+        let compiled = Snapshot::compile(&self.config, view.revision, &self.defaults, &self.tls)?;
+        for skipped in &compiled.skipped {
+            tracing::error!(revision = view.revision, "route not served: {skipped}");
+        }
+        let mut snapshot = compiled.snapshot;
         self.health.attach(&mut snapshot);
         let routes = snapshot.router.len();
         self.cell.store(Arc::new(snapshot));
         tracing::info!(
-            revision = self.revision,
+            revision = view.revision,
             routes,
-            compile_ms = started.elapsed().as_secs_f64() * 1e3,
+            publish_ms = started.elapsed().as_secs_f64() * 1e3,
             "configuration published"
         );
         Ok(())
+    }
+
+    /// Brings `config` in step with `view`, parsing only the entries that changed.
+    fn update_config(&mut self, view: &View) {
+        let gone: Vec<Key> = self
+            .parsed
+            .keys()
+            .filter(|key| !view.entries.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.parsed.remove(&key);
+            self.config.remove(&key);
+        }
+        for (key, entry) in &view.entries {
+            if self
+                .parsed
+                .get(key)
+                .is_some_and(|rev| *rev == entry.mod_revision)
+            {
+                continue;
+            }
+            match Resource::from_json(key.kind, &entry.value) {
+                Ok(resource) => self.config.insert(key, resource),
+                Err(errors) => {
+                    self.config.remove(key);
+                    log_invalid(key, &errors);
+                }
+            }
+            self.parsed.insert(key.clone(), entry.mod_revision);
+        }
+    }
+}
+
+fn log_invalid(key: &Key, errors: &ValidationErrors) {
+    for e in &errors.0 {
+        tracing::error!("{key} is not valid and is not served: {}", e);
     }
 }

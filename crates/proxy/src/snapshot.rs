@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pylon_balancer::{Algorithm, BalancerSpec, BalancerState, NodeSpec};
-use pylon_model::{Config, HashOn, PassHost, Timeout, Upstream, UpstreamType};
+use pylon_model::{Config, HashOn, PassHost, Route, Service, Timeout, Upstream, UpstreamType};
 use pylon_router::{RequestView, RouteSpec, Router};
 
 use rustls::pki_types::ServerName;
@@ -130,44 +130,46 @@ impl Snapshot {
 
     /// Compiles a validated configuration. Host names of nodes are resolved here, on the
     /// control thread, never on a worker.
+    ///
+    /// A route that cannot be compiled (its upstream or service is missing, or its upstream's
+    /// TLS or checks cannot be built) is left out and reported in `skipped`; every other route
+    /// is served. Only a router that cannot be built at all fails the whole snapshot.
     pub fn compile(
         config: &Config,
         revision: u64,
         defaults: &UpstreamDefaults,
         tls: &TlsContext,
-    ) -> Result<Snapshot, CompileError> {
+    ) -> Result<Compiled, CompileError> {
         let mut upstreams = Vec::new();
         let mut index_of: HashMap<String, usize> = HashMap::new();
         let mut specs = Vec::new();
+        let mut skipped = Vec::new();
         for (id, route) in config.routes.iter().filter(|(_, r)| r.is_enabled()) {
             let service = route
                 .service_id
                 .as_ref()
                 .and_then(|s| config.services.get(s).map(|svc| (s, svc)));
-            let (key, upstream) = if let Some(u) = &route.upstream {
-                (format!("routes/{id}"), u)
-            } else if let Some(uid) = &route.upstream_id {
-                (format!("upstreams/{uid}"), lookup(&config.upstreams, uid)?)
-            } else if let Some((sid, svc)) = service {
-                match (&svc.upstream, &svc.upstream_id) {
-                    (Some(u), _) => (format!("services/{sid}"), u),
-                    (None, Some(uid)) => {
-                        (format!("upstreams/{uid}"), lookup(&config.upstreams, uid)?)
-                    }
-                    (None, None) => {
-                        return Err(CompileError(format!("routes/{id}: has no upstream")))
-                    }
+            let upstream = match route_upstream(config, id, route, service) {
+                Ok(found) => found,
+                Err(e) => {
+                    skipped.push(e);
+                    continue;
                 }
-            } else {
-                return Err(CompileError(format!("routes/{id}: has no upstream")));
             };
+            let (key, upstream) = upstream;
             let index = match index_of.get(&key) {
                 Some(&i) => i,
-                None => {
-                    upstreams.push(compile_upstream(key.clone(), upstream, defaults, tls)?);
-                    index_of.insert(key, upstreams.len() - 1);
-                    upstreams.len() - 1
-                }
+                None => match compile_upstream(key.clone(), upstream, defaults, tls) {
+                    Ok(target) => {
+                        upstreams.push(target);
+                        index_of.insert(key, upstreams.len() - 1);
+                        upstreams.len() - 1
+                    }
+                    Err(e) => {
+                        skipped.push(CompileError(format!("routes/{id}: {e}")));
+                        continue;
+                    }
+                },
             };
             let timeouts = route
                 .timeout
@@ -198,22 +200,54 @@ impl Snapshot {
             });
         }
         let router = Router::new(specs).map_err(|e| CompileError(e.to_string()))?;
-        Ok(Snapshot {
+        let snapshot = Snapshot {
             revision,
             router,
             upstreams,
             certificates: SniTable::compile(&config.ssls, tls),
-        })
+        };
+        Ok(Compiled { snapshot, skipped })
     }
 }
 
-fn lookup<'a>(
-    upstreams: &'a std::collections::BTreeMap<String, Upstream>,
+/// A compiled snapshot, and the routes that had to be left out of it.
+pub struct Compiled {
+    pub snapshot: Snapshot,
+    pub skipped: Vec<CompileError>,
+}
+
+/// The upstream a route sends to, with the key its runtime state is kept under: its own, its
+/// `upstream_id`'s, or its service's.
+fn route_upstream<'a>(
+    config: &'a Config,
     id: &str,
-) -> Result<&'a Upstream, CompileError> {
-    upstreams
-        .get(id)
-        .ok_or_else(|| CompileError(format!("upstream `{id}` does not exist")))
+    route: &'a Route,
+    service: Option<(&String, &'a Service)>,
+) -> Result<(String, &'a Upstream), CompileError> {
+    let lookup = |uid: &str| {
+        config
+            .upstreams
+            .get(uid)
+            .map(|u| (format!("upstreams/{uid}"), u))
+            .ok_or_else(|| CompileError(format!("routes/{id}: upstream `{uid}` does not exist")))
+    };
+    if let Some(u) = &route.upstream {
+        return Ok((format!("routes/{id}"), u));
+    }
+    if let Some(uid) = &route.upstream_id {
+        return lookup(uid);
+    }
+    match (&route.service_id, service) {
+        (Some(sid), None) => Err(CompileError(format!(
+            "routes/{id}: service `{sid}` does not exist"
+        ))),
+        (_, Some((sid, svc))) => match (&svc.upstream, &svc.upstream_id) {
+            (Some(u), _) => Ok((format!("services/{sid}"), u)),
+            (None, Some(uid)) => lookup(uid),
+            (None, None) => Err(CompileError(format!("routes/{id}: has no upstream"))),
+        },
+        (None, None) => Err(CompileError(format!("routes/{id}: has no upstream"))),
+    }
 }
 
 impl Timeouts {
@@ -464,13 +498,13 @@ mod tests {
         };
         let nodes = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
         let v1 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults, &tls()).unwrap()),
+            Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults, &tls()).unwrap().snapshot),
             None,
         );
         let first = rr(&v1);
         // A new route does not reset the round robin: the next pick is the other node.
         let v2 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults, &tls()).unwrap()),
+            Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults, &tls()).unwrap().snapshot),
             Some(&v1),
         );
         assert_ne!(rr(&v2), first);
@@ -483,7 +517,8 @@ mod tests {
                     &defaults,
                     &tls(),
                 )
-                .unwrap(),
+                .unwrap()
+                .snapshot,
             ),
             Some(&v2),
         );
@@ -504,7 +539,7 @@ mod tests {
             pylon_model::parse_standalone(&text).unwrap().1
         };
         let v1 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(false), 1, &defaults, &tls()).unwrap()),
+            Arc::new(Snapshot::compile(&config(false), 1, &defaults, &tls()).unwrap().snapshot),
             None,
         );
         let spec = &v1.snapshot.upstreams[0].balancer;
@@ -515,7 +550,7 @@ mod tests {
         v1.balancers[0].borrow_mut().on_request_start(busy);
 
         let v2 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(true), 2, &defaults, &tls()).unwrap()),
+            Arc::new(Snapshot::compile(&config(true), 2, &defaults, &tls()).unwrap().snapshot),
             Some(&v1),
         );
         // The request ends on the view it started with, after the change.

@@ -62,6 +62,8 @@ pub(crate) enum Kind {
     Https,
     /// The control API ([`crate::ControlApi`]).
     Control,
+    /// The Admin API, which lives outside this crate: see [`Listeners::take_admin`].
+    Admin,
 }
 
 /// The sockets of one listen address (one per worker of the process that bound them).
@@ -88,11 +90,12 @@ impl Kind {
             Kind::Http => "http",
             Kind::Https => "https",
             Kind::Control => "control",
+            Kind::Admin => "admin",
         }
     }
 
     fn from_word(word: &str) -> Option<Kind> {
-        [Kind::Http, Kind::Https, Kind::Control]
+        [Kind::Http, Kind::Https, Kind::Control, Kind::Admin]
             .into_iter()
             .find(|kind| kind.word() == word)
     }
@@ -130,6 +133,22 @@ impl Listeners {
             Some(i) => self.groups.remove(i).sockets,
             None => Vec::new(),
         }
+    }
+
+    /// The Admin API's listening socket for `addr`, if a predecessor handed one over.
+    pub fn take_admin(&mut self, addr: SocketAddr) -> Option<TcpListener> {
+        self.take(addr, Kind::Admin).pop()
+    }
+
+    /// Adds a copy of the Admin API's listening socket, for a successor to take over.
+    pub fn share_admin(
+        &mut self,
+        configured: SocketAddr,
+        listener: &tokio::net::TcpListener,
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsFd;
+        let copy = TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+        self.push(configured, Kind::Admin, vec![copy])
     }
 }
 
