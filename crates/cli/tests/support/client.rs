@@ -212,6 +212,25 @@ pub fn raw(addr: SocketAddr, raw: &[u8]) -> Response {
     Conn::connect(addr).request(raw)
 }
 
+/// One Admin API request, presenting `key`, with a JSON body if given.
+pub fn admin(
+    addr: SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Response {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    raw(
+        addr,
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nX-API-KEY: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
 /// A short pause for things that must not happen (no timing is asserted).
 pub fn settle() {
     std::thread::sleep(Duration::from_millis(50));

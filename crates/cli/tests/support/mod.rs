@@ -30,6 +30,8 @@ pub struct Pylon {
     pub startup: Vec<String>,
     /// The control API (`/v1/healthcheck`), on a free port of its own.
     pub control: Option<SocketAddr>,
+    /// The Admin API, on nodes that run one.
+    pub admin: Option<SocketAddr>,
     stdout_lines: mpsc::Receiver<String>,
 }
 
@@ -93,8 +95,14 @@ impl Pylon {
             _ => String::new(),
         };
         let node = format!(
-            "proxy:\n  listen: [{listen}]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  file: apisix.yaml\n"
+            "proxy:\n  listen: [{listen}]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  source: yaml\n  file: apisix.yaml\n"
         );
+        Self::run_node(dir, &node)
+    }
+
+    /// Starts pylon on the node config `node` (whole YAML), in `dir`, which may hold the data
+    /// dir of an earlier run. On a node without a proxy, [`Pylon::addr`] is unspecified.
+    pub fn run_node(dir: tempfile::TempDir, node: &str) -> Result<Pylon, String> {
         std::fs::write(dir.path().join("node.yaml"), node).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
             .arg("run")
@@ -122,6 +130,7 @@ impl Pylon {
         });
         let deadline = Instant::now() + WAIT;
         let (mut addr, mut https_addr, mut control, mut handoff_socket) = (None, None, None, None);
+        let mut admin = None;
         let mut startup = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -136,6 +145,9 @@ impl Pylon {
                         line.strip_prefix("pylon: control API listening on http://")
                     {
                         control = Some(a.parse().unwrap());
+                    } else if let Some(a) = line.strip_prefix("pylon: admin API listening on http://")
+                    {
+                        admin = Some(a.parse().unwrap());
                     } else if let Some(path) = line.strip_prefix("pylon: handoff socket: ") {
                         handoff_socket = path.split(' ').next().map(PathBuf::from);
                     }
@@ -146,9 +158,10 @@ impl Pylon {
                         return Ok(Pylon {
                             child,
                             dir,
-                            addr: addr.expect("pylon printed no http listener"),
+                            addr: addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
                             https_addr,
                             control,
+                            admin,
                             handoff_socket,
                             startup,
                             stdout_lines: rx,
@@ -207,6 +220,19 @@ impl Pylon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Takes the temp dir (with the node's data dir), so that a later run can start on it.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        self.kill();
+        let placeholder = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, placeholder)
     }
 
     /// Sends SIGTERM.
