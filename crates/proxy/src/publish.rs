@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pylon_model::{Config, Key, Resource, ValidationErrors};
-use pylon_store::{Replica, Revision, View};
+use pylon_model::{Config, FieldError, Key, Kind, Resource, ValidationErrors};
+use pylon_store::{Keyring, Replica, Revision, View};
 use tokio::sync::watch;
 
 use crate::health::HealthRegistry;
@@ -24,6 +24,8 @@ pub struct Publisher {
     cell: SnapshotCell,
     defaults: UpstreamDefaults,
     tls: Arc<TlsContext>,
+    /// Opens the SSL private keys, which the store holds sealed.
+    keyring: Arc<Keyring>,
     health: Arc<HealthRegistry>,
     /// Every resource that validated, kept in step with the view.
     config: Config,
@@ -37,12 +39,14 @@ impl Publisher {
         cell: SnapshotCell,
         defaults: UpstreamDefaults,
         tls: Arc<TlsContext>,
+        keyring: Arc<Keyring>,
     ) -> Self {
         Self {
             views: replica.subscribe(),
             cell,
             defaults,
             tls,
+            keyring,
             health: Arc::default(),
             config: Config::default(),
             parsed: BTreeMap::new(),
@@ -115,7 +119,7 @@ impl Publisher {
             {
                 continue;
             }
-            match Resource::from_json(key.kind, &entry.value) {
+            match self.parse(key, &entry.value) {
                 Ok(resource) => self.config.insert(key, resource),
                 Err(errors) => {
                     self.config.remove(key);
@@ -124,6 +128,18 @@ impl Publisher {
             }
             self.parsed.insert(key.clone(), entry.mod_revision);
         }
+    }
+
+    /// Parses one entry; an ssl's sealed private keys are opened first.
+    fn parse(&self, key: &Key, value: &serde_json::Value) -> Result<Resource, ValidationErrors> {
+        if key.kind != Kind::Ssls {
+            return Resource::from_json(key.kind, value);
+        }
+        let mut opened = value.clone();
+        self.keyring
+            .open_ssl(&mut opened)
+            .map_err(|e| FieldError::new("key", e.to_string()))?;
+        Resource::from_json(key.kind, &opened)
     }
 }
 
