@@ -9,14 +9,20 @@
 //! - `ws ADDR`: WebSocket connections, each sending a small binary message and waiting for its
 //!   echo, over and over; reports messages per second.
 //! - `ws-echo ADDR`: the WebSocket echo upstream for `ws`.
+//! - `propagation ADMIN_ADDR PROXY_ADDR`: routes written one after the other through an Admin
+//!   API; reports how long each took to be served through a proxy, and the writes' own time.
+//! - `churn ADMIN_ADDR`: one route changed at a steady rate, as background for other loads.
 //!
-//! Everything runs on one thread (pin it with `taskset`). Each load runs a warm-up, then
-//! counts what completes within the measured window, and prints one line of `key=value`.
+//! Everything runs on one thread (pin it with `taskset`). Each load prints one line of
+//! `key=value`; `tls` and `ws` run a warm-up, then count what completes within the measured
+//! window.
 
 #![forbid(unsafe_code)]
 
 mod args;
 mod handshakes;
+mod http1;
+mod propagation;
 mod sha1;
 mod window;
 mod ws_echo;
@@ -31,13 +37,23 @@ const USAGE: &str = "usage:
   pylon-loadgen tls ADDR [--sni NAME] [--tls 1.2|1.3] [--resume] [--suites browser|rustls]
                          [--conns N] [--path P] [--duration S] [--warmup S]
   pylon-loadgen ws ADDR [--path P] [--conns N] [--size BYTES] [--duration S] [--warmup S]
-  pylon-loadgen ws-echo ADDR";
+  pylon-loadgen ws-echo ADDR
+  pylon-loadgen propagation ADMIN_ADDR PROXY_ADDR --key K [--count N] [--deadline S]
+                            [--upstream ID] [--run NAME]
+  pylon-loadgen churn ADMIN_ADDR --key K [--interval S] [--duration S] [--deadline S]
+                      [--upstream ID] [--run NAME]";
 
 fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1);
     let (Some(mode), Some(addr)) = (argv.next(), argv.next()) else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
+    };
+    // `propagation` writes through one address and reads through another.
+    let mut argv = argv.peekable();
+    let second = match mode.as_str() {
+        "propagation" => argv.next_if(|a| !a.starts_with("--")),
+        _ => None,
     };
     let args = match Args::parse(argv) {
         Ok(args) => args,
@@ -61,6 +77,11 @@ fn main() -> ExitCode {
             "tls" => handshakes::run(&addr, &args).await,
             "ws" => ws_load::run(&addr, &args).await,
             "ws-echo" => ws_echo::serve(&addr).await,
+            "propagation" => match &second {
+                Some(proxy) => propagation::propagation(&addr, proxy, &args).await,
+                None => Err("propagation needs ADMIN_ADDR and PROXY_ADDR".to_owned()),
+            },
+            "churn" => propagation::churn(&addr, &args).await,
             other => Err(format!("unknown mode `{other}`")),
         }
     });
