@@ -8,11 +8,12 @@
 //! to 0.1 s, where APISIX wants whole seconds), so a node can be probed more often than once a
 //! second; and `req_headers` may be empty.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthChecks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -22,7 +23,7 @@ pub struct HealthChecks {
 }
 
 /// How a check talks to a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckType {
     #[default]
@@ -32,7 +33,7 @@ pub enum CheckType {
     Tcp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveCheck {
     #[serde(rename = "type")]
@@ -73,7 +74,7 @@ impl Default for ActiveCheck {
 }
 
 /// When an unhealthy node is healthy again, and how often healthy nodes are probed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveHealthy {
     /// Seconds between probes of a healthy node.
@@ -94,7 +95,7 @@ impl Default for ActiveHealthy {
 }
 
 /// When a healthy node is unhealthy, and how often unhealthy nodes are probed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveUnhealthy {
     /// Seconds between probes of an unhealthy node.
@@ -117,7 +118,7 @@ impl Default for ActiveUnhealthy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveCheck {
     #[serde(rename = "type")]
@@ -127,7 +128,7 @@ pub struct PassiveCheck {
 }
 
 /// Counters of passive checks: 0 turns that counter off, as in APISIX.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthy {
     pub http_statuses: Vec<u16>,
@@ -147,7 +148,7 @@ impl Default for PassiveHealthy {
 }
 
 /// Counters of passive checks: 0 turns that counter off, as in APISIX.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveUnhealthy {
     pub http_statuses: Vec<u16>,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{FieldError, ValidationErrors};
@@ -14,7 +15,7 @@ use crate::validate;
 pub type Labels = BTreeMap<String, String>;
 pub type Plugins = serde_json::Map<String, serde_json::Value>;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     #[serde(
@@ -22,6 +23,7 @@ pub struct Service {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -34,6 +36,7 @@ pub struct Service {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub upstream_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
@@ -51,7 +54,7 @@ pub struct Service {
     pub update_time: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalRule {
     #[serde(
@@ -59,6 +62,7 @@ pub struct GlobalRule {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
     pub plugins: Plugins,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,7 +71,7 @@ pub struct GlobalRule {
     pub update_time: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     #[serde(
@@ -75,6 +79,7 @@ pub struct PluginConfig {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -278,4 +283,14 @@ pub(crate) fn de_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String
             "must be a string or a non-negative integer",
         )),
     }
+}
+
+/// What [`de_opt_id`] accepts, for `#[schemars(schema_with)]` on id fields.
+pub(crate) fn id_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "A string, or a non-negative integer (kept as its decimal string).",
+        "type": ["string", "integer", "null"],
+        // Constrains the integer form only: JSON Schema ignores `minimum` for strings and null.
+        "minimum": 0
+    })
 }

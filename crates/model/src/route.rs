@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{de_opt_id, Labels, Plugins};
+use crate::config::{de_opt_id, id_schema, Labels, Plugins};
 use crate::expr::Expr;
 use crate::upstream::{Timeout, Upstream};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     #[serde(
@@ -16,6 +17,7 @@ pub struct Route {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -49,12 +51,14 @@ pub struct Route {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub service_id: Option<String>,
     #[serde(
         default,
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub upstream_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
@@ -65,6 +69,7 @@ pub struct Route {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub plugin_config_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_websocket: Option<bool>,

@@ -1,19 +1,21 @@
 //! `ssls`: certificates the gateway serves, chosen by the name a client asks for (SNI), with an
 //! optional CA to verify client certificates (mutual TLS).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
 use rustls::pki_types::CertificateDer;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::config::{de_opt_id, Labels};
+use crate::config::{de_opt_id, id_schema, Labels};
 use crate::error::FieldError;
 use crate::tls::{load_key_pair, parse_certificates, KeyPair, REDACTED};
 use crate::validate::host_pattern;
 
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ssl {
     #[serde(
@@ -21,6 +23,7 @@ pub struct Ssl {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
     /// PEM certificate, leaf first, then any intermediates.
     pub cert: String,
@@ -61,7 +64,7 @@ fn enabled() -> i64 {
 }
 
 /// Verification of client certificates (mutual TLS).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SslClient {
     /// PEM CA certificate(s) a client certificate must chain to.
@@ -79,7 +82,7 @@ fn default_depth() -> u32 {
 }
 
 /// What the certificate is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SslType {
     /// Served to clients of the gateway.
@@ -103,6 +106,20 @@ impl TlsVersion {
             TlsVersion::Tls12 => "TLSv1.2",
             TlsVersion::Tls13 => "TLSv1.3",
         }
+    }
+}
+
+impl JsonSchema for TlsVersion {
+    fn schema_name() -> Cow<'static, str> {
+        "TlsVersion".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A TLS version: TLSv1.2 or TLSv1.3 (older ones are refused).",
+            "type": "string",
+            "enum": [TlsVersion::Tls12.as_str(), TlsVersion::Tls13.as_str()]
+        })
     }
 }
 

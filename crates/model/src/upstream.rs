@@ -4,15 +4,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
+use schemars::JsonSchema;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::checks::HealthChecks;
-use crate::config::{de_opt_id, Labels};
+use crate::config::{de_opt_id, id_schema, Labels};
 use crate::error::FieldError;
 use crate::tls::{load_key_pair, KeyPair, REDACTED};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     #[serde(
@@ -20,6 +21,7 @@ pub struct Upstream {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -65,7 +67,7 @@ pub struct Upstream {
 }
 
 /// Connect, send and read timeouts in seconds, as APISIX writes them.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeout {
     pub connect: f64,
@@ -73,7 +75,7 @@ pub struct Timeout {
     pub read: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeepalivePool {
     /// Idle connections kept per node and worker.
@@ -109,7 +111,7 @@ impl Default for KeepalivePool {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamType {
     #[default]
@@ -119,7 +121,7 @@ pub enum UpstreamType {
     Ewma,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HashOn {
     #[default]
@@ -131,7 +133,7 @@ pub enum HashOn {
 }
 
 /// Which `Host` the upstream sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PassHost {
     /// The client's `Host`.
@@ -144,7 +146,7 @@ pub enum PassHost {
 }
 
 /// How the gateway talks to the nodes: HTTP/1.1 or gRPC (HTTP/2), in clear or over TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheme {
     #[default]
@@ -188,7 +190,7 @@ impl Scheme {
 /// (against the system's roots, for the node's host name) unless `verify: false` is written:
 /// an upstream reached over TLS without verification is open to anyone on the path, and that
 /// should be a visible choice.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM certificate (chain) presented to the nodes: mutual TLS.
@@ -254,14 +256,14 @@ impl fmt::Debug for UpstreamTls {
 }
 
 /// `nodes` in either of APISIX's forms: `{"host:port": weight}` or a list of node objects.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Nodes {
     Map(BTreeMap<String, i64>),
     List(Vec<NodeSpec>),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     pub host: String,
