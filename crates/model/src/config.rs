@@ -15,6 +15,7 @@ use crate::validate;
 pub type Labels = BTreeMap<String, String>;
 pub type Plugins = serde_json::Map<String, serde_json::Value>;
 
+/// Settings shared by routes: an upstream, plugins, hosts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
@@ -25,10 +26,13 @@ pub struct Service {
     )]
     #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
+    /// A name for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A description for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desc: Option<String>,
+    /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
     #[serde(
@@ -37,23 +41,33 @@ pub struct Service {
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(schema_with = "id_schema")]
+    /// The upstream of the routes that use this service, by id.
     pub upstream_id: Option<String>,
+    /// The upstream of the routes that use this service, written inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
+    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
+    #[schemars(extend("maxProperties" = 0))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugins: Option<Plugins>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Hosts the routes of this service match, as a route's `hosts`.
     pub hosts: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Whether requests may upgrade to WebSocket.
     pub enable_websocket: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// APISIX's Lua script: not supported by this build, refused when set.
     pub script: Option<String>,
+    /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }
 
+/// Plugins that run for every request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalRule {
@@ -64,13 +78,18 @@ pub struct GlobalRule {
     )]
     #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
+    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
+    #[schemars(extend("maxProperties" = 0))]
     pub plugins: Plugins,
+    /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }
 
+/// A set of plugins that routes refer to by `plugin_config_id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
@@ -81,15 +100,22 @@ pub struct PluginConfig {
     )]
     #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
+    /// A name for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A description for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desc: Option<String>,
+    /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
+    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
+    #[schemars(extend("maxProperties" = 0))]
     pub plugins: Plugins,
+    /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }

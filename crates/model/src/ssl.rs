@@ -15,6 +15,7 @@ use crate::error::FieldError;
 use crate::tls::{load_key_pair, parse_certificates, KeyPair, REDACTED};
 use crate::validate::host_pattern;
 
+/// One or more certificates for the same server names, with their keys.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ssl {
@@ -42,19 +43,24 @@ pub struct Ssl {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Verification of client certificates (mutual TLS).
     pub client: Option<SslClient>,
     #[serde(rename = "type", default)]
     pub kind: SslType,
     /// 1 enabled, 0 disabled.
     #[serde(default = "enabled")]
+    #[schemars(range(min = 0, max = 1))]
     pub status: i64,
+    /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
     /// TLS versions offered to clients of these names; the listener's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_protocols: Option<Vec<TlsVersion>>,
+    /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }
