@@ -108,7 +108,7 @@ mod tests {
             (&json!(0), &json!(1))
         );
         assert_eq!(props["id"]["type"], json!(["string", "integer", "null"]));
-        assert!(props["vars"]["anyOf"][0]["$ref"].as_str() == Some("#/$defs/Expr"));
+        assert_eq!(props["vars"]["anyOf"][0]["$ref"], "#/$defs/Expr");
 
         // The inline upstream is the upstream kind's own schema.
         assert_eq!(props["upstream"]["anyOf"][0]["$ref"], "#/$defs/Upstream");
