@@ -1,0 +1,168 @@
+//! Following the prefix with an etcd watch, and turning its events into whole [`Change`]s.
+//!
+//! etcd sends events in revision order, a revision's events together in one response, unless
+//! the response is too large for one message: then it comes in fragments, all but the last
+//! flagged. So a revision is complete when the next one begins or a response that is not a
+//! fragment ends, and only then is it passed on.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::codec::{ProstCodec, Streaming};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::metadata::MetadataValue;
+
+use super::endpoints::{describe, Endpoints};
+use super::keyspace::Keyspace;
+use super::proto::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse, WATCH};
+use crate::{Change, Event, Revision, StoreError, WatchStream};
+
+/// Changes buffered for a reader that is behind; beyond that, etcd waits for it.
+const BUFFER: usize = 256;
+
+/// Starts a watch of every key under the prefix from the revision after `after`, on the first
+/// member that accepts it.
+pub(super) async fn start(
+    endpoints: &Endpoints,
+    keyspace: Arc<Keyspace>,
+    after: Revision,
+) -> Result<WatchStream, StoreError> {
+    let (key, range_end) = keyspace.range();
+    let create = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key,
+                range_end,
+                start_revision: i64::try_from(after.saturating_add(1)).unwrap_or(i64::MAX),
+                fragment: true,
+            },
+        )),
+    };
+    let ((responses, first), endpoint) = endpoints
+        .first_answer(|mut grpc| {
+            // The request stream stays open: etcd takes its end for the end of the watch.
+            let requests = tokio_stream::once(create.clone()).chain(tokio_stream::pending());
+            let mut request = tonic::Request::new(requests);
+            // A member cut off from the cluster's leader ends the watch rather than leaving it
+            // silent while the others move on.
+            request
+                .metadata_mut()
+                .insert("hasleader", MetadataValue::from_static("true"));
+            async move {
+                let path = PathAndQuery::from_static(WATCH);
+                let mut responses = grpc
+                    .streaming(request, path, ProstCodec::default())
+                    .await?
+                    .into_inner();
+                // The watch exists once etcd says so in its first response.
+                let first = responses
+                    .message()
+                    .await?
+                    .ok_or_else(|| tonic::Status::unavailable("watch stream closed at once"))?;
+                Ok((responses, first))
+            }
+        })
+        .await?;
+    let (tx, rx) = mpsc::channel(BUFFER);
+    let follower = Follower {
+        keyspace,
+        endpoint: endpoint.to_owned(),
+        delivered: after,
+        pending: None,
+        tx,
+    };
+    tokio::spawn(follower.run(first, responses));
+    Ok(rx)
+}
+
+/// Passes one watch's changes on to its reader, until either end stops.
+struct Follower {
+    keyspace: Arc<Keyspace>,
+    endpoint: String,
+    /// The revision of the last change passed on.
+    delivered: Revision,
+    /// The revision whose events are being gathered.
+    pending: Option<Change>,
+    tx: mpsc::Sender<Result<Change, StoreError>>,
+}
+
+impl Follower {
+    async fn run(mut self, first: WatchResponse, mut responses: Streaming<WatchResponse>) {
+        let mut response = first;
+        loop {
+            if let Err(end) = self.take(response).await {
+                // The reader is told why its watch ended, unless it is gone.
+                if let Some(error) = end {
+                    let _ = self.tx.send(Err(error)).await;
+                }
+                return;
+            }
+            let next = tokio::select! {
+                // Dropping the response stream cancels the watch on etcd's side.
+                _ = self.tx.closed() => return,
+                next = responses.message() => next,
+            };
+            response = match next {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    let cause = format!("etcd at {} ended the watch", self.endpoint);
+                    let _ = self.tx.send(Err(StoreError::Unavailable(cause))).await;
+                    return;
+                }
+                Err(status) => {
+                    let cause = format!("watch on {} broke: {}", self.endpoint, describe(&status));
+                    let _ = self.tx.send(Err(StoreError::Unavailable(cause))).await;
+                    return;
+                }
+            };
+        }
+    }
+
+    /// Passes on the changes `response` completes. `Err` ends the watch: with the error for the
+    /// reader, or `None` if the reader is gone.
+    async fn take(&mut self, response: WatchResponse) -> Result<(), Option<StoreError>> {
+        if response.compact_revision > 0 {
+            return Err(Some(StoreError::Compacted(self.delivered)));
+        }
+        if response.canceled {
+            let cause = format!(
+                "etcd at {} canceled the watch: {}",
+                self.endpoint, response.cancel_reason
+            );
+            return Err(Some(StoreError::Unavailable(cause)));
+        }
+        let keyspace = self.keyspace.clone();
+        for event in response.events.iter().filter_map(|e| keyspace.event(e)) {
+            if let Some(complete) = self.gather(event) {
+                self.pass_on(complete).await?;
+            }
+        }
+        if !response.fragment {
+            if let Some(complete) = self.pending.take() {
+                self.pass_on(complete).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `event` to the pending change; returns the previous one if `event` begins the next.
+    fn gather(&mut self, event: Event) -> Option<Change> {
+        let revision = event.revision();
+        match &mut self.pending {
+            Some(pending) if pending.revision == revision => {
+                pending.events.push(event);
+                None
+            }
+            pending => pending.replace(Change {
+                revision,
+                events: vec![event],
+            }),
+        }
+    }
+
+    async fn pass_on(&mut self, change: Change) -> Result<(), Option<StoreError>> {
+        self.delivered = change.revision;
+        self.tx.send(Ok(change)).await.map_err(|_| None)
+    }
+}
