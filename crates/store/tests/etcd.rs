@@ -29,6 +29,11 @@ fn store(endpoints: Vec<String>) -> EtcdStore {
     .expect("valid settings")
 }
 
+/// A store that talks to `member` alone.
+fn store_of(etcd: &EtcdCluster, member: usize) -> EtcdStore {
+    store(vec![etcd.endpoint(member)])
+}
+
 fn route(id: &str) -> Key {
     Key::new(Kind::Routes, id)
 }
@@ -338,7 +343,7 @@ async fn a_cluster_keeps_serving_with_a_member_down() {
     endpoints.rotate_left(down);
     let store = store(endpoints);
     let before = commit(&store, Txn::put(route("1"), json!(1))).await;
-    let mut broken = store.watch(before).await.unwrap();
+    let mut broken = store_of(&etcd, down).watch(before).await.unwrap();
 
     etcd.kill(down);
     match next(&mut broken).await {
@@ -361,7 +366,7 @@ async fn a_member_that_stops_answering_is_passed_over() {
     endpoints.rotate_left(frozen);
     let store = store(endpoints);
     let before = commit(&store, Txn::put(route("1"), json!(1))).await;
-    let mut silent = store.watch(before).await.unwrap();
+    let mut silent = store_of(&etcd, frozen).watch(before).await.unwrap();
 
     // Its connections stay open; only the timeout, and the keep-alive ping for the watch, tell.
     etcd.pause(frozen);
