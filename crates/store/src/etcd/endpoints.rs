@@ -109,9 +109,10 @@ impl Endpoints {
     /// Runs `attempt` against each member in turn, from the preferred one, until one succeeds
     /// within the timeout; returns its result and the member's URL.
     ///
-    /// A write whose answer timed out may have been applied all the same; sent again to the next
-    /// member, its conditions then fail and it reports a conflict, which is the caller's cue
-    /// to read again.
+    /// A write whose answer timed out may have been applied all the same. Sent again to the next
+    /// member, it is applied twice (the same values, one revision more) or, if it has
+    /// conditions, they no longer hold and it reports a conflict: the caller reads again and
+    /// finds its change made.
     pub async fn first_answer<T, Attempt, Answer>(
         &self,
         mut attempt: Attempt,
@@ -175,6 +176,18 @@ fn another_member_may_answer(status: &Status) -> bool {
     )
 }
 
+/// The status and the error at the root of it: tonic's message alone says "tcp connect error",
+/// not why, and the errors in between mostly repeat it.
 pub(super) fn describe(status: &Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let mut description = format!("{:?}: {}", status.code(), status.message());
+    let mut root = std::error::Error::source(status);
+    while let Some(cause) = root.and_then(|e| e.source()) {
+        root = Some(cause);
+    }
+    if let Some(root) = root.map(|e| e.to_string()) {
+        if !description.ends_with(&root) {
+            description = format!("{description}: {root}");
+        }
+    }
+    description
 }

@@ -29,10 +29,6 @@ impl Keyspace {
         }
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     pub fn path(&self, key: &Key) -> Vec<u8> {
         key.to_path(&self.prefix).into_bytes()
     }

@@ -58,11 +58,6 @@ impl EtcdStore {
         })
     }
 
-    /// The prefix under which every key is stored, without a trailing `/`.
-    pub fn prefix(&self) -> &str {
-        self.keyspace.prefix()
-    }
-
     async fn range(&self, request: RangeRequest) -> Result<RangeResponse, StoreError> {
         self.endpoints.unary(RANGE, request).await
     }

@@ -75,3 +75,58 @@ pub(super) fn request(keyspace: &Keyspace, txn: Txn) -> Result<TxnRequest, Store
 fn etcd_revision(revision: Revision) -> i64 {
     i64::try_from(revision).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pylon_model::{Key, Kind};
+    use serde_json::json;
+
+    fn puts_and_deletes(request: &TxnRequest) -> Vec<(String, Option<String>)> {
+        let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).unwrap();
+        request
+            .success
+            .iter()
+            .map(|op| match op.request.as_ref().unwrap() {
+                request_op::Request::Put(put) => (text(&put.key), Some(text(&put.value))),
+                request_op::Request::DeleteRange(delete) => (text(&delete.key), None),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_commit_puts_the_guard_and_writes_a_key_once() {
+        let keyspace = Keyspace::new("/pylon");
+        let key = Key::new(Kind::Routes, "1");
+        let mut txn = Txn::put(key.clone(), json!(1));
+        txn.writes.push((Key::new(Kind::Routes, "2"), None));
+        txn.writes.push((key, Some(json!({"last": true}))));
+        let request = request(&keyspace, txn).unwrap();
+        assert_eq!(request.compare, []);
+        assert_eq!(
+            puts_and_deletes(&request),
+            [
+                (
+                    "/pylon/routes/1".to_owned(),
+                    Some(r#"{"last":true}"#.to_owned())
+                ),
+                ("/pylon/routes/2".to_owned(), None),
+                ("/pylon/.guard".to_owned(), Some(String::new())),
+            ]
+        );
+    }
+
+    #[test]
+    fn unchanged_since_compares_the_guard() {
+        let keyspace = Keyspace::new("/pylon");
+        let txn = Txn::delete(Key::new(Kind::Routes, "1")).unchanged_since(41);
+        let request = request(&keyspace, txn).unwrap();
+        let guard = Compare {
+            result: CompareResult::Less as i32,
+            target: CompareTarget::Mod as i32,
+            key: b"/pylon/.guard".to_vec(),
+            target_union: Some(TargetUnion::ModRevision(42)),
+        };
+        assert_eq!(request.compare, [guard]);
+    }
+}
