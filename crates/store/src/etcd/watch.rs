@@ -41,7 +41,8 @@ pub(super) async fn start(
     };
     let ((responses, first), endpoint) = endpoints
         .first_answer(|mut grpc| {
-            // The request stream stays open: etcd takes its end for the end of the watch.
+            // The request stream is kept open for the life of the watch, as etcd's own client
+            // keeps it: a half-closed call is not one to count on being served on.
             let requests = tokio_stream::once(create.clone()).chain(tokio_stream::pending());
             let mut request = tonic::Request::new(requests);
             // A member cut off from the cluster's leader ends the watch rather than leaving it
@@ -65,19 +66,19 @@ pub(super) async fn start(
         })
         .await?;
     let (tx, rx) = mpsc::channel(BUFFER);
-    let follower = Follower {
+    let relay = Relay {
         keyspace,
         endpoint: endpoint.to_owned(),
         delivered: after,
         pending: None,
         tx,
     };
-    tokio::spawn(follower.run(first, responses));
+    tokio::spawn(relay.run(first, responses));
     Ok(rx)
 }
 
 /// Passes one watch's changes on to its reader, until either end stops.
-struct Follower {
+struct Relay {
     keyspace: Arc<Keyspace>,
     endpoint: String,
     /// The revision of the last change passed on.
@@ -87,33 +88,39 @@ struct Follower {
     tx: mpsc::Sender<Result<Change, StoreError>>,
 }
 
-impl Follower {
-    async fn run(mut self, first: WatchResponse, mut responses: Streaming<WatchResponse>) {
+impl Relay {
+    async fn run(mut self, first: WatchResponse, responses: Streaming<WatchResponse>) {
+        if let Some(end) = self.follow(first, responses).await {
+            // The reader is told why its watch ended, unless it is gone too.
+            let _ = self.tx.send(Err(end)).await;
+        }
+    }
+
+    /// Relays until the watch ends; returns why, or `None` if the reader is gone.
+    async fn follow(
+        &mut self,
+        first: WatchResponse,
+        mut responses: Streaming<WatchResponse>,
+    ) -> Option<StoreError> {
         let mut response = first;
         loop {
             if let Err(end) = self.take(response).await {
-                // The reader is told why its watch ended, unless it is gone.
-                if let Some(error) = end {
-                    let _ = self.tx.send(Err(error)).await;
-                }
-                return;
+                return end;
             }
             let next = tokio::select! {
                 // Dropping the response stream cancels the watch on etcd's side.
-                _ = self.tx.closed() => return,
+                _ = self.tx.closed() => return None,
                 next = responses.message() => next,
             };
             response = match next {
                 Ok(Some(response)) => response,
                 Ok(None) => {
                     let cause = format!("etcd at {} ended the watch", self.endpoint);
-                    let _ = self.tx.send(Err(StoreError::Unavailable(cause))).await;
-                    return;
+                    return Some(StoreError::Unavailable(cause));
                 }
                 Err(status) => {
                     let cause = format!("watch on {} broke: {}", self.endpoint, describe(&status));
-                    let _ = self.tx.send(Err(StoreError::Unavailable(cause))).await;
-                    return;
+                    return Some(StoreError::Unavailable(cause));
                 }
             };
         }
@@ -164,5 +171,55 @@ impl Follower {
     async fn pass_on(&mut self, change: Change) -> Result<(), Option<StoreError>> {
         self.delivered = change.revision;
         self.tx.send(Ok(change)).await.map_err(|_| None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::proto::{self, EventType};
+
+    fn put(path: &str, revision: i64) -> proto::Event {
+        proto::Event {
+            r#type: EventType::Put as i32,
+            kv: Some(proto::KeyValue {
+                key: path.as_bytes().to_vec(),
+                create_revision: revision,
+                mod_revision: revision,
+                value: b"{}".to_vec(),
+            }),
+        }
+    }
+
+    fn response(events: Vec<proto::Event>, fragment: bool) -> WatchResponse {
+        WatchResponse {
+            events,
+            fragment,
+            ..WatchResponse::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revision_is_passed_on_once_all_its_fragments_arrived() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut relay = Relay {
+            keyspace: Arc::new(Keyspace::new("/pylon")),
+            endpoint: "http://127.0.0.1:2379".to_owned(),
+            delivered: 1,
+            pending: None,
+            tx,
+        };
+        let first = vec![put("/pylon/routes/a", 2), put("/pylon/routes/b", 3)];
+        relay.take(response(first, true)).await.unwrap();
+        assert_eq!(rx.try_recv().unwrap().unwrap().revision, 2);
+        assert!(rx.try_recv().is_err(), "revision 3 may have more events");
+
+        // The guard's put is no resource, and a revision of nothing else is no change.
+        let rest = vec![put("/pylon/routes/c", 3), put("/pylon/.guard", 4)];
+        relay.take(response(rest, false)).await.unwrap();
+        let change = rx.try_recv().unwrap().unwrap();
+        assert_eq!((change.revision, change.events.len()), (3, 2));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(relay.delivered, 3);
     }
 }
