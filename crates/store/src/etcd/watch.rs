@@ -14,9 +14,9 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataValue;
 
 use super::endpoints::{describe, Endpoints};
-use super::keyspace::Keyspace;
+use super::keyspace::{revision, Keyspace};
 use super::proto::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse, WATCH};
-use crate::{Change, Event, Revision, StoreError, WatchStream};
+use crate::{Change, Revision, StoreError, WatchStream};
 
 /// Changes buffered for a reader that is behind; beyond that, etcd waits for it.
 const BUFFER: usize = 256;
@@ -140,9 +140,16 @@ impl Relay {
             return Err(Some(StoreError::Unavailable(cause)));
         }
         let keyspace = self.keyspace.clone();
-        for event in response.events.iter().filter_map(|e| keyspace.event(e)) {
-            if let Some(complete) = self.gather(event) {
+        for raw in &response.events {
+            let Some(kv) = &raw.kv else { continue };
+            // Every revision is passed on, even one that only touched the guard or keys that
+            // are no resource: a reader's revision must reach the store's, or its
+            // `unchanged_since` commits would fail for ever.
+            if let Some(complete) = self.begin(revision(kv.mod_revision)) {
                 self.pass_on(complete).await?;
+            }
+            if let (Some(event), Some(pending)) = (keyspace.event(raw), &mut self.pending) {
+                pending.events.push(event);
             }
         }
         if !response.fragment {
@@ -153,17 +160,14 @@ impl Relay {
         Ok(())
     }
 
-    /// Adds `event` to the pending change; returns the previous one if `event` begins the next.
-    fn gather(&mut self, event: Event) -> Option<Change> {
-        let revision = event.revision();
-        match &mut self.pending {
-            Some(pending) if pending.revision == revision => {
-                pending.events.push(event);
-                None
-            }
-            pending => pending.replace(Change {
+    /// Makes `revision` the pending change's; returns the previous pending change if this
+    /// begins the next one.
+    fn begin(&mut self, revision: Revision) -> Option<Change> {
+        match &self.pending {
+            Some(pending) if pending.revision == revision => None,
+            _ => self.pending.replace(Change {
                 revision,
-                events: vec![event],
+                events: Vec::new(),
             }),
         }
     }
@@ -214,12 +218,14 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().unwrap().revision, 2);
         assert!(rx.try_recv().is_err(), "revision 3 may have more events");
 
-        // The guard's put is no resource, and a revision of nothing else is no change.
+        // The guard's put is no resource; a revision of nothing else is still passed on,
+        // empty, so that the reader's revision keeps up with the store's.
         let rest = vec![put("/pylon/routes/c", 3), put("/pylon/.guard", 4)];
         relay.take(response(rest, false)).await.unwrap();
         let change = rx.try_recv().unwrap().unwrap();
         assert_eq!((change.revision, change.events.len()), (3, 2));
-        assert!(rx.try_recv().is_err());
-        assert_eq!(relay.delivered, 3);
+        let change = rx.try_recv().unwrap().unwrap();
+        assert_eq!((change.revision, change.events.len()), (4, 0));
+        assert_eq!(relay.delivered, 4);
     }
 }
