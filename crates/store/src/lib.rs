@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 mod event_log;
+mod keyring;
 mod replica;
 mod yaml;
 
 pub use event_log::EventLog;
+pub use keyring::{random_secret, Keyring, KeyringError};
 pub use replica::{Replica, View};
 pub use yaml::YamlStore;
 
