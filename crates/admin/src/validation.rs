@@ -1,0 +1,71 @@
+//! Whether a write leaves a configuration the data plane accepts.
+//!
+//! The data plane takes a configuration only as a whole (one invalid resource and it keeps the
+//! previous one), so a write is checked three ways before it is stored: the resource on its own
+//! (the model's parsing and field checks), its references (every id it names must exist), and
+//! the resources around it, checked together by the model as the data plane will: what it points
+//! at, and what points at it (a service that loses its upstream must not leave a route without
+//! one). Resources unrelated to the write are not parsed again: a write costs what it touches.
+
+use std::collections::BTreeMap;
+
+use pylon_model::{Config, FieldError, Key, Resource};
+use pylon_store::View;
+use serde_json::Value;
+
+use crate::references;
+
+/// Checks `value` as the new content of `key`, with `view` as the rest of the configuration.
+/// Error paths are relative to the resource, or name another resource the write would break.
+pub(crate) fn check_write(view: &View, key: &Key, value: &Value) -> Result<(), Vec<FieldError>> {
+    Resource::from_json(key.kind, value).map_err(|e| e.0)?;
+    let missing = references::missing(key.kind, value, |k| view.entries.contains_key(k));
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    let neighbourhood = neighbourhood(view, key, value);
+    match Config::from_entries(&neighbourhood) {
+        Ok(_) => Ok(()),
+        Err(errors) => Err(errors.0.into_iter().map(|e| relative_to(key, e)).collect()),
+    }
+}
+
+/// The written resource, what points at it, and everything those point at, transitively.
+fn neighbourhood(view: &View, key: &Key, value: &Value) -> BTreeMap<Key, Value> {
+    let mut found = BTreeMap::from([(key.clone(), value.clone())]);
+    let mut pending: Vec<Key> = references::referrers(view, key)
+        .into_iter()
+        .cloned()
+        .collect();
+    pending.extend(
+        references::outgoing(key.kind, value)
+            .into_iter()
+            .map(|(_, k)| k),
+    );
+    while let Some(next) = pending.pop() {
+        if found.contains_key(&next) {
+            continue;
+        }
+        if let Some(entry) = view.entries.get(&next) {
+            pending.extend(
+                references::outgoing(next.kind, &entry.value)
+                    .into_iter()
+                    .map(|(_, k)| k),
+            );
+            found.insert(next, entry.value.clone());
+        }
+    }
+    found
+}
+
+/// An error about the written resource loses its `<kind>/<id>` prefix; one about another
+/// resource keeps it, so the message says which one the write would break.
+fn relative_to(key: &Key, mut error: FieldError) -> FieldError {
+    let own = key.to_string();
+    if let Some(rest) = error.path.strip_prefix(&own) {
+        if rest.is_empty() || rest.starts_with('.') || rest.starts_with('[') {
+            error.path = rest.trim_start_matches('.').to_owned();
+        }
+    }
+    error
+}
