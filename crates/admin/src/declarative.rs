@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 use crate::query::Query;
 use crate::references::{self, id_text};
 use crate::response::Reply;
+use crate::validation;
 use crate::writer::{Backend, Plan};
 
 /// Fields the server keeps; a document may carry them (a dump does) or not (a hand-written
@@ -223,17 +224,26 @@ fn resulting_config(
     }
     let locate = |error: FieldError| relocate(error, &lengths, &kept);
     let text = Value::Object(document).to_string();
-    let (entries, _) = pylon_model::parse_standalone(&text)
+    let (entries, config) = pylon_model::parse_standalone(&text)
         .map_err(|e| e.0.into_iter().map(locate).collect::<Vec<_>>())?;
-    // References the model does not check yet (a consumer's group, a credential's consumer).
+    // What the model does not check yet: plugins on the kinds it keeps as JSON, and references
+    // from them (a consumer's group, a credential's consumer).
     let missing: Vec<FieldError> = entries
         .iter()
         .flat_map(|(key, value)| {
             let location = named.get(key).cloned().unwrap_or_else(|| key.to_string());
-            references::missing(key.kind, value, |k| entries.contains_key(k))
+            let plugins = match config.others.get(key) {
+                Some(value) => validation::plugins_refused(value),
+                None => Vec::new(),
+            };
+            let unchecked = references::missing(key.kind, value, |k| entries.contains_key(k))
                 .into_iter()
-                .filter(|e| !model_checks(key.kind, &e.path))
+                .filter(|e| !model_checks(key.kind, &e.path));
+            plugins
+                .into_iter()
+                .chain(unchecked)
                 .map(move |e| e.within(&location))
+                .collect::<Vec<_>>()
         })
         .collect();
     if !missing.is_empty() {

@@ -24,7 +24,7 @@ use crate::query::Query;
 use crate::references::{self, id_text};
 use crate::response::{key_path, node, presentable, singular, Reply};
 use crate::validation;
-use crate::writer::{Backend, Plan};
+use crate::writer::{Backend, Committed, Plan};
 
 /// Fields the server keeps: a PUT or POST may not set them.
 const SERVER_FIELDS: [&str; 2] = ["create_time", "update_time"];
@@ -108,19 +108,30 @@ struct Written {
     status: StatusCode,
     key: Key,
     value: Value,
-    /// The entry's creation revision if it existed before the write.
-    created: Option<Revision>,
+    /// The entry's revisions (created, modified) if it existed before the write.
+    previous: Option<(Revision, Revision)>,
 }
 
 impl Written {
-    fn reply(self, revision: Revision) -> Reply {
+    fn reply(committed: Committed<Written>) -> Reply {
+        let Committed {
+            revision,
+            changed,
+            outcome: written,
+        } = committed;
+        let (created, modified) = match written.previous {
+            // Rewriting what was stored changes nothing, revisions included.
+            Some(previous) if !changed => previous,
+            Some((created, _)) => (created, revision),
+            None => (revision, revision),
+        };
         Reply::json(
-            self.status,
+            written.status,
             json!({
-                "key": key_path(&self.key),
-                "value": presentable(self.key.kind, self.value),
-                "createdIndex": self.created.unwrap_or(revision),
-                "modifiedIndex": revision,
+                "key": key_path(&written.key),
+                "value": presentable(written.key.kind, written.value),
+                "createdIndex": created,
+                "modifiedIndex": modified,
             }),
         )
     }
@@ -153,12 +164,12 @@ async fn put(backend: &Backend, address: &Address, body: Option<Value>) -> Resul
                     },
                     key: key.clone(),
                     value: Value::Object(value),
-                    created: existing.map(|e| e.create_revision),
+                    previous: existing.map(|e| (e.create_revision, e.mod_revision)),
                 },
             })
         })
         .await?;
-    Ok(committed.outcome.reply(committed.revision))
+    Ok(Written::reply(committed))
 }
 
 async fn post(backend: &Backend, address: &Address, body: Option<Value>) -> Result<Reply, Reply> {
@@ -182,12 +193,12 @@ async fn post(backend: &Backend, address: &Address, body: Option<Value>) -> Resu
                     status: StatusCode::CREATED,
                     key,
                     value: Value::Object(value),
-                    created: None,
+                    previous: None,
                 },
             })
         })
         .await?;
-    Ok(committed.outcome.reply(committed.revision))
+    Ok(Written::reply(committed))
 }
 
 async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Result<Reply, Reply> {
@@ -247,12 +258,12 @@ async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Res
                     status: StatusCode::OK,
                     key: key.clone(),
                     value: Value::Object(value),
-                    created: Some(existing.create_revision),
+                    previous: Some((existing.create_revision, existing.mod_revision)),
                 },
             })
         })
         .await?;
-    Ok(committed.outcome.reply(committed.revision))
+    Ok(Written::reply(committed))
 }
 
 async fn delete(backend: &Backend, address: &Address, force: bool) -> Result<Reply, Reply> {

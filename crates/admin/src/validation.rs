@@ -18,16 +18,39 @@ use crate::references;
 /// Checks `value` as the new content of `key`, with `view` as the rest of the configuration.
 /// Error paths are relative to the resource, or name another resource the write would break.
 pub(crate) fn check_write(view: &View, key: &Key, value: &Value) -> Result<(), Vec<FieldError>> {
-    Resource::from_json(key.kind, value).map_err(|e| e.0)?;
-    let missing = references::missing(key.kind, value, |k| view.entries.contains_key(k));
-    if !missing.is_empty() {
-        return Err(missing);
+    let resource = Resource::from_json(key.kind, value).map_err(|e| e.0)?;
+    let mut errors = match &resource {
+        Resource::Other(_, value) => plugins_refused(value),
+        _ => Vec::new(),
+    };
+    errors.extend(references::missing(key.kind, value, |k| {
+        view.entries.contains_key(k)
+    }));
+    if !errors.is_empty() {
+        return Err(errors);
     }
     let neighbourhood = neighbourhood(view, key, value);
     match Config::from_entries(&neighbourhood) {
         Ok(_) => Ok(()),
         Err(errors) => Err(errors.0.into_iter().map(|e| relative_to(key, e)).collect()),
     }
+}
+
+/// The check of a resource of a kind the model keeps as plain JSON (consumers, credentials,
+/// consumer groups, ...): it may not name plugins either, as long as this build has none.
+pub(crate) fn plugins_refused(value: &Value) -> Vec<FieldError> {
+    value
+        .get("plugins")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|plugins| plugins.keys())
+        .map(|name| {
+            FieldError::new(
+                format!("plugins.{name}"),
+                format!("unknown plugin `{name}`: this build has no plugins yet"),
+            )
+        })
+        .collect()
 }
 
 /// The written resource, what points at it, and everything those point at, transitively.

@@ -39,6 +39,8 @@ pub(crate) struct Plan<T> {
 pub(crate) struct Committed<T> {
     /// The store's revision after the write (the view's, if there was nothing to write).
     pub revision: Revision,
+    /// Whether the store changed: a write of what is already stored is a no-op.
+    pub changed: bool,
     pub outcome: T,
 }
 
@@ -55,6 +57,7 @@ impl Backend {
             if txn.writes.is_empty() {
                 return Ok(Committed {
                     revision: view.revision,
+                    changed: false,
                     outcome,
                 });
             }
@@ -68,7 +71,11 @@ impl Backend {
                         "admin write committed at revision {revision}, but this node's copy has not caught up yet"
                     );
                     }
-                    return Ok(Committed { revision, outcome });
+                    return Ok(Committed {
+                        revision,
+                        changed: revision != view.revision,
+                        outcome,
+                    });
                 }
                 Err(StoreError::Conflict) => view = newer_view(replica, view.revision).await,
                 Err(e) => return Err(Reply::store_error(&e)),
