@@ -21,6 +21,7 @@ mod query;
 mod references;
 mod resources;
 mod response;
+mod schema;
 mod server;
 mod settings;
 mod validation;

@@ -484,20 +484,3 @@ fn generated_key(view: &View, address: &Address) -> Key {
         number += 1;
     }
 }
-
-/// Validates a body as a `kind` on its own, for `POST /apisix/admin/schema/validate/<kind>`.
-pub(crate) fn validate_only(kind_name: &str, body: Option<Value>) -> Reply {
-    let Some(kind) = Kind::parse(kind_name) else {
-        return Reply::error(
-            StatusCode::NOT_FOUND,
-            format!("Unsupported resource type: {kind_name}"),
-        );
-    };
-    let Some(body) = body else {
-        return Reply::bad_request("missing configurations");
-    };
-    match pylon_model::Resource::from_json(kind, &body) {
-        Ok(_) => Reply::empty(StatusCode::OK),
-        Err(errors) => Reply::invalid(&errors.0),
-    }
-}

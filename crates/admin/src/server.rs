@@ -20,6 +20,7 @@ use crate::declarative;
 use crate::query::Query;
 use crate::resources;
 use crate::response::Reply;
+use crate::schema;
 use crate::settings::AdminSettings;
 use crate::writer::Backend;
 
@@ -139,8 +140,9 @@ impl Shared {
                 Ok(json) => resources::handle(backend, &method, address, &query, json).await,
                 Err(reply) => reply,
             },
+            (Target::Schema(name), &Method::GET) => schema::schema(&name),
             (Target::Validate(kind), &Method::POST) => match json_body(&body) {
-                Ok(json) => resources::validate_only(&kind, json),
+                Ok(json) => schema::validate(&kind, json),
                 Err(reply) => reply,
             },
             (Target::Config, &Method::GET) => {
