@@ -448,19 +448,31 @@ consumers:
     // A resource written into the store by hand, dangling: kept without prune, it is named by
     // its key.
     let ghost = json!({"id": "ghost", "uri": "/g", "upstream_id": "none"});
-    api.store.0.apply([(Key::new(Kind::Routes, "ghost"), Some(ghost))]);
+    api.store
+        .0
+        .apply([(Key::new(Kind::Routes, "ghost"), Some(ghost))]);
     let mut seen = false;
     for _ in 0..100 {
-        if api.call("GET", "/apisix/admin/routes/ghost", None).await.status == 200 {
+        if api
+            .call("GET", "/apisix/admin/routes/ghost", None)
+            .await
+            .status
+            == 200
+        {
             seen = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(seen, "the replica never showed the hand-written route");
-    let refused = api.call("POST", "/pylon/admin/config", Some(referencing)).await;
+    let refused = api
+        .call("POST", "/pylon/admin/config", Some(referencing))
+        .await;
     assert_eq!(refused.status, 400);
-    assert_eq!(refused.body["errors"][0]["path"], "routes/ghost.upstream_id");
+    assert_eq!(
+        refused.body["errors"][0]["path"],
+        "routes/ghost.upstream_id"
+    );
 }
 
 fn sorted(changes: &Value) -> Vec<String> {
