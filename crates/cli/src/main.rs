@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
-use pylon_admin::{AdminApi, AdminRole};
+use pylon_admin::{AdminApi, Role as AdminRole};
 use pylon_proxy::{
     AccessLog, ControlApi, Gateway, HandoffServer, NodeStatus, Publisher, Snapshot, Takeover,
     TlsContext,
@@ -331,7 +331,7 @@ async fn open_store(node: &NodeConfig) -> anyhow::Result<Arc<dyn ConfigStore>> {
             let dir = node.config.data_dir.join("store");
             Arc::new(EmbeddedStore::open(&dir).with_context(|| format!("config store {}", dir.display()))?)
         }
-        SourceKind::Etcd => Arc::new(EtcdStore::new(node.config.etcd.clone()).context("config.etcd")?),
+        SourceKind::Etcd => Arc::new(EtcdStore::new(&node.config.etcd).context("config.etcd")?),
     })
 }
 

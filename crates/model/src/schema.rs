@@ -36,6 +36,7 @@ pub fn json_schema(kind: Kind) -> Value {
         Kind::PluginConfigs => schema_of::<PluginConfig>(),
         Kind::Ssls => schema_of::<Ssl>(),
         Kind::Consumers
+        | Kind::Credentials
         | Kind::ConsumerGroups
         | Kind::StreamRoutes
         | Kind::Protos

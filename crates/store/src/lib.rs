@@ -7,11 +7,13 @@
 
 mod etcd;
 mod event_log;
+mod keyring;
 mod replica;
 mod yaml;
 
 pub use etcd::{EtcdError, EtcdSettings, EtcdStore};
 pub use event_log::EventLog;
+pub use keyring::{random_secret, Keyring, KeyringError};
 pub use replica::{Replica, View};
 pub use yaml::YamlStore;
 
