@@ -5,10 +5,12 @@
 //! backend (the YAML file here; the embedded store and etcd next) plugs in without touching it.
 #![forbid(unsafe_code)]
 
+mod embedded;
 mod event_log;
 mod replica;
 mod yaml;
 
+pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedStore};
 pub use event_log::EventLog;
 pub use replica::{Replica, View};
 pub use yaml::YamlStore;
