@@ -311,7 +311,7 @@ const WRITER_COMMITS: u64 = 20_000;
 /// kills land in a compaction), killed after this many acknowledged commits.
 const ROUNDS: [(usize, usize); 6] = [(1, 1), (1, 30), (4, 45), (1, 90), (1_000, 60), (2, 150)];
 
-/// A writer acknowledges `ACK <revision> <i>` once `w<i>` = `{"i": i}` is committed, with
+/// A writer acknowledges `ACK <revision> <i>` once `w<i>` = [`written(i)`](written) is committed, with
 /// `counter` = `{"i": i}` in the same transaction (so `counter` tells the last `i` committed,
 /// acknowledged or not). After every kill the directory must hold
 /// every acknowledged write and continue its revisions.
@@ -347,10 +347,7 @@ fn acknowledged_writes_survive_kill_9() {
                 let entry = store.get(&key(&format!("w{i}"))).await.unwrap();
                 let entry =
                     entry.unwrap_or_else(|| panic!("w{i}, acknowledged at {revision}, is lost"));
-                assert_eq!(
-                    (entry.value, entry.mod_revision),
-                    (json!({"i": i}), revision)
-                );
+                assert_eq!((entry.value, entry.mod_revision), (written(i), revision));
             }
             let counter = store.get(&key("counter")).await.unwrap().unwrap();
             let last_committed = counter.value["i"].as_u64().unwrap();
@@ -361,6 +358,12 @@ fn acknowledged_writes_survive_kill_9() {
             assert_eq!(next, Ok(listing.revision + 1));
         });
     }
+}
+
+/// What the writer puts in `w<i>`: padded, so that writing a snapshot takes long enough for
+/// kills to land in it.
+fn written(i: u64) -> serde_json::Value {
+    json!({"i": i, "padding": "x".repeat(1024)})
 }
 
 /// Runs a writer child until it has acknowledged `kill_after` commits, kills it with SIGKILL,
@@ -445,7 +448,7 @@ fn run_writer(dir: &Path) {
             });
             let txn = Txn {
                 writes: vec![
-                    (key(&format!("w{i}")), Some(json!({"i": i}))),
+                    (key(&format!("w{i}")), Some(written(i))),
                     (key("counter"), Some(json!({"i": i}))),
                 ],
                 ..Txn::default()
