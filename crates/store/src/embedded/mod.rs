@@ -85,10 +85,16 @@ impl EmbeddedStore {
         data_dir: &Path,
         options: EmbeddedOptions,
     ) -> Result<EmbeddedStore, EmbeddedError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| EmbeddedError::Io {
+        let io_error = |source| EmbeddedError::Io {
             path: data_dir.to_path_buf(),
             source,
-        })?;
+        };
+        if !data_dir.try_exists().map_err(io_error)? {
+            std::fs::create_dir_all(data_dir).map_err(io_error)?;
+            // The first commit is durable only if the directory holding it is.
+            let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty());
+            sync_dir(parent.unwrap_or(Path::new(".")))?;
+        }
         let lock = DirLock::acquire(data_dir)?;
         let snapshot = snapshot::load(data_dir)?;
         let (wal, changes) = Wal::open(data_dir, snapshot.revision)?;
