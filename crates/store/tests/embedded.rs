@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use pylon_model::{Key, Kind};
@@ -18,8 +18,22 @@ fn key(id: &str) -> Key {
     Key::new(Kind::Routes, id)
 }
 
+/// Held while the kill -9 test starts a child. Until the child execs, it holds copies of this
+/// process's descriptors, the locks of other tests' data directories included: a test that
+/// closed a store and opened it again then could find it still locked.
+static SPAWNING: Mutex<()> = Mutex::new(());
+
+fn try_open(dir: &Path) -> Result<EmbeddedStore, EmbeddedError> {
+    try_open_with(dir, EmbeddedOptions::default())
+}
+
+fn try_open_with(dir: &Path, options: EmbeddedOptions) -> Result<EmbeddedStore, EmbeddedError> {
+    let _no_child_starting = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
+    EmbeddedStore::open_with(dir, options)
+}
+
 fn open(dir: &Path) -> EmbeddedStore {
-    EmbeddedStore::open(dir).unwrap()
+    try_open(dir).unwrap()
 }
 
 fn compacting_every(dir: &Path, records: usize) -> EmbeddedStore {
@@ -27,7 +41,7 @@ fn compacting_every(dir: &Path, records: usize) -> EmbeddedStore {
         compact_after_records: records,
         ..EmbeddedOptions::default()
     };
-    EmbeddedStore::open_with(dir, options).unwrap()
+    try_open_with(dir, options).unwrap()
 }
 
 fn wal_len(dir: &Path) -> u64 {
@@ -259,7 +273,7 @@ async fn damage_in_the_middle_of_the_log_is_refused() {
     let mut bytes = whole;
     bytes[20] ^= 0x01;
     std::fs::write(&wal, &bytes).unwrap();
-    let err = EmbeddedStore::open(dir.path()).err().unwrap();
+    let err = try_open(dir.path()).err().unwrap();
     assert!(
         matches!(&err, EmbeddedError::Corrupt { file, offset: 0, .. } if *file == wal),
         "{err:?}"
@@ -284,7 +298,7 @@ fn a_second_open_of_the_directory_fails_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let first = open(&data);
-    let err = EmbeddedStore::open(&data).err().unwrap();
+    let err = try_open(&data).err().unwrap();
     assert!(
         matches!(&err, EmbeddedError::Locked { dir, pid: Some(pid) }
             if *dir == data && *pid == std::process::id()),
@@ -297,7 +311,7 @@ fn a_second_open_of_the_directory_fails_naming_it() {
         "{message}"
     );
     drop(first);
-    assert!(EmbeddedStore::open(&data).is_ok(), "released on close");
+    assert!(try_open(&data).is_ok(), "released on close");
 }
 
 /// Set in the child process the kill -9 test starts: the data directory to write to.
@@ -338,7 +352,7 @@ fn acknowledged_writes_survive_kill_9() {
         );
         acknowledged.extend(acks);
 
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path());
         runtime.block_on(async {
             let listing = store.list().await.unwrap();
             let &(last_revision, last_i) = acknowledged.last().unwrap();
@@ -374,6 +388,8 @@ fn write_until_killed(
     compact_after: usize,
     kill_after: usize,
 ) -> Vec<(u64, u64)> {
+    let spawning = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
+    // Returns once the child has exec'd, its copies of our descriptors closed.
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -386,6 +402,7 @@ fn write_until_killed(
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    drop(spawning);
     let stdout = child.stdout.take().unwrap();
     let (lines, acks) = mpsc::channel();
     let reader = std::thread::spawn(move || {
