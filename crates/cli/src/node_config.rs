@@ -249,7 +249,11 @@ fn generated_node_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let host = if host.is_empty() { "pylon" } else { &host };
-    format!("{host}-{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
+    format!(
+        "{host}-{:x}{:x}",
+        nanos & 0xffff_ffff_ffff,
+        std::process::id()
+    )
 }
 
 #[cfg(test)]
@@ -295,14 +299,22 @@ mod tests {
         let err = NodeConfig::parse("deployment:\n  role: data_plane\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("deployment.role: a data_plane node"), "{err}");
-        let err = NodeConfig::parse("deployment:\n  role: control_plane\nconfig:\n  source: yaml\n")
-            .unwrap_err()
-            .to_string();
+        assert!(
+            err.starts_with("deployment.role: a data_plane node"),
+            "{err}"
+        );
+        let err =
+            NodeConfig::parse("deployment:\n  role: control_plane\nconfig:\n  source: yaml\n")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("set config.source to etcd, not yaml"), "{err}");
-        let dp = NodeConfig::parse("deployment:\n  role: data_plane\nconfig:\n  source: etcd\n").unwrap();
+        let dp = NodeConfig::parse("deployment:\n  role: data_plane\nconfig:\n  source: etcd\n")
+            .unwrap();
         assert!(dp.deployment.role.proxies() && !dp.runs_admin());
         let yaml = NodeConfig::parse("config:\n  source: yaml\n").unwrap();
-        assert!(!yaml.runs_admin(), "a YAML file cannot be written through the Admin API");
+        assert!(
+            !yaml.runs_admin(),
+            "a YAML file cannot be written through the Admin API"
+        );
     }
 }
