@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit and integration tests.
-# The tests need nothing but the Rust toolchain for now; servers that later tests need
-# (etcd, Redis) are installed here with apt-get when missing.
+# The store's tests run real etcd servers (`etcd` and `etcdctl` on the PATH): they are
+# installed here with apt-get when missing (Debian's etcd-server). Other servers later tests
+# need (Redis) will be installed the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v etcd >/dev/null; then
+    sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
+    $sudo apt-get update
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -82,8 +82,9 @@ impl AdminClient {
             stream.read_to_end(&mut answer)?;
             Ok(answer)
         };
-        let answer = exchange()
-            .with_context(|| format!("Admin API at {}: {method} {path_and_query}", self.authority))?;
+        let answer = exchange().with_context(|| {
+            format!("Admin API at {}: {method} {path_and_query}", self.authority)
+        })?;
         parse_response(&answer)
             .with_context(|| format!("Admin API at {}: {method} {path_and_query}", self.authority))
     }
@@ -150,7 +151,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(chunked.body, b"{\"a\":1}");
-        assert_eq!(chunked.json().unwrap_err().to_string(), "the Admin API answered 400: {\"a\":1}");
+        assert_eq!(
+            chunked.json().unwrap_err().to_string(),
+            "the Admin API answered 400: {\"a\":1}"
+        );
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le").is_err());
     }
 }

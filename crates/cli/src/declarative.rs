@@ -40,8 +40,7 @@ pub fn apply(client: &AdminClient, file: &Path, prune: bool) -> anyhow::Result<(
 }
 
 fn post(client: &AdminClient, file: &Path, prune: bool, dry_run: bool) -> anyhow::Result<Value> {
-    let document =
-        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let document = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let path = format!("{CONFIG_PATH}?dry_run={dry_run}&prune={prune}");
     client
         .request("POST", &path, Some(&document))?

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
-use pylon_admin::{AdminApi, AdminRole};
+use pylon_admin::{AdminApi, Role as AdminRole};
 use pylon_proxy::{
     AccessLog, ControlApi, Gateway, HandoffServer, NodeStatus, Publisher, Snapshot, Takeover,
     TlsContext,
@@ -95,7 +95,13 @@ struct AdminTarget {
     #[arg(long, value_name = "ADDR", global = true)]
     admin: Option<String>,
     /// An admin key, instead of the node config's first (or the one generated in its data dir).
-    #[arg(long, env = "PYLON_API_KEY", value_name = "KEY", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PYLON_API_KEY",
+        value_name = "KEY",
+        global = true,
+        hide_env_values = true
+    )]
     api_key: Option<String>,
 }
 
@@ -329,9 +335,12 @@ async fn open_store(node: &NodeConfig) -> anyhow::Result<Arc<dyn ConfigStore>> {
         SourceKind::Yaml => Arc::new(YamlStore::open(&node.config.file).await?),
         SourceKind::Embedded => {
             let dir = node.config.data_dir.join("store");
-            Arc::new(EmbeddedStore::open(&dir).with_context(|| format!("config store {}", dir.display()))?)
+            Arc::new(
+                EmbeddedStore::open(&dir)
+                    .with_context(|| format!("config store {}", dir.display()))?,
+            )
         }
-        SourceKind::Etcd => Arc::new(EtcdStore::new(node.config.etcd.clone()).context("config.etcd")?),
+        SourceKind::Etcd => Arc::new(EtcdStore::new(&node.config.etcd).context("config.etcd")?),
     })
 }
 
@@ -345,13 +354,13 @@ fn keyring(node: &NodeConfig) -> anyhow::Result<Keyring> {
 }
 
 fn tls_context(node: &NodeConfig) -> anyhow::Result<TlsContext> {
-    let trusted_ca = match &node.proxy.upstream.trusted_ca {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("proxy.upstream.trusted_ca: reading {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let trusted_ca =
+        match &node.proxy.upstream.trusted_ca {
+            Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                format!("proxy.upstream.trusted_ca: reading {}", path.display())
+            })?),
+            None => None,
+        };
     TlsContext::new(trusted_ca.as_deref(), node.proxy.https.fallback_sni.clone())
         .context("proxy.upstream.trusted_ca")
 }

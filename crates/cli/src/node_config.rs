@@ -8,9 +8,9 @@ use anyhow::{bail, Context};
 use pylon_admin::AdminSettings;
 use pylon_proxy::{AccessLogSettings, ControlSettings, ProxySettings};
 use pylon_store::EtcdSettings;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     pub deployment: Deployment,
@@ -26,7 +26,7 @@ pub struct NodeConfig {
 }
 
 /// What this node does in a cluster, as APISIX's deployment roles.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Deployment {
     pub role: Role,
@@ -34,7 +34,7 @@ pub struct Deployment {
     pub node_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Proxy and Admin API.
@@ -65,7 +65,7 @@ impl Role {
 }
 
 /// Keys that seal SSL private keys in the store.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataEncryption {
     /// Secrets; the first seals, all are tried to open (so a key can be rotated). Every node
@@ -76,7 +76,7 @@ pub struct DataEncryption {
 
 /// Where routes, upstreams and the other resources come from. Relative paths are relative to
 /// the node config file's directory (or the working directory when there is none).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigSource {
     pub source: SourceKind,
@@ -89,7 +89,7 @@ pub struct ConfigSource {
     pub etcd: EtcdSettings,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// A file-backed store in `data_dir`, written through the Admin API.
@@ -111,7 +111,7 @@ impl SourceKind {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// `error`, `warn`, `info`, `debug` or `trace`; or a tracing filter such as `pylon_proxy=debug`.
@@ -249,7 +249,11 @@ fn generated_node_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let host = if host.is_empty() { "pylon" } else { &host };
-    format!("{host}-{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
+    format!(
+        "{host}-{:x}{:x}",
+        nanos & 0xffff_ffff_ffff,
+        std::process::id()
+    )
 }
 
 #[cfg(test)]
@@ -295,14 +299,22 @@ mod tests {
         let err = NodeConfig::parse("deployment:\n  role: data_plane\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("deployment.role: a data_plane node"), "{err}");
-        let err = NodeConfig::parse("deployment:\n  role: control_plane\nconfig:\n  source: yaml\n")
-            .unwrap_err()
-            .to_string();
+        assert!(
+            err.starts_with("deployment.role: a data_plane node"),
+            "{err}"
+        );
+        let err =
+            NodeConfig::parse("deployment:\n  role: control_plane\nconfig:\n  source: yaml\n")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("set config.source to etcd, not yaml"), "{err}");
-        let dp = NodeConfig::parse("deployment:\n  role: data_plane\nconfig:\n  source: etcd\n").unwrap();
+        let dp = NodeConfig::parse("deployment:\n  role: data_plane\nconfig:\n  source: etcd\n")
+            .unwrap();
         assert!(dp.deployment.role.proxies() && !dp.runs_admin());
         let yaml = NodeConfig::parse("config:\n  source: yaml\n").unwrap();
-        assert!(!yaml.runs_admin(), "a YAML file cannot be written through the Admin API");
+        assert!(
+            !yaml.runs_admin(),
+            "a YAML file cannot be written through the Admin API"
+        );
     }
 }

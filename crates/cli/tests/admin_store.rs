@@ -79,14 +79,20 @@ fn admin_writes_are_served_and_bad_ones_change_nothing() {
     );
     assert_eq!(res.status, 400);
     let message = res.json()["error_msg"].as_str().unwrap().to_owned();
-    assert!(message.contains("upstream_id") && message.contains("nope"), "{message}");
+    assert!(
+        message.contains("upstream_id") && message.contains("nope"),
+        "{message}"
+    );
     let res = put(
         &pylon,
         "/apisix/admin/routes/1",
         json!({"uri": "/hello", "upstream_id": "u1", "methods": ["FETCH"]}),
     );
     assert_eq!(res.status, 400);
-    assert!(res.json()["error_msg"].as_str().unwrap().contains("methods[0]"));
+    assert!(res.json()["error_msg"]
+        .as_str()
+        .unwrap()
+        .contains("methods[0]"));
     let viewer = admin(
         admin_addr(&pylon),
         VIEWER_KEY,
@@ -102,10 +108,21 @@ fn admin_writes_are_served_and_bad_ones_change_nothing() {
         "/apisix/admin/upstreams/u1",
         None,
     );
-    assert_eq!(res.status, 400, "an upstream in use is not deleted: {}", res.text());
+    assert_eq!(
+        res.status,
+        400,
+        "an upstream in use is not deleted: {}",
+        res.text()
+    );
     assert_eq!(get(pylon.addr, "example.com", "/hello").status, 200);
     assert_eq!(get(pylon.addr, "example.com", "/other").status, 404);
-    let route = admin(admin_addr(&pylon), VIEWER_KEY, "GET", "/apisix/admin/routes/1", None);
+    let route = admin(
+        admin_addr(&pylon),
+        VIEWER_KEY,
+        "GET",
+        "/apisix/admin/routes/1",
+        None,
+    );
     assert_eq!(route.status, 200);
     assert_eq!(route.json()["value"].get("methods"), None);
 
@@ -158,7 +175,13 @@ fn every_acknowledged_write_survives_kill_9() {
     let acknowledged = acknowledged.lock().unwrap().clone();
 
     let pylon = start(dir);
-    let listing = admin(admin_addr(&pylon), ADMIN_KEY, "GET", "/apisix/admin/routes?page_size=500", None);
+    let listing = admin(
+        admin_addr(&pylon),
+        ADMIN_KEY,
+        "GET",
+        "/apisix/admin/routes?page_size=500",
+        None,
+    );
     assert_eq!(listing.status, 200);
     let listing = listing.json();
     let stored: Vec<String> = listing["list"]
@@ -176,7 +199,10 @@ fn every_acknowledged_write_survives_kill_9() {
         );
     }
     let last = acknowledged.last().unwrap();
-    assert_eq!(get(pylon.addr, "example.com", &format!("/r{last}")).status, 200);
+    assert_eq!(
+        get(pylon.addr, "example.com", &format!("/r{last}")).status,
+        200
+    );
     // The store goes on where it was: a new write gets a revision after the old ones.
     let res = put(
         &pylon,
@@ -185,7 +211,10 @@ fn every_acknowledged_write_survives_kill_9() {
     );
     assert_eq!(res.status, 201, "{}", res.text());
     let created = res.json()["createdIndex"].as_u64().unwrap();
-    assert!(created as usize > acknowledged.len(), "revision {created} reused");
+    assert!(
+        created as usize > acknowledged.len(),
+        "revision {created} reused"
+    );
 }
 
 fn pylon_config(pylon: &Pylon, args: &[&str]) -> (bool, String, String) {
@@ -226,13 +255,23 @@ fn config_dump_diff_and_apply_keep_the_gateway_in_git() {
     std::fs::write(&file, document(&one, true)).unwrap();
     let (ok, out, err) = pylon_config(&pylon, &["diff", "gateway.yaml"]);
     assert!(ok, "{err}");
-    assert!(out.contains("+ routes/a") && out.contains("+ upstreams/one"), "{out}");
-    assert_eq!(get(pylon.addr, "example.com", "/a").status, 404, "diff changes nothing");
+    assert!(
+        out.contains("+ routes/a") && out.contains("+ upstreams/one"),
+        "{out}"
+    );
+    assert_eq!(
+        get(pylon.addr, "example.com", "/a").status,
+        404,
+        "diff changes nothing"
+    );
     let (ok, out, err) = pylon_config(&pylon, &["apply", "gateway.yaml"]);
     assert!(ok, "{err}");
     assert!(out.contains("5 resource(s) changed"), "{out}");
     wait_status(&pylon, "/c", 200);
-    assert_eq!(get(pylon.addr, "example.com", "/b").header("x-upstream"), Some("one"));
+    assert_eq!(
+        get(pylon.addr, "example.com", "/b").header("x-upstream"),
+        Some("one")
+    );
 
     // The dump is the same document: applying it changes nothing.
     let (ok, dump, err) = pylon_config(&pylon, &["dump"]);
@@ -246,7 +285,10 @@ fn config_dump_diff_and_apply_keep_the_gateway_in_git() {
     std::fs::write(&file, document(&two, false)).unwrap();
     let (ok, out, err) = pylon_config(&pylon, &["apply", "gateway.yaml"]);
     assert!(ok, "{err}");
-    assert!(out.contains("~ routes/b") && !out.contains("routes/c"), "{out}");
+    assert!(
+        out.contains("~ routes/b") && !out.contains("routes/c"),
+        "{out}"
+    );
     wait_until(
         || get(pylon.addr, "example.com", "/b").header("x-upstream") == Some("two"),
         "/b to move to upstream two",
@@ -254,7 +296,10 @@ fn config_dump_diff_and_apply_keep_the_gateway_in_git() {
     assert_eq!(get(pylon.addr, "example.com", "/c").status, 200);
     let (ok, out, err) = pylon_config(&pylon, &["apply", "gateway.yaml", "--prune"]);
     assert!(ok, "{err}");
-    assert!(out.contains("- routes/c") && out.contains("1 resource(s) changed"), "{out}");
+    assert!(
+        out.contains("- routes/c") && out.contains("1 resource(s) changed"),
+        "{out}"
+    );
     wait_status(&pylon, "/c", 404);
 
     // An invalid document is refused whole, with the path of the error, and changes nothing.
@@ -266,5 +311,8 @@ fn config_dump_diff_and_apply_keep_the_gateway_in_git() {
     let (ok, _, err) = pylon_config(&pylon, &["apply", "gateway.yaml", "--prune"]);
     assert!(!ok);
     assert!(err.contains("routes[1].upstream_id"), "{err}");
-    assert_eq!(get(pylon.addr, "example.com", "/b").header("x-upstream"), Some("two"));
+    assert_eq!(
+        get(pylon.addr, "example.com", "/b").header("x-upstream"),
+        Some("two")
+    );
 }

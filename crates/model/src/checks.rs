@@ -8,12 +8,14 @@
 //! to 0.1 s, where APISIX wants whole seconds), so a node can be probed more often than once a
 //! second; and `req_headers` may be empty.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+/// Health checks: active ones are required, passive ones optional.
 pub struct HealthChecks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<ActiveCheck>,
@@ -22,7 +24,7 @@ pub struct HealthChecks {
 }
 
 /// How a check talks to a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckType {
     #[default]
@@ -32,22 +34,28 @@ pub enum CheckType {
     Tcp,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveCheck {
     #[serde(rename = "type")]
     pub kind: CheckType,
     /// Seconds a probe may take before it counts as a timeout.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub timeout: f64,
     /// Probes in flight at once, per upstream.
+    #[schemars(range(min = 1))]
     pub concurrency: u32,
     /// `Host` of the probe (and SNI of an https probe); the node's address when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Port probed instead of the node's.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub port: Option<u16>,
+    /// Path of an http or https probe.
+    #[schemars(regex(pattern = "^/"))]
     pub http_path: String,
+    /// Whether an https probe verifies the node's certificate.
     pub https_verify_certificate: bool,
     /// Extra request header lines, `Name: value`.
     pub req_headers: Vec<String>,
@@ -73,13 +81,17 @@ impl Default for ActiveCheck {
 }
 
 /// When an unhealthy node is healthy again, and how often healthy nodes are probed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveHealthy {
     /// Seconds between probes of a healthy node.
+    #[schemars(range(min = 0.1))]
     pub interval: f64,
+    /// Statuses that count as a success.
+    #[schemars(length(min = 1), inner(range(min = 200, max = 599)))]
     pub http_statuses: Vec<u16>,
     /// Consecutive successful probes that make a node healthy.
+    #[schemars(range(min = 1, max = 254))]
     pub successes: u32,
 }
 
@@ -94,14 +106,23 @@ impl Default for ActiveHealthy {
 }
 
 /// When a healthy node is unhealthy, and how often unhealthy nodes are probed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActiveUnhealthy {
     /// Seconds between probes of an unhealthy node.
+    #[schemars(range(min = 0.1))]
     pub interval: f64,
+    /// Statuses that count as a failure.
+    #[schemars(length(min = 1), inner(range(min = 200, max = 599)))]
     pub http_statuses: Vec<u16>,
+    /// Consecutive failed statuses that make a node unhealthy.
+    #[schemars(range(min = 1, max = 254))]
     pub http_failures: u32,
+    /// Consecutive failed connections that make a node unhealthy.
+    #[schemars(range(min = 1, max = 254))]
     pub tcp_failures: u32,
+    /// Consecutive timeouts that make a node unhealthy.
+    #[schemars(range(min = 1, max = 254))]
     pub timeouts: u32,
 }
 
@@ -117,7 +138,7 @@ impl Default for ActiveUnhealthy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveCheck {
     #[serde(rename = "type")]
@@ -127,10 +148,14 @@ pub struct PassiveCheck {
 }
 
 /// Counters of passive checks: 0 turns that counter off, as in APISIX.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveHealthy {
+    /// Statuses that count as a success.
+    #[schemars(length(min = 1), inner(range(min = 200, max = 599)))]
     pub http_statuses: Vec<u16>,
+    /// Consecutive successful responses that make a node healthy.
+    #[schemars(range(max = 254))]
     pub successes: u32,
 }
 
@@ -147,12 +172,20 @@ impl Default for PassiveHealthy {
 }
 
 /// Counters of passive checks: 0 turns that counter off, as in APISIX.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassiveUnhealthy {
+    /// Statuses that count as a failure.
+    #[schemars(length(min = 1), inner(range(min = 200, max = 599)))]
     pub http_statuses: Vec<u16>,
+    /// Consecutive failed statuses that make a node unhealthy.
+    #[schemars(range(max = 254))]
     pub http_failures: u32,
+    /// Consecutive failed connections that make a node unhealthy.
+    #[schemars(range(max = 254))]
     pub tcp_failures: u32,
+    /// Consecutive timeouts that make a node unhealthy.
+    #[schemars(range(max = 254))]
     pub timeouts: u32,
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{FieldError, ValidationErrors};
@@ -14,7 +15,8 @@ use crate::validate;
 pub type Labels = BTreeMap<String, String>;
 pub type Plugins = serde_json::Map<String, serde_json::Value>;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Settings shared by routes: an upstream, plugins, hosts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     #[serde(
@@ -22,11 +24,15 @@ pub struct Service {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
+    /// A name for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A description for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desc: Option<String>,
+    /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
     #[serde(
@@ -34,24 +40,35 @@ pub struct Service {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
+    /// The upstream of the routes that use this service, by id.
     pub upstream_id: Option<String>,
+    /// The upstream of the routes that use this service, written inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
+    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
+    #[schemars(extend("maxProperties" = 0))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugins: Option<Plugins>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Hosts the routes of this service match, as a route's `hosts`.
     pub hosts: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Whether requests may upgrade to WebSocket.
     pub enable_websocket: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// APISIX's Lua script: not supported by this build, refused when set.
     pub script: Option<String>,
+    /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Plugins that run for every request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalRule {
     #[serde(
@@ -59,15 +76,21 @@ pub struct GlobalRule {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
+    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
+    #[schemars(extend("maxProperties" = 0))]
     pub plugins: Plugins,
+    /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A set of plugins that routes refer to by `plugin_config_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     #[serde(
@@ -75,16 +98,24 @@ pub struct PluginConfig {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
+    /// A name for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A description for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desc: Option<String>,
+    /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
+    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
+    #[schemars(extend("maxProperties" = 0))]
     pub plugins: Plugins,
+    /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }
@@ -293,4 +324,14 @@ pub(crate) fn de_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String
             "must be a string or a non-negative integer",
         )),
     }
+}
+
+/// What [`de_opt_id`] accepts, for `#[schemars(schema_with)]` on id fields.
+pub(crate) fn id_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "A string, or a non-negative integer (kept as its decimal string).",
+        "type": ["string", "integer", "null"],
+        // Constrains the integer form only: JSON Schema ignores `minimum` for strings and null.
+        "minimum": 0
+    })
 }

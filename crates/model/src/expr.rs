@@ -10,11 +10,13 @@
 //! parse time: regexes are compiled, numbers and CIDRs parsed, so evaluating a request cannot
 //! fail. The original JSON is kept and written back unchanged by `Serialize`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use regex::{Regex, RegexBuilder};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -166,6 +168,67 @@ impl<'de> Deserialize<'de> for Expr {
         let value = Value::deserialize(deserializer)?;
         Expr::parse(&value).map_err(serde::de::Error::custom)
     }
+}
+
+/// The shapes [`Expr::parse`] accepts. Operands (regexes, numbers, CIDRs) are left to the parser:
+/// a value the schema lets through may still be refused, never the other way round.
+impl JsonSchema for Expr {
+    fn schema_name() -> Cow<'static, str> {
+        "Expr".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let node = generator.subschema_for::<ExprNode>();
+        json_schema!({
+            "description": "APISIX's `vars` (lua-resty-expr): a list of conditions and groups that must all hold, or a single group such as [\"OR\", condition, condition].",
+            "type": "array",
+            "anyOf": [{"items": node}, group_schema(&node)]
+        })
+    }
+}
+
+/// One element of an [`Expr`]: a condition, a group, or a list of nodes (an AND group). It
+/// exists only to name the recursive schema.
+struct ExprNode;
+
+impl JsonSchema for ExprNode {
+    fn schema_name() -> Cow<'static, str> {
+        "ExprNode".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let node = generator.subschema_for::<ExprNode>();
+        let var = json_schema!({"type": "string", "minLength": 1});
+        // lua-resty-expr lower-cases operators; JSON Schema patterns have no case-insensitive flag.
+        let op = json_schema!({
+            "type": "string",
+            "pattern": "^(==|~=|>=?|<=?|~~|~\\*|[Ii][Nn]|[Hh][Aa][Ss]|[Ii][Pp][Mm][Aa][Tt][Cc][Hh])$"
+        });
+        json_schema!({
+            "description": "A condition [var, op, value], [var, \"!\", op, value] or [var, value] (short for ==); a group [\"AND\" | \"OR\" | \"!AND\" | \"!OR\", node, node, ...]; or a list of nodes that must all hold.",
+            "type": "array",
+            "anyOf": [
+                {
+                    "prefixItems": [var, {"type": ["string", "number", "null"]}],
+                    "minItems": 2,
+                    "maxItems": 2
+                },
+                {"prefixItems": [var, op], "minItems": 3, "maxItems": 3},
+                {"prefixItems": [var, {"const": "!"}, op], "minItems": 4, "maxItems": 4},
+                group_schema(&node),
+                {"prefixItems": [{"type": "array"}], "items": node}
+            ]
+        })
+    }
+}
+
+/// `["AND" | "OR" | "!AND" | "!OR", node, node, ...]`, the operator in any case.
+fn group_schema(node: &Schema) -> Schema {
+    json_schema!({
+        "prefixItems": [{"type": "string", "pattern": "^!?([Aa][Nn][Dd]|[Oo][Rr])$"}],
+        "items": node,
+        "minItems": 3
+    })
 }
 
 // === impl Operand ===

@@ -11,6 +11,11 @@ pub enum Kind {
     GlobalRules,
     PluginConfigs,
     Consumers,
+    /// A consumer's credentials, each its own resource. The id is `<username>/credentials/<id>`,
+    /// the form APISIX gives a credential's `id`: every credential lives under one prefix
+    /// (`/pylon/credentials/`), a consumer's under `/pylon/credentials/<username>/`, and a
+    /// listing of consumers never has to skip them (APISIX nests them under the consumer).
+    Credentials,
     ConsumerGroups,
     Ssls,
     StreamRoutes,
@@ -20,13 +25,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Routes,
         Kind::Services,
         Kind::Upstreams,
         Kind::GlobalRules,
         Kind::PluginConfigs,
         Kind::Consumers,
+        Kind::Credentials,
         Kind::ConsumerGroups,
         Kind::Ssls,
         Kind::StreamRoutes,
@@ -43,6 +49,7 @@ impl Kind {
             Kind::GlobalRules => "global_rules",
             Kind::PluginConfigs => "plugin_configs",
             Kind::Consumers => "consumers",
+            Kind::Credentials => "credentials",
             Kind::ConsumerGroups => "consumer_groups",
             Kind::Ssls => "ssls",
             Kind::StreamRoutes => "stream_routes",
@@ -54,6 +61,12 @@ impl Kind {
 
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether ids of this kind have several `/`-separated parts: secrets are
+    /// `<manager>/<id>` (`vault/1`), credentials `<username>/credentials/<id>`.
+    pub fn has_compound_id(self) -> bool {
+        matches!(self, Kind::Secrets | Kind::Credentials)
     }
 
     /// Consumers are named by `username`, everything else by `id`.
@@ -97,10 +110,12 @@ impl Key {
     pub fn from_path(prefix: &str, path: &str) -> Option<Key> {
         let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
         let (kind, id) = rest.split_once('/')?;
-        if id.is_empty() || id.contains('/') {
+        let parts_empty = id.split('/').any(str::is_empty);
+        let kind = Kind::parse(kind)?;
+        if parts_empty || (id.contains('/') && !kind.has_compound_id()) {
             return None;
         }
-        Some(Key::new(Kind::parse(kind)?, id))
+        Some(Key::new(kind, id))
     }
 }
 
@@ -123,5 +138,15 @@ mod tests {
         assert_eq!(Key::from_path("/pylon", "/pylon/nope/1"), None);
         assert_eq!(Key::from_path("/pylon", "/pylon/routes/"), None);
         assert_eq!(Key::from_path("/pylon", "/other/routes/1"), None);
+        assert_eq!(Key::from_path("/pylon", "/pylon/routes/1/2"), None);
+        assert_eq!(
+            Key::from_path("/pylon", "/pylon/secrets/vault/1"),
+            Some(Key::new(Kind::Secrets, "vault/1"))
+        );
+        assert_eq!(
+            Key::from_path("/pylon", "/pylon/credentials/jack/credentials/a"),
+            Some(Key::new(Kind::Credentials, "jack/credentials/a"))
+        );
+        assert_eq!(Key::from_path("/pylon", "/pylon/secrets/vault/"), None);
     }
 }

@@ -11,6 +11,7 @@ mod error;
 pub mod expr;
 mod key;
 mod route;
+mod schema;
 mod ssl;
 mod standalone;
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub use config::{Config, GlobalRule, PluginConfig, Resource, Service};
 pub use error::{FieldError, ValidationErrors};
 pub use key::{Key, Kind};
 pub use route::Route;
+pub use schema::json_schema;
 pub use ssl::{Ssl, SslClient, SslType, TlsVersion};
 pub use standalone::parse_standalone;
 pub use tls::{parse_certificates, parse_private_key, KeyPair};

@@ -1,19 +1,22 @@
 //! `ssls`: certificates the gateway serves, chosen by the name a client asks for (SNI), with an
 //! optional CA to verify client certificates (mutual TLS).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
 use rustls::pki_types::CertificateDer;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::config::{de_opt_id, Labels};
+use crate::config::{de_opt_id, id_schema, Labels};
 use crate::error::FieldError;
 use crate::tls::{load_key_pair, parse_certificates, KeyPair, REDACTED};
 use crate::validate::host_pattern;
 
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// One or more certificates for the same server names, with their keys.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ssl {
     #[serde(
@@ -21,6 +24,7 @@ pub struct Ssl {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
     /// PEM certificate, leaf first, then any intermediates.
     pub cert: String,
@@ -39,19 +43,24 @@ pub struct Ssl {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Verification of client certificates (mutual TLS).
     pub client: Option<SslClient>,
     #[serde(rename = "type", default)]
     pub kind: SslType,
     /// 1 enabled, 0 disabled.
     #[serde(default = "enabled")]
+    #[schemars(range(min = 0, max = 1))]
     pub status: i64,
+    /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
     /// TLS versions offered to clients of these names; the listener's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_protocols: Option<Vec<TlsVersion>>,
+    /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }
@@ -61,7 +70,7 @@ fn enabled() -> i64 {
 }
 
 /// Verification of client certificates (mutual TLS).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SslClient {
     /// PEM CA certificate(s) a client certificate must chain to.
@@ -79,7 +88,7 @@ fn default_depth() -> u32 {
 }
 
 /// What the certificate is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SslType {
     /// Served to clients of the gateway.
@@ -103,6 +112,20 @@ impl TlsVersion {
             TlsVersion::Tls12 => "TLSv1.2",
             TlsVersion::Tls13 => "TLSv1.3",
         }
+    }
+}
+
+impl JsonSchema for TlsVersion {
+    fn schema_name() -> Cow<'static, str> {
+        "TlsVersion".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A TLS version: TLSv1.2 or TLSv1.3 (older ones are refused).",
+            "type": "string",
+            "enum": [TlsVersion::Tls12.as_str(), TlsVersion::Tls13.as_str()]
+        })
     }
 }
 

@@ -4,15 +4,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
+use schemars::JsonSchema;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::checks::HealthChecks;
-use crate::config::{de_opt_id, Labels};
+use crate::config::{de_opt_id, id_schema, Labels};
 use crate::error::FieldError;
 use crate::tls::{load_key_pair, KeyPair, REDACTED};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The nodes requests are balanced over, and how they are reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     #[serde(
@@ -20,70 +22,98 @@ pub struct Upstream {
         deserialize_with = "de_opt_id",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
+    /// A name for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A description for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desc: Option<String>,
+    /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
+    /// At least one node.
     pub nodes: Nodes,
+    /// How a node is chosen for each request.
     #[serde(rename = "type", default)]
     pub balancer: UpstreamType,
+    /// What `key` names, for `chash`.
     #[serde(default)]
     pub hash_on: HashOn,
+    /// What `chash` hashes (see `hash_on`); required with `chash` unless `hash_on` is consumer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// Further attempts after the first; `None` means "one per other node".
+    /// Further attempts after the first; absent means one per other node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub retries: Option<i64>,
     /// Seconds within which retries may still start; 0 or absent means no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub retry_timeout: Option<f64>,
+    /// Timeouts towards the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Timeout>,
+    /// Idle connections kept to the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_pool: Option<KeepalivePool>,
     #[serde(default)]
     pub pass_host: PassHost,
+    /// The `Host` sent when `pass_host` is rewrite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_host: Option<String>,
     #[serde(default)]
     pub scheme: Scheme,
+    /// Health checks of the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<HealthChecks>,
+    /// APISIX's service discovery: not supported by this build, refused when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_type: Option<String>,
+    /// The service to look up with `discovery_type`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
+    /// TLS settings of an `https` or `grpcs` upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }
 
 /// Connect, send and read timeouts in seconds, as APISIX writes them.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeout {
+    /// Seconds to establish a connection.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub connect: f64,
+    /// Seconds between two writes of the request.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub send: f64,
+    /// Seconds between two reads of the response.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub read: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeepalivePool {
     /// Idle connections kept per node and worker.
     #[serde(default = "KeepalivePool::default_size")]
+    #[schemars(range(min = 0))]
     pub size: i64,
     /// Seconds an idle connection is kept.
     #[serde(default = "KeepalivePool::default_idle_timeout")]
+    #[schemars(range(min = 0))]
     pub idle_timeout: f64,
     /// Requests served on one connection before it is closed.
     #[serde(default = "KeepalivePool::default_requests")]
+    #[schemars(range(min = 1))]
     pub requests: i64,
 }
 
@@ -109,29 +139,40 @@ impl Default for KeepalivePool {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+/// The balancing algorithm.
 pub enum UpstreamType {
+    /// Weighted round robin.
     #[default]
     Roundrobin,
+    /// Consistent hashing of `key`.
     Chash,
+    /// The node with the fewest requests in flight.
     LeastConn,
+    /// The node with the lowest latency (peak EWMA).
     Ewma,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+/// What `key` names for `chash`.
 pub enum HashOn {
+    /// A request variable, as `remote_addr` or `arg_id`.
     #[default]
     Vars,
+    /// A request header.
     Header,
+    /// A cookie.
     Cookie,
+    /// The authenticated consumer; `key` is not needed.
     Consumer,
+    /// Variables inside a string, as `$host$uri`.
     VarsCombinations,
 }
 
 /// Which `Host` the upstream sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PassHost {
     /// The client's `Host`.
@@ -144,7 +185,7 @@ pub enum PassHost {
 }
 
 /// How the gateway talks to the nodes: HTTP/1.1 or gRPC (HTTP/2), in clear or over TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheme {
     #[default]
@@ -188,7 +229,7 @@ impl Scheme {
 /// (against the system's roots, for the node's host name) unless `verify: false` is written:
 /// an upstream reached over TLS without verification is open to anyone on the path, and that
 /// should be a visible choice.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM certificate (chain) presented to the nodes: mutual TLS.
@@ -254,22 +295,33 @@ impl fmt::Debug for UpstreamTls {
 }
 
 /// `nodes` in either of APISIX's forms: `{"host:port": weight}` or a list of node objects.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Nodes {
+    /// `host[:port]` to weight.
+    #[schemars(extend("additionalProperties" = {"type": "integer", "minimum": 0, "maximum": u32::MAX}))]
     Map(BTreeMap<String, i64>),
+    /// Node objects.
     List(Vec<NodeSpec>),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
+    /// An IP address or a host name.
     pub host: String,
+    /// 80, or 443 with TLS, when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i64>,
+    /// The node's share of requests; 0 takes it out of balancing.
+    #[schemars(range(min = 0, max = u32::MAX))]
     pub weight: i64,
+    /// Nodes of a lower priority get requests only when no node of a higher one can be used.
     #[serde(default)]
+    #[schemars(range(min = i32::MIN, max = i32::MAX))]
     pub priority: i64,
+    /// Free-form data about the node; not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
 }

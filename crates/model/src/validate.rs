@@ -7,7 +7,8 @@ use crate::error::FieldError;
 use crate::route::Route;
 use crate::upstream::{HashOn, PassHost, Timeout, Upstream, UpstreamType};
 
-const METHODS: [&str; 10] = [
+/// The HTTP methods a route may list.
+pub(crate) const METHODS: [&str; 10] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
 ];
 

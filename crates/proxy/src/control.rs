@@ -171,12 +171,7 @@ async fn answer(
 }
 
 /// The status and JSON body for `method path`.
-fn route(
-    method: &str,
-    path: &str,
-    health: &HealthRegistry,
-    status: &NodeStatus,
-) -> (u16, String) {
+fn route(method: &str, path: &str, health: &HealthRegistry, status: &NodeStatus) -> (u16, String) {
     if method != "GET" {
         return error(405, "405 Method Not Allowed");
     }
@@ -260,7 +255,12 @@ mod tests {
             live: true,
             ..View::default()
         };
-        let (code, body) = route("GET", "/v1/status", &HealthRegistry::default(), &status(view));
+        let (code, body) = route(
+            "GET",
+            "/v1/status",
+            &HealthRegistry::default(),
+            &status(view),
+        );
         assert_eq!(code, 200);
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["id"], "node-1");

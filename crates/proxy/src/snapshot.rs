@@ -498,13 +498,21 @@ mod tests {
         };
         let nodes = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
         let v1 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(nodes, false), 1, &defaults, &tls()).unwrap().snapshot),
+            Arc::new(
+                Snapshot::compile(&config(nodes, false), 1, &defaults, &tls())
+                    .unwrap()
+                    .snapshot,
+            ),
             None,
         );
         let first = rr(&v1);
         // A new route does not reset the round robin: the next pick is the other node.
         let v2 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(nodes, true), 2, &defaults, &tls()).unwrap().snapshot),
+            Arc::new(
+                Snapshot::compile(&config(nodes, true), 2, &defaults, &tls())
+                    .unwrap()
+                    .snapshot,
+            ),
             Some(&v1),
         );
         assert_ne!(rr(&v2), first);
@@ -539,7 +547,11 @@ mod tests {
             pylon_model::parse_standalone(&text).unwrap().1
         };
         let v1 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(false), 1, &defaults, &tls()).unwrap().snapshot),
+            Arc::new(
+                Snapshot::compile(&config(false), 1, &defaults, &tls())
+                    .unwrap()
+                    .snapshot,
+            ),
             None,
         );
         let spec = &v1.snapshot.upstreams[0].balancer;
@@ -550,7 +562,11 @@ mod tests {
         v1.balancers[0].borrow_mut().on_request_start(busy);
 
         let v2 = WorkerView::new(
-            Arc::new(Snapshot::compile(&config(true), 2, &defaults, &tls()).unwrap().snapshot),
+            Arc::new(
+                Snapshot::compile(&config(true), 2, &defaults, &tls())
+                    .unwrap()
+                    .snapshot,
+            ),
             Some(&v1),
         );
         // The request ends on the view it started with, after the change.

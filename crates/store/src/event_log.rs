@@ -16,6 +16,10 @@ const SUBSCRIBER_BUFFER: usize = 256;
 
 #[derive(Default)]
 pub struct EventLog {
+    /// Held through a whole change, persisting included: the state a transaction was checked
+    /// against is still the state when it applies, while readers wait only for the in-memory
+    /// update, never for a disk.
+    writer: Mutex<()>,
     state: Mutex<State>,
 }
 
@@ -30,6 +34,23 @@ struct State {
 impl EventLog {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A log that starts from a recovered state: its revision and entries, with no history.
+    pub(crate) fn restore(listing: Listing) -> Self {
+        let state = State {
+            revision: listing.revision,
+            entries: listing
+                .entries
+                .into_iter()
+                .map(|e| (e.key.clone(), e))
+                .collect(),
+            ..State::default()
+        };
+        EventLog {
+            writer: Mutex::default(),
+            state: Mutex::new(state),
+        }
     }
 
     pub fn revision(&self) -> Revision {
@@ -70,24 +91,30 @@ impl EventLog {
     /// Applies `txn` as one revision if its conditions hold. Returns the revision after it:
     /// unchanged when every write was a no-op.
     pub fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
-        let mut state = self.lock();
-        if txn
-            .unchanged_since
-            .is_some_and(|since| state.revision > since)
-        {
-            return Err(StoreError::Conflict);
-        }
-        for (key, condition) in &txn.conditions {
-            let current = state.entries.get(key).map(|e| e.mod_revision);
-            let holds = match condition {
-                Precondition::Absent => current.is_none(),
-                Precondition::ModRevision(rev) => current == Some(*rev),
-            };
-            if !holds {
-                return Err(StoreError::Conflict);
+        self.commit_with(txn, |_| Ok(()))
+    }
+
+    /// Like [`commit`](Self::commit), but hands the change to `persist` before applying it:
+    /// if `persist` fails, nothing is applied, no watcher hears of it, and its error is
+    /// returned. A no-op transaction is not persisted.
+    pub(crate) fn commit_with(
+        &self,
+        txn: Txn,
+        persist: impl FnOnce(&Change) -> Result<(), StoreError>,
+    ) -> Result<Revision, StoreError> {
+        let _writer = lock(&self.writer);
+        let change = {
+            let state = self.lock();
+            state.check(&txn)?;
+            match state.prepare(txn.writes) {
+                Some(change) => change,
+                None => return Ok(state.revision),
             }
-        }
-        Ok(state.apply(txn.writes).unwrap_or(state.revision))
+        };
+        persist(&change)?;
+        let revision = change.revision;
+        self.lock().publish(change);
+        Ok(revision)
     }
 
     /// Applies puts (`Some`) and deletes (`None`) as one revision; returns it, or `None` when
@@ -96,28 +123,71 @@ impl EventLog {
         &self,
         writes: impl IntoIterator<Item = (Key, Option<serde_json::Value>)>,
     ) -> Option<Revision> {
-        self.lock().apply(writes)
+        let _writer = lock(&self.writer);
+        let mut state = self.lock();
+        let change = state.prepare(writes)?;
+        let revision = change.revision;
+        state.publish(change);
+        Some(revision)
+    }
+
+    /// Applies a change made before (read back from disk), as the next revision.
+    pub(crate) fn replay(&self, change: Change) {
+        let _writer = lock(&self.writer);
+        self.lock().publish(change);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-updated in a way readers
-        // could misread: every mutation completes before the next statement can panic.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 }
 
+/// A panic while holding either lock cannot leave State half-updated in a way readers could
+/// misread: every mutation completes before the next statement can panic.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl State {
-    fn apply(
-        &mut self,
+    /// Whether `txn`'s conditions hold: [`StoreError::Conflict`] if not.
+    fn check(&self, txn: &Txn) -> Result<(), StoreError> {
+        if txn
+            .unchanged_since
+            .is_some_and(|since| self.revision > since)
+        {
+            return Err(StoreError::Conflict);
+        }
+        for (key, condition) in &txn.conditions {
+            let current = self.entries.get(key).map(|e| e.mod_revision);
+            let holds = match condition {
+                Precondition::Absent => current.is_none(),
+                Precondition::ModRevision(rev) => current == Some(*rev),
+            };
+            if !holds {
+                return Err(StoreError::Conflict);
+            }
+        }
+        Ok(())
+    }
+
+    /// The change `writes` would make as the next revision, without making it; `None` when
+    /// every write is a no-op.
+    fn prepare(
+        &self,
         writes: impl IntoIterator<Item = (Key, Option<serde_json::Value>)>,
-    ) -> Option<Revision> {
-        let state = self;
-        let revision = state.revision + 1;
+    ) -> Option<Change> {
+        let revision = self.revision + 1;
+        // What earlier writes of the same change did, which later ones must see.
+        let mut staged: BTreeMap<Key, Option<Entry>> = BTreeMap::new();
         let mut events = Vec::new();
         for (key, value) in writes {
+            let current = match staged.get(&key) {
+                Some(staged) => staged.as_ref(),
+                None => self.entries.get(&key),
+            };
             match value {
                 Some(value) => {
-                    let create_revision = match state.entries.get(&key) {
+                    let create_revision = match current {
                         Some(e) if e.value == value => continue,
                         Some(e) => e.create_revision,
                         None => revision,
@@ -128,31 +198,41 @@ impl State {
                         create_revision,
                         mod_revision: revision,
                     };
-                    state.entries.insert(key, entry.clone());
+                    staged.insert(key, Some(entry.clone()));
                     events.push(Event::Put(entry));
                 }
                 None => {
-                    if state.entries.remove(&key).is_some() {
+                    if current.is_some() {
+                        staged.insert(key.clone(), None);
                         events.push(Event::Delete { key, revision });
                     }
                 }
             }
         }
-        if events.is_empty() {
-            return None;
+        (!events.is_empty()).then_some(Change { revision, events })
+    }
+
+    /// Makes `change` the current revision and tells the watchers.
+    fn publish(&mut self, change: Change) {
+        for event in &change.events {
+            match event {
+                Event::Put(entry) => {
+                    self.entries.insert(entry.key.clone(), entry.clone());
+                }
+                Event::Delete { key, .. } => {
+                    self.entries.remove(key);
+                }
+            }
         }
-        state.revision = revision;
-        let change = Change { revision, events };
-        if state.history.len() == HISTORY {
-            state.history.pop_front();
+        self.revision = change.revision;
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
         }
-        state.history.push_back(change.clone());
+        self.history.push_back(change.clone());
         // A subscriber that is gone or too far behind is dropped; a slow one learns it must
         // list again when its stream ends.
-        state
-            .subscribers
+        self.subscribers
             .retain(|tx| tx.try_send(Ok(change.clone())).is_ok());
-        Some(revision)
     }
 }
 
@@ -232,5 +312,45 @@ mod tests {
             Ok(r3),
             "a no-op keeps the revision"
         );
+    }
+
+    #[tokio::test]
+    async fn a_change_that_cannot_be_persisted_is_not_applied_nor_seen() {
+        let log = EventLog::new();
+        log.commit(Txn::put(key("1"), json!(1))).unwrap();
+        let mut rx = log.watch(1).unwrap();
+        let unavailable = StoreError::Unavailable("disk full".into());
+        let failed = log.commit_with(Txn::put(key("1"), json!(2)), |change| {
+            assert_eq!(change.revision, 2, "the change offered for persisting");
+            Err(unavailable.clone())
+        });
+        assert_eq!(failed, Err(unavailable));
+        assert_eq!(log.get(&key("1")).unwrap().value, json!(1));
+        assert_eq!(log.revision(), 1);
+        assert!(rx.try_recv().is_err(), "no watcher heard of it");
+
+        let r2 = log.commit(Txn::put(key("2"), json!(2))).unwrap();
+        assert_eq!(r2, 2, "the revision of a failed change was never used");
+        assert_eq!(rx.recv().await.unwrap().unwrap().revision, 2);
+    }
+
+    #[test]
+    fn later_writes_of_a_transaction_see_the_earlier_ones() {
+        let log = EventLog::new();
+        log.commit(Txn::put(key("1"), json!(1))).unwrap();
+        let txn = Txn {
+            writes: vec![
+                (key("1"), None),
+                (key("1"), Some(json!(1))),
+                (key("2"), Some(json!(2))),
+                (key("2"), Some(json!(2))),
+            ],
+            ..Txn::default()
+        };
+        assert_eq!(log.commit(txn), Ok(2));
+        let recreated = log.get(&key("1")).unwrap();
+        assert_eq!((recreated.create_revision, recreated.mod_revision), (2, 2));
+        let change = log.watch(1).unwrap().try_recv().unwrap().unwrap();
+        assert_eq!(change.events.len(), 3, "the repeated put of 2 is a no-op");
     }
 }

@@ -5,11 +5,17 @@
 //! backend (the YAML file here; the embedded store and etcd next) plugs in without touching it.
 #![forbid(unsafe_code)]
 
+mod embedded;
+mod etcd;
 mod event_log;
+mod keyring;
 mod replica;
 mod yaml;
 
+pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedStore};
+pub use etcd::{EtcdError, EtcdSettings, EtcdStore};
 pub use event_log::EventLog;
+pub use keyring::{random_secret, Keyring, KeyringError};
 pub use replica::{Replica, View};
 pub use yaml::YamlStore;
 

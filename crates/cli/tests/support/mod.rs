@@ -145,7 +145,8 @@ impl Pylon {
                         line.strip_prefix("pylon: control API listening on http://")
                     {
                         control = Some(a.parse().unwrap());
-                    } else if let Some(a) = line.strip_prefix("pylon: admin API listening on http://")
+                    } else if let Some(a) =
+                        line.strip_prefix("pylon: admin API listening on http://")
                     {
                         admin = Some(a.parse().unwrap());
                     } else if let Some(path) = line.strip_prefix("pylon: handoff socket: ") {

@@ -174,7 +174,9 @@ mod tests {
         }
         let config = pylon_model::parse_standalone(&text).unwrap().1;
         let tls = TlsContext::new(None, None).unwrap();
-        Snapshot::compile(&config, 1, &UpstreamDefaults::default(), &tls).unwrap().snapshot
+        Snapshot::compile(&config, 1, &UpstreamDefaults::default(), &tls)
+            .unwrap()
+            .snapshot
     }
 
     /// Passive checks take a node out at the first failure. (The active checks they need

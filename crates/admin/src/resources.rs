@@ -1,0 +1,486 @@
+//! The resource endpoints (`/apisix/admin/<kind>[/<id>]`) with APISIX v3's semantics.
+//!
+//! - `GET` one (`{key, value, createdIndex, modifiedIndex}`) or a list (`{list, total}`).
+//! - `PUT` creates (201) or replaces (200); the body's id, if any, must match the path; the
+//!   creation time is kept, the update time set.
+//! - `POST` creates with a generated id: APISIX's, a 20-digit zero-padded store revision.
+//! - `PATCH` merges the body into the stored value, or replaces the field a sub-path names.
+//! - `DELETE` is refused while another resource refers to this one, unless `force=true`.
+//!
+//! Every write is checked before it is stored (see [`crate::validation`]); an SSL's private keys
+//! are stored sealed and never shown.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use pylon_model::{Key, Kind};
+use pylon_store::{Entry, Precondition, Revision, Txn, View};
+use serde_json::{json, Map, Value};
+
+use crate::address::Address;
+use crate::listing::Listing;
+use crate::merge;
+use crate::query::Query;
+use crate::references::{self, id_text};
+use crate::response::{key_path, node, presentable, singular, Reply};
+use crate::validation;
+use crate::writer::{Backend, Committed, Plan};
+
+/// Fields the server keeps: a PUT or POST may not set them.
+const SERVER_FIELDS: [&str; 2] = ["create_time", "update_time"];
+/// APISIX's id syntax: 1 to 64 of letters, digits, `-`, `_` and `.`.
+const MAX_ID_LEN: usize = 64;
+/// APISIX's limit on a consumer's username.
+const MAX_USERNAME_LEN: usize = 100;
+
+/// The methods a kind does not support (APISIX answers 405 for them).
+fn unsupported(kind: Kind, method: &Method) -> bool {
+    let refused: &[Method] = match kind {
+        Kind::Consumers | Kind::Credentials | Kind::PluginMetadata => {
+            &[Method::POST, Method::PATCH]
+        }
+        Kind::PluginConfigs | Kind::ConsumerGroups | Kind::GlobalRules | Kind::Secrets => {
+            &[Method::POST]
+        }
+        Kind::Protos => &[Method::PATCH],
+        Kind::Routes | Kind::Services | Kind::Upstreams | Kind::Ssls | Kind::StreamRoutes => &[],
+    };
+    refused.contains(method)
+}
+
+pub(crate) async fn handle(
+    backend: &Backend,
+    method: &Method,
+    address: Address,
+    query: &Query,
+    body: Option<Value>,
+) -> Reply {
+    if unsupported(address.kind, method) {
+        return Reply::method_not_supported(method, address.kind);
+    }
+    if query.get("ttl").is_some() {
+        return Reply::bad_request(
+            "ttl is not supported: Pylon's stores keep no expiring resources",
+        );
+    }
+    let has_sub_path = !address.sub_path.is_empty();
+    if has_sub_path && *method != Method::PATCH {
+        return Reply::error(StatusCode::NOT_FOUND, "not found");
+    }
+    let result = match *method {
+        Method::GET | Method::HEAD => Ok(match address.key() {
+            Some(key) => get(&backend.replica.view(), &key),
+            None => return list(&backend.replica.view(), &address, query),
+        }),
+        Method::PUT => put(backend, &address, body).await,
+        Method::POST if address.id.is_none() => post(backend, &address, body).await,
+        Method::PATCH => patch(backend, &address, body).await,
+        Method::DELETE => delete(backend, &address, query.flag("force")).await,
+        _ => Err(Reply::error(StatusCode::NOT_FOUND, "not found")),
+    };
+    result.unwrap_or_else(|reply| reply)
+}
+
+fn get(view: &View, key: &Key) -> Reply {
+    match view.entries.get(key) {
+        Some(entry) => Reply::json(StatusCode::OK, node(entry)),
+        None => Reply::not_found(),
+    }
+}
+
+fn list(view: &View, address: &Address, query: &Query) -> Reply {
+    let listing = match Listing::from_query(address.kind, query) {
+        Ok(listing) => listing,
+        Err(reply) => return reply,
+    };
+    let entries: Vec<Arc<Entry>> = view
+        .of_kind(address.kind)
+        .filter(|e| address.contains(&e.key))
+        .cloned()
+        .collect();
+    let (page, total) = listing.select(entries);
+    let list: Vec<Value> = page.iter().map(|e| node(e)).collect();
+    Reply::json(StatusCode::OK, json!({ "list": list, "total": total }))
+}
+
+/// What a write answers once committed.
+struct Written {
+    status: StatusCode,
+    key: Key,
+    value: Value,
+    /// The entry's revisions (created, modified) if it existed before the write.
+    previous: Option<(Revision, Revision)>,
+}
+
+impl Written {
+    fn reply(committed: Committed<Written>) -> Reply {
+        let Committed {
+            revision,
+            changed,
+            outcome: written,
+        } = committed;
+        let (created, modified) = match written.previous {
+            // Rewriting what was stored changes nothing, revisions included.
+            Some(previous) if !changed => previous,
+            Some((created, _)) => (created, revision),
+            None => (revision, revision),
+        };
+        Reply::json(
+            written.status,
+            json!({
+                "key": key_path(&written.key),
+                "value": presentable(written.key.kind, written.value),
+                "createdIndex": created,
+                "modifiedIndex": modified,
+            }),
+        )
+    }
+}
+
+async fn put(backend: &Backend, address: &Address, body: Option<Value>) -> Result<Reply, Reply> {
+    let body = object_body(body, "missing configurations")?;
+    forbid_server_fields(&body)?;
+    let id = put_id(address, &body)?;
+    let key = address.key_for(&id);
+    let committed = backend
+        .write(|view| {
+            if key.kind == Kind::Credentials && !consumer_exists(view, &key) {
+                return Err(Reply::error(StatusCode::NOT_FOUND, "consumer not found"));
+            }
+            let existing = view.entries.get(&key);
+            let mut value = body.clone();
+            stamp(&mut value, &key, existing.map(|e| &e.value), None);
+            let stored = prepare(backend, view, &key, value.clone())?;
+            let condition = existing.map_or(Precondition::Absent, |e| {
+                Precondition::ModRevision(e.mod_revision)
+            });
+            Ok(Plan {
+                txn: Txn::put(key.clone(), stored).when(key.clone(), condition),
+                outcome: Written {
+                    status: if existing.is_some() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::CREATED
+                    },
+                    key: key.clone(),
+                    value: Value::Object(value),
+                    previous: existing.map(|e| (e.create_revision, e.mod_revision)),
+                },
+            })
+        })
+        .await?;
+    Ok(Written::reply(committed))
+}
+
+async fn post(backend: &Backend, address: &Address, body: Option<Value>) -> Result<Reply, Reply> {
+    let body = object_body(body, "missing configurations")?;
+    forbid_server_fields(&body)?;
+    if body.contains_key("id") {
+        return Err(Reply::bad_request(format!(
+            "wrong {} id, do not need it",
+            singular(address.kind)
+        )));
+    }
+    let committed = backend
+        .write(|view| {
+            let key = generated_key(view, address);
+            let mut value = body.clone();
+            stamp(&mut value, &key, None, None);
+            let stored = prepare(backend, view, &key, value.clone())?;
+            Ok(Plan {
+                txn: Txn::put(key.clone(), stored).when(key.clone(), Precondition::Absent),
+                outcome: Written {
+                    status: StatusCode::CREATED,
+                    key,
+                    value: Value::Object(value),
+                    previous: None,
+                },
+            })
+        })
+        .await?;
+    Ok(Written::reply(committed))
+}
+
+async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Result<Reply, Reply> {
+    let Some(key) = address.key() else {
+        return Err(missing_id(address.kind));
+    };
+    check_id_syntax(address, address.id.as_deref().unwrap_or_default())?;
+    let Some(body) = body else {
+        return Err(Reply::bad_request("missing new configuration"));
+    };
+    if address.sub_path.is_empty() && !body.is_object() {
+        return Err(Reply::bad_request("invalid configuration"));
+    }
+    let committed = backend
+        .write(|view| {
+            let Some(existing) = view.entries.get(&key) else {
+                return Err(Reply::not_found());
+            };
+            let mut current = existing.value.clone();
+            if key.kind == Kind::Ssls {
+                backend.keyring.open_ssl(&mut current).map_err(|e| {
+                    Reply::error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the stored ssl cannot be opened: {e}"),
+                    )
+                })?;
+            }
+            let Value::Object(mut value) = current else {
+                return Err(Reply::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the stored {key} is not an object"),
+                ));
+            };
+            let given_update_time = match (&body, address.sub_path.is_empty()) {
+                (Value::Object(patch), true) => {
+                    merge::merge(&mut value, patch.clone());
+                    patch.get("update_time").cloned()
+                }
+                _ => {
+                    merge::replace_at(&mut value, &address.sub_path, body.clone())
+                        .map_err(Reply::bad_request)?;
+                    None
+                }
+            };
+            let stated_id = value.get(key.kind.id_field()).and_then(id_text);
+            if stated_id.is_some_and(|id| id != key.id) {
+                return Err(wrong_id(key.kind));
+            }
+            stamp(&mut value, &key, Some(&existing.value), given_update_time);
+            let stored = prepare(backend, view, &key, value.clone())?;
+            Ok(Plan {
+                txn: Txn::put(key.clone(), stored).when(
+                    key.clone(),
+                    Precondition::ModRevision(existing.mod_revision),
+                ),
+                outcome: Written {
+                    status: StatusCode::OK,
+                    key: key.clone(),
+                    value: Value::Object(value),
+                    previous: Some((existing.create_revision, existing.mod_revision)),
+                },
+            })
+        })
+        .await?;
+    Ok(Written::reply(committed))
+}
+
+async fn delete(backend: &Backend, address: &Address, force: bool) -> Result<Reply, Reply> {
+    let Some(key) = address.key() else {
+        return Err(missing_id(address.kind));
+    };
+    backend
+        .write(|view| {
+            let Some(existing) = view.entries.get(&key) else {
+                return Err(Reply::not_found());
+            };
+            if !force {
+                if let Some(refusal) = references::delete_refusal(view, &key) {
+                    return Err(Reply::bad_request(refusal));
+                }
+            }
+            let mut txn = Txn::delete(key.clone()).when(
+                key.clone(),
+                Precondition::ModRevision(existing.mod_revision),
+            );
+            // A consumer's credentials go with it, as APISIX removes them with the consumer.
+            if key.kind == Kind::Consumers {
+                let credentials = Address {
+                    kind: Kind::Credentials,
+                    parent: Some(key.id.clone()),
+                    id: None,
+                    sub_path: Vec::new(),
+                };
+                for entry in view
+                    .of_kind(Kind::Credentials)
+                    .filter(|e| credentials.contains(&e.key))
+                {
+                    txn.writes.push((entry.key.clone(), None));
+                }
+            }
+            Ok(Plan { txn, outcome: () })
+        })
+        .await?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        // APISIX answers the count as a string.
+        json!({ "deleted": "1", "key": key_path(&key) }),
+    ))
+}
+
+/// Checks `value` as the new content of `key` and returns what to store: an SSL's private
+/// keys are checked in the clear and stored sealed (sealed ones in the body are accepted, so
+/// that a dumped SSL can be written back).
+fn prepare(
+    backend: &Backend,
+    view: &View,
+    key: &Key,
+    value: Map<String, Value>,
+) -> Result<Value, Reply> {
+    let mut value = Value::Object(value);
+    let is_ssl = key.kind == Kind::Ssls;
+    if is_ssl {
+        backend
+            .keyring
+            .open_ssl(&mut value)
+            .map_err(|e| Reply::bad_request(format!("invalid configuration: {e}")))?;
+    }
+    validation::check_write(view, key, &value).map_err(|errors| Reply::invalid(&errors))?;
+    if is_ssl {
+        backend.keyring.seal_ssl(&mut value).map_err(|e| {
+            Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot seal the private key: {e}"),
+            )
+        })?;
+    }
+    Ok(value)
+}
+
+/// Sets the id field and the times: creation kept from `previous` (or now), update now unless
+/// a PATCH states it. The id is the key's whole id (`vault/1` for a secret,
+/// `<username>/credentials/<id>` for a credential), so that a dump names the resource fully.
+fn stamp(
+    value: &mut Map<String, Value>,
+    key: &Key,
+    previous: Option<&Value>,
+    given_update_time: Option<Value>,
+) {
+    let now = now();
+    value.insert(
+        key.kind.id_field().to_owned(),
+        Value::String(key.id.clone()),
+    );
+    let created = previous
+        .and_then(|p| p.get("create_time"))
+        .or_else(|| value.get("create_time"))
+        .cloned()
+        .unwrap_or_else(|| json!(now));
+    value.insert("create_time".to_owned(), created);
+    value.insert(
+        "update_time".to_owned(),
+        given_update_time.unwrap_or_else(|| json!(now)),
+    );
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn object_body(body: Option<Value>, missing: &str) -> Result<Map<String, Value>, Reply> {
+    match body {
+        None => Err(Reply::bad_request(missing)),
+        Some(Value::Object(map)) => Ok(map),
+        Some(_) => Err(Reply::bad_request(
+            "invalid configuration: must be a JSON object",
+        )),
+    }
+}
+
+fn forbid_server_fields(body: &Map<String, Value>) -> Result<(), Reply> {
+    let nested = body.get("upstream").and_then(Value::as_object);
+    for field in SERVER_FIELDS {
+        let path = if body.contains_key(field) {
+            field.to_owned()
+        } else if nested.is_some_and(|u| u.contains_key(field)) {
+            format!("upstream.{field}")
+        } else {
+            continue;
+        };
+        return Err(Reply::bad_request(format!(
+            "the property is forbidden: {path}"
+        )));
+    }
+    Ok(())
+}
+
+/// The id a PUT writes: the path's, else the body's; both given, they must agree.
+fn put_id(address: &Address, body: &Map<String, Value>) -> Result<String, Reply> {
+    let field = address.kind.id_field();
+    let stated = body.get(field);
+    let stated_id = match stated {
+        None => None,
+        Some(v) => Some(id_text(v).ok_or_else(|| wrong_id(address.kind))?),
+    };
+    // A secret's or a credential's body carries the whole compound id, the path only its end.
+    let stated_own = stated_id.map(|id| match address.key() {
+        Some(key) if key.kind.has_compound_id() && id == key.id => address.id.clone().unwrap_or(id),
+        _ => id,
+    });
+    let id = match (&address.id, stated_own) {
+        (Some(path), Some(body)) if *path != body => return Err(wrong_id(address.kind)),
+        (Some(path), _) => path.clone(),
+        (None, Some(body)) if !address.kind.has_compound_id() => body,
+        _ => return Err(missing_id(address.kind)),
+    };
+    check_id_syntax(address, &id)?;
+    Ok(id)
+}
+
+fn check_id_syntax(address: &Address, id: &str) -> Result<(), Reply> {
+    let plain = |s: &str, extra: &[char], max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c) || extra.contains(&c))
+    };
+    let (ok, what) = match address.kind {
+        Kind::Consumers => (plain(id, &[], MAX_USERNAME_LEN), "username"),
+        _ => (plain(id, &['.'], MAX_ID_LEN), "id"),
+    };
+    let parent_ok = address
+        .parent
+        .as_deref()
+        .is_none_or(|p| plain(p, &['.'], MAX_ID_LEN));
+    if ok && parent_ok {
+        Ok(())
+    } else {
+        Err(Reply::bad_request(format!(
+            "invalid {} {what} `{id}`: use 1 to {} letters, digits, `-`, `_`{}",
+            singular(address.kind),
+            if what == "username" {
+                MAX_USERNAME_LEN
+            } else {
+                MAX_ID_LEN
+            },
+            if what == "username" { "" } else { " or `.`" },
+        )))
+    }
+}
+
+fn missing_id(kind: Kind) -> Reply {
+    Reply::bad_request(format!("missing {} id", singular(kind)))
+}
+
+fn wrong_id(kind: Kind) -> Reply {
+    match kind {
+        Kind::Consumers => Reply::bad_request("wrong username"),
+        _ => Reply::bad_request(format!("wrong {} id", singular(kind))),
+    }
+}
+
+fn consumer_exists(view: &View, credential: &Key) -> bool {
+    credential
+        .id
+        .split_once("/credentials/")
+        .is_some_and(|(username, _)| {
+            view.entries
+                .contains_key(&Key::new(Kind::Consumers, username))
+        })
+}
+
+/// A new id as APISIX makes them: a store revision, zero-padded to 20 digits. The next
+/// revision is the one this write will most likely get; ids already taken are skipped.
+fn generated_key(view: &View, address: &Address) -> Key {
+    let mut number = view.revision + 1;
+    loop {
+        let key = address.key_for(&format!("{number:020}"));
+        if !view.entries.contains_key(&key) {
+            return key;
+        }
+        number += 1;
+    }
+}

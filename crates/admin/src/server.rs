@@ -1,0 +1,198 @@
+//! The HTTP side: accept connections (HTTP/1.1, keep-alive), check who is asking, read the
+//! body within its limit, and hand the request to the endpoint it names.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pylon_store::{ConfigStore, Keyring, Replica};
+use tokio::net::TcpListener;
+
+use crate::address::Target;
+use crate::auth;
+use crate::declarative;
+use crate::query::Query;
+use crate::resources;
+use crate::response::Reply;
+use crate::schema;
+use crate::settings::AdminSettings;
+use crate::writer::Backend;
+
+/// A client has this long to send a request's head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (out of file descriptors, ...), so as not to spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The Admin API, on a listener its caller bound (so that a restart can hand it over).
+pub struct AdminApi {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: AdminSettings,
+    backend: Backend,
+}
+
+impl AdminApi {
+    /// The API on `listener`: it writes to `store`, reads and checks against `replica` (this
+    /// process's copy of that store) and seals SSL private keys with `keyring`. The settings'
+    /// keys must be resolved (see [`AdminSettings::resolve_keys`]): with none, every request is
+    /// refused.
+    pub fn new(
+        listener: TcpListener,
+        settings: AdminSettings,
+        store: Arc<dyn ConfigStore>,
+        replica: Arc<Replica>,
+        keyring: Arc<Keyring>,
+    ) -> AdminApi {
+        AdminApi {
+            listener,
+            shared: Arc::new(Shared {
+                settings,
+                backend: Backend {
+                    store,
+                    replica,
+                    keyring,
+                },
+            }),
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The listening socket, so that a successor process can be handed a copy.
+    pub fn listener(&self) -> &TcpListener {
+        &self.listener
+    }
+
+    /// Serves until the task is dropped.
+    pub async fn serve(self) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("admin API accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(shared.respond(peer, request).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!("admin API connection from {peer}: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl Shared {
+    async fn respond(&self, peer: SocketAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let cors = self.settings.enable_admin_cors;
+        if !auth::address_allowed(&self.settings.allow_admin, peer.ip()) {
+            return auth::address_refused().into_response(cors);
+        }
+        if cors && request.method() == Method::OPTIONS {
+            return Reply::preflight();
+        }
+        let reply = self.dispatch(request).await;
+        reply.into_response(cors)
+    }
+
+    async fn dispatch(&self, request: Request<Incoming>) -> Reply {
+        let query = Query::parse(request.uri().query().unwrap_or_default());
+        let target = match Target::parse(request.uri().path()) {
+            Ok(target) => target,
+            Err(reply) => return reply,
+        };
+        let method = request.method().clone();
+        if let Err(reply) =
+            auth::authorize(&self.settings.admin_key, &method, request.headers(), &query)
+        {
+            return reply;
+        }
+        let limit = match target {
+            Target::Config => self.settings.max_config_size,
+            _ => self.settings.max_body_size,
+        };
+        let body = match read_body(request, limit).await {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
+        let backend = &self.backend;
+        match (target, &method) {
+            (Target::Root, &Method::HEAD) => Reply::empty(StatusCode::OK),
+            (Target::Resource(address), _) => match json_body(&body) {
+                Ok(json) => resources::handle(backend, &method, address, &query, json).await,
+                Err(reply) => reply,
+            },
+            (Target::Schema(name), &Method::GET) => schema::schema(&name),
+            (Target::Validate(kind), &Method::POST) => match json_body(&body) {
+                Ok(json) => schema::validate(&kind, json),
+                Err(reply) => reply,
+            },
+            (Target::Config, &Method::GET) => {
+                declarative::dump(&backend.replica.view(), &backend.keyring)
+            }
+            (Target::Config, &Method::POST) => declarative::apply(backend, &query, &body).await,
+            _ => Reply::error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+/// The whole body, or 413 as soon as it is known to exceed `limit` (the rest is not read, and
+/// the connection is closed after the answer).
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Reply> {
+    let too_large = || Reply {
+        close: true,
+        ..Reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Reply {
+            close: true,
+            ..Reply::bad_request(format!("invalid request body: {e}"))
+        }),
+    }
+}
+
+/// The body as JSON, or `None` when there is none.
+fn json_body(body: &[u8]) -> Result<Option<serde_json::Value>, Reply> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| Reply::bad_request(format!("invalid request body: {e}")))
+}

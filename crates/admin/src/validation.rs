@@ -1,0 +1,94 @@
+//! Whether a write leaves a configuration the data plane accepts.
+//!
+//! The data plane takes a configuration only as a whole (one invalid resource and it keeps the
+//! previous one), so a write is checked three ways before it is stored: the resource on its own
+//! (the model's parsing and field checks), its references (every id it names must exist), and
+//! the resources around it, checked together by the model as the data plane will: what it points
+//! at, and what points at it (a service that loses its upstream must not leave a route without
+//! one). Resources unrelated to the write are not parsed again: a write costs what it touches.
+
+use std::collections::BTreeMap;
+
+use pylon_model::{Config, FieldError, Key, Resource};
+use pylon_store::View;
+use serde_json::Value;
+
+use crate::references;
+
+/// Checks `value` as the new content of `key`, with `view` as the rest of the configuration.
+/// Error paths are relative to the resource, or name another resource the write would break.
+pub(crate) fn check_write(view: &View, key: &Key, value: &Value) -> Result<(), Vec<FieldError>> {
+    let resource = Resource::from_json(key.kind, value).map_err(|e| e.0)?;
+    let mut errors = match &resource {
+        Resource::Other(_, value) => plugins_refused(value),
+        _ => Vec::new(),
+    };
+    errors.extend(references::missing(key.kind, value, |k| {
+        view.entries.contains_key(k)
+    }));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let neighbourhood = neighbourhood(view, key, value);
+    match Config::from_entries(&neighbourhood) {
+        Ok(_) => Ok(()),
+        Err(errors) => Err(errors.0.into_iter().map(|e| relative_to(key, e)).collect()),
+    }
+}
+
+/// The check of a resource of a kind the model keeps as plain JSON (consumers, credentials,
+/// consumer groups, ...): it may not name plugins either, as long as this build has none.
+pub(crate) fn plugins_refused(value: &Value) -> Vec<FieldError> {
+    value
+        .get("plugins")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|plugins| plugins.keys())
+        .map(|name| {
+            FieldError::new(
+                format!("plugins.{name}"),
+                format!("unknown plugin `{name}`: this build has no plugins yet"),
+            )
+        })
+        .collect()
+}
+
+/// The written resource, what points at it, and everything those point at, transitively.
+fn neighbourhood(view: &View, key: &Key, value: &Value) -> BTreeMap<Key, Value> {
+    let mut found = BTreeMap::from([(key.clone(), value.clone())]);
+    let mut pending: Vec<Key> = references::referrers(view, key)
+        .into_iter()
+        .cloned()
+        .collect();
+    pending.extend(
+        references::outgoing(key.kind, value)
+            .into_iter()
+            .map(|(_, k)| k),
+    );
+    while let Some(next) = pending.pop() {
+        if found.contains_key(&next) {
+            continue;
+        }
+        if let Some(entry) = view.entries.get(&next) {
+            pending.extend(
+                references::outgoing(next.kind, &entry.value)
+                    .into_iter()
+                    .map(|(_, k)| k),
+            );
+            found.insert(next, entry.value.clone());
+        }
+    }
+    found
+}
+
+/// An error about the written resource loses its `<kind>/<id>` prefix; one about another
+/// resource keeps it, so the message says which one the write would break.
+fn relative_to(key: &Key, mut error: FieldError) -> FieldError {
+    let own = key.to_string();
+    if let Some(rest) = error.path.strip_prefix(&own) {
+        if rest.is_empty() || rest.starts_with('.') || rest.starts_with('[') {
+            error.path = rest.trim_start_matches('.').to_owned();
+        }
+    }
+    error
+}

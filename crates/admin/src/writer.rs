@@ -1,0 +1,105 @@
+//! Optimistic writes: plan against a view, commit only if nothing changed since, otherwise
+//! plan again on the newer view.
+//!
+//! Every write is checked against one view of the whole configuration (references included),
+//! so its transaction carries `unchanged_since(view.revision)` besides the conditions on its own
+//! keys. A conflict means someone else wrote first: the replica is given a moment to catch up,
+//! and the whole operation (a PATCH's merge included) is done again on what it now holds. After
+//! a commit the replica is awaited, so the next read on this node sees the write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use pylon_store::{ConfigStore, Keyring, Replica, Revision, StoreError, Txn, View};
+
+use crate::response::Reply;
+
+/// Plans tried before giving up with 409.
+const ATTEMPTS: usize = 8;
+/// How long a conflicting writer waits for the replica to see the write that beat it.
+const CATCH_UP_AFTER_CONFLICT: Duration = Duration::from_secs(2);
+/// How long an answer waits for the replica to show the committed write.
+const CATCH_UP_AFTER_COMMIT: Duration = Duration::from_secs(5);
+
+/// What every handler works with: the store to write to, this node's copy of it to read and
+/// check against, and the keyring that seals SSL private keys.
+pub(crate) struct Backend {
+    pub store: Arc<dyn ConfigStore>,
+    pub replica: Arc<Replica>,
+    pub keyring: Arc<Keyring>,
+}
+
+/// A write worked out against one view: the transaction, and what to answer once committed.
+pub(crate) struct Plan<T> {
+    pub txn: Txn,
+    pub outcome: T,
+}
+
+pub(crate) struct Committed<T> {
+    /// The store's revision after the write (the view's, if there was nothing to write).
+    pub revision: Revision,
+    /// Whether the store changed: a write of what is already stored is a no-op.
+    pub changed: bool,
+    pub outcome: T,
+}
+
+impl Backend {
+    /// Plans with `plan` and commits, again and again while others write first (bounded).
+    pub async fn write<T>(
+        &self,
+        mut plan: impl FnMut(&View) -> Result<Plan<T>, Reply>,
+    ) -> Result<Committed<T>, Reply> {
+        let (store, replica) = (&*self.store, &*self.replica);
+        let mut view = replica.view();
+        for _ in 0..ATTEMPTS {
+            let Plan { txn, outcome } = plan(&view)?;
+            if txn.writes.is_empty() {
+                return Ok(Committed {
+                    revision: view.revision,
+                    changed: false,
+                    outcome,
+                });
+            }
+            match store.commit(txn.unchanged_since(view.revision)).await {
+                Ok(revision) => {
+                    if tokio::time::timeout(CATCH_UP_AFTER_COMMIT, replica.caught_up(revision))
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(
+                        "admin write committed at revision {revision}, but this node's copy has not caught up yet"
+                    );
+                    }
+                    return Ok(Committed {
+                        revision,
+                        changed: revision != view.revision,
+                        outcome,
+                    });
+                }
+                Err(StoreError::Conflict) => view = newer_view(replica, view.revision).await,
+                Err(e) => return Err(Reply::store_error(&e)),
+            }
+        }
+        Err(Reply::error(
+        StatusCode::CONFLICT,
+        format!(
+            "the configuration kept changing concurrently ({ATTEMPTS} attempts); nothing was written, try again"
+        ),
+    ))
+    }
+}
+
+/// The first view after `revision`, or the current one if none comes in time.
+async fn newer_view(replica: &Replica, revision: Revision) -> Arc<View> {
+    let mut views = replica.subscribe();
+    let newer = tokio::time::timeout(
+        CATCH_UP_AFTER_CONFLICT,
+        views.wait_for(|v| v.revision > revision),
+    )
+    .await;
+    match newer {
+        Ok(Ok(view)) => view.clone(),
+        _ => replica.view(),
+    }
+}
