@@ -4,10 +4,10 @@
 # node that holds 10,000 routes.
 #
 # Layout (2 cores): etcd (one member, its data in the run's temporary directory, on disk),
-# node A (traditional: Admin API and proxy), the upstream (nginx on :1980) and the load
-# (pylon-loadgen, wrk) share CPU 0; node B (data_plane: proxy only) has CPU 1 to itself. A and
-# B follow the same etcd prefix. Every node: one worker, access log off, every listener on a
-# free port.
+# node A (traditional: Admin API and proxy), node C (control_plane: Admin API only, for
+# routes10k), the upstream (nginx on :1980) and the load (pylon-loadgen, wrk) share CPU 0;
+# node B (data_plane: proxy only) has CPU 1 to itself. A, B and C follow the same etcd prefix.
+# Every node: one worker, access log off, every listener on a free port.
 #
 #   propagation  WRITES new routes PUT one after the other through A; for each, the time from
 #                just before the PUT until B answers 200 for it instead of 404 (pylon-loadgen
@@ -17,10 +17,13 @@
 #                it takes the writes and serves them
 #   routes10k    10,000 routes (bench/gen-routes.py, /hello one of them) applied through A in
 #                one POST /pylon/admin/config, then:
-#                - CHANGES new routes through A, served on B, as in propagation
+#                - CHANGES new routes through A, served on B, as in propagation; the same
+#                  through C (10k-propagation-cp), which compiles no snapshot of its own
 #                - wrk -t1 -cCONNS -dDURATION --latency on B's /hello, quiet, and during a
-#                  stream of changes to one route through A, one every EVERY s for the whole
-#                  wrk window (pylon-loadgen churn); the order alternates from round to round
+#                  stream of changes to one route through CHURN_VIA (c, or a), one every EVERY
+#                  s for the whole wrk window (pylon-loadgen churn); the order alternates from
+#                  round to round. Through C by default: A would compile every change on the
+#                  load's core, and take from wrk and the upstream what the test is about B
 #
 # Each measurement prints the load's figures, how many times the serving node published a new
 # configuration meanwhile and the median time that took (its `configuration published ...
@@ -30,7 +33,8 @@
 # usage: bench/cluster.sh [TEST...]       (default: propagation embedded routes10k)
 # env:   ROUNDS (default 3), WRITES (default 500), CHANGES (default 100), DEADLINE (s a write may
 #        take to be served, default 5), DURATION (wrk's whole seconds, default 10), CONNS
-#        (default 50), EVERY (s between changes during wrk, default 0.1),
+#        (default 50), EVERY (s between changes during wrk, default 0.1), CHURN_VIA (a or c,
+#        default c),
 #        SKIP_BUILD=1 (use the release binaries already in CARGO_TARGET_DIR or target/),
 #        PYLON, LOADGEN (binaries to use instead of those),
 #        KEEP=1 (leave the temporary directory: node configs, logs, etcd's data),
@@ -41,7 +45,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3} writes=${WRITES:-500} changes=${CHANGES:-100} deadline=${DEADLINE:-5}
-dur=${DURATION:-10} conns=${CONNS:-50} every=${EVERY:-0.1}
+dur=${DURATION:-10} conns=${CONNS:-50} every=${EVERY:-0.1} churn_via=${CHURN_VIA:-c}
 retries=${RETRIES:-3} others_max=${OTHERS_MAX:-0.15} quiet_wait=${QUIET_WAIT:-60}
 tests=("$@"); [[ ${#tests[@]} -gt 0 ]] || tests=(propagation embedded routes10k)
 target=${CARGO_TARGET_DIR:-target}
@@ -94,6 +98,8 @@ config:
   source: $4
   data_dir: data
   etcd: {endpoints: ["http://127.0.0.1:$etcd_client"], prefix: /pylon-bench}
+# The nodes of a cluster share it; on etcd, a node does not start without one.
+data_encryption: {keyring: [bench-secret]}
 # Each new configuration logs how long compiling and publishing it took.
 log: {level: "warn,pylon_proxy::publish=info"}
 EOF
@@ -210,7 +216,7 @@ wrk_b() { # TEST ROUND: wrk on B's /hello, with churn through A if TEST says so
     churn=""
     if [[ $1 == *churn ]]; then
       # The stream starts before wrk and ends after it.
-      taskset -c $pin_load "$loadgen" churn "${admin[a]}" --key "$key" --interval "$every" \
+      taskset -c $pin_load "$loadgen" churn "${admin[$churn_via]}" --key "$key" --interval "$every" \
         --duration $((dur + 1)) --run "$2-$try" > "$tmp/churn.out" 2>&1 & churn=$!
       sleep 0.5
     fi
@@ -237,7 +243,8 @@ if want embedded; then
   start_node e $pin_proxy traditional embedded
   admin_call e PUT /apisix/admin/upstreams/bench -d "$upstream" > /dev/null
 fi
-echo "layout: CPU $pin_load: etcd, node A, upstream, load; CPU $pin_proxy: node B (node E when it serves)"
+want routes10k && start_node c $pin_load control_plane etcd
+echo "layout: CPU $pin_load: etcd, nodes A and C, upstream, load; CPU $pin_proxy: node B (node E when it serves)"
 for r in $(seq "$rounds"); do
   want propagation && propagate propagation a b "$writes" "$r"
   want embedded && propagate embedded e e "$writes" "$r"
@@ -252,12 +259,13 @@ if want routes10k; then
   echo "10,000 routes at revision $revision, served by B"
   for r in $(seq "$rounds"); do
     propagate 10k-propagation a b "$changes" "$r"
+    propagate 10k-propagation-cp c b "$changes" "$r"
     order=(10k-wrk-quiet 10k-wrk-churn); (( r % 2 == 0 )) && order=(10k-wrk-churn 10k-wrk-quiet)
     for t in "${order[@]}"; do wrk_b "$t" "$r"; done
   done
 fi
 
-python3 - "$results" <<'PY'
+python3 - "$results" "${churn_via^^}" <<'PY'
 import re, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -275,23 +283,24 @@ def med(test, key):
 print(f"\nmedians over rounds (ms unless said):")
 for test, label in [("propagation", "etcd, written on A, served on B"),
                     ("embedded", "embedded store, one node"),
-                    ("10k-propagation", "10,000 routes, etcd, A to B")]:
+                    ("10k-propagation", "10,000 routes, etcd, A to B"),
+                    ("10k-propagation-cp", "10,000 routes, etcd, C to B")]:
     if test in rows:
-        print(f"  {test:16s} delay p50 {med(test, 'delay_p50_ms'):8.2f} p99 {med(test, 'delay_p99_ms'):8.2f}"
+        print(f"  {test:18s} delay p50 {med(test, 'delay_p50_ms'):8.2f} p99 {med(test, 'delay_p99_ms'):8.2f}"
               f" max {med(test, 'delay_max_ms'):8.2f}   PUT p50 {med(test, 'put_p50_ms'):7.2f}"
               f" p99 {med(test, 'put_p99_ms'):7.2f}   publish {med(test, 'publish_ms'):7.2f}"
               f"   missed {med(test, 'missed'):.0f}   ({label})")
 for test in ("10k-wrk-quiet", "10k-wrk-churn"):
     if test in rows:
-        print(f"  {test:16s} req/s {med(test, 'rps'):9.0f}   p50 {med(test, 'p50_ms'):7.3f}"
+        print(f"  {test:18s} req/s {med(test, 'rps'):9.0f}   p50 {med(test, 'p50_ms'):7.3f}"
               f" p99 {med(test, 'p99_ms'):7.3f}   B busy {med(test, 'node_busy'):.2f}"
               f"   publishes {med(test, 'publishes'):.0f} at {med(test, 'publish_ms'):.2f}")
 if "10k-wrk-quiet" in rows and "10k-wrk-churn" in rows:
     q, c = "10k-wrk-quiet", "10k-wrk-churn"
-    print(f"  during/quiet     p50 {med(c, 'p50_ms') / med(q, 'p50_ms'):.2f}"
+    print(f"  during/quiet       p50 {med(c, 'p50_ms') / med(q, 'p50_ms'):.2f}"
           f"   p99 {med(c, 'p99_ms') / med(q, 'p99_ms'):.2f}   req/s {med(c, 'rps') / med(q, 'rps'):.2f}")
 if "10k-churn-writes" in rows:
     t = "10k-churn-writes"
-    print(f"  churn writes     {med(t, 'writes'):.0f} per run, PUT p50 {med(t, 'put_p50_ms'):.2f}"
+    print(f"  churn writes       {med(t, 'writes'):.0f} per run through {sys.argv[2]}, PUT p50 {med(t, 'put_p50_ms'):.2f}"
           f" p99 {med(t, 'put_p99_ms'):.2f}")
 PY
