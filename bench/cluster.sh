@@ -7,7 +7,9 @@
 # node A (traditional: Admin API and proxy), node C (control_plane: Admin API only, for
 # routes10k), the upstream (nginx on :1980) and the load (pylon-loadgen, wrk) share CPU 0;
 # node B (data_plane: proxy only) has CPU 1 to itself. A, B and C follow the same etcd prefix.
-# Every node: one worker, access log off, every listener on a free port.
+# Every node: one worker, access log off, every listener on a free port. Before each round
+# the configuration is put back as it was (one POST /pylon/admin/config with prune=true), so
+# that the routes a round adds do not make the next one's configuration larger.
 #
 #   propagation  WRITES new routes PUT one after the other through A; for each, the time from
 #                just before the PUT until B answers 200 for it instead of 404 (pylon-loadgen
@@ -19,11 +21,11 @@
 #                one POST /pylon/admin/config, then:
 #                - CHANGES new routes through A, served on B, as in propagation; the same
 #                  through C (10k-propagation-cp), which compiles no snapshot of its own
-#                - wrk -t1 -cCONNS -dDURATION --latency on B's /hello, quiet, and during a
-#                  stream of changes to one route through CHURN_VIA (c, or a), one every EVERY
-#                  s for the whole wrk window (pylon-loadgen churn); the order alternates from
-#                  round to round. Through C by default: A would compile every change on the
-#                  load's core, and take from wrk and the upstream what the test is about B
+#                - then, with A stopped (it would compile every change on the load's core
+#                  and take from wrk and the upstream what the test is about B):
+#                  wrk -t1 -cCONNS -dDURATION --latency on B's /hello, quiet, and during a
+#                  stream of changes to one route through C, one every EVERY s for the whole
+#                  wrk window (pylon-loadgen churn); the order alternates from round to round
 #
 # Each measurement prints the load's figures, how many times the serving node published a new
 # configuration meanwhile and the median time that took (its `configuration published ...
@@ -33,8 +35,7 @@
 # usage: bench/cluster.sh [TEST...]       (default: propagation embedded routes10k)
 # env:   ROUNDS (default 3), WRITES (default 500), CHANGES (default 100), DEADLINE (s a write may
 #        take to be served, default 5), DURATION (wrk's whole seconds, default 10), CONNS
-#        (default 50), EVERY (s between changes during wrk, default 0.1), CHURN_VIA (a or c,
-#        default c),
+#        (default 50), EVERY (s between changes during wrk, default 0.1),
 #        SKIP_BUILD=1 (use the release binaries already in CARGO_TARGET_DIR or target/),
 #        PYLON, LOADGEN (binaries to use instead of those),
 #        KEEP=1 (leave the temporary directory: node configs, logs, etcd's data),
@@ -45,7 +46,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3} writes=${WRITES:-500} changes=${CHANGES:-100} deadline=${DEADLINE:-5}
-dur=${DURATION:-10} conns=${CONNS:-50} every=${EVERY:-0.1} churn_via=${CHURN_VIA:-c}
+dur=${DURATION:-10} conns=${CONNS:-50} every=${EVERY:-0.1}
 retries=${RETRIES:-3} others_max=${OTHERS_MAX:-0.15} quiet_wait=${QUIET_WAIT:-60}
 tests=("$@"); [[ ${#tests[@]} -gt 0 ]] || tests=(propagation embedded routes10k)
 target=${CARGO_TARGET_DIR:-target}
@@ -106,7 +107,7 @@ EOF
   taskset -c "$2" "$pylon" run -c "$dir/node.yaml" > "$dir/out" 2> "$dir/log" & pids+=($!)
   node_pid[$1]=$!
   for _ in $(seq 100); do
-    grep -q ' worker(s); ' "$dir/out" && break
+    grep -qs ' worker(s); ' "$dir/out" && break
     kill -0 "${node_pid[$1]}" 2>/dev/null || break
     sleep 0.1
   done
@@ -131,7 +132,16 @@ wait_serving() {
   done
   die "node $1 serves revision $serving, not $2"
 }
-upstream='{"nodes": {"127.0.0.1:1980": 1}}'
+# reset WRITER SERVER FILE: the configuration becomes FILE's, nothing else (prune), and SERVER
+# serves it.
+reset() {
+  local revision
+  revision=$(admin_call "$1" POST "/pylon/admin/config?dry_run=false&prune=true" \
+    --data-binary @"$3" | json_field '["revision"]')
+  wait_serving "$2" "$revision"
+}
+# The routes of propagation and embedded go to this upstream.
+printf 'upstreams:\n  - id: bench\n    nodes:\n      "127.0.0.1:1980": 1\n' > "$tmp/base.yaml"
 
 ticks() { # user+system ticks of process $1, with those of the children it has waited for
   local l; l=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
@@ -216,7 +226,7 @@ wrk_b() { # TEST ROUND: wrk on B's /hello, with churn through A if TEST says so
     churn=""
     if [[ $1 == *churn ]]; then
       # The stream starts before wrk and ends after it.
-      taskset -c $pin_load "$loadgen" churn "${admin[$churn_via]}" --key "$key" --interval "$every" \
+      taskset -c $pin_load "$loadgen" churn "${admin[c]}" --key "$key" --interval "$every" \
         --duration $((dur + 1)) --run "$2-$try" > "$tmp/churn.out" 2>&1 & churn=$!
       sleep 0.5
     fi
@@ -237,35 +247,32 @@ want() { [[ " ${tests[*]} " == *" $1 "* ]]; }
 if want propagation || want routes10k; then
   start_node a $pin_load traditional etcd
   start_node b $pin_proxy data_plane etcd
-  admin_call a PUT /apisix/admin/upstreams/bench -d "$upstream" > /dev/null
 fi
-if want embedded; then
-  start_node e $pin_proxy traditional embedded
-  admin_call e PUT /apisix/admin/upstreams/bench -d "$upstream" > /dev/null
-fi
+want embedded && start_node e $pin_proxy traditional embedded
 want routes10k && start_node c $pin_load control_plane etcd
 echo "layout: CPU $pin_load: etcd, nodes A and C, upstream, load; CPU $pin_proxy: node B (node E when it serves)"
 for r in $(seq "$rounds"); do
-  want propagation && propagate propagation a b "$writes" "$r"
-  want embedded && propagate embedded e e "$writes" "$r"
+  if want propagation; then reset a b "$tmp/base.yaml"; propagate propagation a b "$writes" "$r"; fi
+  if want embedded; then reset e e "$tmp/base.yaml"; propagate embedded e e "$writes" "$r"; fi
 done
 if want routes10k; then
   python3 bench/gen-routes.py 10000 > "$tmp/routes10k.yaml"
-  # prune=true: the routes of the tests above go; exactly the 10,000 remain.
-  revision=$(admin_call a POST "/pylon/admin/config?dry_run=false&prune=true" \
-    --data-binary @"$tmp/routes10k.yaml" | json_field '["revision"]')
-  wait_serving b "$revision"
-  curl -fsS -o /dev/null "http://${proxy[b]}/hello" || die "B does not serve /hello"
-  echo "10,000 routes at revision $revision, served by B"
   for r in $(seq "$rounds"); do
+    reset a b "$tmp/routes10k.yaml"
     propagate 10k-propagation a b "$changes" "$r"
+    reset a b "$tmp/routes10k.yaml"
     propagate 10k-propagation-cp c b "$changes" "$r"
+  done
+  reset c b "$tmp/routes10k.yaml"
+  kill "${node_pid[a]}"; wait "${node_pid[a]}" 2>/dev/null || true
+  curl -fsS -o /dev/null "http://${proxy[b]}/hello" || die "B does not serve /hello"
+  for r in $(seq "$rounds"); do
     order=(10k-wrk-quiet 10k-wrk-churn); (( r % 2 == 0 )) && order=(10k-wrk-churn 10k-wrk-quiet)
     for t in "${order[@]}"; do wrk_b "$t" "$r"; done
   done
 fi
 
-python3 - "$results" "${churn_via^^}" <<'PY'
+python3 - "$results" <<'PY'
 import re, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -301,6 +308,6 @@ if "10k-wrk-quiet" in rows and "10k-wrk-churn" in rows:
           f"   p99 {med(c, 'p99_ms') / med(q, 'p99_ms'):.2f}   req/s {med(c, 'rps') / med(q, 'rps'):.2f}")
 if "10k-churn-writes" in rows:
     t = "10k-churn-writes"
-    print(f"  churn writes       {med(t, 'writes'):.0f} per run through {sys.argv[2]}, PUT p50 {med(t, 'put_p50_ms'):.2f}"
+    print(f"  churn writes       {med(t, 'writes'):.0f} per run through C, PUT p50 {med(t, 'put_p50_ms'):.2f}"
           f" p99 {med(t, 'put_p99_ms'):.2f}")
 PY
