@@ -182,7 +182,7 @@ if m := re.search(r"Requests/sec:\s+([\d.]+)", text):  # wrk
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     figures["rps"] = float(m.group(1))
     for q, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)$", text, re.M):
-        figures[f"p{q}_ms"] = float(v) * unit[u]
+        figures[f"p{q}_ms"] = round(float(v) * unit[u], 3)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     figures["non2xx"] = int(non2xx.group(1)) if non2xx else 0
 else:  # pylon-loadgen: one line of key=value
@@ -200,16 +200,27 @@ print(test + "\t" + " ".join(f"{k}={v}" for k, v in figures.items()))
 PY
 }
 # measured TEST NODE CMD...: measure, again while other processes took too much of the machine.
-# `@TRY@` in CMD becomes the try's number (fresh route names for each try).
+# `@TRY@` in CMD becomes the try's number (fresh route names for each try). With $churn set to
+# a number of seconds, a stream of changes through C (pylon-loadgen churn) runs that long,
+# from half a second before the load; its figures are recorded as TEST-writes.
 measured() {
-  local try line cmd
+  local try line cmd stream
   for try in $(seq $((retries + 1))); do
     wait_quiet
     cmd=("${@:3}"); cmd=("${cmd[@]//@TRY@/$try}")
-    measure "$1" "$2" "${cmd[@]}" > "$tmp/line"
+    stream=""
+    if [[ -n ${churn:-} ]]; then
+      taskset -c $pin_load "$loadgen" churn "${admin[c]}" --key "$key" --interval "$every" \
+        --duration "$churn" --run "$1-$try" > "$tmp/churn.out" 2>&1 & stream=$!
+      sleep 0.5
+    fi
+    also=$stream measure "$1" "$2" "${cmd[@]}" > "$tmp/line"
+    [[ -z $stream ]] || wait "$stream" || die "$1: the churn failed: $(cat "$tmp/churn.out")"
     line=$(cat "$tmp/line")
     if python3 -c "import sys; sys.exit(0 if ${line##*others=} <= $others_max else 1)" || (( try > retries )); then
-      echo "$line"; return
+      echo "$line"
+      [[ -z $stream ]] || echo "$1-writes	$(cat "$tmp/churn.out")" | tee -a "$results"
+      return
     fi
     sed -i '$d' "$results"
     echo "$line	(disturbed: other processes took ${line##*others=} cores; again)"
@@ -218,29 +229,6 @@ measured() {
 propagate() { # TEST WRITER SERVER COUNT ROUND
   measured "$1" "$3" "$loadgen" propagation "${admin[$2]}" "${proxy[$3]}" --key "$key" \
     --count "$4" --deadline "$deadline" --run "$1-$5-@TRY@"
-}
-wrk_b() { # TEST ROUND: wrk on B's /hello, with churn through A if TEST says so
-  local try line churn
-  for try in $(seq $((retries + 1))); do
-    wait_quiet
-    churn=""
-    if [[ $1 == *churn ]]; then
-      # The stream starts before wrk and ends after it.
-      taskset -c $pin_load "$loadgen" churn "${admin[c]}" --key "$key" --interval "$every" \
-        --duration $((dur + 1)) --run "$2-$try" > "$tmp/churn.out" 2>&1 & churn=$!
-      sleep 0.5
-    fi
-    also=$churn measure "$1" b wrk -t1 -c"$conns" -d"${dur}s" --latency "http://${proxy[b]}/hello" > "$tmp/line"
-    [[ -z $churn ]] || { wait "$churn" || die "churn failed: $(cat "$tmp/churn.out")"; }
-    line=$(cat "$tmp/line")
-    if python3 -c "import sys; sys.exit(0 if ${line##*others=} <= $others_max else 1)" || (( try > retries )); then
-      echo "$line"
-      [[ -z $churn ]] || echo "10k-churn-writes	$(cat "$tmp/churn.out")" | tee -a "$results"
-      return
-    fi
-    sed -i '$d' "$results"
-    echo "$line	(disturbed: other processes took ${line##*others=} cores; again)"
-  done
 }
 
 want() { [[ " ${tests[*]} " == *" $1 "* ]]; }
@@ -266,9 +254,15 @@ if want routes10k; then
   reset c b "$tmp/routes10k.yaml"
   kill "${node_pid[a]}"; wait "${node_pid[a]}" 2>/dev/null || true
   curl -fsS -o /dev/null "http://${proxy[b]}/hello" || die "B does not serve /hello"
+  wrk_b=(wrk -t1 -c"$conns" -d"${dur}s" --latency "http://${proxy[b]}/hello")
   for r in $(seq "$rounds"); do
-    order=(10k-wrk-quiet 10k-wrk-churn); (( r % 2 == 0 )) && order=(10k-wrk-churn 10k-wrk-quiet)
-    for t in "${order[@]}"; do wrk_b "$t" "$r"; done
+    if (( r % 2 )); then
+      measured 10k-wrk-quiet b "${wrk_b[@]}"
+      churn=$((dur + 1)) measured 10k-wrk-churn b "${wrk_b[@]}"
+    else
+      churn=$((dur + 1)) measured 10k-wrk-churn b "${wrk_b[@]}"
+      measured 10k-wrk-quiet b "${wrk_b[@]}"
+    fi
   done
 fi
 
@@ -306,8 +300,8 @@ if "10k-wrk-quiet" in rows and "10k-wrk-churn" in rows:
     q, c = "10k-wrk-quiet", "10k-wrk-churn"
     print(f"  during/quiet       p50 {med(c, 'p50_ms') / med(q, 'p50_ms'):.2f}"
           f"   p99 {med(c, 'p99_ms') / med(q, 'p99_ms'):.2f}   req/s {med(c, 'rps') / med(q, 'rps'):.2f}")
-if "10k-churn-writes" in rows:
-    t = "10k-churn-writes"
+if "10k-wrk-churn-writes" in rows:
+    t = "10k-wrk-churn-writes"
     print(f"  churn writes       {med(t, 'writes'):.0f} per run through C, PUT p50 {med(t, 'put_p50_ms'):.2f}"
           f" p99 {med(t, 'put_p99_ms'):.2f}")
 PY
