@@ -347,7 +347,7 @@ async fn open_store(node: &NodeConfig) -> anyhow::Result<Arc<dyn ConfigStore>> {
 fn keyring(node: &NodeConfig) -> anyhow::Result<Keyring> {
     let secrets = &node.data_encryption.keyring;
     if !secrets.is_empty() || node.config.source != SourceKind::Embedded {
-        return Keyring::new(secrets).context("data_encryption.keyring");
+        return Ok(Keyring::new(secrets));
     }
     let path = node.config.data_dir.join("keyring");
     Keyring::load_or_generate(&path).with_context(|| format!("keyring {}", path.display()))
