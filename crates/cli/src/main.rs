@@ -291,6 +291,9 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             );
         }
         let view = replica.view();
+        if !view.live {
+            println!("pylon: the config store is unreachable: serving the local copy until it returns");
+        }
         println!(
             "pylon: node {node_id} ({}); {} worker(s); config from {}, revision {}, {} route(s); access log: {}",
             role.as_str(),
@@ -300,9 +303,6 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             snapshot.router.len(),
             if node.access_log.enabled { node.access_log.path.as_str() } else { "off" },
         );
-        if !view.live {
-            println!("pylon: the config store is unreachable: serving the local copy until it returns");
-        }
         if role.proxies() && snapshot.router.is_empty() {
             println!("pylon: no routes yet: every request gets 404 until one is added");
         }
