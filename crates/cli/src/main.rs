@@ -34,8 +34,8 @@ struct Cli {
 enum Command {
     /// Run the gateway in the foreground until SIGTERM, SIGINT or SIGQUIT.
     ///
-    /// Without -c, Pylon listens on 127.0.0.1:9080 and reads its routes from
-    /// conf/apisix.yaml, reloading that file whenever it changes.
+    /// Without -c, Pylon proxies on 127.0.0.1:9080 and serves the Admin API on 127.0.0.1:9180,
+    /// with its configuration in the embedded store in ./data.
     ///
     /// If a pylon with the same config is running, this one takes its listening sockets over
     /// (through `proxy.handoff_socket`) and the old one drains and exits: a restart or binary
