@@ -16,7 +16,7 @@ use pylon_store::{ConfigStore, Keyring, Replica, Revision, StoreError, Txn, View
 use crate::response::Reply;
 
 /// Plans tried before giving up with 409.
-const ATTEMPTS: usize = 8;
+const ATTEMPTS: u32 = 16;
 /// How long a conflicting writer waits for the replica to see the write that beat it.
 const CATCH_UP_AFTER_CONFLICT: Duration = Duration::from_secs(2);
 /// How long an answer waits for the replica to show the committed write.
@@ -52,7 +52,7 @@ impl Backend {
     ) -> Result<Committed<T>, Reply> {
         let (store, replica) = (&*self.store, &*self.replica);
         let mut view = replica.view();
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
             let Plan { txn, outcome } = plan(&view)?;
             if txn.writes.is_empty() {
                 return Ok(Committed {
@@ -77,7 +77,13 @@ impl Backend {
                         outcome,
                     });
                 }
-                Err(StoreError::Conflict) => view = newer_view(replica, view.revision).await,
+                Err(StoreError::Conflict) => {
+                    // Two writers that retry in lockstep can keep beating each other (the one
+                    // whose node saw the last commit first wins again): a random pause, growing
+                    // with the attempts, breaks the tie.
+                    tokio::time::sleep(jitter(attempt)).await;
+                    view = newer_view(replica, view.revision).await;
+                }
                 Err(e) => return Err(Reply::store_error(&e)),
             }
         }
@@ -91,6 +97,17 @@ impl Backend {
 }
 
 /// The first view after `revision`, or the current one if none comes in time.
+/// A random pause of up to `attempt` × 5 ms.
+fn jitter(attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A randomly keyed hasher is random enough to spread retries.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let ceiling_us = u64::from(attempt + 1) * 5_000;
+    Duration::from_micros(random % ceiling_us)
+}
+
 async fn newer_view(replica: &Replica, revision: Revision) -> Arc<View> {
     let mut views = replica.subscribe();
     let newer = tokio::time::timeout(

@@ -34,8 +34,8 @@ struct Cli {
 enum Command {
     /// Run the gateway in the foreground until SIGTERM, SIGINT or SIGQUIT.
     ///
-    /// Without -c, Pylon listens on 127.0.0.1:9080 and reads its routes from
-    /// conf/apisix.yaml, reloading that file whenever it changes.
+    /// Without -c, Pylon proxies on 127.0.0.1:9080 and serves the Admin API on 127.0.0.1:9180,
+    /// with its configuration in the embedded store in ./data.
     ///
     /// If a pylon with the same config is running, this one takes its listening sockets over
     /// (through `proxy.handoff_socket`) and the old one drains and exits: a restart or binary
@@ -291,6 +291,9 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             );
         }
         let view = replica.view();
+        if !view.live {
+            println!("pylon: the config store is unreachable: serving the local copy until it returns");
+        }
         println!(
             "pylon: node {node_id} ({}); {} worker(s); config from {}, revision {}, {} route(s); access log: {}",
             role.as_str(),
@@ -300,9 +303,6 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             snapshot.router.len(),
             if node.access_log.enabled { node.access_log.path.as_str() } else { "off" },
         );
-        if !view.live {
-            println!("pylon: the config store is unreachable: serving the local copy until it returns");
-        }
         if role.proxies() && snapshot.router.is_empty() {
             println!("pylon: no routes yet: every request gets 404 until one is added");
         }
@@ -347,7 +347,7 @@ async fn open_store(node: &NodeConfig) -> anyhow::Result<Arc<dyn ConfigStore>> {
 fn keyring(node: &NodeConfig) -> anyhow::Result<Keyring> {
     let secrets = &node.data_encryption.keyring;
     if !secrets.is_empty() || node.config.source != SourceKind::Embedded {
-        return Keyring::new(secrets).context("data_encryption.keyring");
+        return Ok(Keyring::new(secrets));
     }
     let path = node.config.data_dir.join("keyring");
     Keyring::load_or_generate(&path).with_context(|| format!("keyring {}", path.display()))

@@ -81,7 +81,10 @@ impl Publisher {
 
     fn publish(&mut self, view: &View) -> Result<(), CompileError> {
         let started = std::time::Instant::now();
-        self.update_config(view);
+        let changed = self.update_config(view);
+        if !changed && view.revision == self.cell.load().revision {
+            return Ok(());
+        }
         let compiled = Snapshot::compile(&self.config, view.revision, &self.defaults, &self.tls)?;
         for skipped in &compiled.skipped {
             tracing::error!(revision = view.revision, "route not served: {skipped}");
@@ -99,14 +102,16 @@ impl Publisher {
         Ok(())
     }
 
-    /// Brings `config` in step with `view`, parsing only the entries that changed.
-    fn update_config(&mut self, view: &View) {
+    /// Brings `config` in step with `view`, parsing only the entries that changed; says
+    /// whether any did.
+    fn update_config(&mut self, view: &View) -> bool {
         let gone: Vec<Key> = self
             .parsed
             .keys()
             .filter(|key| !view.entries.contains_key(*key))
             .cloned()
             .collect();
+        let mut changed = !gone.is_empty();
         for key in gone {
             self.parsed.remove(&key);
             self.config.remove(&key);
@@ -127,7 +132,9 @@ impl Publisher {
                 }
             }
             self.parsed.insert(key.clone(), entry.mod_revision);
+            changed = true;
         }
+        changed
     }
 
     /// Parses one entry; an ssl's sealed private keys are opened first.

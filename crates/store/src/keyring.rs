@@ -26,7 +26,7 @@ const GENERATED_SECRET_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
-    #[error("a keyring needs at least one non-empty secret")]
+    #[error("no secret to seal or open SSL private keys with: set data_encryption.keyring")]
     NoSecrets,
     #[error("{field}: sealed value is damaged or of an unknown version")]
     Malformed { field: String },
@@ -57,20 +57,19 @@ impl std::fmt::Debug for Keyring {
 }
 
 impl Keyring {
-    /// A keyring from `secrets`: the first seals, all open.
-    pub fn new(secrets: &[String]) -> Result<Keyring, KeyringError> {
+    /// A keyring from `secrets`: the first seals, all open. A keyring without secrets
+    /// (a cluster whose nodes were given none) reads plain keys, and refuses to seal or to
+    /// open a sealed one.
+    pub fn new(secrets: &[String]) -> Keyring {
         let keys: Vec<LessSafeKey> = secrets
             .iter()
             .filter(|s| !s.is_empty())
             .map(|s| derive_key(s))
             .collect();
-        if keys.is_empty() {
-            return Err(KeyringError::NoSecrets);
-        }
-        Ok(Keyring {
+        Keyring {
             keys,
             random: SystemRandom::new(),
-        })
+        }
     }
 
     /// The keyring whose secrets are the non-empty lines of `path`; when the file does not
@@ -101,7 +100,10 @@ impl Keyring {
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect();
-        Keyring::new(&secrets)
+        if secrets.is_empty() {
+            return Err(KeyringError::NoSecrets);
+        }
+        Ok(Keyring::new(&secrets))
     }
 
     /// Whether `text` is a sealed value (of any version this build knows).
@@ -115,15 +117,15 @@ impl Keyring {
         self.random
             .fill(&mut nonce)
             .map_err(|_| KeyringError::Random)?;
+        let key = self.keys.first().ok_or(KeyringError::NoSecrets)?;
         let mut sealed = plain.as_bytes().to_vec();
-        self.keys[0]
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(SEALED_PREFIX.as_bytes()),
-                &mut sealed,
-            )
-            // Fails only for inputs beyond AES-GCM's limit (64 GiB), far over any body limit.
-            .map_err(|_| KeyringError::TooLarge)?;
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(SEALED_PREFIX.as_bytes()),
+            &mut sealed,
+        )
+        // Fails only for inputs beyond AES-GCM's limit (64 GiB), far over any body limit.
+        .map_err(|_| KeyringError::TooLarge)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         Ok(format!(
@@ -146,6 +148,9 @@ impl Keyring {
             .map_err(|_| malformed())?;
         if bytes.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(malformed());
+        }
+        if self.keys.is_empty() {
+            return Err(KeyringError::NoSecrets);
         }
         let (nonce, sealed) = bytes.split_at(NONCE_LEN);
         for key in &self.keys {
@@ -247,7 +252,7 @@ mod tests {
     const PEM: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
 
     fn keyring(secrets: &[&str]) -> Keyring {
-        Keyring::new(&secrets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        Keyring::new(&secrets.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
     #[test]
@@ -300,10 +305,13 @@ mod tests {
     }
 
     #[test]
-    fn refuses_an_empty_keyring() {
-        assert!(matches!(Keyring::new(&[]), Err(KeyringError::NoSecrets)));
+    fn a_keyring_without_secrets_reads_plain_keys_and_refuses_to_seal() {
+        let sealed = Keyring::new(&["s".to_owned()]).seal("k").unwrap();
+        let empty = Keyring::new(&[String::new()]);
+        assert_eq!(empty.open("plain", "key").unwrap(), "plain");
+        assert!(matches!(empty.seal("k"), Err(KeyringError::NoSecrets)));
         assert!(matches!(
-            Keyring::new(&[String::new()]),
+            empty.open(&sealed, "key"),
             Err(KeyringError::NoSecrets)
         ));
     }

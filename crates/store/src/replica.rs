@@ -165,6 +165,14 @@ async fn follow(store: Arc<dyn ConfigStore>, views: watch::Sender<Arc<View>>, mu
                     break;
                 }
                 Err(e) => {
+                    if views.borrow().live {
+                        // Same content, marked as no longer followed, for `/v1/status`.
+                        let stale = View {
+                            live: false,
+                            ..View::clone(&views.borrow())
+                        };
+                        views.send_replace(Arc::new(stale));
+                    }
                     tracing::warn!("config store unavailable: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -217,13 +225,12 @@ struct CachedEntry {
 
 async fn keep_cache(path: PathBuf, mut views: watch::Receiver<Arc<View>>) {
     loop {
+        // A view that is not live holds the last content the store gave: still worth keeping.
         let view = views.borrow_and_update().clone();
-        if view.live {
-            let target = path.clone();
-            let written = tokio::task::spawn_blocking(move || write_cache(&target, &view)).await;
-            if let Ok(Err(e)) = written {
-                tracing::warn!("local config copy {} not written: {e}", path.display());
-            }
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_cache(&target, &view)).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!("local config copy {} not written: {e}", path.display());
         }
         tokio::time::sleep(CACHE_INTERVAL).await;
         if views.changed().await.is_err() {

@@ -80,7 +80,7 @@ impl TestApi {
     pub async fn with_settings(settings: AdminSettings) -> TestApi {
         let store = Arc::new(LogStore::default());
         let replica = Arc::new(Replica::start(store.clone(), None).await.unwrap());
-        let keyring = Arc::new(Keyring::new(&["test secret".to_owned()]).unwrap());
+        let keyring = Arc::new(Keyring::new(&["test secret".to_owned()]));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = AdminApi::new(listener, settings, store.clone(), replica, keyring.clone());
         let addr = api.local_addr().unwrap();

@@ -284,8 +284,13 @@ pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Polls `cond` every 20 ms for at most [`WAIT`].
-pub fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + WAIT;
+pub fn wait_until(cond: impl FnMut() -> bool, what: &str) {
+    wait_until_within(WAIT, cond, what);
+}
+
+/// Polls `cond` every 20 ms for at most `within`.
+pub fn wait_until_within(within: Duration, mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + within;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
