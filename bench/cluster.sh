@@ -99,8 +99,6 @@ config:
   source: $4
   data_dir: data
   etcd: {endpoints: ["http://127.0.0.1:$etcd_client"], prefix: /pylon-bench}
-# The nodes of a cluster share it; on etcd, a node does not start without one.
-data_encryption: {keyring: [bench-secret]}
 # Each new configuration logs how long compiling and publishing it took.
 log: {level: "warn,pylon_proxy::publish=info"}
 EOF
