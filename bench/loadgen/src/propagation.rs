@@ -34,6 +34,7 @@ pub async fn propagation(admin: &str, proxy: &str, args: &Args) -> Result<String
         let id = format!("prop-{}-{i}", writes.run);
         let path = format!("/{id}");
         let body = writes.route(&path);
+        let mut polled = 0;
         let sent = Instant::now();
         let write = async {
             writes.put(&mut admin, &id, &body).await?;
@@ -42,7 +43,7 @@ pub async fn propagation(admin: &str, proxy: &str, args: &Args) -> Result<String
         let serve = async {
             loop {
                 let status = probe.request("GET", &path, b"").await?.status;
-                polls += 1;
+                polled += 1;
                 match status {
                     200 => return Ok::<_, String>(sent.elapsed()),
                     404 => {}
@@ -55,6 +56,7 @@ pub async fn propagation(admin: &str, proxy: &str, args: &Args) -> Result<String
             Ok(Ok((put, delay))) => {
                 puts.push(put);
                 delays.push(delay);
+                polls += polled;
                 in_a_row = 0;
             }
             Ok(Err(e)) => return Err(e),
@@ -75,7 +77,7 @@ pub async fn propagation(admin: &str, proxy: &str, args: &Args) -> Result<String
             }
         }
     }
-    // The probe's resolution: the mean time one GET took while waiting.
+    // The probe's resolution: the mean time one GET took while waiting for a served route.
     let poll_us = delays.iter().sum::<Duration>().as_secs_f64() * 1e6 / polls.max(1) as f64;
     Ok(format!(
         "writes={count} missed={missed} {} {} poll_us={poll_us:.0}",
