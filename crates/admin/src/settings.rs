@@ -79,8 +79,6 @@ pub enum SettingsError {
     },
     #[error("admin key file {}: {reason}", path.display())]
     BadKeyFile { path: PathBuf, reason: String },
-    #[error(transparent)]
-    Random(#[from] pylon_store::KeyringError),
 }
 
 impl AdminSettings {
@@ -114,52 +112,18 @@ impl AdminSettings {
 }
 
 fn load_or_generate_key(path: &Path) -> Result<String, SettingsError> {
-    let file_error = |source| SettingsError::KeyFile {
-        path: path.to_owned(),
-        source,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let key = text.trim();
-            if key.is_empty() {
-                return Err(SettingsError::BadKeyFile {
-                    path: path.to_owned(),
-                    reason: "the file is empty; delete it to generate a new key".to_owned(),
-                });
-            }
-            Ok(key.to_owned())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = pylon_store::random_secret()?;
-            match write_private_file(path, &format!("{key}\n")) {
-                Ok(()) => {
-                    tracing::info!("generated an admin API key into {}", path.display());
-                    Ok(key)
-                }
-                // Another process generated it first: use theirs.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    load_or_generate_key(path)
-                }
-                Err(e) => Err(file_error(e)),
-            }
-        }
-        Err(e) => Err(file_error(e)),
-    }
-}
-
-/// Creates `path`, readable and writable by its owner only.
-fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(content.as_bytes())?;
-    file.sync_all()
+    let secrets =
+        pylon_store::read_or_create_secrets(path).map_err(|source| SettingsError::KeyFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    secrets
+        .into_iter()
+        .next()
+        .ok_or_else(|| SettingsError::BadKeyFile {
+            path: path.to_owned(),
+            reason: "the file is empty; delete it to generate a new key".to_owned(),
+        })
 }
 
 /// Networks as strings; a single address is the network of just that address.

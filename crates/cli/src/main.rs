@@ -230,7 +230,9 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
                     .with_context(|| format!("admin.listen {}", node.admin.listen))?,
             };
             let mut settings = node.admin.clone();
-            settings.resolve_keys(&node.config.data_dir)?;
+            if let Some(path) = settings.resolve_keys(&node.config.data_dir)? {
+                println!("pylon: admin API key in {} (no admin.admin_key configured)", path.display());
+            }
             Some(AdminApi::new(listener, settings, store.clone(), replica.clone(), keyring.clone()))
         } else {
             None

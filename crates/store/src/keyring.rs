@@ -9,20 +9,19 @@
 //! Secrets are meant to be long random strings (as [`Keyring::load_or_generate`] makes), not
 //! passwords: the key derivation is not built to slow down guessing.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::secret_file::read_or_create_secrets;
+
 /// What every sealed value starts with; the rest is base64 of nonce, ciphertext and tag.
 const SEALED_PREFIX: &str = "pylon-sealed:v1:";
 /// Binds the derived keys to this one use: a secret shared with something else yields other keys.
 const DERIVATION_SALT: &[u8] = b"pylon keyring";
 const DERIVATION_INFO: &[u8] = b"pylon sealed values v1";
-/// Random bytes in a generated secret.
-const GENERATED_SECRET_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
@@ -75,31 +74,10 @@ impl Keyring {
     /// The keyring whose secrets are the non-empty lines of `path`; when the file does not
     /// exist, one random secret is generated into it (readable by its owner only).
     pub fn load_or_generate(path: &Path) -> Result<Keyring, KeyringError> {
-        let io = |source| KeyringError::Io {
+        let secrets = read_or_create_secrets(path).map_err(|source| KeyringError::Io {
             path: path.to_owned(),
             source,
-        };
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let secret = random_secret()?;
-                match write_private_file(path, &format!("{secret}\n")) {
-                    Ok(()) => secret,
-                    // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        std::fs::read_to_string(path).map_err(io)?
-                    }
-                    Err(e) => return Err(io(e)),
-                }
-            }
-            Err(e) => return Err(io(e)),
-        };
-        let secrets: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect();
+        })?;
         if secrets.is_empty() {
             return Err(KeyringError::NoSecrets);
         }
@@ -219,29 +197,6 @@ fn derive_key(secret: &str) -> LessSafeKey {
         .expand(&[DERIVATION_INFO], &AES_256_GCM)
         .expect("HKDF expands to one key");
     LessSafeKey::new(UnboundKey::from(okm))
-}
-
-/// A new random secret (256 bits, hex-encoded), for a keyring or an API key.
-pub fn random_secret() -> Result<String, KeyringError> {
-    let mut bytes = [0u8; GENERATED_SECRET_LEN];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| KeyringError::Random)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Creates `path` with `content`, readable and writable by its owner only; fails if it exists.
-fn write_private_file(path: &Path, content: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(content.as_bytes())?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -10,13 +10,15 @@ mod etcd;
 mod event_log;
 mod keyring;
 mod replica;
+mod secret_file;
 mod yaml;
 
 pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedStore};
 pub use etcd::{EtcdError, EtcdSettings, EtcdStore};
 pub use event_log::EventLog;
-pub use keyring::{random_secret, Keyring, KeyringError};
+pub use keyring::{Keyring, KeyringError};
 pub use replica::{Replica, View};
+pub use secret_file::read_or_create_secrets;
 pub use yaml::YamlStore;
 
 use async_trait::async_trait;
