@@ -51,7 +51,15 @@ impl Backend {
         mut plan: impl FnMut(&View) -> Result<Plan<T>, Reply>,
     ) -> Result<Committed<T>, Reply> {
         let (store, replica) = (&*self.store, &*self.replica);
-        let mut view = replica.view();
+        // Checked against a copy that has every write made so far, through any node: a route
+        // may name an upstream created through another node an instant ago.
+        let committed = store
+            .committed_revision()
+            .await
+            .map_err(|e| Reply::store_error(&e))?;
+        let mut view = tokio::time::timeout(CATCH_UP_AFTER_CONFLICT, replica.caught_up(committed))
+            .await
+            .unwrap_or_else(|_| replica.view());
         for attempt in 0..ATTEMPTS {
             let Plan { txn, outcome } = plan(&view)?;
             if txn.writes.is_empty() {

@@ -147,6 +147,11 @@ pub trait ConfigStore: Send + Sync {
     /// One entry, as of the store's current revision.
     async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError>;
 
+    /// The revision of the last commit made through this store, by any process. A copy that
+    /// has reached it has seen every write made through Pylon (the Admin API reads its node's
+    /// copy, and waits for this before it checks a write against it).
+    async fn committed_revision(&self) -> Result<Revision, StoreError>;
+
     /// The changes after `after`, in order. The stream ends with [`StoreError::Compacted`] when
     /// the store cannot serve from that revision; the reader then lists again. It ends with
     /// another error, or just ends, when the store is lost; the reader lists again then too.

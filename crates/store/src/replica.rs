@@ -329,6 +329,10 @@ mod tests {
             self.check()?;
             Ok(self.log().get(key))
         }
+        async fn committed_revision(&self) -> Result<Revision, StoreError> {
+            self.check()?;
+            Ok(self.log().revision())
+        }
         async fn watch(&self, after: Revision) -> Result<WatchStream, StoreError> {
             self.check()?;
             self.log().watch(after)

@@ -85,6 +85,10 @@ impl ConfigStore for YamlStore {
         Ok(self.log.get(key))
     }
 
+    async fn committed_revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.log.revision())
+    }
+
     async fn commit(&self, _: Txn) -> Result<Revision, StoreError> {
         Err(StoreError::ReadOnly(
             "the configuration comes from a YAML file; edit the file",

@@ -166,7 +166,9 @@ async fn unchanged_since_fails_after_a_commit_from_any_node() {
     commit(&a, Txn::put(route("kept"), json!({}))).await;
 
     let seen = a.list().await.unwrap().revision;
-    commit(&b, Txn::delete(route("kept"))).await;
+    let deleted = commit(&b, Txn::delete(route("kept"))).await;
+    // Every node learns where the last commit, made anywhere, stands.
+    assert_eq!(a.committed_revision().await.unwrap(), deleted);
     let stale = Txn::put(route("1"), json!({})).unchanged_since(seen);
     assert_eq!(a.commit(stale).await, Err(StoreError::Conflict));
     assert_eq!(a.get(&route("1")).await.unwrap(), None);

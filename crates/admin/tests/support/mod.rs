@@ -33,6 +33,9 @@ impl ConfigStore for LogStore {
     async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError> {
         Ok(self.0.get(key))
     }
+    async fn committed_revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.0.revision())
+    }
     async fn watch(&self, after: Revision) -> Result<WatchStream, StoreError> {
         self.0.watch(after)
     }

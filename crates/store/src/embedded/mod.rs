@@ -164,6 +164,10 @@ impl ConfigStore for EmbeddedStore {
         Ok(self.inner.log.get(key))
     }
 
+    async fn committed_revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.inner.log.revision())
+    }
+
     async fn watch(&self, after: Revision) -> Result<WatchStream, StoreError> {
         self.inner.log.watch(after)
     }

@@ -102,6 +102,20 @@ impl ConfigStore for EtcdStore {
         Ok(response.kvs.first().and_then(|kv| self.keyspace.entry(kv)))
     }
 
+    async fn committed_revision(&self) -> Result<Revision, StoreError> {
+        // The guard is written by every commit: its modification revision is the last one's.
+        let response = self
+            .range(RangeRequest {
+                key: self.keyspace.guard().to_vec(),
+                ..RangeRequest::default()
+            })
+            .await?;
+        Ok(response
+            .kvs
+            .first()
+            .map_or(0, |kv| revision(kv.mod_revision)))
+    }
+
     async fn watch(&self, after: Revision) -> Result<WatchStream, StoreError> {
         watch::start(&self.endpoints, self.keyspace.clone(), after).await
     }
