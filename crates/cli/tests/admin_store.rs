@@ -159,7 +159,10 @@ fn every_acknowledged_write_survives_kill_9() {
                 let body = json!({"uri": format!("/r{i}"), "upstream_id": "u"});
                 let path = format!("/apisix/admin/routes/r{i}");
                 match try_admin(admin_at, ADMIN_KEY, "PUT", &path, Some(&body)) {
-                    Ok(res) if res.status == 201 => acknowledged.lock().unwrap().push(i),
+                    Ok(res) if res.status == 201 => {
+                        let revision = res.json()["modifiedIndex"].as_u64().unwrap();
+                        acknowledged.lock().unwrap().push((i, revision));
+                    }
                     _ => return,
                 }
             }
@@ -190,7 +193,7 @@ fn every_acknowledged_write_survives_kill_9() {
         .iter()
         .map(|item| item["value"]["uri"].as_str().unwrap().to_owned())
         .collect();
-    for i in &acknowledged {
+    for (i, _) in &acknowledged {
         assert!(
             stored.contains(&format!("/r{i}")),
             "acknowledged write /r{i} lost after kill -9 ({} acknowledged, {} stored)",
@@ -198,7 +201,7 @@ fn every_acknowledged_write_survives_kill_9() {
             stored.len()
         );
     }
-    let last = acknowledged.last().unwrap();
+    let (last, last_revision) = *acknowledged.last().unwrap();
     assert_eq!(
         get(pylon.addr, "example.com", &format!("/r{last}")).status,
         200
@@ -212,8 +215,8 @@ fn every_acknowledged_write_survives_kill_9() {
     assert_eq!(res.status, 201, "{}", res.text());
     let created = res.json()["createdIndex"].as_u64().unwrap();
     assert!(
-        created as usize > acknowledged.len(),
-        "revision {created} reused"
+        created > last_revision,
+        "revision {created} reused: the last acknowledged write had {last_revision}"
     );
 }
 
