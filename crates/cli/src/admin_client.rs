@@ -1,11 +1,11 @@
-//! Just enough of an HTTP/1.1 client to talk to a node's Admin API: one request per
-//! connection, the whole answer read.
+//! A client for a node's Admin API: one request per connection, the whole answer read.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -60,81 +60,38 @@ impl AdminClient {
         path_and_query: &str,
         body: Option<&[u8]>,
     ) -> anyhow::Result<Response> {
-        let exchange = || -> std::io::Result<Vec<u8>> {
-            let addr = self
-                .authority
-                .to_socket_addrs()?
-                .next()
-                .ok_or_else(|| std::io::Error::other("the name resolves to no address"))?;
-            let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-            stream.set_read_timeout(Some(TIMEOUT))?;
-            stream.set_write_timeout(Some(TIMEOUT))?;
-            let body = body.unwrap_or_default();
-            let head = format!(
-                "{method} {path_and_query} HTTP/1.1\r\nHost: {}\r\nX-API-KEY: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                self.authority,
-                self.api_key,
-                body.len()
-            );
-            stream.write_all(head.as_bytes())?;
-            stream.write_all(body)?;
-            let mut answer = Vec::new();
-            stream.read_to_end(&mut answer)?;
-            Ok(answer)
-        };
-        let answer = exchange().with_context(|| {
-            format!("Admin API at {}: {method} {path_and_query}", self.authority)
-        })?;
-        parse_response(&answer)
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let exchange = self.exchange(method, path_and_query, body.unwrap_or_default());
+        runtime
+            .block_on(async { tokio::time::timeout(TIMEOUT, exchange).await })
+            .map_err(|_| anyhow::anyhow!("no answer within {TIMEOUT:?}"))
+            .and_then(|answer| answer)
             .with_context(|| format!("Admin API at {}: {method} {path_and_query}", self.authority))
     }
-}
 
-fn parse_response(answer: &[u8]) -> anyhow::Result<Response> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(answer)? {
-        httparse::Status::Complete(len) => len,
-        httparse::Status::Partial => bail!("the answer ended inside its head"),
-    };
-    let status = response.code.unwrap_or_default();
-    let header = |name: &str| {
-        response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
-    };
-    let rest = &answer[head_len..];
-    let body = if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
-        dechunk(rest)?
-    } else if let Some(len) = header("content-length") {
-        let len: usize = len.parse().context("bad Content-Length")?;
-        rest.get(..len)
-            .context("the answer is shorter than its Content-Length")?
-            .to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(Response { status, body })
-}
-
-fn dechunk(mut rest: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("a chunk size line is cut short")?;
-        let size = std::str::from_utf8(&rest[..line_end])?;
-        let size = size.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size, 16).context("bad chunk size")?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        body.extend_from_slice(rest.get(..size).context("a chunk is cut short")?);
-        rest = rest.get(size + 2..).context("a chunk is cut short")?;
+    async fn exchange(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> anyhow::Result<Response> {
+        let stream = tokio::net::TcpStream::connect(&self.authority).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(http::header::HOST, &self.authority)
+            .header("X-API-KEY", &self.api_key)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::copy_from_slice(body)))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes().to_vec();
+        Ok(Response { status, body })
     }
 }
 
@@ -142,19 +99,27 @@ fn dechunk(mut rest: &[u8]) -> anyhow::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn answer(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
     #[test]
-    fn reads_sized_and_chunked_bodies() {
-        let sized = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((sized.status, sized.body.as_slice()), (200, &b"{}"[..]));
-        let chunked = parse_response(
-            b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(chunked.body, b"{\"a\":1}");
+    fn an_error_answer_becomes_its_error_msg() {
+        assert_eq!(answer(200, "{}").json().unwrap(), serde_json::json!({}));
+        let refused = answer(400, r#"{"error_msg":"routes[1].upstream_id: missing"}"#);
         assert_eq!(
-            chunked.json().unwrap_err().to_string(),
-            "the Admin API answered 400: {\"a\":1}"
+            refused.json().unwrap_err().to_string(),
+            "routes[1].upstream_id: missing"
         );
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le").is_err());
+        assert_eq!(
+            answer(400, r#"{"a":1}"#).json().unwrap_err().to_string(),
+            r#"the Admin API answered 400: {"a":1}"#
+        );
+        assert!(answer(502, "Bad Gateway").json().is_err());
+        assert!(AdminClient::new("http://127.0.0.1:9180/x", String::new()).is_err());
+        assert!(AdminClient::new("http://127.0.0.1:9180/", String::new()).is_ok());
     }
 }
