@@ -4,14 +4,13 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use support::client::{admin, get, try_admin};
 use support::upstream::Upstream;
-use support::{wait_until, Pylon};
+use support::{pylon_command, wait_until, Pylon};
 
 const ADMIN_KEY: &str = "test-admin-key";
 const VIEWER_KEY: &str = "test-viewer-key";
@@ -220,21 +219,13 @@ fn every_acknowledged_write_survives_kill_9() {
     );
 }
 
+/// `pylon config ARGS` against this node's Admin API: success, stdout, stderr.
 fn pylon_config(pylon: &Pylon, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pylon"))
-        .arg("config")
-        .args(args)
-        .arg("--admin")
-        .arg(admin_addr(pylon).to_string())
-        .env("PYLON_API_KEY", ADMIN_KEY)
-        .current_dir(pylon.dir.path())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let admin = admin_addr(pylon).to_string();
+    let args = [&["config"], args, &["--admin", admin.as_str()]].concat();
+    let (code, stdout, stderr) =
+        pylon_command(pylon.dir.path(), &args, &[("PYLON_API_KEY", ADMIN_KEY)]);
+    (code == Some(0), stdout, stderr)
 }
 
 #[test]

@@ -4,14 +4,13 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use support::client::{get, Conn};
 use support::upstream::Upstream;
-use support::{wait_until, Pylon};
+use support::{validate, wait_until, Pylon};
 
 /// `/r` to `up`, and one route that does not change.
 fn routes_to(up: &Upstream, other: &Upstream) -> String {
@@ -146,22 +145,6 @@ fn an_invalid_file_is_refused_with_its_errors_and_the_last_good_one_stays() {
     pylon.write_routes(&routes_to(&b, &other));
     wait_served_by(&pylon, "b");
     assert_eq!(answer(&pylon, "/other"), "other");
-}
-
-fn validate(text: &str) -> (Option<i32>, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("apisix.yaml");
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pylon"))
-        .arg("validate")
-        .arg(&file)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

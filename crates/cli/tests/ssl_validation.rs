@@ -1,9 +1,10 @@
 //! `pylon validate` on `ssls`, upstream TLS and health checks: a good file passes, and every
 //! mistake is named by its document path before anything runs.
 
-use std::process::Command;
+mod support;
 
 use rcgen::{date_time_ymd, CertificateParams, KeyPair};
+use support::validate;
 
 /// A self-signed ECDSA certificate for `name` valid between two years, and its key (PEM).
 fn certificate(name: &str, from_year: i32, to_year: i32) -> (String, String) {
@@ -12,23 +13,6 @@ fn certificate(name: &str, from_year: i32, to_year: i32) -> (String, String) {
     params.not_before = date_time_ymd(from_year, 1, 1);
     params.not_after = date_time_ymd(to_year, 1, 1);
     (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
-}
-
-/// Runs `pylon validate` on `text`: exit code, stdout, stderr.
-fn validate(text: &str) -> (Option<i32>, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("apisix.yaml");
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pylon"))
-        .arg("validate")
-        .arg(&file)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// One YAML list item; JSON is YAML, and spares indenting PEM blocks.

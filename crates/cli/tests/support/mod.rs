@@ -283,6 +283,32 @@ pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs the `pylon` binary with `args` in `dir`, with `env` added: exit code, stdout, stderr.
+pub fn pylon_command(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pylon"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `pylon validate` on a file holding `text`: exit code, stdout, stderr.
+pub fn validate(text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("apisix.yaml"), text).unwrap();
+    pylon_command(dir.path(), &["validate", "apisix.yaml"], &[])
+}
+
 /// Polls `cond` every 20 ms for at most [`WAIT`].
 pub fn wait_until(cond: impl FnMut() -> bool, what: &str) {
     wait_until_within(WAIT, cond, what);
