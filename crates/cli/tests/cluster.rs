@@ -43,6 +43,14 @@ fn wait_long(cond: impl FnMut() -> bool, what: &str) {
     wait_until_within(std::time::Duration::from_secs(45), cond, what);
 }
 
+/// PUTs `body` until a write is taken (200), through an outage that is ending.
+fn put_eventually(admin_addr: SocketAddr, path: &str, body: &serde_json::Value, what: &str) {
+    wait_long(
+        || try_admin(admin_addr, ADMIN_KEY, "PUT", path, Some(body)).is_ok_and(|r| r.status == 200),
+        what,
+    );
+}
+
 fn put(admin_addr: SocketAddr, path: &str, body: serde_json::Value) -> u16 {
     admin(admin_addr, ADMIN_KEY, "PUT", path, Some(&body)).status
 }
@@ -229,17 +237,10 @@ fn a_node_serves_its_local_copy_while_etcd_is_down_and_catches_up() {
         "the node to reconnect to etcd",
     );
     let upstream = json!({"nodes": {two.addr.to_string(): 1}});
-    wait_long(
-        || {
-            try_admin(
-                a.admin.unwrap(),
-                ADMIN_KEY,
-                "PUT",
-                "/apisix/admin/upstreams/u",
-                Some(&upstream),
-            )
-            .is_ok_and(|r| r.status == 200)
-        },
+    put_eventually(
+        a.admin.unwrap(),
+        "/apisix/admin/upstreams/u",
+        &upstream,
         "a write to succeed after etcd returned",
     );
     wait_answer(&a, "/r", "two");
@@ -283,17 +284,10 @@ fn a_three_member_cluster_loses_a_member_then_all_then_comes_back() {
     let leader = cluster.leader();
     cluster.kill(leader);
     let moved = json!({"uri": "/r", "upstream_id": "two"});
-    wait_long(
-        || {
-            try_admin(
-                admin_a,
-                ADMIN_KEY,
-                "PUT",
-                "/apisix/admin/routes/r",
-                Some(&moved),
-            )
-            .is_ok_and(|r| r.status == 200)
-        },
+    put_eventually(
+        admin_a,
+        "/apisix/admin/routes/r",
+        &moved,
         "a write with one member down",
     );
     wait_answer(&b, "/r", "two");
@@ -321,17 +315,10 @@ fn a_three_member_cluster_loses_a_member_then_all_then_comes_back() {
     // Back: a write through a reaches b.
     cluster.restart(&[0, 1, 2]);
     let back = json!({"uri": "/r", "upstream_id": "one"});
-    wait_long(
-        || {
-            try_admin(
-                admin_a,
-                ADMIN_KEY,
-                "PUT",
-                "/apisix/admin/routes/r",
-                Some(&back),
-            )
-            .is_ok_and(|r| r.status == 200)
-        },
+    put_eventually(
+        admin_a,
+        "/apisix/admin/routes/r",
+        &back,
         "a write after the cluster returned",
     );
     wait_long(
