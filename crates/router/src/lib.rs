@@ -28,6 +28,11 @@ pub use error::RouterError;
 pub use host::{HostPattern, HostTable};
 pub use router::Router;
 
+/// Whether a request matches a `vars` expression (a route's, or a plugin's `_meta.filter`).
+pub fn eval_vars(expr: &pylon_model::expr::Expr, request: &impl RequestView) -> bool {
+    expr::matches(expr, request)
+}
+
 /// What the router reads of a request. The proxy implements it; only [`RequestView::var`] may be
 /// costly, and the router calls it only for routes whose host, path, method and client address
 /// already match and that have `vars`.
