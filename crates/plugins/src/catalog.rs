@@ -1,0 +1,60 @@
+//! Every plugin this build has: its name, priority, schemas and how it is built.
+
+use std::sync::Arc;
+
+use pylon_model::FieldError;
+use pylon_plugin::Plugin;
+use serde_json::Value;
+
+use crate::credentials::{Credentials, Secret};
+use crate::key_auth;
+
+/// What building a plugin may use besides its own configuration.
+pub struct BuildEnv<'a> {
+    /// Every consumer's credentials, for authentication plugins.
+    pub credentials: &'a Arc<Credentials>,
+}
+
+/// How a plugin is built from its configuration.
+pub type Build = fn(&Value, &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError>;
+
+/// One plugin of the catalog.
+pub struct Descriptor {
+    pub name: &'static str,
+    /// Higher runs first within a phase (APISIX's priorities).
+    pub priority: i64,
+    /// The JSON Schema of the plugin's configuration on a route, service, plugin config,
+    /// global rule or consumer group.
+    pub schema: fn() -> Value,
+    /// Builds (and so validates) the plugin from its configuration, `_meta` excluded.
+    pub build: Build,
+    /// For authentication plugins: what a consumer or credential configures.
+    pub credential: Option<CredentialSpec>,
+}
+
+/// The consumer side of an authentication plugin.
+pub struct CredentialSpec {
+    pub schema: fn() -> Value,
+    /// Parses a consumer's configuration into the value it is looked up by (the API key,
+    /// the user name) and the secret the plugin checks.
+    pub parse: fn(&Value) -> Result<(String, Secret), FieldError>,
+    /// The fields that hold secrets: sealed in the store, never returned by a read.
+    pub secret_fields: &'static [&'static str],
+}
+
+/// Every plugin, by name.
+pub static CATALOG: &[Descriptor] = &[key_auth::DESCRIPTOR];
+
+/// Where a plugin configuration sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// On a route, service, plugin config, global rule or consumer group.
+    Route,
+    /// On a consumer or a credential: an authentication plugin's credential, or any other
+    /// plugin's configuration for that consumer's requests.
+    Consumer,
+}
+
+pub fn find(name: &str) -> Option<&'static Descriptor> {
+    CATALOG.iter().find(|d| d.name == name)
+}

@@ -1,0 +1,218 @@
+//! Building the chains of one configuration version: global rules, every route's plugins
+//! merged by APISIX's precedence, and the consumers with their credentials.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pylon_model::{Config, FieldError, Key, Kind, Route};
+use pylon_plugin::{Chain, ChainBuilder, Consumer, Entry, Meta};
+use serde_json::{Map, Value};
+
+use crate::catalog::{find, BuildEnv, Scope};
+use crate::credentials::{Credential, Credentials};
+
+type Plugins = Map<String, Value>;
+
+/// The plugins of one configuration version, as the snapshot holds them.
+pub struct CompiledPlugins {
+    /// The plugins of every global rule: they run for every request, first.
+    pub global: Chain,
+    credentials: Arc<Credentials>,
+}
+
+impl CompiledPlugins {
+    /// Builds the consumers and global rules of `config`. What cannot be built is left out
+    /// and reported, the rest serves.
+    pub fn compile(config: &Config) -> (CompiledPlugins, Vec<FieldError>) {
+        let mut errors = Vec::new();
+        let credentials = Arc::new(consumers(config, &mut errors));
+        let env = BuildEnv {
+            credentials: &credentials,
+        };
+        let mut global = ChainBuilder::new();
+        for (id, rule) in &config.global_rules {
+            let location = Key::new(Kind::GlobalRules, id).to_string();
+            add_all(&mut global, &rule.plugins, &env, &location, &mut errors);
+        }
+        let compiled = CompiledPlugins {
+            global: global.build(),
+            credentials: credentials.clone(),
+        };
+        (compiled, errors)
+    }
+
+    /// A route's chain: its service's plugins, then its plugin config's, then its own, a
+    /// later place replacing an earlier one's plugin of the same name.
+    pub fn route_chain(
+        &self,
+        config: &Config,
+        id: &str,
+        route: &Route,
+    ) -> Result<Chain, FieldError> {
+        let env = BuildEnv {
+            credentials: &self.credentials,
+        };
+        let mut errors = Vec::new();
+        let mut builder = ChainBuilder::new();
+        let service = route
+            .service_id
+            .as_ref()
+            .and_then(|s| config.services.get(s));
+        let plugin_config = route
+            .plugin_config_id
+            .as_ref()
+            .and_then(|p| config.plugin_configs.get(p));
+        let places = [
+            (
+                service.and_then(|s| s.plugins.as_ref()),
+                format!("services/{}", route.service_id.as_deref().unwrap_or("")),
+            ),
+            (
+                plugin_config.map(|p| &p.plugins),
+                format!(
+                    "plugin_configs/{}",
+                    route.plugin_config_id.as_deref().unwrap_or("")
+                ),
+            ),
+            (route.plugins.as_ref(), format!("routes/{id}")),
+        ];
+        for (plugins, location) in places {
+            if let Some(plugins) = plugins {
+                add_all(&mut builder, plugins, &env, &location, &mut errors);
+            }
+        }
+        match errors.into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(builder.build()),
+        }
+    }
+}
+
+/// Builds every plugin of `plugins` into `builder`; errors are located at `location`.
+fn add_all(
+    builder: &mut ChainBuilder,
+    plugins: &Plugins,
+    env: &BuildEnv<'_>,
+    location: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    for (name, config) in plugins {
+        match build_entry(name, config, env) {
+            Ok(entry) => builder.add(entry),
+            Err(e) => errors.push(e.within(&format!("{location}.plugins.{name}"))),
+        }
+    }
+}
+
+fn build_entry(name: &str, config: &Value, env: &BuildEnv<'_>) -> Result<Entry, FieldError> {
+    let descriptor =
+        find(name).ok_or_else(|| FieldError::new("", format!("unknown plugin `{name}`")))?;
+    let meta = Meta::parse(config)?;
+    let plugin = (descriptor.build)(config, env)?;
+    Ok(Entry::new(plugin, descriptor.priority, meta))
+}
+
+/// Checks a `plugins` object where it sits (`scope`): every name is a plugin of this build
+/// and every configuration builds. Paths are `plugins.<name>.<field>`.
+pub fn check(plugins: &Plugins, scope: Scope) -> Vec<FieldError> {
+    let credentials = Arc::new(Credentials::default());
+    let env = BuildEnv {
+        credentials: &credentials,
+    };
+    let mut errors = Vec::new();
+    for (name, config) in plugins {
+        let within = format!("plugins.{name}");
+        let Some(descriptor) = find(name) else {
+            errors.push(FieldError::new(within, format!("unknown plugin `{name}`")));
+            continue;
+        };
+        let result = match (scope, &descriptor.credential) {
+            (Scope::Consumer, Some(spec)) => (spec.parse)(config).map(drop),
+            _ => Meta::parse(config).and_then(|_| (descriptor.build)(config, &env).map(drop)),
+        };
+        if let Err(e) = result {
+            errors.push(e.within(&within));
+        }
+    }
+    errors
+}
+
+/// The consumers of `config`, each with the plugins of its group and its own (a consumer's
+/// own replacing its group's), indexed by every credential it has: those in its own
+/// `plugins` and those of its credentials.
+fn consumers(config: &Config, errors: &mut Vec<FieldError>) -> Credentials {
+    let groups: BTreeMap<&str, &Value> = config
+        .others
+        .iter()
+        .filter(|(k, _)| k.kind == Kind::ConsumerGroups)
+        .map(|(k, v)| (k.id.as_str(), v))
+        .collect();
+    let mut credentials = Credentials::default();
+    let no_credentials = Arc::new(Credentials::default());
+    let env = BuildEnv {
+        credentials: &no_credentials,
+    };
+    for (key, value) in config
+        .others
+        .iter()
+        .filter(|(k, _)| k.kind == Kind::Consumers)
+    {
+        let location = key.to_string();
+        let group_id = value
+            .get("group_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let own = value.get("plugins").and_then(Value::as_object);
+        let mut chain = ChainBuilder::new();
+        if let Some(group) = group_id.as_deref().and_then(|g| groups.get(g)) {
+            if let Some(plugins) = group.get("plugins").and_then(Value::as_object) {
+                let location = format!("consumer_groups/{}", group_id.as_deref().unwrap_or(""));
+                add_all(&mut chain, plugins, &env, &location, errors);
+            }
+        }
+        // A consumer's authentication plugins are its credentials, not plugins to run.
+        let (auth, other): (Plugins, Plugins) = own
+            .into_iter()
+            .flatten()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .partition(|(name, _)| find(name).is_some_and(|d| d.credential.is_some()));
+        add_all(&mut chain, &other, &env, &location, errors);
+        let consumer = Arc::new(Consumer::new(key.id.clone(), group_id, chain.build()));
+        let credential_configs = config
+            .others
+            .range(Key::new(Kind::Credentials, format!("{}/", key.id))..)
+            .take_while(|(k, _)| {
+                k.kind == Kind::Credentials && k.id.starts_with(&format!("{}/", key.id))
+            })
+            .filter_map(|(k, v)| Some((k.to_string(), v.get("plugins")?.as_object()?.clone())));
+        let sources = std::iter::once((location.clone(), auth)).chain(credential_configs);
+        for (location, plugins) in sources {
+            for (name, config) in &plugins {
+                let Some((descriptor, spec)) =
+                    find(name).and_then(|d| Some((d, d.credential.as_ref()?)))
+                else {
+                    continue;
+                };
+                let path = format!("{location}.plugins.{name}");
+                let (lookup, secret) = match (spec.parse)(config) {
+                    Ok(parsed) => parsed,
+                    Err(e) => {
+                        errors.push(e.within(&path));
+                        continue;
+                    }
+                };
+                let credential = Credential {
+                    consumer: consumer.clone(),
+                    secret,
+                };
+                if let Err(duplicate) = credentials.insert(descriptor.name, &lookup, credential) {
+                    errors.push(FieldError::new(
+                        path,
+                        format!("the same credential as consumer `{}`", duplicate.consumer),
+                    ));
+                }
+            }
+        }
+    }
+    credentials
+}
