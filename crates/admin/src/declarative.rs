@@ -20,7 +20,6 @@ use serde_json::{json, Map, Value};
 use crate::query::Query;
 use crate::references::{self, id_text};
 use crate::response::Reply;
-use crate::validation;
 use crate::writer::{Backend, Plan};
 
 /// Fields the server keeps; a document may carry them (a dump does) or not (a hand-written
@@ -226,16 +225,15 @@ fn resulting_config(
     let text = Value::Object(document).to_string();
     let (entries, config) = pylon_model::parse_standalone(&text)
         .map_err(|e| e.0.into_iter().map(locate).collect::<Vec<_>>())?;
-    // What the model does not check yet: plugins on the kinds it keeps as JSON, and references
-    // from them (a consumer's group, a credential's consumer).
+    // What the model does not check: plugins (each resource's, then what only the whole
+    // shows, as two consumers with one key), and references from the kinds it keeps as JSON
+    // (a consumer's group, a credential's consumer).
+    let clashes = pylon_plugins::check_config(&config);
     let missing: Vec<FieldError> = entries
         .iter()
         .flat_map(|(key, value)| {
             let location = named.get(key).cloned().unwrap_or_else(|| key.to_string());
-            let plugins = match config.others.get(key) {
-                Some(value) => validation::plugins_refused(value),
-                None => Vec::new(),
-            };
+            let plugins = pylon_plugins::check_resource(key.kind, value);
             let unchecked = references::missing(key.kind, value, |k| entries.contains_key(k))
                 .into_iter()
                 .filter(|e| !model_checks(key.kind, &e.path));
@@ -245,6 +243,7 @@ fn resulting_config(
                 .map(move |e| e.within(&location))
                 .collect::<Vec<_>>()
         })
+        .chain(clashes)
         .collect();
     if !missing.is_empty() {
         return Err(missing);

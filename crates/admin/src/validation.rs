@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use pylon_model::{Config, FieldError, Key, Resource};
+use pylon_model::{Config, FieldError, Key, Kind, Resource};
 use pylon_store::View;
 use serde_json::Value;
 
@@ -18,11 +18,11 @@ use crate::references;
 /// Checks `value` as the new content of `key`, with `view` as the rest of the configuration.
 /// Error paths are relative to the resource, or name another resource the write would break.
 pub(crate) fn check_write(view: &View, key: &Key, value: &Value) -> Result<(), Vec<FieldError>> {
-    let resource = Resource::from_json(key.kind, value).map_err(|e| e.0)?;
-    let mut errors = match &resource {
-        Resource::Other(_, value) => plugins_refused(value),
-        _ => Vec::new(),
-    };
+    Resource::from_json(key.kind, value).map_err(|e| e.0)?;
+    let mut errors = pylon_plugins::check_resource(key.kind, value);
+    if matches!(key.kind, Kind::Consumers | Kind::Credentials) {
+        errors.extend(credential_clashes(view, key, value));
+    }
     errors.extend(references::missing(key.kind, value, |k| {
         view.entries.contains_key(k)
     }));
@@ -36,20 +36,28 @@ pub(crate) fn check_write(view: &View, key: &Key, value: &Value) -> Result<(), V
     }
 }
 
-/// The check of a resource of a kind the model keeps as plain JSON (consumers, credentials,
-/// consumer groups, ...): it may not name plugins either, as long as this build has none.
-pub(crate) fn plugins_refused(value: &Value) -> Vec<FieldError> {
-    value
-        .get("plugins")
-        .and_then(Value::as_object)
+/// A consumer's or credential's authentication plugins that another consumer has the same
+/// credential for (the same API key, say): every consumer and credential is indexed again
+/// with the write in place, and the clashes located at the written resource reported.
+fn credential_clashes(view: &View, key: &Key, value: &Value) -> Vec<FieldError> {
+    let mut entries: BTreeMap<Key, Value> = view
+        .entries
+        .iter()
+        .filter(|(k, _)| matches!(k.kind, Kind::Consumers | Kind::Credentials))
+        .map(|(k, entry)| (k.clone(), entry.value.clone()))
+        .collect();
+    entries.insert(key.clone(), value.clone());
+    let mut config = Config::default();
+    for (k, v) in &entries {
+        if let Ok(resource) = Resource::from_json(k.kind, v) {
+            config.insert(k, resource);
+        }
+    }
+    let own = key.to_string();
+    pylon_plugins::check_config(&config)
         .into_iter()
-        .flat_map(|plugins| plugins.keys())
-        .map(|name| {
-            FieldError::new(
-                format!("plugins.{name}"),
-                format!("unknown plugin `{name}`: this build has no plugins yet"),
-            )
-        })
+        .filter(|e| e.path.starts_with(&own))
+        .map(|e| relative_to(key, e))
         .collect()
 }
 

@@ -571,34 +571,56 @@ async fn global_rules_plugin_configs_metadata_and_secrets_are_kept() {
 }
 
 #[tokio::test]
-async fn a_write_with_plugins_is_refused_naming_the_plugin() {
+async fn plugin_configurations_are_checked_at_write_time() {
     let api = TestApi::start().await;
-    let answer = api
-        .call(
-            "PUT",
+    let refused = [
+        (
             "/apisix/admin/services/201",
-            Some(r#"{"plugins": {"limit-count": {"count": 2, "time_window": 60}}, "upstream": {"nodes": {"127.0.0.1:1980": 1}}}"#),
-        )
-        .await;
+            r#"{"plugins": {"no-such-plugin": {}}, "upstream": {"nodes": {"127.0.0.1:1980": 1}}}"#,
+            "invalid configuration: plugins.no-such-plugin: unknown plugin `no-such-plugin`",
+        ),
+        (
+            "/apisix/admin/routes/1",
+            r#"{"uri": "/a", "plugins": {"key-auth": {"header": 5}}, "upstream": {"nodes": {"127.0.0.1:1980": 1}}}"#,
+            "invalid configuration: plugins.key-auth.header: invalid type: integer `5`, expected a string",
+        ),
+        (
+            "/apisix/admin/routes/1",
+            r#"{"uri": "/a", "plugins": {"key-auth": {"_meta": {"gray_ratio": 150}}}, "upstream": {"nodes": {"127.0.0.1:1980": 1}}}"#,
+            "invalid configuration: plugins.key-auth._meta.gray_ratio: must be an integer percentage from 0 to 100",
+        ),
+        (
+            "/apisix/admin/consumers",
+            r#"{"username": "jack", "plugins": {"key-auth": {}}}"#,
+            "invalid configuration: plugins.key-auth: missing field `key`",
+        ),
+    ];
+    for (path, body, error) in refused {
+        let answer = api.call("PUT", path, Some(body)).await;
+        assert_eq!(answer.status, 400, "{path} {body}");
+        assert_eq!(answer.body["error_msg"], error, "{path} {body}");
+    }
+    for stored in ["services/201", "routes/1", "consumers/jack"] {
+        let path = format!("/apisix/admin/{stored}");
+        assert_eq!(api.call("GET", &path, None).await.status, 404, "{path}");
+    }
+    let jack = r#"{"username": "jack", "plugins": {"key-auth": {"key": "auth-one"}}}"#;
+    assert_eq!(
+        api.call("PUT", "/apisix/admin/consumers", Some(jack))
+            .await
+            .status,
+        201
+    );
+    // Another consumer with the same key would make the key name two consumers.
+    let rose = r#"{"username": "rose", "plugins": {"key-auth": {"key": "auth-one"}}}"#;
+    let answer = api.call("PUT", "/apisix/admin/consumers", Some(rose)).await;
     assert_eq!(answer.status, 400);
     assert_eq!(
         answer.body["error_msg"],
-        "invalid configuration: plugins.limit-count: unknown plugin `limit-count`: this build has no plugins yet"
-    );
-    let consumer = api
-        .call(
-            "PUT",
-            "/apisix/admin/consumers",
-            Some(r#"{"username": "jack", "plugins": {"key-auth": {"key": "auth-one"}}}"#),
-        )
-        .await;
-    assert_eq!(consumer.status, 400);
-    assert_eq!(
-        consumer.body["error_msg"],
-        "invalid configuration: plugins.key-auth: unknown plugin `key-auth`: this build has no plugins yet"
+        "invalid configuration: plugins.key-auth: the same credential as consumer `jack`"
     );
     assert_eq!(
-        api.call("GET", "/apisix/admin/services/201", None)
+        api.call("GET", "/apisix/admin/consumers/rose", None)
             .await
             .status,
         404

@@ -46,8 +46,7 @@ pub struct Service {
     /// The upstream of the routes that use this service, written inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
-    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
-    #[schemars(extend("maxProperties" = 0))]
+    /// Plugins by name, with their configuration (`GET /apisix/admin/plugins/list` names them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugins: Option<Plugins>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,8 +77,7 @@ pub struct GlobalRule {
     )]
     #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
-    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
-    #[schemars(extend("maxProperties" = 0))]
+    /// Plugins by name, with their configuration (`GET /apisix/admin/plugins/list` names them).
     pub plugins: Plugins,
     /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,8 +107,7 @@ pub struct PluginConfig {
     /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
-    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
-    #[schemars(extend("maxProperties" = 0))]
+    /// Plugins by name, with their configuration (`GET /apisix/admin/plugins/list` names them).
     pub plugins: Plugins,
     /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -82,8 +82,7 @@ pub struct Route {
     /// The upstream requests go to, written inline; takes precedence over `upstream_id`.
     pub upstream: Option<Upstream>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// Plugins by name, with their configuration; this build has none yet, so it must be empty.
-    #[schemars(extend("maxProperties" = 0))]
+    /// Plugins by name, with their configuration (`GET /apisix/admin/plugins/list` names them).
     pub plugins: Option<Plugins>,
     #[serde(
         default,

@@ -25,7 +25,9 @@ impl CompiledPlugins {
     /// and reported, the rest serves.
     pub fn compile(config: &Config) -> (CompiledPlugins, Vec<FieldError>) {
         let mut errors = Vec::new();
-        let credentials = Arc::new(consumers(config, &mut errors));
+        let mut clashes = Vec::new();
+        let credentials = Arc::new(consumers(config, &mut errors, &mut clashes));
+        errors.extend(clashes);
         let env = BuildEnv {
             credentials: &credentials,
         };
@@ -140,7 +142,12 @@ pub fn check(plugins: &Plugins, scope: Scope) -> Vec<FieldError> {
 /// The consumers of `config`, each with the plugins of its group and its own (a consumer's
 /// own replacing its group's), indexed by every credential it has: those in its own
 /// `plugins` and those of its credentials.
-fn consumers(config: &Config, errors: &mut Vec<FieldError>) -> Credentials {
+/// Credentials another consumer has too go to `clashes`, every other problem to `errors`.
+fn consumers(
+    config: &Config,
+    errors: &mut Vec<FieldError>,
+    clashes: &mut Vec<FieldError>,
+) -> Credentials {
     let groups: BTreeMap<&str, &Value> = config
         .others
         .iter()
@@ -206,7 +213,7 @@ fn consumers(config: &Config, errors: &mut Vec<FieldError>) -> Credentials {
                     secret,
                 };
                 if let Err(duplicate) = credentials.insert(descriptor.name, &lookup, credential) {
-                    errors.push(FieldError::new(
+                    clashes.push(FieldError::new(
                         path,
                         format!("the same credential as consumer `{}`", duplicate.consumer),
                     ));
@@ -215,4 +222,40 @@ fn consumers(config: &Config, errors: &mut Vec<FieldError>) -> Credentials {
         }
     }
     credentials
+}
+
+/// Checks the plugins of one resource, as it is written: `plugins` on a route, service,
+/// plugin config, global rule or consumer group configures plugins to run; on a consumer or
+/// credential, an authentication plugin's entry is the consumer's credential.
+pub fn check_resource(kind: Kind, resource: &Value) -> Vec<FieldError> {
+    let Some(plugins) = resource.get("plugins").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let scope = match kind {
+        Kind::Consumers | Kind::Credentials => Scope::Consumer,
+        _ => Scope::Route,
+    };
+    let mut errors = check(plugins, scope);
+    if kind == Kind::Credentials {
+        errors.extend(
+            plugins
+                .keys()
+                .filter(|name| find(name).is_some_and(|d| d.credential.is_none()))
+                .map(|name| {
+                    FieldError::new(
+                        format!("plugins.{name}"),
+                        "a credential holds authentication plugins only",
+                    )
+                }),
+        );
+    }
+    errors
+}
+
+/// What only a whole configuration shows of its plugins, beyond what [`check_resource`]
+/// finds in each resource: two consumers with the same credential (the same API key, say).
+pub fn check_config(config: &Config) -> Vec<FieldError> {
+    let mut clashes = Vec::new();
+    consumers(config, &mut Vec::new(), &mut clashes);
+    clashes
 }

@@ -17,5 +17,5 @@ mod key_auth;
 mod query;
 
 pub use catalog::{find, Descriptor, Scope, CATALOG};
-pub use compile::{check, CompiledPlugins};
+pub use compile::{check, check_config, check_resource, CompiledPlugins};
 pub use credentials::{Credential, Credentials};
