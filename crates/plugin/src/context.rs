@@ -62,6 +62,14 @@ impl HeaderEdits {
         self.0.retain(|e| !e.name().eq_ignore_ascii_case(name));
     }
 
+    /// The names whose original headers are to be left out (those set or removed).
+    pub fn replaced(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|e| match e {
+            HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => Some(n.as_str()),
+            HeaderEdit::Add(..) => None,
+        })
+    }
+
     /// Whether the original headers called `name` are to be left out.
     pub fn replaces(&self, name: &str) -> bool {
         self.0.iter().any(|e| {

@@ -5,39 +5,55 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
+use pylon_plugin::{Reply, RequestCtx};
 use pylon_router::RequestView;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
-use crate::forward::{self, Outcome};
+use crate::forward::{self, write_status, write_whole_body, Outcome, PluginWork};
 use crate::http1::{has_token, request_framing, BodyFraming, HeadError, RequestHead, ResponseHead};
 use crate::http2::{self, Rewind, Sniffed};
+use crate::outbound::{plugin_may_set, push_header};
+use crate::pipeline::Plugins;
 use crate::relay::{read_more, write_all, RelayError};
 use crate::snapshot::RouteTarget;
 use crate::tls::{self, ClientStream, Handshake, MaybeTls};
 use crate::vars::{normalize_host, RequestVars, TlsInfo};
 use crate::worker::Worker;
 
-/// A client connection and the buffers it reuses from one request to the next.
+/// A client connection: its I/O with the buffers it reuses from one request to the next,
+/// and the current request. Kept apart so that plugins can read the request while the
+/// exchange writes to the connection.
 pub(crate) struct Downstream {
+    pub io: ClientIo,
+    pub request: ClientRequest,
+}
+
+pub(crate) struct ClientIo {
     pub stream: ClientStream,
-    /// For TLS connections: the SNI the client sent.
-    pub server_name: Option<Box<str>>,
-    pub client: SocketAddr,
-    pub local: SocketAddr,
     /// Bytes read from the client and not yet consumed: the next head, or body bytes.
     pub buf: BytesMut,
-    pub head: RequestHead,
+    /// The upstream's response head being relayed.
     pub response: ResponseHead,
     /// Heads being written.
     pub out: Vec<u8>,
-    /// The request's host, normalized.
-    pub host: String,
 }
 
-impl Downstream {
+/// The current request and who sent it.
+pub(crate) struct ClientRequest {
+    pub head: RequestHead,
+    /// The request's host, normalized.
+    pub host: String,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    /// For TLS connections: the SNI the client sent.
+    pub server_name: Option<Box<str>>,
+    pub tls: bool,
+}
+
+impl ClientRequest {
     /// The current request's variables.
     pub fn vars(&self) -> RequestVars<'_> {
         RequestVars {
@@ -45,7 +61,7 @@ impl Downstream {
             host: (!self.host.is_empty()).then_some(self.host.as_str()),
             client: self.client,
             local: self.local,
-            tls: matches!(self.stream, MaybeTls::Tls(_)).then_some(TlsInfo {
+            tls: self.tls.then_some(TlsInfo {
                 server_name: self.server_name.as_deref(),
             }),
         }
@@ -138,15 +154,20 @@ async fn serve_http1(
     buf: BytesMut,
 ) {
     let mut conn = Downstream {
-        stream,
-        server_name,
-        client,
-        local,
-        buf,
-        head: RequestHead::default(),
-        response: ResponseHead::default(),
-        out: Vec::with_capacity(1024),
-        host: String::new(),
+        request: ClientRequest {
+            head: RequestHead::default(),
+            host: String::new(),
+            client,
+            local,
+            server_name,
+            tls: matches!(stream, MaybeTls::Tls(_)),
+        },
+        io: ClientIo {
+            stream,
+            buf,
+            response: ResponseHead::default(),
+            out: Vec::with_capacity(1024),
+        },
     };
     let mut first = true;
     loop {
@@ -155,13 +176,13 @@ async fn serve_http1(
             HeadRead::Closed => return,
             HeadRead::Failed(error) => {
                 reject_unparsed(&worker, &mut conn, error).await;
-                return linger(&mut conn.stream).await;
+                return linger(&mut conn.io.stream).await;
             }
         }
         first = false;
         if !handle(&worker, &mut conn).await {
             if client_may_still_send(&conn) {
-                linger(&mut conn.stream).await;
+                linger(&mut conn.io.stream).await;
             }
             return;
         }
@@ -173,9 +194,9 @@ async fn serve_http1(
 /// asked to close (the common way a connection ends) leaves nothing to wait for, and lingering
 /// there would only cost a timer and a wake-up per connection.
 fn client_may_still_send(conn: &Downstream) -> bool {
-    !conn.buf.is_empty()
-        || !matches!(request_framing(&conn.head), Ok(BodyFraming::None))
-        || wants_keep_alive(&conn.head)
+    !conn.io.buf.is_empty()
+        || !matches!(request_framing(&conn.request.head), Ok(BodyFraming::None))
+        || wants_keep_alive(&conn.request.head)
 }
 
 /// Closing a connection the client may still be sending on (an error before its body was
@@ -208,11 +229,11 @@ async fn linger(stream: &mut ClientStream) {
 async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadRead {
     let limits = &worker.limits;
     let mut deadline =
-        (!conn.buf.is_empty() || first).then(|| Instant::now() + limits.header_timeout);
+        (!conn.io.buf.is_empty() || first).then(|| Instant::now() + limits.header_timeout);
     loop {
-        match conn.head.parse(&conn.buf, &limits.head) {
+        match conn.request.head.parse(&conn.io.buf, &limits.head) {
             Ok(Some(len)) => {
-                conn.buf.advance(len);
+                conn.io.buf.advance(len);
                 return HeadRead::Complete;
             }
             Ok(None) => {}
@@ -227,7 +248,7 @@ async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadR
         let read = match deadline {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                read_more(&mut conn.stream, &mut conn.buf, left).await
+                read_more(&mut conn.io.stream, &mut conn.io.buf, left).await
             }
             // Idle between requests: wait for the first byte. Once the worker stops, only a
             // moment longer: a request sent right after the last response may be on its way,
@@ -236,10 +257,10 @@ async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadR
                 let stopping = worker.stopping();
                 if worker.is_stopping() {
                     let linger = DRAIN_LINGER.min(limits.keepalive_timeout);
-                    read_more(&mut conn.stream, &mut conn.buf, linger).await
+                    read_more(&mut conn.io.stream, &mut conn.io.buf, linger).await
                 } else {
                     tokio::select! {
-                        read = read_more(&mut conn.stream, &mut conn.buf, limits.keepalive_timeout) => read,
+                        read = read_more(&mut conn.io.stream, &mut conn.io.buf, limits.keepalive_timeout) => read,
                         _ = stopping => continue,
                     }
                 }
@@ -253,7 +274,7 @@ async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadR
             Err(RelayError::Source(e))
                 if e.kind() == std::io::ErrorKind::TimedOut
                     && deadline.is_some()
-                    && !conn.buf.is_empty() =>
+                    && !conn.io.buf.is_empty() =>
             {
                 return HeadRead::Failed(GatewayError::RequestTimeout)
             }
@@ -266,33 +287,55 @@ async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadR
 async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
     let started = Instant::now();
     let view = worker.view();
-    let head = &conn.head;
+    let head = &conn.request.head;
     let host_ok = match head.client_host() {
         // More than one Host is refused (RFC 9112 §3.2): routing on one and forwarding
         // another, as a server behind might pick, would let a client slip past host rules.
-        Some(raw) => normalize_host(raw, &mut conn.host) && host_count(head) <= 1,
+        Some(raw) => normalize_host(raw, &mut conn.request.host) && host_count(head) <= 1,
         None => {
-            conn.host.clear();
+            conn.request.host.clear();
             // HTTP/1.1 requires Host (RFC 9112 §3.2); HTTP/1.0 may go without.
             head.minor_version() == 0
         }
     };
     let framing = request_framing(head);
-    let route = view.snapshot.router.find(&conn.vars());
+    let route = view.snapshot.router.find(&conn.request.vars());
     let framing = match framing {
         Ok(framing) if host_ok => framing,
         // The body's length is unknown: nothing after this head can be trusted.
         _ => {
-            let outcome = respond_error(worker, conn, GatewayError::BadRequest, false).await;
+            let outcome =
+                respond_error(worker, &mut conn.io, GatewayError::BadRequest, false).await;
             log(worker, conn, route, started, &outcome);
             return false;
         }
     };
     let outcome = match route {
-        Some(route) => forward::proxy(worker, &view, route, conn, framing).await,
+        Some(route) => {
+            let vars = conn.request.vars();
+            let plugins = Plugins::of(&view.snapshot, route);
+            let mut ctx = RequestCtx::new(&vars, &route.id, route.service_id.as_deref());
+            let outcome = match plugins.request(&mut ctx).await {
+                Some(reply) => {
+                    let reply = plugins.reply(&ctx, reply);
+                    let keep = skip_buffered_body(&mut conn.io.buf, framing)
+                        && wants_keep_alive(&conn.request.head);
+                    let head_only = conn.request.head.method() == "HEAD";
+                    send_reply(worker, &mut conn.io, &reply, head_only, keep).await
+                }
+                None => {
+                    let work = PluginWork { plugins, ctx: &ctx };
+                    let downstream = (&mut conn.io, &conn.request);
+                    forward::proxy(worker, &view, route, downstream, framing, work).await
+                }
+            };
+            plugins.log(&ctx, outcome.status, outcome.bytes_sent, started.elapsed());
+            outcome
+        }
         None => {
-            let keep = skip_buffered_body(conn, framing) && wants_keep_alive(&conn.head);
-            respond_error(worker, conn, GatewayError::RouteNotFound, keep).await
+            let keep = skip_buffered_body(&mut conn.io.buf, framing)
+                && wants_keep_alive(&conn.request.head);
+            respond_error(worker, &mut conn.io, GatewayError::RouteNotFound, keep).await
         }
     };
     log(worker, conn, route, started, &outcome);
@@ -303,12 +346,12 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
 /// request line could be read.
 async fn reject_unparsed(worker: &Worker, conn: &mut Downstream, error: GatewayError) {
     let started = Instant::now();
-    let outcome = respond_error(worker, conn, error, false).await;
+    let outcome = respond_error(worker, &mut conn.io, error, false).await;
     if !worker.access_log.is_enabled() {
         return;
     }
-    let line_end = memchr::memchr(b'\n', &conn.buf).unwrap_or(conn.buf.len());
-    let line = String::from_utf8_lossy(&conn.buf[..line_end.min(1024)]);
+    let line_end = memchr::memchr(b'\n', &conn.io.buf).unwrap_or(conn.io.buf.len());
+    let line = String::from_utf8_lossy(&conn.io.buf[..line_end.min(1024)]);
     let mut parts = line.trim_end().splitn(3, ' ');
     let method = parts.next().unwrap_or("").to_owned();
     let uri = parts.next().unwrap_or("").to_owned();
@@ -316,17 +359,17 @@ async fn reject_unparsed(worker: &Worker, conn: &mut Downstream, error: GatewayE
     let route = view.snapshot.router.find(&RequestLine {
         method: &method,
         path: uri.split('?').next().unwrap_or(""),
-        client: conn.client,
+        client: conn.request.client,
     });
     worker.access_log.record(AccessRecord {
         time: SystemTime::now(),
-        client: conn.client,
+        client: conn.request.client,
         method,
         uri,
         host: String::new(),
         status: outcome.status,
         bytes_sent: outcome.bytes_sent,
-        request_length: conn.buf.len() as u64,
+        request_length: conn.io.buf.len() as u64,
         route_id: route.map(|r| r.id.clone()),
         upstream: None,
         upstream_latency: None,
@@ -362,16 +405,49 @@ impl RequestView for RequestLine<'_> {
 
 pub(crate) async fn respond_error(
     worker: &Worker,
-    conn: &mut Downstream,
+    io: &mut ClientIo,
     error: GatewayError,
     keep_alive: bool,
 ) -> Outcome {
     let keep_alive = keep_alive && !worker.is_stopping();
-    let sent = send_error(worker, &mut conn.stream, &mut conn.out, error, keep_alive).await;
+    let sent = send_error(worker, &mut io.stream, &mut io.out, error, keep_alive).await;
     Outcome {
         keep_alive: keep_alive && sent.is_some(),
         status: error.status(),
         bytes_sent: sent.unwrap_or(0),
+        upstream: None,
+        upstream_latency: None,
+    }
+}
+
+/// Answers with a complete response the gateway holds (a plugin's reply, or its own error
+/// after plugins edited it).
+pub(crate) async fn send_reply(
+    worker: &Worker,
+    io: &mut ClientIo,
+    reply: &Reply,
+    head_only: bool,
+    keep_alive: bool,
+) -> Outcome {
+    let keep_alive = keep_alive && !worker.is_stopping();
+    let out = &mut io.out;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    write_status(out, reply.status);
+    out.extend_from_slice(b"\r\nServer: Pylon\r\n");
+    for (name, value) in &reply.headers {
+        if plugin_may_set(name) {
+            push_header(out, name.as_bytes(), value.as_bytes());
+        }
+    }
+    // Always HTTP/1.1 framing: an HTTP/1.0 client gets `Connection: close` (keep-alive is
+    // only kept for one that asked, see `wants_keep_alive`).
+    write_whole_body(out, &reply.body, head_only, keep_alive, false);
+    let sent = write_all(&mut io.stream, out, worker.limits.send_timeout).await;
+    Outcome {
+        keep_alive: keep_alive && sent.is_ok(),
+        status: reply.status,
+        bytes_sent: if sent.is_ok() { out.len() as u64 } else { 0 },
         upstream: None,
         upstream_latency: None,
     }
@@ -412,11 +488,11 @@ fn host_count(head: &RequestHead) -> usize {
 
 /// Drops a request body that will not be forwarded, if it has fully arrived; otherwise the
 /// connection cannot be reused and false is returned.
-fn skip_buffered_body(conn: &mut Downstream, framing: BodyFraming) -> bool {
+fn skip_buffered_body(buf: &mut BytesMut, framing: BodyFraming) -> bool {
     match framing {
         BodyFraming::None => true,
-        BodyFraming::Length(n) if conn.buf.len() as u64 >= n => {
-            conn.buf.advance(n as usize);
+        BodyFraming::Length(n) if buf.len() as u64 >= n => {
+            buf.advance(n as usize);
             true
         }
         _ => false,
@@ -433,13 +509,13 @@ fn log(
     if !worker.access_log.is_enabled() {
         return;
     }
-    let head = &conn.head;
+    let head = &conn.request.head;
     worker.access_log.record(AccessRecord {
         time: SystemTime::now(),
-        client: conn.client,
+        client: conn.request.client,
         method: head.method().to_owned(),
         uri: head.target().to_owned(),
-        host: conn.host.clone(),
+        host: conn.request.host.clone(),
         status: outcome.status,
         bytes_sent: outcome.bytes_sent,
         request_length: head.raw().len() as u64,

@@ -12,18 +12,23 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use pylon_plugin::RequestCtx;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 use crate::attempts::{Attempts, Failure, UpstreamAnswer};
-use crate::connection::{respond_error, send_error, wants_keep_alive, Downstream};
+use crate::connection::{
+    respond_error, send_error, send_reply, wants_keep_alive, ClientIo, ClientRequest,
+};
 use crate::error::GatewayError;
 use crate::http1::{
     has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead,
 };
 use crate::outbound::{
-    forwards_header, push_header, upstream_host, write_forwarding_headers, RequestContext,
+    forwards_header, plugin_may_set, push_header, upstream_host, write_forwarding_headers,
+    RequestContext,
 };
+use crate::pipeline::{error_reply, Plugins};
 use crate::pool::UpstreamConn;
 use crate::relay::{read_more, write_all, Relay, RelayError};
 use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
@@ -56,19 +61,29 @@ impl UpstreamAnswer for Delivered {
     }
 }
 
+/// What the plugins of a request have to do with its exchange: their edits to the request,
+/// and their say on the response head.
+#[derive(Clone, Copy)]
+pub(crate) struct PluginWork<'a> {
+    pub plugins: Plugins<'a>,
+    pub ctx: &'a RequestCtx<'a>,
+}
+
 pub(crate) async fn proxy(
     worker: &Worker,
     view: &WorkerView,
     route: &RouteTarget,
-    conn: &mut Downstream,
+    (io, request): (&mut ClientIo, &ClientRequest),
     framing: BodyFraming,
+    work: PluginWork<'_>,
 ) -> Outcome {
-    let mut attempts = Attempts::new(view, route, &conn.vars(), conn.head.method());
+    // Balancing sees the request as plugins left it (a consumer to hash on, say).
+    let mut attempts = Attempts::new(view, route, work.ctx, request.head.method());
     let upstream = attempts.upstream();
     let idempotent = attempts.idempotent();
     let body_buffered = match framing {
         BodyFraming::None => true,
-        BodyFraming::Length(n) => conn.buf.len() as u64 >= n,
+        BodyFraming::Length(n) => io.buf.len() as u64 >= n,
         BodyFraming::Chunked | BodyFraming::UntilClose => false,
     };
     let result = attempts
@@ -77,12 +92,18 @@ pub(crate) async fn proxy(
                 .pool
                 .borrow_mut()
                 .checkout((addr, node.pool_id), Instant::now());
-            let first = exchange(worker, conn, upstream, node, addr, pooled, route, framing).await;
+            let target = Target {
+                upstream,
+                node,
+                addr,
+                route,
+            };
+            let first = exchange(worker, (io, request), target, pooled, framing, work).await;
             match first {
                 // An idle connection the upstream had already closed (the keep-alive race):
                 // one more try on a fresh connection, not counted as an attempt.
                 Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
-                    exchange(worker, conn, upstream, node, addr, None, route, framing).await
+                    exchange(worker, (io, request), target, None, framing, work).await
                 }
                 result => result,
             }
@@ -97,7 +118,13 @@ pub(crate) async fn proxy(
             upstream_latency: Some(done.latency),
         },
         Err(gave_up) => {
-            let mut outcome = respond_error(worker, conn, gave_up.error, false).await;
+            let mut outcome = match work.plugins.touches_response(work.ctx) {
+                true => {
+                    let reply = work.plugins.reply(work.ctx, error_reply(gave_up.error));
+                    send_reply(worker, io, &reply, request.head.method() == "HEAD", false).await
+                }
+                false => respond_error(worker, io, gave_up.error, false).await,
+            };
             outcome.upstream = gave_up.node.and_then(|n| n.addr);
             outcome.upstream_latency = gave_up.latency;
             outcome
@@ -105,16 +132,27 @@ pub(crate) async fn proxy(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where one attempt goes.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    upstream: &'a UpstreamTarget,
+    node: &'a NodeTarget,
+    addr: SocketAddr,
+    route: &'a RouteTarget,
+}
+
 async fn exchange(
     worker: &Worker,
-    conn: &mut Downstream,
-    upstream: &UpstreamTarget,
-    node: &NodeTarget,
-    addr: SocketAddr,
+    (io, request): (&mut ClientIo, &ClientRequest),
+    Target {
+        upstream,
+        node,
+        addr,
+        route,
+    }: Target<'_>,
     pooled: Option<UpstreamConn>,
-    route: &RouteTarget,
     framing: BodyFraming,
+    work: PluginWork<'_>,
 ) -> Result<Delivered, Failure> {
     let timeouts = route.timeouts;
     // A WebSocket handshake on a route that allows it: the upgrade goes to the upstream, and
@@ -122,7 +160,7 @@ async fn exchange(
     // as hop-by-hop and the request is an ordinary one.
     let upgrade = route
         .websocket
-        .then(|| websocket_upgrade(&conn.head))
+        .then(|| websocket_upgrade(&request.head))
         .flatten();
     let reused = pooled.is_some();
     let mut up = match pooled {
@@ -131,17 +169,18 @@ async fn exchange(
     };
     up.requests += 1;
     up.buf.clear();
-    conn.out.clear();
-    let scheme = conn.vars().scheme();
-    let client_host = conn.head.client_host();
+    io.out.clear();
+    let scheme = request.vars().scheme();
+    let client_host = request.head.client_host();
     write_request_head(
-        &mut conn.out,
-        &conn.head,
+        &mut io.out,
+        &request.head,
         &RequestContext {
             client_host,
-            client: conn.client,
-            local: conn.local,
+            client: request.client,
+            local: request.local,
             scheme,
+            edits: &work.ctx.edits,
         },
         upstream_host(client_host, upstream, node),
         framing,
@@ -150,16 +189,16 @@ async fn exchange(
     // A body that has fully arrived goes out with the head and stays buffered until the
     // exchange succeeds, so a retry can send it again.
     let inline_body = match framing {
-        BodyFraming::Length(n) if conn.buf.len() as u64 >= n => n as usize,
+        BodyFraming::Length(n) if io.buf.len() as u64 >= n => n as usize,
         _ => 0,
     };
-    conn.out.extend_from_slice(&conn.buf[..inline_body]);
+    io.out.extend_from_slice(&io.buf[..inline_body]);
     let streamed_body = match framing {
         BodyFraming::Length(n) => n as usize > inline_body,
         BodyFraming::Chunked => true,
         BodyFraming::None | BodyFraming::UntilClose => false,
     };
-    if write_all(&mut up.stream, &conn.out, timeouts.send)
+    if write_all(&mut up.stream, &io.out, timeouts.send)
         .await
         .is_err()
     {
@@ -172,14 +211,14 @@ async fn exchange(
         });
     }
 
-    let client_http10 = conn.head.minor_version() == 0;
+    let client_http10 = request.head.minor_version() == 0;
     // A client that asked for a go-ahead (`Expect: 100-continue`) holds its body back until it
     // gets one. The gateway gives it here, once the upstream has the head: the upstream never
     // sees the expectation (see `write_request_head`), so it would never answer it itself.
     let mut continue_sent = 0;
-    if streamed_body && !client_http10 && expects_continue(&conn.head) {
+    if streamed_body && !client_http10 && expects_continue(&request.head) {
         const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-        if write_all(&mut conn.stream, CONTINUE, worker.limits.send_timeout)
+        if write_all(&mut io.stream, CONTINUE, worker.limits.send_timeout)
             .await
             .is_err()
         {
@@ -192,17 +231,16 @@ async fn exchange(
         }
         continue_sent = CONTINUE.len() as u64;
     }
-    let method_is_head = conn.head.method() == "HEAD";
-    let client_keep_alive = wants_keep_alive(&conn.head) && !worker.is_stopping();
+    let method_is_head = request.head.method() == "HEAD";
+    let client_keep_alive = wants_keep_alive(&request.head) && !worker.is_stopping();
     let upload_done = Cell::new(!streamed_body);
     let response_started = Cell::new(false);
-    let Downstream {
+    let ClientIo {
         stream,
         buf,
         response,
         out,
-        ..
-    } = conn;
+    } = io;
     let (mut client_read, mut client_write) = stream.split();
     let (mut up_read, mut up_write) = up.stream.split();
     let responder = Responder {
@@ -218,6 +256,7 @@ async fn exchange(
         response_started: &response_started,
         reused,
         upgrade: upgrade.is_some(),
+        work,
     };
     let result = {
         let download = responder.run(&mut up_read, &mut up.buf, &mut client_write);
@@ -413,6 +452,42 @@ pub(crate) async fn connect(
     })
 }
 
+/// The status line's code and reason for a status a plugin set.
+pub(crate) fn write_status(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+}
+
+/// Ends a response head with the framing of a body the gateway holds whole, and appends the
+/// body (not for HEAD).
+pub(crate) fn write_whole_body(
+    out: &mut Vec<u8>,
+    body: &[u8],
+    head_only: bool,
+    keep_alive: bool,
+    client_http10: bool,
+) {
+    push_header(
+        out,
+        b"Content-Length",
+        itoa::Buffer::new().format(body.len()).as_bytes(),
+    );
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+}
+
 /// The protocol a WebSocket handshake asks to upgrade to (`Upgrade: websocket` with
 /// `Connection: upgrade`, on an HTTP/1.1 GET).
 fn websocket_upgrade(head: &RequestHead) -> Option<&[u8]> {
@@ -442,21 +517,22 @@ pub(crate) fn write_request_head(
     framing: BodyFraming,
     upgrade: Option<&[u8]>,
 ) {
+    let edits = context.edits;
     let connection = head.header("connection");
-    out.extend_from_slice(head.method().as_bytes());
+    out.extend_from_slice(edits.method.as_deref().unwrap_or(head.method()).as_bytes());
     out.push(b' ');
-    out.extend_from_slice(head.target().as_bytes());
+    out.extend_from_slice(edits.uri.as_deref().unwrap_or(head.target()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(host);
+    out.extend_from_slice(edits.host.as_deref().map_or(host, str::as_bytes));
     out.extend_from_slice(b"\r\n");
     // HTTP/2 may split `Cookie` into one field per cookie; HTTP/1 wants them on one line
     // (RFC 9113 §8.2.3).
-    let join_cookies = head.protocol() == "HTTP/2.0";
+    let join_cookies = head.protocol() == "HTTP/2.0" && !edits.headers.replaces("cookie");
     let mut cookies = 0;
     for (name, value) in head.headers() {
         if join_cookies && name.eq_ignore_ascii_case("cookie") {
             cookies += 1;
-        } else if forwards_header(name, value, connection) {
+        } else if forwards_header(name, value, connection) && !edits.headers.replaces(name) {
             push_header(out, name.as_bytes(), value);
         }
     }
@@ -472,6 +548,11 @@ pub(crate) fn write_request_head(
             out.extend_from_slice(value);
         }
         out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in edits.headers.added() {
+        if plugin_may_set(name) {
+            push_header(out, name.as_bytes(), value.as_bytes());
+        }
     }
     match framing {
         BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -548,6 +629,7 @@ struct Responder<'a> {
     /// The request asked for a WebSocket upgrade the route allows: a `101` is the answer
     /// that starts the tunnel.
     upgrade: bool,
+    work: PluginWork<'a>,
 }
 
 struct Received {
@@ -638,18 +720,63 @@ impl Responder<'_> {
             && framing != BodyFraming::UntilClose
             && !decode_chunked;
 
+        let PluginWork { plugins, ctx } = self.work;
+        let edits = plugins
+            .touches_response(ctx)
+            .then(|| plugins.response(ctx, status, &*self.response))
+            .unwrap_or_default();
         let out = self.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(self.response.reason().as_bytes());
+        match edits.status.filter(|&s| s != status) {
+            Some(edited) => write_status(out, edited),
+            None => {
+                out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(self.response.reason().as_bytes());
+            }
+        }
         out.extend_from_slice(b"\r\n");
+        let replaced_body = edits.body.is_some();
         for (name, value) in self.response.headers() {
-            if is_hop_by_hop(name) || upstream_connection.is_some_and(|c| has_token(c, name)) {
+            if is_hop_by_hop(name)
+                || upstream_connection.is_some_and(|c| has_token(c, name))
+                || edits.headers.replaces(name)
+                || replaced_body && name.eq_ignore_ascii_case("content-length")
+            {
                 continue;
             }
             push_header(out, name.as_bytes(), value);
+        }
+        for (name, value) in edits.headers.added() {
+            if plugin_may_set(name) {
+                push_header(out, name.as_bytes(), value.as_bytes());
+            }
+        }
+        let status = edits.status.unwrap_or(status);
+        if let Some(body) = edits.body {
+            // The upstream's body is not read: its connection cannot carry another request.
+            let client_reusable = self.client_keep_alive && self.upload_done.get();
+            write_whole_body(
+                out,
+                &body,
+                self.method_is_head,
+                client_reusable,
+                self.client_http10,
+            );
+            self.response_started.set(true);
+            return Ok(
+                match write_all(client, out, self.client_send_timeout).await {
+                    Ok(()) => Received {
+                        client_reusable,
+                        upstream_reusable: false,
+                        status,
+                        bytes_sent: interim_sent + out.len() as u64,
+                        upgraded: false,
+                    },
+                    Err(_) => Received::aborted(status),
+                },
+            );
         }
         if framing == BodyFraming::Chunked && !decode_chunked {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");

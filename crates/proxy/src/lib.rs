@@ -20,6 +20,7 @@ mod health;
 pub mod http1;
 mod http2;
 mod outbound;
+mod pipeline;
 mod pool;
 mod publish;
 mod relay;

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use pylon_model::PassHost;
+use pylon_plugin::RequestEdits;
 
 use crate::http1::{has_token, is_hop_by_hop};
 use crate::snapshot::{NodeTarget, UpstreamTarget};
@@ -35,6 +36,15 @@ pub(crate) fn forwards_header(name: &str, value: &[u8], connection: Option<&[u8]
         || name.eq_ignore_ascii_case("expect") && has_token(value, "100-continue"))
 }
 
+/// Whether a plugin may set a request header of this name. Not the headers that frame the
+/// message or describe the hop (the codec writes those), nor `Host` (a plugin sets the host
+/// through its own edit, which `pass_host` then yields to).
+pub(crate) fn plugin_may_set(name: &str) -> bool {
+    !(is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("content-length"))
+}
+
 /// Where a request came from, as the forwarding headers tell it.
 pub(crate) struct RequestContext<'a> {
     /// The host the client asked for, as it sent it.
@@ -43,6 +53,8 @@ pub(crate) struct RequestContext<'a> {
     pub local: SocketAddr,
     /// `http` or `https`: how the client reached the gateway.
     pub scheme: &'a str,
+    /// What plugins changed in the request.
+    pub edits: &'a RequestEdits,
 }
 
 /// Writes the forwarding headers as HTTP/1 header lines: `X-Forwarded-For` (every hop the

@@ -12,6 +12,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use pylon_balancer::{Algorithm, BalancerSpec, BalancerState, NodeSpec};
 use pylon_model::{Config, HashOn, PassHost, Route, Service, Timeout, Upstream, UpstreamType};
+use pylon_plugin::Chain;
+use pylon_plugins::CompiledPlugins;
 use pylon_router::{RequestView, RouteSpec, Router};
 
 use rustls::pki_types::ServerName;
@@ -28,6 +30,9 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamTarget>,
     /// Server certificates for the https listener, by SNI.
     pub certificates: SniTable,
+    /// The plugins of the global rules: they run for every routed request, before the
+    /// route's own.
+    pub global_plugins: Chain,
 }
 
 /// What a matched route leads to.
@@ -39,6 +44,9 @@ pub struct RouteTarget {
     pub timeouts: Timeouts,
     /// `enable_websocket`, the route's or else its service's.
     pub websocket: bool,
+    pub service_id: Option<Arc<str>>,
+    /// The route's plugins: its service's, its plugin config's and its own, merged.
+    pub plugins: Chain,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -102,6 +110,12 @@ impl HashKey {
             match part {
                 HashPart::Literal(s) => key.push_str(s),
                 HashPart::Var(name) => key.push_str(vars.var(name).as_deref().unwrap_or("")),
+                // Without authentication there is no consumer; APISIX then hashes the client
+                // address.
+                HashPart::Consumer => match vars.var("consumer_name") {
+                    Some(name) => key.push_str(&name),
+                    None => key.push_str(&vars.remote_addr().to_string()),
+                },
             }
         }
         key
@@ -112,6 +126,8 @@ impl HashKey {
 pub enum HashPart {
     Literal(String),
     Var(String),
+    /// The consumer an authentication plugin identified.
+    Consumer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +141,7 @@ impl Snapshot {
             router: Router::new(Vec::new()).expect("an empty router always builds"),
             upstreams: Vec::new(),
             certificates: SniTable::default(),
+            global_plugins: Chain::default(),
         }
     }
 
@@ -143,7 +160,11 @@ impl Snapshot {
         let mut upstreams = Vec::new();
         let mut index_of: HashMap<String, usize> = HashMap::new();
         let mut specs = Vec::new();
-        let mut skipped = Vec::new();
+        let (plugins, plugin_errors) = CompiledPlugins::compile(config);
+        let mut skipped: Vec<CompileError> = plugin_errors
+            .into_iter()
+            .map(|e| CompileError(e.to_string()))
+            .collect();
         for (id, route) in config.routes.iter().filter(|(_, r)| r.is_enabled()) {
             let service = route
                 .service_id
@@ -153,6 +174,15 @@ impl Snapshot {
                 Ok(found) => found,
                 Err(e) => {
                     skipped.push(e);
+                    continue;
+                }
+            };
+            // A route whose plugins cannot all be built is not served: without its
+            // authentication, say, it would be open to anyone.
+            let chain = match plugins.route_chain(config, id, route) {
+                Ok(chain) => chain,
+                Err(e) => {
+                    skipped.push(CompileError(e.to_string()));
                     continue;
                 }
             };
@@ -196,6 +226,8 @@ impl Snapshot {
                         .enable_websocket
                         .or(service.and_then(|(_, s)| s.enable_websocket))
                         .unwrap_or(false),
+                    service_id: route.service_id.as_deref().map(Arc::from),
+                    plugins: chain,
                 },
             });
         }
@@ -205,6 +237,7 @@ impl Snapshot {
             router,
             upstreams,
             certificates: SniTable::compile(&config.ssls, tls),
+            global_plugins: plugins.global,
         };
         Ok(Compiled { snapshot, skipped })
     }
@@ -376,8 +409,7 @@ fn hash_key(upstream: &Upstream) -> HashKey {
             key.to_ascii_lowercase().replace('-', "_")
         )),
         HashOn::Cookie => var(format!("cookie_{key}")),
-        // Without authentication there is no consumer; APISIX then hashes the client address.
-        HashOn::Consumer => var("remote_addr".to_owned()),
+        HashOn::Consumer => HashKey(vec![HashPart::Consumer]),
         HashOn::VarsCombinations => HashKey(parse_template(&key)),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod http2;
+pub mod protocols;
 pub mod tls;
 pub mod upstream;
 

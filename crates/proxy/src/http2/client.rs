@@ -16,10 +16,14 @@ use h2::{Reason, SendStream};
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, SERVER};
 use http::{HeaderMap, Response, StatusCode};
 
+use pylon_plugin::Reply;
+
 use super::body::Halt;
+use super::to_http1::append_header;
 use super::Connection;
 use crate::attempts::UpstreamAnswer;
 use crate::error::GatewayError;
+use crate::http1::is_hop_by_hop;
 
 pub(super) struct Client {
     respond: SendResponse<Bytes>,
@@ -72,6 +76,42 @@ impl Client {
         }
     }
 
+    /// Whether the client speaks gRPC.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
+    /// Answers with a complete response the gateway made: a plugin's reply, or its own error
+    /// after plugins edited it.
+    pub fn send_reply(&mut self, reply: &Reply) -> Delivered {
+        let mut head = Response::new(());
+        *head.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+        let headers = head.headers_mut();
+        headers.insert(SERVER, HeaderValue::from_static("Pylon"));
+        for (name, value) in &reply.headers {
+            if !is_hop_by_hop(name) && !name.eq_ignore_ascii_case("content-length") {
+                append_header(headers, name.as_bytes(), value.as_bytes());
+            }
+        }
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+        let end = reply.body.is_empty();
+        let sent = self.respond.send_response(head, end).and_then(|mut send| {
+            if !end {
+                // The body is whole in memory: queued at once, sent as the window allows.
+                send.send_data(reply.body.clone(), true)?;
+            }
+            Ok(reply.body.len() as u64)
+        });
+        match sent {
+            Ok(bytes_sent) => Delivered {
+                status: reply.status,
+                bytes_sent,
+                upstream_answered: false,
+            },
+            Err(_) => Delivered::CLIENT_GONE,
+        }
+    }
+
     /// Answers with the gateway's own response for `error`.
     pub fn send_error(&mut self, error: GatewayError) -> Delivered {
         let sent = if self.grpc {
@@ -120,6 +160,18 @@ impl Client {
         headers.insert("grpc-message", HeaderValue::from_static(error.message()));
         self.respond.send_response(head, true)?;
         Ok(0)
+    }
+
+    /// Sends a response whose body is whole in memory; returns the body's length.
+    pub fn send_whole(&mut self, head: http::response::Parts, body: Bytes) -> Result<u64, Halt> {
+        let end = body.is_empty();
+        let len = body.len() as u64;
+        let mut send = self.send_head(Response::from_parts(head, ()), end)?;
+        if !end {
+            send.send_data(body, true)
+                .map_err(|e| self.halted(e.into()))?;
+        }
+        Ok(len)
     }
 
     /// Sends the response head; the body follows on the returned stream unless `end`.

@@ -7,17 +7,21 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
+use http::header::HeaderValue;
 use http::request::Parts;
-use http::{Method, Request};
+use http::{HeaderMap, Method, Request, StatusCode};
+use pylon_plugin::{HeaderEdits, Reply, RequestCtx, ResponseHeaders};
 
 use super::body::{Halt, RequestBody};
 use super::client::{Client, Delivered};
+use super::to_http1::append_header;
 use super::{to_http1, upstream, Connection};
 use crate::access_log::AccessRecord;
 use crate::attempts::{Attempts, GaveUp};
 use crate::error::GatewayError;
-use crate::http1::has_token;
+use crate::http1::{has_token, is_hop_by_hop};
 use crate::outbound::RequestContext;
+use crate::pipeline::{error_reply, Plugins};
 use crate::snapshot::{RouteTarget, Timeouts, UpstreamTarget, WorkerView};
 use crate::vars::{normalize_host, RequestFields, RequestVars, TlsInfo};
 use crate::worker::Worker;
@@ -87,6 +91,53 @@ pub(super) struct Exchange<'a> {
     pub upstream: &'a UpstreamTarget,
     pub timeouts: Timeouts,
     pub idempotent: bool,
+    pub plugins: Plugins<'a>,
+    pub ctx: &'a RequestCtx<'a>,
+}
+
+impl Exchange<'_> {
+    /// The response head as the client gets it, after the plugins' edits; `Some(body)` when
+    /// they replaced the body, which then goes out instead of the upstream's.
+    pub fn filter_head(&self, head: &mut http::response::Parts) -> Option<Bytes> {
+        if !self.plugins.touches_response(self.ctx) {
+            return None;
+        }
+        let edits = self.plugins.response(
+            self.ctx,
+            head.status.as_u16(),
+            &HeaderMapView(&head.headers),
+        );
+        if let Some(status) = edits.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+            head.status = status;
+        }
+        apply_header_edits(&mut head.headers, &edits.headers);
+        let body = edits.body?;
+        head.headers.remove(http::header::CONTENT_ENCODING);
+        head.headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        Some(body)
+    }
+}
+
+/// Applies header edits to an HTTP/2 header map; a header HTTP/2 cannot carry is left out.
+pub(super) fn apply_header_edits(headers: &mut HeaderMap, edits: &HeaderEdits) {
+    for name in edits.replaced() {
+        headers.remove(name);
+    }
+    for (name, value) in edits.added() {
+        if !is_hop_by_hop(name) {
+            append_header(headers, name.as_bytes(), value.as_bytes());
+        }
+    }
+}
+
+/// An HTTP/2 header map as plugins read it.
+pub(super) struct HeaderMapView<'a>(pub &'a HeaderMap);
+
+impl ResponseHeaders for HeaderMapView<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(HeaderValue::as_bytes)
+    }
 }
 
 pub(super) async fn serve(
@@ -120,9 +171,30 @@ pub(super) async fn serve(
         match route {
             None => client.send_error(GatewayError::RouteNotFound),
             Some(route) => {
-                let (delivered, tried) =
-                    proxy(&worker, &view, route, &vars, recv, &mut client).await;
-                upstream = tried;
+                let plugins = Plugins::of(&view.snapshot, route);
+                let mut ctx = RequestCtx::new(&vars, &route.id, route.service_id.as_deref());
+                let delivered = match plugins.request(&mut ctx).await {
+                    Some(reply) => send_reply(&mut client, plugins, &ctx, reply),
+                    None => {
+                        let (delivered, tried) = proxy(
+                            &worker,
+                            &view,
+                            (route, plugins),
+                            (&vars, &ctx),
+                            recv,
+                            &mut client,
+                        )
+                        .await;
+                        upstream = tried;
+                        delivered
+                    }
+                };
+                plugins.log(
+                    &ctx,
+                    delivered.status,
+                    delivered.bytes_sent,
+                    started.elapsed(),
+                );
                 delivered
             }
         }
@@ -154,6 +226,30 @@ pub(super) async fn serve(
     }
 }
 
+/// Answers with a plugin's reply, or the gateway's own error, after the plugins' response
+/// edits. A gRPC client gets gateway errors as a gRPC status (see [`Client::send_error`]).
+fn send_reply(
+    client: &mut Client,
+    plugins: Plugins<'_>,
+    ctx: &RequestCtx<'_>,
+    reply: Reply,
+) -> Delivered {
+    client.send_reply(&plugins.reply(ctx, reply))
+}
+
+fn send_error(
+    client: &mut Client,
+    plugins: Plugins<'_>,
+    ctx: &RequestCtx<'_>,
+    error: GatewayError,
+) -> Delivered {
+    if client.is_grpc() || !plugins.touches_response(ctx) {
+        client.send_error(error)
+    } else {
+        send_reply(client, plugins, ctx, error_reply(error))
+    }
+}
+
 type Tried = Option<(Option<std::net::SocketAddr>, Option<std::time::Duration>)>;
 
 /// Proxies the stream to the route's upstream; returns what the client got and the last node
@@ -161,8 +257,8 @@ type Tried = Option<(Option<std::net::SocketAddr>, Option<std::time::Duration>)>
 async fn proxy(
     worker: &Worker,
     view: &WorkerView,
-    route: &RouteTarget,
-    vars: &RequestVars<'_, Parts>,
+    (route, plugins): (&RouteTarget, Plugins<'_>),
+    (vars, ctx): (&RequestVars<'_, Parts>, &RequestCtx<'_>),
     recv: RecvStream,
     client: &mut Client,
 ) -> (Delivered, Tried) {
@@ -174,13 +270,17 @@ async fn proxy(
     let body_timeout = worker.limits.body_timeout;
     let mut body = match RequestBody::prefetch(recv, declared, body_timeout).await {
         Ok(body) => body,
-        Err(Halt::TimedOut) => return (client.send_error(GatewayError::RequestTimeout), None),
+        Err(Halt::TimedOut) => {
+            let error = GatewayError::RequestTimeout;
+            return (send_error(client, plugins, ctx, error), None);
+        }
         Err(halt) => {
             client.halted(halt);
             return (Delivered::CLIENT_GONE, None);
         }
     };
-    let mut attempts = Attempts::new(view, route, vars, parts.method.as_str());
+    // Balancing sees the request as plugins left it (a consumer to hash on, say).
+    let mut attempts = Attempts::new(view, route, ctx, parts.method.as_str());
     let upstream = attempts.upstream();
     let exchange = Exchange {
         worker,
@@ -190,10 +290,13 @@ async fn proxy(
             client: vars.client,
             local: vars.local,
             scheme: vars.scheme(),
+            edits: &ctx.edits,
         },
         upstream,
         timeouts: route.timeouts,
         idempotent: attempts.idempotent(),
+        plugins,
+        ctx,
     };
     // The body beyond what the gateway holds stays with the client until an attempt starts
     // streaming it, and every failure after that is marked not replayable (`with_upload`):
@@ -213,6 +316,9 @@ async fn proxy(
             error,
             node,
             latency,
-        }) => (client.send_error(error), node.map(|n| (n.addr, latency))),
+        }) => (
+            send_error(client, plugins, ctx, error),
+            node.map(|n| (n.addr, latency)),
+        ),
     }
 }

@@ -310,11 +310,21 @@ async fn receive<R: AsyncRead + Unpin>(
             .header("connection")
             .is_some_and(|c| has_token(c, "close"))
         && framing != BodyFraming::UntilClose;
-    let mut head = Response::new(());
-    *head.status_mut() = code;
-    *head.headers_mut() = response_headers(response);
+    let (mut head, ()) = Response::new(()).into_parts();
+    head.status = code;
+    head.headers = response_headers(response);
+    if let Some(body) = x.filter_head(&mut head) {
+        // The upstream's body is not read: its connection cannot carry another request.
+        let status = head.status.as_u16();
+        let Ok(bytes_sent) = client.send_whole(head, body) else {
+            return Ok(Received::client_gone());
+        };
+        head_sent.set(true);
+        return Ok(Received::cut_short(status, bytes_sent));
+    }
+    let status = head.status.as_u16();
     let end = framing.is_none();
-    let Ok(mut send) = client.send_head(head, end) else {
+    let Ok(mut send) = client.send_head(Response::from_parts(head, ()), end) else {
         return Ok(Received::client_gone());
     };
     head_sent.set(true);

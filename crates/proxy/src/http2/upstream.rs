@@ -18,7 +18,7 @@ use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, SendStream};
 use http::header::{HeaderValue, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use tokio::sync::watch;
 
 use super::body::{finish, pipe, send_data, with_upload, Ended, Halt, PipeError, RequestBody};
@@ -29,7 +29,7 @@ use crate::attempts::Failure;
 use crate::error::GatewayError;
 use crate::forward::connect;
 use crate::http1::has_token;
-use crate::outbound::{forwards_header, upstream_host, write_forwarding_headers};
+use crate::outbound::{forwards_header, plugin_may_set, upstream_host, write_forwarding_headers};
 use crate::pool::PoolKey;
 use crate::snapshot::NodeTarget;
 use crate::tls::UpstreamStream;
@@ -351,7 +351,12 @@ async fn drive(
 /// The request as the upstream gets it: the client's method, path and headers (less those
 /// that describe the client's hop), `:authority` per `pass_host`, and the forwarding headers.
 fn upstream_request(x: &Exchange<'_>, node: &NodeTarget) -> Result<Request<()>, Failure> {
-    let host = upstream_host(x.context.client_host, x.upstream, node);
+    let bad_gateway = || Failure::before_sending(GatewayError::BadGateway);
+    let edits = x.context.edits;
+    let host = match &edits.host {
+        Some(host) => host.as_bytes(),
+        None => upstream_host(x.context.client_host, x.upstream, node),
+    };
     let authority =
         Authority::try_from(host).map_err(|_| Failure::before_sending(GatewayError::BadGateway))?;
     let mut uri = http::uri::Parts::default();
@@ -361,17 +366,21 @@ fn upstream_request(x: &Exchange<'_>, node: &NodeTarget) -> Result<Request<()>, 
         Scheme::HTTP
     });
     uri.authority = Some(authority);
-    uri.path_and_query = Some(
-        x.parts
+    uri.path_and_query = Some(match &edits.uri {
+        Some(target) => PathAndQuery::try_from(target.as_str()).map_err(|_| bad_gateway())?,
+        None => x
+            .parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    let uri =
-        Uri::from_parts(uri).map_err(|_| Failure::before_sending(GatewayError::BadGateway))?;
+    });
+    let uri = Uri::from_parts(uri).map_err(|_| bad_gateway())?;
     let mut request = Request::new(());
-    *request.method_mut() = x.parts.method.clone();
+    *request.method_mut() = match &edits.method {
+        Some(method) => Method::from_bytes(method.as_bytes()).map_err(|_| bad_gateway())?,
+        None => x.parts.method.clone(),
+    };
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_2;
     let headers = request.headers_mut();
@@ -381,8 +390,15 @@ fn upstream_request(x: &Exchange<'_>, node: &NodeTarget) -> Result<Request<()>, 
             if has_token(value.as_bytes(), "trailers") {
                 headers.append(TE, HeaderValue::from_static("trailers"));
             }
-        } else if forwards_header(name.as_str(), value.as_bytes(), None) {
+        } else if forwards_header(name.as_str(), value.as_bytes(), None)
+            && !edits.headers.replaces(name.as_str())
+        {
             headers.append(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in edits.headers.added() {
+        if plugin_may_set(name) {
+            append_header(headers, name.as_bytes(), value.as_bytes());
         }
     }
     let mut lines = Vec::with_capacity(256);
@@ -440,7 +456,16 @@ async fn receive(
             })
         }
     };
-    let (head, mut up_body) = response.into_parts();
+    let (mut head, mut up_body) = response.into_parts();
+    if let Some(body) = x.filter_head(&mut head) {
+        // Dropping the upstream's body cancels its stream.
+        let status = head.status.as_u16();
+        let Ok(bytes_sent) = client.send_whole(head, body) else {
+            return Ok(Delivered::CLIENT_GONE);
+        };
+        head_sent.set(true);
+        return Ok(Delivered::upstream(status, bytes_sent));
+    }
     let status = head.status.as_u16();
     let end = up_body.is_end_stream();
     let Ok(mut send) = client.send_head(Response::from_parts(head, ()), end) else {

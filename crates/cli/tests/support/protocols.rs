@@ -1,0 +1,63 @@
+//! One request over HTTP/1.1 or over HTTP/2 (h2c), answered as one response type, for tests
+//! that hold both protocols to the same assertions: the request pipeline is shared, and these
+//! tests are how that is shown.
+
+use std::net::SocketAddr;
+
+use super::client::{Conn, Response};
+use super::http2::{connect, request, send};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+pub const PROTOCOLS: [Protocol; 2] = [Protocol::Http1, Protocol::Http2];
+
+/// Sends one request to `addr` for host `example.com` on a new connection and reads the whole
+/// response. `headers` are sent as given, after the host.
+pub async fn call(
+    protocol: Protocol,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    match protocol {
+        Protocol::Http1 => {
+            let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: example.com\r\n");
+            for (name, value) in headers {
+                raw.push_str(&format!("{name}: {value}\r\n"));
+            }
+            if !body.is_empty() {
+                raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            raw.push_str("Connection: close\r\n\r\n");
+            let mut raw = raw.into_bytes();
+            raw.extend_from_slice(body);
+            let mut conn = Conn::connect(addr);
+            conn.send(&raw);
+            conn.read_response_to(method).expect("a response")
+        }
+        Protocol::Http2 => {
+            let mut h2 = connect(addr).await;
+            let mut builder = request(method, target);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            let reply = send(&mut h2.sender, builder.body(()).unwrap(), body).await;
+            Response {
+                status: reply.status,
+                headers: reply
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                    .collect(),
+                body: reply.body,
+                interim: Vec::new(),
+            }
+        }
+    }
+}

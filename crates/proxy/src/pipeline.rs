@@ -1,0 +1,170 @@
+//! The plugin phases of a routed request, shared by every codec: the request phases before
+//! the upstream exchange, the response head filter, and the log phase.
+//!
+//! Codecs call these at the same points of a request's life and apply what the plugins
+//! decided ([`RequestEdits`], [`ResponseEdits`], a [`Reply`]) in their own wire format. A
+//! route with no plugins (and no global rules) costs a bit test per phase.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pylon_plugin::{
+    Chain, Consumer, LogCtx, Phase, Reply, RequestCtx, ResponseCtx, ResponseEdits, ResponseHeaders,
+};
+
+use crate::error::GatewayError;
+use crate::http1::ResponseHead;
+use crate::snapshot::{RouteTarget, Snapshot};
+
+/// The chains that apply to one routed request: the global rules', then the route's.
+#[derive(Clone, Copy)]
+pub(crate) struct Plugins<'s> {
+    global: &'s Chain,
+    route: &'s Chain,
+}
+
+impl<'s> Plugins<'s> {
+    pub fn of(snapshot: &'s Snapshot, route: &'s RouteTarget) -> Self {
+        Plugins {
+            global: &snapshot.global_plugins,
+            route: &route.plugins,
+        }
+    }
+
+    /// Runs `rewrite`, then `access` and `before_proxy` with the plugins of the consumer an
+    /// authentication plugin identified. `Some(reply)` when a plugin answered the request.
+    pub async fn request(&self, ctx: &mut RequestCtx<'_>) -> Option<Reply> {
+        if self.global.is_empty() && self.route.is_empty() {
+            return None;
+        }
+        for phase in [Phase::Rewrite, Phase::Access, Phase::BeforeProxy] {
+            if let Some(reply) = self.global.run(phase, ctx, None).await {
+                return Some(reply);
+            }
+            // Until the consumer is known (after `rewrite`), its plugins cannot apply.
+            let consumer = (phase != Phase::Rewrite)
+                .then(|| ctx.consumer().cloned())
+                .flatten();
+            let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
+            if let Some(reply) = self.route.run(phase, ctx, consumer_plugins).await {
+                return Some(reply);
+            }
+        }
+        None
+    }
+
+    /// What the client's response head becomes: the edits the request phases decided, then
+    /// those of the `header_filter`s, which see `status` and the response's own `headers`.
+    pub fn response(
+        &self,
+        ctx: &RequestCtx<'_>,
+        status: u16,
+        headers: &dyn ResponseHeaders,
+    ) -> ResponseEdits {
+        let mut edits = ctx.response.clone();
+        if self.filters_headers(ctx) {
+            let consumer = ctx.consumer().cloned();
+            let mut filter = ResponseCtx {
+                request: ctx,
+                status: edits.status.unwrap_or(status),
+                headers,
+                edits: &mut edits,
+            };
+            self.global.header_filter(&mut filter, None);
+            self.route
+                .header_filter(&mut filter, consumer.as_deref().map(Consumer::plugins));
+        }
+        edits
+    }
+
+    /// A reply (a plugin's, or the gateway's own error) as the client gets it: after the
+    /// request phases' response edits and the `header_filter`s.
+    pub fn reply(&self, ctx: &RequestCtx<'_>, reply: Reply) -> Reply {
+        let edits = self.response(ctx, reply.status, &ReplyHeaders(&reply));
+        edited_reply(reply, &edits)
+    }
+
+    /// Whether the response head goes through plugins at all: without, a codec passes the
+    /// upstream's head on as it is.
+    pub fn touches_response(&self, ctx: &RequestCtx<'_>) -> bool {
+        !ctx.response.is_empty() || self.filters_headers(ctx)
+    }
+
+    fn filters_headers(&self, ctx: &RequestCtx<'_>) -> bool {
+        let filters = |chain: &Chain| chain.phases().has(Phase::HeaderFilter);
+        filters(self.global)
+            || filters(self.route)
+            || ctx.consumer().is_some_and(|c| filters(c.plugins()))
+    }
+
+    /// Runs the `log` phase.
+    pub fn log(&self, ctx: &RequestCtx<'_>, status: u16, bytes_sent: u64, latency: Duration) {
+        let consumer = ctx.consumer().cloned();
+        let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
+        let logs = |chain: &Chain| chain.phases().has(Phase::Log);
+        if !(logs(self.global) || logs(self.route) || consumer_plugins.is_some_and(logs)) {
+            return;
+        }
+        let log = LogCtx {
+            request: ctx,
+            status,
+            bytes_sent,
+            latency,
+        };
+        self.global.log(&log, None);
+        self.route.log(&log, consumer_plugins);
+    }
+}
+
+/// The gateway's own response for `error`, as a reply that plugins' response edits can
+/// apply to (a CORS header on a 502, say).
+pub(crate) fn error_reply(error: GatewayError) -> Reply {
+    let mut body = Vec::with_capacity(error.body_len());
+    error.write_body(&mut body);
+    Reply {
+        status: error.status(),
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: Bytes::from(body),
+    }
+}
+
+/// A reply with the response edits applied: status, headers, body.
+fn edited_reply(mut reply: Reply, edits: &ResponseEdits) -> Reply {
+    if let Some(status) = edits.status {
+        reply.status = status;
+    }
+    if !edits.headers.is_empty() {
+        reply
+            .headers
+            .retain(|(name, _)| !edits.headers.replaces(name));
+        reply.headers.extend(
+            edits
+                .headers
+                .added()
+                .map(|(n, v)| (n.to_owned(), v.to_owned())),
+        );
+    }
+    if let Some(body) = &edits.body {
+        reply.body = body.clone();
+    }
+    reply
+}
+
+impl ResponseHeaders for ResponseHead {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        ResponseHead::header(self, name)
+    }
+}
+
+/// A reply's headers as plugins read them.
+pub(crate) struct ReplyHeaders<'a>(pub &'a Reply);
+
+impl ResponseHeaders for ReplyHeaders<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    }
+}
