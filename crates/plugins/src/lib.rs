@@ -9,12 +9,16 @@
 //! [`Plugin`]: pylon_plugin::Plugin
 #![forbid(unsafe_code)]
 
+mod basic_auth;
 mod catalog;
 mod compile;
 mod config;
 mod credentials;
+#[cfg(test)]
+mod fixtures;
 mod key_auth;
 mod query;
+mod realm;
 
 pub use catalog::{find, Descriptor, Scope, CATALOG};
 pub use compile::{check, CompiledPlugins};
