@@ -29,6 +29,11 @@ impl TestRequest {
         }
     }
 
+    pub(crate) fn method(mut self, method: &str) -> TestRequest {
+        self.method = method.into();
+        self
+    }
+
     pub(crate) fn header(mut self, name: &str, value: &str) -> TestRequest {
         self.headers.push((name.into(), value.into()));
         self

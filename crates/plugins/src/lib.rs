@@ -13,6 +13,7 @@ mod basic_auth;
 mod catalog;
 mod compile;
 mod config;
+mod consumer_restriction;
 mod credentials;
 #[cfg(test)]
 mod fixtures;
