@@ -17,6 +17,7 @@ mod consumer_restriction;
 mod credentials;
 #[cfg(test)]
 mod fixtures;
+mod hmac_auth;
 mod key_auth;
 mod query;
 mod realm;
