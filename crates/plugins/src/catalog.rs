@@ -7,7 +7,7 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::{basic_auth, consumer_restriction, hmac_auth, key_auth};
+use crate::{basic_auth, consumer_restriction, hmac_auth, jwt_auth, key_auth};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -47,6 +47,7 @@ pub static CATALOG: &[Descriptor] = &[
     basic_auth::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
     hmac_auth::DESCRIPTOR,
+    jwt_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
 ];
 

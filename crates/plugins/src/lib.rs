@@ -18,6 +18,7 @@ mod credentials;
 #[cfg(test)]
 mod fixtures;
 mod hmac_auth;
+mod jwt_auth;
 mod key_auth;
 mod query;
 mod realm;
