@@ -25,6 +25,11 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
 /// `allowed_by_methods`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [
+    {"required": ["whitelist"]},
+    {"required": ["blacklist"]},
+    {"required": ["allowed_by_methods"]}
+]))]
 struct ConsumerRestrictionConfig {
     /// What the lists name.
     #[serde(default, rename = "type")]

@@ -95,12 +95,16 @@ fn default_realm() -> String {
     "hmac".into()
 }
 
+/// The HMAC a client signs with, as `algorithm` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 enum Algorithm {
+    /// HMAC-SHA1, for older clients.
     #[serde(rename = "hmac-sha1")]
     Sha1,
+    /// HMAC-SHA256.
     #[serde(rename = "hmac-sha256")]
     Sha256,
+    /// HMAC-SHA512.
     #[serde(rename = "hmac-sha512")]
     Sha512,
 }

@@ -68,6 +68,7 @@ struct JwtAuthConfig {
     /// Claims a token must have, and that must be valid. Without it, `exp` and `nbf` are
     /// checked when the token has them.
     #[serde(default)]
+    #[schemars(extend("uniqueItems" = true))]
     claims_to_verify: Vec<Claim>,
 }
 
@@ -185,7 +186,8 @@ struct JwtAuth {
     verified: VerifiedTokens,
 }
 
-/// Why a token was refused; the client learns no more than "failed to verify jwt".
+/// The message of a token with the wrong algorithm, signature or lifetime: which of them
+/// is logged, not told to the client.
 const NOT_VERIFIED: &str = "failed to verify jwt";
 
 impl JwtAuth {
