@@ -7,7 +7,7 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::key_auth;
+use crate::{basic_auth, consumer_restriction, hmac_auth, jwt_auth, key_auth};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -43,7 +43,13 @@ pub struct CredentialSpec {
 }
 
 /// Every plugin, by name.
-pub static CATALOG: &[Descriptor] = &[key_auth::DESCRIPTOR];
+pub static CATALOG: &[Descriptor] = &[
+    basic_auth::DESCRIPTOR,
+    consumer_restriction::DESCRIPTOR,
+    hmac_auth::DESCRIPTOR,
+    jwt_auth::DESCRIPTOR,
+    key_auth::DESCRIPTOR,
+];
 
 /// Where a plugin configuration sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,12 +9,19 @@
 //! [`Plugin`]: pylon_plugin::Plugin
 #![forbid(unsafe_code)]
 
+mod basic_auth;
 mod catalog;
 mod compile;
 mod config;
+mod consumer_restriction;
 mod credentials;
+#[cfg(test)]
+mod fixtures;
+mod hmac_auth;
+mod jwt_auth;
 mod key_auth;
 mod query;
+mod realm;
 
 pub use catalog::{find, Descriptor, Scope, CATALOG};
 pub use compile::{check, check_config, check_resource, CompiledPlugins};
