@@ -13,8 +13,13 @@ mod catalog;
 mod compile;
 mod config;
 mod credentials;
+mod header_ops;
 mod key_auth;
+mod proxy_rewrite;
 mod query;
+#[cfg(test)]
+mod test_support;
+mod uri_rewrite;
 
 pub use catalog::{find, Descriptor, Scope, CATALOG};
 pub use compile::{check, CompiledPlugins};
