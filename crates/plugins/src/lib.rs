@@ -17,6 +17,7 @@ mod header_ops;
 mod key_auth;
 mod proxy_rewrite;
 mod query;
+mod redirect;
 #[cfg(test)]
 mod test_support;
 mod uri_rewrite;

@@ -68,9 +68,9 @@ fn parse_replacement(replacement: &str) -> Result<Vec<Piece>, String> {
                 format!("the closing bracket in \"{replacement}\" variable is missing")
             })?;
             (&braced[..end], end + 2)
-        } else if after.starts_with('$') {
+        } else if let Some(after_dollar) = after.strip_prefix('$') {
             text.push('$');
-            rest = &after[1..];
+            rest = after_dollar;
             continue;
         } else {
             let end = after
