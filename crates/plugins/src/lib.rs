@@ -18,6 +18,7 @@ mod key_auth;
 mod proxy_rewrite;
 mod query;
 mod redirect;
+mod response_rewrite;
 #[cfg(test)]
 mod test_support;
 mod uri_rewrite;
