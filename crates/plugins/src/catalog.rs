@@ -7,7 +7,7 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::{key_auth, proxy_rewrite, redirect, response_rewrite};
+use crate::{key_auth, proxy_rewrite, redirect, request_id, response_rewrite};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -47,6 +47,7 @@ pub static CATALOG: &[Descriptor] = &[
     key_auth::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,
     redirect::DESCRIPTOR,
+    request_id::DESCRIPTOR,
     response_rewrite::DESCRIPTOR,
 ];
 

@@ -18,6 +18,7 @@ mod key_auth;
 mod proxy_rewrite;
 mod query;
 mod redirect;
+mod request_id;
 mod response_rewrite;
 #[cfg(test)]
 mod test_support;
