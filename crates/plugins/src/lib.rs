@@ -15,6 +15,7 @@ mod config;
 mod credentials;
 mod header_ops;
 mod key_auth;
+mod mocking;
 mod proxy_rewrite;
 mod query;
 mod redirect;
