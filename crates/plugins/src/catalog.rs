@@ -7,7 +7,9 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::{key_auth, mocking, proxy_rewrite, redirect, request_id, response_rewrite};
+use crate::{
+    forward_auth, key_auth, mocking, proxy_rewrite, redirect, request_id, response_rewrite,
+};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -44,6 +46,7 @@ pub struct CredentialSpec {
 
 /// Every plugin, by name.
 pub static CATALOG: &[Descriptor] = &[
+    forward_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
     mocking::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,

@@ -13,6 +13,7 @@ mod catalog;
 mod compile;
 mod config;
 mod credentials;
+mod forward_auth;
 mod header_ops;
 mod key_auth;
 mod mocking;
