@@ -204,7 +204,7 @@ fn check_host(host: &str) -> Result<(), FieldError> {
 }
 
 fn regex_pairs(items: &[String]) -> Result<Vec<RegexUri>, FieldError> {
-    if items.len() < 2 || !items.len().is_multiple_of(2) {
+    if items.len() < 2 || items.len() % 2 == 1 {
         return Err(FieldError::new(
             "regex_uri",
             "The length of regex_uri should be an even number",
