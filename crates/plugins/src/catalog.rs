@@ -7,7 +7,10 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::{basic_auth, consumer_restriction, hmac_auth, jwt_auth, key_auth};
+use crate::{
+    basic_auth, consumer_restriction, forward_auth, hmac_auth, jwt_auth, key_auth, mocking,
+    proxy_rewrite, redirect, request_id, response_rewrite,
+};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -46,9 +49,15 @@ pub struct CredentialSpec {
 pub static CATALOG: &[Descriptor] = &[
     basic_auth::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
+    forward_auth::DESCRIPTOR,
     hmac_auth::DESCRIPTOR,
     jwt_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
+    mocking::DESCRIPTOR,
+    proxy_rewrite::DESCRIPTOR,
+    redirect::DESCRIPTOR,
+    request_id::DESCRIPTOR,
+    response_rewrite::DESCRIPTOR,
 ];
 
 /// Where a plugin configuration sits.

@@ -17,11 +17,21 @@ mod consumer_restriction;
 mod credentials;
 #[cfg(test)]
 mod fixtures;
+mod forward_auth;
+mod header_ops;
 mod hmac_auth;
 mod jwt_auth;
 mod key_auth;
+mod mocking;
+mod proxy_rewrite;
 mod query;
 mod realm;
+mod redirect;
+mod request_id;
+mod response_rewrite;
+#[cfg(test)]
+mod test_support;
+mod uri_rewrite;
 
 pub use catalog::{find, Descriptor, Scope, CATALOG};
 pub use compile::{check, check_config, check_resource, CompiledPlugins};
