@@ -7,7 +7,7 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::key_auth;
+use crate::{ip_restriction, key_auth};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -43,7 +43,7 @@ pub struct CredentialSpec {
 }
 
 /// Every plugin, by name.
-pub static CATALOG: &[Descriptor] = &[key_auth::DESCRIPTOR];
+pub static CATALOG: &[Descriptor] = &[ip_restriction::DESCRIPTOR, key_auth::DESCRIPTOR];
 
 /// Where a plugin configuration sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,8 +13,12 @@ mod catalog;
 mod compile;
 mod config;
 mod credentials;
+mod ip_restriction;
+mod ip_set;
 mod key_auth;
 mod query;
+#[cfg(test)]
+mod test_request;
 
 pub use catalog::{find, Descriptor, Scope, CATALOG};
 pub use compile::{check, CompiledPlugins};
