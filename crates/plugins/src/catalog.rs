@@ -7,7 +7,7 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::{ip_restriction, key_auth};
+use crate::{ip_restriction, key_auth, real_ip};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -43,7 +43,11 @@ pub struct CredentialSpec {
 }
 
 /// Every plugin, by name.
-pub static CATALOG: &[Descriptor] = &[ip_restriction::DESCRIPTOR, key_auth::DESCRIPTOR];
+pub static CATALOG: &[Descriptor] = &[
+    ip_restriction::DESCRIPTOR,
+    key_auth::DESCRIPTOR,
+    real_ip::DESCRIPTOR,
+];
 
 /// Where a plugin configuration sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

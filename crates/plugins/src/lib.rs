@@ -17,6 +17,7 @@ mod ip_restriction;
 mod ip_set;
 mod key_auth;
 mod query;
+mod real_ip;
 #[cfg(test)]
 mod test_request;
 
