@@ -7,7 +7,7 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::{ip_restriction, key_auth, real_ip};
+use crate::{ip_restriction, key_auth, real_ip, uri_blocker};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -47,6 +47,7 @@ pub static CATALOG: &[Descriptor] = &[
     ip_restriction::DESCRIPTOR,
     key_auth::DESCRIPTOR,
     real_ip::DESCRIPTOR,
+    uri_blocker::DESCRIPTOR,
 ];
 
 /// Where a plugin configuration sits.

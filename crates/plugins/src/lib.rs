@@ -20,6 +20,7 @@ mod query;
 mod real_ip;
 #[cfg(test)]
 mod test_request;
+mod uri_blocker;
 
 pub use catalog::{find, Descriptor, Scope, CATALOG};
 pub use compile::{check, CompiledPlugins};
