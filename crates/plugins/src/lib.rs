@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod catalog;
+mod client_control;
 mod compile;
 mod config;
 mod credentials;
