@@ -7,7 +7,7 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::{client_control, ip_restriction, key_auth, real_ip, uri_blocker};
+use crate::{client_control, cors, ip_restriction, key_auth, real_ip, uri_blocker};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -45,6 +45,7 @@ pub struct CredentialSpec {
 /// Every plugin, by name.
 pub static CATALOG: &[Descriptor] = &[
     client_control::DESCRIPTOR,
+    cors::DESCRIPTOR,
     ip_restriction::DESCRIPTOR,
     key_auth::DESCRIPTOR,
     real_ip::DESCRIPTOR,

@@ -13,6 +13,7 @@ mod catalog;
 mod client_control;
 mod compile;
 mod config;
+mod cors;
 mod credentials;
 mod ip_restriction;
 mod ip_set;
