@@ -86,7 +86,10 @@ mod tests {
     fn a_declared_body_over_the_limit_gets_413() {
         let config = json!({"max_body_size": 1024});
         assert_eq!(rewrite(config.clone(), &post("1025")), Some(413));
-        assert_eq!(rewrite(config.clone(), &post("18446744073709551615")), Some(413));
+        assert_eq!(
+            rewrite(config.clone(), &post("18446744073709551615")),
+            Some(413)
+        );
         assert_eq!(rewrite(config.clone(), &post("1024")), None);
         assert_eq!(rewrite(config.clone(), &post("0")), None);
         assert_eq!(rewrite(config, &TestRequest::get("/")), None);
@@ -94,7 +97,10 @@ mod tests {
 
     #[test]
     fn zero_or_no_limit_lets_every_body_through() {
-        assert_eq!(rewrite(json!({"max_body_size": 0}), &post("999999999")), None);
+        assert_eq!(
+            rewrite(json!({"max_body_size": 0}), &post("999999999")),
+            None
+        );
         assert_eq!(rewrite(json!({}), &post("999999999")), None);
     }
 
@@ -104,6 +110,9 @@ mod tests {
             let err = refused(&DESCRIPTOR, json!({ "max_body_size": bad }));
             assert_eq!(err.path, "max_body_size", "{bad}");
         }
-        assert_eq!(refused(&DESCRIPTOR, json!({"max_size": 1})).path, "max_size");
+        assert_eq!(
+            refused(&DESCRIPTOR, json!({"max_size": 1})).path,
+            "max_size"
+        );
     }
 }

@@ -131,7 +131,9 @@ fn valid_origins(origins: &str) -> bool {
         || origins.split(',').all(|origin| {
             origin.split_once("://").is_some_and(|(scheme, rest)| {
                 !scheme.is_empty()
-                    && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
                     && !rest.is_empty()
             })
         })
@@ -323,11 +325,23 @@ mod tests {
             header(&headers, "access-control-allow-origin"),
             Some("https://b.example:8443")
         );
-        assert_eq!(header(&headers, "access-control-allow-methods"), Some("GET,POST"));
-        assert_eq!(header(&headers, "access-control-allow-headers"), Some("X-Token"));
-        assert_eq!(header(&headers, "access-control-expose-headers"), Some("X-Request-Id"));
+        assert_eq!(
+            header(&headers, "access-control-allow-methods"),
+            Some("GET,POST")
+        );
+        assert_eq!(
+            header(&headers, "access-control-allow-headers"),
+            Some("X-Token")
+        );
+        assert_eq!(
+            header(&headers, "access-control-expose-headers"),
+            Some("X-Request-Id")
+        );
         assert_eq!(header(&headers, "access-control-max-age"), Some("600"));
-        assert_eq!(header(&headers, "access-control-allow-credentials"), Some("true"));
+        assert_eq!(
+            header(&headers, "access-control-allow-credentials"),
+            Some("true")
+        );
 
         let (_, headers) = rewrite(config.clone(), &from("https://evil.example"));
         assert_eq!(headers, [("Vary".to_owned(), "Origin".to_owned())]);
@@ -353,8 +367,14 @@ mod tests {
             header(&headers, "access-control-allow-origin"),
             Some("https://a.example")
         );
-        assert_eq!(header(&headers, "access-control-allow-methods"), Some(EVERY_METHOD));
-        assert_eq!(header(&headers, "access-control-allow-headers"), Some("X-A, X-B"));
+        assert_eq!(
+            header(&headers, "access-control-allow-methods"),
+            Some(EVERY_METHOD)
+        );
+        assert_eq!(
+            header(&headers, "access-control-allow-headers"),
+            Some("X-A, X-B")
+        );
         let (_, headers) = rewrite(config, &TestRequest::get("/api"));
         assert_eq!(header(&headers, "access-control-allow-origin"), Some("*"));
         assert_eq!(header(&headers, "access-control-allow-headers"), None);
@@ -368,12 +388,19 @@ mod tests {
         });
         for allowed in ["https://a.test.com", "http://localhost:3000"] {
             let (_, headers) = rewrite(config.clone(), &from(allowed));
-            assert_eq!(header(&headers, "access-control-allow-origin"), Some(allowed));
+            assert_eq!(
+                header(&headers, "access-control-allow-origin"),
+                Some(allowed)
+            );
             assert_eq!(header(&headers, "vary"), Some("Origin"));
         }
         for refused in ["https://test.com.evil", "https://ignored.example"] {
             let (_, headers) = rewrite(config.clone(), &from(refused));
-            assert_eq!(header(&headers, "access-control-allow-origin"), None, "{refused}");
+            assert_eq!(
+                header(&headers, "access-control-allow-origin"),
+                None,
+                "{refused}"
+            );
         }
     }
 
@@ -381,7 +408,10 @@ mod tests {
     fn bad_configurations_are_refused_where_they_are_wrong() {
         let cases = [
             (json!({"allow_origins": "a.example"}), "allow_origins"),
-            (json!({"allow_origins": "https://a.example,"}), "allow_origins"),
+            (
+                json!({"allow_origins": "https://a.example,"}),
+                "allow_origins",
+            ),
             (json!({"allow_credential": true}), "allow_origins"),
             (
                 json!({"allow_origins": "https://a.example", "allow_credential": true}),
@@ -394,16 +424,31 @@ mod tests {
                 }),
                 "expose_headers",
             ),
-            (json!({"allow_origins_by_regex": []}), "allow_origins_by_regex"),
-            (json!({"allow_origins_by_regex": ["a", "("]}), "allow_origins_by_regex[1]"),
-            (json!({"allow_origins_by_regex": ["a", "a"]}), "allow_origins_by_regex[1]"),
+            (
+                json!({"allow_origins_by_regex": []}),
+                "allow_origins_by_regex",
+            ),
+            (
+                json!({"allow_origins_by_regex": ["a", "("]}),
+                "allow_origins_by_regex[1]",
+            ),
+            (
+                json!({"allow_origins_by_regex": ["a", "a"]}),
+                "allow_origins_by_regex[1]",
+            ),
             (json!({"max_age": "5"}), "max_age"),
-            (json!({"allow_origins_by_metadata": ["x"]}), "allow_origins_by_metadata"),
+            (
+                json!({"allow_origins_by_metadata": ["x"]}),
+                "allow_origins_by_metadata",
+            ),
         ];
         for (config, path) in cases {
             assert_eq!(refused(&DESCRIPTOR, config.clone()).path, path, "{config}");
         }
         let err = refused(&DESCRIPTOR, json!({"allow_credential": true}));
-        assert_eq!(err.message, "can not be `*` when `allow_credential` is true");
+        assert_eq!(
+            err.message,
+            "can not be `*` when `allow_credential` is true"
+        );
     }
 }

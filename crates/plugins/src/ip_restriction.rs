@@ -181,11 +181,20 @@ mod tests {
     fn bad_configurations_are_refused_where_they_are_wrong() {
         let cases = [
             (json!({}), ""),
-            (json!({"whitelist": ["1.2.3.4"], "blacklist": ["5.6.7.8"]}), ""),
+            (
+                json!({"whitelist": ["1.2.3.4"], "blacklist": ["5.6.7.8"]}),
+                "",
+            ),
             (json!({"whitelist": []}), "whitelist"),
-            (json!({"blacklist": ["1.2.3.4", "1.2.3.400"]}), "blacklist[1]"),
+            (
+                json!({"blacklist": ["1.2.3.4", "1.2.3.400"]}),
+                "blacklist[1]",
+            ),
             (json!({"whitelist": ["::1/129"]}), "whitelist[0]"),
-            (json!({"whitelist": ["1.2.3.4"], "response_code": 401}), "response_code"),
+            (
+                json!({"whitelist": ["1.2.3.4"], "response_code": 401}),
+                "response_code",
+            ),
             (json!({"whitelist": ["1.2.3.4"], "message": ""}), "message"),
             (json!({"whitelist": ["1.2.3.4"], "allow": true}), "allow"),
         ];

@@ -24,7 +24,10 @@ impl IpSet {
         let mut v6 = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             let net = parse_network(entry.trim()).ok_or_else(|| {
-                FieldError::new(format!("{field}[{i}]"), format!("invalid ip address: {entry}"))
+                FieldError::new(
+                    format!("{field}[{i}]"),
+                    format!("invalid ip address: {entry}"),
+                )
             })?;
             match net {
                 IpNet::V4(net) => v4.push((
@@ -86,10 +89,22 @@ mod tests {
     #[test]
     fn addresses_and_networks_of_both_families() {
         let s = set(&["10.0.0.0/8", "192.168.1.7", "2001:db8::/32", "::1"]);
-        for inside in ["10.0.0.0", "10.255.255.255", "192.168.1.7", "2001:db8:ffff::1", "::1"] {
+        for inside in [
+            "10.0.0.0",
+            "10.255.255.255",
+            "192.168.1.7",
+            "2001:db8:ffff::1",
+            "::1",
+        ] {
             assert!(s.contains(ip(inside)), "{inside}");
         }
-        for outside in ["9.255.255.255", "11.0.0.0", "192.168.1.8", "2001:db9::", "::2"] {
+        for outside in [
+            "9.255.255.255",
+            "11.0.0.0",
+            "192.168.1.8",
+            "2001:db9::",
+            "::2",
+        ] {
             assert!(!s.contains(ip(outside)), "{outside}");
         }
     }
@@ -104,7 +119,10 @@ mod tests {
     #[test]
     fn overlapping_and_adjacent_networks_merge() {
         let s = set(&["10.0.1.0/24", "10.0.0.0/24", "10.0.0.128/25", "10.0.3.0/24"]);
-        assert_eq!(&*s.v4, &[(0x0a00_0000, 0x0a00_01ff), (0x0a00_0300, 0x0a00_03ff)]);
+        assert_eq!(
+            &*s.v4,
+            &[(0x0a00_0000, 0x0a00_01ff), (0x0a00_0300, 0x0a00_03ff)]
+        );
         assert!(s.contains(ip("10.0.1.255")) && !s.contains(ip("10.0.2.0")));
     }
 

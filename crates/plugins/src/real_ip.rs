@@ -180,7 +180,10 @@ mod tests {
             client(config.clone(), &xff("203.0.113.1, 198.51.100.7")),
             "198.51.100.7"
         );
-        assert_eq!(client(config, &xff("203.0.113.1,  2001:db8::9")), "2001:db8::9");
+        assert_eq!(
+            client(config, &xff("203.0.113.1,  2001:db8::9")),
+            "2001:db8::9"
+        );
     }
 
     #[test]
@@ -215,7 +218,10 @@ mod tests {
         let chain = "1.1.1.1, 198.51.100.7, 10.0.0.9, 2001:db8::3";
         assert_eq!(client(config.clone(), &xff(chain)), "198.51.100.7");
         // Every hop trusted: the first one is the client.
-        assert_eq!(client(config.clone(), &xff("10.1.1.1, 10.0.0.9")), "10.1.1.1");
+        assert_eq!(
+            client(config.clone(), &xff("10.1.1.1, 10.0.0.9")),
+            "10.1.1.1"
+        );
         // Without `recursive` the last hop wins, trusted or not.
         let mut flat = config;
         flat["recursive"] = json!(false);
@@ -225,7 +231,14 @@ mod tests {
     #[test]
     fn an_unusable_address_leaves_the_peer() {
         let config = json!({"source": "http_x_forwarded_for"});
-        for bad in ["", "unknown", "1.2.3.4:0", "1.2.3.4:70000", "[::1", "1.2.3.4, nope"] {
+        for bad in [
+            "",
+            "unknown",
+            "1.2.3.4:0",
+            "1.2.3.4:70000",
+            "[::1",
+            "1.2.3.4, nope",
+        ] {
             assert_eq!(client(config.clone(), &xff(bad)), "10.0.0.2", "{bad:?}");
         }
         let absent = TestRequest::get("/").from("10.0.0.3");
@@ -237,12 +250,18 @@ mod tests {
         let cases = [
             (json!({}), ""),
             (json!({"source": ""}), "source"),
-            (json!({"source": "http_x_real_ip", "trusted_addresses": []}), "trusted_addresses"),
+            (
+                json!({"source": "http_x_real_ip", "trusted_addresses": []}),
+                "trusted_addresses",
+            ),
             (
                 json!({"source": "http_x_real_ip", "trusted_addresses": ["10.0.0.0/8", "x"]}),
                 "trusted_addresses[1]",
             ),
-            (json!({"source": "http_x_real_ip", "recursive": "yes"}), "recursive"),
+            (
+                json!({"source": "http_x_real_ip", "recursive": "yes"}),
+                "recursive",
+            ),
         ];
         for (config, path) in cases {
             assert_eq!(refused(&DESCRIPTOR, config.clone()).path, path, "{config}");

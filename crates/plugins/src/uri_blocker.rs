@@ -124,7 +124,12 @@ mod tests {
             let reply = rewrite(config.clone(), blocked).expect(blocked);
             assert_eq!((reply.status, reply.body.len()), (403, 0), "{blocked}");
         }
-        for passed in ["/public/admin", "/a/index.php?x=1", "/search?token=abc", "/ADMIN"] {
+        for passed in [
+            "/public/admin",
+            "/a/index.php?x=1",
+            "/search?token=abc",
+            "/ADMIN",
+        ] {
             assert_eq!(rewrite(config.clone(), passed), None, "{passed}");
         }
     }
@@ -149,9 +154,18 @@ mod tests {
             (json!({"block_rules": ["a", "(b"]}), "block_rules[1]"),
             (json!({"block_rules": ["a", ""]}), "block_rules[1]"),
             (json!({"block_rules": ["a", "b", "a"]}), "block_rules[2]"),
-            (json!({"block_rules": ["a"], "rejected_code": 199}), "rejected_code"),
-            (json!({"block_rules": ["a"], "rejected_code": 600}), "rejected_code"),
-            (json!({"block_rules": ["a"], "rejected_msg": ""}), "rejected_msg"),
+            (
+                json!({"block_rules": ["a"], "rejected_code": 199}),
+                "rejected_code",
+            ),
+            (
+                json!({"block_rules": ["a"], "rejected_code": 600}),
+                "rejected_code",
+            ),
+            (
+                json!({"block_rules": ["a"], "rejected_msg": ""}),
+                "rejected_msg",
+            ),
         ];
         for (config, path) in cases {
             assert_eq!(refused(&DESCRIPTOR, config.clone()).path, path, "{config}");
