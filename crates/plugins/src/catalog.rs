@@ -7,7 +7,9 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
-use crate::{client_control, cors, ip_restriction, key_auth, real_ip, uri_blocker};
+use crate::{
+    client_control, cors, ip_restriction, key_auth, real_ip, request_validation, uri_blocker,
+};
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -49,6 +51,7 @@ pub static CATALOG: &[Descriptor] = &[
     ip_restriction::DESCRIPTOR,
     key_auth::DESCRIPTOR,
     real_ip::DESCRIPTOR,
+    request_validation::DESCRIPTOR,
     uri_blocker::DESCRIPTOR,
 ];
 

@@ -20,6 +20,7 @@ mod ip_set;
 mod key_auth;
 mod query;
 mod real_ip;
+mod request_validation;
 #[cfg(test)]
 mod test_request;
 mod uri_blocker;
