@@ -143,6 +143,8 @@ pub struct RequestCtx<'r> {
     route_id: &'r str,
     service_id: Option<&'r str>,
     consumer: Option<Arc<Consumer>>,
+    /// The client's address when `real-ip` found it in what a trusted proxy sent.
+    client_ip: Option<IpAddr>,
     /// Changes to the request on its way upstream.
     pub edits: RequestEdits,
     /// Changes to the response, whoever makes it (upstream, gateway or plugin).
@@ -164,6 +166,7 @@ impl<'r> RequestCtx<'r> {
             route_id,
             service_id,
             consumer: None,
+            client_ip: None,
             edits: RequestEdits::default(),
             response: ResponseEdits::default(),
             state: Vec::new(),
@@ -209,8 +212,16 @@ impl<'r> RequestCtx<'r> {
         self.consumer = Some(consumer);
     }
 
+    /// The client's address: the connection's peer, or the address `real-ip` set.
     pub fn client_ip(&self) -> IpAddr {
-        self.request.remote_addr()
+        self.client_ip.unwrap_or_else(|| self.request.remote_addr())
+    }
+
+    /// Makes `ip` the client's address for the rest of the request: later plugins, the
+    /// `remote_addr` variable and the access log see it. The connection's peer stays
+    /// `realip_remote_addr`, as in nginx's realip module.
+    pub fn set_client_ip(&mut self, ip: IpAddr) {
+        self.client_ip = Some(ip);
     }
 
     /// A request header as the upstream will get it: the edits made so far over the
@@ -264,11 +275,15 @@ impl RequestView for RequestCtx<'_> {
     }
 
     fn remote_addr(&self) -> IpAddr {
-        self.request.remote_addr()
+        self.client_ip()
     }
 
     fn var(&self, name: &str) -> Option<Cow<'_, str>> {
         match name {
+            "remote_addr" if self.client_ip.is_some() => {
+                return Some(Cow::Owned(self.client_ip().to_string()));
+            }
+            "realip_remote_addr" => return self.request.var("remote_addr"),
             "route_id" => return Some(Cow::Borrowed(self.route_id)),
             "service_id" => return self.service_id.map(Cow::Borrowed),
             "consumer_name" => return self.consumer.as_ref().map(|c| Cow::Borrowed(c.username())),
@@ -345,6 +360,38 @@ mod tests {
         assert_eq!(edits.get("x-b"), Some(None));
         assert_eq!(edits.get("X-A"), Some(Some("2")));
         assert_eq!(edits.get("X-C"), None);
+    }
+
+    struct Peer;
+    impl RequestView for Peer {
+        fn path(&self) -> &str {
+            "/"
+        }
+        fn host(&self) -> Option<&str> {
+            None
+        }
+        fn method(&self) -> &str {
+            "GET"
+        }
+        fn remote_addr(&self) -> IpAddr {
+            [192, 0, 2, 1].into()
+        }
+        fn var(&self, name: &str) -> Option<Cow<'_, str>> {
+            (name == "remote_addr").then(|| "192.0.2.1".into())
+        }
+    }
+
+    #[test]
+    fn a_set_client_address_is_the_one_everything_reads() {
+        let mut ctx = RequestCtx::new(&Peer, "r", None);
+        assert_eq!(ctx.client_ip(), IpAddr::from([192, 0, 2, 1]));
+        assert_eq!(ctx.var("realip_remote_addr").as_deref(), Some("192.0.2.1"));
+
+        ctx.set_client_ip("2001:db8::7".parse().unwrap());
+        assert_eq!(ctx.client_ip().to_string(), "2001:db8::7");
+        assert_eq!(RequestView::remote_addr(&ctx).to_string(), "2001:db8::7");
+        assert_eq!(ctx.var("remote_addr").as_deref(), Some("2001:db8::7"));
+        assert_eq!(ctx.var("realip_remote_addr").as_deref(), Some("192.0.2.1"));
     }
 
     #[test]

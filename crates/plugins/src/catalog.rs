@@ -8,8 +8,9 @@ use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
 use crate::{
-    basic_auth, consumer_restriction, forward_auth, hmac_auth, jwt_auth, key_auth, mocking,
-    proxy_rewrite, redirect, request_id, response_rewrite,
+    basic_auth, client_control, consumer_restriction, cors, forward_auth, hmac_auth,
+    ip_restriction, jwt_auth, key_auth, mocking, proxy_rewrite, real_ip, redirect, request_id,
+    request_validation, response_rewrite, uri_blocker,
 };
 
 /// What building a plugin may use besides its own configuration.
@@ -48,16 +49,22 @@ pub struct CredentialSpec {
 /// Every plugin, by name.
 pub static CATALOG: &[Descriptor] = &[
     basic_auth::DESCRIPTOR,
+    client_control::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
+    cors::DESCRIPTOR,
     forward_auth::DESCRIPTOR,
     hmac_auth::DESCRIPTOR,
+    ip_restriction::DESCRIPTOR,
     jwt_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
     mocking::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,
+    real_ip::DESCRIPTOR,
     redirect::DESCRIPTOR,
     request_id::DESCRIPTOR,
+    request_validation::DESCRIPTOR,
     response_rewrite::DESCRIPTOR,
+    uri_blocker::DESCRIPTOR,
 ];
 
 /// Where a plugin configuration sits.

@@ -11,26 +11,35 @@
 
 mod basic_auth;
 mod catalog;
+mod client_control;
 mod compile;
 mod config;
 mod consumer_restriction;
+mod cors;
 mod credentials;
 #[cfg(test)]
 mod fixtures;
 mod forward_auth;
 mod header_ops;
 mod hmac_auth;
+mod ip_restriction;
+mod ip_set;
 mod jwt_auth;
 mod key_auth;
 mod mocking;
 mod proxy_rewrite;
 mod query;
+mod real_ip;
 mod realm;
 mod redirect;
 mod request_id;
+mod request_validation;
 mod response_rewrite;
 #[cfg(test)]
+mod test_request;
+#[cfg(test)]
 mod test_support;
+mod uri_blocker;
 mod uri_rewrite;
 
 pub use catalog::{find, Descriptor, Scope, CATALOG};

@@ -1,0 +1,454 @@
+//! `cors`: answers CORS preflight requests itself and adds the CORS headers to every
+//! response of the route.
+//!
+//! The headers are decided in `rewrite`, from the request's `Origin`, and go into the
+//! response edits, so that they reach the upstream's response, the gateway's own errors and
+//! the replies of the plugins that run after this one alike.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use pylon_model::FieldError;
+use pylon_plugin::{Phases, Plugin, Reply, RequestCtx, Step};
+use pylon_router::RequestView;
+use regex::{Regex, RegexSet};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::catalog::{BuildEnv, Descriptor};
+use crate::config::{parse, schema_of};
+
+pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
+    name: "cors",
+    priority: 4000,
+    schema: schema_of::<CorsConfig>,
+    build,
+    credential: None,
+};
+
+/// What `allow_methods: "**"` allows.
+const EVERY_METHOD: &str = "GET,POST,PUT,DELETE,PATCH,HEAD,OPTIONS,CONNECT,TRACE";
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CorsConfig {
+    /// The origins allowed: `*` (any, without credentials), `**` (the request's own, even
+    /// with credentials: a security risk), `null`, one origin, or several separated by
+    /// commas (`https://a.example,https://b.example`).
+    #[serde(default = "any")]
+    allow_origins: String,
+    /// The methods allowed, separated by commas: `*` (any, without credentials) or `**`
+    /// (every method, even with credentials).
+    #[serde(default = "any")]
+    allow_methods: String,
+    /// The request headers allowed, separated by commas: `*` (any, without credentials) or
+    /// `**` (those the preflight asks for, even with credentials).
+    #[serde(default = "any")]
+    allow_headers: String,
+    /// The response headers a page may read, separated by commas. Unset: none but the
+    /// CORS-safelisted ones.
+    expose_headers: Option<String>,
+    /// How long, in seconds, a browser may cache a preflight's answer; `-1`: not at all.
+    #[serde(default = "default_max_age")]
+    max_age: i64,
+    /// Let requests carry credentials (cookies, `Authorization`). Then no other field may
+    /// be `*`.
+    #[serde(default)]
+    allow_credential: bool,
+    /// Regular expressions an `Origin` is searched with; when set, they alone decide which
+    /// origins are allowed and `allow_origins` is not used. Unique, 1 to 4096 characters.
+    #[schemars(length(min = 1), inner(length(min = 1, max = 4096)))]
+    allow_origins_by_regex: Option<Vec<String>>,
+}
+
+fn any() -> String {
+    "*".into()
+}
+
+fn default_max_age() -> i64 {
+    5
+}
+
+fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
+    let config: CorsConfig = parse(config)?;
+    if !valid_origins(&config.allow_origins) {
+        return Err(FieldError::new(
+            "allow_origins",
+            "must be `*`, `**`, `null` or origins like `https://a.example` separated by commas",
+        ));
+    }
+    if config.allow_credential {
+        let starred = [
+            ("allow_origins", Some(&config.allow_origins)),
+            ("allow_methods", Some(&config.allow_methods)),
+            ("allow_headers", Some(&config.allow_headers)),
+            ("expose_headers", config.expose_headers.as_ref()),
+        ]
+        .into_iter()
+        .find(|(_, value)| value.is_some_and(|v| v == "*"));
+        if let Some((field, _)) = starred {
+            return Err(FieldError::new(
+                field,
+                "can not be `*` when `allow_credential` is true",
+            ));
+        }
+    }
+    let origins = match &config.allow_origins_by_regex {
+        Some(rules) => Origins::Matching(regex_set(rules)?),
+        None => match config.allow_origins.as_str() {
+            "*" => Origins::Any,
+            "**" => Origins::Reflect,
+            list if list.contains(',') => {
+                Origins::OneOf(list.split(',').map(str::to_owned).collect())
+            }
+            one => Origins::Fixed(one.to_owned()),
+        },
+    };
+    let allow_methods = match config.allow_methods.as_str() {
+        "**" => EVERY_METHOD.to_owned(),
+        methods => methods.to_owned(),
+    };
+    let allow_headers = match config.allow_headers.as_str() {
+        "**" => None,
+        headers => Some(headers.to_owned()),
+    };
+    Ok(Arc::new(Cors {
+        varies: !matches!(origins, Origins::Any),
+        origins,
+        allow_methods,
+        allow_headers,
+        expose_headers: config.expose_headers.filter(|h| !h.is_empty()),
+        max_age: config.max_age.to_string(),
+        allow_credential: config.allow_credential,
+    }))
+}
+
+/// APISIX's pattern for `allow_origins`: `*`, `**`, `null`, or `scheme://...` items
+/// separated by commas.
+fn valid_origins(origins: &str) -> bool {
+    matches!(origins, "*" | "**" | "null")
+        || origins.split(',').all(|origin| {
+            origin.split_once("://").is_some_and(|(scheme, rest)| {
+                !scheme.is_empty()
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !rest.is_empty()
+            })
+        })
+}
+
+fn regex_set(rules: &[String]) -> Result<RegexSet, FieldError> {
+    const FIELD: &str = "allow_origins_by_regex";
+    if rules.is_empty() {
+        return Err(FieldError::new(FIELD, "must list at least one rule"));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let path = format!("{FIELD}[{i}]");
+        if !(1..=4096).contains(&rule.chars().count()) {
+            return Err(FieldError::new(path, "must be 1 to 4096 characters"));
+        }
+        if let Some(first) = rules[..i].iter().position(|r| r == rule) {
+            return Err(FieldError::new(
+                path,
+                format!("the same rule as {FIELD}[{first}]"),
+            ));
+        }
+        // Compiled alone first so that an error names its rule.
+        Regex::new(rule).map_err(|e| FieldError::new(path, e.to_string()))?;
+    }
+    RegexSet::new(rules).map_err(|e| FieldError::new(FIELD, e.to_string()))
+}
+
+/// Which origins a response allows, decided once at build.
+enum Origins {
+    /// `*`.
+    Any,
+    /// `**`: the request's `Origin`, `*` without one.
+    Reflect,
+    /// One configured origin, sent whatever the request's; the browser compares.
+    Fixed(String),
+    /// The request's `Origin` when it is one of these; no CORS headers otherwise.
+    OneOf(HashSet<String>),
+    /// The request's `Origin` when a rule matches it; no CORS headers otherwise.
+    Matching(RegexSet),
+}
+
+struct Cors {
+    origins: Origins,
+    /// Whether the answer depends on the `Origin`, so that caches must key on it.
+    varies: bool,
+    allow_methods: String,
+    /// `None` for `**`: the preflight's `Access-Control-Request-Headers`, echoed.
+    allow_headers: Option<String>,
+    expose_headers: Option<String>,
+    max_age: String,
+    allow_credential: bool,
+}
+
+impl Cors {
+    /// The `Access-Control-Allow-Origin` for a request from `origin`, `None` when the
+    /// origin is not allowed.
+    fn allowed_origin(&self, origin: Option<&str>) -> Option<String> {
+        match &self.origins {
+            Origins::Any => Some("*".into()),
+            Origins::Reflect => Some(origin.unwrap_or("*").to_owned()),
+            Origins::Fixed(allowed) => Some(allowed.clone()),
+            Origins::OneOf(allowed) => origin.filter(|o| allowed.contains(*o)).map(str::to_owned),
+            Origins::Matching(rules) => origin.filter(|o| rules.is_match(o)).map(str::to_owned),
+        }
+    }
+}
+
+impl Plugin for Cors {
+    fn name(&self) -> &'static str {
+        DESCRIPTOR.name
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REWRITE
+    }
+
+    fn rewrite<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
+        let allowed = self.allowed_origin(ctx.header("origin").as_deref());
+        let requested_headers = match &self.allow_headers {
+            Some(_) => None,
+            None => ctx
+                .header("access-control-request-headers")
+                .map(|h| h.into_owned()),
+        };
+        let preflight =
+            ctx.method() == "OPTIONS" && ctx.header("access-control-request-method").is_some();
+
+        let headers = &mut ctx.response.headers;
+        if self.varies {
+            headers.add("Vary", "Origin");
+        }
+        if let Some(origin) = allowed {
+            headers.set("Access-Control-Allow-Origin", origin);
+            headers.set("Access-Control-Allow-Methods", self.allow_methods.clone());
+            headers.set("Access-Control-Max-Age", self.max_age.clone());
+            if let Some(expose) = &self.expose_headers {
+                headers.set("Access-Control-Expose-Headers", expose.clone());
+            }
+            if let Some(allow) = self.allow_headers.clone().or(requested_headers) {
+                headers.set("Access-Control-Allow-Headers", allow);
+            }
+            if self.allow_credential {
+                headers.set("Access-Control-Allow-Credentials", "true");
+            }
+        }
+        if preflight {
+            Step::Reply(Reply::status(200))
+        } else {
+            Step::Continue
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::test_request::{build as build_plugin, refused, replied, TestRequest};
+
+    /// The reply, and the response headers the plugin set, in order.
+    fn rewrite(config: Value, request: &TestRequest) -> (Option<Reply>, Vec<(String, String)>) {
+        let plugin = build_plugin(&DESCRIPTOR, config).unwrap();
+        let mut ctx = RequestCtx::new(request, "r1", None);
+        let reply = replied(plugin.rewrite(&mut ctx));
+        let headers = ctx
+            .response
+            .headers
+            .added()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        (reply, headers)
+    }
+
+    fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn from(origin: &str) -> TestRequest {
+        TestRequest::get("/api").header("Origin", origin)
+    }
+
+    #[test]
+    fn defaults_allow_any_origin_on_every_response() {
+        let (reply, headers) = rewrite(json!({}), &from("https://a.example"));
+        assert_eq!(reply, None);
+        let expected = [
+            ("Access-Control-Allow-Origin", "*"),
+            ("Access-Control-Allow-Methods", "*"),
+            ("Access-Control-Max-Age", "5"),
+            ("Access-Control-Allow-Headers", "*"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(headers, expected);
+    }
+
+    #[test]
+    fn a_preflight_is_answered_200_by_the_gateway() {
+        let preflight = from("https://a.example")
+            .method("OPTIONS")
+            .header("Access-Control-Request-Method", "PUT");
+        let (reply, headers) = rewrite(json!({}), &preflight);
+        assert_eq!(reply.map(|r| r.status), Some(200));
+        assert_eq!(header(&headers, "access-control-allow-origin"), Some("*"));
+        // An OPTIONS request that is not a preflight goes to the upstream.
+        let plain = from("https://a.example").method("OPTIONS");
+        assert_eq!(rewrite(json!({}), &plain).0, None);
+    }
+
+    #[test]
+    fn a_list_of_origins_allows_only_those_and_varies_on_origin() {
+        let config = json!({
+            "allow_origins": "https://a.example,https://b.example:8443",
+            "allow_methods": "GET,POST",
+            "allow_headers": "X-Token",
+            "expose_headers": "X-Request-Id",
+            "max_age": 600,
+            "allow_credential": true,
+        });
+        let (_, headers) = rewrite(config.clone(), &from("https://b.example:8443"));
+        assert_eq!(header(&headers, "vary"), Some("Origin"));
+        assert_eq!(
+            header(&headers, "access-control-allow-origin"),
+            Some("https://b.example:8443")
+        );
+        assert_eq!(
+            header(&headers, "access-control-allow-methods"),
+            Some("GET,POST")
+        );
+        assert_eq!(
+            header(&headers, "access-control-allow-headers"),
+            Some("X-Token")
+        );
+        assert_eq!(
+            header(&headers, "access-control-expose-headers"),
+            Some("X-Request-Id")
+        );
+        assert_eq!(header(&headers, "access-control-max-age"), Some("600"));
+        assert_eq!(
+            header(&headers, "access-control-allow-credentials"),
+            Some("true")
+        );
+
+        let (_, headers) = rewrite(config.clone(), &from("https://evil.example"));
+        assert_eq!(headers, [("Vary".to_owned(), "Origin".to_owned())]);
+        let (_, headers) = rewrite(config, &TestRequest::get("/api"));
+        assert_eq!(header(&headers, "access-control-allow-origin"), None);
+    }
+
+    #[test]
+    fn double_star_reflects_the_request() {
+        let config = json!({
+            "allow_origins": "**",
+            "allow_methods": "**",
+            "allow_headers": "**",
+            "allow_credential": true,
+        });
+        let preflight = from("https://a.example")
+            .method("OPTIONS")
+            .header("Access-Control-Request-Method", "PUT")
+            .header("Access-Control-Request-Headers", "X-A, X-B");
+        let (reply, headers) = rewrite(config.clone(), &preflight);
+        assert_eq!(reply.map(|r| r.status), Some(200));
+        assert_eq!(
+            header(&headers, "access-control-allow-origin"),
+            Some("https://a.example")
+        );
+        assert_eq!(
+            header(&headers, "access-control-allow-methods"),
+            Some(EVERY_METHOD)
+        );
+        assert_eq!(
+            header(&headers, "access-control-allow-headers"),
+            Some("X-A, X-B")
+        );
+        let (_, headers) = rewrite(config, &TestRequest::get("/api"));
+        assert_eq!(header(&headers, "access-control-allow-origin"), Some("*"));
+        assert_eq!(header(&headers, "access-control-allow-headers"), None);
+    }
+
+    #[test]
+    fn regexes_alone_decide_when_set() {
+        let config = json!({
+            "allow_origins": "https://ignored.example",
+            "allow_origins_by_regex": [r"^https://.*\.test\.com$", "^http://localhost"],
+        });
+        for allowed in ["https://a.test.com", "http://localhost:3000"] {
+            let (_, headers) = rewrite(config.clone(), &from(allowed));
+            assert_eq!(
+                header(&headers, "access-control-allow-origin"),
+                Some(allowed)
+            );
+            assert_eq!(header(&headers, "vary"), Some("Origin"));
+        }
+        for refused in ["https://test.com.evil", "https://ignored.example"] {
+            let (_, headers) = rewrite(config.clone(), &from(refused));
+            assert_eq!(
+                header(&headers, "access-control-allow-origin"),
+                None,
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_where_they_are_wrong() {
+        let cases = [
+            (json!({"allow_origins": "a.example"}), "allow_origins"),
+            (
+                json!({"allow_origins": "https://a.example,"}),
+                "allow_origins",
+            ),
+            (json!({"allow_credential": true}), "allow_origins"),
+            (
+                json!({"allow_origins": "https://a.example", "allow_credential": true}),
+                "allow_methods",
+            ),
+            (
+                json!({
+                    "allow_origins": "**", "allow_methods": "GET", "allow_headers": "X-A",
+                    "expose_headers": "*", "allow_credential": true,
+                }),
+                "expose_headers",
+            ),
+            (
+                json!({"allow_origins_by_regex": []}),
+                "allow_origins_by_regex",
+            ),
+            (
+                json!({"allow_origins_by_regex": ["a", "("]}),
+                "allow_origins_by_regex[1]",
+            ),
+            (
+                json!({"allow_origins_by_regex": ["a", "a"]}),
+                "allow_origins_by_regex[1]",
+            ),
+            (json!({"max_age": "5"}), "max_age"),
+            (
+                json!({"allow_origins_by_metadata": ["x"]}),
+                "allow_origins_by_metadata",
+            ),
+        ];
+        for (config, path) in cases {
+            assert_eq!(refused(&DESCRIPTOR, config.clone()).path, path, "{config}");
+        }
+        let err = refused(&DESCRIPTOR, json!({"allow_credential": true}));
+        assert_eq!(
+            err.message,
+            "can not be `*` when `allow_credential` is true"
+        );
+    }
+}
