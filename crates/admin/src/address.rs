@@ -18,6 +18,13 @@ pub(crate) enum Target {
     Schema(String),
     /// `POST /apisix/admin/schema/validate/<kind>`.
     Validate(String),
+    /// `GET /apisix/admin/plugins/list`: the plugins' names.
+    PluginList,
+    /// `GET /apisix/admin/plugins?all=true`: every plugin with its priority and schemas.
+    Plugins,
+    /// `GET /apisix/admin/plugins/<name>` and `GET /apisix/admin/schema/plugins/<name>`: a
+    /// plugin's schema.
+    Plugin(String),
     /// `/pylon/admin/config`.
     Config,
 }
@@ -83,6 +90,11 @@ impl Target {
         };
         let owned = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         match (resource, rest) {
+            ("plugins", []) => return Ok(Target::Plugins),
+            ("plugins", ["list"]) => return Ok(Target::PluginList),
+            ("plugins", [name]) | ("schema", ["plugins", name]) => {
+                return Ok(Target::Plugin(name.to_string()))
+            }
             ("schema", ["validate", name]) => return Ok(Target::Validate(name.to_string())),
             ("schema", [name]) => return Ok(Target::Schema(name.to_string())),
             _ => {}

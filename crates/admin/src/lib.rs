@@ -17,6 +17,7 @@ mod auth;
 mod declarative;
 mod listing;
 mod merge;
+mod plugins;
 mod query;
 mod references;
 mod resources;

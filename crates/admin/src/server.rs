@@ -20,6 +20,7 @@ use crate::declarative;
 use crate::query::Query;
 use crate::resources;
 use crate::response::Reply;
+use crate::plugins;
 use crate::schema;
 use crate::settings::AdminSettings;
 use crate::writer::Backend;
@@ -146,6 +147,9 @@ impl Shared {
                 Err(reply) => reply,
             },
             (Target::Schema(name), &Method::GET) => schema::schema(&name),
+            (Target::PluginList, &Method::GET) => plugins::list(&query),
+            (Target::Plugins, &Method::GET) => plugins::all(),
+            (Target::Plugin(name), &Method::GET) => plugins::schema(&name, &query),
             (Target::Validate(kind), &Method::POST) => match json_body(&body) {
                 Ok(json) => schema::validate(&kind, json),
                 Err(reply) => reply,
