@@ -11,6 +11,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use pylon_admin::{AdminApi, Role as AdminRole};
+use pylon_model::{FieldError, ValidationErrors};
 use pylon_proxy::{
     AccessLog, ControlApi, Gateway, HandoffServer, NodeStatus, Publisher, Snapshot, Takeover,
     TlsContext,
@@ -157,8 +158,22 @@ fn validate(file: Option<&Path>, node_config: Option<&Path>) -> anyhow::Result<(
     let file = file.unwrap_or(&node.config.file);
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let (_, config) = pylon_model::parse_standalone(&text)
-        .map_err(|errors| anyhow::anyhow!("{} is not valid:\n{errors}", file.display()))?;
+    let invalid = |errors: ValidationErrors| anyhow::anyhow!("{} is not valid:\n{errors}", file.display());
+    let (entries, config) = pylon_model::parse_standalone(&text).map_err(invalid)?;
+    // Plugins are the plugins crate's to check: each resource's, then what only the whole
+    // configuration shows (two consumers with one key).
+    let mut plugin_errors: Vec<FieldError> = entries
+        .iter()
+        .flat_map(|(key, value)| {
+            pylon_plugins::check_resource(key.kind, value)
+                .into_iter()
+                .map(move |e| e.within(&key.to_string()))
+        })
+        .collect();
+    plugin_errors.extend(pylon_plugins::check_config(&config));
+    if !plugin_errors.is_empty() {
+        return Err(invalid(ValidationErrors(plugin_errors)));
+    }
     println!(
         "{}: valid ({} routes, {} services, {} upstreams, {} ssls)",
         file.display(),
