@@ -211,6 +211,37 @@ fn a_malformed_chunked_body_is_400() {
 }
 
 #[test]
+fn a_chunked_body_whose_lines_do_not_end_in_crlf_is_400() {
+    let up = echo();
+    let pylon = start(&up, "");
+    // The body is forwarded as it came: a line end the gateway took and the upstream did not
+    // (or the other way round) would have them disagree on where the request ends.
+    let bodies: [&[u8]; 7] = [
+        b"3\nabc\r\n0\r\n\r\n",
+        b"3;ext\nabc\r\n0\r\n\r\n",
+        b"3;ext\rabc\r\n0\r\n\r\n",
+        b"3\r\nabc\n0\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n",
+        b"3 junk\r\nabc\r\n0\r\n\r\n",
+        // A trailer section holds fields, not a request (RFC 9112 §7.1.2).
+        b"3\r\nabc\r\n0\r\nGET /api/smuggled HTTP/1.1\r\n\r\n",
+    ];
+    for body in bodies {
+        let mut raw =
+            b"POST /api/x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        raw.extend_from_slice(body);
+        rejected(&pylon, &raw, 400);
+    }
+    support::client::settle();
+    assert_eq!(
+        up.request_count(),
+        0,
+        "the upstream never got a whole request"
+    );
+}
+
+#[test]
 fn a_client_that_stalls_mid_body_gets_408() {
     let up = echo();
     let pylon = start(&up, "  client_body_timeout: 0.5\n");

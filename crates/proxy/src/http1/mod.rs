@@ -34,3 +34,8 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
+
+/// Whether `b` may be part of a token (RFC 9110 §5.6.2): a header name, a transfer coding's name.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
