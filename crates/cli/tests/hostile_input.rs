@@ -160,6 +160,79 @@ fn content_length_with_transfer_encoding_is_400_and_nothing_is_smuggled() {
 }
 
 #[test]
+fn an_http10_request_with_transfer_encoding_is_400_and_closes() {
+    let up = echo();
+    let pylon = start(&up, "");
+    // RFC 9112 §6.1: HTTP/1.0 has no Transfer-Encoding, so its framing is faulty, Content-Length
+    // or not; a server that took it as HTTP/1.0 would read the chunks as the next request.
+    let requests: [&[u8]; 3] = [
+        b"POST /api/x HTTP/1.0\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"POST /api/x HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
+        b"GET /api/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.0\r\n\r\n",
+    ];
+    for raw in requests {
+        rejected(&pylon, raw, 400);
+    }
+    support::client::settle();
+    assert_eq!(up.request_count(), 0);
+}
+
+#[test]
+fn transfer_encoding_must_be_chunked_once_and_last() {
+    let up = echo();
+    let pylon = start(&up, "");
+    for codings in [
+        // Applied twice (RFC 9112 §6.1), in one field or in two.
+        "chunked, chunked",
+        "chunked\r\nTransfer-Encoding: chunked",
+        // Not last (§6.3), with a parameter chunked does not have (§7.1), or no coding at all.
+        "chunked, gzip",
+        "chunked;x=1",
+        "",
+    ] {
+        let raw = format!(
+            "POST /api/x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: {codings}\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        rejected(&pylon, raw.as_bytes(), 400);
+    }
+    // A coding the gateway does not implement (§6.1): its upstream might frame it otherwise.
+    rejected(
+        &pylon,
+        b"POST /api/x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        501,
+    );
+    support::client::settle();
+    assert_eq!(up.request_count(), 0);
+    // Chunked alone, in any case and with empty list items (RFC 9110 §5.6.1), is fine.
+    let res = Conn::connect(pylon.addr).request(
+        b"POST /api/x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: , Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!((res.status, res.text().as_str()), (200, "POST /api/x|abc"));
+}
+
+#[test]
+fn a_content_length_list_reaches_the_upstream_as_one_value() {
+    let up = echo();
+    let pylon = start(&up, "");
+    // RFC 9112 §6.3: equal values are one length; the upstream gets that one.
+    let res = Conn::connect(pylon.addr).request(
+        b"POST /api/x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5, 5\r\nContent-Length: 005\r\n\r\nhello",
+    );
+    assert_eq!(
+        (res.status, res.text().as_str()),
+        (200, "POST /api/x|hello")
+    );
+    let received = &up.received()[0];
+    let lengths: Vec<&str> = received
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(lengths, ["5"]);
+}
+
+#[test]
 fn a_malformed_content_length_is_400_and_closes() {
     let up = echo();
     let pylon = start(&up, "");

@@ -282,8 +282,12 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
     let framing = match framing {
         Ok(framing) if host_ok => framing,
         // The body's length is unknown: nothing after this head can be trusted.
-        _ => {
-            let outcome = respond_error(worker, conn, GatewayError::BadRequest, false).await;
+        refused => {
+            let error = refused
+                .err()
+                .filter(|_| host_ok)
+                .map_or(GatewayError::BadRequest, GatewayError::from);
+            let outcome = respond_error(worker, conn, error, false).await;
             log(worker, conn, route, started, &outcome);
             return false;
         }
