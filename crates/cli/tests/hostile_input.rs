@@ -233,6 +233,25 @@ fn a_content_length_list_reaches_the_upstream_as_one_value() {
 }
 
 #[test]
+fn connect_is_400_as_over_http2() {
+    let up = echo();
+    let pylon = start(&up, "");
+    // A 2xx would make the connection a tunnel (RFC 9112 §6.3), which the gateway does not
+    // proxy: the tunnel's bytes would be read as requests.
+    rejected(
+        &pylon,
+        b"CONNECT /api/x HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        400,
+    );
+    rejected(
+        &pylon,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        400,
+    );
+    assert_eq!(up.request_count(), 0);
+}
+
+#[test]
 fn a_malformed_content_length_is_400_and_closes() {
     let up = echo();
     let pylon = start(&up, "");
