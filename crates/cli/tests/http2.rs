@@ -426,6 +426,35 @@ async fn gateway_errors_are_the_same_statuses_and_json() {
     assert_eq!(reply.status, 404);
 }
 
+#[tokio::test]
+async fn an_upstream_response_whose_framing_is_faulty_is_a_502() {
+    const FAULTY: [&[u8]; 4] = [
+        // Transfer-Encoding from HTTP/1.0 (RFC 9112 §6.1), chunked twice (§6.1) or with a
+        // parameter (§7.1), lengths that disagree (§6.3).
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked;x=1\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    ];
+    let up = Upstream::with_handler(
+        "faulty",
+        Arc::new(|req: &Received, stream: &mut TcpStream| {
+            let i: usize = req.target[1..].parse().unwrap();
+            let _ = stream.write_all(FAULTY[i]);
+            true // keeps the connection open: the gateway must not reuse it
+        }),
+    );
+    let pylon = Pylon::start(&routes_to_addr(up.addr), "");
+    let mut h2 = connect(pylon.addr).await;
+    for i in 0..FAULTY.len() {
+        let req = request("GET", &format!("/{i}")).body(()).unwrap();
+        let reply = send(&mut h2.sender, req, b"").await;
+        assert_eq!(reply.status, 502, "{i}: {}", reply.text());
+        assert_eq!(reply.json()["error_msg"], "502 Bad Gateway");
+    }
+    assert_eq!(up.connection_count(), FAULTY.len());
+}
+
 #[test]
 fn http1_and_h2c_share_the_listener() {
     let up = echo();
