@@ -78,7 +78,10 @@ mod tests {
         assert!(route.body.clone().unwrap()["properties"]["header"].is_object());
         let consumer = schema("key-auth", &Query::parse("schema_type=consumer"));
         assert_eq!(consumer.body.unwrap()["required"], json!(["key"]));
-        assert_eq!(schema("nope", &Query::parse("")).status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            schema("nope", &Query::parse("")).status,
+            StatusCode::NOT_FOUND
+        );
         assert_eq!(all().body.unwrap()["key-auth"]["type"], "auth");
     }
 }

@@ -158,7 +158,8 @@ fn validate(file: Option<&Path>, node_config: Option<&Path>) -> anyhow::Result<(
     let file = file.unwrap_or(&node.config.file);
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let invalid = |errors: ValidationErrors| anyhow::anyhow!("{} is not valid:\n{errors}", file.display());
+    let invalid =
+        |errors: ValidationErrors| anyhow::anyhow!("{} is not valid:\n{errors}", file.display());
     let (entries, config) = pylon_model::parse_standalone(&text).map_err(invalid)?;
     // Plugins are the plugins crate's to check: each resource's, then what only the whole
     // configuration shows (two consumers with one key).

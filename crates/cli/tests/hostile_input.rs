@@ -160,6 +160,98 @@ fn content_length_with_transfer_encoding_is_400_and_nothing_is_smuggled() {
 }
 
 #[test]
+fn an_http10_request_with_transfer_encoding_is_400_and_closes() {
+    let up = echo();
+    let pylon = start(&up, "");
+    // RFC 9112 §6.1: HTTP/1.0 has no Transfer-Encoding, so its framing is faulty, Content-Length
+    // or not; a server that took it as HTTP/1.0 would read the chunks as the next request.
+    let requests: [&[u8]; 3] = [
+        b"POST /api/x HTTP/1.0\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"POST /api/x HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
+        b"GET /api/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.0\r\n\r\n",
+    ];
+    for raw in requests {
+        rejected(&pylon, raw, 400);
+    }
+    support::client::settle();
+    assert_eq!(up.request_count(), 0);
+}
+
+#[test]
+fn transfer_encoding_must_be_chunked_once_and_last() {
+    let up = echo();
+    let pylon = start(&up, "");
+    for codings in [
+        // Applied twice (RFC 9112 §6.1), in one field or in two.
+        "chunked, chunked",
+        "chunked\r\nTransfer-Encoding: chunked",
+        // Not last (§6.3), with a parameter chunked does not have (§7.1), or no coding at all.
+        "chunked, gzip",
+        "chunked;x=1",
+        "",
+    ] {
+        let raw = format!(
+            "POST /api/x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: {codings}\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        rejected(&pylon, raw.as_bytes(), 400);
+    }
+    // A coding the gateway does not implement (§6.1): its upstream might frame it otherwise.
+    rejected(
+        &pylon,
+        b"POST /api/x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        501,
+    );
+    support::client::settle();
+    assert_eq!(up.request_count(), 0);
+    // Chunked alone, in any case and with empty list items (RFC 9110 §5.6.1), is fine.
+    let res = Conn::connect(pylon.addr).request(
+        b"POST /api/x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: , Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!((res.status, res.text().as_str()), (200, "POST /api/x|abc"));
+}
+
+#[test]
+fn a_content_length_list_reaches_the_upstream_as_one_value() {
+    let up = echo();
+    let pylon = start(&up, "");
+    // RFC 9112 §6.3: equal values are one length; the upstream gets that one.
+    let res = Conn::connect(pylon.addr).request(
+        b"POST /api/x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5, 5\r\nContent-Length: 005\r\n\r\nhello",
+    );
+    assert_eq!(
+        (res.status, res.text().as_str()),
+        (200, "POST /api/x|hello")
+    );
+    let received = &up.received()[0];
+    let lengths: Vec<&str> = received
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(lengths, ["5"]);
+}
+
+#[test]
+fn connect_is_400_as_over_http2() {
+    let up = echo();
+    let pylon = start(&up, "");
+    // A 2xx would make the connection a tunnel (RFC 9112 §6.3), which the gateway does not
+    // proxy: the tunnel's bytes would be read as requests.
+    rejected(
+        &pylon,
+        b"CONNECT /api/x HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        400,
+    );
+    rejected(
+        &pylon,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        400,
+    );
+    assert_eq!(up.request_count(), 0);
+}
+
+#[test]
 fn a_malformed_content_length_is_400_and_closes() {
     let up = echo();
     let pylon = start(&up, "");
@@ -202,6 +294,37 @@ fn a_malformed_chunked_body_is_400() {
     let log = pylon.wait_access_log(1);
     assert_eq!(log[0]["status"], 400);
     assert_eq!(log[0]["route_id"], "r1");
+    support::client::settle();
+    assert_eq!(
+        up.request_count(),
+        0,
+        "the upstream never got a whole request"
+    );
+}
+
+#[test]
+fn a_chunked_body_whose_lines_do_not_end_in_crlf_is_400() {
+    let up = echo();
+    let pylon = start(&up, "");
+    // The body is forwarded as it came: a line end the gateway took and the upstream did not
+    // (or the other way round) would have them disagree on where the request ends.
+    let bodies: [&[u8]; 7] = [
+        b"3\nabc\r\n0\r\n\r\n",
+        b"3;ext\nabc\r\n0\r\n\r\n",
+        b"3;ext\rabc\r\n0\r\n\r\n",
+        b"3\r\nabc\n0\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n",
+        b"3 junk\r\nabc\r\n0\r\n\r\n",
+        // A trailer section holds fields, not a request (RFC 9112 §7.1.2).
+        b"3\r\nabc\r\n0\r\nGET /api/smuggled HTTP/1.1\r\n\r\n",
+    ];
+    for body in bodies {
+        let mut raw =
+            b"POST /api/x HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        raw.extend_from_slice(body);
+        rejected(&pylon, &raw, 400);
+    }
     support::client::settle();
     assert_eq!(
         up.request_count(),

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use support::client::get;
+use support::client::{get, Conn};
 use support::http2::{
     connect, filler_field, frame, get_block, get_headers, read_body, read_reply, request,
-    rst_stream, send, send_body, RawH2, CANCEL, CONTINUATION, ENHANCE_YOUR_CALM, GOAWAY, HEADERS,
-    REFUSED_STREAM, RST_STREAM,
+    rst_stream, send, send_body, RawH2, CANCEL, CONTINUATION, DATA, END_STREAM, ENHANCE_YOUR_CALM,
+    GOAWAY, HEADERS, REFUSED_STREAM, RST_STREAM,
 };
 use support::upstream::{respond, Gate, Received, Upstream};
-use support::{wait_until, Pylon, WAIT};
+use support::{wait_until, wait_until_within, Pylon, WAIT};
 
 fn routes_to_addr(addr: SocketAddr) -> String {
     format!(
@@ -426,6 +426,35 @@ async fn gateway_errors_are_the_same_statuses_and_json() {
     assert_eq!(reply.status, 404);
 }
 
+#[tokio::test]
+async fn an_upstream_response_whose_framing_is_faulty_is_a_502() {
+    const FAULTY: [&[u8]; 4] = [
+        // Transfer-Encoding from HTTP/1.0 (RFC 9112 §6.1), chunked twice (§6.1) or with a
+        // parameter (§7.1), lengths that disagree (§6.3).
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked;x=1\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    ];
+    let up = Upstream::with_handler(
+        "faulty",
+        Arc::new(|req: &Received, stream: &mut TcpStream| {
+            let i: usize = req.target[1..].parse().unwrap();
+            let _ = stream.write_all(FAULTY[i]);
+            true // keeps the connection open: the gateway must not reuse it
+        }),
+    );
+    let pylon = Pylon::start(&routes_to_addr(up.addr), "");
+    let mut h2 = connect(pylon.addr).await;
+    for i in 0..FAULTY.len() {
+        let req = request("GET", &format!("/{i}")).body(()).unwrap();
+        let reply = send(&mut h2.sender, req, b"").await;
+        assert_eq!(reply.status, 502, "{i}: {}", reply.text());
+        assert_eq!(reply.json()["error_msg"], "502 Bad Gateway");
+    }
+    assert_eq!(up.connection_count(), FAULTY.len());
+}
+
 #[test]
 fn http1_and_h2c_share_the_listener() {
     let up = echo();
@@ -568,6 +597,234 @@ fn a_continuation_flood_gets_goaway() {
     assert_eq!(goaway.error_code(), ENHANCE_YOUR_CALM);
     assert!(raw.until(|_| false).is_none(), "the connection is closed");
     assert_eq!(up.request_count(), 0);
+}
+
+// === closing ===
+
+/// Idle connections are closed after 1 s, and a client has 1 s to finish its part of the close.
+const QUICK_CLOSE: &str = "  keepalive_timeout: 1\n  http2:\n    close_timeout: 1\n";
+/// Far beyond `keepalive_timeout` and `close_timeout`, however slow the machine.
+const CLOSED_WITHIN: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn an_idle_client_gets_goaway_and_a_clean_close() {
+    let up = echo();
+    // A close timeout far beyond the wait below: the connection must end by the GOAWAY
+    // handshake (GOAWAY, PING, its acknowledgement, the final GOAWAY), not by being dropped.
+    let pylon = Pylon::start(
+        &routes_to_addr(up.addr),
+        "  keepalive_timeout: 1\n  http2:\n    close_timeout: 600\n",
+    );
+    let mut h2 = connect(pylon.addr).await;
+    let reply = send(&mut h2.sender, request("GET", "/").body(()).unwrap(), b"").await;
+    assert_eq!(reply.status, 200);
+    let ended = tokio::time::timeout(CLOSED_WITHIN, h2.driver)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    assert!(ended.is_ok(), "closed without an error: {ended:?}");
+    assert!(
+        h2.sender.ready().await.is_err(),
+        "the connection takes no new stream"
+    );
+}
+
+#[test]
+fn an_idle_client_that_never_answers_the_goaway_ping_is_closed_all_the_same() {
+    let up = echo();
+    let pylon = Pylon::start(&routes_to_addr(up.addr), QUICK_CLOSE);
+    // A raw client answers no PING: the GOAWAY handshake never completes.
+    let mut raw = RawH2::connect(pylon.addr);
+    raw.until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY once the connection is idle");
+    assert!(
+        raw.closed_within(CLOSED_WITHIN),
+        "the connection is held open"
+    );
+}
+
+#[test]
+fn a_client_that_stalls_half_way_through_a_frame_is_closed() {
+    let up = echo();
+    let pylon = Pylon::start(&routes_to_addr(up.addr), QUICK_CLOSE);
+    let mut raw = RawH2::connect(pylon.addr);
+    // A frame header announcing 16 KiB, and only the first 100 bytes of them.
+    let whole = frame(HEADERS, 0x4 | 0x1, 1, &[0; 16 * 1024]);
+    raw.write(&whole[..9 + 100]);
+    assert!(
+        raw.closed_within(CLOSED_WITHIN),
+        "the connection is held open"
+    );
+    assert_eq!(up.request_count(), 0);
+}
+
+#[test]
+fn a_client_that_stalls_in_the_middle_of_a_header_block_is_closed() {
+    let up = echo();
+    let pylon = Pylon::start(&routes_to_addr(up.addr), QUICK_CLOSE);
+    let mut raw = RawH2::connect(pylon.addr);
+    // HEADERS without END_HEADERS, and no CONTINUATION after it.
+    raw.write(&frame(HEADERS, 0x1, 1, &get_block("/")));
+    assert!(
+        raw.closed_within(CLOSED_WITHIN),
+        "the connection is held open"
+    );
+    assert_eq!(up.request_count(), 0);
+}
+
+#[test]
+fn a_client_that_stops_reading_does_not_keep_its_connection_slot() {
+    const LEN: usize = 32 * 1024 * 1024;
+    // `/big`: far more than the socket buffers between the gateway and a client that reads
+    // nothing can hold. Anything else: a small answer.
+    let up = Upstream::with_handler(
+        "big",
+        Arc::new(|req: &Received, stream: &mut TcpStream| {
+            if req.target != "/big" {
+                respond(stream, 200, &[], b"small");
+                return true;
+            }
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n");
+            stream.write_all(head.as_bytes()).is_ok()
+                && pattern(LEN)
+                    .chunks(16 * 1024)
+                    .all(|piece| stream.write_all(piece).is_ok())
+        }),
+    );
+    // One worker with one connection slot, held by the client below.
+    let pylon = Pylon::start(
+        &routes_to_addr(up.addr),
+        &format!(
+            "  workers: 1\n  max_connections_per_worker: 1\n  client_send_timeout: 1\n{QUICK_CLOSE}"
+        ),
+    );
+    let mut raw = RawH2::connect(pylon.addr);
+    raw.open_windows();
+    raw.write(&get_headers(1, "/big"));
+    // The client reads nothing from here on: the response stalls on the socket until the
+    // stream gives up (`client_send_timeout`), and then even the GOAWAY of the idle connection
+    // cannot be written.
+    wait_until_within(
+        CLOSED_WITHIN,
+        || served_on_new_connection(pylon.addr),
+        "the connection slot of a client that stopped reading to come back",
+    );
+    // Open, unread, until here.
+    drop(raw);
+}
+
+#[test]
+fn past_close_timeout_a_client_that_ignores_goaway_gets_no_new_stream_but_its_own_finish() {
+    let gate = Gate::default();
+    let up = holding(&gate);
+    let pylon = Pylon::start(
+        &routes_to_addr(up.addr),
+        "  shutdown_grace: 30\n  http2:\n    close_timeout: 1\n",
+    );
+    let mut raw = RawH2::connect(pylon.addr);
+    raw.write(&get_headers(1, "/hold"));
+    wait_until(|| up.request_count() == 1, "the request at the upstream");
+
+    pylon.terminate();
+    raw.until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY once the gateway stops");
+    // The client answers no PING and, past the close timeout, opens one more stream: refused
+    // (it may be retried elsewhere), or such a client could keep the connection for ever.
+    std::thread::sleep(Duration::from_secs(2));
+    raw.write(&get_headers(3, "/hold"));
+    let refused = raw
+        .until(|f| f.kind == RST_STREAM)
+        .expect("a RST_STREAM before the connection ended");
+    assert_eq!((refused.stream, refused.error_code()), (3, REFUSED_STREAM));
+
+    // The stream in flight is not cut short: its whole response arrives, then the connection
+    // ends.
+    gate.open();
+    let mut body = Vec::new();
+    let last = raw
+        .until(|f| {
+            if f.kind == DATA && f.stream == 1 {
+                body.extend_from_slice(&f.payload);
+            }
+            f.stream == 1 && f.flags & END_STREAM != 0
+        })
+        .expect("the response to the stream in flight");
+    assert_eq!(last.kind, DATA);
+    assert_eq!(body, b"released");
+    assert!(
+        raw.closed_within(CLOSED_WITHIN),
+        "the connection is held open"
+    );
+    assert_eq!(up.request_count(), 1);
+}
+
+#[test]
+fn a_response_that_ends_past_close_timeout_is_not_cut_short() {
+    const LEN: usize = 16 * 1024 * 1024;
+    let gate = Gate::default();
+    let written = Arc::new(AtomicUsize::new(0));
+    let up = Upstream::with_handler(
+        "held big",
+        Arc::new({
+            let (gate, written) = (gate.clone(), written.clone());
+            move |_req: &Received, stream: &mut TcpStream| {
+                gate.wait();
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {LEN}\r\n\r\n");
+                stream.write_all(head.as_bytes()).is_ok()
+                    && pattern(LEN).chunks(16 * 1024).all(|piece| {
+                        let sent = stream.write_all(piece).is_ok();
+                        written.fetch_add(piece.len(), Ordering::SeqCst);
+                        sent
+                    })
+            }
+        }),
+    );
+    // A send buffer that takes the whole body: the stream ends with most of it still in the
+    // gateway, waiting for the client to read.
+    let pylon = Pylon::start(
+        &routes_to_addr(up.addr),
+        "  shutdown_grace: 30\n  http2:\n    max_send_buffer_size: 33554432\n    close_timeout: 3\n",
+    );
+    let mut raw = RawH2::connect(pylon.addr);
+    raw.open_windows();
+    raw.write(&get_headers(1, "/big"));
+    wait_until(|| up.request_count() == 1, "the request at the upstream");
+    pylon.terminate();
+    raw.until(|f| f.kind == GOAWAY)
+        .expect("GOAWAY once the gateway stops");
+    // Past the close timeout (the client answers no PING), the stream ends: far more than the
+    // socket buffers hold at once, while the client reads nothing.
+    std::thread::sleep(Duration::from_secs(4));
+    gate.open();
+    wait_until(
+        || written.load(Ordering::SeqCst) == LEN,
+        "the whole body out of the upstream",
+    );
+    // The client then reads at once: it gets the whole body, not what the socket held.
+    let mut received = 0;
+    raw.until(|f| {
+        if f.kind == DATA && f.stream == 1 {
+            received += f.payload.len();
+        }
+        f.stream == 1 && f.flags & END_STREAM != 0
+    })
+    .expect("the end of the response");
+    assert_eq!(received, LEN);
+    assert!(
+        raw.closed_within(CLOSED_WITHIN),
+        "the connection is held open"
+    );
+}
+
+/// Whether a new HTTP/1.1 connection gets an answer (not closed at accept for want of a slot).
+fn served_on_new_connection(addr: SocketAddr) -> bool {
+    let Ok(mut conn) = Conn::try_connect(addr) else {
+        return false;
+    };
+    conn.stream
+        .write_all(b"GET /small HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .is_ok()
+        && conn.read_response().is_ok_and(|r| r.status == 200)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -428,6 +428,124 @@ fn an_http10_client_gets_a_dechunked_body_and_the_connection_closes() {
 }
 
 #[test]
+fn interim_and_bodiless_responses_go_on_without_framing_fields() {
+    let up = Upstream::with_handler(
+        "bodiless",
+        Arc::new(|req: &Received, stream: &mut TcpStream| {
+            let _ = stream.write_all(if req.method == "HEAD" {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5, 5\r\n\r\n"
+            } else {
+                // RFC 9112 §6.1, §6.2: no Transfer-Encoding nor Content-Length in a 1xx or a
+                // 204; nor, as anywhere, the hop-by-hop fields.
+                b"HTTP/1.1 100 Continue\r\nContent-Length: 0\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n\
+                  HTTP/1.1 103 Early Hints\r\nTransfer-Encoding: chunked\r\nLink: </a.css>\r\n\r\n\
+                  HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\nX-End: 1\r\n\r\n"
+            });
+            true
+        }),
+    );
+    let pylon = Pylon::start(&routes_to(&up, ""), "");
+    let mut conn = Conn::connect(pylon.addr);
+    conn.send(b"DELETE /d HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let mut heads = Vec::new();
+    for _ in 0..3 {
+        heads.push(String::from_utf8(conn.read_until(b"\r\n\r\n").unwrap()).unwrap());
+    }
+    assert_eq!(
+        heads,
+        [
+            "HTTP/1.1 100 Continue\r\n\r\n",
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nX-End: 1\r\n\r\n",
+        ]
+    );
+    // A HEAD response keeps the length a GET would have had, once; its body framing goes.
+    conn.send(b"HEAD /h HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let head = String::from_utf8(conn.read_until(b"\r\n\r\n").unwrap()).unwrap();
+    assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+    let res = conn.request(b"DELETE /again HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!(res.status, 204);
+    assert_eq!(up.connection_count(), 1);
+}
+
+#[test]
+fn a_response_content_length_list_goes_on_as_one_value() {
+    let up = Upstream::with_handler(
+        "list",
+        Arc::new(|_: &Received, stream: &mut TcpStream| {
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nX-A: 1\r\nContent-Length: 02\r\n\r\nok",
+            );
+            true
+        }),
+    );
+    let pylon = Pylon::start(&routes_to(&up, ""), "");
+    let mut conn = Conn::connect(pylon.addr);
+    conn.send(b"GET /l HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let head = String::from_utf8(conn.read_until(b"\r\n\r\n").unwrap()).unwrap();
+    assert_eq!(
+        head,
+        "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n"
+    );
+    assert_eq!(conn.read_raw(2).unwrap(), b"ok");
+    let res = conn.request(b"GET /l HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!(res.text(), "ok");
+}
+
+#[test]
+fn transfer_codings_other_than_chunked_reach_http11_clients_and_no_http10_one() {
+    const GZIP: &[u8] = b"\x1f\x8b\x08\x00not really gzip";
+    let up = Upstream::with_handler(
+        "codings",
+        Arc::new(|req: &Received, stream: &mut TcpStream| {
+            if req.target == "/gzip" {
+                let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
+                out.extend_from_slice(GZIP);
+                let _ = stream.write_all(&out);
+                return false;
+            }
+            let mut out =
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .to_vec();
+            out.extend(chunked(&[GZIP]));
+            let _ = stream.write_all(&out);
+            true
+        }),
+    );
+    let pylon = Pylon::start(&routes_to(&up, ""), "");
+    // Chunked not last: the body runs to the upstream's close (RFC 9112 §6.3), and so does the
+    // client's copy, with the coding named so that the bytes are not taken for the content.
+    let mut conn = Conn::connect(pylon.addr);
+    conn.send(b"GET /gzip HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let head = String::from_utf8(conn.read_until(b"\r\n\r\n").unwrap()).unwrap();
+    assert_eq!(
+        head,
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(conn.read_raw(GZIP.len()).unwrap(), GZIP);
+    assert!(conn.is_closed());
+    // Chunked last: forwarded as it came, codings and all.
+    let mut conn = Conn::connect(pylon.addr);
+    conn.send(b"GET /gzip-chunked HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let head = String::from_utf8(conn.read_until(b"\r\n\r\n").unwrap()).unwrap();
+    assert_eq!(
+        head,
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    );
+    let body = chunked(&[GZIP]);
+    assert_eq!(conn.read_raw(body.len()).unwrap(), body);
+    // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): the gateway decodes chunked for such a
+    // client, but not gzip.
+    for target in ["/gzip", "/gzip-chunked"] {
+        let res = support::client::raw(
+            pylon.addr,
+            format!("GET {target} HTTP/1.0\r\nHost: example.com\r\n\r\n").as_bytes(),
+        );
+        assert_gateway_error(&res, 502);
+    }
+}
+
+#[test]
 fn a_response_without_length_is_relayed_until_the_upstream_closes() {
     let up = Upstream::with_handler(
         "legacy",
@@ -771,7 +889,7 @@ fn an_absolute_form_target_is_routed_by_its_authority() {
 
 #[test]
 fn an_upstream_that_sends_garbage_gets_a_502_and_its_connection_is_dropped() {
-    const GARBAGE: [&[u8]; 6] = [
+    const GARBAGE: [&[u8]; 11] = [
         b"this is not http\r\n\r\n",
         b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
         // Framing the gateway cannot trust: the response could smuggle another.
@@ -779,6 +897,14 @@ fn an_upstream_that_sends_garbage_gets_a_502_and_its_connection_is_dropped() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok",
         // Nobody asked to switch protocols.
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\n\r\n",
+        // Lengths that disagree (RFC 9112 §6.3).
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        // Transfer-Encoding from HTTP/1.0 (§6.1), chunked twice (§6.1) or with a parameter (§7.1).
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked;x=1\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        // A chunked body with a bare LF, found before any of it went to the client.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n",
         // A head past `max_response_header_size` (256 bytes here).
         b"HTTP/1.1 200 OK\r\nX-Huge: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
     ];
@@ -800,6 +926,38 @@ fn an_upstream_that_sends_garbage_gets_a_502_and_its_connection_is_dropped() {
     }
     assert_eq!(up.request_count(), GARBAGE.len());
     assert_eq!(up.connection_count(), GARBAGE.len());
+}
+
+#[test]
+fn a_chunked_response_that_breaks_its_framing_midway_ends_the_client_connection() {
+    let gate = Gate::default();
+    let upstream_gate = gate.clone();
+    let up = Upstream::with_handler(
+        "bare-lf",
+        Arc::new(move |req: &Received, stream: &mut TcpStream| {
+            if req.target == "/again" {
+                respond(stream, 200, &[], b"fine");
+                return true;
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+            upstream_gate.wait();
+            let _ = stream.write_all(b"3\nabc\r\n0\r\n\r\n");
+            true
+        }),
+    );
+    let pylon = Pylon::start(&routes_to(&up, ""), "");
+    let mut conn = Conn::connect(pylon.addr);
+    conn.send(b"GET /c HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    let head = String::from_utf8(conn.read_until(b"\r\n\r\n").unwrap()).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    conn.read_until(b"3\r\nabc\r\n").unwrap();
+    gate.open();
+    // Nothing of the broken chunk reaches the client, and its connection ends.
+    assert!(conn.is_closed());
+    let res = get(pylon.addr, "example.com", "/again");
+    assert_eq!(res.text(), "fine");
+    assert_eq!(up.connection_count(), 2, "the broken connection was reused");
 }
 
 #[test]

@@ -341,6 +341,8 @@ mod tests {
                 read: Duration::from_secs(1),
             },
             websocket: false,
+            service_id: None,
+            plugins: pylon_plugin::Chain::default(),
         };
         let head = crate::http1::RequestHead::from_wire("GET / HTTP/1.1\r\n\r\n");
         let vars = crate::vars::RequestVars {

@@ -299,13 +299,20 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
         }
     };
     let framing = request_framing(head);
+    // As over HTTP/2, CONNECT is refused: a 2xx would make the connection a tunnel (RFC 9112
+    // §6.3), which the gateway does not proxy.
+    let tunnel = head.method() == "CONNECT";
     let route = view.snapshot.router.find(&conn.request.vars());
     let framing = match framing {
-        Ok(framing) if host_ok => framing,
-        // The body's length is unknown: nothing after this head can be trusted.
-        _ => {
-            let outcome =
-                respond_error(worker, &mut conn.io, GatewayError::BadRequest, false).await;
+        Ok(framing) if host_ok && !tunnel => framing,
+        // The body's length is unknown (or a tunnel's bytes may follow): nothing after this
+        // head can be trusted.
+        refused => {
+            let error = refused
+                .err()
+                .filter(|_| host_ok)
+                .map_or(GatewayError::BadRequest, GatewayError::from);
+            let outcome = respond_error(worker, &mut conn.io, error, false).await;
             log(worker, conn, route, started, &outcome);
             return false;
         }

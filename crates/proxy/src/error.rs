@@ -2,6 +2,8 @@
 
 use std::io::Write;
 
+use crate::http1::FramingError;
+
 /// Why the gateway answers instead of the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GatewayError {
@@ -10,6 +12,8 @@ pub enum GatewayError {
     RequestTimeout,
     UriTooLong,
     HeadersTooLarge,
+    /// A request framed with a transfer coding the gateway does not implement.
+    NotImplemented,
     BadGateway,
     NoUpstreamNode,
     GatewayTimeout,
@@ -31,6 +35,7 @@ impl GatewayError {
                 "Request Header Fields Too Large",
                 "431 Request Header Fields Too Large",
             ),
+            GatewayError::NotImplemented => (501, "Not Implemented", "501 Not Implemented"),
             GatewayError::BadGateway => (502, "Bad Gateway", "502 Bad Gateway"),
             GatewayError::NoUpstreamNode => {
                 (503, "Service Unavailable", "503 No Upstream Node Available")
@@ -55,9 +60,9 @@ impl GatewayError {
     /// `grpc/doc/statuscodes.md`, chosen as gRPC's own HTTP-to-gRPC mapping does).
     pub fn grpc_status(self) -> u8 {
         match self {
-            GatewayError::RouteNotFound => 12, // UNIMPLEMENTED
+            GatewayError::RouteNotFound | GatewayError::NotImplemented => 12, // UNIMPLEMENTED
             GatewayError::RequestTimeout | GatewayError::GatewayTimeout => 4, // DEADLINE_EXCEEDED
-            GatewayError::BadGateway | GatewayError::NoUpstreamNode => 14, // UNAVAILABLE
+            GatewayError::BadGateway | GatewayError::NoUpstreamNode => 14,    // UNAVAILABLE
             GatewayError::BadRequest | GatewayError::UriTooLong | GatewayError::HeadersTooLarge => {
                 13 // INTERNAL
             }
@@ -81,6 +86,16 @@ impl GatewayError {
     /// The length of what [`GatewayError::write_body`] writes.
     pub fn body_len(self) -> usize {
         self.message().len() + r#"{"error_msg":""}"#.len() + 1
+    }
+}
+
+impl From<FramingError> for GatewayError {
+    fn from(error: FramingError) -> Self {
+        match error {
+            // RFC 9112 §6.1: a server SHOULD answer a coding it does not understand with 501.
+            FramingError::UnsupportedCoding => GatewayError::NotImplemented,
+            _ => GatewayError::BadRequest,
+        }
     }
 }
 

@@ -22,7 +22,8 @@ use crate::connection::{
 };
 use crate::error::GatewayError;
 use crate::http1::{
-    has_token, is_hop_by_hop, response_framing, BodyFraming, RequestHead, ResponseHead,
+    has_other_codings, has_token, is_framing_header, is_hop_by_hop, response_framing,
+    write_response_framing, BodyFraming, RequestHead, ResponseHead,
 };
 use crate::outbound::{
     forwards_header, plugin_may_set, push_header, upstream_host, write_forwarding_headers,
@@ -532,7 +533,10 @@ pub(crate) fn write_request_head(
     for (name, value) in head.headers() {
         if join_cookies && name.eq_ignore_ascii_case("cookie") {
             cookies += 1;
-        } else if forwards_header(name, value, connection) && !edits.headers.replaces(name) {
+        } else if forwards_header(name, value, connection)
+            && !is_framing_header(name)
+            && !edits.headers.replaces(name)
+        {
             push_header(out, name.as_bytes(), value);
         }
     }
@@ -554,16 +558,20 @@ pub(crate) fn write_request_head(
             push_header(out, name.as_bytes(), value.as_bytes());
         }
     }
+    // The framing the gateway found, as one value: a client's list of equal lengths would be
+    // read as a list, or refused, by a server that does not allow one (RFC 9112 §6.3).
     match framing {
         BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        // A head whose own Content-Length went out with the others needs none; one that came
-        // without (an HTTP/2 request, whose DATA frames carry the length) gets it here.
-        BodyFraming::Length(n) if head.header("content-length").is_none() => push_header(
+        BodyFraming::Length(n) => push_header(
             out,
             b"Content-Length",
             itoa::Buffer::new().format(n).as_bytes(),
         ),
-        _ => {}
+        // An explicit zero stays: some servers want a length on every POST.
+        BodyFraming::None if head.header("content-length").is_some() => {
+            out.extend_from_slice(b"Content-Length: 0\r\n")
+        }
+        BodyFraming::None | BodyFraming::UntilClose => {}
     }
     if let Some(protocol) = upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -678,17 +686,19 @@ impl Responder<'_> {
             .await?;
             let status = self.response.status();
             if (100..200).contains(&status) && status != 101 {
-                // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as
-                // they are.
+                // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients.
                 if !self.client_http10 {
                     self.response_started.set(true);
-                    if write_all(client, &up_buf[..len], self.client_send_timeout)
+                    self.out.clear();
+                    self.response.write_forwarded(self.out);
+                    self.out.extend_from_slice(b"\r\n");
+                    if write_all(client, self.out, self.client_send_timeout)
                         .await
                         .is_err()
                     {
                         return Ok(Received::aborted(0));
                     }
-                    interim_sent += len as u64;
+                    interim_sent += self.out.len() as u64;
                 }
                 up_buf.advance(len);
                 continue;
@@ -700,6 +710,11 @@ impl Responder<'_> {
         let Ok(framing) = response_framing(self.response, method) else {
             return Err(Failure::bad_response());
         };
+        // HTTP/1.0 has no transfer codings (RFC 9112 §6.1): chunked is decoded for its clients,
+        // any other coding would reach them unannounced.
+        if self.client_http10 && framing != BodyFraming::None && has_other_codings(self.response) {
+            return Err(Failure::bad_response());
+        }
         if status == 101 {
             if !self.upgrade {
                 // A protocol switch nobody asked for: the upstream is not speaking HTTP.
@@ -727,27 +742,8 @@ impl Responder<'_> {
             .unwrap_or_default();
         let out = self.out;
         out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        match edits.status.filter(|&s| s != status) {
-            Some(edited) => write_status(out, edited),
-            None => {
-                out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-                out.push(b' ');
-                out.extend_from_slice(self.response.reason().as_bytes());
-            }
-        }
-        out.extend_from_slice(b"\r\n");
-        let replaced_body = edits.body.is_some();
-        for (name, value) in self.response.headers() {
-            if is_hop_by_hop(name)
-                || upstream_connection.is_some_and(|c| has_token(c, name))
-                || edits.headers.replaces(name)
-                || replaced_body && name.eq_ignore_ascii_case("content-length")
-            {
-                continue;
-            }
-            push_header(out, name.as_bytes(), value);
-        }
+        self.response
+            .write_edited(out, edits.status, |name| !edits.headers.replaces(name));
         for (name, value) in edits.headers.added() {
             if plugin_may_set(name) {
                 push_header(out, name.as_bytes(), value.as_bytes());
@@ -778,8 +774,8 @@ impl Responder<'_> {
                 },
             );
         }
-        if framing == BodyFraming::Chunked && !decode_chunked {
-            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        if !decode_chunked {
+            write_response_framing(out, self.response, framing);
         }
         if !client_reusable {
             out.extend_from_slice(b"Connection: close\r\n");
@@ -803,6 +799,12 @@ impl Responder<'_> {
                 bytes_sent: interim_sent + sent,
                 upgraded: false,
             }),
+            // The upstream's body broke its framing or ended early while the head was still
+            // held back (it leaves with the first body bytes): the client has seen nothing of
+            // it and gets a 502 instead (RFC 9112 §6.3).
+            Err(RelayError::Source(_) | RelayError::Framing(_)) if !out.is_empty() => {
+                Err(Failure::bad_response())
+            }
             // The response is cut short: the client must see its connection end, never a
             // shorter body passed off as whole.
             Err(_) => Ok(Received::aborted(status)),
@@ -823,7 +825,7 @@ impl Responder<'_> {
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
         for (name, value) in self.response.headers() {
-            if !is_hop_by_hop(name) {
+            if !is_hop_by_hop(name) && !is_framing_header(name) {
                 push_header(out, name.as_bytes(), value);
             }
         }
@@ -853,9 +855,15 @@ impl Responder<'_> {
 
 #[cfg(test)]
 mod tests {
+    use pylon_plugin::RequestEdits;
+
     use super::*;
 
     fn forwarded_head(wire: &str, framing: BodyFraming) -> String {
+        edited_head(wire, framing, &RequestEdits::default())
+    }
+
+    fn edited_head(wire: &str, framing: BodyFraming, edits: &RequestEdits) -> String {
         let head = RequestHead::from_wire(wire);
         let mut out = Vec::new();
         write_request_head(
@@ -866,12 +874,51 @@ mod tests {
                 client: "192.0.2.9:5555".parse().unwrap(),
                 local: "127.0.0.1:9080".parse().unwrap(),
                 scheme: "http",
+                edits,
             },
             b"backend",
             framing,
             None,
         );
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn plugin_edits_change_what_the_upstream_gets() {
+        let mut edits = RequestEdits {
+            method: Some("POST".into()),
+            uri: Some("/new?a=1".into()),
+            host: Some("rewritten.example".into()),
+            ..RequestEdits::default()
+        };
+        edits.headers.set("X-Set", "s");
+        edits.headers.remove("X-Gone");
+        edits.headers.add("X-Keep", "2");
+        // Framing stays the codec's: a plugin cannot set these.
+        edits.headers.set("Content-Length", "99");
+        edits.headers.set("Transfer-Encoding", "chunked");
+        let head = edited_head(
+            "GET /old HTTP/1.1\r\nHost: a\r\nX-Set: old\r\nX-Gone: 1\r\nX-Keep: 1\r\n\r\n",
+            BodyFraming::None,
+            &edits,
+        );
+        assert!(
+            head.starts_with("POST /new?a=1 HTTP/1.1\r\nHost: rewritten.example\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\nX-Set: s\r\n") && !head.contains("X-Set: old"),
+            "{head}"
+        );
+        assert!(!head.contains("X-Gone"), "{head}");
+        assert!(
+            head.contains("\r\nX-Keep: 1\r\n") && head.contains("\r\nX-Keep: 2\r\n"),
+            "{head}"
+        );
+        assert!(
+            !head.contains("Content-Length") && !head.contains("Transfer-Encoding"),
+            "{head}"
+        );
     }
 
     #[test]
@@ -885,6 +932,24 @@ mod tests {
             "{head}"
         );
         assert_eq!(head.matches("X-Forwarded-For").count(), 1, "{head}");
+    }
+
+    #[test]
+    fn a_request_goes_on_with_its_content_length_as_one_value() {
+        let head = forwarded_head(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nContent-Length: 005\r\n\r\n",
+            BodyFraming::Length(5),
+        );
+        assert_eq!(head.matches("Content-Length").count(), 1, "{head}");
+        assert!(head.contains("\r\nContent-Length: 5\r\n"), "{head}");
+        let head = forwarded_head(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0, 0\r\n\r\n",
+            BodyFraming::None,
+        );
+        assert!(head.contains("\r\nContent-Length: 0\r\n"), "{head}");
+        assert_eq!(head.matches("Content-Length").count(), 1, "{head}");
+        let head = forwarded_head("GET / HTTP/1.1\r\nHost: a\r\n\r\n", BodyFraming::None);
+        assert!(!head.contains("Content-Length"), "{head}");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! HTTP/2 test clients: the `h2` crate with prior knowledge (h2c) or over TLS, and raw frames
 //! for what a well-behaved client never sends.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
@@ -129,11 +130,15 @@ pub async fn read_body(recv: &mut RecvStream) -> Vec<u8> {
 
 // === raw frames ===
 
+pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
 pub const CONTINUATION: u8 = 0x9;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const GOAWAY: u8 = 0x7;
+pub const WINDOW_UPDATE: u8 = 0x8;
+/// The flag on a DATA or HEADERS frame that ends its stream.
+pub const END_STREAM: u8 = 0x1;
 pub const REFUSED_STREAM: u32 = 0x7;
 pub const CANCEL: u32 = 0x8;
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -179,6 +184,22 @@ impl RawH2 {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// Opens the stream and connection windows as wide as HTTP/2 allows: what holds the
+    /// server's writes back is then the socket alone.
+    pub fn open_windows(&mut self) {
+        let max_window = 0x7fff_ffff_u32;
+        let mut initial_window_size = vec![0, 4];
+        initial_window_size.extend_from_slice(&max_window.to_be_bytes());
+        self.write(&frame(SETTINGS, 0, 0, &initial_window_size));
+        // The connection's window is not set by SETTINGS, only grown from 65535.
+        self.write(&frame(
+            WINDOW_UPDATE,
+            0,
+            0,
+            &(max_window - 65_535).to_be_bytes(),
+        ));
+    }
+
     /// The next frame, SETTINGS acknowledged on the way; `None` once the server closed.
     pub fn next_frame(&mut self) -> Option<Frame> {
         let mut head = [0u8; 9];
@@ -196,6 +217,28 @@ impl RawH2 {
             let _ = self.stream.write_all(&frame(SETTINGS, 1, 0, &[]));
         }
         Some(received)
+    }
+
+    /// Whether the server closed the connection (EOF or reset) within `within`, reading and
+    /// dropping whatever it sends until then.
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut sink = [0u8; 16 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
     }
 
     /// Reads frames until one matches; `None` if the connection ended first.

@@ -4,6 +4,8 @@
 //! the connection can carry the next message. The same scanner also hands out the data bytes, for
 //! the one case that needs them decoded (an HTTP/1.0 client).
 
+use super::is_tchar;
+
 const MAX_SIZE_DIGITS: u32 = 15;
 const MAX_LINE_EXTRA: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -12,9 +14,13 @@ const MAX_TRAILERS: usize = 16 * 1024;
 pub enum ChunkError {
     #[error("invalid chunk size")]
     Size,
+    #[error("invalid chunk extension")]
+    Extension,
+    #[error("invalid trailer field")]
+    Trailer,
     #[error("chunk extension or trailer too long")]
     TooLong,
-    #[error("missing CRLF after chunk data")]
+    #[error("a line not ended by CRLF")]
     Delimiter,
 }
 
@@ -25,8 +31,16 @@ enum State {
         value: u64,
         digits: u32,
     },
-    /// After the size: optional whitespace and extensions up to LF.
-    SizeLine {
+    /// Whitespace after the size, which only an extension may follow.
+    SizeSpace {
+        value: u64,
+    },
+    /// A chunk extension (`;name=value`), up to CR.
+    Extension {
+        value: u64,
+    },
+    /// The LF that ends the size line.
+    SizeLf {
         value: u64,
     },
     Data {
@@ -36,11 +50,17 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    /// Inside a trailer line.
-    Trailer,
+    TrailerName,
+    TrailerValue,
+    TrailerLf,
+    /// The LF of the empty line that ends the body.
+    EndLf,
     Done,
 }
 
+/// Every line of a chunked body ends with CRLF: a bare LF or CR is refused, not taken as a line
+/// end. The body is forwarded as it came, so a line end the gateway saw and the next hop did not
+/// (or the other way round) would let the two disagree on where the message ends.
 #[derive(Debug, Clone)]
 pub struct ChunkedScanner {
     state: State,
@@ -84,8 +104,40 @@ impl ChunkedScanner {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
-            self.state = match self.state {
-                State::Size { value, digits } => match hex(b) {
+            if matches!(
+                self.state,
+                State::SizeSpace { .. } | State::Extension { .. }
+            ) {
+                self.line_extra += 1;
+                if self.line_extra > MAX_LINE_EXTRA {
+                    return Err(ChunkError::TooLong);
+                }
+            }
+            let in_trailer_line = match self.state {
+                State::TrailerStart => b != b'\r',
+                State::TrailerName | State::TrailerValue | State::TrailerLf => true,
+                _ => false,
+            };
+            if in_trailer_line {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > MAX_TRAILERS {
+                    return Err(ChunkError::TooLong);
+                }
+                on_trailer(b);
+            }
+            self.state = match (self.state, b) {
+                (State::Data { remaining }, _) => {
+                    // Compared as u64: a chunk may be larger than the address space.
+                    let n = remaining.min((input.len() - i) as u64) as usize;
+                    on_data(&input[i..i + n]);
+                    i += n;
+                    self.state = match remaining - n as u64 {
+                        0 => State::DataCr,
+                        remaining => State::Data { remaining },
+                    };
+                    continue;
+                }
+                (State::Size { value, digits }, _) => match hex(b) {
                     Some(d) if digits < MAX_SIZE_DIGITS => State::Size {
                         value: value << 4 | d,
                         digits: digits + 1,
@@ -94,68 +146,67 @@ impl ChunkedScanner {
                     None if digits == 0 => return Err(ChunkError::Size),
                     None => {
                         self.line_extra = 0;
-                        self.size_line(value, b)?
+                        after_size(value, b)?
                     }
                 },
-                State::SizeLine { value } => {
-                    self.line_extra += 1;
-                    if self.line_extra > MAX_LINE_EXTRA {
-                        return Err(ChunkError::TooLong);
-                    }
-                    self.size_line(value, b)?
-                }
-                State::Data { remaining } => {
-                    let n = (remaining as usize).min(input.len() - i);
-                    on_data(&input[i..i + n]);
-                    i += n;
-                    let remaining = remaining - n as u64;
-                    self.state = if remaining == 0 {
-                        State::DataCr
-                    } else {
-                        State::Data { remaining }
-                    };
-                    continue;
-                }
-                State::DataCr if b == b'\r' => State::DataLf,
-                State::DataCr | State::DataLf if b == b'\n' => State::Size {
+                // RFC 9112 §7.1.1: `chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS
+                // chunk-ext-val ] )`: whitespace after the size only before an extension.
+                (State::SizeSpace { value }, b' ' | b'\t') => State::SizeSpace { value },
+                (State::SizeSpace { value }, b';') => State::Extension { value },
+                (State::SizeSpace { .. }, _) => return Err(ChunkError::Size),
+                // Extensions are ignored (RFC 9112 §7.1.1) but must be text: a name, a token
+                // or a quoted string can hold no control character but HTAB.
+                (State::Extension { value }, b'\r') => State::SizeLf { value },
+                (State::Extension { value }, _) if is_text(b) => State::Extension { value },
+                (State::Extension { .. }, _) => return Err(ChunkError::Extension),
+                (State::SizeLf { value: 0 }, b'\n') => State::TrailerStart,
+                (State::SizeLf { value }, b'\n') => State::Data { remaining: value },
+                (State::DataCr, b'\r') => State::DataLf,
+                (State::DataLf, b'\n') => State::Size {
                     value: 0,
                     digits: 0,
                 },
-                State::DataCr | State::DataLf => return Err(ChunkError::Delimiter),
-                State::TrailerStart if b == b'\r' => State::TrailerStart,
-                State::TrailerStart if b == b'\n' => {
+                (State::SizeLf { .. } | State::DataCr | State::DataLf, _) => {
+                    return Err(ChunkError::Delimiter)
+                }
+                // RFC 9112 §7.1.2: `trailer-section = *( field-line CRLF )`, each line a
+                // token, a colon and a value; no folded line.
+                (State::TrailerStart, b'\r') => State::EndLf,
+                (State::TrailerStart | State::TrailerName, _) if is_tchar(b) => State::TrailerName,
+                (State::TrailerName, b':') => State::TrailerValue,
+                (State::TrailerValue, b'\r') => State::TrailerLf,
+                (State::TrailerValue, _) if is_text(b) => State::TrailerValue,
+                (State::TrailerStart | State::TrailerName | State::TrailerValue, _) => {
+                    return Err(ChunkError::Trailer)
+                }
+                (State::TrailerLf, b'\n') => State::TrailerStart,
+                (State::EndLf, b'\n') => {
                     self.state = State::Done;
                     return Ok(i + 1);
                 }
-                State::TrailerStart | State::Trailer => {
-                    self.trailer_bytes += 1;
-                    if self.trailer_bytes > MAX_TRAILERS {
-                        return Err(ChunkError::TooLong);
-                    }
-                    on_trailer(b);
-                    if b == b'\n' {
-                        State::TrailerStart
-                    } else {
-                        State::Trailer
-                    }
-                }
-                State::Done => return Ok(i),
+                (State::TrailerLf | State::EndLf, _) => return Err(ChunkError::Delimiter),
+                (State::Done, _) => return Ok(i),
             };
             i += 1;
         }
         Ok(i)
     }
+}
 
-    fn size_line(&mut self, value: u64, b: u8) -> Result<State, ChunkError> {
-        Ok(match b {
-            b'\n' if value == 0 => State::TrailerStart,
-            b'\n' => State::Data { remaining: value },
-            // Extensions (`;name=value`), whitespace and the CR before LF are skipped.
-            b'\r' | b';' | b' ' | b'\t' => State::SizeLine { value },
-            _ if matches!(self.state, State::SizeLine { .. }) => State::SizeLine { value },
-            _ => return Err(ChunkError::Size),
-        })
+/// The state after a chunk size, from the byte that ended its digits.
+fn after_size(value: u64, b: u8) -> Result<State, ChunkError> {
+    match b {
+        b'\r' => Ok(State::SizeLf { value }),
+        b';' => Ok(State::Extension { value }),
+        b' ' | b'\t' => Ok(State::SizeSpace { value }),
+        b'\n' => Err(ChunkError::Delimiter),
+        _ => Err(ChunkError::Size),
     }
+}
+
+/// A byte of a field value or chunk extension: visible ASCII, SP, HTAB or obs-text.
+fn is_text(b: u8) -> bool {
+    b == b'\t' || b >= b' ' && b != 0x7f
 }
 
 fn hex(b: u8) -> Option<u64> {
@@ -229,6 +280,71 @@ mod tests {
         assert_eq!(
             scan_all(long_ext.as_bytes(), 64).unwrap_err(),
             ChunkError::TooLong
+        );
+    }
+
+    #[test]
+    fn every_line_must_end_with_crlf() {
+        let bodies: [(&[u8], ChunkError); 7] = [
+            (b"3\nabc\r\n0\r\n\r\n", ChunkError::Delimiter),
+            (b"3;ext\nabc\r\n0\r\n\r\n", ChunkError::Extension),
+            (b"3;ext\rabc\r\n0\r\n\r\n", ChunkError::Delimiter),
+            (b"3\r\nabc\n0\r\n\r\n", ChunkError::Delimiter),
+            (b"3\r\nabc\r\n0\n\r\n", ChunkError::Delimiter),
+            (b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n", ChunkError::Trailer),
+            (b"3\r\nabc\r\n0\r\n\r\r\n", ChunkError::Delimiter),
+        ];
+        for (body, error) in bodies {
+            assert_eq!(
+                scan_all(body, body.len()).unwrap_err(),
+                error,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn size_lines_and_trailers_follow_the_grammar() {
+        let bodies: [(&[u8], ChunkError); 9] = [
+            // Whitespace after the size only before an extension (RFC 9112 §7.1.1).
+            (b"3 junk\r\nabc\r\n0\r\n\r\n", ChunkError::Size),
+            (b"3 \r\nabc\r\n0\r\n\r\n", ChunkError::Size),
+            (b"3\x00\r\nabc\r\n0\r\n\r\n", ChunkError::Size),
+            (b"3;a\x01b\r\nabc\r\n0\r\n\r\n", ChunkError::Extension),
+            // A trailer line is `name: value` (RFC 9112 §7.1.2): no folding, no bare name.
+            (b"0\r\nNo-Colon\r\n\r\n", ChunkError::Trailer),
+            (b"0\r\n: no-name\r\n\r\n", ChunkError::Trailer),
+            (b"0\r\nBad Name: 1\r\n\r\n", ChunkError::Trailer),
+            (b"0\r\nX-T: 1\r\n folded\r\n\r\n", ChunkError::Trailer),
+            (b"0\r\nX-T: a\x00b\r\n\r\n", ChunkError::Trailer),
+        ];
+        for (body, error) in bodies {
+            assert_eq!(
+                scan_all(body, body.len()).unwrap_err(),
+                error,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let body =
+            b"3 ; name = \"quoted;value\"\t;flag\r\nabc\r\n000;last\r\nX-T:\r\nX-U: \xe9 v\r\n\r\n";
+        for step in 1..body.len() {
+            let (used, data, done) = scan_all(body, step).unwrap();
+            assert_eq!(
+                (used, data.as_slice(), done),
+                (body.len(), &b"abc"[..], true)
+            );
+        }
+    }
+
+    #[test]
+    fn a_chunk_size_as_large_as_fifteen_hex_digits_is_read_without_overflow() {
+        let (used, data, done) = scan_all(b"fffffffffffffff\r\nab", 64).unwrap();
+        assert_eq!((used, data.as_slice(), done), (19, &b"ab"[..], false));
+        assert_eq!(
+            scan_all(b"1000000000000000\r\n", 64).unwrap_err(),
+            ChunkError::Size
         );
     }
 

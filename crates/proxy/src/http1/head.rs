@@ -2,6 +2,8 @@
 
 use std::ops::Range;
 
+use super::{has_token, is_framing_header, is_hop_by_hop};
+
 /// Size limits for a request head; breaking one is the client's error (414 / 431).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {
@@ -60,7 +62,7 @@ impl Block {
         std::str::from_utf8(&self.raw[r.clone()]).unwrap_or("")
     }
 
-    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
         self.headers
             .iter()
             .map(|h| (self.str_at(&h.name), &self.raw[h.value.clone()]))
@@ -177,7 +179,7 @@ impl RequestHead {
         self.minor_version
     }
 
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
         self.block.headers()
     }
 
@@ -263,7 +265,7 @@ impl ResponseHead {
         self.minor_version
     }
 
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
         self.block.headers()
     }
 
@@ -273,6 +275,56 @@ impl ResponseHead {
 
     pub fn raw(&self) -> &[u8] {
         &self.block.raw
+    }
+
+    /// Writes the head as it goes on to the client, up to its framing: the status line and
+    /// every field but the hop-by-hop ones, those `Connection` names, and `Content-Length` and
+    /// `Transfer-Encoding`, which depend on how the body is forwarded (see
+    /// [`super::write_response_framing`]; a 1xx has neither, RFC 9112 §6.1, §6.2).
+    pub fn write_forwarded(&self, out: &mut Vec<u8>) {
+        self.write_edited(out, None, |_| true);
+    }
+
+    /// As [`ResponseHead::write_forwarded`], with another status (and its standard reason)
+    /// if `status` says so, and only the fields `keep` keeps.
+    pub fn write_edited(
+        &self,
+        out: &mut Vec<u8>,
+        status: Option<u16>,
+        keep: impl Fn(&str) -> bool,
+    ) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        match status.filter(|&s| s != self.status) {
+            Some(status) => {
+                out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+                out.push(b' ');
+                let reason = http::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("");
+                out.extend_from_slice(reason.as_bytes());
+            }
+            None => {
+                out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(self.reason().as_bytes());
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        let connection = self.header("connection");
+        for (name, value) in self.headers() {
+            if is_hop_by_hop(name)
+                || is_framing_header(name)
+                || connection.is_some_and(|c| has_token(c, name))
+                || !keep(name)
+            {
+                continue;
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
     }
 }
 
@@ -360,6 +412,19 @@ mod tests {
         assert_eq!(
             head.parse(b"HTTP/1.1 200 OK\r\n", 8),
             Err(HeadError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn a_forwarded_response_head_keeps_only_end_to_end_fields() {
+        let mut head = ResponseHead::default();
+        let wire = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\nLink: </b.js>\r\n\r\n";
+        head.parse(wire, 1024).unwrap();
+        let mut out = Vec::new();
+        head.write_forwarded(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nLink: </b.js>\r\n"
         );
     }
 }

@@ -38,6 +38,12 @@ pub struct Http2Settings {
     /// ENHANCE_YOUR_CALM: the slower form of rapid reset. A client that cancels now and then
     /// (gRPC deadlines) never reaches it.
     pub max_client_resets: u64,
+    /// Seconds a client has to do its part once the gateway starts closing its connection
+    /// (idle for `keepalive_timeout`, or the worker stopping): answer the PING that follows the
+    /// GOAWAY and read what is sent to it. Past it, the connection takes no new stream, and it
+    /// is dropped once it has had no stream in flight for as long: a client that ignores the
+    /// GOAWAY, stalls half-way through a frame or stops reading does not hold it.
+    pub close_timeout: f64,
 }
 
 impl Default for Http2Settings {
@@ -52,12 +58,16 @@ impl Default for Http2Settings {
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 1024,
             max_client_resets: 200,
+            close_timeout: 10.0,
         }
     }
 }
 
 /// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
 const MAX_WINDOW: u32 = (1 << 31) - 1;
+/// Far beyond any client's need to finish closing, and a bound that keeps the deadline
+/// arithmetic from overflowing.
+const MAX_CLOSE_TIMEOUT: f64 = 3600.0;
 
 impl Http2Settings {
     /// Every problem with these settings, with the field's path under `proxy`.
@@ -108,6 +118,11 @@ impl Http2Settings {
             "max_local_error_reset_streams",
             "must be at least 1",
         );
+        check(
+            self.close_timeout > 0.0 && self.close_timeout <= MAX_CLOSE_TIMEOUT,
+            "close_timeout",
+            "must be a number of seconds > 0 and at most 3600",
+        );
         errors
     }
 
@@ -153,10 +168,11 @@ mod tests {
             max_concurrent_streams: 0,
             max_frame_size: 1000,
             initial_window_size: u32::MAX,
+            close_timeout: 0.0,
             ..Http2Settings::default()
         };
         let errors = bad.validate();
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(errors[0].starts_with("proxy.http2.max_concurrent_streams"));
     }
 }
