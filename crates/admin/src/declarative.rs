@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 use crate::query::Query;
 use crate::references::{self, id_text};
 use crate::response::Reply;
+use crate::secrets;
 use crate::writer::{Backend, Plan};
 
 /// Fields the server keeps; a document may carry them (a dump does) or not (a hand-written
@@ -34,11 +35,9 @@ pub(crate) fn dump(view: &View, keyring: &Keyring) -> Reply {
         for entry in view.of_kind(kind) {
             let mut value = entry.value.clone();
             with_id(&mut value, &entry.key);
-            if kind == Kind::Ssls {
-                // A key written by hand into the store is plain: it leaves sealed all the same.
-                if let Err(e) = keyring.seal_ssl(&mut value) {
-                    return Reply::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-                }
+            // A secret written by hand into the store is plain: it leaves sealed all the same.
+            if let Err(e) = secrets::seal(keyring, kind, &mut value) {
+                return Reply::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             }
             items.push(value);
         }
@@ -178,10 +177,8 @@ fn resulting_config(
         lengths.insert(kind, items.len());
         for (i, item) in items.iter_mut().enumerate() {
             let location = format!("{kind_name}[{i}]");
-            if kind == Kind::Ssls {
-                if let Err(e) = keyring.open_ssl(item) {
-                    errors.push(FieldError::new(location.clone(), e.to_string()));
-                }
+            if let Err(e) = secrets::open(keyring, kind, item) {
+                errors.push(FieldError::new(location.clone(), e.to_string()));
             }
             let id = match item.get(kind.id_field()) {
                 None => Some((i + 1).to_string()),
@@ -204,11 +201,8 @@ fn resulting_config(
             }
             let mut value = entry.value.clone();
             with_id(&mut value, key);
-            if key.kind == Kind::Ssls {
-                keyring
-                    .open_ssl(&mut value)
-                    .map_err(|e| vec![FieldError::new(key.to_string(), e.to_string())])?;
-            }
+            secrets::open(keyring, key.kind, &mut value)
+                .map_err(|e| vec![FieldError::new(key.to_string(), e.to_string())])?;
             let slot = document.entry(key.kind.as_str()).or_insert(Value::Null);
             if slot.is_null() {
                 *slot = Value::Array(Vec::new());
@@ -304,8 +298,9 @@ fn difference(
         let existing = view.entries.get(key);
         if let Some(entry) = existing {
             let mut stored = entry.value.clone();
-            if key.kind == Kind::Ssls && keyring.open_ssl(&mut stored).is_err() {
-                // A stored key this keyring cannot open is replaced by the document's.
+            if secrets::may_hold(key.kind) && secrets::open(keyring, key.kind, &mut stored).is_err()
+            {
+                // A stored secret this keyring cannot open is replaced by the document's.
                 stored = Value::Null;
             }
             if same_content(&stored, &value) {
@@ -321,11 +316,8 @@ fn difference(
             object.insert("create_time".to_owned(), created);
             object.insert("update_time".to_owned(), json!(now));
         }
-        if key.kind == Kind::Ssls {
-            keyring
-                .seal_ssl(&mut value)
-                .map_err(|e| Reply::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        }
+        secrets::seal(keyring, key.kind, &mut value)
+            .map_err(|e| Reply::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let (op, condition) = match existing {
             Some(e) => (Op::Update, Precondition::ModRevision(e.mod_revision)),
             None => (Op::Create, Precondition::Absent),

@@ -23,6 +23,7 @@ mod references;
 mod resources;
 mod response;
 mod schema;
+mod secrets;
 mod server;
 mod settings;
 mod validation;

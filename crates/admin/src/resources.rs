@@ -23,6 +23,7 @@ use crate::merge;
 use crate::query::Query;
 use crate::references::{self, id_text};
 use crate::response::{key_path, node, presentable, singular, Reply};
+use crate::secrets;
 use crate::validation;
 use crate::writer::{Backend, Committed, Plan};
 
@@ -218,14 +219,12 @@ async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Res
                 return Err(Reply::not_found());
             };
             let mut current = existing.value.clone();
-            if key.kind == Kind::Ssls {
-                backend.keyring.open_ssl(&mut current).map_err(|e| {
-                    Reply::error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("the stored ssl cannot be opened: {e}"),
-                    )
-                })?;
-            }
+            secrets::open(&backend.keyring, key.kind, &mut current).map_err(|e| {
+                Reply::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the stored {key} cannot be opened: {e}"),
+                )
+            })?;
             let Value::Object(mut value) = current else {
                 return Err(Reply::error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -309,9 +308,9 @@ async fn delete(backend: &Backend, address: &Address, force: bool) -> Result<Rep
     ))
 }
 
-/// Checks `value` as the new content of `key` and returns what to store: an SSL's private
-/// keys are checked in the clear and stored sealed (sealed ones in the body are accepted, so
-/// that a dumped SSL can be written back).
+/// Checks `value` as the new content of `key` and returns what to store: secrets (an SSL's
+/// private keys, a consumer's credentials) are checked in the clear and stored sealed (sealed
+/// ones in the body are accepted, so that a dumped resource can be written back).
 fn prepare(
     backend: &Backend,
     view: &View,
@@ -319,22 +318,16 @@ fn prepare(
     value: Map<String, Value>,
 ) -> Result<Value, Reply> {
     let mut value = Value::Object(value);
-    let is_ssl = key.kind == Kind::Ssls;
-    if is_ssl {
-        backend
-            .keyring
-            .open_ssl(&mut value)
-            .map_err(|e| Reply::bad_request(format!("invalid configuration: {e}")))?;
-    }
-    validation::check_write(view, key, &value).map_err(|errors| Reply::invalid(&errors))?;
-    if is_ssl {
-        backend.keyring.seal_ssl(&mut value).map_err(|e| {
-            Reply::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot seal the private key: {e}"),
-            )
-        })?;
-    }
+    secrets::open(&backend.keyring, key.kind, &mut value)
+        .map_err(|e| Reply::bad_request(format!("invalid configuration: {e}")))?;
+    validation::check_write(&backend.keyring, view, key, &value)
+        .map_err(|errors| Reply::invalid(&errors))?;
+    secrets::seal(&backend.keyring, key.kind, &mut value).map_err(|e| {
+        Reply::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot seal the secrets of {key}: {e}"),
+        )
+    })?;
     Ok(value)
 }
 

@@ -142,12 +142,21 @@ pub(crate) fn node(entry: &Entry) -> Value {
     })
 }
 
-/// A value as it may leave the API: an SSL's private keys never do.
+/// A value as it may leave the API: an SSL's private keys never do, nor a consumer's
+/// credentials (its API keys, passwords and signing secrets).
 pub(crate) fn presentable(kind: Kind, mut value: Value) -> Value {
     if kind == Kind::Ssls {
         if let Some(object) = value.as_object_mut() {
             object.remove("key");
             object.remove("keys");
+        }
+    }
+    for pointer in pylon_plugins::secret_pointers(kind, &value) {
+        let Some((parent, field)) = pointer.rsplit_once('/') else {
+            continue;
+        };
+        if let Some(Value::Object(object)) = value.pointer_mut(parent) {
+            object.remove(field);
         }
     }
     value

@@ -10,18 +10,24 @@
 use std::collections::BTreeMap;
 
 use pylon_model::{Config, FieldError, Key, Kind, Resource};
-use pylon_store::View;
+use pylon_store::{Keyring, View};
 use serde_json::Value;
 
 use crate::references;
+use crate::secrets;
 
 /// Checks `value` as the new content of `key`, with `view` as the rest of the configuration.
 /// Error paths are relative to the resource, or name another resource the write would break.
-pub(crate) fn check_write(view: &View, key: &Key, value: &Value) -> Result<(), Vec<FieldError>> {
+pub(crate) fn check_write(
+    keyring: &Keyring,
+    view: &View,
+    key: &Key,
+    value: &Value,
+) -> Result<(), Vec<FieldError>> {
     Resource::from_json(key.kind, value).map_err(|e| e.0)?;
     let mut errors = pylon_plugins::check_resource(key.kind, value);
     if matches!(key.kind, Kind::Consumers | Kind::Credentials) {
-        errors.extend(credential_clashes(view, key, value));
+        errors.extend(credential_clashes(keyring, view, key, value));
     }
     errors.extend(references::missing(key.kind, value, |k| {
         view.entries.contains_key(k)
@@ -39,12 +45,18 @@ pub(crate) fn check_write(view: &View, key: &Key, value: &Value) -> Result<(), V
 /// A consumer's or credential's authentication plugins that another consumer has the same
 /// credential for (the same API key, say): every consumer and credential is indexed again
 /// with the write in place, and the clashes located at the written resource reported.
-fn credential_clashes(view: &View, key: &Key, value: &Value) -> Vec<FieldError> {
+fn credential_clashes(keyring: &Keyring, view: &View, key: &Key, value: &Value) -> Vec<FieldError> {
+    // Stored credentials are sealed, each with its own nonce: compared only once opened. One
+    // this keyring cannot open cannot clash with anything this node would accept either.
     let mut entries: BTreeMap<Key, Value> = view
         .entries
         .iter()
         .filter(|(k, _)| matches!(k.kind, Kind::Consumers | Kind::Credentials))
-        .map(|(k, entry)| (k.clone(), entry.value.clone()))
+        .filter_map(|(k, entry)| {
+            let mut opened = entry.value.clone();
+            secrets::open(keyring, k.kind, &mut opened).ok()?;
+            Some((k.clone(), opened))
+        })
         .collect();
     entries.insert(key.clone(), value.clone());
     let mut config = Config::default();

@@ -216,6 +216,48 @@ async fn concurrent_patches_to_different_fields_both_survive() {
 }
 
 #[tokio::test]
+async fn credentials_are_sealed_in_the_store_and_never_shown() {
+    let api = TestApi::start().await;
+    let body = r#"{"username": "jack", "plugins": {"key-auth": {"key": "auth-one"}, "basic-auth": {"username": "jack", "password": "s3cret"}}}"#;
+    assert_eq!(
+        api.call("PUT", "/apisix/admin/consumers", Some(body))
+            .await
+            .status,
+        201
+    );
+    let stored = api.stored(&Key::new(Kind::Consumers, "jack")).unwrap();
+    for (pointer, plain) in [
+        ("/plugins/key-auth/key", "auth-one"),
+        ("/plugins/basic-auth/password", "s3cret"),
+    ] {
+        let sealed = stored.pointer(pointer).and_then(Value::as_str).unwrap();
+        assert!(Keyring::is_sealed(sealed), "{pointer}: {sealed}");
+        let mut opened = stored.clone();
+        api.keyring
+            .open_at(&mut opened, &[pointer.to_owned()])
+            .unwrap();
+        assert_eq!(opened.pointer(pointer).and_then(Value::as_str), Some(plain));
+    }
+    let shown = api.call("GET", "/apisix/admin/consumers/jack", None).await;
+    assert_eq!(shown.status, 200);
+    let plugins = &shown.body["value"]["plugins"];
+    assert_eq!(plugins["key-auth"], json!({}), "{plugins}");
+    assert_eq!(
+        plugins["basic-auth"],
+        json!({"username": "jack"}),
+        "{plugins}"
+    );
+    // Sealed keys are still compared in the clear: a second consumer with the same key clashes.
+    let rose = r#"{"username": "rose", "plugins": {"key-auth": {"key": "auth-one"}}}"#;
+    assert_eq!(
+        api.call("PUT", "/apisix/admin/consumers", Some(rose))
+            .await
+            .status,
+        400
+    );
+}
+
+#[tokio::test]
 async fn an_ssl_private_key_is_sealed_in_the_store_and_patch_keeps_it() {
     let api = TestApi::start().await;
     let (cert, key) = certificate("a.test");

@@ -259,3 +259,24 @@ pub fn check_config(config: &Config) -> Vec<FieldError> {
     consumers(config, &mut Vec::new(), &mut clashes);
     clashes
 }
+
+/// Where a resource keeps secrets that are stored sealed and never shown in the clear: the
+/// secret fields of its authentication plugins (an API key, a password, an HMAC or JWT
+/// secret), as JSON pointers into the resource. Only consumers and credentials hold them.
+pub fn secret_pointers(kind: Kind, resource: &Value) -> Vec<String> {
+    if !matches!(kind, Kind::Consumers | Kind::Credentials) {
+        return Vec::new();
+    }
+    let Some(plugins) = resource.get("plugins").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    plugins
+        .keys()
+        .filter_map(|name| Some((name, find(name)?.credential.as_ref()?)))
+        .flat_map(|(name, spec)| {
+            spec.secret_fields
+                .iter()
+                .map(move |field| format!("/plugins/{name}/{field}"))
+        })
+        .collect()
+}

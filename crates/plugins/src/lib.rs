@@ -43,5 +43,5 @@ mod uri_blocker;
 mod uri_rewrite;
 
 pub use catalog::{find, Descriptor, Scope, CATALOG};
-pub use compile::{check, check_config, check_resource, CompiledPlugins};
+pub use compile::{check, check_config, check_resource, secret_pointers, CompiledPlugins};
 pub use credentials::{Credential, Credentials};

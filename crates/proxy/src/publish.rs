@@ -142,15 +142,27 @@ impl Publisher {
         changed
     }
 
-    /// Parses one entry; an ssl's sealed private keys are opened first.
+    /// Parses one entry; its sealed secrets (an ssl's private keys, a consumer's credentials)
+    /// are opened first.
     fn parse(&self, key: &Key, value: &serde_json::Value) -> Result<Resource, ValidationErrors> {
-        if key.kind != Kind::Ssls {
-            return Resource::from_json(key.kind, value);
-        }
-        let mut opened = value.clone();
-        self.keyring
-            .open_ssl(&mut opened)
-            .map_err(|e| FieldError::new("key", e.to_string()))?;
+        let opened = match key.kind {
+            Kind::Ssls => {
+                let mut opened = value.clone();
+                self.keyring
+                    .open_ssl(&mut opened)
+                    .map_err(|e| FieldError::new("key", e.to_string()))?;
+                opened
+            }
+            Kind::Consumers | Kind::Credentials => {
+                let mut opened = value.clone();
+                let secrets = pylon_plugins::secret_pointers(key.kind, value);
+                self.keyring
+                    .open_at(&mut opened, &secrets)
+                    .map_err(|e| FieldError::new("plugins", e.to_string()))?;
+                opened
+            }
+            _ => return Resource::from_json(key.kind, value),
+        };
         Resource::from_json(key.kind, &opened)
     }
 }

@@ -25,7 +25,7 @@ const DERIVATION_INFO: &[u8] = b"pylon sealed values v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
-    #[error("no secret to seal or open SSL private keys with: set data_encryption.keyring")]
+    #[error("no secret to seal or open secrets (SSL private keys, credentials) with: set data_encryption.keyring")]
     NoSecrets,
     #[error("{field}: sealed value is damaged or of an unknown version")]
     Malformed { field: String },
@@ -143,6 +143,37 @@ impl Keyring {
         Err(KeyringError::UnknownSecret {
             field: field.to_owned(),
         })
+    }
+
+    /// Seals the strings at `pointers` (JSON pointers into `value`, such as
+    /// `/plugins/key-auth/key`) that are not sealed yet; pointers to nothing are skipped.
+    pub fn seal_at(
+        &self,
+        value: &mut serde_json::Value,
+        pointers: &[String],
+    ) -> Result<(), KeyringError> {
+        for pointer in pointers {
+            if let Some(serde_json::Value::String(text)) = value.pointer_mut(pointer) {
+                if !Keyring::is_sealed(text) {
+                    *text = self.seal(text)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the sealed strings at `pointers` in place; plain ones are left as they are.
+    pub fn open_at(
+        &self,
+        value: &mut serde_json::Value,
+        pointers: &[String],
+    ) -> Result<(), KeyringError> {
+        for pointer in pointers {
+            if let Some(serde_json::Value::String(text)) = value.pointer_mut(pointer) {
+                *text = self.open(text, pointer)?;
+            }
+        }
+        Ok(())
     }
 
     /// Seals an SSL object's private keys (`key` and every `keys[*]`) that are not sealed yet.
