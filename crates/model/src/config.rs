@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::consumer::{Consumer, ConsumerGroup, Credential};
 use crate::error::{FieldError, ValidationErrors};
 use crate::key::{Key, Kind};
 use crate::route::Route;
@@ -151,15 +152,31 @@ impl Resource {
             Kind::GlobalRules => Resource::GlobalRule(parse(value)?),
             Kind::PluginConfigs => Resource::PluginConfig(parse(value)?),
             Kind::Ssls => Resource::Ssl(parse(value)?),
+            // Checked as their types, kept as the JSON they are: the plugins crate reads them.
+            Kind::Consumers => {
+                let consumer: Consumer = parse(value)?;
+                let mut errors = Vec::new();
+                consumer.validate(&mut errors);
+                validate::plugin_objects(consumer.plugins.as_ref(), &mut errors);
+                return checked(Resource::Other(Kind::Consumers, value.clone()), errors);
+            }
+            Kind::Credentials => {
+                let credential: Credential = parse(value)?;
+                let mut errors = Vec::new();
+                validate::plugin_objects(Some(&credential.plugins), &mut errors);
+                return checked(Resource::Other(Kind::Credentials, value.clone()), errors);
+            }
+            Kind::ConsumerGroups => {
+                let group: ConsumerGroup = parse(value)?;
+                let mut errors = Vec::new();
+                validate::plugin_objects(Some(&group.plugins), &mut errors);
+                return checked(Resource::Other(Kind::ConsumerGroups, value.clone()), errors);
+            }
             other if value.is_object() => Resource::Other(other, value.clone()),
             _ => return Err(FieldError::new("", "must be an object").into()),
         };
         let errors = validate::resource(&resource);
-        if errors.is_empty() {
-            Ok(resource)
-        } else {
-            Err(ValidationErrors(errors))
-        }
+        checked(resource, errors)
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -174,6 +191,14 @@ impl Resource {
         };
         // Serializing plain data structs into a JSON value cannot fail.
         value.expect("resource serializes to JSON")
+    }
+}
+
+fn checked(resource: Resource, errors: Vec<FieldError>) -> Result<Resource, ValidationErrors> {
+    if errors.is_empty() {
+        Ok(resource)
+    } else {
+        Err(ValidationErrors(errors))
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod checks;
 mod config;
+mod consumer;
 mod error;
 pub mod expr;
 mod key;

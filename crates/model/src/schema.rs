@@ -16,6 +16,7 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Value};
 
 use crate::config::{id_schema, GlobalRule, PluginConfig, Service};
+use crate::consumer::{Consumer, ConsumerGroup, Credential};
 use crate::key::Kind;
 use crate::route::Route;
 use crate::ssl::Ssl;
@@ -35,13 +36,10 @@ pub fn json_schema(kind: Kind) -> Value {
         Kind::GlobalRules => schema_of::<GlobalRule>(),
         Kind::PluginConfigs => schema_of::<PluginConfig>(),
         Kind::Ssls => schema_of::<Ssl>(),
-        Kind::Consumers
-        | Kind::Credentials
-        | Kind::ConsumerGroups
-        | Kind::StreamRoutes
-        | Kind::Protos
-        | Kind::PluginMetadata
-        | Kind::Secrets => unchecked(kind),
+        Kind::Consumers => schema_of::<Consumer>(),
+        Kind::Credentials => schema_of::<Credential>(),
+        Kind::ConsumerGroups => schema_of::<ConsumerGroup>(),
+        Kind::StreamRoutes | Kind::Protos | Kind::PluginMetadata | Kind::Secrets => unchecked(kind),
     }
 }
 

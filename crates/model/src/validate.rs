@@ -23,12 +23,12 @@ pub(crate) fn resource(resource: &Resource) -> Vec<FieldError> {
             if let Some(u) = &s.upstream {
                 nested(&mut errors, "upstream", |e| upstream(u, e));
             }
-            plugins(s.plugins.as_ref(), &mut errors);
+            plugin_objects(s.plugins.as_ref(), &mut errors);
             unsupported(&mut errors, "script", s.script.is_some());
         }
         Resource::Upstream(u) => upstream(u, &mut errors),
-        Resource::GlobalRule(g) => plugins(Some(&g.plugins), &mut errors),
-        Resource::PluginConfig(p) => plugins(Some(&p.plugins), &mut errors),
+        Resource::GlobalRule(g) => plugin_objects(Some(&g.plugins), &mut errors),
+        Resource::PluginConfig(p) => plugin_objects(Some(&p.plugins), &mut errors),
         Resource::Ssl(s) => s.validate(&mut errors),
         Resource::Other(..) => {}
     }
@@ -77,7 +77,7 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
     if let Some(u) = &r.upstream {
         nested(errors, "upstream", |e| upstream(u, e));
     }
-    plugins(r.plugins.as_ref(), errors);
+    plugin_objects(r.plugins.as_ref(), errors);
     unsupported(errors, "filter_func", r.filter_func.is_some());
     unsupported(errors, "script", r.script.is_some());
 }
@@ -244,7 +244,7 @@ fn timeout(path: &str, t: &Timeout, errors: &mut Vec<FieldError>) {
 
 /// A plugin's configuration is an object. What it may hold is the plugin's own business,
 /// checked by the plugins crate, which knows every plugin of the build.
-fn plugins(plugins: Option<&Plugins>, errors: &mut Vec<FieldError>) {
+pub(crate) fn plugin_objects(plugins: Option<&Plugins>, errors: &mut Vec<FieldError>) {
     for (name, config) in plugins.into_iter().flatten() {
         if !config.is_object() {
             errors.push(FieldError::new(

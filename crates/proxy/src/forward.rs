@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use pylon_plugin::RequestCtx;
+use pylon_plugin::{RequestCtx, ResponseEdits};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
@@ -119,12 +119,11 @@ pub(crate) async fn proxy(
             upstream_latency: Some(done.latency),
         },
         Err(gave_up) => {
-            let mut outcome = match work.plugins.touches_response(work.ctx) {
-                true => {
-                    let reply = work.plugins.reply(work.ctx, error_reply(gave_up.error));
-                    send_reply(worker, io, &reply, request.head.method() == "HEAD", false).await
-                }
-                false => respond_error(worker, io, gave_up.error, false).await,
+            let mut outcome = if work.plugins.touches_response(work.ctx) {
+                let reply = work.plugins.reply(work.ctx, error_reply(gave_up.error));
+                send_reply(worker, io, &reply, request.head.method() == "HEAD", false).await
+            } else {
+                respond_error(worker, io, gave_up.error, false).await
             };
             outcome.upstream = gave_up.node.and_then(|n| n.addr);
             outcome.upstream_latency = gave_up.latency;
@@ -736,10 +735,11 @@ impl Responder<'_> {
             && !decode_chunked;
 
         let PluginWork { plugins, ctx } = self.work;
-        let edits = plugins
-            .touches_response(ctx)
-            .then(|| plugins.response(ctx, status, &*self.response))
-            .unwrap_or_default();
+        let edits = if plugins.touches_response(ctx) {
+            plugins.response(ctx, status, &*self.response)
+        } else {
+            ResponseEdits::default()
+        };
         let out = self.out;
         out.clear();
         self.response
