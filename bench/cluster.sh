@@ -83,7 +83,9 @@ curl -fs -o /dev/null http://127.0.0.1:1980/hello || { sleep 0.5; curl -fsS -o /
 declare -A proxy admin control node_pid
 # start_node NAME CPU ROLE SOURCE: pylon in $tmp/NAME, pinned to CPU; fills in its addresses.
 start_node() {
-  local dir=$tmp/$1; mkdir -p "$dir"
+  local dir=$tmp/$1 etcd=""; mkdir -p "$dir"
+  # config.etcd only on etcd: with another source it is an error.
+  [[ $4 != etcd ]] || etcd="  etcd: {endpoints: [\"http://127.0.0.1:$etcd_client\"], prefix: /pylon-bench}"
   cat > "$dir/node.yaml" <<EOF
 deployment: {role: $3}
 proxy:
@@ -98,7 +100,7 @@ admin:
 config:
   source: $4
   data_dir: data
-  etcd: {endpoints: ["http://127.0.0.1:$etcd_client"], prefix: /pylon-bench}
+$etcd
 # Each new configuration logs how long compiling and publishing it took.
 log: {level: "warn,pylon_proxy::publish=info"}
 EOF

@@ -42,7 +42,7 @@ def start_pylon(binary, upstream_port, directory):
         f.write(
             "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 2\n  https:\n    listen: []\n"
             "  handoff_socket: \"\"\naccess_log:\n  enabled: false\ncontrol:\n  enabled: false\n"
-            "config:\n  file: apisix.yaml\n"
+            "config:\n  source: yaml\n  file: apisix.yaml\n"
         )
     proc = subprocess.Popen(
         [binary, "run", "-c", os.path.join(directory, "node.yaml")],

@@ -2,6 +2,7 @@
 //! body within its limit, and hand the request to the endpoint it names.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pylon_store::{ConfigStore, Keyring, Replica};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::address::Target;
 use crate::auth;
@@ -29,6 +32,9 @@ use crate::writer::Backend;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (out of file descriptors, ...), so as not to spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// When the API stops, how long an idle keep-alive connection may still bring a request
+/// already on its way: closing at once would cut off a request the client has sent.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// The Admin API, on a listener its caller bound (so that a restart can hand it over).
 pub struct AdminApi {
@@ -77,32 +83,87 @@ impl AdminApi {
 
     /// Serves until the task is dropped.
     pub async fn serve(self) {
+        self.serve_until(std::future::pending()).await;
+    }
+
+    /// Serves until `stop` completes, then stops accepting and returns once every connection
+    /// has closed: requests in flight are answered, and so is a request already on its way on
+    /// an idle keep-alive connection (it waits [`IDLE_GRACE`] for one); each of those answers
+    /// says `Connection: close`. Connections not accepted yet wait in the listening socket's
+    /// queue, for whoever serves it next: this API again, or the process that took it over.
+    pub async fn serve_until(&self, stop: impl Future<Output = ()>) {
+        let (stopping, stopped) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        tokio::pin!(stop);
         loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("admin API accept failed: {e}");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(shared.respond(peer, request).await) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEAD_TIMEOUT)
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(e) = served {
-                    tracing::debug!("admin API connection from {peer}: {e}");
-                }
-            });
+            tokio::select! {
+                () = &mut stop => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let (shared, stopped) = (self.shared.clone(), stopped.clone());
+                        connections.spawn(serve_connection(shared, stream, peer, stopped));
+                    }
+                    Err(e) => {
+                        tracing::warn!("admin API accept failed: {e}");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
+                // Reaps the connections that ended, so that the set holds only open ones.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
         }
+        let _ = stopping.send(true);
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Serves one connection until it closes; once `stopped` turns true, closes it after the
+/// request in flight or one that arrives within [`IDLE_GRACE`].
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let closing = stopped.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let (shared, closing) = (shared.clone(), closing.clone());
+        async move {
+            let mut response = shared.respond(peer, request).await;
+            if *closing.borrow() {
+                // Read by hyper too: it closes the connection once this response is written.
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    // The guard `wait_for` returns is dropped here, not held across what follows.
+    let stopping = async {
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    };
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = stopping => {
+            match tokio::time::timeout(IDLE_GRACE, connection.as_mut()).await {
+                Ok(served) => served,
+                Err(_) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!("admin API connection from {peer}: {e}");
     }
 }
 

@@ -3,6 +3,7 @@
 mod admin_client;
 mod declarative;
 mod node_config;
+mod writes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,15 +11,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
-use pylon_admin::{AdminApi, Role as AdminRole};
+use pylon_admin::{AdminApi, AdminSettings, Role as AdminRole};
 use pylon_model::{FieldError, ValidationErrors};
 use pylon_proxy::{
-    AccessLog, ControlApi, Gateway, HandoffServer, NodeStatus, Publisher, Snapshot, Takeover,
-    TlsContext,
+    AccessLog, ControlApi, Gateway, HandoffEvent, HandoffServer, NodeStatus, Publisher, Snapshot,
+    Takeover, TlsContext,
 };
 use pylon_store::{ConfigStore, EmbeddedStore, EtcdStore, Keyring, Replica, YamlStore};
 
 use node_config::{NodeConfig, SourceKind};
+use writes::Writes;
 
 #[derive(Parser)]
 #[command(
@@ -203,7 +205,31 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
     runtime.block_on(async {
         let role = node.deployment.role;
         let node_id = node.node_id()?;
-        let store = open_store(&node).await?;
+        let keyring = Arc::new(keyring(&node)?);
+        let tls = role.proxies().then(|| tls_context(&node)).transpose()?;
+        let access_log = AccessLog::start(&node.access_log).context("access log")?;
+        let admin_settings = node.runs_admin().then(|| admin_settings(&node)).transpose()?;
+
+        // Everything above needs no store: a new process that fails there never disturbs a
+        // running pylon. That one now hands its listening sockets over, and serves on with them
+        // until this one is ready.
+        let mut takeover = match node.handoff_socket() {
+            Some(path) => Takeover::connect(path)
+                .with_context(|| format!("taking over from the pylon at {}", path.display()))?,
+            None => None,
+        };
+        let mut inherited = takeover.as_mut().map(Takeover::take_listeners).unwrap_or_default();
+        // The embedded store admits one process at a time: the running pylon stops writing and
+        // lets go of it first. Should this process fail before it serves, it takes it back.
+        if let Some(takeover) = takeover
+            .as_mut()
+            .filter(|_| node.config.source == SourceKind::Embedded)
+        {
+            takeover
+                .release_store()
+                .with_context(|| format!("taking the store over from pid {}", takeover.pid()))?;
+        }
+        let (store, embedded) = open_store(&node).await?;
         let cache = (node.config.source == SourceKind::Etcd)
             .then(|| node.config.data_dir.join("etcd-copy.json"));
         let replica = Arc::new(
@@ -211,47 +237,35 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
                 .await
                 .context("reading the configuration")?,
         );
-        let keyring = Arc::new(keyring(&node)?);
 
         let cell = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
-        let mut publisher = if role.proxies() {
-            let tls = tls_context(&node)?;
-            let mut publisher = Publisher::new(
-                &replica,
-                cell.clone(),
-                node.proxy.upstream.clone(),
-                Arc::new(tls),
-                keyring.clone(),
-            );
-            publisher.publish_current()?;
-            Some(publisher)
-        } else {
-            None
-        };
-        let snapshot = cell.load_full();
-        let access_log = AccessLog::start(&node.access_log).context("access log")?;
-        // Only now, with the configuration known to be good, is a running pylon asked for its
-        // sockets: a new process that cannot start never disturbs the old one.
-        let mut takeover = match node.handoff_socket() {
-            Some(path) => Takeover::connect(path)
-                .with_context(|| format!("taking over from the pylon at {}", path.display()))?,
+        // A node that proxies, and only such a node, has a TLS context.
+        let mut publisher = match tls {
+            Some(tls) => {
+                let mut publisher = Publisher::new(
+                    &replica,
+                    cell.clone(),
+                    node.proxy.upstream.clone(),
+                    Arc::new(tls),
+                    keyring.clone(),
+                );
+                publisher.publish_current()?;
+                Some(publisher)
+            }
             None => None,
         };
-        let mut inherited = takeover.as_mut().map(Takeover::take_listeners).unwrap_or_default();
-        let admin = if node.runs_admin() {
-            let listener = match inherited.take_admin(node.admin.listen) {
-                Some(socket) => tokio::net::TcpListener::from_std(socket)?,
-                None => tokio::net::TcpListener::bind(node.admin.listen)
-                    .await
-                    .with_context(|| format!("admin.listen {}", node.admin.listen))?,
-            };
-            let mut settings = node.admin.clone();
-            if let Some(path) = settings.resolve_keys(&node.config.data_dir)? {
-                println!("pylon: admin API key in {} (no admin.admin_key configured)", path.display());
+        let snapshot = cell.load_full();
+        let admin = match admin_settings {
+            Some(settings) => {
+                let listener = match inherited.take_admin(node.admin.listen) {
+                    Some(socket) => tokio::net::TcpListener::from_std(socket)?,
+                    None => tokio::net::TcpListener::bind(node.admin.listen)
+                        .await
+                        .with_context(|| format!("admin.listen {}", node.admin.listen))?,
+                };
+                Some(AdminApi::new(listener, settings, store.clone(), replica.clone(), keyring.clone()))
             }
-            Some(AdminApi::new(listener, settings, store.clone(), replica.clone(), keyring.clone()))
-        } else {
-            None
+            None => None,
         };
         // Health checkers and the control API run here, on the control runtime.
         let status = NodeStatus {
@@ -287,10 +301,10 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             println!("pylon: control API listening on http://{}", control.local_addr()?);
             tasks.push(tokio::spawn(control.serve()));
         }
-        if let Some(admin) = admin {
+        if let Some(admin) = &admin {
             println!("pylon: admin API listening on http://{}", admin.local_addr()?);
-            tasks.push(tokio::spawn(admin.serve()));
         }
+        let mut writes = Writes::start(admin, embedded);
         if let Some(gateway) = &gateway {
             for addr in gateway.local_addrs() {
                 println!("pylon: proxy listening on http://{addr}");
@@ -327,10 +341,21 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         if let Some(publisher) = publisher.take() {
             tasks.push(tokio::spawn(publisher.follow()));
         }
-        tokio::select! {
-            signal = wait_for_signal() => signal?,
-            pid = successor(handoff.as_mut()) => {
-                println!("pylon: pid {pid} took over the listening sockets");
+        let mut signals = Signals::new()?;
+        loop {
+            tokio::select! {
+                () = signals.recv() => break,
+                event = next_handoff_event(handoff.as_mut()) => match event {
+                    HandoffEvent::ReleaseStore(release) => {
+                        writes.release().await;
+                        release.done();
+                    }
+                    HandoffEvent::StoreReturned => writes.reclaim().await,
+                    HandoffEvent::Succeeded(pid) => {
+                        println!("pylon: pid {pid} took over the listening sockets");
+                        break;
+                    }
+                },
             }
         }
         println!("pylon: stopping: finishing in-flight requests");
@@ -340,25 +365,50 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         for task in tasks {
             task.abort();
         }
-        if let Some(gateway) = gateway {
-            tokio::task::spawn_blocking(move || gateway.shutdown()).await?;
-        }
+        let gateway_stopped = async {
+            match gateway {
+                Some(gateway) => tokio::task::spawn_blocking(move || gateway.shutdown()).await,
+                None => Ok(()),
+            }
+        };
+        let ((), stopped) = tokio::join!(writes.stop(), gateway_stopped);
+        stopped?;
         println!("pylon: stopped");
         Ok(())
     })
 }
 
-async fn open_store(node: &NodeConfig) -> anyhow::Result<Arc<dyn ConfigStore>> {
+/// The Admin API's settings, with its keys resolved (generated on the first start if none is
+/// configured).
+fn admin_settings(node: &NodeConfig) -> anyhow::Result<AdminSettings> {
+    let mut settings = node.admin.clone();
+    if let Some(path) = settings.resolve_keys(&node.config.data_dir)? {
+        println!(
+            "pylon: admin API key in {} (no admin.admin_key configured)",
+            path.display()
+        );
+    }
+    Ok(settings)
+}
+
+/// The config store, and the embedded one's own handle: a restart hands it over.
+async fn open_store(
+    node: &NodeConfig,
+) -> anyhow::Result<(Arc<dyn ConfigStore>, Option<Arc<EmbeddedStore>>)> {
     Ok(match node.config.source {
-        SourceKind::Yaml => Arc::new(YamlStore::open(&node.config.file).await?),
+        SourceKind::Yaml => (Arc::new(YamlStore::open(&node.config.file).await?), None),
         SourceKind::Embedded => {
             let dir = node.config.data_dir.join("store");
-            Arc::new(
+            let store = Arc::new(
                 EmbeddedStore::open(&dir)
                     .with_context(|| format!("config store {}", dir.display()))?,
-            )
+            );
+            (store.clone(), Some(store))
         }
-        SourceKind::Etcd => Arc::new(EtcdStore::new(&node.config.etcd).context("config.etcd")?),
+        SourceKind::Etcd => {
+            let store = EtcdStore::new(&node.config.etcd).context("config.etcd")?;
+            (Arc::new(store), None)
+        }
     })
 }
 
@@ -396,18 +446,31 @@ fn describe_source(node: &NodeConfig) -> String {
 }
 
 /// SIGTERM, SIGINT, or SIGQUIT (nginx's graceful stop, which operators send out of habit:
-/// left to its default it would dump core and drop every request in flight).
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut quit = signal(SignalKind::quit())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = quit.recv() => {}
+/// left to its default it would dump core and drop every request in flight). Caught from
+/// creation on, so none is missed while the process is busy with a handoff.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+            _ = self.quit.recv() => {}
+        }
+    }
 }
 
 /// Listens on the handoff socket, ready to give a successor the proxy's, the Admin API's and
@@ -441,11 +504,10 @@ fn serve_handoff(
     }
 }
 
-/// Completes when a new process has taken the listening sockets over; never without a
-/// handoff socket.
-async fn successor(handoff: Option<&mut HandoffServer>) -> u32 {
+/// What a new process taking over needs of this one next; never without a handoff socket.
+async fn next_handoff_event(handoff: Option<&mut HandoffServer>) -> HandoffEvent {
     match handoff {
-        Some(handoff) => handoff.successor().await,
+        Some(handoff) => handoff.next().await,
         None => std::future::pending().await,
     }
 }

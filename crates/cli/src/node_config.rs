@@ -83,9 +83,9 @@ pub struct ConfigSource {
     /// The node's own files: the embedded store, the last known-good copy of an etcd
     /// configuration, the node id, a generated admin key and keyring.
     pub data_dir: PathBuf,
-    /// The standalone YAML file, for `source: yaml`.
+    /// The standalone YAML file, for `source: yaml` (written with another source: an error).
     pub file: PathBuf,
-    /// The cluster, for `source: etcd`.
+    /// The cluster, for `source: etcd` (written with another source: an error).
     pub etcd: EtcdSettings,
 }
 
@@ -210,13 +210,15 @@ impl NodeConfig {
     }
 
     fn parse(text: &str) -> anyhow::Result<NodeConfig> {
-        let config: NodeConfig = if text.trim().is_empty() {
-            NodeConfig::default()
+        // The document as written too: the defaults fill in every field that it leaves out.
+        let (config, written): (NodeConfig, _) = if text.trim().is_empty() {
+            (NodeConfig::default(), serde_yaml::Value::Null)
         } else {
             // Through a Value, so that errors carry the field's path and nothing else.
             let value: serde_yaml::Value = serde_yaml::from_str(text)?;
-            serde_path_to_error::deserialize(value)
-                .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))?
+            let config = serde_path_to_error::deserialize(&value)
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))?;
+            (config, value)
         };
         let mut errors = config.proxy.validate();
         let role = config.deployment.role;
@@ -233,11 +235,34 @@ impl NodeConfig {
         if config.config.source == SourceKind::Etcd && config.config.etcd.endpoints.is_empty() {
             errors.push("config.etcd.endpoints: at least one endpoint is needed".to_owned());
         }
+        errors.extend(settings_of_other_sources(&written, config.config.source));
         if !errors.is_empty() {
             bail!("{}", errors.join("\n"));
         }
         Ok(config)
     }
+}
+
+/// The `config` settings that one source alone reads, and that source.
+const SOURCE_SETTINGS: [(&str, SourceKind); 2] =
+    [("file", SourceKind::Yaml), ("etcd", SourceKind::Etcd)];
+
+/// An error for each setting of `SOURCE_SETTINGS` written in the node config `value` while
+/// `source` is another: the user meant that source, and the node would start on this one,
+/// serving a store that does not hold what they configured.
+fn settings_of_other_sources(value: &serde_yaml::Value, source: SourceKind) -> Vec<String> {
+    let written = |field: &str| value.get("config").and_then(|c| c.get(field)).is_some();
+    SOURCE_SETTINGS
+        .into_iter()
+        .filter(|&(field, reader)| reader != source && written(field))
+        .map(|(field, reader)| {
+            format!(
+                "config.{field}: set, but config.source is {}; config.{field} is read only with config.source: {}",
+                source.as_str(),
+                reader.as_str()
+            )
+        })
+        .collect()
 }
 
 /// A node id that is unique without coordination: host name, time and process id.

@@ -34,7 +34,7 @@ mod worker;
 
 pub use access_log::AccessLog;
 pub use control::{ControlApi, ControlSettings, NodeStatus};
-pub use handoff::{HandoffError, HandoffServer, Listeners, Takeover};
+pub use handoff::{HandoffError, HandoffEvent, HandoffServer, Listeners, StoreRelease, Takeover};
 pub use health::HealthRegistry;
 pub use http2::Http2Settings;
 pub use publish::Publisher;

@@ -104,11 +104,19 @@ impl Pylon {
     /// Starts pylon on the node config `node` (whole YAML), in `dir`, which may hold the data
     /// dir of an earlier run. On a node without a proxy, [`Pylon::addr`] is unspecified.
     pub fn run_node(dir: tempfile::TempDir, node: &str) -> Result<Pylon, String> {
-        std::fs::write(dir.path().join("node.yaml"), node).unwrap();
+        let config = dir.path().join("node.yaml");
+        std::fs::write(&config, node).unwrap();
+        Self::run_config(dir, &config)
+    }
+
+    /// Starts pylon on the node config file `config`, which may live elsewhere and serve other
+    /// pylons too (an operator restarting a node runs the same config again), in `dir`, where
+    /// it logs.
+    pub fn run_config(dir: tempfile::TempDir, config: &Path) -> Result<Pylon, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pylon"))
             .arg("run")
             .arg("-c")
-            .arg(dir.path().join("node.yaml"))
+            .arg(config)
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

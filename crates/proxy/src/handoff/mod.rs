@@ -11,18 +11,26 @@
 //!
 //! 1. The new process connects and says `take 1` (the protocol version).
 //! 2. The old one sends each listening socket in a message of its own, `socket <listener>
-//!    <http|https|control> <configured address>` with the descriptor attached (`SCM_RIGHTS`),
-//!    then `end <count>`. It keeps serving meanwhile. The control API's socket goes too: its
-//!    port is fixed, and the new process could not bind it while the old one holds it.
-//! 3. The new process starts its workers on those sockets (binding more on the same address
+//!    <http|https|control|admin> <configured address>` with the descriptor attached
+//!    (`SCM_RIGHTS`), then `end <count>`. It keeps serving meanwhile. The control API's and
+//!    the Admin API's sockets go too: their ports are fixed, and the new process could not
+//!    bind them while the old one holds them.
+//! 3. A new process whose config store admits one process at a time (the embedded store)
+//!    says `release store`. The old one stops taking Admin API requests (new ones wait in the
+//!    listening socket's queue, for the new process), answers those in flight, lets go of the
+//!    store once its last write is on disk, and says `released`. Its workers serve on from the
+//!    configuration they have; the new process opens the store.
+//! 4. The new process starts its workers on the sockets (binding more on the same address
 //!    when it has more workers, giving a worker several when it has fewer), puts its own
-//!    handoff socket in place of the old one's, and says `ready`.
-//! 4. The old process stops accepting and drains as on SIGTERM. Its copies of the sockets
+//!    handoff socket in place of the old one's, says `ready`, and serves the Admin API.
+//! 5. The old process stops accepting and drains as on SIGTERM. Its copies of the sockets
 //!    close, but the sockets live on in the new process, queued connections included.
 //!
 //! Whoever finds nobody at the socket starts on its own. A new process that gets the sockets
-//! but fails before `ready` leaves the old one serving as if nothing had happened; an old
-//! process that is already stopping refuses, and the new one binds its own sockets.
+//! but fails before `ready` leaves the old one serving as if nothing had happened (taking the
+//! store back, and Admin API requests again, if it had let go of them); an old process that
+//! is already stopping refuses, and the new one binds its own sockets (or, needing the store
+//! the old one holds until it exits, fails).
 
 mod server;
 mod takeover;
@@ -30,7 +38,7 @@ mod wire;
 
 use std::net::{SocketAddr, TcpListener};
 
-pub use server::HandoffServer;
+pub use server::{HandoffEvent, HandoffServer, StoreRelease};
 pub use takeover::Takeover;
 
 /// What can go wrong on the handoff socket.
@@ -202,13 +210,60 @@ mod tests {
         drop(accepted);
 
         takeover.finish().unwrap();
-        assert_eq!(server.successor().await, std::process::id());
+        assert!(matches!(
+            server.next().await,
+            HandoffEvent::Succeeded(pid) if pid == std::process::id()
+        ));
         server.close();
         assert!(
             !path.exists(),
             "the socket file is removed by the process that made it"
         );
         assert!(Takeover::connect(&path).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_store_goes_to_a_successor_that_asks_and_comes_back_if_it_fails() {
+        let path = socket_path("store");
+        let mut server = HandoffServer::start(&path, Listeners::default()).unwrap();
+        // Each successor blocks on a thread of its own: this one answers the server's events.
+        let successor = |serves: bool| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut takeover = Takeover::connect(&path).unwrap().unwrap();
+                let released = takeover.release_store();
+                if serves && released.is_ok() {
+                    takeover.finish().unwrap();
+                }
+                released
+            })
+        };
+        let release = |event| match event {
+            HandoffEvent::ReleaseStore(release) => release,
+            other => panic!("the successor asked for the store, not {other:?}"),
+        };
+
+        // The owner does not let go (it is stopping): the successor is refused.
+        let refused = successor(true);
+        drop(release(server.next().await));
+        let refusal = refused.join().unwrap().unwrap_err();
+        assert!(matches!(refusal, HandoffError::Refused(_)), "{refusal}");
+
+        // Released to a successor that then fails: the store comes back.
+        let failing = successor(false);
+        release(server.next().await).done();
+        failing.join().unwrap().unwrap();
+        assert!(matches!(server.next().await, HandoffEvent::StoreReturned));
+
+        // Released to a successor that serves: it is the last word.
+        let serving = successor(true);
+        release(server.next().await).done();
+        serving.join().unwrap().unwrap();
+        assert!(matches!(
+            server.next().await,
+            HandoffEvent::Succeeded(pid) if pid == std::process::id()
+        ));
+        server.close();
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The running process's side of a handoff: listen on the handoff socket, give a successor
-//! the listening sockets, and report when it serves on them.
+//! the listening sockets and, if it asks, the config store, and report when it serves.
 //!
 //! The socket is served by a thread of its own with blocking calls: a handoff happens once
 //! per restart, and keeping it off the runtimes means a slow peer can never delay a request.
@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rustix::net::{Shutdown, SocketFlags};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::takeover::{HELLO, STOPPING};
+use super::takeover::{HELLO, READY, RELEASED, RELEASE_STORE, STOPPING};
 use super::{wire, HandoffError, Listeners};
 
 /// How long a successor that has the sockets may take to start its workers and say `ready`.
@@ -27,7 +27,30 @@ pub struct HandoffServer {
     /// The socket file this process put in place; a successor replaces it with its own.
     file: (u64, u64),
     shared: Arc<Shared>,
-    successor: oneshot::Receiver<u32>,
+    events: mpsc::UnboundedReceiver<HandoffEvent>,
+}
+
+/// What a successor needs this process to do, in the order it happens.
+#[derive(Debug)]
+pub enum HandoffEvent {
+    /// It opens the config store next: stop taking writes, let go of the store, then say so.
+    ReleaseStore(StoreRelease),
+    /// The successor that was given the store stopped before it served: take the store back
+    /// and write again.
+    StoreReturned,
+    /// A successor serves on the listening sockets (its pid): stop accepting and drain.
+    Succeeded(u32),
+}
+
+/// A successor waiting for the config store; dropping this refuses it.
+#[derive(Debug)]
+pub struct StoreRelease(oneshot::Sender<()>);
+
+impl StoreRelease {
+    /// Tells the successor that it may open the store: this process will write to it no more.
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
 }
 
 struct Shared {
@@ -50,26 +73,26 @@ impl HandoffServer {
             listeners: Mutex::new(Some(listeners)),
             closed: AtomicBool::new(false),
         });
-        let (tx, successor) = oneshot::channel();
+        let (tx, events) = mpsc::unbounded_channel();
         let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name("pylon-handoff".to_owned())
-            .spawn(move || serve(&thread_shared, tx))?;
+            .spawn(move || serve(&thread_shared, &tx))?;
         Ok(HandoffServer {
             path: path.to_owned(),
             file,
             shared,
-            successor,
+            events,
         })
     }
 
-    /// Completes when a successor serves on the listening sockets, with its pid: time to stop
-    /// accepting and drain.
-    pub async fn successor(&mut self) -> u32 {
-        match (&mut self.successor).await {
-            Ok(pid) => pid,
+    /// The next thing a successor needs of this process; [`HandoffEvent::Succeeded`] is the
+    /// last.
+    pub async fn next(&mut self) -> HandoffEvent {
+        match self.events.recv().await {
+            Some(event) => event,
             // The handoff thread is gone without a successor: none will come.
-            Err(_) => std::future::pending().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -92,7 +115,7 @@ fn lock(listeners: &Mutex<Option<Listeners>>) -> std::sync::MutexGuard<'_, Optio
     listeners.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn serve(shared: &Shared, successor: oneshot::Sender<u32>) {
+fn serve(shared: &Shared, events: &mpsc::UnboundedSender<HandoffEvent>) {
     while !shared.closed.load(Ordering::SeqCst) {
         let connection = match rustix::net::accept_with(&shared.socket, SocketFlags::CLOEXEC) {
             Ok(connection) => connection,
@@ -104,9 +127,9 @@ fn serve(shared: &Shared, successor: oneshot::Sender<u32>) {
                 continue;
             }
         };
-        match hand_over(shared, &connection) {
+        match hand_over(shared, &connection, events) {
             Ok(pid) => {
-                let _ = successor.send(pid);
+                let _ = events.send(HandoffEvent::Succeeded(pid));
                 return;
             }
             Err(e) => tracing::warn!("handoff to a new process failed, serving on: {e}"),
@@ -114,8 +137,19 @@ fn serve(shared: &Shared, successor: oneshot::Sender<u32>) {
     }
 }
 
-/// One successor: send it the sockets and wait until it serves on them.
-fn hand_over(shared: &Shared, connection: &OwnedFd) -> Result<u32, HandoffError> {
+/// What a successor says once it has the sockets.
+enum Request {
+    ReleaseStore,
+    Ready,
+}
+
+/// One successor: send it the sockets, let go of the store if it asks, and wait until it
+/// serves.
+fn hand_over(
+    shared: &Shared,
+    connection: &OwnedFd,
+    events: &mpsc::UnboundedSender<HandoffEvent>,
+) -> Result<u32, HandoffError> {
     wire::set_timeout(connection, STEP_TIMEOUT)?;
     let pid = wire::peer_pid(connection)?;
     match wire::recv(connection)? {
@@ -144,11 +178,51 @@ fn hand_over(shared: &Shared, connection: &OwnedFd) -> Result<u32, HandoffError>
         sent
     };
     wire::set_timeout(connection, READY_TIMEOUT)?;
-    match wire::recv(connection)? {
-        Some(reply) if reply.text == "ready" => {
-            tracing::info!(pid, sockets = sent, "listening sockets handed over");
-            Ok(pid)
+    if let Request::Ready = next_request(connection, pid)? {
+        tracing::info!(pid, sockets = sent, "listening sockets handed over");
+        return Ok(pid);
+    }
+    release_store(connection, events)?;
+    // The store is the successor's now: if it stops before it serves, it comes back here.
+    let served = wire::send(connection, RELEASED, None)
+        .map_err(HandoffError::from)
+        .and_then(|()| next_request(connection, pid))
+        .and_then(|request| match request {
+            Request::Ready => Ok(pid),
+            Request::ReleaseStore => Err(HandoffError::Protocol(RELEASE_STORE.to_owned())),
+        });
+    match served {
+        Ok(pid) => tracing::info!(
+            pid,
+            sockets = sent,
+            "listening sockets and store handed over"
+        ),
+        Err(_) => {
+            let _ = events.send(HandoffEvent::StoreReturned);
         }
+    }
+    served
+}
+
+/// Has the owner of the store stop writing and let go of it.
+fn release_store(
+    connection: &OwnedFd,
+    events: &mpsc::UnboundedSender<HandoffEvent>,
+) -> Result<(), HandoffError> {
+    let (done, released) = oneshot::channel();
+    let asked = events.send(HandoffEvent::ReleaseStore(StoreRelease(done)));
+    // No answer: the owner is stopping, and the request was dropped with the server.
+    if asked.is_err() || released.blocking_recv().is_err() {
+        wire::tell(connection, STOPPING);
+        return Err(HandoffError::Refused("this process is stopping".to_owned()));
+    }
+    Ok(())
+}
+
+fn next_request(connection: &OwnedFd, pid: u32) -> Result<Request, HandoffError> {
+    match wire::recv(connection)? {
+        Some(message) if message.text == READY => Ok(Request::Ready),
+        Some(message) if message.text == RELEASE_STORE => Ok(Request::ReleaseStore),
         Some(other) => Err(HandoffError::Protocol(other.text)),
         None => Err(HandoffError::Protocol(format!(
             "pid {pid} took the sockets and hung up without serving on them"

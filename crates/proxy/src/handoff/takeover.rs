@@ -1,5 +1,6 @@
-//! The new process's side of a handoff: receive the listening sockets, then, once serving on
-//! them, tell the old process to drain.
+//! The new process's side of a handoff: receive the listening sockets, have the old process
+//! let go of the config store if this one needs it, then, once serving, tell the old process
+//! to drain.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
@@ -12,10 +13,18 @@ use super::{wire, HandoffError, Kind, Listeners};
 pub(super) const HELLO: &str = "take 1";
 /// Said by an old process that is already stopping: its sockets are closing anyway.
 pub(super) const STOPPING: &str = "refused stopping";
+/// Asks the old process to stop writing to the config store and let go of it.
+pub(super) const RELEASE_STORE: &str = "release store";
+/// The old process's answer: it will write no more, and has let go of the store.
+pub(super) const RELEASED: &str = "released";
+/// Tells the old process that this one serves: it stops accepting and drains.
+pub(super) const READY: &str = "ready";
 
 /// Every step of the exchange is quick (the old process only sends what it holds); this
 /// bounds a peer that hangs.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Releasing the store waits for the old process's Admin API requests in flight.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Listening sockets received from the process being replaced, which keeps serving on them
 /// until [`Takeover::finish`].
@@ -91,11 +100,30 @@ impl Takeover {
         std::mem::take(&mut self.listeners)
     }
 
+    /// Has the old process stop taking writes and let go of the config store (the embedded
+    /// store admits one process at a time); returns once it has, and every write it
+    /// acknowledged is on disk. It serves requests on meanwhile, from the configuration it
+    /// has. Should this process end before [`Takeover::finish`], the old one takes the store
+    /// back.
+    pub fn release_store(&mut self) -> Result<(), HandoffError> {
+        wire::set_timeout(&self.connection, RELEASE_TIMEOUT)?;
+        wire::send(&self.connection, RELEASE_STORE, None)?;
+        let answer = wire::recv(&self.connection)?.ok_or_else(|| {
+            HandoffError::Protocol(format!("pid {} closed the connection", self.pid))
+        })?;
+        wire::set_timeout(&self.connection, STEP_TIMEOUT)?;
+        match answer.text.as_str() {
+            RELEASED if answer.fd.is_none() => Ok(()),
+            STOPPING => Err(HandoffError::Refused("it is stopping".to_owned())),
+            _ => Err(HandoffError::Protocol(answer.text)),
+        }
+    }
+
     /// Tells the old process that this one serves on the sockets now: it stops accepting and
     /// drains. An error means the old process did not get the word, usually because it was
     /// stopping anyway.
     pub fn finish(self) -> Result<(), HandoffError> {
-        Ok(wire::send(&self.connection, "ready", None)?)
+        Ok(wire::send(&self.connection, READY, None)?)
     }
 }
 

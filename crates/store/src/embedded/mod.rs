@@ -6,6 +6,10 @@
 //! it applies in memory, so no reader or watcher ever sees a change a crash could take back.
 //! When the log grows past a threshold, the current state becomes the new snapshot and the log
 //! starts over. Opening loads the snapshot and replays the log on top of it.
+//!
+//! A restart hands the directory over: the running process [releases](EmbeddedStore::release)
+//! it (it stops writing, and serves reads from memory) for the new one to open, and
+//! [reclaims](EmbeddedStore::reclaim) it if the new one fails before it wrote anything.
 
 mod dir_lock;
 mod format;
@@ -19,7 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use pylon_model::Key;
 
-use crate::{ConfigStore, Entry, EventLog, Listing, Revision, StoreError, Txn, WatchStream};
+use crate::{
+    Change, ConfigStore, Entry, EventLog, Listing, Revision, StoreError, Txn, WatchStream,
+};
 use dir_lock::DirLock;
 use wal::Wal;
 
@@ -31,8 +37,14 @@ struct Inner {
     dir: PathBuf,
     options: EmbeddedOptions,
     log: EventLog,
-    /// Serializes writers. Always taken before the event log's own writer lock.
-    wal: Mutex<Wal>,
+    /// `None` while released to another process. Serializes writers; always taken before the
+    /// event log's own writer lock.
+    held: Mutex<Option<Held>>,
+}
+
+/// What this process holds of the data directory while it writes there.
+struct Held {
+    wal: Wal,
     _lock: DirLock,
 }
 
@@ -72,6 +84,17 @@ pub enum EmbeddedError {
         offset: u64,
         reason: String,
     },
+    /// Reclaiming found changes this process does not have: another process wrote there.
+    #[error(
+        "data directory {} was written by another process while released (revision {found}, \
+         this process has {revision}); restart to serve what it holds",
+        .dir.display()
+    )]
+    ChangedWhileReleased {
+        dir: PathBuf,
+        revision: Revision,
+        found: Revision,
+    },
 }
 
 impl EmbeddedStore {
@@ -95,9 +118,7 @@ impl EmbeddedStore {
             let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty());
             sync_dir(parent.unwrap_or(Path::new(".")))?;
         }
-        let lock = DirLock::acquire(data_dir)?;
-        let snapshot = snapshot::load(data_dir)?;
-        let (wal, changes) = Wal::open(data_dir, snapshot.revision)?;
+        let (mut held, snapshot, changes) = Held::take(data_dir)?;
         let log = EventLog::restore(snapshot);
         // Replayed rather than folded into the snapshot: a watcher can resume from any of them.
         for change in changes {
@@ -107,25 +128,74 @@ impl EmbeddedStore {
             dir: data_dir.to_path_buf(),
             options,
             log,
-            wal: Mutex::new(wal),
-            _lock: lock,
+            held: Mutex::new(None),
         };
         // A log left long (by a lower threshold now, or a compaction cut short) is folded now.
-        inner.compact_if_due(&mut inner.lock_wal())?;
+        inner.compact_if_due(&mut held.wal)?;
+        *inner.lock_held() = Some(held);
         Ok(EmbeddedStore {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Stops writing and lets go of the data directory, for another process to open: once
+    /// this returns, every commit acknowledged is on disk (a commit under way is waited for)
+    /// and no other will be made; commits fail until [`EmbeddedStore::reclaim`]. Reads and
+    /// watches go on, from memory. Blocks: call it off the async runtime.
+    pub fn release(&self) {
+        drop(self.inner.lock_held().take());
+    }
+
+    /// Takes the data directory back after [`EmbeddedStore::release`] and writes again. Fails
+    /// while another process holds it ([`EmbeddedError::Locked`]), and if another process wrote
+    /// there meanwhile: this process's copy would no longer be the store's. Blocks: call it off
+    /// the async runtime.
+    pub fn reclaim(&self) -> Result<(), EmbeddedError> {
+        let inner = &self.inner;
+        let mut held = inner.lock_held();
+        if held.is_some() {
+            return Ok(());
+        }
+        let (taken, snapshot, changes) = Held::take(&inner.dir)?;
+        let found = changes.last().map_or(snapshot.revision, |c| c.revision);
+        let revision = inner.log.revision();
+        if found != revision {
+            return Err(EmbeddedError::ChangedWhileReleased {
+                dir: inner.dir.clone(),
+                revision,
+                found,
+            });
+        }
+        *held = Some(taken);
+        Ok(())
+    }
+}
+
+impl Held {
+    /// Locks the data directory `dir` and reads it: the snapshot, and the changes after it.
+    fn take(dir: &Path) -> Result<(Held, Listing, Vec<Change>), EmbeddedError> {
+        let lock = DirLock::acquire(dir)?;
+        let snapshot = snapshot::load(dir)?;
+        let (wal, changes) = Wal::open(dir, snapshot.revision)?;
+        let held = Held { wal, _lock: lock };
+        Ok((held, snapshot, changes))
     }
 }
 
 impl Inner {
     fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
-        let mut wal = self.lock_wal();
+        let mut held = self.lock_held();
+        let Some(Held { wal, .. }) = held.as_mut() else {
+            return Err(StoreError::Unavailable(format!(
+                "the data directory {} is handed over to another process",
+                self.dir.display()
+            )));
+        };
         let revision = self.log.commit_with(txn, |change| {
             wal.append(change)
                 .map_err(|e| StoreError::Unavailable(e.to_string()))
         })?;
-        if let Err(e) = self.compact_if_due(&mut wal) {
+        if let Err(e) = self.compact_if_due(wal) {
             // The commit is durable in the log all the same; compaction is tried again after
             // the next one.
             tracing::error!("compaction of the embedded store failed: {e}");
@@ -147,10 +217,10 @@ impl Inner {
         wal.reset()
     }
 
-    fn lock_wal(&self) -> MutexGuard<'_, Wal> {
+    fn lock_held(&self) -> MutexGuard<'_, Option<Held>> {
         // A panic mid-append leaves at worst a partial record, which the next append's
         // failure handling or recovery deals with.
-        self.wal.lock().unwrap_or_else(|e| e.into_inner())
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -188,4 +258,74 @@ fn sync_dir(dir: &Path) -> Result<(), EmbeddedError> {
             path: dir.to_path_buf(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pylon_model::Kind;
+    use serde_json::json;
+
+    fn key(id: &str) -> Key {
+        Key::new(Kind::Routes, id)
+    }
+
+    fn put(id: &str) -> Txn {
+        Txn::put(key(id), json!({ "uri": format!("/{id}") }))
+    }
+
+    #[tokio::test]
+    async fn a_released_directory_opens_elsewhere_and_is_reclaimed_once_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.commit(put("a")).await.unwrap(), 1);
+        store.release();
+
+        // Reads go on from memory; a write is refused, saying why.
+        assert!(store.get(&key("a")).await.unwrap().is_some());
+        let refused = store.commit(put("b")).await.unwrap_err();
+        assert!(refused.to_string().contains("handed over"), "{refused}");
+
+        // The next holder has every acknowledged commit; while it holds the directory, the
+        // directory cannot be reclaimed.
+        let next = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(next.get(&key("a")).await.unwrap().is_some());
+        let locked = store.reclaim().unwrap_err();
+        assert!(matches!(locked, EmbeddedError::Locked { .. }), "{locked}");
+        drop(next);
+
+        store.reclaim().unwrap();
+        assert_eq!(store.commit(put("b")).await.unwrap(), 2);
+        drop(store);
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.list().await.unwrap().revision, 2);
+    }
+
+    #[tokio::test]
+    async fn a_directory_written_to_while_released_is_not_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.commit(put("a")).await.unwrap();
+        store.release();
+        let next = EmbeddedStore::open(dir.path()).unwrap();
+        next.commit(put("b")).await.unwrap();
+        drop(next);
+
+        let changed = store.reclaim().unwrap_err();
+        assert!(
+            matches!(
+                changed,
+                EmbeddedError::ChangedWhileReleased {
+                    revision: 1,
+                    found: 2,
+                    ..
+                }
+            ),
+            "{changed}"
+        );
+        // Still released: this copy is behind the directory, and must not write over it.
+        assert!(store.commit(put("c")).await.is_err());
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.list().await.unwrap().revision, 2);
+    }
 }
