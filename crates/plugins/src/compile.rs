@@ -9,6 +9,7 @@ use pylon_plugin::{Chain, ChainBuilder, Consumer, Entry, Meta};
 use serde_json::{Map, Value};
 
 use crate::catalog::{find, BuildEnv, Scope};
+use crate::config::resolve_env;
 use crate::credentials::{Credential, Credentials};
 
 type Plugins = Map<String, Value>;
@@ -109,8 +110,9 @@ fn add_all(
 fn build_entry(name: &str, config: &Value, env: &BuildEnv<'_>) -> Result<Entry, FieldError> {
     let descriptor =
         find(name).ok_or_else(|| FieldError::new("", format!("unknown plugin `{name}`")))?;
-    let meta = Meta::parse(config)?;
-    let plugin = (descriptor.build)(config, env)?;
+    let config = resolve_env(config)?;
+    let meta = Meta::parse(&config)?;
+    let plugin = (descriptor.build)(&config, env)?;
     Ok(Entry::new(plugin, descriptor.priority, meta))
 }
 
@@ -201,7 +203,8 @@ fn consumers(
                     continue;
                 };
                 let path = format!("{location}.plugins.{name}");
-                let (lookup, secret) = match (spec.parse)(config) {
+                let parsed = resolve_env(config).and_then(|config| (spec.parse)(&config));
+                let (lookup, secret) = match parsed {
                     Ok(parsed) => parsed,
                     Err(e) => {
                         errors.push(e.within(&path));

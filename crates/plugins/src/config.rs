@@ -1,5 +1,7 @@
 //! Parsing a plugin's configuration into its type, with errors that name the field.
 
+use std::borrow::Cow;
+
 use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -33,4 +35,84 @@ pub(crate) fn schema_of<T: JsonSchema>() -> Value {
         .into_generator()
         .into_root_schema_for::<T>()
         .to_value()
+}
+
+/// What a string starting with this stands for: the environment variable named after it, as
+/// the gateway's process sees it when the configuration is compiled.
+const ENV_REFERENCE: &str = "$env://";
+
+/// `config` with every `$env://NAME` string replaced by the variable's value. Written configs
+/// keep the reference (so a secret need not be stored at all); it is resolved on each node
+/// that serves the configuration. A variable that is not set is an error at its path.
+pub(crate) fn resolve_env(config: &Value) -> Result<Cow<'_, Value>, FieldError> {
+    resolve_env_with(config, &|name| std::env::var(name).ok())
+}
+
+fn resolve_env_with<'v>(
+    config: &'v Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Cow<'v, Value>, FieldError> {
+    if !mentions_env(config) {
+        return Ok(Cow::Borrowed(config));
+    }
+    let mut resolved = config.clone();
+    substitute(&mut resolved, lookup, String::new())?;
+    Ok(Cow::Owned(resolved))
+}
+
+fn mentions_env(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.starts_with(ENV_REFERENCE),
+        Value::Array(items) => items.iter().any(mentions_env),
+        Value::Object(map) => map.values().any(mentions_env),
+        _ => false,
+    }
+}
+
+fn substitute(
+    value: &mut Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    path: String,
+) -> Result<(), FieldError> {
+    match value {
+        Value::String(s) => {
+            if let Some(name) = s.strip_prefix(ENV_REFERENCE) {
+                *s = lookup(name).ok_or_else(|| {
+                    FieldError::new(path, format!("environment variable `{name}` is not set"))
+                })?;
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                substitute(item, lookup, format!("{path}[{i}]"))?;
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                substitute(item, lookup, path)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn env_references_are_resolved_where_they_stand() {
+        let lookup = |name: &str| (name == "KEY").then(|| "s3cret".to_owned());
+        let config = json!({"key": "$env://KEY", "list": ["a", "$env://KEY"], "n": 1});
+        let resolved = resolve_env_with(&config, &lookup).unwrap();
+        assert_eq!(*resolved, json!({"key": "s3cret", "list": ["a", "s3cret"], "n": 1}));
+        let plain = json!({"key": "k"});
+        assert!(matches!(resolve_env_with(&plain, &lookup).unwrap(), Cow::Borrowed(_)));
+        let error = resolve_env_with(&json!({"a": {"b": "$env://NOPE"}}), &lookup).unwrap_err();
+        assert_eq!(error.to_string(), "a.b: environment variable `NOPE` is not set");
+    }
 }
