@@ -12,10 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use ring::hmac;
+use ring::rand::SystemRandom;
+use ring::{hmac, signature};
 use serde_json::{json, Value};
 use support::client::Response;
 use support::protocols::{call, PROTOCOLS};
+use support::tls::RSA_KEY;
 use support::upstream::{Received, Upstream};
 use support::Pylon;
 
@@ -401,6 +403,67 @@ async fn jwt_auth_verifies_hs256_tokens_from_the_header_query_or_cookie() {
         let seen = last(&up);
         assert!(!seen.has_header("authorization"), "{protocol:?}");
         assert_eq!(seen.header("x-other"), Some("kept"), "{protocol:?}");
+    }
+}
+
+/// An RS256 JSON Web Token of `payload`, signed with the test RSA key.
+fn rs256(payload: &Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let pkcs8 = rcgen::KeyPair::from_pem(RSA_KEY).unwrap().serialize_der();
+    let key = signature::RsaKeyPair::from_pkcs8(&pkcs8).unwrap();
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(
+        &signature::RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut signature,
+    )
+    .unwrap();
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+#[tokio::test]
+async fn jwt_auth_verifies_rs256_tokens_with_the_consumers_public_key_only() {
+    let up = Upstream::start("up");
+    let public_key = rcgen::KeyPair::from_pem(RSA_KEY).unwrap().public_key_pem();
+    let config = json!({
+        "routes": [route("j", "/j", &up, json!({"jwt-auth": {}}))],
+        "consumers": [{"username": "rsa", "plugins": {"jwt-auth": {
+            "key": "rsa-key", "algorithm": "RS256", "public_key": public_key
+        }}}]
+    });
+    let pylon = Pylon::start(&config.to_string(), "");
+    let payload = json!({"key": "rsa-key", "exp": now() + 3600});
+    let valid = rs256(&payload);
+    // The public key is no secret: a token that asks for HMAC with it must not pass.
+    let confused = hs256(&payload, public_key.as_bytes());
+    for protocol in PROTOCOLS {
+        let res = call(
+            protocol,
+            pylon.addr,
+            "GET",
+            "/j",
+            &[("authorization", &valid)],
+            b"",
+        )
+        .await;
+        assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
+        assert_eq!(res.header("x-consumer"), Some("rsa"), "{protocol:?}");
+
+        let before = up.request_count();
+        let res = call(
+            protocol,
+            pylon.addr,
+            "GET",
+            "/j",
+            &[("authorization", &confused)],
+            b"",
+        )
+        .await;
+        let what = format!("{protocol:?} HS256 with the public key");
+        assert_refused(&res, 401, "failed to verify jwt", &up, before, &what);
     }
 }
 
