@@ -8,8 +8,11 @@
 
 mod support;
 
+use bytes::Bytes;
 use serde_json::{json, Value};
-use support::protocols::{call, PROTOCOLS};
+use support::client::Conn;
+use support::http2::{connect, read_reply, request, send};
+use support::protocols::{call, Protocol, PROTOCOLS};
 use support::upstream::{Received, Upstream};
 use support::{validate, Pylon};
 
@@ -309,6 +312,70 @@ async fn meta_gray_ratio_runs_a_plugin_for_its_share_of_requests() {
             }
         }
     }
+}
+
+// === plugin replies ===
+
+#[tokio::test]
+async fn a_connection_goes_on_cleanly_after_a_plugin_refused_a_request_with_a_body() {
+    let up = Upstream::start("up");
+    let config = json!({
+        "routes": [route("k", "/k", &up, json!({"key-auth": {}}))],
+        "consumers": [{"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}}]
+    });
+    let pylon = Pylon::start(&config.to_string(), "");
+    // A body that reads as a request: were it left unread, the next one parsed would be it.
+    let smuggled =
+        b"GET /smuggled HTTP/1.1\r\nHost: example.com\r\napikey: jack-key\r\n\r\n".to_vec();
+    let large = [smuggled.clone(), vec![b'x'; 256 * 1024]].concat();
+    for protocol in PROTOCOLS {
+        for body in [&smuggled, &large] {
+            let what = format!("{protocol:?} after a {}-byte body", body.len());
+            match protocol {
+                Protocol::Http1 => {
+                    let mut conn = Conn::connect(pylon.addr);
+                    let mut refused = format!(
+                        "POST /k HTTP/1.1\r\nHost: example.com\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    refused.extend_from_slice(body);
+                    conn.send(&refused);
+                    let res = conn.read_response().expect("the refusal");
+                    assert_eq!(res.status, 401, "{what}: {}", res.text());
+                    // Closing is fine; going on must mean the body was skipped whole.
+                    if res.header("connection") != Some("close") {
+                        let next =
+                            b"GET /k HTTP/1.1\r\nHost: example.com\r\napikey: jack-key\r\n\r\n";
+                        let res = conn.request(next);
+                        assert_eq!((res.status, res.text().as_str()), (200, "up"), "{what}");
+                        assert_eq!(last(&up).target, "/k", "{what}");
+                    }
+                }
+                Protocol::Http2 => {
+                    let mut h2 = connect(pylon.addr).await;
+                    let req = request("POST", "/k").body(()).unwrap();
+                    let (response, mut stream) = h2.sender.send_request(req, false).unwrap();
+                    // Queued whole: the gateway may answer, and reset the stream with
+                    // NO_ERROR, before the body is all sent (RFC 9113 §8.1).
+                    let _ = stream.send_data(Bytes::from(body.clone()), true);
+                    let reply = read_reply(response).await;
+                    assert_eq!(reply.status, 401, "{what}: {}", reply.text());
+                    let req = request("GET", "/k")
+                        .header("apikey", "jack-key")
+                        .body(())
+                        .unwrap();
+                    let reply = send(&mut h2.sender, req, b"").await;
+                    assert_eq!((reply.status, reply.text().as_str()), (200, "up"), "{what}");
+                }
+            }
+        }
+    }
+    assert!(
+        up.received().iter().all(|r| r.target == "/k"),
+        "{:?}",
+        up.received()
+    );
 }
 
 // === bad configurations ===
