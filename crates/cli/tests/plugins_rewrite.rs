@@ -8,10 +8,12 @@ mod support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde_json::{json, Value};
 use support::client::Response;
+use support::http2::{connect, request, send};
 use support::protocols::{call, PROTOCOLS};
 use support::upstream::{respond, Received, Upstream};
 use support::Pylon;
@@ -296,6 +298,101 @@ async fn response_rewrite_with_vars_rewrites_only_the_responses_that_match() {
         assert_eq!(res.status, 200, "{protocol:?}");
         assert_eq!(res.text(), "the upstream's own body", "{protocol:?}");
     }
+}
+
+// === an HTTP/2 upstream ===
+
+/// An h2c upstream (what `scheme: grpc` reaches), recording each request head and answering
+/// 200 with `x-upstream: h2`, `x-remove-me` and the body `h2 body`.
+async fn h2_upstream() -> (SocketAddr, Arc<Mutex<Vec<http::request::Parts>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let record = received.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    record.lock().unwrap().push(req.into_parts().0);
+                    let head = http::Response::builder()
+                        .header("x-upstream", "h2")
+                        .header("x-remove-me", "1")
+                        .body(())
+                        .unwrap();
+                    if let Ok(mut body) = respond.send_response(head, false) {
+                        let _ = body.send_data(Bytes::from_static(b"h2 body"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// HTTP/2 clients only: an HTTP/1.1 request does not go to an HTTP/2 upstream.
+#[tokio::test]
+async fn request_and_response_edits_reach_an_http2_upstream_and_come_back_from_it() {
+    let (addr, received) = h2_upstream().await;
+    let mut h2_route = route(
+        "h2",
+        "/h2/*",
+        addr,
+        json!({
+            "proxy-rewrite": {
+                "uri": "/v2$uri",
+                "method": "PUT",
+                "host": "backend.internal",
+                "headers": {"set": {"X-Set": "yes"}, "remove": ["X-Remove"]}
+            },
+            "response-rewrite": {
+                "status_code": 202,
+                "body": "rewritten",
+                "headers": {"set": {"X-Upstream": "rewritten"}, "remove": ["X-Remove-Me"]}
+            },
+            "request-id": {}
+        }),
+    );
+    h2_route["upstream"]["scheme"] = json!("grpc");
+    let pylon = Pylon::start(&routes(&[h2_route]), "");
+    let mut h2 = connect(pylon.addr).await;
+    let req = request("GET", "/h2/a?x=1")
+        .header("x-remove", "gone")
+        .header("x-kept", "kept")
+        .body(())
+        .unwrap();
+    let reply = send(&mut h2.sender, req, b"").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(reply.text(), "rewritten");
+    if let Some(length) = reply.header("content-length") {
+        assert_eq!(length, "9");
+    }
+    assert_eq!(reply.header("x-upstream"), Some("rewritten"));
+    assert_eq!(reply.header("x-remove-me"), None);
+    let id = reply.header("x-request-id").expect("a request id");
+
+    let seen = received
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the upstream got the request");
+    assert_eq!(seen.method, "PUT");
+    assert_eq!(
+        seen.uri.path_and_query().map(|p| p.as_str()),
+        Some("/v2/h2/a?x=1")
+    );
+    assert_eq!(
+        seen.uri.authority().map(|a| a.as_str()),
+        Some("backend.internal")
+    );
+    let header = |name: &str| seen.headers.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(header("x-set"), Some("yes"));
+    assert_eq!(header("x-remove"), None);
+    assert_eq!(header("x-kept"), Some("kept"));
+    assert_eq!(header("x-request-id"), Some(id));
 }
 
 // === redirect ===
