@@ -451,6 +451,35 @@ async fn cors_runs_before_authentication_so_its_headers_reach_a_401() {
     }
 }
 
+#[tokio::test]
+async fn cors_headers_reach_the_gateways_own_errors() {
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = json!({"routes": [{
+        "id": "c", "uri": "/c", "plugins": {"cors": {"allow_origins": "**"}},
+        "upstream": {"nodes": {down.to_string(): 1}}
+    }]});
+    let pylon = Pylon::start(&config.to_string(), "");
+    for protocol in PROTOCOLS {
+        let origin = ("origin", "https://a.example");
+        let res = call(protocol, pylon.addr, "GET", "/c", &[origin], b"").await;
+        assert_eq!(res.status, 502, "{protocol:?}: {}", res.text());
+        assert_eq!(
+            res.json(),
+            json!({"error_msg": "502 Bad Gateway"}),
+            "{protocol:?}"
+        );
+        assert_eq!(
+            res.header("access-control-allow-origin"),
+            Some("https://a.example"),
+            "{protocol:?}"
+        );
+        assert_eq!(res.header("vary"), Some("Origin"), "{protocol:?}");
+    }
+}
+
 // === client-control ===
 
 /// `body`'s length as a header, for HTTP/2, where the client says it only if it wants to (the

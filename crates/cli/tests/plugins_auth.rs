@@ -665,3 +665,41 @@ async fn consumer_restriction_lets_through_only_the_consumers_its_lists_allow() 
         }
     }
 }
+
+// === balancing on the consumer ===
+
+#[tokio::test]
+async fn chash_on_the_consumer_sends_each_consumers_requests_to_one_node() {
+    let nodes: Vec<Upstream> = (0..3).map(|i| Upstream::start(&format!("n{i}"))).collect();
+    let weights: serde_json::Map<String, Value> = nodes
+        .iter()
+        .map(|n| (n.addr.to_string(), json!(1)))
+        .collect();
+    let consumers: Vec<Value> = (0..8)
+        .map(|i| json!({"username": format!("c{i}"), "plugins": {"key-auth": {"key": format!("key-{i}")}}}))
+        .collect();
+    let config = json!({
+        "routes": [{
+            "id": "r", "uri": "/r", "plugins": {"key-auth": {}},
+            "upstream": {"type": "chash", "hash_on": "consumer", "nodes": weights}
+        }],
+        "consumers": consumers
+    });
+    let pylon = Pylon::start(&config.to_string(), "");
+    let mut chosen = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        let key = format!("key-{i}");
+        let mut served_by = std::collections::BTreeSet::new();
+        for protocol in PROTOCOLS {
+            for _ in 0..4 {
+                let res = call(protocol, pylon.addr, "GET", "/r", &[("apikey", &key)], b"").await;
+                assert_eq!(res.status, 200, "{protocol:?} c{i}: {}", res.text());
+                served_by.insert(res.text());
+            }
+        }
+        assert_eq!(served_by.len(), 1, "c{i} was served by {served_by:?}");
+        chosen.extend(served_by);
+    }
+    // Eight consumers on three equal nodes all hashing to one is a 1 in 3^7 chance.
+    assert!(chosen.len() > 1, "every consumer went to {chosen:?}");
+}

@@ -171,6 +171,32 @@ async fn proxy_rewrite_adds_sets_and_removes_upstream_headers() {
     }
 }
 
+#[tokio::test]
+async fn proxy_rewrite_edits_go_with_every_attempt() {
+    let up = Upstream::start("up");
+    // Refuses connections: an attempt there fails and the request goes to the next node.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = json!({"routes": [{
+        "id": "r", "uri": "/r",
+        "plugins": {"proxy-rewrite": {"uri": "/rewritten", "headers": {"set": {"X-Set": "yes"}}}},
+        "upstream": {"nodes": {closed.to_string(): 1, up.addr.to_string(): 1}, "retries": 1}
+    }]});
+    let pylon = Pylon::start(&config.to_string(), "");
+    for protocol in PROTOCOLS {
+        // Round robin starts on either node: four requests try the refusing one first too.
+        for _ in 0..4 {
+            let res = call(protocol, pylon.addr, "GET", "/r?q=1", &[], b"").await;
+            assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
+            let seen = last(&up);
+            assert_eq!(seen.target, "/rewritten?q=1", "{protocol:?}");
+            assert_eq!(seen.header("x-set"), Some("yes"), "{protocol:?}");
+        }
+    }
+}
+
 // === response-rewrite ===
 
 /// An upstream whose response says what a rewrite must replace: a body of its own (chunked
@@ -395,6 +421,36 @@ async fn request_and_response_edits_reach_an_http2_upstream_and_come_back_from_i
     assert_eq!(header("x-request-id"), Some(id));
 }
 
+// === HEAD ===
+
+/// The response to HEAD has no content (RFC 9110 §9.3.2), whoever made it: the upstream with
+/// a body a plugin replaced, a plugin's own reply, a plugin's refusal.
+#[tokio::test]
+async fn a_head_request_gets_the_head_of_the_get_and_no_body() {
+    let up = rich_upstream();
+    let config = json!({
+        "routes": [
+            route("rewritten", "/rewritten", up.addr, json!({"response-rewrite": {"status_code": 202, "body": "rewritten"}})),
+            route("mocked", "/mocked", up.addr, json!({"mocking": {"response_example": "mocked"}})),
+            route("refused", "/refused", up.addr, json!({"key-auth": {}})),
+        ],
+        "consumers": [{"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}}]
+    });
+    let pylon = Pylon::start(&config.to_string(), "");
+    for protocol in PROTOCOLS {
+        for (target, status) in [("/rewritten", 202), ("/mocked", 200), ("/refused", 401)] {
+            let what = format!("{protocol:?} HEAD {target}");
+            let get = call(protocol, pylon.addr, "GET", target, &[], b"").await;
+            let res = call(protocol, pylon.addr, "HEAD", target, &[], b"").await;
+            assert_eq!(res.status, status, "{what}");
+            assert_eq!(res.body, b"", "{what}");
+            if let Some(length) = res.header("content-length") {
+                assert_eq!(length, get.body.len().to_string(), "{what}");
+            }
+        }
+    }
+}
+
 // === redirect ===
 
 #[tokio::test]
@@ -566,6 +622,45 @@ async fn request_id_gives_the_upstream_and_the_client_one_id_keeping_the_clients
     );
 }
 
+#[tokio::test]
+async fn request_id_reaches_plugin_refusals_and_gateway_errors() {
+    let up = Upstream::start("up");
+    let down = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = json!({
+        "routes": [
+            route("auth", "/auth", up.addr, json!({"request-id": {}, "key-auth": {}})),
+            route("down", "/down", down, json!({"request-id": {}})),
+        ],
+        "consumers": [{"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}}]
+    });
+    let pylon = Pylon::start(&config.to_string(), "");
+    for protocol in PROTOCOLS {
+        for (target, status) in [("/auth", 401), ("/down", 502)] {
+            let res = call(protocol, pylon.addr, "GET", target, &[], b"").await;
+            assert_eq!(res.status, status, "{protocol:?} {target}: {}", res.text());
+            let id = res.header("x-request-id").unwrap_or_default();
+            assert!(is_uuid_v4(id), "{protocol:?} {target}: {id:?}");
+            let res = call(
+                protocol,
+                pylon.addr,
+                "GET",
+                target,
+                &[("x-request-id", "mine")],
+                b"",
+            )
+            .await;
+            assert_eq!(
+                res.header("x-request-id"),
+                Some("mine"),
+                "{protocol:?} {target}"
+            );
+        }
+    }
+}
+
 // === mocking ===
 
 #[tokio::test]
@@ -600,6 +695,12 @@ async fn mocking_answers_without_the_upstream() {
                 }}),
             ),
             route(
+                "delayed",
+                "/delayed",
+                nowhere,
+                json!({"mocking": {"delay": 1, "response_example": "late"}}),
+            ),
+            route(
                 "xml",
                 "/xml",
                 nowhere,
@@ -631,6 +732,13 @@ async fn mocking_answers_without_the_upstream() {
             "{protocol:?}"
         );
         assert_eq!(res.header("x-mock-by"), None, "{protocol:?}");
+
+        let res = call(protocol, pylon.addr, "GET", "/delayed", &[], b"").await;
+        assert_eq!(
+            (res.status, res.text().as_str()),
+            (200, "late"),
+            "{protocol:?}"
+        );
 
         let res = call(protocol, pylon.addr, "GET", "/xml", &[], b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
