@@ -115,6 +115,52 @@ async fn the_most_specific_place_configures_a_request_plugin() {
     }
 }
 
+#[tokio::test]
+async fn a_consumers_access_plugin_takes_the_place_of_the_routes() {
+    let up = Upstream::start("up");
+    let config = json!({
+        "routes": [route("r", "/r", &up, json!({
+            "key-auth": {},
+            "ip-restriction": {"blacklist": ["127.0.0.1"], "message": "the route's"}
+        }))],
+        "consumers": [
+            {"username": "jack", "plugins": {
+                "key-auth": {"key": "jack-key"},
+                "ip-restriction": {"whitelist": ["127.0.0.1"]}
+            }},
+            {"username": "rose", "plugins": {"key-auth": {"key": "rose-key"}}}
+        ]
+    });
+    let pylon = Pylon::start(&config.to_string(), "");
+    for protocol in PROTOCOLS {
+        let res = call(
+            protocol,
+            pylon.addr,
+            "GET",
+            "/r",
+            &[("apikey", "jack-key")],
+            b"",
+        )
+        .await;
+        assert_eq!(res.status, 200, "{protocol:?} jack: {}", res.text());
+        let res = call(
+            protocol,
+            pylon.addr,
+            "GET",
+            "/r",
+            &[("apikey", "rose-key")],
+            b"",
+        )
+        .await;
+        assert_eq!(res.status, 403, "{protocol:?} rose: {}", res.text());
+        assert_eq!(
+            res.json(),
+            json!({"message": "the route's"}),
+            "{protocol:?} rose"
+        );
+    }
+}
+
 // === global rules ===
 
 #[tokio::test]
@@ -314,6 +360,71 @@ async fn meta_gray_ratio_runs_a_plugin_for_its_share_of_requests() {
     }
 }
 
+#[tokio::test]
+async fn meta_priority_changes_the_order_plugins_run_in() {
+    let up = Upstream::start("up");
+    let config = json!({
+        "routes": [
+            route("default", "/default", &up, json!({"cors": {}, "key-auth": {}})),
+            // Before cors (4000) now: its 401 goes out before cors has added anything.
+            route("first", "/first", &up, json!({"cors": {}, "key-auth": {"_meta": {"priority": 5000}}})),
+        ],
+        "consumers": [{"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}}]
+    });
+    let pylon = Pylon::start(&config.to_string(), "");
+    let preflight = [
+        ("origin", "https://a.example"),
+        ("access-control-request-method", "GET"),
+    ];
+    for protocol in PROTOCOLS {
+        let res = call(protocol, pylon.addr, "OPTIONS", "/default", &preflight, b"").await;
+        assert_eq!(res.status, 200, "{protocol:?} /default: {}", res.text());
+        assert_eq!(
+            res.header("access-control-allow-origin"),
+            Some("*"),
+            "{protocol:?}"
+        );
+        let res = call(protocol, pylon.addr, "OPTIONS", "/first", &preflight, b"").await;
+        assert_eq!(res.status, 401, "{protocol:?} /first: {}", res.text());
+        assert_eq!(
+            res.header("access-control-allow-origin"),
+            None,
+            "{protocol:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn meta_gray_ratio_decides_once_for_every_phase_of_a_request() {
+    let up = Upstream::start("up");
+    // request-id works in two phases: the id goes upstream in `rewrite` and to the client in
+    // `header_filter`. Run in one and not the other, a request would get half of it.
+    let config = json!({"routes": [route("r", "/r", &up, json!({"request-id": {"_meta": {"gray_ratio": 50}}}))]});
+    let pylon = Pylon::start(&config.to_string(), "");
+    for protocol in PROTOCOLS {
+        let (mut with, mut without) = (0, 0);
+        for _ in 0..100 {
+            let res = call(protocol, pylon.addr, "GET", "/r", &[], b"").await;
+            assert_eq!(res.status, 200, "{protocol:?}");
+            let upstream_id = last(&up).header("x-request-id").map(str::to_owned);
+            assert_eq!(
+                res.header("x-request-id"),
+                upstream_id.as_deref(),
+                "{protocol:?}"
+            );
+            match upstream_id {
+                Some(_) => with += 1,
+                None => without += 1,
+            }
+        }
+        // Both happen: all 100 alike at 50% is a 2^-99 chance.
+        assert!(
+            with > 0 && without > 0,
+            "{protocol:?}: {with} with an id, {without} without"
+        );
+    }
+}
+
 // === plugin replies ===
 
 #[tokio::test]
@@ -376,6 +487,37 @@ async fn a_connection_goes_on_cleanly_after_a_plugin_refused_a_request_with_a_bo
         "{:?}",
         up.received()
     );
+}
+
+#[tokio::test]
+async fn a_consumer_is_identified_per_request_not_per_connection() {
+    let up = Upstream::start("up");
+    let config = json!({
+        "routes": [route("k", "/k", &up, json!({"key-auth": {}}))],
+        "consumers": [{"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}}]
+    });
+    let pylon = Pylon::start(&config.to_string(), "");
+    // HTTP/1.1: one kept-alive connection.
+    let mut conn = Conn::connect(pylon.addr);
+    let with_key = b"GET /k HTTP/1.1\r\nHost: example.com\r\napikey: jack-key\r\n\r\n";
+    let without = b"GET /k HTTP/1.1\r\nHost: example.com\r\n\r\n";
+    assert_eq!(conn.request(with_key).status, 200, "Http1");
+    assert_eq!(conn.request(without).status, 401, "Http1");
+    assert_eq!(conn.request(with_key).status, 200, "Http1");
+    // HTTP/2: streams of one connection.
+    let mut h2 = connect(pylon.addr).await;
+    for (key, status) in [
+        (Some("jack-key"), 200),
+        (None, 401),
+        (Some("jack-key"), 200),
+    ] {
+        let mut req = request("GET", "/k");
+        if let Some(key) = key {
+            req = req.header("apikey", key);
+        }
+        let reply = send(&mut h2.sender, req.body(()).unwrap(), b"").await;
+        assert_eq!(reply.status, status, "Http2 with {key:?}");
+    }
 }
 
 // === bad configurations ===
