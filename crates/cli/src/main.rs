@@ -162,21 +162,42 @@ fn validate(file: Option<&Path>, node_config: Option<&Path>) -> anyhow::Result<(
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let invalid =
         |errors: ValidationErrors| anyhow::anyhow!("{} is not valid:\n{errors}", file.display());
-    let (entries, config) = pylon_model::parse_standalone(&text).map_err(invalid)?;
+    let document = pylon_model::parse_standalone_document(&text).map_err(invalid)?;
     // Plugins are the plugins crate's to check: each resource's, then what only the whole
-    // configuration shows (two consumers with one key).
-    let mut plugin_errors: Vec<FieldError> = entries
+    // configuration shows (two consumers with one key). Paths are positions in the document.
+    let locate = |error: FieldError| match error.path.split_once('.') {
+        Some((resource, rest)) => {
+            let located = document
+                .entries
+                .keys()
+                .find(|key| key.to_string() == resource)
+                .and_then(|key| document.locations.get(key));
+            match located {
+                Some(location) => FieldError::new(format!("{location}.{rest}"), error.message),
+                None => error,
+            }
+        }
+        None => error,
+    };
+    let mut plugin_errors: Vec<FieldError> = document
+        .entries
         .iter()
         .flat_map(|(key, value)| {
+            let location = &document.locations[key];
             pylon_plugins::check_resource(key.kind, value)
                 .into_iter()
-                .map(move |e| e.within(&key.to_string()))
+                .map(move |e| e.within(location))
         })
         .collect();
-    plugin_errors.extend(pylon_plugins::check_config(&config));
+    plugin_errors.extend(
+        pylon_plugins::check_config(&document.config)
+            .into_iter()
+            .map(locate),
+    );
     if !plugin_errors.is_empty() {
         return Err(invalid(ValidationErrors(plugin_errors)));
     }
+    let config = document.config;
     println!(
         "{}: valid ({} routes, {} services, {} upstreams, {} ssls)",
         file.display(),

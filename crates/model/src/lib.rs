@@ -31,7 +31,7 @@ pub use key::{Key, Kind};
 pub use route::Route;
 pub use schema::json_schema;
 pub use ssl::{Ssl, SslClient, SslType, TlsVersion};
-pub use standalone::parse_standalone;
+pub use standalone::{parse_standalone, parse_standalone_document, Standalone};
 pub use tls::{parse_certificates, parse_private_key, KeyPair};
 pub use upstream::{
     HashOn, KeepalivePool, Node, Nodes, PassHost, Scheme, Timeout, Upstream, UpstreamTls,

@@ -7,6 +7,16 @@ use crate::config::Resource;
 use crate::error::{FieldError, ValidationErrors};
 use crate::key::{Key, Kind};
 
+/// A standalone document, parsed.
+pub struct Standalone {
+    /// The store entries it makes.
+    pub entries: BTreeMap<Key, serde_json::Value>,
+    /// The configuration those entries make.
+    pub config: Config,
+    /// Where in the document each resource is: `routes[3]`.
+    pub locations: BTreeMap<Key, String>,
+}
+
 /// Parses a standalone YAML document into store entries and the configuration they make.
 ///
 /// Resources without an id get their 1-based position as id, as APISIX does. Error paths are
@@ -14,6 +24,11 @@ use crate::key::{Key, Kind};
 pub fn parse_standalone(
     text: &str,
 ) -> Result<(BTreeMap<Key, serde_json::Value>, Config), ValidationErrors> {
+    parse_standalone_document(text).map(|doc| (doc.entries, doc.config))
+}
+
+/// As [`parse_standalone`], with where each resource stands in the document.
+pub fn parse_standalone_document(text: &str) -> Result<Standalone, ValidationErrors> {
     let doc: serde_json::Value = if text.trim().is_empty() {
         serde_json::Value::Object(Default::default())
     } else {
@@ -82,7 +97,11 @@ pub fn parse_standalone(
     }
     errors.extend(config.check_references(|key| locations[key].clone()));
     if errors.is_empty() {
-        Ok((entries, config))
+        Ok(Standalone {
+            entries,
+            config,
+            locations,
+        })
     } else {
         Err(ValidationErrors(errors))
     }

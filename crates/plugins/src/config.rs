@@ -89,7 +89,11 @@ fn substitute(
         }
         Value::Object(map) => {
             for (key, item) in map.iter_mut() {
-                let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 substitute(item, lookup, path)?;
             }
         }
@@ -109,10 +113,19 @@ mod tests {
         let lookup = |name: &str| (name == "KEY").then(|| "s3cret".to_owned());
         let config = json!({"key": "$env://KEY", "list": ["a", "$env://KEY"], "n": 1});
         let resolved = resolve_env_with(&config, &lookup).unwrap();
-        assert_eq!(*resolved, json!({"key": "s3cret", "list": ["a", "s3cret"], "n": 1}));
+        assert_eq!(
+            *resolved,
+            json!({"key": "s3cret", "list": ["a", "s3cret"], "n": 1})
+        );
         let plain = json!({"key": "k"});
-        assert!(matches!(resolve_env_with(&plain, &lookup).unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            resolve_env_with(&plain, &lookup).unwrap(),
+            Cow::Borrowed(_)
+        ));
         let error = resolve_env_with(&json!({"a": {"b": "$env://NOPE"}}), &lookup).unwrap_err();
-        assert_eq!(error.to_string(), "a.b: environment variable `NOPE` is not set");
+        assert_eq!(
+            error.to_string(),
+            "a.b: environment variable `NOPE` is not set"
+        );
     }
 }

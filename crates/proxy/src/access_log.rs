@@ -3,7 +3,7 @@
 //! than slowing a request down.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use crate::settings::AccessLogSettings;
 /// One request, as the log line describes it.
 pub struct AccessRecord {
     pub time: SystemTime,
-    pub client: SocketAddr,
+    /// The client's address: the peer's, or the one `real-ip` found.
+    pub client: IpAddr,
     pub method: String,
     pub uri: String,
     pub host: String,
@@ -141,7 +142,7 @@ fn write_lines(rx: Receiver<AccessRecord>, out: Box<dyn Write + Send>, dropped: 
 fn write_line(out: &mut impl Write, record: &AccessRecord) {
     let line = Line {
         time: humantime::format_rfc3339_millis(record.time).to_string(),
-        client_ip: record.client.ip().to_string(),
+        client_ip: record.client.to_string(),
         method: &record.method,
         uri: &record.uri,
         host: &record.host,

@@ -1,6 +1,6 @@
 //! One client connection: read a request head, answer it, repeat while keep-alive allows.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -313,10 +313,19 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
                 .filter(|_| host_ok)
                 .map_or(GatewayError::BadRequest, GatewayError::from);
             let outcome = respond_error(worker, &mut conn.io, error, false).await;
-            log(worker, conn, route, started, &outcome);
+            log(
+                worker,
+                conn,
+                conn.request.client.ip(),
+                route,
+                started,
+                &outcome,
+            );
             return false;
         }
     };
+    // The client as the log names it: the peer, or the address `real-ip` found.
+    let mut client = conn.request.client.ip();
     let outcome = match route {
         Some(route) => {
             let vars = conn.request.vars();
@@ -337,6 +346,7 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
                 }
             };
             plugins.log(&ctx, outcome.status, outcome.bytes_sent, started.elapsed());
+            client = ctx.client_ip();
             outcome
         }
         None => {
@@ -345,7 +355,7 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
             respond_error(worker, &mut conn.io, GatewayError::RouteNotFound, keep).await
         }
     };
-    log(worker, conn, route, started, &outcome);
+    log(worker, conn, client, route, started, &outcome);
     outcome.keep_alive
 }
 
@@ -370,7 +380,7 @@ async fn reject_unparsed(worker: &Worker, conn: &mut Downstream, error: GatewayE
     });
     worker.access_log.record(AccessRecord {
         time: SystemTime::now(),
-        client: conn.request.client,
+        client: conn.request.client.ip(),
         method,
         uri,
         host: String::new(),
@@ -509,6 +519,7 @@ fn skip_buffered_body(buf: &mut BytesMut, framing: BodyFraming) -> bool {
 fn log(
     worker: &Worker,
     conn: &Downstream,
+    client: IpAddr,
     route: Option<&RouteTarget>,
     started: Instant,
     outcome: &Outcome,
@@ -519,7 +530,7 @@ fn log(
     let head = &conn.request.head;
     worker.access_log.record(AccessRecord {
         time: SystemTime::now(),
-        client: conn.request.client,
+        client,
         method: head.method().to_owned(),
         uri: head.target().to_owned(),
         host: conn.request.host.clone(),

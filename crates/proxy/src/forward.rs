@@ -177,7 +177,7 @@ async fn exchange(
         &request.head,
         &RequestContext {
             client_host,
-            client: request.client,
+            client: work.ctx.client_ip(),
             local: request.local,
             scheme,
             edits: &work.ctx.edits,
@@ -871,7 +871,7 @@ mod tests {
             &head,
             &RequestContext {
                 client_host: head.client_host(),
-                client: "192.0.2.9:5555".parse().unwrap(),
+                client: "192.0.2.9".parse().unwrap(),
                 local: "127.0.0.1:9080".parse().unwrap(),
                 scheme: "http",
                 edits,

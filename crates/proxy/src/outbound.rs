@@ -3,7 +3,7 @@
 //! headers (`X-Forwarded-*`, `X-Real-IP`) the gateway sets in place of the client's own.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use pylon_model::PassHost;
 use pylon_plugin::RequestEdits;
@@ -49,7 +49,8 @@ pub(crate) fn plugin_may_set(name: &str) -> bool {
 pub(crate) struct RequestContext<'a> {
     /// The host the client asked for, as it sent it.
     pub client_host: Option<&'a [u8]>,
-    pub client: SocketAddr,
+    /// The client's address: the peer's, or the one `real-ip` found behind trusted proxies.
+    pub client: IpAddr,
     pub local: SocketAddr,
     /// `http` or `https`: how the client reached the gateway.
     pub scheme: &'a str,
@@ -65,7 +66,7 @@ pub(crate) fn write_forwarding_headers(
     head: &impl RequestFields,
     context: &RequestContext<'_>,
 ) {
-    let client_ip = context.client.ip();
+    let client_ip = context.client;
     out.extend_from_slice(b"X-Forwarded-For: ");
     // Every incoming X-Forwarded-For, in order: a list split over several header lines is
     // still one list (RFC 9110 §5.3), and keeping only one would lose hops.

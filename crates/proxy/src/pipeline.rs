@@ -41,13 +41,23 @@ impl<'s> Plugins<'s> {
             if let Some(reply) = self.global.run(phase, ctx, None).await {
                 return Some(reply);
             }
-            // Until the consumer is known (after `rewrite`), its plugins cannot apply.
+            // Until the consumer is known (after the route's `rewrite`), its plugins cannot
+            // apply; once it is, they take the place of the route's of the same name.
             let consumer = (phase != Phase::Rewrite)
                 .then(|| ctx.consumer().cloned())
                 .flatten();
             let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
             if let Some(reply) = self.route.run(phase, ctx, consumer_plugins).await {
                 return Some(reply);
+            }
+            // The consumer's own `rewrite`s run right after it is identified, as APISIX's
+            // do: a consumer's proxy-rewrite has the last word on the request.
+            if phase == Phase::Rewrite {
+                if let Some(consumer) = ctx.consumer().cloned() {
+                    if let Some(reply) = consumer.plugins().run(phase, ctx, None).await {
+                        return Some(reply);
+                    }
+                }
             }
         }
         None

@@ -29,6 +29,8 @@ pub(super) struct Client {
     respond: SendResponse<Bytes>,
     conn: Rc<Connection>,
     grpc: bool,
+    /// The request is a HEAD: responses the gateway makes carry their length, not their body.
+    head: bool,
     reset_recorded: bool,
 }
 
@@ -67,11 +69,12 @@ impl UpstreamAnswer for Delivered {
 }
 
 impl Client {
-    pub fn new(respond: SendResponse<Bytes>, conn: Rc<Connection>, grpc: bool) -> Self {
+    pub fn new(respond: SendResponse<Bytes>, conn: Rc<Connection>, grpc: bool, head: bool) -> Self {
         Client {
             respond,
             conn,
             grpc,
+            head,
             reset_recorded: false,
         }
     }
@@ -94,13 +97,13 @@ impl Client {
             }
         }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
-        let end = reply.body.is_empty();
+        let end = reply.body.is_empty() || self.head;
         let sent = self.respond.send_response(head, end).and_then(|mut send| {
             if !end {
                 // The body is whole in memory: queued at once, sent as the window allows.
                 send.send_data(reply.body.clone(), true)?;
             }
-            Ok(reply.body.len() as u64)
+            Ok(if end { 0 } else { reply.body.len() as u64 })
         });
         match sent {
             Ok(bytes_sent) => Delivered {
@@ -139,6 +142,10 @@ impl Client {
         headers.insert(SERVER, HeaderValue::from_static("Pylon"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if self.head {
+            self.respond.send_response(head, true)?;
+            return Ok(0);
+        }
         let mut send = self.respond.send_response(head, false)?;
         let len = body.len() as u64;
         // A few dozen bytes: queued whatever the client's window, never a build-up.
@@ -162,10 +169,11 @@ impl Client {
         Ok(0)
     }
 
-    /// Sends a response whose body is whole in memory; returns the body's length.
+    /// Sends a response whose body is whole in memory (not to a HEAD); returns the body bytes
+    /// sent.
     pub fn send_whole(&mut self, head: http::response::Parts, body: Bytes) -> Result<u64, Halt> {
-        let end = body.is_empty();
-        let len = body.len() as u64;
+        let end = body.is_empty() || self.head;
+        let len = if end { 0 } else { body.len() as u64 };
         let mut send = self.send_head(Response::from_parts(head, ()), end)?;
         if !end {
             send.send_data(body, true)

@@ -148,7 +148,8 @@ pub(super) async fn serve(
 ) {
     let started = Instant::now();
     let (parts, recv) = request.into_parts();
-    let mut client = Client::new(respond, conn.clone(), is_grpc(&parts));
+    let head = parts.method == Method::HEAD;
+    let mut client = Client::new(respond, conn.clone(), is_grpc(&parts), head);
     let peer = &conn.peer;
     let mut host = String::new();
     let host_ok = client_host(&parts).is_none_or(|raw| normalize_host(raw, &mut host));
@@ -164,6 +165,8 @@ pub(super) async fn serve(
     };
     let route = view.snapshot.router.find(&vars);
     let mut upstream = None;
+    // The client as the log names it: the peer, or the address `real-ip` found.
+    let mut client_ip = peer.client.ip();
     let delivered = if !host_ok || parts.method == Method::CONNECT {
         // CONNECT tunnels are not proxied (and extended CONNECT is not offered).
         client.send_error(GatewayError::BadRequest)
@@ -195,6 +198,7 @@ pub(super) async fn serve(
                     delivered.bytes_sent,
                     started.elapsed(),
                 );
+                client_ip = ctx.client_ip();
                 delivered
             }
         }
@@ -202,7 +206,7 @@ pub(super) async fn serve(
     if worker.access_log.is_enabled() {
         worker.access_log.record(AccessRecord {
             time: SystemTime::now(),
-            client: peer.client,
+            client: client_ip,
             method: parts.method.as_str().to_owned(),
             uri: parts.target().to_owned(),
             host,
@@ -287,7 +291,7 @@ async fn proxy(
         parts,
         context: RequestContext {
             client_host: client_host(parts),
-            client: vars.client,
+            client: ctx.client_ip(),
             local: vars.local,
             scheme: vars.scheme(),
             edits: &ctx.edits,
