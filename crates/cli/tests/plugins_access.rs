@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use support::client::Response;
+use support::client::{get, Response};
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::upstream::{respond, Gate, Received, Upstream};
 use support::Pylon;
@@ -791,6 +791,13 @@ async fn forward_auth_applies_its_failure_policy_when_the_service_hangs_or_is_do
     assert!(
         hanging.request_count() >= 2,
         "the hanging service was asked"
+    );
+    // Each failure is counted by what was done about it: per protocol, two of each.
+    let status = get(pylon.control.unwrap(), "localhost", "/v1/status").json();
+    assert_eq!(
+        status["plugin_call_failures"],
+        json!({"let_through": 4, "refused": 4}),
+        "{status}"
     );
     release.open();
 }

@@ -25,7 +25,7 @@ mod template;
 
 use std::any::Any;
 
-pub use call::{Call, CallError, FailurePolicy};
+pub use call::{call_failures, Call, CallError, CallFailures, FailurePolicy};
 pub use chain::{Chain, ChainBuilder, Entry};
 pub use consumer::Consumer;
 pub use context::{

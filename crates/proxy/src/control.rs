@@ -68,6 +68,7 @@ pub struct NodeStatus {
 impl NodeStatus {
     fn report(&self) -> serde_json::Value {
         let store = self.store.borrow();
+        let calls = pylon_plugin::call_failures();
         serde_json::json!({
             "id": self.id,
             "role": self.role,
@@ -78,6 +79,7 @@ impl NodeStatus {
                 "resources": store.entries.len(),
                 "connected": store.live,
             },
+            "plugin_call_failures": {"let_through": calls.opened, "refused": calls.closed},
         })
     }
 }
