@@ -61,6 +61,7 @@ pub struct Credential {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
     /// The authentication plugins this credential configures.
+    #[serde(default, skip_serializing_if = "Plugins::is_empty")]
     pub plugins: Plugins,
     /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
