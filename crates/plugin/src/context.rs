@@ -22,11 +22,57 @@ pub struct HeaderEdits(Vec<HeaderEdit>);
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeaderEdit {
     /// Replaces every header of this name.
-    Set(String, String),
+    Set(Text, Text),
     /// Adds one more header of this name, keeping the others.
-    Add(String, String),
+    Add(Text, Text),
     /// Removes every header of this name.
-    Remove(String),
+    Remove(Text),
+}
+
+/// A header name or value in an edit. Most are fixed by a plugin's code or configuration, so
+/// an edit holds them without copying when it can: a static string, or one shared with the
+/// configuration. Only what a request makes (a rendered template, a generated id) is owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Text {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::Owned(s)
+    }
+}
+
+impl From<Arc<str>> for Text {
+    fn from(s: Arc<str>) -> Text {
+        Text::Shared(s)
+    }
+}
+
+impl From<&Arc<str>> for Text {
+    fn from(s: &Arc<str>) -> Text {
+        Text::Shared(s.clone())
+    }
 }
 
 impl HeaderEdit {
@@ -42,17 +88,17 @@ impl HeaderEdits {
         self.0.is_empty()
     }
 
-    pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn set(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
         let name = name.into();
         self.forget(&name);
         self.0.push(HeaderEdit::Set(name, value.into()));
     }
 
-    pub fn add(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn add(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
         self.0.push(HeaderEdit::Add(name.into(), value.into()));
     }
 
-    pub fn remove(&mut self, name: impl Into<String>) {
+    pub fn remove(&mut self, name: impl Into<Text>) {
         let name = name.into();
         self.forget(&name);
         self.0.push(HeaderEdit::Remove(name));
@@ -65,7 +111,7 @@ impl HeaderEdits {
     /// The names whose original headers are to be left out (those set or removed).
     pub fn replaced(&self) -> impl Iterator<Item = &str> {
         self.0.iter().filter_map(|e| match e {
-            HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => Some(n.as_str()),
+            HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => Some(&**n),
             HeaderEdit::Add(..) => None,
         })
     }
@@ -81,7 +127,7 @@ impl HeaderEdits {
     /// The headers the edits add, in order.
     pub fn added(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().filter_map(|e| match e {
-            HeaderEdit::Set(n, v) | HeaderEdit::Add(n, v) => Some((n.as_str(), v.as_str())),
+            HeaderEdit::Set(n, v) | HeaderEdit::Add(n, v) => Some((&**n, &**v)),
             HeaderEdit::Remove(_) => None,
         })
     }
@@ -94,7 +140,7 @@ impl HeaderEdits {
             .rev()
             .find(|e| e.name().eq_ignore_ascii_case(name))
             .map(|e| match e {
-                HeaderEdit::Set(_, v) | HeaderEdit::Add(_, v) => Some(v.as_str()),
+                HeaderEdit::Set(_, v) | HeaderEdit::Add(_, v) => Some(&**v),
                 HeaderEdit::Remove(_) => None,
             })
     }
@@ -227,10 +273,26 @@ impl<'r> RequestCtx<'r> {
     /// A request header as the upstream will get it: the edits made so far over the
     /// client's header.
     pub fn header(&self, name: &str) -> Option<Cow<'_, str>> {
-        match self.edits.headers.get(name) {
-            Some(edited) => edited.map(Cow::Borrowed),
-            None => self.request.var(&header_var(name)),
+        if let Some(edited) = self.edits.headers.get(name) {
+            return edited.map(Cow::Borrowed);
         }
+        // The variable's name, built on the stack: this runs for most plugins on every
+        // request, and a name that fits needs no allocation.
+        let mut var = [0u8; 64];
+        let len = "http_".len() + name.len();
+        if len > var.len() || !name.is_ascii() {
+            return self.request.var(&header_var(name));
+        }
+        var[..5].copy_from_slice(b"http_");
+        for (slot, b) in var[5..len].iter_mut().zip(name.bytes()) {
+            *slot = match b {
+                b'-' => b'_',
+                b => b.to_ascii_lowercase(),
+            };
+        }
+        // ASCII in, ASCII out.
+        let var = std::str::from_utf8(&var[..len]).ok()?;
+        self.request.var(var)
     }
 
     /// State a plugin keeps for this request, by the plugin's name.

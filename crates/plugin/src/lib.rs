@@ -30,7 +30,7 @@ pub use chain::{Chain, ChainBuilder, Entry};
 pub use consumer::Consumer;
 pub use context::{
     HeaderEdit, HeaderEdits, LogCtx, RequestCtx, RequestEdits, ResponseCtx, ResponseEdits,
-    ResponseHeaders,
+    ResponseHeaders, Text,
 };
 pub use meta::Meta;
 pub use phase::{Phase, Phases};

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use pylon_model::FieldError;
-use pylon_plugin::{Phases, Plugin, Reply, RequestCtx, Step};
+use pylon_plugin::{Phases, Plugin, Reply, RequestCtx, Step, Text};
 use pylon_router::RequestView;
 use regex::{Regex, RegexSet};
 use schemars::JsonSchema;
@@ -102,24 +102,27 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
             list if list.contains(',') => {
                 Origins::OneOf(list.split(',').map(str::to_owned).collect())
             }
-            one => Origins::Fixed(one.to_owned()),
+            one => Origins::Fixed(Arc::from(one)),
         },
     };
     let allow_methods = match config.allow_methods.as_str() {
-        "**" => EVERY_METHOD.to_owned(),
-        methods => methods.to_owned(),
+        "**" => Arc::from(EVERY_METHOD),
+        methods => Arc::from(methods),
     };
     let allow_headers = match config.allow_headers.as_str() {
         "**" => None,
-        headers => Some(headers.to_owned()),
+        headers => Some(Arc::from(headers)),
     };
     Ok(Arc::new(Cors {
         varies: !matches!(origins, Origins::Any),
         origins,
         allow_methods,
         allow_headers,
-        expose_headers: config.expose_headers.filter(|h| !h.is_empty()),
-        max_age: config.max_age.to_string(),
+        expose_headers: config
+            .expose_headers
+            .filter(|h| !h.is_empty())
+            .map(Arc::from),
+        max_age: Arc::from(config.max_age.to_string()),
         allow_credential: config.allow_credential,
     }))
 }
@@ -168,7 +171,7 @@ enum Origins {
     /// `**`: the request's `Origin`, `*` without one.
     Reflect,
     /// One configured origin, sent whatever the request's; the browser compares.
-    Fixed(String),
+    Fixed(Arc<str>),
     /// The request's `Origin` when it is one of these; no CORS headers otherwise.
     OneOf(HashSet<String>),
     /// The request's `Origin` when a rule matches it; no CORS headers otherwise.
@@ -179,24 +182,26 @@ struct Cors {
     origins: Origins,
     /// Whether the answer depends on the `Origin`, so that caches must key on it.
     varies: bool,
-    allow_methods: String,
+    // Shared with every request's edits rather than copied into them.
+    allow_methods: Arc<str>,
     /// `None` for `**`: the preflight's `Access-Control-Request-Headers`, echoed.
-    allow_headers: Option<String>,
-    expose_headers: Option<String>,
-    max_age: String,
+    allow_headers: Option<Arc<str>>,
+    expose_headers: Option<Arc<str>>,
+    max_age: Arc<str>,
     allow_credential: bool,
 }
 
 impl Cors {
     /// The `Access-Control-Allow-Origin` for a request from `origin`, `None` when the
     /// origin is not allowed.
-    fn allowed_origin(&self, origin: Option<&str>) -> Option<String> {
+    fn allowed_origin(&self, origin: Option<&str>) -> Option<Text> {
+        let echoed = |o: &str| Text::Owned(o.to_owned());
         match &self.origins {
-            Origins::Any => Some("*".into()),
-            Origins::Reflect => Some(origin.unwrap_or("*").to_owned()),
-            Origins::Fixed(allowed) => Some(allowed.clone()),
-            Origins::OneOf(allowed) => origin.filter(|o| allowed.contains(*o)).map(str::to_owned),
-            Origins::Matching(rules) => origin.filter(|o| rules.is_match(o)).map(str::to_owned),
+            Origins::Any => Some(Text::Static("*")),
+            Origins::Reflect => Some(origin.map_or(Text::Static("*"), echoed)),
+            Origins::Fixed(allowed) => Some(Text::Shared(allowed.clone())),
+            Origins::OneOf(allowed) => origin.filter(|o| allowed.contains(*o)).map(echoed),
+            Origins::Matching(rules) => origin.filter(|o| rules.is_match(o)).map(echoed),
         }
     }
 }
@@ -227,13 +232,15 @@ impl Plugin for Cors {
         }
         if let Some(origin) = allowed {
             headers.set("Access-Control-Allow-Origin", origin);
-            headers.set("Access-Control-Allow-Methods", self.allow_methods.clone());
-            headers.set("Access-Control-Max-Age", self.max_age.clone());
+            headers.set("Access-Control-Allow-Methods", &self.allow_methods);
+            headers.set("Access-Control-Max-Age", &self.max_age);
             if let Some(expose) = &self.expose_headers {
-                headers.set("Access-Control-Expose-Headers", expose.clone());
+                headers.set("Access-Control-Expose-Headers", expose);
             }
-            if let Some(allow) = self.allow_headers.clone().or(requested_headers) {
-                headers.set("Access-Control-Allow-Headers", allow);
+            match (&self.allow_headers, requested_headers) {
+                (Some(allow), _) => headers.set("Access-Control-Allow-Headers", allow),
+                (None, Some(requested)) => headers.set("Access-Control-Allow-Headers", requested),
+                (None, None) => {}
             }
             if self.allow_credential {
                 headers.set("Access-Control-Allow-Credentials", "true");

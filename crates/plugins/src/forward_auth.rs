@@ -224,7 +224,7 @@ impl Plugin for ForwardAuth {
                 }
                 for name in &self.upstream_headers {
                     match answer.header(name) {
-                        Some(value) => ctx.edits.headers.set(name.clone(), value),
+                        Some(value) => ctx.edits.headers.set(name.clone(), value.to_owned()),
                         None => ctx.edits.headers.remove(name.clone()),
                     }
                 }

@@ -2,6 +2,7 @@
 //! `response-rewrite` configure them: headers to add, to set and to remove.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use pylon_model::FieldError;
 use pylon_plugin::{HeaderEdits, Template};
@@ -29,9 +30,9 @@ impl Scalar {
 /// Validated operations, applied in APISIX's order: add, then set, then remove.
 #[derive(Debug, Default)]
 pub(crate) struct HeaderOps {
-    add: Vec<(String, Template)>,
-    set: Vec<(String, Vec<Template>)>,
-    remove: Vec<String>,
+    add: Vec<(Arc<str>, Template)>,
+    set: Vec<(Arc<str>, Vec<Template>)>,
+    remove: Vec<Arc<str>>,
 }
 
 impl HeaderOps {
@@ -42,7 +43,7 @@ impl HeaderOps {
     /// Adds one more header `name`; `path` locates the value in the configuration.
     pub(crate) fn add(&mut self, path: &str, name: &str, value: &str) -> Result<(), FieldError> {
         check_name(path, name)?;
-        self.add.push((name.to_owned(), template(path, value)?));
+        self.add.push((Arc::from(name), template(path, value)?));
         Ok(())
     }
 
@@ -66,13 +67,13 @@ impl HeaderOps {
                 template(&at, v)
             })
             .collect::<Result<_, _>>()?;
-        self.set.push((name.to_owned(), values));
+        self.set.push((Arc::from(name), values));
         Ok(())
     }
 
     pub(crate) fn remove(&mut self, path: &str, name: &str) -> Result<(), FieldError> {
         check_name(path, name)?;
-        self.remove.push(name.to_owned());
+        self.remove.push(Arc::from(name));
         Ok(())
     }
 

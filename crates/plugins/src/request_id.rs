@@ -124,7 +124,7 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
         ));
     }
     Ok(Arc::new(RequestId {
-        header_name: config.header_name,
+        header_name: Arc::from(config.header_name),
         include_in_response: config.include_in_response,
         algorithm: config.algorithm,
         length: config.range_id.length,
@@ -133,7 +133,7 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
 }
 
 struct RequestId {
-    header_name: String,
+    header_name: Arc<str>,
     include_in_response: bool,
     algorithm: Algorithm,
     length: usize,
@@ -141,7 +141,7 @@ struct RequestId {
 }
 
 /// The request's id, kept for `header_filter`.
-struct Id(String);
+struct Id(Arc<str>);
 
 impl Plugin for RequestId {
     fn name(&self) -> &'static str {
@@ -157,11 +157,11 @@ impl Plugin for RequestId {
     }
 
     fn rewrite<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        let id = match ctx.header(&self.header_name) {
-            Some(sent) if !sent.is_empty() => sent.into_owned(),
+        let id: Arc<str> = match ctx.header(&self.header_name) {
+            Some(sent) if !sent.is_empty() => Arc::from(sent),
             _ => {
-                let id = self.generate();
-                ctx.edits.headers.set(self.header_name.clone(), id.clone());
+                let id = Arc::from(self.generate());
+                ctx.edits.headers.set(&self.header_name, &id);
                 id
             }
         };
@@ -184,7 +184,7 @@ impl Plugin for RequestId {
             return;
         }
         if let Some(Id(id)) = ctx.request.state::<Id>(DESCRIPTOR.name) {
-            ctx.edits.headers.set(self.header_name.clone(), id.clone());
+            ctx.edits.headers.set(&self.header_name, id);
         }
     }
 }
