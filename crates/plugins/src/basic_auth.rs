@@ -174,9 +174,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{
-        body, build as build_plugin, consumer_name, credential_refusal, credentials, decided,
-        refusal, reply_header, TestRequest,
+    use crate::testing::{
+        body, consumer_name, credential_refusal, credentials, refusal, replied, reply_header,
+        TestRequest,
     };
 
     fn plugin(config: Value) -> Arc<dyn Plugin> {
@@ -190,7 +190,10 @@ mod tests {
                 ("rose", json!({"username": "rose", "password": ""})),
             ],
         );
-        build_plugin(&DESCRIPTOR, config, &consumers)
+        let env = BuildEnv {
+            credentials: &consumers,
+        };
+        build(&config, &env).expect("a valid configuration")
     }
 
     fn basic(user_and_password: &str) -> String {
@@ -204,7 +207,7 @@ mod tests {
             .iter()
             .fold(TestRequest::get("/"), |r, (n, v)| r.header(n, v));
         let mut ctx = RequestCtx::new(&request, "r1", None);
-        let reply = decided(plugin.rewrite(&mut ctx));
+        let reply = replied(plugin.rewrite(&mut ctx));
         let kept = ctx.header("authorization").is_some();
         (reply, consumer_name(&ctx), kept)
     }
@@ -275,17 +278,17 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_their_path() {
-        assert_eq!(refusal(&DESCRIPTOR, json!({"realm": "a\"b"})).0, "realm");
+        assert_eq!(refusal(&DESCRIPTOR, json!({"realm": "a\"b"})).path, "realm");
         assert_eq!(
-            refusal(&DESCRIPTOR, json!({"hide_credentials": 1})).0,
+            refusal(&DESCRIPTOR, json!({"hide_credentials": 1})).path,
             "hide_credentials"
         );
-        assert_eq!(refusal(&DESCRIPTOR, json!({"other": 1})).0, "other");
+        assert_eq!(refusal(&DESCRIPTOR, json!({"other": 1})).path, "other");
         assert_eq!(
-            credential_refusal(&DESCRIPTOR, json!({"username": "", "password": "p"})).0,
+            credential_refusal(&DESCRIPTOR, json!({"username": "", "password": "p"})).path,
             "username"
         );
-        let (_, message) = credential_refusal(&DESCRIPTOR, json!({"username": "u"}));
+        let message = credential_refusal(&DESCRIPTOR, json!({"username": "u"})).message;
         assert!(message.contains("password"), "{message}");
     }
 }

@@ -68,7 +68,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_request::{build as build_plugin, refused, replied, TestRequest};
+    use crate::testing::{build as build_plugin, refusal, replied, TestRequest};
 
     fn rewrite(config: Value, request: &TestRequest) -> Option<u16> {
         let plugin = build_plugin(&DESCRIPTOR, config).unwrap();
@@ -107,11 +107,11 @@ mod tests {
     #[test]
     fn bad_configurations_are_refused_where_they_are_wrong() {
         for bad in [json!(-1), json!(1.5), json!("10")] {
-            let err = refused(&DESCRIPTOR, json!({ "max_body_size": bad }));
+            let err = refusal(&DESCRIPTOR, json!({ "max_body_size": bad }));
             assert_eq!(err.path, "max_body_size", "{bad}");
         }
         assert_eq!(
-            refused(&DESCRIPTOR, json!({"max_size": 1})).path,
+            refusal(&DESCRIPTOR, json!({"max_size": 1})).path,
             "max_size"
         );
     }

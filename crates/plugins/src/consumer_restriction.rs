@@ -243,11 +243,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::credentials::Credentials;
-    use crate::fixtures::{body, build as build_plugin, decided, refusal, TestRequest};
+    use crate::testing::{body, build as build_plugin, refusal, replied, TestRequest};
 
     fn plugin(config: Value) -> Arc<dyn Plugin> {
-        build_plugin(&DESCRIPTOR, config, &Arc::new(Credentials::default()))
+        build_plugin(&DESCRIPTOR, config).expect("a valid configuration")
     }
 
     /// Runs access for `method` on route `r1` of service `s1` (or no service), as
@@ -264,7 +263,7 @@ mod tests {
             let consumer = Consumer::new(name.into(), group.map(Into::into), Chain::default());
             ctx.set_consumer(Arc::new(consumer));
         }
-        decided(plugin.access(&mut ctx)).map(|r| (r.status, body(&r)))
+        replied(plugin.access(&mut ctx)).map(|r| (r.status, body(&r)))
     }
 
     fn as_user(plugin: &dyn Plugin, method: &str, name: &str) -> Option<(u16, Value)> {
@@ -369,7 +368,7 @@ mod tests {
                 "allowed_by_methods[0].methods[0]",
             ),
         ] {
-            assert_eq!(refusal(&DESCRIPTOR, config.clone()).0, path, "{config}");
+            assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, path, "{config}");
         }
     }
 }

@@ -259,7 +259,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_request::{build as build_plugin, refused, replied, TestRequest};
+    use crate::testing::{build as build_plugin, refusal, replied, TestRequest};
 
     /// The reply, and the response headers the plugin set, in order.
     fn rewrite(config: Value, request: &TestRequest) -> (Option<Reply>, Vec<(String, String)>) {
@@ -450,9 +450,9 @@ mod tests {
             ),
         ];
         for (config, path) in cases {
-            assert_eq!(refused(&DESCRIPTOR, config.clone()).path, path, "{config}");
+            assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, path, "{config}");
         }
-        let err = refused(&DESCRIPTOR, json!({"allow_credential": true}));
+        let err = refusal(&DESCRIPTOR, json!({"allow_credential": true}));
         assert_eq!(
             err.message,
             "can not be `*` when `allow_credential` is true"

@@ -279,7 +279,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::test_support::{build, refused, TestRequest};
+    use crate::testing::{build, refusal, TestRequest};
 
     /// An authorization service that answers one request with `answer` and hands over the
     /// request head it got.
@@ -446,9 +446,9 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_their_path() {
-        let path = |config| refused(&DESCRIPTOR, config).path;
+        let path = |config| refusal(&DESCRIPTOR, config).path;
         assert_eq!(path(json!({})), "");
-        let https = refused(&DESCRIPTOR, json!({"uri": "https://auth/"}));
+        let https = refusal(&DESCRIPTOR, json!({"uri": "https://auth/"}));
         assert_eq!(https.path, "uri");
         assert!(https.message.contains("https is not supported yet"));
         let uri = "http://auth/";

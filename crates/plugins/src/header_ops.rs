@@ -151,7 +151,7 @@ fn header_value(value: Cow<'_, str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TestRequest;
+    use crate::testing::TestRequest;
 
     #[test]
     fn operations_render_in_order_and_stay_one_header() {

@@ -377,9 +377,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{
-        body, build as build_plugin, consumer_name, credential_refusal, credentials, decided,
-        refusal, reply_header, TestRequest,
+    use crate::testing::{
+        body, build as build_plugin, consumer_name, credential_refusal, credentials, refusal,
+        replied, reply_header, TestRequest,
     };
 
     /// The gateway's clock in these tests.
@@ -464,7 +464,7 @@ mod tests {
     /// goes on upstream.
     fn run(plugin: &HmacAuth, request: &TestRequest) -> (Option<Reply>, Option<String>, bool) {
         let mut ctx = RequestCtx::new(request, "r1", None);
-        let reply = decided(plugin.authenticate(&mut ctx, now()));
+        let reply = replied(plugin.authenticate(&mut ctx, now()));
         let kept = ctx.header("authorization").is_some();
         (reply, consumer_name(&ctx), kept)
     }
@@ -645,9 +645,9 @@ mod tests {
             (json!({"realm": ""}), "realm"),
             (json!({"keep_headers": true}), "keep_headers"),
         ] {
-            assert_eq!(refusal(&DESCRIPTOR, config.clone()).0, path, "{config}");
+            assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, path, "{config}");
         }
-        let (_, message) = refusal(&DESCRIPTOR, json!({"validate_request_body": true}));
+        let message = refusal(&DESCRIPTOR, json!({"validate_request_body": true})).message;
         assert!(message.contains("not supported yet"), "{message}");
         assert!(refusal_free(json!({"validate_request_body": false})));
 
@@ -660,7 +660,7 @@ mod tests {
             (json!({"key_id": "k", "access_key": "s"}), "access_key"),
         ] {
             assert_eq!(
-                credential_refusal(&DESCRIPTOR, config.clone()).0,
+                credential_refusal(&DESCRIPTOR, config.clone()).path,
                 path,
                 "{config}"
             );
@@ -668,7 +668,8 @@ mod tests {
     }
 
     fn refusal_free(config: Value) -> bool {
-        build_plugin(&DESCRIPTOR, config, &Arc::new(Credentials::default()))
+        build_plugin(&DESCRIPTOR, config)
+            .expect("a valid configuration")
             .phases()
             .has(pylon_plugin::Phase::Rewrite)
     }

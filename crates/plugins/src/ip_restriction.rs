@@ -126,7 +126,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_request::{build as build_plugin, refused, replied, TestRequest};
+    use crate::testing::{build as build_plugin, refusal, replied, TestRequest};
 
     fn access(config: Value, request: &TestRequest) -> Option<Reply> {
         let plugin = build_plugin(&DESCRIPTOR, config).unwrap();
@@ -199,9 +199,9 @@ mod tests {
             (json!({"whitelist": ["1.2.3.4"], "allow": true}), "allow"),
         ];
         for (config, path) in cases {
-            assert_eq!(refused(&DESCRIPTOR, config.clone()).path, path, "{config}");
+            assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, path, "{config}");
         }
-        let err = refused(&DESCRIPTOR, json!({"blacklist": ["10.0.0.0/8", "nope"]}));
+        let err = refusal(&DESCRIPTOR, json!({"blacklist": ["10.0.0.0/8", "nope"]}));
         assert_eq!(err.message, "invalid ip address: nope");
     }
 }

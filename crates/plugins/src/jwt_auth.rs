@@ -358,8 +358,8 @@ mod tests {
     use serde_json::{json, Map};
 
     use super::*;
-    use crate::fixtures::{
-        body, consumer_name, credential_refusal, credentials, decided, refusal, reply_header,
+    use crate::testing::{
+        body, consumer_name, credential_refusal, credentials, refusal, replied, reply_header,
         TestRequest,
     };
 
@@ -579,7 +579,7 @@ ewIDAQAB
 
     fn run_at(plugin: &JwtAuth, request: &TestRequest, now: u64) -> Outcome {
         let mut ctx = RequestCtx::new(request, "r1", None);
-        let reply = decided(plugin.authenticate(&mut ctx, now));
+        let reply = replied(plugin.authenticate(&mut ctx, now));
         Outcome {
             reply,
             consumer: consumer_name(&ctx),
@@ -817,7 +817,7 @@ ewIDAQAB
             (json!({"realm": "a\\b"}), "realm"),
             (json!({"store_in_ctx": "yes"}), "store_in_ctx"),
         ] {
-            assert_eq!(refusal(&DESCRIPTOR, config.clone()).0, path, "{config}");
+            assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, path, "{config}");
         }
         let ecdsa_pem = keys().ecdsa_pem;
         let rsa = RSA_PUBLIC_KEY;
@@ -875,9 +875,9 @@ ewIDAQAB
                 "",
             ),
         ] {
-            let (got_path, got_message) = credential_refusal(&DESCRIPTOR, config.clone());
-            assert_eq!(got_path, path, "{config}");
-            assert!(got_message.contains(message), "{config}: {got_message}");
+            let got = credential_refusal(&DESCRIPTOR, config.clone());
+            assert_eq!(got.path, path, "{config}");
+            assert!(got.message.contains(message), "{config}: {}", got.message);
         }
     }
 

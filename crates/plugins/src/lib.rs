@@ -17,8 +17,6 @@ mod config;
 mod consumer_restriction;
 mod cors;
 mod credentials;
-#[cfg(test)]
-mod fixtures;
 mod forward_auth;
 mod header_ops;
 mod hmac_auth;
@@ -36,9 +34,7 @@ mod request_id;
 mod request_validation;
 mod response_rewrite;
 #[cfg(test)]
-mod test_request;
-#[cfg(test)]
-mod test_support;
+mod testing;
 mod uri_blocker;
 mod uri_rewrite;
 

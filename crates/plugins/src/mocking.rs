@@ -292,7 +292,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_support::{build, refused, TestRequest};
+    use crate::testing::{build, refusal, TestRequest};
 
     fn reply(config: Value) -> Reply {
         let plugin = build(&DESCRIPTOR, config).unwrap();
@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_their_path() {
-        let path = |config| refused(&DESCRIPTOR, config).path;
+        let path = |config| refusal(&DESCRIPTOR, config).path;
         assert_eq!(path(json!({})), "");
         assert_eq!(
             path(json!({"response_example": "x", "content_type": "image/png"})),

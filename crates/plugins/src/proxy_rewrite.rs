@@ -396,7 +396,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_support::{self, build, TestRequest};
+    use crate::testing::{self, build, TestRequest};
 
     fn rewrite(config: Value, request: &TestRequest) -> pylon_plugin::RequestEdits {
         let plugin = build(&DESCRIPTOR, config).unwrap();
@@ -406,7 +406,7 @@ mod tests {
     }
 
     fn refused(config: Value) -> FieldError {
-        test_support::refused(&DESCRIPTOR, config)
+        testing::refusal(&DESCRIPTOR, config)
     }
 
     #[test]

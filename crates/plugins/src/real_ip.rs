@@ -154,7 +154,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_request::{build as build_plugin, refused, replied, TestRequest};
+    use crate::testing::{build as build_plugin, refusal, replied, TestRequest};
 
     /// The client address after `real-ip` ran on `request`.
     fn client(config: Value, request: &TestRequest) -> String {
@@ -264,7 +264,7 @@ mod tests {
             ),
         ];
         for (config, path) in cases {
-            assert_eq!(refused(&DESCRIPTOR, config.clone()).path, path, "{config}");
+            assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, path, "{config}");
         }
     }
 }

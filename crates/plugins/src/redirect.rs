@@ -178,7 +178,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_support::{build, refused, TestRequest};
+    use crate::testing::{build, refusal, TestRequest};
 
     /// The redirection's status and `Location`, or `None` when the request goes on.
     fn redirect(config: Value, request: &TestRequest) -> Option<(u16, String)> {
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_their_path() {
-        let path = |config| refused(&DESCRIPTOR, config).path;
+        let path = |config| refusal(&DESCRIPTOR, config).path;
         assert_eq!(path(json!({})), "");
         assert_eq!(path(json!({"uri": "/a", "http_to_https": true})), "");
         assert_eq!(

@@ -263,7 +263,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_support::{build, refused, TestRequest};
+    use crate::testing::{build, refusal, TestRequest};
 
     struct Headers(Option<&'static str>);
 
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_their_path() {
-        let path = |config| refused(&DESCRIPTOR, config).path;
+        let path = |config| refusal(&DESCRIPTOR, config).path;
         assert_eq!(path(json!({"algorithm": "snowflake"})), "algorithm");
         assert_eq!(path(json!({"range_id": {"length": 5}})), "range_id.length");
         assert_eq!(

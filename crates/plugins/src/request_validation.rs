@@ -206,7 +206,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_request::{build as build_plugin, refused, replied, TestRequest};
+    use crate::testing::{build as build_plugin, refusal, replied, TestRequest};
 
     fn rewrite(config: Value, request: &TestRequest) -> Option<Reply> {
         let plugin = build_plugin(&DESCRIPTOR, config).unwrap();
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_body_schema_is_refused_rather_than_left_unchecked() {
-        let err = refused(
+        let err = refusal(
             &DESCRIPTOR,
             json!({"body_schema": {"type": "object", "required": ["id"]}}),
         );
@@ -310,7 +310,7 @@ mod tests {
             ),
         ];
         for (config, path) in cases {
-            assert_eq!(refused(&DESCRIPTOR, config.clone()).path, path, "{config}");
+            assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, path, "{config}");
         }
     }
 
@@ -319,7 +319,7 @@ mod tests {
         let config = json!({"header_schema": {
             "properties": {"X-A": {"$ref": "http://schemas.invalid/x.json"}},
         }});
-        assert!(refused(&DESCRIPTOR, config)
+        assert!(refusal(&DESCRIPTOR, config)
             .path
             .starts_with("header_schema"));
     }

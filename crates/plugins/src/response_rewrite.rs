@@ -256,7 +256,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::test_support::{build, refused, TestRequest};
+    use crate::testing::{build, refusal, TestRequest};
 
     struct Headers(Vec<(&'static str, &'static str)>);
 
@@ -339,7 +339,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_their_path() {
-        let path = |config| refused(&DESCRIPTOR, config).path;
+        let path = |config| refusal(&DESCRIPTOR, config).path;
         assert_eq!(path(json!({"status_code": 199})), "status_code");
         assert_eq!(path(json!({"status_code": 599})), "status_code");
         assert_eq!(path(json!({"body": "!!", "body_base64": true})), "body");

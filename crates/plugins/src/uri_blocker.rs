@@ -108,7 +108,7 @@ impl Plugin for UriBlocker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_request::{build as build_plugin, refused, replied, TestRequest};
+    use crate::testing::{build as build_plugin, refusal, replied, TestRequest};
 
     fn rewrite(config: Value, target: &str) -> Option<Reply> {
         let plugin = build_plugin(&DESCRIPTOR, config).unwrap();
@@ -168,10 +168,10 @@ mod tests {
             ),
         ];
         for (config, path) in cases {
-            assert_eq!(refused(&DESCRIPTOR, config.clone()).path, path, "{config}");
+            assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, path, "{config}");
         }
         // A PCRE feature the regex engine has not: said at the rule, not at request time.
-        let err = refused(&DESCRIPTOR, json!({"block_rules": ["^/(?!public)"]}));
+        let err = refusal(&DESCRIPTOR, json!({"block_rules": ["^/(?!public)"]}));
         assert_eq!(err.path, "block_rules[0]");
         assert!(err.message.contains("look-around"), "{}", err.message);
     }
