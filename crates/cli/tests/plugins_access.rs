@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use support::client::{get, Response};
-use support::protocols::{call, Protocol, PROTOCOLS};
+use support::protocols::{assert_refused, call, Protocol, PROTOCOLS};
 use support::upstream::{respond, Gate, Received, Upstream};
 use support::Pylon;
 
@@ -24,38 +24,10 @@ fn routes(routes: &[Value]) -> String {
     json!({ "routes": routes }).to_string()
 }
 
-/// The last request `up` received.
-fn last(up: &Upstream) -> Received {
-    up.received().pop().expect("the upstream got a request")
-}
-
 /// Asserts that the upstream answered: 200, its body.
 fn assert_proxied(res: &Response, what: &str) {
     assert_eq!(res.status, 200, "{what}: {}", res.text());
     assert_eq!(res.text(), "up", "{what}");
-}
-
-/// Asserts a refusal with a JSON body, which the upstream did not see.
-fn assert_refused(
-    res: &Response,
-    status: u16,
-    body: Value,
-    up: &Upstream,
-    before: usize,
-    what: &str,
-) {
-    assert_eq!(res.status, status, "{what}: {}", res.text());
-    assert_eq!(
-        res.header("content-type"),
-        Some("application/json"),
-        "{what}"
-    );
-    assert_eq!(res.json(), body, "{what}");
-    assert_eq!(
-        up.request_count(),
-        before,
-        "{what}: the upstream got the request"
-    );
 }
 
 // === ip-restriction and real-ip ===
@@ -203,7 +175,7 @@ async fn real_ip_is_the_client_address_the_upstream_is_told() {
         assert_proxied(&res, &format!("{protocol:?}"));
         // As nginx's `$remote_addr` after the realip module, which APISIX sends as X-Real-IP.
         assert_eq!(
-            last(&up).header("x-real-ip"),
+            up.last().header("x-real-ip"),
             Some("198.51.100.7"),
             "{protocol:?}"
         );
@@ -289,7 +261,7 @@ async fn uri_blocker_refuses_targets_that_match_a_rule() {
         for allowed in ["/m/index.html", "/m/users/admin", "/p/index.phpx"] {
             let res = call(protocol, pylon.addr, "GET", allowed, &[], b"").await;
             assert_proxied(&res, &format!("{protocol:?} {allowed}"));
-            assert_eq!(last(&up).target, allowed, "{protocol:?}");
+            assert_eq!(up.last().target, allowed, "{protocol:?}");
         }
     }
 }
@@ -512,7 +484,7 @@ async fn client_control_refuses_a_declared_body_over_max_body_size() {
             let what = format!("{protocol:?} with {} bytes", body.len());
             assert_eq!(res.status, status, "{what}: {}", res.text());
             if status == 200 {
-                assert_eq!(last(&up).body, body, "{what}");
+                assert_eq!(up.last().body, body, "{what}");
             } else {
                 assert_eq!(
                     up.request_count(),
@@ -610,7 +582,7 @@ async fn request_validation_refuses_headers_that_fail_the_schema() {
             )
             .await;
             assert_proxied(&res, &format!("{protocol:?} {target}"));
-            assert_eq!(last(&up).header("x-token"), Some("abcde"), "{protocol:?}");
+            assert_eq!(up.last().header("x-token"), Some("abcde"), "{protocol:?}");
         }
     }
 }
@@ -666,10 +638,10 @@ async fn forward_auth_lets_through_what_the_service_accepts_and_relays_its_refus
         let headers = [("authorization", "Bearer good"), ("x-user", "mallory")];
         let res = call(protocol, pylon.addr, "POST", "/f?x=1", &headers, b"").await;
         assert_proxied(&res, &format!("{protocol:?} accepted"));
-        let seen = last(&up);
+        let seen = up.last();
         assert_eq!(seen.header("x-user"), Some("alice"), "{protocol:?}");
         assert_eq!(seen.target, "/f?x=1", "{protocol:?}");
-        let asked = last(&auth);
+        let asked = auth.last();
         assert_eq!(asked.method, "GET", "{protocol:?}");
         assert_eq!(asked.target, "/auth", "{protocol:?}");
         for (name, value) in [
@@ -782,7 +754,7 @@ async fn forward_auth_applies_its_failure_policy_when_the_service_hangs_or_is_do
         for target in ["/hang/open", "/down/open"] {
             let res = call(protocol, pylon.addr, "GET", target, &headers, b"").await;
             assert_proxied(&res, &format!("{protocol:?} {target}"));
-            let seen = last(&up);
+            let seen = up.last();
             assert_eq!(seen.target, target, "{protocol:?}");
             // Nothing from a service that did not answer.
             assert!(!seen.has_header("x-user"), "{protocol:?} {target}");

@@ -15,10 +15,9 @@ use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::{hmac, signature};
 use serde_json::{json, Value};
-use support::client::Response;
-use support::protocols::{call, PROTOCOLS};
+use support::protocols::{assert_refused, call, PROTOCOLS};
 use support::tls::RSA_KEY;
-use support::upstream::{Received, Upstream};
+use support::upstream::Upstream;
 use support::Pylon;
 
 /// A route on `uri` to `up` with `plugins`, which also tells the client who the request came
@@ -26,35 +25,6 @@ use support::Pylon;
 fn route(id: &str, uri: &str, up: &Upstream, mut plugins: Value) -> Value {
     plugins["response-rewrite"] = json!({"headers": {"set": {"X-Consumer": "$consumer_name"}}});
     json!({"id": id, "uri": uri, "plugins": plugins, "upstream": {"nodes": {up.addr.to_string(): 1}}})
-}
-
-/// The last request `up` received.
-fn last(up: &Upstream) -> Received {
-    up.received().pop().expect("the upstream got a request")
-}
-
-/// Asserts an APISIX plugin refusal: `status`, a JSON `{"message": message}` body, and that the
-/// upstream got nothing.
-fn assert_refused(
-    res: &Response,
-    status: u16,
-    message: &str,
-    up: &Upstream,
-    before: usize,
-    what: &str,
-) {
-    assert_eq!(res.status, status, "{what}: {}", res.text());
-    assert_eq!(
-        res.header("content-type"),
-        Some("application/json"),
-        "{what}"
-    );
-    assert_eq!(res.json(), json!({"message": message}), "{what}");
-    assert_eq!(
-        up.request_count(),
-        before,
-        "{what}: the upstream got the request"
-    );
 }
 
 fn now() -> u64 {
@@ -82,7 +52,14 @@ async fn key_auth_finds_the_key_in_the_header_or_the_query_and_refuses_without_a
         let before = up.request_count();
         let res = call(protocol, pylon.addr, "GET", "/k", &[], b"").await;
         let what = format!("{protocol:?} without a key");
-        assert_refused(&res, 401, "Missing API key in request", &up, before, &what);
+        assert_refused(
+            &res,
+            401,
+            json!({"message": "Missing API key in request"}),
+            &up,
+            before,
+            &what,
+        );
 
         let res = call(
             protocol,
@@ -94,10 +71,24 @@ async fn key_auth_finds_the_key_in_the_header_or_the_query_and_refuses_without_a
         )
         .await;
         let what = format!("{protocol:?} with a wrong key");
-        assert_refused(&res, 401, "Invalid API key in request", &up, before, &what);
+        assert_refused(
+            &res,
+            401,
+            json!({"message": "Invalid API key in request"}),
+            &up,
+            before,
+            &what,
+        );
         let res = call(protocol, pylon.addr, "GET", "/k?apikey=nope", &[], b"").await;
         let what = format!("{protocol:?} with a wrong key in the query");
-        assert_refused(&res, 401, "Invalid API key in request", &up, before, &what);
+        assert_refused(
+            &res,
+            401,
+            json!({"message": "Invalid API key in request"}),
+            &up,
+            before,
+            &what,
+        );
 
         let res = call(
             protocol,
@@ -112,13 +103,13 @@ async fn key_auth_finds_the_key_in_the_header_or_the_query_and_refuses_without_a
         assert_eq!(res.text(), "up", "{protocol:?}");
         assert_eq!(res.header("x-consumer"), Some("jack"), "{protocol:?}");
         // Without hide_credentials the key goes on.
-        assert_eq!(last(&up).header("apikey"), Some("jack-key"), "{protocol:?}");
+        assert_eq!(up.last().header("apikey"), Some("jack-key"), "{protocol:?}");
 
         // A key from a `credentials` resource names its consumer.
         let res = call(protocol, pylon.addr, "GET", "/k?apikey=rose-key", &[], b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
         assert_eq!(res.header("x-consumer"), Some("rose"), "{protocol:?}");
-        assert_eq!(last(&up).target, "/k?apikey=rose-key", "{protocol:?}");
+        assert_eq!(up.last().target, "/k?apikey=rose-key", "{protocol:?}");
     }
 }
 
@@ -137,7 +128,7 @@ async fn key_auth_with_hide_credentials_keeps_the_key_from_the_upstream() {
         let headers = [("apikey", "jack-key"), ("x-other", "kept")];
         let res = call(protocol, pylon.addr, "GET", "/h?a=1", &headers, b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
-        let seen = last(&up);
+        let seen = up.last();
         assert!(
             !seen.has_header("apikey"),
             "{protocol:?}: {:?}",
@@ -156,17 +147,17 @@ async fn key_auth_with_hide_credentials_keeps_the_key_from_the_upstream() {
         )
         .await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
-        assert_eq!(last(&up).target, "/h?a=1&b=2", "{protocol:?}");
+        assert_eq!(up.last().target, "/h?a=1&b=2", "{protocol:?}");
         let res = call(protocol, pylon.addr, "GET", "/h?apikey=jack-key", &[], b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
-        assert_eq!(last(&up).target, "/h", "{protocol:?}");
+        assert_eq!(up.last().target, "/h", "{protocol:?}");
 
         // Configured names: the header and argument it names, and only those, go.
         let headers = [("x-key", "jack-key"), ("apikey", "other")];
         let res = call(protocol, pylon.addr, "GET", "/named", &headers, b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
         assert_eq!(res.header("x-consumer"), Some("jack"), "{protocol:?}");
-        let seen = last(&up);
+        let seen = up.last();
         assert!(
             !seen.has_header("x-key"),
             "{protocol:?}: {:?}",
@@ -183,7 +174,7 @@ async fn key_auth_with_hide_credentials_keeps_the_key_from_the_upstream() {
         )
         .await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
-        assert_eq!(last(&up).target, "/named?apikey=x", "{protocol:?}");
+        assert_eq!(up.last().target, "/named?apikey=x", "{protocol:?}");
     }
 }
 
@@ -233,7 +224,7 @@ async fn basic_auth_checks_the_user_and_password_and_challenges_without_them() {
                 .collect();
             let res = call(protocol, pylon.addr, "GET", "/b", &headers, b"").await;
             let what = format!("{protocol:?} with {authorization:?}");
-            assert_refused(&res, 401, message, &up, before, &what);
+            assert_refused(&res, 401, json!({"message": message}), &up, before, &what);
             assert_eq!(
                 res.header("www-authenticate"),
                 Some("Basic realm=\"basic\""),
@@ -255,7 +246,7 @@ async fn basic_auth_checks_the_user_and_password_and_challenges_without_them() {
         assert_eq!(res.header("x-consumer"), Some("jack"), "{protocol:?}");
         assert_eq!(res.header("www-authenticate"), None, "{protocol:?}");
         assert_eq!(
-            last(&up).header("authorization"),
+            up.last().header("authorization"),
             Some(jack.as_str()),
             "{protocol:?}"
         );
@@ -272,7 +263,7 @@ async fn basic_auth_checks_the_user_and_password_and_challenges_without_them() {
         .await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
         assert_eq!(res.header("x-consumer"), Some("rose"), "{protocol:?}");
-        assert!(!last(&up).has_header("authorization"), "{protocol:?}");
+        assert!(!up.last().has_header("authorization"), "{protocol:?}");
         let res = call(protocol, pylon.addr, "GET", "/hidden", &[], b"").await;
         assert_eq!(res.status, 401, "{protocol:?}");
         assert_eq!(
@@ -356,7 +347,7 @@ async fn jwt_auth_verifies_hs256_tokens_from_the_header_query_or_cookie() {
                 .collect();
             let res = call(protocol, pylon.addr, "GET", "/j", &headers, b"").await;
             let what = format!("{protocol:?} with {token:?}");
-            assert_refused(&res, 401, message, &up, before, &what);
+            assert_refused(&res, 401, json!({"message": message}), &up, before, &what);
             assert_eq!(
                 res.header("www-authenticate"),
                 Some("Bearer realm=\"jwt\""),
@@ -390,7 +381,7 @@ async fn jwt_auth_verifies_hs256_tokens_from_the_header_query_or_cookie() {
         .await;
         assert_eq!(res.status, 200, "{protocol:?}");
         assert_eq!(
-            last(&up).header("authorization"),
+            up.last().header("authorization"),
             Some(bearer.as_str()),
             "{protocol:?}"
         );
@@ -400,7 +391,7 @@ async fn jwt_auth_verifies_hs256_tokens_from_the_header_query_or_cookie() {
         let res = call(protocol, pylon.addr, "GET", "/hidden", &headers, b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
         assert_eq!(res.header("x-consumer"), Some("rose"), "{protocol:?}");
-        let seen = last(&up);
+        let seen = up.last();
         assert!(!seen.has_header("authorization"), "{protocol:?}");
         assert_eq!(seen.header("x-other"), Some("kept"), "{protocol:?}");
     }
@@ -463,7 +454,14 @@ async fn jwt_auth_verifies_rs256_tokens_with_the_consumers_public_key_only() {
         )
         .await;
         let what = format!("{protocol:?} HS256 with the public key");
-        assert_refused(&res, 401, "failed to verify jwt", &up, before, &what);
+        assert_refused(
+            &res,
+            401,
+            json!({"message": "failed to verify jwt"}),
+            &up,
+            before,
+            &what,
+        );
     }
 }
 
@@ -538,7 +536,7 @@ async fn hmac_auth_accepts_a_fresh_signature_of_the_request_and_nothing_else() {
         .await;
         let what = format!("{protocol:?} unsigned");
         let message = "client request can't be validated: missing Authorization header";
-        assert_refused(&res, 401, message, &up, before, &what);
+        assert_refused(&res, 401, json!({"message": message}), &up, before, &what);
         assert_eq!(
             res.header("www-authenticate"),
             Some("hmac realm=\"hmac\""),
@@ -551,7 +549,7 @@ async fn hmac_auth_accepts_a_fresh_signature_of_the_request_and_nothing_else() {
             ];
             let res = call(protocol, pylon.addr, "GET", "/s/a?x=1", &headers, b"").await;
             let what = format!("{protocol:?} with {authorization}");
-            assert_refused(&res, 401, message, &up, before, &what);
+            assert_refused(&res, 401, json!({"message": message}), &up, before, &what);
         }
 
         for algorithm in ["hmac-sha256", "hmac-sha512"] {
@@ -567,7 +565,7 @@ async fn hmac_auth_accepts_a_fresh_signature_of_the_request_and_nothing_else() {
                 Some("jack"),
                 "{protocol:?} {algorithm}"
             );
-            assert_eq!(last(&up).target, "/s/a?x=1", "{protocol:?} {algorithm}");
+            assert_eq!(up.last().target, "/s/a?x=1", "{protocol:?} {algorithm}");
         }
     }
 }
@@ -612,20 +610,27 @@ async fn consumer_restriction_lets_through_only_the_consumers_its_lists_allow() 
         assert_refused(
             &res,
             403,
-            "The consumer_name is forbidden.",
+            json!({"message": "The consumer_name is forbidden."}),
             &up,
             before,
             &what,
         );
         let res = call(protocol, pylon.addr, "GET", "/black", &jack, b"").await;
         let what = format!("{protocol:?} jack on the blacklist route");
-        assert_refused(&res, 401, "not you, jack", &up, before, &what);
+        assert_refused(
+            &res,
+            401,
+            json!({"message": "not you, jack"}),
+            &up,
+            before,
+            &what,
+        );
         // As in APISIX, a consumer without a group has no value to check: 401, not 403.
         let res = call(protocol, pylon.addr, "GET", "/group", &rose, b"").await;
         let what = format!("{protocol:?} rose, in no group, on the group route");
         let message =
             "The request is rejected, please check the consumer_group_id for this request";
-        assert_refused(&res, 401, message, &up, before, &what);
+        assert_refused(&res, 401, json!({"message": message}), &up, before, &what);
         let res = call(
             protocol,
             pylon.addr,
@@ -639,7 +644,7 @@ async fn consumer_restriction_lets_through_only_the_consumers_its_lists_allow() 
         assert_refused(
             &res,
             403,
-            "The consumer_group_id is forbidden.",
+            json!({"message": "The consumer_group_id is forbidden."}),
             &up,
             before,
             &what,
@@ -647,7 +652,7 @@ async fn consumer_restriction_lets_through_only_the_consumers_its_lists_allow() 
         let res = call(protocol, pylon.addr, "GET", "/anonymous", &jack, b"").await;
         let what = format!("{protocol:?} without an authentication plugin");
         let message = "The request is rejected, please check the consumer_name for this request";
-        assert_refused(&res, 401, message, &up, before, &what);
+        assert_refused(&res, 401, json!({"message": message}), &up, before, &what);
 
         for (target, headers, consumer) in [
             ("/white", &jack, "jack"),
@@ -661,7 +666,7 @@ async fn consumer_restriction_lets_through_only_the_consumers_its_lists_allow() 
                 Some(consumer),
                 "{protocol:?} {target}"
             );
-            assert_eq!(last(&up).target, target, "{protocol:?}");
+            assert_eq!(up.last().target, target, "{protocol:?}");
         }
     }
 }

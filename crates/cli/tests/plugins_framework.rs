@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use support::client::Conn;
 use support::http2::{connect, read_reply, request, send};
 use support::protocols::{call, Protocol, PROTOCOLS};
-use support::upstream::{Received, Upstream};
+use support::upstream::Upstream;
 use support::{validate, Pylon};
 
 /// The upstream of `up`, for a route or service.
@@ -24,11 +24,6 @@ fn upstream(up: &Upstream) -> Value {
 /// A route on `uri` to `up` with `plugins`.
 fn route(id: &str, uri: &str, up: &Upstream, plugins: Value) -> Value {
     json!({"id": id, "uri": uri, "plugins": plugins, "upstream": upstream(up)})
-}
-
-/// The last request `up` received.
-fn last(up: &Upstream) -> Received {
-    up.received().pop().expect("the upstream got a request")
 }
 
 /// `plugin` configured to set header `name` to `value`: response-rewrite on the response,
@@ -107,7 +102,7 @@ async fn the_most_specific_place_configures_a_request_plugin() {
             let res = call(protocol, pylon.addr, "GET", target, &headers, b"").await;
             let what = format!("{protocol:?} {target} with {key:?}");
             assert_eq!(res.status, 200, "{what}: {}", res.text());
-            let seen = last(&up);
+            let seen = up.last();
             assert_eq!(seen.header("x-place"), Some(place), "{what}");
             let from_service = (place == "service").then_some("yes");
             assert_eq!(seen.header("x-from-service"), from_service, "{what}");
@@ -184,7 +179,7 @@ async fn global_rules_run_for_every_routed_request_before_the_routes_plugins() {
         let res = call(protocol, pylon.addr, "GET", "/bare", &[], b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
         assert_eq!(
-            last(&up).header("x-global"),
+            up.last().header("x-global"),
             Some("yes"),
             "{protocol:?} /bare"
         );
@@ -192,7 +187,7 @@ async fn global_rules_run_for_every_routed_request_before_the_routes_plugins() {
         // The route's own proxy-rewrite runs too: a global rule's plugin is not the route's.
         let res = call(protocol, pylon.addr, "GET", "/own", &[], b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
-        let seen = last(&up);
+        let seen = up.last();
         assert_eq!(seen.header("x-global"), Some("yes"), "{protocol:?} /own");
         assert_eq!(seen.header("x-route"), Some("yes"), "{protocol:?} /own");
 
@@ -268,7 +263,7 @@ async fn meta_disable_turns_off_a_plugin_a_lower_place_configured() {
         assert_eq!(res.status, 401, "{protocol:?}: {}", res.text());
         let res = call(protocol, pylon.addr, "GET", "/open", &[], b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
-        assert_eq!(last(&up).target, "/open", "{protocol:?}");
+        assert_eq!(up.last().target, "/open", "{protocol:?}");
         let res = call(protocol, pylon.addr, "GET", "/off", &[], b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
         assert_eq!(res.header("x-off"), None, "{protocol:?}");
@@ -406,7 +401,7 @@ async fn meta_gray_ratio_decides_once_for_every_phase_of_a_request() {
         for _ in 0..100 {
             let res = call(protocol, pylon.addr, "GET", "/r", &[], b"").await;
             assert_eq!(res.status, 200, "{protocol:?}");
-            let upstream_id = last(&up).header("x-request-id").map(str::to_owned);
+            let upstream_id = up.last().header("x-request-id").map(str::to_owned);
             assert_eq!(
                 res.header("x-request-id"),
                 upstream_id.as_deref(),
@@ -460,7 +455,7 @@ async fn a_connection_goes_on_cleanly_after_a_plugin_refused_a_request_with_a_bo
                             b"GET /k HTTP/1.1\r\nHost: example.com\r\napikey: jack-key\r\n\r\n";
                         let res = conn.request(next);
                         assert_eq!((res.status, res.text().as_str()), (200, "up"), "{what}");
-                        assert_eq!(last(&up).target, "/k", "{what}");
+                        assert_eq!(up.last().target, "/k", "{what}");
                     }
                 }
                 Protocol::Http2 => {

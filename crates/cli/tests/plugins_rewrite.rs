@@ -27,11 +27,6 @@ fn routes(routes: &[Value]) -> String {
     json!({ "routes": routes }).to_string()
 }
 
-/// The last request `up` received.
-fn last(up: &Upstream) -> Received {
-    up.received().pop().expect("the upstream got a request")
-}
-
 /// Every value of header `name` the upstream got, in order.
 fn values(received: &Received, name: &str) -> Vec<String> {
     received
@@ -98,7 +93,7 @@ async fn proxy_rewrite_changes_the_target_host_and_method_the_upstream_gets() {
             let res = call(protocol, pylon.addr, method, target, &[], b"").await;
             let what = format!("{protocol:?} {method} {target}");
             assert_eq!(res.status, 200, "{what}: {}", res.text());
-            let seen = last(&up);
+            let seen = up.last();
             assert_eq!(
                 (seen.method.as_str(), seen.target.as_str()),
                 (expected_method, expected_target),
@@ -108,7 +103,7 @@ async fn proxy_rewrite_changes_the_target_host_and_method_the_upstream_gets() {
         let res = call(protocol, pylon.addr, "GET", "/host", &[], b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
         assert_eq!(
-            last(&up).header("host"),
+            up.last().header("host"),
             Some("backend.internal:8080"),
             "{protocol:?}"
         );
@@ -149,7 +144,7 @@ async fn proxy_rewrite_adds_sets_and_removes_upstream_headers() {
         ];
         let res = call(protocol, pylon.addr, "GET", "/ops?v=7", &headers, b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
-        let seen = last(&up);
+        let seen = up.last();
         assert_eq!(values(&seen, "x-add"), ["client", "added"], "{protocol:?}");
         assert_eq!(values(&seen, "x-many"), ["one", "two"], "{protocol:?}");
         assert_eq!(values(&seen, "x-set"), ["v=7"], "{protocol:?}");
@@ -167,7 +162,7 @@ async fn proxy_rewrite_adds_sets_and_removes_upstream_headers() {
         )
         .await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
-        assert_eq!(values(&last(&up), "x-set"), ["plain"], "{protocol:?}");
+        assert_eq!(values(&up.last(), "x-set"), ["plain"], "{protocol:?}");
     }
 }
 
@@ -190,7 +185,7 @@ async fn proxy_rewrite_edits_go_with_every_attempt() {
         for _ in 0..4 {
             let res = call(protocol, pylon.addr, "GET", "/r?q=1", &[], b"").await;
             assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
-            let seen = last(&up);
+            let seen = up.last();
             assert_eq!(seen.target, "/rewritten?q=1", "{protocol:?}");
             assert_eq!(seen.header("x-set"), Some("yes"), "{protocol:?}");
         }
@@ -506,7 +501,7 @@ async fn redirect_answers_with_the_location_and_status_it_is_configured_with() {
         let res = call(protocol, pylon.addr, "GET", "/rx/a/b", &[], b"").await;
         assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
         assert_eq!(res.header("location"), None, "{protocol:?}");
-        assert_eq!(last(&up).target, "/rx/a/b", "{protocol:?}");
+        assert_eq!(up.last().target, "/rx/a/b", "{protocol:?}");
     }
 }
 
@@ -564,7 +559,7 @@ async fn request_id_gives_the_upstream_and_the_client_one_id_keeping_the_clients
                 .to_owned();
             assert!(is_uuid_v4(&id), "{protocol:?}: {id}");
             assert_eq!(
-                last(&up).header("x-request-id"),
+                up.last().header("x-request-id"),
                 Some(id.as_str()),
                 "{protocol:?}"
             );
@@ -581,12 +576,12 @@ async fn request_id_gives_the_upstream_and_the_client_one_id_keeping_the_clients
         )
         .await;
         assert_eq!(res.header("x-request-id"), Some("mine"), "{protocol:?}");
-        assert_eq!(values(&last(&up), "x-request-id"), ["mine"], "{protocol:?}");
+        assert_eq!(values(&up.last(), "x-request-id"), ["mine"], "{protocol:?}");
 
         let res = call(protocol, pylon.addr, "GET", "/quiet", &[], b"").await;
         assert_eq!(res.header("x-request-id"), None, "{protocol:?}");
         assert!(
-            last(&up).header("x-request-id").is_some_and(is_uuid_v4),
+            up.last().header("x-request-id").is_some_and(is_uuid_v4),
             "{protocol:?}"
         );
 
@@ -600,7 +595,7 @@ async fn request_id_gives_the_upstream_and_the_client_one_id_keeping_the_clients
             "{protocol:?}: {id}"
         );
         assert_eq!(
-            last(&up).header("x-trace-id"),
+            up.last().header("x-trace-id"),
             Some(id.as_str()),
             "{protocol:?}"
         );

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use super::client::{Conn, Response};
 use super::http2::{connect, request, send};
+use super::upstream::Upstream;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -60,4 +61,28 @@ pub async fn call(
             }
         }
     }
+}
+
+/// Asserts a refusal by the gateway: `status`, the JSON `body`, and that `up` got no request
+/// beyond the `before` it had.
+pub fn assert_refused(
+    res: &Response,
+    status: u16,
+    body: serde_json::Value,
+    up: &Upstream,
+    before: usize,
+    what: &str,
+) {
+    assert_eq!(res.status, status, "{what}: {}", res.text());
+    assert_eq!(
+        res.header("content-type"),
+        Some("application/json"),
+        "{what}"
+    );
+    assert_eq!(res.json(), body, "{what}");
+    assert_eq!(
+        up.request_count(),
+        before,
+        "{what}: the upstream got the request"
+    );
 }

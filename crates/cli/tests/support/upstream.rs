@@ -47,6 +47,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The last request this upstream received.
+    pub fn last(&self) -> Received {
+        self.received().pop().expect("the upstream got a request")
+    }
+
     /// Answers every request `200` with body `name` and header `X-Upstream: name`.
     pub fn start(name: &str) -> Upstream {
         let reply_name = name.to_owned();
