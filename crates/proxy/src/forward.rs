@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use pylon_plugin::{RequestCtx, ResponseEdits};
+use pylon_plugin::RequestCtx;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
@@ -735,11 +735,7 @@ impl Responder<'_> {
             && !decode_chunked;
 
         let PluginWork { plugins, ctx } = self.work;
-        let edits = if plugins.touches_response(ctx) {
-            plugins.response(ctx, status, &*self.response)
-        } else {
-            ResponseEdits::default()
-        };
+        let edits = plugins.response(ctx, status, &*self.response);
         let out = self.out;
         out.clear();
         self.response
@@ -750,12 +746,12 @@ impl Responder<'_> {
             }
         }
         let status = edits.status.unwrap_or(status);
-        if let Some(body) = edits.body {
+        if let Some(body) = &edits.body {
             // The upstream's body is not read: its connection cannot carry another request.
             let client_reusable = self.client_keep_alive && self.upload_done.get();
             write_whole_body(
                 out,
-                &body,
+                body,
                 self.method_is_head,
                 client_reusable,
                 self.client_http10,

@@ -5,6 +5,7 @@
 //! decided ([`RequestEdits`], [`ResponseEdits`], a [`Reply`]) in their own wire format. A
 //! route with no plugins (and no global rules) costs a bit test per phase.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,26 +66,28 @@ impl<'s> Plugins<'s> {
 
     /// What the client's response head becomes: the edits the request phases decided, then
     /// those of the `header_filter`s, which see `status` and the response's own `headers`.
-    pub fn response(
+    /// Without a `header_filter` to run, the request phases' edits as they are: no copy.
+    pub fn response<'c>(
         &self,
-        ctx: &RequestCtx<'_>,
+        ctx: &'c RequestCtx<'_>,
         status: u16,
         headers: &dyn ResponseHeaders,
-    ) -> ResponseEdits {
-        let mut edits = ctx.response.clone();
-        if self.filters_headers(ctx) {
-            let consumer = ctx.consumer().cloned();
-            let mut filter = ResponseCtx {
-                request: ctx,
-                status: edits.status.unwrap_or(status),
-                headers,
-                edits: &mut edits,
-            };
-            self.global.header_filter(&mut filter, None);
-            self.route
-                .header_filter(&mut filter, consumer.as_deref().map(Consumer::plugins));
+    ) -> Cow<'c, ResponseEdits> {
+        if !self.filters_headers(ctx) {
+            return Cow::Borrowed(&ctx.response);
         }
-        edits
+        let mut edits = ctx.response.clone();
+        let consumer = ctx.consumer().cloned();
+        let mut filter = ResponseCtx {
+            request: ctx,
+            status: edits.status.unwrap_or(status),
+            headers,
+            edits: &mut edits,
+        };
+        self.global.header_filter(&mut filter, None);
+        self.route
+            .header_filter(&mut filter, consumer.as_deref().map(Consumer::plugins));
+        Cow::Owned(edits)
     }
 
     /// A reply (a plugin's, or the gateway's own error) as the client gets it: after the

@@ -99,9 +99,6 @@ impl Exchange<'_> {
     /// The response head as the client gets it, after the plugins' edits; `Some(body)` when
     /// they replaced the body, which then goes out instead of the upstream's.
     pub fn filter_head(&self, head: &mut http::response::Parts) -> Option<Bytes> {
-        if !self.plugins.touches_response(self.ctx) {
-            return None;
-        }
         let edits = self.plugins.response(
             self.ctx,
             head.status.as_u16(),
@@ -111,7 +108,7 @@ impl Exchange<'_> {
             head.status = status;
         }
         apply_header_edits(&mut head.headers, &edits.headers);
-        let body = edits.body?;
+        let body = edits.body.clone()?;
         head.headers.remove(http::header::CONTENT_ENCODING);
         head.headers
             .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
