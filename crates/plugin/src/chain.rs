@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::context::{LogCtx, RequestCtx, ResponseCtx};
 use crate::meta::Meta;
-use crate::phase::{Phase, Phases};
+use crate::phase::{Phase, Phases, RequestPhase};
 use crate::reply::Reply;
 use crate::{Plugin, Step};
 
@@ -80,10 +80,11 @@ impl Chain {
     /// answered the request itself.
     pub async fn run(
         &self,
-        phase: Phase,
+        request_phase: RequestPhase,
         ctx: &mut RequestCtx<'_>,
         consumer: Option<&Chain>,
     ) -> Option<Reply> {
+        let phase = Phase::from(request_phase);
         let consumer = consumer.filter(|c| c.phases.has(phase));
         if !self.phases.has(phase) && consumer.is_none() {
             return None;
@@ -93,11 +94,10 @@ impl Chain {
             if !entry.applies(phase, ctx) {
                 continue;
             }
-            let step = match phase {
-                Phase::Rewrite => entry.plugin.rewrite(ctx),
-                Phase::Access => entry.plugin.access(ctx),
-                Phase::BeforeProxy => entry.plugin.before_proxy(ctx),
-                Phase::HeaderFilter | Phase::Log => unreachable!("not a request phase"),
+            let step = match request_phase {
+                RequestPhase::Rewrite => entry.plugin.rewrite(ctx),
+                RequestPhase::Access => entry.plugin.access(ctx),
+                RequestPhase::BeforeProxy => entry.plugin.before_proxy(ctx),
             };
             let reply = match step {
                 Step::Continue => None,
@@ -252,7 +252,7 @@ mod tests {
         )
     }
 
-    fn trace(chain: &Chain, phase: Phase, consumer: Option<&Chain>) -> String {
+    fn trace(chain: &Chain, phase: RequestPhase, consumer: Option<&Chain>) -> String {
         let request = Get;
         let mut ctx = RequestCtx::new(&request, "r1", None);
         let reply = futures_lite(chain.run(phase, &mut ctx, consumer));
@@ -275,7 +275,7 @@ mod tests {
         builder.add(entry("high", 10, json!({})));
         builder.add(entry("low", 100, json!({}))); // the route's, over the service's
         let chain = builder.build();
-        assert_eq!(trace(&chain, Phase::Rewrite, None), "r:low r:high ");
+        assert_eq!(trace(&chain, RequestPhase::Rewrite, None), "r:low r:high ");
         assert!(chain.phases().has(Phase::Access) && !chain.phases().has(Phase::Log));
     }
 
@@ -288,7 +288,7 @@ mod tests {
         builder.add(entry("never", 2, json!({"gray_ratio": 0})));
         builder.add(entry("always", 1, json!({"gray_ratio": 100})));
         assert_eq!(
-            trace(&builder.build(), Phase::Access, None),
+            trace(&builder.build(), RequestPhase::Access, None),
             "a:match a:always "
         );
     }
@@ -304,7 +304,7 @@ mod tests {
         consumer.add(entry("d", 25, json!({})));
         let consumer = consumer.build();
         assert_eq!(
-            trace(&route.build(), Phase::Access, Some(&consumer)),
+            trace(&route.build(), RequestPhase::Access, Some(&consumer)),
             "a:a a:d a:c a:b "
         );
     }
@@ -324,7 +324,7 @@ mod tests {
         let chain = builder.build();
         let request = Get;
         let mut ctx = RequestCtx::new(&request, "r1", None);
-        let reply = futures_lite(chain.run(Phase::Access, &mut ctx, None)).unwrap();
+        let reply = futures_lite(chain.run(RequestPhase::Access, &mut ctx, None)).unwrap();
         assert_eq!((reply.status, &reply.body[..]), (403, &b"go away"[..]));
         assert_eq!(ctx.header("x-trace").as_deref(), Some("a:deny "));
     }

@@ -33,7 +33,7 @@ pub use context::{
     ResponseHeaders, Text,
 };
 pub use meta::Meta;
-pub use phase::{Phase, Phases};
+pub use phase::{Phase, Phases, RequestPhase};
 pub use reply::Reply;
 pub use template::Template;
 

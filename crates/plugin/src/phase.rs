@@ -10,6 +10,33 @@ pub enum Phase {
     Log,
 }
 
+/// The phases that run before the upstream exchange and may answer the request themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestPhase {
+    Rewrite,
+    Access,
+    BeforeProxy,
+}
+
+impl RequestPhase {
+    /// In the order they run.
+    pub const ALL: [RequestPhase; 3] = [
+        RequestPhase::Rewrite,
+        RequestPhase::Access,
+        RequestPhase::BeforeProxy,
+    ];
+}
+
+impl From<RequestPhase> for Phase {
+    fn from(phase: RequestPhase) -> Phase {
+        match phase {
+            RequestPhase::Rewrite => Phase::Rewrite,
+            RequestPhase::Access => Phase::Access,
+            RequestPhase::BeforeProxy => Phase::BeforeProxy,
+        }
+    }
+}
+
 /// A set of phases, as one bit each: a chain keeps the union of its plugins' sets and tests
 /// one bit to skip a phase nobody uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

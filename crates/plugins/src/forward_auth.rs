@@ -272,7 +272,7 @@ impl ForwardAuth {
 mod tests {
     use std::net::SocketAddr;
 
-    use pylon_plugin::{ChainBuilder, Entry, Meta, Phase, RequestEdits};
+    use pylon_plugin::{ChainBuilder, Entry, Meta, RequestEdits, RequestPhase};
     use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -310,7 +310,7 @@ mod tests {
         chain.add(Entry::new(plugin, DESCRIPTOR.priority, Meta::default()));
         let chain = chain.build();
         let mut ctx = RequestCtx::new(request, "r1", None);
-        let reply = chain.run(Phase::Access, &mut ctx, None).await;
+        let reply = chain.run(RequestPhase::Access, &mut ctx, None).await;
         (reply, ctx.edits)
     }
 

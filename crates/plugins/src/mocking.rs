@@ -288,7 +288,7 @@ fn escape_xml(out: &mut String, text: &str) {
 
 #[cfg(test)]
 mod tests {
-    use pylon_plugin::{ChainBuilder, Entry, Meta, Phase};
+    use pylon_plugin::{ChainBuilder, Entry, Meta, RequestPhase};
     use serde_json::json;
 
     use super::*;
@@ -380,7 +380,10 @@ mod tests {
         let request = TestRequest::get("/");
         let mut ctx = RequestCtx::new(&request, "r1", None);
         let started = tokio::time::Instant::now();
-        let reply = chain.run(Phase::Access, &mut ctx, None).await.unwrap();
+        let reply = chain
+            .run(RequestPhase::Access, &mut ctx, None)
+            .await
+            .unwrap();
         assert_eq!((reply.status, &reply.body[..]), (200, &b"late"[..]));
         assert!(started.elapsed() >= Duration::from_secs(2));
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pylon_plugin::{
-    Chain, Consumer, LogCtx, Phase, Reply, RequestCtx, ResponseCtx, ResponseEdits, ResponseHeaders,
+    Chain, Consumer, LogCtx, Phase, Reply, RequestCtx, RequestPhase, ResponseCtx, ResponseEdits,
+    ResponseHeaders,
 };
 
 use crate::error::GatewayError;
@@ -38,13 +39,13 @@ impl<'s> Plugins<'s> {
         if self.global.is_empty() && self.route.is_empty() {
             return None;
         }
-        for phase in [Phase::Rewrite, Phase::Access, Phase::BeforeProxy] {
+        for phase in RequestPhase::ALL {
             if let Some(reply) = self.global.run(phase, ctx, None).await {
                 return Some(reply);
             }
             // Until the consumer is known (after the route's `rewrite`), its plugins cannot
             // apply; once it is, they take the place of the route's of the same name.
-            let consumer = (phase != Phase::Rewrite)
+            let consumer = (phase != RequestPhase::Rewrite)
                 .then(|| ctx.consumer().cloned())
                 .flatten();
             let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
@@ -53,7 +54,7 @@ impl<'s> Plugins<'s> {
             }
             // The consumer's own `rewrite`s run right after it is identified, as APISIX's
             // do: a consumer's proxy-rewrite has the last word on the request.
-            if phase == Phase::Rewrite {
+            if phase == RequestPhase::Rewrite {
                 if let Some(consumer) = ctx.consumer().cloned() {
                     if let Some(reply) = consumer.plugins().run(phase, ctx, None).await {
                         return Some(reply);
