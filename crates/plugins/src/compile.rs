@@ -1,7 +1,7 @@
 //! Building the chains of one configuration version: global rules, every route's plugins
 //! merged by APISIX's precedence, and the consumers with their credentials.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pylon_model::{Config, FieldError, Key, Kind, Route};
@@ -19,11 +19,15 @@ pub struct CompiledPlugins {
     /// The plugins of every global rule: they run for every request, first.
     pub global: Chain,
     credentials: Arc<Credentials>,
+    /// The plugins of each service and plugin config, built once and shared by every route
+    /// that uses them (one instance, so one jwt-auth token cache, say); or why they could not
+    /// be built.
+    shared: HashMap<Key, Result<Vec<Entry>, FieldError>>,
 }
 
 impl CompiledPlugins {
-    /// Builds the consumers and global rules of `config`. What cannot be built is left out
-    /// and reported, the rest serves.
+    /// Builds the consumers, global rules, services' and plugin configs' plugins of `config`.
+    /// What cannot be built is left out and reported, the rest serves.
     pub fn compile(config: &Config) -> (CompiledPlugins, Vec<FieldError>) {
         let mut errors = Vec::new();
         let mut clashes = Vec::new();
@@ -37,57 +41,73 @@ impl CompiledPlugins {
             let location = Key::new(Kind::GlobalRules, id).to_string();
             add_all(&mut global, &rule.plugins, &env, &location, &mut errors);
         }
+        let services = config.services.iter().filter_map(|(id, service)| {
+            Some((Key::new(Kind::Services, id), service.plugins.as_ref()?))
+        });
+        let plugin_configs = config
+            .plugin_configs
+            .iter()
+            .map(|(id, p)| (Key::new(Kind::PluginConfigs, id), &p.plugins));
+        let shared = services
+            .chain(plugin_configs)
+            .map(|(key, plugins)| {
+                let location = key.to_string();
+                let result = plugins
+                    .iter()
+                    .map(|(name, config)| {
+                        build_entry(name, config, &env)
+                            .map_err(|e| e.within(&format!("{location}.plugins.{name}")))
+                    })
+                    .collect::<Result<Vec<Entry>, FieldError>>();
+                (key, result)
+            })
+            .collect();
         let compiled = CompiledPlugins {
             global: global.build(),
             credentials: credentials.clone(),
+            shared,
         };
         (compiled, errors)
     }
 
     /// A route's chain: its service's plugins, then its plugin config's, then its own, a
     /// later place replacing an earlier one's plugin of the same name.
-    pub fn route_chain(
-        &self,
-        config: &Config,
-        id: &str,
-        route: &Route,
-    ) -> Result<Chain, FieldError> {
-        let env = BuildEnv {
-            credentials: &self.credentials,
-        };
-        let mut errors = Vec::new();
+    pub fn route_chain(&self, id: &str, route: &Route) -> Result<Chain, FieldError> {
         let mut builder = ChainBuilder::new();
-        let service = route
-            .service_id
-            .as_ref()
-            .and_then(|s| config.services.get(s));
-        let plugin_config = route
-            .plugin_config_id
-            .as_ref()
-            .and_then(|p| config.plugin_configs.get(p));
         let places = [
-            (
-                service.and_then(|s| s.plugins.as_ref()),
-                format!("services/{}", route.service_id.as_deref().unwrap_or("")),
-            ),
-            (
-                plugin_config.map(|p| &p.plugins),
-                format!(
-                    "plugin_configs/{}",
-                    route.plugin_config_id.as_deref().unwrap_or("")
-                ),
-            ),
-            (route.plugins.as_ref(), format!("routes/{id}")),
+            route
+                .service_id
+                .as_ref()
+                .map(|s| Key::new(Kind::Services, s)),
+            route
+                .plugin_config_id
+                .as_ref()
+                .map(|p| Key::new(Kind::PluginConfigs, p)),
         ];
-        for (plugins, location) in places {
-            if let Some(plugins) = plugins {
-                add_all(&mut builder, plugins, &env, &location, &mut errors);
+        for key in places.iter().flatten() {
+            if let Some(built) = self.shared.get(key) {
+                for entry in built.as_ref().map_err(Clone::clone)? {
+                    builder.add(entry.clone());
+                }
             }
         }
-        match errors.into_iter().next() {
-            Some(error) => Err(error),
-            None => Ok(builder.build()),
+        if let Some(plugins) = &route.plugins {
+            let env = BuildEnv {
+                credentials: &self.credentials,
+            };
+            let mut errors = Vec::new();
+            add_all(
+                &mut builder,
+                plugins,
+                &env,
+                &format!("routes/{id}"),
+                &mut errors,
+            );
+            if let Some(error) = errors.into_iter().next() {
+                return Err(error);
+            }
         }
+        Ok(builder.build())
     }
 }
 

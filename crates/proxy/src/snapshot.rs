@@ -179,7 +179,7 @@ impl Snapshot {
             };
             // A route whose plugins cannot all be built is not served: without its
             // authentication, say, it would be open to anyone.
-            let chain = match plugins.route_chain(config, id, route) {
+            let chain = match plugins.route_chain(id, route) {
                 Ok(chain) => chain,
                 Err(e) => {
                     skipped.push(CompileError(e.to_string()));
