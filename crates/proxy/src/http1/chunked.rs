@@ -283,6 +283,18 @@ mod tests {
         );
     }
 
+    /// Each body is refused, for its reason.
+    fn assert_refused(bodies: &[(&[u8], ChunkError)]) {
+        for (body, error) in bodies {
+            assert_eq!(
+                scan_all(body, body.len()).unwrap_err(),
+                *error,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
     #[test]
     fn every_line_must_end_with_crlf() {
         let bodies: [(&[u8], ChunkError); 7] = [
@@ -294,14 +306,7 @@ mod tests {
             (b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n", ChunkError::Trailer),
             (b"3\r\nabc\r\n0\r\n\r\r\n", ChunkError::Delimiter),
         ];
-        for (body, error) in bodies {
-            assert_eq!(
-                scan_all(body, body.len()).unwrap_err(),
-                error,
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        assert_refused(&bodies);
     }
 
     #[test]
@@ -319,14 +324,7 @@ mod tests {
             (b"0\r\nX-T: 1\r\n folded\r\n\r\n", ChunkError::Trailer),
             (b"0\r\nX-T: a\x00b\r\n\r\n", ChunkError::Trailer),
         ];
-        for (body, error) in bodies {
-            assert_eq!(
-                scan_all(body, body.len()).unwrap_err(),
-                error,
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
-        }
+        assert_refused(&bodies);
         let body =
             b"3 ; name = \"quoted;value\"\t;flag\r\nabc\r\n000;last\r\nX-T:\r\nX-U: \xe9 v\r\n\r\n";
         for step in 1..body.len() {
