@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -15,7 +16,7 @@ use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::{hmac, signature};
 use serde_json::{json, Value};
-use support::protocols::{assert_refused, call, PROTOCOLS};
+use support::protocols::{assert_refused, call, Protocol, PROTOCOLS};
 use support::tls::RSA_KEY;
 use support::upstream::Upstream;
 use support::Pylon;
@@ -178,6 +179,29 @@ async fn key_auth_with_hide_credentials_keeps_the_key_from_the_upstream() {
     }
 }
 
+/// Asserts that each request, with the `Authorization` of the refusal (or none), is refused
+/// 401 with its message and the `challenge`, and that the upstream got none of them.
+async fn assert_challenged(
+    protocol: Protocol,
+    addr: SocketAddr,
+    target: &str,
+    refusals: &[(Option<String>, &str)],
+    challenge: &str,
+    up: &Upstream,
+    before: usize,
+) {
+    for (authorization, message) in refusals {
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|a| ("authorization", a.as_str()))
+            .collect();
+        let res = call(protocol, addr, "GET", target, &headers, b"").await;
+        let what = format!("{protocol:?} with {authorization:?}");
+        assert_refused(&res, 401, json!({"message": message}), up, before, &what);
+        assert_eq!(res.header("www-authenticate"), Some(challenge), "{what}");
+    }
+}
+
 // === basic-auth ===
 
 fn basic(user_and_password: &str) -> String {
@@ -217,20 +241,11 @@ async fn basic_auth_checks_the_user_and_password_and_challenges_without_them() {
     ];
     for protocol in PROTOCOLS {
         let before = up.request_count();
-        for (authorization, message) in &refusals {
-            let headers: Vec<(&str, &str)> = authorization
-                .iter()
-                .map(|a| ("authorization", a.as_str()))
-                .collect();
-            let res = call(protocol, pylon.addr, "GET", "/b", &headers, b"").await;
-            let what = format!("{protocol:?} with {authorization:?}");
-            assert_refused(&res, 401, json!({"message": message}), &up, before, &what);
-            assert_eq!(
-                res.header("www-authenticate"),
-                Some("Basic realm=\"basic\""),
-                "{what}"
-            );
-        }
+        let challenge = "Basic realm=\"basic\"";
+        assert_challenged(
+            protocol, pylon.addr, "/b", &refusals, challenge, &up, before,
+        )
+        .await;
 
         let jack = basic("jack:open: sesame");
         let res = call(
@@ -340,20 +355,11 @@ async fn jwt_auth_verifies_hs256_tokens_from_the_header_query_or_cookie() {
     ];
     for protocol in PROTOCOLS {
         let before = up.request_count();
-        for (token, message) in &refusals {
-            let headers: Vec<(&str, &str)> = token
-                .iter()
-                .map(|t| ("authorization", t.as_str()))
-                .collect();
-            let res = call(protocol, pylon.addr, "GET", "/j", &headers, b"").await;
-            let what = format!("{protocol:?} with {token:?}");
-            assert_refused(&res, 401, json!({"message": message}), &up, before, &what);
-            assert_eq!(
-                res.header("www-authenticate"),
-                Some("Bearer realm=\"jwt\""),
-                "{what}"
-            );
-        }
+        let challenge = "Bearer realm=\"jwt\"";
+        assert_challenged(
+            protocol, pylon.addr, "/j", &refusals, challenge, &up, before,
+        )
+        .await;
 
         for (target, headers) in [
             ("/j".to_owned(), vec![("authorization", bearer.as_str())]),
