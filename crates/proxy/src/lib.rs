@@ -11,24 +11,24 @@
 
 mod access_log;
 mod attempts;
-mod connection;
 mod control;
+mod downstream;
 mod error;
-mod forward;
 mod handoff;
 mod health;
 pub mod http1;
-mod http2;
 mod outbound;
+mod outcome;
 mod pipeline;
-mod pool;
 mod publish;
 mod relay;
+mod runtime;
 mod server;
 mod settings;
 mod snapshot;
 mod tls;
 mod tunnel;
+mod upstream;
 mod vars;
 mod worker;
 
@@ -36,9 +36,10 @@ pub use access_log::AccessLog;
 pub use control::{ControlApi, ControlSettings, NodeStatus};
 pub use handoff::{HandoffError, HandoffEvent, HandoffServer, Listeners, StoreRelease, Takeover};
 pub use health::HealthRegistry;
-pub use http2::Http2Settings;
 pub use publish::Publisher;
 pub use server::Gateway;
-pub use settings::{AccessLogSettings, HttpsSettings, ProxySettings, UpstreamDefaults};
+pub use settings::{
+    AccessLogSettings, Http2Settings, HttpsSettings, ProxySettings, UpstreamDefaults,
+};
 pub use snapshot::{CompileError, Snapshot, SnapshotCell};
 pub use tls::{TlsContext, TlsError};

@@ -5,6 +5,8 @@
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
 use pylon_model::PassHost;
 use pylon_plugin::RequestEdits;
 
@@ -106,4 +108,12 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Adds an HTTP/1 header to an HTTP/2 header map; one HTTP/2 cannot carry (a name or value it
+/// does not allow) is left out.
+pub(crate) fn append_header(headers: &mut HeaderMap, name: &[u8], value: &[u8]) {
+    if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+        headers.append(name, value);
+    }
 }

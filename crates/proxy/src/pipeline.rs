@@ -182,3 +182,11 @@ impl ResponseHeaders for ReplyHeaders<'_> {
             .map(|(_, v)| v.as_bytes())
     }
 }
+
+/// What the plugins of a request have to do with its exchange: their edits to the request,
+/// and their say on the response head.
+#[derive(Clone, Copy)]
+pub(crate) struct PluginWork<'a> {
+    pub plugins: Plugins<'a>,
+    pub ctx: &'a RequestCtx<'a>,
+}

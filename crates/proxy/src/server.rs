@@ -9,9 +9,10 @@ use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
 use crate::handoff::{Kind, Listeners};
+use crate::runtime::{self, Listener};
 use crate::settings::ProxySettings;
 use crate::snapshot::SnapshotCell;
-use crate::worker::{self, Limits, Listener};
+use crate::worker::Limits;
 
 const BACKLOG: i32 = 4096;
 
@@ -79,7 +80,7 @@ impl Gateway {
                 .name(format!("pylon-worker-{i}"))
                 .spawn(move || {
                     if let Err(e) =
-                        worker::run(listeners, snapshots, limits, access_log, shutdown_rx)
+                        runtime::run(listeners, snapshots, limits, access_log, shutdown_rx)
                     {
                         tracing::error!(worker = i, "worker failed: {e}");
                     }

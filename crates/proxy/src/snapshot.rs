@@ -379,7 +379,11 @@ fn compile_upstream(
             }),
         })
         .collect();
-    let health = UpstreamHealth::compile(&key, upstream, &nodes, &targets, tls)
+    let addresses: Vec<_> = targets
+        .iter()
+        .map(|t| (t.addr, t.host_header.as_str()))
+        .collect();
+    let health = UpstreamHealth::compile(&key, upstream, &nodes, &addresses, tls)
         .map_err(|e| CompileError(format!("{key}: checks: {e}")))?
         .map(Arc::new);
     Ok(UpstreamTarget {

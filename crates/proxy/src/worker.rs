@@ -5,24 +5,17 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::cache::Cache;
-use tokio::net::TcpListener;
-use tokio::sync::{futures::Notified, watch, Notify};
+use tokio::sync::{futures::Notified, Notify};
 
 use crate::access_log::AccessLog;
-use crate::connection;
 use crate::http1::HeadLimits;
-use crate::http2::{H2Upstreams, Http2Settings};
-use crate::pool::Pool;
-use crate::settings::{secs, ProxySettings};
+use crate::settings::{secs, Http2Settings, ProxySettings};
 use crate::snapshot::{Snapshot, SnapshotCell, WorkerView};
-
-/// How often idle upstream connections are checked for expiry and remote close.
-const POOL_SWEEP: Duration = Duration::from_secs(1);
-/// How often a stopping worker checks whether its last connection has finished.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
+use crate::upstream::h2::H2Upstreams;
+use crate::upstream::pool::Pool;
 
 /// Client-side limits, converted once from the settings.
 pub(crate) struct Limits {
@@ -69,6 +62,36 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    pub fn new(limits: Arc<Limits>, access_log: AccessLog, snapshots: SnapshotCell) -> Self {
+        Worker {
+            limits,
+            access_log,
+            pool: RefCell::default(),
+            h2_upstreams: Rc::default(),
+            snapshots: RefCell::new(Cache::new(snapshots)),
+            view: RefCell::default(),
+            connections: Cell::new(0),
+            stopping: Cell::new(false),
+            stop: Notify::new(),
+        }
+    }
+
+    /// Client connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    /// Counts a client connection for as long as the returned guard lives.
+    pub fn open_connection(self: &Rc<Self>) -> OpenConnection {
+        self.connections.set(self.connections.get() + 1);
+        OpenConnection(self.clone())
+    }
+
+    /// Tells every connection and accept loop that the worker stops.
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        self.stop.notify_waiters();
+    }
     /// The current configuration as this worker sees it. Costs a pointer comparison unless
     /// the configuration changed since the last request.
     pub fn view(&self) -> Rc<WorkerView> {
@@ -96,109 +119,11 @@ impl Worker {
     }
 }
 
-/// Runs a worker on the current thread until it has stopped and drained.
-/// A listening socket of one worker.
-pub(crate) struct Listener {
-    pub socket: std::net::TcpListener,
-    /// Connections start with a TLS handshake.
-    pub tls: bool,
-}
+/// A client connection of a worker, counted while it lives.
+pub(crate) struct OpenConnection(Rc<Worker>);
 
-pub(crate) fn run(
-    listeners: Vec<Listener>,
-    snapshots: SnapshotCell,
-    limits: Arc<Limits>,
-    access_log: AccessLog,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let worker = Rc::new(Worker {
-            limits,
-            access_log,
-            pool: RefCell::default(),
-            h2_upstreams: Rc::default(),
-            snapshots: RefCell::new(Cache::new(snapshots)),
-            view: RefCell::default(),
-            connections: Cell::new(0),
-            stopping: Cell::new(false),
-            stop: Notify::new(),
-        });
-        for listener in listeners {
-            let socket = TcpListener::from_std(listener.socket)?;
-            tokio::task::spawn_local(accept(worker.clone(), socket, listener.tls));
-        }
-        tokio::task::spawn_local(sweep_pool(worker.clone()));
-
-        while !*shutdown.borrow_and_update() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
-        worker.stopping.set(true);
-        worker.stop.notify_waiters();
-        let deadline = Instant::now() + worker.limits.shutdown_grace;
-        while worker.connections.get() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-        if worker.connections.get() > 0 {
-            tracing::warn!(
-                connections = worker.connections.get(),
-                "grace period over; closing connections still open"
-            );
-        }
-        Ok(())
-    })
-}
-
-async fn accept(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
-    loop {
-        let stopping = worker.stopping();
-        if worker.is_stopping() {
-            return;
-        }
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopping => return,
-        };
-        let (stream, client) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::error!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if worker.connections.get() >= worker.limits.max_connections {
-            drop(stream);
-            continue;
-        }
-        let Ok(local) = stream.local_addr() else {
-            continue;
-        };
-        worker.connections.set(worker.connections.get() + 1);
-        let conn_worker = worker.clone();
-        tokio::task::spawn_local(async move {
-            if tls {
-                connection::serve_tls(conn_worker.clone(), stream, client, local).await;
-            } else {
-                connection::serve(conn_worker.clone(), stream, client, local).await;
-            }
-            conn_worker
-                .connections
-                .set(conn_worker.connections.get() - 1);
-        });
-    }
-}
-
-async fn sweep_pool(worker: Rc<Worker>) {
-    let mut interval = tokio::time::interval(POOL_SWEEP);
-    loop {
-        interval.tick().await;
-        worker.pool.borrow_mut().sweep(Instant::now());
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
     }
 }

@@ -358,18 +358,13 @@ mod tests {
             weight: 1,
             priority: 0,
         }];
-        let targets = [crate::snapshot::NodeTarget {
-            addr: Some(addr),
-            host_header: addr.to_string(),
-            tls_name: None,
-            pool_id: 0,
-        }];
+        let host_header = addr.to_string();
         Arc::new(UpstreamHealth::new(
             "upstreams/1",
             &checks,
             Some(active),
             &nodes,
-            &targets,
+            &[(Some(addr), &host_header)],
         ))
     }
 

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use pylon_model::{CheckType, HealthChecks, Node, Upstream};
 
-use crate::snapshot::NodeTarget;
 use crate::tls::{TlsContext, TlsError};
 use active::ActivePlan;
 use passive::PassivePolicy;
@@ -71,13 +70,14 @@ impl CheckedNode {
 
 impl UpstreamHealth {
     /// Fresh state for the upstream at `key`, if it has `checks`: every node healthy. `nodes`
-    /// and `targets` are its nodes as configured and as compiled, in the same order. Fails
+    /// are its nodes as configured, and `addresses` where each resolved to with the `Host` a
+    /// request to it carries, in the same order. Fails
     /// only when the TLS settings of https checks cannot be built.
     pub fn compile(
         key: &str,
         upstream: &Upstream,
         nodes: &[Node],
-        targets: &[NodeTarget],
+        addresses: &[(Option<SocketAddr>, &str)],
         tls: &TlsContext,
     ) -> Result<Option<Self>, TlsError> {
         let Some(checks) = &upstream.checks else {
@@ -88,7 +88,7 @@ impl UpstreamHealth {
             .as_ref()
             .map(|check| ActivePlan::new(check, upstream.tls.as_ref(), tls))
             .transpose()?;
-        Ok(Some(Self::new(key, checks, active, nodes, targets)))
+        Ok(Some(Self::new(key, checks, active, nodes, addresses)))
     }
 
     fn new(
@@ -96,7 +96,7 @@ impl UpstreamHealth {
         checks: &HealthChecks,
         active: Option<ActivePlan>,
         nodes: &[Node],
-        targets: &[NodeTarget],
+        addresses: &[(Option<SocketAddr>, &str)],
     ) -> Self {
         let config = CheckConfig {
             key: key.to_owned(),
@@ -107,13 +107,13 @@ impl UpstreamHealth {
         };
         let nodes = nodes
             .iter()
-            .zip(targets)
-            .map(|(node, target)| {
+            .zip(addresses)
+            .map(|(node, &(addr, host_header))| {
                 Arc::new(CheckedNode {
                     host: node.host.clone(),
                     port: node.port,
-                    addr: target.addr,
-                    host_header: target.host_header.clone(),
+                    addr,
+                    host_header: host_header.to_owned(),
                     health: NodeHealth::default(),
                 })
             })

@@ -7,22 +7,20 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
-use http::header::HeaderValue;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, StatusCode};
-use pylon_plugin::{HeaderEdits, Reply, RequestCtx, ResponseHeaders};
+use http::{Method, Request};
+use pylon_plugin::{Reply, RequestCtx};
 
 use super::body::{Halt, RequestBody};
 use super::client::{Client, Delivered};
-use super::to_http1::append_header;
-use super::{to_http1, upstream, Connection};
+use super::exchange::Exchange;
+use super::{to_h1, to_h2, Connection};
 use crate::access_log::AccessRecord;
 use crate::attempts::{Attempts, GaveUp};
 use crate::error::GatewayError;
-use crate::http1::{has_token, is_hop_by_hop};
 use crate::outbound::RequestContext;
 use crate::pipeline::{error_reply, Plugins};
-use crate::snapshot::{RouteTarget, Timeouts, UpstreamTarget, WorkerView};
+use crate::snapshot::{RouteTarget, WorkerView};
 use crate::vars::{normalize_host, RequestFields, RequestVars, TlsInfo};
 use crate::worker::Worker;
 
@@ -70,71 +68,6 @@ fn is_grpc(parts: &Parts) -> bool {
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-impl Exchange<'_> {
-    /// The client holds its body back for a `100 Continue` (`Expect: 100-continue`), which
-    /// the gateway gives once an upstream has the head: the expectation is not forwarded.
-    pub fn expects_continue(&self) -> bool {
-        self.parts
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| has_token(v.as_bytes(), "100-continue"))
-    }
-}
-
-/// What every attempt of one stream shares.
-pub(super) struct Exchange<'a> {
-    pub worker: &'a Worker,
-    pub parts: &'a Parts,
-    pub context: RequestContext<'a>,
-    pub upstream: &'a UpstreamTarget,
-    pub timeouts: Timeouts,
-    pub idempotent: bool,
-    pub plugins: Plugins<'a>,
-    pub ctx: &'a RequestCtx<'a>,
-}
-
-impl Exchange<'_> {
-    /// The response head as the client gets it, after the plugins' edits; `Some(body)` when
-    /// they replaced the body, which then goes out instead of the upstream's.
-    pub fn filter_head(&self, head: &mut http::response::Parts) -> Option<Bytes> {
-        let edits = self.plugins.response(
-            self.ctx,
-            head.status.as_u16(),
-            &HeaderMapView(&head.headers),
-        );
-        if let Some(status) = edits.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-            head.status = status;
-        }
-        apply_header_edits(&mut head.headers, &edits.headers);
-        let body = edits.body.clone()?;
-        head.headers.remove(http::header::CONTENT_ENCODING);
-        head.headers
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        Some(body)
-    }
-}
-
-/// Applies header edits to an HTTP/2 header map; a header HTTP/2 cannot carry is left out.
-pub(super) fn apply_header_edits(headers: &mut HeaderMap, edits: &HeaderEdits) {
-    for name in edits.replaced() {
-        headers.remove(name);
-    }
-    for (name, value) in edits.added() {
-        if !is_hop_by_hop(name) {
-            append_header(headers, name.as_bytes(), value.as_bytes());
-        }
-    }
-}
-
-/// An HTTP/2 header map as plugins read it.
-pub(super) struct HeaderMapView<'a>(pub &'a HeaderMap);
-
-impl ResponseHeaders for HeaderMapView<'_> {
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.0.get(name).map(HeaderValue::as_bytes)
-    }
 }
 
 pub(super) async fn serve(
@@ -286,6 +219,7 @@ async fn proxy(
     let exchange = Exchange {
         worker,
         parts,
+        declared,
         context: RequestContext {
             client_host: client_host(parts),
             client: ctx.client_ip(),
@@ -305,9 +239,9 @@ async fn proxy(
     let result = attempts
         .run(true, async |node, addr| {
             if upstream.grpc {
-                upstream::exchange(&exchange, node, addr, &mut body, client).await
+                to_h2::exchange(&exchange, node, addr, &mut body, client).await
             } else {
-                to_http1::exchange(&exchange, node, addr, &mut body, client).await
+                to_h1::exchange(&exchange, node, addr, &mut body, client).await
             }
         })
         .await;

@@ -1,72 +1,29 @@
-//! One client connection: read a request head, answer it, repeat while keep-alive allows.
+//! The HTTP/1 server codec. One client connection: read a request head, answer it, repeat
+//! while keep-alive allows.
+
+mod client;
+mod forward;
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
-use pylon_plugin::{Reply, RequestCtx};
+use pylon_plugin::RequestCtx;
 use pylon_router::RequestView;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
-use crate::forward::{self, write_status, write_whole_body, Outcome, PluginWork};
-use crate::http1::{has_token, request_framing, BodyFraming, HeadError, RequestHead, ResponseHead};
-use crate::http2::{self, Rewind, Sniffed};
-use crate::outbound::{plugin_may_set, push_header};
-use crate::pipeline::Plugins;
-use crate::relay::{read_more, write_all, RelayError};
+use crate::http1::{request_framing, BodyFraming, HeadError, RequestHead, ResponseHead};
+use crate::outcome::Outcome;
+use crate::pipeline::{PluginWork, Plugins};
+use crate::relay::{read_more, RelayError};
 use crate::snapshot::RouteTarget;
-use crate::tls::{self, ClientStream, Handshake, MaybeTls};
-use crate::vars::{normalize_host, RequestVars, TlsInfo};
+use crate::tls::{ClientStream, MaybeTls};
+use crate::vars::normalize_host;
 use crate::worker::Worker;
-
-/// A client connection: its I/O with the buffers it reuses from one request to the next,
-/// and the current request. Kept apart so that plugins can read the request while the
-/// exchange writes to the connection.
-pub(crate) struct Downstream {
-    pub io: ClientIo,
-    pub request: ClientRequest,
-}
-
-pub(crate) struct ClientIo {
-    pub stream: ClientStream,
-    /// Bytes read from the client and not yet consumed: the next head, or body bytes.
-    pub buf: BytesMut,
-    /// The upstream's response head being relayed.
-    pub response: ResponseHead,
-    /// Heads being written.
-    pub out: Vec<u8>,
-}
-
-/// The current request and who sent it.
-pub(crate) struct ClientRequest {
-    pub head: RequestHead,
-    /// The request's host, normalized.
-    pub host: String,
-    pub client: SocketAddr,
-    pub local: SocketAddr,
-    /// For TLS connections: the SNI the client sent.
-    pub server_name: Option<Box<str>>,
-    pub tls: bool,
-}
-
-impl ClientRequest {
-    /// The current request's variables.
-    pub fn vars(&self) -> RequestVars<'_> {
-        RequestVars {
-            head: &self.head,
-            host: (!self.host.is_empty()).then_some(self.host.as_str()),
-            client: self.client,
-            local: self.local,
-            tls: self.tls.then_some(TlsInfo {
-                server_name: self.server_name.as_deref(),
-            }),
-        }
-    }
-}
+use client::{respond_error, send_reply, wants_keep_alive, ClientIo, ClientRequest, Downstream};
 
 /// How long a stopping worker still waits for the next request on an idle keep-alive
 /// connection: the time for a client to send one right after reading a response.
@@ -79,73 +36,7 @@ enum HeadRead {
     Failed(GatewayError),
 }
 
-/// A connection to the plain HTTP listener.
 pub(crate) async fn serve(
-    worker: Rc<Worker>,
-    mut stream: TcpStream,
-    client: SocketAddr,
-    local: SocketAddr,
-) {
-    // Small writes are whole messages; delaying them only adds latency.
-    let _ = stream.set_nodelay(true);
-    // HTTP/2 with prior knowledge (h2c) is told from HTTP/1 by its first bytes.
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    match http2::sniff(&mut stream, &mut buf, worker.limits.header_timeout).await {
-        Sniffed::Http1 => {
-            serve_http1(worker, MaybeTls::Plain(stream), None, client, local, buf).await
-        }
-        Sniffed::Http2 => {
-            let peer = http2::Peer {
-                client,
-                local,
-                server_name: None,
-                tls: false,
-            };
-            http2::serve(worker, Rewind::new(buf, stream), peer).await
-        }
-        Sniffed::Closed => {}
-    }
-}
-
-/// A connection to the HTTPS listener: the handshake, with the certificate for the client's
-/// SNI in the current snapshot, then HTTP/2 or HTTP/1.1 as ALPN chose.
-pub(crate) async fn serve_tls(
-    worker: Rc<Worker>,
-    stream: TcpStream,
-    client: SocketAddr,
-    local: SocketAddr,
-) {
-    let _ = stream.set_nodelay(true);
-    let snapshot = worker.view().snapshot.clone();
-    let tls = match tls::accept(
-        stream,
-        &snapshot.certificates,
-        worker.limits.handshake_timeout,
-    )
-    .await
-    {
-        Handshake::Done(tls) => tls,
-        Handshake::Failed(reason) => {
-            tracing::debug!(%client, "TLS handshake failed: {reason}");
-            return;
-        }
-    };
-    drop(snapshot);
-    let server_name = tls.get_ref().1.server_name().map(Box::from);
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let peer = http2::Peer {
-            client,
-            local,
-            server_name,
-            tls: true,
-        };
-        return http2::serve(worker, tls, peer).await;
-    }
-    let buf = BytesMut::with_capacity(8 * 1024);
-    serve_http1(worker, MaybeTls::Tls(tls), server_name, client, local, buf).await;
-}
-
-async fn serve_http1(
     worker: Rc<Worker>,
     stream: ClientStream,
     server_name: Option<Box<str>>,
@@ -417,83 +308,6 @@ impl RequestView for RequestLine<'_> {
     }
     fn var(&self, _: &str) -> Option<std::borrow::Cow<'_, str>> {
         None
-    }
-}
-
-pub(crate) async fn respond_error(
-    worker: &Worker,
-    io: &mut ClientIo,
-    error: GatewayError,
-    keep_alive: bool,
-) -> Outcome {
-    let keep_alive = keep_alive && !worker.is_stopping();
-    let sent = send_error(worker, &mut io.stream, &mut io.out, error, keep_alive).await;
-    Outcome {
-        keep_alive: keep_alive && sent.is_some(),
-        status: error.status(),
-        bytes_sent: sent.unwrap_or(0),
-        upstream: None,
-        upstream_latency: None,
-    }
-}
-
-/// Answers with a complete response the gateway holds (a plugin's reply, or its own error
-/// after plugins edited it).
-pub(crate) async fn send_reply(
-    worker: &Worker,
-    io: &mut ClientIo,
-    reply: &Reply,
-    head_only: bool,
-    keep_alive: bool,
-) -> Outcome {
-    let keep_alive = keep_alive && !worker.is_stopping();
-    let out = &mut io.out;
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    write_status(out, reply.status);
-    out.extend_from_slice(b"\r\nServer: Pylon\r\n");
-    for (name, value) in &reply.headers {
-        if plugin_may_set(name) {
-            push_header(out, name.as_bytes(), value.as_bytes());
-        }
-    }
-    // Always HTTP/1.1 framing: an HTTP/1.0 client gets `Connection: close` (keep-alive is
-    // only kept for one that asked, see `wants_keep_alive`).
-    write_whole_body(out, &reply.body, head_only, keep_alive, false);
-    let sent = write_all(&mut io.stream, out, worker.limits.send_timeout).await;
-    Outcome {
-        keep_alive: keep_alive && sent.is_ok(),
-        status: reply.status,
-        bytes_sent: if sent.is_ok() { out.len() as u64 } else { 0 },
-        upstream: None,
-        upstream_latency: None,
-    }
-}
-
-/// Writes the gateway's own response for `error` through `out`; returns the bytes written,
-/// or `None` when the client could not take them.
-pub(crate) async fn send_error<W: AsyncWrite + Unpin>(
-    worker: &Worker,
-    client: &mut W,
-    out: &mut Vec<u8>,
-    error: GatewayError,
-    keep_alive: bool,
-) -> Option<u64> {
-    out.clear();
-    error.write_response(out, !keep_alive);
-    write_all(client, out, worker.limits.send_timeout)
-        .await
-        .ok()
-        .map(|()| out.len() as u64)
-}
-
-/// Whether the client asked to keep the connection open.
-pub(crate) fn wants_keep_alive(head: &RequestHead) -> bool {
-    let connection = head.header("connection");
-    if head.minor_version() >= 1 {
-        !connection.is_some_and(|v| has_token(v, "close"))
-    } else {
-        connection.is_some_and(|v| has_token(v, "keep-alive"))
     }
 }
 

@@ -19,11 +19,11 @@ use http::{HeaderMap, Response, StatusCode};
 use pylon_plugin::Reply;
 
 use super::body::Halt;
-use super::to_http1::append_header;
 use super::Connection;
 use crate::attempts::UpstreamAnswer;
 use crate::error::GatewayError;
 use crate::http1::is_hop_by_hop;
+use crate::outbound::append_header;
 
 pub(super) struct Client {
     respond: SendResponse<Bytes>,

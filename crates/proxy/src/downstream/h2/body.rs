@@ -4,18 +4,13 @@
 //! buffer; receiving gives window back only after the bytes went on. What a relay holds is
 //! therefore bounded by the windows on either side, however large the body.
 
-use std::cell::Cell;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
-
-use super::client::{Client, Delivered};
-use crate::attempts::Failure;
-use crate::error::GatewayError;
 
 /// Why a stream stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,65 +272,5 @@ impl RequestBody {
     pub fn release_early(&mut self) {
         let n = std::mem::take(&mut self.unreleased);
         release(&mut self.recv, n);
-    }
-}
-
-/// How an exchange ended, seen from the client's side of it.
-pub(super) enum Ended<T> {
-    /// The upstream's response went to the client (or failed before any of it did).
-    Received(Result<T, Failure>),
-    /// The client reset the stream, or its connection failed, mid-body.
-    ClientGone(Halt),
-    /// The client stalled mid-body.
-    ClientTimedOut,
-}
-
-/// Runs `download` (the response to the client) with `upload` (the rest of the request body
-/// to the upstream) beside it, until the download ends or the client's side of the upload
-/// fails. An upstream that stops taking the body does not end the exchange: it may still
-/// answer (413, say). `upload_done` is set once the whole body went up.
-pub(super) async fn with_upload<T>(
-    upload: impl Future<Output = Result<(), PipeError>>,
-    download: impl Future<Output = Result<T, Failure>>,
-    upload_done: &Cell<bool>,
-) -> Ended<T> {
-    tokio::pin!(upload, download);
-    let mut upload_failed = false;
-    loop {
-        tokio::select! {
-            sent = &mut upload, if !upload_done.get() && !upload_failed => match sent {
-                Ok(()) => upload_done.set(true),
-                Err(PipeError::Source(Halt::TimedOut)) => return Ended::ClientTimedOut,
-                Err(PipeError::Source(halt)) => return Ended::ClientGone(halt),
-                Err(PipeError::Destination(_)) => upload_failed = true,
-            },
-            received = &mut download => return Ended::Received(received.map_err(|mut f| {
-                // The body was partly streamed: it cannot be sent again.
-                f.replayable = false;
-                f
-            })),
-        }
-    }
-}
-
-impl<T> Ended<T> {
-    /// The upstream's outcome; or, when the client ended the exchange, what it got: nothing
-    /// once it is gone, a 408 for a stalled body unless a response was already under way
-    /// (that one is cut off: the stream is reset when its handles go). The client's faults
-    /// never count against the node.
-    pub fn settle(
-        self,
-        client: &mut Client,
-        head_sent: bool,
-    ) -> Result<Result<T, Failure>, Delivered> {
-        match self {
-            Ended::Received(received) => Ok(received),
-            Ended::ClientGone(halt) => {
-                client.halted(halt);
-                Err(Delivered::CLIENT_GONE)
-            }
-            Ended::ClientTimedOut if head_sent => Err(Delivered::CLIENT_GONE),
-            Ended::ClientTimedOut => Err(client.send_error(GatewayError::RequestTimeout)),
-        }
     }
 }

@@ -1,13 +1,15 @@
 //! The data plane's settings: the `proxy` and `access_log` sections of the node's config file.
 //! Durations are in seconds, as in APISIX's config.
 
+mod http2;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::http1::HeadLimits;
-use crate::http2::Http2Settings;
+pub use http2::Http2Settings;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -14,26 +14,26 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::{
-    finish, next_data, release, reset_by_peer, send_data, trailers, with_upload, Ended, Halt,
-    PipeError, RequestBody,
+    finish, next_data, release, reset_by_peer, send_data, trailers, Halt, PipeError, RequestBody,
 };
 use super::client::{Client, Delivered};
-use super::stream::Exchange;
+use super::exchange::{with_upload, Ended, Exchange};
 use crate::attempts::Failure;
 use crate::error::GatewayError;
-use crate::forward::{connect, read_response_head, write_request_head};
 use crate::http1::{
     has_token, is_hop_by_hop, response_framing, BodyFraming, ChunkedScanner, ResponseHead,
 };
-use crate::outbound::{forwards_header, push_header, upstream_host};
-use crate::pool::UpstreamConn;
+use crate::outbound::{append_header, forwards_header, push_header, upstream_host};
 use crate::relay::{read_more, write_all};
 use crate::snapshot::NodeTarget;
+use crate::upstream::connect;
+use crate::upstream::h1::{read_response_head, write_request_head};
+use crate::upstream::pool::UpstreamConn;
 
 /// One attempt on `node`, on a pooled connection if there is one; a pooled connection the
 /// upstream had already closed gets one more try on a fresh one.
@@ -375,14 +375,6 @@ fn response_headers(response: &ResponseHead) -> HeaderMap {
         append_header(&mut headers, name.as_bytes(), value);
     }
     headers
-}
-
-/// Adds an HTTP/1 header to an HTTP/2 header map; one HTTP/2 cannot carry (a name or value it
-/// does not allow) is left out.
-pub(super) fn append_header(headers: &mut HeaderMap, name: &[u8], value: &[u8]) {
-    if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-        headers.append(name, value);
-    }
 }
 
 /// The upstream's body to the client as DATA frames, ending with its trailers if it had any.

@@ -18,11 +18,11 @@
 
 mod body;
 mod client;
+mod exchange;
 mod preface;
-mod settings;
 mod stream;
-mod to_http1;
-mod upstream;
+mod to_h1;
+mod to_h2;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -39,8 +39,6 @@ use crate::settings::secs;
 use crate::worker::Worker;
 
 pub(crate) use preface::{sniff, Rewind, Sniffed};
-pub use settings::Http2Settings;
-pub(crate) use upstream::H2Upstreams;
 
 /// Who is at the other end of a client connection.
 pub(crate) struct Peer {

@@ -1,0 +1,74 @@
+//! The thread a worker runs on: its runtime, its accept loops, its pool sweeper, and the drain
+//! when it stops.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::access_log::AccessLog;
+use crate::downstream;
+use crate::snapshot::SnapshotCell;
+use crate::worker::{Limits, Worker};
+
+/// How often idle upstream connections are checked for expiry and remote close.
+const POOL_SWEEP: Duration = Duration::from_secs(1);
+/// How often a stopping worker checks whether its last connection has finished.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// A listening socket of one worker.
+pub(crate) struct Listener {
+    pub socket: std::net::TcpListener,
+    /// Connections start with a TLS handshake.
+    pub tls: bool,
+}
+
+/// Runs a worker on the current thread until it has stopped and drained.
+pub(crate) fn run(
+    listeners: Vec<Listener>,
+    snapshots: SnapshotCell,
+    limits: Arc<Limits>,
+    access_log: AccessLog,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let worker = Rc::new(Worker::new(limits, access_log, snapshots));
+        for listener in listeners {
+            let socket = TcpListener::from_std(listener.socket)?;
+            tokio::task::spawn_local(downstream::accept(worker.clone(), socket, listener.tls));
+        }
+        tokio::task::spawn_local(sweep_pool(worker.clone()));
+
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        worker.stop();
+        let deadline = Instant::now() + worker.limits.shutdown_grace;
+        while worker.connections() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        if worker.connections() > 0 {
+            tracing::warn!(
+                connections = worker.connections(),
+                "grace period over; closing connections still open"
+            );
+        }
+        Ok(())
+    })
+}
+
+async fn sweep_pool(worker: Rc<Worker>) {
+    let mut interval = tokio::time::interval(POOL_SWEEP);
+    loop {
+        interval.tick().await;
+        worker.pool.borrow_mut().sweep(Instant::now());
+    }
+}
