@@ -30,6 +30,8 @@ pub struct AccessRecord {
     pub upstream_latency: Option<Duration>,
     pub latency: Duration,
     pub user_agent: String,
+    /// Which side failed the exchange and why (`upstream_timeout`), when it broke off.
+    pub failure: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -47,6 +49,8 @@ struct Line<'a> {
     upstream_latency_ms: Option<f64>,
     latency_ms: f64,
     user_agent: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'a str>,
 }
 
 /// The workers' side of the log; cheap to clone.
@@ -154,6 +158,7 @@ fn write_line(out: &mut impl Write, record: &AccessRecord) {
         upstream_latency_ms: record.upstream_latency.map(millis),
         latency_ms: millis(record.latency),
         user_agent: &record.user_agent,
+        failure: record.failure,
     };
     if serde_json::to_writer(&mut *out, &line).is_ok() {
         let _ = out.write_all(b"\n");

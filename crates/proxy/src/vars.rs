@@ -19,6 +19,13 @@ pub trait RequestFields {
     /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2.0`, as `$server_protocol` gives it.
     fn protocol(&self) -> &'static str;
 
+    /// The head's size in bytes, as HTTP/1.1 writes it (the log's `request_length`).
+    fn head_length(&self) -> u64 {
+        let line = self.method().len() + 1 + self.target().len() + 1 + self.protocol().len() + 2;
+        let fields: usize = self.headers().map(|(n, v)| n.len() + 2 + v.len() + 2).sum();
+        (line + fields + 2) as u64
+    }
+
     /// The first header called `name` (any case).
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers()
@@ -52,6 +59,9 @@ impl RequestFields for RequestHead {
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
         RequestHead::header(self, name)
+    }
+    fn head_length(&self) -> u64 {
+        self.raw().len() as u64
     }
 }
 

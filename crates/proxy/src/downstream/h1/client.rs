@@ -10,7 +10,7 @@ use tokio::io::AsyncWrite;
 use crate::error::GatewayError;
 use crate::http1::{has_token, RequestHead, ResponseHead};
 use crate::outbound::{plugin_may_set, push_header};
-use crate::outcome::Outcome;
+use crate::outcome::{Cause, End, Outcome, Side};
 use crate::relay::write_all;
 use crate::tls::ClientStream;
 use crate::vars::{RequestVars, TlsInfo};
@@ -19,7 +19,7 @@ use crate::worker::Worker;
 /// A client connection: its I/O with the buffers it reuses from one request to the next,
 /// and the current request. Kept apart so that plugins can read the request while the
 /// exchange writes to the connection.
-pub(crate) struct Downstream {
+pub(crate) struct ClientConnection {
     pub io: ClientIo,
     pub request: ClientRequest,
 }
@@ -68,22 +68,18 @@ pub(crate) async fn respond_error(
     keep_alive: bool,
 ) -> Outcome {
     let keep_alive = keep_alive && !worker.is_stopping();
-    let sent = send_error(worker, &mut io.stream, &mut io.out, error, keep_alive).await;
-    Outcome {
-        keep_alive: keep_alive && sent.is_some(),
-        status: error.status(),
-        bytes_sent: sent.unwrap_or(0),
-        upstream: None,
-        upstream_latency: None,
+    match send_error(worker, &mut io.stream, &mut io.out, error, keep_alive).await {
+        Some(sent) => Outcome::answered(error, sent, keep_alive),
+        None => Outcome::failed(error.status(), 0, Side::Client, Cause::Reset),
     }
 }
 
-/// Answers with a complete response the gateway holds (a plugin's reply, or its own error
-/// after plugins edited it).
+/// Answers with a complete response the gateway holds: a plugin's reply, or its own error
+/// after plugins edited it (`end` says which).
 pub(crate) async fn send_reply(
     worker: &Worker,
     io: &mut ClientIo,
-    reply: &Reply,
+    (reply, end): (&Reply, End),
     head_only: bool,
     keep_alive: bool,
 ) -> Outcome {
@@ -101,13 +97,12 @@ pub(crate) async fn send_reply(
     // Always HTTP/1.1 framing: an HTTP/1.0 client gets `Connection: close` (keep-alive is
     // only kept for one that asked, see `wants_keep_alive`).
     write_whole_body(out, &reply.body, head_only, keep_alive, false);
-    let sent = write_all(&mut io.stream, out, worker.limits.send_timeout).await;
-    Outcome {
-        keep_alive: keep_alive && sent.is_ok(),
-        status: reply.status,
-        bytes_sent: if sent.is_ok() { out.len() as u64 } else { 0 },
-        upstream: None,
-        upstream_latency: None,
+    match write_all(&mut io.stream, out, worker.limits.send_timeout).await {
+        Ok(()) => Outcome {
+            end,
+            ..Outcome::complete(reply.status, out.len() as u64, keep_alive)
+        },
+        Err(_) => Outcome::failed(reply.status, 0, Side::Client, Cause::Reset),
     }
 }
 

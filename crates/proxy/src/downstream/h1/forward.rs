@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::client::{
-    respond_error, send_error, send_reply, wants_keep_alive, write_whole_body, ClientIo,
-    ClientRequest,
-};
+use super::client::{send_error, wants_keep_alive, write_whole_body, ClientIo};
+use super::Http1;
 use crate::attempts::{Attempts, Failure, UpstreamAnswer};
 use crate::error::GatewayError;
 use crate::http1::{
@@ -25,39 +23,64 @@ use crate::http1::{
     write_response_framing, BodyFraming, RequestHead, ResponseHead,
 };
 use crate::outbound::{plugin_may_set, push_header, upstream_host, RequestContext};
-use crate::outcome::Outcome;
-use crate::pipeline::{error_reply, PluginWork};
+use crate::outcome::{Cause, Outcome, Side};
+use crate::pipeline::{Exchange, PluginWork};
 use crate::relay::{write_all, Relay, RelayError};
-use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget, WorkerView};
+use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget};
 use crate::tunnel;
 use crate::upstream::connect;
 use crate::upstream::h1::{read_response_head, write_request_head};
 use crate::upstream::pool::UpstreamConn;
+use crate::vars::RequestVars;
 use crate::worker::Worker;
 
 /// An attempt that got as far as the client: either a complete exchange or an aborted one.
 struct Delivered {
-    client_reusable: bool,
-    status: u16,
-    bytes_sent: u64,
+    outcome: Outcome,
     /// The status is the upstream's, not one the gateway made for a client-side failure.
     upstream_answered: bool,
 }
 
-impl UpstreamAnswer for Delivered {
-    fn upstream_status(&self) -> Option<u16> {
-        self.upstream_answered.then_some(self.status)
+impl Delivered {
+    /// The client went away before its response was through (nginx's 499).
+    fn client_gone() -> Self {
+        Delivered::by_client(Outcome::failed(499, 0, Side::Client, Cause::Reset))
+    }
+
+    /// The exchange ended on the client's side (it broke its body's framing, say): it does
+    /// not count against the node.
+    fn by_client(outcome: Outcome) -> Self {
+        Delivered {
+            outcome,
+            upstream_answered: false,
+        }
+    }
+
+    fn by_upstream(outcome: Outcome) -> Self {
+        Delivered {
+            outcome,
+            upstream_answered: true,
+        }
     }
 }
 
-pub(crate) async fn proxy(
-    worker: &Worker,
-    view: &WorkerView,
-    route: &RouteTarget,
-    (io, request): (&mut ClientIo, &ClientRequest),
-    framing: BodyFraming,
-    work: PluginWork<'_>,
+impl UpstreamAnswer for Delivered {
+    fn upstream_status(&self) -> Option<u16> {
+        self.upstream_answered.then_some(self.outcome.status)
+    }
+}
+
+pub(super) async fn proxy(
+    http1: &mut Http1<'_>,
+    request: &RequestVars<'_>,
+    Exchange {
+        worker,
+        view,
+        route,
+        work,
+    }: Exchange<'_>,
 ) -> Outcome {
+    let (io, framing) = (&mut *http1.io, http1.framing);
     // Balancing sees the request as plugins left it (a consumer to hash on, say).
     let mut attempts = Attempts::new(view, route, work.ctx, request.head.method());
     let upstream = attempts.upstream();
@@ -92,22 +115,23 @@ pub(crate) async fn proxy(
         .await;
     match result {
         Ok(done) => Outcome {
-            keep_alive: done.value.client_reusable,
-            status: done.value.status,
-            bytes_sent: done.value.bytes_sent,
             upstream: done.node.addr,
             upstream_latency: Some(done.latency),
+            ..done.value.outcome
         },
         Err(gave_up) => {
-            let mut outcome = if work.plugins.touches_response(work.ctx) {
-                let reply = work.plugins.reply(work.ctx, error_reply(gave_up.error));
-                send_reply(worker, io, &reply, request.head.method() == "HEAD", false).await
-            } else {
-                respond_error(worker, io, gave_up.error, false).await
+            let exchange = Exchange {
+                worker,
+                view,
+                route,
+                work,
             };
-            outcome.upstream = gave_up.node.and_then(|n| n.addr);
-            outcome.upstream_latency = gave_up.latency;
-            outcome
+            let outcome = exchange.give_up(http1, request, gave_up.error).await;
+            Outcome {
+                upstream: gave_up.node.and_then(|n| n.addr),
+                upstream_latency: gave_up.latency,
+                ..outcome
+            }
         }
     }
 }
@@ -123,7 +147,7 @@ struct Target<'a> {
 
 async fn exchange(
     worker: &Worker,
-    (io, request): (&mut ClientIo, &ClientRequest),
+    (io, request): (&mut ClientIo, &RequestVars<'_>),
     Target {
         upstream,
         node,
@@ -140,7 +164,7 @@ async fn exchange(
     // as hop-by-hop and the request is an ordinary one.
     let upgrade = route
         .websocket
-        .then(|| websocket_upgrade(&request.head))
+        .then(|| websocket_upgrade(request.head))
         .flatten();
     let reused = pooled.is_some();
     let mut up = match pooled {
@@ -150,11 +174,11 @@ async fn exchange(
     up.requests += 1;
     up.buf.clear();
     io.out.clear();
-    let scheme = request.vars().scheme();
+    let scheme = request.scheme();
     let client_host = request.head.client_host();
     write_request_head(
         &mut io.out,
-        &request.head,
+        request.head,
         &RequestContext {
             client_host,
             client: work.ctx.client_ip(),
@@ -196,23 +220,18 @@ async fn exchange(
     // gets one. The gateway gives it here, once the upstream has the head: the upstream never
     // sees the expectation (see `write_request_head`), so it would never answer it itself.
     let mut continue_sent = 0;
-    if streamed_body && !client_http10 && expects_continue(&request.head) {
+    if streamed_body && !client_http10 && expects_continue(request.head) {
         const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
         if write_all(&mut io.stream, CONTINUE, worker.limits.send_timeout)
             .await
             .is_err()
         {
-            return Ok(Delivered {
-                client_reusable: false,
-                status: 499,
-                bytes_sent: 0,
-                upstream_answered: false,
-            });
+            return Ok(Delivered::client_gone());
         }
         continue_sent = CONTINUE.len() as u64;
     }
     let method_is_head = request.head.method() == "HEAD";
-    let client_keep_alive = wants_keep_alive(&request.head) && !worker.is_stopping();
+    let client_keep_alive = wants_keep_alive(request.head) && !worker.is_stopping();
     let upload_done = Cell::new(!streamed_body);
     let response_started = Cell::new(false);
     let ClientIo {
@@ -267,7 +286,7 @@ async fn exchange(
                         }
                         // The client went away: there is no one to answer.
                         Err(RelayError::Source(_)) => {
-                            return Ok(Delivered { client_reusable: false, status: 499, bytes_sent: 0, upstream_answered: false });
+                            return Ok(Delivered::client_gone());
                         }
                         // The upstream stopped reading; it may still have answered (413, say).
                         Err(RelayError::Destination(_)) => upload_failed = true,
@@ -284,14 +303,7 @@ async fn exchange(
                 let limit = worker.limits.head.max_head;
                 match unless_client_leaves(download, &mut client_read, buf, limit).await {
                     Some(received) => Ok(received),
-                    None => {
-                        return Ok(Delivered {
-                            client_reusable: false,
-                            status: 499,
-                            bytes_sent: 0,
-                            upstream_answered: false,
-                        })
-                    }
+                    None => return Ok(Delivered::client_gone()),
                 }
             }
         };
@@ -308,22 +320,14 @@ async fn exchange(
         // The client's fault, not the upstream's: answered here so that it does not count
         // against the node. The upstream connection, holding part of a body, is dropped.
         Err(error) => {
-            if response_started.get() {
-                // Part of a response is out: all that is left is to end the connection.
-                return Ok(Delivered {
-                    client_reusable: false,
-                    status: error.status(),
-                    bytes_sent: 0,
-                    upstream_answered: false,
-                });
-            }
-            let sent = send_error(worker, &mut client_write, out, error, false).await;
-            return Ok(Delivered {
-                client_reusable: false,
-                status: error.status(),
-                bytes_sent: continue_sent + sent.unwrap_or(0),
-                upstream_answered: false,
-            });
+            // Once part of a response is out, all that is left is to end the connection.
+            let sent = if response_started.get() {
+                0
+            } else {
+                let sent = send_error(worker, &mut client_write, out, error, false).await;
+                continue_sent + sent.unwrap_or(0)
+            };
+            return Ok(Delivered::by_client(Outcome::answered(error, sent, false)));
         }
     };
     let delivered = result?;
@@ -341,12 +345,10 @@ async fn exchange(
             timeouts.read,
         )
         .await;
-        return Ok(Delivered {
-            client_reusable: false,
-            status: 101,
-            bytes_sent: continue_sent + delivered.bytes_sent + relayed.to_client,
-            upstream_answered: true,
-        });
+        let bytes_sent = continue_sent + delivered.outcome.bytes_sent + relayed.to_client;
+        return Ok(Delivered::by_upstream(Outcome::complete(
+            101, bytes_sent, false,
+        )));
     }
     let upstream_reusable = delivered.upstream_reusable && upload_done.get() && up.buf.is_empty();
     if upstream_reusable {
@@ -355,12 +357,10 @@ async fn exchange(
             .borrow_mut()
             .checkin((addr, node.pool_id), up, &upstream.pool, Instant::now());
     }
-    Ok(Delivered {
-        client_reusable: delivered.client_reusable && upload_done.get(),
-        status: delivered.status,
-        bytes_sent: continue_sent + delivered.bytes_sent,
-        upstream_answered: true,
-    })
+    let mut outcome = delivered.outcome;
+    outcome.keep_alive &= upload_done.get();
+    outcome.bytes_sent += continue_sent;
+    Ok(Delivered::by_upstream(outcome))
 }
 
 /// Waits for the response, watching the client meanwhile. If it closes its connection before
@@ -431,23 +431,25 @@ struct Responder<'a> {
 }
 
 struct Received {
-    client_reusable: bool,
+    /// What the client got; `keep_alive` as far as the response allows.
+    outcome: Outcome,
     upstream_reusable: bool,
-    status: u16,
-    bytes_sent: u64,
     /// A `101 Switching Protocols` went to the client: the connections are now a tunnel.
     upgraded: bool,
 }
 
 impl Received {
-    fn aborted(status: u16) -> Self {
+    fn complete(outcome: Outcome, upstream_reusable: bool) -> Self {
         Received {
-            client_reusable: false,
-            upstream_reusable: false,
-            status,
-            bytes_sent: 0,
+            outcome,
+            upstream_reusable,
             upgraded: false,
         }
+    }
+
+    /// The response broke off after `status` went out, by `side`'s fault.
+    fn aborted(status: u16, side: Side) -> Self {
+        Received::complete(Outcome::failed(status, 0, side, Cause::Reset), false)
     }
 }
 
@@ -486,7 +488,7 @@ impl Responder<'_> {
                         .await
                         .is_err()
                     {
-                        return Ok(Received::aborted(0));
+                        return Ok(Received::aborted(0, Side::Client));
                     }
                     interim_sent += self.out.len() as u64;
                 }
@@ -550,14 +552,11 @@ impl Responder<'_> {
             self.response_started.set(true);
             return Ok(
                 match write_all(client, out, self.client_send_timeout).await {
-                    Ok(()) => Received {
-                        client_reusable,
-                        upstream_reusable: false,
-                        status,
-                        bytes_sent: interim_sent + out.len() as u64,
-                        upgraded: false,
-                    },
-                    Err(_) => Received::aborted(status),
+                    Ok(()) => Received::complete(
+                        Outcome::complete(status, interim_sent + out.len() as u64, client_reusable),
+                        false,
+                    ),
+                    Err(_) => Received::aborted(status, Side::Client),
                 },
             );
         }
@@ -579,13 +578,10 @@ impl Responder<'_> {
         };
         self.response_started.set(true);
         match relay.run(up, up_buf, client, out).await {
-            Ok(sent) => Ok(Received {
-                client_reusable,
+            Ok(sent) => Ok(Received::complete(
+                Outcome::complete(status, interim_sent + sent, client_reusable),
                 upstream_reusable,
-                status,
-                bytes_sent: interim_sent + sent,
-                upgraded: false,
-            }),
+            )),
             // The upstream's body broke its framing or ended early while the head was still
             // held back (it leaves with the first body bytes): the client has seen nothing of
             // it and gets a 502 instead (RFC 9112 §6.3).
@@ -594,7 +590,8 @@ impl Responder<'_> {
             }
             // The response is cut short: the client must see its connection end, never a
             // shorter body passed off as whole.
-            Err(_) => Ok(Received::aborted(status)),
+            Err(RelayError::Destination(_)) => Ok(Received::aborted(status, Side::Client)),
+            Err(_) => Ok(Received::aborted(status, Side::Upstream)),
         }
     }
 
@@ -628,13 +625,11 @@ impl Responder<'_> {
             .await
             .is_err()
         {
-            return Ok(Received::aborted(101));
+            return Ok(Received::aborted(101, Side::Client));
         }
         Ok(Received {
-            client_reusable: false,
+            outcome: Outcome::complete(101, interim_sent + out.len() as u64, false),
             upstream_reusable: false,
-            status: 101,
-            bytes_sent: interim_sent + out.len() as u64,
             upgraded: true,
         })
     }

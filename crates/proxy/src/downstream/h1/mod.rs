@@ -4,26 +4,25 @@
 mod client;
 mod forward;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use pylon_plugin::RequestCtx;
-use pylon_router::RequestView;
+use pylon_plugin::Reply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
 use crate::http1::{request_framing, BodyFraming, HeadError, RequestHead, ResponseHead};
-use crate::outcome::Outcome;
-use crate::pipeline::{PluginWork, Plugins};
+use crate::outcome::{End, Outcome};
+use crate::pipeline::{self, Exchange};
 use crate::relay::{read_more, RelayError};
-use crate::snapshot::RouteTarget;
 use crate::tls::{ClientStream, MaybeTls};
-use crate::vars::normalize_host;
+use crate::vars::{normalize_host, RequestFields, RequestVars};
 use crate::worker::Worker;
-use client::{respond_error, send_reply, wants_keep_alive, ClientIo, ClientRequest, Downstream};
+use client::{
+    respond_error, send_reply, wants_keep_alive, ClientConnection, ClientIo, ClientRequest,
+};
 
 /// How long a stopping worker still waits for the next request on an idle keep-alive
 /// connection: the time for a client to send one right after reading a response.
@@ -44,7 +43,7 @@ pub(crate) async fn serve(
     local: SocketAddr,
     buf: BytesMut,
 ) {
-    let mut conn = Downstream {
+    let mut conn = ClientConnection {
         request: ClientRequest {
             head: RequestHead::default(),
             host: String::new(),
@@ -84,7 +83,7 @@ pub(crate) async fn serve(
 /// request from a client that did not ask to close. A body-less request from a client that
 /// asked to close (the common way a connection ends) leaves nothing to wait for, and lingering
 /// there would only cost a timer and a wake-up per connection.
-fn client_may_still_send(conn: &Downstream) -> bool {
+fn client_may_still_send(conn: &ClientConnection) -> bool {
     !conn.io.buf.is_empty()
         || !matches!(request_framing(&conn.request.head), Ok(BodyFraming::None))
         || wants_keep_alive(&conn.request.head)
@@ -117,7 +116,7 @@ async fn linger(stream: &mut ClientStream) {
     }
 }
 
-async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadRead {
+async fn read_head(worker: &Worker, conn: &mut ClientConnection, first: bool) -> HeadRead {
     let limits = &worker.limits;
     let mut deadline =
         (!conn.io.buf.is_empty() || first).then(|| Instant::now() + limits.header_timeout);
@@ -175,9 +174,7 @@ async fn read_head(worker: &Worker, conn: &mut Downstream, first: bool) -> HeadR
 }
 
 /// Handles one parsed request; returns whether the connection can carry another.
-async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
-    let started = Instant::now();
-    let view = worker.view();
+async fn handle(worker: &Worker, conn: &mut ClientConnection) -> bool {
     let head = &conn.request.head;
     let host_ok = match head.client_host() {
         // More than one Host is refused (RFC 9112 §3.2): routing on one and forwarding
@@ -189,128 +186,94 @@ async fn handle(worker: &Worker, conn: &mut Downstream) -> bool {
             head.minor_version() == 0
         }
     };
-    let framing = request_framing(head);
     // As over HTTP/2, CONNECT is refused: a 2xx would make the connection a tunnel (RFC 9112
     // §6.3), which the gateway does not proxy.
     let tunnel = head.method() == "CONNECT";
-    let route = view.snapshot.router.find(&conn.request.vars());
-    let framing = match framing {
-        Ok(framing) if host_ok && !tunnel => framing,
-        // The body's length is unknown (or a tunnel's bytes may follow): nothing after this
-        // head can be trusted.
-        refused => {
-            let error = refused
-                .err()
-                .filter(|_| host_ok)
-                .map_or(GatewayError::BadRequest, GatewayError::from);
-            let outcome = respond_error(worker, &mut conn.io, error, false).await;
-            log(
-                worker,
-                conn,
-                conn.request.client.ip(),
-                route,
-                started,
-                &outcome,
-            );
-            return false;
-        }
+    // Without a known body length (or with a tunnel's bytes to follow) nothing after this
+    // head can be trusted: the request is refused and the connection closed.
+    let (framing, refused) = match request_framing(head) {
+        Ok(framing) if host_ok && !tunnel => (framing, None),
+        Err(error) if host_ok => (BodyFraming::None, Some(GatewayError::from(error))),
+        _ => (BodyFraming::None, Some(GatewayError::BadRequest)),
     };
-    // The client as the log names it: the peer, or the address `real-ip` found.
-    let mut client = conn.request.client.ip();
-    let outcome = match route {
-        Some(route) => {
-            let vars = conn.request.vars();
-            let plugins = Plugins::of(&view.snapshot, route);
-            let mut ctx = RequestCtx::new(&vars, &route.id, route.service_id.as_deref());
-            let outcome = match plugins.request(&mut ctx).await {
-                Some(reply) => {
-                    let reply = plugins.reply(&ctx, reply);
-                    let keep = skip_buffered_body(&mut conn.io.buf, framing)
-                        && wants_keep_alive(&conn.request.head);
-                    let head_only = conn.request.head.method() == "HEAD";
-                    send_reply(worker, &mut conn.io, &reply, head_only, keep).await
-                }
-                None => {
-                    let work = PluginWork { plugins, ctx: &ctx };
-                    let downstream = (&mut conn.io, &conn.request);
-                    forward::proxy(worker, &view, route, downstream, framing, work).await
-                }
-            };
-            plugins.log(&ctx, outcome.status, outcome.bytes_sent, started.elapsed());
-            client = ctx.client_ip();
-            outcome
-        }
-        None => {
-            let keep = skip_buffered_body(&mut conn.io.buf, framing)
-                && wants_keep_alive(&conn.request.head);
-            respond_error(worker, &mut conn.io, GatewayError::RouteNotFound, keep).await
-        }
+    let mut http1 = Http1 {
+        worker,
+        io: &mut conn.io,
+        framing,
+        body_intact: refused.is_none(),
     };
-    log(worker, conn, client, route, started, &outcome);
-    outcome.keep_alive
+    let vars = conn.request.vars();
+    pipeline::run(worker, &mut http1, &vars, refused)
+        .await
+        .keep_alive
 }
 
-/// A head the codec refused. It is still logged, with the route it would have matched if the
-/// request line could be read.
-async fn reject_unparsed(worker: &Worker, conn: &mut Downstream, error: GatewayError) {
-    let started = Instant::now();
-    let outcome = respond_error(worker, &mut conn.io, error, false).await;
-    if !worker.access_log.is_enabled() {
-        return;
-    }
+/// A head the codec refused. It is still answered and logged, with the route it would have
+/// matched if the request line could be read.
+async fn reject_unparsed(worker: &Worker, conn: &mut ClientConnection, error: GatewayError) {
     let line_end = memchr::memchr(b'\n', &conn.io.buf).unwrap_or(conn.io.buf.len());
-    let line = String::from_utf8_lossy(&conn.io.buf[..line_end.min(1024)]);
+    let line = String::from_utf8_lossy(&conn.io.buf[..line_end.min(1024)]).into_owned();
     let mut parts = line.trim_end().splitn(3, ' ');
-    let method = parts.next().unwrap_or("").to_owned();
-    let uri = parts.next().unwrap_or("").to_owned();
-    let view = worker.view();
-    let route = view.snapshot.router.find(&RequestLine {
-        method: &method,
-        path: uri.split('?').next().unwrap_or(""),
+    let head = RequestLine {
+        method: parts.next().unwrap_or(""),
+        target: parts.next().unwrap_or(""),
+        length: conn.io.buf.len() as u64,
+    };
+    let vars = RequestVars {
+        head: &head,
+        host: None,
         client: conn.request.client,
-    });
-    worker.access_log.record(AccessRecord {
-        time: SystemTime::now(),
-        client: conn.request.client.ip(),
-        method,
-        uri,
-        host: String::new(),
-        status: outcome.status,
-        bytes_sent: outcome.bytes_sent,
-        request_length: conn.io.buf.len() as u64,
-        route_id: route.map(|r| r.id.clone()),
-        upstream: None,
-        upstream_latency: None,
-        latency: started.elapsed(),
-        user_agent: String::new(),
-    });
+        local: conn.request.local,
+        tls: None,
+    };
+    let started = Instant::now();
+    let view = worker.view();
+    let route = view.snapshot.router.find(&vars);
+    let outcome = respond_error(worker, &mut conn.io, error, false).await;
+    pipeline::log(worker, &vars, vars.client.ip(), route, started, &outcome);
 }
 
-/// What the router can see of a request whose head could not be parsed.
-struct RequestLine<'a> {
-    method: &'a str,
-    path: &'a str,
-    client: SocketAddr,
+/// The HTTP/1 codec's side of the current request: the connection's I/O and the request
+/// body's framing.
+struct Http1<'c> {
+    worker: &'c Worker,
+    io: &'c mut ClientIo,
+    framing: BodyFraming,
+    /// The body is still where the request left it: not once forwarding started, nor when
+    /// the head was refused (the connection then closes after the answer).
+    body_intact: bool,
 }
 
-impl RequestView for RequestLine<'_> {
-    fn path(&self) -> &str {
-        self.path
-    }
-    fn host(&self) -> Option<&str> {
-        None
-    }
-    fn method(&self) -> &str {
-        self.method
-    }
-    fn remote_addr(&self) -> std::net::IpAddr {
-        self.client.ip()
-    }
-    fn var(&self, _: &str) -> Option<std::borrow::Cow<'_, str>> {
-        None
+impl Http1<'_> {
+    /// Whether the connection can carry another request after an answer made here: the
+    /// client must want it, and the request body (never read) must be whole in the buffer
+    /// to be skipped.
+    fn keeps_alive(&mut self, head: &RequestHead) -> bool {
+        self.body_intact
+            && skip_buffered_body(&mut self.io.buf, self.framing)
+            && wants_keep_alive(head)
     }
 }
 
+impl pipeline::Downstream for Http1<'_> {
+    type Head = RequestHead;
+
+    async fn reply(&mut self, vars: &RequestVars<'_>, reply: &Reply, end: End) -> Outcome {
+        let keep_alive = self.keeps_alive(vars.head);
+        let head_only = vars.head.method() == "HEAD";
+        send_reply(self.worker, self.io, (reply, end), head_only, keep_alive).await
+    }
+
+    async fn error(&mut self, vars: &RequestVars<'_>, error: GatewayError) -> Outcome {
+        let keep_alive = self.keeps_alive(vars.head);
+        respond_error(self.worker, self.io, error, keep_alive).await
+    }
+
+    async fn forward(&mut self, vars: &RequestVars<'_>, exchange: Exchange<'_>) -> Outcome {
+        self.body_intact = false;
+        forward::proxy(self, vars, exchange).await
+    }
+}
 fn host_count(head: &RequestHead) -> usize {
     head.headers()
         .filter(|(name, _)| name.eq_ignore_ascii_case("host"))
@@ -330,34 +293,34 @@ fn skip_buffered_body(buf: &mut BytesMut, framing: BodyFraming) -> bool {
     }
 }
 
-fn log(
-    worker: &Worker,
-    conn: &Downstream,
-    client: IpAddr,
-    route: Option<&RouteTarget>,
-    started: Instant,
-    outcome: &Outcome,
-) {
-    if !worker.access_log.is_enabled() {
-        return;
+/// What the log can tell of a request whose head could not be parsed: its request line.
+struct RequestLine<'a> {
+    method: &'a str,
+    target: &'a str,
+    /// The bytes received of the head.
+    length: u64,
+}
+
+impl RequestFields for RequestLine<'_> {
+    fn method(&self) -> &str {
+        self.method
     }
-    let head = &conn.request.head;
-    worker.access_log.record(AccessRecord {
-        time: SystemTime::now(),
-        client,
-        method: head.method().to_owned(),
-        uri: head.target().to_owned(),
-        host: conn.request.host.clone(),
-        status: outcome.status,
-        bytes_sent: outcome.bytes_sent,
-        request_length: head.raw().len() as u64,
-        route_id: route.map(|r| r.id.clone()),
-        upstream: outcome.upstream,
-        upstream_latency: outcome.upstream_latency,
-        latency: started.elapsed(),
-        user_agent: head
-            .header("user-agent")
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default(),
-    });
+    fn target(&self) -> &str {
+        self.target
+    }
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+    fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, query)| query)
+    }
+    fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        std::iter::empty()
+    }
+    fn protocol(&self) -> &'static str {
+        "HTTP/1.1"
+    }
+    fn head_length(&self) -> u64 {
+        self.length
+    }
 }

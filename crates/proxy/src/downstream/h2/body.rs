@@ -184,27 +184,26 @@ pub(super) struct RequestBody {
 }
 
 impl RequestBody {
-    /// Reads a body of `declared` length within the limit whole (each read at most
-    /// `timeout`); of any other, takes what has already arrived without waiting.
-    pub async fn prefetch(
-        recv: RecvStream,
-        declared: Option<u64>,
-        timeout: Duration,
-    ) -> Result<Self, Halt> {
-        let mut body = RequestBody {
+    /// The body of a request, nothing of it held yet.
+    pub fn new(recv: RecvStream) -> Self {
+        RequestBody {
             complete: recv.is_end_stream(),
             recv,
             early: Vec::new(),
             early_len: 0,
             trailers: None,
             unreleased: 0,
-        };
-        if declared.is_some_and(|n| n <= PREFETCH_LIMIT as u64) {
-            body.read_whole(timeout).await?;
-        } else {
-            body.take_arrived()?;
         }
-        Ok(body)
+    }
+
+    /// Reads a body of `declared` length within the limit whole (each read at most
+    /// `timeout`); of any other, takes what has already arrived without waiting.
+    pub async fn prefetch(&mut self, declared: Option<u64>, timeout: Duration) -> Result<(), Halt> {
+        if declared.is_some_and(|n| n <= PREFETCH_LIMIT as u64) {
+            self.read_whole(timeout).await
+        } else {
+            self.take_arrived()
+        }
     }
 
     async fn read_whole(&mut self, timeout: Duration) -> Result<(), Halt> {

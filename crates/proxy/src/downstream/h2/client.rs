@@ -24,6 +24,7 @@ use crate::attempts::UpstreamAnswer;
 use crate::error::GatewayError;
 use crate::http1::is_hop_by_hop;
 use crate::outbound::append_header;
+use crate::outcome::{Cause, End, Outcome, Side};
 
 pub(super) struct Client {
     respond: SendResponse<Bytes>,
@@ -34,7 +35,7 @@ pub(super) struct Client {
     reset_recorded: bool,
 }
 
-/// What the client got, for the access log.
+/// What the client got.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Delivered {
     pub status: u16,
@@ -42,6 +43,7 @@ pub(super) struct Delivered {
     pub bytes_sent: u64,
     /// The status is the upstream's, not the gateway's.
     upstream_answered: bool,
+    pub end: End,
 }
 
 impl Delivered {
@@ -50,14 +52,33 @@ impl Delivered {
         status: 499,
         bytes_sent: 0,
         upstream_answered: false,
+        end: End::Failed(Side::Client, Cause::Reset),
     };
 
-    /// The upstream's response, with `status`, went to the client (perhaps cut short).
+    /// The upstream's response, with `status`, went whole to the client.
     pub fn upstream(status: u16, bytes_sent: u64) -> Self {
         Delivered {
             status,
             bytes_sent,
             upstream_answered: true,
+            end: End::Complete,
+        }
+    }
+
+    /// The upstream's response, with `status`, was cut short by `side`.
+    pub fn cut_short(status: u16, bytes_sent: u64, side: Side) -> Self {
+        Delivered {
+            end: End::Failed(side, Cause::Reset),
+            ..Delivered::upstream(status, bytes_sent)
+        }
+    }
+}
+
+impl From<Delivered> for Outcome {
+    fn from(delivered: Delivered) -> Outcome {
+        Outcome {
+            end: delivered.end,
+            ..Outcome::complete(delivered.status, delivered.bytes_sent, true)
         }
     }
 }
@@ -85,8 +106,8 @@ impl Client {
     }
 
     /// Answers with a complete response the gateway made: a plugin's reply, or its own error
-    /// after plugins edited it.
-    pub fn send_reply(&mut self, reply: &Reply) -> Delivered {
+    /// after plugins edited it (`end` says which).
+    pub fn send_reply(&mut self, reply: &Reply, end: End) -> Delivered {
         let mut head = Response::new(());
         *head.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
         let headers = head.headers_mut();
@@ -97,19 +118,27 @@ impl Client {
             }
         }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
-        let end = reply.body.is_empty() || self.head;
-        let sent = self.respond.send_response(head, end).and_then(|mut send| {
-            if !end {
-                // The body is whole in memory: queued at once, sent as the window allows.
-                send.send_data(reply.body.clone(), true)?;
-            }
-            Ok(if end { 0 } else { reply.body.len() as u64 })
-        });
+        let head_only = reply.body.is_empty() || self.head;
+        let sent = self
+            .respond
+            .send_response(head, head_only)
+            .and_then(|mut send| {
+                if !head_only {
+                    // The body is whole in memory: queued at once, sent as the window allows.
+                    send.send_data(reply.body.clone(), true)?;
+                }
+                Ok(if head_only {
+                    0
+                } else {
+                    reply.body.len() as u64
+                })
+            });
         match sent {
             Ok(bytes_sent) => Delivered {
                 status: reply.status,
                 bytes_sent,
                 upstream_answered: false,
+                end,
             },
             Err(_) => Delivered::CLIENT_GONE,
         }
@@ -127,6 +156,7 @@ impl Client {
                 status: if self.grpc { 200 } else { error.status() },
                 bytes_sent,
                 upstream_answered: false,
+                end: End::of(error),
             },
             Err(_) => Delivered::CLIENT_GONE,
         }

@@ -1,26 +1,24 @@
-//! One HTTP/2 stream: the request as the router and variables see it, the route, the attempts
-//! on the upstream's nodes, and the access log line.
+//! One HTTP/2 stream: the request as the router and variables see it, the HTTP/2 codec's side
+//! of the pipeline, and the attempts on the upstream's nodes.
 
 use std::rc::Rc;
-use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::request::Parts;
 use http::{Method, Request};
-use pylon_plugin::{Reply, RequestCtx};
+use pylon_plugin::Reply;
 
 use super::body::{Halt, RequestBody};
 use super::client::{Client, Delivered};
 use super::exchange::Exchange;
 use super::{to_h1, to_h2, Connection};
-use crate::access_log::AccessRecord;
 use crate::attempts::{Attempts, GaveUp};
 use crate::error::GatewayError;
 use crate::outbound::RequestContext;
-use crate::pipeline::{error_reply, Plugins};
-use crate::snapshot::{RouteTarget, WorkerView};
+use crate::outcome::{End, Outcome};
+use crate::pipeline::{self, Exchange as PipelineExchange, PluginWork};
 use crate::vars::{normalize_host, RequestFields, RequestVars, TlsInfo};
 use crate::worker::Worker;
 
@@ -76,14 +74,11 @@ pub(super) async fn serve(
     request: Request<RecvStream>,
     respond: SendResponse<Bytes>,
 ) {
-    let started = Instant::now();
     let (parts, recv) = request.into_parts();
     let head = parts.method == Method::HEAD;
-    let mut client = Client::new(respond, conn.clone(), is_grpc(&parts), head);
     let peer = &conn.peer;
     let mut host = String::new();
     let host_ok = client_host(&parts).is_none_or(|raw| normalize_host(raw, &mut host));
-    let view = worker.view();
     let vars = RequestVars {
         head: &parts,
         host: (!host.is_empty()).then_some(host.as_str()),
@@ -93,167 +88,117 @@ pub(super) async fn serve(
             server_name: peer.server_name.as_deref(),
         }),
     };
-    let route = view.snapshot.router.find(&vars);
-    let mut upstream = None;
-    // The client as the log names it: the peer, or the address `real-ip` found.
-    let mut client_ip = peer.client.ip();
-    let delivered = if !host_ok || parts.method == Method::CONNECT {
-        // CONNECT tunnels are not proxied (and extended CONNECT is not offered).
-        client.send_error(GatewayError::BadRequest)
-    } else {
-        match route {
-            None => client.send_error(GatewayError::RouteNotFound),
-            Some(route) => {
-                let plugins = Plugins::of(&view.snapshot, route);
-                let mut ctx = RequestCtx::new(&vars, &route.id, route.service_id.as_deref());
-                let delivered = match plugins.request(&mut ctx).await {
-                    Some(reply) => send_reply(&mut client, plugins, &ctx, reply),
-                    None => {
-                        let (delivered, tried) = proxy(
-                            &worker,
-                            &view,
-                            (route, plugins),
-                            (&vars, &ctx),
-                            recv,
-                            &mut client,
-                        )
-                        .await;
-                        upstream = tried;
-                        delivered
-                    }
-                };
-                plugins.log(
-                    &ctx,
-                    delivered.status,
-                    delivered.bytes_sent,
-                    started.elapsed(),
-                );
-                client_ip = ctx.client_ip();
-                delivered
+    // CONNECT tunnels are not proxied (and extended CONNECT is not offered).
+    let refused = (!host_ok || parts.method == Method::CONNECT).then_some(GatewayError::BadRequest);
+    let mut http2 = Http2 {
+        client: Client::new(respond, conn.clone(), is_grpc(&parts), head),
+        body: RequestBody::new(recv),
+    };
+    pipeline::run(&worker, &mut http2, &vars, refused).await;
+}
+
+/// The HTTP/2 codec's side of one stream: the response half and the request body.
+struct Http2 {
+    client: Client,
+    body: RequestBody,
+}
+
+impl pipeline::Downstream for Http2 {
+    type Head = Parts;
+
+    async fn reply(&mut self, _: &RequestVars<'_, Parts>, reply: &Reply, end: End) -> Outcome {
+        self.client.send_reply(reply, end).into()
+    }
+
+    async fn error(&mut self, _: &RequestVars<'_, Parts>, error: GatewayError) -> Outcome {
+        self.client.send_error(error).into()
+    }
+
+    /// A gRPC client gets the gateway's errors as a gRPC status (see [`Client::send_error`]).
+    fn edits_errors(&self) -> bool {
+        !self.client.is_grpc()
+    }
+
+    async fn forward(
+        &mut self,
+        vars: &RequestVars<'_, Parts>,
+        exchange: PipelineExchange<'_>,
+    ) -> Outcome {
+        let parts = vars.head;
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let PipelineExchange {
+            worker,
+            view,
+            route,
+            work: PluginWork { plugins, ctx },
+        } = exchange;
+        match self
+            .body
+            .prefetch(declared, worker.limits.body_timeout)
+            .await
+        {
+            Ok(()) => {}
+            Err(Halt::TimedOut) => {
+                return exchange
+                    .give_up(self, vars, GatewayError::RequestTimeout)
+                    .await
+            }
+            Err(halt) => {
+                self.client.halted(halt);
+                return Delivered::CLIENT_GONE.into();
             }
         }
-    };
-    if worker.access_log.is_enabled() {
-        worker.access_log.record(AccessRecord {
-            time: SystemTime::now(),
-            client: client_ip,
-            method: parts.method.as_str().to_owned(),
-            uri: parts.target().to_owned(),
-            host,
-            status: delivered.status,
-            bytes_sent: delivered.bytes_sent,
-            request_length: parts
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str().len() + v.len()) as u64)
-                .sum(),
-            route_id: route.map(|r| r.id.clone()),
-            upstream: upstream.and_then(|(addr, _)| addr),
-            upstream_latency: upstream.and_then(|(_, latency)| latency),
-            latency: started.elapsed(),
-            user_agent: parts
-                .headers
-                .get(http::header::USER_AGENT)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default(),
-        });
-    }
-}
-
-/// Answers with a plugin's reply, or the gateway's own error, after the plugins' response
-/// edits. A gRPC client gets gateway errors as a gRPC status (see [`Client::send_error`]).
-fn send_reply(
-    client: &mut Client,
-    plugins: Plugins<'_>,
-    ctx: &RequestCtx<'_>,
-    reply: Reply,
-) -> Delivered {
-    client.send_reply(&plugins.reply(ctx, reply))
-}
-
-fn send_error(
-    client: &mut Client,
-    plugins: Plugins<'_>,
-    ctx: &RequestCtx<'_>,
-    error: GatewayError,
-) -> Delivered {
-    if client.is_grpc() || !plugins.touches_response(ctx) {
-        client.send_error(error)
-    } else {
-        send_reply(client, plugins, ctx, error_reply(error))
-    }
-}
-
-type Tried = Option<(Option<std::net::SocketAddr>, Option<std::time::Duration>)>;
-
-/// Proxies the stream to the route's upstream; returns what the client got and the last node
-/// tried with its latency.
-async fn proxy(
-    worker: &Worker,
-    view: &WorkerView,
-    (route, plugins): (&RouteTarget, Plugins<'_>),
-    (vars, ctx): (&RequestVars<'_, Parts>, &RequestCtx<'_>),
-    recv: RecvStream,
-    client: &mut Client,
-) -> (Delivered, Tried) {
-    let parts = vars.head;
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let body_timeout = worker.limits.body_timeout;
-    let mut body = match RequestBody::prefetch(recv, declared, body_timeout).await {
-        Ok(body) => body,
-        Err(Halt::TimedOut) => {
-            let error = GatewayError::RequestTimeout;
-            return (send_error(client, plugins, ctx, error), None);
+        // Balancing sees the request as plugins left it (a consumer to hash on, say).
+        let mut attempts = Attempts::new(view, route, ctx, parts.method.as_str());
+        let upstream = attempts.upstream();
+        let shared = Exchange {
+            worker,
+            parts,
+            declared,
+            context: RequestContext {
+                client_host: client_host(parts),
+                client: ctx.client_ip(),
+                local: vars.local,
+                scheme: vars.scheme(),
+                edits: &ctx.edits,
+            },
+            upstream,
+            timeouts: route.timeouts,
+            idempotent: attempts.idempotent(),
+            plugins,
+            ctx,
+        };
+        // The body beyond what the gateway holds stays with the client until an attempt starts
+        // streaming it, and every failure after that is marked not replayable (`with_upload`):
+        // for the failures that are, the body is still whole.
+        let (body, client) = (&mut self.body, &mut self.client);
+        let result = attempts
+            .run(true, async |node, addr| {
+                if upstream.grpc {
+                    to_h2::exchange(&shared, node, addr, body, client).await
+                } else {
+                    to_h1::exchange(&shared, node, addr, body, client).await
+                }
+            })
+            .await;
+        match result {
+            Ok(done) => Outcome {
+                upstream: done.node.addr,
+                upstream_latency: Some(done.latency),
+                ..done.value.into()
+            },
+            Err(GaveUp {
+                error,
+                node,
+                latency,
+            }) => Outcome {
+                upstream: node.and_then(|n| n.addr),
+                upstream_latency: latency,
+                ..exchange.give_up(self, vars, error).await
+            },
         }
-        Err(halt) => {
-            client.halted(halt);
-            return (Delivered::CLIENT_GONE, None);
-        }
-    };
-    // Balancing sees the request as plugins left it (a consumer to hash on, say).
-    let mut attempts = Attempts::new(view, route, ctx, parts.method.as_str());
-    let upstream = attempts.upstream();
-    let exchange = Exchange {
-        worker,
-        parts,
-        declared,
-        context: RequestContext {
-            client_host: client_host(parts),
-            client: ctx.client_ip(),
-            local: vars.local,
-            scheme: vars.scheme(),
-            edits: &ctx.edits,
-        },
-        upstream,
-        timeouts: route.timeouts,
-        idempotent: attempts.idempotent(),
-        plugins,
-        ctx,
-    };
-    // The body beyond what the gateway holds stays with the client until an attempt starts
-    // streaming it, and every failure after that is marked not replayable (`with_upload`):
-    // for the failures that are, the body is still whole.
-    let result = attempts
-        .run(true, async |node, addr| {
-            if upstream.grpc {
-                to_h2::exchange(&exchange, node, addr, &mut body, client).await
-            } else {
-                to_h1::exchange(&exchange, node, addr, &mut body, client).await
-            }
-        })
-        .await;
-    match result {
-        Ok(done) => (done.value, Some((done.node.addr, Some(done.latency)))),
-        Err(GaveUp {
-            error,
-            node,
-            latency,
-        }) => (
-            send_error(client, plugins, ctx, error),
-            node.map(|n| (n.addr, latency)),
-        ),
     }
 }

@@ -29,6 +29,7 @@ use crate::http1::{
     has_token, is_hop_by_hop, response_framing, BodyFraming, ChunkedScanner, ResponseHead,
 };
 use crate::outbound::{append_header, forwards_header, push_header, upstream_host};
+use crate::outcome::Side;
 use crate::relay::{read_more, write_all};
 use crate::snapshot::NodeTarget;
 use crate::upstream::connect;
@@ -245,10 +246,10 @@ struct Received {
 }
 
 impl Received {
-    /// The upstream's response, cut short.
-    fn cut_short(status: u16, bytes_sent: u64) -> Self {
+    /// The upstream's response, cut short by `side`.
+    fn cut_short(status: u16, bytes_sent: u64, side: Side) -> Self {
         Received {
-            delivered: Delivered::upstream(status, bytes_sent),
+            delivered: Delivered::cut_short(status, bytes_sent, side),
             upstream_reusable: false,
         }
     }
@@ -320,7 +321,10 @@ async fn receive<R: AsyncRead + Unpin>(
             return Ok(Received::client_gone());
         };
         head_sent.set(true);
-        return Ok(Received::cut_short(status, bytes_sent));
+        return Ok(Received {
+            delivered: Delivered::upstream(status, bytes_sent),
+            upstream_reusable: false,
+        });
     }
     let status = head.status.as_u16();
     let end = framing.is_none();
@@ -352,13 +356,13 @@ async fn receive<R: AsyncRead + Unpin>(
         }),
         Err(PipeError::Destination(halt)) => {
             client.halted(halt);
-            Ok(Received::cut_short(status, sent))
+            Ok(Received::cut_short(status, sent, Side::Client))
         }
         // The body is cut short: the client must see the stream reset, never a shorter body
         // passed off as whole.
         Err(PipeError::Source(_)) => {
             send.send_reset(Reason::INTERNAL_ERROR);
-            Ok(Received::cut_short(status, sent))
+            Ok(Received::cut_short(status, sent, Side::Upstream))
         }
     }
 }

@@ -16,6 +16,7 @@ use super::client::{Client, Delivered};
 use super::exchange::{with_upload, Ended, Exchange};
 use crate::attempts::Failure;
 use crate::error::GatewayError;
+use crate::outcome::Side;
 use crate::snapshot::NodeTarget;
 use crate::upstream::h2::{open, upstream_failure, upstream_request, Dial, OpenStream};
 
@@ -176,12 +177,12 @@ async fn receive(
         x.worker.limits.send_timeout,
     )
     .await;
-    let bytes_sent = match relayed {
-        Ok(bytes) => bytes,
+    Ok(match relayed {
+        Ok(bytes_sent) => Delivered::upstream(status, bytes_sent),
         Err(PipeError::Destination(halt)) => {
             // Dropping the upstream's half cancels its stream too.
             client.halted(halt);
-            0
+            Delivered::cut_short(status, 0, Side::Client)
         }
         // The response is cut short: the client must see the stream reset, never a shorter
         // body passed off as whole.
@@ -190,8 +191,7 @@ async fn receive(
                 Halt::Reset(reason) => reason,
                 Halt::TimedOut | Halt::Gone => Reason::INTERNAL_ERROR,
             });
-            0
+            Delivered::cut_short(status, 0, Side::Upstream)
         }
-    };
-    Ok(Delivered::upstream(status, bytes_sent))
+    })
 }
