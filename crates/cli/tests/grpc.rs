@@ -619,3 +619,25 @@ async fn grpcs_upstreams_are_spoken_to_in_http2_over_tls() {
         "the upstream's TLS handshake chose h2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_request_on_a_grpc_route_is_refused_not_sent_as_http1() {
+    // The "upstream" only records whether the gateway connected to it at all.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    upstream.set_nonblocking(true).unwrap();
+    let pylon = Pylon::start(&routes(upstream.local_addr().unwrap()), "");
+    let mut conn = support::client::Conn::connect(pylon.addr);
+    conn.send(
+        b"POST /test.Echo/Unary HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/grpc\r\nContent-Length: 5\r\n\r\n\0\0\0\0\0",
+    );
+    let res = conn.read_response_to("POST").expect("a response");
+    assert_eq!(res.status, 505, "{}", res.text());
+    assert!(res.text().contains("HTTP/2"), "{}", res.text());
+    let log = pylon.wait_access_log(1);
+    assert_eq!(log[0]["status"], 505);
+    assert_eq!(log[0]["failure"], "client_refused");
+    assert!(
+        upstream.accept().is_err(),
+        "the gateway connected to the HTTP/2 upstream for an HTTP/1 request"
+    );
+}

@@ -14,6 +14,8 @@ pub enum GatewayError {
     HeadersTooLarge,
     /// A request framed with a transfer coding the gateway does not implement.
     NotImplemented,
+    /// An HTTP/1 request on a route whose upstream speaks only HTTP/2 (gRPC).
+    HttpVersionNotSupported,
     BadGateway,
     NoUpstreamNode,
     GatewayTimeout,
@@ -36,6 +38,11 @@ impl GatewayError {
                 "431 Request Header Fields Too Large",
             ),
             GatewayError::NotImplemented => (501, "Not Implemented", "501 Not Implemented"),
+            GatewayError::HttpVersionNotSupported => (
+                505,
+                "HTTP Version Not Supported",
+                "505 HTTP/2 Required By The Upstream",
+            ),
             GatewayError::BadGateway => (502, "Bad Gateway", "502 Bad Gateway"),
             GatewayError::NoUpstreamNode => {
                 (503, "Service Unavailable", "503 No Upstream Node Available")
@@ -60,7 +67,9 @@ impl GatewayError {
     /// `grpc/doc/statuscodes.md`, chosen as gRPC's own HTTP-to-gRPC mapping does).
     pub fn grpc_status(self) -> u8 {
         match self {
-            GatewayError::RouteNotFound | GatewayError::NotImplemented => 12, // UNIMPLEMENTED
+            GatewayError::RouteNotFound
+            | GatewayError::NotImplemented
+            | GatewayError::HttpVersionNotSupported => 12, // UNIMPLEMENTED
             GatewayError::RequestTimeout | GatewayError::GatewayTimeout => 4, // DEADLINE_EXCEEDED
             GatewayError::BadGateway | GatewayError::NoUpstreamNode => 14,    // UNAVAILABLE
             GatewayError::BadRequest | GatewayError::UriTooLong | GatewayError::HeadersTooLarge => {

@@ -86,7 +86,9 @@ impl End {
         use Side::*;
         match error {
             GatewayError::RouteNotFound => End::Complete,
-            GatewayError::BadRequest | GatewayError::NotImplemented => End::Failed(Client, Refused),
+            GatewayError::BadRequest
+            | GatewayError::NotImplemented
+            | GatewayError::HttpVersionNotSupported => End::Failed(Client, Refused),
             GatewayError::RequestTimeout => End::Failed(Client, Timeout),
             GatewayError::UriTooLong | GatewayError::HeadersTooLarge => End::Failed(Client, Limit),
             GatewayError::BadGateway => End::Failed(Upstream, Refused),

@@ -80,10 +80,23 @@ pub(super) async fn proxy(
         work,
     }: Exchange<'_>,
 ) -> Outcome {
-    let (io, framing) = (&mut *http1.io, http1.framing);
     // Balancing sees the request as plugins left it (a consumer to hash on, say).
     let mut attempts = Attempts::new(view, route, work.ctx, request.head.method());
     let upstream = attempts.upstream();
+    let exchange = Exchange {
+        worker,
+        view,
+        route,
+        work,
+    };
+    if upstream.grpc {
+        // An HTTP/2-only upstream cannot be spoken to in HTTP/1.1, and bridging an HTTP/1
+        // client to it is not built: the client is told which protocol the route needs.
+        return exchange
+            .give_up(http1, request, GatewayError::HttpVersionNotSupported)
+            .await;
+    }
+    let (io, framing) = (&mut *http1.io, http1.framing);
     let idempotent = attempts.idempotent();
     let body_buffered = match framing {
         BodyFraming::None => true,
@@ -102,12 +115,12 @@ pub(super) async fn proxy(
                 addr,
                 route,
             };
-            let first = exchange(worker, (io, request), target, pooled, framing, work).await;
+            let first = attempt(worker, (io, request), target, pooled, framing, work).await;
             match first {
                 // An idle connection the upstream had already closed (the keep-alive race):
                 // one more try on a fresh connection, not counted as an attempt.
                 Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
-                    exchange(worker, (io, request), target, None, framing, work).await
+                    attempt(worker, (io, request), target, None, framing, work).await
                 }
                 result => result,
             }
@@ -120,12 +133,6 @@ pub(super) async fn proxy(
             ..done.value.outcome
         },
         Err(gave_up) => {
-            let exchange = Exchange {
-                worker,
-                view,
-                route,
-                work,
-            };
             let outcome = exchange.give_up(http1, request, gave_up.error).await;
             Outcome {
                 upstream: gave_up.node.and_then(|n| n.addr),
@@ -145,7 +152,7 @@ struct Target<'a> {
     route: &'a RouteTarget,
 }
 
-async fn exchange(
+async fn attempt(
     worker: &Worker,
     (io, request): (&mut ClientIo, &RequestVars<'_>),
     Target {
