@@ -537,3 +537,65 @@ async fn the_schema_of_a_kind_is_served() {
     let unknown = api.call("GET", "/apisix/admin/schema/nope", None).await;
     assert_eq!(unknown.body, json!({"error_msg": "not found schema: nope"}));
 }
+
+#[tokio::test]
+async fn plugin_metadata_is_checked_by_its_plugin() {
+    let api = TestApi::start().await;
+    let key = Key::new(Kind::PluginMetadata, "cors");
+    let refusals = [
+        (
+            "/apisix/admin/plugin_metadata/nope",
+            r#"{"allow_origins": {}}"#,
+            "invalid configuration: id: unknown plugin `nope`",
+        ),
+        (
+            "/apisix/admin/plugin_metadata/key-auth",
+            r#"{"header": "k"}"#,
+            "invalid configuration: id: plugin `key-auth` has no metadata",
+        ),
+        (
+            "/apisix/admin/plugin_metadata/cors",
+            r#"{"allow_origins": {"partners": "a.example"}}"#,
+            "invalid configuration: allow_origins.partners: must be `*`, `**`, `null` or origins like `https://a.example` separated by commas",
+        ),
+        (
+            "/apisix/admin/plugin_metadata/cors",
+            r#"{"allow_origins": ["https://a.example"]}"#,
+            "invalid configuration: allow_origins: invalid type: sequence, expected a map",
+        ),
+    ];
+    for (path, body, message) in refusals {
+        let refused = api.call("PUT", path, Some(body)).await;
+        assert_eq!(refused.status, 400, "{path} {body}");
+        assert_eq!(refused.body["error_msg"], message, "{path} {body}");
+    }
+    assert_eq!(api.stored(&key), None);
+    assert_eq!(api.stored(&Key::new(Kind::PluginMetadata, "nope")), None);
+
+    let good = r#"{"allow_origins": {"partners": "https://a.example,https://b.example"}}"#;
+    let written = api
+        .call("PUT", "/apisix/admin/plugin_metadata/cors", Some(good))
+        .await;
+    assert_eq!(written.status, 201, "{written:?}");
+    let stored = api.stored(&key).expect("stored");
+    // A refused rewrite leaves the stored metadata as it was.
+    let refused = api
+        .call(
+            "PUT",
+            "/apisix/admin/plugin_metadata/cors",
+            Some(r#"{"allow_origins": {"partners": 1}}"#),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(api.stored(&key), Some(stored));
+
+    let schema = api
+        .call(
+            "GET",
+            "/apisix/admin/plugins/cors?schema_type=metadata",
+            None,
+        )
+        .await;
+    assert_eq!(schema.status, 200);
+    assert_eq!(schema.body["properties"]["allow_origins"]["type"], "object");
+}
