@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -598,4 +600,45 @@ async fn plugin_metadata_is_checked_by_its_plugin() {
         .await;
     assert_eq!(schema.status, 200);
     assert_eq!(schema.body["properties"]["allow_origins"]["type"], "object");
+}
+
+/// Clients that each write back to back, at once, through one node on the embedded store:
+/// the node is the store's only writer, so not one of their writes may be refused as a
+/// conflict, however busy the others keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_writers_on_one_node_are_never_refused_as_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(pylon_store::EmbeddedStore::open(dir.path()).unwrap());
+    let replica = Arc::new(
+        pylon_store::Replica::start(store.clone(), None)
+            .await
+            .unwrap(),
+    );
+    let keyring = Arc::new(Keyring::new(&["test secret".to_owned()]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = pylon_admin::AdminApi::new(listener, settings(), store, replica, keyring);
+    let addr = api.local_addr().unwrap();
+    let server = tokio::spawn(api.serve());
+    let writers = (0..12).map(|writer| {
+        tokio::spawn(async move {
+            for i in 0..150 {
+                let path = format!("/apisix/admin/upstreams/w{writer}-{}", i % 5);
+                let request = Request::builder()
+                    .method("PUT")
+                    .uri(&path)
+                    .header("host", addr.to_string())
+                    .header("x-api-key", support::ADMIN_KEY)
+                    .body(Full::new(Bytes::from(format!(
+                        r#"{{"nodes": {{"127.0.0.1:80": 1}}, "desc": "{i}"}}"#
+                    ))))
+                    .unwrap();
+                let answer = support::send(addr, request).await;
+                assert!(answer.status.is_success(), "{path} ({i}): {answer:?}");
+            }
+        })
+    });
+    for writer in writers.collect::<Vec<_>>() {
+        writer.await.unwrap();
+    }
+    server.abort();
 }
