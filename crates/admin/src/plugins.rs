@@ -30,8 +30,9 @@ pub(crate) fn all() -> Reply {
     Reply::json(StatusCode::OK, Value::Object(plugins))
 }
 
-/// `GET /apisix/admin/plugins/<name>`: the schema of its configuration on a route, or with
-/// `schema_type=consumer` on a consumer (authentication plugins).
+/// `GET /apisix/admin/plugins/<name>`: the schema of its configuration on a route, with
+/// `schema_type=consumer` on a consumer (authentication plugins), with `schema_type=metadata`
+/// of its `plugin_metadata` (APISIX serves that one only in `?all=true`).
 pub(crate) fn schema(name: &str, query: &Query) -> Reply {
     let Some(descriptor) = pylon_plugins::find(name) else {
         return Reply::error(StatusCode::NOT_FOUND, format!("plugin not found: {name}"));
@@ -40,6 +41,10 @@ pub(crate) fn schema(name: &str, query: &Query) -> Reply {
         Some("consumer") => match &descriptor.credential {
             Some(credential) => Reply::json(StatusCode::OK, (credential.schema)()),
             None => Reply::bad_request(format!("plugin {name} has no consumer schema")),
+        },
+        Some("metadata") => match &descriptor.metadata {
+            Some(metadata) => Reply::json(StatusCode::OK, (metadata.schema)()),
+            None => Reply::bad_request(format!("plugin {name} has no metadata schema")),
         },
         _ => Reply::json(StatusCode::OK, (descriptor.schema)()),
     }
@@ -53,6 +58,9 @@ fn description(descriptor: &Descriptor) -> Value {
     if let Some(credential) = &descriptor.credential {
         described["type"] = json!("auth");
         described["consumer_schema"] = (credential.schema)();
+    }
+    if let Some(metadata) = &descriptor.metadata {
+        described["metadata_schema"] = (metadata.schema)();
     }
     described
 }
@@ -82,6 +90,17 @@ mod tests {
             schema("nope", &Query::parse("")).status,
             StatusCode::NOT_FOUND
         );
-        assert_eq!(all().body.unwrap()["key-auth"]["type"], "auth");
+        let metadata = schema("cors", &Query::parse("schema_type=metadata"));
+        assert_eq!(metadata.status, StatusCode::OK);
+        assert!(metadata.body.unwrap()["properties"]["allow_origins"].is_object());
+        let none = schema("key-auth", &Query::parse("schema_type=metadata"));
+        assert_eq!(none.status, StatusCode::BAD_REQUEST);
+        let all = all().body.unwrap();
+        assert_eq!(all["key-auth"]["type"], "auth");
+        assert_eq!(
+            all["cors"]["metadata_schema"]["properties"]["allow_origins"]["type"],
+            "object"
+        );
+        assert!(all["key-auth"].get("metadata_schema").is_none());
     }
 }

@@ -67,6 +67,7 @@ impl AdminApi {
                     store,
                     replica,
                     keyring,
+                    turn: tokio::sync::Mutex::default(),
                 },
             }),
         }

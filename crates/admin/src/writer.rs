@@ -6,6 +6,11 @@
 //! keys. A conflict means someone else wrote first: the replica is given a moment to catch up,
 //! and the whole operation (a PATCH's merge included) is done again on what it now holds. After
 //! a commit the replica is awaited, so the next read on this node sees the write.
+//!
+//! A node's own writes take turns, from planning to their commit being seen: they never
+//! conflict with each other, only with other nodes' (etcd). Racing each other instead, clients
+//! writing back to back through one node kept invalidating each other's plans, and one of them
+//! could lose every attempt and get 409, even on the embedded store where no one else writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +33,8 @@ pub(crate) struct Backend {
     pub store: Arc<dyn ConfigStore>,
     pub replica: Arc<Replica>,
     pub keyring: Arc<Keyring>,
+    /// Held by one write of this node at a time; first come, first served.
+    pub turn: tokio::sync::Mutex<()>,
 }
 
 /// A write worked out against one view: the transaction, and what to answer once committed.
@@ -50,6 +57,7 @@ impl Backend {
         &self,
         mut plan: impl FnMut(&View) -> Result<Plan<T>, Reply>,
     ) -> Result<Committed<T>, Reply> {
+        let _turn = self.turn.lock().await;
         let (store, replica) = (&*self.store, &*self.replica);
         // Checked against a copy that has every write made so far, through any node: a route
         // may name an upstream created through another node an instant ago.

@@ -531,18 +531,17 @@ async fn global_rules_plugin_configs_metadata_and_secrets_are_kept() {
         .await;
     assert_eq!(patched.body["value"]["desc"], "changed");
 
+    // APISIX's example names a plugin it does not ship; cors is one whose metadata it
+    // documents.
     let metadata = api
         .call(
             "PUT",
-            "/apisix/admin/plugin_metadata/example-plugin",
-            Some(r#"{"skey": "val", "ikey": 1}"#),
+            "/apisix/admin/plugin_metadata/cors",
+            Some(r#"{"allow_origins": {"key_1": "https://domain.com"}}"#),
         )
         .await;
-    assert_eq!(metadata.status, 201);
-    assert_eq!(
-        metadata.body["key"],
-        "/pylon/plugin_metadata/example-plugin"
-    );
+    assert_eq!(metadata.status, 201, "{metadata:?}");
+    assert_eq!(metadata.body["key"], "/pylon/plugin_metadata/cors");
 
     let secret = api
         .call(

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -536,4 +538,107 @@ async fn the_schema_of_a_kind_is_served() {
     assert!(schema.body["properties"].get("uri").is_some(), "{schema:?}");
     let unknown = api.call("GET", "/apisix/admin/schema/nope", None).await;
     assert_eq!(unknown.body, json!({"error_msg": "not found schema: nope"}));
+}
+
+#[tokio::test]
+async fn plugin_metadata_is_checked_by_its_plugin() {
+    let api = TestApi::start().await;
+    let key = Key::new(Kind::PluginMetadata, "cors");
+    let refusals = [
+        (
+            "/apisix/admin/plugin_metadata/nope",
+            r#"{"allow_origins": {}}"#,
+            "invalid configuration: id: unknown plugin `nope`",
+        ),
+        (
+            "/apisix/admin/plugin_metadata/key-auth",
+            r#"{"header": "k"}"#,
+            "invalid configuration: id: plugin `key-auth` has no metadata",
+        ),
+        (
+            "/apisix/admin/plugin_metadata/cors",
+            r#"{"allow_origins": {"partners": "a.example"}}"#,
+            "invalid configuration: allow_origins.partners: must be `*`, `**`, `null` or origins like `https://a.example` separated by commas",
+        ),
+        (
+            "/apisix/admin/plugin_metadata/cors",
+            r#"{"allow_origins": ["https://a.example"]}"#,
+            "invalid configuration: allow_origins: invalid type: sequence, expected a map",
+        ),
+    ];
+    for (path, body, message) in refusals {
+        let refused = api.call("PUT", path, Some(body)).await;
+        assert_eq!(refused.status, 400, "{path} {body}");
+        assert_eq!(refused.body["error_msg"], message, "{path} {body}");
+    }
+    assert_eq!(api.stored(&key), None);
+    assert_eq!(api.stored(&Key::new(Kind::PluginMetadata, "nope")), None);
+
+    let good = r#"{"allow_origins": {"partners": "https://a.example,https://b.example"}}"#;
+    let written = api
+        .call("PUT", "/apisix/admin/plugin_metadata/cors", Some(good))
+        .await;
+    assert_eq!(written.status, 201, "{written:?}");
+    let stored = api.stored(&key).expect("stored");
+    // A refused rewrite leaves the stored metadata as it was.
+    let refused = api
+        .call(
+            "PUT",
+            "/apisix/admin/plugin_metadata/cors",
+            Some(r#"{"allow_origins": {"partners": 1}}"#),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(api.stored(&key), Some(stored));
+
+    let schema = api
+        .call(
+            "GET",
+            "/apisix/admin/plugins/cors?schema_type=metadata",
+            None,
+        )
+        .await;
+    assert_eq!(schema.status, 200);
+    assert_eq!(schema.body["properties"]["allow_origins"]["type"], "object");
+}
+
+/// Clients that each write back to back, at once, through one node on the embedded store:
+/// the node is the store's only writer, so not one of their writes may be refused as a
+/// conflict, however busy the others keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_writers_on_one_node_are_never_refused_as_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(pylon_store::EmbeddedStore::open(dir.path()).unwrap());
+    let replica = Arc::new(
+        pylon_store::Replica::start(store.clone(), None)
+            .await
+            .unwrap(),
+    );
+    let keyring = Arc::new(Keyring::new(&["test secret".to_owned()]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = pylon_admin::AdminApi::new(listener, settings(), store, replica, keyring);
+    let addr = api.local_addr().unwrap();
+    let server = tokio::spawn(api.serve());
+    let writers = (0..12).map(|writer| {
+        tokio::spawn(async move {
+            for i in 0..150 {
+                let path = format!("/apisix/admin/upstreams/w{writer}-{}", i % 5);
+                let request = Request::builder()
+                    .method("PUT")
+                    .uri(&path)
+                    .header("host", addr.to_string())
+                    .header("x-api-key", support::ADMIN_KEY)
+                    .body(Full::new(Bytes::from(format!(
+                        r#"{{"nodes": {{"127.0.0.1:80": 1}}, "desc": "{i}"}}"#
+                    ))))
+                    .unwrap();
+                let answer = support::send(addr, request).await;
+                assert!(answer.status.is_success(), "{path} ({i}): {answer:?}");
+            }
+        })
+    });
+    for writer in writers.collect::<Vec<_>>() {
+        writer.await.unwrap();
+    }
+    server.abort();
 }

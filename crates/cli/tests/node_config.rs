@@ -1,5 +1,6 @@
 //! The node config is refused, before anything starts, when it names a setting that its
-//! config source never reads: such a node would otherwise serve an empty store without a word.
+//! config source never reads (such a node would otherwise serve an empty store without a
+//! word), or a duration too long to keep.
 
 mod support;
 
@@ -121,6 +122,27 @@ fn etcd_settings_without_source_etcd_are_refused() {
         ),
         "{stderr}"
     );
+}
+
+#[test]
+fn durations_too_long_to_keep_are_refused_with_their_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.yaml"),
+        LISTENERS.replace(
+            "proxy:\n",
+            "proxy:\n  client_header_timeout: 1e300\n  upstream: {connect_timeout: 1e20}\n",
+        ),
+    )
+    .unwrap();
+    let (code, stderr) = run_refused(dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    for expected in [
+        "proxy.client_header_timeout: must be at most 31536000 seconds (a year)",
+        "proxy.upstream.connect_timeout: must be at most 31536000 seconds (a year)",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in:\n{stderr}");
+    }
 }
 
 #[test]

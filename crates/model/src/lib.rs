@@ -35,5 +35,5 @@ pub use standalone::{parse_standalone, parse_standalone_document, Standalone};
 pub use tls::{parse_certificates, parse_private_key, KeyPair};
 pub use upstream::{
     HashOn, KeepalivePool, Node, Nodes, PassHost, Scheme, Timeout, Upstream, UpstreamTls,
-    UpstreamType,
+    UpstreamType, MAX_SECONDS,
 };

@@ -85,18 +85,22 @@ pub struct Upstream {
     pub update_time: Option<i64>,
 }
 
+/// The longest a configured duration may be, in seconds: a year. Longer is no timeout in
+/// practice, and the bound keeps deadline arithmetic (`now + timeout`) far from overflowing.
+pub const MAX_SECONDS: f64 = 31_536_000.0;
+
 /// Connect, send and read timeouts in seconds, as APISIX writes them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeout {
     /// Seconds to establish a connection.
-    #[schemars(extend("exclusiveMinimum" = 0))]
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = MAX_SECONDS))]
     pub connect: f64,
     /// Seconds between two writes of the request.
-    #[schemars(extend("exclusiveMinimum" = 0))]
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = MAX_SECONDS))]
     pub send: f64,
     /// Seconds between two reads of the response.
-    #[schemars(extend("exclusiveMinimum" = 0))]
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = MAX_SECONDS))]
     pub read: f64,
 }
 

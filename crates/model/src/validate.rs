@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use crate::config::{Plugins, Resource};
 use crate::error::FieldError;
 use crate::route::Route;
-use crate::upstream::{HashOn, PassHost, Timeout, Upstream, UpstreamType};
+use crate::upstream::{HashOn, PassHost, Timeout, Upstream, UpstreamType, MAX_SECONDS};
 
 /// The HTTP methods a route may list.
 pub(crate) const METHODS: [&str; 10] = [
@@ -109,11 +109,15 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
     if u.retries.is_some_and(|r| !(0..=100).contains(&r)) {
         errors.push(FieldError::new("retries", "must be 0..100"));
     }
-    if u.retry_timeout.is_some_and(|t| t < 0.0 || !t.is_finite()) {
-        errors.push(FieldError::new(
-            "retry_timeout",
-            "must be a number of seconds >= 0",
-        ));
+    if let Some(t) = u.retry_timeout {
+        if t < 0.0 || !t.is_finite() {
+            errors.push(FieldError::new(
+                "retry_timeout",
+                "must be a number of seconds >= 0",
+            ));
+        } else {
+            at_most_a_year("retry_timeout", t, errors);
+        }
     }
     if let Some(t) = &u.timeout {
         timeout("timeout", t, errors);
@@ -127,6 +131,8 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
                 "keepalive_pool.idle_timeout",
                 "must be >= 0",
             ));
+        } else {
+            at_most_a_year("keepalive_pool.idle_timeout", pool.idle_timeout, errors);
         }
         if pool.requests < 1 {
             errors.push(FieldError::new("keepalive_pool.requests", "must be >= 1"));
@@ -233,12 +239,22 @@ fn remote_addr(path: &str, addr: &str, errors: &mut Vec<FieldError>) {
 
 fn timeout(path: &str, t: &Timeout, errors: &mut Vec<FieldError>) {
     for (name, v) in [("connect", t.connect), ("send", t.send), ("read", t.read)] {
+        let path = format!("{path}.{name}");
         if !(v > 0.0 && v.is_finite()) {
-            errors.push(FieldError::new(
-                format!("{path}.{name}"),
-                "must be a number of seconds > 0",
-            ));
+            errors.push(FieldError::new(path, "must be a number of seconds > 0"));
+        } else {
+            at_most_a_year(&path, v, errors);
         }
+    }
+}
+
+/// A duration the data plane turns into a deadline is bounded by [`MAX_SECONDS`].
+fn at_most_a_year(path: &str, seconds: f64, errors: &mut Vec<FieldError>) {
+    if seconds > MAX_SECONDS {
+        errors.push(FieldError::new(
+            path,
+            format!("must be at most {MAX_SECONDS} seconds (a year)"),
+        ));
     }
 }
 
@@ -307,6 +323,34 @@ mod tests {
             Ok(Resource::Upstream(u)) => u,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused_where_they_are() {
+        let huge = 1e300;
+        let route = json!({
+            "uri": "/a",
+            "timeout": {"connect": huge, "send": 1, "read": 1},
+            "upstream": upstream(json!({
+                "timeout": {"connect": 1, "send": 31_536_001, "read": 1},
+                "retry_timeout": huge,
+                "keepalive_pool": {"idle_timeout": huge},
+            })),
+        });
+        assert_eq!(
+            route_errors(route),
+            [
+                "timeout.connect: must be at most 31536000 seconds (a year)",
+                "upstream.retry_timeout: must be at most 31536000 seconds (a year)",
+                "upstream.timeout.send: must be at most 31536000 seconds (a year)",
+                "upstream.keepalive_pool.idle_timeout: must be at most 31536000 seconds (a year)",
+            ]
+        );
+        let a_year = json!({"connect": 31_536_000, "send": 1, "read": 0.5});
+        assert_eq!(
+            route_errors(json!({"uri": "/a", "timeout": a_year, "upstream": upstream(json!({}))})),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
         parse: parse_credential,
         secret_fields: &["password"],
     }),
+    metadata: None,
 };
 
 /// Clients pad or not; both decode.
@@ -192,6 +193,7 @@ mod tests {
         );
         let env = BuildEnv {
             credentials: &consumers,
+            metadata: None,
         };
         build(&config, &env).expect("a valid configuration")
     }

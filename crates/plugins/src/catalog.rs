@@ -1,5 +1,6 @@
 //! Every plugin this build has: its name, priority, schemas and how it is built.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use pylon_model::FieldError;
@@ -17,7 +18,20 @@ use crate::{
 pub struct BuildEnv<'a> {
     /// Every consumer's credentials, for authentication plugins.
     pub credentials: &'a Arc<Credentials>,
+    /// The plugin's metadata (`plugin_metadata/<name>`) as its [`MetadataSpec`] parsed it;
+    /// `None` when none is configured.
+    pub metadata: Option<&'a Metadata>,
 }
+
+impl BuildEnv<'_> {
+    /// The plugin's metadata as the type its [`MetadataSpec::parse`] made.
+    pub fn metadata<T: Any>(&self) -> Option<&T> {
+        self.metadata?.downcast_ref()
+    }
+}
+
+/// A plugin's metadata, parsed: each plugin downcasts it to its own type.
+pub type Metadata = Arc<dyn Any + Send + Sync>;
 
 /// How a plugin is built from its configuration.
 pub type Build = fn(&Value, &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError>;
@@ -34,6 +48,18 @@ pub struct Descriptor {
     pub build: Build,
     /// For authentication plugins: what a consumer or credential configures.
     pub credential: Option<CredentialSpec>,
+    /// For plugins with settings shared by all their instances: their `plugin_metadata`.
+    pub metadata: Option<MetadataSpec>,
+}
+
+/// The global settings of a plugin (APISIX's `metadata_schema`), one resource per plugin:
+/// `plugin_metadata/<name>`. Every instance of the plugin is built with them, and rebuilt
+/// when they change.
+pub struct MetadataSpec {
+    pub schema: fn() -> Value,
+    /// Parses (and so validates) the metadata, its `id`, `create_time` and `update_time`
+    /// excluded, into what the plugin's builds read through [`BuildEnv::metadata`].
+    pub parse: fn(&Value) -> Result<Metadata, FieldError>,
 }
 
 /// The consumer side of an authentication plugin.

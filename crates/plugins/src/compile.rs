@@ -1,5 +1,6 @@
-//! Building the chains of one configuration version: global rules, every route's plugins
-//! merged by APISIX's precedence, and the consumers with their credentials.
+//! Building the chains of one configuration version: the plugins' metadata, global rules,
+//! every route's plugins merged by APISIX's precedence, and the consumers with their
+//! credentials.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use pylon_model::{Config, FieldError, Key, Kind, Route};
 use pylon_plugin::{Chain, ChainBuilder, Consumer, Entry, Meta};
 use serde_json::{Map, Value};
 
-use crate::catalog::{find, BuildEnv, Scope};
+use crate::catalog::{find, BuildEnv, Metadata, Scope};
 use crate::config::resolve_env;
 use crate::credentials::{Credential, Credentials};
 
@@ -18,7 +19,7 @@ type Plugins = Map<String, Value>;
 pub struct CompiledPlugins {
     /// The plugins of every global rule: they run for every request, first.
     pub global: Chain,
-    credentials: Arc<Credentials>,
+    env: Environment,
     /// The plugins of each service and plugin config, built once and shared by every route
     /// that uses them (one instance, so one jwt-auth token cache, say); or why they could not
     /// be built.
@@ -26,16 +27,19 @@ pub struct CompiledPlugins {
 }
 
 impl CompiledPlugins {
-    /// Builds the consumers, global rules, services' and plugin configs' plugins of `config`.
-    /// What cannot be built is left out and reported, the rest serves.
+    /// Builds the plugins' metadata, the consumers, global rules, services' and plugin
+    /// configs' plugins of `config`. What cannot be built is left out and reported, the rest
+    /// serves: a plugin whose metadata is refused is built as if it had none.
     pub fn compile(config: &Config) -> (CompiledPlugins, Vec<FieldError>) {
         let mut errors = Vec::new();
-        let mut clashes = Vec::new();
-        let credentials = Arc::new(consumers(config, &mut errors, &mut clashes));
-        errors.extend(clashes);
-        let env = BuildEnv {
-            credentials: &credentials,
+        let mut env = Environment {
+            credentials: Arc::default(),
+            metadata: compile_metadata(config, &mut errors),
         };
+        // A consumer's own plugins are built before any credential is known.
+        let mut clashes = Vec::new();
+        env.credentials = Arc::new(consumers(config, &env, &mut errors, &mut clashes));
+        errors.extend(clashes);
         let mut global = ChainBuilder::new();
         for (id, rule) in &config.global_rules {
             let location = Key::new(Kind::GlobalRules, id).to_string();
@@ -64,7 +68,7 @@ impl CompiledPlugins {
             .collect();
         let compiled = CompiledPlugins {
             global: global.build(),
-            credentials: credentials.clone(),
+            env,
             shared,
         };
         (compiled, errors)
@@ -92,14 +96,11 @@ impl CompiledPlugins {
             }
         }
         if let Some(plugins) = &route.plugins {
-            let env = BuildEnv {
-                credentials: &self.credentials,
-            };
             let mut errors = Vec::new();
             add_all(
                 &mut builder,
                 plugins,
-                &env,
+                &self.env,
                 &format!("routes/{id}"),
                 &mut errors,
             );
@@ -111,11 +112,68 @@ impl CompiledPlugins {
     }
 }
 
+/// What every plugin of one configuration version is built with.
+#[derive(Default)]
+struct Environment {
+    credentials: Arc<Credentials>,
+    /// Each plugin's metadata, by plugin name.
+    metadata: HashMap<&'static str, Metadata>,
+}
+
+impl Environment {
+    fn for_plugin(&self, name: &str) -> BuildEnv<'_> {
+        BuildEnv {
+            credentials: &self.credentials,
+            metadata: self.metadata.get(name),
+        }
+    }
+}
+
+/// Every `plugin_metadata` resource of `config`, parsed by its plugin; errors are located at
+/// `plugin_metadata/<name>`.
+fn compile_metadata(
+    config: &Config,
+    errors: &mut Vec<FieldError>,
+) -> HashMap<&'static str, Metadata> {
+    config
+        .others
+        .iter()
+        .filter(|(key, _)| key.kind == Kind::PluginMetadata)
+        .filter_map(|(key, value)| {
+            parse_metadata(&key.id, value)
+                .map_err(|e| errors.push(e.within(&key.to_string())))
+                .ok()
+        })
+        .collect()
+}
+
+/// The resource fields of a `plugin_metadata` entry, not the plugin's settings.
+const RESOURCE_FIELDS: [&str; 3] = ["id", "create_time", "update_time"];
+
+/// Parses `plugin_metadata/<name>` by the metadata spec of plugin `name`. Paths are relative
+/// to the resource; a plugin that is unknown or reads no metadata is an error at `id`.
+fn parse_metadata(name: &str, value: &Value) -> Result<(&'static str, Metadata), FieldError> {
+    let descriptor =
+        find(name).ok_or_else(|| FieldError::new("id", format!("unknown plugin `{name}`")))?;
+    let spec = descriptor
+        .metadata
+        .as_ref()
+        .ok_or_else(|| FieldError::new("id", format!("plugin `{name}` has no metadata")))?;
+    let mut settings = value.clone();
+    if let Value::Object(map) = &mut settings {
+        for field in RESOURCE_FIELDS {
+            map.remove(field);
+        }
+    }
+    let settings = resolve_env(&settings)?;
+    Ok((descriptor.name, (spec.parse)(&settings)?))
+}
+
 /// Builds every plugin of `plugins` into `builder`; errors are located at `location`.
 fn add_all(
     builder: &mut ChainBuilder,
     plugins: &Plugins,
-    env: &BuildEnv<'_>,
+    env: &Environment,
     location: &str,
     errors: &mut Vec<FieldError>,
 ) {
@@ -127,22 +185,19 @@ fn add_all(
     }
 }
 
-fn build_entry(name: &str, config: &Value, env: &BuildEnv<'_>) -> Result<Entry, FieldError> {
+fn build_entry(name: &str, config: &Value, env: &Environment) -> Result<Entry, FieldError> {
     let descriptor =
         find(name).ok_or_else(|| FieldError::new("", format!("unknown plugin `{name}`")))?;
     let config = resolve_env(config)?;
     let meta = Meta::parse(&config)?;
-    let plugin = (descriptor.build)(&config, env)?;
+    let plugin = (descriptor.build)(&config, &env.for_plugin(descriptor.name))?;
     Ok(Entry::new(plugin, descriptor.priority, meta))
 }
 
 /// Checks a `plugins` object where it sits (`scope`): every name is a plugin of this build
 /// and every configuration builds. Paths are `plugins.<name>.<field>`.
 pub fn check(plugins: &Plugins, scope: Scope) -> Vec<FieldError> {
-    let credentials = Arc::new(Credentials::default());
-    let env = BuildEnv {
-        credentials: &credentials,
-    };
+    let env = Environment::default();
     let mut errors = Vec::new();
     for (name, config) in plugins {
         let within = format!("plugins.{name}");
@@ -152,7 +207,8 @@ pub fn check(plugins: &Plugins, scope: Scope) -> Vec<FieldError> {
         };
         let result = match (scope, &descriptor.credential) {
             (Scope::Consumer, Some(spec)) => (spec.parse)(config).map(drop),
-            _ => Meta::parse(config).and_then(|_| (descriptor.build)(config, &env).map(drop)),
+            _ => Meta::parse(config)
+                .and_then(|_| (descriptor.build)(config, &env.for_plugin(name)).map(drop)),
         };
         if let Err(e) = result {
             errors.push(e.within(&within));
@@ -167,6 +223,7 @@ pub fn check(plugins: &Plugins, scope: Scope) -> Vec<FieldError> {
 /// Credentials another consumer has too go to `clashes`, every other problem to `errors`.
 fn consumers(
     config: &Config,
+    env: &Environment,
     errors: &mut Vec<FieldError>,
     clashes: &mut Vec<FieldError>,
 ) -> Credentials {
@@ -177,10 +234,6 @@ fn consumers(
         .map(|(k, v)| (k.id.as_str(), v))
         .collect();
     let mut credentials = Credentials::default();
-    let no_credentials = Arc::new(Credentials::default());
-    let env = BuildEnv {
-        credentials: &no_credentials,
-    };
     for (key, value) in config
         .others
         .iter()
@@ -196,7 +249,7 @@ fn consumers(
         if let Some(group) = group_id.as_deref().and_then(|g| groups.get(g)) {
             if let Some(plugins) = group.get("plugins").and_then(Value::as_object) {
                 let location = format!("consumer_groups/{}", group_id.as_deref().unwrap_or(""));
-                add_all(&mut chain, plugins, &env, &location, errors);
+                add_all(&mut chain, plugins, env, &location, errors);
             }
         }
         // A consumer's authentication plugins are its credentials, not plugins to run.
@@ -205,7 +258,7 @@ fn consumers(
             .flatten()
             .map(|(n, v)| (n.clone(), v.clone()))
             .partition(|(name, _)| find(name).is_some_and(|d| d.credential.is_some()));
-        add_all(&mut chain, &other, &env, &location, errors);
+        add_all(&mut chain, &other, env, &location, errors);
         let consumer = Arc::new(Consumer::new(key.id.clone(), group_id, chain.build()));
         let credential_configs = config
             .others
@@ -249,8 +302,16 @@ fn consumers(
 
 /// Checks the plugins of one resource, as it is written: `plugins` on a route, service,
 /// plugin config, global rule or consumer group configures plugins to run; on a consumer or
-/// credential, an authentication plugin's entry is the consumer's credential.
+/// credential, an authentication plugin's entry is the consumer's credential; a
+/// `plugin_metadata` resource is the metadata of the plugin its `id` names.
 pub fn check_resource(kind: Kind, resource: &Value) -> Vec<FieldError> {
+    if kind == Kind::PluginMetadata {
+        let checked = match resource.get("id").and_then(Value::as_str) {
+            Some(name) => parse_metadata(name, resource).map(drop),
+            None => Err(FieldError::new("id", "must name the plugin")),
+        };
+        return checked.err().into_iter().collect();
+    }
     let Some(plugins) = resource.get("plugins").and_then(Value::as_object) else {
         return Vec::new();
     };
@@ -279,7 +340,12 @@ pub fn check_resource(kind: Kind, resource: &Value) -> Vec<FieldError> {
 /// finds in each resource: two consumers with the same credential (the same API key, say).
 pub fn check_config(config: &Config) -> Vec<FieldError> {
     let mut clashes = Vec::new();
-    consumers(config, &mut Vec::new(), &mut clashes);
+    consumers(
+        config,
+        &Environment::default(),
+        &mut Vec::new(),
+        &mut clashes,
+    );
     clashes
 }
 
@@ -302,4 +368,74 @@ pub fn secret_pointers(kind: Kind, resource: &Value) -> Vec<String> {
                 .map(move |field| format!("/plugins/{name}/{field}"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn config_with(entries: &[(Key, Value)]) -> Config {
+        let entries: Vec<(&Key, &Value)> = entries.iter().map(|(k, v)| (k, v)).collect();
+        Config::from_entries(entries).expect("a valid configuration")
+    }
+
+    #[test]
+    fn metadata_is_checked_by_the_plugin_its_id_names() {
+        let check = |value: Value| {
+            check_resource(Kind::PluginMetadata, &value)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        let written = json!({
+            "id": "cors", "create_time": 1, "update_time": 2,
+            "allow_origins": {"a": "https://a.example"},
+        });
+        assert_eq!(check(written), Vec::<String>::new());
+        assert_eq!(
+            check(json!({"id": "cors", "allow_origins": {"a": "a.example"}})),
+            ["allow_origins.a: must be `*`, `**`, `null` or origins like `https://a.example` separated by commas"]
+        );
+        assert_eq!(check(json!({"id": "nope"})), ["id: unknown plugin `nope`"]);
+        assert_eq!(
+            check(json!({"id": "key-auth"})),
+            ["id: plugin `key-auth` has no metadata"]
+        );
+        assert_eq!(check(json!({})), ["id: must name the plugin"]);
+    }
+
+    #[test]
+    fn each_plugin_is_built_with_its_own_metadata() {
+        let metadata = Key::new(Kind::PluginMetadata, "cors");
+        let route = json!({
+            "uri": "/a",
+            "upstream": {"nodes": {"127.0.0.1:1": 1}},
+            "plugins": {"cors": {"allow_origins_by_metadata": ["a"]}},
+        });
+        let config = config_with(&[
+            (
+                metadata.clone(),
+                json!({"id": "cors", "allow_origins": {"a": "*"}}),
+            ),
+            (Key::new(Kind::Routes, "1"), route),
+        ]);
+        let (compiled, errors) = CompiledPlugins::compile(&config);
+        assert_eq!(errors, []);
+        assert!(compiled.env.for_plugin("cors").metadata.is_some());
+        assert!(compiled.env.for_plugin("key-auth").metadata.is_none());
+        assert!(compiled.route_chain("1", &config.routes["1"]).is_ok());
+
+        // Refused metadata is reported where it is wrong; the plugin builds without it.
+        let config = config_with(&[(metadata, json!({"id": "cors", "allow_origins": []}))]);
+        let (compiled, errors) = CompiledPlugins::compile(&config);
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("plugin_metadata/cors.allow_origins: "),
+            "{errors:?}"
+        );
+        assert!(compiled.env.for_plugin("cors").metadata.is_none());
+    }
 }

@@ -19,6 +19,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<ConsumerRestrictionConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 /// `consumer-restriction`: at least one of `whitelist`, `blacklist` and

@@ -4,8 +4,11 @@
 //! The headers are decided in `rewrite`, from the request's `Origin`, and go into the
 //! response edits, so that they reach the upstream's response, the gateway's own errors and
 //! the replies of the plugins that run after this one alike.
+//!
+//! The plugin's metadata (`plugin_metadata/cors`) names origin lists that every route's
+//! `allow_origins_by_metadata` can refer to, so that one list serves many routes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use pylon_model::FieldError;
@@ -16,7 +19,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::catalog::{BuildEnv, Descriptor};
+use crate::catalog::{BuildEnv, Descriptor, Metadata, MetadataSpec};
 use crate::config::{parse, schema_of};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
@@ -25,6 +28,10 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<CorsConfig>,
     build,
     credential: None,
+    metadata: Some(MetadataSpec {
+        schema: schema_of::<CorsMetadata>,
+        parse: parse_metadata,
+    }),
 };
 
 /// What `allow_methods: "**"` allows.
@@ -60,6 +67,69 @@ struct CorsConfig {
     /// origins are allowed and `allow_origins` is not used. Unique, 1 to 4096 characters.
     #[schemars(length(min = 1), inner(length(min = 1, max = 4096)))]
     allow_origins_by_regex: Option<Vec<String>>,
+    /// Names of origin lists of the plugin's metadata: an `Origin` one of them allows is
+    /// allowed (and echoed), before `allow_origins` or `allow_origins_by_regex` are tried,
+    /// which are tried only when `allow_origins` is not `*`. Unique, 1 to 4096 characters.
+    #[schemars(length(min = 1), inner(length(min = 1, max = 4096)))]
+    allow_origins_by_metadata: Option<Vec<String>>,
+}
+
+/// `plugin_metadata/cors`: the origin lists routes refer to by name.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CorsMetadata {
+    /// Origin lists by name, each written as `allow_origins` is: `*`, `**`, `null`, one
+    /// origin, or several separated by commas.
+    #[serde(default)]
+    allow_origins: BTreeMap<String, String>,
+}
+
+/// The metadata, parsed: which origins each named list allows.
+struct NamedOrigins(HashMap<String, SharedOrigins>);
+
+/// The origins one or more metadata lists allow. A request's `Origin` they allow is
+/// echoed back; a request without one is never allowed by them.
+#[derive(Default)]
+struct SharedOrigins {
+    /// `*` or `**`: any origin.
+    any: bool,
+    listed: HashSet<String>,
+}
+
+impl SharedOrigins {
+    fn allows(&self, origin: &str) -> bool {
+        self.any || self.listed.contains(origin)
+    }
+
+    fn extend(&mut self, other: &SharedOrigins) {
+        self.any |= other.any;
+        self.listed.extend(other.listed.iter().cloned());
+    }
+}
+
+fn parse_metadata(metadata: &Value) -> Result<Metadata, FieldError> {
+    let metadata: CorsMetadata = parse(metadata)?;
+    let mut named = HashMap::new();
+    for (name, origins) in metadata.allow_origins {
+        if !valid_origins(&origins) {
+            return Err(FieldError::new(
+                format!("allow_origins.{name}"),
+                ORIGINS_SYNTAX,
+            ));
+        }
+        let shared = match origins.as_str() {
+            "*" | "**" => SharedOrigins {
+                any: true,
+                listed: HashSet::new(),
+            },
+            list => SharedOrigins {
+                any: false,
+                listed: list.split(',').map(str::to_owned).collect(),
+            },
+        };
+        named.insert(name, shared);
+    }
+    Ok(Arc::new(NamedOrigins(named)))
 }
 
 fn any() -> String {
@@ -70,13 +140,14 @@ fn default_max_age() -> i64 {
     5
 }
 
-fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
+/// What `allow_origins` and the metadata's lists may be.
+const ORIGINS_SYNTAX: &str =
+    "must be `*`, `**`, `null` or origins like `https://a.example` separated by commas";
+
+fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
     let config: CorsConfig = parse(config)?;
     if !valid_origins(&config.allow_origins) {
-        return Err(FieldError::new(
-            "allow_origins",
-            "must be `*`, `**`, `null` or origins like `https://a.example` separated by commas",
-        ));
+        return Err(FieldError::new("allow_origins", ORIGINS_SYNTAX));
     }
     if config.allow_credential {
         let starred = [
@@ -94,6 +165,23 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
             ));
         }
     }
+    // The lists named but absent from the metadata allow nothing, as no metadata at all.
+    let by_metadata = match &config.allow_origins_by_metadata {
+        Some(names) => {
+            check_list("allow_origins_by_metadata", names)?;
+            let mut shared = SharedOrigins::default();
+            if let Some(NamedOrigins(lists)) = env.metadata::<NamedOrigins>() {
+                for list in names.iter().filter_map(|name| lists.get(name)) {
+                    shared.extend(list);
+                }
+            }
+            Some(shared)
+        }
+        None => None,
+    };
+    // APISIX tries the route's own origins after the metadata's only when `allow_origins` is
+    // set to something else than `*` (its default), even if `allow_origins_by_regex` is set.
+    let falls_back = by_metadata.is_none() || config.allow_origins != "*";
     let origins = match &config.allow_origins_by_regex {
         Some(rules) => Origins::Matching(regex_set(rules)?),
         None => match config.allow_origins.as_str() {
@@ -114,8 +202,10 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
         headers => Some(Arc::from(headers)),
     };
     Ok(Arc::new(Cors {
-        varies: !matches!(origins, Origins::Any),
+        varies: !matches!(origins, Origins::Any) || by_metadata.is_some(),
         origins,
+        by_metadata,
+        falls_back,
         allow_methods,
         allow_headers,
         expose_headers: config
@@ -144,24 +234,33 @@ fn valid_origins(origins: &str) -> bool {
 
 fn regex_set(rules: &[String]) -> Result<RegexSet, FieldError> {
     const FIELD: &str = "allow_origins_by_regex";
-    if rules.is_empty() {
-        return Err(FieldError::new(FIELD, "must list at least one rule"));
-    }
+    check_list(FIELD, rules)?;
     for (i, rule) in rules.iter().enumerate() {
-        let path = format!("{FIELD}[{i}]");
-        if !(1..=4096).contains(&rule.chars().count()) {
-            return Err(FieldError::new(path, "must be 1 to 4096 characters"));
-        }
-        if let Some(first) = rules[..i].iter().position(|r| r == rule) {
-            return Err(FieldError::new(
-                path,
-                format!("the same rule as {FIELD}[{first}]"),
-            ));
-        }
         // Compiled alone first so that an error names its rule.
-        Regex::new(rule).map_err(|e| FieldError::new(path, e.to_string()))?;
+        Regex::new(rule).map_err(|e| FieldError::new(format!("{FIELD}[{i}]"), e.to_string()))?;
     }
     RegexSet::new(rules).map_err(|e| FieldError::new(FIELD, e.to_string()))
+}
+
+/// APISIX's constraints on `allow_origins_by_regex` and `allow_origins_by_metadata`: at
+/// least one item, each of 1 to 4096 characters, no two the same.
+fn check_list(field: &str, items: &[String]) -> Result<(), FieldError> {
+    if items.is_empty() {
+        return Err(FieldError::new(field, "must list at least one item"));
+    }
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{field}[{i}]");
+        if !(1..=4096).contains(&item.chars().count()) {
+            return Err(FieldError::new(path, "must be 1 to 4096 characters"));
+        }
+        if let Some(first) = items[..i].iter().position(|r| r == item) {
+            return Err(FieldError::new(
+                path,
+                format!("the same item as {field}[{first}]"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Which origins a response allows, decided once at build.
@@ -170,7 +269,7 @@ enum Origins {
     Any,
     /// `**`: the request's `Origin`, `*` without one.
     Reflect,
-    /// One configured origin, sent whatever the request's; the browser compares.
+    /// One configured origin, sent only to a request from it.
     Fixed(Arc<str>),
     /// The request's `Origin` when it is one of these; no CORS headers otherwise.
     OneOf(HashSet<String>),
@@ -180,6 +279,10 @@ enum Origins {
 
 struct Cors {
     origins: Origins,
+    /// What the metadata's lists named by `allow_origins_by_metadata` allow, tried first.
+    by_metadata: Option<SharedOrigins>,
+    /// Whether `origins` is tried for an `Origin` the metadata does not allow.
+    falls_back: bool,
     /// Whether the answer depends on the `Origin`, so that caches must key on it.
     varies: bool,
     // Shared with every request's edits rather than copied into them.
@@ -196,10 +299,20 @@ impl Cors {
     /// origin is not allowed.
     fn allowed_origin(&self, origin: Option<&str>) -> Option<Text> {
         let echoed = |o: &str| Text::Owned(o.to_owned());
+        if let Some(shared) = &self.by_metadata {
+            if let Some(origin) = origin.filter(|o| shared.allows(o)) {
+                return Some(echoed(origin));
+            }
+            if !self.falls_back {
+                return None;
+            }
+        }
         match &self.origins {
             Origins::Any => Some(Text::Static("*")),
             Origins::Reflect => Some(origin.map_or(Text::Static("*"), echoed)),
-            Origins::Fixed(allowed) => Some(Text::Shared(allowed.clone())),
+            Origins::Fixed(allowed) => origin
+                .filter(|o| *o == &**allowed)
+                .map(|_| Text::Shared(allowed.clone())),
             Origins::OneOf(allowed) => origin.filter(|o| allowed.contains(*o)).map(echoed),
             Origins::Matching(rules) => origin.filter(|o| rules.is_match(o)).map(echoed),
         }
@@ -259,7 +372,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testing::{build as build_plugin, refusal, replied, TestRequest};
+    use crate::testing::{
+        build as build_plugin, build_with_metadata, refusal, replied, TestRequest,
+    };
 
     /// The reply, and the response headers the plugin set, in order.
     fn rewrite(config: Value, request: &TestRequest) -> (Option<Reply>, Vec<(String, String)>) {
@@ -273,6 +388,32 @@ mod tests {
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
             .collect();
         (reply, headers)
+    }
+
+    /// The `Access-Control-Allow-Origin` and `Vary` a request from `origin` gets, with
+    /// `metadata` as the plugin's metadata.
+    fn with_metadata(
+        config: Value,
+        metadata: Value,
+        origin: Option<&str>,
+    ) -> (Option<String>, Option<String>) {
+        let plugin = build_with_metadata(&DESCRIPTOR, config, metadata).unwrap();
+        let request = match origin {
+            Some(origin) => from(origin),
+            None => TestRequest::get("/api"),
+        };
+        let mut ctx = RequestCtx::new(&request, "r1", None);
+        assert_eq!(replied(plugin.rewrite(&mut ctx)), None);
+        let headers: Vec<(String, String)> = ctx
+            .response
+            .headers
+            .added()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        (
+            header(&headers, "access-control-allow-origin").map(str::to_owned),
+            header(&headers, "vary").map(str::to_owned),
+        )
     }
 
     fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
@@ -445,8 +586,16 @@ mod tests {
             ),
             (json!({"max_age": "5"}), "max_age"),
             (
-                json!({"allow_origins_by_metadata": ["x"]}),
+                json!({"allow_origins_by_metadata": []}),
                 "allow_origins_by_metadata",
+            ),
+            (
+                json!({"allow_origins_by_metadata": ["a", ""]}),
+                "allow_origins_by_metadata[1]",
+            ),
+            (
+                json!({"allow_origins_by_metadata": ["a", "a"]}),
+                "allow_origins_by_metadata[1]",
             ),
         ];
         for (config, path) in cases {
@@ -457,5 +606,103 @@ mod tests {
             err.message,
             "can not be `*` when `allow_credential` is true"
         );
+    }
+
+    #[test]
+    fn metadata_lists_allow_their_origins_by_name() {
+        let metadata = json!({"allow_origins": {
+            "partners": "https://a.example,https://b.example",
+            "open": "*",
+            "unused": "https://c.example",
+        }});
+        let config = json!({"allow_origins_by_metadata": ["partners", "missing"]});
+        let allowed = |origin| with_metadata(config.clone(), metadata.clone(), origin);
+        assert_eq!(
+            allowed(Some("https://b.example")),
+            (Some("https://b.example".into()), Some("Origin".into()))
+        );
+        // Not in the named lists, and `allow_origins` is `*`: the route's own origins are
+        // not tried.
+        assert_eq!(
+            allowed(Some("https://c.example")),
+            (None, Some("Origin".into()))
+        );
+        assert_eq!(allowed(None).0, None);
+
+        // `*` in a list allows any origin, echoed; never a request without one.
+        let open = json!({"allow_origins_by_metadata": ["open"]});
+        assert_eq!(
+            with_metadata(open.clone(), metadata.clone(), Some("https://z.example")).0,
+            Some("https://z.example".into())
+        );
+        assert_eq!(with_metadata(open, metadata.clone(), None).0, None);
+
+        // The route's own origins are tried when `allow_origins` is not `*`.
+        let fallback = json!({
+            "allow_origins_by_metadata": ["partners"],
+            "allow_origins": "https://own.example",
+        });
+        assert_eq!(
+            with_metadata(
+                fallback.clone(),
+                metadata.clone(),
+                Some("https://own.example")
+            )
+            .0,
+            Some("https://own.example".into())
+        );
+        assert_eq!(
+            with_metadata(fallback, metadata, Some("https://c.example")).0,
+            None
+        );
+    }
+
+    #[test]
+    fn without_metadata_the_named_lists_allow_nothing() {
+        let plugin = build_plugin(&DESCRIPTOR, json!({"allow_origins_by_metadata": ["a"]}));
+        let plugin = plugin.unwrap();
+        let request = from("https://a.example");
+        let mut ctx = RequestCtx::new(&request, "r1", None);
+        plugin.rewrite(&mut ctx);
+        let origin = ctx
+            .response
+            .headers
+            .added()
+            .find(|(n, _)| n.eq_ignore_ascii_case("access-control-allow-origin"))
+            .map(|(_, v)| v.to_owned());
+        assert_eq!(origin, None);
+    }
+
+    #[test]
+    fn one_origin_is_sent_only_to_a_request_from_it() {
+        let config = json!({"allow_origins": "https://a.example"});
+        let (_, headers) = rewrite(config.clone(), &from("https://a.example"));
+        assert_eq!(
+            header(&headers, "access-control-allow-origin"),
+            Some("https://a.example")
+        );
+        let (_, headers) = rewrite(config, &from("https://b.example"));
+        assert_eq!(headers, [("Vary".to_owned(), "Origin".to_owned())]);
+    }
+
+    #[test]
+    fn bad_metadata_is_refused_where_it_is_wrong() {
+        let parse = DESCRIPTOR.metadata.as_ref().unwrap().parse;
+        let cases = [
+            (
+                json!({"allow_origins": {"a": "a.example"}}),
+                "allow_origins.a",
+            ),
+            (json!({"allow_origins": {"a": 1}}), "allow_origins.a"),
+            (json!({"allow_origins": []}), "allow_origins"),
+            (json!({"allow_origin": {}}), "allow_origin"),
+        ];
+        for (metadata, path) in cases {
+            let error = parse(&metadata).expect_err("refused");
+            assert_eq!(error.path, path, "{metadata}: {error}");
+        }
+        assert!(parse(&json!({})).is_ok());
+        let schema = (DESCRIPTOR.metadata.as_ref().unwrap().schema)();
+        assert_eq!(schema["properties"]["allow_origins"]["type"], "object");
     }
 }

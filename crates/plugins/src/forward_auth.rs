@@ -25,6 +25,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<ForwardAuthConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -37,6 +37,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
         parse: parse_credential,
         secret_fields: &["secret_key"],
     }),
+    metadata: None,
 };
 
 const BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -456,6 +457,7 @@ mod tests {
         );
         let env = BuildEnv {
             credentials: &consumers,
+            metadata: None,
         };
         HmacAuth::new(&config, &env).expect("a valid configuration")
     }

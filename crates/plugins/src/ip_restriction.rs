@@ -19,6 +19,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<IpRestrictionConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 /// Exactly one of `whitelist` and `blacklist`.

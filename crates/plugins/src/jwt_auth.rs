@@ -35,6 +35,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
         parse: parse_credential,
         secret_fields: &["secret"],
     }),
+    metadata: None,
 };
 
 /// `jwt-auth` on a route: where the token is looked for, in this order.
@@ -563,6 +564,7 @@ ewIDAQAB
         let consumers = credentials(&DESCRIPTOR, &keys.consumers);
         let env = BuildEnv {
             credentials: &consumers,
+            metadata: None,
         };
         JwtAuth::new(&config, &env).expect("a valid configuration")
     }

@@ -24,6 +24,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
         parse: parse_credential,
         secret_fields: &["key"],
     }),
+    metadata: None,
 };
 
 /// `key-auth` on a route: where the key is looked for.

@@ -38,6 +38,6 @@ mod testing;
 mod uri_blocker;
 mod uri_rewrite;
 
-pub use catalog::{find, Descriptor, Scope, CATALOG};
+pub use catalog::{find, Descriptor, MetadataSpec, Scope, CATALOG};
 pub use compile::{check, check_config, check_resource, secret_pointers, CompiledPlugins};
 pub use credentials::{Credential, Credentials};

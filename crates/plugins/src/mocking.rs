@@ -21,6 +21,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<MockingConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 /// One of `response_example` and `response_schema` is required.

@@ -24,6 +24,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<ProxyRewriteConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 #[derive(Debug, Deserialize, JsonSchema)]

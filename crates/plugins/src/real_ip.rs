@@ -22,6 +22,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<RealIpConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 const FORWARDED_FOR: &str = "http_x_forwarded_for";

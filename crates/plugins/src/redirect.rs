@@ -20,6 +20,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<RedirectConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 /// Exactly one of `uri`, `regex_uri` and `http_to_https`.

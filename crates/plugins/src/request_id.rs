@@ -22,6 +22,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<RequestIdConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 #[derive(Debug, Deserialize, JsonSchema)]

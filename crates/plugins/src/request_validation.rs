@@ -27,6 +27,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<RequestValidationConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 /// The schema keywords a header schema may use at its top level: those that name headers,

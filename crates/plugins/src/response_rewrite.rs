@@ -26,6 +26,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<ResponseRewriteConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 #[derive(Debug, Deserialize, JsonSchema)]

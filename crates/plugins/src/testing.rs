@@ -17,13 +17,35 @@ use crate::credentials::{Credential, Credentials};
 /// The `Host` every test request is sent to.
 const HOST: &str = "example.com";
 
-/// Builds a plugin as the snapshot compiler does, with no consumers.
+/// Builds a plugin as the snapshot compiler does, with no consumers and no metadata.
 pub(crate) fn build(descriptor: &Descriptor, config: Value) -> Result<Arc<dyn Plugin>, FieldError> {
     let credentials = Arc::new(Credentials::default());
     (descriptor.build)(
         &config,
         &BuildEnv {
             credentials: &credentials,
+            metadata: None,
+        },
+    )
+}
+
+/// Builds a plugin with `metadata` as its `plugin_metadata`, parsed by its metadata spec.
+pub(crate) fn build_with_metadata(
+    descriptor: &Descriptor,
+    config: Value,
+    metadata: Value,
+) -> Result<Arc<dyn Plugin>, FieldError> {
+    let spec = descriptor
+        .metadata
+        .as_ref()
+        .expect("a plugin with metadata");
+    let metadata = (spec.parse)(&metadata)?;
+    let credentials = Arc::new(Credentials::default());
+    (descriptor.build)(
+        &config,
+        &BuildEnv {
+            credentials: &credentials,
+            metadata: Some(&metadata),
         },
     )
 }

@@ -20,6 +20,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     schema: schema_of::<UriBlockerConfig>,
     build,
     credential: None,
+    metadata: None,
 };
 
 #[derive(Debug, Deserialize, JsonSchema)]

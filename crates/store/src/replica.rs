@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -240,7 +241,9 @@ async fn keep_cache(path: PathBuf, mut views: watch::Receiver<Arc<View>>) {
 }
 
 /// Writes the view to a temporary file and renames it over the cache: a crash leaves the old
-/// copy or the new one, never half of one.
+/// copy or the new one, never half of one. The temporary file is this write's own: during a
+/// restart the old and the new process write the same copy, and a shared one would be
+/// truncated or renamed away under the other's feet.
 fn write_cache(path: &Path, view: &View) -> std::io::Result<()> {
     let cached = CachedView {
         revision: view.revision,
@@ -257,13 +260,27 @@ fn write_cache(path: &Path, view: &View) -> std::io::Result<()> {
             .collect(),
     };
     let bytes = serde_json::to_vec(&cached)?;
-    let temp = path.with_extension("tmp");
+    let temp = temp_path(path);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&temp, bytes)?;
-    std::fs::File::open(&temp)?.sync_all()?;
-    std::fs::rename(&temp, path)
+    let written = std::fs::write(&temp, bytes)
+        .and_then(|()| std::fs::File::open(&temp)?.sync_all())
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// A temporary name beside `path` that no other write uses, in this process or another:
+/// `etcd-copy.json.<pid>.<n>.tmp`.
+fn temp_path(path: &Path) -> PathBuf {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.{n}.tmp", std::process::id()));
+    path.with_file_name(name)
 }
 
 fn read_cache(path: &Path) -> Result<View, String> {
@@ -297,7 +314,7 @@ mod tests {
     use async_trait::async_trait;
     use pylon_model::Kind;
     use serde_json::json;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
 
     /// An in-memory store that can be taken down and replaced, as an etcd that restarts.
     #[derive(Default)]
@@ -411,5 +428,45 @@ mod tests {
         store.down.store(false, Ordering::SeqCst);
         let view = until(&replica, |v| v.live).await;
         assert_eq!(view.entries.len(), 2);
+    }
+
+    /// Two processes that follow one etcd from one data directory (the old and the new one
+    /// during a restart) write the local copy at the same time: neither may lose its write
+    /// or leave a copy that does not read back.
+    #[test]
+    fn writers_of_one_local_copy_never_clobber_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd-copy.json");
+        let view = |n: u64| View {
+            revision: n,
+            entries: BTreeMap::from([(
+                route("1"),
+                Arc::new(Entry {
+                    key: route("1"),
+                    value: json!({"uri": "/".repeat(4096), "n": n}),
+                    create_revision: 1,
+                    mod_revision: n,
+                }),
+            )]),
+            live: true,
+        };
+        std::thread::scope(|scope| {
+            for writer in 0..2 {
+                let (path, view) = (&path, &view);
+                scope.spawn(move || {
+                    for n in 0..100 {
+                        write_cache(path, &view(writer * 1000 + n))
+                            .unwrap_or_else(|e| panic!("writer {writer}, write {n}: {e}"));
+                    }
+                });
+            }
+        });
+        let copy = read_cache(&path).unwrap();
+        assert!([99, 1099].contains(&copy.revision), "{}", copy.revision);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["etcd-copy.json"], "temporary files left behind");
     }
 }

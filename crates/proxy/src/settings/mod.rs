@@ -6,6 +6,7 @@ mod http2;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use pylon_model::MAX_SECONDS;
 use serde::{Deserialize, Serialize};
 
 use crate::http1::HeadLimits;
@@ -179,10 +180,14 @@ impl ProxySettings {
         for (field, value) in seconds {
             if !(value > 0.0 && value.is_finite()) {
                 errors.push(format!("{field}: must be a number of seconds > 0"));
+            } else if value > MAX_SECONDS {
+                errors.push(too_long(field));
             }
         }
         if !(self.shutdown_grace >= 0.0 && self.shutdown_grace.is_finite()) {
             errors.push("proxy.shutdown_grace: must be a number of seconds >= 0".to_owned());
+        } else if self.shutdown_grace > MAX_SECONDS {
+            errors.push(too_long("proxy.shutdown_grace"));
         }
         if self.max_request_line < 64 {
             errors.push("proxy.max_request_line: must be at least 64".to_owned());
@@ -220,6 +225,57 @@ impl ProxySettings {
     }
 }
 
+fn too_long(field: &str) -> String {
+    format!("{field}: must be at most {MAX_SECONDS} seconds (a year)")
+}
+
+/// Seconds from a validated configuration as a duration. Validation keeps them within
+/// `0..=MAX_SECONDS`; anything else that got here is brought into that range (NaN: zero)
+/// rather than panic in `Duration` or in the deadline arithmetic after it.
 pub(crate) fn secs(s: f64) -> Duration {
-    Duration::from_secs_f64(s)
+    Duration::try_from_secs_f64(s.clamp(0.0, MAX_SECONDS)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_out_of_range_never_panic() {
+        for value in [
+            f64::MAX,
+            1e300,
+            f64::INFINITY,
+            f64::NAN,
+            -1.0,
+            f64::NEG_INFINITY,
+        ] {
+            let duration = secs(value);
+            assert!(
+                duration.as_secs_f64() <= MAX_SECONDS,
+                "{value}: {duration:?}"
+            );
+        }
+        assert_eq!(secs(1.5), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused_with_their_field() {
+        let mut settings = ProxySettings {
+            client_header_timeout: 1e300,
+            shutdown_grace: f64::MAX,
+            ..ProxySettings::default()
+        };
+        settings.upstream.read_timeout = 31_536_001.0;
+        settings.http2.close_timeout = f64::NAN;
+        assert_eq!(
+            settings.validate(),
+            [
+                "proxy.client_header_timeout: must be at most 31536000 seconds (a year)",
+                "proxy.upstream.read_timeout: must be at most 31536000 seconds (a year)",
+                "proxy.shutdown_grace: must be at most 31536000 seconds (a year)",
+                "proxy.http2.close_timeout: must be a number of seconds > 0 and at most 3600",
+            ]
+        );
+    }
 }
