@@ -238,9 +238,15 @@ fn uuid(bits: u128, version: u128) -> Arc<str> {
     let bits = (bits & !(0xf << 76)) | (version << 76);
     let bits = (bits & !(0b11 << 62)) | (0b10 << 62);
     let mut out = [b'-'; 36];
-    let digits = (0..36).filter(|i| !matches!(i, 8 | 13 | 18 | 23));
-    for (n, at) in digits.enumerate() {
-        out[at] = HEX[((bits >> (124 - 4 * n)) & 0xf) as usize];
+    let mut at = 0;
+    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
+        // The dashes after bytes 4, 6, 8 and 10: 8-4-4-4-12 digits.
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
     // Hex digits and dashes: ASCII.
     Arc::from(std::str::from_utf8(&out).unwrap_or_default())
