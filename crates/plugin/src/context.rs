@@ -16,8 +16,18 @@ use crate::PluginState;
 /// name drops the earlier edits of that name, so that applying them is one pass over the
 /// original headers (drop those a `Set` or `Remove` names) and one over the edits (append
 /// every `Set` and `Add`).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct HeaderEdits(Vec<HeaderEdit>);
+
+/// A copy is made for the `header_filter`s to add to: room for a few more edits saves them
+/// growing it (a reallocation and a copy) on every response.
+impl Clone for HeaderEdits {
+    fn clone(&self) -> HeaderEdits {
+        let mut edits = Vec::with_capacity(self.0.len() + 4);
+        edits.extend_from_slice(&self.0);
+        HeaderEdits(edits)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeaderEdit {
@@ -105,7 +115,11 @@ impl HeaderEdits {
     }
 
     fn forget(&mut self, name: &str) {
-        self.0.retain(|e| !e.name().eq_ignore_ascii_case(name));
+        let named = |e: &HeaderEdit| e.name().eq_ignore_ascii_case(name);
+        // Names are seldom edited twice: look before paying for `retain`'s pass.
+        if self.0.iter().any(named) {
+            self.0.retain(|e| !named(e));
+        }
     }
 
     /// The names whose original headers are to be left out (those set or removed).

@@ -64,6 +64,9 @@ impl Template {
         match self.0.as_slice() {
             [] => Cow::Borrowed(""),
             [Part::Literal(text)] => Cow::Borrowed(text),
+            [Part::Var(name)] => {
+                Cow::Owned(request.var(name).map(Cow::into_owned).unwrap_or_default())
+            }
             parts => {
                 let mut out = String::new();
                 for part in parts {

@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use pylon_plugin::Consumer;
@@ -25,8 +26,11 @@ pub struct Credential {
 /// about how much of a guessed key was right.
 #[derive(Default)]
 pub struct Credentials {
-    tables: HashMap<&'static str, HashMap<[u8; 32], Credential>>,
+    /// One table per authentication plugin: a handful, found by a scan.
+    tables: Vec<(&'static str, Table)>,
 }
+
+type Table = HashMap<[u8; 32], Credential, BuildHasherDefault<DigestHasher>>;
 
 /// Another consumer already has this lookup value for this plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +46,14 @@ impl Credentials {
         lookup: &str,
         credential: Credential,
     ) -> Result<(), Duplicate> {
-        let table = self.tables.entry(plugin).or_default();
+        let at = match self.tables.iter().position(|(p, _)| *p == plugin) {
+            Some(at) => at,
+            None => {
+                self.tables.push((plugin, Table::default()));
+                self.tables.len() - 1
+            }
+        };
+        let table = &mut self.tables[at].1;
         let key = fingerprint(lookup);
         if let Some(existing) = table.get(&key) {
             return Err(Duplicate {
@@ -54,7 +65,27 @@ impl Credentials {
     }
 
     pub fn find(&self, plugin: &str, lookup: &str) -> Option<&Credential> {
-        self.tables.get(plugin)?.get(&fingerprint(lookup))
+        let (_, table) = self.tables.iter().find(|(p, _)| *p == plugin)?;
+        table.get(&fingerprint(lookup))
+    }
+}
+
+/// Hashes a SHA-256 digest by its first eight bytes. A digest is uniform already: hashing it
+/// again, as the default SipHash would on every lookup, spreads it no better.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // The slice's length comes first, the same for every key; then the digest.
+        let mut word = [0; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
     }
 }
 

@@ -138,7 +138,10 @@ fn template(path: &str, value: &str) -> Result<Template, FieldError> {
 /// A rendered value without the control characters a variable may have brought in (a
 /// percent-decoded argument can hold a CR LF), so that it stays one header.
 fn header_value(value: Cow<'_, str>) -> String {
-    if value.chars().any(|c| c.is_control() && c != '\t') {
+    // Visible ASCII, space and tab, the usual value, has none: only other bytes need the
+    // look at characters.
+    let plain = |b: u8| (b' '..0x7f).contains(&b) || b == b'\t';
+    if !value.bytes().all(plain) && value.chars().any(|c| c.is_control() && c != '\t') {
         value
             .chars()
             .filter(|c| !c.is_control() || *c == '\t')
@@ -168,6 +171,13 @@ mod tests {
             [("X-A", "a-xEvil: 1"), ("X-B", "1"), ("X-B", "xEvil: 1")]
         );
         assert_eq!(edits.get("x-c"), Some(None));
+    }
+
+    #[test]
+    fn rendered_values_lose_every_control_character_but_tab() {
+        assert_eq!(header_value("plain value\t1".into()), "plain value\t1");
+        assert_eq!(header_value("J\u{f6}rg".into()), "J\u{f6}rg");
+        assert_eq!(header_value("a\r\nb\u{7f}c\u{85}d".into()), "abcd");
     }
 
     #[test]

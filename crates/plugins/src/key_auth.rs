@@ -86,16 +86,15 @@ impl Plugin for KeyAuth {
     }
 
     fn rewrite<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        let from_header = ctx.header(&self.config.header).map(|k| k.into_owned());
-        let in_header = from_header.is_some();
-        let key = match from_header {
-            Some(key) => key,
+        // The key is only looked up, never kept: it stays borrowed from the request.
+        let (found, in_header) = match ctx.header(&self.config.header) {
+            Some(key) => (self.credentials.find(DESCRIPTOR.name, &key), true),
             None => match ctx.var(&format!("arg_{}", self.config.query)) {
-                Some(key) => key.into_owned(),
+                Some(key) => (self.credentials.find(DESCRIPTOR.name, &key), false),
                 None => return Step::Reply(Reply::message(401, "Missing API key in request")),
             },
         };
-        let Some(credential) = self.credentials.find(DESCRIPTOR.name, &key) else {
+        let Some(credential) = found else {
             return Step::Reply(Reply::message(401, "Invalid API key in request"));
         };
         ctx.set_consumer(credential.consumer.clone());

@@ -117,7 +117,7 @@ impl<H: RequestFields> RequestView for RequestVars<'_, H> {
                 .headers()
                 .find(|(n, _)| header_matches_var(n, header))?
                 .1;
-            return Some(String::from_utf8_lossy(value));
+            return Some(text(value));
         }
         if let Some(cookie) = name.strip_prefix("cookie_") {
             return self
@@ -125,7 +125,7 @@ impl<H: RequestFields> RequestView for RequestVars<'_, H> {
                 .headers()
                 .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
                 .find_map(|(_, v)| cookie_value(v, cookie))
-                .map(String::from_utf8_lossy);
+                .map(text);
         }
         Some(match name {
             "uri" => Cow::Borrowed(self.head.path()),
@@ -152,6 +152,15 @@ fn header_matches_var(header: &str, var: &str) -> bool {
             .bytes()
             .zip(var.bytes())
             .all(|(h, v)| h.eq_ignore_ascii_case(&v) || (h == b'-' && v == b'_'))
+}
+
+/// A header value as text. Nearly all are ASCII, which `from_utf8` checks a word at a time;
+/// only the others pay for `from_utf8_lossy`'s replacement of what is not UTF-8.
+fn text(value: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(value),
+    }
 }
 
 /// The first value of `name` in a query string, percent-decoded.
