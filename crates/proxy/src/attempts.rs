@@ -48,6 +48,17 @@ impl Failure {
         }
     }
 
+    /// A connection that could not take the request (dead, or going away): nothing the
+    /// upstream could act on reached it, and a reused connection earns a fresh one.
+    pub fn stale_connection(reused: bool) -> Self {
+        Failure {
+            error: GatewayError::BadGateway,
+            replayable: true,
+            stale: reused,
+            sent: false,
+        }
+    }
+
     /// Nothing was sent: any request may go elsewhere.
     pub fn before_sending(error: GatewayError) -> Self {
         Failure {

@@ -112,19 +112,6 @@ impl Drop for InFlight {
     }
 }
 
-impl Failure {
-    /// A connection that could not take a new stream: dead, or the upstream said GOAWAY.
-    /// Nothing reached the upstream; a reused connection earns a fresh one.
-    fn stale_connection(reused: bool) -> Self {
-        Failure {
-            error: GatewayError::BadGateway,
-            replayable: true,
-            stale: reused,
-            sent: false,
-        }
-    }
-}
-
 /// Where a stream goes, and the connections (one worker's) it may use.
 #[derive(Clone, Copy)]
 pub(crate) struct Dial<'a> {

@@ -214,12 +214,7 @@ async fn attempt(
         .is_err()
     {
         // Whatever the upstream got, it was not a whole request it could act on.
-        return Err(Failure {
-            error: GatewayError::BadGateway,
-            replayable: true,
-            stale: reused,
-            sent: false,
-        });
+        return Err(Failure::stale_connection(reused));
     }
 
     let client_http10 = request.head.minor_version() == 0;

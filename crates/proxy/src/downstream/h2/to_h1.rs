@@ -80,12 +80,7 @@ async fn once(
         .is_err()
     {
         // Whatever the upstream got, it was not a whole request it could act on.
-        return Err(Failure {
-            error: GatewayError::BadGateway,
-            replayable: true,
-            stale: reused,
-            sent: false,
-        });
+        return Err(Failure::stale_connection(reused));
     }
     body.release_early();
     let streamed = !body.complete;
