@@ -197,29 +197,28 @@ async fn proxy_rewrite_edits_go_with_every_attempt() {
 /// An upstream whose response says what a rewrite must replace: a body of its own (chunked
 /// for `/chunked`), validators, a header to remove; `/missing` is a 404.
 fn rich_upstream() -> Upstream {
-    Upstream::with_handler(
-        "rich",
-        Arc::new(|req: &Received, stream: &mut TcpStream| {
-            let headers = [
-                ("X-Upstream", "rich"),
-                ("X-Remove-Me", "1"),
-                ("ETag", "\"v1\""),
-            ];
-            if req.target.ends_with("/chunked") {
-                let mut head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n".to_owned();
-                for (name, value) in headers {
-                    head.push_str(&format!("{name}: {value}\r\n"));
-                }
-                head.push_str("\r\n7\r\nchunked\r\n5\r\n body\r\n0\r\n\r\n");
-                let _ = stream.write_all(head.as_bytes());
-            } else if req.target.ends_with("/missing") {
-                respond(stream, 404, &headers, b"no such thing");
-            } else {
-                respond(stream, 200, &headers, b"the upstream's own body");
-            }
-            true
-        }),
-    )
+    Upstream::with_handler("rich", Arc::new(rich))
+}
+
+fn rich(req: &Received, stream: &mut TcpStream) -> bool {
+    let headers = [
+        ("X-Upstream", "rich"),
+        ("X-Remove-Me", "1"),
+        ("ETag", "\"v1\""),
+    ];
+    if req.target.ends_with("/chunked") {
+        let mut head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n".to_owned();
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n7\r\nchunked\r\n5\r\n body\r\n0\r\n\r\n");
+        let _ = stream.write_all(head.as_bytes());
+    } else if req.target.ends_with("/missing") {
+        respond(stream, 404, &headers, b"no such thing");
+    } else {
+        respond(stream, 200, &headers, b"the upstream's own body");
+    }
+    true
 }
 
 #[tokio::test]
@@ -321,6 +320,89 @@ async fn response_rewrite_with_vars_rewrites_only_the_responses_that_match() {
     }
 }
 
+/// `filters` that edit every body below: the upstream's (of a length, chunked, or of many
+/// reads), the gateway's own error.
+fn body_filters() -> Value {
+    json!({"response-rewrite": {"filters": [
+        {"regex": "body", "replace": "BODY", "scope": "global"},
+        {"regex": "(\\w+)'s", "replace": "$1s'"},
+        {"regex": "5", "replace": "five", "scope": "global"},
+        {"regex": "upstream_error|Bad Gateway", "replace": "no upstream", "options": "i"}
+    ]}})
+}
+
+/// An upstream of [`rich_upstream`]'s bodies and, for `/big`, 300 kB that reach the gateway
+/// in many reads.
+fn filtered_upstream() -> Upstream {
+    Upstream::with_handler(
+        "filtered",
+        Arc::new(|req: &Received, stream: &mut TcpStream| {
+            if !req.target.ends_with("/big") {
+                return rich(req, stream);
+            }
+            respond(stream, 200, &[], "0123456789".repeat(30_000).as_bytes());
+            true
+        }),
+    )
+}
+
+#[tokio::test]
+async fn response_rewrite_filters_edit_the_body_whoever_made_it() {
+    let up = filtered_upstream();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let pylon = Pylon::start(
+        &routes(&[
+            route("f", "/f/*", up.addr, body_filters()),
+            route("dead", "/dead", dead, body_filters()),
+        ]),
+        "",
+    );
+    let big = "01234five6789".repeat(30_000);
+    for protocol in PROTOCOLS {
+        for (target, status, body) in [
+            ("/f/length", 200, "the upstreams' own BODY"),
+            ("/f/chunked", 200, "chunked BODY"),
+            ("/f/missing", 404, "no such thing"),
+            ("/f/big", 200, big.as_str()),
+            ("/dead", 502, "{\"error_msg\":\"five02 no upstream\"}\n"),
+        ] {
+            let what = format!("{protocol:?} {target}");
+            let res = call(protocol, pylon.addr, "GET", target, &[], b"").await;
+            assert_eq!(res.status, status, "{what}");
+            assert!(res.text() == body, "{what}: {:.80}", res.text());
+            assert_length_right(&res, &what);
+            if target.starts_with("/f/") {
+                // The validator described the upstream's body.
+                assert_eq!(res.header("etag"), None, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_filtered_body_goes_out_chunked_on_a_kept_alive_connection_or_to_the_close_for_http10() {
+    let up = filtered_upstream();
+    let pylon = Pylon::start(&routes(&[route("f", "/f/*", up.addr, body_filters())]), "");
+    let mut conn = support::client::Conn::connect(pylon.addr);
+    for _ in 0..2 {
+        let res = conn.request(b"GET /f/length HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        assert_eq!(res.text(), "the upstreams' own BODY");
+        assert_eq!(res.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(res.header("content-length"), None);
+    }
+
+    let mut conn = support::client::Conn::connect(pylon.addr);
+    let res = conn
+        .request(b"GET /f/chunked HTTP/1.0\r\nHost: example.com\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(res.text(), "chunked BODY");
+    assert_eq!(res.header("transfer-encoding"), None);
+    assert_eq!(res.header("connection"), Some("close"));
+    assert!(conn.is_closed());
+}
+
 // === an HTTP/2 upstream ===
 
 /// An h2c upstream (what `scheme: grpc` reaches), recording each request head and answering
@@ -352,6 +434,31 @@ async fn h2_upstream() -> (SocketAddr, Arc<Mutex<Vec<http::request::Parts>>>) {
         }
     });
     (addr, received)
+}
+
+/// HTTP/2 clients only: an HTTP/1.1 request does not go to an HTTP/2 upstream.
+#[tokio::test]
+async fn response_rewrite_filters_edit_an_http2_upstreams_body() {
+    let (addr, _) = h2_upstream().await;
+    let mut h2_route = route(
+        "h2",
+        "/h2/*",
+        addr,
+        json!({"response-rewrite": {"filters": [{"regex": "h2 (\\w+)", "replace": "edited $1"}]}}),
+    );
+    h2_route["upstream"]["scheme"] = json!("grpc");
+    let pylon = Pylon::start(&routes(&[h2_route]), "");
+    let mut h2 = connect(pylon.addr).await;
+    let reply = send(
+        &mut h2.sender,
+        request("GET", "/h2/a").body(()).unwrap(),
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "edited body");
+    assert_eq!(reply.header("content-length"), None);
+    assert_eq!(reply.header("x-upstream"), Some("h2"));
 }
 
 /// HTTP/2 clients only: an HTTP/1.1 request does not go to an HTTP/2 upstream.

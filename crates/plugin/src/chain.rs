@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::body::BodyFilters;
 use crate::context::{LogCtx, RequestCtx, ResponseCtx};
 use crate::meta::Meta;
 use crate::phase::{Phase, Phases, RequestPhase};
@@ -118,6 +119,24 @@ impl Chain {
             if entry.applies(Phase::HeaderFilter, ctx.request) {
                 entry.plugin.header_filter(ctx);
                 ctx.status = ctx.edits.status.unwrap_or(ctx.status);
+            }
+        }
+    }
+
+    /// Adds the body filters the chain's plugins (with the consumer's, as [`Chain::run`])
+    /// put in the way of this response's body.
+    pub fn body_filters(
+        &self,
+        ctx: &ResponseCtx<'_, '_>,
+        consumer: Option<&Chain>,
+        filters: &mut BodyFilters,
+    ) {
+        let consumer_entries = consumer.map_or(&[][..], |c| &c.entries[..]);
+        for entry in merged(&self.entries, consumer_entries) {
+            if entry.applies(Phase::BodyFilter, ctx.request) {
+                if let Some(filter) = entry.plugin.body_filter(ctx) {
+                    filters.push(filter);
+                }
             }
         }
     }

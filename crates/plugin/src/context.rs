@@ -404,7 +404,8 @@ pub struct ResponseCtx<'a, 'r> {
     pub request: &'a RequestCtx<'r>,
     /// The status as it will go out (after earlier edits).
     pub status: u16,
-    /// The response's own headers, before edits.
+    /// The response's own status and headers, before any edits.
+    pub own_status: u16,
     pub headers: &'a dyn ResponseHeaders,
     pub edits: &'a mut ResponseEdits,
 }

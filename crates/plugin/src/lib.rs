@@ -14,6 +14,7 @@
 //! request, and a chain without response filters leaves the response bytes untouched.
 #![forbid(unsafe_code)]
 
+mod body;
 mod call;
 mod chain;
 mod consumer;
@@ -25,6 +26,7 @@ mod template;
 
 use std::any::Any;
 
+pub use body::{BodyFilter, BodyFilters};
 pub use call::{call_failures, Call, CallError, CallFailures, FailurePolicy};
 pub use chain::{Chain, ChainBuilder, Entry};
 pub use consumer::Consumer;
@@ -63,7 +65,8 @@ pub enum Step<'a> {
 /// 4. `before_proxy`: `G` then `R`, once per request, right before the first upstream attempt.
 /// 5. `header_filter`: `G` then `R`, on the response head (the upstream's, the gateway's own
 ///    error, or a plugin's reply).
-/// 6. `body_filter`: `G` then `R`, on each piece of the response body.
+/// 6. `body_filter`: `G` then `R`, once the response head is final: each plugin may put a
+///    [`BodyFilter`] in the way of this response's body, which then sees every piece of it.
 /// 7. `log`: `G` then `R`, once the response is over (or the client left).
 ///
 /// Within a phase, plugins run by descending priority.
@@ -95,6 +98,15 @@ pub trait Plugin: Send + Sync + 'static {
     /// Sees the response head before it is written to the client, and may change its status
     /// and headers through `ctx.edits`. The default changes nothing.
     fn header_filter(&self, _ctx: &mut ResponseCtx<'_, '_>) {}
+
+    /// Decides, on the final response head, whether this plugin edits this response's body:
+    /// `Some(filter)` puts the filter in the body's way. A filtered body loses its declared
+    /// length (it goes out chunked, or as DATA frames without `content-length`), so a
+    /// plugin says `None` for the responses it leaves alone. The default leaves every body
+    /// alone.
+    fn body_filter(&self, _ctx: &ResponseCtx<'_, '_>) -> Option<Box<dyn BodyFilter>> {
+        None
+    }
 
     /// Runs when the request is over, with what the access log records. The default does
     /// nothing.

@@ -7,6 +7,7 @@ pub enum Phase {
     Access,
     BeforeProxy,
     HeaderFilter,
+    BodyFilter,
     Log,
 }
 
@@ -48,6 +49,7 @@ impl Phases {
     pub const ACCESS: Phases = Phases::of(Phase::Access);
     pub const BEFORE_PROXY: Phases = Phases::of(Phase::BeforeProxy);
     pub const HEADER_FILTER: Phases = Phases::of(Phase::HeaderFilter);
+    pub const BODY_FILTER: Phases = Phases::of(Phase::BodyFilter);
     pub const LOG: Phases = Phases::of(Phase::Log);
 
     pub const fn of(phase: Phase) -> Phases {

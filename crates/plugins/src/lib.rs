@@ -30,6 +30,7 @@ mod query;
 mod real_ip;
 mod realm;
 mod redirect;
+mod regex_sub;
 mod request_id;
 mod request_validation;
 mod response_rewrite;

@@ -302,6 +302,7 @@ mod tests {
             plugin.header_filter(&mut ResponseCtx {
                 request: &ctx,
                 status: 200,
+                own_status: 200,
                 headers: &Headers(upstream_id),
                 edits: &mut response,
             });

@@ -1,5 +1,6 @@
 //! `response-rewrite`: changes the response the client gets, whoever made it: its status,
-//! headers (with `$var`s) and whole body, when the response matches `vars`.
+//! headers (with `$var`s), and its body (replaced whole, or edited by regular expressions),
+//! when the response matches `vars`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use base64::Engine;
 use bytes::Bytes;
 use pylon_model::expr::Expr;
 use pylon_model::FieldError;
-use pylon_plugin::{Phases, Plugin, ResponseCtx};
+use pylon_plugin::{BodyFilter, Phases, Plugin, ResponseCtx};
 use pylon_router::RequestView;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -19,6 +20,7 @@ use serde_json::Value;
 use crate::catalog::{BuildEnv, Descriptor};
 use crate::config::{parse, schema_of};
 use crate::header_ops::{HeaderOps, Scalar};
+use crate::regex_sub::RegexSub;
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "response-rewrite",
@@ -47,15 +49,43 @@ struct ResponseRewriteConfig {
     /// `upstream_http_<name>`): the response is rewritten only when it matches.
     #[schemars(with = "Option<Vec<Value>>")]
     vars: Option<Value>,
-    /// The most a body filter may hold in memory, in bytes. Accepted for APISIX's stored
-    /// configurations; it only bounds `filters`.
+    /// The most of a body `filters` hold in memory, in bytes. A longer body goes out
+    /// unedited (and a warning is logged): a regular expression needs the whole body.
     #[serde(default = "default_max_resp_body_size")]
     #[schemars(range(min = 1))]
     max_resp_body_size: u64,
-    /// Regular-expression edits of the response body: refused, this build does not filter
-    /// bodies yet.
-    #[schemars(skip)]
-    filters: Option<Value>,
+    /// Regular-expression edits of the response body, applied in order to the whole body.
+    #[schemars(length(min = 1))]
+    filters: Option<Vec<BodyFilterConfig>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct BodyFilterConfig {
+    /// The pattern, as nginx's regular expressions write it.
+    #[schemars(length(min = 1))]
+    regex: String,
+    /// `once` replaces the first match, `global` every match.
+    #[serde(default)]
+    scope: SubScope,
+    /// What replaces a match: `$0` is the whole match, `$1` or `${1}` a group, `$$` a `$`.
+    replace: String,
+    /// nginx's regex option letters: `i` (ignore case), `m` (multi-line), `s` (`.` matches a
+    /// newline), `x` (extended); `j`, `o` and `u` are accepted and change nothing.
+    #[serde(default = "default_options")]
+    options: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum SubScope {
+    #[default]
+    Once,
+    Global,
+}
+
+fn default_options() -> String {
+    "jo".into()
 }
 
 fn default_max_resp_body_size() -> u64 {
@@ -83,12 +113,37 @@ struct HeaderOperations {
 
 fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
     let config: ResponseRewriteConfig = parse(config)?;
-    if config.filters.is_some() {
-        return Err(FieldError::new(
-            "filters",
-            "not supported yet: editing the response body needs a body filter",
-        ));
-    }
+    let filters = match &config.filters {
+        Some(_) if config.body.is_some() => {
+            return Err(FieldError::new(
+                "filters",
+                "`body` and `filters` exclude each other",
+            ))
+        }
+        Some(filters) if filters.is_empty() => {
+            return Err(FieldError::new("filters", "must have at least one filter"))
+        }
+        Some(filters) => filters
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                if f.regex.is_empty() {
+                    return Err(FieldError::new(
+                        format!("filters[{i}].regex"),
+                        "must not be empty",
+                    ));
+                }
+                RegexSub::new(
+                    &format!("filters[{i}]"),
+                    &f.regex,
+                    &f.replace,
+                    &f.options,
+                    f.scope == SubScope::Global,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     if let Some(status) = config.status_code {
         if !(200..=598).contains(&status) {
             return Err(FieldError::new("status_code", "must be from 200 to 598"));
@@ -129,6 +184,8 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
             .transpose()?
             .unwrap_or_default(),
         body,
+        filters: Arc::new(filters),
+        max_held: usize::try_from(config.max_resp_body_size).unwrap_or(usize::MAX),
         vars,
     }))
 }
@@ -174,7 +231,25 @@ struct ResponseRewrite {
     status: Option<u16>,
     headers: HeaderOps,
     body: Option<Bytes>,
+    /// Shared with the body filter of each response it edits.
+    filters: Arc<Vec<RegexSub>>,
+    max_held: usize,
     vars: Option<Expr>,
+}
+
+impl ResponseRewrite {
+    /// Whether the response is one to rewrite: `vars` sees its own status, and its headers.
+    fn matches(&self, ctx: &ResponseCtx<'_, '_>) -> bool {
+        let Some(expr) = &self.vars else {
+            return true;
+        };
+        let vars = ResponseVars {
+            request: ctx.request,
+            status: ctx.own_status,
+            headers: ctx.headers,
+        };
+        pylon_router::eval_vars(expr, &vars)
+    }
 }
 
 impl Plugin for ResponseRewrite {
@@ -183,20 +258,22 @@ impl Plugin for ResponseRewrite {
     }
 
     fn phases(&self) -> Phases {
-        Phases::HEADER_FILTER
+        if self.filters.is_empty() {
+            Phases::HEADER_FILTER
+        } else {
+            Phases::HEADER_FILTER | Phases::BODY_FILTER
+        }
     }
 
     fn header_filter(&self, ctx: &mut ResponseCtx<'_, '_>) {
+        if !self.matches(ctx) {
+            return;
+        }
         let mut vars = ResponseVars {
             request: ctx.request,
             status: ctx.status,
             headers: ctx.headers,
         };
-        if let Some(expr) = &self.vars {
-            if !pylon_router::eval_vars(expr, &vars) {
-                return;
-            }
-        }
         // Header values see the status this plugin gives, as `$status` does in APISIX.
         vars.status = self.status.unwrap_or(ctx.status);
         let rendered = self.headers.render(&vars);
@@ -209,8 +286,68 @@ impl Plugin for ResponseRewrite {
             for stale in ["Content-Encoding", "ETag", "Last-Modified"] {
                 ctx.edits.headers.remove(stale);
             }
+        } else if !self.filters.is_empty() && is_identity(ctx.headers) {
+            for stale in ["ETag", "Last-Modified"] {
+                ctx.edits.headers.remove(stale);
+            }
         }
         rendered.apply(&mut ctx.edits.headers);
+    }
+
+    fn body_filter(&self, ctx: &ResponseCtx<'_, '_>) -> Option<Box<dyn BodyFilter>> {
+        // A compressed body is not the text the patterns are written for.
+        (self.matches(ctx) && is_identity(ctx.headers)).then(|| {
+            Box::new(Substitute {
+                subs: self.filters.clone(),
+                held: Vec::new(),
+                max_held: self.max_held,
+                overflowed: false,
+            }) as Box<dyn BodyFilter>
+        })
+    }
+}
+
+/// Whether a body is as the upstream wrote it, without a content coding.
+fn is_identity(headers: &dyn pylon_plugin::ResponseHeaders) -> bool {
+    headers
+        .header("content-encoding")
+        .is_none_or(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
+/// One response's `filters`: holds the body until its end (a match may span pieces), then
+/// lets it out substituted. A body longer than `max_held` goes out as it came.
+struct Substitute {
+    subs: Arc<Vec<RegexSub>>,
+    held: Vec<u8>,
+    max_held: usize,
+    overflowed: bool,
+}
+
+impl BodyFilter for Substitute {
+    fn filter(&mut self, piece: &mut Vec<u8>, end: bool) {
+        if self.overflowed {
+            return;
+        }
+        if self.held.len() + piece.len() > self.max_held {
+            tracing::warn!(
+                max_resp_body_size = self.max_held,
+                "response-rewrite: the body is longer than max_resp_body_size and goes out unedited"
+            );
+            self.overflowed = true;
+            self.held.append(piece);
+            std::mem::swap(piece, &mut self.held);
+            return;
+        }
+        self.held.append(piece);
+        if end {
+            let mut body = std::mem::take(&mut self.held);
+            for sub in self.subs.iter() {
+                if let Cow::Owned(edited) = sub.apply(&body) {
+                    body = edited;
+                }
+            }
+            *piece = body;
+        }
     }
 }
 
@@ -279,10 +416,81 @@ mod tests {
         plugin.header_filter(&mut ResponseCtx {
             request: &ctx,
             status,
+            own_status: status,
             headers,
             edits: &mut edits,
         });
         edits
+    }
+
+    /// The body the client gets for `pieces` of a response with these headers, or `None`
+    /// when the plugin leaves the body alone.
+    fn filter_body(config: Value, headers: &Headers, pieces: &[&str]) -> Option<String> {
+        let plugin = build(&DESCRIPTOR, config).unwrap();
+        let request = TestRequest::get("/p?v=1");
+        let ctx = RequestCtx::new(&request, "r1", None);
+        let mut edits = ResponseEdits::default();
+        let mut filter = plugin.body_filter(&ResponseCtx {
+            request: &ctx,
+            status: 200,
+            own_status: 200,
+            headers,
+            edits: &mut edits,
+        })?;
+        let mut out = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let mut piece = piece.as_bytes().to_vec();
+            filter.filter(&mut piece, i + 1 == pieces.len());
+            out.extend_from_slice(&piece);
+        }
+        Some(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn filters_edit_the_whole_body_even_across_pieces() {
+        let config = json!({"filters": [
+            {"regex": "hello", "replace": "bye", "scope": "global"},
+            {"regex": "(\\w+)@example", "replace": "$1@example.org"}
+        ]});
+        let plain = Headers(vec![]);
+        assert_eq!(
+            filter_body(
+                config.clone(),
+                &plain,
+                &["hel", "lo me@exam", "ple hello", ""]
+            )
+            .as_deref(),
+            Some("bye me@example.org bye")
+        );
+        let gzip = Headers(vec![("Content-Encoding", "gzip")]);
+        assert_eq!(filter_body(config, &gzip, &["hello", ""]), None);
+    }
+
+    #[test]
+    fn a_body_over_the_limit_goes_out_unedited() {
+        let config = json!({
+            "filters": [{"regex": "a", "replace": "b", "scope": "global"}],
+            "max_resp_body_size": 4
+        });
+        assert_eq!(
+            filter_body(config, &Headers(vec![]), &["aaa", "aaa", "a", ""]).as_deref(),
+            Some("aaaaaaa")
+        );
+    }
+
+    #[test]
+    fn filters_apply_only_to_responses_matching_vars() {
+        let config = json!({
+            "vars": [["upstream_http_content_type", "~~", "html"]],
+            "filters": [{"regex": "x", "replace": "y"}]
+        });
+        let html = Headers(vec![("Content-Type", "text/html")]);
+        assert_eq!(
+            filter_body(config.clone(), &html, &["x", ""]).as_deref(),
+            Some("y")
+        );
+        let json = Headers(vec![("Content-Type", "application/json")]);
+        assert_eq!(filter_body(config, &json, &["x", ""]), None);
     }
 
     #[test]
@@ -354,8 +562,21 @@ mod tests {
             "headers.set.X A"
         );
         assert_eq!(
-            path(json!({"filters": [{"regex": "a", "replace": "b"}]})),
+            path(json!({"body": "b", "filters": [{"regex": "a", "replace": "b"}]})),
             "filters"
+        );
+        assert_eq!(path(json!({"filters": []})), "filters");
+        assert_eq!(
+            path(json!({"filters": [{"regex": "(", "replace": "b"}]})),
+            "filters[0].regex"
+        );
+        assert_eq!(
+            path(json!({"filters": [{"regex": "a", "replace": "b", "scope": "all"}]})),
+            "filters[0].scope"
+        );
+        assert_eq!(
+            path(json!({"filters": [{"regex": "(a)", "replace": "$2"}]})),
+            "filters[0].replace"
         );
         assert!(path(json!({"vars": [["status", "~~~", 1]]})).starts_with("vars"));
         assert_eq!(path(json!({"vars": "status"})), "vars");

@@ -7,6 +7,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use pylon_plugin::BodyFilters;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::http1::{BodyFraming, ChunkError, ChunkedScanner};
@@ -113,6 +114,82 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// As [`Relay::run`], with the body going through plugins' body filters on the way: it
+    /// is decoded from its framing, filtered piece by piece, and written as chunks, or as it
+    /// is for a destination that reads to the connection's close (`chunked` false).
+    pub async fn run_filtered<R, W>(
+        &self,
+        src: &mut R,
+        buf: &mut BytesMut,
+        dst: &mut W,
+        prefix: &mut Vec<u8>,
+        filters: &mut BodyFilters,
+        chunked: bool,
+    ) -> Result<u64, RelayError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut out = Output {
+            dst,
+            prefix,
+            written: 0,
+            timeout: self.write_timeout,
+        };
+        let mut scanner = ChunkedScanner::default();
+        let mut left = match self.framing {
+            BodyFraming::Length(n) => n,
+            _ => 0,
+        };
+        let mut piece = Vec::new();
+        loop {
+            let done = match self.framing {
+                BodyFraming::None => true,
+                BodyFraming::Length(_) => {
+                    let take = (buf.len() as u64).min(left) as usize;
+                    piece.extend_from_slice(&buf[..take]);
+                    buf.advance(take);
+                    left -= take as u64;
+                    left == 0
+                }
+                BodyFraming::Chunked => {
+                    let used = scanner
+                        .scan(buf, |data| piece.extend_from_slice(data))
+                        .map_err(RelayError::Framing)?;
+                    buf.advance(used);
+                    scanner.is_done()
+                }
+                BodyFraming::UntilClose => {
+                    piece.extend_from_slice(buf);
+                    buf.clear();
+                    false
+                }
+            };
+            if !piece.is_empty() {
+                filters.run(&mut piece, false);
+                out.write_piece(&piece, chunked).await?;
+                piece.clear();
+            }
+            if done {
+                break;
+            }
+            if read_more(src, buf, self.read_timeout).await? == 0 {
+                if self.framing == BodyFraming::UntilClose {
+                    break;
+                }
+                return Err(RelayError::Source(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        filters.run(&mut piece, true);
+        out.write_piece(&piece, chunked).await?;
+        if chunked {
+            out.write(b"0\r\n\r\n").await?;
+        }
+        out.finish().await
+    }
+}
+
 /// The destination side: holds back the prefix so a small head and body leave together.
 struct Output<'a, W> {
     dst: &'a mut W,
@@ -133,6 +210,22 @@ impl<W: AsyncWrite + Unpin> Output<'_, W> {
         write_all(self.dst, data, self.timeout).await?;
         self.written += data.len() as u64;
         Ok(())
+    }
+
+    /// Writes a piece of a body, as one chunk when `chunked`; nothing for an empty piece,
+    /// which as a chunk would end the body.
+    async fn write_piece(&mut self, piece: &[u8], chunked: bool) -> Result<(), RelayError> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        if !chunked {
+            return self.write(piece).await;
+        }
+        let mut chunk = Vec::with_capacity(piece.len() + 20);
+        chunk.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunk.extend_from_slice(piece);
+        chunk.extend_from_slice(b"\r\n");
+        self.write(&chunk).await
     }
 
     async fn flush_prefix(&mut self) -> Result<(), RelayError> {

@@ -16,7 +16,7 @@ use crate::outcome::{End, Outcome};
 use crate::snapshot::{RouteTarget, WorkerView};
 use crate::vars::{RequestFields, RequestVars};
 use crate::worker::Worker;
-pub(crate) use plugins::{error_reply, PluginWork, Plugins};
+pub(crate) use plugins::{error_reply, PluginWork, Plugins, ResponseChanges};
 
 /// A server codec's side of one request. `vars` is the request as the router, variables and
 /// plugins see it.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pylon_plugin::{
-    Chain, Consumer, LogCtx, Phase, Reply, RequestCtx, RequestPhase, ResponseCtx, ResponseEdits,
-    ResponseHeaders,
+    BodyFilters, Chain, Consumer, LogCtx, Phase, Reply, RequestCtx, RequestPhase, ResponseCtx,
+    ResponseEdits, ResponseHeaders,
 };
 
 use crate::error::GatewayError;
@@ -65,60 +65,85 @@ impl<'s> Plugins<'s> {
         None
     }
 
-    /// What the client's response head becomes: the edits the request phases decided, then
-    /// those of the `header_filter`s, which see `status` and the response's own `headers`.
-    /// Without a `header_filter` to run, the request phases' edits as they are: no copy.
+    /// What the client's response becomes: the edits the request phases decided, then those
+    /// of the `header_filter`s, which see `status` and the response's own `headers`; and the
+    /// filters the body goes through. Without a response filter to run, the request phases'
+    /// edits as they are: no copy.
     pub fn response<'c>(
         &self,
         ctx: &'c RequestCtx<'_>,
         status: u16,
         headers: &dyn ResponseHeaders,
-    ) -> Cow<'c, ResponseEdits> {
-        if !self.filters_headers(ctx) {
-            return Cow::Borrowed(&ctx.response);
+    ) -> ResponseChanges<'c> {
+        let filters_headers = self.uses(Phase::HeaderFilter, ctx);
+        let filters_body = self.uses(Phase::BodyFilter, ctx);
+        if !filters_headers && !filters_body {
+            return ResponseChanges {
+                edits: Cow::Borrowed(&ctx.response),
+                body: BodyFilters::default(),
+            };
         }
         let mut edits = ctx.response.clone();
+        let mut body = BodyFilters::default();
         let consumer = ctx.consumer().cloned();
+        let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
         let mut filter = ResponseCtx {
             request: ctx,
             status: edits.status.unwrap_or(status),
+            own_status: status,
             headers,
             edits: &mut edits,
         };
-        self.global.header_filter(&mut filter, None);
-        self.route
-            .header_filter(&mut filter, consumer.as_deref().map(Consumer::plugins));
-        Cow::Owned(edits)
+        if filters_headers {
+            self.global.header_filter(&mut filter, None);
+            self.route.header_filter(&mut filter, consumer_plugins);
+        }
+        if filters_body {
+            self.global.body_filters(&filter, None, &mut body);
+            self.route
+                .body_filters(&filter, consumer_plugins, &mut body);
+        }
+        ResponseChanges {
+            edits: Cow::Owned(edits),
+            body,
+        }
     }
 
     /// A reply (a plugin's, or the gateway's own error) as the client gets it: after the
-    /// request phases' response edits and the `header_filter`s.
+    /// request phases' response edits, the `header_filter`s and the body filters.
     pub fn reply(&self, ctx: &RequestCtx<'_>, reply: Reply) -> Reply {
-        let edits = self.response(ctx, reply.status, &ReplyHeaders(&reply));
-        edited_reply(reply, &edits)
+        let ResponseChanges { edits, mut body } =
+            self.response(ctx, reply.status, &ReplyHeaders(&reply));
+        let mut reply = edited_reply(reply, &edits);
+        if !body.is_empty() {
+            reply.body = Bytes::from(body.run_whole(reply.body.to_vec()));
+        }
+        reply
     }
 
-    /// Whether the response head goes through plugins at all: without, a codec passes the
-    /// upstream's head on as it is.
+    /// Whether the response goes through plugins at all: without, a codec passes the
+    /// upstream's head and body on as they are.
     pub fn touches_response(&self, ctx: &RequestCtx<'_>) -> bool {
-        !ctx.response.is_empty() || self.filters_headers(ctx)
+        !ctx.response.is_empty()
+            || self.uses(Phase::HeaderFilter, ctx)
+            || self.uses(Phase::BodyFilter, ctx)
     }
 
-    fn filters_headers(&self, ctx: &RequestCtx<'_>) -> bool {
-        let filters = |chain: &Chain| chain.phases().has(Phase::HeaderFilter);
-        filters(self.global)
-            || filters(self.route)
-            || ctx.consumer().is_some_and(|c| filters(c.plugins()))
+    /// Whether a plugin of the request's chains (its consumer's included) hooks `phase`.
+    fn uses(&self, phase: Phase, ctx: &RequestCtx<'_>) -> bool {
+        let hooks = |chain: &Chain| chain.phases().has(phase);
+        hooks(self.global)
+            || hooks(self.route)
+            || ctx.consumer().is_some_and(|c| hooks(c.plugins()))
     }
 
     /// Runs the `log` phase.
     pub fn log(&self, ctx: &RequestCtx<'_>, status: u16, bytes_sent: u64, latency: Duration) {
-        let consumer = ctx.consumer().cloned();
-        let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
-        let logs = |chain: &Chain| chain.phases().has(Phase::Log);
-        if !(logs(self.global) || logs(self.route) || consumer_plugins.is_some_and(logs)) {
+        if !self.uses(Phase::Log, ctx) {
             return;
         }
+        let consumer = ctx.consumer().cloned();
+        let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
         let log = LogCtx {
             request: ctx,
             status,
@@ -128,6 +153,14 @@ impl<'s> Plugins<'s> {
         self.global.log(&log, None);
         self.route.log(&log, consumer_plugins);
     }
+}
+
+/// What the plugins make of one response.
+pub(crate) struct ResponseChanges<'c> {
+    /// To the head: status and headers, and a body that replaces the response's own.
+    pub edits: Cow<'c, ResponseEdits>,
+    /// What the body goes through on its way to the client; empty for most responses.
+    pub body: BodyFilters,
 }
 
 /// The gateway's own response for `error`, as a reply that plugins' response edits can

@@ -24,7 +24,7 @@ use crate::http1::{
 };
 use crate::outbound::{plugin_may_set, push_header, upstream_host, RequestContext};
 use crate::outcome::{Cause, Outcome, Side};
-use crate::pipeline::{Exchange, PluginWork};
+use crate::pipeline::{Exchange, PluginWork, ResponseChanges};
 use crate::relay::{write_all, Relay, RelayError};
 use crate::snapshot::{NodeTarget, RouteTarget, Timeouts, UpstreamTarget};
 use crate::tunnel;
@@ -530,7 +530,10 @@ impl Responder<'_> {
             && !decode_chunked;
 
         let PluginWork { plugins, ctx } = self.work;
-        let edits = plugins.response(ctx, status, &*self.response);
+        let ResponseChanges {
+            edits,
+            body: mut filters,
+        } = plugins.response(ctx, status, &*self.response);
         let out = self.out;
         out.clear();
         self.response
@@ -542,11 +545,12 @@ impl Responder<'_> {
         }
         let status = edits.status.unwrap_or(status);
         if let Some(body) = &edits.body {
+            let body = filters.run_whole(body.to_vec());
             // The upstream's body is not read: its connection cannot carry another request.
             let client_reusable = self.client_keep_alive && self.upload_done.get();
             write_whole_body(
                 out,
-                body,
+                &body,
                 self.method_is_head,
                 client_reusable,
                 self.client_http10,
@@ -562,7 +566,18 @@ impl Responder<'_> {
                 },
             );
         }
-        if !decode_chunked {
+        // A filtered body's length is known only at its end: it goes out chunked, or to an
+        // HTTP/1.0 client until the connection closes. A body under another transfer coding
+        // than chunked is not the plugins' to read.
+        let filtered = !filters.is_empty()
+            && framing != BodyFraming::None
+            && !has_other_codings(self.response);
+        let client_reusable = client_reusable && !(filtered && self.client_http10);
+        if filtered {
+            if !self.client_http10 {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            }
+        } else if !decode_chunked {
             write_response_framing(out, self.response, framing);
         }
         if !client_reusable {
@@ -579,7 +594,15 @@ impl Responder<'_> {
             write_timeout: self.client_send_timeout,
         };
         self.response_started.set(true);
-        match relay.run(up, up_buf, client, out).await {
+        let relayed = if filtered {
+            let chunked = !self.client_http10;
+            relay
+                .run_filtered(up, up_buf, client, out, &mut filters, chunked)
+                .await
+        } else {
+            relay.run(up, up_buf, client, out).await
+        };
+        match relayed {
             Ok(sent) => Ok(Received::complete(
                 Outcome::complete(status, interim_sent + sent, client_reusable),
                 upstream_reusable,

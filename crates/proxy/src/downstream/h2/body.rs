@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
+use pylon_plugin::BodyFilters;
 
 /// Why a stream stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,34 +135,110 @@ pub(super) enum PipeError {
     Destination(Halt),
 }
 
-/// Relays the rest of `recv` to `send`: the data, then the trailers or the end of the stream.
-/// Returns the data bytes relayed.
+/// A body on its way out of a stream, through the plugins' body filters when it is a
+/// response they filter.
+pub(super) struct BodyOut<'s> {
+    send: &'s mut SendStream<Bytes>,
+    filters: BodyFilters,
+    timeout: Duration,
+    /// Data bytes sent so far.
+    sent: u64,
+}
+
+impl<'s> BodyOut<'s> {
+    /// A body sent as it comes, each wait for window at most `timeout`.
+    pub fn plain(send: &'s mut SendStream<Bytes>, timeout: Duration) -> Self {
+        BodyOut::filtered(send, BodyFilters::default(), timeout)
+    }
+
+    /// A body that goes through `filters` (none: as it comes).
+    pub fn filtered(
+        send: &'s mut SendStream<Bytes>,
+        filters: BodyFilters,
+        timeout: Duration,
+    ) -> Self {
+        BodyOut {
+            send,
+            filters,
+            timeout,
+            sent: 0,
+        }
+    }
+
+    /// Data bytes sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Sends a piece of the body; `last` ends the stream with it.
+    pub async fn data(&mut self, data: Bytes, last: bool) -> Result<(), Halt> {
+        if self.filters.is_empty() {
+            self.sent += data.len() as u64;
+            return send_data(self.send, data, last, self.timeout).await;
+        }
+        let mut piece = Vec::from(data);
+        self.filters.run(&mut piece, false);
+        self.send_filtered(piece).await?;
+        if last {
+            self.finish(None).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream after what the filters still hold: with `trailers` if there are
+    /// any, else with an empty DATA frame.
+    pub async fn finish(&mut self, trailers: Option<HeaderMap>) -> Result<(), Halt> {
+        if !self.filters.is_empty() {
+            let mut rest = Vec::new();
+            self.filters.run(&mut rest, true);
+            self.send_filtered(rest).await?;
+        }
+        finish(self.send, trailers)
+    }
+
+    async fn send_filtered(&mut self, piece: Vec<u8>) -> Result<(), Halt> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        self.sent += piece.len() as u64;
+        send_data(self.send, Bytes::from(piece), false, self.timeout).await
+    }
+
+    /// Completes when the receiver resets the stream.
+    pub async fn reset_by_peer(&mut self) -> Halt {
+        reset_by_peer(self.send).await
+    }
+
+    pub fn send_reset(&mut self, reason: Reason) {
+        self.send.send_reset(reason);
+    }
+}
+
+/// Relays the rest of `recv` to `out`: the data, then the trailers or the end of the stream.
+/// Returns the data bytes sent.
 pub(super) async fn pipe(
     recv: &mut RecvStream,
-    send: &mut SendStream<Bytes>,
+    out: &mut BodyOut<'_>,
     read_timeout: Duration,
-    write_timeout: Duration,
 ) -> Result<u64, PipeError> {
-    let mut relayed = 0;
     loop {
         let data = tokio::select! {
             biased;
-            halt = reset_by_peer(send) => return Err(PipeError::Destination(halt)),
+            halt = out.reset_by_peer() => return Err(PipeError::Destination(halt)),
             data = next_data(recv, read_timeout) => data.map_err(PipeError::Source)?,
         };
         let Some(data) = data else { break };
         let len = data.len();
-        send_data(send, data, false, write_timeout)
+        out.data(data, false)
             .await
             .map_err(PipeError::Destination)?;
         release(recv, len);
-        relayed += len as u64;
     }
     let trailers = trailers(recv, read_timeout)
         .await
         .map_err(PipeError::Source)?;
-    finish(send, trailers).map_err(PipeError::Destination)?;
-    Ok(relayed)
+    out.finish(trailers).await.map_err(PipeError::Destination)?;
+    Ok(out.sent())
 }
 
 /// Most request body held before the upstream is chosen; a longer one streams as it comes.

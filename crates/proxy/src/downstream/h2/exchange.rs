@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::request::Parts;
 use http::{HeaderMap, StatusCode};
-use pylon_plugin::{HeaderEdits, RequestCtx, ResponseHeaders};
+use pylon_plugin::{BodyFilters, HeaderEdits, RequestCtx, ResponseHeaders};
 
 use super::body::{Halt, PipeError};
 use super::client::{Client, Delivered};
@@ -16,7 +16,7 @@ use crate::attempts::Failure;
 use crate::error::GatewayError;
 use crate::http1::{has_token, is_hop_by_hop};
 use crate::outbound::{append_header, RequestContext};
-use crate::pipeline::Plugins;
+use crate::pipeline::{Plugins, ResponseChanges};
 use crate::snapshot::{Timeouts, UpstreamTarget};
 use crate::worker::Worker;
 
@@ -46,10 +46,13 @@ impl Exchange<'_> {
 }
 
 impl Exchange<'_> {
-    /// The response head as the client gets it, after the plugins' edits; `Some(body)` when
-    /// they replaced the body, which then goes out instead of the upstream's.
-    pub fn filter_head(&self, head: &mut http::response::Parts) -> Option<Bytes> {
-        let edits = self.plugins.response(
+    /// The response head as the client gets it, after the plugins' edits, and what becomes
+    /// of the body.
+    pub fn filter_head(&self, head: &mut http::response::Parts) -> ResponseBody {
+        let ResponseChanges {
+            edits,
+            body: mut filters,
+        } = self.plugins.response(
             self.ctx,
             head.status.as_u16(),
             &HeaderMapView(&head.headers),
@@ -58,12 +61,27 @@ impl Exchange<'_> {
             head.status = status;
         }
         apply_header_edits(&mut head.headers, &edits.headers);
-        let body = edits.body.clone()?;
-        head.headers.remove(http::header::CONTENT_ENCODING);
-        head.headers
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        Some(body)
+        if let Some(body) = &edits.body {
+            let body = Bytes::from(filters.run_whole(body.to_vec()));
+            head.headers.remove(http::header::CONTENT_ENCODING);
+            head.headers
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            return ResponseBody::Replaced(body);
+        }
+        if !filters.is_empty() {
+            // The filtered body's length is known only at its end.
+            head.headers.remove(http::header::CONTENT_LENGTH);
+        }
+        ResponseBody::Relayed(filters)
     }
+}
+
+/// What the client gets for a body, once the plugins had their say on the head.
+pub(super) enum ResponseBody {
+    /// The upstream's, through these filters (none, for most responses).
+    Relayed(BodyFilters),
+    /// This one instead; the upstream's is not read.
+    Replaced(Bytes),
 }
 
 /// Applies header edits to an HTTP/2 header map; a header HTTP/2 cannot carry is left out.

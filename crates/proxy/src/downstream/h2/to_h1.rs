@@ -13,16 +13,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Reason, RecvStream};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::body::{
-    finish, next_data, release, reset_by_peer, send_data, trailers, Halt, PipeError, RequestBody,
-};
+use super::body::{next_data, release, trailers, BodyOut, Halt, PipeError, RequestBody};
 use super::client::{Client, Delivered};
-use super::exchange::{with_upload, Ended, Exchange};
+use super::exchange::{with_upload, Ended, Exchange, ResponseBody};
 use crate::attempts::Failure;
 use crate::error::GatewayError;
 use crate::http1::{
@@ -309,18 +307,21 @@ async fn receive<R: AsyncRead + Unpin>(
     let (mut head, ()) = Response::new(()).into_parts();
     head.status = code;
     head.headers = response_headers(response);
-    if let Some(body) = x.filter_head(&mut head) {
-        // The upstream's body is not read: its connection cannot carry another request.
-        let status = head.status.as_u16();
-        let Ok(bytes_sent) = client.send_whole(head, body) else {
-            return Ok(Received::client_gone());
-        };
-        head_sent.set(true);
-        return Ok(Received {
-            delivered: Delivered::upstream(status, bytes_sent),
-            upstream_reusable: false,
-        });
-    }
+    let filters = match x.filter_head(&mut head) {
+        ResponseBody::Relayed(filters) => filters,
+        ResponseBody::Replaced(body) => {
+            // The upstream's body is not read: its connection cannot carry another request.
+            let status = head.status.as_u16();
+            let Ok(bytes_sent) = client.send_whole(head, body) else {
+                return Ok(Received::client_gone());
+            };
+            head_sent.set(true);
+            return Ok(Received {
+                delivered: Delivered::upstream(status, bytes_sent),
+                upstream_reusable: false,
+            });
+        }
+    };
     let status = head.status.as_u16();
     let end = framing.is_none();
     let Ok(mut send) = client.send_head(Response::from_parts(head, ()), end) else {
@@ -333,18 +334,10 @@ async fn receive<R: AsyncRead + Unpin>(
             upstream_reusable,
         });
     }
-    let mut sent = 0;
-    match relay_body(
-        up,
-        up_buf,
-        framing,
-        &mut send,
-        x.timeouts.read,
-        limits.send_timeout,
-        &mut sent,
-    )
-    .await
-    {
+    let mut out = BodyOut::filtered(&mut send, filters, limits.send_timeout);
+    let relayed = relay_body(up, up_buf, framing, &mut out, x.timeouts.read).await;
+    let sent = out.sent();
+    match relayed {
         Ok(()) => Ok(Received {
             delivered: Delivered::upstream(status, sent),
             upstream_reusable,
@@ -356,7 +349,7 @@ async fn receive<R: AsyncRead + Unpin>(
         // The body is cut short: the client must see the stream reset, never a shorter body
         // passed off as whole.
         Err(PipeError::Source(_)) => {
-            send.send_reset(Reason::INTERNAL_ERROR);
+            out.send_reset(Reason::INTERNAL_ERROR);
             Ok(Received::cut_short(status, sent, Side::Upstream))
         }
     }
@@ -381,27 +374,24 @@ async fn relay_body<R: AsyncRead + Unpin>(
     up: &mut R,
     buf: &mut BytesMut,
     framing: BodyFraming,
-    send: &mut SendStream<bytes::Bytes>,
+    out: &mut BodyOut<'_>,
     read_timeout: Duration,
-    write_timeout: Duration,
-    sent: &mut u64,
 ) -> Result<(), PipeError> {
     match framing {
-        BodyFraming::None => finish(send, None).map_err(PipeError::Destination),
+        BodyFraming::None => out.finish(None).await.map_err(PipeError::Destination),
         BodyFraming::Length(mut left) => loop {
             let take = (buf.len() as u64).min(left) as usize;
             if take > 0 {
                 left -= take as u64;
                 let piece = buf.split_to(take).freeze();
-                send_data(send, piece, left == 0, write_timeout)
+                out.data(piece, left == 0)
                     .await
                     .map_err(PipeError::Destination)?;
-                *sent += take as u64;
             }
             if left == 0 {
                 return Ok(());
             }
-            read_or_reset(up, buf, read_timeout, send).await?;
+            read_or_reset(up, buf, read_timeout, out).await?;
         },
         BodyFraming::Chunked => {
             let mut scanner = ChunkedScanner::default();
@@ -418,24 +408,24 @@ async fn relay_body<R: AsyncRead + Unpin>(
                         .map_err(|_| PipeError::Source(Halt::Gone))?;
                     buf.advance(used);
                     if !decoded.is_empty() {
-                        *sent += decoded.len() as u64;
-                        send_data(send, decoded.freeze(), false, write_timeout)
+                        out.data(decoded.freeze(), false)
                             .await
                             .map_err(PipeError::Destination)?;
                     }
                 }
                 if scanner.is_done() {
-                    return finish(send, parse_trailers(&trailer_lines))
+                    return out
+                        .finish(parse_trailers(&trailer_lines))
+                        .await
                         .map_err(PipeError::Destination);
                 }
-                read_or_reset(up, buf, read_timeout, send).await?;
+                read_or_reset(up, buf, read_timeout, out).await?;
             }
         }
         BodyFraming::UntilClose => loop {
             if !buf.is_empty() {
-                *sent += buf.len() as u64;
                 let piece = buf.split().freeze();
-                send_data(send, piece, false, write_timeout)
+                out.data(piece, false)
                     .await
                     .map_err(PipeError::Destination)?;
             }
@@ -444,7 +434,7 @@ async fn relay_body<R: AsyncRead + Unpin>(
                 .map_err(|_| PipeError::Source(Halt::Gone))?
                 == 0
             {
-                return finish(send, None).map_err(PipeError::Destination);
+                return out.finish(None).await.map_err(PipeError::Destination);
             }
         },
     }
@@ -456,10 +446,10 @@ async fn read_or_reset<R: AsyncRead + Unpin>(
     up: &mut R,
     buf: &mut BytesMut,
     timeout: Duration,
-    send: &mut SendStream<bytes::Bytes>,
+    out: &mut BodyOut<'_>,
 ) -> Result<(), PipeError> {
     tokio::select! {
-        halt = reset_by_peer(send) => Err(PipeError::Destination(halt)),
+        halt = out.reset_by_peer() => Err(PipeError::Destination(halt)),
         read = read_more(up, buf, timeout) => match read {
             Ok(n) if n > 0 => Ok(()),
             _ => Err(PipeError::Source(Halt::Gone)),

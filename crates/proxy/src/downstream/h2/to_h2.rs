@@ -11,9 +11,9 @@ use h2::client::ResponseFuture;
 use h2::{Reason, SendStream};
 use http::Response;
 
-use super::body::{finish, pipe, send_data, Halt, PipeError, RequestBody};
+use super::body::{finish, pipe, send_data, BodyOut, Halt, PipeError, RequestBody};
 use super::client::{Client, Delivered};
-use super::exchange::{with_upload, Ended, Exchange};
+use super::exchange::{with_upload, Ended, Exchange, ResponseBody};
 use crate::attempts::Failure;
 use crate::error::GatewayError;
 use crate::outcome::Side;
@@ -84,14 +84,10 @@ async fn once(
         let download = receive(x, response, client, &head_sent);
         if streamed {
             let upload = async {
-                pipe(
-                    &mut body.recv,
-                    &mut up_send,
-                    x.worker.limits.body_timeout,
-                    x.timeouts.send,
-                )
-                .await
-                .map(drop)
+                let mut out = BodyOut::plain(&mut up_send, x.timeouts.send);
+                pipe(&mut body.recv, &mut out, x.worker.limits.body_timeout)
+                    .await
+                    .map(drop)
             };
             with_upload(upload, download, &upload_done).await
         } else {
@@ -152,15 +148,18 @@ async fn receive(
         }
     };
     let (mut head, mut up_body) = response.into_parts();
-    if let Some(body) = x.filter_head(&mut head) {
-        // Dropping the upstream's body cancels its stream.
-        let status = head.status.as_u16();
-        let Ok(bytes_sent) = client.send_whole(head, body) else {
-            return Ok(Delivered::CLIENT_GONE);
-        };
-        head_sent.set(true);
-        return Ok(Delivered::upstream(status, bytes_sent));
-    }
+    let filters = match x.filter_head(&mut head) {
+        ResponseBody::Relayed(filters) => filters,
+        ResponseBody::Replaced(body) => {
+            // Dropping the upstream's body cancels its stream.
+            let status = head.status.as_u16();
+            let Ok(bytes_sent) = client.send_whole(head, body) else {
+                return Ok(Delivered::CLIENT_GONE);
+            };
+            head_sent.set(true);
+            return Ok(Delivered::upstream(status, bytes_sent));
+        }
+    };
     let status = head.status.as_u16();
     let end = up_body.is_end_stream();
     let Ok(mut send) = client.send_head(Response::from_parts(head, ()), end) else {
@@ -170,13 +169,8 @@ async fn receive(
     if end {
         return Ok(Delivered::upstream(status, 0));
     }
-    let relayed = pipe(
-        &mut up_body,
-        &mut send,
-        x.timeouts.read,
-        x.worker.limits.send_timeout,
-    )
-    .await;
+    let mut out = BodyOut::filtered(&mut send, filters, x.worker.limits.send_timeout);
+    let relayed = pipe(&mut up_body, &mut out, x.timeouts.read).await;
     Ok(match relayed {
         Ok(bytes_sent) => Delivered::upstream(status, bytes_sent),
         Err(PipeError::Destination(halt)) => {
@@ -187,7 +181,7 @@ async fn receive(
         // The response is cut short: the client must see the stream reset, never a shorter
         // body passed off as whole.
         Err(PipeError::Source(halt)) => {
-            send.send_reset(match halt {
+            out.send_reset(match halt {
                 Halt::Reset(reason) => reason,
                 Halt::TimedOut | Halt::Gone => Reason::INTERNAL_ERROR,
             });

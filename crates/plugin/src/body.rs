@@ -1,0 +1,99 @@
+//! Response body filters: what plugins that edit a response body put in its way.
+
+/// One response body's filter, made by [`crate::Plugin::body_filter`] for that response
+/// alone, so it keeps whatever state it needs (held bytes, a look-back) in itself.
+pub trait BodyFilter: Send {
+    /// Sees each piece of the body as it passes and may change it in place: edit it, empty
+    /// it to hold it back, or add to it what it held. The last call has `end` set and often
+    /// an empty piece: whatever the filter still holds must go out then.
+    fn filter(&mut self, piece: &mut Vec<u8>, end: bool);
+}
+
+/// The filters of one response, in the order the plugins run: each sees what the one
+/// before it let through. Empty for almost every response, and then the body is relayed
+/// as it is, framing and all.
+#[derive(Default)]
+pub struct BodyFilters(Vec<Box<dyn BodyFilter>>);
+
+impl BodyFilters {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn push(&mut self, filter: Box<dyn BodyFilter>) {
+        self.0.push(filter);
+    }
+
+    /// Runs a piece of the body through every filter.
+    pub fn run(&mut self, piece: &mut Vec<u8>, end: bool) {
+        for filter in &mut self.0 {
+            filter.filter(piece, end);
+        }
+    }
+
+    /// A whole body (a plugin's reply, a replaced body) through the filters, as one piece
+    /// followed by the end.
+    pub fn run_whole(&mut self, body: Vec<u8>) -> Vec<u8> {
+        if self.is_empty() {
+            return body;
+        }
+        let mut whole = body;
+        self.run(&mut whole, false);
+        let mut rest = Vec::new();
+        self.run(&mut rest, true);
+        whole.extend_from_slice(&rest);
+        whole
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holds everything, then lets it out upper-cased at the end.
+    #[derive(Default)]
+    struct ShoutAtEnd(Vec<u8>);
+
+    impl BodyFilter for ShoutAtEnd {
+        fn filter(&mut self, piece: &mut Vec<u8>, end: bool) {
+            self.0.append(piece);
+            if end {
+                *piece = self.0.to_ascii_uppercase();
+            }
+        }
+    }
+
+    /// Doubles every byte as it passes.
+    struct Stutter;
+
+    impl BodyFilter for Stutter {
+        fn filter(&mut self, piece: &mut Vec<u8>, _end: bool) {
+            *piece = piece.iter().flat_map(|&b| [b, b]).collect();
+        }
+    }
+
+    #[test]
+    fn each_filter_sees_what_the_one_before_let_through() {
+        let mut filters = BodyFilters::default();
+        filters.push(Box::new(ShoutAtEnd::default()));
+        filters.push(Box::new(Stutter));
+        let mut out = Vec::new();
+        for (piece, end) in [(&b"ab"[..], false), (b"c", false), (b"", true)] {
+            let mut piece = piece.to_vec();
+            filters.run(&mut piece, end);
+            out.extend_from_slice(&piece);
+        }
+        assert_eq!(out, b"AABBCC");
+    }
+
+    #[test]
+    fn a_whole_body_goes_through_as_one_piece_and_an_end() {
+        let mut filters = BodyFilters::default();
+        filters.push(Box::new(ShoutAtEnd::default()));
+        assert_eq!(filters.run_whole(b"whole".to_vec()), b"WHOLE");
+        assert_eq!(
+            BodyFilters::default().run_whole(b"as is".to_vec()),
+            b"as is"
+        );
+    }
+}
