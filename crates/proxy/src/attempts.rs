@@ -146,10 +146,15 @@ impl<'v> Attempts<'v> {
     /// stop. `body_buffered`: the request's body (if any) is whole in the gateway's hands, so
     /// an attempt that failed before streaming any of it may send it again. A node whose name
     /// did not resolve fails its attempt without being called.
+    ///
+    /// `exchange` may take an idle pooled connection; when that turns out stale (the
+    /// upstream had closed it: the keep-alive race), it is called once more for the same
+    /// node with `fresh` set, to go on a new connection, and that is not counted as an
+    /// attempt.
     pub async fn run<T: UpstreamAnswer>(
         &mut self,
         body_buffered: bool,
-        mut exchange: impl AsyncFnMut(&'v NodeTarget, SocketAddr) -> Result<T, Failure>,
+        mut exchange: impl AsyncFnMut(&'v NodeTarget, SocketAddr, bool) -> Result<T, Failure>,
     ) -> Result<Done<'v, T>, GaveUp<'v>> {
         loop {
             let attempt = self.next().map_err(|error| GaveUp {
@@ -160,7 +165,12 @@ impl<'v> Attempts<'v> {
             let node = attempt.node;
             let result = match node.addr {
                 None => Err(Failure::before_sending(GatewayError::BadGateway)),
-                Some(addr) => exchange(node, addr).await,
+                Some(addr) => match exchange(node, addr, false).await {
+                    Err(f) if f.stale && f.allows_retry(body_buffered, self.idempotent) => {
+                        exchange(node, addr, true).await
+                    }
+                    result => result,
+                },
             };
             self.report_health(attempt.index, &result);
             match result {
@@ -247,11 +257,6 @@ impl<'v> Attempts<'v> {
             && in_time
             && failure.allows_retry(body_buffered, self.idempotent);
         (latency, again)
-    }
-
-    /// Whether this request's method may be sent twice.
-    pub fn idempotent(&self) -> bool {
-        self.idempotent
     }
 }
 

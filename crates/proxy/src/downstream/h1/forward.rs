@@ -97,33 +97,28 @@ pub(super) async fn proxy(
             .await;
     }
     let (io, framing) = (&mut *http1.io, http1.framing);
-    let idempotent = attempts.idempotent();
     let body_buffered = match framing {
         BodyFraming::None => true,
         BodyFraming::Length(n) => io.buf.len() as u64 >= n,
         BodyFraming::Chunked | BodyFraming::UntilClose => false,
     };
     let result = attempts
-        .run(body_buffered, async |node, addr| {
-            let pooled = worker
-                .pool
-                .borrow_mut()
-                .checkout((addr, node.pool_id), Instant::now());
+        .run(body_buffered, async |node, addr, fresh| {
+            let pooled = (!fresh)
+                .then(|| {
+                    worker
+                        .pool
+                        .borrow_mut()
+                        .checkout((addr, node.pool_id), Instant::now())
+                })
+                .flatten();
             let target = Target {
                 upstream,
                 node,
                 addr,
                 route,
             };
-            let first = attempt(worker, (io, request), target, pooled, framing, work).await;
-            match first {
-                // An idle connection the upstream had already closed (the keep-alive race):
-                // one more try on a fresh connection, not counted as an attempt.
-                Err(f) if f.stale && f.allows_retry(body_buffered, idempotent) => {
-                    attempt(worker, (io, request), target, None, framing, work).await
-                }
-                result => result,
-            }
+            attempt(worker, (io, request), target, pooled, framing, work).await
         })
         .await;
     match result {

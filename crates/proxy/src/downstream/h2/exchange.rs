@@ -29,7 +29,6 @@ pub(super) struct Exchange<'a> {
     pub context: RequestContext<'a>,
     pub upstream: &'a UpstreamTarget,
     pub timeouts: Timeouts,
-    pub idempotent: bool,
     pub plugins: Plugins<'a>,
     pub ctx: &'a RequestCtx<'a>,
 }

@@ -167,7 +167,6 @@ impl pipeline::Downstream for Http2 {
             },
             upstream,
             timeouts: route.timeouts,
-            idempotent: attempts.idempotent(),
             plugins,
             ctx,
         };
@@ -176,11 +175,12 @@ impl pipeline::Downstream for Http2 {
         // for the failures that are, the body is still whole.
         let (body, client) = (&mut self.body, &mut self.client);
         let result = attempts
-            .run(true, async |node, addr| {
+            .run(true, async |node, addr, fresh| {
                 if upstream.grpc {
+                    // A connection found going away is retired: the next dial is fresh.
                     to_h2::exchange(&shared, node, addr, body, client).await
                 } else {
-                    to_h1::exchange(&shared, node, addr, body, client).await
+                    to_h1::exchange(&shared, node, addr, fresh, body, client).await
                 }
             })
             .await;

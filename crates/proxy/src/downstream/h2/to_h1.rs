@@ -32,35 +32,22 @@ use crate::relay::{read_more, write_all};
 use crate::snapshot::NodeTarget;
 use crate::upstream::connect;
 use crate::upstream::h1::{read_response_head, write_request_head};
-use crate::upstream::pool::UpstreamConn;
 
-/// One attempt on `node`, on a pooled connection if there is one; a pooled connection the
-/// upstream had already closed gets one more try on a fresh one.
+/// One attempt on `node`: on a pooled connection if there is one, unless `fresh`.
 pub(super) async fn exchange(
     x: &Exchange<'_>,
     node: &NodeTarget,
     addr: SocketAddr,
+    fresh: bool,
     body: &mut RequestBody,
     client: &mut Client,
 ) -> Result<Delivered, Failure> {
-    let key = (addr, node.pool_id);
-    let pooled = x.worker.pool.borrow_mut().checkout(key, Instant::now());
-    match once(x, node, addr, pooled, body, client).await {
-        Err(f) if f.stale && f.allows_retry(true, x.idempotent) => {
-            once(x, node, addr, None, body, client).await
-        }
-        result => result,
-    }
-}
-
-async fn once(
-    x: &Exchange<'_>,
-    node: &NodeTarget,
-    addr: SocketAddr,
-    pooled: Option<UpstreamConn>,
-    body: &mut RequestBody,
-    client: &mut Client,
-) -> Result<Delivered, Failure> {
+    let pooled = if fresh {
+        None
+    } else {
+        let key = (addr, node.pool_id);
+        x.worker.pool.borrow_mut().checkout(key, Instant::now())
+    };
     let reused = pooled.is_some();
     let mut up = match pooled {
         Some(up) => up,

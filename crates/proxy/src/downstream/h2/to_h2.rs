@@ -20,24 +20,9 @@ use crate::outcome::Side;
 use crate::snapshot::NodeTarget;
 use crate::upstream::h2::{open, upstream_failure, upstream_request, Dial, OpenStream};
 
-/// One attempt on `node`; a connection that turned out to be going away gets one more try on
-/// a fresh one.
+/// One attempt on `node`, on a shared connection to it; one found going away is retired, so
+/// that the attempt's second go (see [`crate::attempts::Attempts::run`]) dials afresh.
 pub(super) async fn exchange(
-    x: &Exchange<'_>,
-    node: &NodeTarget,
-    addr: SocketAddr,
-    body: &mut RequestBody,
-    client: &mut Client,
-) -> Result<Delivered, Failure> {
-    match once(x, node, addr, body, client).await {
-        Err(f) if f.stale && f.allows_retry(true, x.idempotent) => {
-            once(x, node, addr, body, client).await
-        }
-        result => result,
-    }
-}
-
-async fn once(
     x: &Exchange<'_>,
     node: &NodeTarget,
     addr: SocketAddr,
