@@ -51,45 +51,16 @@ async fn key_auth_finds_the_key_in_the_header_or_the_query_and_refuses_without_a
     let pylon = Pylon::start(&config.to_string(), "");
     for protocol in PROTOCOLS {
         let before = up.request_count();
-        let res = call(protocol, pylon.addr, "GET", "/k", &[], b"").await;
-        let what = format!("{protocol:?} without a key");
-        assert_refused(
-            &res,
-            401,
-            json!({"message": "Missing API key in request"}),
-            &up,
-            before,
-            &what,
-        );
-
-        let res = call(
-            protocol,
-            pylon.addr,
-            "GET",
-            "/k",
-            &[("apikey", "nope")],
-            b"",
-        )
-        .await;
-        let what = format!("{protocol:?} with a wrong key");
-        assert_refused(
-            &res,
-            401,
-            json!({"message": "Invalid API key in request"}),
-            &up,
-            before,
-            &what,
-        );
-        let res = call(protocol, pylon.addr, "GET", "/k?apikey=nope", &[], b"").await;
-        let what = format!("{protocol:?} with a wrong key in the query");
-        assert_refused(
-            &res,
-            401,
-            json!({"message": "Invalid API key in request"}),
-            &up,
-            before,
-            &what,
-        );
+        let refusals: [(&str, &[(&str, &str)], &str); 3] = [
+            ("/k", &[], "Missing API key in request"),
+            ("/k", &[("apikey", "nope")], "Invalid API key in request"),
+            ("/k?apikey=nope", &[], "Invalid API key in request"),
+        ];
+        for (target, headers, message) in refusals {
+            let res = call(protocol, pylon.addr, "GET", target, headers, b"").await;
+            let what = format!("{protocol:?} {target} {headers:?}");
+            assert_refused(&res, 401, json!({ "message": message }), &up, before, &what);
+        }
 
         let res = call(
             protocol,
