@@ -201,6 +201,31 @@ async fn global_rules_run_for_every_routed_request_before_the_routes_plugins() {
     }
 }
 
+#[tokio::test]
+async fn global_rules_run_for_a_request_no_route_matches() {
+    let up = Upstream::start("up");
+    let config = json!({
+        "global_rules": [{"id": "g", "plugins": {
+            "response-rewrite": {"headers": {"set": {"X-Global": "yes", "X-Route": "[$route_id]"}}},
+            "uri-blocker": {"block_rules": ["\\.php$"]}
+        }}],
+        "routes": [{"id": "bare", "uri": "/bare", "upstream": upstream(&up)}]
+    });
+    let pylon = Pylon::start(&config.to_string(), "");
+    for protocol in PROTOCOLS {
+        let res = call(protocol, pylon.addr, "GET", "/nowhere", &[], b"").await;
+        assert_eq!(res.status, 404, "{protocol:?}: {}", res.text());
+        assert_eq!(res.header("x-global"), Some("yes"), "{protocol:?}");
+        assert_eq!(res.header("x-route"), Some("[]"), "{protocol:?}");
+
+        // A global refusal comes before the router's 404.
+        let res = call(protocol, pylon.addr, "GET", "/admin.php", &[], b"").await;
+        assert_eq!(res.status, 403, "{protocol:?}: {}", res.text());
+        assert_eq!(res.header("x-global"), Some("yes"), "{protocol:?}");
+    }
+    assert_eq!(up.request_count(), 0);
+}
+
 // === _meta ===
 
 #[tokio::test]

@@ -62,6 +62,12 @@ pub struct Chain {
 }
 
 impl Chain {
+    /// A chain of no plugins.
+    pub const EMPTY: Chain = Chain {
+        entries: Vec::new(),
+        phases: Phases::NONE,
+    };
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -360,7 +360,10 @@ impl RequestView for RequestCtx<'_> {
                 return Some(Cow::Owned(self.client_ip().to_string()));
             }
             "realip_remote_addr" => return self.request.var("remote_addr"),
-            "route_id" => return Some(Cow::Borrowed(self.route_id)),
+            // A request no route matched (seen by global rules) has none.
+            "route_id" => {
+                return (!self.route_id.is_empty()).then_some(Cow::Borrowed(self.route_id))
+            }
             "service_id" => return self.service_id.map(Cow::Borrowed),
             "consumer_name" => return self.consumer.as_ref().map(|c| Cow::Borrowed(c.username())),
             "consumer_group_id" => {

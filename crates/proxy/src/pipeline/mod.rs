@@ -87,10 +87,21 @@ pub(crate) async fn run<D: Downstream>(
     let mut client = vars.client.ip();
     let outcome = match (refused, route) {
         (Some(error), _) => downstream.error(vars, error).await,
-        (None, None) => downstream.error(vars, GatewayError::RouteNotFound).await,
-        (None, Some(route)) => {
-            let plugins = Plugins::of(&view.snapshot, route);
-            let mut ctx = RequestCtx::new(vars, &route.id, route.service_id.as_deref());
+        (None, None) if view.snapshot.global_plugins.is_empty() => {
+            downstream.error(vars, GatewayError::RouteNotFound).await
+        }
+        // Global rules run for a request no route matched too (an `ip-restriction` against
+        // scanners, a CORS header on the 404), as APISIX's do.
+        (None, route) => {
+            let (plugins, route_id, service_id) = match route {
+                Some(route) => (
+                    Plugins::of(&view.snapshot, route),
+                    &*route.id,
+                    route.service_id.as_deref(),
+                ),
+                None => (Plugins::global(&view.snapshot), "", None),
+            };
+            let mut ctx = RequestCtx::new(vars, route_id, service_id);
             let outcome = match plugins.request(&mut ctx).await {
                 Some(reply) => {
                     let reply = plugins.reply(&ctx, reply);
@@ -98,13 +109,21 @@ pub(crate) async fn run<D: Downstream>(
                 }
                 None => {
                     let work = PluginWork { plugins, ctx: &ctx };
-                    let exchange = Exchange {
-                        worker,
-                        view: &view,
-                        route,
-                        work,
-                    };
-                    downstream.forward(vars, exchange).await
+                    match route {
+                        Some(route) => {
+                            let exchange = Exchange {
+                                worker,
+                                view: &view,
+                                route,
+                                work,
+                            };
+                            downstream.forward(vars, exchange).await
+                        }
+                        None => {
+                            let error = GatewayError::RouteNotFound;
+                            answer_error(downstream, vars, Some(work), error).await
+                        }
+                    }
                 }
             };
             plugins.log(&ctx, outcome.status, outcome.bytes_sent, started.elapsed());

@@ -33,6 +33,15 @@ impl<'s> Plugins<'s> {
         }
     }
 
+    /// The global rules alone, for a request no route matched (as APISIX runs them).
+    pub fn global(snapshot: &'s Snapshot) -> Self {
+        static NO_ROUTE: Chain = Chain::EMPTY;
+        Plugins {
+            global: &snapshot.global_plugins,
+            route: &NO_ROUTE,
+        }
+    }
+
     /// Runs `rewrite`, then `access` and `before_proxy` with the plugins of the consumer an
     /// authentication plugin identified. `Some(reply)` when a plugin answered the request.
     pub async fn request(&self, ctx: &mut RequestCtx<'_>) -> Option<Reply> {
