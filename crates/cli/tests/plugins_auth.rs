@@ -51,10 +51,11 @@ async fn key_auth_finds_the_key_in_the_header_or_the_query_and_refuses_without_a
     let pylon = Pylon::start(&config.to_string(), "");
     for protocol in PROTOCOLS {
         let before = up.request_count();
-        let refusals: [(&str, &[(&str, &str)], &str); 3] = [
-            ("/k", &[], "Missing API key in request"),
-            ("/k", &[("apikey", "nope")], "Invalid API key in request"),
-            ("/k?apikey=nope", &[], "Invalid API key in request"),
+        let wrong_key = [("apikey", "nope")];
+        let refusals = [
+            ("/k", &[][..], "Missing API key in request"),
+            ("/k", &wrong_key[..], "Invalid API key in request"),
+            ("/k?apikey=nope", &[][..], "Invalid API key in request"),
         ];
         for (target, headers, message) in refusals {
             let res = call(protocol, pylon.addr, "GET", target, headers, b"").await;
