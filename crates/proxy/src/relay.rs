@@ -51,12 +51,7 @@ impl Relay {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut out = Output {
-            dst,
-            prefix,
-            written: 0,
-            timeout: self.write_timeout,
-        };
+        let mut out = Output::new(dst, prefix, self.write_timeout);
         match self.framing {
             BodyFraming::None => {}
             BodyFraming::Length(mut left) => loop {
@@ -131,12 +126,7 @@ impl Relay {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut out = Output {
-            dst,
-            prefix,
-            written: 0,
-            timeout: self.write_timeout,
-        };
+        let mut out = Output::new(dst, prefix, self.write_timeout);
         let mut scanner = ChunkedScanner::default();
         let mut left = match self.framing {
             BodyFraming::Length(n) => n,
@@ -198,7 +188,16 @@ struct Output<'a, W> {
     timeout: Duration,
 }
 
-impl<W: AsyncWrite + Unpin> Output<'_, W> {
+impl<'a, W: AsyncWrite + Unpin> Output<'a, W> {
+    fn new(dst: &'a mut W, prefix: &'a mut Vec<u8>, timeout: Duration) -> Self {
+        Output {
+            dst,
+            prefix,
+            written: 0,
+            timeout,
+        }
+    }
+
     async fn write(&mut self, data: &[u8]) -> Result<(), RelayError> {
         if !self.prefix.is_empty() {
             if self.prefix.len() + data.len() <= COALESCE {
@@ -356,5 +355,61 @@ mod tests {
             .await
             .unwrap();
         assert!(buf.is_empty());
+    }
+
+    /// Upper-cases what passes and adds `!` at the end.
+    struct Shout;
+
+    impl pylon_plugin::BodyFilter for Shout {
+        fn filter(&mut self, piece: &mut Vec<u8>, end: bool) {
+            piece.make_ascii_uppercase();
+            if end {
+                piece.push(b'!');
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_filtered_body_is_decoded_filtered_and_chunked_again_or_sent_raw() {
+        let mut filters = BodyFilters::default();
+        filters.push(Box::new(Shout));
+        let mut dst = Builder::new()
+            .write(b"HEAD|3\r\nABC\r\n")
+            .write(b"2\r\nDE\r\n")
+            .write(b"1\r\n!\r\n")
+            .write(b"0\r\n\r\n")
+            .build();
+        let mut src = Builder::new().read(b"2\r\nde\r\n0\r\n\r\nNEXT").build();
+        let mut buf = BytesMut::from(&b"3\r\nabc\r\n"[..]);
+        let n = relay(BodyFraming::Chunked, false)
+            .run_filtered(
+                &mut src,
+                &mut buf,
+                &mut dst,
+                &mut b"HEAD|".to_vec(),
+                &mut filters,
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 31);
+        assert_eq!(&buf[..], b"NEXT");
+
+        let mut filters = BodyFilters::default();
+        filters.push(Box::new(Shout));
+        let mut dst = Builder::new().write(b"ABCDE").write(b"!").build();
+        let mut buf = BytesMut::from(&b"abcdeNEXT"[..]);
+        relay(BodyFraming::Length(5), false)
+            .run_filtered(
+                &mut Builder::new().build(),
+                &mut buf,
+                &mut dst,
+                &mut Vec::new(),
+                &mut filters,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(&buf[..], b"NEXT");
     }
 }
