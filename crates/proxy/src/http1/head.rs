@@ -68,10 +68,16 @@ impl Block {
             .map(|h| (self.str_at(&h.name), &self.raw[h.value.clone()]))
     }
 
+    /// Lookups run several times per request over every header: names are compared as
+    /// bytes, length first, without the UTF-8 check `headers` makes.
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.headers
+            .iter()
+            .find(|h| {
+                h.name.len() == name.len()
+                    && self.raw[h.name.clone()].eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|h| &self.raw[h.value.clone()])
     }
 }
 
