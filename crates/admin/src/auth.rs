@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, Method, StatusCode};
 use ipnet::IpNet;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::query::Query;
 use crate::response::Reply;
@@ -82,7 +83,7 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 
 /// Compares keys without revealing, through timing, how much of a guess was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

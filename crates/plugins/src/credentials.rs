@@ -2,11 +2,11 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
 
 use pylon_plugin::Consumer;
-use ring::digest::{digest, Digest, SHA256};
+use subtle::ConstantTimeEq;
 
 /// What a credential holds besides its lookup value: a password, a signing key. Each
 /// authentication plugin knows its own type.
@@ -21,16 +21,19 @@ pub struct Credential {
 
 /// Every credential of a configuration version, by plugin and by lookup value.
 ///
-/// Lookup values (API keys among them) are indexed by their SHA-256 digest, never by the
-/// value itself: finding a key compares digests, so the time a lookup takes says nothing
-/// about how much of a guessed key was right.
+/// A lookup value (an API key among them) is found by a hash keyed with a secret drawn for
+/// this table, so nobody outside can aim a guess at the bucket of a real key, and it is
+/// compared in constant time: the time a lookup takes says nothing about how much of a
+/// guessed key was right.
 #[derive(Default)]
 pub struct Credentials {
+    hasher: RandomState,
     /// One table per authentication plugin: a handful, found by a scan.
     tables: Vec<(&'static str, Table)>,
 }
 
-type Table = HashMap<[u8; 32], Credential, BuildHasherDefault<DigestHasher>>;
+/// Lookup values by their keyed hash; a bucket holds the rare values that share one.
+type Table = HashMap<u64, Vec<(Box<[u8]>, Credential)>, BuildHasherDefault<KeyedHash>>;
 
 /// Another consumer already has this lookup value for this plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,45 +56,83 @@ impl Credentials {
                 self.tables.len() - 1
             }
         };
-        let table = &mut self.tables[at].1;
-        let key = fingerprint(lookup);
-        if let Some(existing) = table.get(&key) {
+        if let Some(existing) = self.find(plugin, lookup) {
             return Err(Duplicate {
                 consumer: existing.consumer.username().to_owned(),
             });
         }
-        table.insert(key, credential);
+        let hash = self.hasher.hash_one(lookup.as_bytes());
+        self.tables[at]
+            .1
+            .entry(hash)
+            .or_default()
+            .push((lookup.as_bytes().into(), credential));
         Ok(())
     }
 
     pub fn find(&self, plugin: &str, lookup: &str) -> Option<&Credential> {
         let (_, table) = self.tables.iter().find(|(p, _)| *p == plugin)?;
-        table.get(&fingerprint(lookup))
+        let lookup = lookup.as_bytes();
+        table
+            .get(&self.hasher.hash_one(lookup))?
+            .iter()
+            .find(|(value, _)| bool::from(value.ct_eq(lookup)))
+            .map(|(_, credential)| credential)
     }
 }
 
-/// Hashes a SHA-256 digest by its first eight bytes. A digest is uniform already: hashing it
-/// again, as the default SipHash would on every lookup, spreads it no better.
+/// Hashes a keyed hash by taking it as it is: it is uniform already, and hashing it again,
+/// as the default SipHash would on every lookup, spreads it no better.
 #[derive(Default)]
-struct DigestHasher(u64);
+struct KeyedHash(u64);
 
-impl Hasher for DigestHasher {
+impl Hasher for KeyedHash {
     fn finish(&self) -> u64 {
         self.0
     }
 
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
     fn write(&mut self, bytes: &[u8]) {
-        // The slice's length comes first, the same for every key; then the digest.
-        let mut word = [0; 8];
-        let n = bytes.len().min(8);
-        word[..n].copy_from_slice(&bytes[..n]);
-        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
     }
 }
 
-fn fingerprint(lookup: &str) -> [u8; 32] {
-    let d: Digest = digest(&SHA256, lookup.as_bytes());
-    let mut out = [0; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+#[cfg(test)]
+mod tests {
+    use pylon_plugin::Chain;
+
+    use super::*;
+
+    fn credential(name: &str) -> Credential {
+        Credential {
+            consumer: Arc::new(Consumer::new(name.into(), None, Chain::default())),
+            secret: Arc::new(()),
+        }
+    }
+
+    #[test]
+    fn values_are_found_per_plugin_and_taken_once() {
+        let mut credentials = Credentials::default();
+        credentials.insert("key-auth", "k1", credential("jack")).unwrap();
+        credentials.insert("key-auth", "k2", credential("rose")).unwrap();
+        credentials.insert("basic-auth", "k1", credential("rose")).unwrap();
+        let found = |plugin, lookup| {
+            credentials
+                .find(plugin, lookup)
+                .map(|c| c.consumer.username().to_owned())
+        };
+        assert_eq!(found("key-auth", "k1").as_deref(), Some("jack"));
+        assert_eq!(found("key-auth", "k2").as_deref(), Some("rose"));
+        assert_eq!(found("basic-auth", "k1").as_deref(), Some("rose"));
+        assert_eq!(found("key-auth", "k"), None);
+        assert_eq!(found("key-auth", "k10"), None);
+        assert_eq!(found("jwt-auth", "k1"), None);
+        let duplicate = credentials.insert("key-auth", "k2", credential("tom"));
+        assert_eq!(duplicate.unwrap_err().consumer, "rose");
+    }
 }
