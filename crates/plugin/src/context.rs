@@ -290,23 +290,7 @@ impl<'r> RequestCtx<'r> {
         if let Some(edited) = self.edits.headers.get(name) {
             return edited.map(Cow::Borrowed);
         }
-        // The variable's name, built on the stack: this runs for most plugins on every
-        // request, and a name that fits needs no allocation.
-        let mut var = [0u8; 64];
-        let len = "http_".len() + name.len();
-        if len > var.len() || !name.is_ascii() {
-            return self.request.var(&header_var(name));
-        }
-        var[..5].copy_from_slice(b"http_");
-        for (slot, b) in var[5..len].iter_mut().zip(name.bytes()) {
-            *slot = match b {
-                b'-' => b'_',
-                b => b.to_ascii_lowercase(),
-            };
-        }
-        // ASCII in, ASCII out.
-        let var = std::str::from_utf8(&var[..len]).ok()?;
-        self.request.var(var)
+        self.request.header(name)
     }
 
     /// State a plugin keeps for this request, by the plugin's name.
@@ -321,17 +305,6 @@ impl<'r> RequestCtx<'r> {
         self.state.retain(|(p, _)| *p != plugin);
         self.state.push((plugin, Box::new(value)));
     }
-}
-
-/// `X-Api-Key` as a variable name: `http_x_api_key`.
-fn header_var(name: &str) -> String {
-    let mut var = String::with_capacity(5 + name.len());
-    var.push_str("http_");
-    var.extend(name.chars().map(|c| match c {
-        '-' => '_',
-        c => c.to_ascii_lowercase(),
-    }));
-    var
 }
 
 /// Variables are the client's request as edited so far, plus what the gateway knows of it
@@ -457,8 +430,22 @@ mod tests {
             [192, 0, 2, 1].into()
         }
         fn var(&self, name: &str) -> Option<Cow<'_, str>> {
-            (name == "remote_addr").then(|| "192.0.2.1".into())
+            match name {
+                "remote_addr" => Some("192.0.2.1".into()),
+                "http_x_api_key" => Some("k1".into()),
+                _ => None,
+            }
         }
+    }
+
+    #[test]
+    fn headers_read_through_variables_unless_edited() {
+        let mut ctx = RequestCtx::new(&Peer, "r", None);
+        assert_eq!(ctx.header("X-Api-Key").as_deref(), Some("k1"));
+        ctx.edits.headers.set("x-api-key", "k2");
+        assert_eq!(ctx.header("X-Api-Key").as_deref(), Some("k2"));
+        ctx.edits.headers.remove("X-API-KEY");
+        assert_eq!(ctx.header("x-api-key"), None);
     }
 
     #[test]
@@ -472,10 +459,5 @@ mod tests {
         assert_eq!(RequestView::remote_addr(&ctx).to_string(), "2001:db8::7");
         assert_eq!(ctx.var("remote_addr").as_deref(), Some("2001:db8::7"));
         assert_eq!(ctx.var("realip_remote_addr").as_deref(), Some("192.0.2.1"));
-    }
-
-    #[test]
-    fn header_names_become_variable_names() {
-        assert_eq!(header_var("X-Api-Key"), "http_x_api_key");
     }
 }

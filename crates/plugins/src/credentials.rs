@@ -118,9 +118,15 @@ mod tests {
     #[test]
     fn values_are_found_per_plugin_and_taken_once() {
         let mut credentials = Credentials::default();
-        credentials.insert("key-auth", "k1", credential("jack")).unwrap();
-        credentials.insert("key-auth", "k2", credential("rose")).unwrap();
-        credentials.insert("basic-auth", "k1", credential("rose")).unwrap();
+        credentials
+            .insert("key-auth", "k1", credential("jack"))
+            .unwrap();
+        credentials
+            .insert("key-auth", "k2", credential("rose"))
+            .unwrap();
+        credentials
+            .insert("basic-auth", "k1", credential("rose"))
+            .unwrap();
         let found = |plugin, lookup| {
             credentials
                 .find(plugin, lookup)

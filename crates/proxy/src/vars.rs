@@ -143,6 +143,10 @@ impl<H: RequestFields> RequestView for RequestVars<'_, H> {
             _ => return None,
         })
     }
+
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.head.header(name).map(text)
+    }
 }
 
 /// `http_x_api_key` names the header `X-Api-Key`: `_` stands for `-`, case does not matter.
