@@ -5,6 +5,7 @@
 //! Once the first response byte has gone to the client there is no way back: a failure then
 //! aborts the client connection rather than pass off a truncated response as complete.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -540,7 +541,11 @@ impl Responder<'_> {
         }
         let status = edits.status.unwrap_or(status);
         if let Some(body) = &edits.body {
-            let body = filters.run_whole(body.to_vec());
+            let body = if filters.is_empty() {
+                Cow::Borrowed(&body[..])
+            } else {
+                Cow::Owned(filters.run_whole(body.to_vec()))
+            };
             // The upstream's body is not read: its connection cannot carry another request.
             let client_reusable = self.client_keep_alive && self.upload_done.get();
             write_whole_body(
