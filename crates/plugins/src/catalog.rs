@@ -1,76 +1,11 @@
 //! Every plugin this build has: its name, priority, schemas and how it is built.
 
-use std::any::Any;
-use std::sync::Arc;
-
-use pylon_model::FieldError;
-use pylon_plugin::Plugin;
-use serde_json::Value;
-
-use crate::credentials::{Credentials, Secret};
+use crate::descriptor::Descriptor;
 use crate::{
     basic_auth, client_control, consumer_restriction, cors, forward_auth, hmac_auth,
     ip_restriction, jwt_auth, key_auth, mocking, proxy_rewrite, real_ip, redirect, request_id,
     request_validation, response_rewrite, uri_blocker,
 };
-
-/// What building a plugin may use besides its own configuration.
-pub struct BuildEnv<'a> {
-    /// Every consumer's credentials, for authentication plugins.
-    pub credentials: &'a Arc<Credentials>,
-    /// The plugin's metadata (`plugin_metadata/<name>`) as its [`MetadataSpec`] parsed it;
-    /// `None` when none is configured.
-    pub metadata: Option<&'a Metadata>,
-}
-
-impl BuildEnv<'_> {
-    /// The plugin's metadata as the type its [`MetadataSpec::parse`] made.
-    pub fn metadata<T: Any>(&self) -> Option<&T> {
-        self.metadata?.downcast_ref()
-    }
-}
-
-/// A plugin's metadata, parsed: each plugin downcasts it to its own type.
-pub type Metadata = Arc<dyn Any + Send + Sync>;
-
-/// How a plugin is built from its configuration.
-pub type Build = fn(&Value, &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError>;
-
-/// One plugin of the catalog.
-pub struct Descriptor {
-    pub name: &'static str,
-    /// Higher runs first within a phase (APISIX's priorities).
-    pub priority: i64,
-    /// The JSON Schema of the plugin's configuration on a route, service, plugin config,
-    /// global rule or consumer group.
-    pub schema: fn() -> Value,
-    /// Builds (and so validates) the plugin from its configuration, `_meta` excluded.
-    pub build: Build,
-    /// For authentication plugins: what a consumer or credential configures.
-    pub credential: Option<CredentialSpec>,
-    /// For plugins with settings shared by all their instances: their `plugin_metadata`.
-    pub metadata: Option<MetadataSpec>,
-}
-
-/// The global settings of a plugin (APISIX's `metadata_schema`), one resource per plugin:
-/// `plugin_metadata/<name>`. Every instance of the plugin is built with them, and rebuilt
-/// when they change.
-pub struct MetadataSpec {
-    pub schema: fn() -> Value,
-    /// Parses (and so validates) the metadata, its `id`, `create_time` and `update_time`
-    /// excluded, into what the plugin's builds read through [`BuildEnv::metadata`].
-    pub parse: fn(&Value) -> Result<Metadata, FieldError>,
-}
-
-/// The consumer side of an authentication plugin.
-pub struct CredentialSpec {
-    pub schema: fn() -> Value,
-    /// Parses a consumer's configuration into the value it is looked up by (the API key,
-    /// the user name) and the secret the plugin checks.
-    pub parse: fn(&Value) -> Result<(String, Secret), FieldError>,
-    /// The fields that hold secrets: sealed in the store, never returned by a read.
-    pub secret_fields: &'static [&'static str],
-}
 
 /// Every plugin, by name.
 pub static CATALOG: &[Descriptor] = &[
@@ -92,16 +27,6 @@ pub static CATALOG: &[Descriptor] = &[
     response_rewrite::DESCRIPTOR,
     uri_blocker::DESCRIPTOR,
 ];
-
-/// Where a plugin configuration sits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// On a route, service, plugin config, global rule or consumer group.
-    Route,
-    /// On a consumer or a credential: an authentication plugin's credential, or any other
-    /// plugin's configuration for that consumer's requests.
-    Consumer,
-}
 
 pub fn find(name: &str) -> Option<&'static Descriptor> {
     CATALOG.iter().find(|d| d.name == name)

@@ -9,8 +9,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::catalog::{BuildEnv, Descriptor};
 use crate::config::{parse, schema_of};
+use crate::descriptor::{BuildEnv, Descriptor};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "client-control",

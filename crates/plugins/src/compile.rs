@@ -9,9 +9,10 @@ use pylon_model::{Config, FieldError, Key, Kind, Route};
 use pylon_plugin::{Chain, ChainBuilder, Consumer, Entry, Meta};
 use serde_json::{Map, Value};
 
-use crate::catalog::{find, BuildEnv, Metadata, Scope};
+use crate::catalog::find;
 use crate::config::resolve_env;
 use crate::credentials::{Credential, Credentials};
+use crate::descriptor::{BuildEnv, Metadata, Scope};
 
 type Plugins = Map<String, Value>;
 

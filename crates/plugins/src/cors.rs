@@ -19,8 +19,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::catalog::{BuildEnv, Descriptor, Metadata, MetadataSpec};
 use crate::config::{parse, schema_of};
+use crate::descriptor::{BuildEnv, Descriptor, Metadata, MetadataSpec};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "cors",

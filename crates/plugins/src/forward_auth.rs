@@ -15,8 +15,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::catalog::{BuildEnv, Descriptor};
 use crate::config::{parse, schema_of};
+use crate::descriptor::{BuildEnv, Descriptor};
 use client::Endpoint;
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {

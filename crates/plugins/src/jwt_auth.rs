@@ -17,9 +17,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::catalog::{BuildEnv, CredentialSpec, Descriptor};
 use crate::config::{parse, schema_of};
 use crate::credentials::{Credentials, Secret};
+use crate::descriptor::{BuildEnv, CredentialSpec, Descriptor};
 use crate::{query, realm};
 use cache::{Verified, VerifiedTokens};
 use key::{Algorithm, VerifyingKey};

@@ -9,9 +9,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::catalog::{BuildEnv, CredentialSpec, Descriptor};
 use crate::config::{parse, schema_of};
 use crate::credentials::{Credentials, Secret};
+use crate::descriptor::{BuildEnv, CredentialSpec, Descriptor};
 use crate::query;
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {

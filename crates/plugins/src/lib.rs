@@ -17,6 +17,7 @@ mod config;
 mod consumer_restriction;
 mod cors;
 mod credentials;
+mod descriptor;
 mod forward_auth;
 mod header_ops;
 mod hmac_auth;
@@ -39,6 +40,7 @@ mod testing;
 mod uri_blocker;
 mod uri_rewrite;
 
-pub use catalog::{find, Descriptor, MetadataSpec, Scope, CATALOG};
+pub use catalog::{find, CATALOG};
 pub use compile::{check, check_config, check_resource, secret_pointers, CompiledPlugins};
 pub use credentials::{Credential, Credentials};
+pub use descriptor::{Descriptor, MetadataSpec, Scope};

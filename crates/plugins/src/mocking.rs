@@ -11,8 +11,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::catalog::{BuildEnv, Descriptor};
 use crate::config::{parse, schema_of};
+use crate::descriptor::{BuildEnv, Descriptor};
 use crate::header_ops::Scalar;
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {

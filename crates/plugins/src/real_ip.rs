@@ -12,8 +12,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::catalog::{BuildEnv, Descriptor};
 use crate::config::{parse, schema_of};
+use crate::descriptor::{BuildEnv, Descriptor};
 use crate::ip_set::IpSet;
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {

@@ -17,8 +17,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::catalog::{BuildEnv, Descriptor};
 use crate::config::{parse, schema_of};
+use crate::descriptor::{BuildEnv, Descriptor};
 use crate::header_ops::{HeaderOps, Scalar};
 use crate::regex_sub::RegexSub;
 

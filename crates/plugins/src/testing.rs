@@ -11,8 +11,8 @@ use pylon_plugin::{Chain, Consumer, Plugin, Reply, RequestCtx, Step};
 use pylon_router::RequestView;
 use serde_json::Value;
 
-use crate::catalog::{BuildEnv, Descriptor};
 use crate::credentials::{Credential, Credentials};
+use crate::descriptor::{BuildEnv, Descriptor};
 
 /// The `Host` every test request is sent to.
 const HOST: &str = "example.com";
