@@ -280,15 +280,26 @@ impl Node {
         .unwrap();
         let pylon = Pylon::run_config(tempfile::tempdir().unwrap(), &self.config_path())?;
         if self.has_admin() {
-            // Written through the new pylon's Admin API, once it has taken over.
+            // Written through the new pylon's Admin API, once it has taken over. Until the old
+            // pylon stops accepting, the load's writes may go through either: two nodes, whose
+            // writes do not take turns as one node's do. This whole-configuration write loses
+            // to a stream of small ones now and then, and is answered 409 "try again": it is
+            // tried again, a bounded number of times.
             let document: serde_json::Value = serde_yaml::from_str(&routes).unwrap();
-            let res = admin(
-                pylon.admin.unwrap(),
-                ADMIN_KEY,
-                "POST",
-                "/pylon/admin/config",
-                Some(&document),
-            );
+            let mut tries = 0;
+            let res = loop {
+                tries += 1;
+                let res = admin(
+                    pylon.admin.unwrap(),
+                    ADMIN_KEY,
+                    "POST",
+                    "/pylon/admin/config",
+                    Some(&document),
+                );
+                if res.status != 409 || tries == 5 {
+                    break res;
+                }
+            };
             assert_eq!(res.status, 200, "{}", res.text());
         }
         wait_until(
