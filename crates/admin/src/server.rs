@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use pylon_store::{ConfigStore, Keyring, Replica};
+use pylon_store::{ConfigStore, Keyring, Replica, Revision};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -49,7 +49,9 @@ struct Shared {
 
 impl AdminApi {
     /// The API on `listener`: it writes to `store`, reads and checks against `replica` (this
-    /// process's copy of that store) and seals SSL private keys with `keyring`. The settings'
+    /// process's copy of that store), answers a write once `served` (the revision this
+    /// node's workers serve, on a node that proxies) has reached it, and seals SSL private
+    /// keys with `keyring`. The settings'
     /// keys must be resolved (see [`AdminSettings::resolve_keys`]): with none, every request is
     /// refused.
     pub fn new(
@@ -57,6 +59,7 @@ impl AdminApi {
         settings: AdminSettings,
         store: Arc<dyn ConfigStore>,
         replica: Arc<Replica>,
+        served: Option<watch::Receiver<Revision>>,
         keyring: Arc<Keyring>,
     ) -> AdminApi {
         AdminApi {
@@ -66,6 +69,7 @@ impl AdminApi {
                 backend: Backend {
                     store,
                     replica,
+                    served,
                     keyring,
                     turn: tokio::sync::Mutex::default(),
                 },

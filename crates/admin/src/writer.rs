@@ -5,7 +5,8 @@
 //! so its transaction carries `unchanged_since(view.revision)` besides the conditions on its own
 //! keys. A conflict means someone else wrote first: the replica is given a moment to catch up,
 //! and the whole operation (a PATCH's merge included) is done again on what it now holds. After
-//! a commit the replica is awaited, so the next read on this node sees the write.
+//! a commit the answer waits until this node serves the write (on a node that proxies: its
+//! workers' snapshot has it), so a request sent after the answer finds it.
 //!
 //! A node's own writes take turns, from planning to their commit being seen: they never
 //! conflict with each other, only with other nodes' (etcd). Racing each other instead, clients
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use pylon_store::{ConfigStore, Keyring, Replica, Revision, StoreError, Txn, View};
+use tokio::sync::watch;
 
 use crate::response::Reply;
 
@@ -32,6 +34,8 @@ const CATCH_UP_AFTER_COMMIT: Duration = Duration::from_secs(5);
 pub(crate) struct Backend {
     pub store: Arc<dyn ConfigStore>,
     pub replica: Arc<Replica>,
+    /// The revision this node's workers serve, on a node that proxies.
+    pub served: Option<watch::Receiver<Revision>>,
     pub keyring: Arc<Keyring>,
     /// Held by one write of this node at a time; first come, first served.
     pub turn: tokio::sync::Mutex<()>,
@@ -79,12 +83,12 @@ impl Backend {
             }
             match store.commit(txn.unchanged_since(view.revision)).await {
                 Ok(revision) => {
-                    if tokio::time::timeout(CATCH_UP_AFTER_COMMIT, replica.caught_up(revision))
+                    if tokio::time::timeout(CATCH_UP_AFTER_COMMIT, self.caught_up(revision))
                         .await
                         .is_err()
                     {
                         tracing::warn!(
-                        "admin write committed at revision {revision}, but this node's copy has not caught up yet"
+                        "admin write committed at revision {revision}, but this node does not serve it yet"
                     );
                     }
                     return Ok(Committed {
@@ -109,6 +113,20 @@ impl Backend {
             "the configuration kept changing concurrently ({ATTEMPTS} attempts); nothing was written, try again"
         ),
     ))
+    }
+}
+
+impl Backend {
+    /// Completes once this node has `revision`: its workers serve it, on a node that
+    /// proxies; its copy of the store holds it, on one that does not.
+    async fn caught_up(&self, revision: Revision) {
+        match &self.served {
+            Some(served) => {
+                // The publisher only stops with the process.
+                let _ = served.clone().wait_for(|served| *served >= revision).await;
+            }
+            None => drop(self.replica.caught_up(revision).await),
+        }
     }
 }
 

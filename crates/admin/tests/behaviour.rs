@@ -616,7 +616,7 @@ async fn back_to_back_writers_on_one_node_are_never_refused_as_conflicts() {
     );
     let keyring = Arc::new(Keyring::new(&["test secret".to_owned()]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = pylon_admin::AdminApi::new(listener, settings(), store, replica, keyring);
+    let api = pylon_admin::AdminApi::new(listener, settings(), store, replica, None, keyring);
     let addr = api.local_addr().unwrap();
     let server = tokio::spawn(api.serve());
     let writers = (0..12).map(|writer| {

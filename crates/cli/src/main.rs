@@ -284,7 +284,16 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
                         .await
                         .with_context(|| format!("admin.listen {}", node.admin.listen))?,
                 };
-                Some(AdminApi::new(listener, settings, store.clone(), replica.clone(), keyring.clone()))
+                // A node that proxies answers a write once its workers serve it.
+                let served = publisher.as_ref().map(Publisher::served);
+                Some(AdminApi::new(
+                    listener,
+                    settings,
+                    store.clone(),
+                    replica.clone(),
+                    served,
+                    keyring.clone(),
+                ))
             }
             None => None,
         };

@@ -132,6 +132,29 @@ fn admin_writes_are_served_and_bad_ones_change_nothing() {
     assert!(status["id"].as_str().is_some_and(|id| !id.is_empty()));
 }
 
+/// Read-your-writes: when the Admin API answers a write, every worker serves it. With two
+/// workers, each route is requested right after its 201, on new connections (which land on
+/// either worker).
+#[test]
+fn a_write_is_served_by_every_worker_once_the_admin_api_answers() {
+    let up = Upstream::start("one");
+    let config = embedded_node().replace("workers: 1", "workers: 2");
+    let pylon = Pylon::run_node(tempfile::tempdir().unwrap(), &config).unwrap();
+    for i in 0..150 {
+        let uri = format!("/ryw/{i}");
+        let res = put(
+            &pylon,
+            &format!("/apisix/admin/routes/ryw{i}"),
+            json!({"uri": uri, "upstream": {"nodes": {up.addr.to_string(): 1}}}),
+        );
+        assert_eq!(res.status, 201, "{}", res.text());
+        for _ in 0..2 {
+            let res = get(pylon.addr, "example.com", &uri);
+            assert_eq!(res.status, 200, "{uri} right after its 201: {}", res.text());
+        }
+    }
+}
+
 #[test]
 fn every_acknowledged_write_survives_kill_9() {
     let up = Upstream::start("up");

@@ -21,12 +21,18 @@ const ADMIN_KEY: &str = "cluster-admin-key";
 /// A node on `endpoints` with `role`; `dir` may hold the data dir (node id, local copy) of an
 /// earlier run.
 fn node(cluster_endpoints: &[String], role: &str, dir: tempfile::TempDir) -> Pylon {
+    let config = node_config(cluster_endpoints, role);
+    Pylon::run_node(dir, &config).unwrap_or_else(|e| panic!("{role} node did not start: {e}"))
+}
+
+/// The node config of [`node`]: one worker, every listener on a free port.
+fn node_config(cluster_endpoints: &[String], role: &str) -> String {
     let endpoints = cluster_endpoints
         .iter()
         .map(|e| format!("\"{e}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let config = format!(
+    format!(
         "deployment:\n  role: {role}\n\
          proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 1\n  https:\n    listen: [\"127.0.0.1:0\"]\n\
          control:\n  listen: \"127.0.0.1:0\"\n\
@@ -34,8 +40,7 @@ fn node(cluster_endpoints: &[String], role: &str, dir: tempfile::TempDir) -> Pyl
          data_encryption:\n  keyring: [\"a shared cluster secret\"]\n\
          config:\n  source: etcd\n  data_dir: data\n  etcd:\n    endpoints: [{endpoints}]\n    prefix: /pylon-test\n    timeout: 2\n\
          log:\n  level: info\n"
-    );
-    Pylon::run_node(dir, &config).unwrap_or_else(|e| panic!("{role} node did not start: {e}"))
+    )
 }
 
 /// Waits on things that take an etcd election or the store's reconnect backoff.
@@ -176,6 +181,31 @@ fn a_write_through_any_node_is_served_by_every_node() {
     assert_eq!(read["value"]["desc"], "a19");
     assert_eq!(read["value"]["labels"]["n"], "19");
     wait_answer(&data, "/from-a", "one");
+}
+
+/// Read-your-writes on etcd: when a node's Admin API answers a write, every one of its
+/// workers serves it (the snapshot they serve has the write's revision, not only the node's
+/// copy of the store).
+#[test]
+fn a_write_is_served_by_every_worker_of_its_node_once_the_admin_api_answers() {
+    let cluster = EtcdCluster::single();
+    let up = Upstream::start("one");
+    let config =
+        node_config(&cluster.endpoints(), "traditional").replace("workers: 1", "workers: 2");
+    let node = Pylon::run_node(tempfile::tempdir().unwrap(), &config).unwrap();
+    let admin_addr = node.admin.unwrap();
+    for i in 0..150 {
+        let uri = format!("/ryw/{i}");
+        let body = json!({"uri": uri, "upstream": {"nodes": {up.addr.to_string(): 1}}});
+        assert_eq!(
+            put(admin_addr, &format!("/apisix/admin/routes/ryw{i}"), body),
+            201
+        );
+        for _ in 0..2 {
+            let res = get(node.addr, "example.com", &uri);
+            assert_eq!(res.status, 200, "{uri} right after its 201: {}", res.text());
+        }
+    }
 }
 
 #[test]

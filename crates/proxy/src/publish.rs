@@ -31,6 +31,9 @@ pub struct Publisher {
     config: Config,
     /// The revision each key was last parsed at, valid or not.
     parsed: BTreeMap<Key, Revision>,
+    /// The revision of the snapshot the workers serve, for whoever waits for a write to be
+    /// served (the Admin API answers only then).
+    served: watch::Sender<Revision>,
     /// The snapshot the last publish replaced. Kept until the next one so that, once the
     /// workers have moved on, this thread frees it: freeing 10,000 routes takes milliseconds
     /// that must not be spent in a worker between two requests.
@@ -54,8 +57,15 @@ impl Publisher {
             health: Arc::default(),
             config: Config::default(),
             parsed: BTreeMap::new(),
+            served: watch::Sender::new(0),
             retired: None,
         }
+    }
+
+    /// Follows the revision the workers serve: each publish moves it on once its snapshot is
+    /// in place, so a request that starts after that sees the configuration of that revision.
+    pub fn served(&self) -> watch::Receiver<Revision> {
+        self.served.subscribe()
     }
 
     /// The health state of the published upstreams, for the control API.
@@ -98,6 +108,7 @@ impl Publisher {
         self.health.attach(&mut snapshot);
         let routes = snapshot.router.len();
         self.retired = Some(self.cell.swap(Arc::new(snapshot)));
+        self.served.send_replace(view.revision);
         tracing::info!(
             revision = view.revision,
             routes,

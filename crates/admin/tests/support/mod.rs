@@ -85,7 +85,14 @@ impl TestApi {
         let replica = Arc::new(Replica::start(store.clone(), None).await.unwrap());
         let keyring = Arc::new(Keyring::new(&["test secret".to_owned()]));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = AdminApi::new(listener, settings, store.clone(), replica, keyring.clone());
+        let api = AdminApi::new(
+            listener,
+            settings,
+            store.clone(),
+            replica,
+            None,
+            keyring.clone(),
+        );
         let addr = api.local_addr().unwrap();
         let server = tokio::spawn(api.serve());
         TestApi {
