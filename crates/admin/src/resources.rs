@@ -75,6 +75,11 @@ pub(crate) async fn handle(
         }),
         Method::PUT => put(backend, &address, body).await,
         Method::POST if address.id.is_none() => post(backend, &address, body).await,
+        // POST makes the id; one in the path is refused, as APISIX does.
+        Method::POST => Err(Reply::bad_request(format!(
+            "wrong {} id, do not need it",
+            singular(address.kind)
+        ))),
         Method::PATCH => patch(backend, &address, body).await,
         Method::DELETE => delete(backend, &address, query.flag("force")).await,
         _ => Err(Reply::error(StatusCode::NOT_FOUND, "not found")),

@@ -158,6 +158,16 @@ async fn invalid_json_and_invalid_resources_are_refused_naming_the_field() {
         .as_str()
         .unwrap()
         .contains("has no upstream"));
+    // POST makes the id: one in the path is refused, as APISIX does.
+    let posted = api
+        .call(
+            "POST",
+            "/apisix/admin/routes/1",
+            Some(r#"{"uri": "/a", "upstream": {"nodes": {"127.0.0.1:80": 1}}}"#),
+        )
+        .await;
+    assert_eq!(posted.status, 400);
+    assert_eq!(posted.body["error_msg"], "wrong route id, do not need it");
     assert_eq!(api.stored(&Key::new(Kind::Routes, "1")), None);
 
     // A write that would break another resource is refused too, naming that resource.

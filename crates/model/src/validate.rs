@@ -39,6 +39,30 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
     if r.uri.is_none() && r.uris.as_ref().is_none_or(Vec::is_empty) {
         errors.push(FieldError::new("uri", "a route needs `uri` or `uris`"));
     }
+    // As APISIX's schema: one field or its list, never both; a list, when given, is not
+    // empty and names each item once.
+    exclusive("uri", r.uri.is_some(), "uris", r.uris.is_some(), errors);
+    exclusive("host", r.host.is_some(), "hosts", r.hosts.is_some(), errors);
+    exclusive(
+        "remote_addr",
+        r.remote_addr.is_some(),
+        "remote_addrs",
+        r.remote_addrs.is_some(),
+        errors,
+    );
+    for (path, list) in [
+        ("uris", &r.uris),
+        ("hosts", &r.hosts),
+        ("remote_addrs", &r.remote_addrs),
+        ("methods", &r.methods),
+    ] {
+        if let Some(list) = list {
+            unique_items(path, list, errors);
+            if list.is_empty() && path != "methods" {
+                errors.push(FieldError::new(path, "must have at least 1 item"));
+            }
+        }
+    }
     if let Some(uri) = &r.uri {
         uri_pattern("uri", uri, errors);
     }
@@ -201,6 +225,28 @@ fn bad_param(uri: &str) -> Option<&'static str> {
     None
 }
 
+/// Two fields that may not be set together.
+fn exclusive(a: &str, has_a: bool, b: &str, has_b: bool, errors: &mut Vec<FieldError>) {
+    if has_a && has_b {
+        errors.push(FieldError::new(
+            b,
+            format!("`{a}` and `{b}` exclude each other"),
+        ));
+    }
+}
+
+/// A list that names each item once.
+fn unique_items(path: &str, items: &[String], errors: &mut Vec<FieldError>) {
+    for (i, item) in items.iter().enumerate() {
+        if let Some(first) = items[..i].iter().position(|earlier| earlier == item) {
+            errors.push(FieldError::new(
+                format!("{path}[{i}]"),
+                format!("`{item}` is already {path}[{first}]"),
+            ));
+        }
+    }
+}
+
 fn hosts_list<'a>(
     path: &str,
     hosts: impl Iterator<Item = &'a String>,
@@ -323,6 +369,44 @@ mod tests {
             Ok(Resource::Upstream(u)) => u,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_field_and_its_list_exclude_each_other_and_lists_name_items_once() {
+        let errors = |fields: Value| {
+            let mut route = json!({"upstream": upstream(json!({}))});
+            for (k, v) in fields.as_object().unwrap() {
+                route[k] = v.clone();
+            }
+            route_errors(route)
+        };
+        assert_eq!(
+            errors(json!({"uri": "/a", "uris": ["/b"]})),
+            ["uris: `uri` and `uris` exclude each other"]
+        );
+        assert_eq!(
+            errors(json!({"uri": "/a", "host": "a.com", "hosts": ["b.com"]})),
+            ["hosts: `host` and `hosts` exclude each other"]
+        );
+        assert_eq!(
+            errors(json!({"uri": "/a", "remote_addr": "10.0.0.1", "remote_addrs": ["10.0.0.2"]})),
+            ["remote_addrs: `remote_addr` and `remote_addrs` exclude each other"]
+        );
+        assert_eq!(
+            errors(json!({"uri": "/a", "methods": ["GET", "POST", "GET"]})),
+            ["methods[2]: `GET` is already methods[0]"]
+        );
+        assert_eq!(
+            errors(json!({"uri": "/a", "hosts": []})),
+            ["hosts: must have at least 1 item"]
+        );
+        assert_eq!(
+            errors(json!({"uri": "/a", "remote_addrs": []})),
+            ["remote_addrs: must have at least 1 item"]
+        );
+        assert!(
+            errors(json!({"uris": ["/a", "/b"], "hosts": ["a.com"], "methods": []})).is_empty()
+        );
     }
 
     #[test]
