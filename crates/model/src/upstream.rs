@@ -396,9 +396,13 @@ impl Nodes {
     }
 
     pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn len(&self) -> usize {
         match self {
-            Nodes::Map(m) => m.is_empty(),
-            Nodes::List(l) => l.is_empty(),
+            Nodes::Map(m) => m.len(),
+            Nodes::List(l) => l.len(),
         }
     }
 }
@@ -426,6 +430,13 @@ fn build_node(
             "must be an IP address or a host name",
         ));
     }
+    // `127.0.0.1:1980` as a host would be dialled at the default port, never at 1980.
+    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(FieldError::new(
+            field("host"),
+            format!("`{host}` holds a port: give the host alone, and the port in `port`"),
+        ));
+    }
     let port = match port {
         None => scheme.default_port(),
         Some(p) if (1..=65535).contains(&p) => p as u16,
@@ -443,7 +454,8 @@ fn build_node(
     })
 }
 
-/// Splits `host[:port]`, `[v6][:port]`; a bare IPv6 literal has no port.
+/// Splits `host[:port]` and `[v6][:port]`; an IPv6 address without brackets is refused, as
+/// APISIX does (`::1:80` could be either).
 fn split_host_port(addr: &str) -> Result<(&str, Option<i64>), String> {
     let bad_port = || format!("port of `{addr}` must be 1..65535");
     if let Some(rest) = addr.strip_prefix('[') {
@@ -457,7 +469,9 @@ fn split_host_port(addr: &str) -> Result<(&str, Option<i64>), String> {
         };
     }
     match addr.rsplit_once(':') {
-        Some((host, _)) if host.contains(':') => Ok((addr, None)),
+        Some((host, _)) if host.contains(':') => Err(format!(
+            "`{addr}`: an IPv6 address is written in brackets, as `[::1]:80`"
+        )),
         Some((host, p)) => Ok((host, Some(p.parse().map_err(|_| bad_port())?))),
         None => Ok((addr, None)),
     }

@@ -162,6 +162,13 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new("keepalive_pool.requests", "must be >= 1"));
         }
     }
+    // The Host a `node` upstream sends is its node's: APISIX takes it from a single node.
+    if u.pass_host == PassHost::Node && u.nodes.len() != 1 {
+        errors.push(FieldError::new(
+            "pass_host",
+            "`node` needs exactly one node (its host is the Host sent)",
+        ));
+    }
     if u.pass_host == PassHost::Rewrite && u.upstream_host.as_deref().is_none_or(str::is_empty) {
         errors.push(FieldError::new(
             "upstream_host",
@@ -407,6 +414,32 @@ mod tests {
         assert!(
             errors(json!({"uris": ["/a", "/b"], "hosts": ["a.com"], "methods": []})).is_empty()
         );
+    }
+
+    #[test]
+    fn nodes_are_refused_where_apisix_refuses_them() {
+        let errors = |nodes: Value, pass_host: &str| {
+            route_errors(json!({"uri": "/a", "upstream": {"nodes": nodes, "pass_host": pass_host}}))
+        };
+        assert_eq!(
+            errors(json!([{"host": "127.0.0.1:1980", "weight": 1}]), "pass"),
+            ["upstream.nodes[0].host: `127.0.0.1:1980` holds a port: give the host alone, and the port in `port`"]
+        );
+        assert_eq!(
+            errors(json!({"2001:db8::1": 1}), "pass"),
+            ["upstream.nodes[\"2001:db8::1\"]: `2001:db8::1`: an IPv6 address is written in brackets, as `[::1]:80`"]
+        );
+        assert!(errors(json!({"[2001:db8::1]:80": 1}), "pass").is_empty());
+        assert!(errors(
+            json!([{"host": "2001:db8::1", "port": 80, "weight": 1}]),
+            "pass"
+        )
+        .is_empty());
+        assert_eq!(
+            errors(json!({"127.0.0.1:80": 1, "127.0.0.2:80": 1}), "node"),
+            ["upstream.pass_host: `node` needs exactly one node (its host is the Host sent)"]
+        );
+        assert!(errors(json!({"127.0.0.1:80": 1}), "node").is_empty());
     }
 
     #[test]
