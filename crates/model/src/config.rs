@@ -145,37 +145,42 @@ impl Resource {
                 FieldError::new(path, e.into_inner().to_string()).into()
             })
         }
-        let resource = match kind {
-            Kind::Routes => Resource::Route(parse(value)?),
-            Kind::Services => Resource::Service(parse(value)?),
-            Kind::Upstreams => Resource::Upstream(parse(value)?),
-            Kind::GlobalRules => Resource::GlobalRule(parse(value)?),
-            Kind::PluginConfigs => Resource::PluginConfig(parse(value)?),
-            Kind::Ssls => Resource::Ssl(parse(value)?),
+        let (resource, mut errors) = match kind {
+            Kind::Routes => (Resource::Route(parse(value)?), Vec::new()),
+            Kind::Services => (Resource::Service(parse(value)?), Vec::new()),
+            Kind::Upstreams => (Resource::Upstream(parse(value)?), Vec::new()),
+            Kind::GlobalRules => (Resource::GlobalRule(parse(value)?), Vec::new()),
+            Kind::PluginConfigs => (Resource::PluginConfig(parse(value)?), Vec::new()),
+            Kind::Ssls => (Resource::Ssl(parse(value)?), Vec::new()),
             // Checked as their types, kept as the JSON they are: the plugins crate reads them.
             Kind::Consumers => {
                 let consumer: Consumer = parse(value)?;
                 let mut errors = Vec::new();
                 consumer.validate(&mut errors);
                 validate::plugin_objects(consumer.plugins.as_ref(), &mut errors);
-                return checked(Resource::Other(Kind::Consumers, value.clone()), errors);
+                (Resource::Other(Kind::Consumers, value.clone()), errors)
             }
             Kind::Credentials => {
                 let credential: Credential = parse(value)?;
                 let mut errors = Vec::new();
                 validate::plugin_objects(Some(&credential.plugins), &mut errors);
-                return checked(Resource::Other(Kind::Credentials, value.clone()), errors);
+                (Resource::Other(Kind::Credentials, value.clone()), errors)
             }
             Kind::ConsumerGroups => {
                 let group: ConsumerGroup = parse(value)?;
                 let mut errors = Vec::new();
                 validate::plugin_objects(Some(&group.plugins), &mut errors);
-                return checked(Resource::Other(Kind::ConsumerGroups, value.clone()), errors);
+                (Resource::Other(Kind::ConsumerGroups, value.clone()), errors)
             }
-            other if value.is_object() => Resource::Other(other, value.clone()),
+            other if value.is_object() => (Resource::Other(other, value.clone()), Vec::new()),
             _ => return Err(FieldError::new("", "must be an object").into()),
         };
-        let errors = validate::resource(&resource);
+        errors.extend(validate::resource(&resource));
+        // A plugin's metadata and a secret manager's settings are not resources people
+        // name: their fields are the plugin's and the manager's own.
+        if !matches!(kind, Kind::PluginMetadata | Kind::Secrets) {
+            validate::descriptive_fields(value, &mut errors);
+        }
         checked(resource, errors)
     }
 

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use serde_json::Value;
+
 use crate::config::{Plugins, Resource};
 use crate::error::FieldError;
 use crate::route::Route;
@@ -232,6 +234,34 @@ fn bad_param(uri: &str) -> Option<&'static str> {
     None
 }
 
+/// What people describe a resource with, as APISIX's schema bounds it: `name` (1 to 100
+/// characters), `desc` (at most 256) and `labels` (values of 1 to 64 characters, no spaces).
+pub(crate) fn descriptive_fields(value: &Value, errors: &mut Vec<FieldError>) {
+    if let Some(name) = value.get("name").and_then(Value::as_str) {
+        if !(1..=100).contains(&name.chars().count()) {
+            errors.push(FieldError::new("name", "must be 1 to 100 characters"));
+        }
+    }
+    if let Some(desc) = value.get("desc").and_then(Value::as_str) {
+        if desc.chars().count() > 256 {
+            errors.push(FieldError::new("desc", "must be at most 256 characters"));
+        }
+    }
+    if let Some(labels) = value.get("labels").and_then(Value::as_object) {
+        for (key, label) in labels {
+            let valid = label.as_str().is_some_and(|v| {
+                (1..=64).contains(&v.chars().count()) && !v.contains(char::is_whitespace)
+            });
+            if !valid {
+                errors.push(FieldError::new(
+                    format!("labels.{key}"),
+                    "must be 1 to 64 characters without spaces",
+                ));
+            }
+        }
+    }
+}
+
 /// Two fields that may not be set together.
 fn exclusive(a: &str, has_a: bool, b: &str, has_b: bool, errors: &mut Vec<FieldError>) {
     if has_a && has_b {
@@ -440,6 +470,28 @@ mod tests {
             ["upstream.pass_host: `node` needs exactly one node (its host is the Host sent)"]
         );
         assert!(errors(json!({"127.0.0.1:80": 1}), "node").is_empty());
+    }
+
+    #[test]
+    fn names_descriptions_and_labels_are_bounded_on_every_kind() {
+        let long_name = "n".repeat(101);
+        let route = json!({"uri": "/a", "upstream": upstream(json!({})), "name": long_name,
+            "desc": "d".repeat(257), "labels": {"env": "pre prod", "team": "", "ok": "a-b_c.1"}});
+        assert_eq!(
+            route_errors(route),
+            [
+                "name: must be 1 to 100 characters",
+                "desc: must be at most 256 characters",
+                "labels.env: must be 1 to 64 characters without spaces",
+                "labels.team: must be 1 to 64 characters without spaces",
+            ]
+        );
+        let consumer = json!({"username": "jack", "labels": {"tier": "x".repeat(65)}});
+        let errors = Resource::from_json(Kind::Consumers, &consumer).unwrap_err();
+        assert_eq!(errors.0[0].path, "labels.tier");
+        // A plugin's metadata is the plugin's own: a `name` there is not a resource name.
+        let metadata = json!({"id": "cors", "name": ""});
+        assert!(Resource::from_json(Kind::PluginMetadata, &metadata).is_ok());
     }
 
     #[test]
