@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use support::client::{admin, get, try_admin};
+use support::protocols::{call, PROTOCOLS};
 use support::upstream::Upstream;
 use support::{pylon_command, wait_until, Pylon};
 
@@ -130,6 +131,36 @@ fn admin_writes_are_served_and_bad_ones_change_nothing() {
     assert_eq!(status["role"], "traditional");
     assert_eq!(status["serving_revision"], status["store"]["revision"]);
     assert!(status["id"].as_str().is_some_and(|id| !id.is_empty()));
+}
+
+/// An upstream with no nodes is stored, as APISIX stores it (discovery and staged roll-outs
+/// fill it later), and its routes answer 503 until it has some, over HTTP/1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_without_nodes_is_kept_and_answers_503_until_it_has_some() {
+    let up = Upstream::start("one");
+    let pylon = start(tempfile::tempdir().unwrap());
+    let empty = json!({"type": "roundrobin", "nodes": {}});
+    let res = put(&pylon, "/apisix/admin/upstreams/staged", empty);
+    assert_eq!(res.status, 201, "{}", res.text());
+    let route = json!({"uri": "/staged", "upstream_id": "staged"});
+    let res = put(&pylon, "/apisix/admin/routes/staged", route);
+    assert_eq!(res.status, 201, "{}", res.text());
+    for protocol in PROTOCOLS {
+        let res = call(protocol, pylon.addr, "GET", "/staged", &[], b"").await;
+        assert_eq!(res.status, 503, "{protocol:?}: {}", res.text());
+        assert_eq!(
+            res.json(),
+            json!({"error_msg": "503 No Upstream Node Available"}),
+            "{protocol:?}"
+        );
+    }
+    let nodes = json!({"type": "roundrobin", "nodes": {up.addr.to_string(): 1}});
+    let res = put(&pylon, "/apisix/admin/upstreams/staged", nodes);
+    assert_eq!(res.status, 200, "{}", res.text());
+    for protocol in PROTOCOLS {
+        let res = call(protocol, pylon.addr, "GET", "/staged", &[], b"").await;
+        assert_eq!(res.status, 200, "{protocol:?}: {}", res.text());
+    }
 }
 
 /// Read-your-writes: when the Admin API answers a write, every worker serves it. With two

@@ -109,9 +109,8 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
 }
 
 fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
-    if u.nodes.is_empty() {
-        errors.push(FieldError::new("nodes", "must have at least one node"));
-    }
+    // No nodes is valid, as in APISIX: the upstream answers 503 until it has some (staged
+    // roll-outs, and discovery, fill it later).
     if let Err(errs) = u.nodes.resolve(u.scheme) {
         errors.extend(errs.into_iter().map(|e| e.within("nodes")));
     }
