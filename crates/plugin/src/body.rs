@@ -1,5 +1,7 @@
 //! Response body filters: what plugins that edit a response body put in its way.
 
+use bytes::Bytes;
+
 /// One response body's filter, made by [`crate::Plugin::body_filter`] for that response
 /// alone, so it keeps whatever state it needs (held bytes, a look-back) in itself.
 pub trait BodyFilter: Send {
@@ -32,17 +34,17 @@ impl BodyFilters {
     }
 
     /// A whole body (a plugin's reply, a replaced body) through the filters, as one piece
-    /// followed by the end.
-    pub fn run_whole(&mut self, body: Vec<u8>) -> Vec<u8> {
+    /// followed by the end; without filters, the body as it is, uncopied.
+    pub fn run_whole(&mut self, body: Bytes) -> Bytes {
         if self.is_empty() {
             return body;
         }
-        let mut whole = body;
+        let mut whole = Vec::from(body);
         self.run(&mut whole, false);
         let mut rest = Vec::new();
         self.run(&mut rest, true);
         whole.extend_from_slice(&rest);
-        whole
+        Bytes::from(whole)
     }
 }
 
@@ -90,10 +92,12 @@ mod tests {
     fn a_whole_body_goes_through_as_one_piece_and_an_end() {
         let mut filters = BodyFilters::default();
         filters.push(Box::new(ShoutAtEnd::default()));
-        assert_eq!(filters.run_whole(b"whole".to_vec()), b"WHOLE");
         assert_eq!(
-            BodyFilters::default().run_whole(b"as is".to_vec()),
-            b"as is"
+            filters.run_whole(Bytes::from_static(b"whole")),
+            &b"WHOLE"[..]
         );
+        let body = Bytes::from_static(b"as is");
+        let same = BodyFilters::default().run_whole(body.clone());
+        assert_eq!(same.as_ptr(), body.as_ptr(), "no filters, no copy");
     }
 }

@@ -124,9 +124,7 @@ impl<'s> Plugins<'s> {
         let ResponseChanges { edits, mut body } =
             self.response(ctx, reply.status, &ReplyHeaders(&reply));
         let mut reply = edited_reply(reply, &edits);
-        if !body.is_empty() {
-            reply.body = Bytes::from(body.run_whole(reply.body.to_vec()));
-        }
+        reply.body = body.run_whole(reply.body);
         reply
     }
 

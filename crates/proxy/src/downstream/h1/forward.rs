@@ -5,7 +5,6 @@
 //! Once the first response byte has gone to the client there is no way back: a failure then
 //! aborts the client connection rather than pass off a truncated response as complete.
 
-use std::borrow::Cow;
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -105,14 +104,12 @@ pub(super) async fn proxy(
     };
     let result = attempts
         .run(body_buffered, async |node, addr, fresh| {
-            let pooled = (!fresh)
-                .then(|| {
-                    worker
-                        .pool
-                        .borrow_mut()
-                        .checkout((addr, node.pool_id), Instant::now())
-                })
-                .flatten();
+            let pooled = if fresh {
+                None
+            } else {
+                let key = (addr, node.pool_id);
+                worker.pool.borrow_mut().checkout(key, Instant::now())
+            };
             let target = Target {
                 upstream,
                 node,
@@ -541,11 +538,7 @@ impl Responder<'_> {
         }
         let status = edits.status.unwrap_or(status);
         if let Some(body) = &edits.body {
-            let body = if filters.is_empty() {
-                Cow::Borrowed(&body[..])
-            } else {
-                Cow::Owned(filters.run_whole(body.to_vec()))
-            };
+            let body = filters.run_whole(body.clone());
             // The upstream's body is not read: its connection cannot carry another request.
             let client_reusable = self.client_keep_alive && self.upload_done.get();
             write_whole_body(

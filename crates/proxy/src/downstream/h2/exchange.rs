@@ -61,11 +61,7 @@ impl Exchange<'_> {
         }
         apply_header_edits(&mut head.headers, &edits.headers);
         if let Some(body) = &edits.body {
-            let body = if filters.is_empty() {
-                body.clone()
-            } else {
-                Bytes::from(filters.run_whole(body.to_vec()))
-            };
+            let body = filters.run_whole(body.clone());
             head.headers.remove(http::header::CONTENT_ENCODING);
             head.headers
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
