@@ -56,29 +56,36 @@ impl Credentials {
                 self.tables.len() - 1
             }
         };
-        if let Some(existing) = self.find(plugin, lookup) {
+        let lookup = lookup.as_bytes();
+        let bucket = self.tables[at]
+            .1
+            .entry(self.hasher.hash_one(lookup))
+            .or_default();
+        if let Some((_, existing)) = find_in(bucket, lookup) {
             return Err(Duplicate {
                 consumer: existing.consumer.username().to_owned(),
             });
         }
-        let hash = self.hasher.hash_one(lookup.as_bytes());
-        self.tables[at]
-            .1
-            .entry(hash)
-            .or_default()
-            .push((lookup.as_bytes().into(), credential));
+        bucket.push((lookup.into(), credential));
         Ok(())
     }
 
     pub fn find(&self, plugin: &str, lookup: &str) -> Option<&Credential> {
         let (_, table) = self.tables.iter().find(|(p, _)| *p == plugin)?;
         let lookup = lookup.as_bytes();
-        table
-            .get(&self.hasher.hash_one(lookup))?
-            .iter()
-            .find(|(value, _)| bool::from(value.ct_eq(lookup)))
-            .map(|(_, credential)| credential)
+        let bucket = table.get(&self.hasher.hash_one(lookup))?;
+        find_in(bucket, lookup).map(|(_, credential)| credential)
     }
+}
+
+/// The entry of a bucket whose value is `lookup`, compared in constant time.
+fn find_in<'b>(
+    bucket: &'b [(Box<[u8]>, Credential)],
+    lookup: &[u8],
+) -> Option<&'b (Box<[u8]>, Credential)> {
+    bucket
+        .iter()
+        .find(|(value, _)| bool::from(value.ct_eq(lookup)))
 }
 
 /// Hashes a keyed hash by taking it as it is: it is uniform already, and hashing it again,
