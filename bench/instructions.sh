@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by callgrind: a figure that does not move with the noise
 # of a shared machine, for comparing two builds or a route with and without plugins. One
-# Pylon worker serves a bare route and a route with key-auth + proxy-rewrite + request-id +
-# cors (as bench/plugins.sh); one keep-alive client sends 500, then 2,500 requests to each,
-# and the difference of the two counts over 2,000 is the figure (start-up cancels out).
+# Pylon worker serves the bare and the chain routes of bench/plugin-routes.py (key-auth +
+# proxy-rewrite + request-id + cors); one keep-alive client sends 500, then 2,500 requests
+# to each, and the difference of the two counts over 2,000 is the figure (start-up cancels
+# out).
 # Counts user-space instructions only: the kernel's share of a request (most of its CPU
 # time, see BENCHMARKS.md) is not in them.
 #
@@ -25,22 +26,7 @@ trap cleanup EXIT
 sed "s#PREFIX#$tmp#g" bench/protocols-upstream-nginx.conf > "$tmp/upstream.conf"
 nginx -c "$tmp/upstream.conf" -p "$tmp" & upstream=$!
 cp bench/pylon-node.yaml "$tmp/node.yaml"
-python3 - > "$tmp/routes.yaml" <<'PY'
-import json
-upstream = {"nodes": {"127.0.0.1:1980": 1}}
-print(json.dumps({
-    "routes": [
-        {"id": "bare", "uri": "/bare", "upstream": upstream},
-        {"id": "chain", "uri": "/chain", "upstream": upstream, "plugins": {
-            "key-auth": {},
-            "proxy-rewrite": {"headers": {"set": {"X-Consumer": "$consumer_name"}}},
-            "request-id": {},
-            "cors": {},
-        }},
-    ],
-    "consumers": [{"username": "bench-user", "plugins": {"key-auth": {"key": "bench-key"}}}],
-}, indent=1))
-PY
+python3 bench/plugin-routes.py > "$tmp/routes.yaml"
 
 count() { # binary path header requests -> instructions of the whole run
     local out=$tmp/callgrind.out

@@ -23,28 +23,7 @@ payload=$(printf '{"key":"bench-user","exp":%d}' $(( $(date +%s) + 86400 )) | b6
 signature=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign "$tmp/key.pem" | b64url)
 token="$header.$payload.$signature"
 
-# JSON is YAML: the public key's newlines need no indentation games.
-python3 - "$tmp/pub.pem" > "$tmp/routes.yaml" <<'PY'
-import json, sys
-upstream = {"nodes": {"127.0.0.1:1980": 1}}
-print(json.dumps({
-    "routes": [
-        {"id": "bare", "uri": "/bare", "upstream": upstream},
-        {"id": "chain", "uri": "/chain", "upstream": upstream, "plugins": {
-            "key-auth": {},
-            "proxy-rewrite": {"headers": {"set": {"X-Consumer": "$consumer_name"}}},
-            "request-id": {},
-            "cors": {},
-        }},
-        {"id": "jwt", "uri": "/jwt", "upstream": upstream, "plugins": {"jwt-auth": {}}},
-    ],
-    "consumers": [{"username": "bench-user", "plugins": {
-        "key-auth": {"key": "bench-key"},
-        "jwt-auth": {"key": "bench-user", "algorithm": "RS256",
-                     "public_key": open(sys.argv[1]).read()},
-    }}],
-}, indent=1))
-PY
+python3 bench/plugin-routes.py "$tmp/pub.pem" > "$tmp/routes.yaml"
 ./target/release/pylon validate "$tmp/routes.yaml"
 
 run() { # name path header

@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""The routes of the plugin benchmarks (bench/plugins.sh, bench/instructions.sh), as a
+standalone configuration (JSON is YAML: a PEM key's newlines need no indentation games):
+
+  bare   no plugins
+  chain  key-auth + proxy-rewrite (a header from $consumer_name) + request-id + cors
+  jwt    jwt-auth RS256, when the consumer's public key (a PEM file) is given
+
+usage: plugin-routes.py [PUBLIC_KEY_PEM] > routes.yaml
+"""
+import json
+import sys
+
+upstream = {"nodes": {"127.0.0.1:1980": 1}}
+routes = [
+    {"id": "bare", "uri": "/bare", "upstream": upstream},
+    {"id": "chain", "uri": "/chain", "upstream": upstream, "plugins": {
+        "key-auth": {},
+        "proxy-rewrite": {"headers": {"set": {"X-Consumer": "$consumer_name"}}},
+        "request-id": {},
+        "cors": {},
+    }},
+]
+consumer_plugins = {"key-auth": {"key": "bench-key"}}
+if len(sys.argv) > 1:
+    routes.append({"id": "jwt", "uri": "/jwt", "upstream": upstream, "plugins": {"jwt-auth": {}}})
+    with open(sys.argv[1]) as key:
+        consumer_plugins["jwt-auth"] = {
+            "key": "bench-user", "algorithm": "RS256", "public_key": key.read(),
+        }
+print(json.dumps({
+    "routes": routes,
+    "consumers": [{"username": "bench-user", "plugins": consumer_plugins}],
+}, indent=1))
