@@ -1,5 +1,6 @@
-//! Regular-expression substitution over bytes, with nginx's (`ngx.re.sub`) template and
-//! option syntax, so that configurations written for APISIX mean the same here.
+//! Regular-expression substitution with nginx's (`ngx.re.sub`) replacement and option
+//! syntax, so that configurations written for APISIX mean the same here: over bytes for
+//! bodies (`response-rewrite`), and the replacement parser `regex_uri` uses too.
 
 use std::borrow::Cow;
 
@@ -10,8 +11,7 @@ use regex::bytes::{Regex, RegexBuilder};
 #[derive(Debug)]
 pub(crate) struct RegexSub {
     regex: Regex,
-    /// The replacement in the regex crate's syntax (`${1}`, `$$`).
-    replacement: String,
+    replacement: Vec<Piece>,
     /// Every match, or only the first.
     global: bool,
 }
@@ -50,8 +50,18 @@ impl RegexSub {
                 format!("regex \"{pattern}\" validation failed: {e}"),
             )
         })?;
-        let replacement = replacement(template, regex.captures_len())
+        let replacement = parse_replacement(template)
             .map_err(|reason| FieldError::new(format!("{path}.replace"), reason))?;
+        let groups = regex.captures_len() - 1;
+        if let Some(group) = replacement.iter().find_map(|piece| match piece {
+            Piece::Group(group) if *group > groups => Some(group),
+            _ => None,
+        }) {
+            return Err(FieldError::new(
+                format!("{path}.replace"),
+                format!("refers to group {group}, and the regex has {groups} groups"),
+            ));
+        }
         Ok(RegexSub {
             regex,
             replacement,
@@ -61,50 +71,79 @@ impl RegexSub {
 
     /// `input` with the first match (or every match) replaced; borrowed when nothing matched.
     pub fn apply<'a>(&self, input: &'a [u8]) -> Cow<'a, [u8]> {
-        let limit = if self.global { 0 } else { 1 };
-        self.regex
-            .replacen(input, limit, self.replacement.as_bytes())
+        let limit = if self.global { usize::MAX } else { 1 };
+        let mut out = Vec::new();
+        let mut copied = 0;
+        let mut matched = false;
+        for captures in self.regex.captures_iter(input).take(limit) {
+            let whole = captures.get_match();
+            out.extend_from_slice(&input[copied..whole.start()]);
+            for piece in &self.replacement {
+                match piece {
+                    Piece::Text(text) => out.extend_from_slice(text.as_bytes()),
+                    Piece::Group(i) => {
+                        out.extend_from_slice(captures.get(*i).map_or(&[][..], |m| m.as_bytes()))
+                    }
+                }
+            }
+            copied = whole.end();
+            matched = true;
+        }
+        if !matched {
+            return Cow::Borrowed(input);
+        }
+        out.extend_from_slice(&input[copied..]);
+        Cow::Owned(out)
     }
 }
 
-/// nginx's template (`$0`, `$1`, `${1}`, `$$`) in the regex crate's syntax, where `$1a`
-/// would name a group `1a`: every group reference becomes `${n}`. A reference to a group
-/// the pattern does not have, or a `$` followed by anything else, is refused.
-fn replacement(template: &str, groups: usize) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len() + 4);
-    let mut rest = template;
+/// A replacement's parts: text as it is, and the groups of a match.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Piece {
+    Text(String),
+    Group(usize),
+}
+
+/// Parses an `ngx.re.sub` replacement: `$N` and `${N}` name a group, `$$` is a `$`, and any
+/// other `$` is an error, as nginx says.
+pub(crate) fn parse_replacement(replacement: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut rest = replacement;
     while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at + 1..];
-        let (digits, after) = if let Some(braced) = rest.strip_prefix('{') {
-            let end = braced
-                .find('}')
-                .ok_or("unterminated `${` in the replacement")?;
-            (&braced[..end], &braced[end + 1..])
-        } else if let Some(after) = rest.strip_prefix('$') {
-            out.push_str("$$");
-            rest = after;
+        text.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (digits, consumed) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').ok_or_else(|| {
+                format!("the closing bracket in \"{replacement}\" variable is missing")
+            })?;
+            (&braced[..end], end + 2)
+        } else if let Some(after_dollar) = after.strip_prefix('$') {
+            text.push('$');
+            rest = after_dollar;
             continue;
         } else {
-            let end = rest
+            let end = after
                 .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            (&rest[..end], &rest[end..])
+                .unwrap_or(after.len());
+            (&after[..end], end)
         };
-        let group: usize = digits
+        let group = digits
             .parse()
-            .map_err(|_| "`$` must be followed by a group number, `{n}` or `$`".to_owned())?;
-        if group >= groups {
-            return Err(format!(
-                "refers to group {group}, and the regex has {} groups",
-                groups - 1
-            ));
+            .ok()
+            .filter(|_| digits.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| format!("invalid capturing variable name found in \"{replacement}\""))?;
+        if !text.is_empty() {
+            pieces.push(Piece::Text(std::mem::take(&mut text)));
         }
-        out.push_str(&format!("${{{group}}}"));
-        rest = after;
+        pieces.push(Piece::Group(group));
+        rest = &after[consumed..];
     }
-    out.push_str(rest);
-    Ok(out)
+    text.push_str(rest);
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
 }
 
 #[cfg(test)]

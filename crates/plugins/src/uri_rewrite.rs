@@ -1,20 +1,16 @@
 //! New request targets made from the client's: `regex_uri` substitutions, as nginx's
-//! `ngx.re.sub` makes them (`$1`, `${1}` and `$$` in the replacement, first match only), and
+//! `ngx.re.sub` makes them (see [`parse_replacement`], first match only), and
 //! the encoding that keeps a rewritten target fit for a request line or a `Location`.
 
 use regex::Regex;
+
+use crate::regex_sub::{parse_replacement, Piece};
 
 /// One `regex_uri` pair: a pattern, and the replacement for its first match.
 #[derive(Debug)]
 pub(crate) struct RegexUri {
     pattern: Regex,
     replacement: Vec<Piece>,
-}
-
-#[derive(Debug, PartialEq)]
-enum Piece {
-    Text(String),
-    Group(usize),
 }
 
 /// A `regex_uri` substitution that happened: the new target and the pattern's groups
@@ -52,48 +48,6 @@ impl RegexUri {
             .collect();
         Some(Substituted { target, groups })
     }
-}
-
-/// Parses an `ngx.re.sub` replacement: `$N` and `${N}` name a group, `$$` is a `$`, and any
-/// other `$` is an error, as nginx says.
-fn parse_replacement(replacement: &str) -> Result<Vec<Piece>, String> {
-    let mut pieces = Vec::new();
-    let mut text = String::new();
-    let mut rest = replacement;
-    while let Some(at) = rest.find('$') {
-        text.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        let (digits, consumed) = if let Some(braced) = after.strip_prefix('{') {
-            let end = braced.find('}').ok_or_else(|| {
-                format!("the closing bracket in \"{replacement}\" variable is missing")
-            })?;
-            (&braced[..end], end + 2)
-        } else if let Some(after_dollar) = after.strip_prefix('$') {
-            text.push('$');
-            rest = after_dollar;
-            continue;
-        } else {
-            let end = after
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(after.len());
-            (&after[..end], end)
-        };
-        let group = digits
-            .parse()
-            .ok()
-            .filter(|_| digits.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| format!("invalid capturing variable name found in \"{replacement}\""))?;
-        if !text.is_empty() {
-            pieces.push(Piece::Text(std::mem::take(&mut text)));
-        }
-        pieces.push(Piece::Group(group));
-        rest = &after[consumed..];
-    }
-    text.push_str(rest);
-    if !text.is_empty() {
-        pieces.push(Piece::Text(text));
-    }
-    Ok(pieces)
 }
 
 /// A rewritten target made safe to send: the path percent-encodes what a path may not hold
