@@ -5,13 +5,14 @@
 //! one lookup per label, longest suffix first, and never the bare `example.com`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A parsed `hosts` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
-    Exact(Box<str>),
+    Exact(Arc<str>),
     /// The suffix with its leading dot: `.example.com` for `*.example.com`.
-    Wildcard(Box<str>),
+    Wildcard(Arc<str>),
 }
 
 impl HostPattern {
@@ -38,11 +39,12 @@ impl HostPattern {
     }
 }
 
-/// Something per host pattern (the router keeps a path tree per host).
-#[derive(Debug)]
+/// Something per host pattern (the router keeps a path tree per host). Keys are shared, so
+/// a clone copies no host name.
+#[derive(Debug, Clone)]
 pub struct HostTable<V> {
-    exact: HashMap<Box<str>, V>,
-    wildcard: HashMap<Box<str>, V>,
+    exact: HashMap<Arc<str>, V>,
+    wildcard: HashMap<Arc<str>, V>,
 }
 
 impl<V> Default for HostTable<V> {
@@ -59,6 +61,20 @@ impl<V: Default> HostTable<V> {
         match pattern {
             HostPattern::Exact(host) => self.exact.entry(host.clone()).or_default(),
             HostPattern::Wildcard(suffix) => self.wildcard.entry(suffix.clone()).or_default(),
+        }
+    }
+}
+
+impl<V> HostTable<V> {
+    /// Changes the value of `pattern`, if there is one, and drops it when `change` says it is
+    /// left empty.
+    pub fn remove_if(&mut self, pattern: &HostPattern, change: impl FnOnce(&mut V) -> bool) {
+        let (map, key) = match pattern {
+            HostPattern::Exact(host) => (&mut self.exact, host),
+            HostPattern::Wildcard(suffix) => (&mut self.wildcard, suffix),
+        };
+        if map.get_mut(key).is_some_and(change) {
+            map.remove(key);
         }
     }
 }

@@ -24,9 +24,9 @@ mod router;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-pub use error::RouterError;
+pub use error::{RouteError, RouterError};
 pub use host::{HostPattern, HostTable};
-pub use router::Router;
+pub use router::{Router, RouterBuilder};
 
 /// Whether a request matches a `vars` expression (a route's, or a plugin's `_meta.filter`).
 pub fn eval_vars(expr: &pylon_model::expr::Expr, request: &impl RequestView) -> bool {

@@ -7,6 +7,7 @@
 //! the path literally wins, and `exact > :param > prefix*` where they diverge.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Index of a route in the router's table.
 pub(crate) type RouteId = usize;
@@ -61,17 +62,22 @@ impl Pattern {
     }
 }
 
-/// Routes by path pattern. Within one pattern, routes are kept in insertion order, so the
-/// builder inserts them in preference order (priority, then position).
-#[derive(Debug, Default)]
+/// Routes by path pattern. Within one pattern, routes are kept in precedence order, as the
+/// caller's `precedes` says when each is inserted.
+///
+/// A tree is persistent: cloning it is one reference count, and inserting into or removing from
+/// a clone copies only the nodes on the changed pattern's path. That is what lets a
+/// configuration change touch a handful of nodes however many routes there are, while the
+/// workers keep reading the version they hold.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct PathTree {
-    root: Node,
+    root: Arc<Node>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Node {
-    literals: HashMap<Box<str>, Node>,
-    param: Option<Box<Node>>,
+    literals: HashMap<Box<str>, Arc<Node>>,
+    param: Option<Arc<Node>>,
     /// Routes whose pattern ends exactly here.
     exact: Vec<RouteId>,
     /// Prefix patterns whose last, partial segment starts here, by that partial segment.
@@ -82,13 +88,26 @@ struct Node {
 }
 
 impl PathTree {
-    pub(crate) fn insert(&mut self, pattern: &Pattern, route: RouteId) {
-        let mut node = &mut self.root;
+    /// Adds `route` under `pattern`, before the first route of that pattern it `precedes`.
+    pub(crate) fn insert(
+        &mut self,
+        pattern: &Pattern,
+        route: RouteId,
+        precedes: impl Fn(RouteId, RouteId) -> bool,
+    ) {
+        let mut node = Arc::make_mut(&mut self.root);
         for segment in &pattern.segments {
-            node = match segment {
-                Segment::Literal(s) => node.literals.entry(s.clone()).or_default(),
+            let child = match segment {
+                Segment::Literal(s) => {
+                    // Look up before inserting: the key is cloned only for a new node.
+                    if !node.literals.contains_key(s) {
+                        node.literals.insert(s.clone(), Arc::default());
+                    }
+                    node.literals.get_mut(s).expect("inserted above")
+                }
                 Segment::Param => node.param.get_or_insert_with(Default::default),
             };
+            node = Arc::make_mut(child);
         }
         let routes = match &pattern.prefix {
             None => &mut node.exact,
@@ -103,9 +122,22 @@ impl PathTree {
             }
         };
         // A route listing the same uri twice needs one entry.
-        if routes.last() != Some(&route) {
-            routes.push(route);
+        if !routes.contains(&route) {
+            let at = routes
+                .iter()
+                .position(|&other| precedes(route, other))
+                .unwrap_or(routes.len());
+            routes.insert(at, route);
         }
+    }
+
+    /// Takes `route` out from under `pattern`, and drops the nodes it leaves empty.
+    pub(crate) fn remove(&mut self, pattern: &Pattern, route: RouteId) {
+        Arc::make_mut(&mut self.root).remove(&pattern.segments, pattern.prefix.as_deref(), route);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.root.is_empty()
     }
 
     /// The first route, in precedence order, whose pattern matches `path` and that `accept`s.
@@ -148,6 +180,49 @@ impl Node {
             .filter_map(|partial| self.prefixes.get(partial))
             .find_map(|routes| first(routes, accept))
     }
+
+    /// Removes `route` from the pattern `segments`+`prefix` below this node; says whether
+    /// the node is left empty, for its parent to drop it.
+    fn remove(&mut self, segments: &[Segment], prefix: Option<&str>, route: RouteId) -> bool {
+        match segments.split_first() {
+            Some((Segment::Literal(s), rest)) => {
+                if let Some(child) = self.literals.get_mut(s) {
+                    if Arc::make_mut(child).remove(rest, prefix, route) {
+                        self.literals.remove(s);
+                    }
+                }
+            }
+            Some((Segment::Param, rest)) => {
+                if let Some(child) = &mut self.param {
+                    if Arc::make_mut(child).remove(rest, prefix, route) {
+                        self.param = None;
+                    }
+                }
+            }
+            None => match prefix {
+                None => self.exact.retain(|&r| r != route),
+                Some(partial) => {
+                    if let Some(routes) = self.prefixes.get_mut(partial) {
+                        routes.retain(|&r| r != route);
+                        if routes.is_empty() {
+                            self.prefixes.remove(partial);
+                            if !self.prefixes.keys().any(|p| p.len() == partial.len()) {
+                                self.prefix_lens.retain(|&len| len != partial.len());
+                            }
+                        }
+                    }
+                }
+            },
+        }
+        self.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.literals.is_empty()
+            && self.param.is_none()
+            && self.exact.is_empty()
+            && self.prefixes.is_empty()
+    }
 }
 
 fn first(routes: &[RouteId], accept: &mut impl FnMut(RouteId) -> bool) -> Option<RouteId> {
@@ -161,7 +236,7 @@ mod tests {
     fn tree(uris: &[&str]) -> PathTree {
         let mut tree = PathTree::default();
         for (id, uri) in uris.iter().enumerate() {
-            tree.insert(&Pattern::parse(uri).unwrap(), id);
+            tree.insert(&Pattern::parse(uri).unwrap(), id, |_, _| false);
         }
         tree
     }
@@ -249,8 +324,8 @@ mod tests {
     fn routes_of_one_pattern_keep_insertion_order() {
         let mut t = PathTree::default();
         for id in [7, 3, 5] {
-            t.insert(&Pattern::parse("/same").unwrap(), id);
-            t.insert(&Pattern::parse("/p/*").unwrap(), id);
+            t.insert(&Pattern::parse("/same").unwrap(), id, |_, _| false);
+            t.insert(&Pattern::parse("/p/*").unwrap(), id, |_, _| false);
         }
         let mut seen = Vec::new();
         assert_eq!(

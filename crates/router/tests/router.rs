@@ -403,3 +403,120 @@ fn router_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Router<String>>();
 }
+
+/// A router changed route by route routes every request as one built afresh from the routes it
+/// ends with: random sequences of inserts, replacements and removals over a small vocabulary
+/// (so patterns, hosts and priorities collide often), checked against every request of a
+/// generated set after each step.
+#[test]
+fn a_router_changed_route_by_route_matches_one_built_afresh() {
+    use pylon_router::RouterBuilder;
+    use std::collections::BTreeMap;
+
+    const URIS: [&str; 9] = [
+        "/", "/a", "/a/", "/a/:id", "/a/*", "/a/b", "/a/b/c", "/b*", "/:x/b",
+    ];
+    const HOSTS: [&str; 3] = ["x.com", "*.x.com", "y.x.com"];
+    const METHODS: [&str; 2] = ["GET", "POST"];
+    let paths = [
+        "/", "/a", "/a/", "/a/1", "/a/b", "/a/b/c", "/b", "/bb/x", "/z/b",
+    ];
+    let hosts = [
+        None,
+        Some("x.com"),
+        Some("y.x.com"),
+        Some("z.x.com"),
+        Some("o.org"),
+    ];
+
+    let spec = |rng: &mut fastrand::Rng, name: &'static str| {
+        let mut r = RouteSpec::new(URIS[rng.usize(..URIS.len())], name);
+        if rng.bool() {
+            r.uris.push(URIS[rng.usize(..URIS.len())].to_owned());
+        }
+        match rng.usize(..3) {
+            0 => {}
+            1 => r.hosts = vec![HOSTS[rng.usize(..HOSTS.len())].to_owned()],
+            _ => r.hosts = HOSTS.iter().map(|h| h.to_string()).collect(),
+        }
+        if rng.bool() {
+            r.methods = vec![METHODS[rng.usize(..METHODS.len())].to_owned()];
+        }
+        r.priority = rng.i64(0..3);
+        r
+    };
+    let names: Vec<&'static str> = (0..24)
+        .map(|i| &*Box::leak(format!("r{i:02}").into_boxed_str()))
+        .collect();
+
+    for seed in 0..40 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut builder = RouterBuilder::<&'static str, &'static str>::new();
+        let mut current: BTreeMap<&'static str, RouteSpec<&'static str>> = BTreeMap::new();
+        for step in 0..60 {
+            let name = names[rng.usize(..names.len())];
+            if rng.usize(..4) == 0 {
+                assert_eq!(builder.remove(&name), current.remove(name).is_some());
+            } else {
+                let r = spec(&mut rng, name);
+                builder.insert(name, r.clone()).unwrap();
+                current.insert(name, r);
+            }
+            // Keys in order are list order: the fresh router's tie-break is the same.
+            let fresh = Router::new(current.values().cloned().collect()).unwrap();
+            let changed = builder.router();
+            assert_eq!(changed.len(), fresh.len());
+            for path in paths {
+                for host in hosts {
+                    for method in METHODS {
+                        let mut req = Req::get(path).method(method);
+                        req.host = host.map(str::to_owned);
+                        assert_eq!(
+                            changed.find(&req),
+                            fresh.find(&req),
+                            "seed {seed} step {step}: {method} {host:?} {path}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A version taken from the builder is a snapshot: later changes do not reach it.
+#[test]
+fn a_router_version_is_not_changed_by_later_changes() {
+    use pylon_router::RouterBuilder;
+
+    let mut builder = RouterBuilder::<&'static str, &'static str>::new();
+    builder.insert("a", route("/a", "a")).unwrap();
+    builder
+        .insert("h", with_hosts(route("/h", "h"), &["x.com"]))
+        .unwrap();
+    let v1 = builder.router();
+    builder.remove(&"a");
+    builder.insert("h", route("/other", "h2")).unwrap();
+    builder.insert("b", route("/a", "b")).unwrap();
+    let v2 = builder.router();
+
+    assert_eq!(v1.find(&Req::get("/a")), Some(&"a"));
+    assert_eq!(v1.find(&Req::get("/h").host("x.com")), Some(&"h"));
+    assert_eq!(v1.len(), 2);
+    assert_eq!(v2.find(&Req::get("/a")), Some(&"b"));
+    assert_eq!(v2.find(&Req::get("/h").host("x.com")), None);
+    assert_eq!(v2.find(&Req::get("/other")), Some(&"h2"));
+}
+
+/// A route with a bad field is refused and the router keeps the version of that key it had.
+#[test]
+fn a_refused_route_leaves_the_router_as_it_was() {
+    use pylon_router::RouterBuilder;
+
+    let mut builder = RouterBuilder::<&'static str, &'static str>::new();
+    builder.insert("a", route("/a", "a")).unwrap();
+    let mut bad = route("/a", "bad");
+    bad.remote_addrs = vec!["10.0.0.300".into()];
+    let err = builder.insert("a", bad).unwrap_err();
+    assert_eq!(err.field(), "remote_addrs[0]");
+    assert_eq!(builder.router().find(&Req::get("/a")), Some(&"a"));
+}
