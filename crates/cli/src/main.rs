@@ -270,7 +270,7 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
                     Arc::new(tls),
                     keyring.clone(),
                 );
-                publisher.publish_current()?;
+                publisher.publish_current();
                 Some(publisher)
             }
             None => None,

@@ -256,6 +256,20 @@ impl Config {
         }
     }
 
+    /// The key of every resource.
+    pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        fn of<V>(kind: Kind, map: &BTreeMap<String, V>) -> impl Iterator<Item = Key> + '_ {
+            map.keys().map(move |id| Key::new(kind, id))
+        }
+        of(Kind::Routes, &self.routes)
+            .chain(of(Kind::Services, &self.services))
+            .chain(of(Kind::Upstreams, &self.upstreams))
+            .chain(of(Kind::GlobalRules, &self.global_rules))
+            .chain(of(Kind::PluginConfigs, &self.plugin_configs))
+            .chain(of(Kind::Ssls, &self.ssls))
+            .chain(self.others.keys().cloned())
+    }
+
     /// Removes one resource, if present.
     pub fn remove(&mut self, key: &Key) {
         let id = key.id.as_str();

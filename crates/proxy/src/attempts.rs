@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use pylon_balancer::BalancerState;
@@ -102,7 +103,7 @@ pub(crate) struct GaveUp<'v> {
 /// The attempts of one request on one upstream.
 pub(crate) struct Attempts<'v> {
     upstream: &'v UpstreamTarget,
-    balancer: &'v RefCell<BalancerState>,
+    balancer: Rc<RefCell<BalancerState>>,
     hash_key: Option<String>,
     idempotent: bool,
     started: Instant,
@@ -115,21 +116,21 @@ struct Attempt<'v> {
     node: &'v NodeTarget,
     index: usize,
     started: Instant,
-    balancer: &'v RefCell<BalancerState>,
+    balancer: Rc<RefCell<BalancerState>>,
     finished: bool,
 }
 
 impl<'v> Attempts<'v> {
     pub fn new(
         view: &'v WorkerView,
-        route: &RouteTarget,
+        route: &'v RouteTarget,
         vars: &impl RequestView,
         method: &str,
     ) -> Self {
-        let upstream = &view.snapshot.upstreams[route.upstream];
+        let upstream = &*route.upstream;
         Attempts {
             upstream,
-            balancer: &view.balancers[route.upstream],
+            balancer: view.balancer(upstream),
             hash_key: upstream.hash_key.as_ref().map(|key| key.render(vars)),
             idempotent: is_idempotent(method),
             started: Instant::now(),
@@ -227,7 +228,7 @@ impl<'v> Attempts<'v> {
             node: &self.upstream.nodes[index],
             index,
             started: Instant::now(),
-            balancer: self.balancer,
+            balancer: self.balancer.clone(),
             finished: false,
         })
     }
@@ -310,6 +311,20 @@ impl Drop for Attempt<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::Snapshot;
+
+    /// The upstream of the route `GET /` matches.
+    fn only_upstream(snapshot: &Snapshot) -> std::sync::Arc<UpstreamTarget> {
+        let head = crate::http1::RequestHead::from_wire("GET / HTTP/1.1\r\n\r\n");
+        let vars = crate::vars::RequestVars {
+            head: &head,
+            host: None,
+            client: "127.0.0.1:1000".parse().unwrap(),
+            local: "127.0.0.1:9080".parse().unwrap(),
+            tls: None,
+        };
+        snapshot.router.find(&vars).unwrap().upstream.clone()
+    }
 
     #[test]
     fn only_idempotent_requests_go_again_once_the_upstream_may_have_acted() {
@@ -339,18 +354,12 @@ mod tests {
     fn an_abandoned_attempt_is_no_longer_counted_in_flight() {
         let text = "upstreams:\n  - {id: u, type: least_conn, nodes: {\"127.0.0.1:1\": 1, \"127.0.0.1:2\": 1}}\nroutes:\n  - {id: r, uri: /, upstream_id: u}\n";
         let config = pylon_model::parse_standalone(text).unwrap().1;
-        let snapshot = crate::snapshot::Snapshot::compile(
-            &config,
-            1,
-            &crate::settings::UpstreamDefaults::default(),
-            &crate::tls::TlsContext::new(None, None).unwrap(),
-        )
-        .unwrap()
-        .snapshot;
+        let snapshot = crate::snapshot::Snapshot::compile(&config);
+        let upstream = only_upstream(&snapshot);
         let view = WorkerView::new(std::sync::Arc::new(snapshot), None);
         let route = RouteTarget {
             id: "r".into(),
-            upstream: 0,
+            upstream,
             timeouts: crate::snapshot::Timeouts {
                 connect: Duration::from_secs(1),
                 send: Duration::from_secs(1),
@@ -381,8 +390,8 @@ mod tests {
         assert_eq!(picks, [2, 2]);
     }
 
-    #[test]
-    fn unhealthy_nodes_are_skipped_until_none_is_healthy() {
+    #[tokio::test]
+    async fn unhealthy_nodes_are_skipped_until_none_is_healthy() {
         let text = r#"
 upstreams:
   - id: u
@@ -395,15 +404,8 @@ routes:
   - {id: r, uri: /, upstream_id: u}
 "#;
         let config = pylon_model::parse_standalone(text).unwrap().1;
-        let snapshot = crate::snapshot::Snapshot::compile(
-            &config,
-            1,
-            &crate::settings::UpstreamDefaults::default(),
-            &crate::tls::TlsContext::new(None, None).unwrap(),
-        )
-        .unwrap()
-        .snapshot;
-        let upstream = &snapshot.upstreams[0];
+        let snapshot = crate::snapshot::Snapshot::compile(&config);
+        let upstream = &*only_upstream(&snapshot);
         let health = upstream.health.as_ref().unwrap();
         let mut state = upstream.balancer.new_state();
         let mut picks = |tried: &[usize]| -> Vec<usize> {

@@ -11,6 +11,7 @@
 
 mod access_log;
 mod attempts;
+mod compile;
 mod control;
 mod downstream;
 mod error;

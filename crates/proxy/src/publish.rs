@@ -1,9 +1,9 @@
 //! The control side of configuration: follow the process's [`Replica`] of the store, and for
 //! every new view validate, compile and publish a new snapshot.
 //!
-//! Resources are parsed once per version: a view that changes one route of ten thousand
-//! re-parses that route only, and the snapshot compile is the only whole-configuration cost.
-//! A resource that does not validate, or a route whose references are missing, is left out
+//! Resources are parsed once per version, and compiled as their change requires: a view that
+//! changes one route of ten thousand re-parses and recompiles that route only (see
+//! [`crate::compile`]). A resource that does not validate, or a route whose references are missing, is left out
 //! and logged; the rest of the configuration is served. (The YAML store refuses a file with
 //! any error before it gets here, so a file is applied whole or not at all.)
 
@@ -14,16 +14,16 @@ use pylon_model::{Config, FieldError, Key, Kind, Resource, ValidationErrors};
 use pylon_store::{Keyring, Replica, Revision, View};
 use tokio::sync::watch;
 
+use crate::compile::Compiler;
 use crate::health::HealthRegistry;
 use crate::settings::UpstreamDefaults;
-use crate::snapshot::{CompileError, Snapshot, SnapshotCell};
+use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::tls::TlsContext;
 
 pub struct Publisher {
     views: watch::Receiver<Arc<View>>,
     cell: SnapshotCell,
-    defaults: UpstreamDefaults,
-    tls: Arc<TlsContext>,
+    compiler: Compiler,
     /// Opens the SSL private keys, which the store holds sealed.
     keyring: Arc<Keyring>,
     health: Arc<HealthRegistry>,
@@ -48,13 +48,13 @@ impl Publisher {
         tls: Arc<TlsContext>,
         keyring: Arc<Keyring>,
     ) -> Self {
+        let health = Arc::<HealthRegistry>::default();
         Self {
             views: replica.subscribe(),
             cell,
-            defaults,
-            tls,
+            compiler: Compiler::new(defaults, tls, health.clone()),
             keyring,
-            health: Arc::default(),
+            health,
             config: Config::default(),
             parsed: BTreeMap::new(),
             served: watch::Sender::new(0),
@@ -74,72 +74,64 @@ impl Publisher {
     }
 
     /// Publishes the replica's current view.
-    pub fn publish_current(&mut self) -> Result<Arc<Snapshot>, CompileError> {
+    pub fn publish_current(&mut self) -> Arc<Snapshot> {
         let view = self.views.borrow_and_update().clone();
-        self.publish(&view)?;
-        Ok(self.cell.load_full())
+        self.publish(&view);
+        self.cell.load_full()
     }
 
     /// Publishes every new view, for ever.
     pub async fn follow(mut self) {
         while self.views.changed().await.is_ok() {
             let view = self.views.borrow_and_update().clone();
-            if let Err(e) = self.publish(&view) {
-                tracing::error!(
-                    revision = view.revision,
-                    "configuration not published: {e}; still serving revision {}",
-                    self.cell.load().revision
-                );
-            }
+            self.publish(&view);
         }
     }
 
-    fn publish(&mut self, view: &View) -> Result<(), CompileError> {
+    fn publish(&mut self, view: &View) {
         let started = std::time::Instant::now();
         let changed = self.update_config(view);
-        if !changed && view.revision == self.cell.load().revision {
-            return Ok(());
+        if changed.is_empty() && view.revision == self.cell.load().revision {
+            return;
         }
-        let compiled = Snapshot::compile(&self.config, view.revision, &self.defaults, &self.tls)?;
-        for skipped in &compiled.skipped {
-            tracing::error!(revision = view.revision, "route not served: {skipped}");
+        let compiled = self.compiler.update(&self.config, &changed, view.revision);
+        for e in &compiled.not_served {
+            tracing::error!(revision = view.revision, "not served: {e}");
         }
-        let mut snapshot = compiled.snapshot;
-        self.health.attach(&mut snapshot);
-        let routes = snapshot.router.len();
-        self.retired = Some(self.cell.swap(Arc::new(snapshot)));
+        let routes = compiled.snapshot.router.len();
+        self.retired = Some(self.cell.swap(Arc::new(compiled.snapshot)));
         self.served.send_replace(view.revision);
         tracing::info!(
             revision = view.revision,
             routes,
+            changed = changed.len(),
             publish_ms = started.elapsed().as_secs_f64() * 1e3,
             "configuration published"
         );
-        Ok(())
     }
 
-    /// Brings `config` in step with `view`, parsing only the entries that changed; says
-    /// whether any did.
-    fn update_config(&mut self, view: &View) -> bool {
-        let gone: Vec<Key> = self
-            .parsed
-            .keys()
-            .filter(|key| !view.entries.contains_key(*key))
-            .cloned()
-            .collect();
-        let mut changed = !gone.is_empty();
-        for key in gone {
-            self.parsed.remove(&key);
-            self.config.remove(&key);
-        }
+    /// Brings `config` in step with `view`, parsing only the entries that changed; returns
+    /// the keys that did. Both maps are in key order: one merged walk finds the changes.
+    fn update_config(&mut self, view: &View) -> Vec<Key> {
+        let mut gone = Vec::new();
+        let mut stale = Vec::new();
+        let mut parsed = self.parsed.iter().peekable();
         for (key, entry) in &view.entries {
-            if self
-                .parsed
-                .get(key)
-                .is_some_and(|rev| *rev == entry.mod_revision)
-            {
-                continue;
+            while let Some((old, _)) = parsed.next_if(|(old, _)| *old < key) {
+                gone.push(old.clone());
             }
+            match parsed.next_if(|(old, _)| *old == key) {
+                Some((_, revision)) if *revision == entry.mod_revision => {}
+                _ => stale.push((key, entry)),
+            }
+        }
+        gone.extend(parsed.map(|(old, _)| old.clone()));
+        for key in &gone {
+            self.parsed.remove(key);
+            self.config.remove(key);
+        }
+        let mut changed = gone;
+        for (key, entry) in stale {
             match self.parse(key, &entry.value) {
                 Ok(resource) => self.config.insert(key, resource),
                 Err(errors) => {
@@ -148,7 +140,7 @@ impl Publisher {
                 }
             }
             self.parsed.insert(key.clone(), entry.mod_revision);
-            changed = true;
+            changed.push(key.clone());
         }
         changed
     }

@@ -1,8 +1,8 @@
 //! The compiled configuration: one immutable [`Snapshot`] per config version, published
 //! atomically; and each worker's view of it, which adds the worker's own balancer state.
+//! [`crate::compile`] makes each version from the last, recompiling what a change touches.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pylon_balancer::{Algorithm, BalancerSpec, BalancerState, NodeSpec};
-use pylon_model::{Config, HashOn, PassHost, Route, Service, Timeout, Upstream, UpstreamType};
+use pylon_model::{HashOn, PassHost, Timeout, Upstream, UpstreamType};
 use pylon_plugin::Chain;
-use pylon_plugins::CompiledPlugins;
-use pylon_router::{RequestView, RouteSpec, Router};
+use pylon_router::{RequestView, Router};
 
 use rustls::pki_types::ServerName;
 
@@ -26,10 +25,10 @@ use crate::tls::{server_name, SniTable, TlsContext, UpstreamTls};
 pub struct Snapshot {
     /// The store revision this was compiled from.
     pub revision: u64,
-    pub router: Router<RouteTarget>,
-    pub upstreams: Vec<UpstreamTarget>,
+    /// Routes by id, which is also their order among equals.
+    pub router: Router<RouteTarget, Arc<str>>,
     /// Server certificates for the https listener, by SNI.
-    pub certificates: SniTable,
+    pub certificates: Arc<SniTable>,
     /// The plugins of the global rules: they run for every routed request, before the
     /// route's own.
     pub global_plugins: Chain,
@@ -38,8 +37,7 @@ pub struct Snapshot {
 /// What a matched route leads to.
 pub struct RouteTarget {
     pub id: Arc<str>,
-    /// Index into [`Snapshot::upstreams`].
-    pub upstream: usize,
+    pub upstream: Arc<UpstreamTarget>,
     /// The route's own timeouts, else its upstream's, else the node defaults.
     pub timeouts: Timeouts,
     /// `enable_websocket`, the route's or else its service's.
@@ -59,6 +57,9 @@ pub struct Timeouts {
 pub struct UpstreamTarget {
     /// Where this upstream was defined: `upstreams/1`, or `routes/7` for an inline one.
     pub key: String,
+    /// Where workers keep their balancer state for this upstream: one number per key for as
+    /// long as any route uses it.
+    pub slot: usize,
     /// Changes when anything the balancer state depends on changes.
     pub fingerprint: u64,
     pub nodes: Vec<NodeTarget>,
@@ -132,159 +133,21 @@ pub enum HashPart {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct CompileError(String);
+pub struct CompileError(pub(crate) String);
 
 impl Snapshot {
     pub fn empty() -> Snapshot {
         Snapshot {
             revision: 0,
-            router: Router::new(Vec::new()).expect("an empty router always builds"),
-            upstreams: Vec::new(),
-            certificates: SniTable::default(),
+            router: Router::default(),
+            certificates: Arc::default(),
             global_plugins: Chain::default(),
         }
-    }
-
-    /// Compiles a validated configuration. Host names of nodes are resolved here, on the
-    /// control thread, never on a worker.
-    ///
-    /// A route that cannot be compiled (its upstream or service is missing, or its upstream's
-    /// TLS or checks cannot be built) is left out and reported in `skipped`; every other route
-    /// is served. Only a router that cannot be built at all fails the whole snapshot.
-    pub fn compile(
-        config: &Config,
-        revision: u64,
-        defaults: &UpstreamDefaults,
-        tls: &TlsContext,
-    ) -> Result<Compiled, CompileError> {
-        let mut upstreams = Vec::new();
-        let mut index_of: HashMap<String, usize> = HashMap::new();
-        let mut specs = Vec::new();
-        let (plugins, plugin_errors) = CompiledPlugins::compile(config);
-        let mut skipped: Vec<CompileError> = plugin_errors
-            .into_iter()
-            .map(|e| CompileError(e.to_string()))
-            .collect();
-        for (id, route) in config.routes.iter().filter(|(_, r)| r.is_enabled()) {
-            let service = route
-                .service_id
-                .as_ref()
-                .and_then(|s| config.services.get(s).map(|svc| (s, svc)));
-            let upstream = match route_upstream(config, id, route, service) {
-                Ok(found) => found,
-                Err(e) => {
-                    skipped.push(e);
-                    continue;
-                }
-            };
-            // A route whose plugins cannot all be built is not served: without its
-            // authentication, say, it would be open to anyone.
-            let chain = match plugins.route_chain(id, route) {
-                Ok(chain) => chain,
-                Err(e) => {
-                    skipped.push(CompileError(e.to_string()));
-                    continue;
-                }
-            };
-            let (key, upstream) = upstream;
-            let index = match index_of.get(&key) {
-                Some(&i) => i,
-                None => match compile_upstream(key.clone(), upstream, defaults, tls) {
-                    Ok(target) => {
-                        upstreams.push(target);
-                        index_of.insert(key, upstreams.len() - 1);
-                        upstreams.len() - 1
-                    }
-                    Err(e) => {
-                        skipped.push(CompileError(format!("routes/{id}: {e}")));
-                        continue;
-                    }
-                },
-            };
-            let timeouts = route
-                .timeout
-                .or(upstream.timeout)
-                .map_or_else(|| Timeouts::from_defaults(defaults), Timeouts::from_model);
-            let mut hosts: Vec<String> = route.all_hosts().map(str::to_owned).collect();
-            if hosts.is_empty() {
-                hosts = service
-                    .and_then(|(_, s)| s.hosts.clone())
-                    .unwrap_or_default();
-            }
-            specs.push(RouteSpec {
-                uris: route.all_uris().map(str::to_owned).collect(),
-                hosts,
-                methods: route.methods.clone().unwrap_or_default(),
-                remote_addrs: route.all_remote_addrs().map(str::to_owned).collect(),
-                vars: route.vars.clone(),
-                priority: route.priority,
-                value: RouteTarget {
-                    id: Arc::from(id.as_str()),
-                    upstream: index,
-                    timeouts,
-                    websocket: route
-                        .enable_websocket
-                        .or(service.and_then(|(_, s)| s.enable_websocket))
-                        .unwrap_or(false),
-                    service_id: route.service_id.as_deref().map(Arc::from),
-                    plugins: chain,
-                },
-            });
-        }
-        let router = Router::new(specs).map_err(|e| CompileError(e.to_string()))?;
-        let snapshot = Snapshot {
-            revision,
-            router,
-            upstreams,
-            certificates: SniTable::compile(&config.ssls, tls),
-            global_plugins: plugins.global,
-        };
-        Ok(Compiled { snapshot, skipped })
-    }
-}
-
-/// A compiled snapshot, and the routes that had to be left out of it.
-pub struct Compiled {
-    pub snapshot: Snapshot,
-    pub skipped: Vec<CompileError>,
-}
-
-/// The upstream a route sends to, with the key its runtime state is kept under: its own, its
-/// `upstream_id`'s, or its service's.
-fn route_upstream<'a>(
-    config: &'a Config,
-    id: &str,
-    route: &'a Route,
-    service: Option<(&String, &'a Service)>,
-) -> Result<(String, &'a Upstream), CompileError> {
-    let lookup = |uid: &str| {
-        config
-            .upstreams
-            .get(uid)
-            .map(|u| (format!("upstreams/{uid}"), u))
-            .ok_or_else(|| CompileError(format!("routes/{id}: upstream `{uid}` does not exist")))
-    };
-    if let Some(u) = &route.upstream {
-        return Ok((format!("routes/{id}"), u));
-    }
-    if let Some(uid) = &route.upstream_id {
-        return lookup(uid);
-    }
-    match (&route.service_id, service) {
-        (Some(sid), None) => Err(CompileError(format!(
-            "routes/{id}: service `{sid}` does not exist"
-        ))),
-        (_, Some((sid, svc))) => match (&svc.upstream, &svc.upstream_id) {
-            (Some(u), _) => Ok((format!("services/{sid}"), u)),
-            (None, Some(uid)) => lookup(uid),
-            (None, None) => Err(CompileError(format!("routes/{id}: has no upstream"))),
-        },
-        (None, None) => Err(CompileError(format!("routes/{id}: has no upstream"))),
     }
 }
 
 impl Timeouts {
-    fn from_model(t: Timeout) -> Self {
+    pub(crate) fn from_model(t: Timeout) -> Self {
         Self {
             connect: secs(t.connect),
             send: secs(t.send),
@@ -292,7 +155,7 @@ impl Timeouts {
         }
     }
 
-    fn from_defaults(d: &UpstreamDefaults) -> Self {
+    pub(crate) fn from_defaults(d: &UpstreamDefaults) -> Self {
         Self {
             connect: secs(d.connect_timeout),
             send: secs(d.send_timeout),
@@ -301,8 +164,10 @@ impl Timeouts {
     }
 }
 
-fn compile_upstream(
+/// Compiles one upstream, which workers will find their balancer state for at `slot`.
+pub(crate) fn compile_upstream(
     key: String,
+    slot: usize,
     upstream: &Upstream,
     defaults: &UpstreamDefaults,
     tls: &TlsContext,
@@ -333,7 +198,7 @@ fn compile_upstream(
         },
     );
     let mut fingerprint = std::collections::hash_map::DefaultHasher::new();
-    (algorithm, &hash_key).hash(&mut fingerprint);
+    (&key, algorithm, &hash_key).hash(&mut fingerprint);
     for n in &nodes {
         n.hash(&mut fingerprint);
     }
@@ -388,6 +253,7 @@ fn compile_upstream(
         .map(Arc::new);
     Ok(UpstreamTarget {
         key,
+        slot,
         fingerprint: fingerprint.finish(),
         nodes: targets,
         balancer: BalancerSpec::new(algorithm, &node_specs),
@@ -457,37 +323,44 @@ fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
 
 /// One worker's view of a snapshot: the snapshot plus the worker's own balancer state for
-/// each upstream (round-robin positions, in-flight counts, latency averages), which carries
-/// over from the previous view for every upstream whose nodes and algorithm did not change.
+/// each upstream (round-robin positions, in-flight counts, latency averages).
 pub struct WorkerView {
     pub snapshot: Arc<Snapshot>,
-    /// Shared with the previous view, not copied from it: a request that started before a
-    /// config change ends on the view it started with, and its `on_request_end` must reach
-    /// the state the new view picks with, or least_conn/EWMA would count it in flight for ever.
-    pub balancers: Vec<Rc<RefCell<BalancerState>>>,
+    balancers: Rc<Balancers>,
 }
+
+/// A worker's balancer states by upstream slot, with the fingerprint each was made for. Shared
+/// by the worker's views, so that a new version costs the worker nothing: an upstream's state
+/// carries over while its fingerprint stays, and is made afresh at its first request after a
+/// change. A request that started before a change keeps the state it started with, so its
+/// `on_request_end` reaches the state it counted in (else least_conn/EWMA would count it in
+/// flight for ever).
+#[derive(Default)]
+struct Balancers(RefCell<Vec<Option<(u64, SharedState)>>>);
+
+type SharedState = Rc<RefCell<BalancerState>>;
 
 impl WorkerView {
     pub fn new(snapshot: Arc<Snapshot>, previous: Option<&WorkerView>) -> WorkerView {
-        let mut carried: HashMap<(&str, u64), &Rc<RefCell<BalancerState>>> = HashMap::new();
-        if let Some(prev) = previous {
-            for (u, state) in prev.snapshot.upstreams.iter().zip(&prev.balancers) {
-                carried.insert((u.key.as_str(), u.fingerprint), state);
-            }
-        }
-        let balancers = snapshot
-            .upstreams
-            .iter()
-            .map(|u| {
-                carried.get(&(u.key.as_str(), u.fingerprint)).map_or_else(
-                    || Rc::new(RefCell::new(u.balancer.new_state())),
-                    |s| Rc::clone(s),
-                )
-            })
-            .collect();
         WorkerView {
             snapshot,
-            balancers,
+            balancers: previous.map(|p| p.balancers.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// This worker's balancer state for `upstream`.
+    pub fn balancer(&self, upstream: &UpstreamTarget) -> SharedState {
+        let mut states = self.balancers.0.borrow_mut();
+        if states.len() <= upstream.slot {
+            states.resize_with(upstream.slot + 1, || None);
+        }
+        match &mut states[upstream.slot] {
+            Some((fingerprint, state)) if *fingerprint == upstream.fingerprint => state.clone(),
+            slot => {
+                let state = Rc::new(RefCell::new(upstream.balancer.new_state()));
+                *slot = Some((upstream.fingerprint, state.clone()));
+                state
+            }
         }
     }
 }
@@ -495,10 +368,6 @@ impl WorkerView {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tls() -> TlsContext {
-        TlsContext::new(None, None).unwrap()
-    }
 
     #[test]
     fn hash_templates_split_into_vars_and_literals() {
@@ -511,115 +380,5 @@ mod tests {
                 HashPart::Literal("!".into()),
             ]
         );
-    }
-
-    #[test]
-    fn balancer_state_survives_unrelated_config_changes() {
-        let defaults = UpstreamDefaults::default();
-        let config = |nodes: &str, extra_route: bool| {
-            let mut text = format!(
-                "upstreams:\n  - {{id: u, nodes: {nodes}}}\nroutes:\n  - {{id: r, uri: /a, upstream_id: u}}\n"
-            );
-            if extra_route {
-                text.push_str("  - {id: r2, uri: /b, upstream_id: u}\n");
-            }
-            pylon_model::parse_standalone(&text).unwrap().1
-        };
-        let rr = |view: &WorkerView| {
-            let u = &view.snapshot.upstreams[0];
-            view.balancers[0]
-                .borrow_mut()
-                .pick(&u.balancer, None, |_| false)
-                .unwrap()
-        };
-        let nodes = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
-        let v1 = WorkerView::new(
-            Arc::new(
-                Snapshot::compile(&config(nodes, false), 1, &defaults, &tls())
-                    .unwrap()
-                    .snapshot,
-            ),
-            None,
-        );
-        let first = rr(&v1);
-        // A new route does not reset the round robin: the next pick is the other node.
-        let v2 = WorkerView::new(
-            Arc::new(
-                Snapshot::compile(&config(nodes, true), 2, &defaults, &tls())
-                    .unwrap()
-                    .snapshot,
-            ),
-            Some(&v1),
-        );
-        assert_ne!(rr(&v2), first);
-        // Changed nodes start afresh.
-        let v3 = WorkerView::new(
-            Arc::new(
-                Snapshot::compile(
-                    &config(r#"{"127.0.0.1:1": 1, "127.0.0.1:3": 1}"#, true),
-                    3,
-                    &defaults,
-                    &tls(),
-                )
-                .unwrap()
-                .snapshot,
-            ),
-            Some(&v2),
-        );
-        assert_ne!(
-            v3.snapshot.upstreams[0].fingerprint,
-            v2.snapshot.upstreams[0].fingerprint
-        );
-    }
-
-    #[test]
-    fn a_request_started_before_a_config_change_ends_on_the_state_in_use() {
-        let defaults = UpstreamDefaults::default();
-        let config = |extra_route: bool| {
-            let mut text = "upstreams:\n  - {id: u, type: least_conn, nodes: {\"127.0.0.1:1\": 1, \"127.0.0.1:2\": 1}}\nroutes:\n  - {id: r, uri: /a, upstream_id: u}\n".to_owned();
-            if extra_route {
-                text.push_str("  - {id: r2, uri: /b, upstream_id: u}\n");
-            }
-            pylon_model::parse_standalone(&text).unwrap().1
-        };
-        let v1 = WorkerView::new(
-            Arc::new(
-                Snapshot::compile(&config(false), 1, &defaults, &tls())
-                    .unwrap()
-                    .snapshot,
-            ),
-            None,
-        );
-        let spec = &v1.snapshot.upstreams[0].balancer;
-        let busy = v1.balancers[0]
-            .borrow_mut()
-            .pick(spec, None, |_| false)
-            .unwrap();
-        v1.balancers[0].borrow_mut().on_request_start(busy);
-
-        let v2 = WorkerView::new(
-            Arc::new(
-                Snapshot::compile(&config(true), 2, &defaults, &tls())
-                    .unwrap()
-                    .snapshot,
-            ),
-            Some(&v1),
-        );
-        // The request ends on the view it started with, after the change.
-        v1.balancers[0]
-            .borrow_mut()
-            .on_request_end(busy, Duration::from_millis(1), false);
-        // Both nodes idle in the new view: they take turns.
-        let spec = &v2.snapshot.upstreams[0].balancer;
-        let picks: Vec<usize> = (0..4)
-            .map(|_| {
-                let mut state = v2.balancers[0].borrow_mut();
-                let node = state.pick(spec, None, |_| false).unwrap();
-                state.on_request_start(node);
-                state.on_request_end(node, Duration::from_millis(1), false);
-                node
-            })
-            .collect();
-        assert_eq!(picks.iter().filter(|&&n| n == busy).count(), 2, "{picks:?}");
     }
 }

@@ -29,6 +29,17 @@ pub struct Router<T, K = usize> {
     len: usize,
 }
 
+impl<T, K> Default for Router<T, K> {
+    fn default() -> Self {
+        Self {
+            routes: Table::default(),
+            by_host: Arc::default(),
+            any_host: PathTree::default(),
+            len: 0,
+        }
+    }
+}
+
 impl<T, K> Clone for Router<T, K> {
     fn clone(&self) -> Self {
         Self {
@@ -137,12 +148,7 @@ impl<T, K: Ord + Hash + Clone> Default for RouterBuilder<T, K> {
 impl<T, K: Ord + Hash + Clone> RouterBuilder<T, K> {
     pub fn new() -> Self {
         Self {
-            router: Router {
-                routes: Table::default(),
-                by_host: Arc::default(),
-                any_host: PathTree::default(),
-                len: 0,
-            },
+            router: Router::default(),
             slots: HashMap::new(),
             free: Vec::new(),
         }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::active::{self, Checker};
 use super::UpstreamHealth;
-use crate::snapshot::Snapshot;
+use crate::snapshot::UpstreamTarget;
 
 /// Every checked upstream of the configuration in force, by key. Only the control side
 /// (publisher, control API) takes its lock; workers reach the state through the snapshot.
@@ -26,39 +26,44 @@ struct Checked {
 }
 
 impl HealthRegistry {
-    /// Gives each checked upstream of `snapshot`, before it is published, the state to use:
-    /// carried over from the version in force where its nodes and checks allow it (see the
-    /// module doc of [`crate::health`]). Starts, restarts and stops active checkers to
-    /// match. Must run on the control runtime: checkers are spawned on it.
-    pub(crate) fn attach(&self, snapshot: &mut Snapshot) {
+    /// Gives a checked upstream, before it is published, the state to use: carried over
+    /// from the version in force where its nodes and checks allow it (see the module doc of
+    /// [`crate::health`]). Starts or restarts its active checker to match, and stops the one
+    /// of an upstream under the same key that is no longer checked. Must run on the control
+    /// runtime: checkers are spawned on it.
+    pub(crate) fn attach(&self, upstream: &mut UpstreamTarget) {
         let mut upstreams = self.lock();
-        let mut previous = std::mem::take(&mut *upstreams);
-        for upstream in &mut snapshot.upstreams {
-            let Some(fresh) = &upstream.health else {
-                continue;
-            };
-            let old = previous.remove(&upstream.key);
-            let (health, restart) = fresh.carry_from(old.as_ref().map(|c| &c.health));
-            let checked = match old {
-                Some(old) if !restart => old,
-                _ => {
-                    let checker = active::start(&health);
-                    tracing::info!(
-                        upstream = %upstream.key,
-                        nodes = health.nodes.len(),
-                        active = checker.is_some(),
-                        "health checks (re)started"
-                    );
-                    Checked {
-                        health: health.clone(),
-                        _checker: checker,
-                    }
+        let old = upstreams.remove(&upstream.key);
+        let Some(fresh) = &upstream.health else {
+            if old.is_some() {
+                tracing::info!(upstream = %upstream.key, "health checks stopped");
+            }
+            return;
+        };
+        let (health, restart) = fresh.carry_from(old.as_ref().map(|c| &c.health));
+        let checked = match old {
+            Some(old) if !restart => old,
+            _ => {
+                let checker = active::start(&health);
+                tracing::info!(
+                    upstream = %upstream.key,
+                    nodes = health.nodes.len(),
+                    active = checker.is_some(),
+                    "health checks (re)started"
+                );
+                Checked {
+                    health: health.clone(),
+                    _checker: checker,
                 }
-            };
-            upstream.health = Some(health);
-            upstreams.insert(upstream.key.clone(), checked);
-        }
-        for key in previous.keys() {
+            }
+        };
+        upstream.health = Some(health);
+        upstreams.insert(upstream.key.clone(), checked);
+    }
+
+    /// Stops the checks of the upstream at `key`, which no route uses any more.
+    pub(crate) fn detach(&self, key: &str) {
+        if self.lock().remove(key).is_some() {
             tracing::info!(upstream = %key, "health checks stopped");
         }
     }
@@ -161,22 +166,22 @@ mod tests {
     use super::*;
     use crate::health::status::Outcome;
     use crate::settings::UpstreamDefaults;
+    use crate::snapshot::compile_upstream;
     use crate::tls::TlsContext;
 
-    /// A snapshot of upstream `u` with `nodes`, `checks` (YAML flow), and routes `/a` (and
-    /// `/b` with `extra_route`) to it.
-    fn snapshot(nodes: &str, checks: &str, extra_route: bool) -> Snapshot {
-        let mut text = format!(
-            "upstreams:\n  - {{id: u, nodes: {nodes}, checks: {checks}}}\nroutes:\n  - {{id: r, uri: /a, upstream_id: u}}\n"
-        );
-        if extra_route {
-            text.push_str("  - {id: r2, uri: /b, upstream_id: u}\n");
-        }
+    /// Upstream `u` with `nodes` and `checks` (YAML flow), compiled.
+    fn upstream(nodes: &str, checks: &str) -> UpstreamTarget {
+        let text = format!("upstreams:\n  - {{id: u, nodes: {nodes}, checks: {checks}}}\n");
         let config = pylon_model::parse_standalone(&text).unwrap().1;
         let tls = TlsContext::new(None, None).unwrap();
-        Snapshot::compile(&config, 1, &UpstreamDefaults::default(), &tls)
-            .unwrap()
-            .snapshot
+        compile_upstream(
+            "upstreams/u".into(),
+            0,
+            &config.upstreams["u"],
+            &UpstreamDefaults::default(),
+            &tls,
+        )
+        .unwrap()
     }
 
     /// Passive checks take a node out at the first failure. (The active checks they need
@@ -184,12 +189,12 @@ mod tests {
     const PASSIVE: &str = "{active: {type: tcp}, passive: {unhealthy: {http_failures: 1}}}";
     const TWO: &str = r#"{"127.0.0.1:1": 1, "127.0.0.1:2": 1}"#;
 
-    fn health(snapshot: &Snapshot) -> &Arc<UpstreamHealth> {
-        snapshot.upstreams[0].health.as_ref().unwrap()
+    fn health(upstream: &UpstreamTarget) -> &Arc<UpstreamHealth> {
+        upstream.health.as_ref().unwrap()
     }
 
-    fn take_down(snapshot: &Snapshot, node: usize) {
-        let health = health(snapshot);
+    fn take_down(upstream: &UpstreamTarget, node: usize) {
+        let health = health(upstream);
         let limits = health.config.passive.as_ref().unwrap().thresholds;
         health.record(node, Outcome::HttpFailure, &limits, "test");
         assert!(health.is_down(node));
@@ -198,11 +203,11 @@ mod tests {
     #[tokio::test]
     async fn state_survives_a_change_that_leaves_nodes_and_checks_alone() {
         let registry = HealthRegistry::default();
-        let mut v1 = snapshot(TWO, PASSIVE, false);
+        let mut v1 = upstream(TWO, PASSIVE);
         registry.attach(&mut v1);
         take_down(&v1, 1);
 
-        let mut v2 = snapshot(TWO, PASSIVE, true);
+        let mut v2 = upstream(TWO, PASSIVE);
         registry.attach(&mut v2);
         assert!(Arc::ptr_eq(health(&v1), health(&v2)));
         assert!(health(&v2).is_down(1));
@@ -211,15 +216,14 @@ mod tests {
     #[tokio::test]
     async fn nodes_that_stay_keep_their_state_when_others_come_and_go() {
         let registry = HealthRegistry::default();
-        let mut v1 = snapshot(TWO, PASSIVE, false);
+        let mut v1 = upstream(TWO, PASSIVE);
         registry.attach(&mut v1);
         take_down(&v1, 1);
 
         // Node :2 stays (now second of three), :1 goes, :3 comes.
-        let mut v2 = snapshot(
+        let mut v2 = upstream(
             r#"{"127.0.0.1:3": 1, "127.0.0.1:2": 1, "127.0.0.1:4": 1}"#,
             PASSIVE,
-            false,
         );
         registry.attach(&mut v2);
         let nodes: Vec<_> = health(&v2).nodes.iter().map(|n| n.port).collect();
@@ -231,21 +235,20 @@ mod tests {
     #[tokio::test]
     async fn other_checks_start_afresh_and_removed_upstreams_go() {
         let registry = HealthRegistry::default();
-        let mut v1 = snapshot(TWO, PASSIVE, false);
+        let mut v1 = upstream(TWO, PASSIVE);
         registry.attach(&mut v1);
         take_down(&v1, 0);
 
-        let mut v2 = snapshot(
+        let mut v2 = upstream(
             TWO,
             "{active: {type: tcp}, passive: {unhealthy: {http_failures: 2}}}",
-            false,
         );
         registry.attach(&mut v2);
         assert!(!health(&v2).is_down(0));
         assert_eq!(registry.report_all().len(), 1);
 
-        let mut v3 = snapshot(TWO, PASSIVE, false);
-        v3.upstreams[0].health = None;
+        let mut v3 = upstream(TWO, PASSIVE);
+        v3.health = None;
         registry.attach(&mut v3);
         assert!(registry.report_all().is_empty());
         assert!(registry.report("upstreams/u").is_none());
@@ -254,7 +257,7 @@ mod tests {
     #[tokio::test]
     async fn reports_have_apisix_fields() {
         let registry = HealthRegistry::default();
-        let mut v1 = snapshot(TWO, PASSIVE, false);
+        let mut v1 = upstream(TWO, PASSIVE);
         registry.attach(&mut v1);
         take_down(&v1, 1);
         let report = serde_json::to_value(registry.report("upstreams/u").unwrap()).unwrap();
