@@ -96,7 +96,7 @@ impl Publisher {
         }
         let compiled = self.compiler.update(&self.config, &changed, view.revision);
         for e in &compiled.not_served {
-            tracing::error!(revision = view.revision, "not served: {e}");
+            tracing::error!(revision = view.revision, "route not served: {e}");
         }
         let routes = compiled.snapshot.router.len();
         self.retired = Some(self.cell.swap(Arc::new(compiled.snapshot)));
