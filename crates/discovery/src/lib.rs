@@ -92,8 +92,26 @@ pub struct Registry {
 
 struct Inner {
     /// By discovery type; a type absent from the settings is `None`.
-    providers: BTreeMap<&'static str, Option<(Arc<Book>, Box<dyn Provider>)>>,
+    providers: BTreeMap<&'static str, Option<Source>>,
     changed: Arc<watch::Sender<u64>>,
+}
+
+/// One configured discovery type: its watched services and what keeps them current.
+struct Source {
+    book: Arc<Book>,
+    provider: Box<dyn Provider>,
+}
+
+impl Source {
+    fn new<P: Provider>(
+        kind: &'static str,
+        changed: &Arc<watch::Sender<u64>>,
+        provider: impl FnOnce(&Arc<Book>) -> Result<P, DiscoveryError>,
+    ) -> Result<Source, DiscoveryError> {
+        let book = Arc::new(Book::new(kind, changed.clone()));
+        let provider = Box::new(provider(&book)?);
+        Ok(Source { book, provider })
+    }
 }
 
 impl Registry {
@@ -101,39 +119,27 @@ impl Registry {
     /// (Consul's), in tasks of the current Tokio runtime, which must be there.
     pub fn new(settings: &DiscoverySettings) -> Result<Registry, DiscoveryError> {
         let changed = Arc::new(watch::Sender::new(0));
-        let book = |kind| Arc::new(Book::new(kind, changed.clone()));
-        let mut providers: BTreeMap<&'static str, Option<(Arc<Book>, Box<dyn Provider>)>> =
-            BTreeMap::new();
-        let dns = book(dns::KIND);
-        let provider = dns::Dns::new(settings.dns.clone().unwrap_or_default())?;
-        providers.insert(dns::KIND, Some((dns, Box::new(provider))));
-        let etcd = match &settings.etcd {
-            Some(etcd) => {
-                let book = book(etcd::KIND);
-                let provider: Box<dyn Provider> = Box::new(etcd::Etcd::new(etcd)?);
-                Some((book, provider))
-            }
-            None => None,
-        };
-        providers.insert(etcd::KIND, etcd);
-        let consul = match &settings.consul {
-            Some(consul) => {
-                let book = book(consul::CATALOG);
-                let provider: Box<dyn Provider> = Box::new(consul::catalog(consul, &book)?);
-                Some((book, provider))
-            }
-            None => None,
-        };
-        providers.insert(consul::CATALOG, consul);
-        let consul_kv = match &settings.consul_kv {
-            Some(consul_kv) => {
-                let book = book(consul::KV);
-                let provider: Box<dyn Provider> = Box::new(consul::kv(consul_kv, &book)?);
-                Some((book, provider))
-            }
-            None => None,
-        };
-        providers.insert(consul::KV, consul_kv);
+        let dns = settings.dns.clone().unwrap_or_default();
+        let dns = Source::new(dns::KIND, &changed, |_| dns::Dns::new(dns))?;
+        let etcd = settings
+            .etcd
+            .as_ref()
+            .map(|etcd| Source::new(etcd::KIND, &changed, |_| etcd::Etcd::new(etcd)));
+        let consul = settings.consul.as_ref().map(|consul| {
+            Source::new(consul::CATALOG, &changed, |book| {
+                consul::catalog(consul, book)
+            })
+        });
+        let consul_kv = settings
+            .consul_kv
+            .as_ref()
+            .map(|consul_kv| Source::new(consul::KV, &changed, |book| consul::kv(consul_kv, book)));
+        let providers = BTreeMap::from([
+            (dns::KIND, Some(dns)),
+            (etcd::KIND, etcd.transpose()?),
+            (consul::CATALOG, consul.transpose()?),
+            (consul::KV, consul_kv.transpose()?),
+        ]);
         Ok(Registry {
             inner: Arc::new(Inner { providers, changed }),
         })
@@ -150,12 +156,13 @@ impl Registry {
         service_name: &str,
         args: Option<&Value>,
     ) -> Result<ServiceWatch, DiscoveryError> {
-        let (kind, entry) = self
+        let (kind, source) = self
             .inner
             .providers
             .get_key_value(discovery_type)
             .ok_or_else(|| DiscoveryError::UnknownType(discovery_type.to_owned()))?;
-        let (book, provider) = entry.as_ref().ok_or(DiscoveryError::NotConfigured(kind))?;
+        let Source { book, provider } =
+            source.as_ref().ok_or(DiscoveryError::NotConfigured(kind))?;
         if args.is_some_and(|args| !is_empty(args)) {
             return Err(DiscoveryError::UnexpectedArgs(kind));
         }
@@ -172,8 +179,8 @@ impl Registry {
     /// `null` before the first answer) and the provider's `config`, secrets hidden. `None` for a
     /// type that is unknown or not configured.
     pub fn dump(&self, discovery_type: &str) -> Option<Value> {
-        let (book, provider) = self.inner.providers.get(discovery_type)?.as_ref()?;
-        Some(provider.dump(book))
+        let source = self.inner.providers.get(discovery_type)?.as_ref()?;
+        Some(source.provider.dump(&source.book))
     }
 }
 
