@@ -20,6 +20,7 @@ pub(crate) trait Provider: Send + Sync + 'static {
     /// Starts keeping a newly watched service's nodes current through `publisher`. Returns the
     /// task that follows it, aborted when the last watch of the service is dropped; a provider
     /// that follows all its services at once publishes what it knows and returns `None`.
+    /// Called under the book's lock: it must take no lock that is held while calling the book.
     fn follow(&self, service: &str, publisher: Publisher) -> Option<AbortHandle>;
 
     /// The dump body: `services` and `config`.

@@ -151,16 +151,16 @@ fn parse(service: &str) -> Result<(Query, u16), String> {
 
 impl Provider for Dns {
     fn service(&self, name: &str) -> Result<String, DiscoveryError> {
-        parse(name).map_err(|reason| DiscoveryError::BadServiceName {
+        // Host names are not case-sensitive: one watch for every spelling.
+        let service = name.to_ascii_lowercase();
+        let (query, _) = parse(&service).map_err(|reason| DiscoveryError::BadServiceName {
             kind: KIND,
             name: name.to_owned(),
             reason,
         })?;
-        // Host names are not case-sensitive: one watch for every spelling.
-        let service = name.to_ascii_lowercase();
         // The resolver is needed from the first name on: an unreadable config is the watch's
         // error, not a silent empty service.
-        if !matches!(parse(&service), Ok((Query::Literal(_), _))) {
+        if !matches!(query, Query::Literal(_)) {
             self.resolver()?;
         }
         Ok(service)

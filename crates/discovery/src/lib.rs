@@ -7,7 +7,7 @@
 //! caller ever waits on a resolver, etcd or Consul. Whenever a watched service's nodes change,
 //! the counter of [`Registry::changed`] moves on, and the owner recompiles what uses them.
 //!
-//! Providers (one module each, behind the [`Provider`](book::Provider) trait):
+//! Providers (one module each, behind one `Provider` trait):
 //! - `dns`: A/AAAA for `host[:port]`, SRV for `_service._proto.name`, re-resolved as the
 //!   records' TTL says; needs no settings (the system's resolver config is used).
 //! - `etcd`: Pylon's own registry of leased keys, one etcd watch per service.
@@ -21,6 +21,7 @@ mod dns;
 mod etcd;
 mod settings;
 
+pub use book::ServiceWatch;
 pub use settings::{
     ConsulKvSettings, ConsulSettings, ConsulTimeouts, DefaultService, DiscoverySettings,
     DnsSettings, EtcdRegistrySettings,
@@ -193,5 +194,3 @@ fn is_empty(args: &Value) -> bool {
         _ => false,
     }
 }
-
-pub use book::ServiceWatch;

@@ -294,9 +294,13 @@ impl State {
 
     /// Makes `table` server `server`'s, and republishes every watched service.
     fn update(&self, server: usize, table: Table) {
-        let mut tables = self.tables();
-        tables[server] = Some(table);
-        for (service, publisher) in self.book.publishers() {
+        self.tables()[server] = Some(table);
+        // Taken with the tables unlocked: a watch begins under the book's lock and then reads
+        // the tables (already updated, if it is not among these publishers).
+        let publishers = self.book.publishers();
+        // Held while publishing, so that two servers' updates publish in the order they merge.
+        let tables = self.tables();
+        for (service, publisher) in publishers {
             if let Some(nodes) = self.nodes(&tables, &service) {
                 publisher.publish(nodes);
             }
