@@ -54,6 +54,7 @@ pub(crate) fn catalog(
         token: &settings.token,
         keepalive: settings.keepalive,
         fetch_interval: settings.fetch_interval,
+        weight: settings.weight,
         timeout: &settings.timeout,
         default_service: settings.default_service.as_ref(),
     };
@@ -73,6 +74,7 @@ pub(crate) fn kv(settings: &ConsulKvSettings, book: &Arc<Book>) -> Result<Consul
         token: &settings.token,
         keepalive: settings.keepalive,
         fetch_interval: settings.fetch_interval,
+        weight: settings.weight,
         timeout: &settings.timeout,
         default_service: settings.default_service.as_ref(),
     };
@@ -86,6 +88,7 @@ struct Common<'a> {
     token: &'a str,
     keepalive: bool,
     fetch_interval: u64,
+    weight: u32,
     timeout: &'a ConsulTimeouts,
     default_service: Option<&'a DefaultService>,
 }
@@ -152,6 +155,17 @@ impl Consul {
         if common.servers.is_empty() {
             return Err(invalid("`servers` lists no server".to_owned()));
         }
+        let timeout = common.timeout;
+        let zeros = [
+            ("fetch_interval", common.fetch_interval),
+            ("timeout.connect", timeout.connect),
+            ("timeout.read", timeout.read),
+            ("timeout.wait", timeout.wait),
+            ("weight", u64::from(common.weight)),
+        ];
+        if let Some((field, _)) = zeros.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(format!("`{field}` must be at least 1")));
+        }
         let default_service = match common.default_service {
             Some(service) => {
                 let host = service.host.parse::<IpAddr>().map_err(|_| {
@@ -179,7 +193,6 @@ impl Consul {
             book: book.clone(),
         });
         let flavor = Arc::new(flavor);
-        let timeout = common.timeout;
         let followers = authorities
             .into_iter()
             .enumerate()
@@ -195,10 +208,8 @@ impl Consul {
                         Duration::from_millis(timeout.connect),
                         Duration::from_millis(timeout.read),
                     ),
-                    blocking: common
-                        .keepalive
-                        .then(|| Duration::from_secs(timeout.wait.max(1))),
-                    interval: Duration::from_secs(common.fetch_interval.max(1)),
+                    blocking: common.keepalive.then(|| Duration::from_secs(timeout.wait)),
+                    interval: Duration::from_secs(common.fetch_interval),
                 };
                 tokio::spawn(follower.run(common.kind)).abort_handle()
             })
@@ -407,6 +418,41 @@ mod tests {
         );
         assert!(authority("https://127.0.0.1:8500").is_err());
         assert!(authority("http://127.0.0.1:8500/v1").is_err());
+    }
+
+    #[tokio::test]
+    async fn settings_without_servers_or_with_zeros_are_refused() {
+        let book = Arc::new(Book::new(
+            CATALOG,
+            Arc::new(tokio::sync::watch::Sender::new(0)),
+        ));
+        let refusal = |edit: fn(&mut ConsulSettings)| {
+            let mut settings = ConsulSettings {
+                servers: vec!["http://127.0.0.1:8500".to_owned()],
+                ..ConsulSettings::default()
+            };
+            edit(&mut settings);
+            catalog(&settings, &book).err().map(|e| e.to_string())
+        };
+        assert_eq!(refusal(|_| {}), None);
+        assert!(refusal(|s| s.servers.clear())
+            .unwrap()
+            .contains("no server"));
+        assert!(refusal(|s| s.fetch_interval = 0)
+            .unwrap()
+            .contains("fetch_interval"));
+        assert!(refusal(|s| s.timeout.wait = 0)
+            .unwrap()
+            .contains("timeout.wait"));
+        assert!(refusal(|s| s.weight = 0).unwrap().contains("weight"));
+        let bad_default = |s: &mut ConsulSettings| {
+            s.default_service = Some(DefaultService {
+                host: "web.internal".to_owned(),
+                port: 80,
+                metadata: serde_json::Map::new(),
+            })
+        };
+        assert!(refusal(bad_default).unwrap().contains("no IP"));
     }
 
     #[test]

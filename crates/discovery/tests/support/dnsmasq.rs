@@ -36,7 +36,7 @@ impl Dnsmasq {
     /// (it has no port): needs the privilege to bind port 53.
     pub fn start_on_port_53(hosts: &str) -> Dnsmasq {
         for _ in 0..100 {
-            let ip = format!("127.53.{}.{}", fastrand_byte(), fastrand_byte().max(1));
+            let ip = format!("127.53.{}.{}", varying_byte(), varying_byte().max(1));
             // The probe is closed before dnsmasq binds the port.
             let probe = UdpSocket::bind((ip.as_str(), 53)).map(drop);
             match probe {
@@ -196,7 +196,7 @@ impl Drop for Dnsmasq {
 
 /// A byte that differs between test processes and calls, enough to keep loopback addresses of
 /// tests running side by side apart.
-fn fastrand_byte() -> u8 {
+fn varying_byte() -> u8 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::process::id()) as u8
 }
