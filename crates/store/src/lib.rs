@@ -14,7 +14,7 @@ mod secret_file;
 mod yaml;
 
 pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedStore};
-pub use etcd::{EtcdError, EtcdSettings, EtcdStore};
+pub use etcd::{EtcdError, EtcdKeys, EtcdSettings, EtcdStore, RawEntry, RawEvent, RawWatchStream};
 pub use event_log::EventLog;
 pub use keyring::{Keyring, KeyringError};
 pub use replica::{Replica, View};
@@ -69,10 +69,11 @@ impl Event {
 }
 
 /// The changes of one revision, applied together: a reader never sees half of a change.
+/// Events are the configuration's, or raw keys' for a watch of [`EtcdKeys`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change {
+pub struct Change<E = Event> {
     pub revision: Revision,
-    pub events: Vec<Event>,
+    pub events: Vec<E>,
 }
 
 /// What a watcher receives: changes in revision order, or the error that ended the watch.

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use pylon_model::Key;
 
 use super::proto::{self, EventType};
+use super::watch::Decode;
 use crate::{Entry, Event, Revision};
 
 pub(super) struct Keyspace {
@@ -96,6 +97,14 @@ impl Keyspace {
                 "etcd key ignored: {why}"
             );
         }
+    }
+}
+
+impl Decode for Keyspace {
+    type Event = Event;
+
+    fn decode(&self, raw: &proto::Event) -> Option<Event> {
+        self.event(raw)
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - **Keys.** A resource is the key `<prefix>/<kind>/<id>` (as [`Key::to_path`] writes it)
 //!   holding its JSON; Pylon's revisions are etcd's. A listing reads the prefix in pages, all at
-//!   the revision of the first, so that it is one consistent snapshot however large.
+//!   the revision of the first, so that it is one consistent snapshot however large. Other
+//!   prefixes are read and watched as raw keys through [`EtcdKeys`].
 //! - **Changes.** One etcd transaction is one revision, and the watch passes each revision's
 //!   events on as one [`Change`] once all of them have arrived.
 //! - **Compare-and-swap of the whole configuration.** Every commit also puts a guard key,
@@ -20,12 +21,14 @@
 
 mod endpoints;
 mod keyspace;
+mod prefix;
 mod proto;
 mod settings;
 mod txn;
 mod watch;
 
 pub use endpoints::EtcdError;
+pub use prefix::{EtcdKeys, RawEntry, RawEvent, RawWatchStream};
 pub use settings::EtcdSettings;
 
 use std::sync::Arc;
@@ -36,7 +39,7 @@ use pylon_model::Key;
 use crate::{ConfigStore, Entry, Listing, Revision, StoreError, Txn, WatchStream};
 use endpoints::Endpoints;
 use keyspace::{revision, Keyspace};
-use proto::{RangeRequest, RangeResponse, ResponseHeader, TxnResponse, RANGE, TXN};
+use proto::{KeyValue, RangeRequest, RangeResponse, ResponseHeader, TxnResponse, RANGE, TXN};
 
 /// Keys per listing page: few enough that a page of large resources stays far below the
 /// largest message either side accepts.
@@ -66,30 +69,12 @@ impl EtcdStore {
 #[async_trait]
 impl ConfigStore for EtcdStore {
     async fn list(&self) -> Result<Listing, StoreError> {
-        let (key, range_end) = self.keyspace.range();
-        let mut request = RangeRequest {
-            key,
-            range_end,
-            limit: PAGE,
-            revision: 0,
-        };
-        let mut listing = Listing::default();
-        loop {
-            let page = self.range(request.clone()).await?;
-            if request.revision == 0 {
-                listing.revision = header_revision(page.header)?;
-                request.revision = i64::try_from(listing.revision).unwrap_or(i64::MAX);
-            }
-            let entries = page.kvs.iter().filter_map(|kv| self.keyspace.entry(kv));
-            listing.entries.extend(entries);
-            match page.kvs.last() {
-                Some(last) if page.more => {
-                    // The next page starts just after the last key read.
-                    request.key = [last.key.as_slice(), b"\0"].concat();
-                }
-                _ => return Ok(listing),
-            }
-        }
+        let mut entries = Vec::new();
+        let revision = list_range(&self.endpoints, self.keyspace.range(), |kv| {
+            entries.extend(self.keyspace.entry(kv));
+        })
+        .await?;
+        Ok(Listing { revision, entries })
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError> {
@@ -117,7 +102,8 @@ impl ConfigStore for EtcdStore {
     }
 
     async fn watch(&self, after: Revision) -> Result<WatchStream, StoreError> {
-        watch::start(&self.endpoints, self.keyspace.clone(), after).await
+        let range = self.keyspace.range();
+        watch::start(&self.endpoints, self.keyspace.clone(), range, after).await
     }
 
     async fn commit(&self, txn: Txn) -> Result<Revision, StoreError> {
@@ -127,6 +113,38 @@ impl ConfigStore for EtcdStore {
             return Err(StoreError::Conflict);
         }
         header_revision(response.header)
+    }
+}
+
+/// Reads every key in `[key, range_end)` in pages, all at the revision of the first, so that
+/// it is one consistent snapshot however large; hands each to `take` in key order and returns
+/// the revision.
+async fn list_range(
+    endpoints: &Endpoints,
+    (key, range_end): (Vec<u8>, Vec<u8>),
+    mut take: impl FnMut(&KeyValue),
+) -> Result<Revision, StoreError> {
+    let mut request = RangeRequest {
+        key,
+        range_end,
+        limit: PAGE,
+        revision: 0,
+    };
+    let mut revision = 0;
+    loop {
+        let page: RangeResponse = endpoints.unary(RANGE, request.clone()).await?;
+        if request.revision == 0 {
+            revision = header_revision(page.header)?;
+            request.revision = i64::try_from(revision).unwrap_or(i64::MAX);
+        }
+        page.kvs.iter().for_each(&mut take);
+        match page.kvs.last() {
+            Some(last) if page.more => {
+                // The next page starts just after the last key read.
+                request.key = [last.key.as_slice(), b"\0"].concat();
+            }
+            _ => return Ok(revision),
+        }
     }
 }
 

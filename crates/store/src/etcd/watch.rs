@@ -1,4 +1,4 @@
-//! Following the prefix with an etcd watch, and turning its events into whole [`Change`]s.
+//! Following a range of keys with an etcd watch, and turning its events into whole [`Change`]s.
 //!
 //! etcd sends events in revision order, a revision's events together in one response, unless
 //! the response is too large for one message: then it comes in fragments, all but the last
@@ -14,21 +14,33 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::MetadataValue;
 
 use super::endpoints::{describe, Endpoints};
-use super::keyspace::{revision, Keyspace};
-use super::proto::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse, WATCH};
-use crate::{Change, Revision, StoreError, WatchStream};
+use super::keyspace::revision;
+use super::proto::{self, watch_request, WatchCreateRequest, WatchRequest, WatchResponse, WATCH};
+use crate::{Change, Revision, StoreError};
 
 /// Changes buffered for a reader that is behind; beyond that, etcd waits for it.
 const BUFFER: usize = 256;
 
-/// Starts a watch of every key under the prefix from the revision after `after`, on the first
-/// member that accepts it.
-pub(super) async fn start(
+/// What a watch's events become for its reader: the configuration's resources, or raw keys.
+pub(super) trait Decode: Send + Sync + 'static {
+    type Event: Send + 'static;
+
+    /// The event for the reader, or `None` for one it does not care about (the revision is
+    /// passed on all the same).
+    fn decode(&self, raw: &proto::Event) -> Option<Self::Event>;
+}
+
+/// What a reader receives: changes in revision order, or the error that ended the watch.
+pub(super) type Changes<D> = mpsc::Receiver<Result<Change<<D as Decode>::Event>, StoreError>>;
+
+/// Starts a watch of every key in `[key, range_end)` from the revision after `after`, on the
+/// first member that accepts it.
+pub(super) async fn start<D: Decode>(
     endpoints: &Endpoints,
-    keyspace: Arc<Keyspace>,
+    decoder: Arc<D>,
+    (key, range_end): (Vec<u8>, Vec<u8>),
     after: Revision,
-) -> Result<WatchStream, StoreError> {
-    let (key, range_end) = keyspace.range();
+) -> Result<Changes<D>, StoreError> {
     let create = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
             WatchCreateRequest {
@@ -67,7 +79,7 @@ pub(super) async fn start(
         .await?;
     let (tx, rx) = mpsc::channel(BUFFER);
     let relay = Relay {
-        keyspace,
+        decoder,
         endpoint: endpoint.to_owned(),
         delivered: after,
         pending: None,
@@ -78,17 +90,17 @@ pub(super) async fn start(
 }
 
 /// Passes one watch's changes on to its reader, until either end stops.
-struct Relay {
-    keyspace: Arc<Keyspace>,
+struct Relay<D: Decode> {
+    decoder: Arc<D>,
     endpoint: String,
     /// The revision of the last change passed on.
     delivered: Revision,
     /// The revision whose events are being gathered.
-    pending: Option<Change>,
-    tx: mpsc::Sender<Result<Change, StoreError>>,
+    pending: Option<Change<D::Event>>,
+    tx: mpsc::Sender<Result<Change<D::Event>, StoreError>>,
 }
 
-impl Relay {
+impl<D: Decode> Relay<D> {
     async fn run(mut self, first: WatchResponse, responses: Streaming<WatchResponse>) {
         if let Some(end) = self.follow(first, responses).await {
             // The reader is told why its watch ended, unless it is gone too.
@@ -139,7 +151,7 @@ impl Relay {
             );
             return Err(Some(StoreError::Unavailable(cause)));
         }
-        let keyspace = self.keyspace.clone();
+        let decoder = self.decoder.clone();
         for raw in &response.events {
             let Some(kv) = &raw.kv else { continue };
             // Every revision is passed on, even one that only touched the guard or keys that
@@ -148,7 +160,7 @@ impl Relay {
             if let Some(complete) = self.begin(revision(kv.mod_revision)) {
                 self.pass_on(complete).await?;
             }
-            if let (Some(event), Some(pending)) = (keyspace.event(raw), &mut self.pending) {
+            if let (Some(event), Some(pending)) = (decoder.decode(raw), &mut self.pending) {
                 pending.events.push(event);
             }
         }
@@ -162,7 +174,7 @@ impl Relay {
 
     /// Makes `revision` the pending change's; returns the previous pending change if this
     /// begins the next one.
-    fn begin(&mut self, revision: Revision) -> Option<Change> {
+    fn begin(&mut self, revision: Revision) -> Option<Change<D::Event>> {
         match &self.pending {
             Some(pending) if pending.revision == revision => None,
             _ => self.pending.replace(Change {
@@ -172,7 +184,7 @@ impl Relay {
         }
     }
 
-    async fn pass_on(&mut self, change: Change) -> Result<(), Option<StoreError>> {
+    async fn pass_on(&mut self, change: Change<D::Event>) -> Result<(), Option<StoreError>> {
         self.delivered = change.revision;
         self.tx.send(Ok(change)).await.map_err(|_| None)
     }
@@ -181,7 +193,8 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etcd::proto::{self, EventType};
+    use crate::etcd::keyspace::Keyspace;
+    use crate::etcd::proto::EventType;
 
     fn put(path: &str, revision: i64) -> proto::Event {
         proto::Event {
@@ -207,7 +220,7 @@ mod tests {
     async fn a_revision_is_passed_on_once_all_its_fragments_arrived() {
         let (tx, mut rx) = mpsc::channel(8);
         let mut relay = Relay {
-            keyspace: Arc::new(Keyspace::new("/pylon")),
+            decoder: Arc::new(Keyspace::new("/pylon")),
             endpoint: "http://127.0.0.1:2379".to_owned(),
             delivered: 1,
             pending: None,
