@@ -123,7 +123,10 @@ mod tests {
         let schema = json_schema(Kind::Upstreams);
         let defs = &schema["$defs"];
         let props = &schema["properties"];
-        assert_eq!(schema["required"], json!(["nodes"]));
+        assert_eq!(
+            schema["anyOf"],
+            json!([{"required": ["nodes"]}, {"required": ["discovery_type", "service_name"]}])
+        );
         let names = |def: &str| -> Vec<String> {
             let def = &defs[def];
             let variants = def["oneOf"]
@@ -184,12 +187,15 @@ mod tests {
         let Some(object) = value.as_object() else {
             return false;
         };
-        let required = schema["required"].as_array().into_iter().flatten();
+        let has_all = |required: &Value| {
+            let mut names = required.as_array().into_iter().flatten();
+            names.all(|name| object.contains_key(name.as_str().unwrap()))
+        };
+        let alternatives = schema["anyOf"].as_array();
         let closed = schema["additionalProperties"] == false;
         let known = schema["properties"].as_object().unwrap();
-        required
-            .into_iter()
-            .all(|name| object.contains_key(name.as_str().unwrap()))
+        has_all(&schema["required"])
+            && alternatives.is_none_or(|alts| alts.iter().any(|alt| has_all(&alt["required"])))
             && (!closed || object.keys().all(|k| known.contains_key(k)))
     }
 

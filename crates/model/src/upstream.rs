@@ -16,6 +16,7 @@ use crate::tls::{load_key_pair, KeyPair, REDACTED};
 /// The nodes requests are balanced over, and how they are reached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [{"required": ["nodes"]}, {"required": ["discovery_type", "service_name"]}]))]
 pub struct Upstream {
     #[serde(
         default,
@@ -33,8 +34,9 @@ pub struct Upstream {
     /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
-    /// At least one node.
-    pub nodes: Nodes,
+    /// The nodes; absent when `discovery_type` and `service_name` find them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Nodes>,
     /// How a node is chosen for each request.
     #[serde(rename = "type", default)]
     pub balancer: UpstreamType,
@@ -68,12 +70,16 @@ pub struct Upstream {
     /// Health checks of the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<HealthChecks>,
-    /// APISIX's service discovery: not supported by this build, refused when set.
+    /// Where the nodes come from instead of `nodes`: `dns`, `etcd`, `consul` or `consul_kv`,
+    /// as the node config's `discovery:` section sets them up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_type: Option<String>,
     /// The service to look up with `discovery_type`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
+    /// Arguments of the lookup; none of the discovery types takes any yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_args: Option<serde_json::Value>,
     /// TLS settings of an `https` or `grpcs` upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,

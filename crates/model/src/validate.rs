@@ -111,7 +111,7 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
 fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
     // No nodes is valid, as in APISIX: the upstream answers 503 until it has some (staged
     // roll-outs, and discovery, fill it later).
-    if let Err(errs) = u.nodes.resolve(u.scheme) {
+    if let Some(Err(errs)) = u.nodes.as_ref().map(|n| n.resolve(u.scheme)) {
         errors.extend(errs.into_iter().map(|e| e.within("nodes")));
     }
     if u.balancer == UpstreamType::Chash {
@@ -164,7 +164,7 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         }
     }
     // The Host a `node` upstream sends is its node's: APISIX takes it from a single node.
-    if u.pass_host == PassHost::Node && u.nodes.len() != 1 {
+    if u.pass_host == PassHost::Node && u.nodes.as_ref().is_some_and(|n| n.len() != 1) {
         errors.push(FieldError::new(
             "pass_host",
             "`node` needs exactly one node (its host is the Host sent)",
@@ -192,8 +192,40 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
     if let Some(checks) = &u.checks {
         nested(errors, "checks", |e| checks.validate(e));
     }
-    unsupported(errors, "discovery_type", u.discovery_type.is_some());
+    match (&u.discovery_type, &u.service_name) {
+        (Some(_), None) => errors.push(FieldError::new(
+            "service_name",
+            "is required with `discovery_type`",
+        )),
+        (None, Some(_)) => errors.push(FieldError::new(
+            "discovery_type",
+            "is required with `service_name`",
+        )),
+        (Some(_), Some(_)) if u.nodes.is_some() => errors.push(FieldError::new(
+            "nodes",
+            "cannot be given with `discovery_type`: discovery finds the nodes",
+        )),
+        (Some(kind), Some(name)) => {
+            if !DISCOVERY_TYPES.contains(&kind.as_str()) {
+                errors.push(FieldError::new(
+                    "discovery_type",
+                    format!("must be one of {}", DISCOVERY_TYPES.join(", ")),
+                ));
+            }
+            if name.is_empty() || name.len() > 256 {
+                errors.push(FieldError::new("service_name", "must be 1 to 256 characters"));
+            }
+        }
+        (None, None) if u.nodes.is_none() => errors.push(FieldError::new(
+            "nodes",
+            "is required, unless `discovery_type` and `service_name` find them",
+        )),
+        (None, None) => {}
+    }
 }
+
+/// The discovery types this build has.
+const DISCOVERY_TYPES: [&str; 4] = ["dns", "etcd", "consul", "consul_kv"];
 
 /// A URI pattern: absolute, with an optional trailing `*` and `:param` segments.
 fn uri_pattern(path: &str, uri: &str, errors: &mut Vec<FieldError>) {
@@ -540,7 +572,7 @@ mod tests {
                 ),
                 (port, tls, grpc)
             );
-            assert_eq!(u.nodes.resolve(u.scheme).unwrap()[0].port, port);
+            assert_eq!(u.nodes.as_ref().unwrap().resolve(u.scheme).unwrap()[0].port, port);
         }
         let errors = route_errors(route_with(json!({"scheme": "tcp"})));
         assert_eq!(errors.len(), 1);
@@ -672,12 +704,12 @@ mod tests {
         let errors = route_errors(json!({
             "uri": "/a", "filter_func": "function(vars) return true end", "script": "x",
             "plugins": {"limit-count": 5},
-            "upstream": upstream(json!({"discovery_type": "dns", "service_name": "a"})),
+            "upstream": {"discovery_type": "eureka", "service_name": "a"},
         }));
         assert_eq!(
             errors,
             [
-                "upstream.discovery_type: is not supported by this build yet",
+                "upstream.discovery_type: must be one of dns, etcd, consul, consul_kv",
                 "plugins.limit-count: must be an object",
                 "filter_func: is not supported by this build yet",
                 "script: is not supported by this build yet",

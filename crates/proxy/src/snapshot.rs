@@ -173,7 +173,11 @@ pub(crate) fn compile_upstream(
     tls: &TlsContext,
 ) -> Result<UpstreamTarget, CompileError> {
     // Validation has already resolved these nodes once; it cannot fail here.
-    let nodes = upstream.nodes.resolve(upstream.scheme).unwrap_or_default();
+    let nodes = upstream
+        .nodes
+        .as_ref()
+        .and_then(|n| n.resolve(upstream.scheme).ok())
+        .unwrap_or_default();
     let algorithm = match upstream.balancer {
         UpstreamType::Roundrobin => Algorithm::RoundRobin,
         UpstreamType::Chash => Algorithm::ConsistentHash,
