@@ -115,21 +115,7 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         errors.extend(errs.into_iter().map(|e| e.within("nodes")));
     }
     if u.balancer == UpstreamType::Chash {
-        match (&u.key, u.hash_on) {
-            (None, HashOn::Consumer) => {}
-            (None, _) => errors.push(FieldError::new("key", "is required when `type` is chash")),
-            (Some(k), HashOn::Vars) if !is_var_name(k) => errors.push(FieldError::new(
-                "key",
-                format!("`{k}` is not a request variable name (such as remote_addr, uri, arg_id)"),
-            )),
-            (Some(k), HashOn::VarsCombinations) if !k.contains('$') => errors.push(
-                FieldError::new("key", "must reference variables, as in `$host$uri`"),
-            ),
-            (Some(k), HashOn::Header | HashOn::Cookie) if k.is_empty() => {
-                errors.push(FieldError::new("key", "must not be empty"))
-            }
-            _ => {}
-        }
+        chash_key(u.key.as_deref(), u.hash_on, errors);
     }
     if u.retries.is_some_and(|r| !(0..=100).contains(&r)) {
         errors.push(FieldError::new("retries", "must be 0..100"));
@@ -365,11 +351,66 @@ fn nested(errors: &mut Vec<FieldError>, prefix: &str, check: impl FnOnce(&mut Ve
     errors.extend(inner.into_iter().map(|e| e.within(prefix)));
 }
 
-fn is_var_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+/// The variables APISIX lets `hash_on: vars` hash on, besides `arg_*`.
+const HASH_VARS: [&str; 10] = [
+    "uri",
+    "server_name",
+    "server_addr",
+    "request_uri",
+    "remote_port",
+    "remote_addr",
+    "query_string",
+    "host",
+    "hostname",
+    "mqtt_client_id",
+];
+/// Of [`HASH_VARS`], those this build has no value for: hashing on them would send every
+/// request to the same node.
+const UNKNOWN_HASH_VARS: [&str; 3] = ["server_name", "hostname", "mqtt_client_id"];
+
+/// A chash upstream's `key`, as APISIX checks it for each `hash_on`.
+fn chash_key(key: Option<&str>, hash_on: HashOn, errors: &mut Vec<FieldError>) {
+    let Some(key) = key else {
+        if hash_on != HashOn::Consumer {
+            errors.push(FieldError::new("key", "is required when `type` is chash"));
+        }
+        return;
+    };
+    let name_chars = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    match hash_on {
+        HashOn::Vars if UNKNOWN_HASH_VARS.contains(&key) => errors.push(FieldError::new(
+            "key",
+            format!("`{key}` is not supported by this build as a hash key"),
+        )),
+        HashOn::Vars
+            if !HASH_VARS.contains(&key) && !key.strip_prefix("arg_").is_some_and(name_chars) =>
+        {
+            errors.push(FieldError::new(
+                "key",
+                format!(
+                    "`{key}` is not a variable chash can hash on: one of {}, or arg_<name>",
+                    HASH_VARS.join(", ")
+                ),
+            ))
+        }
+        HashOn::Header | HashOn::Cookie if !name_chars(key) => errors.push(FieldError::new(
+            "key",
+            format!(
+                "`{key}` is not a {} name: use letters, digits, `_` and `-`",
+                if hash_on == HashOn::Header {
+                    "header"
+                } else {
+                    "cookie"
+                }
+            ),
+        )),
+        // `vars_combinations` is a free template, as in APISIX; `consumer` needs no key.
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -682,6 +723,58 @@ mod tests {
                 "filter_func: is not supported by this build yet",
                 "script: is not supported by this build yet",
             ]
+        );
+    }
+
+    #[test]
+    fn chash_keys_are_checked_for_what_they_hash_on() {
+        let key_errors = |hash_on: &str, key: Value| {
+            let mut fields = json!({"type": "chash", "hash_on": hash_on});
+            if !key.is_null() {
+                fields["key"] = key;
+            }
+            route_errors(route_with(fields))
+        };
+        for (hash_on, key) in [
+            ("vars", "remote_addr"),
+            ("vars", "query_string"),
+            ("vars", "arg_user-id"),
+            ("header", "X-User_Id"),
+            ("cookie", "session-id"),
+            ("vars_combinations", "any text, $host or not"),
+            ("vars_combinations", ""),
+        ] {
+            assert_eq!(
+                key_errors(hash_on, json!(key)),
+                Vec::<String>::new(),
+                "{key}"
+            );
+        }
+        assert!(key_errors("consumer", Value::Null).is_empty());
+        assert_eq!(
+            key_errors("vars", Value::Null),
+            ["upstream.key: is required when `type` is chash"]
+        );
+        assert_eq!(
+            key_errors("vars", json!("http_x_user")),
+            ["upstream.key: `http_x_user` is not a variable chash can hash on: one of uri, server_name, server_addr, request_uri, remote_port, remote_addr, query_string, host, hostname, mqtt_client_id, or arg_<name>"]
+        );
+        assert_eq!(
+            key_errors("vars", json!("arg_")).len(),
+            1,
+            "an argument needs a name"
+        );
+        assert_eq!(
+            key_errors("vars", json!("hostname")),
+            ["upstream.key: `hostname` is not supported by this build as a hash key"]
+        );
+        assert_eq!(
+            key_errors("header", json!("X User")),
+            ["upstream.key: `X User` is not a header name: use letters, digits, `_` and `-`"]
+        );
+        assert_eq!(
+            key_errors("cookie", json!("")),
+            ["upstream.key: `` is not a cookie name: use letters, digits, `_` and `-`"]
         );
     }
 
