@@ -24,7 +24,7 @@ use crate::query::Query;
 use crate::references::{self, id_text};
 use crate::response::{key_path, node, presentable, singular, Reply};
 use crate::secrets;
-use crate::validation;
+use crate::validation::{self, Refusal};
 use crate::writer::{Backend, Committed, Plan};
 
 /// Fields the server keeps: a PUT or POST may not set them.
@@ -325,8 +325,12 @@ fn prepare(
     let mut value = Value::Object(value);
     secrets::open(&backend.keyring, key.kind, &mut value)
         .map_err(|e| Reply::bad_request(format!("invalid configuration: {e}")))?;
-    validation::check_write(&backend.keyring, view, key, &value)
-        .map_err(|errors| Reply::invalid(&errors))?;
+    validation::check_write(&backend.keyring, view, key, &value).map_err(
+        |refusal| match refusal {
+            Refusal::Invalid(errors) => Reply::invalid(&errors),
+            Refusal::MissingReference(message) => Reply::bad_request(message),
+        },
+    )?;
     secrets::seal(&backend.keyring, key.kind, &mut value).map_err(|e| {
         Reply::error(
             StatusCode::INTERNAL_SERVER_ERROR,

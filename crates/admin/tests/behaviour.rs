@@ -148,7 +148,20 @@ async fn invalid_json_and_invalid_resources_are_refused_naming_the_field() {
     assert_eq!(dangling.status, 400);
     assert_eq!(
         dangling.body["error_msg"],
-        "invalid configuration: upstream_id: upstream `nope` does not exist"
+        "failed to fetch upstream info by upstream id [nope], response code: 404"
+    );
+    // APISIX's words for each reference, plugin configs included.
+    let no_plugin_config = api
+        .call(
+            "PUT",
+            "/apisix/admin/routes/1",
+            Some(r#"{"uri": "/a", "plugin_config_id": "not_found", "upstream": {"nodes": {"127.0.0.1:80": 1}}}"#),
+        )
+        .await;
+    assert_eq!(no_plugin_config.status, 400);
+    assert_eq!(
+        no_plugin_config.body["error_msg"],
+        "failed to fetch plugin config info by plugin config id [not_found], response code: 404"
     );
     let no_upstream = api
         .call("PUT", "/apisix/admin/routes/1", Some(r#"{"uri": "/a"}"#))
