@@ -103,6 +103,9 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
     if let Some(u) = &r.upstream {
         nested(errors, "upstream", |e| upstream(u, e));
     }
+    if let Some(vars) = &r.vars {
+        body_arguments(vars.source(), "vars", errors);
+    }
     plugin_objects(r.plugins.as_ref(), errors);
     unsupported(errors, "filter_func", r.filter_func.is_some());
     unsupported(errors, "script", r.script.is_some());
@@ -179,6 +182,46 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         nested(errors, "checks", |e| checks.validate(e));
     }
     unsupported(errors, "discovery_type", u.discovery_type.is_some());
+}
+
+/// APISIX's `post_arg.<JSON path>` variables match on the request body, which this build does
+/// not read before routing: a route using one would never match, so it is refused.
+fn body_arguments(vars: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(items) = vars.as_array() else {
+        return;
+    };
+    if let Some(name) = items.first().and_then(Value::as_str) {
+        if let Some(json_path) = name.strip_prefix("post_arg.") {
+            let message = if is_json_path(json_path) {
+                format!("`{name}`: matching on the request body (`post_arg.*`) is not supported by this build")
+            } else {
+                format!("`{name}`: `{json_path}` is not a JSON path")
+            };
+            errors.push(FieldError::new(format!("{path}[0]"), message));
+            return;
+        }
+    }
+    for (i, item) in items.iter().enumerate() {
+        body_arguments(item, &format!("{path}[{i}]"), errors);
+    }
+}
+
+/// Whether `path` reads as a JSON path below the root (`a.b`, `items[0].id`, `a['b c']`).
+fn is_json_path(path: &str) -> bool {
+    let mut depth = 0usize;
+    let mut quote = None;
+    for c in path.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') if depth > 0 => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') if depth > 0 => depth -= 1,
+            (None, ']') => return false,
+            _ => {}
+        }
+    }
+    !path.is_empty() && !path.starts_with('.') && depth == 0 && quote.is_none()
 }
 
 /// A URI pattern: absolute, with an optional trailing `*` and `:param` segments.
@@ -776,6 +819,36 @@ mod tests {
             key_errors("cookie", json!("")),
             ["upstream.key: `` is not a cookie name: use letters, digits, `_` and `-`"]
         );
+    }
+
+    #[test]
+    fn body_arguments_in_vars_are_refused_naming_the_element() {
+        let errors = |vars: Value| {
+            route_errors(json!({"uri": "/a", "vars": vars, "upstream": upstream(json!({}))}))
+        };
+        assert_eq!(
+            errors(json!([["arg_a", "==", "1"], ["post_arg.user.name", "==", "x"]])),
+            ["vars[1][0]: `post_arg.user.name`: matching on the request body (`post_arg.*`) is not supported by this build"]
+        );
+        assert_eq!(
+            errors(json!([
+                "OR",
+                ["arg_a", "==", "1"],
+                ["AND", ["arg_b", "==", 1], ["post_arg.items[0", "==", 1]]
+            ])),
+            ["vars[2][2][0]: `post_arg.items[0`: `items[0` is not a JSON path"]
+        );
+        assert_eq!(
+            errors(json!([["post_arg.", "==", "x"]])),
+            ["vars[0][0]: `post_arg.`: `` is not a JSON path"]
+        );
+        assert!(errors(json!([
+            ["arg_post_arg.a", "==", "x"],
+            ["http_post_arg", "==", "x"]
+        ]))
+        .is_empty());
+        assert!(is_json_path("items[0].id") && is_json_path("a['b]c']") && is_json_path("a"));
+        assert!(!is_json_path(".a") && !is_json_path("a]") && !is_json_path("a['b"));
     }
 
     fn uri_errors(uri: &str) -> Vec<String> {
