@@ -329,6 +329,42 @@ async fn an_ssl_private_key_is_sealed_in_the_store_and_patch_keeps_it() {
     );
 }
 
+/// APISIX's `t/admin/ssl.t`: `cert` and `key` may be references, stored as written (a
+/// reference is not sealed: it is no key); this build resolves `$env://` only.
+#[tokio::test]
+async fn an_ssl_may_refer_to_its_key_material_by_environment_variable() {
+    let api = TestApi::start().await;
+    let (cert, _) = certificate("a.test");
+    let body = json!({
+        "sni": "test.com", "cert": "$ENV://APISIX_TEST_SSL_CERT", "key": "$env://APISIX_TEST_SSL_KEY",
+        "certs": [cert], "keys": ["$ENV://APISIX_TEST_SSL_KEYS"],
+    });
+    let created = api
+        .call("PUT", "/apisix/admin/ssls/1", Some(&body.to_string()))
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let stored = api.stored(&Key::new(Kind::Ssls, "1")).unwrap();
+    assert_eq!(stored["key"], "$env://APISIX_TEST_SSL_KEY");
+    assert_eq!(stored["keys"][0], "$ENV://APISIX_TEST_SSL_KEYS");
+
+    let secret = json!({
+        "sni": "test.com", "cert": "$secret://vault/test/ssl/test.com.crt",
+        "key": "$secret://vault/test/ssl/test.com.key",
+    });
+    let refused = api
+        .call("PUT", "/apisix/admin/ssls/2", Some(&secret.to_string()))
+        .await;
+    assert_eq!(refused.status, 400);
+    let message = refused.body["error_msg"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "invalid configuration: cert: `$secret://` references are not supported by this build"
+        ),
+        "{message}"
+    );
+    assert_eq!(api.stored(&Key::new(Kind::Ssls, "2")), None);
+}
+
 async fn dump(api: &TestApi) -> Value {
     let answer = api.call("GET", "/pylon/admin/config", None).await;
     assert_eq!(answer.status, 200);
