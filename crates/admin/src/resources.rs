@@ -32,7 +32,7 @@ const SERVER_FIELDS: [&str; 2] = ["create_time", "update_time"];
 /// APISIX's id syntax: 1 to 64 of letters, digits, `-`, `_` and `.`.
 const MAX_ID_LEN: usize = 64;
 /// APISIX's limit on a consumer's username.
-const MAX_USERNAME_LEN: usize = 100;
+const MAX_USERNAME_LEN: usize = 256;
 
 /// The methods a kind does not support (APISIX answers 405 for them).
 fn unsupported(kind: Kind, method: &Method) -> bool {

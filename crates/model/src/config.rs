@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::consumer::{Consumer, ConsumerGroup, Credential};
 use crate::error::{FieldError, ValidationErrors};
 use crate::key::{Key, Kind};
+use crate::proto::Proto;
 use crate::route::Route;
 use crate::ssl::Ssl;
 use crate::upstream::Upstream;
@@ -163,6 +164,7 @@ impl Resource {
             Kind::Credentials => {
                 let credential: Credential = parse(value)?;
                 let mut errors = Vec::new();
+                credential.validate(&mut errors);
                 validate::plugin_objects(Some(&credential.plugins), &mut errors);
                 (Resource::Other(Kind::Credentials, value.clone()), errors)
             }
@@ -172,6 +174,12 @@ impl Resource {
                 validate::plugin_objects(Some(&group.plugins), &mut errors);
                 (Resource::Other(Kind::ConsumerGroups, value.clone()), errors)
             }
+            Kind::Protos => {
+                let proto: Proto = parse(value)?;
+                let mut errors = Vec::new();
+                proto.validate(&mut errors);
+                (Resource::Other(Kind::Protos, value.clone()), errors)
+            }
             other if value.is_object() => (Resource::Other(other, value.clone()), Vec::new()),
             _ => return Err(FieldError::new("", "must be an object").into()),
         };
@@ -179,8 +187,10 @@ impl Resource {
         // A plugin's metadata and a secret manager's settings are not resources people
         // name: their fields are the plugin's and the manager's own.
         if !matches!(kind, Kind::PluginMetadata | Kind::Secrets) {
-            validate::descriptive_fields(value, &mut errors);
+            validate::descriptive_fields(kind, value, &mut errors);
         }
+        validate::id_fields(kind, value, &mut errors);
+        validate::timestamps(value, &mut errors);
         checked(resource, errors)
     }
 

@@ -11,6 +11,7 @@ mod consumer;
 mod error;
 pub mod expr;
 mod key;
+mod proto;
 mod reference;
 mod route;
 mod schema;

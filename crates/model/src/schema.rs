@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use crate::config::{id_schema, GlobalRule, PluginConfig, Service};
 use crate::consumer::{Consumer, ConsumerGroup, Credential};
 use crate::key::Kind;
+use crate::proto::Proto;
 use crate::route::Route;
 use crate::ssl::Ssl;
 use crate::upstream::Upstream;
@@ -39,7 +40,8 @@ pub fn json_schema(kind: Kind) -> Value {
         Kind::Consumers => schema_of::<Consumer>(),
         Kind::Credentials => schema_of::<Credential>(),
         Kind::ConsumerGroups => schema_of::<ConsumerGroup>(),
-        Kind::StreamRoutes | Kind::Protos | Kind::PluginMetadata | Kind::Secrets => unchecked(kind),
+        Kind::Protos => schema_of::<Proto>(),
+        Kind::StreamRoutes | Kind::PluginMetadata | Kind::Secrets => unchecked(kind),
     }
 }
 

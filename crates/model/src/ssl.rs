@@ -29,6 +29,9 @@ pub struct Ssl {
     )]
     #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
+    /// A description for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
     /// PEM certificate, leaf first, then any intermediates.
     pub cert: String,
     /// PEM private key of `cert`.
@@ -230,6 +233,14 @@ impl Ssl {
     pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
         let now = SystemTime::now();
         for (cert, key, cert_path, key_path) in self.pairs() {
+            for (path, text) in [(&cert_path, cert), (&key_path, key)] {
+                if text.len() > MAX_PEM_LEN {
+                    errors.push(FieldError::new(
+                        path,
+                        format!("must be at most {MAX_PEM_LEN} bytes"),
+                    ));
+                }
+            }
             match (Reference::parse(cert), Reference::parse(key)) {
                 (None, None) => {
                     if let Err(e) = load_key_pair(cert, key, &cert_path, &key_path, now) {
@@ -311,6 +322,35 @@ impl Ssl {
                 "must list TLSv1.2, TLSv1.3 or both (leave it out for the default)",
             ));
         }
+        // As APISIX's schema: each protocol and each skipping pattern is named once.
+        let protocols = self.ssl_protocols.iter().flatten().map(|v| v.as_str());
+        once_each("ssl_protocols", protocols, errors);
+        let patterns = self
+            .client
+            .iter()
+            .flat_map(|c| c.skip_mtls_uri_regex.iter().flatten());
+        once_each(
+            "client.skip_mtls_uri_regex",
+            patterns.map(String::as_str),
+            errors,
+        );
+    }
+}
+
+/// APISIX's bound on a certificate's and a key's PEM text: 64 KiB.
+const MAX_PEM_LEN: usize = 64 * 1024;
+
+/// Errors for the items of a list that repeat an earlier one.
+fn once_each<'a>(path: &str, items: impl Iterator<Item = &'a str>, errors: &mut Vec<FieldError>) {
+    let mut seen = Vec::new();
+    for (i, item) in items.enumerate() {
+        if seen.contains(&item) {
+            errors.push(FieldError::new(
+                format!("{path}[{i}]"),
+                format!("`{item}` is listed twice"),
+            ));
+        }
+        seen.push(item);
     }
 }
 
@@ -339,6 +379,7 @@ impl fmt::Debug for Ssl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ssl")
             .field("id", &self.id)
+            .field("desc", &self.desc)
             .field("cert", &self.cert)
             .field("key", &REDACTED)
             .field("certs", &self.certs)
@@ -632,6 +673,38 @@ mod tests {
             parse(with(server(&["a.test"]), "exptime", json!(1))).unwrap_err()[0]
                 .contains("unknown field `exptime`")
         );
+        assert_eq!(
+            parse(with(
+                server(&["a.test"]),
+                "ssl_protocols",
+                json!(["TLSv1.3", "TLSv1.2", "TLSv1.3"])
+            ))
+            .unwrap_err(),
+            ["ssl_protocols[2]: `TLSv1.3` is listed twice"]
+        );
+        let (ca, _) = ca_and_leaf(&["a.test"]);
+        assert_eq!(
+            parse(with(
+                server(&["a.test"]),
+                "client",
+                json!({"ca": ca.cert, "skip_mtls_uri_regex": ["^/h", "^/h"]}),
+            ))
+            .unwrap_err(),
+            ["client.skip_mtls_uri_regex[1]: `^/h` is listed twice"]
+        );
+        let described = parse(with(
+            server(&["a.test"]),
+            "desc",
+            json!("the a.test certificate"),
+        ));
+        assert_eq!(
+            described.unwrap().desc.as_deref(),
+            Some("the a.test certificate")
+        );
+        let huge = format!("{}{}", ecdsa(&["a.test"]).cert, " ".repeat(64 * 1024));
+        assert!(parse(with(server(&["a.test"]), "cert", json!(huge)))
+            .unwrap_err()
+            .contains(&"cert: must be at most 65536 bytes".to_owned()));
     }
 
     #[test]

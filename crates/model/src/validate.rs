@@ -6,8 +6,15 @@ use serde_json::Value;
 
 use crate::config::{Plugins, Resource};
 use crate::error::FieldError;
+use crate::key::Kind;
 use crate::route::Route;
 use crate::upstream::{HashOn, PassHost, Timeout, Upstream, UpstreamType, MAX_SECONDS};
+
+/// APISIX's bounds on a resource's `name`, on a label's value, on an id, and on a route's `uri`.
+pub(crate) const MAX_NAME_LEN: usize = 256;
+const MAX_LABEL_LEN: usize = 256;
+pub(crate) const MAX_ID_LEN: usize = 64;
+const MAX_URI_LEN: usize = 4096;
 
 /// The HTTP methods a route may list.
 pub(crate) const METHODS: [&str; 10] = [
@@ -67,6 +74,12 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
     }
     if let Some(uri) = &r.uri {
         uri_pattern("uri", uri, errors);
+        if uri.len() > MAX_URI_LEN {
+            errors.push(FieldError::new(
+                "uri",
+                format!("must be at most {MAX_URI_LEN} bytes"),
+            ));
+        }
     }
     for (i, uri) in r.uris.iter().flatten().enumerate() {
         uri_pattern(&format!("uris[{i}]"), uri, errors);
@@ -137,8 +150,8 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         timeout("timeout", t, errors);
     }
     if let Some(pool) = &u.keepalive_pool {
-        if pool.size < 0 {
-            errors.push(FieldError::new("keepalive_pool.size", "must be >= 0"));
+        if pool.size < 1 {
+            errors.push(FieldError::new("keepalive_pool.size", "must be >= 1"));
         }
         if pool.idle_timeout < 0.0 || !pool.idle_timeout.is_finite() {
             errors.push(FieldError::new(
@@ -164,6 +177,17 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
             "upstream_host",
             "is required when `pass_host` is rewrite",
         ));
+    }
+    if let Some(host) = u.upstream_host.as_deref().filter(|h| !h.is_empty()) {
+        let valid = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+        if !valid {
+            errors.push(FieldError::new(
+                "upstream_host",
+                format!("`{host}` is not a host name or address"),
+            ));
+        }
     }
     if let Some(tls) = &u.tls {
         // On a clear-text upstream these settings would be silently ignored: say so instead.
@@ -262,12 +286,16 @@ fn bad_param(uri: &str) -> Option<&'static str> {
     None
 }
 
-/// What people describe a resource with, as APISIX's schema bounds it: `name` (1 to 100
-/// characters), `desc` (at most 256) and `labels` (values of 1 to 64 characters, no spaces).
-pub(crate) fn descriptive_fields(value: &Value, errors: &mut Vec<FieldError>) {
+/// What people describe a resource with, as APISIX's schema bounds it: `name` (1 to 256
+/// characters; any string on a plugin config), `desc` (at most 256) and `labels` (values of 1
+/// to 256 characters, no spaces).
+pub(crate) fn descriptive_fields(kind: Kind, value: &Value, errors: &mut Vec<FieldError>) {
     if let Some(name) = value.get("name").and_then(Value::as_str) {
-        if !(1..=100).contains(&name.chars().count()) {
-            errors.push(FieldError::new("name", "must be 1 to 100 characters"));
+        if kind != Kind::PluginConfigs && !(1..=MAX_NAME_LEN).contains(&name.chars().count()) {
+            errors.push(FieldError::new(
+                "name",
+                format!("must be 1 to {MAX_NAME_LEN} characters"),
+            ));
         }
     }
     if let Some(desc) = value.get("desc").and_then(Value::as_str) {
@@ -278,14 +306,59 @@ pub(crate) fn descriptive_fields(value: &Value, errors: &mut Vec<FieldError>) {
     if let Some(labels) = value.get("labels").and_then(Value::as_object) {
         for (key, label) in labels {
             let valid = label.as_str().is_some_and(|v| {
-                (1..=64).contains(&v.chars().count()) && !v.contains(char::is_whitespace)
+                (1..=MAX_LABEL_LEN).contains(&v.chars().count()) && !v.contains(char::is_whitespace)
             });
             if !valid {
                 errors.push(FieldError::new(
                     format!("labels.{key}"),
-                    "must be 1 to 64 characters without spaces",
+                    format!("must be 1 to {MAX_LABEL_LEN} characters without spaces"),
                 ));
             }
+        }
+    }
+}
+
+/// The fields that hold an id, checked as APISIX's `id_schema`: 1 to 64 letters, digits, `-`,
+/// `_` and `.`, or an integer from 1. A secret's and a credential's own ids are compound
+/// (`vault/1`), and a plugin's metadata is named by its plugin: their `id` is not one of these.
+pub(crate) fn id_fields(kind: Kind, value: &Value, errors: &mut Vec<FieldError>) {
+    let own_id = !matches!(
+        kind,
+        Kind::Secrets | Kind::Credentials | Kind::PluginMetadata
+    );
+    let fields = ["upstream_id", "service_id", "plugin_config_id", "group_id"];
+    for field in own_id.then_some("id").into_iter().chain(fields) {
+        let valid = match value.get(field) {
+            None | Some(Value::Null) => true,
+            Some(Value::String(id)) => is_id(id),
+            Some(Value::Number(n)) => n.as_u64().is_some_and(|n| n >= 1),
+            Some(_) => false,
+        };
+        if !valid {
+            errors.push(FieldError::new(
+                field,
+                format!("must be 1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`, or an integer >= 1"),
+            ));
+        }
+    }
+}
+
+/// A string id as APISIX's `id_schema` has it.
+pub(crate) fn is_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `create_time` and `update_time` are integers (seconds since the Unix epoch), on every kind.
+pub(crate) fn timestamps(value: &Value, errors: &mut Vec<FieldError>) {
+    for field in ["create_time", "update_time"] {
+        if value
+            .get(field)
+            .is_some_and(|t| !(t.is_i64() || t.is_null()))
+        {
+            errors.push(FieldError::new(field, "must be an integer"));
         }
     }
 }
@@ -557,24 +630,91 @@ mod tests {
 
     #[test]
     fn names_descriptions_and_labels_are_bounded_on_every_kind() {
-        let long_name = "n".repeat(101);
+        let long_name = "n".repeat(257);
         let route = json!({"uri": "/a", "upstream": upstream(json!({})), "name": long_name,
             "desc": "d".repeat(257), "labels": {"env": "pre prod", "team": "", "ok": "a-b_c.1"}});
         assert_eq!(
             route_errors(route),
             [
-                "name: must be 1 to 100 characters",
+                "name: must be 1 to 256 characters",
                 "desc: must be at most 256 characters",
-                "labels.env: must be 1 to 64 characters without spaces",
-                "labels.team: must be 1 to 64 characters without spaces",
+                "labels.env: must be 1 to 256 characters without spaces",
+                "labels.team: must be 1 to 256 characters without spaces",
             ]
         );
-        let consumer = json!({"username": "jack", "labels": {"tier": "x".repeat(65)}});
+        let longest = json!({"uri": "/a", "upstream": upstream(json!({})), "name": "n".repeat(256),
+            "labels": {"team": "t".repeat(256)}});
+        assert_eq!(route_errors(longest), Vec::<String>::new());
+        let consumer = json!({"username": "jack", "labels": {"tier": "x".repeat(257)}});
         let errors = Resource::from_json(Kind::Consumers, &consumer).unwrap_err();
         assert_eq!(errors.0[0].path, "labels.tier");
         // A plugin's metadata is the plugin's own: a `name` there is not a resource name.
         let metadata = json!({"id": "cors", "name": ""});
         assert!(Resource::from_json(Kind::PluginMetadata, &metadata).is_ok());
+        // APISIX's plugin config `name` is any string.
+        let plugin_config = json!({"id": 1, "name": "", "plugins": {}});
+        assert!(Resource::from_json(Kind::PluginConfigs, &plugin_config).is_ok());
+    }
+
+    #[test]
+    fn ids_and_times_are_checked_as_apisix_checks_them_on_every_kind() {
+        let route = |fields: Value| {
+            let mut route = json!({"uri": "/a", "upstream": upstream(json!({}))});
+            for (k, v) in fields.as_object().unwrap() {
+                route[k] = v.clone();
+            }
+            route_errors(route)
+        };
+        let id_error = "must be 1 to 64 letters, digits, `-`, `_` or `.`, or an integer >= 1";
+        assert!(route(json!({"id": 1, "service_id": "a-b_c.1", "plugin_config_id": 7})).is_empty());
+        assert_eq!(route(json!({"id": 0})), [format!("id: {id_error}")]);
+        assert_eq!(
+            route(json!({"upstream_id": "invalid$"})),
+            [format!("upstream_id: {id_error}")]
+        );
+        assert_eq!(
+            route(json!({"service_id": "s".repeat(65)})),
+            [format!("service_id: {id_error}")]
+        );
+        let consumer = json!({"username": "jack", "group_id": "a b"});
+        let errors = Resource::from_json(Kind::Consumers, &consumer).unwrap_err();
+        assert_eq!(errors.0[0].to_string(), format!("group_id: {id_error}"));
+        let stream_route = json!({"id": "a/b", "create_time": "yesterday"});
+        let errors = Resource::from_json(Kind::StreamRoutes, &stream_route).unwrap_err();
+        assert_eq!(
+            errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                format!("id: {id_error}"),
+                "create_time: must be an integer".to_owned()
+            ]
+        );
+        // Compound ids are the Admin API's own.
+        let secret =
+            json!({"id": "vault/1", "uri": "http://127.0.0.1:8200", "prefix": "kv", "token": "t"});
+        assert!(Resource::from_json(Kind::Secrets, &secret).is_ok());
+    }
+
+    #[test]
+    fn routes_and_upstreams_are_bounded_as_apisix_bounds_them() {
+        let long_uri = format!("/{}", "a".repeat(4096));
+        assert_eq!(
+            route_errors(json!({"uri": long_uri, "upstream": upstream(json!({}))})),
+            ["uri: must be at most 4096 bytes"]
+        );
+        assert_eq!(
+            route_errors(route_with(json!({"keepalive_pool": {"size": 0}}))),
+            ["upstream.keepalive_pool.size: must be >= 1"]
+        );
+        assert_eq!(
+            route_errors(route_with(
+                json!({"pass_host": "rewrite", "upstream_host": "a b.test"})
+            )),
+            ["upstream.upstream_host: `a b.test` is not a host name or address"]
+        );
+        assert!(route_errors(route_with(
+            json!({"pass_host": "rewrite", "upstream_host": "[::1]:8080"})
+        ))
+        .is_empty());
     }
 
     #[test]
