@@ -10,6 +10,7 @@ use crate::error::{FieldError, ValidationErrors};
 use crate::key::{Key, Kind};
 use crate::proto::Proto;
 use crate::route::Route;
+use crate::secret;
 use crate::ssl::Ssl;
 use crate::upstream::Upstream;
 use crate::validate;
@@ -179,6 +180,11 @@ impl Resource {
                 let mut errors = Vec::new();
                 proto.validate(&mut errors);
                 (Resource::Other(Kind::Protos, value.clone()), errors)
+            }
+            Kind::Secrets if value.is_object() => {
+                let mut errors = Vec::new();
+                secret::validate(value, &mut errors);
+                (Resource::Other(Kind::Secrets, value.clone()), errors)
             }
             other if value.is_object() => (Resource::Other(other, value.clone()), Vec::new()),
             _ => return Err(FieldError::new("", "must be an object").into()),

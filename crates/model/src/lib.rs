@@ -15,6 +15,7 @@ mod proto;
 mod reference;
 mod route;
 mod schema;
+mod secret;
 mod ssl;
 mod standalone;
 #[cfg(test)]
