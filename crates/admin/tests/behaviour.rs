@@ -212,6 +212,21 @@ async fn invalid_json_and_invalid_resources_are_refused_naming_the_field() {
         .contains("routes/r: has no upstream"));
 }
 
+/// APISIX's proto examples paste a `.proto` file with its line breaks into the JSON string:
+/// its decoder takes them, and so does Pylon, storing the text itself.
+#[tokio::test]
+async fn raw_line_breaks_inside_json_strings_are_stored_as_text() {
+    let api = TestApi::start().await;
+    let body = "{\"content\": \"syntax = \\\"proto3\\\";\n\tpackage helloworld;\"}";
+    let created = api.call("PUT", "/apisix/admin/protos/1", Some(body)).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let stored = api.stored(&Key::new(Kind::Protos, "1")).unwrap();
+    assert_eq!(
+        stored["content"],
+        "syntax = \"proto3\";\n\tpackage helloworld;"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_patches_to_different_fields_both_survive() {
     let api = TestApi::start().await;
