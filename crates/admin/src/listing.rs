@@ -41,7 +41,9 @@ fn filterable_fields(kind: Kind) -> &'static [&'static str] {
 
 impl Listing {
     pub fn from_query(kind: Kind, query: &Query) -> Result<Listing, Reply> {
-        // An empty filter value sets no condition (APISIX's documented `label=`).
+        // An empty value sets no condition, except for `label`: APISIX then keeps only the
+        // resources with a label named "" (none, in practice), as its tests show (its
+        // documentation says otherwise).
         let given = |name: &str| query.get(name).filter(|v| !v.is_empty());
         let regex = |name: &str| {
             given(name)
@@ -67,19 +69,21 @@ impl Listing {
                     .collect()
             })
             .unwrap_or_default();
-        let number = |name: &str| given(name).and_then(|v| v.parse::<usize>().ok());
+        let number = |name: &str| given(name).and_then(|v| v.parse::<i64>().ok());
         let page = match (number("page"), number("page_size")) {
             (Some(page), Some(size)) => {
-                if !PAGE_SIZES.contains(&size) {
-                    return Err(Reply::bad_request("page_size must be between 10 and 500"));
-                }
-                Some((page.max(1), size))
+                let size = usize::try_from(size)
+                    .ok()
+                    .filter(|size| PAGE_SIZES.contains(size))
+                    .ok_or_else(|| Reply::bad_request("page_size must be between 10 and 500"))?;
+                // As APISIX: a page below 1 is the first.
+                Some((usize::try_from(page).unwrap_or(0).max(1), size))
             }
             _ => None,
         };
         Ok(Listing {
             name: regex("name")?,
-            label: given("label").map(str::to_owned),
+            label: query.get("label").map(str::to_owned),
             uri: regex("uri")?,
             fields,
             page,
@@ -174,8 +178,10 @@ mod tests {
             assert_eq!(kept.len(), total);
             ids(&kept).join(",")
         };
-        assert_eq!(select("name=test&uri=foo&label="), "0,1");
+        assert_eq!(select("name=test&uri=foo"), "0,1");
+        assert_eq!(select("name=&uri=&filter="), "0,1,2,3");
         assert_eq!(select("label=env"), "0");
+        assert_eq!(select("label="), "");
         assert_eq!(select("filter=service_id%3D1"), "0");
         assert_eq!(select("filter=nonsense%3D1"), "0,1,2,3");
         assert_eq!(select(""), "0,1,2,3");
@@ -194,12 +200,18 @@ mod tests {
         );
         let listing =
             Listing::from_query(Kind::Routes, &Query::parse("page=3&page_size=10")).unwrap();
-        assert_eq!(listing.select(all).0.len(), 5);
-        let err =
-            Listing::from_query(Kind::Routes, &Query::parse("page=1&page_size=5")).unwrap_err();
-        assert_eq!(
-            err.body.unwrap()["error_msg"],
-            "page_size must be between 10 and 500"
-        );
+        assert_eq!(listing.select(all.clone()).0.len(), 5);
+        for first in ["page=0&page_size=10", "page=-1&page_size=10"] {
+            let listing = Listing::from_query(Kind::Routes, &Query::parse(first)).unwrap();
+            assert_eq!(ids(&listing.select(all.clone()).0)[0], "24", "{first}");
+        }
+        for size in ["5", "501", "-10"] {
+            let query = Query::parse(&format!("page=1&page_size={size}"));
+            let err = Listing::from_query(Kind::Routes, &query).unwrap_err();
+            assert_eq!(
+                err.body.unwrap()["error_msg"],
+                "page_size must be between 10 and 500"
+            );
+        }
     }
 }

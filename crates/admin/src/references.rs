@@ -16,16 +16,17 @@ struct Reference {
 }
 
 const REFERENCES: &[Reference] = &[
-    Reference {
-        from: Kind::Routes,
-        field: "service_id",
-        to: Kind::Services,
-        label: "route",
-    },
+    // In the order APISIX checks them: the first missing one is the one its refusal names.
     Reference {
         from: Kind::Routes,
         field: "upstream_id",
         to: Kind::Upstreams,
+        label: "route",
+    },
+    Reference {
+        from: Kind::Routes,
+        field: "service_id",
+        to: Kind::Services,
         label: "route",
     },
     Reference {
@@ -42,14 +43,14 @@ const REFERENCES: &[Reference] = &[
     },
     Reference {
         from: Kind::StreamRoutes,
-        field: "service_id",
-        to: Kind::Services,
+        field: "upstream_id",
+        to: Kind::Upstreams,
         label: "stream_route",
     },
     Reference {
         from: Kind::StreamRoutes,
-        field: "upstream_id",
-        to: Kind::Upstreams,
+        field: "service_id",
+        to: Kind::Services,
         label: "stream_route",
     },
     Reference {
@@ -79,6 +80,24 @@ pub(crate) fn outgoing(kind: Kind, value: &Value) -> Vec<(&'static str, Key)> {
             Some((r.field, Key::new(r.to, id)))
         })
         .collect()
+}
+
+/// APISIX's refusal of a write that points at a resource for which `exists` is false, for the
+/// first such reference: `failed to fetch plugin config info by plugin config id [9], response
+/// code: 404`. Its words name the field, and scripts match them.
+pub(crate) fn first_missing(
+    kind: Kind,
+    value: &Value,
+    exists: impl Fn(&Key) -> bool,
+) -> Option<String> {
+    let (_, key) = outgoing(kind, value)
+        .into_iter()
+        .find(|(_, key)| !exists(key))?;
+    let what = crate::response::singular(key.kind);
+    Some(format!(
+        "failed to fetch {what} info by {what} id [{}], response code: 404",
+        key.id
+    ))
 }
 
 /// Errors for every reference of `value` to a resource for which `exists` is false.
@@ -162,10 +181,23 @@ mod tests {
         assert_eq!(
             refs,
             vec![
-                ("service_id", Key::new(Kind::Services, "s")),
                 ("upstream_id", Key::new(Kind::Upstreams, "1")),
+                ("service_id", Key::new(Kind::Services, "s")),
             ]
         );
+        let route = json!({"upstream_id": 1, "plugin_config_id": 9});
+        let upstream = Key::new(Kind::Upstreams, "1");
+        assert_eq!(
+            first_missing(Kind::Routes, &route, |k| *k == upstream).as_deref(),
+            Some("failed to fetch plugin config info by plugin config id [9], response code: 404")
+        );
+        assert_eq!(
+            first_missing(Kind::Consumers, &json!({"group_id": "g"}), |_| false).as_deref(),
+            Some(
+                "failed to fetch consumer group info by consumer group id [g], response code: 404"
+            )
+        );
+        assert_eq!(first_missing(Kind::Routes, &route, |_| true), None);
         let errors = missing(Kind::Consumers, &json!({"group_id": "g"}), |_| false);
         assert_eq!(
             errors[0].to_string(),

@@ -24,7 +24,7 @@ use crate::query::Query;
 use crate::references::{self, id_text};
 use crate::response::{key_path, node, presentable, singular, Reply};
 use crate::secrets;
-use crate::validation;
+use crate::validation::{self, Refusal};
 use crate::writer::{Backend, Committed, Plan};
 
 /// Fields the server keeps: a PUT or POST may not set them.
@@ -32,7 +32,7 @@ const SERVER_FIELDS: [&str; 2] = ["create_time", "update_time"];
 /// APISIX's id syntax: 1 to 64 of letters, digits, `-`, `_` and `.`.
 const MAX_ID_LEN: usize = 64;
 /// APISIX's limit on a consumer's username.
-const MAX_USERNAME_LEN: usize = 100;
+const MAX_USERNAME_LEN: usize = 256;
 
 /// The methods a kind does not support (APISIX answers 405 for them).
 fn unsupported(kind: Kind, method: &Method) -> bool {
@@ -148,6 +148,12 @@ async fn put(backend: &Backend, address: &Address, body: Option<Value>) -> Resul
     forbid_server_fields(&body)?;
     let id = put_id(address, &body)?;
     let key = address.key_for(&id);
+    // APISIX keeps the id as it was given: the body's, a number or a string, when the path
+    // has none; else the path's, a string.
+    let stored_id = match body.get(address.kind.id_field()) {
+        Some(number @ Value::Number(_)) if address.id.is_none() => number.clone(),
+        _ => Value::String(key.id.clone()),
+    };
     let committed = backend
         .write(|view| {
             if key.kind == Kind::Credentials && !consumer_exists(view, &key) {
@@ -155,7 +161,8 @@ async fn put(backend: &Backend, address: &Address, body: Option<Value>) -> Resul
             }
             let existing = view.entries.get(&key);
             let mut value = body.clone();
-            stamp(&mut value, &key, existing.map(|e| &e.value), None);
+            let created = existing.and_then(|e| e.value.get("create_time")).cloned();
+            stamp(&mut value, &key, stored_id.clone(), created, None);
             let stored = prepare(backend, view, &key, value.clone())?;
             let condition = existing.map_or(Precondition::Absent, |e| {
                 Precondition::ModRevision(e.mod_revision)
@@ -191,7 +198,7 @@ async fn post(backend: &Backend, address: &Address, body: Option<Value>) -> Resu
         .write(|view| {
             let key = generated_key(view, address);
             let mut value = body.clone();
-            stamp(&mut value, &key, None, None);
+            stamp(&mut value, &key, Value::String(key.id.clone()), None, None);
             let stored = prepare(backend, view, &key, value.clone())?;
             Ok(Plan {
                 txn: Txn::put(key.clone(), stored).when(key.clone(), Precondition::Absent),
@@ -236,10 +243,12 @@ async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Res
                     format!("the stored {key} is not an object"),
                 ));
             };
+            // As APISIX: the times a whole-body PATCH states are kept; one by sub-path sets the
+            // update time anyway (even when the sub-path is `update_time`).
             let given_update_time = match (&body, address.sub_path.is_empty()) {
                 (Value::Object(patch), true) => {
                     merge::merge(&mut value, patch.clone());
-                    patch.get("update_time").cloned()
+                    patch.get("update_time").filter(|t| !t.is_null()).cloned()
                 }
                 _ => {
                     merge::replace_at(&mut value, &address.sub_path, body.clone())
@@ -251,7 +260,14 @@ async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Res
             if stated_id.is_some_and(|id| id != key.id) {
                 return Err(wrong_id(key.kind));
             }
-            stamp(&mut value, &key, Some(&existing.value), given_update_time);
+            let created = value.get("create_time").cloned();
+            stamp(
+                &mut value,
+                &key,
+                Value::String(key.id.clone()),
+                created,
+                given_update_time,
+            );
             let stored = prepare(backend, view, &key, value.clone())?;
             Ok(Plan {
                 txn: Txn::put(key.clone(), stored).when(
@@ -325,8 +341,12 @@ fn prepare(
     let mut value = Value::Object(value);
     secrets::open(&backend.keyring, key.kind, &mut value)
         .map_err(|e| Reply::bad_request(format!("invalid configuration: {e}")))?;
-    validation::check_write(&backend.keyring, view, key, &value)
-        .map_err(|errors| Reply::invalid(&errors))?;
+    validation::check_write(&backend.keyring, view, key, &value).map_err(
+        |refusal| match refusal {
+            Refusal::Invalid(errors) => Reply::invalid(&errors),
+            Refusal::MissingReference(message) => Reply::bad_request(message),
+        },
+    )?;
     secrets::seal(&backend.keyring, key.kind, &mut value).map_err(|e| {
         Reply::error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -336,29 +356,25 @@ fn prepare(
     Ok(value)
 }
 
-/// Sets the id field and the times: creation kept from `previous` (or now), update now unless
-/// a PATCH states it. The id is the key's whole id (`vault/1` for a secret,
-/// `<username>/credentials/<id>` for a credential), so that a dump names the resource fully.
+/// Sets `key`'s id field to `id`, and the times: `created` and `updated`, now if `None`. The id
+/// is the key's whole id (`vault/1` for a secret, `<username>/credentials/<id>` for a
+/// credential), so that a dump names the resource fully; or, as given, a number.
 fn stamp(
     value: &mut Map<String, Value>,
     key: &Key,
-    previous: Option<&Value>,
-    given_update_time: Option<Value>,
+    id: Value,
+    created: Option<Value>,
+    updated: Option<Value>,
 ) {
     let now = now();
+    value.insert(key.kind.id_field().to_owned(), id);
     value.insert(
-        key.kind.id_field().to_owned(),
-        Value::String(key.id.clone()),
+        "create_time".to_owned(),
+        created.unwrap_or_else(|| json!(now)),
     );
-    let created = previous
-        .and_then(|p| p.get("create_time"))
-        .or_else(|| value.get("create_time"))
-        .cloned()
-        .unwrap_or_else(|| json!(now));
-    value.insert("create_time".to_owned(), created);
     value.insert(
         "update_time".to_owned(),
-        given_update_time.unwrap_or_else(|| json!(now)),
+        updated.unwrap_or_else(|| json!(now)),
     );
 }
 

@@ -16,29 +16,44 @@ use serde_json::Value;
 use crate::references;
 use crate::secrets;
 
+/// Why a write is refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Fields of the resource, or of another resource the write would break.
+    Invalid(Vec<FieldError>),
+    /// It points at a resource that does not exist: APISIX's refusal, word for word.
+    MissingReference(String),
+}
+
 /// Checks `value` as the new content of `key`, with `view` as the rest of the configuration.
 /// Error paths are relative to the resource, or name another resource the write would break.
+/// As in APISIX, references are checked once the resource's own fields are valid, and before
+/// its plugins are.
 pub(crate) fn check_write(
     keyring: &Keyring,
     view: &View,
     key: &Key,
     value: &Value,
-) -> Result<(), Vec<FieldError>> {
-    Resource::from_json(key.kind, value).map_err(|e| e.0)?;
+) -> Result<(), Refusal> {
+    Resource::from_json(key.kind, value).map_err(|e| Refusal::Invalid(e.0))?;
+    if let Some(refusal) =
+        references::first_missing(key.kind, value, |k| view.entries.contains_key(k))
+    {
+        return Err(Refusal::MissingReference(refusal));
+    }
     let mut errors = pylon_plugins::check_resource(key.kind, value);
     if matches!(key.kind, Kind::Consumers | Kind::Credentials) {
         errors.extend(credential_clashes(keyring, view, key, value));
     }
-    errors.extend(references::missing(key.kind, value, |k| {
-        view.entries.contains_key(k)
-    }));
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(Refusal::Invalid(errors));
     }
     let neighbourhood = neighbourhood(view, key, value);
     match Config::from_entries(&neighbourhood) {
         Ok(_) => Ok(()),
-        Err(errors) => Err(errors.0.into_iter().map(|e| relative_to(key, e)).collect()),
+        Err(errors) => Err(Refusal::Invalid(
+            errors.0.into_iter().map(|e| relative_to(key, e)).collect(),
+        )),
     }
 }
 

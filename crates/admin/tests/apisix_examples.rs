@@ -649,10 +649,16 @@ async fn lists_are_filtered_then_paged() {
     assert_eq!(all.body["list"][0]["key"], "/pylon/routes/1");
 
     let filtered = api
-        .call("GET", "/apisix/admin/routes?name=test&uri=foo&label=", None)
+        .call("GET", "/apisix/admin/routes?name=test&uri=foo", None)
         .await;
     assert_eq!(filtered.body["total"], 1);
     assert_eq!(filtered.body["list"][0]["value"]["id"], "1");
+    // The documentation's example adds `label=`, saying it sets no condition; APISIX itself
+    // (`t/admin/filter.t`) then keeps only resources with a label named "".
+    let empty_label = api
+        .call("GET", "/apisix/admin/routes?name=test&uri=foo&label=", None)
+        .await;
+    assert_eq!(empty_label.body, json!({"list": [], "total": 0}));
 
     let paged = api
         .call("GET", "/apisix/admin/routes?page=1&page_size=10", None)
@@ -783,4 +789,73 @@ async fn ids_are_checked_like_apisix() {
         unknown.body,
         json!({"error_msg": "Unsupported resource type: routez"})
     );
+}
+
+/// APISIX's `t/admin/routes2.t`: an id given in the body alone is kept as given (a number stays
+/// a number); the path's id is a string, and a PATCH, which names the path, makes it one.
+#[tokio::test]
+async fn an_id_is_kept_as_apisix_keeps_it() {
+    let api = TestApi::start().await;
+    let route = r#"{"id": 1, "uri": "/index.html", "upstream": {"nodes": {"127.0.0.1:8080": 1}}}"#;
+    let from_body = api.call("PUT", "/apisix/admin/routes", Some(route)).await;
+    assert_eq!(from_body.status, 201);
+    assert_eq!(from_body.body["value"]["id"], json!(1));
+    let read = api.call("GET", "/apisix/admin/routes/1", None).await;
+    assert_eq!(read.body["value"]["id"], json!(1));
+
+    let from_path = api.call("PUT", "/apisix/admin/routes/2", Some(route)).await;
+    assert_eq!(from_path.status, 400, "the body's id is not the path's");
+    let route2 = route.replace(r#""id": 1"#, r#""id": 2"#);
+    let from_path = api
+        .call("PUT", "/apisix/admin/routes/2", Some(&route2))
+        .await;
+    assert_eq!(from_path.status, 201);
+    assert_eq!(from_path.body["value"]["id"], json!("2"));
+
+    let patched = api
+        .call("PATCH", "/apisix/admin/routes/1", Some(r#"{"desc": "d"}"#))
+        .await;
+    assert_eq!(patched.status, 200);
+    assert_eq!(patched.body["value"]["id"], json!("1"));
+}
+
+/// APISIX's `t/admin/upstream4.t`: a whole-body PATCH may state the times and they are kept; a
+/// PATCH by sub-path sets the update time anyway.
+#[tokio::test]
+async fn a_patch_keeps_the_times_it_states_as_apisix_does() {
+    let api = TestApi::start().await;
+    let created = api
+        .call(
+            "PUT",
+            "/apisix/admin/upstreams/1",
+            Some(r#"{"nodes": {"127.0.0.1:8080": 1}}"#),
+        )
+        .await;
+    assert_eq!(created.status, 201);
+    let patch = |body: &'static str, path: &'static str| {
+        let api = &api;
+        async move { api.call("PATCH", path, Some(body)).await.body["value"].clone() }
+    };
+    let value = patch(
+        r#"{"desc": "new upstream", "create_time": 1705252779}"#,
+        "/apisix/admin/upstreams/1",
+    )
+    .await;
+    assert_eq!(value["create_time"], 1705252779);
+    let value = patch(
+        r#"{"update_time": 1705252779}"#,
+        "/apisix/admin/upstreams/1",
+    )
+    .await;
+    assert_eq!(
+        (&value["create_time"], &value["update_time"]),
+        (&json!(1705252779), &json!(1705252779))
+    );
+    let value = patch("1705252000", "/apisix/admin/upstreams/1/update_time").await;
+    assert!(
+        value["update_time"].as_i64().unwrap() > 1705252779,
+        "{value}"
+    );
+    let value = patch("1705252000", "/apisix/admin/upstreams/1/create_time").await;
+    assert_eq!(value["create_time"], 1705252000);
 }

@@ -148,7 +148,20 @@ async fn invalid_json_and_invalid_resources_are_refused_naming_the_field() {
     assert_eq!(dangling.status, 400);
     assert_eq!(
         dangling.body["error_msg"],
-        "invalid configuration: upstream_id: upstream `nope` does not exist"
+        "failed to fetch upstream info by upstream id [nope], response code: 404"
+    );
+    // APISIX's words for each reference, plugin configs included.
+    let no_plugin_config = api
+        .call(
+            "PUT",
+            "/apisix/admin/routes/1",
+            Some(r#"{"uri": "/a", "plugin_config_id": "not_found", "upstream": {"nodes": {"127.0.0.1:80": 1}}}"#),
+        )
+        .await;
+    assert_eq!(no_plugin_config.status, 400);
+    assert_eq!(
+        no_plugin_config.body["error_msg"],
+        "failed to fetch plugin config info by plugin config id [not_found], response code: 404"
     );
     let no_upstream = api
         .call("PUT", "/apisix/admin/routes/1", Some(r#"{"uri": "/a"}"#))
@@ -197,6 +210,21 @@ async fn invalid_json_and_invalid_resources_are_refused_naming_the_field() {
         .as_str()
         .unwrap()
         .contains("routes/r: has no upstream"));
+}
+
+/// APISIX's proto examples paste a `.proto` file with its line breaks into the JSON string:
+/// its decoder takes them, and so does Pylon, storing the text itself.
+#[tokio::test]
+async fn raw_line_breaks_inside_json_strings_are_stored_as_text() {
+    let api = TestApi::start().await;
+    let body = "{\"content\": \"syntax = \\\"proto3\\\";\n\tpackage helloworld;\"}";
+    let created = api.call("PUT", "/apisix/admin/protos/1", Some(body)).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let stored = api.stored(&Key::new(Kind::Protos, "1")).unwrap();
+    assert_eq!(
+        stored["content"],
+        "syntax = \"proto3\";\n\tpackage helloworld;"
+    );
 }
 
 #[tokio::test]
@@ -314,6 +342,42 @@ async fn an_ssl_private_key_is_sealed_in_the_store_and_patch_keeps_it() {
         mismatched.body["error_msg"],
         "invalid configuration: key: does not match the certificate"
     );
+}
+
+/// APISIX's `t/admin/ssl.t`: `cert` and `key` may be references, stored as written (a
+/// reference is not sealed: it is no key); this build resolves `$env://` only.
+#[tokio::test]
+async fn an_ssl_may_refer_to_its_key_material_by_environment_variable() {
+    let api = TestApi::start().await;
+    let (cert, _) = certificate("a.test");
+    let body = json!({
+        "sni": "test.com", "cert": "$ENV://APISIX_TEST_SSL_CERT", "key": "$env://APISIX_TEST_SSL_KEY",
+        "certs": [cert], "keys": ["$ENV://APISIX_TEST_SSL_KEYS"],
+    });
+    let created = api
+        .call("PUT", "/apisix/admin/ssls/1", Some(&body.to_string()))
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let stored = api.stored(&Key::new(Kind::Ssls, "1")).unwrap();
+    assert_eq!(stored["key"], "$env://APISIX_TEST_SSL_KEY");
+    assert_eq!(stored["keys"][0], "$ENV://APISIX_TEST_SSL_KEYS");
+
+    let secret = json!({
+        "sni": "test.com", "cert": "$secret://vault/test/ssl/test.com.crt",
+        "key": "$secret://vault/test/ssl/test.com.key",
+    });
+    let refused = api
+        .call("PUT", "/apisix/admin/ssls/2", Some(&secret.to_string()))
+        .await;
+    assert_eq!(refused.status, 400);
+    let message = refused.body["error_msg"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "invalid configuration: cert: `$secret://` references are not supported by this build"
+        ),
+        "{message}"
+    );
+    assert_eq!(api.stored(&Key::new(Kind::Ssls, "2")), None);
 }
 
 async fn dump(api: &TestApi) -> Value {

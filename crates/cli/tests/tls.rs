@@ -283,3 +283,21 @@ fn a_bad_certificate_is_refused_with_the_reason() {
     assert!(err.contains("ssls[0].key"), "{err}");
     assert!(err.contains("does not match"), "{err}");
 }
+
+#[test]
+fn a_certificate_given_by_environment_references_is_read_when_compiled() {
+    let ca = TestCa::new("test ca");
+    let a = ca.issue(&["a.test"]);
+    // Names of this test alone: the variables reach every pylon this test binary starts.
+    std::env::set_var("PYLON_TLS_TEST_CERT", &a.cert);
+    std::env::set_var("PYLON_TLS_TEST_KEY", &a.key);
+    let up = Upstream::start("backend");
+    let ssls = "  - id: 1\n    snis: [\"a.test\"]\n    cert: \"$env://PYLON_TLS_TEST_CERT\"\n    key: \"$ENV://PYLON_TLS_TEST_KEY\"\n";
+    let pylon = Pylon::start(&routes(&up, ssls), "");
+
+    let config = client_config(ca.roots(), &["http/1.1"]);
+    let res = https_get(pylon.https_addr.unwrap(), "a.test", config, "/x").unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body, "backend");
+    assert_eq!(res.peer_cert.unwrap(), leaf(&a.cert));
+}

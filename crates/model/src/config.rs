@@ -8,7 +8,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::consumer::{Consumer, ConsumerGroup, Credential};
 use crate::error::{FieldError, ValidationErrors};
 use crate::key::{Key, Kind};
+use crate::proto::Proto;
 use crate::route::Route;
+use crate::secret;
 use crate::ssl::Ssl;
 use crate::upstream::Upstream;
 use crate::validate;
@@ -163,6 +165,7 @@ impl Resource {
             Kind::Credentials => {
                 let credential: Credential = parse(value)?;
                 let mut errors = Vec::new();
+                credential.validate(&mut errors);
                 validate::plugin_objects(Some(&credential.plugins), &mut errors);
                 (Resource::Other(Kind::Credentials, value.clone()), errors)
             }
@@ -172,6 +175,17 @@ impl Resource {
                 validate::plugin_objects(Some(&group.plugins), &mut errors);
                 (Resource::Other(Kind::ConsumerGroups, value.clone()), errors)
             }
+            Kind::Protos => {
+                let proto: Proto = parse(value)?;
+                let mut errors = Vec::new();
+                proto.validate(&mut errors);
+                (Resource::Other(Kind::Protos, value.clone()), errors)
+            }
+            Kind::Secrets if value.is_object() => {
+                let mut errors = Vec::new();
+                secret::validate(value, &mut errors);
+                (Resource::Other(Kind::Secrets, value.clone()), errors)
+            }
             other if value.is_object() => (Resource::Other(other, value.clone()), Vec::new()),
             _ => return Err(FieldError::new("", "must be an object").into()),
         };
@@ -179,8 +193,10 @@ impl Resource {
         // A plugin's metadata and a secret manager's settings are not resources people
         // name: their fields are the plugin's and the manager's own.
         if !matches!(kind, Kind::PluginMetadata | Kind::Secrets) {
-            validate::descriptive_fields(value, &mut errors);
+            validate::descriptive_fields(kind, value, &mut errors);
         }
+        validate::id_fields(kind, value, &mut errors);
+        validate::timestamps(value, &mut errors);
         checked(resource, errors)
     }
 

@@ -11,13 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{de_opt_id, id_schema, Labels, Plugins};
 use crate::error::FieldError;
+use crate::validate::MAX_NAME_LEN;
 
 /// A consumer, named by its `username`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consumer {
-    /// Letters, digits, `_` and `-`; at most 100 characters.
-    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[a-zA-Z0-9_\-]+$"))]
+    /// Letters, digits, `_` and `-`; at most 256 characters.
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[a-zA-Z0-9_\-]+$"))]
     pub username: String,
     /// A description for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,8 +61,9 @@ pub struct Credential {
     /// Key-value pairs to tag and select resources by.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
-    /// The authentication plugins this credential configures.
+    /// The authentication plugin this credential configures (one, as in APISIX).
     #[serde(default, skip_serializing_if = "Plugins::is_empty")]
+    #[schemars(extend("maxProperties" = 1))]
     pub plugins: Plugins,
     /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,14 +106,25 @@ pub struct ConsumerGroup {
 impl Consumer {
     pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
         let name = &self.username;
-        let valid = (1..=100).contains(&name.len())
+        let valid = (1..=MAX_NAME_LEN).contains(&name.len())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid {
             errors.push(FieldError::new(
                 "username",
-                "must be 1 to 100 letters, digits, `_` or `-`",
+                format!("must be 1 to {MAX_NAME_LEN} letters, digits, `_` or `-`"),
+            ));
+        }
+    }
+}
+
+impl Credential {
+    pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
+        if self.plugins.len() > 1 {
+            errors.push(FieldError::new(
+                "plugins",
+                "a credential configures one plugin",
             ));
         }
     }
@@ -139,7 +152,7 @@ mod tests {
         .is_empty());
         assert_eq!(
             errors(Kind::Consumers, json!({"username": "jack smith"})),
-            ["username: must be 1 to 100 letters, digits, `_` or `-`"]
+            ["username: must be 1 to 256 letters, digits, `_` or `-`"]
         );
         assert_eq!(
             errors(
@@ -159,5 +172,16 @@ mod tests {
         .is_empty());
         let typed = errors(Kind::Credentials, json!({"plugins": {}, "desc": 5}));
         assert!(typed[0].starts_with("desc:"), "{typed:?}");
+        assert_eq!(
+            errors(
+                Kind::Credentials,
+                json!({"plugins": {"key-auth": {"key": "k"}, "basic-auth": {"username": "u", "password": "p"}}})
+            ),
+            ["plugins: a credential configures one plugin"]
+        );
+        assert_eq!(
+            errors(Kind::Consumers, json!({"username": "j".repeat(257)})),
+            ["username: must be 1 to 256 letters, digits, `_` or `-`"]
+        );
     }
 }

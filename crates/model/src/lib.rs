@@ -11,8 +11,11 @@ mod consumer;
 mod error;
 pub mod expr;
 mod key;
+mod proto;
+mod reference;
 mod route;
 mod schema;
+mod secret;
 mod ssl;
 mod standalone;
 #[cfg(test)]
@@ -28,6 +31,7 @@ pub use checks::{
 pub use config::{Config, GlobalRule, PluginConfig, Resource, Service};
 pub use error::{FieldError, ValidationErrors};
 pub use key::{Key, Kind};
+pub use reference::is_secret_reference;
 pub use route::Route;
 pub use schema::json_schema;
 pub use ssl::{Ssl, SslClient, SslType, TlsVersion};

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use crate::config::{id_schema, GlobalRule, PluginConfig, Service};
 use crate::consumer::{Consumer, ConsumerGroup, Credential};
 use crate::key::Kind;
+use crate::proto::Proto;
 use crate::route::Route;
 use crate::ssl::Ssl;
 use crate::upstream::Upstream;
@@ -39,7 +40,8 @@ pub fn json_schema(kind: Kind) -> Value {
         Kind::Consumers => schema_of::<Consumer>(),
         Kind::Credentials => schema_of::<Credential>(),
         Kind::ConsumerGroups => schema_of::<ConsumerGroup>(),
-        Kind::StreamRoutes | Kind::Protos | Kind::PluginMetadata | Kind::Secrets => unchecked(kind),
+        Kind::Protos => schema_of::<Proto>(),
+        Kind::StreamRoutes | Kind::PluginMetadata | Kind::Secrets => unchecked(kind),
     }
 }
 
@@ -50,13 +52,20 @@ fn schema_of<T: JsonSchema>() -> Value {
         .to_value()
 }
 
-/// Any object, with the field that names the resource.
+/// Any object, with the field that names the resource, and its plugins where it has some.
 fn unchecked(kind: Kind) -> Value {
     let id = match kind.id_field() {
         "id" => id_schema(&mut SchemaGenerator::default()).to_value(),
         // A consumer's `username`.
         _ => json!({"type": "string"}),
     };
+    let mut properties = json!({kind.id_field(): id});
+    if kind == Kind::StreamRoutes {
+        properties["plugins"] = json!({
+            "description": "Plugins by name, with their configuration.",
+            "type": "object",
+        });
+    }
     json!({
         "$schema": meta_schemas::DRAFT2020_12,
         "title": kind.as_str(),
@@ -64,7 +73,7 @@ fn unchecked(kind: Kind) -> Value {
             "Pylon stores {kind} as they are written: any JSON object is accepted and its fields are not checked yet."
         ),
         "type": "object",
-        "properties": {kind.id_field(): id},
+        "properties": properties,
     })
 }
 
@@ -84,6 +93,28 @@ mod tests {
             assert_eq!(schema["type"], "object", "{kind}");
             assert!(schema["properties"][kind.id_field()].is_object(), "{kind}");
             assert!(schema["description"].is_string(), "{kind}");
+        }
+    }
+
+    /// APISIX's schemas of the kinds that carry plugins name `plugins`, an object.
+    #[test]
+    fn every_kind_with_plugins_has_them_in_its_schema() {
+        for kind in [
+            Kind::Routes,
+            Kind::Services,
+            Kind::Consumers,
+            Kind::Credentials,
+            Kind::ConsumerGroups,
+            Kind::PluginConfigs,
+            Kind::GlobalRules,
+            Kind::StreamRoutes,
+        ] {
+            let plugins = &json_schema(kind)["properties"]["plugins"];
+            let types = match &plugins["type"] {
+                Value::Array(types) => types.clone(),
+                one => vec![one.clone()],
+            };
+            assert!(types.contains(&json!("object")), "{kind}: {plugins}");
         }
     }
 

@@ -12,7 +12,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::{de_opt_id, id_schema, Labels};
 use crate::error::FieldError;
-use crate::tls::{load_key_pair, parse_certificates, KeyPair, REDACTED};
+use crate::reference::Reference;
+use crate::tls::{
+    check_certificate, check_private_key, load_key_pair, parse_certificates, KeyPair, REDACTED,
+};
 use crate::validate::host_pattern;
 
 /// One or more certificates for the same server names, with their keys.
@@ -26,6 +29,9 @@ pub struct Ssl {
     )]
     #[schemars(schema_with = "id_schema")]
     pub id: Option<String>,
+    /// A description for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
     /// PEM certificate, leaf first, then any intermediates.
     pub cert: String,
     /// PEM private key of `cert`.
@@ -165,13 +171,27 @@ impl Ssl {
         self.status != 0
     }
 
-    /// `cert`/`key` then each of `certs`/`keys`, parsed and checked. The error (the first
-    /// problem found) has a path relative to the ssl, as `certs[1]`.
+    /// `cert`/`key` then each of `certs`/`keys`, parsed and checked, with `$env://`
+    /// references read from this process's environment now. The error (the first problem
+    /// found) has a path relative to the ssl, as `certs[1]`.
     pub fn key_pairs(&self) -> Result<Vec<KeyPair>, FieldError> {
+        self.key_pairs_in(&|name| std::env::var(name).ok())
+    }
+
+    /// [`Ssl::key_pairs`], `env` giving the environment's variables.
+    fn key_pairs_in(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<KeyPair>, FieldError> {
         let now = SystemTime::now();
+        let resolved = |text: &str, path: &str| match Reference::parse(text) {
+            Some(reference) => reference.resolve(env).map_err(|m| FieldError::new(path, m)),
+            None => Ok(text.to_owned()),
+        };
         self.pairs()
             .map(|(cert, key, cert_path, key_path)| {
-                load_key_pair(cert, key, &cert_path, &key_path, now)
+                let (cert, key) = (resolved(cert, &cert_path)?, resolved(key, &key_path)?);
+                load_key_pair(&cert, &key, &cert_path, &key_path, now)
                     // Never empty: see `load_key_pair`.
                     .map_err(|mut errors| errors.remove(0))
             })
@@ -213,8 +233,37 @@ impl Ssl {
     pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
         let now = SystemTime::now();
         for (cert, key, cert_path, key_path) in self.pairs() {
-            if let Err(e) = load_key_pair(cert, key, &cert_path, &key_path, now) {
-                errors.extend(e);
+            for (path, text) in [(&cert_path, cert), (&key_path, key)] {
+                if text.len() > MAX_PEM_LEN {
+                    errors.push(FieldError::new(
+                        path,
+                        format!("must be at most {MAX_PEM_LEN} bytes"),
+                    ));
+                }
+            }
+            match (Reference::parse(cert), Reference::parse(key)) {
+                (None, None) => {
+                    if let Err(e) = load_key_pair(cert, key, &cert_path, &key_path, now) {
+                        errors.extend(e);
+                    }
+                }
+                // What a reference stands for is known only where the certificate is
+                // compiled: each half is checked on its own, and whether they match then.
+                (cert_reference, key_reference) => {
+                    let cert_check = match cert_reference {
+                        Some(reference) => reference.check(),
+                        None => check_certificate(cert, now).map(drop),
+                    };
+                    let key_check = match key_reference {
+                        Some(reference) => reference.check(),
+                        None => check_private_key(key).map(drop),
+                    };
+                    for (path, check) in [(cert_path, cert_check), (key_path, key_check)] {
+                        if let Err(m) = check {
+                            errors.push(FieldError::new(path, m));
+                        }
+                    }
+                }
             }
         }
         if self.certs.len() != self.keys.len() {
@@ -273,6 +322,35 @@ impl Ssl {
                 "must list TLSv1.2, TLSv1.3 or both (leave it out for the default)",
             ));
         }
+        // As APISIX's schema: each protocol and each skipping pattern is named once.
+        let protocols = self.ssl_protocols.iter().flatten().map(|v| v.as_str());
+        once_each("ssl_protocols", protocols, errors);
+        let patterns = self
+            .client
+            .iter()
+            .flat_map(|c| c.skip_mtls_uri_regex.iter().flatten());
+        once_each(
+            "client.skip_mtls_uri_regex",
+            patterns.map(String::as_str),
+            errors,
+        );
+    }
+}
+
+/// APISIX's bound on a certificate's and a key's PEM text: 64 KiB.
+const MAX_PEM_LEN: usize = 64 * 1024;
+
+/// Errors for the items of a list that repeat an earlier one.
+fn once_each<'a>(path: &str, items: impl Iterator<Item = &'a str>, errors: &mut Vec<FieldError>) {
+    let mut seen = Vec::new();
+    for (i, item) in items.enumerate() {
+        if seen.contains(&item) {
+            errors.push(FieldError::new(
+                format!("{path}[{i}]"),
+                format!("`{item}` is listed twice"),
+            ));
+        }
+        seen.push(item);
     }
 }
 
@@ -301,6 +379,7 @@ impl fmt::Debug for Ssl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ssl")
             .field("id", &self.id)
+            .field("desc", &self.desc)
             .field("cert", &self.cert)
             .field("key", &REDACTED)
             .field("certs", &self.certs)
@@ -418,6 +497,56 @@ mod tests {
         assert!(
             parse(json!({"key": e.key, "snis": ["a.test"]})).unwrap_err()[0]
                 .contains("missing field `cert`")
+        );
+    }
+
+    #[test]
+    fn key_material_may_be_an_environment_reference_resolved_when_compiled() {
+        let (e, r) = (ecdsa(&["a.test"]), rsa(&["a.test"]));
+        let ssl = parse(json!({
+            "cert": "$env://A_CERT", "key": "$ENV://A_KEY",
+            "certs": [r.cert], "keys": ["$env://R_KEY"], "snis": ["a.test"],
+        }))
+        .unwrap();
+        let env = |name: &str| match name {
+            "A_CERT" => Some(e.cert.clone()),
+            "A_KEY" => Some(e.key.clone()),
+            "R_KEY" => Some(r.key.clone()),
+            _ => None,
+        };
+        assert_eq!(ssl.key_pairs_in(&env).unwrap().len(), 2);
+        assert_eq!(
+            ssl.key_pairs_in(&|_| None).unwrap_err().to_string(),
+            "cert: environment variable `A_CERT` is not set"
+        );
+        let swapped = |name: &str| match name {
+            "A_CERT" => Some(e.cert.clone()),
+            _ => Some(r.key.clone()),
+        };
+        assert_eq!(
+            ssl.key_pairs_in(&swapped).unwrap_err().to_string(),
+            "key: does not match the certificate"
+        );
+
+        // The half given as PEM is still checked; a secret manager cannot be reached.
+        assert_eq!(
+            parse(json!({"cert": "nope", "key": "$env://K", "snis": ["a.test"]})).unwrap_err(),
+            ["cert: not a PEM certificate"]
+        );
+        assert_eq!(
+            parse(json!({
+                "cert": "$secret://vault/1/a.test/cert", "key": "$env://", "snis": ["a.test"],
+            }))
+            .unwrap_err(),
+            [
+                "cert: `$secret://` references are not supported by this build (it reaches no secret manager): use `$env://NAME`",
+                "key: `$env://` needs the name of a variable",
+            ]
+        );
+        // Elsewhere key material is PEM only.
+        assert_eq!(
+            parse(with(server(&["a.test"]), "client", json!({"ca": "$env://CA"}))).unwrap_err(),
+            ["client.ca: `$env://` and `$secret://` references are accepted only in an ssl's `cert`, `key`, `certs` and `keys`"]
         );
     }
 
@@ -544,6 +673,38 @@ mod tests {
             parse(with(server(&["a.test"]), "exptime", json!(1))).unwrap_err()[0]
                 .contains("unknown field `exptime`")
         );
+        assert_eq!(
+            parse(with(
+                server(&["a.test"]),
+                "ssl_protocols",
+                json!(["TLSv1.3", "TLSv1.2", "TLSv1.3"])
+            ))
+            .unwrap_err(),
+            ["ssl_protocols[2]: `TLSv1.3` is listed twice"]
+        );
+        let (ca, _) = ca_and_leaf(&["a.test"]);
+        assert_eq!(
+            parse(with(
+                server(&["a.test"]),
+                "client",
+                json!({"ca": ca.cert, "skip_mtls_uri_regex": ["^/h", "^/h"]}),
+            ))
+            .unwrap_err(),
+            ["client.skip_mtls_uri_regex[1]: `^/h` is listed twice"]
+        );
+        let described = parse(with(
+            server(&["a.test"]),
+            "desc",
+            json!("the a.test certificate"),
+        ));
+        assert_eq!(
+            described.unwrap().desc.as_deref(),
+            Some("the a.test certificate")
+        );
+        let huge = format!("{}{}", ecdsa(&["a.test"]).cert, " ".repeat(64 * 1024));
+        assert!(parse(with(server(&["a.test"]), "cert", json!(huge)))
+            .unwrap_err()
+            .contains(&"cert: must be at most 65536 bytes".to_owned()));
     }
 
     #[test]

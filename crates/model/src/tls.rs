@@ -13,6 +13,7 @@ use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::InconsistentKeys;
 
 use crate::error::FieldError;
+use crate::reference::is_secret_reference;
 
 /// A certificate chain (leaf first) and the private key of its leaf, parsed and checked.
 pub struct KeyPair {
@@ -63,8 +64,8 @@ impl fmt::Debug for Redacted {
 
 /// Every certificate in a PEM text, in order; other PEM blocks are ignored.
 pub fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    if let Some(reason) = unsupported_reference(pem) {
-        return Err(reason);
+    if is_secret_reference(pem) {
+        return Err(MISPLACED_REFERENCE.to_owned());
     }
     let certs = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -85,8 +86,8 @@ pub fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, Str
 
 /// The first private key in a PEM text (PKCS#8, PKCS#1 RSA or SEC1 EC).
 pub fn parse_private_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
-    if let Some(reason) = unsupported_reference(pem) {
-        return Err(reason);
+    if is_secret_reference(pem) {
+        return Err(MISPLACED_REFERENCE.to_owned());
     }
     match rustls_pemfile::private_key(&mut pem.as_bytes()) {
         Ok(Some(key)) => Ok(key),
@@ -99,13 +100,10 @@ pub fn parse_private_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
     }
 }
 
-/// APISIX lets a certificate be a `$secret://` or `$env://` reference; Pylon does not resolve
-/// those yet, and "not a PEM certificate" would be a puzzling answer.
-fn unsupported_reference(text: &str) -> Option<String> {
-    let text = text.trim_start();
-    (text.starts_with("$secret://") || text.starts_with("$env://"))
-        .then(|| "secret references (`$secret://`, `$env://`) are not supported yet".to_owned())
-}
+/// Why a reference where PEM text is expected is refused: "not a PEM certificate" would be a
+/// puzzling answer to an APISIX user, whose gateway takes references in more places.
+const MISPLACED_REFERENCE: &str =
+    "`$env://` and `$secret://` references are accepted only in an ssl's `cert`, `key`, `certs` and `keys`";
 
 fn signing_key(key: &PrivateKeyDer<'_>) -> Result<Arc<dyn SigningKey>, String> {
     rustls::crypto::ring::sign::any_supported_type(key)
@@ -123,12 +121,10 @@ pub(crate) fn load_key_pair(
     now: SystemTime,
 ) -> Result<KeyPair, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let chain = parse_certificates(cert)
-        .and_then(|chain| check_validity(&chain[0], now).map(|()| chain))
+    let chain = check_certificate(cert, now)
         .map_err(|m| errors.push(FieldError::new(cert_path, m)))
         .ok();
-    let key = parse_private_key(key)
-        .and_then(|der| signing_key(&der).map(|signer| (der, signer)))
+    let key = check_private_key(key)
         .map_err(|m| errors.push(FieldError::new(key_path, m)))
         .ok();
     let (Some(chain), Some((key, signer))) = (chain, key) else {
@@ -151,6 +147,25 @@ pub(crate) fn load_key_pair(
         }
     }
     Ok(KeyPair { chain, key })
+}
+
+/// A certificate chain, parsed, whose leaf is valid at `now`.
+pub(crate) fn check_certificate(
+    pem: &str,
+    now: SystemTime,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = parse_certificates(pem)?;
+    check_validity(&chain[0], now)?;
+    Ok(chain)
+}
+
+/// A private key, parsed, that rustls can sign with.
+pub(crate) fn check_private_key(
+    pem: &str,
+) -> Result<(PrivateKeyDer<'static>, Arc<dyn SigningKey>), String> {
+    let der = parse_private_key(pem)?;
+    let signer = signing_key(&der)?;
+    Ok((der, signer))
 }
 
 /// Refuses a certificate outside its validity period: TLS clients would refuse it anyway, and
@@ -275,7 +290,7 @@ mod tests {
         );
         assert_eq!(
             parse_certificates("$secret://vault/1/cert").unwrap_err(),
-            "secret references (`$secret://`, `$env://`) are not supported yet"
+            MISPLACED_REFERENCE
         );
     }
 

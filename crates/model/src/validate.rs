@@ -6,8 +6,15 @@ use serde_json::Value;
 
 use crate::config::{Plugins, Resource};
 use crate::error::FieldError;
+use crate::key::Kind;
 use crate::route::Route;
 use crate::upstream::{HashOn, PassHost, Timeout, Upstream, UpstreamType, MAX_SECONDS};
+
+/// APISIX's bounds on a resource's `name`, on a label's value, on an id, and on a route's `uri`.
+pub(crate) const MAX_NAME_LEN: usize = 256;
+const MAX_LABEL_LEN: usize = 256;
+pub(crate) const MAX_ID_LEN: usize = 64;
+const MAX_URI_LEN: usize = 4096;
 
 /// The HTTP methods a route may list.
 pub(crate) const METHODS: [&str; 10] = [
@@ -67,6 +74,12 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
     }
     if let Some(uri) = &r.uri {
         uri_pattern("uri", uri, errors);
+        if uri.len() > MAX_URI_LEN {
+            errors.push(FieldError::new(
+                "uri",
+                format!("must be at most {MAX_URI_LEN} bytes"),
+            ));
+        }
     }
     for (i, uri) in r.uris.iter().flatten().enumerate() {
         uri_pattern(&format!("uris[{i}]"), uri, errors);
@@ -103,6 +116,9 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
     if let Some(u) = &r.upstream {
         nested(errors, "upstream", |e| upstream(u, e));
     }
+    if let Some(vars) = &r.vars {
+        body_arguments(vars.source(), "vars", errors);
+    }
     plugin_objects(r.plugins.as_ref(), errors);
     unsupported(errors, "filter_func", r.filter_func.is_some());
     unsupported(errors, "script", r.script.is_some());
@@ -115,21 +131,7 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         errors.extend(errs.into_iter().map(|e| e.within("nodes")));
     }
     if u.balancer == UpstreamType::Chash {
-        match (&u.key, u.hash_on) {
-            (None, HashOn::Consumer) => {}
-            (None, _) => errors.push(FieldError::new("key", "is required when `type` is chash")),
-            (Some(k), HashOn::Vars) if !is_var_name(k) => errors.push(FieldError::new(
-                "key",
-                format!("`{k}` is not a request variable name (such as remote_addr, uri, arg_id)"),
-            )),
-            (Some(k), HashOn::VarsCombinations) if !k.contains('$') => errors.push(
-                FieldError::new("key", "must reference variables, as in `$host$uri`"),
-            ),
-            (Some(k), HashOn::Header | HashOn::Cookie) if k.is_empty() => {
-                errors.push(FieldError::new("key", "must not be empty"))
-            }
-            _ => {}
-        }
+        chash_key(u.key.as_deref(), u.hash_on, errors);
     }
     if u.retries.is_some_and(|r| !(0..=100).contains(&r)) {
         errors.push(FieldError::new("retries", "must be 0..100"));
@@ -148,8 +150,8 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         timeout("timeout", t, errors);
     }
     if let Some(pool) = &u.keepalive_pool {
-        if pool.size < 0 {
-            errors.push(FieldError::new("keepalive_pool.size", "must be >= 0"));
+        if pool.size < 1 {
+            errors.push(FieldError::new("keepalive_pool.size", "must be >= 1"));
         }
         if pool.idle_timeout < 0.0 || !pool.idle_timeout.is_finite() {
             errors.push(FieldError::new(
@@ -175,6 +177,17 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
             "upstream_host",
             "is required when `pass_host` is rewrite",
         ));
+    }
+    if let Some(host) = u.upstream_host.as_deref().filter(|h| !h.is_empty()) {
+        let valid = host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
+        if !valid {
+            errors.push(FieldError::new(
+                "upstream_host",
+                format!("`{host}` is not a host name or address"),
+            ));
+        }
     }
     if let Some(tls) = &u.tls {
         // On a clear-text upstream these settings would be silently ignored: say so instead.
@@ -227,6 +240,46 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
 /// The discovery types this build has.
 const DISCOVERY_TYPES: [&str; 4] = ["dns", "etcd", "consul", "consul_kv"];
 
+/// APISIX's `post_arg.<JSON path>` variables match on the request body, which this build does
+/// not read before routing: a route using one would never match, so it is refused.
+fn body_arguments(vars: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(items) = vars.as_array() else {
+        return;
+    };
+    if let Some(name) = items.first().and_then(Value::as_str) {
+        if let Some(json_path) = name.strip_prefix("post_arg.") {
+            let message = if is_json_path(json_path) {
+                format!("`{name}`: matching on the request body (`post_arg.*`) is not supported by this build")
+            } else {
+                format!("`{name}`: `{json_path}` is not a JSON path")
+            };
+            errors.push(FieldError::new(format!("{path}[0]"), message));
+            return;
+        }
+    }
+    for (i, item) in items.iter().enumerate() {
+        body_arguments(item, &format!("{path}[{i}]"), errors);
+    }
+}
+
+/// Whether `path` reads as a JSON path below the root (`a.b`, `items[0].id`, `a['b c']`).
+fn is_json_path(path: &str) -> bool {
+    let mut depth = 0usize;
+    let mut quote = None;
+    for c in path.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') if depth > 0 => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') if depth > 0 => depth -= 1,
+            (None, ']') => return false,
+            _ => {}
+        }
+    }
+    !path.is_empty() && !path.starts_with('.') && depth == 0 && quote.is_none()
+}
+
 /// A URI pattern: absolute, with an optional trailing `*` and `:param` segments.
 fn uri_pattern(path: &str, uri: &str, errors: &mut Vec<FieldError>) {
     if !uri.starts_with('/') {
@@ -265,12 +318,16 @@ fn bad_param(uri: &str) -> Option<&'static str> {
     None
 }
 
-/// What people describe a resource with, as APISIX's schema bounds it: `name` (1 to 100
-/// characters), `desc` (at most 256) and `labels` (values of 1 to 64 characters, no spaces).
-pub(crate) fn descriptive_fields(value: &Value, errors: &mut Vec<FieldError>) {
+/// What people describe a resource with, as APISIX's schema bounds it: `name` (1 to 256
+/// characters; any string on a plugin config), `desc` (at most 256) and `labels` (values of 1
+/// to 256 characters, no spaces).
+pub(crate) fn descriptive_fields(kind: Kind, value: &Value, errors: &mut Vec<FieldError>) {
     if let Some(name) = value.get("name").and_then(Value::as_str) {
-        if !(1..=100).contains(&name.chars().count()) {
-            errors.push(FieldError::new("name", "must be 1 to 100 characters"));
+        if kind != Kind::PluginConfigs && !(1..=MAX_NAME_LEN).contains(&name.chars().count()) {
+            errors.push(FieldError::new(
+                "name",
+                format!("must be 1 to {MAX_NAME_LEN} characters"),
+            ));
         }
     }
     if let Some(desc) = value.get("desc").and_then(Value::as_str) {
@@ -281,14 +338,59 @@ pub(crate) fn descriptive_fields(value: &Value, errors: &mut Vec<FieldError>) {
     if let Some(labels) = value.get("labels").and_then(Value::as_object) {
         for (key, label) in labels {
             let valid = label.as_str().is_some_and(|v| {
-                (1..=64).contains(&v.chars().count()) && !v.contains(char::is_whitespace)
+                (1..=MAX_LABEL_LEN).contains(&v.chars().count()) && !v.contains(char::is_whitespace)
             });
             if !valid {
                 errors.push(FieldError::new(
                     format!("labels.{key}"),
-                    "must be 1 to 64 characters without spaces",
+                    format!("must be 1 to {MAX_LABEL_LEN} characters without spaces"),
                 ));
             }
+        }
+    }
+}
+
+/// The fields that hold an id, checked as APISIX's `id_schema`: 1 to 64 letters, digits, `-`,
+/// `_` and `.`, or an integer from 1. A secret's and a credential's own ids are compound
+/// (`vault/1`), and a plugin's metadata is named by its plugin: their `id` is not one of these.
+pub(crate) fn id_fields(kind: Kind, value: &Value, errors: &mut Vec<FieldError>) {
+    let own_id = !matches!(
+        kind,
+        Kind::Secrets | Kind::Credentials | Kind::PluginMetadata
+    );
+    let fields = ["upstream_id", "service_id", "plugin_config_id", "group_id"];
+    for field in own_id.then_some("id").into_iter().chain(fields) {
+        let valid = match value.get(field) {
+            None | Some(Value::Null) => true,
+            Some(Value::String(id)) => is_id(id),
+            Some(Value::Number(n)) => n.as_u64().is_some_and(|n| n >= 1),
+            Some(_) => false,
+        };
+        if !valid {
+            errors.push(FieldError::new(
+                field,
+                format!("must be 1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`, or an integer >= 1"),
+            ));
+        }
+    }
+}
+
+/// A string id as APISIX's `id_schema` has it.
+pub(crate) fn is_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `create_time` and `update_time` are integers (seconds since the Unix epoch), on every kind.
+pub(crate) fn timestamps(value: &Value, errors: &mut Vec<FieldError>) {
+    for field in ["create_time", "update_time"] {
+        if value
+            .get(field)
+            .is_some_and(|t| !(t.is_i64() || t.is_null()))
+        {
+            errors.push(FieldError::new(field, "must be an integer"));
         }
     }
 }
@@ -397,11 +499,66 @@ fn nested(errors: &mut Vec<FieldError>, prefix: &str, check: impl FnOnce(&mut Ve
     errors.extend(inner.into_iter().map(|e| e.within(prefix)));
 }
 
-fn is_var_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+/// The variables APISIX lets `hash_on: vars` hash on, besides `arg_*`.
+const HASH_VARS: [&str; 10] = [
+    "uri",
+    "server_name",
+    "server_addr",
+    "request_uri",
+    "remote_port",
+    "remote_addr",
+    "query_string",
+    "host",
+    "hostname",
+    "mqtt_client_id",
+];
+/// Of [`HASH_VARS`], those this build has no value for: hashing on them would send every
+/// request to the same node.
+const UNKNOWN_HASH_VARS: [&str; 3] = ["server_name", "hostname", "mqtt_client_id"];
+
+/// A chash upstream's `key`, as APISIX checks it for each `hash_on`.
+fn chash_key(key: Option<&str>, hash_on: HashOn, errors: &mut Vec<FieldError>) {
+    let Some(key) = key else {
+        if hash_on != HashOn::Consumer {
+            errors.push(FieldError::new("key", "is required when `type` is chash"));
+        }
+        return;
+    };
+    let name_chars = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    match hash_on {
+        HashOn::Vars if UNKNOWN_HASH_VARS.contains(&key) => errors.push(FieldError::new(
+            "key",
+            format!("`{key}` is not supported by this build as a hash key"),
+        )),
+        HashOn::Vars
+            if !HASH_VARS.contains(&key) && !key.strip_prefix("arg_").is_some_and(name_chars) =>
+        {
+            errors.push(FieldError::new(
+                "key",
+                format!(
+                    "`{key}` is not a variable chash can hash on: one of {}, or arg_<name>",
+                    HASH_VARS.join(", ")
+                ),
+            ))
+        }
+        HashOn::Header | HashOn::Cookie if !name_chars(key) => errors.push(FieldError::new(
+            "key",
+            format!(
+                "`{key}` is not a {} name: use letters, digits, `_` and `-`",
+                if hash_on == HashOn::Header {
+                    "header"
+                } else {
+                    "cookie"
+                }
+            ),
+        )),
+        // `vars_combinations` is a free template, as in APISIX; `consumer` needs no key.
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -505,24 +662,91 @@ mod tests {
 
     #[test]
     fn names_descriptions_and_labels_are_bounded_on_every_kind() {
-        let long_name = "n".repeat(101);
+        let long_name = "n".repeat(257);
         let route = json!({"uri": "/a", "upstream": upstream(json!({})), "name": long_name,
             "desc": "d".repeat(257), "labels": {"env": "pre prod", "team": "", "ok": "a-b_c.1"}});
         assert_eq!(
             route_errors(route),
             [
-                "name: must be 1 to 100 characters",
+                "name: must be 1 to 256 characters",
                 "desc: must be at most 256 characters",
-                "labels.env: must be 1 to 64 characters without spaces",
-                "labels.team: must be 1 to 64 characters without spaces",
+                "labels.env: must be 1 to 256 characters without spaces",
+                "labels.team: must be 1 to 256 characters without spaces",
             ]
         );
-        let consumer = json!({"username": "jack", "labels": {"tier": "x".repeat(65)}});
+        let longest = json!({"uri": "/a", "upstream": upstream(json!({})), "name": "n".repeat(256),
+            "labels": {"team": "t".repeat(256)}});
+        assert_eq!(route_errors(longest), Vec::<String>::new());
+        let consumer = json!({"username": "jack", "labels": {"tier": "x".repeat(257)}});
         let errors = Resource::from_json(Kind::Consumers, &consumer).unwrap_err();
         assert_eq!(errors.0[0].path, "labels.tier");
         // A plugin's metadata is the plugin's own: a `name` there is not a resource name.
         let metadata = json!({"id": "cors", "name": ""});
         assert!(Resource::from_json(Kind::PluginMetadata, &metadata).is_ok());
+        // APISIX's plugin config `name` is any string.
+        let plugin_config = json!({"id": 1, "name": "", "plugins": {}});
+        assert!(Resource::from_json(Kind::PluginConfigs, &plugin_config).is_ok());
+    }
+
+    #[test]
+    fn ids_and_times_are_checked_as_apisix_checks_them_on_every_kind() {
+        let route = |fields: Value| {
+            let mut route = json!({"uri": "/a", "upstream": upstream(json!({}))});
+            for (k, v) in fields.as_object().unwrap() {
+                route[k] = v.clone();
+            }
+            route_errors(route)
+        };
+        let id_error = "must be 1 to 64 letters, digits, `-`, `_` or `.`, or an integer >= 1";
+        assert!(route(json!({"id": 1, "service_id": "a-b_c.1", "plugin_config_id": 7})).is_empty());
+        assert_eq!(route(json!({"id": 0})), [format!("id: {id_error}")]);
+        assert_eq!(
+            route(json!({"upstream_id": "invalid$"})),
+            [format!("upstream_id: {id_error}")]
+        );
+        assert_eq!(
+            route(json!({"service_id": "s".repeat(65)})),
+            [format!("service_id: {id_error}")]
+        );
+        let consumer = json!({"username": "jack", "group_id": "a b"});
+        let errors = Resource::from_json(Kind::Consumers, &consumer).unwrap_err();
+        assert_eq!(errors.0[0].to_string(), format!("group_id: {id_error}"));
+        let stream_route = json!({"id": "a/b", "create_time": "yesterday"});
+        let errors = Resource::from_json(Kind::StreamRoutes, &stream_route).unwrap_err();
+        assert_eq!(
+            errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                format!("id: {id_error}"),
+                "create_time: must be an integer".to_owned()
+            ]
+        );
+        // Compound ids are the Admin API's own.
+        let secret =
+            json!({"id": "vault/1", "uri": "http://127.0.0.1:8200", "prefix": "kv", "token": "t"});
+        assert!(Resource::from_json(Kind::Secrets, &secret).is_ok());
+    }
+
+    #[test]
+    fn routes_and_upstreams_are_bounded_as_apisix_bounds_them() {
+        let long_uri = format!("/{}", "a".repeat(4096));
+        assert_eq!(
+            route_errors(json!({"uri": long_uri, "upstream": upstream(json!({}))})),
+            ["uri: must be at most 4096 bytes"]
+        );
+        assert_eq!(
+            route_errors(route_with(json!({"keepalive_pool": {"size": 0}}))),
+            ["upstream.keepalive_pool.size: must be >= 1"]
+        );
+        assert_eq!(
+            route_errors(route_with(
+                json!({"pass_host": "rewrite", "upstream_host": "a b.test"})
+            )),
+            ["upstream.upstream_host: `a b.test` is not a host name or address"]
+        );
+        assert!(route_errors(route_with(
+            json!({"pass_host": "rewrite", "upstream_host": "[::1]:8080"})
+        ))
+        .is_empty());
     }
 
     #[test]
@@ -715,6 +939,88 @@ mod tests {
                 "script: is not supported by this build yet",
             ]
         );
+    }
+
+    #[test]
+    fn chash_keys_are_checked_for_what_they_hash_on() {
+        let key_errors = |hash_on: &str, key: Value| {
+            let mut fields = json!({"type": "chash", "hash_on": hash_on});
+            if !key.is_null() {
+                fields["key"] = key;
+            }
+            route_errors(route_with(fields))
+        };
+        for (hash_on, key) in [
+            ("vars", "remote_addr"),
+            ("vars", "query_string"),
+            ("vars", "arg_user-id"),
+            ("header", "X-User_Id"),
+            ("cookie", "session-id"),
+            ("vars_combinations", "any text, $host or not"),
+            ("vars_combinations", ""),
+        ] {
+            assert_eq!(
+                key_errors(hash_on, json!(key)),
+                Vec::<String>::new(),
+                "{key}"
+            );
+        }
+        assert!(key_errors("consumer", Value::Null).is_empty());
+        assert_eq!(
+            key_errors("vars", Value::Null),
+            ["upstream.key: is required when `type` is chash"]
+        );
+        assert_eq!(
+            key_errors("vars", json!("http_x_user")),
+            ["upstream.key: `http_x_user` is not a variable chash can hash on: one of uri, server_name, server_addr, request_uri, remote_port, remote_addr, query_string, host, hostname, mqtt_client_id, or arg_<name>"]
+        );
+        assert_eq!(
+            key_errors("vars", json!("arg_")).len(),
+            1,
+            "an argument needs a name"
+        );
+        assert_eq!(
+            key_errors("vars", json!("hostname")),
+            ["upstream.key: `hostname` is not supported by this build as a hash key"]
+        );
+        assert_eq!(
+            key_errors("header", json!("X User")),
+            ["upstream.key: `X User` is not a header name: use letters, digits, `_` and `-`"]
+        );
+        assert_eq!(
+            key_errors("cookie", json!("")),
+            ["upstream.key: `` is not a cookie name: use letters, digits, `_` and `-`"]
+        );
+    }
+
+    #[test]
+    fn body_arguments_in_vars_are_refused_naming_the_element() {
+        let errors = |vars: Value| {
+            route_errors(json!({"uri": "/a", "vars": vars, "upstream": upstream(json!({}))}))
+        };
+        assert_eq!(
+            errors(json!([["arg_a", "==", "1"], ["post_arg.user.name", "==", "x"]])),
+            ["vars[1][0]: `post_arg.user.name`: matching on the request body (`post_arg.*`) is not supported by this build"]
+        );
+        assert_eq!(
+            errors(json!([
+                "OR",
+                ["arg_a", "==", "1"],
+                ["AND", ["arg_b", "==", 1], ["post_arg.items[0", "==", 1]]
+            ])),
+            ["vars[2][2][0]: `post_arg.items[0`: `items[0` is not a JSON path"]
+        );
+        assert_eq!(
+            errors(json!([["post_arg.", "==", "x"]])),
+            ["vars[0][0]: `post_arg.`: `` is not a JSON path"]
+        );
+        assert!(errors(json!([
+            ["arg_post_arg.a", "==", "x"],
+            ["http_post_arg", "==", "x"]
+        ]))
+        .is_empty());
+        assert!(is_json_path("items[0].id") && is_json_path("a['b]c']") && is_json_path("a"));
+        assert!(!is_json_path(".a") && !is_json_path("a]") && !is_json_path("a['b"));
     }
 
     fn uri_errors(uri: &str) -> Vec<String> {

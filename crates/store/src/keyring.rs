@@ -177,10 +177,11 @@ impl Keyring {
     }
 
     /// Seals an SSL object's private keys (`key` and every `keys[*]`) that are not sealed yet.
+    /// A `$env://` or `$secret://` reference is no key: it stays readable, as written.
     pub fn seal_ssl(&self, ssl: &mut serde_json::Value) -> Result<(), KeyringError> {
         for (_, slot) in private_keys(ssl) {
             if let serde_json::Value::String(text) = slot {
-                if !Keyring::is_sealed(text) {
+                if !Keyring::is_sealed(text) && !pylon_model::is_secret_reference(text) {
                     *text = self.seal(text)?;
                 }
             }
@@ -282,6 +283,12 @@ mod tests {
         );
         ring.open_ssl(&mut ssl).unwrap();
         assert_eq!(ssl["key"], PEM, "a plain key is left as it is");
+
+        let mut referring = json!({"key": "$env://SSL_KEY", "keys": ["$secret://vault/1/k", PEM]});
+        ring.seal_ssl(&mut referring).unwrap();
+        assert_eq!(referring["key"], "$env://SSL_KEY");
+        assert_eq!(referring["keys"][0], "$secret://vault/1/k");
+        assert!(Keyring::is_sealed(referring["keys"][1].as_str().unwrap()));
 
         let mut damaged = json!({"key": "pylon-sealed:v1:!!"});
         assert_eq!(
