@@ -12,6 +12,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use pylon_admin::{AdminApi, AdminSettings, Role as AdminRole};
+use pylon_discovery::Registry;
 use pylon_model::{FieldError, ValidationErrors};
 use pylon_proxy::{
     AccessLog, ControlApi, Gateway, HandoffEvent, HandoffServer, NodeStatus, Publisher, Snapshot,
@@ -263,12 +264,15 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         // A node that proxies, and only such a node, has a TLS context.
         let mut publisher = match tls {
             Some(tls) => {
+                let discovery =
+                    Registry::new(&node.discovery).context("the node config's `discovery`")?;
                 let mut publisher = Publisher::new(
                     &replica,
                     cell.clone(),
                     node.proxy.upstream.clone(),
                     Arc::new(tls),
                     keyring.clone(),
+                    discovery,
                 );
                 publisher.publish_current();
                 Some(publisher)
@@ -306,7 +310,9 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         };
         let health = publisher.as_ref().map(Publisher::health).unwrap_or_default();
         let control = if node.control.enabled {
-            let api = ControlApi::bind(&node.control, &mut inherited, health, status).await;
+            let discovery = publisher.as_ref().map(Publisher::discovery);
+            let api = ControlApi::bind(&node.control, &mut inherited, health, status, discovery);
+            let api = api.await;
             Some(api.with_context(|| format!("control.listen {}", node.control.listen))?)
         } else {
             None

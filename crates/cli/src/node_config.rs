@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use pylon_admin::AdminSettings;
+use pylon_discovery::DiscoverySettings;
 use pylon_proxy::{AccessLogSettings, ControlSettings, ProxySettings};
 use pylon_store::EtcdSettings;
 use serde::Deserialize;
@@ -23,6 +24,8 @@ pub struct NodeConfig {
     pub admin: AdminSettings,
     pub data_encryption: DataEncryption,
     pub log: LogSettings,
+    /// Where upstreams with a `discovery_type` find their nodes, as APISIX's `discovery:`.
+    pub discovery: DiscoverySettings,
 }
 
 /// What this node does in a cluster, as APISIX's deployment roles.

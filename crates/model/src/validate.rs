@@ -226,7 +226,10 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
                 ));
             }
             if name.is_empty() || name.len() > 256 {
-                errors.push(FieldError::new("service_name", "must be 1 to 256 characters"));
+                errors.push(FieldError::new(
+                    "service_name",
+                    "must be 1 to 256 characters",
+                ));
             }
         }
         (None, None) if u.nodes.is_none() => errors.push(FieldError::new(
@@ -796,7 +799,10 @@ mod tests {
                 ),
                 (port, tls, grpc)
             );
-            assert_eq!(u.nodes.as_ref().unwrap().resolve(u.scheme).unwrap()[0].port, port);
+            assert_eq!(
+                u.nodes.as_ref().unwrap().resolve(u.scheme).unwrap()[0].port,
+                port
+            );
         }
         let errors = route_errors(route_with(json!({"scheme": "tcp"})));
         assert_eq!(errors.len(), 1);

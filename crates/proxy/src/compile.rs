@@ -7,7 +7,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use pylon_model::{Config, Key, Kind, Route, Service, Upstream};
+use pylon_discovery::{Registry, ServiceWatch};
+use pylon_model::{Config, Key, Kind, Node, Route, Service, Upstream};
 use pylon_plugins::CompiledPlugins;
 use pylon_router::{RouteSpec, RouterBuilder};
 use pylon_store::Revision;
@@ -24,6 +25,8 @@ pub(crate) struct Compiler {
     defaults: UpstreamDefaults,
     tls: Arc<TlsContext>,
     health: Arc<HealthRegistry>,
+    /// Finds the nodes of upstreams that name a `discovery_type`.
+    discovery: Registry,
     router: RouterBuilder<RouteTarget, Arc<str>>,
     plugins: CompiledPlugins,
     certificates: Arc<SniTable>,
@@ -53,8 +56,21 @@ struct CompiledRoute {
 struct SharedUpstream {
     /// The configuration it was compiled from: a route that brings the same one reuses it.
     source: Upstream,
+    /// For discovery: the service followed (kept followed while this lives), and the nodes
+    /// it had when this was compiled.
+    discovered: Option<(ServiceWatch, Option<Arc<[pylon_discovery::Node]>>)>,
     target: Arc<UpstreamTarget>,
-    users: usize,
+    /// The routes that use it.
+    users: HashSet<String>,
+}
+
+impl SharedUpstream {
+    /// Whether discovery has found other nodes since this was compiled.
+    fn outdated(&self) -> bool {
+        self.discovered
+            .as_ref()
+            .is_some_and(|(watch, nodes)| watch.current() != *nodes)
+    }
 }
 
 /// A new version, and the routes of this change that cannot be served.
@@ -68,11 +84,13 @@ impl Compiler {
         defaults: UpstreamDefaults,
         tls: Arc<TlsContext>,
         health: Arc<HealthRegistry>,
+        discovery: Registry,
     ) -> Self {
         Self {
             defaults,
             tls,
             health,
+            discovery,
             router: RouterBuilder::new(),
             plugins: CompiledPlugins::compile(&Config::default()).0,
             certificates: Arc::default(),
@@ -134,6 +152,40 @@ impl Compiler {
         if ssls_changed {
             self.certificates = Arc::new(SniTable::compile(&config.ssls, &self.tls));
         }
+        self.recompile(config, affected, &mut not_served);
+        Compiled {
+            snapshot: self.snapshot(revision),
+            not_served,
+        }
+    }
+
+    /// Compiles again the routes of the upstreams whose discovered nodes changed.
+    pub(crate) fn rediscover(&mut self, config: &Config, revision: Revision) -> Compiled {
+        let outdated = self.upstreams.values().filter(|u| u.outdated());
+        let affected = outdated.flat_map(|u| u.users.iter().cloned()).collect();
+        let mut not_served = Vec::new();
+        self.recompile(config, affected, &mut not_served);
+        Compiled {
+            snapshot: self.snapshot(revision),
+            not_served,
+        }
+    }
+
+    fn snapshot(&self, revision: Revision) -> Snapshot {
+        Snapshot {
+            revision,
+            router: self.router.router(),
+            certificates: self.certificates.clone(),
+            global_plugins: self.plugins.global.clone(),
+        }
+    }
+
+    fn recompile(
+        &mut self,
+        config: &Config,
+        affected: BTreeSet<String>,
+        not_served: &mut Vec<CompileError>,
+    ) {
         for id in affected {
             let previous_upstream = self.remove_route(&id);
             if let Some(route) = config.routes.get(&id).filter(|r| r.is_enabled()) {
@@ -144,17 +196,8 @@ impl Compiler {
             // Released after the new version took its own: an upstream both use stays
             // compiled, with its slot and health state.
             if let Some(key) = previous_upstream {
-                self.release_upstream(&key);
+                self.release_upstream(&key, &id);
             }
-        }
-        Compiled {
-            snapshot: Snapshot {
-                revision,
-                router: self.router.router(),
-                certificates: self.certificates.clone(),
-                global_plugins: self.plugins.global.clone(),
-            },
-            not_served,
         }
     }
 
@@ -192,7 +235,7 @@ impl Compiler {
             .route_chain(id, route)
             .map_err(|e| CompileError(e.to_string()))?;
         let target = self
-            .acquire_upstream(upstream_key.clone(), upstream)
+            .acquire_upstream(upstream_key.clone(), upstream, id)
             .map_err(|e| CompileError(format!("routes/{id}: {e}")))?;
         let timeouts = route.timeout.or(upstream.timeout).map_or_else(
             || Timeouts::from_defaults(&self.defaults),
@@ -225,7 +268,7 @@ impl Compiler {
             },
         };
         if let Err(e) = self.router.insert(id.clone(), spec) {
-            self.release_upstream(&upstream_key);
+            self.release_upstream(&upstream_key, &id);
             return Err(CompileError(format!("routes/{id}: {e}")));
         }
         if let Some(compiled) = self.routes.get_mut(&*id) {
@@ -250,59 +293,118 @@ impl Compiler {
         compiled.upstream
     }
 
-    /// The compiled upstream at `key` for one more route: the one in use if it was compiled
-    /// from the same configuration, else compiled now (keeping its slot and, where the
-    /// nodes and checks allow, its health state).
+    /// The compiled upstream at `key` for route `user`: the one in use if it was compiled
+    /// from the same configuration (and discovered nodes), else compiled now, keeping its
+    /// slot and, where the nodes and checks allow, its health state.
     fn acquire_upstream(
         &mut self,
         key: String,
         source: &Upstream,
+        user: &str,
     ) -> Result<Arc<UpstreamTarget>, CompileError> {
-        if let Some(shared) = self.upstreams.get_mut(&key) {
-            if shared.source == *source {
-                shared.users += 1;
-                return Ok(shared.target.clone());
-            }
+        let existing = self.upstreams.get_mut(&key);
+        if let Some(shared) = existing.filter(|s| s.source == *source && !s.outdated()) {
+            shared.users.insert(user.to_owned());
+            return Ok(shared.target.clone());
         }
-        let slot = match self.upstreams.get(&key) {
-            Some(shared) => shared.target.slot,
-            None => self.free_slots.pop().unwrap_or_else(|| {
-                self.next_slot += 1;
-                self.next_slot - 1
-            }),
+        let discovered = self.discover(&key, source)?;
+        let nodes = match &discovered {
+            Some((_, found)) => found
+                .iter()
+                .flat_map(|nodes| nodes.iter())
+                .map(|n| Node {
+                    host: n.host.clone(),
+                    port: if n.port == 0 {
+                        source.scheme.default_port()
+                    } else {
+                        n.port
+                    },
+                    weight: n.weight,
+                    priority: n.priority,
+                })
+                .collect(),
+            // Validation has already resolved these nodes once; it cannot fail here.
+            None => source
+                .nodes
+                .as_ref()
+                .and_then(|n| n.resolve(source.scheme).ok())
+                .unwrap_or_default(),
         };
-        let compiled = compile_upstream(key.clone(), slot, source, &self.defaults, &self.tls);
+        let previous = self.upstreams.remove(&key);
+        let slot = previous.as_ref().map_or_else(
+            || {
+                self.free_slots.pop().unwrap_or_else(|| {
+                    self.next_slot += 1;
+                    self.next_slot - 1
+                })
+            },
+            |p| p.target.slot,
+        );
+        let compiled =
+            compile_upstream(key.clone(), slot, source, &nodes, &self.defaults, &self.tls);
         let mut target = match compiled {
             Ok(target) => target,
             Err(e) => {
-                if !self.upstreams.contains_key(&key) {
-                    self.free_slots.push(slot);
+                match previous {
+                    Some(previous) => drop(self.upstreams.insert(key, previous)),
+                    None => self.free_slots.push(slot),
                 }
                 return Err(e);
             }
         };
         self.health.attach(&mut target);
         let target = Arc::new(target);
-        let users = self.upstreams.get(&key).map_or(0, |shared| shared.users);
-        self.upstreams.insert(
-            key,
-            SharedUpstream {
-                source: source.clone(),
-                target: target.clone(),
-                users: users + 1,
-            },
-        );
+        let mut users = previous.map(|p| p.users).unwrap_or_default();
+        users.insert(user.to_owned());
+        let shared = SharedUpstream {
+            source: source.clone(),
+            discovered,
+            target: target.clone(),
+            users,
+        };
+        self.upstreams.insert(key, shared);
         Ok(target)
     }
 
-    /// One route fewer uses the upstream at `key`; the last one frees its slot and stops its
-    /// health checks.
-    fn release_upstream(&mut self, key: &str) {
+    /// For an upstream with `discovery_type`: the service followed and its nodes now (`None`
+    /// before the first answer). The follow the upstream at `key` has is kept if it is of
+    /// the same service.
+    #[allow(clippy::type_complexity)]
+    fn discover(
+        &self,
+        key: &str,
+        source: &Upstream,
+    ) -> Result<Option<(ServiceWatch, Option<Arc<[pylon_discovery::Node]>>)>, CompileError> {
+        let (Some(kind), Some(name)) = (&source.discovery_type, &source.service_name) else {
+            return Ok(None);
+        };
+        let same_service = self.upstreams.get(key).and_then(|shared| {
+            let followed = &shared.source;
+            let same = followed.discovery_type == source.discovery_type
+                && followed.service_name == source.service_name
+                && followed.discovery_args == source.discovery_args;
+            same.then(|| shared.discovered.as_ref().map(|(watch, _)| watch.clone()))
+                .flatten()
+        });
+        let watch = match same_service {
+            Some(watch) => watch,
+            None => self
+                .discovery
+                .watch(kind, name, source.discovery_args.as_ref())
+                .map_err(|e| CompileError(format!("{key}: {e}")))?,
+        };
+        let nodes = watch.current();
+        Ok(Some((watch, nodes)))
+    }
+
+    /// Route `user` no longer uses the upstream at `key`; the last one frees its slot and
+    /// stops its health checks and discovery.
+    fn release_upstream(&mut self, key: &str, user: &str) {
         let Some(shared) = self.upstreams.get_mut(key) else {
             return;
         };
-        shared.users -= 1;
-        if shared.users == 0 {
+        shared.users.remove(user);
+        if shared.users.is_empty() {
             let slot = shared.target.slot;
             self.upstreams.remove(key);
             self.free_slots.push(slot);
@@ -372,7 +474,9 @@ impl Snapshot {
     /// `config` compiled afresh, with default settings.
     pub(crate) fn compile(config: &Config) -> Snapshot {
         let tls = Arc::new(TlsContext::new(None, None).expect("a default TLS context builds"));
-        let mut compiler = Compiler::new(UpstreamDefaults::default(), tls, Arc::default());
+        let discovery = Registry::new(&Default::default()).expect("default discovery settings");
+        let mut compiler =
+            Compiler::new(UpstreamDefaults::default(), tls, Arc::default(), discovery);
         let keys: Vec<Key> = config.keys().collect();
         compiler.update(config, &keys, 1).snapshot
     }
@@ -428,7 +532,12 @@ mod tests {
             let tls = Arc::new(TlsContext::new(None, None).unwrap());
             Self {
                 entries: BTreeMap::new(),
-                compiler: Compiler::new(UpstreamDefaults::default(), tls, Arc::default()),
+                compiler: Compiler::new(
+                    UpstreamDefaults::default(),
+                    tls,
+                    Arc::default(),
+                    Registry::new(&Default::default()).unwrap(),
+                ),
                 revision: 0,
             }
         }

@@ -6,6 +6,8 @@
 //!
 //! - `GET /v1/status`: the node's id and role, the configuration revision it serves, and the
 //!   store's: where they differ, a change is still being applied or was refused.
+//! - `GET /v1/discovery/<type>/dump`: a discovery type's followed services, their nodes, and
+//!   its settings (secrets hidden), as APISIX's.
 //! - `GET /v1/healthcheck`: every upstream with health checks, its nodes and their status.
 //! - `GET /v1/healthcheck/<kind>/<id>`: the one defined at `<kind>/<id>` (`upstreams/1`, or
 //!   `routes/7` for an inline upstream).
@@ -16,6 +18,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pylon_discovery::Registry;
 use pylon_store::View;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,8 +90,15 @@ impl NodeStatus {
 /// The control API's listener, bound and ready to serve.
 pub struct ControlApi {
     listener: TcpListener,
+    state: Arc<State>,
+}
+
+/// What the control API reports on.
+struct State {
     health: Arc<HealthRegistry>,
-    status: Arc<NodeStatus>,
+    status: NodeStatus,
+    /// On a node that proxies.
+    discovery: Option<Registry>,
 }
 
 impl ControlApi {
@@ -99,6 +109,7 @@ impl ControlApi {
         inherited: &mut Listeners,
         health: Arc<HealthRegistry>,
         status: NodeStatus,
+        discovery: Option<Registry>,
     ) -> io::Result<Self> {
         let listener = match inherited.take(settings.listen, Kind::Control).pop() {
             Some(socket) => TcpListener::from_std(socket)?,
@@ -106,8 +117,11 @@ impl ControlApi {
         };
         Ok(Self {
             listener,
-            health,
-            status: Arc::new(status),
+            state: Arc::new(State {
+                health,
+                status,
+                discovery,
+            }),
         })
     }
 
@@ -127,9 +141,9 @@ impl ControlApi {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    let (health, status) = (self.health.clone(), self.status.clone());
+                    let state = self.state.clone();
                     tokio::spawn(async move {
-                        let exchange = answer(stream, &health, &status);
+                        let exchange = answer(stream, &state);
                         let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await;
                     });
                 }
@@ -143,16 +157,12 @@ impl ControlApi {
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    health: &HealthRegistry,
-    status: &NodeStatus,
-) -> io::Result<()> {
+async fn answer(mut stream: TcpStream, state: &State) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut head = RequestHead::default();
     let (status, body) = loop {
         match head.parse(&buf, &LIMITS) {
-            Ok(Some(_)) => break route(head.method(), head.path(), health, status),
+            Ok(Some(_)) => break route(head.method(), head.path(), state),
             Ok(None) => {}
             Err(_) => break error(400, "400 Bad Request"),
         }
@@ -173,13 +183,24 @@ async fn answer(
 }
 
 /// The status and JSON body for `method path`.
-fn route(method: &str, path: &str, health: &HealthRegistry, status: &NodeStatus) -> (u16, String) {
+fn route(method: &str, path: &str, state: &State) -> (u16, String) {
     if method != "GET" {
         return error(405, "405 Method Not Allowed");
     }
     if path == "/v1/status" {
-        return (200, status.report().to_string());
+        return (200, state.status.report().to_string());
     }
+    if let Some(kind) = path
+        .strip_prefix("/v1/discovery/")
+        .and_then(|rest| rest.strip_suffix("/dump"))
+    {
+        let dump = state.discovery.as_ref().and_then(|d| d.dump(kind));
+        return match dump {
+            Some(dump) => (200, dump.to_string()),
+            None => error(404, &format!("discovery `{kind}` is not configured")),
+        };
+    }
+    let health = &state.health;
     let Some(rest) = path.strip_prefix("/v1/healthcheck") else {
         return error(404, "404 Not Found");
     };
@@ -221,20 +242,23 @@ fn reason(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
-    fn status(view: View) -> NodeStatus {
-        NodeStatus {
-            id: "node-1".into(),
-            role: "control_plane",
-            serving: None,
-            store: watch::channel(Arc::new(view)).1,
+    fn state(view: View) -> State {
+        State {
+            health: Arc::default(),
+            status: NodeStatus {
+                id: "node-1".into(),
+                role: "control_plane",
+                serving: None,
+                store: watch::channel(Arc::new(view)).1,
+            },
+            discovery: None,
         }
     }
 
     #[test]
     fn unknown_paths_and_upstreams_are_json_404s() {
-        let health = HealthRegistry::default();
-        let status = status(View::default());
-        let route = |method, path| route(method, path, &health, &status);
+        let state = state(View::default());
+        let route = |method, path| route(method, path, &state);
         assert_eq!(route("GET", "/v1/healthcheck"), (200, "[]".into()));
         assert_eq!(
             route("GET", "/v1/schema"),
@@ -248,6 +272,13 @@ mod tests {
             )
         );
         assert_eq!(route("POST", "/v1/healthcheck").0, 405);
+        assert_eq!(
+            route("GET", "/v1/discovery/dns/dump"),
+            (
+                404,
+                r#"{"error_msg":"discovery `dns` is not configured"}"#.into()
+            )
+        );
     }
 
     #[test]
@@ -257,12 +288,7 @@ mod tests {
             live: true,
             ..View::default()
         };
-        let (code, body) = route(
-            "GET",
-            "/v1/status",
-            &HealthRegistry::default(),
-            &status(view),
-        );
+        let (code, body) = route("GET", "/v1/status", &state(view));
         assert_eq!(code, 200);
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["id"], "node-1");

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use pylon_discovery::Registry;
 use pylon_model::{Config, FieldError, Key, Kind, Resource, ValidationErrors};
 use pylon_store::{Keyring, Replica, Revision, View};
 use tokio::sync::watch;
@@ -24,6 +25,8 @@ pub struct Publisher {
     views: watch::Receiver<Arc<View>>,
     cell: SnapshotCell,
     compiler: Compiler,
+    /// Tells when discovered nodes change.
+    discovery: Registry,
     /// Opens the SSL private keys, which the store holds sealed.
     keyring: Arc<Keyring>,
     health: Arc<HealthRegistry>,
@@ -47,12 +50,14 @@ impl Publisher {
         defaults: UpstreamDefaults,
         tls: Arc<TlsContext>,
         keyring: Arc<Keyring>,
+        discovery: Registry,
     ) -> Self {
         let health = Arc::<HealthRegistry>::default();
         Self {
             views: replica.subscribe(),
             cell,
-            compiler: Compiler::new(defaults, tls, health.clone()),
+            compiler: Compiler::new(defaults, tls, health.clone(), discovery.clone()),
+            discovery,
             keyring,
             health,
             config: Config::default(),
@@ -80,12 +85,45 @@ impl Publisher {
         self.cell.load_full()
     }
 
-    /// Publishes every new view, for ever.
+    /// The discovery registry upstreams find their nodes with, for the control API.
+    pub fn discovery(&self) -> Registry {
+        self.discovery.clone()
+    }
+
+    /// Publishes every new view, and every change of discovered nodes, for ever.
     pub async fn follow(mut self) {
-        while self.views.changed().await.is_ok() {
-            let view = self.views.borrow_and_update().clone();
-            self.publish(&view);
+        let mut discovered = self.discovery.changed();
+        loop {
+            tokio::select! {
+                changed = self.views.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let view = self.views.borrow_and_update().clone();
+                    self.publish(&view);
+                }
+                Ok(()) = discovered.changed() => {
+                    discovered.borrow_and_update();
+                    self.rediscover();
+                }
+            }
         }
+    }
+
+    /// Publishes the version in force again, with the nodes discovery has found since.
+    fn rediscover(&mut self) {
+        let started = std::time::Instant::now();
+        let revision = self.cell.load().revision;
+        let compiled = self.compiler.rediscover(&self.config, revision);
+        for e in &compiled.not_served {
+            tracing::error!(revision, "route not served: {e}");
+        }
+        self.retired = Some(self.cell.swap(Arc::new(compiled.snapshot)));
+        tracing::info!(
+            revision,
+            publish_ms = started.elapsed().as_secs_f64() * 1e3,
+            "discovered nodes published"
+        );
     }
 
     fn publish(&mut self, view: &View) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pylon_balancer::{Algorithm, BalancerSpec, BalancerState, NodeSpec};
-use pylon_model::{HashOn, PassHost, Timeout, Upstream, UpstreamType};
+use pylon_model::{HashOn, Node, PassHost, Timeout, Upstream, UpstreamType};
 use pylon_plugin::Chain;
 use pylon_router::{RequestView, Router};
 
@@ -164,20 +164,16 @@ impl Timeouts {
     }
 }
 
-/// Compiles one upstream, which workers will find their balancer state for at `slot`.
+/// Compiles one upstream over `nodes` (its own, or discovered), which workers will find
+/// their balancer state for at `slot`.
 pub(crate) fn compile_upstream(
     key: String,
     slot: usize,
     upstream: &Upstream,
+    nodes: &[Node],
     defaults: &UpstreamDefaults,
     tls: &TlsContext,
 ) -> Result<UpstreamTarget, CompileError> {
-    // Validation has already resolved these nodes once; it cannot fail here.
-    let nodes = upstream
-        .nodes
-        .as_ref()
-        .and_then(|n| n.resolve(upstream.scheme).ok())
-        .unwrap_or_default();
     let algorithm = match upstream.balancer {
         UpstreamType::Roundrobin => Algorithm::RoundRobin,
         UpstreamType::Chash => Algorithm::ConsistentHash,
@@ -203,7 +199,7 @@ pub(crate) fn compile_upstream(
     );
     let mut fingerprint = std::collections::hash_map::DefaultHasher::new();
     (&key, algorithm, &hash_key).hash(&mut fingerprint);
-    for n in &nodes {
+    for n in nodes {
         n.hash(&mut fingerprint);
     }
     let upstream_tls = upstream
@@ -252,7 +248,7 @@ pub(crate) fn compile_upstream(
         .iter()
         .map(|t| (t.addr, t.host_header.as_str()))
         .collect();
-    let health = UpstreamHealth::compile(&key, upstream, &nodes, &addresses, tls)
+    let health = UpstreamHealth::compile(&key, upstream, nodes, &addresses, tls)
         .map_err(|e| CompileError(format!("{key}: checks: {e}")))?
         .map(Arc::new);
     Ok(UpstreamTarget {

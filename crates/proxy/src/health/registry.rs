@@ -174,10 +174,18 @@ mod tests {
         let text = format!("upstreams:\n  - {{id: u, nodes: {nodes}, checks: {checks}}}\n");
         let config = pylon_model::parse_standalone(&text).unwrap().1;
         let tls = TlsContext::new(None, None).unwrap();
+        let upstream = &config.upstreams["u"];
+        let nodes = upstream
+            .nodes
+            .as_ref()
+            .unwrap()
+            .resolve(upstream.scheme)
+            .unwrap();
         compile_upstream(
             "upstreams/u".into(),
             0,
-            &config.upstreams["u"],
+            upstream,
+            &nodes,
             &UpstreamDefaults::default(),
             &tls,
         )
