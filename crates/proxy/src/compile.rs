@@ -193,9 +193,10 @@ impl Compiler {
                     not_served.push(e);
                 }
             }
-            // Released after the new version took its own: an upstream both use stays
-            // compiled, with its slot and health state.
-            if let Some(key) = previous_upstream {
+            // Released after the new version took its own, and only if that is another: an
+            // upstream both use stays compiled, with its slot, health state and discovery.
+            let now = self.routes.get(&id).and_then(|r| r.upstream.as_ref());
+            if let Some(key) = previous_upstream.filter(|key| Some(key) != now) {
                 self.release_upstream(&key, &id);
             }
         }
