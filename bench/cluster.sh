@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cluster.sh: how soon a change written through the Admin API is served, in a cluster on etcd
 # and on one node on the embedded store; and what a stream of changes costs the requests of a
-# node that holds 10,000 routes.
+# node that holds ROUTES (10,000) routes.
 #
 # Layout (2 cores): etcd (one member, its data in the run's temporary directory, on disk),
 # node A (traditional: Admin API and proxy), node C (control_plane: Admin API only, for
@@ -17,7 +17,7 @@
 #                PUT's own time
 #   embedded     the same on node E alone, traditional on the embedded store, pinned to CPU 1:
 #                it takes the writes and serves them
-#   routes10k    10,000 routes (bench/gen-routes.py, /hello one of them) applied through A in
+#   routes10k    ROUTES routes (bench/gen-routes.py, /hello one of them) applied through A in
 #                one POST /pylon/admin/config, then:
 #                - CHANGES new routes through A, served on B, as in propagation; the same
 #                  through C (10k-propagation-cp), which compiles no snapshot of its own
@@ -33,7 +33,8 @@
 # processes on the machine took; then medians over ROUNDS.
 #
 # usage: bench/cluster.sh [TEST...]       (default: propagation embedded routes10k)
-# env:   ROUNDS (default 3), WRITES (default 500), CHANGES (default 100), DEADLINE (s a write may
+# env:   ROUTES (routes10k's route count, default 10000), ROUNDS (default 3),
+#        WRITES (default 500), CHANGES (default 100), DEADLINE (s a write may
 #        take to be served, default 5), DURATION (wrk's whole seconds, default 10), CONNS
 #        (default 50), EVERY (s between changes during wrk, default 0.1),
 #        SKIP_BUILD=1 (use the release binaries already in CARGO_TARGET_DIR or target/),
@@ -45,7 +46,7 @@
 # needs: etcd (3.4 or later), nginx, wrk, python3, curl, taskset
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${ROUNDS:-3} writes=${WRITES:-500} changes=${CHANGES:-100} deadline=${DEADLINE:-5}
+routes=${ROUTES:-10000} rounds=${ROUNDS:-3} writes=${WRITES:-500} changes=${CHANGES:-100} deadline=${DEADLINE:-5}
 dur=${DURATION:-10} conns=${CONNS:-50} every=${EVERY:-0.1}
 retries=${RETRIES:-3} others_max=${OTHERS_MAX:-0.15} quiet_wait=${QUIET_WAIT:-60}
 tests=("$@"); [[ ${#tests[@]} -gt 0 ]] || tests=(propagation embedded routes10k)
@@ -68,12 +69,12 @@ die() { echo "cluster: $*" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 etcd_client=$(free_port) etcd_peer=$(free_port)
-# Large transactions allowed: the 10,000 routes are applied in one.
+# Large transactions allowed: the ROUTES routes are applied in one.
 taskset -c $pin_load etcd --name bench --data-dir "$tmp/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
   --initial-cluster "bench=http://127.0.0.1:$etcd_peer" \
-  --max-txn-ops 20000 --max-request-bytes $((32 << 20)) --logger zap --log-level warn > "$tmp/etcd.log" 2>&1 & pids+=($!)
+  --max-txn-ops $((routes * 2)) --max-request-bytes $((64 << 20)) --logger zap --log-level warn > "$tmp/etcd.log" 2>&1 & pids+=($!)
 sed "s#PREFIX#$tmp#g" bench/protocols-upstream-nginx.conf > "$tmp/upstream.conf"
 taskset -c $pin_load nginx -c "$tmp/upstream.conf" -p "$tmp" & pids+=($!)
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$etcd_client/health" && break; sleep 0.1; done
@@ -244,7 +245,7 @@ for r in $(seq "$rounds"); do
   if want embedded; then reset e e "$tmp/base.yaml"; propagate embedded e e "$writes" "$r"; fi
 done
 if want routes10k; then
-  python3 bench/gen-routes.py 10000 > "$tmp/routes10k.yaml"
+  python3 bench/gen-routes.py "$routes" > "$tmp/routes10k.yaml"
   for r in $(seq "$rounds"); do
     reset a b "$tmp/routes10k.yaml"
     propagate 10k-propagation a b "$changes" "$r"
@@ -266,8 +267,9 @@ if want routes10k; then
   done
 fi
 
-python3 - "$results" <<'PY'
+python3 - "$results" "$routes" <<'PY'
 import re, statistics, sys
+routes = f"{int(sys.argv[2]):,} routes"
 rows = {}
 for line in open(sys.argv[1]):
     test, figures = line.rstrip("\n").split("\t", 1)
@@ -284,8 +286,8 @@ def med(test, key):
 print(f"\nmedians over rounds (ms unless said):")
 for test, label in [("propagation", "etcd, written on A, served on B"),
                     ("embedded", "embedded store, one node"),
-                    ("10k-propagation", "10,000 routes, etcd, A to B"),
-                    ("10k-propagation-cp", "10,000 routes, etcd, C to B")]:
+                    ("10k-propagation", f"{routes}, etcd, A to B"),
+                    ("10k-propagation-cp", f"{routes}, etcd, C to B")]:
     if test in rows:
         print(f"  {test:18s} delay p50 {med(test, 'delay_p50_ms'):8.2f} p99 {med(test, 'delay_p99_ms'):8.2f}"
               f" max {med(test, 'delay_max_ms'):8.2f}   PUT p50 {med(test, 'put_p50_ms'):7.2f}"

@@ -640,3 +640,34 @@ async fn a_route_whose_plugins_do_not_build_is_not_served() {
         0
     );
 }
+
+/// A route with plugins needs no upstream, as in APISIX: its plugins answer it, and when none
+/// does, the gateway answers 503, saying the route has no upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_without_upstream_is_answered_by_its_plugins_or_503() {
+    let config = json!({"routes": [
+        {"id": "mocked", "uri": "/mocked",
+         "plugins": {"mocking": {"response_example": "mocked"}}},
+        {"id": "bare", "uri": "/bare", "plugins": {"request-id": {}}},
+    ]});
+    let pylon = Pylon::start(&config.to_string(), "");
+    for protocol in PROTOCOLS {
+        let res = call(protocol, pylon.addr, "GET", "/mocked", &[], b"").await;
+        assert_eq!(
+            (res.status, res.text()),
+            (200, "mocked".into()),
+            "{protocol:?}"
+        );
+        let res = call(protocol, pylon.addr, "GET", "/bare", &[], b"").await;
+        assert_eq!(res.status, 503, "{protocol:?}: {}", res.text());
+        assert_eq!(
+            res.json(),
+            json!({"error_msg": "503 Missing Upstream Configuration In Route Or Service"}),
+            "{protocol:?}"
+        );
+        assert!(
+            res.header("x-request-id").is_some(),
+            "{protocol:?}: plugins ran"
+        );
+    }
+}

@@ -343,7 +343,10 @@ impl Config {
             );
         }
         for (id, route) in &self.routes {
-            let has_upstream = route.upstream.is_some()
+            // As APISIX's schema: a route with plugins needs no upstream (they answer it).
+            let has_upstream = route.plugins.is_some()
+                || route.plugin_config_id.is_some()
+                || route.upstream.is_some()
                 || route.upstream_id.is_some()
                 || route
                     .service_id
@@ -357,7 +360,7 @@ impl Config {
             if !has_upstream && !service_missing {
                 errors.push(FieldError::new(
                     locate(&Key::new(Kind::Routes, id)),
-                    "has no upstream: set `upstream`, `upstream_id`, or a `service_id` whose service has one",
+                    "has no upstream: set `upstream`, `upstream_id`, a `service_id` whose service has one, or `plugins` that answer",
                 ));
             }
         }

@@ -15,7 +15,7 @@ use pylon_router::RequestView;
 
 use crate::error::GatewayError;
 use crate::health::passive::Attempt as HealthReport;
-use crate::snapshot::{NodeTarget, RouteTarget, UpstreamTarget, WorkerView};
+use crate::snapshot::{NodeTarget, UpstreamTarget, WorkerView};
 
 /// Why one attempt failed before anything reached the client.
 #[derive(Debug, Clone, Copy)]
@@ -123,11 +123,10 @@ struct Attempt<'v> {
 impl<'v> Attempts<'v> {
     pub fn new(
         view: &'v WorkerView,
-        route: &'v RouteTarget,
+        upstream: &'v UpstreamTarget,
         vars: &impl RequestView,
         method: &str,
     ) -> Self {
-        let upstream = &*route.upstream;
         Attempts {
             upstream,
             balancer: view.balancer(upstream),
@@ -137,10 +136,6 @@ impl<'v> Attempts<'v> {
             tried: Vec::new(),
             last_error: GatewayError::BadGateway,
         }
-    }
-
-    pub fn upstream(&self) -> &'v UpstreamTarget {
-        self.upstream
     }
 
     /// Runs `exchange` on one node after another until it succeeds or the retry rules say
@@ -323,7 +318,13 @@ mod tests {
             local: "127.0.0.1:9080".parse().unwrap(),
             tls: None,
         };
-        snapshot.router.find(&vars).unwrap().upstream.clone()
+        snapshot
+            .router
+            .find(&vars)
+            .unwrap()
+            .upstream
+            .clone()
+            .unwrap()
     }
 
     #[test]
@@ -357,18 +358,6 @@ mod tests {
         let snapshot = crate::snapshot::Snapshot::compile(&config);
         let upstream = only_upstream(&snapshot);
         let view = WorkerView::new(std::sync::Arc::new(snapshot), None);
-        let route = RouteTarget {
-            id: "r".into(),
-            upstream,
-            timeouts: crate::snapshot::Timeouts {
-                connect: Duration::from_secs(1),
-                send: Duration::from_secs(1),
-                read: Duration::from_secs(1),
-            },
-            websocket: false,
-            service_id: None,
-            plugins: pylon_plugin::Chain::default(),
-        };
         let head = crate::http1::RequestHead::from_wire("GET / HTTP/1.1\r\n\r\n");
         let vars = crate::vars::RequestVars {
             head: &head,
@@ -377,7 +366,7 @@ mod tests {
             local: "127.0.0.1:9080".parse().unwrap(),
             tls: None,
         };
-        let mut attempts = Attempts::new(&view, &route, &vars, "GET");
+        let mut attempts = Attempts::new(&view, &upstream, &vars, "GET");
         // A stream the client cancelled mid-attempt: the attempt is dropped, never finished.
         drop(attempts.next().unwrap());
         // Both nodes are idle again, so least_conn takes turns between them.

@@ -228,17 +228,22 @@ impl Compiler {
             },
         );
 
-        let (upstream_key, upstream) = route_upstream(config, id, route, service)?;
+        let upstream = route_upstream(config, id, route, service)?;
         // A route whose plugins cannot all be built is not served: without its
         // authentication, say, it would be open to anyone.
         let chain = self
             .plugins
             .route_chain(id, route)
             .map_err(|e| CompileError(e.to_string()))?;
-        let target = self
-            .acquire_upstream(upstream_key.clone(), upstream, id)
-            .map_err(|e| CompileError(format!("routes/{id}: {e}")))?;
-        let timeouts = route.timeout.or(upstream.timeout).map_or_else(
+        let target = match &upstream {
+            Some((key, source)) => Some(
+                self.acquire_upstream(key.clone(), source, id)
+                    .map_err(|e| CompileError(format!("routes/{id}: {e}")))?,
+            ),
+            None => None,
+        };
+        let upstream_timeout = upstream.as_ref().and_then(|(_, u)| u.timeout);
+        let timeouts = route.timeout.or(upstream_timeout).map_or_else(
             || Timeouts::from_defaults(&self.defaults),
             Timeouts::from_model,
         );
@@ -268,12 +273,15 @@ impl Compiler {
                 plugins: chain,
             },
         };
+        let upstream_key = upstream.map(|(key, _)| key);
         if let Err(e) = self.router.insert(id.clone(), spec) {
-            self.release_upstream(&upstream_key, &id);
+            if let Some(key) = &upstream_key {
+                self.release_upstream(key, &id);
+            }
             return Err(CompileError(format!("routes/{id}: {e}")));
         }
         if let Some(compiled) = self.routes.get_mut(&*id) {
-            compiled.upstream = Some(upstream_key);
+            compiled.upstream = upstream_key;
         }
         Ok(())
     }
@@ -437,22 +445,23 @@ fn references(route: &Route, service: Option<&Service>) -> Vec<Key> {
 }
 
 /// The upstream a route sends to, with the key its runtime state is kept under: its own, its
-/// `upstream_id`'s, or its service's.
+/// `upstream_id`'s, or its service's; `None` for a route with none, which validation allows
+/// only with plugins.
 fn route_upstream<'a>(
     config: &'a Config,
     id: &str,
     route: &'a Route,
     service: Option<(&String, &'a Service)>,
-) -> Result<(String, &'a Upstream), CompileError> {
+) -> Result<Option<(String, &'a Upstream)>, CompileError> {
     let lookup = |uid: &str| {
         config
             .upstreams
             .get(uid)
-            .map(|u| (format!("upstreams/{uid}"), u))
+            .map(|u| Some((format!("upstreams/{uid}"), u)))
             .ok_or_else(|| CompileError(format!("routes/{id}: upstream `{uid}` does not exist")))
     };
     if let Some(u) = &route.upstream {
-        return Ok((format!("routes/{id}"), u));
+        return Ok(Some((format!("routes/{id}"), u)));
     }
     if let Some(uid) = &route.upstream_id {
         return lookup(uid);
@@ -462,11 +471,11 @@ fn route_upstream<'a>(
             "routes/{id}: service `{sid}` does not exist"
         ))),
         (_, Some((sid, svc))) => match (&svc.upstream, &svc.upstream_id) {
-            (Some(u), _) => Ok((format!("services/{sid}"), u)),
+            (Some(u), _) => Ok(Some((format!("services/{sid}"), u))),
             (None, Some(uid)) => lookup(uid),
-            (None, None) => Err(CompileError(format!("routes/{id}: has no upstream"))),
+            (None, None) => Ok(None),
         },
-        (None, None) => Err(CompileError(format!("routes/{id}: has no upstream"))),
+        (None, None) => Ok(None),
     }
 }
 
@@ -575,13 +584,15 @@ mod tests {
         Key::new(Kind::Upstreams, id)
     }
 
-    fn target<'s>(snapshot: &'s Snapshot, path: &str) -> &'s RouteTarget {
+    /// The upstream of the route `path` matches.
+    fn upstream_of<'s>(snapshot: &'s Snapshot, path: &str) -> &'s Arc<UpstreamTarget> {
         let req = Get { path, host: None };
-        snapshot.router.find(&req).expect("a route matches")
+        let route = snapshot.router.find(&req).expect("a route matches");
+        route.upstream.as_ref().expect("the route has an upstream")
     }
 
     fn round_robin(view: &WorkerView, path: &str) -> usize {
-        let upstream = &target(&view.snapshot, path).upstream;
+        let upstream = upstream_of(&view.snapshot, path);
         let state = view.balancer(upstream);
         let picked = state.borrow_mut().pick(&upstream.balancer, None, |_| false);
         picked.unwrap()
@@ -602,8 +613,8 @@ mod tests {
         let v2 = versions.change(&[(route("r2"), Some(json!({"uri": "/b", "upstream_id": "u"})))]);
         let v2 = WorkerView::new(Arc::new(v2), Some(&v1));
         assert!(Arc::ptr_eq(
-            &target(&v1.snapshot, "/a").upstream,
-            &target(&v2.snapshot, "/a").upstream
+            upstream_of(&v1.snapshot, "/a"),
+            upstream_of(&v2.snapshot, "/a")
         ));
         assert_ne!(round_robin(&v2, "/b"), first);
 
@@ -612,8 +623,8 @@ mod tests {
         let v3 = versions.change(&[(upstream("u"), Some(json!({"nodes": three})))]);
         let v3 = WorkerView::new(Arc::new(v3), Some(&v2));
         let (old, new) = (
-            &target(&v2.snapshot, "/a").upstream,
-            &target(&v3.snapshot, "/a").upstream,
+            upstream_of(&v2.snapshot, "/a"),
+            upstream_of(&v3.snapshot, "/a"),
         );
         assert_eq!(old.slot, new.slot);
         assert_ne!(old.fingerprint, new.fingerprint);
@@ -632,7 +643,7 @@ mod tests {
             (route("r"), Some(json!({"uri": "/a", "upstream_id": "u"}))),
         ]);
         let v1 = WorkerView::new(Arc::new(v1), None);
-        let u1 = target(&v1.snapshot, "/a").upstream.clone();
+        let u1 = upstream_of(&v1.snapshot, "/a").clone();
         let state = v1.balancer(&u1);
         let busy = state
             .borrow_mut()
@@ -647,7 +658,7 @@ mod tests {
             .borrow_mut()
             .on_request_end(busy, Duration::from_millis(1), false);
         // Both nodes idle in the new view: they take turns.
-        let u2 = target(&v2.snapshot, "/a").upstream.clone();
+        let u2 = upstream_of(&v2.snapshot, "/a").clone();
         let picks: Vec<usize> = (0..4)
             .map(|_| {
                 let state = v2.balancer(&u2);
@@ -666,20 +677,21 @@ mod tests {
         let mut versions = Versions::new();
         let inline = |port: u16| json!({"uri": "/a", "upstream": {"nodes": {format!("127.0.0.1:{port}"): 1}}});
         let v1 = versions.change(&[(route("r"), Some(inline(1)))]);
-        let slot = target(&v1, "/a").upstream.slot;
+        let slot = upstream_of(&v1, "/a").slot;
         versions.change(&[(route("r"), None)]);
         assert!(versions.compiler.upstreams.is_empty());
         let v3 = versions.change(&[(route("s"), Some(inline(2)))]);
-        assert_eq!(target(&v3, "/a").upstream.slot, slot);
+        assert_eq!(upstream_of(&v3, "/a").slot, slot);
     }
 
     /// What a request leads to, comparably: the route, its upstream's key and nodes.
     fn outcome(snapshot: &Snapshot, req: &Get<'_>) -> Option<(String, String, Vec<String>)> {
         let target = snapshot.router.find(req)?;
-        let nodes = target.upstream.nodes.iter();
+        let upstream = target.upstream.as_ref()?;
+        let nodes = upstream.nodes.iter();
         Some((
             target.id.to_string(),
-            target.upstream.key.clone(),
+            upstream.key.clone(),
             nodes.map(|n| n.host_header.clone()).collect(),
         ))
     }

@@ -18,6 +18,8 @@ pub enum GatewayError {
     HttpVersionNotSupported,
     BadGateway,
     NoUpstreamNode,
+    /// A route with no upstream whose plugins did not answer.
+    MissingUpstream,
     GatewayTimeout,
 }
 
@@ -47,6 +49,11 @@ impl GatewayError {
             GatewayError::NoUpstreamNode => {
                 (503, "Service Unavailable", "503 No Upstream Node Available")
             }
+            GatewayError::MissingUpstream => (
+                503,
+                "Service Unavailable",
+                "503 Missing Upstream Configuration In Route Or Service",
+            ),
             GatewayError::GatewayTimeout => (504, "Gateway Timeout", "504 Gateway Timeout"),
         }
     }
@@ -71,7 +78,9 @@ impl GatewayError {
             | GatewayError::NotImplemented
             | GatewayError::HttpVersionNotSupported => 12, // UNIMPLEMENTED
             GatewayError::RequestTimeout | GatewayError::GatewayTimeout => 4, // DEADLINE_EXCEEDED
-            GatewayError::BadGateway | GatewayError::NoUpstreamNode => 14,    // UNAVAILABLE
+            GatewayError::BadGateway
+            | GatewayError::NoUpstreamNode
+            | GatewayError::MissingUpstream => 14, // UNAVAILABLE
             GatewayError::BadRequest | GatewayError::UriTooLong | GatewayError::HeadersTooLarge => {
                 13 // INTERNAL
             }

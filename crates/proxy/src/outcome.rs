@@ -92,7 +92,9 @@ impl End {
             GatewayError::RequestTimeout => End::Failed(Client, Timeout),
             GatewayError::UriTooLong | GatewayError::HeadersTooLarge => End::Failed(Client, Limit),
             GatewayError::BadGateway => End::Failed(Upstream, Refused),
-            GatewayError::NoUpstreamNode => End::Failed(Upstream, Unavailable),
+            GatewayError::NoUpstreamNode | GatewayError::MissingUpstream => {
+                End::Failed(Upstream, Unavailable)
+            }
             GatewayError::GatewayTimeout => End::Failed(Upstream, Timeout),
         }
     }

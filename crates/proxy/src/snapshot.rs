@@ -37,7 +37,9 @@ pub struct Snapshot {
 /// What a matched route leads to.
 pub struct RouteTarget {
     pub id: Arc<str>,
-    pub upstream: Arc<UpstreamTarget>,
+    /// `None` for a route only its plugins answer (APISIX allows one with plugins and no
+    /// upstream); should none of them answer, the gateway does, with 503.
+    pub upstream: Option<Arc<UpstreamTarget>>,
     /// The route's own timeouts, else its upstream's, else the node defaults.
     pub timeouts: Timeouts,
     /// `enable_websocket`, the route's or else its service's.

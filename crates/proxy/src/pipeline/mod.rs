@@ -13,7 +13,7 @@ use pylon_plugin::{Reply, RequestCtx};
 use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
 use crate::outcome::{End, Outcome};
-use crate::snapshot::{RouteTarget, WorkerView};
+use crate::snapshot::{RouteTarget, UpstreamTarget, WorkerView};
 use crate::vars::{RequestFields, RequestVars};
 use crate::worker::Worker;
 pub(crate) use plugins::{error_reply, PluginWork, Plugins, ResponseChanges};
@@ -56,6 +56,7 @@ pub(crate) struct Exchange<'a> {
     pub worker: &'a Worker,
     pub view: &'a WorkerView,
     pub route: &'a RouteTarget,
+    pub upstream: &'a UpstreamTarget,
     pub work: PluginWork<'a>,
 }
 
@@ -109,17 +110,23 @@ pub(crate) async fn run<D: Downstream>(
                 }
                 None => {
                     let work = PluginWork { plugins, ctx: &ctx };
-                    match route {
-                        Some(route) => {
+                    let upstream = route.map(|r| r.upstream.as_deref());
+                    match (route, upstream.flatten()) {
+                        (Some(route), Some(upstream)) => {
                             let exchange = Exchange {
                                 worker,
                                 view: &view,
                                 route,
+                                upstream,
                                 work,
                             };
                             downstream.forward(vars, exchange).await
                         }
-                        None => {
+                        (Some(_), None) => {
+                            let error = GatewayError::MissingUpstream;
+                            answer_error(downstream, vars, Some(work), error).await
+                        }
+                        (None, _) => {
                             let error = GatewayError::RouteNotFound;
                             answer_error(downstream, vars, Some(work), error).await
                         }

@@ -77,16 +77,17 @@ pub(super) async fn proxy(
         worker,
         view,
         route,
+        upstream,
         work,
     }: Exchange<'_>,
 ) -> Outcome {
     // Balancing sees the request as plugins left it (a consumer to hash on, say).
-    let mut attempts = Attempts::new(view, route, work.ctx, request.head.method());
-    let upstream = attempts.upstream();
+    let mut attempts = Attempts::new(view, upstream, work.ctx, request.head.method());
     let exchange = Exchange {
         worker,
         view,
         route,
+        upstream,
         work,
     };
     if upstream.grpc {

@@ -133,6 +133,7 @@ impl pipeline::Downstream for Http2 {
             worker,
             view,
             route,
+            upstream,
             work: PluginWork { plugins, ctx },
         } = exchange;
         match self
@@ -152,8 +153,7 @@ impl pipeline::Downstream for Http2 {
             }
         }
         // Balancing sees the request as plugins left it (a consumer to hash on, say).
-        let mut attempts = Attempts::new(view, route, ctx, parts.method.as_str());
-        let upstream = attempts.upstream();
+        let mut attempts = Attempts::new(view, upstream, ctx, parts.method.as_str());
         let shared = Exchange {
             worker,
             parts,
