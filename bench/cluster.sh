@@ -86,7 +86,8 @@ declare -A proxy admin control node_pid
 start_node() {
   local dir=$tmp/$1 etcd=""; mkdir -p "$dir"
   # config.etcd only on etcd: with another source it is an error.
-  [[ $4 != etcd ]] || etcd="  etcd: {endpoints: [\"http://127.0.0.1:$etcd_client\"], prefix: /pylon-bench}"
+  # The timeout leaves room for applying ROUTES routes in one transaction.
+  [[ $4 != etcd ]] || etcd="  etcd: {endpoints: [\"http://127.0.0.1:$etcd_client\"], prefix: /pylon-bench, timeout: 30}"
   cat > "$dir/node.yaml" <<EOF
 deployment: {role: $3}
 proxy:

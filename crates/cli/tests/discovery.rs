@@ -1,11 +1,16 @@
 //! Upstreams whose nodes come from service discovery: served over HTTP/1 and HTTP/2 once found,
-//! 503 until then, moved as the registry changes, and reported on the control API.
+//! 503 until then, moved as the registry changes, and reported on the control API. Nodes given
+//! by host name follow their DNS records the same way.
 
 mod support;
 
 #[path = "../../store/tests/support/etcd.rs"]
 mod etcd;
 
+#[path = "../../discovery/tests/support/dnsmasq.rs"]
+mod dnsmasq;
+
+use dnsmasq::Dnsmasq;
 use etcd::EtcdCluster;
 use serde_json::json;
 use support::client::get;
@@ -89,4 +94,35 @@ async fn an_etcd_registry_moves_requests_to_the_instances_it_holds() {
     }
     let dump = control_get(&pylon, "/v1/discovery/etcd/dump");
     assert_eq!(dump["services"]["web"][0]["port"], b.addr.port(), "{dump}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_given_by_name_follows_its_dns_records() {
+    let a = Upstream::start("a");
+    // The same port on another loopback address: only the name's address changes.
+    let b_addr = format!("127.0.0.2:{}", a.addr.port()).parse().unwrap();
+    let b = Upstream::on(b_addr, "b", support::upstream::named("b"));
+    let name = format!("api.{}", dnsmasq::DOMAIN);
+    let mut dns = Dnsmasq::start(&format!("127.0.0.1 {name}\n"), &[]);
+    let routes = json!({"routes": [{
+        "id": "n", "uri": "/n",
+        "upstream": {"nodes": {format!("{name}:{}", a.addr.port()): 1}},
+    }]});
+    let discovery = format!("discovery:\n  dns:\n    servers: [\"{}\"]\n", dns.server());
+    let pylon = Pylon::start(&routes.to_string(), &discovery);
+    wait_until(
+        || get(pylon.addr, "example.com", "/n").text() == "a",
+        "the name's first address served",
+    );
+
+    dns.set_hosts(&format!("127.0.0.2 {name}\n"));
+    wait_until(
+        || (0..4).all(|_| get(pylon.addr, "example.com", "/n").text() == "b"),
+        "the name's new address served",
+    );
+    for protocol in PROTOCOLS {
+        let res = call(protocol, pylon.addr, "GET", "/n", &[], b"").await;
+        assert_eq!(res.text(), "b", "{protocol:?}");
+    }
+    drop(b);
 }

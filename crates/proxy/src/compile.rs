@@ -5,6 +5,7 @@
 //! route changed among 100,000 costs that route, not the table.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use pylon_discovery::{Registry, ServiceWatch};
@@ -16,9 +17,12 @@ use pylon_store::Revision;
 use crate::health::HealthRegistry;
 use crate::settings::UpstreamDefaults;
 use crate::snapshot::{
-    compile_upstream, CompileError, RouteTarget, Snapshot, Timeouts, UpstreamTarget,
+    compile_upstream, resolve, CompileError, RouteTarget, Snapshot, Timeouts, UpstreamTarget,
 };
 use crate::tls::{SniTable, TlsContext};
+
+/// The discovery type that also keeps upstream nodes' host names resolved.
+const DNS: &str = "dns";
 
 /// The compiled state of the configuration in force, kept between versions.
 pub(crate) struct Compiler {
@@ -56,20 +60,31 @@ struct CompiledRoute {
 struct SharedUpstream {
     /// The configuration it was compiled from: a route that brings the same one reuses it.
     source: Upstream,
-    /// For discovery: the service followed (kept followed while this lives), and the nodes
-    /// it had when this was compiled.
-    discovered: Option<(ServiceWatch, Option<Arc<[pylon_discovery::Node]>>)>,
+    /// What its nodes were found with: its discovery service, or the DNS names of its
+    /// nodes. Kept followed while this lives.
+    followed: Vec<Followed>,
     target: Arc<UpstreamTarget>,
     /// The routes that use it.
     users: HashSet<String>,
 }
 
+/// A discovered service (or a DNS name), and the answer an upstream was compiled with.
+struct Followed {
+    watch: ServiceWatch,
+    seen: Option<Arc<[pylon_discovery::Node]>>,
+}
+
+impl Followed {
+    fn new(watch: ServiceWatch) -> Self {
+        let seen = watch.current();
+        Self { watch, seen }
+    }
+}
+
 impl SharedUpstream {
-    /// Whether discovery has found other nodes since this was compiled.
+    /// Whether discovery or DNS has found other nodes since this was compiled.
     fn outdated(&self) -> bool {
-        self.discovered
-            .as_ref()
-            .is_some_and(|(watch, nodes)| watch.current() != *nodes)
+        self.followed.iter().any(|f| f.watch.current() != f.seen)
     }
 }
 
@@ -316,29 +331,8 @@ impl Compiler {
             shared.users.insert(user.to_owned());
             return Ok(shared.target.clone());
         }
-        let discovered = self.discover(&key, source)?;
-        let nodes = match &discovered {
-            Some((_, found)) => found
-                .iter()
-                .flat_map(|nodes| nodes.iter())
-                .map(|n| Node {
-                    host: n.host.clone(),
-                    port: if n.port == 0 {
-                        source.scheme.default_port()
-                    } else {
-                        n.port
-                    },
-                    weight: n.weight,
-                    priority: n.priority,
-                })
-                .collect(),
-            // Validation has already resolved these nodes once; it cannot fail here.
-            None => source
-                .nodes
-                .as_ref()
-                .and_then(|n| n.resolve(source.scheme).ok())
-                .unwrap_or_default(),
-        };
+        let (nodes, mut followed) = self.nodes(&key, source)?;
+        let addresses = self.follow_names(&nodes, &mut followed);
         let previous = self.upstreams.remove(&key);
         let slot = previous.as_ref().map_or_else(
             || {
@@ -349,8 +343,20 @@ impl Compiler {
             },
             |p| p.target.slot,
         );
-        let compiled =
-            compile_upstream(key.clone(), slot, source, &nodes, &self.defaults, &self.tls);
+        let address = |host: &str, port| match addresses.get(&(host, port)) {
+            Some(Some(found)) => Some(*found),
+            // No answer yet: asked here, once, so that a new upstream serves at once.
+            _ => resolve(host, port),
+        };
+        let compiled = compile_upstream(
+            key.clone(),
+            slot,
+            source,
+            &nodes,
+            address,
+            &self.defaults,
+            &self.tls,
+        );
         let mut target = match compiled {
             Ok(target) => target,
             Err(e) => {
@@ -367,7 +373,7 @@ impl Compiler {
         users.insert(user.to_owned());
         let shared = SharedUpstream {
             source: source.clone(),
-            discovered,
+            followed,
             target: target.clone(),
             users,
         };
@@ -375,35 +381,70 @@ impl Compiler {
         Ok(target)
     }
 
-    /// For an upstream with `discovery_type`: the service followed and its nodes now (`None`
-    /// before the first answer). The follow the upstream at `key` has is kept if it is of
-    /// the same service.
-    #[allow(clippy::type_complexity)]
-    fn discover(
+    /// An upstream's nodes: those its `discovery_type` finds now (none before the first
+    /// answer), and the service followed; or its own.
+    fn nodes(
         &self,
         key: &str,
         source: &Upstream,
-    ) -> Result<Option<(ServiceWatch, Option<Arc<[pylon_discovery::Node]>>)>, CompileError> {
+    ) -> Result<(Vec<Node>, Vec<Followed>), CompileError> {
         let (Some(kind), Some(name)) = (&source.discovery_type, &source.service_name) else {
-            return Ok(None);
+            // Validation has already resolved these nodes once; it cannot fail here.
+            let own = source
+                .nodes
+                .as_ref()
+                .and_then(|n| n.resolve(source.scheme).ok());
+            return Ok((own.unwrap_or_default(), Vec::new()));
         };
-        let same_service = self.upstreams.get(key).and_then(|shared| {
-            let followed = &shared.source;
-            let same = followed.discovery_type == source.discovery_type
-                && followed.service_name == source.service_name
-                && followed.discovery_args == source.discovery_args;
-            same.then(|| shared.discovered.as_ref().map(|(watch, _)| watch.clone()))
-                .flatten()
-        });
-        let watch = match same_service {
-            Some(watch) => watch,
-            None => self
-                .discovery
-                .watch(kind, name, source.discovery_args.as_ref())
-                .map_err(|e| CompileError(format!("{key}: {e}")))?,
-        };
-        let nodes = watch.current();
-        Ok(Some((watch, nodes)))
+        let watch = self
+            .discovery
+            .watch(kind, name, source.discovery_args.as_ref())
+            .map_err(|e| CompileError(format!("{key}: {e}")))?;
+        let service = Followed::new(watch);
+        let nodes = service.seen.iter().flat_map(|nodes| nodes.iter());
+        let nodes = nodes
+            .map(|n| Node {
+                host: n.host.clone(),
+                // Port 0: the name gave none; the scheme's own.
+                port: match n.port {
+                    0 => source.scheme.default_port(),
+                    port => port,
+                },
+                weight: n.weight,
+                priority: n.priority,
+            })
+            .collect();
+        Ok((nodes, vec![service]))
+    }
+
+    /// Follows the host names among `nodes` with DNS, as their records' TTLs say; returns
+    /// each one's address as last answered (`None` before the first answer).
+    fn follow_names<'n>(
+        &self,
+        nodes: &'n [Node],
+        followed: &mut Vec<Followed>,
+    ) -> HashMap<(&'n str, u16), Option<SocketAddr>> {
+        let mut addresses = HashMap::new();
+        for node in nodes {
+            let name = (node.host.as_str(), node.port);
+            if node.host.parse::<IpAddr>().is_ok() || addresses.contains_key(&name) {
+                continue;
+            }
+            let service = format!("{}:{}", node.host, node.port);
+            let watch = match self.discovery.watch(DNS, &service, None) {
+                Ok(watch) => Followed::new(watch),
+                Err(e) => {
+                    tracing::warn!(node = %service, "not followed by DNS: {e}");
+                    continue;
+                }
+            };
+            let first = watch.seen.as_ref().and_then(|found| found.first());
+            let address =
+                first.and_then(|n| Some(SocketAddr::new(n.host.parse().ok()?, node.port)));
+            addresses.insert(name, address);
+            followed.push(watch);
+        }
+        addresses
     }
 
     /// Route `user` no longer uses the upstream at `key`; the last one frees its slot and

@@ -166,13 +166,14 @@ impl Timeouts {
     }
 }
 
-/// Compiles one upstream over `nodes` (its own, or discovered), which workers will find
-/// their balancer state for at `slot`.
+/// Compiles one upstream over `nodes` (its own, or discovered), each at its `address`, which
+/// workers will find their balancer state for at `slot`.
 pub(crate) fn compile_upstream(
     key: String,
     slot: usize,
     upstream: &Upstream,
     nodes: &[Node],
+    address: impl Fn(&str, u16) -> Option<SocketAddr>,
     defaults: &UpstreamDefaults,
     tls: &TlsContext,
 ) -> Result<UpstreamTarget, CompileError> {
@@ -230,7 +231,7 @@ pub(crate) fn compile_upstream(
     let targets: Vec<NodeTarget> = nodes
         .iter()
         .map(|n| NodeTarget {
-            addr: resolve(&n.host, n.port),
+            addr: address(&n.host, n.port),
             host_header: if n.port == upstream.scheme.default_port() {
                 n.host.clone()
             } else {
@@ -308,7 +309,8 @@ fn parse_template(template: &str) -> Vec<HashPart> {
     parts
 }
 
-fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+/// `host`'s address, asking the system's resolver (blocking) for a name.
+pub(crate) fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Some(SocketAddr::new(ip, port));
     }

@@ -25,6 +25,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The cache is rewritten at most this often: a burst of changes costs one write.
 const CACHE_INTERVAL: Duration = Duration::from_millis(200);
+/// And the writes take at most this share of the time: a copy of 100,000 resources takes a
+/// good part of a second to write, which a stream of changes must not turn into a core.
+const CACHE_SHARE: u32 = 10;
 
 /// The store's content at one revision.
 #[derive(Debug, Clone, Default)]
@@ -229,11 +232,13 @@ async fn keep_cache(path: PathBuf, mut views: watch::Receiver<Arc<View>>) {
         // A view that is not live holds the last content the store gave: still worth keeping.
         let view = views.borrow_and_update().clone();
         let target = path.clone();
+        let started = tokio::time::Instant::now();
         let written = tokio::task::spawn_blocking(move || write_cache(&target, &view)).await;
         if let Ok(Err(e)) = written {
             tracing::warn!("local config copy {} not written: {e}", path.display());
         }
-        tokio::time::sleep(CACHE_INTERVAL).await;
+        let pause = started.elapsed() * (CACHE_SHARE - 1);
+        tokio::time::sleep(pause.max(CACHE_INTERVAL)).await;
         if views.changed().await.is_err() {
             return;
         }

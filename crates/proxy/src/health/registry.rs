@@ -186,6 +186,7 @@ mod tests {
             0,
             upstream,
             &nodes,
+            crate::snapshot::resolve,
             &UpstreamDefaults::default(),
             &tls,
         )
