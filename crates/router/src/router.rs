@@ -1,6 +1,7 @@
 //! The router: host groups of path trees over one table of routes, built and changed route by
 //! route.
 
+use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -197,7 +198,11 @@ impl<T, K: Ord + Hash + Clone> RouterBuilder<T, K> {
     }
 
     /// Removes the route `key`; says whether there was one.
-    pub fn remove(&mut self, key: &K) -> bool {
+    pub fn remove<Q>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let Some(id) = self.slots.remove(key) else {
             return false;
         };
@@ -223,11 +228,6 @@ impl<T, K: Ord + Hash + Clone> RouterBuilder<T, K> {
         *len -= 1;
         self.free.push(id);
         true
-    }
-
-    /// Whether a route of this key is in the router.
-    pub fn contains(&self, key: &K) -> bool {
-        self.slots.contains_key(key)
     }
 
     /// The router as it is now.
