@@ -306,25 +306,30 @@ impl Drop for Attempt<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http1::RequestHead;
     use crate::snapshot::Snapshot;
+    use crate::vars::RequestVars;
 
-    /// The upstream of the route `GET /` matches.
-    fn only_upstream(snapshot: &Snapshot) -> std::sync::Arc<UpstreamTarget> {
-        let head = crate::http1::RequestHead::from_wire("GET / HTTP/1.1\r\n\r\n");
-        let vars = crate::vars::RequestVars {
-            head: &head,
+    /// `GET /` from a client, as the router and the balancer see it.
+    fn get_root(head: &RequestHead) -> RequestVars<'_> {
+        RequestVars {
+            head,
             host: None,
             client: "127.0.0.1:1000".parse().unwrap(),
             local: "127.0.0.1:9080".parse().unwrap(),
             tls: None,
-        };
-        snapshot
-            .router
-            .find(&vars)
-            .unwrap()
-            .upstream
-            .clone()
-            .unwrap()
+        }
+    }
+
+    fn root_head() -> RequestHead {
+        RequestHead::from_wire("GET / HTTP/1.1\r\n\r\n")
+    }
+
+    /// The upstream of the route `GET /` matches.
+    fn only_upstream(snapshot: &Snapshot) -> std::sync::Arc<UpstreamTarget> {
+        let head = root_head();
+        let route = snapshot.router.find(&get_root(&head)).unwrap();
+        route.upstream.clone().unwrap()
     }
 
     #[test]
@@ -358,15 +363,8 @@ mod tests {
         let snapshot = crate::snapshot::Snapshot::compile(&config);
         let upstream = only_upstream(&snapshot);
         let view = WorkerView::new(std::sync::Arc::new(snapshot), None);
-        let head = crate::http1::RequestHead::from_wire("GET / HTTP/1.1\r\n\r\n");
-        let vars = crate::vars::RequestVars {
-            head: &head,
-            host: None,
-            client: "127.0.0.1:1000".parse().unwrap(),
-            local: "127.0.0.1:9080".parse().unwrap(),
-            tls: None,
-        };
-        let mut attempts = Attempts::new(&view, &upstream, &vars, "GET");
+        let head = root_head();
+        let mut attempts = Attempts::new(&view, &upstream, &get_root(&head), "GET");
         // A stream the client cancelled mid-attempt: the attempt is dropped, never finished.
         drop(attempts.next().unwrap());
         // Both nodes are idle again, so least_conn takes turns between them.
