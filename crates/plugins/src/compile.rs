@@ -22,8 +22,9 @@ pub struct CompiledPlugins {
     pub global: Chain,
     env: Environment,
     /// The plugins of each service and plugin config, built once and shared by every route
-    /// that uses them (one instance, so one jwt-auth token cache, say); or why they could not
-    /// be built.
+    /// that uses them (one instance, so one jwt-auth token cache, say), across versions
+    /// while it is unchanged (see [`CompiledPlugins::update`]); or why they could not be
+    /// built.
     shared: HashMap<Key, Result<Vec<Entry>, FieldError>>,
 }
 
@@ -41,38 +42,55 @@ impl CompiledPlugins {
         let mut clashes = Vec::new();
         env.credentials = Arc::new(consumers(config, &env, &mut errors, &mut clashes));
         errors.extend(clashes);
-        let mut global = ChainBuilder::new();
-        for (id, rule) in &config.global_rules {
-            let location = Key::new(Kind::GlobalRules, id).to_string();
-            add_all(&mut global, &rule.plugins, &env, &location, &mut errors);
-        }
-        let services = config.services.iter().filter_map(|(id, service)| {
-            Some((Key::new(Kind::Services, id), service.plugins.as_ref()?))
-        });
+        let global = global_chain(config, &env, &mut errors);
+        let services = config
+            .services
+            .keys()
+            .map(|id| Key::new(Kind::Services, id));
         let plugin_configs = config
             .plugin_configs
-            .iter()
-            .map(|(id, p)| (Key::new(Kind::PluginConfigs, id), &p.plugins));
+            .keys()
+            .map(|id| Key::new(Kind::PluginConfigs, id));
         let shared = services
             .chain(plugin_configs)
-            .map(|(key, plugins)| {
-                let location = key.to_string();
-                let result = plugins
-                    .iter()
-                    .map(|(name, config)| {
-                        build_entry(name, config, &env)
-                            .map_err(|e| e.within(&format!("{location}.plugins.{name}")))
-                    })
-                    .collect::<Result<Vec<Entry>, FieldError>>();
-                (key, result)
+            .filter_map(|key| {
+                let built = build_shared(config, &key, &env)?;
+                Some((key, built))
             })
             .collect();
         let compiled = CompiledPlugins {
-            global: global.build(),
+            global,
             env,
             shared,
         };
         (compiled, errors)
+    }
+
+    /// Brings these plugins in step with `config`, which differs from the version they were
+    /// built from by the resources at `changed`. Consumers and metadata feed every plugin, so
+    /// a change to them builds everything again; otherwise only the changed services', plugin
+    /// configs' and (if one changed) global rules' plugins are built again, and every other
+    /// instance carries on with its state (a token cache, say).
+    pub fn update(&mut self, config: &Config, changed: &[Key]) -> Vec<FieldError> {
+        if changed.iter().any(|key| builds_every_plugin(key.kind)) {
+            let (compiled, errors) = Self::compile(config);
+            *self = compiled;
+            return errors;
+        }
+        let mut errors = Vec::new();
+        let shared_places = changed
+            .iter()
+            .filter(|key| matches!(key.kind, Kind::Services | Kind::PluginConfigs));
+        for key in shared_places {
+            match build_shared(config, key, &self.env) {
+                Some(built) => drop(self.shared.insert(key.clone(), built)),
+                None => drop(self.shared.remove(key)),
+            }
+        }
+        if changed.iter().any(|key| key.kind == Kind::GlobalRules) {
+            self.global = global_chain(config, &self.env, &mut errors);
+        }
+        errors
     }
 
     /// A route's chain: its service's plugins, then its plugin config's, then its own, a
@@ -111,6 +129,49 @@ impl CompiledPlugins {
         }
         Ok(builder.build())
     }
+}
+
+/// Whether resources of `kind` feed what every plugin is built with (consumers and their
+/// credentials, plugin metadata, secrets): a change to one builds every plugin again.
+pub fn builds_every_plugin(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Consumers
+            | Kind::Credentials
+            | Kind::ConsumerGroups
+            | Kind::PluginMetadata
+            | Kind::Secrets
+    )
+}
+
+/// The plugins of every global rule of `config`, in one chain.
+fn global_chain(config: &Config, env: &Environment, errors: &mut Vec<FieldError>) -> Chain {
+    let mut global = ChainBuilder::new();
+    for (id, rule) in &config.global_rules {
+        let location = Key::new(Kind::GlobalRules, id).to_string();
+        add_all(&mut global, &rule.plugins, env, &location, errors);
+    }
+    global.build()
+}
+
+/// The plugins of the service or plugin config at `key`, built; or why they cannot be.
+/// `None` when it does not exist or has no plugins.
+fn build_shared(
+    config: &Config,
+    key: &Key,
+    env: &Environment,
+) -> Option<Result<Vec<Entry>, FieldError>> {
+    let plugins = match key.kind {
+        Kind::Services => config.services.get(&key.id)?.plugins.as_ref()?,
+        Kind::PluginConfigs => &config.plugin_configs.get(&key.id)?.plugins,
+        _ => return None,
+    };
+    let location = key.to_string();
+    let built = plugins.iter().map(|(name, settings)| {
+        build_entry(name, settings, env)
+            .map_err(|e| e.within(&format!("{location}.plugins.{name}")))
+    });
+    Some(built.collect())
 }
 
 /// What every plugin of one configuration version is built with.
@@ -438,5 +499,55 @@ mod tests {
             "{errors:?}"
         );
         assert!(compiled.env.for_plugin("cors").metadata.is_none());
+    }
+
+    /// An update builds again only what changed: the plugins of an unchanged service and of
+    /// the global rules are the same instances (their buffers did not move); a consumer
+    /// change builds everything again.
+    #[test]
+    fn an_update_keeps_the_plugins_of_what_did_not_change() {
+        let service = |id: &str| Key::new(Kind::Services, id);
+        let with_plugins = json!({"plugins": {"request-id": {}}});
+        let mut entries = vec![
+            (service("1"), with_plugins.clone()),
+            (service("2"), with_plugins.clone()),
+            (Key::new(Kind::GlobalRules, "g"), with_plugins.clone()),
+        ];
+        let (mut compiled, errors) = CompiledPlugins::compile(&config_with(&entries));
+        assert_eq!(errors, []);
+        let built =
+            |c: &CompiledPlugins, id: &str| c.shared[&service(id)].as_ref().unwrap().as_ptr();
+        let (one, two, global) = (
+            built(&compiled, "1"),
+            built(&compiled, "2"),
+            compiled.global.entries().as_ptr(),
+        );
+
+        entries[0].1 = json!({"plugins": {"request-id": {"header_name": "x-id"}}});
+        let errors = compiled.update(&config_with(&entries), &[service("1")]);
+        assert_eq!(errors, []);
+        assert_ne!(
+            built(&compiled, "1"),
+            one,
+            "the changed service is built again"
+        );
+        assert_eq!(built(&compiled, "2"), two);
+        assert_eq!(compiled.global.entries().as_ptr(), global);
+
+        entries.push((
+            Key::new(Kind::Consumers, "jack"),
+            json!({"username": "jack"}),
+        ));
+        let consumer = Key::new(Kind::Consumers, "jack");
+        compiled.update(&config_with(&entries), &[consumer]);
+        assert_ne!(
+            built(&compiled, "2"),
+            two,
+            "a consumer change builds everything"
+        );
+
+        entries.remove(1);
+        compiled.update(&config_with(&entries), &[service("2")]);
+        assert!(!compiled.shared.contains_key(&service("2")));
     }
 }

@@ -41,6 +41,8 @@ mod uri_blocker;
 mod uri_rewrite;
 
 pub use catalog::{find, CATALOG};
-pub use compile::{check, check_config, check_resource, secret_pointers, CompiledPlugins};
+pub use compile::{
+    builds_every_plugin, check, check_config, check_resource, secret_pointers, CompiledPlugins,
+};
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};

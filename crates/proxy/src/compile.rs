@@ -1,7 +1,7 @@
 //! Compiling configuration versions, each from the last: a change recompiles the routes it
 //! touches (a route, or every route of a changed service, upstream or plugin config) and
-//! nothing else. The router is changed route by route; upstream targets, plugin chains and
-//! certificates are reused while their own configuration is unchanged. A version with one
+//! nothing else. The router is changed route by route; upstream targets, plugin instances
+//! and certificates are reused while their own configuration is unchanged. A version with one
 //! route changed among 100,000 costs that route, not the table.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use pylon_discovery::{Registry, ServiceWatch};
 use pylon_model::{Config, Key, Kind, Node, Route, Service, Upstream};
-use pylon_plugins::CompiledPlugins;
+use pylon_plugins::{builds_every_plugin, CompiledPlugins};
 use pylon_router::{RouteSpec, RouterBuilder};
 use pylon_store::Revision;
 
@@ -131,40 +131,25 @@ impl Compiler {
         revision: Revision,
     ) -> Compiled {
         let mut affected = BTreeSet::new();
-        let (mut plugins_changed, mut consumers_changed, mut ssls_changed) = (false, false, false);
         for key in changed {
             match key.kind {
                 Kind::Routes => drop(affected.insert(key.id.clone())),
-                Kind::Upstreams => affected.extend(self.dependents_of(key)),
-                Kind::Services | Kind::PluginConfigs => {
-                    plugins_changed = true;
+                Kind::Upstreams | Kind::Services | Kind::PluginConfigs => {
                     affected.extend(self.dependents_of(key));
                 }
-                Kind::GlobalRules => plugins_changed = true,
-                Kind::Ssls => ssls_changed = true,
-                // What every plugin is built with.
-                Kind::Consumers
-                | Kind::Credentials
-                | Kind::ConsumerGroups
-                | Kind::PluginMetadata
-                | Kind::Secrets => {
-                    plugins_changed = true;
-                    consumers_changed = true;
-                }
-                Kind::StreamRoutes | Kind::Protos => {}
+                _ => {}
             }
         }
-        let mut not_served = Vec::new();
-        if plugins_changed {
-            let (plugins, errors) = CompiledPlugins::compile(config);
-            self.plugins = plugins;
-            not_served.extend(errors.into_iter().map(|e| CompileError(e.to_string())));
-        }
-        if consumers_changed {
+        let plugin_errors = self.plugins.update(config, changed);
+        let mut not_served: Vec<CompileError> = plugin_errors
+            .into_iter()
+            .map(|e| CompileError(e.to_string()))
+            .collect();
+        if changed.iter().any(|key| builds_every_plugin(key.kind)) {
             let with_plugins = self.routes.iter().filter(|(_, r)| r.has_plugins);
             affected.extend(with_plugins.map(|(id, _)| id.clone()));
         }
-        if ssls_changed {
+        if changed.iter().any(|key| key.kind == Kind::Ssls) {
             self.certificates = Arc::new(SniTable::compile(&config.ssls, &self.tls));
         }
         self.recompile(config, affected, &mut not_served);
@@ -174,16 +159,20 @@ impl Compiler {
         }
     }
 
-    /// Compiles again the routes of the upstreams whose discovered nodes changed.
-    pub(crate) fn rediscover(&mut self, config: &Config, revision: Revision) -> Compiled {
+    /// Compiles again the routes of the upstreams whose discovered nodes changed; `None`
+    /// when none did (another upstream's service moved, and that was compiled already).
+    pub(crate) fn rediscover(&mut self, config: &Config, revision: Revision) -> Option<Compiled> {
         let outdated = self.upstreams.values().filter(|u| u.outdated());
-        let affected = outdated.flat_map(|u| u.users.iter().cloned()).collect();
+        let affected: BTreeSet<String> = outdated.flat_map(|u| u.users.iter().cloned()).collect();
+        if affected.is_empty() {
+            return None;
+        }
         let mut not_served = Vec::new();
         self.recompile(config, affected, &mut not_served);
-        Compiled {
+        Some(Compiled {
             snapshot: self.snapshot(revision),
             not_served,
-        }
+        })
     }
 
     fn snapshot(&self, revision: Revision) -> Snapshot {
@@ -305,7 +294,7 @@ impl Compiler {
     /// of the upstream it used, for the caller to release.
     fn remove_route(&mut self, id: &str) -> Option<String> {
         let compiled = self.routes.remove(id)?;
-        self.router.remove(&Arc::from(id));
+        self.router.remove(id);
         for key in &compiled.references {
             if let Some(dependents) = self.dependents.get_mut(key) {
                 dependents.remove(id);
@@ -331,6 +320,8 @@ impl Compiler {
             shared.users.insert(user.to_owned());
             return Ok(shared.target.clone());
         }
+        // The new follows are taken while the previous version still holds its own: a
+        // service followed by both goes on without a gap, its last answer at hand.
         let (nodes, mut followed) = self.nodes(&key, source)?;
         let addresses = self.follow_names(&nodes, &mut followed);
         let previous = self.upstreams.remove(&key);
@@ -538,6 +529,7 @@ mod tests {
     use std::borrow::Cow;
     use std::collections::BTreeMap;
     use std::net::IpAddr;
+    use std::rc::Rc;
     use std::time::Duration;
 
     use pylon_model::Resource;
@@ -669,6 +661,15 @@ mod tests {
         );
         assert_eq!(old.slot, new.slot);
         assert_ne!(old.fingerprint, new.fingerprint);
+        let kept = v2.balancer(old);
+        assert!(Rc::ptr_eq(
+            &kept,
+            &v1.balancer(upstream_of(&v1.snapshot, "/a"))
+        ));
+        assert!(
+            !Rc::ptr_eq(&kept, &v3.balancer(new)),
+            "a new state for new nodes"
+        );
         assert_eq!(round_robin(&v3, "/a"), round_robin(&v3, "/b") ^ 1);
     }
 
