@@ -15,7 +15,7 @@ use pylon_model::{Config, FieldError, Key, Kind, Resource, ValidationErrors};
 use pylon_store::{Keyring, Replica, Revision, View};
 use tokio::sync::watch;
 
-use crate::compile::Compiler;
+use crate::compile::{Compiled, Compiler};
 use crate::health::HealthRegistry;
 use crate::settings::UpstreamDefaults;
 use crate::snapshot::{Snapshot, SnapshotCell};
@@ -114,16 +114,23 @@ impl Publisher {
     fn rediscover(&mut self) {
         let started = std::time::Instant::now();
         let revision = self.cell.load().revision;
-        let compiled = self.compiler.rediscover(&self.config, revision);
+        if let Some(compiled) = self.compiler.rediscover(&self.config, revision) {
+            self.install(compiled);
+            tracing::info!(
+                revision,
+                publish_ms = started.elapsed().as_secs_f64() * 1e3,
+                "discovered nodes published"
+            );
+        }
+    }
+
+    /// Puts a compiled version in the workers' hands, saying which routes it leaves out.
+    fn install(&mut self, compiled: Compiled) {
+        let revision = compiled.snapshot.revision;
         for e in &compiled.not_served {
             tracing::error!(revision, "route not served: {e}");
         }
         self.retired = Some(self.cell.swap(Arc::new(compiled.snapshot)));
-        tracing::info!(
-            revision,
-            publish_ms = started.elapsed().as_secs_f64() * 1e3,
-            "discovered nodes published"
-        );
     }
 
     fn publish(&mut self, view: &View) {
@@ -133,11 +140,8 @@ impl Publisher {
             return;
         }
         let compiled = self.compiler.update(&self.config, &changed, view.revision);
-        for e in &compiled.not_served {
-            tracing::error!(revision = view.revision, "route not served: {e}");
-        }
         let routes = compiled.snapshot.router.len();
-        self.retired = Some(self.cell.swap(Arc::new(compiled.snapshot)));
+        self.install(compiled);
         self.served.send_replace(view.revision);
         tracing::info!(
             revision = view.revision,
