@@ -27,6 +27,19 @@ fn discovered_route(kind: &str, service: &str) -> String {
     .to_string()
 }
 
+/// Waits until every request for `path` is answered by the upstream `name`, then checks
+/// that HTTP/1 and HTTP/2 get it too.
+async fn wait_served_by(pylon: &Pylon, path: &str, name: &str) {
+    wait_until(
+        || (0..4).all(|_| get(pylon.addr, "example.com", path).text() == name),
+        &format!("{path} served by {name}"),
+    );
+    for protocol in PROTOCOLS {
+        let res = call(protocol, pylon.addr, "GET", path, &[], b"").await;
+        assert_eq!(res.text(), name, "{protocol:?}");
+    }
+}
+
 fn control_get(pylon: &Pylon, path: &str) -> serde_json::Value {
     let control = pylon.control.expect("the control API listens");
     get(control, "127.0.0.1", path).json()
@@ -72,26 +85,12 @@ async fn an_etcd_registry_moves_requests_to_the_instances_it_holds() {
     }
 
     etcd.etcdctl(&["put", "/services/web/a", &instance(&a)]);
-    wait_until(
-        || get(pylon.addr, "example.com", "/d").text() == "a",
-        "instance a served",
-    );
-    for protocol in PROTOCOLS {
-        let res = call(protocol, pylon.addr, "GET", "/d", &[], b"").await;
-        assert_eq!(res.text(), "a", "{protocol:?}");
-    }
+    wait_served_by(&pylon, "/d", "a").await;
 
     // a goes, b comes: requests follow without a configuration change.
     etcd.etcdctl(&["put", "/services/web/b", &instance(&b)]);
     etcd.etcdctl(&["del", "/services/web/a"]);
-    wait_until(
-        || (0..4).all(|_| get(pylon.addr, "example.com", "/d").text() == "b"),
-        "only instance b served",
-    );
-    for protocol in PROTOCOLS {
-        let res = call(protocol, pylon.addr, "GET", "/d", &[], b"").await;
-        assert_eq!(res.text(), "b", "{protocol:?}");
-    }
+    wait_served_by(&pylon, "/d", "b").await;
     let dump = control_get(&pylon, "/v1/discovery/etcd/dump");
     assert_eq!(dump["services"]["web"][0]["port"], b.addr.port(), "{dump}");
 }
@@ -101,7 +100,7 @@ async fn a_node_given_by_name_follows_its_dns_records() {
     let a = Upstream::start("a");
     // The same port on another loopback address: only the name's address changes.
     let b_addr = format!("127.0.0.2:{}", a.addr.port()).parse().unwrap();
-    let b = Upstream::on(b_addr, "b", support::upstream::named("b"));
+    let _b = Upstream::on(b_addr, "b", support::upstream::named("b"));
     let name = format!("api.{}", dnsmasq::DOMAIN);
     let mut dns = Dnsmasq::start(&format!("127.0.0.1 {name}\n"), &[]);
     let routes = json!({"routes": [{
@@ -110,19 +109,8 @@ async fn a_node_given_by_name_follows_its_dns_records() {
     }]});
     let discovery = format!("discovery:\n  dns:\n    servers: [\"{}\"]\n", dns.server());
     let pylon = Pylon::start(&routes.to_string(), &discovery);
-    wait_until(
-        || get(pylon.addr, "example.com", "/n").text() == "a",
-        "the name's first address served",
-    );
+    wait_served_by(&pylon, "/n", "a").await;
 
     dns.set_hosts(&format!("127.0.0.2 {name}\n"));
-    wait_until(
-        || (0..4).all(|_| get(pylon.addr, "example.com", "/n").text() == "b"),
-        "the name's new address served",
-    );
-    for protocol in PROTOCOLS {
-        let res = call(protocol, pylon.addr, "GET", "/n", &[], b"").await;
-        assert_eq!(res.text(), "b", "{protocol:?}");
-    }
-    drop(b);
+    wait_served_by(&pylon, "/n", "b").await;
 }
