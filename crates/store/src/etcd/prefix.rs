@@ -90,7 +90,7 @@ impl Decode for Raw {
 
 /// `[prefix, end)`: `end` is the smallest key after every key beginning with `prefix`, the
 /// prefix with its last byte below 0xff increased (and what followed it dropped).
-fn range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+pub(super) fn range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
     let start = prefix.as_bytes().to_vec();
     let mut end = start.clone();
     while let Some(last) = end.pop() {
