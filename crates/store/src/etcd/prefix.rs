@@ -53,10 +53,7 @@ impl EtcdKeys {
     pub async fn list(&self, prefix: &str) -> Result<(Revision, Vec<RawEntry>), StoreError> {
         let mut entries = Vec::new();
         let revision = list_range(&self.endpoints, range(prefix), |kv| {
-            entries.push(RawEntry {
-                key: kv.key.clone(),
-                value: kv.value.clone(),
-            });
+            entries.push(raw_entry(kv));
         })
         .await?;
         Ok((revision, entries))
@@ -77,14 +74,18 @@ impl Decode for Raw {
     fn decode(&self, raw: &proto::Event) -> Option<RawEvent> {
         let kv = raw.kv.as_ref()?;
         Some(match raw.r#type() {
-            EventType::Put => RawEvent::Put(RawEntry {
-                key: kv.key.clone(),
-                value: kv.value.clone(),
-            }),
+            EventType::Put => RawEvent::Put(raw_entry(kv)),
             EventType::Delete => RawEvent::Delete {
                 key: kv.key.clone(),
             },
         })
+    }
+}
+
+fn raw_entry(kv: &proto::KeyValue) -> RawEntry {
+    RawEntry {
+        key: kv.key.clone(),
+        value: kv.value.clone(),
     }
 }
 
