@@ -55,9 +55,8 @@ async fn instances_come_and_go_with_their_leases() {
     assert_eq!(web.current().unwrap().len(), 0);
 
     let long = grant(&etcd, 600);
-    let value = r#"{"host": "10.0.0.1", "port": 8080, "weight": 2, "metadata": {"zone": "a"}}"#;
-    register(&etcd, "web", "i1", value, Some(&long));
-    // Another service, a name that merely begins alike, and a value that is no instance.
+    // Another service, a name that merely begins alike, and a value that is no instance:
+    // written first, so that once the instance after them is seen, they were seen too.
     register(
         &etcd,
         "web2",
@@ -66,6 +65,8 @@ async fn instances_come_and_go_with_their_leases() {
         None,
     );
     register(&etcd, "web", "broken", "10.0.0.9:80", Some(&long));
+    let value = r#"{"host": "10.0.0.1", "port": 8080, "weight": 2, "metadata": {"zone": "a"}}"#;
+    register(&etcd, "web", "i1", value, Some(&long));
     let nodes = nodes_are(&web, &[("10.0.0.1", 8080)]).await;
     assert_eq!((nodes[0].weight, nodes[0].priority), (2, 0));
     assert_eq!(nodes[0].metadata["zone"], "a");
