@@ -6,6 +6,7 @@ mod etcd;
 #[path = "support/wait.rs"]
 mod wait;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd::EtcdCluster;
@@ -135,6 +136,11 @@ async fn watches_of_one_service_share_its_nodes_and_names_are_one_segment() {
     let second = registry.clone().watch("etcd", "web", None).unwrap();
     nodes_are(&first, &[("10.0.0.1", 80)]).await;
     assert_eq!(first.current(), second.current());
+    // The very same nodes: one follower serves both watches.
+    assert!(Arc::ptr_eq(
+        &first.current().unwrap(),
+        &second.current().unwrap()
+    ));
     assert!(registry.watch("etcd", "web/i1", None).is_err());
     assert!(registry.watch("etcd", "", None).is_err());
 }
