@@ -80,6 +80,7 @@ async fn catalog_services_are_their_passing_instances() {
         });
     });
     let web = registry.watch("consul", "web", None).unwrap();
+    // Answered at all: every request carried the token (the stand-in answers 403 without it).
     let nodes = nodes_are(&web, &[("10.0.0.1", 80), ("10.0.0.3", 81)]).await;
     assert!(nodes.iter().all(|n| n.weight == 3));
     let first = nodes.iter().find(|n| n.host == "10.0.0.1").unwrap();
@@ -110,7 +111,7 @@ async fn catalog_services_are_their_passing_instances() {
     assert_eq!(services.keys().collect::<Vec<_>>(), ["web"]);
     assert_eq!(services["web"].as_array().unwrap().len(), 2);
 
-    // Every request carried the token (the stand-in answers 403 without it).
+    // A catalog name is one path segment.
     assert!(registry.watch("consul", "a/b", None).is_err());
 }
 
