@@ -104,7 +104,7 @@ impl Flavor {
     }
 
     /// What one server holds now (the services and their nodes) and the index of that, asking
-    /// with a blocking query from `index` when `wait` is given.
+    /// with a blocking query from `index` when `blocking` is `Some((index, wait))`.
     async fn fetch(
         &self,
         server: &str,
