@@ -1,6 +1,7 @@
 //! The services of one discovery type that are being watched, their current nodes, and the
 //! trait every provider implements to keep them current.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -55,21 +56,16 @@ impl Book {
         follow: impl FnOnce(Publisher) -> Option<AbortHandle>,
     ) -> ServiceWatch {
         let mut services = self.lock();
-        let slot = match services.get_mut(service) {
-            Some(slot) => slot,
-            None => {
-                let slot = Slot {
-                    nodes: watch::Sender::new(None),
+        let slot = match services.entry(service.to_owned()) {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(vacant) => {
+                let nodes = watch::Sender::new(None);
+                let task = follow(self.publisher(&nodes));
+                vacant.insert(Slot {
+                    nodes,
                     watchers: 0,
-                    task: None,
-                };
-                let publisher = Publisher {
-                    nodes: slot.nodes.clone(),
-                    changed: self.changed.clone(),
-                };
-                let slot = services.entry(service.to_owned()).or_insert(slot);
-                slot.task = follow(publisher);
-                slot
+                    task,
+                })
             }
         };
         slot.watchers += 1;
@@ -86,14 +82,15 @@ impl Book {
     pub fn publishers(&self) -> Vec<(String, Publisher)> {
         self.lock()
             .iter()
-            .map(|(service, slot)| {
-                let publisher = Publisher {
-                    nodes: slot.nodes.clone(),
-                    changed: self.changed.clone(),
-                };
-                (service.clone(), publisher)
-            })
+            .map(|(service, slot)| (service.clone(), self.publisher(&slot.nodes)))
             .collect()
+    }
+
+    fn publisher(&self, nodes: &watch::Sender<Nodes>) -> Publisher {
+        Publisher {
+            nodes: nodes.clone(),
+            changed: self.changed.clone(),
+        }
     }
 
     /// The watched services and their current nodes, as a dump shows them.

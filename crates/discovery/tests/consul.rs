@@ -80,6 +80,7 @@ async fn catalog_services_are_their_passing_instances() {
         });
     });
     let web = registry.watch("consul", "web", None).unwrap();
+    // Answered at all: every request carried the token (the stand-in answers 403 without it).
     let nodes = nodes_are(&web, &[("10.0.0.1", 80), ("10.0.0.3", 81)]).await;
     assert!(nodes.iter().all(|n| n.weight == 3));
     let first = nodes.iter().find(|n| n.host == "10.0.0.1").unwrap();
@@ -110,7 +111,7 @@ async fn catalog_services_are_their_passing_instances() {
     assert_eq!(services.keys().collect::<Vec<_>>(), ["web"]);
     assert_eq!(services["web"].as_array().unwrap().len(), 2);
 
-    // Every request carried the token (the stand-in answers 403 without it).
+    // A catalog name is one path segment.
     assert!(registry.watch("consul", "a/b", None).is_err());
 }
 
@@ -201,11 +202,7 @@ async fn kv_keys_are_instances_of_the_service_their_folder_names() {
     // No key at all yet: Consul answers 404, and the service has no instances.
     nodes_where(&webpages, "an answer", |nodes| nodes.is_empty()).await;
 
-    consul.put_kv(
-        "upstreams/webpages/10.0.0.1:8000",
-        r#"{"weight": 2, "max_fails": 2, "fail_timeout": 1}"#,
-    );
-    consul.put_kv("upstreams/webpages/10.0.0.2:8000", "{}");
+    // The keys left out come first: an answer with the instances after them has them too.
     consul.put_kv(
         "upstreams/webpages/10.0.0.3:8000",
         r#"{"check_status": false}"#,
@@ -213,6 +210,11 @@ async fn kv_keys_are_instances_of_the_service_their_folder_names() {
     consul.put_kv("upstreams/webpages/10.0.0.9:8000", "{}");
     consul.put_kv("upstreams/webpages/broken", "{}");
     consul.put_kv("upstreams/api/10.0.1.1:80", "{}");
+    consul.put_kv(
+        "upstreams/webpages/10.0.0.1:8000",
+        r#"{"weight": 2, "max_fails": 2, "fail_timeout": 1}"#,
+    );
+    consul.put_kv("upstreams/webpages/10.0.0.2:8000", "{}");
     let nodes = nodes_are(&webpages, &[("10.0.0.1", 8000), ("10.0.0.2", 8000)]).await;
     let first = nodes.iter().find(|n| n.host == "10.0.0.1").unwrap();
     assert_eq!(first.weight, 2);

@@ -50,6 +50,8 @@ async fn a_host_name_is_its_ipv4_and_ipv6_addresses_at_the_names_port() {
         dump["services"]["web.pylon.test:8080"][0]["host"],
         "10.0.0.1"
     );
+    // Host names are not case-sensitive: watched under the lowercase spelling.
+    assert!(dump["services"]["web.pylon.test"].is_array(), "{dump}");
     assert_eq!(dump["config"]["servers"], json!([dns.server()]));
 }
 

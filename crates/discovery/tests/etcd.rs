@@ -6,6 +6,7 @@ mod etcd;
 #[path = "support/wait.rs"]
 mod wait;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd::EtcdCluster;
@@ -55,9 +56,8 @@ async fn instances_come_and_go_with_their_leases() {
     assert_eq!(web.current().unwrap().len(), 0);
 
     let long = grant(&etcd, 600);
-    let value = r#"{"host": "10.0.0.1", "port": 8080, "weight": 2, "metadata": {"zone": "a"}}"#;
-    register(&etcd, "web", "i1", value, Some(&long));
-    // Another service, a name that merely begins alike, and a value that is no instance.
+    // Another service, a name that merely begins alike, and a value that is no instance:
+    // written first, so that once the instance after them is seen, they were seen too.
     register(
         &etcd,
         "web2",
@@ -66,6 +66,8 @@ async fn instances_come_and_go_with_their_leases() {
         None,
     );
     register(&etcd, "web", "broken", "10.0.0.9:80", Some(&long));
+    let value = r#"{"host": "10.0.0.1", "port": 8080, "weight": 2, "metadata": {"zone": "a"}}"#;
+    register(&etcd, "web", "i1", value, Some(&long));
     let nodes = nodes_are(&web, &[("10.0.0.1", 8080)]).await;
     assert_eq!((nodes[0].weight, nodes[0].priority), (2, 0));
     assert_eq!(nodes[0].metadata["zone"], "a");
@@ -134,6 +136,11 @@ async fn watches_of_one_service_share_its_nodes_and_names_are_one_segment() {
     let second = registry.clone().watch("etcd", "web", None).unwrap();
     nodes_are(&first, &[("10.0.0.1", 80)]).await;
     assert_eq!(first.current(), second.current());
+    // The very same nodes: one follower serves both watches.
+    assert!(Arc::ptr_eq(
+        &first.current().unwrap(),
+        &second.current().unwrap()
+    ));
     assert!(registry.watch("etcd", "web/i1", None).is_err());
     assert!(registry.watch("etcd", "", None).is_err());
 }

@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use http::StatusCode;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::client::{Answer, Client};
+use super::client::Client;
 use super::{ip_literal, Table};
 use crate::Node;
 
@@ -58,13 +57,13 @@ impl Catalog {
             .get(&format!("/v1/catalog/services?{query}"), wait)
             .await?;
         let index = answer.index;
-        let services: BTreeMap<String, Value> = ok_json(&answer, "/v1/catalog/services")?;
+        let services: BTreeMap<String, Value> = answer.ok_json("/v1/catalog/services")?;
         let mut table = Table::new();
         for name in services.keys().filter(|name| !self.skip.contains(*name)) {
             let name_segment = utf8_percent_encode(name, NON_ALPHANUMERIC);
             let path = format!("/v1/health/service/{name_segment}?passing=true");
             let answer = client.get(&path, Duration::ZERO).await?;
-            let entries: Vec<Entry> = ok_json(&answer, &path)?;
+            let entries: Vec<Entry> = answer.ok_json(&path)?;
             let nodes = entries
                 .into_iter()
                 .filter_map(|entry| self.node(name, entry))
@@ -85,15 +84,4 @@ impl Catalog {
         node.metadata = service.meta.unwrap_or_default();
         Some(node)
     }
-}
-
-/// The body of a 200 answer, as JSON.
-pub(super) fn ok_json<T: serde::de::DeserializeOwned>(
-    answer: &Answer,
-    path: &str,
-) -> Result<T, String> {
-    if answer.status != StatusCode::OK {
-        return Err(format!("{path}: status {}", answer.status));
-    }
-    serde_json::from_slice(&answer.body).map_err(|e| format!("{path}: {e}"))
 }

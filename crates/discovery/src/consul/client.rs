@@ -31,6 +31,16 @@ pub(super) struct Answer {
     pub body: Bytes,
 }
 
+impl Answer {
+    /// The body of a 200 answer to `path`, as JSON.
+    pub fn ok_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        if self.status != StatusCode::OK {
+            return Err(format!("{path}: status {}", self.status));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| format!("{path}: {e}"))
+    }
+}
+
 impl Client {
     pub fn new(authority: String, token: &str, connect: Duration, read: Duration) -> Client {
         Client {

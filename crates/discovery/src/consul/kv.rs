@@ -14,7 +14,6 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::catalog::ok_json;
 use super::client::Client;
 use super::Table;
 use crate::Node;
@@ -51,7 +50,7 @@ impl Kv {
         if answer.status == StatusCode::NOT_FOUND {
             return Ok((answer.index, Table::new()));
         }
-        let entries: Vec<Entry> = ok_json(&answer, &path)?;
+        let entries: Vec<Entry> = answer.ok_json(&path)?;
         let mut table = Table::new();
         for entry in entries.iter().filter(|e| !self.skip.contains(&e.key)) {
             let Some((folder, address)) = entry.key.rsplit_once('/') else {

@@ -49,7 +49,6 @@ pub(crate) fn catalog(
         weight: settings.weight,
     });
     let common = Common {
-        kind: CATALOG,
         servers: &settings.servers,
         token: &settings.token,
         keepalive: settings.keepalive,
@@ -69,7 +68,6 @@ pub(crate) fn kv(settings: &ConsulKvSettings, book: &Arc<Book>) -> Result<Consul
         weight: settings.weight,
     });
     let common = Common {
-        kind: KV,
         servers: &settings.servers,
         token: &settings.token,
         keepalive: settings.keepalive,
@@ -83,7 +81,6 @@ pub(crate) fn kv(settings: &ConsulKvSettings, book: &Arc<Book>) -> Result<Consul
 
 /// The settings both flavors have.
 struct Common<'a> {
-    kind: &'static str,
     servers: &'a [String],
     token: &'a str,
     keepalive: bool,
@@ -99,8 +96,15 @@ enum Flavor {
 }
 
 impl Flavor {
+    fn kind(&self) -> &'static str {
+        match self {
+            Flavor::Catalog(_) => CATALOG,
+            Flavor::Kv(_) => KV,
+        }
+    }
+
     /// What one server holds now (the services and their nodes) and the index of that, asking
-    /// with a blocking query from `index` when `wait` is given.
+    /// with a blocking query from `index` when `blocking` is `Some((index, wait))`.
     async fn fetch(
         &self,
         server: &str,
@@ -126,7 +130,7 @@ fn blocking_slack(wait: Duration) -> Duration {
 }
 
 pub(crate) struct Consul {
-    kind: &'static str,
+    flavor: Arc<Flavor>,
     state: Arc<State>,
     /// The servers' URLs without a trailing `/`: a KV service name begins with one of them.
     servers: Vec<String>,
@@ -148,10 +152,8 @@ impl Consul {
         config: Value,
         book: &Arc<Book>,
     ) -> Result<Consul, DiscoveryError> {
-        let invalid = |reason: String| DiscoveryError::Settings {
-            kind: common.kind,
-            reason,
-        };
+        let kind = flavor.kind();
+        let invalid = |reason: String| DiscoveryError::Settings { kind, reason };
         if common.servers.is_empty() {
             return Err(invalid("`servers` lists no server".to_owned()));
         }
@@ -211,11 +213,11 @@ impl Consul {
                     blocking: common.keepalive.then(|| Duration::from_secs(timeout.wait)),
                     interval: Duration::from_secs(common.fetch_interval),
                 };
-                tokio::spawn(follower.run(common.kind)).abort_handle()
+                tokio::spawn(follower.run()).abort_handle()
             })
             .collect();
         Ok(Consul {
-            kind: common.kind,
+            flavor,
             state,
             servers,
             config,
@@ -235,11 +237,11 @@ impl Drop for Consul {
 impl Provider for Consul {
     fn service(&self, name: &str) -> Result<String, DiscoveryError> {
         let bad = |reason: &str| DiscoveryError::BadServiceName {
-            kind: self.kind,
+            kind: self.flavor.kind(),
             name: name.to_owned(),
             reason: reason.to_owned(),
         };
-        if self.kind == KV {
+        if let Flavor::Kv(_) = *self.flavor {
             // `<server>/v1/kv/<prefix>/<service>/`, as the keys' folders read.
             let known = self.servers.iter().any(|server| {
                 name.strip_prefix(server.as_str())
@@ -333,7 +335,8 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self, kind: &'static str) {
+    async fn run(mut self) {
+        let kind = self.flavor.kind();
         let mut retry = Backoff::new(FIRST_RETRY, MAX_RETRY);
         let mut index = 0;
         loop {

@@ -1,6 +1,6 @@
 //! A real dnsmasq for tests: authoritative for `pylon.test` on a free loopback port, answering
-//! from a hosts file the test rewrites (then [`Dnsmasq::reload`]s) and from SRV records given
-//! at start, every record with a TTL of one second. Killed when dropped.
+//! from a hosts file the test replaces ([`Dnsmasq::set_hosts`]) and from SRV records given at
+//! start, every record with a TTL of one second. Killed when dropped.
 //!
 //! Needs `dnsmasq` at /usr/sbin or on the PATH (Debian: `apt-get install dnsmasq-base`, which
 //! `scripts/test.sh` does); without it a test fails, saying so.

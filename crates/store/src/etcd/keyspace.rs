@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use pylon_model::Key;
 
+use super::prefix;
 use super::proto::{self, EventType};
 use super::watch::Decode;
 use crate::{Entry, Event, Revision};
@@ -41,11 +42,7 @@ impl Keyspace {
 
     /// `[start, end)`, covering exactly the keys under `<prefix>/`.
     pub fn range(&self) -> (Vec<u8>, Vec<u8>) {
-        let start = format!("{}/", self.prefix).into_bytes();
-        // The smallest key after every key beginning with `<prefix>/`: the same bytes with the
-        // last one, '/', replaced by the next byte value, '0'.
-        let end = format!("{}0", self.prefix).into_bytes();
-        (start, end)
+        prefix::range(&format!("{}/", self.prefix))
     }
 
     /// The stored entry, or `None` for a key or value that is not Pylon's.

@@ -53,10 +53,7 @@ impl EtcdKeys {
     pub async fn list(&self, prefix: &str) -> Result<(Revision, Vec<RawEntry>), StoreError> {
         let mut entries = Vec::new();
         let revision = list_range(&self.endpoints, range(prefix), |kv| {
-            entries.push(RawEntry {
-                key: kv.key.clone(),
-                value: kv.value.clone(),
-            });
+            entries.push(raw_entry(kv));
         })
         .await?;
         Ok((revision, entries))
@@ -77,10 +74,7 @@ impl Decode for Raw {
     fn decode(&self, raw: &proto::Event) -> Option<RawEvent> {
         let kv = raw.kv.as_ref()?;
         Some(match raw.r#type() {
-            EventType::Put => RawEvent::Put(RawEntry {
-                key: kv.key.clone(),
-                value: kv.value.clone(),
-            }),
+            EventType::Put => RawEvent::Put(raw_entry(kv)),
             EventType::Delete => RawEvent::Delete {
                 key: kv.key.clone(),
             },
@@ -88,9 +82,16 @@ impl Decode for Raw {
     }
 }
 
+fn raw_entry(kv: &proto::KeyValue) -> RawEntry {
+    RawEntry {
+        key: kv.key.clone(),
+        value: kv.value.clone(),
+    }
+}
+
 /// `[prefix, end)`: `end` is the smallest key after every key beginning with `prefix`, the
 /// prefix with its last byte below 0xff increased (and what followed it dropped).
-fn range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+pub(super) fn range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
     let start = prefix.as_bytes().to_vec();
     let mut end = start.clone();
     while let Some(last) = end.pop() {
