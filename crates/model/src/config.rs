@@ -223,6 +223,15 @@ fn checked(resource: Resource, errors: Vec<FieldError>) -> Result<Resource, Vali
     }
 }
 
+/// The errors `value` has as a `kind`, each as `path: message`; none when it is valid.
+#[cfg(test)]
+pub(crate) fn resource_errors(kind: Kind, value: serde_json::Value) -> Vec<String> {
+    match Resource::from_json(kind, &value) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
 /// Every resource of one configuration version, by id, after each was validated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {

@@ -134,14 +134,8 @@ impl Credential {
 mod tests {
     use serde_json::json;
 
-    use crate::{Kind, Resource};
-
-    fn errors(kind: Kind, value: serde_json::Value) -> Vec<String> {
-        match Resource::from_json(kind, &value) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
-    }
+    use crate::config::resource_errors as errors;
+    use crate::Kind;
 
     #[test]
     fn consumers_groups_and_credentials_are_checked_field_by_field() {

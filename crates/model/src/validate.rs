@@ -569,15 +569,13 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+    use crate::config::resource_errors;
     use crate::key::Kind;
     use crate::test_certs::{ecdsa, valid_between};
     use crate::upstream::Scheme;
 
     fn route_errors(value: Value) -> Vec<String> {
-        match Resource::from_json(Kind::Routes, &value) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
+        resource_errors(Kind::Routes, value)
     }
 
     fn upstream(fields: Value) -> Value {
