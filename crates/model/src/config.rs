@@ -147,54 +147,47 @@ impl Resource {
                 FieldError::new(path, e.into_inner().to_string()).into()
             })
         }
-        let (resource, mut errors) = match kind {
-            Kind::Routes => (Resource::Route(parse(value)?), Vec::new()),
-            Kind::Services => (Resource::Service(parse(value)?), Vec::new()),
-            Kind::Upstreams => (Resource::Upstream(parse(value)?), Vec::new()),
-            Kind::GlobalRules => (Resource::GlobalRule(parse(value)?), Vec::new()),
-            Kind::PluginConfigs => (Resource::PluginConfig(parse(value)?), Vec::new()),
-            Kind::Ssls => (Resource::Ssl(parse(value)?), Vec::new()),
+        let mut errors = Vec::new();
+        let resource = match kind {
+            Kind::Routes => Resource::Route(parse(value)?),
+            Kind::Services => Resource::Service(parse(value)?),
+            Kind::Upstreams => Resource::Upstream(parse(value)?),
+            Kind::GlobalRules => Resource::GlobalRule(parse(value)?),
+            Kind::PluginConfigs => Resource::PluginConfig(parse(value)?),
+            Kind::Ssls => Resource::Ssl(parse(value)?),
             // Checked as their types, kept as the JSON they are: the plugins crate reads them.
             Kind::Consumers => {
                 let consumer: Consumer = parse(value)?;
-                let mut errors = Vec::new();
                 consumer.validate(&mut errors);
                 validate::plugin_objects(consumer.plugins.as_ref(), &mut errors);
-                (Resource::Other(Kind::Consumers, value.clone()), errors)
+                Resource::Other(kind, value.clone())
             }
             Kind::Credentials => {
                 let credential: Credential = parse(value)?;
-                let mut errors = Vec::new();
                 credential.validate(&mut errors);
                 validate::plugin_objects(Some(&credential.plugins), &mut errors);
-                (Resource::Other(Kind::Credentials, value.clone()), errors)
+                Resource::Other(kind, value.clone())
             }
             Kind::ConsumerGroups => {
                 let group: ConsumerGroup = parse(value)?;
-                let mut errors = Vec::new();
                 validate::plugin_objects(Some(&group.plugins), &mut errors);
-                (Resource::Other(Kind::ConsumerGroups, value.clone()), errors)
+                Resource::Other(kind, value.clone())
             }
             Kind::Protos => {
-                let proto: Proto = parse(value)?;
-                let mut errors = Vec::new();
-                proto.validate(&mut errors);
-                (Resource::Other(Kind::Protos, value.clone()), errors)
+                parse::<Proto>(value)?.validate(&mut errors);
+                Resource::Other(kind, value.clone())
             }
-            Kind::Secrets if value.is_object() => {
-                let mut errors = Vec::new();
+            _ if !value.is_object() => {
+                return Err(FieldError::new("", "must be an object").into());
+            }
+            Kind::Secrets => {
                 secret::validate(value, &mut errors);
-                (Resource::Other(Kind::Secrets, value.clone()), errors)
+                Resource::Other(kind, value.clone())
             }
-            other if value.is_object() => (Resource::Other(other, value.clone()), Vec::new()),
-            _ => return Err(FieldError::new("", "must be an object").into()),
+            Kind::StreamRoutes | Kind::PluginMetadata => Resource::Other(kind, value.clone()),
         };
         errors.extend(validate::resource(&resource));
-        // A plugin's metadata and a secret manager's settings are not resources people
-        // name: their fields are the plugin's and the manager's own.
-        if !matches!(kind, Kind::PluginMetadata | Kind::Secrets) {
-            validate::descriptive_fields(kind, value, &mut errors);
-        }
+        validate::descriptive_fields(kind, value, &mut errors);
         validate::id_fields(kind, value, &mut errors);
         validate::timestamps(value, &mut errors);
         checked(resource, errors)

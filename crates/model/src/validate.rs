@@ -323,8 +323,12 @@ fn bad_param(uri: &str) -> Option<&'static str> {
 
 /// What people describe a resource with, as APISIX's schema bounds it: `name` (1 to 256
 /// characters; any string on a plugin config), `desc` (at most 256) and `labels` (values of 1
-/// to 256 characters, no spaces).
+/// to 256 characters, no spaces). A plugin's metadata and a secret manager's settings are not
+/// resources people name: their fields are the plugin's and the manager's own.
 pub(crate) fn descriptive_fields(kind: Kind, value: &Value, errors: &mut Vec<FieldError>) {
+    if matches!(kind, Kind::PluginMetadata | Kind::Secrets) {
+        return;
+    }
     if let Some(name) = value.get("name").and_then(Value::as_str) {
         if kind != Kind::PluginConfigs && !(1..=MAX_NAME_LEN).contains(&name.chars().count()) {
             errors.push(FieldError::new(
