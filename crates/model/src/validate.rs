@@ -10,10 +10,11 @@ use crate::key::Kind;
 use crate::route::Route;
 use crate::upstream::{HashOn, PassHost, Timeout, Upstream, UpstreamType, MAX_SECONDS};
 
-/// APISIX's bounds on a resource's `name`, on a label's value, on an id, and on a route's `uri`.
-pub(crate) const MAX_NAME_LEN: usize = 256;
+/// APISIX's bounds on a resource's `name` (a consumer's `username` too), on a label's value, on
+/// an id, and on a route's `uri`.
+pub const MAX_NAME_LEN: usize = 256;
 const MAX_LABEL_LEN: usize = 256;
-pub(crate) const MAX_ID_LEN: usize = 64;
+pub const MAX_ID_LEN: usize = 64;
 const MAX_URI_LEN: usize = 4096;
 
 /// The HTTP methods a route may list.
@@ -382,12 +383,21 @@ pub(crate) fn id_fields(kind: Kind, value: &Value, errors: &mut Vec<FieldError>)
     }
 }
 
-/// A string id as APISIX's `id_schema` has it.
-pub(crate) fn is_id(id: &str) -> bool {
+/// A string id as APISIX's `id_schema` has it: 1 to [`MAX_ID_LEN`] letters, digits, `-`, `_`
+/// and `.`.
+pub fn is_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// A consumer's username as APISIX has it: 1 to [`MAX_NAME_LEN`] letters, digits, `_` and `-`.
+pub fn is_username(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `create_time` and `update_time` are integers (seconds since the Unix epoch), on every kind.
