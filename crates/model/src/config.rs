@@ -397,3 +397,63 @@ pub(crate) fn id_schema(_: &mut SchemaGenerator) -> Schema {
         "minimum": 0
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn config(entries: &[(Key, Value)]) -> Result<Config, Vec<String>> {
+        Config::from_entries(entries.iter().map(|(k, v)| (k, v)))
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_route_answered_by_its_plugins_needs_no_upstream() {
+        let route = Key::new(Kind::Routes, "r");
+        let plugin_config = (
+            Key::new(Kind::PluginConfigs, "p"),
+            json!({"plugins": {"echo": {}}}),
+        );
+        let answered = [
+            json!({"uri": "/a", "plugins": {"echo": {}}}),
+            json!({"uri": "/a", "plugin_config_id": "p"}),
+        ];
+        for value in answered {
+            let entries = [(route.clone(), value.clone()), plugin_config.clone()];
+            assert!(config(&entries).is_ok(), "{value}");
+        }
+        assert_eq!(
+            config(&[(route, json!({"uri": "/a"})), plugin_config]).unwrap_err(),
+            ["routes/r: has no upstream: set `upstream`, `upstream_id`, a `service_id` whose service has one, or `plugins` that answer"]
+        );
+    }
+
+    #[test]
+    fn keys_name_every_resource_typed_or_kept_as_json() {
+        let entries = [
+            (
+                Key::new(Kind::Upstreams, "u"),
+                json!({"nodes": {"127.0.0.1:80": 1}}),
+            ),
+            (
+                Key::new(Kind::Routes, "r"),
+                json!({"uri": "/a", "upstream_id": "u"}),
+            ),
+            (
+                Key::new(Kind::Consumers, "jack"),
+                json!({"username": "jack"}),
+            ),
+            (
+                Key::new(Kind::Protos, "1"),
+                json!({"content": "syntax = \"proto3\";"}),
+            ),
+        ];
+        let mut keys: Vec<Key> = config(&entries).unwrap().keys().collect();
+        keys.sort();
+        let mut expected: Vec<Key> = entries.into_iter().map(|(k, _)| k).collect();
+        expected.sort();
+        assert_eq!(keys, expected);
+    }
+}
