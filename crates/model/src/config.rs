@@ -244,10 +244,22 @@ impl Config {
     pub fn from_entries<'a>(
         entries: impl IntoIterator<Item = (&'a Key, &'a serde_json::Value)>,
     ) -> Result<Config, ValidationErrors> {
+        Config::from_parsed(
+            entries
+                .into_iter()
+                .map(|(key, value)| (key, Resource::from_json(key.kind, value))),
+        )
+    }
+
+    /// [`Config::from_entries`] over entries already parsed, each with its own outcome: a
+    /// resource parsed once (a write, checked on its own first) is not parsed again.
+    pub fn from_parsed<'a>(
+        entries: impl IntoIterator<Item = (&'a Key, Result<Resource, ValidationErrors>)>,
+    ) -> Result<Config, ValidationErrors> {
         let mut config = Config::default();
         let mut errors = Vec::new();
-        for (key, value) in entries {
-            match Resource::from_json(key.kind, value) {
+        for (key, parsed) in entries {
+            match parsed {
                 Ok(resource) => config.insert(key, resource),
                 Err(e) => errors.extend(e.0.into_iter().map(|e| e.within(&key.to_string()))),
             }
