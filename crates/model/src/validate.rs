@@ -180,10 +180,7 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         ));
     }
     if let Some(host) = u.upstream_host.as_deref().filter(|h| !h.is_empty()) {
-        let valid = host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
-        if !valid {
+        if !host_chars(host) {
             errors.push(FieldError::new(
                 "upstream_host",
                 format!("`{host}` is not a host name or address"),
@@ -226,10 +223,10 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
                     format!("must be one of {}", DISCOVERY_TYPES.join(", ")),
                 ));
             }
-            if name.is_empty() || name.len() > 256 {
+            if !(1..=MAX_NAME_LEN).contains(&name.len()) {
                 errors.push(FieldError::new(
                     "service_name",
-                    "must be 1 to 256 characters",
+                    format!("must be 1 to {MAX_NAME_LEN} characters"),
                 ));
             }
         }
@@ -448,17 +445,18 @@ fn hosts_list<'a>(
 pub(crate) fn host_pattern(path: &str, host: &str, errors: &mut Vec<FieldError>) {
     let name = host.strip_prefix("*.").unwrap_or(host);
     // A leading dot (`.a.com`, `*..a.com`) is no host either; the router refuses it.
-    let valid = !name.is_empty()
-        && !name.starts_with('.')
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
-        });
-    if !valid {
+    if name.is_empty() || name.starts_with('.') || !host_chars(name) {
         errors.push(FieldError::new(
             path,
             format!("`{host}` is not a host name (a leading `*.` is the only wildcard)"),
         ));
     }
+}
+
+/// Whether `host` is made of what a host name or address (`[::1]:8080` too) is made of.
+fn host_chars(host: &str) -> bool {
+    host.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
 }
 
 fn remote_addr(path: &str, addr: &str, errors: &mut Vec<FieldError>) {
