@@ -198,6 +198,12 @@ mod tests {
             )
         );
         assert_eq!(first_missing(Kind::Routes, &route, |_| true), None);
+        // Every reference missing, the one APISIX checks first is named.
+        let dangling = json!({"service_id": "s", "plugin_config_id": 9, "upstream_id": "u"});
+        assert_eq!(
+            first_missing(Kind::Routes, &dangling, |_| false).as_deref(),
+            Some("failed to fetch upstream info by upstream id [u], response code: 404")
+        );
         let errors = missing(Kind::Consumers, &json!({"group_id": "g"}), |_| false);
         assert_eq!(
             errors[0].to_string(),

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use pylon_model::{Key, Kind};
+use pylon_model::{is_id, is_username, Key, Kind, MAX_ID_LEN, MAX_NAME_LEN};
 use pylon_store::{Entry, Precondition, Revision, Txn, View};
 use serde_json::{json, Map, Value};
 
@@ -29,10 +29,6 @@ use crate::writer::{Backend, Committed, Plan};
 
 /// Fields the server keeps: a PUT or POST may not set them.
 const SERVER_FIELDS: [&str; 2] = ["create_time", "update_time"];
-/// APISIX's id syntax: 1 to 64 of letters, digits, `-`, `_` and `.`.
-const MAX_ID_LEN: usize = 64;
-/// APISIX's limit on a consumer's username.
-const MAX_USERNAME_LEN: usize = 256;
 
 /// The methods a kind does not support (APISIX answers 405 for them).
 fn unsupported(kind: Kind, method: &Method) -> bool {
@@ -435,32 +431,25 @@ fn put_id(address: &Address, body: &Map<String, Value>) -> Result<String, Reply>
 }
 
 fn check_id_syntax(address: &Address, id: &str) -> Result<(), Reply> {
-    let plain = |s: &str, extra: &[char], max: usize| {
-        !s.is_empty()
-            && s.len() <= max
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c) || extra.contains(&c))
+    let (ok, what, rule) = match address.kind {
+        Kind::Consumers => (
+            is_username(id),
+            "username",
+            format!("1 to {MAX_NAME_LEN} letters, digits, `-`, `_`"),
+        ),
+        _ => (
+            is_id(id),
+            "id",
+            format!("1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`"),
+        ),
     };
-    let (ok, what) = match address.kind {
-        Kind::Consumers => (plain(id, &[], MAX_USERNAME_LEN), "username"),
-        _ => (plain(id, &['.'], MAX_ID_LEN), "id"),
-    };
-    let parent_ok = address
-        .parent
-        .as_deref()
-        .is_none_or(|p| plain(p, &['.'], MAX_ID_LEN));
+    let parent_ok = address.parent.as_deref().is_none_or(is_id);
     if ok && parent_ok {
         Ok(())
     } else {
         Err(Reply::bad_request(format!(
-            "invalid {} {what} `{id}`: use 1 to {} letters, digits, `-`, `_`{}",
+            "invalid {} {what} `{id}`: use {rule}",
             singular(address.kind),
-            if what == "username" {
-                MAX_USERNAME_LEN
-            } else {
-                MAX_ID_LEN
-            },
-            if what == "username" { "" } else { " or `.`" },
         )))
     }
 }

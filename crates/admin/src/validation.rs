@@ -5,7 +5,8 @@
 //! (the model's parsing and field checks), its references (every id it names must exist), and
 //! the resources around it, checked together by the model as the data plane will: what it points
 //! at, and what points at it (a service that loses its upstream must not leave a route without
-//! one). Resources unrelated to the write are not parsed again: a write costs what it touches.
+//! one). Resources unrelated to the write are not parsed again, nor is the written one: a write
+//! costs what it touches.
 
 use std::collections::BTreeMap;
 
@@ -35,7 +36,7 @@ pub(crate) fn check_write(
     key: &Key,
     value: &Value,
 ) -> Result<(), Refusal> {
-    Resource::from_json(key.kind, value).map_err(|e| Refusal::Invalid(e.0))?;
+    let resource = Resource::from_json(key.kind, value).map_err(|e| Refusal::Invalid(e.0))?;
     if let Some(refusal) =
         references::first_missing(key.kind, value, |k| view.entries.contains_key(k))
     {
@@ -49,7 +50,11 @@ pub(crate) fn check_write(
         return Err(Refusal::Invalid(errors));
     }
     let neighbourhood = neighbourhood(view, key, value);
-    match Config::from_entries(&neighbourhood) {
+    let neighbours = neighbourhood
+        .iter()
+        .filter(|(k, _)| *k != key)
+        .map(|(k, v)| (k, Resource::from_json(k.kind, v)));
+    match Config::from_parsed(neighbours.chain([(key, Ok(resource))])) {
         Ok(_) => Ok(()),
         Err(errors) => Err(Refusal::Invalid(
             errors.0.into_iter().map(|e| relative_to(key, e)).collect(),

@@ -772,6 +772,28 @@ async fn ids_are_checked_like_apisix() {
         .call("PUT", "/apisix/admin/upstreams/a%20b", Some(upstream))
         .await;
     assert_eq!(bad_id.status, 400);
+    assert_eq!(
+        bad_id.body["error_msg"],
+        "invalid upstream id `a%20b`: use 1 to 64 letters, digits, `-`, `_` or `.`"
+    );
+    // A username is longer than an id, and has no `.`.
+    for (username, status) in [
+        ("j".repeat(256), 201),
+        ("j".repeat(257), 400),
+        ("j.k".to_owned(), 400),
+    ] {
+        let consumer = json!({ "username": username }).to_string();
+        let written = api
+            .call("PUT", "/apisix/admin/consumers", Some(&consumer))
+            .await;
+        assert_eq!(written.status, status, "{username}: {written:?}");
+        if status == 400 {
+            assert_eq!(
+                written.body["error_msg"],
+                format!("invalid consumer username `{username}`: use 1 to 256 letters, digits, `-`, `_`")
+            );
+        }
+    }
     let timed = api
         .call(
             "PUT",

@@ -147,54 +147,47 @@ impl Resource {
                 FieldError::new(path, e.into_inner().to_string()).into()
             })
         }
-        let (resource, mut errors) = match kind {
-            Kind::Routes => (Resource::Route(parse(value)?), Vec::new()),
-            Kind::Services => (Resource::Service(parse(value)?), Vec::new()),
-            Kind::Upstreams => (Resource::Upstream(parse(value)?), Vec::new()),
-            Kind::GlobalRules => (Resource::GlobalRule(parse(value)?), Vec::new()),
-            Kind::PluginConfigs => (Resource::PluginConfig(parse(value)?), Vec::new()),
-            Kind::Ssls => (Resource::Ssl(parse(value)?), Vec::new()),
+        let mut errors = Vec::new();
+        let resource = match kind {
+            Kind::Routes => Resource::Route(parse(value)?),
+            Kind::Services => Resource::Service(parse(value)?),
+            Kind::Upstreams => Resource::Upstream(parse(value)?),
+            Kind::GlobalRules => Resource::GlobalRule(parse(value)?),
+            Kind::PluginConfigs => Resource::PluginConfig(parse(value)?),
+            Kind::Ssls => Resource::Ssl(parse(value)?),
             // Checked as their types, kept as the JSON they are: the plugins crate reads them.
             Kind::Consumers => {
                 let consumer: Consumer = parse(value)?;
-                let mut errors = Vec::new();
                 consumer.validate(&mut errors);
                 validate::plugin_objects(consumer.plugins.as_ref(), &mut errors);
-                (Resource::Other(Kind::Consumers, value.clone()), errors)
+                Resource::Other(kind, value.clone())
             }
             Kind::Credentials => {
                 let credential: Credential = parse(value)?;
-                let mut errors = Vec::new();
                 credential.validate(&mut errors);
                 validate::plugin_objects(Some(&credential.plugins), &mut errors);
-                (Resource::Other(Kind::Credentials, value.clone()), errors)
+                Resource::Other(kind, value.clone())
             }
             Kind::ConsumerGroups => {
                 let group: ConsumerGroup = parse(value)?;
-                let mut errors = Vec::new();
                 validate::plugin_objects(Some(&group.plugins), &mut errors);
-                (Resource::Other(Kind::ConsumerGroups, value.clone()), errors)
+                Resource::Other(kind, value.clone())
             }
             Kind::Protos => {
-                let proto: Proto = parse(value)?;
-                let mut errors = Vec::new();
-                proto.validate(&mut errors);
-                (Resource::Other(Kind::Protos, value.clone()), errors)
+                parse::<Proto>(value)?.validate(&mut errors);
+                Resource::Other(kind, value.clone())
             }
-            Kind::Secrets if value.is_object() => {
-                let mut errors = Vec::new();
+            _ if !value.is_object() => {
+                return Err(FieldError::new("", "must be an object").into());
+            }
+            Kind::Secrets => {
                 secret::validate(value, &mut errors);
-                (Resource::Other(Kind::Secrets, value.clone()), errors)
+                Resource::Other(kind, value.clone())
             }
-            other if value.is_object() => (Resource::Other(other, value.clone()), Vec::new()),
-            _ => return Err(FieldError::new("", "must be an object").into()),
+            Kind::StreamRoutes | Kind::PluginMetadata => Resource::Other(kind, value.clone()),
         };
         errors.extend(validate::resource(&resource));
-        // A plugin's metadata and a secret manager's settings are not resources people
-        // name: their fields are the plugin's and the manager's own.
-        if !matches!(kind, Kind::PluginMetadata | Kind::Secrets) {
-            validate::descriptive_fields(kind, value, &mut errors);
-        }
+        validate::descriptive_fields(kind, value, &mut errors);
         validate::id_fields(kind, value, &mut errors);
         validate::timestamps(value, &mut errors);
         checked(resource, errors)
@@ -223,6 +216,15 @@ fn checked(resource: Resource, errors: Vec<FieldError>) -> Result<Resource, Vali
     }
 }
 
+/// The errors `value` has as a `kind`, each as `path: message`; none when it is valid.
+#[cfg(test)]
+pub(crate) fn resource_errors(kind: Kind, value: serde_json::Value) -> Vec<String> {
+    match Resource::from_json(kind, &value) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
 /// Every resource of one configuration version, by id, after each was validated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
@@ -242,10 +244,22 @@ impl Config {
     pub fn from_entries<'a>(
         entries: impl IntoIterator<Item = (&'a Key, &'a serde_json::Value)>,
     ) -> Result<Config, ValidationErrors> {
+        Config::from_parsed(
+            entries
+                .into_iter()
+                .map(|(key, value)| (key, Resource::from_json(key.kind, value))),
+        )
+    }
+
+    /// [`Config::from_entries`] over entries already parsed, each with its own outcome: a
+    /// resource parsed once (a write, checked on its own first) is not parsed again.
+    pub fn from_parsed<'a>(
+        entries: impl IntoIterator<Item = (&'a Key, Result<Resource, ValidationErrors>)>,
+    ) -> Result<Config, ValidationErrors> {
         let mut config = Config::default();
         let mut errors = Vec::new();
-        for (key, value) in entries {
-            match Resource::from_json(key.kind, value) {
+        for (key, parsed) in entries {
+            match parsed {
                 Ok(resource) => config.insert(key, resource),
                 Err(e) => errors.extend(e.0.into_iter().map(|e| e.within(&key.to_string()))),
             }
@@ -394,4 +408,64 @@ pub(crate) fn id_schema(_: &mut SchemaGenerator) -> Schema {
         // Constrains the integer form only: JSON Schema ignores `minimum` for strings and null.
         "minimum": 0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn config(entries: &[(Key, Value)]) -> Result<Config, Vec<String>> {
+        Config::from_entries(entries.iter().map(|(k, v)| (k, v)))
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_route_answered_by_its_plugins_needs_no_upstream() {
+        let route = Key::new(Kind::Routes, "r");
+        let plugin_config = (
+            Key::new(Kind::PluginConfigs, "p"),
+            json!({"plugins": {"echo": {}}}),
+        );
+        let answered = [
+            json!({"uri": "/a", "plugins": {"echo": {}}}),
+            json!({"uri": "/a", "plugin_config_id": "p"}),
+        ];
+        for value in answered {
+            let entries = [(route.clone(), value.clone()), plugin_config.clone()];
+            assert!(config(&entries).is_ok(), "{value}");
+        }
+        assert_eq!(
+            config(&[(route, json!({"uri": "/a"})), plugin_config]).unwrap_err(),
+            ["routes/r: has no upstream: set `upstream`, `upstream_id`, a `service_id` whose service has one, or `plugins` that answer"]
+        );
+    }
+
+    #[test]
+    fn keys_name_every_resource_typed_or_kept_as_json() {
+        let entries = [
+            (
+                Key::new(Kind::Upstreams, "u"),
+                json!({"nodes": {"127.0.0.1:80": 1}}),
+            ),
+            (
+                Key::new(Kind::Routes, "r"),
+                json!({"uri": "/a", "upstream_id": "u"}),
+            ),
+            (
+                Key::new(Kind::Consumers, "jack"),
+                json!({"username": "jack"}),
+            ),
+            (
+                Key::new(Kind::Protos, "1"),
+                json!({"content": "syntax = \"proto3\";"}),
+            ),
+        ];
+        let mut keys: Vec<Key> = config(&entries).unwrap().keys().collect();
+        keys.sort();
+        let mut expected: Vec<Key> = entries.into_iter().map(|(k, _)| k).collect();
+        expected.sort();
+        assert_eq!(keys, expected);
+    }
 }

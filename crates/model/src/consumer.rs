@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{de_opt_id, id_schema, Labels, Plugins};
 use crate::error::FieldError;
-use crate::validate::MAX_NAME_LEN;
+use crate::validate::{is_username, MAX_NAME_LEN};
 
 /// A consumer, named by its `username`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -105,12 +105,7 @@ pub struct ConsumerGroup {
 
 impl Consumer {
     pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
-        let name = &self.username;
-        let valid = (1..=MAX_NAME_LEN).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
+        if !is_username(&self.username) {
             errors.push(FieldError::new(
                 "username",
                 format!("must be 1 to {MAX_NAME_LEN} letters, digits, `_` or `-`"),
@@ -134,14 +129,8 @@ impl Credential {
 mod tests {
     use serde_json::json;
 
-    use crate::{Kind, Resource};
-
-    fn errors(kind: Kind, value: serde_json::Value) -> Vec<String> {
-        match Resource::from_json(kind, &value) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
-    }
+    use crate::config::resource_errors as errors;
+    use crate::Kind;
 
     #[test]
     fn consumers_groups_and_credentials_are_checked_field_by_field() {

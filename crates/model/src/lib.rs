@@ -41,3 +41,4 @@ pub use upstream::{
     HashOn, KeepalivePool, Node, Nodes, PassHost, Scheme, Timeout, Upstream, UpstreamTls,
     UpstreamType, MAX_SECONDS,
 };
+pub use validate::{is_id, is_username, MAX_ID_LEN, MAX_NAME_LEN};

@@ -57,13 +57,11 @@ impl Proto {
 mod tests {
     use serde_json::json;
 
-    use crate::{Kind, Resource};
+    use crate::config::resource_errors;
+    use crate::Kind;
 
     fn errors(value: serde_json::Value) -> Vec<String> {
-        match Resource::from_json(Kind::Protos, &value) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
+        resource_errors(Kind::Protos, value)
     }
 
     #[test]

@@ -142,13 +142,11 @@ fn is_url(text: &str) -> bool {
 mod tests {
     use serde_json::{json, Value};
 
-    use crate::{Kind, Resource};
+    use crate::config::resource_errors;
+    use crate::Kind;
 
     fn errors(value: Value) -> Vec<String> {
-        match Resource::from_json(Kind::Secrets, &value) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
+        resource_errors(Kind::Secrets, value)
     }
 
     #[test]

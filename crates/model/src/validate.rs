@@ -10,10 +10,11 @@ use crate::key::Kind;
 use crate::route::Route;
 use crate::upstream::{HashOn, PassHost, Timeout, Upstream, UpstreamType, MAX_SECONDS};
 
-/// APISIX's bounds on a resource's `name`, on a label's value, on an id, and on a route's `uri`.
-pub(crate) const MAX_NAME_LEN: usize = 256;
+/// APISIX's bounds on a resource's `name` (a consumer's `username` too), on a label's value, on
+/// an id, and on a route's `uri`.
+pub const MAX_NAME_LEN: usize = 256;
 const MAX_LABEL_LEN: usize = 256;
-pub(crate) const MAX_ID_LEN: usize = 64;
+pub const MAX_ID_LEN: usize = 64;
 const MAX_URI_LEN: usize = 4096;
 
 /// The HTTP methods a route may list.
@@ -179,10 +180,7 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
         ));
     }
     if let Some(host) = u.upstream_host.as_deref().filter(|h| !h.is_empty()) {
-        let valid = host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
-        if !valid {
+        if !host_chars(host) {
             errors.push(FieldError::new(
                 "upstream_host",
                 format!("`{host}` is not a host name or address"),
@@ -225,10 +223,10 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
                     format!("must be one of {}", DISCOVERY_TYPES.join(", ")),
                 ));
             }
-            if name.is_empty() || name.len() > 256 {
+            if !(1..=MAX_NAME_LEN).contains(&name.len()) {
                 errors.push(FieldError::new(
                     "service_name",
-                    "must be 1 to 256 characters",
+                    format!("must be 1 to {MAX_NAME_LEN} characters"),
                 ));
             }
         }
@@ -323,8 +321,12 @@ fn bad_param(uri: &str) -> Option<&'static str> {
 
 /// What people describe a resource with, as APISIX's schema bounds it: `name` (1 to 256
 /// characters; any string on a plugin config), `desc` (at most 256) and `labels` (values of 1
-/// to 256 characters, no spaces).
+/// to 256 characters, no spaces). A plugin's metadata and a secret manager's settings are not
+/// resources people name: their fields are the plugin's and the manager's own.
 pub(crate) fn descriptive_fields(kind: Kind, value: &Value, errors: &mut Vec<FieldError>) {
+    if matches!(kind, Kind::PluginMetadata | Kind::Secrets) {
+        return;
+    }
     if let Some(name) = value.get("name").and_then(Value::as_str) {
         if kind != Kind::PluginConfigs && !(1..=MAX_NAME_LEN).contains(&name.chars().count()) {
             errors.push(FieldError::new(
@@ -378,12 +380,21 @@ pub(crate) fn id_fields(kind: Kind, value: &Value, errors: &mut Vec<FieldError>)
     }
 }
 
-/// A string id as APISIX's `id_schema` has it.
-pub(crate) fn is_id(id: &str) -> bool {
+/// A string id as APISIX's `id_schema` has it: 1 to [`MAX_ID_LEN`] letters, digits, `-`, `_`
+/// and `.`.
+pub fn is_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// A consumer's username as APISIX has it: 1 to [`MAX_NAME_LEN`] letters, digits, `_` and `-`.
+pub fn is_username(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `create_time` and `update_time` are integers (seconds since the Unix epoch), on every kind.
@@ -434,17 +445,18 @@ fn hosts_list<'a>(
 pub(crate) fn host_pattern(path: &str, host: &str, errors: &mut Vec<FieldError>) {
     let name = host.strip_prefix("*.").unwrap_or(host);
     // A leading dot (`.a.com`, `*..a.com`) is no host either; the router refuses it.
-    let valid = !name.is_empty()
-        && !name.starts_with('.')
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
-        });
-    if !valid {
+    if name.is_empty() || name.starts_with('.') || !host_chars(name) {
         errors.push(FieldError::new(
             path,
             format!("`{host}` is not a host name (a leading `*.` is the only wildcard)"),
         ));
     }
+}
+
+/// Whether `host` is made of what a host name or address (`[::1]:8080` too) is made of.
+fn host_chars(host: &str) -> bool {
+    host.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
 }
 
 fn remote_addr(path: &str, addr: &str, errors: &mut Vec<FieldError>) {
@@ -569,15 +581,13 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
+    use crate::config::resource_errors;
     use crate::key::Kind;
     use crate::test_certs::{ecdsa, valid_between};
     use crate::upstream::Scheme;
 
     fn route_errors(value: Value) -> Vec<String> {
-        match Resource::from_json(Kind::Routes, &value) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
+        resource_errors(Kind::Routes, value)
     }
 
     fn upstream(fields: Value) -> Value {
