@@ -3,11 +3,10 @@
 //!
 //! Resources are parsed once per version, and compiled as their change requires: a view that
 //! changes one route of ten thousand re-parses and recompiles that route only (see
-//! [`crate::compile`]). A resource that does not validate, or a route whose references are missing, is left out
-//! and logged; the rest of the configuration is served. (The YAML store refuses a file with
+//! [`crate::compile`]). A resource that does not validate, or a route whose references are
+//! missing, is left out and logged; the rest of the configuration is served. (The YAML store refuses a file with
 //! any error before it gets here, so a file is applied whole or not at all.)
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pylon_discovery::Registry;
@@ -32,8 +31,8 @@ pub struct Publisher {
     health: Arc<HealthRegistry>,
     /// Every resource that validated, kept in step with the view.
     config: Config,
-    /// The revision each key was last parsed at, valid or not.
-    parsed: BTreeMap<Key, Revision>,
+    /// The view `config` was last brought in step with.
+    parsed: Arc<View>,
     /// The revision of the snapshot the workers serve, for whoever waits for a write to be
     /// served (the Admin API answers only then).
     served: watch::Sender<Revision>,
@@ -61,7 +60,7 @@ impl Publisher {
             keyring,
             health,
             config: Config::default(),
-            parsed: BTreeMap::new(),
+            parsed: Arc::default(),
             served: watch::Sender::new(0),
             retired: None,
         }
@@ -133,7 +132,7 @@ impl Publisher {
         self.retired = Some(self.cell.swap(Arc::new(compiled.snapshot)));
     }
 
-    fn publish(&mut self, view: &View) {
+    fn publish(&mut self, view: &Arc<View>) {
         let started = std::time::Instant::now();
         let changed = self.update_config(view);
         if changed.is_empty() && view.revision == self.cell.load().revision {
@@ -152,36 +151,21 @@ impl Publisher {
         );
     }
 
-    /// Brings `config` in step with `view`, parsing only the entries that changed; returns
-    /// the keys that did. Both maps are in key order: one merged walk finds the changes.
-    fn update_config(&mut self, view: &View) -> Vec<Key> {
-        let mut gone = Vec::new();
-        let mut stale = Vec::new();
-        let mut parsed = self.parsed.iter().peekable();
-        for (key, entry) in &view.entries {
-            while let Some((old, _)) = parsed.next_if(|(old, _)| *old < key) {
-                gone.push(old.clone());
-            }
-            match parsed.next_if(|(old, _)| *old == key) {
-                Some((_, revision)) if *revision == entry.mod_revision => {}
-                _ => stale.push((key, entry)),
-            }
-        }
-        gone.extend(parsed.map(|(old, _)| old.clone()));
-        for key in &gone {
-            self.parsed.remove(key);
-            self.config.remove(key);
-        }
-        let mut changed = gone;
-        for (key, entry) in stale {
-            match self.parse(key, &entry.value) {
-                Ok(resource) => self.config.insert(key, resource),
-                Err(errors) => {
+    /// Brings `config` in step with `view`, parsing only the entries that changed since the
+    /// view it was last in step with (found by the chunks the two views do not share);
+    /// returns the keys that changed.
+    fn update_config(&mut self, view: &Arc<View>) -> Vec<Key> {
+        let previous = std::mem::replace(&mut self.parsed, view.clone());
+        let mut changed = Vec::new();
+        for (key, entry) in previous.entries.changes(&view.entries) {
+            match entry.map(|e| self.parse(key, &e.value)) {
+                Some(Ok(resource)) => self.config.insert(key, resource),
+                Some(Err(errors)) => {
                     self.config.remove(key);
                     log_invalid(key, &errors);
                 }
+                None => self.config.remove(key),
             }
-            self.parsed.insert(key.clone(), entry.mod_revision);
             changed.push(key.clone());
         }
         changed

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod embedded;
+mod entries;
 mod etcd;
 mod event_log;
 mod keyring;
@@ -14,6 +15,7 @@ mod secret_file;
 mod yaml;
 
 pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedStore};
+pub use entries::Entries;
 pub use etcd::{EtcdError, EtcdKeys, EtcdSettings, EtcdStore, RawEntry, RawEvent, RawWatchStream};
 pub use event_log::EventLog;
 pub use keyring::{Keyring, KeyringError};

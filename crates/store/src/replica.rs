@@ -9,7 +9,6 @@
 //! With a cache file, every view taken from the store is also written to local disk, and a node
 //! whose store is unreachable at start serves the last copy it saw until the store returns.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use pylon_model::Key;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::{Change, ConfigStore, Entry, Event, Listing, Revision, StoreError};
+use crate::{Change, ConfigStore, Entries, Entry, Event, Listing, Revision, StoreError};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -33,7 +32,9 @@ const CACHE_SHARE: u32 = 10;
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub revision: Revision,
-    pub entries: BTreeMap<Key, Arc<Entry>>,
+    /// Shared with the views before and after it but for what changed in between, so that a
+    /// new view costs its change and [`Entries::changes`] finds it.
+    pub entries: Entries,
     /// False while serving the local cache because the store could not be reached.
     pub live: bool,
 }
@@ -42,11 +43,7 @@ impl View {
     fn from_listing(listing: Listing) -> View {
         View {
             revision: listing.revision,
-            entries: listing
-                .entries
-                .into_iter()
-                .map(|e| (e.key.clone(), Arc::new(e)))
-                .collect(),
+            entries: listing.entries.into_iter().map(Arc::new).collect(),
             live: true,
         }
     }
@@ -54,8 +51,8 @@ impl View {
     fn apply(&mut self, change: Change) {
         for event in change.events {
             match event {
-                Event::Put(entry) => drop(self.entries.insert(entry.key.clone(), Arc::new(entry))),
-                Event::Delete { key, .. } => drop(self.entries.remove(&key)),
+                Event::Put(entry) => self.entries.insert(Arc::new(entry)),
+                Event::Delete { key, .. } => self.entries.remove(&key),
             }
         }
         self.revision = change.revision;
@@ -65,9 +62,8 @@ impl View {
     pub fn of_kind(&self, kind: pylon_model::Kind) -> impl Iterator<Item = &Arc<Entry>> {
         let first = Key::new(kind, String::new());
         self.entries
-            .range(first..)
-            .take_while(move |(key, _)| key.kind == kind)
-            .map(|(_, entry)| entry)
+            .from_key(&first)
+            .take_while(move |entry| entry.key.kind == kind)
     }
 }
 
@@ -292,18 +288,17 @@ fn read_cache(path: &Path) -> Result<View, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let cached: CachedView =
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut entries = BTreeMap::new();
+    let mut entries = Entries::default();
     for e in cached.entries {
         let kind = pylon_model::Kind::parse(&e.kind)
             .ok_or_else(|| format!("{}: unknown kind `{}`", path.display(), e.kind))?;
-        let key = Key::new(kind, e.id);
         let entry = Entry {
-            key: key.clone(),
+            key: Key::new(kind, e.id),
             value: e.value,
             create_revision: e.create_revision,
             mod_revision: e.mod_revision,
         };
-        entries.insert(key, Arc::new(entry));
+        entries.insert(Arc::new(entry));
     }
     Ok(View {
         revision: cached.revision,
@@ -444,15 +439,12 @@ mod tests {
         let path = dir.path().join("etcd-copy.json");
         let view = |n: u64| View {
             revision: n,
-            entries: BTreeMap::from([(
-                route("1"),
-                Arc::new(Entry {
-                    key: route("1"),
-                    value: json!({"uri": "/".repeat(4096), "n": n}),
-                    create_revision: 1,
-                    mod_revision: n,
-                }),
-            )]),
+            entries: Entries::from_iter([Arc::new(Entry {
+                key: route("1"),
+                value: json!({"uri": "/".repeat(4096), "n": n}),
+                create_revision: 1,
+                mod_revision: n,
+            })]),
             live: true,
         };
         std::thread::scope(|scope| {
