@@ -4,9 +4,10 @@
 # node that holds ROUTES (10,000) routes.
 #
 # Layout (2 cores): etcd (one member, its data in the run's temporary directory, on disk),
-# node A (traditional: Admin API and proxy), node C (control_plane: Admin API only, for
+# node A (traditional: Admin API and proxy), nodes C and D (control_plane: Admin API only, for
 # routes10k), the upstream (nginx on :1980) and the load (pylon-loadgen, wrk) share CPU 0;
-# node B (data_plane: proxy only) has CPU 1 to itself. A, B and C follow the same etcd prefix.
+# node B (data_plane: proxy only) has CPU 1 to itself. A, B and C follow the same etcd prefix;
+# D another one, which B does not see.
 # Every node: one worker, access log off, every listener on a free port. Before each round
 # the configuration is put back as it was (one POST /pylon/admin/config with prune=true), so
 # that the routes a round adds do not make the next one's configuration larger.
@@ -23,9 +24,17 @@
 #                  through C (10k-propagation-cp), which compiles no snapshot of its own
 #                - then, with A stopped (it would compile every change on the load's core
 #                  and take from wrk and the upstream what the test is about B):
-#                  wrk -t1 -cCONNS -dDURATION --latency on B's /hello, quiet, and during a
-#                  stream of changes to one route through C, one every EVERY s for the whole
-#                  wrk window (pylon-loadgen churn); the order alternates from round to round
+#                  wrk -t1 -cCONNS -dDURATION --latency on B's /hello
+#                  quiet   nothing else
+#                  churn   a stream of changes to one route through C, one every EVERY s for
+#                          the whole wrk window (pylon-loadgen churn)
+#                  unseen  the same stream through D, whose prefix (with ROUTES routes too) B
+#                          does not follow: what the changes cost etcd, a control plane and the
+#                          load's core, without B; churn against unseen is what B's share costs
+#                  apply   `pylon config apply` of a document that changes every route but
+#                          /hello (ROUTES - 1 changes) through C, two seconds into the window:
+#                          B serves it as one new version
+#                  the order reverses from round to round
 #
 # Each measurement prints the load's figures, how many times the serving node published a new
 # configuration meanwhile and the median time that took (its `configuration published ...
@@ -82,12 +91,13 @@ curl -fs -o /dev/null "http://127.0.0.1:$etcd_client/health" || { tail -n 20 "$t
 curl -fs -o /dev/null http://127.0.0.1:1980/hello || { sleep 0.5; curl -fsS -o /dev/null http://127.0.0.1:1980/hello || die "the upstream did not start"; }
 
 declare -A proxy admin control node_pid
-# start_node NAME CPU ROLE SOURCE: pylon in $tmp/NAME, pinned to CPU; fills in its addresses.
+# start_node NAME CPU ROLE SOURCE [PREFIX]: pylon in $tmp/NAME, pinned to CPU, on etcd under
+# PREFIX (default /pylon-bench) when SOURCE is etcd; fills in its addresses.
 start_node() {
   local dir=$tmp/$1 etcd=""; mkdir -p "$dir"
   # config.etcd only on etcd: with another source it is an error.
   # The timeout leaves room for applying ROUTES routes in one transaction.
-  [[ $4 != etcd ]] || etcd="  etcd: {endpoints: [\"http://127.0.0.1:$etcd_client\"], prefix: /pylon-bench, timeout: 30}"
+  [[ $4 != etcd ]] || etcd="  etcd: {endpoints: [\"http://127.0.0.1:$etcd_client\"], prefix: ${5:-/pylon-bench}, timeout: 30}"
   cat > "$dir/node.yaml" <<EOF
 deployment: {role: $3}
 proxy:
@@ -185,6 +195,8 @@ if m := re.search(r"Requests/sec:\s+([\d.]+)", text):  # wrk
     figures["rps"] = float(m.group(1))
     for q, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)$", text, re.M):
         figures[f"p{q}_ms"] = round(float(v) * unit[u], 3)
+    if m := re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", text, re.M):
+        figures["max_ms"] = round(float(m.group(1)) * unit[m.group(2)], 3)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     figures["non2xx"] = int(non2xx.group(1)) if non2xx else 0
 else:  # pylon-loadgen: one line of key=value
@@ -202,26 +214,25 @@ print(test + "\t" + " ".join(f"{k}={v}" for k, v in figures.items()))
 PY
 }
 # measured TEST NODE CMD...: measure, again while other processes took too much of the machine.
-# `@TRY@` in CMD becomes the try's number (fresh route names for each try). With $churn set to
-# a number of seconds, a stream of changes through C (pylon-loadgen churn) runs that long,
-# from half a second before the load; its figures are recorded as TEST-writes.
+# `@TRY@` in CMD becomes the try's number (fresh route names for each try). With $alongside set
+# to a command, it runs from half a second before the load, with the try's name as its last
+# argument; the key=value line it prints is recorded as TEST-writes.
 measured() {
   local try line cmd stream
   for try in $(seq $((retries + 1))); do
     wait_quiet
     cmd=("${@:3}"); cmd=("${cmd[@]//@TRY@/$try}")
     stream=""
-    if [[ -n ${churn:-} ]]; then
-      taskset -c $pin_load "$loadgen" churn "${admin[c]}" --key "$key" --interval "$every" \
-        --duration "$churn" --run "$1-$try" > "$tmp/churn.out" 2>&1 & stream=$!
+    if [[ -n ${alongside:-} ]]; then
+      $alongside "$1-$try" > "$tmp/alongside.out" 2>&1 & stream=$!
       sleep 0.5
     fi
     also=$stream measure "$1" "$2" "${cmd[@]}" > "$tmp/line"
-    [[ -z $stream ]] || wait "$stream" || die "$1: the churn failed: $(cat "$tmp/churn.out")"
+    [[ -z $stream ]] || wait "$stream" || die "$1: $alongside failed: $(cat "$tmp/alongside.out")"
     line=$(cat "$tmp/line")
     if python3 -c "import sys; sys.exit(0 if ${line##*others=} <= $others_max else 1)" || (( try > retries )); then
       echo "$line"
-      [[ -z $stream ]] || echo "$1-writes	$(cat "$tmp/churn.out")" | tee -a "$results"
+      [[ -z $stream ]] || echo "$1-writes	$(cat "$tmp/alongside.out")" | tee -a "$results"
       return
     fi
     sed -i '$d' "$results"
@@ -240,11 +251,32 @@ if want propagation || want routes10k; then
 fi
 want embedded && start_node e $pin_proxy traditional embedded
 want routes10k && start_node c $pin_load control_plane etcd
-echo "layout: CPU $pin_load: etcd, nodes A and C, upstream, load; CPU $pin_proxy: node B (node E when it serves)"
+want routes10k && start_node d $pin_load control_plane etcd /pylon-bench-unseen
+echo "layout: CPU $pin_load: etcd, nodes A, C and D, upstream, load; CPU $pin_proxy: node B (node E when it serves)"
 for r in $(seq "$rounds"); do
   if want propagation; then reset a b "$tmp/base.yaml"; propagate propagation a b "$writes" "$r"; fi
   if want embedded; then reset e e "$tmp/base.yaml"; propagate embedded e e "$writes" "$r"; fi
 done
+# The streams of changes measured alongside B's load.
+churn_via() { # NODE RUN
+  taskset -c $pin_load "$loadgen" churn "${admin[$1]}" --key "$key" --interval "$every" \
+    --duration $((dur + 1)) --run "$2"
+}
+churn_seen() { churn_via c "$1"; }
+churn_unseen() { churn_via d "$1"; }
+# Every route but /hello changed, through C, two seconds into the load (each apply adds
+# another method than the last one did, so that it changes them all again); B's publications
+# during the load are in the measurement's own line.
+apply_all() {
+  local applies method document output t0
+  applies=$(cat "$tmp/applies" 2>/dev/null || echo 0); echo $((applies + 1)) > "$tmp/applies"
+  method=$( (( applies % 2 )) && echo PATCH || echo PUT ) document=$tmp/routes10k-$method.yaml
+  [[ -s $document ]] || python3 bench/gen-routes.py "$routes" | sed "s/methods: \[GET, POST\]/methods: [GET, POST, $method]/" > "$document"
+  sleep 2; t0=${EPOCHREALTIME/./}
+  output=$(taskset -c $pin_load "$pylon" config apply --admin "${admin[c]}" --api-key "$key" "$document")
+  echo "changes=$(grep -c . <<< "$output") apply_ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))"
+}
+
 if want routes10k; then
   python3 bench/gen-routes.py "$routes" > "$tmp/routes10k.yaml"
   for r in $(seq "$rounds"); do
@@ -254,17 +286,21 @@ if want routes10k; then
     propagate 10k-propagation-cp c b "$changes" "$r"
   done
   reset c b "$tmp/routes10k.yaml"
+  admin_call d POST "/pylon/admin/config?dry_run=false&prune=true" --data-binary @"$tmp/routes10k.yaml" > /dev/null
   kill "${node_pid[a]}"; wait "${node_pid[a]}" 2>/dev/null || true
   curl -fsS -o /dev/null "http://${proxy[b]}/hello" || die "B does not serve /hello"
   wrk_b=(wrk -t1 -c"$conns" -d"${dur}s" --latency "http://${proxy[b]}/hello")
+  order=(quiet churn unseen apply)
   for r in $(seq "$rounds"); do
-    if (( r % 2 )); then
-      measured 10k-wrk-quiet b "${wrk_b[@]}"
-      churn=$((dur + 1)) measured 10k-wrk-churn b "${wrk_b[@]}"
-    else
-      churn=$((dur + 1)) measured 10k-wrk-churn b "${wrk_b[@]}"
-      measured 10k-wrk-quiet b "${wrk_b[@]}"
-    fi
+    for m in "${order[@]}"; do
+      case $m in
+        quiet) measured 10k-wrk-quiet b "${wrk_b[@]}" ;;
+        churn) alongside=churn_seen measured 10k-wrk-churn b "${wrk_b[@]}" ;;
+        unseen) alongside=churn_unseen measured 10k-wrk-unseen b "${wrk_b[@]}" ;;
+        apply) alongside=apply_all measured 10k-wrk-apply b "${wrk_b[@]}" ;;
+      esac
+    done
+    order=("${order[3]}" "${order[2]}" "${order[1]}" "${order[0]}")
   done
 fi
 
@@ -294,17 +330,21 @@ for test, label in [("propagation", "etcd, written on A, served on B"),
               f" max {med(test, 'delay_max_ms'):8.2f}   PUT p50 {med(test, 'put_p50_ms'):7.2f}"
               f" p99 {med(test, 'put_p99_ms'):7.2f}   publish {med(test, 'publish_ms'):7.2f}"
               f"   missed {med(test, 'missed'):.0f}   ({label})")
-for test in ("10k-wrk-quiet", "10k-wrk-churn"):
+for test in ("10k-wrk-quiet", "10k-wrk-churn", "10k-wrk-unseen", "10k-wrk-apply"):
     if test in rows:
         print(f"  {test:18s} req/s {med(test, 'rps'):9.0f}   p50 {med(test, 'p50_ms'):7.3f}"
-              f" p99 {med(test, 'p99_ms'):7.3f}   B busy {med(test, 'node_busy'):.2f}"
+              f" p99 {med(test, 'p99_ms'):7.3f} max {med(test, 'max_ms'):7.2f}   B busy {med(test, 'node_busy'):.2f}"
               f"   publishes {med(test, 'publishes'):.0f} at {med(test, 'publish_ms'):.2f}")
-if "10k-wrk-quiet" in rows and "10k-wrk-churn" in rows:
-    q, c = "10k-wrk-quiet", "10k-wrk-churn"
-    print(f"  during/quiet       p50 {med(c, 'p50_ms') / med(q, 'p50_ms'):.2f}"
-          f"   p99 {med(c, 'p99_ms') / med(q, 'p99_ms'):.2f}   req/s {med(c, 'rps') / med(q, 'rps'):.2f}")
-if "10k-wrk-churn-writes" in rows:
-    t = "10k-wrk-churn-writes"
-    print(f"  churn writes       {med(t, 'writes'):.0f} per run through C, PUT p50 {med(t, 'put_p50_ms'):.2f}"
-          f" p99 {med(t, 'put_p99_ms'):.2f}")
+for during, base in [("churn", "quiet"), ("unseen", "quiet"), ("churn", "unseen"), ("apply", "quiet")]:
+    c, q = f"10k-wrk-{during}", f"10k-wrk-{base}"
+    if c in rows and q in rows:
+        print(f"  {during + '/' + base:18s} p50 {med(c, 'p50_ms') / med(q, 'p50_ms'):.2f}"
+              f"   p99 {med(c, 'p99_ms') / med(q, 'p99_ms'):.2f}   req/s {med(c, 'rps') / med(q, 'rps'):.2f}")
+for t, via in [("10k-wrk-churn-writes", "C"), ("10k-wrk-unseen-writes", "D")]:
+    if t in rows:
+        print(f"  {t[8:]:18s} {med(t, 'writes'):.0f} per run through {via}, PUT p50 {med(t, 'put_p50_ms'):.2f}"
+              f" p99 {med(t, 'put_p99_ms'):.2f}")
+if "10k-wrk-apply-writes" in rows:
+    t = "10k-wrk-apply-writes"
+    print(f"  apply              {med(t, 'changes'):.0f} changes in one apply through C, {med(t, 'apply_ms'):.0f} ms")
 PY

@@ -15,8 +15,8 @@ use pylon_admin::{AdminApi, AdminSettings, Role as AdminRole};
 use pylon_discovery::Registry;
 use pylon_model::{FieldError, ValidationErrors};
 use pylon_proxy::{
-    AccessLog, ControlApi, Gateway, HandoffEvent, HandoffServer, NodeStatus, Publisher, Snapshot,
-    Takeover, TlsContext,
+    AccessLog, ControlApi, ControlPriority, Gateway, HandoffEvent, HandoffServer, NodeStatus,
+    Publisher, Snapshot, Takeover, TlsContext,
 };
 use pylon_store::{ConfigStore, EmbeddedStore, EtcdStore, Keyring, Replica, YamlStore};
 
@@ -221,8 +221,17 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
 
     // The control side (config store, compiling snapshots, the Admin and control APIs) runs
     // here; the proxy workers have their own threads and runtimes.
+    // Threads the control side starts for blocking work (the local config copy, the embedded
+    // store's commits) run below the workers' priority, as the control thread does once the
+    // workers have started.
+    let control_priority = ControlPriority::below_current(if node.deployment.role.proxies() {
+        node.proxy.control_nice
+    } else {
+        0
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(move || control_priority.enter())
         .build()?;
     runtime.block_on(async {
         let role = node.deployment.role;
@@ -318,7 +327,9 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             None
         };
         let mut gateway = if role.proxies() {
-            Some(Gateway::start(&node.proxy, cell, access_log, inherited)?)
+            let gateway = Gateway::start(&node.proxy, cell, access_log, inherited)?;
+            control_priority.enter();
+            Some(gateway)
         } else {
             None
         };

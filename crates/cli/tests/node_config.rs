@@ -1,6 +1,6 @@
 //! The node config is refused, before anything starts, when it names a setting that its
 //! config source never reads (such a node would otherwise serve an empty store without a
-//! word), or a duration too long to keep.
+//! word), or a value out of range; and what it says of the process's threads holds.
 
 mod support;
 
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use support::{pylon_command, WAIT};
+use support::{pylon_command, Pylon, WAIT};
 
 /// Every listener on a free port, so that a node that is not refused starts cleanly.
 const LISTENERS: &str =
@@ -183,4 +183,45 @@ fn the_shipped_node_configs_are_valid() {
         );
         assert_eq!(code, Some(0), "{}: {stdout}{stderr}", node.display());
     }
+}
+
+/// A thread's nice value, from `/proc/<pid>/task/<tid>/stat` (field 19).
+fn nice(stat: &str) -> i32 {
+    let after_name = &stat[stat.rfind(')').expect("stat has a name") + 2..];
+    after_name.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_control_side_runs_below_the_workers_priority() {
+    let base = nice(&std::fs::read_to_string("/proc/self/stat").unwrap());
+    let pylon = Pylon::start(ROUTES, "  workers: 2\n  control_nice: 7\n");
+    let tasks = format!("/proc/{}/task", pylon.pid());
+    let mut workers = 0;
+    for task in std::fs::read_dir(&tasks).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        // The workers and the access log's writer, which they hand their lines to, keep the
+        // process's priority; the control thread and the threads it starts run below it.
+        if name.starts_with("pylon-worker") || name.starts_with("pylon-access") {
+            workers += usize::from(name.starts_with("pylon-worker"));
+            assert_eq!(nice(&stat), base, "{name}");
+        } else {
+            assert_eq!(nice(&stat), (base + 7).min(19), "{name}");
+        }
+    }
+    assert_eq!(workers, 2, "both workers found in {tasks}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("node.yaml"),
+        LISTENERS.replace("proxy:\n", "proxy:\n  control_nice: 20\n"),
+    )
+    .unwrap();
+    let (code, stderr) = run_refused(dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("proxy.control_nice: must be 0..19"),
+        "{stderr}"
+    );
 }

@@ -38,6 +38,7 @@ pub use control::{ControlApi, ControlSettings, NodeStatus};
 pub use handoff::{HandoffError, HandoffEvent, HandoffServer, Listeners, StoreRelease, Takeover};
 pub use health::HealthRegistry;
 pub use publish::Publisher;
+pub use runtime::ControlPriority;
 pub use server::Gateway;
 pub use settings::{
     AccessLogSettings, Http2Settings, HttpsSettings, ProxySettings, UpstreamDefaults,

@@ -72,3 +72,26 @@ async fn sweep_pool(worker: Rc<Worker>) {
         worker.pool.borrow_mut().sweep(Instant::now());
     }
 }
+
+/// The CPU priority (nice value) of the control side's threads: some steps below the workers',
+/// which keep the one the process started with. On a core a worker shares, the control side
+/// then waits while the worker has requests to serve, instead of adding its compiles, writes
+/// and probes to their latency.
+#[derive(Debug, Clone, Copy)]
+pub struct ControlPriority(i32);
+
+impl ControlPriority {
+    /// `nice` steps below the calling thread's priority (Linux's lowest is 19).
+    pub fn below_current(nice: i32) -> Self {
+        let current = rustix::process::getpriority_process(None).unwrap_or(0);
+        Self((current + nice).min(19))
+    }
+
+    /// Puts the calling thread at this priority: Linux keeps one per thread, and a new thread
+    /// starts with its creator's.
+    pub fn enter(self) {
+        if let Err(e) = rustix::process::setpriority_process(None, self.0) {
+            tracing::warn!("the control side's CPU priority stays as it was: {e}");
+        }
+    }
+}

@@ -9,6 +9,7 @@
 //! With a cache file, every view taken from the store is also written to local disk, and a node
 //! whose store is unreachable at start serves the last copy it saw until the store returns.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -207,18 +208,19 @@ async fn follow_watch(
     "the store closed it".to_owned()
 }
 
-/// The cache file's format: what [`View`] holds, as JSON.
+/// The cache file's format: what [`View`] holds, as JSON. Written from borrowed entries (a
+/// copy of 100,000 values per write would cost more than the write), read into owned ones.
 #[derive(Serialize, Deserialize)]
-struct CachedView {
+struct CachedView<'a> {
     revision: Revision,
-    entries: Vec<CachedEntry>,
+    entries: Vec<CachedEntry<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct CachedEntry {
-    kind: String,
-    id: String,
-    value: serde_json::Value,
+struct CachedEntry<'a> {
+    kind: Cow<'a, str>,
+    id: Cow<'a, str>,
+    value: Cow<'a, serde_json::Value>,
     create_revision: Revision,
     mod_revision: Revision,
 }
@@ -252,9 +254,9 @@ fn write_cache(path: &Path, view: &View) -> std::io::Result<()> {
             .entries
             .values()
             .map(|e| CachedEntry {
-                kind: e.key.kind.to_string(),
-                id: e.key.id.clone(),
-                value: e.value.clone(),
+                kind: Cow::Borrowed(e.key.kind.as_str()),
+                id: Cow::Borrowed(&e.key.id),
+                value: Cow::Borrowed(&e.value),
                 create_revision: e.create_revision,
                 mod_revision: e.mod_revision,
             })
@@ -293,8 +295,8 @@ fn read_cache(path: &Path) -> Result<View, String> {
         let kind = pylon_model::Kind::parse(&e.kind)
             .ok_or_else(|| format!("{}: unknown kind `{}`", path.display(), e.kind))?;
         let entry = Entry {
-            key: Key::new(kind, e.id),
-            value: e.value,
+            key: Key::new(kind, e.id.into_owned()),
+            value: e.value.into_owned(),
             create_revision: e.create_revision,
             mod_revision: e.mod_revision,
         };

@@ -48,6 +48,10 @@ pub struct ProxySettings {
     pub https: HttpsSettings,
     /// HTTP/2 from clients (h2c on `listen`, `h2` on `https.listen`) and its abuse limits.
     pub http2: Http2Settings,
+    /// How far below the workers' CPU priority the control side runs (a nice increment, 0–19):
+    /// compiling a change, the Admin API, health checks and the local config copy then take a
+    /// core from a busy worker only when the worker has nothing to do. 0: the same priority.
+    pub control_nice: i32,
 }
 
 /// The TLS listener. Certificates come from the `ssls` resources.
@@ -109,6 +113,7 @@ impl Default for ProxySettings {
             upstream: UpstreamDefaults::default(),
             https: HttpsSettings::default(),
             http2: Http2Settings::default(),
+            control_nice: 10,
         }
     }
 }
@@ -203,6 +208,9 @@ impl ProxySettings {
         }
         if self.upstream.keepalive_requests == 0 {
             errors.push("proxy.upstream.keepalive_requests: must be at least 1".to_owned());
+        }
+        if !(0..=19).contains(&self.control_nice) {
+            errors.push("proxy.control_nice: must be 0..19".to_owned());
         }
         errors.extend(self.http2.validate());
         errors
