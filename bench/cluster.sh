@@ -31,9 +31,9 @@
 #                  unseen  the same stream through D, whose prefix (with ROUTES routes too) B
 #                          does not follow: what the changes cost etcd, a control plane and the
 #                          load's core, without B; churn against unseen is what B's share costs
-#                  apply   `pylon config apply` of a document that changes every route but
-#                          /hello (ROUTES - 1 changes) through C, two seconds into the window:
-#                          B serves it as one new version
+#                  apply   `pylon config apply` of a document that changes APPLY routes (not
+#                          /hello) through C, two seconds into the window: B serves it as one
+#                          new version
 #                  the order reverses from round to round
 #
 # Each measurement prints the load's figures, how many times the serving node published a new
@@ -42,7 +42,8 @@
 # processes on the machine took; then medians over ROUNDS.
 #
 # usage: bench/cluster.sh [TEST...]       (default: propagation embedded routes10k)
-# env:   ROUTES (routes10k's route count, default 10000), ROUNDS (default 3),
+# env:   ROUTES (routes10k's route count, default 10000), APPLY (routes the apply changes,
+#        default 10000, at most ROUTES - 1), ROUNDS (default 3),
 #        WRITES (default 500), CHANGES (default 100), DEADLINE (s a write may
 #        take to be served, default 5), DURATION (wrk's whole seconds, default 10), CONNS
 #        (default 50), EVERY (s between changes during wrk, default 0.1),
@@ -55,7 +56,7 @@
 # needs: etcd (3.4 or later), nginx, wrk, python3, curl, taskset
 set -euo pipefail
 cd "$(dirname "$0")/.."
-routes=${ROUTES:-10000} rounds=${ROUNDS:-3} writes=${WRITES:-500} changes=${CHANGES:-100} deadline=${DEADLINE:-5}
+routes=${ROUTES:-10000} apply=${APPLY:-10000} rounds=${ROUNDS:-3} writes=${WRITES:-500} changes=${CHANGES:-100} deadline=${DEADLINE:-5}
 dur=${DURATION:-10} conns=${CONNS:-50} every=${EVERY:-0.1}
 retries=${RETRIES:-3} others_max=${OTHERS_MAX:-0.15} quiet_wait=${QUIET_WAIT:-60}
 tests=("$@"); [[ ${#tests[@]} -gt 0 ]] || tests=(propagation embedded routes10k)
@@ -264,14 +265,15 @@ churn_via() { # NODE RUN
 }
 churn_seen() { churn_via c "$1"; }
 churn_unseen() { churn_via d "$1"; }
-# Every route but /hello changed, through C, two seconds into the load (each apply adds
-# another method than the last one did, so that it changes them all again); B's publications
-# during the load are in the measurement's own line.
+# APPLY routes changed, through C, two seconds into the load (each apply adds another method
+# to them than the last one did, so that it changes them all again); B's publications during
+# the load are in the measurement's own line.
 apply_all() {
   local applies method document output t0
   applies=$(cat "$tmp/applies" 2>/dev/null || echo 0); echo $((applies + 1)) > "$tmp/applies"
   method=$( (( applies % 2 )) && echo PATCH || echo PUT ) document=$tmp/routes10k-$method.yaml
-  [[ -s $document ]] || python3 bench/gen-routes.py "$routes" | sed "s/methods: \[GET, POST\]/methods: [GET, POST, $method]/" > "$document"
+  [[ -s $document ]] || python3 bench/gen-routes.py "$routes" |
+    awk -v n="$apply" -v m="$method" '/^  - id: r/ { i++ } i <= n { sub(/methods: \[GET, POST\]/, "methods: [GET, POST, " m "]") } 1' > "$document"
   sleep 2; t0=${EPOCHREALTIME/./}
   output=$(taskset -c $pin_load "$pylon" config apply --admin "${admin[c]}" --api-key "$key" "$document")
   echo "changes=$(grep -c . <<< "$output") apply_ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))"
