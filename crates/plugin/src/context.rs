@@ -209,6 +209,9 @@ pub struct RequestCtx<'r> {
     pub edits: RequestEdits,
     /// Changes to the response, whoever makes it (upstream, gateway or plugin).
     pub response: ResponseEdits,
+    /// Another upstream than the route's for this request (`traffic-split`), by the key the
+    /// route was compiled with it under; `None`: the route's own.
+    pub upstream_override: Option<Arc<str>>,
     state: Vec<(&'static str, PluginState)>,
     /// Drawn once per request when a plugin with `_meta.gray_ratio` first asks: each plugin's
     /// draw derives from it, so a plugin runs in all of a request's phases or in none.
@@ -229,6 +232,7 @@ impl<'r> RequestCtx<'r> {
             client_ip: None,
             edits: RequestEdits::default(),
             response: ResponseEdits::default(),
+            upstream_override: None,
             state: Vec::new(),
             gray_seed: Cell::new(None),
         }

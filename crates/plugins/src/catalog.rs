@@ -4,7 +4,7 @@ use crate::descriptor::Descriptor;
 use crate::{
     basic_auth, client_control, consumer_restriction, cors, forward_auth, hmac_auth,
     ip_restriction, jwt_auth, key_auth, mocking, proxy_rewrite, real_ip, redirect, request_id,
-    request_validation, response_rewrite, uri_blocker,
+    request_validation, response_rewrite, traffic_split, uri_blocker,
 };
 
 /// Every plugin, by name.
@@ -25,6 +25,7 @@ pub static CATALOG: &[Descriptor] = &[
     request_id::DESCRIPTOR,
     request_validation::DESCRIPTOR,
     response_rewrite::DESCRIPTOR,
+    traffic_split::DESCRIPTOR,
     uri_blocker::DESCRIPTOR,
 ];
 

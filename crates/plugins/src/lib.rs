@@ -37,6 +37,7 @@ mod request_validation;
 mod response_rewrite;
 #[cfg(test)]
 mod testing;
+mod traffic_split;
 mod uri_blocker;
 mod uri_rewrite;
 
@@ -46,3 +47,4 @@ pub use compile::{
 };
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
+pub use traffic_split::{traffic_split_upstreams, SplitTarget, SplitUpstream};

@@ -10,14 +10,16 @@ use std::sync::Arc;
 
 use pylon_discovery::{Registry, ServiceWatch};
 use pylon_model::{Config, Key, Kind, Node, Route, Service, Upstream};
-use pylon_plugins::{builds_every_plugin, CompiledPlugins};
+use pylon_plugins::{
+    builds_every_plugin, traffic_split_upstreams, CompiledPlugins, SplitTarget, SplitUpstream,
+};
 use pylon_router::{RouteSpec, RouterBuilder};
 use pylon_store::Revision;
 
 use crate::health::HealthRegistry;
 use crate::settings::UpstreamDefaults;
 use crate::snapshot::{
-    compile_upstream, resolve, CompileError, RouteTarget, Snapshot, Timeouts, UpstreamTarget,
+    compile_upstream, resolve, CompileError, RouteTarget, Snapshot, Split, Timeouts, UpstreamTarget,
 };
 use crate::tls::{SniTable, TlsContext};
 
@@ -50,8 +52,9 @@ struct CompiledRoute {
     /// The services, upstreams and plugin configs it references, present or not: when one
     /// comes, changes or goes, the route is compiled again.
     references: Vec<Key>,
-    /// The key of its upstream, while it is served.
-    upstream: Option<String>,
+    /// The keys of the upstreams it uses while it is served: its own, then those its
+    /// `traffic-split` sends to.
+    upstreams: Vec<String>,
     /// Whether any plugin applies to it (its own, its service's or its plugin config's):
     /// such routes are compiled again when consumers or plugin metadata change.
     has_plugins: bool,
@@ -191,16 +194,20 @@ impl Compiler {
         not_served: &mut Vec<CompileError>,
     ) {
         for id in affected {
-            let previous_upstream = self.remove_route(&id);
+            let previous_upstreams = self.remove_route(&id);
             if let Some(route) = config.routes.get(&id).filter(|r| r.is_enabled()) {
                 if let Err(e) = self.add_route(config, &id, route) {
                     not_served.push(e);
                 }
             }
-            // Released after the new version took its own, and only if that is another: an
-            // upstream both use stays compiled, with its slot, health state and discovery.
-            let now = self.routes.get(&id).and_then(|r| r.upstream.as_ref());
-            if let Some(key) = previous_upstream.filter(|key| Some(key) != now) {
+            // Released after the new version took its own, and only those it no longer uses:
+            // an upstream both use stays compiled, with its slot, health state and discovery.
+            let now = self.routes.get(&id).map(|r| &r.upstreams);
+            let unused: Vec<String> = previous_upstreams
+                .into_iter()
+                .filter(|key| !now.is_some_and(|now| now.contains(key)))
+                .collect();
+            for key in unused {
                 self.release_upstream(&key, &id);
             }
         }
@@ -216,7 +223,12 @@ impl Compiler {
             .service_id
             .as_ref()
             .and_then(|s| config.services.get(s).map(|svc| (s, svc)));
-        let references = references(route, service.map(|(_, s)| s));
+        let splits = split_upstreams(config, route, service.map(|(_, s)| s));
+        let mut references = references(route, service.map(|(_, s)| s));
+        references.extend(splits.iter().filter_map(|split| match &split.target {
+            SplitTarget::Id(uid) => Some(Key::new(Kind::Upstreams, uid)),
+            SplitTarget::Inline(_) => None,
+        }));
         for key in &references {
             let dependents = self.dependents.entry(key.clone()).or_default();
             dependents.insert(id.to_owned());
@@ -225,7 +237,7 @@ impl Compiler {
             id.to_owned(),
             CompiledRoute {
                 references,
-                upstream: None,
+                upstreams: Vec::new(),
                 has_plugins: route.plugins.is_some()
                     || route.plugin_config_id.is_some()
                     || service.is_some_and(|(_, s)| s.plugins.is_some()),
@@ -239,18 +251,59 @@ impl Compiler {
             .plugins
             .route_chain(id, route)
             .map_err(|e| CompileError(e.to_string()))?;
-        let target = match &upstream {
-            Some((key, source)) => Some(
-                self.acquire_upstream(key.clone(), source, id)
-                    .map_err(|e| CompileError(format!("routes/{id}: {e}")))?,
-            ),
-            None => None,
+        let timeouts_with = |upstream: Option<&Upstream>| {
+            let upstream_timeout = upstream.and_then(|u| u.timeout);
+            route.timeout.or(upstream_timeout).map_or_else(
+                || Timeouts::from_defaults(&self.defaults),
+                Timeouts::from_model,
+            )
         };
-        let upstream_timeout = upstream.as_ref().and_then(|(_, u)| u.timeout);
-        let timeouts = route.timeout.or(upstream_timeout).map_or_else(
-            || Timeouts::from_defaults(&self.defaults),
-            Timeouts::from_model,
-        );
+        let timeouts = timeouts_with(upstream.as_ref().map(|(_, u)| *u));
+        let mut split_sources = Vec::with_capacity(splits.len());
+        for split in &splits {
+            let source = match &split.target {
+                SplitTarget::Id(uid) => match config.upstreams.get(uid) {
+                    Some(upstream) => upstream,
+                    // The route serves on; only the requests sent there are refused. It is
+                    // compiled again when the upstream comes.
+                    None => {
+                        tracing::error!(
+                            route = id,
+                            "traffic-split: upstream `{uid}` does not exist; \
+                             requests sent to it answer 503"
+                        );
+                        continue;
+                    }
+                },
+                SplitTarget::Inline(upstream) => upstream,
+            };
+            split_sources.push((split.key.clone(), source, timeouts_with(Some(source))));
+        }
+        // Every upstream is taken, or none: the ones taken are given back on a failure.
+        let mut acquired = Vec::new();
+        let wanted = upstream.iter().map(|(key, source)| (key.clone(), *source));
+        let wanted = wanted.chain(split_sources.iter().map(|(k, s, _)| (k.clone(), *s)));
+        let mut targets = Vec::new();
+        for (key, source) in wanted {
+            match self.acquire_upstream(key.clone(), source, id) {
+                Ok(target) => {
+                    acquired.push(key);
+                    targets.push(target);
+                }
+                Err(e) => {
+                    for key in acquired {
+                        self.release_upstream(&key, id);
+                    }
+                    return Err(CompileError(format!("routes/{id}: {e}")));
+                }
+            }
+        }
+        let mut targets = targets.into_iter();
+        let target = upstream.as_ref().and_then(|_| targets.next());
+        let splits = targets
+            .zip(split_sources)
+            .map(|(upstream, (_, _, timeouts))| Split { upstream, timeouts })
+            .collect();
         let mut hosts: Vec<String> = route.all_hosts().map(str::to_owned).collect();
         if hosts.is_empty() {
             hosts = service
@@ -275,25 +328,27 @@ impl Compiler {
                     .unwrap_or(false),
                 service_id: route.service_id.as_deref().map(Arc::from),
                 plugins: chain,
+                splits,
             },
         };
-        let upstream_key = upstream.map(|(key, _)| key);
         if let Err(e) = self.router.insert(id.clone(), spec) {
-            if let Some(key) = &upstream_key {
+            for key in &acquired {
                 self.release_upstream(key, &id);
             }
             return Err(CompileError(format!("routes/{id}: {e}")));
         }
         if let Some(compiled) = self.routes.get_mut(&*id) {
-            compiled.upstream = upstream_key;
+            compiled.upstreams = acquired;
         }
         Ok(())
     }
 
-    /// Takes route `id` out of the router and of everything that tracks it; returns the key
-    /// of the upstream it used, for the caller to release.
-    fn remove_route(&mut self, id: &str) -> Option<String> {
-        let compiled = self.routes.remove(id)?;
+    /// Takes route `id` out of the router and of everything that tracks it; returns the keys
+    /// of the upstreams it used, for the caller to release.
+    fn remove_route(&mut self, id: &str) -> Vec<String> {
+        let Some(compiled) = self.routes.remove(id) else {
+            return Vec::new();
+        };
         self.router.remove(id);
         for key in &compiled.references {
             if let Some(dependents) = self.dependents.get_mut(key) {
@@ -303,7 +358,7 @@ impl Compiler {
                 }
             }
         }
-        compiled.upstream
+        compiled.upstreams
     }
 
     /// The compiled upstream at `key` for route `user`: the one in use if it was compiled
@@ -474,6 +529,28 @@ fn references(route: &Route, service: Option<&Service>) -> Vec<Key> {
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// The upstreams the `traffic-split` in force on a route sends to: the route's own
+/// configuration of it, else its plugin config's, else its service's (as its chain merges
+/// them).
+fn split_upstreams(
+    config: &Config,
+    route: &Route,
+    service: Option<&Service>,
+) -> Vec<SplitUpstream> {
+    const NAME: &str = "traffic-split";
+    let plugin_config = route
+        .plugin_config_id
+        .as_ref()
+        .and_then(|p| config.plugin_configs.get(p));
+    let split = route
+        .plugins
+        .as_ref()
+        .and_then(|p| p.get(NAME))
+        .or_else(|| plugin_config.and_then(|p| p.plugins.get(NAME)))
+        .or_else(|| service.and_then(|s| s.plugins.as_ref()?.get(NAME)));
+    split.map(traffic_split_upstreams).unwrap_or_default()
 }
 
 /// The upstream a route sends to, with the key its runtime state is kept under: its own, its

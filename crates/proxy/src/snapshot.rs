@@ -47,6 +47,31 @@ pub struct RouteTarget {
     pub service_id: Option<Arc<str>>,
     /// The route's plugins: its service's, its plugin config's and its own, merged.
     pub plugins: Chain,
+    /// The upstreams its `traffic-split` may send a request to instead of its own.
+    pub splits: Vec<Split>,
+}
+
+/// An upstream a plugin may choose for a request instead of the route's own.
+pub struct Split {
+    pub upstream: Arc<UpstreamTarget>,
+    /// The route's timeouts, else this upstream's, else the node defaults.
+    pub timeouts: Timeouts,
+}
+
+impl RouteTarget {
+    /// Where a request goes, with its timeouts: the upstream a plugin chose (by key), else
+    /// the route's own. `None` when there is none, or the chosen one is not compiled with
+    /// this route (a `traffic-split` configured on a consumer or a global rule).
+    pub fn upstream_for(&self, chosen: Option<&str>) -> Option<(&UpstreamTarget, Timeouts)> {
+        match chosen {
+            None => Some((self.upstream.as_deref()?, self.timeouts)),
+            Some(key) => self
+                .splits
+                .iter()
+                .find(|split| split.upstream.key == key)
+                .map(|split| (&*split.upstream, split.timeouts)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -13,7 +13,7 @@ use pylon_plugin::{Reply, RequestCtx};
 use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
 use crate::outcome::{End, Outcome};
-use crate::snapshot::{RouteTarget, UpstreamTarget, WorkerView};
+use crate::snapshot::{RouteTarget, Timeouts, UpstreamTarget, WorkerView};
 use crate::vars::{RequestFields, RequestVars};
 use crate::worker::Worker;
 pub(crate) use plugins::{error_reply, PluginWork, Plugins, ResponseChanges};
@@ -56,7 +56,10 @@ pub(crate) struct Exchange<'a> {
     pub worker: &'a Worker,
     pub view: &'a WorkerView,
     pub route: &'a RouteTarget,
+    /// The route's upstream, or the one a plugin chose for this request.
     pub upstream: &'a UpstreamTarget,
+    /// The route's timeouts, or those of the upstream a plugin chose.
+    pub timeouts: Timeouts,
     pub work: PluginWork<'a>,
 }
 
@@ -110,14 +113,16 @@ pub(crate) async fn run<D: Downstream>(
                 }
                 None => {
                     let work = PluginWork { plugins, ctx: &ctx };
-                    let upstream = route.map(|r| r.upstream.as_deref());
-                    match (route, upstream.flatten()) {
-                        (Some(route), Some(upstream)) => {
+                    let chosen = ctx.upstream_override.as_deref();
+                    let upstream = route.and_then(|r| r.upstream_for(chosen));
+                    match (route, upstream) {
+                        (Some(route), Some((upstream, timeouts))) => {
                             let exchange = Exchange {
                                 worker,
                                 view: &view,
                                 route,
                                 upstream,
+                                timeouts,
                                 work,
                             };
                             downstream.forward(vars, exchange).await

@@ -78,6 +78,7 @@ pub(super) async fn proxy(
         view,
         route,
         upstream,
+        timeouts,
         work,
     }: Exchange<'_>,
 ) -> Outcome {
@@ -88,6 +89,7 @@ pub(super) async fn proxy(
         view,
         route,
         upstream,
+        timeouts,
         work,
     };
     if upstream.grpc {
@@ -116,6 +118,7 @@ pub(super) async fn proxy(
                 node,
                 addr,
                 route,
+                timeouts,
             };
             attempt(worker, (io, request), target, pooled, framing, work).await
         })
@@ -144,6 +147,7 @@ struct Target<'a> {
     node: &'a NodeTarget,
     addr: SocketAddr,
     route: &'a RouteTarget,
+    timeouts: Timeouts,
 }
 
 async fn attempt(
@@ -154,12 +158,12 @@ async fn attempt(
         node,
         addr,
         route,
+        timeouts,
     }: Target<'_>,
     pooled: Option<UpstreamConn>,
     framing: BodyFraming,
     work: PluginWork<'_>,
 ) -> Result<Delivered, Failure> {
-    let timeouts = route.timeouts;
     // A WebSocket handshake on a route that allows it: the upgrade goes to the upstream, and
     // a `101` turns both connections into a tunnel. Elsewhere the upgrade headers are dropped
     // as hop-by-hop and the request is an ordinary one.

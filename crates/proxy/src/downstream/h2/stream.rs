@@ -132,8 +132,9 @@ impl pipeline::Downstream for Http2 {
         let PipelineExchange {
             worker,
             view,
-            route,
+            route: _,
             upstream,
+            timeouts,
             work: PluginWork { plugins, ctx },
         } = exchange;
         match self
@@ -166,7 +167,7 @@ impl pipeline::Downstream for Http2 {
                 edits: &ctx.edits,
             },
             upstream,
-            timeouts: route.timeouts,
+            timeouts,
             plugins,
             ctx,
         };
