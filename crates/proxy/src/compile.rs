@@ -799,39 +799,79 @@ mod tests {
         let slot = upstream_of(&v1, "/a").slot;
         versions.change(&[(route("r"), None)]);
         assert!(versions.compiler.upstreams.is_empty());
+
+        // The same for the upstreams a traffic-split sends to, when it goes.
+        let mut split = inline(3);
+        split["plugins"] = json!({"traffic-split": {"rules": [{"weighted_upstreams": [
+            {"upstream": {"nodes": {"127.0.0.1:4": 1}}}
+        ]}]}});
+        versions.change(&[(route("t"), Some(split))]);
+        assert_eq!(versions.compiler.upstreams.len(), 2);
+        versions.change(&[(route("t"), Some(inline(3)))]);
+        assert_eq!(versions.compiler.upstreams.len(), 1);
+        versions.change(&[(route("t"), None)]);
+        assert!(versions.compiler.upstreams.is_empty());
         let v3 = versions.change(&[(route("s"), Some(inline(2)))]);
         assert_eq!(upstream_of(&v3, "/a").slot, slot);
     }
 
-    /// What a request leads to, comparably: the route, its upstream's key and nodes.
-    fn outcome(snapshot: &Snapshot, req: &Get<'_>) -> Option<(String, String, Vec<String>)> {
+    /// An upstream, comparably: its key and nodes.
+    fn described(upstream: &UpstreamTarget) -> (String, Vec<String>) {
+        let nodes = upstream.nodes.iter().map(|n| n.host_header.clone());
+        (upstream.key.clone(), nodes.collect())
+    }
+
+    /// What a request leads to, comparably: the route, its upstream and those its
+    /// traffic-split may send to.
+    type Outcome = (
+        String,
+        Option<(String, Vec<String>)>,
+        Vec<(String, Vec<String>)>,
+    );
+
+    fn outcome(snapshot: &Snapshot, req: &Get<'_>) -> Option<Outcome> {
         let target = snapshot.router.find(req)?;
-        let upstream = target.upstream.as_ref()?;
-        let nodes = upstream.nodes.iter();
+        let splits = target.splits.iter().map(|s| described(&s.upstream));
         Some((
             target.id.to_string(),
-            upstream.key.clone(),
-            nodes.map(|n| n.host_header.clone()).collect(),
+            target.upstream.as_deref().map(described),
+            splits.collect(),
         ))
     }
 
-    /// For random sequences of changes to routes, services and upstreams, the incrementally
-    /// compiled version routes every request of a generated set as a fresh compile does.
+    /// For random sequences of changes to routes, services and upstreams (some with a
+    /// traffic-split), the incrementally compiled version routes every request of a generated
+    /// set as a fresh compile does, to the same upstreams.
     #[test]
     fn incremental_versions_route_as_fresh_compiles_do() {
         const URIS: [&str; 6] = ["/", "/a", "/a/*", "/a/:id", "/b*", "/a/b"];
         let paths = ["/", "/a", "/a/1", "/a/b", "/b", "/bc/d"];
         let hosts = [None, Some("x.com"), Some("y.com")];
 
+        let split = |rng: &mut fastrand::Rng| {
+            let lane = match rng.usize(..2) {
+                0 => json!({"upstream_id": format!("u{}", rng.usize(..3))}),
+                _ => json!({"upstream": {"nodes": {format!("127.0.0.1:{}", rng.u16(5..7)): 1}}}),
+            };
+            json!({"traffic-split": {"rules": [{"weighted_upstreams": [lane, {"weight": 1}]}]}})
+        };
         let random_value = |rng: &mut fastrand::Rng, kind: Kind| -> Value {
             let nodes = json!({format!("127.0.0.1:{}", rng.u16(1..4)): 1});
             match kind {
                 Kind::Upstreams => json!({"nodes": nodes}),
-                Kind::Services => match rng.usize(..3) {
-                    0 => json!({"upstream_id": format!("u{}", rng.usize(..3))}),
-                    1 => json!({"upstream": {"nodes": nodes}, "hosts": ["x.com"]}),
-                    _ => json!({"upstream_id": format!("u{}", rng.usize(..3)), "hosts": ["y.com"]}),
-                },
+                Kind::Services => {
+                    let mut s = match rng.usize(..3) {
+                        0 => json!({"upstream_id": format!("u{}", rng.usize(..3))}),
+                        1 => json!({"upstream": {"nodes": nodes}, "hosts": ["x.com"]}),
+                        _ => {
+                            json!({"upstream_id": format!("u{}", rng.usize(..3)), "hosts": ["y.com"]})
+                        }
+                    };
+                    if rng.usize(..3) == 0 {
+                        s["plugins"] = split(rng);
+                    }
+                    s
+                }
                 _ => {
                     let mut r =
                         json!({"uri": URIS[rng.usize(..URIS.len())], "priority": rng.i64(0..2)});
@@ -845,6 +885,9 @@ mod tests {
                     }
                     if rng.usize(..6) == 0 {
                         r["status"] = json!(0);
+                    }
+                    if rng.usize(..3) == 0 {
+                        r["plugins"] = split(rng);
                     }
                     r
                 }
