@@ -2,9 +2,9 @@
 
 use crate::descriptor::Descriptor;
 use crate::{
-    basic_auth, client_control, consumer_restriction, cors, forward_auth, hmac_auth,
-    ip_restriction, jwt_auth, key_auth, mocking, proxy_rewrite, real_ip, redirect, request_id,
-    request_validation, response_rewrite, traffic_split, uri_blocker,
+    basic_auth, client_control, consumer_restriction, cors, fault_injection, forward_auth,
+    hmac_auth, ip_restriction, jwt_auth, key_auth, mocking, proxy_rewrite, real_ip, redirect,
+    request_id, request_validation, response_rewrite, traffic_split, uri_blocker,
 };
 
 /// Every plugin, by name.
@@ -13,6 +13,7 @@ pub static CATALOG: &[Descriptor] = &[
     client_control::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
     cors::DESCRIPTOR,
+    fault_injection::DESCRIPTOR,
     forward_auth::DESCRIPTOR,
     hmac_auth::DESCRIPTOR,
     ip_restriction::DESCRIPTOR,

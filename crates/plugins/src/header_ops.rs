@@ -118,7 +118,7 @@ impl Rendered<'_> {
 }
 
 /// A header name is a token: visible ASCII without `:`.
-fn check_name(path: &str, name: &str) -> Result<(), FieldError> {
+pub(crate) fn check_name(path: &str, name: &str) -> Result<(), FieldError> {
     if name.is_empty() {
         return Err(FieldError::new(path, "invalid field length in header"));
     }
@@ -128,7 +128,7 @@ fn check_name(path: &str, name: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn template(path: &str, value: &str) -> Result<Template, FieldError> {
+pub(crate) fn template(path: &str, value: &str) -> Result<Template, FieldError> {
     if value.chars().any(|c| c.is_control() && c != '\t') {
         return Err(FieldError::new(path, "invalid value character in header"));
     }
@@ -137,7 +137,7 @@ fn template(path: &str, value: &str) -> Result<Template, FieldError> {
 
 /// A rendered value without the control characters a variable may have brought in (a
 /// percent-decoded argument can hold a CR LF), so that it stays one header.
-fn header_value(value: Cow<'_, str>) -> String {
+pub(crate) fn header_value(value: Cow<'_, str>) -> String {
     // Visible ASCII, space and tab, the usual value, has none: only other bytes need the
     // look at characters.
     let plain = |b: u8| (b' '..0x7f).contains(&b) || b == b'\t';

@@ -18,6 +18,7 @@ mod consumer_restriction;
 mod cors;
 mod credentials;
 mod descriptor;
+mod fault_injection;
 mod forward_auth;
 mod header_ops;
 mod hmac_auth;
