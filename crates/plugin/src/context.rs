@@ -319,6 +319,10 @@ impl RequestView for RequestCtx<'_> {
         self.request.path()
     }
 
+    fn for_each_header(&self, each: &mut dyn FnMut(&str, &[u8])) {
+        self.request.for_each_header(each);
+    }
+
     fn host(&self) -> Option<&str> {
         self.request.host()
     }

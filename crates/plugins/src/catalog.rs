@@ -4,7 +4,7 @@ use crate::descriptor::Descriptor;
 use crate::{
     basic_auth, client_control, consumer_restriction, cors, fault_injection, forward_auth,
     hmac_auth, ip_restriction, jwt_auth, key_auth, mocking, proxy_rewrite, real_ip, redirect,
-    request_id, request_validation, response_rewrite, traffic_split, uri_blocker,
+    request_id, request_validation, response_rewrite, traffic_split, uri_blocker, waf,
 };
 
 /// Every plugin, by name.
@@ -28,6 +28,7 @@ pub static CATALOG: &[Descriptor] = &[
     response_rewrite::DESCRIPTOR,
     traffic_split::DESCRIPTOR,
     uri_blocker::DESCRIPTOR,
+    waf::DESCRIPTOR,
 ];
 
 pub fn find(name: &str) -> Option<&'static Descriptor> {

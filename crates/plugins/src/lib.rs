@@ -41,6 +41,7 @@ mod testing;
 mod traffic_split;
 mod uri_blocker;
 mod uri_rewrite;
+mod waf;
 
 pub use catalog::{find, CATALOG};
 pub use compile::{

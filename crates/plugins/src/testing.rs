@@ -120,6 +120,7 @@ pub(crate) fn consumer_name(ctx: &RequestCtx<'_>) -> Option<String> {
 /// Its variables are `uri`, `request_uri`, `args` (or `query_string`), `host`,
 /// `request_method`, `remote_addr`, `scheme`, `http_*` (the first header of the name),
 /// `arg_*` (percent-decoded) and `cookie_*`.
+#[derive(Debug)]
 pub(crate) struct TestRequest {
     method: String,
     target: String,
@@ -176,6 +177,12 @@ impl TestRequest {
 impl RequestView for TestRequest {
     fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or_default()
+    }
+
+    fn for_each_header(&self, each: &mut dyn FnMut(&str, &[u8])) {
+        for (name, value) in &self.headers {
+            each(name, value.as_bytes());
+        }
     }
 
     fn host(&self) -> Option<&str> {

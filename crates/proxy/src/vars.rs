@@ -95,6 +95,12 @@ impl<H: RequestFields> RequestView for RequestVars<'_, H> {
         self.head.path()
     }
 
+    fn for_each_header(&self, each: &mut dyn FnMut(&str, &[u8])) {
+        for (name, value) in self.head.headers() {
+            each(name, value);
+        }
+    }
+
     fn host(&self) -> Option<&str> {
         self.host
     }

@@ -62,6 +62,11 @@ pub trait RequestView {
         }));
         self.var(&var)
     }
+
+    /// Calls `each` with every header of the request as the client sent it, name and value,
+    /// in order (what a WAF inspects). Views that stand for no client request (a template's
+    /// test variables, say) have none.
+    fn for_each_header(&self, _each: &mut dyn FnMut(&str, &[u8])) {}
 }
 
 /// One route as the router needs it. The proxy leaves disabled routes (`status: 0`) out.

@@ -1,0 +1,251 @@
+//! What every WAF rule sees of an input: one canonical form, made in one pass per step, so
+//! that the encodings an attacker hides a payload in fall away before matching (`%27%20OR%201=1`
+//! and `' Or/**/1=1` both become `' or 1=1`).
+//!
+//! The steps, in order: URL decoding (repeated while it changes something, up to three times:
+//! double encoding), HTML entity decoding, NUL bytes dropped, ASCII lowercase, comments
+//! (`/* */`) replaced by a space (MySQL's executable `/*! */` keeps its content), and runs of
+//! whitespace made one space.
+
+/// How many times an input is URL-decoded at most: a payload encoded twice is seen, and an
+/// input cannot make the decoding loop long.
+const URL_DECODE_ROUNDS: usize = 3;
+
+/// Writes the canonical form of `input` into `out` (cleared first). `plus_is_space`: the input
+/// is from a query string or a form body, where `+` is a space.
+pub(crate) fn normalize(input: &[u8], plus_is_space: bool, out: &mut String) {
+    out.clear();
+    let mut decoded = url_decode(input, plus_is_space);
+    for _ in 1..URL_DECODE_ROUNDS {
+        if !decoded.contains(&b'%') {
+            break;
+        }
+        let again = url_decode(&decoded, false);
+        if again == decoded {
+            break;
+        }
+        decoded = again;
+    }
+    let decoded = html_decode(&decoded);
+    let text = String::from_utf8_lossy(&decoded);
+    let mut pending_space = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let c = match c {
+            '\0' => continue,
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                if chars.peek() == Some(&'!') {
+                    // MySQL runs what is inside `/*! ... */` (after an optional version): keep
+                    // it, drop the markers.
+                    chars.next();
+                    while chars.peek().is_some_and(char::is_ascii_digit) {
+                        chars.next();
+                    }
+                } else {
+                    skip_comment(&mut chars);
+                }
+                ' '
+            }
+            '*' if chars.peek() == Some(&'/') => {
+                chars.next();
+                ' '
+            }
+            c => c.to_ascii_lowercase(),
+        };
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        if pending_space {
+            out.push(' ');
+            pending_space = false;
+        }
+        out.push(c);
+    }
+}
+
+/// Past the end of a `/* */` comment, or to the end of the input when it is not closed.
+fn skip_comment(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    while let Some(c) = chars.next() {
+        if c == '*' && chars.peek() == Some(&'/') {
+            chars.next();
+            return;
+        }
+    }
+}
+
+/// `%XX` decoded (a `%` without two hex digits stays), `%uXXXX` (IIS's) too, `+` as a space
+/// when asked.
+fn url_decode(input: &[u8], plus_is_space: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'%' => {
+                if let Some(byte) = hex_pair(input.get(i + 1..i + 3)) {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                let unicode = input
+                    .get(i + 1)
+                    .is_some_and(|b| b.eq_ignore_ascii_case(&b'u'));
+                if let Some(c) = unicode
+                    .then(|| hex_code(input.get(i + 2..i + 6)?))
+                    .flatten()
+                {
+                    let mut buf = [0; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    i += 6;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn hex_pair(pair: Option<&[u8]>) -> Option<u8> {
+    let pair = pair?;
+    let text = std::str::from_utf8(pair).ok()?;
+    u8::from_str_radix(text, 16).ok()
+}
+
+fn hex_code(digits: &[u8]) -> Option<char> {
+    let text = std::str::from_utf8(digits).ok()?;
+    char::from_u32(u32::from_str_radix(text, 16).ok()?)
+}
+
+/// HTML character references: decimal and hex (the `;` optional, as browsers take them), and
+/// the named ones that spell markup or script.
+fn html_decode(input: &[u8]) -> Vec<u8> {
+    if !input.contains(&b'&') {
+        return input.to_vec();
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'&' {
+            if let Some((c, used)) = reference(&input[i + 1..]) {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                i += 1 + used;
+                continue;
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The character a reference after `&` stands for, and how many bytes it took.
+fn reference(after: &[u8]) -> Option<(char, usize)> {
+    const NAMED: [(&[u8], char); 13] = [
+        (b"lt", '<'),
+        (b"gt", '>'),
+        (b"quot", '"'),
+        (b"apos", '\''),
+        (b"amp", '&'),
+        (b"colon", ':'),
+        (b"tab", '\t'),
+        (b"newline", '\n'),
+        (b"lpar", '('),
+        (b"rpar", ')'),
+        (b"sol", '/'),
+        (b"bsol", '\\'),
+        (b"grave", '`'),
+    ];
+    let semicolon = |at: usize| usize::from(after.get(at) == Some(&b';'));
+    if let Some(rest) = after.strip_prefix(b"#") {
+        let (hex, digits) = match rest.first() {
+            Some(b'x' | b'X') => (true, &rest[1..]),
+            _ => (false, rest),
+        };
+        let len = digits
+            .iter()
+            .take(8)
+            .take_while(|b| {
+                if hex {
+                    b.is_ascii_hexdigit()
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+            .count();
+        if len == 0 {
+            return None;
+        }
+        let text = std::str::from_utf8(&digits[..len]).ok()?;
+        let code = u32::from_str_radix(text, if hex { 16 } else { 10 }).ok()?;
+        let used = 1 + usize::from(hex) + len;
+        return Some((char::from_u32(code)?, used + semicolon(used)));
+    }
+    NAMED.iter().find_map(|(name, c)| {
+        let prefix = after.get(..name.len())?;
+        prefix
+            .eq_ignore_ascii_case(name)
+            .then(|| (*c, name.len() + semicolon(name.len())))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canonical(input: &str) -> String {
+        let mut out = String::new();
+        normalize(input.as_bytes(), true, &mut out);
+        out
+    }
+
+    #[test]
+    fn encodings_and_evasions_come_out_alike() {
+        for input in [
+            "' OR 1=1",
+            "%27%20OR%201=1",
+            "' Or/**/1=1",
+            "%2527%2520or%25201%253D1",
+            "'\t\tOR\n1=1",
+            "'+OR+1=1",
+            "&#39; or 1=1",
+            "&#x27;/*a comment*/OR 1=1",
+            "%u0027 or 1=1",
+            "'\0 or 1=1",
+        ] {
+            assert_eq!(canonical(input), "' or 1=1", "{input:?}");
+        }
+    }
+
+    #[test]
+    fn mysql_executable_comments_keep_their_content() {
+        assert_eq!(canonical("1 /*!50000UNION*/ SELECT"), "1 union select");
+        assert_eq!(canonical("a/*unclosed"), "a");
+    }
+
+    #[test]
+    fn references_without_a_semicolon_and_script_spelled_in_entities() {
+        assert_eq!(
+            canonical("&#x6a;avascript&colon;alert&lpar;1&rpar;"),
+            "javascript:alert(1)"
+        );
+        assert_eq!(canonical("&#106&#97;va"), "java");
+        assert_eq!(canonical("&lt;script&gt;"), "<script>");
+        assert_eq!(canonical("fish & chips &amp"), "fish & chips &");
+    }
+
+    #[test]
+    fn a_plus_is_a_space_only_where_the_input_says_so() {
+        let mut out = String::new();
+        normalize(b"a+b", false, &mut out);
+        assert_eq!(out, "a+b");
+        assert_eq!(canonical("a+b"), "a b");
+        assert_eq!(canonical("100%"), "100%");
+        assert_eq!(canonical("%zz%4"), "%zz%4");
+    }
+}
