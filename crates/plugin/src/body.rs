@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use crate::reply::Reply;
+
 /// One response body's filter, made by [`crate::Plugin::body_filter`] for that response
 /// alone, so it keeps whatever state it needs (held bytes, a look-back) in itself.
 pub trait BodyFilter: Send {
@@ -45,6 +47,59 @@ impl BodyFilters {
         self.run(&mut rest, true);
         whole.extend_from_slice(&rest);
         Bytes::from(whole)
+    }
+}
+
+/// Looks at the start of a request's body before any of it goes upstream: the gateway holds
+/// up to [`RequestBodyInspector::limit`] bytes of it (decoded from its framing) and hands them
+/// over as they arrive; the request goes on only once they have passed.
+pub trait RequestBodyInspector: Send {
+    /// How much of the body it looks at, in bytes: what the gateway holds at most.
+    fn limit(&self) -> usize;
+
+    /// The next piece of the body. `Some(reply)` refuses the request: nothing of it goes
+    /// upstream, and the client gets the reply.
+    fn inspect(&mut self, piece: &[u8]) -> Option<Reply>;
+
+    /// No more pieces: the body ended (`whole`), or the limit was reached with more to come.
+    fn finish(&mut self, whole: bool) -> Option<Reply>;
+}
+
+/// The inspectors of one request, in the order the plugins run. Empty for almost every
+/// request, and then nothing of the body is held.
+#[derive(Default)]
+pub struct RequestBodyInspectors(Vec<Box<dyn RequestBodyInspector>>);
+
+impl RequestBodyInspectors {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn push(&mut self, inspector: Box<dyn RequestBodyInspector>) {
+        self.0.push(inspector);
+    }
+
+    /// How much of the body to hold: what the most demanding inspector looks at.
+    pub fn limit(&self) -> usize {
+        self.0.iter().map(|i| i.limit()).max().unwrap_or(0)
+    }
+
+    /// The next piece, to every inspector whose limit it is within; the first refusal wins.
+    /// `offset`: how much of the body came before the piece.
+    pub fn inspect(&mut self, offset: usize, piece: &[u8]) -> Option<Reply> {
+        self.0.iter_mut().find_map(|inspector| {
+            let wanted = inspector.limit().saturating_sub(offset).min(piece.len());
+            (wanted > 0)
+                .then(|| inspector.inspect(&piece[..wanted]))
+                .flatten()
+        })
+    }
+
+    /// The end of what is held: `whole` when it is the whole body.
+    pub fn finish(&mut self, whole: bool) -> Option<Reply> {
+        self.0
+            .iter_mut()
+            .find_map(|inspector| inspector.finish(whole))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::body::BodyFilters;
+use crate::body::{BodyFilters, RequestBodyInspectors};
 use crate::context::{LogCtx, RequestCtx, ResponseCtx};
 use crate::meta::Meta;
 use crate::phase::{Phase, Phases, RequestPhase};
@@ -142,6 +142,24 @@ impl Chain {
             if entry.applies(Phase::BodyFilter, ctx.request) {
                 if let Some(filter) = entry.plugin.body_filter(ctx) {
                     filters.push(filter);
+                }
+            }
+        }
+    }
+
+    /// Adds the inspectors the chain's plugins (with the consumer's, as [`Chain::run`]) put
+    /// in the way of this request's body.
+    pub fn request_body_inspectors(
+        &self,
+        ctx: &RequestCtx<'_>,
+        consumer: Option<&Chain>,
+        inspectors: &mut RequestBodyInspectors,
+    ) {
+        let consumer_entries = consumer.map_or(&[][..], |c| &c.entries[..]);
+        for entry in merged(&self.entries, consumer_entries) {
+            if entry.applies(Phase::RequestBody, ctx) {
+                if let Some(inspector) = entry.plugin.request_body(ctx) {
+                    inspectors.push(inspector);
                 }
             }
         }

@@ -26,7 +26,7 @@ mod template;
 
 use std::any::Any;
 
-pub use body::{BodyFilter, BodyFilters};
+pub use body::{BodyFilter, BodyFilters, RequestBodyInspector, RequestBodyInspectors};
 pub use call::{call_failures, Call, CallError, CallFailures, FailurePolicy};
 pub use chain::{Chain, ChainBuilder, Entry};
 pub use consumer::Consumer;
@@ -93,6 +93,13 @@ pub trait Plugin: Send + Sync + 'static {
     /// moment to edit what the upstream gets. The default continues.
     fn before_proxy<'a>(&'a self, _ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         Step::Continue
+    }
+
+    /// Decides, once the request phases have passed, whether this plugin looks at the start of
+    /// the request's body before it goes upstream: `Some(inspector)` to look. The default does
+    /// not.
+    fn request_body(&self, _ctx: &RequestCtx<'_>) -> Option<Box<dyn RequestBodyInspector>> {
+        None
     }
 
     /// Sees the response head before it is written to the client, and may change its status

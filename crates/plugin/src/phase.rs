@@ -6,6 +6,8 @@ pub enum Phase {
     Rewrite,
     Access,
     BeforeProxy,
+    /// The start of the request's body, before any of it goes upstream.
+    RequestBody,
     HeaderFilter,
     BodyFilter,
     Log,
@@ -48,6 +50,7 @@ impl Phases {
     pub const REWRITE: Phases = Phases::of(Phase::Rewrite);
     pub const ACCESS: Phases = Phases::of(Phase::Access);
     pub const BEFORE_PROXY: Phases = Phases::of(Phase::BeforeProxy);
+    pub const REQUEST_BODY: Phases = Phases::of(Phase::RequestBody);
     pub const HEADER_FILTER: Phases = Phases::of(Phase::HeaderFilter);
     pub const BODY_FILTER: Phases = Phases::of(Phase::BodyFilter);
     pub const LOG: Phases = Phases::of(Phase::Log);

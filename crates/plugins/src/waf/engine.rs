@@ -3,6 +3,7 @@
 //! are.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use pylon_model::FieldError;
@@ -67,6 +68,9 @@ pub(crate) struct RuleSpec {
     /// What a match adds to the request's anomaly score.
     pub score: u32,
     pub message: Cow<'static, str>,
+    /// A regex also tried on the input as a shell reads it: without the empty quotes,
+    /// backslashes and carets that split a command's name (`w''hoami`, `u\name`, `n^e^t`).
+    pub command_line: bool,
 }
 
 /// Rules compiled for matching.
@@ -78,6 +82,8 @@ pub(crate) struct RuleSet {
     /// The regexes that need a symbol, and the others.
     guarded: Regexes,
     always: Regexes,
+    /// The regexes also tried on the command-line form.
+    command: Regexes,
 }
 
 /// Regexes in one set, with the rule of each.
@@ -97,7 +103,7 @@ impl Regexes {
         Ok(Self { set, rules })
     }
 
-    fn scan(&self, input: &str, target: Targets, hits: &mut Hits<'_>, rules: &[RuleSpec]) {
+    fn scan(&self, input: &str, target: Targets, hits: &mut Hits, rules: &[RuleSpec]) {
         if self.rules.is_empty() {
             return;
         }
@@ -111,7 +117,7 @@ impl RuleSet {
     /// Compiles `rules`, which are each valid on their own (a regex that compiles alone).
     pub fn compile(rules: Vec<RuleSpec>) -> Result<Self, FieldError> {
         let (mut literals, mut literal_rules) = (Vec::new(), Vec::new());
-        let (mut guarded, mut always) = (Vec::new(), Vec::new());
+        let (mut guarded, mut always, mut command) = (Vec::new(), Vec::new(), Vec::new());
         for (index, rule) in rules.iter().enumerate() {
             match &rule.pattern {
                 Pattern::Literals(texts) => {
@@ -127,6 +133,9 @@ impl RuleSet {
                         &mut always
                     };
                     set.push((text.as_ref(), index));
+                    if rule.command_line {
+                        command.push((text.as_ref(), index));
+                    }
                 }
             }
         }
@@ -139,6 +148,7 @@ impl RuleSet {
             literal_rules,
             guarded: Regexes::compile(&guarded)?,
             always: Regexes::compile(&always)?,
+            command: Regexes::compile(&command)?,
             rules,
         })
     }
@@ -152,7 +162,7 @@ impl RuleSet {
     }
 
     /// Adds to `hits` the rules that look at `target` and match `input` (canonical form).
-    pub fn scan(&self, input: &str, target: Targets, hits: &mut Hits<'_>) {
+    pub fn scan(&self, input: &str, target: Targets, hits: &mut Hits) {
         for found in self.literals.find_overlapping_iter(input) {
             hits.add(
                 self.literal_rules[found.pattern().as_usize()],
@@ -168,19 +178,29 @@ impl RuleSet {
             self.guarded.scan(input, target, hits, &self.rules);
         }
         self.always.scan(input, target, hits, &self.rules);
+        let splits = ["''", "\"\"", "\\", "^"];
+        if !self.command.rules.is_empty() && splits.iter().any(|s| input.contains(s)) {
+            // A lone quote stays: an apostrophe (`I'd`) is no split.
+            let mut command_line = input.to_owned();
+            for split in splits {
+                command_line = command_line.replace(split, "");
+            }
+            self.command.scan(&command_line, target, hits, &self.rules);
+        }
     }
 }
 
 /// The rules a request matched, each once, with where, and the score they add up to.
-pub(crate) struct Hits<'a> {
+#[derive(Clone)]
+pub(crate) struct Hits {
     pub matched: Vec<(usize, Targets)>,
     pub score: u32,
     /// Rules switched off for this route, by index.
-    disabled: &'a [bool],
+    disabled: Arc<[bool]>,
 }
 
-impl<'a> Hits<'a> {
-    pub fn new(disabled: &'a [bool]) -> Self {
+impl Hits {
+    pub fn new(disabled: Arc<[bool]>) -> Self {
         Self {
             matched: Vec::new(),
             score: 0,

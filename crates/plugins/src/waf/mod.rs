@@ -1,6 +1,11 @@
-//! `waf`: inspects each request's path, query arguments, headers and cookies against a rule
-//! set (SQL injection, XSS, path traversal, command injection, PHP code injection) and blocks
-//! it, or only logs it, when the rules it matches add up to the anomaly threshold.
+//! `waf`: inspects each request's path, query arguments, headers, cookies and the start of its
+//! body against a rule set (SQL injection, XSS, path traversal, command injection, PHP code
+//! injection) and blocks it, or only logs it, when the rules it matches add up to the anomaly
+//! threshold.
+//!
+//! The body is looked at before any of it goes upstream: the gateway holds up to
+//! `body_limit` bytes of it and hands them over as they arrive ([`body`]); a longer body's
+//! rest is passed, or the request refused, as `over_body_limit` says.
 //!
 //! Every input is brought to one canonical form first ([`normalize`]), then matched by one
 //! automaton over every literal and one set of every regex ([`engine`]), compiled when the
@@ -8,6 +13,9 @@
 //! shipped set ([`rules`]) and those of `plugin_metadata/waf`; a route can switch rules off by
 //! id.
 
+mod body;
+#[cfg(test)]
+mod corpus;
 mod engine;
 mod normalize;
 mod rules;
@@ -16,7 +24,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use pylon_model::FieldError;
-use pylon_plugin::{Phases, Plugin, Reply, RequestCtx, Step};
+use pylon_plugin::{Phases, Plugin, Reply, RequestBodyInspector, RequestCtx, Step};
 use pylon_router::RequestView;
 use regex::Regex;
 use schemars::JsonSchema;
@@ -25,6 +33,7 @@ use serde_json::{json, Value};
 
 use crate::config::{parse, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor, Metadata, MetadataSpec};
+use body::{BodyKind, BodyScanner};
 use engine::{Hits, Pattern, RuleSet, RuleSpec, Targets};
 use normalize::normalize;
 
@@ -77,6 +86,27 @@ struct WafConfig {
     /// Ids of rules that do not apply on this route (a known false positive, say).
     #[serde(default)]
     disabled_rules: Vec<u32>,
+    /// How much of a request body is inspected, in bytes (at most 16 MiB); the gateway holds
+    /// that much before sending the request on. 0: bodies are not inspected.
+    #[serde(default = "default_body_limit")]
+    #[schemars(range(max = 16777216))]
+    body_limit: usize,
+    /// What happens to a body longer than `body_limit`: `pass` (its rest goes uninspected)
+    /// or `block`.
+    #[serde(default)]
+    over_body_limit: OverLimit,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum OverLimit {
+    #[default]
+    Pass,
+    Block,
+}
+
+fn default_body_limit() -> usize {
+    64 * 1024
 }
 
 fn default_threshold() -> u32 {
@@ -202,6 +232,7 @@ fn parse_metadata(metadata: &Value) -> Result<Metadata, FieldError> {
             pattern,
             score: rule.score,
             message: Cow::Owned(rule.message.unwrap_or_default()),
+            command_line: false,
         });
     }
     Ok(Arc::new(SharedRules(Arc::new(RuleSet::compile(specs)?))))
@@ -219,6 +250,12 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
     if !(200..=599).contains(&config.rejected_code) {
         return Err(FieldError::new("rejected_code", "must be 200 to 599"));
     }
+    if config.body_limit > 16 << 20 {
+        return Err(FieldError::new(
+            "body_limit",
+            "must be at most 16777216 (16 MiB)",
+        ));
+    }
     let mut disabled = vec![false; rules.rules().len()];
     for (i, id) in config.disabled_rules.iter().enumerate() {
         let index = rules.position(*id).ok_or_else(|| {
@@ -233,32 +270,46 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
         Some(msg) => Reply::json(config.rejected_code, &json!({ "error_msg": msg })),
         None => Reply::status(config.rejected_code),
     };
-    Ok(Arc::new(Waf {
+    Ok(Arc::new(Waf(Arc::new(Settings {
         rules,
-        disabled,
+        disabled: disabled.into(),
         mode: config.mode,
         threshold: config.anomaly_threshold,
         refusal,
-    }))
+        body_limit: config.body_limit,
+        over_body_limit: config.over_body_limit,
+    }))))
 }
 
-struct Waf {
+/// One `waf` configuration, built; shared with the body inspectors of its requests.
+struct Settings {
     rules: Arc<RuleSet>,
     /// By rule index: switched off on this route.
-    disabled: Vec<bool>,
+    disabled: Arc<[bool]>,
     mode: Mode,
     threshold: u32,
     refusal: Reply,
+    body_limit: usize,
+    over_body_limit: OverLimit,
 }
 
-impl Waf {
-    /// What `request` matches, input by input; stops once the threshold is reached (in block
-    /// mode nothing more would change the answer).
-    fn inspect(&self, request: &impl RequestView) -> Hits<'_> {
-        let mut hits = Hits::new(&self.disabled);
+struct Waf(Arc<Settings>);
+
+/// What the head of a request matched, for its body's inspection to add to.
+struct HeadHits(Hits);
+
+impl Settings {
+    /// Whether `hits` decide the request in block mode: nothing more would change that.
+    fn decided(&self, hits: &Hits) -> bool {
+        self.mode == Mode::Block && hits.score >= self.threshold
+    }
+
+    /// What `request`'s head matches, input by input; stops once that decides the request.
+    fn inspect(&self, request: &impl RequestView) -> Hits {
+        let mut hits = Hits::new(self.disabled.clone());
         let mut canonical = String::new();
-        let enough = |hits: &Hits<'_>| self.mode == Mode::Block && hits.score >= self.threshold;
-        let mut scan = |input: &[u8], plus_is_space: bool, target: Targets, hits: &mut Hits<'_>| {
+        let enough = |hits: &Hits| self.decided(hits);
+        let mut scan = |input: &[u8], plus_is_space: bool, target: Targets, hits: &mut Hits| {
             normalize(input, plus_is_space, &mut canonical);
             self.rules.scan(&canonical, target, hits);
         };
@@ -290,8 +341,31 @@ impl Waf {
         hits
     }
 
-    /// The rules `hits` matched, for the log: `1001 sqli (args), 2001 xss (headers)`.
-    fn describe(&self, hits: &Hits<'_>) -> String {
+    /// The refusal for `hits` at or past the threshold (logged), or `None` to let the request
+    /// on (in log mode, logged as what would have been refused).
+    fn verdict(&self, hits: &Hits, route: &str) -> Option<Reply> {
+        if hits.score < self.threshold {
+            return None;
+        }
+        let matched = self.describe(hits);
+        match self.mode {
+            Mode::Block => {
+                tracing::warn!(route, score = hits.score, "waf: refused: {matched}");
+                Some(self.refusal.clone())
+            }
+            Mode::Log => {
+                tracing::warn!(
+                    route,
+                    score = hits.score,
+                    "waf: would refuse (mode: log): {matched}"
+                );
+                None
+            }
+        }
+    }
+
+    /// The rules `hits` matched, for the log: `1001 sqli (args): ..., 2001 xss (headers): ...`.
+    fn describe(&self, hits: &Hits) -> String {
         let rules = self.rules.rules();
         let names = |targets: Targets| {
             Targets::NAMES
@@ -322,33 +396,77 @@ impl Plugin for Waf {
     }
 
     fn phases(&self) -> Phases {
-        Phases::REWRITE
+        Phases::REWRITE | Phases::REQUEST_BODY
     }
 
     fn rewrite<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        let hits = self.inspect(&*ctx);
-        if hits.score < self.threshold {
-            return Step::Continue;
+        let hits = self.0.inspect(&*ctx);
+        if let Some(refusal) = self.0.verdict(&hits, ctx.route_id()) {
+            return Step::Reply(refusal);
         }
-        let matched = self.describe(&hits);
-        match self.mode {
-            Mode::Block => {
-                tracing::warn!(
-                    route = ctx.route_id(),
-                    score = hits.score,
-                    "waf: refused: {matched}"
-                );
-                Step::Reply(self.refusal.clone())
-            }
-            Mode::Log => {
-                tracing::warn!(
-                    route = ctx.route_id(),
-                    score = hits.score,
-                    "waf: would refuse (mode: log): {matched}"
-                );
-                Step::Continue
-            }
+        // In log mode, what the head matched is logged once: the body starts afresh.
+        if hits.score < self.0.threshold {
+            ctx.set_state(DESCRIPTOR.name, HeadHits(hits));
         }
+        Step::Continue
+    }
+
+    fn request_body(&self, ctx: &RequestCtx<'_>) -> Option<Box<dyn RequestBodyInspector>> {
+        if self.0.body_limit == 0 && self.0.over_body_limit == OverLimit::Pass {
+            return None;
+        }
+        let hits = match ctx.state::<HeadHits>(DESCRIPTOR.name) {
+            Some(HeadHits(head)) => head.clone(),
+            None => Hits::new(self.0.disabled.clone()),
+        };
+        let content_type = ctx.header("content-type");
+        Some(Box::new(BodyInspection {
+            settings: self.0.clone(),
+            scanner: BodyScanner::new(BodyKind::of(content_type.as_deref())),
+            hits,
+            route: ctx.route_id().to_owned(),
+        }))
+    }
+}
+
+/// One request body's inspection.
+struct BodyInspection {
+    settings: Arc<Settings>,
+    scanner: BodyScanner,
+    /// The head's and, so far, the body's.
+    hits: Hits,
+    route: String,
+}
+
+impl RequestBodyInspector for BodyInspection {
+    fn limit(&self) -> usize {
+        self.settings.body_limit
+    }
+
+    fn inspect(&mut self, piece: &[u8]) -> Option<Reply> {
+        let settings = &self.settings;
+        self.scanner.feed(piece, &settings.rules, &mut self.hits);
+        if settings.decided(&self.hits) {
+            return settings.verdict(&self.hits, &self.route);
+        }
+        None
+    }
+
+    fn finish(&mut self, whole: bool) -> Option<Reply> {
+        let settings = &self.settings;
+        self.scanner.finish(&settings.rules, &mut self.hits);
+        if let Some(refusal) = settings.verdict(&self.hits, &self.route) {
+            return Some(refusal);
+        }
+        if !whole && settings.over_body_limit == OverLimit::Block {
+            tracing::warn!(
+                route = self.route,
+                limit = settings.body_limit,
+                "waf: refused: a body longer than body_limit"
+            );
+            return Some(settings.refusal.clone());
+        }
+        None
     }
 }
 
@@ -514,8 +632,10 @@ mod tests {
                 "rules[0].targets[0]: must be one of path, arg_names, args, headers, cookies, body",
             ),
         ] {
-            let refused = (spec.parse)(&metadata).err().expect("refused").to_string();
-            assert_eq!(refused, expected);
+            let Err(refused) = (spec.parse)(&metadata) else {
+                panic!("{metadata} was accepted");
+            };
+            assert_eq!(refused.to_string(), expected);
         }
         let bad_regex = (spec.parse)(&json!({"rules": [{"id": 1, "regex": "("}]}));
         assert!(bad_regex

@@ -5,7 +5,8 @@
 //! The steps, in order: URL decoding (repeated while it changes something, up to three times:
 //! double encoding), HTML entity decoding, NUL bytes dropped, ASCII lowercase, comments
 //! (`/* */`) replaced by a space (MySQL's executable `/*! */` keeps its content), and runs of
-//! whitespace made one space.
+//! whitespace made one space (one line break, when the run has one: a shell reads it as the
+//! end of a command).
 
 /// How many times an input is URL-decoded at most: a payload encoded twice is seen, and an
 /// input cannot make the decoding loop long.
@@ -26,9 +27,9 @@ pub(crate) fn normalize(input: &[u8], plus_is_space: bool, out: &mut String) {
         }
         decoded = again;
     }
-    let decoded = html_decode(&decoded);
+    let decoded = html_decode(&overlong_ascii(decoded));
     let text = String::from_utf8_lossy(&decoded);
-    let mut pending_space = false;
+    let mut pending: Option<char> = None;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         let c = match c {
@@ -54,12 +55,14 @@ pub(crate) fn normalize(input: &[u8], plus_is_space: bool, out: &mut String) {
             c => c.to_ascii_lowercase(),
         };
         if c.is_whitespace() {
-            pending_space = !out.is_empty();
+            // A line break leads the value too: it ends whatever the value is put after.
+            if (!out.is_empty() || c == '\n') && pending != Some('\n') {
+                pending = Some(if c == '\n' { '\n' } else { ' ' });
+            }
             continue;
         }
-        if pending_space {
-            out.push(' ');
-            pending_space = false;
+        if let Some(space) = pending.take() {
+            out.push(space);
         }
         out.push(c);
     }
@@ -73,6 +76,30 @@ fn skip_comment(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
             return;
         }
     }
+}
+
+/// ASCII written as an overlong two-byte UTF-8 sequence (`%c0%af` for `/`), which some
+/// servers decode as the character: as that character.
+fn overlong_ascii(mut bytes: Vec<u8>) -> Vec<u8> {
+    if !bytes.iter().any(|&b| b == 0xc0 || b == 0xc1) {
+        return bytes;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1)) {
+            (lead @ (0xc0 | 0xc1), Some(&next)) if next & 0xc0 == 0x80 => {
+                out.push((lead & 0x1f) << 6 | (next & 0x3f));
+                i += 2;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    bytes.clear();
+    out
 }
 
 /// `%XX` decoded (a `%` without two hex digits stays), `%uXXXX` (IIS's) too, `+` as a space
@@ -211,15 +238,21 @@ mod tests {
             "%27%20OR%201=1",
             "' Or/**/1=1",
             "%2527%2520or%25201%253D1",
-            "'\t\tOR\n1=1",
+            "'\t\tOR  1=1",
             "'+OR+1=1",
             "&#39; or 1=1",
             "&#x27;/*a comment*/OR 1=1",
             "%u0027 or 1=1",
             "'\0 or 1=1",
+            "%c0%a7 or 1=1",
         ] {
             assert_eq!(canonical(input), "' or 1=1", "{input:?}");
         }
+    }
+
+    #[test]
+    fn a_run_of_whitespace_with_a_line_break_is_one_line_break() {
+        assert_eq!(canonical("a \r\n\t b%0d%0Ac  d"), "a\nb\nc d");
     }
 
     #[test]

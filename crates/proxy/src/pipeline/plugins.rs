@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pylon_plugin::{
-    BodyFilters, Chain, Consumer, LogCtx, Phase, Reply, RequestCtx, RequestPhase, ResponseCtx,
-    ResponseEdits, ResponseHeaders,
+    BodyFilters, Chain, Consumer, LogCtx, Phase, Reply, RequestBodyInspectors, RequestCtx,
+    RequestPhase, ResponseCtx, ResponseEdits, ResponseHeaders,
 };
 
 use crate::error::GatewayError;
@@ -126,6 +126,21 @@ impl<'s> Plugins<'s> {
         let mut reply = edited_reply(reply, &edits);
         reply.body = body.run_whole(reply.body);
         reply
+    }
+
+    /// The inspectors of the request's body, when a plugin looks at it (empty for most
+    /// requests: then nothing of the body is held).
+    pub fn request_body(&self, ctx: &RequestCtx<'_>) -> RequestBodyInspectors {
+        let mut inspectors = RequestBodyInspectors::default();
+        if self.uses(Phase::RequestBody, ctx) {
+            let consumer = ctx.consumer().cloned();
+            let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
+            self.global
+                .request_body_inspectors(ctx, None, &mut inspectors);
+            self.route
+                .request_body_inspectors(ctx, consumer_plugins, &mut inspectors);
+        }
+        inspectors
     }
 
     /// Whether the response goes through plugins at all: without, a codec passes the

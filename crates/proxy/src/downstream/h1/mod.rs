@@ -9,11 +9,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use pylon_plugin::Reply;
+use pylon_plugin::{Reply, RequestBodyInspectors};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::GatewayError;
-use crate::http1::{request_framing, BodyFraming, HeadError, RequestHead, ResponseHead};
+use crate::http1::{
+    request_framing, BodyFraming, ChunkedScanner, HeadError, RequestHead, ResponseHead,
+};
 use crate::outcome::{End, Outcome};
 use crate::pipeline::{self, Exchange};
 use crate::relay::{read_more, RelayError};
@@ -270,8 +272,87 @@ impl pipeline::Downstream for Http1<'_> {
     }
 
     async fn forward(&mut self, vars: &RequestVars<'_>, exchange: Exchange<'_>) -> Outcome {
+        let work = exchange.work;
+        let mut inspectors = work.plugins.request_body(work.ctx);
+        if !inspectors.is_empty() {
+            match self.hold_body(vars.head, &mut inspectors).await {
+                Ok(None) => {}
+                Ok(Some(refusal)) => {
+                    let reply = work.plugins.reply(work.ctx, refusal);
+                    return self.reply(vars, &reply, End::Complete).await;
+                }
+                Err(error) => return exchange.give_up(self, vars, error).await,
+            }
+        }
         self.body_intact = false;
         forward::proxy(self, vars, exchange).await
+    }
+}
+
+impl Http1<'_> {
+    /// Reads the start of the body into the read buffer, up to what `inspectors` look at, and
+    /// shows it to them; `Some(refusal)` when one refuses the request. The held bytes stay in
+    /// the buffer, where forwarding takes them from as from any body that arrived early.
+    async fn hold_body(
+        &mut self,
+        head: &RequestHead,
+        inspectors: &mut RequestBodyInspectors,
+    ) -> Result<Option<Reply>, GatewayError> {
+        let limit = inspectors.limit();
+        let timeout = self.worker.limits.body_timeout;
+        let io = &mut *self.io;
+        let arrived = |read: Result<usize, RelayError>| match read {
+            Ok(0) => Err(GatewayError::BadRequest),
+            Ok(_) => Ok(()),
+            Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(GatewayError::RequestTimeout)
+            }
+            Err(_) => Err(GatewayError::BadRequest),
+        };
+        // A client that waits for a go-ahead sends nothing before it: it gets it now. (The
+        // exchange may give another for the rest of a longer body: clients take several.)
+        let waits = head
+            .header("expect")
+            .is_some_and(|v| crate::http1::has_token(v, "100-continue"));
+        let wanted = match self.framing {
+            BodyFraming::Length(n) => usize::try_from(n).unwrap_or(usize::MAX).min(limit),
+            BodyFraming::Chunked => limit,
+            BodyFraming::None | BodyFraming::UntilClose => return Ok(None),
+        };
+        if waits && head.minor_version() == 1 && io.buf.len() < wanted {
+            const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+            let sent =
+                crate::relay::write_all(&mut io.stream, CONTINUE, self.worker.limits.send_timeout);
+            sent.await.map_err(|_| GatewayError::BadRequest)?;
+        }
+        match self.framing {
+            BodyFraming::Length(n) => {
+                while io.buf.len() < wanted {
+                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
+                }
+                let held = &io.buf[..wanted];
+                Ok(inspectors
+                    .inspect(0, held)
+                    .or_else(|| inspectors.finish(n <= limit as u64)))
+            }
+            _ => {
+                let mut scanner = ChunkedScanner::default();
+                let (mut decoded, mut scanned) = (Vec::new(), 0);
+                loop {
+                    let used = scanner
+                        .scan(&io.buf[scanned..], |data| decoded.extend_from_slice(data))
+                        .map_err(|_| GatewayError::BadRequest)?;
+                    scanned += used;
+                    if scanner.is_done() || decoded.len() >= limit {
+                        break;
+                    }
+                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
+                }
+                Ok(inspectors
+                    .inspect(0, &decoded)
+                    .or_else(|| inspectors.finish(scanner.is_done())))
+            }
+        }
     }
 }
 fn host_count(head: &RequestHead) -> usize {

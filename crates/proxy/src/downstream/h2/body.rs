@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
-use pylon_plugin::BodyFilters;
+use pylon_plugin::{BodyFilters, Reply, RequestBodyInspectors};
 
 /// Why a stream stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +299,38 @@ impl RequestBody {
             }
         }
         Ok(())
+    }
+
+    /// Reads on until `limit` bytes of the body are held, or all of it, whatever it
+    /// declared (each read at most `timeout`): what body inspectors look at.
+    pub async fn hold(&mut self, limit: usize, timeout: Duration) -> Result<(), Halt> {
+        while !self.complete && self.early_len < limit {
+            match next_data(&mut self.recv, timeout).await? {
+                // Held bytes are bounded by the limit: their window goes back at once.
+                Some(data) => {
+                    release(&mut self.recv, data.len());
+                    self.push(data);
+                }
+                None => {
+                    self.trailers = trailers(&mut self.recv, timeout).await?;
+                    self.complete = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Shows the held body to `inspectors`, piece by piece as it came; `Some(refusal)` when
+    /// one refuses the request.
+    pub fn inspect_held(&self, inspectors: &mut RequestBodyInspectors) -> Option<Reply> {
+        let mut offset = 0;
+        for piece in &self.early {
+            if let Some(refusal) = inspectors.inspect(offset, piece) {
+                return Some(refusal);
+            }
+            offset += piece.len();
+        }
+        inspectors.finish(self.complete)
     }
 
     fn take_arrived(&mut self) -> Result<(), Halt> {

@@ -153,6 +153,26 @@ impl pipeline::Downstream for Http2 {
                 return Delivered::CLIENT_GONE.into();
             }
         }
+        let mut inspectors = plugins.request_body(ctx);
+        if !inspectors.is_empty() {
+            let limit = inspectors.limit();
+            match self.body.hold(limit, worker.limits.body_timeout).await {
+                Ok(()) => {}
+                Err(Halt::TimedOut) => {
+                    return exchange
+                        .give_up(self, vars, GatewayError::RequestTimeout)
+                        .await
+                }
+                Err(halt) => {
+                    self.client.halted(halt);
+                    return Delivered::CLIENT_GONE.into();
+                }
+            }
+            if let Some(refusal) = self.body.inspect_held(&mut inspectors) {
+                let reply = plugins.reply(ctx, refusal);
+                return self.reply(vars, &reply, End::Complete).await;
+            }
+        }
         // Balancing sees the request as plugins left it (a consumer to hash on, say).
         let mut attempts = Attempts::new(view, upstream, ctx, parts.method.as_str());
         let shared = Exchange {
