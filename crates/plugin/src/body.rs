@@ -95,11 +95,13 @@ impl RequestBodyInspectors {
         })
     }
 
-    /// The end of what is held: `whole` when it is the whole body.
-    pub fn finish(&mut self, whole: bool) -> Option<Reply> {
-        self.0
-            .iter_mut()
-            .find_map(|inspector| inspector.finish(whole))
+    /// The end of what is held: `held` bytes, which are the whole body when it `ended`
+    /// there. An inspector saw the whole body if it ended within its limit.
+    pub fn finish(&mut self, held: usize, ended: bool) -> Option<Reply> {
+        self.0.iter_mut().find_map(|inspector| {
+            let whole = ended && held <= inspector.limit();
+            inspector.finish(whole)
+        })
     }
 }
 

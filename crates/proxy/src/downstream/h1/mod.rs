@@ -331,9 +331,10 @@ impl Http1<'_> {
                     arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
                 }
                 let held = &io.buf[..wanted];
+                let ended = n == wanted as u64;
                 Ok(inspectors
                     .inspect(0, held)
-                    .or_else(|| inspectors.finish(n <= limit as u64)))
+                    .or_else(|| inspectors.finish(wanted, ended)))
             }
             _ => {
                 let mut scanner = ChunkedScanner::default();
@@ -350,7 +351,7 @@ impl Http1<'_> {
                 }
                 Ok(inspectors
                     .inspect(0, &decoded)
-                    .or_else(|| inspectors.finish(scanner.is_done())))
+                    .or_else(|| inspectors.finish(decoded.len(), scanner.is_done())))
             }
         }
     }

@@ -330,7 +330,7 @@ impl RequestBody {
             }
             offset += piece.len();
         }
-        inspectors.finish(self.complete)
+        inspectors.finish(self.early_len, self.complete)
     }
 
     fn take_arrived(&mut self) -> Result<(), Halt> {
