@@ -5,6 +5,7 @@ standalone configuration (JSON is YAML: a PEM key's newlines need no indentation
   bare   no plugins
   chain  key-auth + proxy-rewrite (a header from $consumer_name) + request-id + cors
   jwt    jwt-auth RS256, when the consumer's public key (a PEM file) is given
+  waf    waf with its shipped rules (query, headers, cookies and up to 64 KB of body)
 
 usage: plugin-routes.py [PUBLIC_KEY_PEM] > routes.yaml
 """
@@ -20,6 +21,7 @@ routes = [
         "request-id": {},
         "cors": {},
     }},
+    {"id": "waf", "uri": "/waf", "upstream": upstream, "plugins": {"waf": {}}},
 ]
 consumer_plugins = {"key-auth": {"key": "bench-key"}}
 if len(sys.argv) > 1:

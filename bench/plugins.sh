@@ -4,8 +4,12 @@
 #   bare    no plugins
 #   chain   key-auth + proxy-rewrite (a templated header) + request-id + cors
 #   jwt     jwt-auth with RS256, the same token on every request (verified once, then cached)
-# Each run prints its ratios to nginx; the chain's and jwt's CPU per request over the bare
-# route's is the figure BENCHMARKS.md quotes.
+#   waf     waf with its shipped rules, on a GET with a browser's headers
+# Each run prints its ratios to nginx; the chain's, jwt's and waf's CPU per request over the
+# bare route's is the figure BENCHMARKS.md quotes.
+# Then a 16 KB form POST (bench/form-post.lua) to the bare and the waf routes of one Pylon
+# (one worker on CPU 1; wrk and an nginx upstream on CPU 0), ROUNDS times each, alternating:
+# Pylon's CPU per request on each, and the waf's over the bare route's.
 # needs: nginx, wrk (apt-get install nginx-light wrk), python3, openssl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,12 +37,41 @@ run() { # name path header
 run bare /bare ""
 run chain /chain "apikey: bench-key"
 run jwt /jwt "Authorization: Bearer $token"
+run waf /waf ""
 
 ratio() { sed -n 's/.*ratio subject\/nginx: .*cpu_per_req=\([0-9.]*\).*/\1/p' "$tmp/$1.out"; }
-python3 - "$(ratio bare)" "$(ratio chain)" "$(ratio jwt)" <<'PY'
-import sys
-bare, chain, jwt = map(float, sys.argv[1:])
+
+# The 16 KB form POST.
+echo "== 16 KB form POST, bare and waf"
+sed "s#PREFIX#$tmp#g" bench/protocols-upstream-nginx.conf > "$tmp/upstream.conf"
+taskset -c 0 nginx -c "$tmp/upstream.conf" -p "$tmp" & upstream=$!
+taskset -c 1 ./target/release/pylon run -c "$tmp/node.yaml" > "$tmp/pylon.out" 2>&1 & pylon=$!
+trap 'kill $upstream $pylon 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:9080/bare && break; sleep 0.1; done
+ticks() { local s=0 t l; for t in /proc/$1/task/*/stat; do l=$(cat "$t"); l=${l##*) }; read -ra a <<< "$l"; s=$((s + a[11] + a[12])); done; echo $s; }
+post() { # path: Pylon's CPU microseconds per request
+  local c0 c1 out
+  c0=$(ticks "$pylon")
+  out=$(taskset -c 0 wrk -t1 -c"${CONNS:-50}" -d"${DURATION:-8}s" -s bench/form-post.lua "http://127.0.0.1:9080$1")
+  c1=$(ticks "$pylon")
+  python3 -c "import re, sys; out = sys.argv[1]; n = int(re.search(r'(\d+) requests in', out).group(1)); bad = re.search(r'Non-2xx or 3xx responses: (\d+)', out); assert not bad, out; print(f'{($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / n:.2f}')" "$out"
+}
+: > "$tmp/post"
+for r in $(seq "${ROUNDS:-3}"); do
+  b=$(post /bare) w=$(post /waf)
+  echo "round $r: cpu_us/req bare $b, waf $w" | tee -a "$tmp/post"
+done
+
+python3 - "$(ratio bare)" "$(ratio chain)" "$(ratio jwt)" "$(ratio waf)" "$tmp/post" <<'PY'
+import re, statistics, sys
+bare, chain, jwt, waf = map(float, sys.argv[1:5])
+rounds = [tuple(map(float, re.findall(r"bare ([\d.]+), waf ([\d.]+)", l)[0])) for l in open(sys.argv[5])]
+post_bare = statistics.median(b for b, _ in rounds)
+post_waf = statistics.median(w for _, w in rounds)
 print(f"\ncpu per request over the bare route's (each against nginx in its own run):")
 print(f"  chain (key-auth + proxy-rewrite + request-id + cors): {chain / bare:.3f}")
 print(f"  jwt-auth RS256, repeated token:                      {jwt / bare:.3f}")
+print(f"  waf, shipped rules, GET:                             {waf / bare:.3f}")
+print(f"16 KB form POST, medians: bare {post_bare:.2f} us/req, waf {post_waf:.2f} us/req,"
+      f" waf / bare {post_waf / post_bare:.3f}")
 PY

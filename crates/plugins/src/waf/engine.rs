@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use pylon_model::FieldError;
-use regex::{RegexSet, RegexSetBuilder};
+use regex::bytes::{RegexSet, RegexSetBuilder};
 
 /// Where in a request a rule looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,10 @@ struct Regexes {
 
 impl Regexes {
     fn compile(regexes: &[(&str, usize)]) -> Result<Self, FieldError> {
+        // ASCII classes (`\b`, `\w`, `\s`): the inputs are lowercase text, and a Unicode
+        // word boundary would keep the fast automaton from any input that is not ASCII.
         let set = RegexSetBuilder::new(regexes.iter().map(|(text, _)| text))
+            .unicode(false)
             .size_limit(64 << 20)
             .dfa_size_limit(16 << 20)
             .build()
@@ -107,7 +110,7 @@ impl Regexes {
         if self.rules.is_empty() {
             return;
         }
-        for found in self.set.matches(input).iter() {
+        for found in self.set.matches(input.as_bytes()).iter() {
             hits.add(self.rules[found], target, rules);
         }
     }

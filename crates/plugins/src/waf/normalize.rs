@@ -8,82 +8,99 @@
 //! whitespace made one space (one line break, when the run has one: a shell reads it as the
 //! end of a command).
 
+use std::borrow::Cow;
+
 /// How many times an input is URL-decoded at most: a payload encoded twice is seen, and an
 /// input cannot make the decoding loop long.
 const URL_DECODE_ROUNDS: usize = 3;
 
 /// Writes the canonical form of `input` into `out` (cleared first). `plus_is_space`: the input
 /// is from a query string or a form body, where `+` is a space.
+///
+/// The work is on bytes: every step changes ASCII only, and no byte of a multi-byte UTF-8
+/// character is ASCII. A step with nothing to do (no `%`, no `&`) copies nothing.
 pub(crate) fn normalize(input: &[u8], plus_is_space: bool, out: &mut String) {
-    out.clear();
-    let mut decoded = url_decode(input, plus_is_space);
-    for _ in 1..URL_DECODE_ROUNDS {
-        if !decoded.contains(&b'%') {
+    let mut decoded = Cow::Borrowed(input);
+    for round in 0..URL_DECODE_ROUNDS {
+        let plus = plus_is_space && round == 0 && decoded.contains(&b'+');
+        if !plus && !decoded.contains(&b'%') {
             break;
         }
-        let again = url_decode(&decoded, false);
-        if again == decoded {
+        let again = url_decode(&decoded, plus_is_space && round == 0);
+        if again == *decoded {
             break;
         }
-        decoded = again;
+        decoded = Cow::Owned(again);
     }
-    let decoded = html_decode(&overlong_ascii(decoded));
-    let text = String::from_utf8_lossy(&decoded);
-    let mut pending: Option<char> = None;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        let c = match c {
-            '\0' => continue,
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                if chars.peek() == Some(&'!') {
+    if decoded.iter().any(|&b| b == 0xc0 || b == 0xc1) {
+        decoded = Cow::Owned(overlong_ascii(&decoded));
+    }
+    if decoded.contains(&b'&') {
+        decoded = Cow::Owned(html_decode(&decoded));
+    }
+    let mut bytes = std::mem::take(out).into_bytes();
+    bytes.clear();
+    let mut pending: Option<u8> = None;
+    let mut i = 0;
+    while i < decoded.len() {
+        let b = match (decoded[i], decoded.get(i + 1)) {
+            (0, _) => {
+                i += 1;
+                continue;
+            }
+            (b'/', Some(b'*')) => {
+                i += 2;
+                if decoded.get(i) == Some(&b'!') {
                     // MySQL runs what is inside `/*! ... */` (after an optional version): keep
                     // it, drop the markers.
-                    chars.next();
-                    while chars.peek().is_some_and(char::is_ascii_digit) {
-                        chars.next();
+                    i += 1;
+                    while decoded.get(i).is_some_and(u8::is_ascii_digit) {
+                        i += 1;
                     }
                 } else {
-                    skip_comment(&mut chars);
+                    i = comment_end(&decoded, i);
                 }
-                ' '
+                b' '
             }
-            '*' if chars.peek() == Some(&'/') => {
-                chars.next();
-                ' '
+            (b'*', Some(b'/')) => {
+                i += 2;
+                b' '
             }
-            c => c.to_ascii_lowercase(),
+            (b, _) => {
+                i += 1;
+                b.to_ascii_lowercase()
+            }
         };
-        if c.is_whitespace() {
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
             // A line break leads the value too: it ends whatever the value is put after.
-            if (!out.is_empty() || c == '\n') && pending != Some('\n') {
-                pending = Some(if c == '\n' { '\n' } else { ' ' });
+            if (!bytes.is_empty() || b == b'\n') && pending != Some(b'\n') {
+                pending = Some(if b == b'\n' { b'\n' } else { b' ' });
             }
             continue;
         }
         if let Some(space) = pending.take() {
-            out.push(space);
+            bytes.push(space);
         }
-        out.push(c);
+        bytes.push(b);
     }
+    *out = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
 }
 
-/// Past the end of a `/* */` comment, or to the end of the input when it is not closed.
-fn skip_comment(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
-    while let Some(c) = chars.next() {
-        if c == '*' && chars.peek() == Some(&'/') {
-            chars.next();
-            return;
-        }
-    }
+/// Where the `/* */` comment that starts before `from` ends (past its `*/`), or the input's
+/// end when it is not closed.
+fn comment_end(bytes: &[u8], from: usize) -> usize {
+    bytes[from..]
+        .windows(2)
+        .position(|w| w == b"*/")
+        .map_or(bytes.len(), |at| from + at + 2)
 }
 
 /// ASCII written as an overlong two-byte UTF-8 sequence (`%c0%af` for `/`), which some
 /// servers decode as the character: as that character.
-fn overlong_ascii(mut bytes: Vec<u8>) -> Vec<u8> {
-    if !bytes.iter().any(|&b| b == 0xc0 || b == 0xc1) {
-        return bytes;
-    }
+fn overlong_ascii(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -98,7 +115,6 @@ fn overlong_ascii(mut bytes: Vec<u8>) -> Vec<u8> {
             }
         }
     }
-    bytes.clear();
     out
 }
 
@@ -151,9 +167,6 @@ fn hex_code(digits: &[u8]) -> Option<char> {
 /// HTML character references: decimal and hex (the `;` optional, as browsers take them), and
 /// the named ones that spell markup or script.
 fn html_decode(input: &[u8]) -> Vec<u8> {
-    if !input.contains(&b'&') {
-        return input.to_vec();
-    }
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
