@@ -11,6 +11,12 @@ pub trait BodyFilter: Send {
     /// it to hold it back, or add to it what it held. The last call has `end` set and often
     /// an empty piece: whatever the filter still holds must go out then.
     fn filter(&mut self, piece: &mut Vec<u8>, end: bool);
+
+    /// Whether it applies a content coding (gzip, brotli): such filters come after every
+    /// other, which see the body as it was written.
+    fn encodes(&self) -> bool {
+        false
+    }
 }
 
 /// The filters of one response, in the order the plugins run: each sees what the one
@@ -24,8 +30,17 @@ impl BodyFilters {
         self.0.is_empty()
     }
 
+    /// Adds a filter after the others, and before any that encodes.
     pub fn push(&mut self, filter: Box<dyn BodyFilter>) {
-        self.0.push(filter);
+        let at = if filter.encodes() {
+            self.0.len()
+        } else {
+            self.0
+                .iter()
+                .position(|f| f.encodes())
+                .unwrap_or(self.0.len())
+        };
+        self.0.insert(at, filter);
     }
 
     /// Runs a piece of the body through every filter.

@@ -2,14 +2,16 @@
 
 use crate::descriptor::Descriptor;
 use crate::{
-    basic_auth, client_control, consumer_restriction, cors, fault_injection, forward_auth,
-    hmac_auth, ip_restriction, jwt_auth, key_auth, mocking, proxy_rewrite, real_ip, redirect,
-    request_id, request_validation, response_rewrite, traffic_split, uri_blocker, waf,
+    basic_auth, client_control, compression, consumer_restriction, cors, fault_injection,
+    forward_auth, hmac_auth, ip_restriction, jwt_auth, key_auth, mocking, proxy_rewrite, real_ip,
+    redirect, request_id, request_validation, response_rewrite, traffic_split, uri_blocker, waf,
 };
 
 /// Every plugin, by name.
 pub static CATALOG: &[Descriptor] = &[
     basic_auth::DESCRIPTOR,
+    compression::BROTLI,
+    compression::GZIP,
     client_control::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
     cors::DESCRIPTOR,

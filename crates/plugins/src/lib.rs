@@ -13,6 +13,7 @@ mod basic_auth;
 mod catalog;
 mod client_control;
 mod compile;
+mod compression;
 mod config;
 mod consumer_restriction;
 mod cors;
