@@ -293,13 +293,17 @@ fn build_brotli(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, 
         config.http_version,
         config.vary,
     )?;
-    let mut params = BrotliEncoderParams::default();
-    params.quality = config.comp_level as i32;
-    params.mode = mode;
-    if config.lgwin != 0 {
-        params.lgwin = config.lgwin as i32;
-    }
-    params.lgblock = config.lgblock as i32;
+    let defaults = BrotliEncoderParams::default();
+    let params = BrotliEncoderParams {
+        quality: config.comp_level as i32,
+        mode,
+        lgwin: match config.lgwin {
+            0 => defaults.lgwin,
+            lgwin => lgwin as i32,
+        },
+        lgblock: config.lgblock as i32,
+        ..defaults
+    };
     Ok(Arc::new(Compress {
         settings,
         coding: Coding::Brotli(Arc::new(params)),
