@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by callgrind: a figure that does not move with the noise
 # of a shared machine, for comparing two builds or a route with and without plugins. One
-# Pylon worker serves the bare and the chain routes of bench/plugin-routes.py (key-auth +
-# proxy-rewrite + request-id + cors); one keep-alive client sends 500, then 2,500 requests
+# Pylon worker serves the bare, the chain and the waf routes of bench/plugin-routes.py (key-auth +
+# proxy-rewrite + request-id + cors; waf with its shipped rules); one keep-alive client sends 500, then 2,500 requests
 # to each, and the difference of the two counts over 2,000 is the figure (start-up cancels
 # out).
 # Counts user-space instructions only: the kernel's share of a request (most of its CPU
@@ -56,7 +56,7 @@ PY
 
 printf '%-40s %-6s %s\n' binary route instructions/request
 for binary in "$@"; do
-    for route in bare chain; do
+    for route in bare chain waf; do
         header="apikey: bench-key"
         few=$(count "$binary" "/$route" "$header" 500)
         many=$(count "$binary" "/$route" "$header" 2500)

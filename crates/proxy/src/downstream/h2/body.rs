@@ -277,14 +277,17 @@ impl RequestBody {
     /// `timeout`); of any other, takes what has already arrived without waiting.
     pub async fn prefetch(&mut self, declared: Option<u64>, timeout: Duration) -> Result<(), Halt> {
         if declared.is_some_and(|n| n <= PREFETCH_LIMIT as u64) {
-            self.read_whole(timeout).await
+            // Whole: to its end, which the declared length bounds.
+            self.hold(usize::MAX, timeout).await
         } else {
             self.take_arrived()
         }
     }
 
-    async fn read_whole(&mut self, timeout: Duration) -> Result<(), Halt> {
-        while !self.complete {
+    /// Reads on until `limit` bytes of the body are held, or all of it (each read at most
+    /// `timeout`).
+    pub async fn hold(&mut self, limit: usize, timeout: Duration) -> Result<(), Halt> {
+        while !self.complete && self.early_len < limit {
             match next_data(&mut self.recv, timeout).await? {
                 // The window goes back at once: what is held is bounded by the limit, and a
                 // window smaller than the body must not stall it.
@@ -301,28 +304,12 @@ impl RequestBody {
         Ok(())
     }
 
-    /// Reads on until `limit` bytes of the body are held, or all of it, whatever it
-    /// declared (each read at most `timeout`): what body inspectors look at.
-    pub async fn hold(&mut self, limit: usize, timeout: Duration) -> Result<(), Halt> {
-        while !self.complete && self.early_len < limit {
-            match next_data(&mut self.recv, timeout).await? {
-                // Held bytes are bounded by the limit: their window goes back at once.
-                Some(data) => {
-                    release(&mut self.recv, data.len());
-                    self.push(data);
-                }
-                None => {
-                    self.trailers = trailers(&mut self.recv, timeout).await?;
-                    self.complete = true;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Shows the held body to `inspectors`, piece by piece as it came; `Some(refusal)` when
     /// one refuses the request.
     pub fn inspect_held(&self, inspectors: &mut RequestBodyInspectors) -> Option<Reply> {
+        if inspectors.is_empty() {
+            return None;
+        }
         let mut offset = 0;
         for piece in &self.early {
             if let Some(refusal) = inspectors.inspect(offset, piece) {

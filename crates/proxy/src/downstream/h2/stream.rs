@@ -137,11 +137,14 @@ impl pipeline::Downstream for Http2 {
             timeouts,
             work: PluginWork { plugins, ctx },
         } = exchange;
-        match self
-            .body
-            .prefetch(declared, worker.limits.body_timeout)
-            .await
-        {
+        // What plugins inspect of the body is held on top of what is prefetched.
+        let mut inspectors = plugins.request_body(ctx);
+        let timeout = worker.limits.body_timeout;
+        let held = match self.body.prefetch(declared, timeout).await {
+            Ok(()) if !inspectors.is_empty() => self.body.hold(inspectors.limit(), timeout).await,
+            prefetched => prefetched,
+        };
+        match held {
             Ok(()) => {}
             Err(Halt::TimedOut) => {
                 return exchange
@@ -153,25 +156,9 @@ impl pipeline::Downstream for Http2 {
                 return Delivered::CLIENT_GONE.into();
             }
         }
-        let mut inspectors = plugins.request_body(ctx);
-        if !inspectors.is_empty() {
-            let limit = inspectors.limit();
-            match self.body.hold(limit, worker.limits.body_timeout).await {
-                Ok(()) => {}
-                Err(Halt::TimedOut) => {
-                    return exchange
-                        .give_up(self, vars, GatewayError::RequestTimeout)
-                        .await
-                }
-                Err(halt) => {
-                    self.client.halted(halt);
-                    return Delivered::CLIENT_GONE.into();
-                }
-            }
-            if let Some(refusal) = self.body.inspect_held(&mut inspectors) {
-                let reply = plugins.reply(ctx, refusal);
-                return self.reply(vars, &reply, End::Complete).await;
-            }
+        if let Some(refusal) = self.body.inspect_held(&mut inspectors) {
+            let reply = plugins.reply(ctx, refusal);
+            return self.reply(vars, &reply, End::Complete).await;
         }
         // Balancing sees the request as plugins left it (a consumer to hash on, say).
         let mut attempts = Attempts::new(view, upstream, ctx, parts.method.as_str());
