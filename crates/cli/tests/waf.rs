@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use support::client::{settle, Conn, Response};
+use support::client::{get, settle, Conn, Response};
 use support::http2::{connect, read_reply, request, send_body};
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::upstream::Upstream;
@@ -106,6 +106,13 @@ async fn attacks_in_the_query_headers_and_cookies_are_refused_and_others_pass() 
         assert_eq!(res.status, 200, "{protocol:?}");
         assert_eq!(up.last().target, target);
     }
+    // Each refusal is counted: four per protocol.
+    let status = get(pylon.control.unwrap(), "localhost", "/v1/status").json();
+    assert_eq!(
+        status["waf"],
+        json!({"refused": 8, "would_refuse": 0}),
+        "{status}"
+    );
 }
 
 #[tokio::test]
@@ -209,6 +216,12 @@ async fn log_mode_lets_attacks_through_and_says_so() {
         assert_eq!(res.status, 200, "{protocol:?}");
     }
     pylon.wait_for_log("waf: would refuse (mode: log): 1003 sqli (args)");
+    let status = get(pylon.control.unwrap(), "localhost", "/v1/status").json();
+    assert_eq!(
+        status["waf"],
+        json!({"refused": 0, "would_refuse": 2}),
+        "{status}"
+    );
 }
 
 #[tokio::test]

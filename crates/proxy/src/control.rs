@@ -72,6 +72,7 @@ impl NodeStatus {
     fn report(&self) -> serde_json::Value {
         let store = self.store.borrow();
         let calls = pylon_plugin::call_failures();
+        let waf = pylon_plugins::waf_verdicts();
         serde_json::json!({
             "id": self.id,
             "role": self.role,
@@ -83,6 +84,7 @@ impl NodeStatus {
                 "connected": store.live,
             },
             "plugin_call_failures": {"let_through": calls.opened, "refused": calls.closed},
+            "waf": {"refused": waf.refused, "would_refuse": waf.would_refuse},
         })
     }
 }

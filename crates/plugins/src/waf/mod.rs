@@ -21,6 +21,7 @@ mod normalize;
 mod rules;
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use pylon_model::FieldError;
@@ -49,6 +50,27 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
         parse: parse_metadata,
     }),
 };
+
+/// Requests refused, and those `mode: log` let through that would have been, since the
+/// process started: one process-wide count each (a relaxed add per verdict, none per request
+/// that passes), reported by the node's status.
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+static WOULD_REFUSE: AtomicU64 = AtomicU64::new(0);
+
+/// What the `waf` plugins decided since the process started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WafVerdicts {
+    pub refused: u64,
+    /// Let through in log mode.
+    pub would_refuse: u64,
+}
+
+pub fn waf_verdicts() -> WafVerdicts {
+    WafVerdicts {
+        refused: REFUSED.load(Ordering::Relaxed),
+        would_refuse: WOULD_REFUSE.load(Ordering::Relaxed),
+    }
+}
 
 /// The shipped rules, compiled once per process.
 static DEFAULT_SET: LazyLock<Arc<RuleSet>> = LazyLock::new(|| {
@@ -350,10 +372,12 @@ impl Settings {
         let matched = self.describe(hits);
         match self.mode {
             Mode::Block => {
+                REFUSED.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(route, score = hits.score, "waf: refused: {matched}");
                 Some(self.refusal.clone())
             }
             Mode::Log => {
+                WOULD_REFUSE.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     route,
                     score = hits.score,
@@ -459,6 +483,7 @@ impl RequestBodyInspector for BodyInspection {
             return Some(refusal);
         }
         if !whole && settings.over_body_limit == OverLimit::Block {
+            REFUSED.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 route = self.route,
                 limit = settings.body_limit,
