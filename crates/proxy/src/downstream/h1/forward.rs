@@ -221,7 +221,6 @@ async fn attempt(
     // sees the expectation (see `write_request_head`), so it would never answer it itself.
     let mut continue_sent = 0;
     if streamed_body && !client_http10 && expects_continue(request.head) {
-        const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
         if write_all(&mut io.stream, CONTINUE, worker.limits.send_timeout)
             .await
             .is_err()
@@ -403,8 +402,11 @@ fn websocket_upgrade(head: &RequestHead) -> Option<&[u8]> {
     asked.then_some(protocol)
 }
 
+/// The go-ahead a client that expects one gets before it sends its body.
+pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// Whether the request carries `Expect: 100-continue`.
-fn expects_continue(head: &RequestHead) -> bool {
+pub(super) fn expects_continue(head: &RequestHead) -> bool {
     head.header("expect")
         .is_some_and(|v| has_token(v, "100-continue"))
 }

@@ -18,13 +18,14 @@ use crate::http1::{
 };
 use crate::outcome::{End, Outcome};
 use crate::pipeline::{self, Exchange};
-use crate::relay::{read_more, RelayError};
+use crate::relay::{read_more, write_all, RelayError};
 use crate::tls::{ClientStream, MaybeTls};
 use crate::vars::{normalize_host, RequestFields, RequestVars};
 use crate::worker::Worker;
 use client::{
     respond_error, send_reply, wants_keep_alive, ClientConnection, ClientIo, ClientRequest,
 };
+use forward::{expects_continue, CONTINUE};
 
 /// How long a stopping worker still waits for the next request on an idle keep-alive
 /// connection: the time for a client to send one right after reading a response.
@@ -309,53 +310,60 @@ impl Http1<'_> {
             }
             Err(_) => Err(GatewayError::BadRequest),
         };
-        // A client that waits for a go-ahead sends nothing before it: it gets it now. (The
-        // exchange may give another for the rest of a longer body: clients take several.)
-        let waits = head
-            .header("expect")
-            .is_some_and(|v| crate::http1::has_token(v, "100-continue"));
         let wanted = match self.framing {
             BodyFraming::Length(n) => usize::try_from(n).unwrap_or(usize::MAX).min(limit),
             BodyFraming::Chunked => limit,
             BodyFraming::None | BodyFraming::UntilClose => return Ok(None),
         };
-        if waits && head.minor_version() == 1 && io.buf.len() < wanted {
-            const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-            let sent =
-                crate::relay::write_all(&mut io.stream, CONTINUE, self.worker.limits.send_timeout);
+        // A client that waits for a go-ahead sends nothing before it: it gets it now. (The
+        // exchange may give another for the rest of a longer body: clients take several.)
+        if expects_continue(head) && head.minor_version() == 1 && io.buf.len() < wanted {
+            let sent = write_all(&mut io.stream, CONTINUE, self.worker.limits.send_timeout);
             sent.await.map_err(|_| GatewayError::BadRequest)?;
         }
+        // Each read is shown to the inspectors as it arrives; what they look at stays in the
+        // buffer, for forwarding.
         match self.framing {
             BodyFraming::Length(n) => {
-                while io.buf.len() < wanted {
-                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
-                }
-                let held = &io.buf[..wanted];
-                let ended = n == wanted as u64;
-                Ok(inspectors
-                    .inspect(0, held)
-                    .or_else(|| inspectors.finish(wanted, ended)))
-            }
-            _ => {
-                let mut scanner = ChunkedScanner::default();
-                let (mut decoded, mut scanned) = (Vec::new(), 0);
+                let mut inspected = 0;
                 loop {
-                    let used = scanner
-                        .scan(&io.buf[scanned..], |data| decoded.extend_from_slice(data))
-                        .map_err(|_| GatewayError::BadRequest)?;
-                    scanned += used;
-                    if scanner.is_done() || decoded.len() >= limit {
-                        break;
+                    let arrived_now = io.buf.len().min(wanted);
+                    if arrived_now > inspected {
+                        let piece = &io.buf[inspected..arrived_now];
+                        if let Some(refusal) = inspectors.inspect(inspected, piece) {
+                            return Ok(Some(refusal));
+                        }
+                        inspected = arrived_now;
+                    }
+                    if inspected == wanted {
+                        return Ok(inspectors.finish(wanted, n == wanted as u64));
                     }
                     arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
                 }
-                Ok(inspectors
-                    .inspect(0, &decoded)
-                    .or_else(|| inspectors.finish(decoded.len(), scanner.is_done())))
+            }
+            _ => {
+                let mut scanner = ChunkedScanner::default();
+                let (mut piece, mut held, mut scanned) = (Vec::new(), 0, 0);
+                loop {
+                    piece.clear();
+                    let used = scanner
+                        .scan(&io.buf[scanned..], |data| piece.extend_from_slice(data))
+                        .map_err(|_| GatewayError::BadRequest)?;
+                    scanned += used;
+                    if let Some(refusal) = inspectors.inspect(held, &piece) {
+                        return Ok(Some(refusal));
+                    }
+                    held += piece.len();
+                    if scanner.is_done() || held >= limit {
+                        return Ok(inspectors.finish(held, scanner.is_done()));
+                    }
+                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
+                }
             }
         }
     }
 }
+
 fn host_count(head: &RequestHead) -> usize {
     head.headers()
         .filter(|(name, _)| name.eq_ignore_ascii_case("host"))
