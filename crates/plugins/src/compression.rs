@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::config::{parse, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
+use crate::header_ops::is_identity;
 
 pub(crate) const GZIP: Descriptor = Descriptor {
     name: "gzip",
@@ -367,10 +368,7 @@ impl Plugin for Compress {
     fn body_filter(&self, ctx: &ResponseCtx<'_, '_>) -> Option<Box<dyn BodyFilter>> {
         // Only the body whose head this plugin encoded.
         let claimed = ctx.edits.headers.get("content-encoding") == Some(Some(self.coding.name()))
-            && ctx
-                .headers
-                .header("content-encoding")
-                .is_none_or(|c| c.eq_ignore_ascii_case(b"identity"));
+            && is_identity(ctx.headers);
         claimed.then(|| {
             let encoder = self.coding.encoder();
             Box::new(Encoding(Some(encoder))) as Box<dyn BodyFilter>

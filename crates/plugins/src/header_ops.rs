@@ -151,6 +151,13 @@ pub(crate) fn header_value(value: Cow<'_, str>) -> String {
     }
 }
 
+/// Whether a response body is as its writer made it, without a content coding.
+pub(crate) fn is_identity(headers: &dyn pylon_plugin::ResponseHeaders) -> bool {
+    headers
+        .header("content-encoding")
+        .is_none_or(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

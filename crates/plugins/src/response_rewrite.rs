@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::config::{parse, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
+use crate::header_ops::is_identity;
 use crate::header_ops::{HeaderOps, Scalar};
 use crate::regex_sub::RegexSub;
 
@@ -305,13 +306,6 @@ impl Plugin for ResponseRewrite {
             }) as Box<dyn BodyFilter>
         })
     }
-}
-
-/// Whether a body is as the upstream wrote it, without a content coding.
-fn is_identity(headers: &dyn pylon_plugin::ResponseHeaders) -> bool {
-    headers
-        .header("content-encoding")
-        .is_none_or(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"identity"))
 }
 
 /// One response's `filters`: holds the body until its end (a match may span pieces), then
