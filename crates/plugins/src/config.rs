@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use pylon_model::FieldError;
+use pylon_plugin::Reply;
 
 /// Parses `config` into `T`, leaving out `_meta` (which every plugin accepts, see
 /// [`pylon_plugin::Meta`]). Error paths are relative to the plugin's configuration.
@@ -26,6 +27,19 @@ pub(crate) fn parse<T: DeserializeOwned>(config: &Value) -> Result<T, FieldError
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         FieldError::new(path, e.into_inner().to_string())
+    })
+}
+
+/// The answer of a plugin that refuses requests: `rejected_code` (200 to 599), with
+/// `rejected_msg` as `{"error_msg": ...}`, or an empty body without one.
+pub(crate) fn refusal(rejected_code: u16, rejected_msg: Option<&str>) -> Result<Reply, FieldError> {
+    if !(200..=599).contains(&rejected_code) {
+        return Err(FieldError::new("rejected_code", "must be 200 to 599"));
+    }
+    Ok(match rejected_msg {
+        Some("") => return Err(FieldError::new("rejected_msg", "must not be empty")),
+        Some(msg) => Reply::json(rejected_code, &serde_json::json!({ "error_msg": msg })),
+        None => Reply::status(rejected_code),
     })
 }
 

@@ -9,9 +9,9 @@ use pylon_router::RequestView;
 use regex::{Regex, RegexSet, RegexSetBuilder};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::config::{parse, schema_of};
+use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
@@ -62,16 +62,7 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
         // Compiled alone first so that an error names its rule.
         Regex::new(rule).map_err(|e| FieldError::new(path, e.to_string()))?;
     }
-    if !(200..=599).contains(&config.rejected_code) {
-        return Err(FieldError::new("rejected_code", "must be 200 to 599"));
-    }
-    let refusal = match &config.rejected_msg {
-        Some(msg) if msg.is_empty() => {
-            return Err(FieldError::new("rejected_msg", "must not be empty"))
-        }
-        Some(msg) => Reply::json(config.rejected_code, &json!({ "error_msg": msg })),
-        None => Reply::status(config.rejected_code),
-    };
+    let refusal = refusal(config.rejected_code, config.rejected_msg.as_deref())?;
     let rules = RegexSetBuilder::new(&config.block_rules)
         .case_insensitive(config.case_insensitive)
         .build()
@@ -108,6 +99,8 @@ impl Plugin for UriBlocker {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::testing::{build as build_plugin, refusal, replied, TestRequest};
 

@@ -30,9 +30,9 @@ use pylon_router::RequestView;
 use regex::Regex;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::config::{parse, schema_of};
+use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor, Metadata, MetadataSpec};
 use body::{BodyKind, BodyScanner};
 use engine::{Hits, Pattern, RuleSet, RuleSpec, Targets};
@@ -269,9 +269,7 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
     if !(1..=10_000).contains(&config.anomaly_threshold) {
         return Err(FieldError::new("anomaly_threshold", "must be 1..10000"));
     }
-    if !(200..=599).contains(&config.rejected_code) {
-        return Err(FieldError::new("rejected_code", "must be 200 to 599"));
-    }
+    let refusal = refusal(config.rejected_code, config.rejected_msg.as_deref())?;
     if config.body_limit > 16 << 20 {
         return Err(FieldError::new(
             "body_limit",
@@ -285,13 +283,6 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
         })?;
         disabled[index] = true;
     }
-    let refusal = match &config.rejected_msg {
-        Some(msg) if msg.is_empty() => {
-            return Err(FieldError::new("rejected_msg", "must not be empty"))
-        }
-        Some(msg) => Reply::json(config.rejected_code, &json!({ "error_msg": msg })),
-        None => Reply::status(config.rejected_code),
-    };
     Ok(Arc::new(Waf(Arc::new(Settings {
         rules,
         disabled: disabled.into(),
@@ -497,6 +488,8 @@ impl RequestBodyInspector for BodyInspection {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::testing::{
         build as build_plugin, build_with_metadata, refusal, replied, TestRequest,
