@@ -261,6 +261,11 @@ fn parse_metadata(metadata: &Value) -> Result<Metadata, FieldError> {
 }
 
 fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
+    Ok(Arc::new(Waf(Arc::new(settings(config, env)?))))
+}
+
+/// A configuration, checked and built.
+fn settings(config: &Value, env: &BuildEnv<'_>) -> Result<Settings, FieldError> {
     let config: WafConfig = parse(config)?;
     let rules = match env.metadata::<SharedRules>() {
         Some(SharedRules(rules)) => rules.clone(),
@@ -283,7 +288,7 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
         })?;
         disabled[index] = true;
     }
-    Ok(Arc::new(Waf(Arc::new(Settings {
+    Ok(Settings {
         rules,
         disabled: disabled.into(),
         mode: config.mode,
@@ -291,7 +296,7 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
         refusal,
         body_limit: config.body_limit,
         over_body_limit: config.over_body_limit,
-    }))))
+    })
 }
 
 /// One `waf` configuration, built; shared with the body inspectors of its requests.
