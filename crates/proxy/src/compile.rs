@@ -279,26 +279,17 @@ impl Compiler {
             };
             split_sources.push((split.key.clone(), source, timeouts_with(Some(source))));
         }
-        // Every upstream is taken, or none: the ones taken are given back on a failure.
-        let mut acquired = Vec::new();
-        let wanted = upstream.iter().map(|(key, source)| (key.clone(), *source));
-        let wanted = wanted.chain(split_sources.iter().map(|(k, s, _)| (k.clone(), *s)));
-        let mut targets = Vec::new();
-        for (key, source) in wanted {
-            match self.acquire_upstream(key.clone(), source, id) {
-                Ok(target) => {
-                    acquired.push(key);
-                    targets.push(target);
-                }
-                Err(e) => {
-                    for key in acquired {
-                        self.release_upstream(&key, id);
-                    }
-                    return Err(CompileError(format!("routes/{id}: {e}")));
-                }
-            }
-        }
-        let mut targets = targets.into_iter();
+        let mut wanted: Vec<(String, &Upstream)> = upstream
+            .iter()
+            .map(|(key, source)| (key.clone(), *source))
+            .collect();
+        wanted.extend(
+            split_sources
+                .iter()
+                .map(|(key, source, _)| (key.clone(), *source)),
+        );
+        let mut targets = self.acquire_all(&wanted, id)?.into_iter();
+        let acquired: Vec<String> = wanted.into_iter().map(|(key, _)| key).collect();
         let target = upstream.as_ref().and_then(|_| targets.next());
         let splits = targets
             .zip(split_sources)
@@ -341,6 +332,28 @@ impl Compiler {
             compiled.upstreams = acquired;
         }
         Ok(())
+    }
+
+    /// The upstreams `wanted` (key and configuration) for route `user`, in order: all of them,
+    /// or none (those taken before a failure are given back).
+    fn acquire_all(
+        &mut self,
+        wanted: &[(String, &Upstream)],
+        user: &str,
+    ) -> Result<Vec<Arc<UpstreamTarget>>, CompileError> {
+        let mut targets = Vec::with_capacity(wanted.len());
+        for (key, source) in wanted {
+            match self.acquire_upstream(key.clone(), source, user) {
+                Ok(target) => targets.push(target),
+                Err(e) => {
+                    for (key, _) in &wanted[..targets.len()] {
+                        self.release_upstream(key, user);
+                    }
+                    return Err(CompileError(format!("routes/{user}: {e}")));
+                }
+            }
+        }
+        Ok(targets)
     }
 
     /// Takes route `id` out of the router and of everything that tracks it; returns the keys
