@@ -131,6 +131,25 @@ impl CompiledPlugins {
     }
 }
 
+/// The configuration in force for plugin `name` on `route`: the route's own, else its plugin
+/// config's, else its service's, the order [`CompiledPlugins::route_chain`] merges them in.
+pub fn route_plugin<'c>(config: &'c Config, route: &'c Route, name: &str) -> Option<&'c Value> {
+    let plugin_config = route
+        .plugin_config_id
+        .as_ref()
+        .and_then(|p| config.plugin_configs.get(p));
+    let service = route
+        .service_id
+        .as_ref()
+        .and_then(|s| config.services.get(s));
+    route
+        .plugins
+        .as_ref()
+        .and_then(|p| p.get(name))
+        .or_else(|| plugin_config.and_then(|p| p.plugins.get(name)))
+        .or_else(|| service.and_then(|s| s.plugins.as_ref()?.get(name)))
+}
+
 /// Whether resources of `kind` feed what every plugin is built with (consumers and their
 /// credentials, plugin metadata, secrets): a change to one builds every plugin again.
 pub fn builds_every_plugin(kind: Kind) -> bool {

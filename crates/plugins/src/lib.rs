@@ -50,5 +50,5 @@ pub use compile::{
 };
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
-pub use traffic_split::{traffic_split_upstreams, SplitTarget, SplitUpstream};
+pub use traffic_split::{route_split_upstreams, SplitTarget, SplitUpstream};
 pub use waf::{waf_verdicts, WafVerdicts};

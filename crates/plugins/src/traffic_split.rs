@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pylon_model::expr::Expr;
-use pylon_model::{FieldError, Kind, Resource, Upstream};
+use pylon_model::{Config, FieldError, Kind, Resource, Route, Upstream};
 use pylon_plugin::{Phases, Plugin, RequestCtx, Step};
 use pylon_router::{eval_vars, RequestView};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::compile::route_plugin;
 use crate::config::{parse, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 
@@ -125,9 +126,17 @@ pub enum SplitTarget {
     Inline(Box<Upstream>),
 }
 
+/// The upstreams the `traffic-split` in force on `route` sends to besides the route's own
+/// (see [`crate::compile::route_plugin`]).
+pub fn route_split_upstreams(config: &Config, route: &Route) -> Vec<SplitUpstream> {
+    route_plugin(config, route, DESCRIPTOR.name)
+        .map(traffic_split_upstreams)
+        .unwrap_or_default()
+}
+
 /// The upstreams a `traffic-split` configuration names, each once, in the order written. A
 /// configuration that does not build names none.
-pub fn traffic_split_upstreams(config: &Value) -> Vec<SplitUpstream> {
+fn traffic_split_upstreams(config: &Value) -> Vec<SplitUpstream> {
     let Ok(config) = parse::<TrafficSplitConfig>(config) else {
         return Vec::new();
     };

@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use pylon_discovery::{Registry, ServiceWatch};
 use pylon_model::{Config, Key, Kind, Node, Route, Service, Upstream};
-use pylon_plugins::{
-    builds_every_plugin, traffic_split_upstreams, CompiledPlugins, SplitTarget, SplitUpstream,
-};
+use pylon_plugins::{builds_every_plugin, route_split_upstreams, CompiledPlugins, SplitTarget};
 use pylon_router::{RouteSpec, RouterBuilder};
 use pylon_store::Revision;
 
@@ -223,7 +221,7 @@ impl Compiler {
             .service_id
             .as_ref()
             .and_then(|s| config.services.get(s).map(|svc| (s, svc)));
-        let splits = split_upstreams(config, route, service.map(|(_, s)| s));
+        let splits = route_split_upstreams(config, route);
         let mut references = references(route, service.map(|(_, s)| s));
         references.extend(splits.iter().filter_map(|split| match &split.target {
             SplitTarget::Id(uid) => Some(Key::new(Kind::Upstreams, uid)),
@@ -542,28 +540,6 @@ fn references(route: &Route, service: Option<&Service>) -> Vec<Key> {
     .into_iter()
     .flatten()
     .collect()
-}
-
-/// The upstreams the `traffic-split` in force on a route sends to: the route's own
-/// configuration of it, else its plugin config's, else its service's (as its chain merges
-/// them).
-fn split_upstreams(
-    config: &Config,
-    route: &Route,
-    service: Option<&Service>,
-) -> Vec<SplitUpstream> {
-    const NAME: &str = "traffic-split";
-    let plugin_config = route
-        .plugin_config_id
-        .as_ref()
-        .and_then(|p| config.plugin_configs.get(p));
-    let split = route
-        .plugins
-        .as_ref()
-        .and_then(|p| p.get(NAME))
-        .or_else(|| plugin_config.and_then(|p| p.plugins.get(NAME)))
-        .or_else(|| service.and_then(|s| s.plugins.as_ref()?.get(NAME)));
-    split.map(traffic_split_upstreams).unwrap_or_default()
 }
 
 /// The upstream a route sends to, with the key its runtime state is kept under: its own, its
