@@ -120,6 +120,48 @@ impl RequestBodyInspectors {
     }
 }
 
+/// Sees a copy of a request's body as it goes upstream, without holding any of it up: made by
+/// [`crate::Plugin::tap_request`] for that request alone. What it does with a piece (queue it
+/// for a mirror, say) must not wait: the upstream gets the piece at once either way.
+pub trait RequestTap: Send {
+    /// The next piece of the body, decoded from its framing.
+    fn piece(&mut self, piece: &[u8]);
+
+    /// The body ended, whole. A tap dropped without this saw a body cut short.
+    fn end(&mut self);
+}
+
+/// The taps of one request. Empty for almost every request, and then the body is relayed
+/// untouched.
+#[derive(Default)]
+pub struct RequestTaps(Vec<Box<dyn RequestTap>>);
+
+impl RequestTaps {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn push(&mut self, tap: Box<dyn RequestTap>) {
+        self.0.push(tap);
+    }
+
+    pub fn piece(&mut self, piece: &[u8]) {
+        if piece.is_empty() {
+            return;
+        }
+        for tap in &mut self.0 {
+            tap.piece(piece);
+        }
+    }
+
+    /// The body ended whole: each tap is told, once.
+    pub fn end(&mut self) {
+        for mut tap in self.0.drain(..) {
+            tap.end();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::body::{BodyFilters, RequestBodyInspectors};
+use crate::body::{BodyFilters, RequestBodyInspectors, RequestTaps};
 use crate::context::{LogCtx, RequestCtx, ResponseCtx};
 use crate::meta::Meta;
 use crate::phase::{Phase, Phases, RequestPhase};
@@ -160,6 +160,24 @@ impl Chain {
             if entry.applies(Phase::RequestBody, ctx) {
                 if let Some(inspector) = entry.plugin.request_body(ctx) {
                     inspectors.push(inspector);
+                }
+            }
+        }
+    }
+
+    /// Adds the taps the chain's plugins (with the consumer's, as [`Chain::run`]) put on this
+    /// request's body.
+    pub fn request_taps(
+        &self,
+        ctx: &RequestCtx<'_>,
+        consumer: Option<&Chain>,
+        taps: &mut RequestTaps,
+    ) {
+        let consumer_entries = consumer.map_or(&[][..], |c| &c.entries[..]);
+        for entry in merged(&self.entries, consumer_entries) {
+            if entry.applies(Phase::RequestTap, ctx) {
+                if let Some(tap) = entry.plugin.tap_request(ctx) {
+                    taps.push(tap);
                 }
             }
         }

@@ -26,7 +26,9 @@ mod template;
 
 use std::any::Any;
 
-pub use body::{BodyFilter, BodyFilters, RequestBodyInspector, RequestBodyInspectors};
+pub use body::{
+    BodyFilter, BodyFilters, RequestBodyInspector, RequestBodyInspectors, RequestTap, RequestTaps,
+};
 pub use call::{call_failures, Call, CallError, CallFailures, FailurePolicy};
 pub use chain::{Chain, ChainBuilder, Entry};
 pub use consumer::Consumer;
@@ -63,11 +65,14 @@ pub enum Step<'a> {
 ///    replaces the route's plugin of the same name for the phases below.
 /// 3. `access`: `G` then `R`. Access control, limits.
 /// 4. `before_proxy`: `G` then `R`, once per request, right before the first upstream attempt.
-/// 5. `header_filter`: `G` then `R`, on the response head (the upstream's, the gateway's own
+/// 5. `request_body`, then `tap_request`: once, when the request goes upstream. An inspector
+///    holds the start of the body and may still refuse the request; a tap gets a copy of the
+///    body as it streams, and holds nothing.
+/// 6. `header_filter`: `G` then `R`, on the response head (the upstream's, the gateway's own
 ///    error, or a plugin's reply).
-/// 6. `body_filter`: `G` then `R`, once the response head is final: each plugin may put a
+/// 7. `body_filter`: `G` then `R`, once the response head is final: each plugin may put a
 ///    [`BodyFilter`] in the way of this response's body, which then sees every piece of it.
-/// 7. `log`: `G` then `R`, once the response is over (or the client left).
+/// 8. `log`: `G` then `R`, once the response is over (or the client left).
 ///
 /// Within a phase, plugins run by descending priority.
 pub trait Plugin: Send + Sync + 'static {
@@ -99,6 +104,13 @@ pub trait Plugin: Send + Sync + 'static {
     /// the request's body before it goes upstream: `Some(inspector)` to look. The default does
     /// not.
     fn request_body(&self, _ctx: &RequestCtx<'_>) -> Option<Box<dyn RequestBodyInspector>> {
+        None
+    }
+
+    /// Decides, once the request goes upstream (its body inspected, if any plugin does), whether
+    /// this plugin gets a copy of its body as it streams: `Some(tap)` to get one. The request's
+    /// head is in `ctx`, with the plugins' edits. The default takes no copy.
+    fn tap_request(&self, _ctx: &RequestCtx<'_>) -> Option<Box<dyn RequestTap>> {
         None
     }
 

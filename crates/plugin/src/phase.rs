@@ -8,6 +8,8 @@ pub enum Phase {
     BeforeProxy,
     /// The start of the request's body, before any of it goes upstream.
     RequestBody,
+    /// A copy of the request's body as it goes upstream.
+    RequestTap,
     HeaderFilter,
     BodyFilter,
     Log,
@@ -51,6 +53,7 @@ impl Phases {
     pub const ACCESS: Phases = Phases::of(Phase::Access);
     pub const BEFORE_PROXY: Phases = Phases::of(Phase::BeforeProxy);
     pub const REQUEST_BODY: Phases = Phases::of(Phase::RequestBody);
+    pub const REQUEST_TAP: Phases = Phases::of(Phase::RequestTap);
     pub const HEADER_FILTER: Phases = Phases::of(Phase::HeaderFilter);
     pub const BODY_FILTER: Phases = Phases::of(Phase::BodyFilter);
     pub const LOG: Phases = Phases::of(Phase::Log);

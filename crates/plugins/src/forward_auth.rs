@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::config::{parse, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
-use client::Endpoint;
+use crate::outbound::Endpoint;
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "forward-auth",

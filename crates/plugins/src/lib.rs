@@ -28,6 +28,8 @@ mod ip_set;
 mod jwt_auth;
 mod key_auth;
 mod mocking;
+mod outbound;
+mod proxy_mirror;
 mod proxy_rewrite;
 mod query;
 mod real_ip;
@@ -50,5 +52,6 @@ pub use compile::{
 };
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
+pub use proxy_mirror::{mirror_counts, MirrorCounts};
 pub use traffic_split::{route_split_upstreams, SplitTarget, SplitUpstream};
 pub use waf::{waf_verdicts, WafVerdicts};

@@ -73,6 +73,7 @@ impl NodeStatus {
         let store = self.store.borrow();
         let calls = pylon_plugin::call_failures();
         let waf = pylon_plugins::waf_verdicts();
+        let mirror = pylon_plugins::mirror_counts();
         serde_json::json!({
             "id": self.id,
             "role": self.role,
@@ -85,6 +86,12 @@ impl NodeStatus {
             },
             "plugin_call_failures": {"let_through": calls.opened, "refused": calls.closed},
             "waf": {"refused": waf.refused, "would_refuse": waf.would_refuse},
+            "proxy_mirror": {
+                "mirrored": mirror.mirrored,
+                "failed": mirror.failed,
+                "dropped": mirror.dropped,
+                "in_flight": mirror.in_flight,
+            },
         })
     }
 }

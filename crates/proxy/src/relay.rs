@@ -51,12 +51,30 @@ impl Relay {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        self.run_observed(src, buf, dst, prefix, |_| {}).await
+    }
+
+    /// As [`Relay::run`], showing `observe` each piece of the body, decoded from its framing,
+    /// as it passes (a plugin's copy of a request body).
+    pub async fn run_observed<R, W>(
+        &self,
+        src: &mut R,
+        buf: &mut BytesMut,
+        dst: &mut W,
+        prefix: &mut Vec<u8>,
+        mut observe: impl FnMut(&[u8]),
+    ) -> Result<u64, RelayError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let mut out = Output::new(dst, prefix, self.write_timeout);
         match self.framing {
             BodyFraming::None => {}
             BodyFraming::Length(mut left) => loop {
                 let take = (buf.len() as u64).min(left) as usize;
                 if take > 0 {
+                    observe(&buf[..take]);
                     out.write(&buf[..take]).await?;
                     buf.advance(take);
                     left -= take as u64;
@@ -75,9 +93,12 @@ impl Relay {
                     if !buf.is_empty() {
                         let used = if self.decode_chunked {
                             decoded.clear();
-                            scanner.scan(buf, |d| decoded.extend_from_slice(d))
+                            scanner.scan(buf, |d| {
+                                observe(d);
+                                decoded.extend_from_slice(d)
+                            })
                         } else {
-                            scanner.scan(buf, |_| {})
+                            scanner.scan(buf, &mut observe)
                         }
                         .map_err(RelayError::Framing)?;
                         if self.decode_chunked {
@@ -97,6 +118,7 @@ impl Relay {
             }
             BodyFraming::UntilClose => loop {
                 if !buf.is_empty() {
+                    observe(buf);
                     out.write(buf).await?;
                     buf.clear();
                 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pylon_plugin::{
     BodyFilters, Chain, Consumer, LogCtx, Phase, Reply, RequestBodyInspectors, RequestCtx,
-    RequestPhase, ResponseCtx, ResponseEdits, ResponseHeaders,
+    RequestPhase, RequestTaps, ResponseCtx, ResponseEdits, ResponseHeaders,
 };
 
 use crate::error::GatewayError;
@@ -141,6 +141,19 @@ impl<'s> Plugins<'s> {
                 .request_body_inspectors(ctx, consumer_plugins, &mut inspectors);
         }
         inspectors
+    }
+
+    /// The taps on the request's body, when a plugin takes a copy of it (empty for most
+    /// requests: then the body is relayed untouched).
+    pub fn request_taps(&self, ctx: &RequestCtx<'_>) -> RequestTaps {
+        let mut taps = RequestTaps::default();
+        if self.uses(Phase::RequestTap, ctx) {
+            let consumer = ctx.consumer().cloned();
+            let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
+            self.global.request_taps(ctx, None, &mut taps);
+            self.route.request_taps(ctx, consumer_plugins, &mut taps);
+        }
+        taps
     }
 
     /// Whether the response goes through plugins at all: without, a codec passes the

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use pylon_plugin::RequestTaps;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::client::{send_error, wants_keep_alive, write_whole_body, ClientIo};
@@ -81,6 +82,7 @@ pub(super) async fn proxy(
         timeouts,
         work,
     }: Exchange<'_>,
+    mut taps: RequestTaps,
 ) -> Outcome {
     // Balancing sees the request as plugins left it (a consumer to hash on, say).
     let mut attempts = Attempts::new(view, upstream, work.ctx, request.head.method());
@@ -105,6 +107,13 @@ pub(super) async fn proxy(
         BodyFraming::Length(n) => io.buf.len() as u64 >= n,
         BodyFraming::Chunked | BodyFraming::UntilClose => false,
     };
+    // A body that is all here is copied to the taps at once; one that streams, as it does.
+    if body_buffered && !taps.is_empty() {
+        if let BodyFraming::Length(n) = framing {
+            taps.piece(&io.buf[..n as usize]);
+        }
+        taps.end();
+    }
     let result = attempts
         .run(body_buffered, async |node, addr, fresh| {
             let pooled = if fresh {
@@ -120,7 +129,8 @@ pub(super) async fn proxy(
                 route,
                 timeouts,
             };
-            attempt(worker, (io, request), target, pooled, framing, work).await
+            let client = (&mut *io, request, &mut taps);
+            attempt(worker, client, target, pooled, framing, work).await
         })
         .await;
     match result {
@@ -152,7 +162,7 @@ struct Target<'a> {
 
 async fn attempt(
     worker: &Worker,
-    (io, request): (&mut ClientIo, &RequestVars<'_>),
+    (io, request, taps): (&mut ClientIo, &RequestVars<'_>, &mut RequestTaps),
     Target {
         upstream,
         node,
@@ -267,7 +277,21 @@ async fn attempt(
                 write_timeout: timeouts.send,
             };
             let mut no_prefix = Vec::new();
-            let upload = upload_relay.run(&mut client_read, buf, &mut up_write, &mut no_prefix);
+            let upload = async {
+                let copy = |piece: &[u8]| taps.piece(piece);
+                let sent = upload_relay.run_observed(
+                    &mut client_read,
+                    buf,
+                    &mut up_write,
+                    &mut no_prefix,
+                    copy,
+                );
+                let sent = sent.await;
+                if sent.is_ok() {
+                    taps.end();
+                }
+                sent
+            };
             tokio::pin!(upload);
             let mut upload_failed = false;
             loop {

@@ -285,8 +285,9 @@ impl pipeline::Downstream for Http1<'_> {
                 Err(error) => return exchange.give_up(self, vars, error).await,
             }
         }
+        let taps = work.plugins.request_taps(work.ctx);
         self.body_intact = false;
-        forward::proxy(self, vars, exchange).await
+        forward::proxy(self, vars, exchange, taps).await
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
-use pylon_plugin::{BodyFilters, Reply, RequestBodyInspectors};
+use pylon_plugin::{BodyFilters, Reply, RequestBodyInspectors, RequestTaps};
 
 /// Why a stream stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,12 +214,13 @@ impl<'s> BodyOut<'s> {
     }
 }
 
-/// Relays the rest of `recv` to `out`: the data, then the trailers or the end of the stream.
-/// Returns the data bytes sent.
+/// Relays the rest of `recv` to `out`: the data, then the trailers or the end of the stream,
+/// showing `observe` each piece as it passes. Returns the data bytes sent.
 pub(super) async fn pipe(
     recv: &mut RecvStream,
     out: &mut BodyOut<'_>,
     read_timeout: Duration,
+    mut observe: impl FnMut(&[u8]),
 ) -> Result<u64, PipeError> {
     loop {
         let data = tokio::select! {
@@ -228,6 +229,7 @@ pub(super) async fn pipe(
             data = next_data(recv, read_timeout) => data.map_err(PipeError::Source)?,
         };
         let Some(data) = data else { break };
+        observe(&data);
         let len = data.len();
         out.data(data, false)
             .await
@@ -258,6 +260,9 @@ pub(super) struct RequestBody {
     pub trailers: Option<HeaderMap>,
     /// Early bytes whose window the client has not had back yet.
     unreleased: usize,
+    /// Plugins' copies of the body, which get what streams beyond the early data as it
+    /// passes (see [`RequestBody::tap`]).
+    pub taps: RequestTaps,
 }
 
 impl RequestBody {
@@ -270,6 +275,23 @@ impl RequestBody {
             early_len: 0,
             trailers: None,
             unreleased: 0,
+            taps: RequestTaps::default(),
+        }
+    }
+
+    /// Puts plugins' taps on the body: what is held is copied to them now, and what streams
+    /// later is by whoever relays it.
+    pub fn tap(&mut self, mut taps: RequestTaps) {
+        if taps.is_empty() {
+            return;
+        }
+        for piece in &self.early {
+            taps.piece(piece);
+        }
+        if self.complete {
+            taps.end();
+        } else {
+            self.taps = taps;
         }
     }
 

@@ -160,6 +160,7 @@ impl pipeline::Downstream for Http2 {
             let reply = plugins.reply(ctx, refusal);
             return self.reply(vars, &reply, End::Complete).await;
         }
+        self.body.tap(plugins.request_taps(ctx));
         // Balancing sees the request as plugins left it (a consumer to hash on, say).
         let mut attempts = Attempts::new(view, upstream, ctx, parts.method.as_str());
         let shared = Exchange {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use h2::{Reason, RecvStream};
+use h2::Reason;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Method, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -88,7 +88,7 @@ pub(super) async fn exchange(
         );
         if streamed {
             let upload = upload(
-                &mut body.recv,
+                body,
                 &mut up_write,
                 framing,
                 x.worker.limits.body_timeout,
@@ -182,10 +182,10 @@ fn push_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The rest of the client's body to the upstream, framed; the window each piece used goes back
-/// to the client once the upstream has it.
+/// The rest of the client's body to the upstream, framed, and to its taps; the window each
+/// piece used goes back to the client once the upstream has it.
 async fn upload<W: AsyncWrite + Unpin>(
-    recv: &mut RecvStream,
+    body: &mut RequestBody,
     up: &mut W,
     framing: BodyFraming,
     read_timeout: Duration,
@@ -194,10 +194,12 @@ async fn upload<W: AsyncWrite + Unpin>(
     let chunked = framing == BodyFraming::Chunked;
     let mut out = Vec::new();
     let sink = PipeError::Destination(Halt::Gone);
+    let recv = &mut body.recv;
     while let Some(data) = next_data(recv, read_timeout)
         .await
         .map_err(PipeError::Source)?
     {
+        body.taps.piece(&data);
         if chunked {
             out.clear();
             push_chunk(&mut out, &data);
@@ -217,6 +219,7 @@ async fn upload<W: AsyncWrite + Unpin>(
         push_last_chunk(&mut out, trailers.as_ref());
         write_all(up, &out, write_timeout).await.map_err(|_| sink)?;
     }
+    body.taps.end();
     Ok(())
 }
 

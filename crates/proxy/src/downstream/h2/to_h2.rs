@@ -70,9 +70,10 @@ pub(super) async fn exchange(
         if streamed {
             let upload = async {
                 let mut out = BodyOut::plain(&mut up_send, x.timeouts.send);
-                pipe(&mut body.recv, &mut out, x.worker.limits.body_timeout)
-                    .await
-                    .map(drop)
+                let copy = |piece: &[u8]| body.taps.piece(piece);
+                pipe(&mut body.recv, &mut out, x.worker.limits.body_timeout, copy).await?;
+                body.taps.end();
+                Ok(())
             };
             with_upload(upload, download, &upload_done).await
         } else {
@@ -155,7 +156,7 @@ async fn receive(
         return Ok(Delivered::upstream(status, 0));
     }
     let mut out = BodyOut::filtered(&mut send, filters, x.worker.limits.send_timeout);
-    let relayed = pipe(&mut up_body, &mut out, x.timeouts.read).await;
+    let relayed = pipe(&mut up_body, &mut out, x.timeouts.read, |_| {}).await;
     Ok(match relayed {
         Ok(bytes_sent) => Delivered::upstream(status, bytes_sent),
         Err(PipeError::Destination(halt)) => {
