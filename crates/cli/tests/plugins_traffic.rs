@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::client::get;
+use support::client::{get, Conn};
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::upstream::Upstream;
 use support::{wait_until, Pylon};
@@ -323,4 +323,212 @@ async fn traffic_split_a_lane_whose_upstream_is_missing_answers_503_and_the_othe
         assert_eq!(res.status, 503, "{protocol:?}: {}", res.text());
     }
     assert_eq!(stable.request_count(), 0);
+}
+
+// === proxy-mirror ===
+
+/// `proxy-mirror`'s counts, from the node's status.
+fn mirror_counts(pylon: &Pylon) -> Value {
+    get(pylon.control.unwrap(), "localhost", "/v1/status").json()["proxy_mirror"].clone()
+}
+
+/// Waits until no copy is under way.
+fn mirrors_settled(pylon: &Pylon) -> Value {
+    wait_until(
+        || mirror_counts(pylon)["in_flight"] == 0,
+        "the copies to end",
+    );
+    mirror_counts(pylon)
+}
+
+#[tokio::test]
+async fn proxy_mirror_copies_each_request_with_its_body_as_the_upstream_gets_it() {
+    let (up, mirror) = (Upstream::start("up"), Upstream::start("mirror"));
+    let host = format!("http://{}", mirror.addr);
+    let pylon = Pylon::start(
+        &routes(&[
+            route(
+                "copied",
+                "/api/*",
+                up.addr,
+                json!({
+                    "proxy-mirror": {"host": host},
+                    "proxy-rewrite": {"headers": {"set": {"X-Edited": "yes"}}}
+                }),
+            ),
+            route(
+                "replaced",
+                "/replaced/*",
+                up.addr,
+                json!({"proxy-mirror": {"host": host, "path": "/shadow"}}),
+            ),
+            route(
+                "prefixed",
+                "/prefixed/*",
+                up.addr,
+                json!({"proxy-mirror": {"host": host, "path": "/rec", "path_concat_mode": "prefix"}}),
+            ),
+        ]),
+        "",
+    );
+    // Larger than the read buffer and the HTTP/2 windows: it streams in many pieces.
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    for protocol in PROTOCOLS {
+        let what = format!("{protocol:?}");
+        let before = mirror.request_count();
+        let headers = [("x-trace", "t-1")];
+        let res = call(protocol, pylon.addr, "GET", "/api/get?x=1", &headers, b"").await;
+        assert_eq!((res.status, res.text().as_str()), (200, "up"), "{what}");
+        let res = call(protocol, pylon.addr, "POST", "/api/post", &headers, &body).await;
+        assert_eq!((res.status, res.text().as_str()), (200, "up"), "{what}");
+        assert_eq!(up.last().body, body, "{what}: the upstream's body");
+        let res = call(protocol, pylon.addr, "PUT", "/replaced/a?q=2", &[], b"put").await;
+        assert_eq!(res.status, 200, "{what}");
+        let res = call(protocol, pylon.addr, "GET", "/prefixed/b?q=3", &[], b"").await;
+        assert_eq!(res.status, 200, "{what}");
+
+        wait_until(|| mirror.request_count() == before + 4, "the copies");
+        let mut copies = mirror.received()[before..].to_vec();
+        copies.sort_by(|a, b| a.target.cmp(&b.target));
+        let seen: Vec<(&str, &str)> = copies
+            .iter()
+            .map(|c| (c.method.as_str(), c.target.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("GET", "/api/get?x=1"),
+                ("POST", "/api/post"),
+                ("GET", "/rec/prefixed/b?q=3"),
+                ("PUT", "/shadow?q=2"),
+            ],
+            "{what}"
+        );
+        let (get, post) = (&copies[0], &copies[1]);
+        assert_eq!(get.header("x-trace"), Some("t-1"), "{what}");
+        assert_eq!(
+            get.header("x-edited"),
+            Some("yes"),
+            "{what}: the plugins' edits"
+        );
+        assert_eq!(get.header("host"), Some("example.com"), "{what}");
+        assert!(get.body.is_empty(), "{what}");
+        assert_eq!(post.body, body, "{what}: the copied body");
+        assert_eq!(copies[3].body, b"put", "{what}");
+    }
+    // A chunked HTTP/1.1 body is copied decoded, and framed afresh.
+    let before = mirror.request_count();
+    let mut conn = Conn::connect(pylon.addr);
+    conn.send(
+        b"POST /api/chunked HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n",
+    );
+    assert_eq!(conn.read_response().unwrap().status, 200);
+    wait_until(|| mirror.request_count() == before + 1, "the chunked copy");
+    let copy = mirror.last();
+    assert_eq!(
+        (copy.body.as_slice(), copy.chunked),
+        (&b"hello, world"[..], true)
+    );
+
+    let counts = mirrors_settled(&pylon);
+    assert_eq!(counts["mirrored"], 9);
+    assert_eq!(
+        (counts["failed"].clone(), counts["dropped"].clone()),
+        (json!(0), json!(0))
+    );
+}
+
+#[tokio::test]
+async fn proxy_mirror_copies_a_sample_of_requests_within_binomial_bounds() {
+    let (up, mirror) = (Upstream::start("up"), Upstream::start("mirror"));
+    let pylon = Pylon::start(
+        &routes(&[route(
+            "sampled",
+            "/s",
+            up.addr,
+            json!({"proxy-mirror": {"host": format!("http://{}", mirror.addr), "sample_ratio": 0.3}}),
+        )]),
+        "",
+    );
+    const N: usize = 300;
+    for protocol in PROTOCOLS {
+        let before = mirror.request_count();
+        for _ in 0..N {
+            let res = call(protocol, pylon.addr, "GET", "/s", &[], b"").await;
+            assert_eq!(res.status, 200);
+        }
+        mirrors_settled(&pylon);
+        let copied = mirror.request_count() - before;
+        // Binomial(300, 0.3): mean 90, standard deviation 7.9; five of them either side.
+        assert!(
+            (51..=129).contains(&copied),
+            "{protocol:?}: {copied} of {N} copied at a ratio of 0.3"
+        );
+    }
+}
+
+/// A mirror that accepts connections and never reads or answers, keeping them open.
+fn hanging_mirror() -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(64) {
+            held.push(stream);
+        }
+    });
+    (addr, held)
+}
+
+#[tokio::test]
+async fn proxy_mirror_that_hangs_leaves_the_main_responses_alone_and_drops_what_it_cannot_take() {
+    let up = Upstream::start("up");
+    let (hung, _held) = hanging_mirror();
+    let mirror = |max_in_flight: u32| {
+        json!({"proxy-mirror": {
+            "host": format!("http://{hung}"),
+            "timeout": 600_000,
+            "max_in_flight": max_in_flight
+        }})
+    };
+    let pylon = Pylon::start(
+        &routes(&[
+            route("few", "/few", up.addr, mirror(2)),
+            route("many", "/many", up.addr, mirror(64)),
+        ]),
+        "",
+    );
+    let mut sent = 0;
+    for protocol in PROTOCOLS {
+        for _ in 0..5 {
+            let res = call(protocol, pylon.addr, "GET", "/few", &[], b"").await;
+            assert_eq!(
+                (res.status, res.text().as_str()),
+                (200, "up"),
+                "{protocol:?}"
+            );
+            sent += 1;
+        }
+    }
+    // Two copies wait on the mirror; every later one was dropped at once.
+    let counts = mirror_counts(&pylon);
+    assert_eq!(counts["in_flight"], 2);
+    assert_eq!(counts["dropped"], sent - 2);
+
+    // A body larger than what the mirror's socket and the copy's queue can take: the copy
+    // falls behind, is dropped, and the upstream gets the whole body all the same.
+    let body: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 253) as u8).collect();
+    for protocol in PROTOCOLS {
+        let res = call(protocol, pylon.addr, "POST", "/many", &[], &body).await;
+        assert_eq!(
+            (res.status, res.text().as_str()),
+            (200, "up"),
+            "{protocol:?}"
+        );
+        assert!(up.last().body == body, "{protocol:?}: the upstream's body");
+    }
+    let counts = mirror_counts(&pylon);
+    assert_eq!(counts["dropped"], sent, "two bodies fell behind");
+    assert_eq!(counts["mirrored"], 0);
 }

@@ -257,6 +257,72 @@ pub(crate) fn invalid(what: &str) -> io::Error {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_body_is_read_to_its_end_whatever_its_framing() {
+        let cases: [(&[u8], &[u8], bool); 6] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                b"hello",
+                true,
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\
+                  X-Trailer: 1\r\n\r\n",
+                b"hello world",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\n\r\nuntil the close",
+                b"until the close",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                b"ok",
+                false,
+            ),
+            (b"HTTP/1.0 204 No Content\r\n\r\n", b"", false),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                b"",
+                true,
+            ),
+        ];
+        for (response, expected, reusable) in cases {
+            let mut body = Vec::new();
+            let mut stream = response;
+            let answer = read_response(&mut stream, "GET", |piece| {
+                body.extend_from_slice(piece);
+                Ok(())
+            })
+            .await
+            .unwrap();
+            let what = String::from_utf8_lossy(response);
+            assert!(answer.status >= 200, "{what}");
+            assert_eq!(
+                (body.as_slice(), answer.reusable),
+                (expected, reusable),
+                "{what}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_answer_is_an_error() {
+        let cases: [&[u8]; 4] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokX",
+            b"NOT HTTP\r\n\r\n",
+        ];
+        for response in cases {
+            let mut stream = response;
+            let read = read_response(&mut stream, "GET", |_| Ok(())).await;
+            assert!(read.is_err(), "{}", String::from_utf8_lossy(response));
+        }
+    }
+
     #[test]
     fn endpoints_are_http_uris() {
         let e = Endpoint::parse("http://auth.local:9000/check?x=1").unwrap();

@@ -489,3 +489,66 @@ fn push_event(out: &mut Vec<u8>, event: Event, chunked: bool) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::build as build_plugin;
+
+    #[test]
+    fn a_bad_configuration_is_refused_with_its_field() {
+        let refused = |config: Value| build_plugin(&DESCRIPTOR, config).err().unwrap();
+        let cases = [
+            (json!({"host": "https://m:9797"}), "host"),
+            (json!({"host": "http://m:9797/path"}), "host"),
+            (json!({"host": "m:9797"}), "host"),
+            (json!({"host": "http://m", "path": "/a?b"}), "path"),
+            (json!({"host": "http://m", "path": "a"}), "path"),
+            (
+                json!({"host": "http://m", "path_concat_mode": "append"}),
+                "path_concat_mode",
+            ),
+            (
+                json!({"host": "http://m", "sample_ratio": 0}),
+                "sample_ratio",
+            ),
+            (
+                json!({"host": "http://m", "sample_ratio": 1.5}),
+                "sample_ratio",
+            ),
+            (
+                json!({"host": "http://m", "max_in_flight": 0}),
+                "max_in_flight",
+            ),
+            (json!({"host": "http://m", "timeout": 0}), "timeout"),
+            (json!({"path": "/a"}), ""),
+        ];
+        for (config, field) in cases {
+            let error = refused(config.clone());
+            assert_eq!(error.path, field, "{config}: {error:?}");
+        }
+        assert!(build_plugin(&DESCRIPTOR, json!({"host": "http://[::1]:9797"})).is_ok());
+    }
+
+    #[test]
+    fn events_are_framed_as_the_copy_declares() {
+        let mut out = Vec::new();
+        assert!(!push_event(
+            &mut out,
+            Event::Piece(Bytes::from_static(b"hello")),
+            true
+        ));
+        assert!(push_event(&mut out, Event::End, true));
+        assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
+        out.clear();
+        assert!(!push_event(
+            &mut out,
+            Event::Piece(Bytes::from_static(b"hello")),
+            false
+        ));
+        assert!(push_event(&mut out, Event::End, false));
+        assert_eq!(out, b"hello");
+    }
+}
