@@ -520,18 +520,20 @@ mod tests {
             body in "[ab \\n]{0,40}",
             cuts in prop::collection::vec(any::<Index>(), 0..6),
         ) {
-            let config = filters
+            let config: Vec<Value> = filters
                 .iter()
-                .map(|(regex, replace, scope)| json!({"regex": regex, "replace": replace, "scope": scope}))
-                .collect::<Vec<_>>();
+                .map(|(regex, replace, scope)| {
+                    json!({"regex": regex, "replace": replace, "scope": scope})
+                })
+                .collect();
             let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(body.len() + 1)).collect();
             cuts.sort_unstable();
-            cuts.push(body.len());
-            let pieces: Vec<&str> = cuts.iter().scan(0, |start, &cut| {
-                let piece = &body[*start..cut];
-                *start = cut;
-                Some(piece)
-            }).collect();
+            let pieces: Vec<&str> = [0]
+                .iter()
+                .chain(&cuts)
+                .zip(cuts.iter().chain([&body.len()]))
+                .map(|(&start, &end)| &body[start..end])
+                .collect();
             let streamed = filter_body(json!({"filters": config}), &Headers(vec![]), &pieces);
 
             let mut whole = body.clone().into_bytes();
