@@ -382,6 +382,59 @@ async fn response_rewrite_filters_edit_the_body_whoever_made_it() {
     }
 }
 
+/// 1 MB of `0123456789`, sent in chunks of 64 kB and a byte, so that the text straddles
+/// every chunk's end.
+fn huge_upstream() -> Upstream {
+    Upstream::with_handler(
+        "huge",
+        Arc::new(|_: &Received, stream: &mut TcpStream| {
+            let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for chunk in "0123456789".repeat(100_000).as_bytes().chunks(65_537) {
+                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            let _ = stream.write_all(&out);
+            true
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_body_over_max_resp_body_size_is_edited_as_it_flows_by_filters_that_can_stream() {
+    let up = huge_upstream();
+    let filtered = |filter: Value| json!({"response-rewrite": {"filters": [filter], "max_resp_body_size": 65_536}});
+    let pylon = Pylon::start(
+        &routes(&[
+            route(
+                "literal",
+                "/literal",
+                up.addr,
+                filtered(json!({"regex": "3456", "replace": "<$0>", "scope": "global"})),
+            ),
+            route(
+                "unbounded",
+                "/unbounded",
+                up.addr,
+                filtered(json!({"regex": "3.*", "replace": "-"})),
+            ),
+        ]),
+        "",
+    );
+    let edited = "012<3456>789".repeat(100_000);
+    let unedited = "0123456789".repeat(100_000);
+    for protocol in PROTOCOLS {
+        for (target, body) in [("/literal", &edited), ("/unbounded", &unedited)] {
+            let what = format!("{protocol:?} {target}");
+            let res = call(protocol, pylon.addr, "GET", target, &[], b"").await;
+            assert_eq!(res.status, 200, "{what}");
+            assert!(res.text() == *body, "{what}: {:.80}", res.text());
+            assert_length_right(&res, &what);
+        }
+    }
+}
+
 #[test]
 fn a_filtered_body_goes_out_chunked_on_a_kept_alive_connection_or_to_the_close_for_http10() {
     let up = filtered_upstream();

@@ -21,7 +21,7 @@ use crate::config::{parse, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::header_ops::is_identity;
 use crate::header_ops::{HeaderOps, Scalar};
-use crate::regex_sub::RegexSub;
+use crate::regex_sub::{RegexSub, SubStream};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "response-rewrite",
@@ -50,12 +50,15 @@ struct ResponseRewriteConfig {
     /// `upstream_http_<name>`): the response is rewritten only when it matches.
     #[schemars(with = "Option<Vec<Value>>")]
     vars: Option<Value>,
-    /// The most of a body `filters` hold in memory, in bytes. A longer body goes out
-    /// unedited (and a warning is logged): a regular expression needs the whole body.
+    /// The most of a body a filter that cannot stream holds in memory, in bytes: one whose
+    /// regex can match the empty text or text of any length (as `.*` or `a+`), which needs
+    /// the whole body. A longer body passes such a filter unedited (and a warning is logged).
+    /// The other filters edit the body as it flows, holding about a match's length of it.
     #[serde(default = "default_max_resp_body_size")]
     #[schemars(range(min = 1))]
     max_resp_body_size: u64,
-    /// Regular-expression edits of the response body, applied in order to the whole body.
+    /// Regular-expression edits of the response body, each applied to the whole body the
+    /// one before it made.
     #[schemars(length(min = 1))]
     filters: Option<Vec<BodyFilterConfig>>,
 }
@@ -298,49 +301,67 @@ impl Plugin for ResponseRewrite {
     fn body_filter(&self, ctx: &ResponseCtx<'_, '_>) -> Option<Box<dyn BodyFilter>> {
         // A compressed body is not the text the patterns are written for.
         (self.matches(ctx) && is_identity(ctx.headers)).then(|| {
+            let stages = self
+                .filters
+                .iter()
+                .map(|sub| sub.stream().map_or(Stage::Hold(Vec::new()), Stage::Stream))
+                .collect();
             Box::new(Substitute {
                 subs: self.filters.clone(),
-                held: Vec::new(),
+                stages,
                 max_held: self.max_held,
-                overflowed: false,
             }) as Box<dyn BodyFilter>
         })
     }
 }
 
-/// One response's `filters`: holds the body until its end (a match may span pieces), then
-/// lets it out substituted. A body longer than `max_held` goes out as it came.
+/// One response's `filters`, a stage each, each stage editing what the one before it let
+/// out. A stage streams where its filter can; otherwise it holds the body until its end (a
+/// match may span pieces), or lets it through unedited past `max_held`.
 struct Substitute {
     subs: Arc<Vec<RegexSub>>,
-    held: Vec<u8>,
+    /// Beside `subs`, one for one.
+    stages: Vec<Stage>,
     max_held: usize,
-    overflowed: bool,
+}
+
+/// What one filter does with the body that reaches it.
+enum Stage {
+    Stream(SubStream),
+    /// Holding it until its end.
+    Hold(Vec<u8>),
+    /// Held too much: the rest of the body passes unedited.
+    Overflowed,
 }
 
 impl BodyFilter for Substitute {
     fn filter(&mut self, piece: &mut Vec<u8>, end: bool) {
-        if self.overflowed {
-            return;
-        }
-        if self.held.len() + piece.len() > self.max_held {
-            tracing::warn!(
-                max_resp_body_size = self.max_held,
-                "response-rewrite: the body is longer than max_resp_body_size and goes out unedited"
-            );
-            self.overflowed = true;
-            self.held.append(piece);
-            std::mem::swap(piece, &mut self.held);
-            return;
-        }
-        self.held.append(piece);
-        if end {
-            let mut body = std::mem::take(&mut self.held);
-            for sub in self.subs.iter() {
-                if let Cow::Owned(edited) = sub.apply(&body) {
-                    body = edited;
+        for (i, (sub, stage)) in self.subs.iter().zip(&mut self.stages).enumerate() {
+            match stage {
+                Stage::Stream(stream) => stream.feed(sub, piece, end),
+                Stage::Hold(held) if held.len() + piece.len() > self.max_held => {
+                    tracing::warn!(
+                        max_resp_body_size = self.max_held,
+                        filter = i,
+                        "response-rewrite: the body is longer than max_resp_body_size, and a \
+                         filter that cannot stream leaves it unedited"
+                    );
+                    held.append(piece);
+                    *piece = std::mem::take(held);
+                    *stage = Stage::Overflowed;
                 }
+                Stage::Hold(held) => {
+                    held.append(piece);
+                    if end {
+                        let mut body = std::mem::take(held);
+                        if let Cow::Owned(edited) = sub.apply(&body) {
+                            body = edited;
+                        }
+                        *piece = body;
+                    }
+                }
+                Stage::Overflowed => {}
             }
-            *piece = body;
         }
     }
 }
@@ -384,6 +405,8 @@ impl RequestView for ResponseVars<'_, '_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use proptest::sample::{select, Index};
     use pylon_plugin::{RequestCtx, ResponseEdits, ResponseHeaders as _};
     use serde_json::json;
 
@@ -461,16 +484,77 @@ mod tests {
     }
 
     #[test]
-    fn a_body_over_the_limit_goes_out_unedited() {
-        let config = json!({
-            "filters": [{"regex": "a", "replace": "b", "scope": "global"}],
-            "max_resp_body_size": 4
-        });
+    fn a_body_over_the_limit_passes_the_filters_that_cannot_stream_unedited() {
+        let filters = |filters| json!({"filters": filters, "max_resp_body_size": 4});
+        let plain = Headers(vec![]);
+        let pieces = ["aaa", "aaa", "a", ""];
+        let unbounded = json!({"regex": "a+", "replace": "b"});
+        let bounded = json!({"regex": "a", "replace": "c", "scope": "global"});
         assert_eq!(
-            filter_body(config, &Headers(vec![]), &["aaa", "aaa", "a", ""]).as_deref(),
+            filter_body(filters(json!([unbounded])), &plain, &pieces).as_deref(),
             Some("aaaaaaa")
         );
+        assert_eq!(
+            filter_body(filters(json!([bounded])), &plain, &pieces).as_deref(),
+            Some("ccccccc")
+        );
+        assert_eq!(
+            filter_body(filters(json!([unbounded, bounded])), &plain, &pieces).as_deref(),
+            Some("ccccccc")
+        );
+        // Under the limit, both apply.
+        assert_eq!(
+            filter_body(filters(json!([unbounded, bounded])), &plain, &["aa", ""]).as_deref(),
+            Some("b")
+        );
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Filters that stream and filters that hold, in any order: each edits what the one
+        /// before it made, as if each had the whole body.
+        #[test]
+        fn a_chain_of_filters_edits_as_each_would_the_whole_body(
+            filters in prop::collection::vec(select(CHAIN), 1..4),
+            body in "[ab \\n]{0,40}",
+            cuts in prop::collection::vec(any::<Index>(), 0..6),
+        ) {
+            let config: Vec<Value> = filters
+                .iter()
+                .map(|(regex, replace, scope)| {
+                    json!({"regex": regex, "replace": replace, "scope": scope})
+                })
+                .collect();
+            let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(body.len() + 1)).collect();
+            cuts.sort_unstable();
+            let pieces: Vec<&str> = [0]
+                .iter()
+                .chain(&cuts)
+                .zip(cuts.iter().chain([&body.len()]))
+                .map(|(&start, &end)| &body[start..end])
+                .collect();
+            let streamed = filter_body(json!({"filters": config}), &Headers(vec![]), &pieces);
+
+            let mut whole = body.clone().into_bytes();
+            for (regex, replace, scope) in &filters {
+                let sub = RegexSub::new("f", regex, replace, "jo", *scope == "global").unwrap();
+                whole = sub.apply(&whole).into_owned();
+            }
+            prop_assert_eq!(streamed.unwrap().into_bytes(), whole);
+        }
+    }
+
+    /// Filters for [`a_chain_of_filters_edits_as_each_would_the_whole_body`]: the first two
+    /// cannot stream.
+    const CHAIN: &[(&str, &str, &str)] = &[
+        ("a+", "<$0>", "global"),
+        ("b.*$", "[$0]", "once"),
+        ("ab", "ba", "global"),
+        ("<a", "a<", "global"),
+        (r"\bb", "B", "once"),
+        ("a b|b", "$0$0", "global"),
+    ];
 
     #[test]
     fn filters_apply_only_to_responses_matching_vars() {
