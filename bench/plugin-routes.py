@@ -6,6 +6,7 @@ standalone configuration (JSON is YAML: a PEM key's newlines need no indentation
   chain  key-auth + proxy-rewrite (a header from $consumer_name) + request-id + cors
   jwt    jwt-auth RS256, when the consumer's public key (a PEM file) is given
   waf    waf with its shipped rules (query, headers, cookies and up to 64 KB of body)
+  mirror proxy-mirror copying every request, body and all, to the upstream itself
 
 usage: plugin-routes.py [PUBLIC_KEY_PEM] > routes.yaml
 """
@@ -22,6 +23,9 @@ routes = [
         "cors": {},
     }},
     {"id": "waf", "uri": "/waf", "upstream": upstream, "plugins": {"waf": {}}},
+    {"id": "mirror", "uri": "/mirror", "upstream": upstream, "plugins": {
+        "proxy-mirror": {"host": "http://127.0.0.1:1980"},
+    }},
 ]
 consumer_plugins = {"key-auth": {"key": "bench-key"}}
 if len(sys.argv) > 1:

@@ -7,9 +7,10 @@
 #   waf     waf with its shipped rules, on a GET with a browser's headers
 # Each run prints its ratios to nginx; the chain's, jwt's and waf's CPU per request over the
 # bare route's is the figure BENCHMARKS.md quotes.
-# Then a 16 KB form POST (bench/form-post.lua) to the bare and the waf routes of one Pylon
-# (one worker on CPU 1; wrk and an nginx upstream on CPU 0), ROUNDS times each, alternating:
-# Pylon's CPU per request on each, and the waf's over the bare route's.
+# Then a 16 KB form POST (bench/form-post.lua) to the bare, the waf and the mirror routes of
+# one Pylon (one worker on CPU 1; wrk and an nginx upstream on CPU 0), ROUNDS times each,
+# alternating: Pylon's CPU per request and wrk's median latency on each, and the waf's and the
+# mirror's (which copies every request, body and all, to the same nginx) over the bare route's.
 # needs: nginx, wrk (apt-get install nginx-light wrk), python3, openssl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,29 +50,45 @@ taskset -c 1 ./target/release/pylon run -c "$tmp/node.yaml" > "$tmp/pylon.out" 2
 trap 'kill $upstream $pylon 2>/dev/null; rm -rf "$tmp"' EXIT
 for _ in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:9080/bare && break; sleep 0.1; done
 ticks() { local s=0 t l; for t in /proc/$1/task/*/stat; do l=$(cat "$t"); l=${l##*) }; read -ra a <<< "$l"; s=$((s + a[11] + a[12])); done; echo $s; }
-post() { # path: Pylon's CPU microseconds per request
+post() { # path: Pylon's CPU microseconds per request, and the median latency in ms
   local c0 c1 out
   c0=$(ticks "$pylon")
-  out=$(taskset -c 0 wrk -t1 -c"${CONNS:-50}" -d"${DURATION:-8}s" -s bench/form-post.lua "http://127.0.0.1:9080$1")
+  out=$(taskset -c 0 wrk -t1 -c"${CONNS:-50}" -d"${DURATION:-8}s" --latency -s bench/form-post.lua "http://127.0.0.1:9080$1")
   c1=$(ticks "$pylon")
-  python3 -c "import re, sys; out = sys.argv[1]; n = int(re.search(r'(\d+) requests in', out).group(1)); bad = re.search(r'Non-2xx or 3xx responses: (\d+)', out); assert not bad, out; print(f'{($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / n:.2f}')" "$out"
+  python3 -c "
+import re, sys
+out = sys.argv[1]
+n = int(re.search(r'(\d+) requests in', out).group(1))
+assert not re.search(r'Non-2xx or 3xx responses', out), out
+value, unit = re.search(r'50%\s+([\d.]+)(us|ms|s)', out).groups()
+p50 = float(value) * {'us': 1e-3, 'ms': 1, 's': 1e3}[unit]
+print(f'{($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / n:.2f} {p50:.3f}')" "$out"
 }
 : > "$tmp/post"
 for r in $(seq "${ROUNDS:-3}"); do
-  b=$(post /bare) w=$(post /waf)
-  echo "round $r: cpu_us/req bare $b, waf $w" | tee -a "$tmp/post"
+  line="round $r:"
+  for route in bare waf mirror; do
+    read -r cpu p50 <<< "$(post /$route)"
+    line="$line $route $cpu us/req $p50 ms,"
+  done
+  echo "${line%,}" | tee -a "$tmp/post"
 done
+curl -fs http://127.0.0.1:9090/v1/status | python3 -c "import json, sys; print('proxy_mirror:', json.load(sys.stdin)['proxy_mirror'])"
 
 python3 - "$(ratio bare)" "$(ratio chain)" "$(ratio jwt)" "$(ratio waf)" "$tmp/post" <<'PY'
 import re, statistics, sys
 bare, chain, jwt, waf = map(float, sys.argv[1:5])
-rounds = [tuple(map(float, re.findall(r"bare ([\d.]+), waf ([\d.]+)", l)[0])) for l in open(sys.argv[5])]
-post_bare = statistics.median(b for b, _ in rounds)
-post_waf = statistics.median(w for _, w in rounds)
+rounds = [{route: (float(cpu), float(p50))
+           for route, cpu, p50 in re.findall(r"(\w+) ([\d.]+) us/req ([\d.]+) ms", line)}
+          for line in open(sys.argv[5])]
+cpu = {route: statistics.median(r[route][0] for r in rounds) for route in rounds[0]}
+p50 = {route: statistics.median(r[route][1] for r in rounds) for route in rounds[0]}
 print(f"\ncpu per request over the bare route's (each against nginx in its own run):")
 print(f"  chain (key-auth + proxy-rewrite + request-id + cors): {chain / bare:.3f}")
 print(f"  jwt-auth RS256, repeated token:                      {jwt / bare:.3f}")
 print(f"  waf, shipped rules, GET:                             {waf / bare:.3f}")
-print(f"16 KB form POST, medians: bare {post_bare:.2f} us/req, waf {post_waf:.2f} us/req,"
-      f" waf / bare {post_waf / post_bare:.3f}")
+print("16 KB form POST, medians of the rounds:")
+for route in cpu:
+    print(f"  {route:6} {cpu[route]:7.2f} us/req ({cpu[route] / cpu['bare']:.3f} of bare),"
+          f" median latency {p50[route]:.3f} ms")
 PY
