@@ -171,6 +171,31 @@ async fn a_payload_split_across_reads_is_still_seen() {
 }
 
 #[tokio::test]
+async fn a_multipart_part_is_seen_whole_across_its_lines_and_the_reads_it_came_in() {
+    let up = Upstream::start("up");
+    let pylon = Pylon::start(&config(up.addr, json!({})), "");
+    let form = "multipart/form-data; boundary=xYz";
+    for protocol in PROTOCOLS {
+        // The payload's halves are on two lines of one part, and the delimiter is cut.
+        let pieces: [&[u8]; 3] = [
+            b"--xYz\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n1 UNION\r\n",
+            b"SELECT password FROM users\r\n--x",
+            b"Yz--\r\n",
+        ];
+        let res = post_in_pieces(protocol, pylon.addr, form, &pieces).await;
+        assert_eq!(res.status, 403, "{protocol:?}");
+
+        let pieces: [&[u8]; 2] = [
+            b"--xYz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"notes.txt\"\r\n\r\n",
+            b"a union of two\r\nsets, selected\r\n--xYz--\r\n",
+        ];
+        let res = post_in_pieces(protocol, pylon.addr, form, &pieces).await;
+        assert_eq!(res.status, 200, "{protocol:?}");
+        assert_eq!(up.last().body, pieces.concat());
+    }
+}
+
+#[tokio::test]
 async fn a_body_past_the_limit_passes_whole_or_is_refused_as_configured() {
     let up = Upstream::start("up");
     let routes = json!({"routes": [

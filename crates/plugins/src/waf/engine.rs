@@ -21,18 +21,23 @@ impl Targets {
     pub const HEADERS: Targets = Targets(1 << 3);
     pub const COOKIES: Targets = Targets(1 << 4);
     pub const BODY: Targets = Targets(1 << 5);
+    /// The request target as the client sent it, path and query, only lowercased: for rules
+    /// on how a request is encoded (`%00`, `%252e`), which decoding hides.
+    pub const RAW_URI: Targets = Targets(1 << 6);
+    /// Every decoded input; the raw URI only for the rules that name it.
     pub const ALL: Targets = Targets((1 << 6) - 1);
-    /// Everything but the path.
+    /// Every decoded input but the path.
     pub const DATA: Targets = Targets(Self::ALL.0 & !Self::PATH.0);
 
     /// The targets' names, as a configuration writes them.
-    pub const NAMES: [(&'static str, Targets); 6] = [
+    pub const NAMES: [(&'static str, Targets); 7] = [
         ("path", Self::PATH),
         ("arg_names", Self::ARG_NAMES),
         ("args", Self::ARG_VALUES),
         ("headers", Self::HEADERS),
         ("cookies", Self::COOKIES),
         ("body", Self::BODY),
+        ("raw_uri", Self::RAW_URI),
     ];
 
     pub fn union(self, other: Targets) -> Targets {
@@ -84,6 +89,8 @@ pub(crate) struct RuleSet {
     always: Regexes,
     /// The regexes also tried on the command-line form.
     command: Regexes,
+    /// Where any rule looks.
+    targets: Targets,
 }
 
 /// Regexes in one set, with the rule of each.
@@ -152,8 +159,16 @@ impl RuleSet {
             guarded: Regexes::compile(&guarded)?,
             always: Regexes::compile(&always)?,
             command: Regexes::compile(&command)?,
+            targets: rules
+                .iter()
+                .fold(Targets::NONE, |all, rule| all.union(rule.targets)),
             rules,
         })
+    }
+
+    /// Whether any rule looks at `target`: an input no rule looks at need not be read.
+    pub fn looks_at(&self, target: Targets) -> bool {
+        self.targets.0 & target.0 != 0
     }
 
     pub fn rules(&self) -> &[RuleSpec] {

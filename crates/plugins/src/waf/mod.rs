@@ -234,9 +234,10 @@ fn parse_metadata(metadata: &Value) -> Result<Metadata, FieldError> {
                             .iter()
                             .find(|(n, _)| n == name)
                             .ok_or_else(|| {
+                                let names = Targets::NAMES.map(|(name, _)| name);
                                 FieldError::new(
                                     at(&format!("targets[{j}]")),
-                                    "must be one of path, arg_names, args, headers, cookies, body",
+                                    format!("must be one of {}", names.join(", ")),
                                 )
                             })?;
                     targets = targets.union(*target);
@@ -332,6 +333,12 @@ impl Settings {
             self.rules.scan(&canonical, target, hits);
         };
         scan(request.path().as_bytes(), false, Targets::PATH, &mut hits);
+        if self.rules.looks_at(Targets::RAW_URI) {
+            if let Some(raw) = request.var("request_uri") {
+                self.rules
+                    .scan(&raw.to_ascii_lowercase(), Targets::RAW_URI, &mut hits);
+            }
+        }
         if let Some(query) = request.var("query_string") {
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -619,6 +626,28 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_on_the_raw_uri_sees_the_request_as_it_was_encoded() {
+        let rules = |targets: Value| {
+            json!({"default_rules": false, "rules": [
+                {"id": 9001, "literal": "%252e", "targets": targets},
+                {"id": 9002, "regex": "%00", "targets": targets}
+            ]})
+        };
+        let raw = build_with_metadata(&DESCRIPTOR, json!({}), rules(json!(["raw_uri"]))).unwrap();
+        let decoded = build_with_metadata(&DESCRIPTOR, json!({}), rules(json!(["path", "args"])));
+        let decoded = decoded.unwrap();
+        for request in [
+            TestRequest::get("/files/%252E%252E/x"),
+            TestRequest::get("/a?name=x%00.jpg"),
+        ] {
+            assert!(refused(&raw, &request), "{request:?}");
+            // Decoding leaves nothing of how the request was encoded.
+            assert!(!refused(&decoded, &request), "{request:?}");
+        }
+        assert!(!refused(&raw, &TestRequest::get("/files/x?name=x.jpg")));
+    }
+
+    #[test]
     fn bad_configurations_are_refused_with_their_field() {
         for (config, expected) in [
             (
@@ -652,7 +681,8 @@ mod tests {
             ),
             (
                 json!({"rules": [{"id": 1, "literal": "x", "targets": ["url"]}]}),
-                "rules[0].targets[0]: must be one of path, arg_names, args, headers, cookies, body",
+                "rules[0].targets[0]: must be one of path, arg_names, args, headers, cookies, body, \
+                 raw_uri",
             ),
         ] {
             let Err(refused) = (spec.parse)(&metadata) else {
