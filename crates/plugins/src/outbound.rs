@@ -241,12 +241,10 @@ async fn fill<S: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     limit: usize,
 ) -> io::Result<usize> {
-    let start = buf.len();
-    let want = limit.saturating_sub(start).clamp(1, READ_SIZE);
-    buf.resize(start + want, 0);
-    let read = stream.read(&mut buf[start..]).await;
-    buf.truncate(start + *read.as_ref().unwrap_or(&0));
-    read
+    let want = limit.saturating_sub(buf.len()).clamp(1, READ_SIZE);
+    // Into spare capacity, uninitialised: no bytes are zeroed only to be overwritten.
+    buf.reserve(want);
+    stream.take(want as u64).read_buf(buf).await
 }
 
 pub(crate) fn invalid(what: &str) -> io::Error {

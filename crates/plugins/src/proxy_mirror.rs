@@ -39,8 +39,8 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
 /// How many pieces of a body wait for the mirror at most: with the relay's reads of up to
 /// 16 KiB, about 256 KiB per copy.
 const QUEUE_PIECES: usize = 16;
-/// Idle connections to the mirror kept for the next copies.
-const MAX_IDLE: usize = 16;
+/// Queued pieces are written together up to this many bytes.
+const COALESCE: usize = 64 * 1024;
 
 /// Copies this process made, by what became of them.
 static MIRRORED: AtomicU64 = AtomicU64::new(0);
@@ -163,6 +163,7 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
             timeout: Duration::from_millis(config.timeout),
             in_flight: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
+            max_idle: config.max_in_flight as usize,
         }),
     }))
 }
@@ -182,6 +183,7 @@ struct Mirror {
     in_flight: AtomicU32,
     /// Connections that carried a whole exchange and may carry another.
     idle: Mutex<Vec<TcpStream>>,
+    max_idle: usize,
 }
 
 impl Plugin for ProxyMirror {
@@ -431,12 +433,21 @@ impl Mirror {
             };
             out.clear();
             ended = push_event(&mut out, event, chunked);
+            // What else is queued goes out in the same write.
+            while !ended && out.len() < COALESCE {
+                match body.try_recv() {
+                    Ok(event) => ended = push_event(&mut out, event, chunked),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return Ok(Delivery::Abandoned),
+                }
+            }
             stream.write_all(&out).await?;
         }
         let answer = outbound::read_response(&mut stream, &copy.method, |_| Ok(())).await?;
         if answer.reusable {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < MAX_IDLE {
+            // As many as copies may be under way: each finds one.
+            if idle.len() < self.max_idle {
                 idle.push(stream);
             }
         }
