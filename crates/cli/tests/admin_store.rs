@@ -130,6 +130,14 @@ fn admin_writes_are_served_and_bad_ones_change_nothing() {
     assert_eq!(status["role"], "traditional");
     assert_eq!(status["serving_revision"], status["store"]["revision"]);
     assert!(status["id"].as_str().is_some_and(|id| !id.is_empty()));
+    for path in ["/status", "/status/ready"] {
+        let res = get(pylon.control.unwrap(), "localhost", path);
+        assert_eq!(
+            (res.status, res.text().as_str()),
+            (200, r#"{"status":"ok"}"#),
+            "{path}"
+        );
+    }
 }
 
 /// An upstream with no nodes is stored, as APISIX stores it (discovery and staged roll-outs

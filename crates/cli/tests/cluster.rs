@@ -259,6 +259,12 @@ fn a_node_serves_its_local_copy_while_etcd_is_down_and_catches_up() {
         a.stderr()
     );
     assert_eq!(status(&a)["store"]["connected"], false);
+    // Its copy is a configuration: it is ready for traffic.
+    let ready = get(a.control.unwrap(), "localhost", "/status/ready");
+    assert_eq!(
+        (ready.status, ready.text().as_str()),
+        (200, r#"{"status":"ok"}"#)
+    );
 
     // etcd returns: the node reconnects, and takes writes again.
     cluster.restart(&[0]);

@@ -69,6 +69,22 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
+    /// Why the node cannot take traffic yet, if it cannot: it has no configuration (the store
+    /// was never reached and there is no local copy of it), or its workers serve none.
+    fn unready(&self) -> Option<&'static str> {
+        let store = self.store.borrow();
+        if !store.live && store.revision == 0 {
+            return Some("no configuration loaded: the config store has not been reached");
+        }
+        if self.role == "control_plane" {
+            return None;
+        }
+        match &self.serving {
+            Some(cell) if cell.load().revision > 0 || store.revision == 0 => None,
+            _ => Some("the workers serve no configuration yet"),
+        }
+    }
+
     fn report(&self) -> serde_json::Value {
         let store = self.store.borrow();
         let calls = pylon_plugin::call_failures();
@@ -196,8 +212,20 @@ fn route(method: &str, path: &str, state: &State) -> (u16, String) {
     if method != "GET" {
         return error(405, "405 Method Not Allowed");
     }
-    if path == "/v1/status" {
-        return (200, state.status.report().to_string());
+    match path {
+        "/v1/status" => return (200, state.status.report().to_string()),
+        // For load balancers and orchestrators: the process answers at all.
+        "/status" => return (200, r#"{"status":"ok"}"#.into()),
+        "/status/ready" => {
+            return match state.status.unready() {
+                None => (200, r#"{"status":"ok"}"#.into()),
+                Some(why) => (
+                    503,
+                    serde_json::json!({"status": "error", "error": why}).to_string(),
+                ),
+            }
+        }
+        _ => {}
     }
     if let Some(kind) = path
         .strip_prefix("/v1/discovery/")
@@ -243,6 +271,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     }
 }
@@ -287,6 +316,30 @@ mod tests {
                 404,
                 r#"{"error_msg":"discovery `dns` is not configured"}"#.into()
             )
+        );
+    }
+
+    #[test]
+    fn a_node_is_ready_once_it_has_a_configuration() {
+        let ready = |view: View| route("GET", "/status/ready", &state(view));
+        let (code, body) = ready(View::default());
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("\"status\":\"error\""), "{body}");
+        let live = View {
+            live: true,
+            ..View::default()
+        };
+        assert_eq!(ready(live), (200, r#"{"status":"ok"}"#.into()));
+        // The local copy, while the store is away, is a configuration.
+        let copy = View {
+            revision: 7,
+            ..View::default()
+        };
+        assert_eq!(ready(copy).0, 200);
+        let state = state(View::default());
+        assert_eq!(
+            route("GET", "/status", &state),
+            (200, r#"{"status":"ok"}"#.into())
         );
     }
 
