@@ -27,6 +27,7 @@ mod ip_restriction;
 mod ip_set;
 mod jwt_auth;
 mod key_auth;
+mod limit_count;
 mod limit_key;
 mod limit_state;
 mod mocking;
