@@ -11,11 +11,12 @@
 //!   window's count plus the previous window's, weighted by the share of the previous window
 //!   that the last `time_window` seconds still cover.
 //!
-//! The counters live in the plugin instance, so they last as long as its configuration
-//! (a changed configuration counts afresh, as APISIX's does). With `group`, the instances
-//! configured with the same group, `count`, `time_window` and `window_type` share one set
-//! of counters across routes, and across rebuilds; a group configured differently somewhere
-//! counts apart there, and a changed group configuration counts afresh.
+//! The counters live in the plugin instance: a changed configuration counts afresh, as
+//! APISIX's does, and so does an instance built again for another reason (a consumer was
+//! added, the route's upstream changed). With `group`, the instances configured with the same
+//! group, `count`, `time_window` and `window_type` share one set of counters, across routes
+//! and rebuilds; a group configured differently somewhere counts apart there, and a changed
+//! group configuration counts afresh.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
