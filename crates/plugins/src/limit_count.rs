@@ -291,7 +291,6 @@ impl Counters {
 }
 
 /// A key's fixed window.
-#[derive(Debug)]
 struct FixedWindow {
     resets_at: Instant,
     count: u64,
@@ -309,7 +308,7 @@ impl FixedWindow {
         if now >= self.resets_at {
             *self = FixedWindow::starting(now, limit);
         }
-        // A refused request is not counted: it takes nothing from the next window.
+        // A refused request is not counted: the count never passes the limit.
         let admitted = self.count < limit.count;
         self.count += u64::from(admitted);
         Quota {
@@ -325,7 +324,6 @@ impl FixedWindow {
 }
 
 /// A key's sliding window: the counts of the current fixed window and the one before.
-#[derive(Debug)]
 struct SlidingWindow {
     /// When the current window started.
     start: Instant,
