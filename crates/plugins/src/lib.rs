@@ -28,6 +28,7 @@ mod ip_set;
 mod jwt_auth;
 mod key_auth;
 mod limit_key;
+mod limit_req;
 mod limit_state;
 mod mocking;
 mod outbound;
