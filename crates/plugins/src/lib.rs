@@ -27,6 +27,7 @@ mod ip_restriction;
 mod ip_set;
 mod jwt_auth;
 mod key_auth;
+mod limit_conn;
 mod limit_key;
 mod limit_req;
 mod limit_state;
