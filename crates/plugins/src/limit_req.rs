@@ -98,8 +98,12 @@ pub(crate) fn local_policy_only(config: &Value) -> Result<(), FieldError> {
     }
 }
 
-/// Holds a request for `wait` without holding a worker, then lets it go on.
+/// Holds a request for `wait` without holding a worker, then lets it go on. A wait shorter
+/// than [`MIN_DELAY`] lets it go on at once.
 pub(crate) fn hold<'a>(wait: Duration) -> Step<'a> {
+    if wait < MIN_DELAY {
+        return Step::Continue;
+    }
     Step::Call(Call {
         work: Box::pin(async move {
             tokio::time::sleep(wait).await;
@@ -134,7 +138,7 @@ struct LimitReq {
 
 impl LimitReq {
     fn new(config: LimitReqConfig) -> Result<LimitReq, FieldError> {
-        // Negative, zero and overflowing rates all fail the conversion.
+        // A rate of 0 or less makes an infinite or negative interval, which does not convert.
         let interval = Duration::try_from_secs_f64(1.0 / config.rate)
             .ok()
             .filter(|interval| !interval.is_zero() && *interval <= MAX_DRAIN)
@@ -191,7 +195,7 @@ impl Plugin for LimitReq {
     fn access<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         match self.admit(&self.key.of(ctx), Instant::now()) {
             None => Step::Reply(self.rejected.clone()),
-            Some(wait) if !self.nodelay && wait >= MIN_DELAY => hold(wait),
+            Some(wait) if !self.nodelay => hold(wait),
             Some(_) => Step::Continue,
         }
     }
@@ -278,6 +282,11 @@ mod tests {
         let nodelay = build_plugin(&DESCRIPTOR, config).unwrap();
         let steps: Vec<_> = (0..3).map(|_| access(&nodelay, &request)).collect();
         assert_eq!(steps, ["continue", "continue", "refuse"]);
+        // A wait under a millisecond is not worth holding a request for (as APISIX).
+        let config = json!({"rate": 10000, "burst": 1, "key": "remote_addr"});
+        let fast = build_plugin(&DESCRIPTOR, config).unwrap();
+        let steps: Vec<_> = (0..2).map(|_| access(&fast, &request)).collect();
+        assert_eq!(steps, ["continue", "continue"]);
         // Counted by client address: another client has its own bucket.
         assert_eq!(
             access(&nodelay, &TestRequest::get("/").from("192.0.2.8")),
