@@ -3,9 +3,9 @@
 use crate::descriptor::Descriptor;
 use crate::{
     basic_auth, client_control, compression, consumer_restriction, cors, fault_injection,
-    forward_auth, hmac_auth, ip_restriction, jwt_auth, key_auth, limit_count, mocking,
-    proxy_mirror, proxy_rewrite, real_ip, redirect, request_id, request_validation,
-    response_rewrite, traffic_split, uri_blocker, waf,
+    forward_auth, hmac_auth, ip_restriction, jwt_auth, key_auth, limit_conn, limit_count,
+    limit_req, mocking, proxy_mirror, proxy_rewrite, real_ip, redirect, request_id,
+    request_validation, response_rewrite, traffic_split, uri_blocker, waf,
 };
 
 /// Every plugin, by name.
@@ -22,7 +22,9 @@ pub static CATALOG: &[Descriptor] = &[
     ip_restriction::DESCRIPTOR,
     jwt_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
+    limit_conn::DESCRIPTOR,
     limit_count::DESCRIPTOR,
+    limit_req::DESCRIPTOR,
     mocking::DESCRIPTOR,
     proxy_mirror::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,

@@ -65,7 +65,6 @@ impl<T> KeyedState<T> {
     }
 
     /// Runs `f` on `key`'s entry if there is one.
-    #[allow(dead_code, reason = "limit-conn's, built on another branch")]
     pub fn with_existing<R>(&self, key: &str, f: impl FnOnce(&mut T) -> R) -> Option<R> {
         let hash = self.hasher.hash_one(key);
         let shard = &self.shards[hash as usize & (SHARDS - 1)];
