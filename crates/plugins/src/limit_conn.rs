@@ -15,9 +15,9 @@ use serde_json::Value;
 
 use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
-use crate::limit_key::{KeyType, LimitKey};
-use crate::limit_req::{default_rejected_code, hold, local_policy_only, Policy};
-use crate::limit_state::KeyedState;
+use crate::limits::key::{KeyType, LimitKey};
+use crate::limits::state::KeyedState;
+use crate::limits::{default_rejected_code, hold, local_config, Policy};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "limit-conn",
@@ -28,8 +28,11 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     metadata: None,
 };
 
+/// APISIX's Redis settings (`redis_host`, ..., `sync_interval`) are accepted and ignored: APISIX
+/// keeps them in a configuration whose `policy` is `local`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^redis_": {}, "^sync_interval$": {}}))]
 struct LimitConnConfig {
     /// Requests each key may have in flight before more are delayed.
     #[schemars(range(min = 1))]
@@ -61,13 +64,12 @@ struct LimitConnConfig {
     #[allow(dead_code)] // Read once the Redis policies are built.
     allow_degradation: bool,
     #[serde(default)]
-    #[allow(dead_code)] // Only `local` gets this far: see `local_policy_only`.
+    #[allow(dead_code)] // Only `local` gets this far: see `limits::local_config`.
     policy: Policy,
 }
 
 fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
-    local_policy_only(config)?;
-    Ok(Arc::new(LimitConn::new(parse(config)?)?))
+    Ok(Arc::new(LimitConn::new(parse(&*local_config(config)?)?)?))
 }
 
 struct LimitConn {
@@ -352,7 +354,6 @@ mod tests {
             (with("rejected_code", json!(600)), "rejected_code"),
             (with("rejected_msg", json!("")), "rejected_msg"),
             (with("policy", json!("memcached")), "policy"),
-            (with("redis_prefix", json!("x")), "redis_prefix"),
         ];
         for (config, field) in cases {
             assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, field, "{config}");
@@ -373,6 +374,9 @@ mod tests {
                 "only_use_default_delay": true, "key_type": "var_combination",
                 "key": "$consumer_name $remote_addr", "rejected_msg": "Too many",
                 "allow_degradation": true, "policy": "local"}),
+            // Moved back to `local`, with the Redis settings left in.
+            json!({"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "remote_addr",
+                "policy": "local", "redis_host": "10.0.0.1", "redis_prefix": "x"}),
         ] {
             build_plugin(&DESCRIPTOR, config.clone()).unwrap_or_else(|e| panic!("{config}: {e}"));
         }

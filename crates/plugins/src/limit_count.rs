@@ -18,7 +18,6 @@
 //! and rebuilds; a group configured differently somewhere counts apart there, and a changed
 //! group configuration counts afresh.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -31,8 +30,9 @@ use serde_json::Value;
 
 use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
-use crate::limit_key::{KeyType, LimitKey};
-use crate::limit_state::KeyedState;
+use crate::limits::key::{KeyType, LimitKey};
+use crate::limits::state::KeyedState;
+use crate::limits::{default_rejected_code, local_config, Policy};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "limit-count",
@@ -81,6 +81,7 @@ struct LimitCountConfig {
     rejected_msg: Option<String>,
     /// Where the counters are: only `local` (this node) is built so far.
     #[serde(default)]
+    #[allow(dead_code)] // Only `local` gets this far: see `limits::local_config`.
     policy: Policy,
     /// Whether a failing counter store lets requests through; `local` never fails.
     #[serde(default)]
@@ -99,10 +100,6 @@ fn default_key() -> String {
     "remote_addr".into()
 }
 
-fn default_rejected_code() -> u16 {
-    503
-}
-
 fn default_true() -> bool {
     true
 }
@@ -115,36 +112,8 @@ enum WindowType {
     Sliding,
 }
 
-#[derive(Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-enum Policy {
-    #[default]
-    Local,
-    Redis,
-    RedisCluster,
-}
-
-fn is_redis_setting(field: &str) -> bool {
-    field.starts_with("redis_") || field == "sync_interval"
-}
-
 fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
-    let config = match config {
-        Value::Object(map) if map.keys().any(|f| is_redis_setting(f)) => Cow::Owned(Value::Object(
-            map.iter()
-                .filter(|(field, _)| !is_redis_setting(field))
-                .map(|(field, value)| (field.clone(), value.clone()))
-                .collect(),
-        )),
-        other => Cow::Borrowed(other),
-    };
-    let config: LimitCountConfig = parse(&config)?;
-    if config.policy != Policy::Local {
-        return Err(FieldError::new(
-            "policy",
-            "the Redis policies (`redis`, `redis-cluster`) are not built yet: only `local` is",
-        ));
-    }
+    let config: LimitCountConfig = parse(&*local_config(config)?)?;
     if config.count == 0 {
         return Err(FieldError::new("count", "must be greater than 0"));
     }

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pylon_model::FieldError;
-use pylon_plugin::{Call, FailurePolicy, Phases, Plugin, Reply, RequestCtx, Step};
+use pylon_plugin::{Phases, Plugin, Reply, RequestCtx, Step};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
-use crate::limit_key::{KeyType, LimitKey};
-use crate::limit_state::KeyedState;
+use crate::limits::key::{KeyType, LimitKey};
+use crate::limits::state::KeyedState;
+use crate::limits::{default_rejected_code, hold, local_config, Policy};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "limit-req",
@@ -30,11 +31,11 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
 /// range.
 const MAX_DRAIN: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// A shorter wait is not worth holding a request for (as APISIX: a millisecond).
-const MIN_DELAY: Duration = Duration::from_millis(1);
-
+/// APISIX's Redis settings (`redis_host`, ..., `sync_interval`) are accepted and ignored: APISIX
+/// keeps them in a configuration whose `policy` is `local`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("patternProperties" = {"^redis_": {}, "^sync_interval$": {}}))]
 struct LimitReqConfig {
     /// Requests per second each key may make, fractions allowed (`0.5`: one every two
     /// seconds).
@@ -64,61 +65,12 @@ struct LimitReqConfig {
     #[allow(dead_code)] // Read once the Redis policies are built.
     allow_degradation: bool,
     #[serde(default)]
-    #[allow(dead_code)] // Only `local` gets this far: see `local_policy_only`.
+    #[allow(dead_code)] // Only `local` gets this far: see `limits::local_config`.
     policy: Policy,
 }
 
-pub(crate) fn default_rejected_code() -> u16 {
-    503
-}
-
-/// Where a limiting plugin keeps its counts.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum Policy {
-    /// In this node's memory, shared by its workers.
-    #[default]
-    Local,
-    /// In one Redis server, shared by the nodes.
-    Redis,
-    /// In a Redis cluster, shared by the nodes.
-    RedisCluster,
-}
-
-/// Refuses the Redis policies, which are not built yet. Checked before the configuration is
-/// parsed: the fields only they take (`redis_host`, ...) would otherwise be refused as
-/// unknown, hiding the reason.
-pub(crate) fn local_policy_only(config: &Value) -> Result<(), FieldError> {
-    match config.get("policy").and_then(Value::as_str) {
-        Some(policy @ ("redis" | "redis-cluster")) => Err(FieldError::new(
-            "policy",
-            format!("`{policy}` is not built yet: only `local` is, for now"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Holds a request for `wait` without holding a worker, then lets it go on. A wait shorter
-/// than [`MIN_DELAY`] lets it go on at once.
-pub(crate) fn hold<'a>(wait: Duration) -> Step<'a> {
-    if wait < MIN_DELAY {
-        return Step::Continue;
-    }
-    Step::Call(Call {
-        work: Box::pin(async move {
-            tokio::time::sleep(wait).await;
-            Ok(None)
-        }),
-        // The wait is the plugin's own, on the same clock: the bound only has to be past it.
-        // Were it ever reached, the request would go on (fail open), never be refused.
-        timeout: wait.saturating_add(Duration::from_secs(1)),
-        policy: FailurePolicy::Open,
-    })
-}
-
 fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
-    local_policy_only(config)?;
-    Ok(Arc::new(LimitReq::new(parse(config)?)?))
+    Ok(Arc::new(LimitReq::new(parse(&*local_config(config)?)?)?))
 }
 
 struct LimitReq {
