@@ -7,6 +7,7 @@ standalone configuration (JSON is YAML: a PEM key's newlines need no indentation
   jwt    jwt-auth RS256, when the consumer's public key (a PEM file) is given
   waf    waf with its shipped rules (query, headers, cookies and up to 64 KB of body)
   mirror proxy-mirror copying every request, body and all, to the upstream itself
+  limit  limit-count (policy local) by client address, with a count no run reaches
 
 usage: plugin-routes.py [PUBLIC_KEY_PEM] > routes.yaml
 """
@@ -25,6 +26,9 @@ routes = [
     {"id": "waf", "uri": "/waf", "upstream": upstream, "plugins": {"waf": {}}},
     {"id": "mirror", "uri": "/mirror", "upstream": upstream, "plugins": {
         "proxy-mirror": {"host": "http://127.0.0.1:1980"},
+    }},
+    {"id": "limit", "uri": "/limit", "upstream": upstream, "plugins": {
+        "limit-count": {"count": 1000000000, "time_window": 3600},
     }},
 ]
 consumer_plugins = {"key-auth": {"key": "bench-key"}}

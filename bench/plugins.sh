@@ -5,8 +5,9 @@
 #   chain   key-auth + proxy-rewrite (a templated header) + request-id + cors
 #   jwt     jwt-auth with RS256, the same token on every request (verified once, then cached)
 #   waf     waf with its shipped rules, on a GET with a browser's headers
-# Each run prints its ratios to nginx; the chain's, jwt's and waf's CPU per request over the
-# bare route's is the figure BENCHMARKS.md quotes.
+#   limit   limit-count (policy local) by client address, with a count no run reaches
+# Each run prints its ratios to nginx; the chain's, jwt's, waf's and limit's CPU per request
+# over the bare route's is the figure BENCHMARKS.md quotes.
 # Then a 16 KB form POST (bench/form-post.lua) to the bare, the waf and the mirror routes of
 # one Pylon (one worker on CPU 1; wrk and an nginx upstream on CPU 0), ROUNDS times each,
 # alternating: Pylon's CPU per request and wrk's median latency on each, and the waf's and the
@@ -39,6 +40,7 @@ run bare /bare ""
 run chain /chain "apikey: bench-key"
 run jwt /jwt "Authorization: Bearer $token"
 run waf /waf ""
+run limit /limit ""
 
 ratio() { sed -n 's/.*ratio subject\/nginx: .*cpu_per_req=\([0-9.]*\).*/\1/p' "$tmp/$1.out"; }
 
@@ -75,18 +77,20 @@ for r in $(seq "${ROUNDS:-3}"); do
 done
 curl -fs http://127.0.0.1:9090/v1/status | python3 -c "import json, sys; print('proxy_mirror:', json.load(sys.stdin)['proxy_mirror'])"
 
-python3 - "$(ratio bare)" "$(ratio chain)" "$(ratio jwt)" "$(ratio waf)" "$tmp/post" <<'PY'
+python3 - "$(ratio bare)" "$(ratio chain)" "$(ratio jwt)" "$(ratio waf)" "$(ratio limit)" "$tmp/post" <<'PY'
 import re, statistics, sys
-bare, chain, jwt, waf = map(float, sys.argv[1:5])
+bare, chain, jwt, waf, limit = map(float, sys.argv[1:6])
 rounds = [{route: (float(cpu), float(p50))
            for route, cpu, p50 in re.findall(r"(\w+) ([\d.]+) us/req ([\d.]+) ms", line)}
-          for line in open(sys.argv[5])]
+          for line in open(sys.argv[6])]
 cpu = {route: statistics.median(r[route][0] for r in rounds) for route in rounds[0]}
 p50 = {route: statistics.median(r[route][1] for r in rounds) for route in rounds[0]}
 print(f"\ncpu per request over the bare route's (each against nginx in its own run):")
 print(f"  chain (key-auth + proxy-rewrite + request-id + cors): {chain / bare:.3f}")
 print(f"  jwt-auth RS256, repeated token:                      {jwt / bare:.3f}")
 print(f"  waf, shipped rules, GET:                             {waf / bare:.3f}")
+print(f"  limit-count, policy local:                           {limit / bare:.3f}")
+print(f"  limit-count against nginx (its own run):             {limit:.3f}")
 print("16 KB form POST, medians of the rounds:")
 for route in cpu:
     print(f"  {route:6} {cpu[route]:7.2f} us/req ({cpu[route] / cpu['bare']:.3f} of bare),"
