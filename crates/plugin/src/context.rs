@@ -397,7 +397,13 @@ pub struct ResponseCtx<'a, 'r> {
 /// What the log phase sees of a finished request.
 pub struct LogCtx<'a, 'r> {
     pub request: &'a RequestCtx<'r>,
+    /// The status the client got.
     pub status: u16,
+    /// The status of the exchange with the upstream, when a node was tried and the client
+    /// stayed for its end: the node's answer (as the client got it), or the gateway's 502 or
+    /// 504 when no node answered. `None` for a request answered before the upstream (a
+    /// plugin's reply, no route) or one its client left.
+    pub upstream_status: Option<u16>,
     pub bytes_sent: u64,
     pub latency: Duration,
 }

@@ -2,14 +2,15 @@
 
 use crate::descriptor::Descriptor;
 use crate::{
-    basic_auth, client_control, compression, consumer_restriction, cors, fault_injection,
-    forward_auth, hmac_auth, ip_restriction, jwt_auth, key_auth, limit_conn, limit_count,
-    limit_req, mocking, proxy_mirror, proxy_rewrite, real_ip, redirect, request_id,
+    api_breaker, basic_auth, client_control, compression, consumer_restriction, cors,
+    fault_injection, forward_auth, hmac_auth, ip_restriction, jwt_auth, key_auth, limit_conn,
+    limit_count, limit_req, mocking, proxy_mirror, proxy_rewrite, real_ip, redirect, request_id,
     request_validation, response_rewrite, traffic_split, uri_blocker, waf,
 };
 
 /// Every plugin, by name.
 pub static CATALOG: &[Descriptor] = &[
+    api_breaker::DESCRIPTOR,
     basic_auth::DESCRIPTOR,
     compression::BROTLI,
     compression::GZIP,

@@ -9,6 +9,7 @@
 //! [`Plugin`]: pylon_plugin::Plugin
 #![forbid(unsafe_code)]
 
+mod api_breaker;
 mod basic_auth;
 mod catalog;
 mod client_control;

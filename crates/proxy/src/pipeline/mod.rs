@@ -138,7 +138,7 @@ pub(crate) async fn run<D: Downstream>(
                     }
                 }
             };
-            plugins.log(&ctx, outcome.status, outcome.bytes_sent, started.elapsed());
+            plugins.log(&ctx, &outcome, started.elapsed());
             client = ctx.client_ip();
             outcome
         }

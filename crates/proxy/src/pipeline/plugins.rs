@@ -16,6 +16,7 @@ use pylon_plugin::{
 
 use crate::error::GatewayError;
 use crate::http1::ResponseHead;
+use crate::outcome::{End, Outcome, Side};
 use crate::snapshot::{RouteTarget, Snapshot};
 
 /// The chains that apply to one routed request: the global rules', then the route's.
@@ -173,16 +174,21 @@ impl<'s> Plugins<'s> {
     }
 
     /// Runs the `log` phase.
-    pub fn log(&self, ctx: &RequestCtx<'_>, status: u16, bytes_sent: u64, latency: Duration) {
+    pub fn log(&self, ctx: &RequestCtx<'_>, outcome: &Outcome, latency: Duration) {
         if !self.uses(Phase::Log, ctx) {
             return;
         }
         let consumer = ctx.consumer().cloned();
         let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
+        let client_left = matches!(outcome.end, End::Failed(Side::Client, _));
         let log = LogCtx {
             request: ctx,
-            status,
-            bytes_sent,
+            status: outcome.status,
+            upstream_status: outcome
+                .upstream
+                .filter(|_| !client_left)
+                .map(|_| outcome.status),
+            bytes_sent: outcome.bytes_sent,
             latency,
         };
         self.global.log(&log, None);
