@@ -3,9 +3,9 @@
 use crate::descriptor::Descriptor;
 use crate::{
     api_breaker, basic_auth, client_control, compression, consumer_restriction, cors,
-    fault_injection, forward_auth, hmac_auth, ip_restriction, jwt_auth, key_auth, limit_conn,
-    limit_count, limit_req, mocking, proxy_mirror, proxy_rewrite, real_ip, redirect, request_id,
-    request_validation, response_rewrite, traffic_split, uri_blocker, waf,
+    fault_injection, file_logger, forward_auth, hmac_auth, ip_restriction, jwt_auth, key_auth,
+    limit_conn, limit_count, limit_req, mocking, proxy_mirror, proxy_rewrite, real_ip, redirect,
+    request_id, request_validation, response_rewrite, traffic_split, uri_blocker, waf,
 };
 
 /// Every plugin, by name.
@@ -18,6 +18,7 @@ pub static CATALOG: &[Descriptor] = &[
     consumer_restriction::DESCRIPTOR,
     cors::DESCRIPTOR,
     fault_injection::DESCRIPTOR,
+    file_logger::DESCRIPTOR,
     forward_auth::DESCRIPTOR,
     hmac_auth::DESCRIPTOR,
     ip_restriction::DESCRIPTOR,

@@ -21,6 +21,7 @@ mod cors;
 mod credentials;
 mod descriptor;
 mod fault_injection;
+mod file_logger;
 mod forward_auth;
 mod header_ops;
 mod hmac_auth;
@@ -57,6 +58,7 @@ pub use compile::{
 };
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
+pub use file_logger::{file_log_counts, FileLogCounts};
 pub use proxy_mirror::{mirror_counts, MirrorCounts};
 pub use traffic_split::{route_split_upstreams, SplitTarget, SplitUpstream};
 pub use waf::{waf_verdicts, WafVerdicts};
