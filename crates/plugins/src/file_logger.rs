@@ -149,6 +149,28 @@ impl FileLogger {
             lines: writer(Path::new(&config.path))?,
         })
     }
+
+    /// The record of a request, `None` when `match` leaves it out.
+    fn record(&self, ctx: &LogCtx<'_, '_>) -> Option<Value> {
+        let vars = LogVars(ctx);
+        let selected = self.matches.as_ref().is_none_or(|alternatives| {
+            alternatives
+                .iter()
+                .any(|expr| pylon_router::eval_vars(expr, &vars))
+        });
+        if !selected {
+            return None;
+        }
+        Some(match &self.format {
+            Some(format) => Value::Object(
+                format
+                    .iter()
+                    .filter_map(|(name, field)| Some((name.clone(), field.render(&vars)?)))
+                    .collect(),
+            ),
+            None => default_record(ctx),
+        })
+    }
 }
 
 /// One field of `log_format`.
@@ -282,30 +304,6 @@ fn names(path: &Path, file: &File) -> bool {
     }
 }
 
-impl FileLogger {
-    /// The record of a request, `None` when `match` leaves it out.
-    fn record(&self, ctx: &LogCtx<'_, '_>) -> Option<Value> {
-        let vars = LogVars(ctx);
-        let selected = self.matches.as_ref().is_none_or(|alternatives| {
-            alternatives
-                .iter()
-                .any(|expr| pylon_router::eval_vars(expr, &vars))
-        });
-        if !selected {
-            return None;
-        }
-        Some(match &self.format {
-            Some(format) => Value::Object(
-                format
-                    .iter()
-                    .filter_map(|(name, field)| Some((name.clone(), field.render(&vars)?)))
-                    .collect(),
-            ),
-            None => default_record(ctx),
-        })
-    }
-}
-
 impl Plugin for FileLogger {
     fn name(&self) -> &'static str {
         DESCRIPTOR.name
@@ -319,7 +317,9 @@ impl Plugin for FileLogger {
         let Some(record) = self.record(ctx) else {
             return;
         };
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        let Ok(mut line) = serde_json::to_vec(&record) else {
+            return;
+        };
         line.push(b'\n');
         if self.lines.try_send(line).is_err() {
             DROPPED.fetch_add(1, Ordering::Relaxed);
