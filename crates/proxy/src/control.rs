@@ -90,6 +90,7 @@ impl NodeStatus {
         let calls = pylon_plugin::call_failures();
         let waf = pylon_plugins::waf_verdicts();
         let mirror = pylon_plugins::mirror_counts();
+        let file_log = pylon_plugins::file_log_counts();
         serde_json::json!({
             "id": self.id,
             "role": self.role,
@@ -107,6 +108,11 @@ impl NodeStatus {
                 "failed": mirror.failed,
                 "dropped": mirror.dropped,
                 "in_flight": mirror.in_flight,
+            },
+            "file_logger": {
+                "written": file_log.written,
+                "dropped": file_log.dropped,
+                "failed": file_log.failed,
             },
         })
     }
