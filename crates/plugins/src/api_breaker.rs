@@ -156,6 +156,7 @@ impl ApiBreaker {
         if healthy.successes == 0 {
             return Err(FieldError::new("healthy.successes", "must be at least 1"));
         }
+        let max_open = Duration::from_secs(config.max_breaker_sec);
         let mut headers = Vec::new();
         for (i, header) in config.break_response_headers.iter().flatten().enumerate() {
             check_name(&format!("break_response_headers[{i}].key"), &header.key)?;
@@ -166,12 +167,12 @@ impl ApiBreaker {
             code: config.break_response_code,
             body: Bytes::from(config.break_response_body.unwrap_or_default()),
             headers,
-            max_open: Duration::from_secs(config.max_breaker_sec),
+            max_open,
             unhealthy_statuses: config.unhealthy.http_statuses,
             failures_to_open: config.unhealthy.failures,
             healthy_statuses: config.healthy.http_statuses,
             successes_to_close: config.healthy.successes,
-            uris: KeyedState::new(|breaker, now| breaker.is_stale(now)),
+            uris: KeyedState::new(move |breaker: &Breaker, now| breaker.is_stale(max_open, now)),
         })
     }
 }
@@ -224,15 +225,13 @@ struct Breaker {
     opened: Option<Instant>,
     /// The last unhealthy answer.
     last_failure: Instant,
-    /// `max_breaker_sec`, for [`Breaker::is_stale`].
-    max_open: Duration,
 }
 
 impl Breaker {
-    /// A breaker that is closed and has not seen a failure for `max_breaker_sec` holds
-    /// nothing worth keeping.
-    fn is_stale(&self, now: Instant) -> bool {
-        self.failures == 0 || now.saturating_duration_since(self.last_failure) > self.max_open
+    /// A breaker that is closed, or has not seen a failure for `max_open`
+    /// (`max_breaker_sec`), holds nothing worth keeping.
+    fn is_stale(&self, max_open: Duration, now: Instant) -> bool {
+        self.failures == 0 || now.saturating_duration_since(self.last_failure) > max_open
     }
 }
 
@@ -263,7 +262,6 @@ impl ApiBreaker {
                 successes: 0,
                 opened: None,
                 last_failure: now,
-                max_open: self.max_open,
             };
             self.uris.with(key, new, |breaker| {
                 breaker.failures += 1;

@@ -135,7 +135,10 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
             time_window: config.time_window,
             window_type: config.window_type,
         }),
-        None => Arc::new(Counters::new(config.window_type)),
+        None => Arc::new(Counters::new(
+            config.window_type,
+            Duration::from_secs(config.time_window),
+        )),
     };
     Ok(Arc::new(LimitCount {
         key,
@@ -170,7 +173,8 @@ fn group_counters(key: GroupKey) -> Arc<Counters> {
         return counters;
     }
     groups.retain(|_, counters| counters.strong_count() > 0);
-    let counters = Arc::new(Counters::new(key.window_type));
+    let window = Duration::from_secs(key.time_window);
+    let counters = Arc::new(Counters::new(key.window_type, window));
     groups.insert(key, Arc::downgrade(&counters));
     counters
 }
@@ -236,10 +240,14 @@ enum Counters {
 }
 
 impl Counters {
-    fn new(window_type: WindowType) -> Counters {
+    fn new(window_type: WindowType, window: Duration) -> Counters {
         match window_type {
             WindowType::Fixed => Counters::Fixed(KeyedState::new(FixedWindow::is_over)),
-            WindowType::Sliding => Counters::Sliding(KeyedState::new(SlidingWindow::is_over)),
+            WindowType::Sliding => {
+                Counters::Sliding(KeyedState::new(move |sliding: &SlidingWindow, now| {
+                    sliding.is_forgotten(window, now)
+                }))
+            }
         }
     }
 
@@ -252,7 +260,7 @@ impl Counters {
             ),
             Counters::Sliding(state) => state.with(
                 key,
-                || SlidingWindow::starting(now, limit),
+                || SlidingWindow::starting(now),
                 |window| window.admit(limit, now),
             ),
         }
@@ -298,29 +306,25 @@ struct SlidingWindow {
     start: Instant,
     previous: u64,
     current: u64,
-    /// When neither count matters any more: the end of the window after the current one.
-    forgotten_at: Instant,
 }
 
 impl SlidingWindow {
-    fn starting(now: Instant, limit: &Limit) -> SlidingWindow {
+    fn starting(now: Instant) -> SlidingWindow {
         SlidingWindow {
             start: now,
             previous: 0,
             current: 0,
-            forgotten_at: now + 2 * limit.window,
         }
     }
 
     fn admit(&mut self, limit: &Limit, now: Instant) -> Quota {
         let window = limit.window;
-        if now >= self.forgotten_at {
-            *self = SlidingWindow::starting(now, limit);
+        if self.is_forgotten(window, now) {
+            *self = SlidingWindow::starting(now);
         } else if now >= self.start + window {
             self.start += window;
             self.previous = self.current;
             self.current = 0;
-            self.forgotten_at = self.start + 2 * window;
         }
         let left = window - (now - self.start);
         let share_left = left.as_secs_f64() / window.as_secs_f64();
@@ -344,8 +348,10 @@ impl SlidingWindow {
         }
     }
 
-    fn is_over(&self, now: Instant) -> bool {
-        now >= self.forgotten_at
+    /// Whether neither count matters any more at `now`: past the end of the window after
+    /// the current one.
+    fn is_forgotten(&self, window: Duration, now: Instant) -> bool {
+        now >= self.start + 2 * window
     }
 }
 
@@ -386,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_fixed_window_lets_count_through_and_resets_at_its_end() {
-        let counters = Counters::new(WindowType::Fixed);
+        let counters = Counters::new(WindowType::Fixed, Duration::from_secs(10));
         let got = quotas(&counters, limit(2, 10), &[0.0, 3.0, 9.5, 10.0, 10.5, 25.0]);
         assert_eq!(
             got,
@@ -404,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_sliding_window_weighs_the_previous_windows_count_by_its_overlap() {
-        let counters = Counters::new(WindowType::Sliding);
+        let counters = Counters::new(WindowType::Sliding, Duration::from_secs(10));
         let got = quotas(
             &counters,
             limit(4, 10),
@@ -443,17 +449,18 @@ mod tests {
         let fixed = FixedWindow::starting(t0, &limit);
         assert!(!fixed.is_over(t0 + Duration::from_secs(9)));
         assert!(fixed.is_over(t0 + Duration::from_secs(10)));
-        let mut sliding = SlidingWindow::starting(t0, &limit);
+        let mut sliding = SlidingWindow::starting(t0);
         sliding.admit(&limit, t0);
         // Its count still weighs on the next window.
-        assert!(!sliding.is_over(t0 + Duration::from_secs(15)));
-        assert!(sliding.is_over(t0 + Duration::from_secs(20)));
+        let window = limit.window;
+        assert!(!sliding.is_forgotten(window, t0 + Duration::from_secs(15)));
+        assert!(sliding.is_forgotten(window, t0 + Duration::from_secs(20)));
     }
 
     #[test]
     fn counting_is_exact_across_threads() {
         for window_type in [WindowType::Fixed, WindowType::Sliding] {
-            let counters = Counters::new(window_type);
+            let counters = Counters::new(window_type, Duration::from_secs(3600));
             let limit = limit(1000, 3600);
             let admitted: u64 = std::thread::scope(|scope| {
                 let threads: Vec<_> = (0..8)

@@ -18,11 +18,16 @@ const SHARDS: usize = 64;
 /// A shard with this many keys sweeps out its stale ones.
 const SWEEP_AT: usize = 4096;
 
+/// Whether an entry holds nothing any more at an instant.
+type Stale<T> = dyn Fn(&T, Instant) -> bool + Send + Sync;
+
 pub(crate) struct KeyedState<T> {
     hasher: RandomState,
     shards: Box<[Mutex<Shard<T>>]>,
-    /// Whether an entry holds nothing any more at this instant and may be dropped.
-    stale: fn(&T, Instant) -> bool,
+    /// Whether an entry holds nothing any more at this instant and may be dropped: a
+    /// closure, so that it can read the plugin's configuration (a window's length) instead of
+    /// each entry keeping a copy.
+    stale: Box<Stale<T>>,
 }
 
 struct Shard<T> {
@@ -32,7 +37,7 @@ struct Shard<T> {
 }
 
 impl<T> KeyedState<T> {
-    pub fn new(stale: fn(&T, Instant) -> bool) -> Self {
+    pub fn new(stale: impl Fn(&T, Instant) -> bool + Send + Sync + 'static) -> Self {
         KeyedState {
             hasher: RandomState::new(),
             shards: (0..SHARDS)
@@ -43,7 +48,7 @@ impl<T> KeyedState<T> {
                     })
                 })
                 .collect(),
-            stale,
+            stale: Box::new(stale),
         }
     }
 
@@ -57,7 +62,7 @@ impl<T> KeyedState<T> {
             return f(entry);
         }
         if shard.map.len() >= shard.sweep_at {
-            let (stale, now) = (self.stale, Instant::now());
+            let (stale, now) = (&self.stale, Instant::now());
             shard.map.retain(|_, entry| !stale(entry, now));
             shard.sweep_at = SWEEP_AT.max(2 * shard.map.len());
         }
