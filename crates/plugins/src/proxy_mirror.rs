@@ -157,13 +157,12 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
         path: config.path,
         prefix: config.path_concat_mode == ConcatMode::Prefix,
         sample_ratio: config.sample_ratio,
-        max_in_flight: config.max_in_flight,
         mirror: Arc::new(Mirror {
             endpoint,
             timeout: Duration::from_millis(config.timeout),
             in_flight: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
-            max_idle: config.max_in_flight as usize,
+            max_in_flight: config.max_in_flight,
         }),
     }))
 }
@@ -172,7 +171,6 @@ struct ProxyMirror {
     path: Option<String>,
     prefix: bool,
     sample_ratio: f64,
-    max_in_flight: u32,
     mirror: Arc<Mirror>,
 }
 
@@ -183,7 +181,8 @@ struct Mirror {
     in_flight: AtomicU32,
     /// Connections that carried a whole exchange and may carry another.
     idle: Mutex<Vec<TcpStream>>,
-    max_idle: usize,
+    /// The most copies under way at once, and so the most idle connections worth keeping.
+    max_in_flight: u32,
 }
 
 impl Plugin for ProxyMirror {
@@ -199,7 +198,7 @@ impl Plugin for ProxyMirror {
         if self.sample_ratio < 1.0 && fastrand::f64() >= self.sample_ratio {
             return None;
         }
-        let Some(slot) = Slot::take(&self.mirror, self.max_in_flight) else {
+        let Some(slot) = Slot::take(&self.mirror) else {
             DROPPED.fetch_add(1, Ordering::Relaxed);
             return None;
         };
@@ -326,7 +325,8 @@ struct Slot {
 }
 
 impl Slot {
-    fn take(mirror: &Arc<Mirror>, max: u32) -> Option<Slot> {
+    fn take(mirror: &Arc<Mirror>) -> Option<Slot> {
+        let max = mirror.max_in_flight;
         mirror
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -447,7 +447,7 @@ impl Mirror {
         if answer.reusable {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             // As many as copies may be under way: each finds one.
-            if idle.len() < self.max_idle {
+            if idle.len() < self.max_in_flight as usize {
                 idle.push(stream);
             }
         }
