@@ -212,15 +212,15 @@ impl BodyScanner {
 
     /// The body ended: the open field is complete.
     pub fn finish(&mut self, rules: &RuleSet, hits: &mut Hits) {
-        if let Some(multipart) = &mut self.multipart {
+        if let Some(mut multipart) = self.multipart.take() {
             // A part cut short: what looked like the start of a delimiter is its content.
             let held = std::mem::take(&mut multipart.delimiter.matched);
             if multipart.part == Part::Body {
-                let pattern = multipart.delimiter.pattern.clone();
-                for &b in &pattern[..held] {
+                for &b in &multipart.delimiter.pattern[..held] {
                     self.push(b, rules, hits);
                 }
             }
+            self.multipart = Some(multipart);
         }
         self.end_field(rules, hits);
     }
