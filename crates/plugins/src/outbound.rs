@@ -68,6 +68,15 @@ impl Endpoint {
     }
 }
 
+/// Appends a header line to a request head. `value` must hold no CR or LF: callers check
+/// what comes from configuration, and a request's own headers were parsed without them.
+pub(crate) fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
 /// A service's response head, once its body has been read.
 #[derive(Debug)]
 pub(crate) struct Answer {

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{parse, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
-use crate::outbound::{self, Endpoint};
+use crate::outbound::{self, push_header, Endpoint};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "proxy-mirror",
@@ -288,13 +288,6 @@ fn is_own_header(name: &str) -> bool {
         "http2-settings",
     ];
     name.starts_with(':') || OWN.iter().any(|own| own.eq_ignore_ascii_case(name))
-}
-
-fn push_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
-    head.extend_from_slice(name.as_bytes());
-    head.extend_from_slice(b": ");
-    head.extend_from_slice(value);
-    head.extend_from_slice(b"\r\n");
 }
 
 /// A copy's head, as it goes to the mirror once its body's start is known.

@@ -48,19 +48,17 @@ pub(crate) async fn send(
     let mut request = format!(
         "{method} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
         endpoint.target, endpoint.authority
-    );
+    )
+    .into_bytes();
     for (name, value) in headers {
-        request.push_str(name);
-        request.push_str(": ");
-        request.push_str(value);
-        request.push_str("\r\n");
+        outbound::push_header(&mut request, name, value.as_bytes());
     }
     if method != "GET" {
-        request.push_str("Content-Length: 0\r\n");
+        request.extend_from_slice(b"Content-Length: 0\r\n");
     }
-    request.push_str("\r\n");
+    request.extend_from_slice(b"\r\n");
     stream
-        .write_all(request.as_bytes())
+        .write_all(&request)
         .await
         .map_err(|e| failed("writing to", e))?;
     read_response(&mut stream, method)
