@@ -2,7 +2,8 @@
 //! names or a default record, for the requests `match` selects.
 //!
 //! A worker never touches the file. The log phase renders the line and hands it to a bounded
-//! queue; one writer thread per path appends what gathered, in batches. The writer is shared
+//! queue; one writer thread per path, started by the first line, appends what gathered, in
+//! batches. The writer is shared
 //! by every instance that writes that path, so rebuilding a configuration reuses it, and it
 //! ends once no instance holds it. A line that finds the queue full is dropped and counted
 //! ([`file_log_counts`]). Before each batch the writer checks that the path still names the
@@ -15,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pylon_model::expr::Expr;
@@ -99,7 +100,11 @@ struct FileLogger {
     format: Option<Vec<(String, Field)>>,
     /// Alternatives: a request that matches any one is logged. `None`: every request.
     matches: Option<Vec<Expr>>,
-    lines: Arc<Lines>,
+    path: PathBuf,
+    /// The queue to the path's writer, started by the first request logged: a configuration
+    /// only checked (by the Admin API) or compiled on a node that serves no traffic starts
+    /// no thread.
+    lines: OnceLock<Arc<Lines>>,
 }
 
 fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
@@ -143,11 +148,25 @@ impl FileLogger {
                 .map(|(name, value)| (name, Field::parse(value)))
                 .collect()
         });
+        let path = PathBuf::from(config.path);
+        // Building is validating: a path that cannot be written is refused here.
+        open(&path)
+            .map_err(|e| FieldError::new("path", format!("cannot open {}: {e}", path.display())))?;
         Ok(FileLogger {
             format,
             matches,
-            lines: writer(Path::new(&config.path))?,
+            path,
+            lines: OnceLock::new(),
         })
+    }
+
+    /// The queue to the path's writer, started on the first call.
+    fn lines(&self) -> io::Result<&Arc<Lines>> {
+        if let Some(lines) = self.lines.get() {
+            return Ok(lines);
+        }
+        let lines = writer(&self.path)?;
+        Ok(self.lines.get_or_init(|| lines))
     }
 
     /// The record of a request, `None` when `match` leaves it out.
@@ -214,16 +233,14 @@ type Lines = SyncSender<Vec<u8>>;
 /// Every file's writer, by path, while an instance holds it.
 static WRITERS: Mutex<BTreeMap<PathBuf, Weak<Lines>>> = Mutex::new(BTreeMap::new());
 
-/// The queue to `path`'s writer: the running one, or a new one on the file, opened here so
-/// that a path that cannot be written is refused when the configuration is.
-fn writer(path: &Path) -> Result<Arc<Lines>, FieldError> {
+/// The queue to `path`'s writer: the running one, or a new one on the file.
+fn writer(path: &Path) -> io::Result<Arc<Lines>> {
     let mut writers = WRITERS.lock().unwrap_or_else(|e| e.into_inner());
     writers.retain(|_, lines| lines.strong_count() > 0);
     if let Some(lines) = writers.get(path).and_then(Weak::upgrade) {
         return Ok(lines);
     }
-    let file = open(path)
-        .map_err(|e| FieldError::new("path", format!("cannot open {}: {e}", path.display())))?;
+    let file = open(path)?;
     let (tx, rx) = sync_channel(QUEUE_LINES);
     let mut out = Output {
         path: path.to_owned(),
@@ -231,8 +248,7 @@ fn writer(path: &Path) -> Result<Arc<Lines>, FieldError> {
     };
     std::thread::Builder::new()
         .name("pylon-file-logger".into())
-        .spawn(move || out.run(rx))
-        .map_err(|e| FieldError::new("path", format!("cannot start its writer: {e}")))?;
+        .spawn(move || out.run(rx))?;
     let lines = Arc::new(tx);
     writers.insert(path.to_owned(), Arc::downgrade(&lines));
     Ok(lines)
@@ -321,8 +337,16 @@ impl Plugin for FileLogger {
             return;
         };
         line.push(b'\n');
-        if self.lines.try_send(line).is_err() {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
+        match self.lines() {
+            Ok(lines) => {
+                if lines.try_send(line).is_err() {
+                    DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "file-logger lost a line");
+                FAILED.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -590,7 +614,11 @@ mod tests {
         let path = dir.path().join("file.log");
         let first = logger(&dir, json!({"log_format": {"n": "$arg_n"}}));
         let second = logger(&dir, json!({}));
-        assert!(Arc::ptr_eq(&first.lines, &second.lines));
+        assert!(
+            first.lines.get().is_none(),
+            "no writer before a line is logged"
+        );
+        assert!(Arc::ptr_eq(first.lines().unwrap(), second.lines().unwrap()));
         drop(second);
 
         let request = TestRequest::get("/?n=1");
@@ -610,7 +638,7 @@ mod tests {
         );
 
         // Once no instance holds it, its queue closes and the writer thread ends.
-        let lines = Arc::downgrade(&first.lines);
+        let lines = Arc::downgrade(first.lines().unwrap());
         drop(first);
         assert!(lines.upgrade().is_none());
     }
