@@ -194,6 +194,7 @@ mod tests {
         let env = BuildEnv {
             credentials: &consumers,
             metadata: None,
+            owner: "",
         };
         build(&config, &env).expect("a valid configuration")
     }

@@ -187,7 +187,7 @@ fn build_shared(
     };
     let location = key.to_string();
     let built = plugins.iter().map(|(name, settings)| {
-        build_entry(name, settings, env)
+        build_entry(name, settings, env, &location)
             .map_err(|e| e.within(&format!("{location}.plugins.{name}")))
     });
     Some(built.collect())
@@ -202,10 +202,11 @@ struct Environment {
 }
 
 impl Environment {
-    fn for_plugin(&self, name: &str) -> BuildEnv<'_> {
+    fn for_plugin<'a>(&'a self, name: &str, owner: &'a str) -> BuildEnv<'a> {
         BuildEnv {
             credentials: &self.credentials,
             metadata: self.metadata.get(name),
+            owner,
         }
     }
 }
@@ -259,19 +260,24 @@ fn add_all(
     errors: &mut Vec<FieldError>,
 ) {
     for (name, config) in plugins {
-        match build_entry(name, config, env) {
+        match build_entry(name, config, env, location) {
             Ok(entry) => builder.add(entry),
             Err(e) => errors.push(e.within(&format!("{location}.plugins.{name}"))),
         }
     }
 }
 
-fn build_entry(name: &str, config: &Value, env: &Environment) -> Result<Entry, FieldError> {
+fn build_entry(
+    name: &str,
+    config: &Value,
+    env: &Environment,
+    owner: &str,
+) -> Result<Entry, FieldError> {
     let descriptor =
         find(name).ok_or_else(|| FieldError::new("", format!("unknown plugin `{name}`")))?;
     let config = resolve_env(config)?;
     let meta = Meta::parse(&config)?;
-    let plugin = (descriptor.build)(&config, &env.for_plugin(descriptor.name))?;
+    let plugin = (descriptor.build)(&config, &env.for_plugin(descriptor.name, owner))?;
     Ok(Entry::new(plugin, descriptor.priority, meta))
 }
 
@@ -289,7 +295,7 @@ pub fn check(plugins: &Plugins, scope: Scope) -> Vec<FieldError> {
         let result = match (scope, &descriptor.credential) {
             (Scope::Consumer, Some(spec)) => (spec.parse)(config).map(drop),
             _ => Meta::parse(config)
-                .and_then(|_| (descriptor.build)(config, &env.for_plugin(name)).map(drop)),
+                .and_then(|_| (descriptor.build)(config, &env.for_plugin(name, "")).map(drop)),
         };
         if let Err(e) = result {
             errors.push(e.within(&within));
@@ -504,8 +510,8 @@ mod tests {
         ]);
         let (compiled, errors) = CompiledPlugins::compile(&config);
         assert_eq!(errors, []);
-        assert!(compiled.env.for_plugin("cors").metadata.is_some());
-        assert!(compiled.env.for_plugin("key-auth").metadata.is_none());
+        assert!(compiled.env.for_plugin("cors", "").metadata.is_some());
+        assert!(compiled.env.for_plugin("key-auth", "").metadata.is_none());
         assert!(compiled.route_chain("1", &config.routes["1"]).is_ok());
 
         // Refused metadata is reported where it is wrong; the plugin builds without it.
@@ -517,7 +523,7 @@ mod tests {
             errors[0].starts_with("plugin_metadata/cors.allow_origins: "),
             "{errors:?}"
         );
-        assert!(compiled.env.for_plugin("cors").metadata.is_none());
+        assert!(compiled.env.for_plugin("cors", "").metadata.is_none());
     }
 
     /// An update builds again only what changed: the plugins of an unchanged service and of

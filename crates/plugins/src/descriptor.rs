@@ -17,6 +17,10 @@ pub struct BuildEnv<'a> {
     /// The plugin's metadata (`plugin_metadata/<name>`) as its [`MetadataSpec`] parsed it;
     /// `None` when none is configured.
     pub metadata: Option<&'a Metadata>,
+    /// Where the configuration sits (`routes/1`, `services/2`, `global_rules/g`,
+    /// `consumers/jack`): what state kept beyond this node (the Redis counters) is keyed by.
+    /// Empty when a configuration is only checked.
+    pub owner: &'a str,
 }
 
 impl BuildEnv<'_> {

@@ -458,6 +458,7 @@ mod tests {
         let env = BuildEnv {
             credentials: &consumers,
             metadata: None,
+            owner: "",
         };
         HmacAuth::new(&config, &env).expect("a valid configuration")
     }

@@ -565,6 +565,7 @@ ewIDAQAB
         let env = BuildEnv {
             credentials: &consumers,
             metadata: None,
+            owner: "",
         };
         JwtAuth::new(&config, &env).expect("a valid configuration")
     }

@@ -2,14 +2,21 @@
 //! `conn`, a request waits a little before it goes on, while it is within `burst`; past
 //! `conn + burst` it is refused. A request counts from its `access` phase to its end,
 //! however it ends.
+//!
+//! With `policy: redis` or `redis-cluster`, the counts are kept in Redis for every node at
+//! once: a script counts a request in (one round trip, which the request waits for), and
+//! another counts it out at its end (sent without the request waiting). A key's count
+//! expires an hour after its last request came in, so that the places of a node that died
+//! with requests in flight are given back.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use pylon_model::FieldError;
 use pylon_plugin::{Phases, Plugin, Reply, RequestCtx, Step};
 use schemars::JsonSchema;
+use pylon_redis::{Redis, Script};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -17,7 +24,8 @@ use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::limits::key::{KeyType, LimitKey};
 use crate::limits::state::KeyedState;
-use crate::limits::{default_rejected_code, hold, local_config, Policy};
+use crate::limits::redis::{store, Shared, Store};
+use crate::limits::{default_rejected_code, hold, Policy, MIN_DELAY};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "limit-conn",
@@ -28,8 +36,8 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     metadata: None,
 };
 
-/// APISIX's Redis settings (`redis_host`, ..., `sync_interval`) are accepted and ignored: APISIX
-/// keeps them in a configuration whose `policy` is `local`.
+/// APISIX's Redis settings (`redis_host`, ..., `sync_interval`) are read by
+/// [`crate::limits::redis::store`] before this is parsed.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(extend("patternProperties" = {"^redis_": {}, "^sync_interval$": {}}))]
@@ -58,18 +66,26 @@ struct LimitConnConfig {
     /// The refusal's body, as `{"error_msg": ...}`; unset: an empty body.
     #[schemars(length(min = 1))]
     rejected_msg: Option<String>,
-    /// Let requests through when the counts cannot be reached. The local counts always can:
-    /// it is for the Redis policies.
+    /// Whether requests go on (`true`) or are refused with a 500 when Redis fails.
     #[serde(default)]
-    #[allow(dead_code)] // Read once the Redis policies are built.
+    #[allow(dead_code)] // Read by `limits::redis::store`, with the Redis fields.
     allow_degradation: bool,
+    /// Where the counts are: `local` (this node), `redis` or `redis-cluster`.
     #[serde(default)]
-    #[allow(dead_code)] // Only `local` gets this far: see `limits::local_config`.
+    #[allow(dead_code)] // Read by `limits::redis::store`, with the Redis fields.
     policy: Policy,
 }
 
-fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
-    Ok(Arc::new(LimitConn::new(parse(&*local_config(config)?)?)?))
+fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
+    let (own, store) = store(config)?;
+    let mut limiter = LimitConn::new(parse(&own)?)?;
+    if let Store::Redis(shared) = store {
+        limiter.redis = Some(RedisCounts {
+            prefix: shared.key_prefix(DESCRIPTOR.name, env.owner, &own),
+            shared,
+        });
+    }
+    Ok(Arc::new(limiter))
 }
 
 struct LimitConn {
@@ -81,20 +97,76 @@ struct LimitConn {
     /// Each key's requests in flight. Shared with the requests' [`Admitted`]s, which may
     /// outlive this configuration.
     in_flight: Arc<KeyedState<u64>>,
+    /// With a Redis policy: the counts kept there instead.
+    redis: Option<RedisCounts>,
 }
+
+struct RedisCounts {
+    shared: Shared,
+    prefix: String,
+}
+
+/// How long a key's count in Redis outlives its last request in, in milliseconds.
+const REDIS_COUNT_TTL_MS: i64 = 3600 * 1000;
+
+/// Counts a request in, when fewer than `ARGV[1]` are: answers the count with it, or -1.
+static COUNT_IN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local limit, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= limit then return -1 end
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return n
+",
+    )
+});
+
+/// Counts a request out; a count that expired meanwhile stays gone.
+static COUNT_OUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 1 then return redis.call('DECR', KEYS[1]) end
+redis.call('DEL', KEYS[1])
+return 0
+",
+    )
+});
 
 /// One admitted request's place in a count, given back when it is dropped: with the
 /// request's context, at its end, whether it was answered, refused by a later plugin, failed
 /// upstream or given up by its client.
-struct Admitted {
-    in_flight: Arc<KeyedState<u64>>,
-    key: Box<str>,
+enum Admitted {
+    Local {
+        in_flight: Arc<KeyedState<u64>>,
+        key: Box<str>,
+    },
+    Redis {
+        redis: Arc<Redis>,
+        key: String,
+    },
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        // A key with requests in flight is never swept: its entry is there.
-        self.in_flight.with_existing(&self.key, |n| *n -= 1);
+        match self {
+            // A key with requests in flight is never swept: its entry is there.
+            Admitted::Local { in_flight, key } => {
+                in_flight.with_existing(key, |n| *n -= 1);
+            }
+            Admitted::Redis { redis, key } => {
+                // Sent on the worker's runtime without the request waiting; a place that
+                // cannot be given back (Redis down) goes when its key expires.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let (redis, key) = (redis.clone(), std::mem::take(key));
+                    runtime.spawn(async move {
+                        if let Err(e) = redis.run_script::<i64>(&COUNT_OUT, &key, &[]).await {
+                            tracing::warn!(redis = %redis.status().name, "limit-conn: a place was not given back: {e}");
+                        }
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -112,8 +184,26 @@ impl Plugin for LimitConn {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        let key: Box<str> = self.key.of(ctx).into();
         let limit = u64::from(self.conn) + u64::from(self.burst);
+        if let Some(redis) = &self.redis {
+            let key = format!("{}{}", redis.prefix, self.key.of(ctx));
+            let args = [limit as i64, REDIS_COUNT_TTL_MS];
+            let longest_hold = self.delay(limit).unwrap_or_default();
+            return Step::Call(redis.shared.call(longest_hold, async move {
+                let shared = &redis.shared;
+                let counted: i64 = shared.redis.run_script(&COUNT_IN, &key, &args).await?;
+                let Ok(in_flight) = u64::try_from(counted) else {
+                    return Ok(Some(self.rejected.clone()));
+                };
+                let redis = shared.redis.clone();
+                admit(ctx, Admitted::Redis { redis, key });
+                if let Some(delay) = self.delay(in_flight).filter(|d| *d >= MIN_DELAY) {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(None)
+            }));
+        }
+        let key: Box<str> = self.key.of(ctx).into();
         let counted = self.in_flight.with(
             &key,
             || 0,
@@ -128,18 +218,23 @@ impl Plugin for LimitConn {
         let Some(in_flight) = counted else {
             return Step::Reply(self.rejected.clone());
         };
-        let admitted = Admitted {
+        let place = Admitted::Local {
             in_flight: self.in_flight.clone(),
             key,
         };
-        match ctx.state::<Places>(DESCRIPTOR.name) {
-            Some(places) => places.0.borrow_mut().push(admitted),
-            None => ctx.set_state(DESCRIPTOR.name, Places(RefCell::new(vec![admitted]))),
-        }
+        admit(ctx, place);
         match self.delay(in_flight) {
             Some(delay) => hold(delay),
             None => Step::Continue,
         }
+    }
+}
+
+/// Keeps `admitted` with the request, which gives its place back when it ends.
+fn admit(ctx: &mut RequestCtx<'_>, admitted: Admitted) {
+    match ctx.state::<Places>(DESCRIPTOR.name) {
+        Some(places) => places.0.borrow_mut().push(admitted),
+        None => ctx.set_state(DESCRIPTOR.name, Places(RefCell::new(vec![admitted]))),
     }
 }
 
@@ -159,6 +254,7 @@ impl LimitConn {
             unit_delay,
             rejected: refusal(config.rejected_code, config.rejected_msg.as_deref())?,
             in_flight: Arc::new(KeyedState::new(|n, _| *n == 0)),
+            redis: None,
         })
     }
 
@@ -357,11 +453,6 @@ mod tests {
         ];
         for (config, field) in cases {
             assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, field, "{config}");
-        }
-        for policy in ["redis", "redis-cluster"] {
-            let error = refusal(&DESCRIPTOR, with("policy", json!(policy)));
-            assert_eq!(error.path, "policy");
-            assert!(error.to_string().contains("not built yet"), "{error}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! `limit-count`: at most `count` requests per `time_window` seconds for each key (a client
-//! address, a header, a consumer), counted on this node (`policy: local`). The requests past
-//! the count are refused with `rejected_code`.
+//! address, a header, a consumer), counted on this node (`policy: local`) or in Redis, for
+//! every node at once (`policy: redis` or `redis-cluster`). The requests past the count are
+//! refused with `rejected_code`.
 //!
 //! Two windows:
 //! - `fixed` (APISIX's): a key's window starts at its first request and its count resets
@@ -11,7 +12,13 @@
 //!   window's count plus the previous window's, weighted by the share of the previous window
 //!   that the last `time_window` seconds still cover.
 //!
-//! The counters live in the plugin instance: a changed configuration counts afresh, as
+//! In Redis, a request costs one round trip: a script counts it and answers whether it is
+//! let through, with the window timed by Redis's clock, so that the nodes' clocks do not
+//! matter. A key's counter is named after the plugin's place and configuration
+//! (`pylon:limit-count:routes/1:<hash>:<key>`, or the group's), so a changed configuration
+//! counts afresh there too.
+//!
+//! The local counters live in the plugin instance: a changed configuration counts afresh, as
 //! APISIX's does, and so does an instance built again for another reason (a consumer was
 //! added, the route's upstream changed). With `group`, the instances configured with the same
 //! group, `count`, `time_window` and `window_type` share one set of counters, across routes
@@ -19,20 +26,22 @@
 //! group configuration counts afresh.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use pylon_model::FieldError;
 use pylon_plugin::{Phases, Plugin, Reply, RequestCtx, Step};
 use schemars::JsonSchema;
-use serde::Deserialize;
-use serde_json::Value;
+use pylon_redis::Script;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::limits::key::{KeyType, LimitKey};
 use crate::limits::state::KeyedState;
-use crate::limits::{default_rejected_code, local_config, Policy};
+use crate::limits::redis::{store, Shared, Store};
+use crate::limits::{default_rejected_code, Policy};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "limit-count",
@@ -48,8 +57,7 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
 const MAX_TIME_WINDOW: u64 = 10 * 365 * 24 * 3600;
 
 /// A `limit-count` configuration. APISIX's Redis settings (`redis_host`, `redis_cluster_nodes`,
-/// ..., `sync_interval`) are accepted and ignored: APISIX keeps them in a configuration whose
-/// `policy` is `local`.
+/// ..., `sync_interval`) are read by [`crate::limits::redis::store`] before this is parsed.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(extend("patternProperties" = {"^redis_": {}, "^sync_interval$": {}}))]
@@ -79,13 +87,13 @@ struct LimitCountConfig {
     /// The refusal's body, as `{"error_msg": ...}`. Unset: an empty body.
     #[schemars(length(min = 1))]
     rejected_msg: Option<String>,
-    /// Where the counters are: only `local` (this node) is built so far.
+    /// Where the counters are: `local` (this node), `redis` or `redis-cluster`.
     #[serde(default)]
-    #[allow(dead_code)] // Only `local` gets this far: see `limits::local_config`.
+    #[allow(dead_code)] // Read by `limits::redis::store`, with the Redis fields.
     policy: Policy,
-    /// Whether a failing counter store lets requests through; `local` never fails.
+    /// Whether requests go on (`true`) or are refused with a 500 when Redis fails.
     #[serde(default)]
-    #[expect(dead_code, reason = "read by the Redis policies, which can fail")]
+    #[allow(dead_code)] // Read by `limits::redis::store`, with the Redis fields.
     allow_degradation: bool,
     /// Send `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
     #[serde(default = "default_true")]
@@ -104,7 +112,9 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 enum WindowType {
     #[default]
@@ -112,8 +122,9 @@ enum WindowType {
     Sliding,
 }
 
-fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
-    let config: LimitCountConfig = parse(&*local_config(config)?)?;
+fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
+    let (own, store) = store(config)?;
+    let config: LimitCountConfig = parse(&own)?;
     if config.count == 0 {
         return Err(FieldError::new("count", "must be greater than 0"));
     }
@@ -125,20 +136,40 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
     }
     let key = LimitKey::new(config.key_type, &config.key)?;
     let refusal = refusal(config.rejected_code, config.rejected_msg.as_deref())?;
-    let counters = match config.group {
+    let group = match config.group {
         Some(group) if group.is_empty() => {
             return Err(FieldError::new("group", "must not be empty"));
         }
-        Some(name) => group_counters(GroupKey {
+        Some(name) => Some(GroupKey {
             name,
             count: config.count,
             time_window: config.time_window,
             window_type: config.window_type,
         }),
-        None => Arc::new(Counters::new(
+        None => None,
+    };
+    let counting = match (store, group) {
+        (Store::Local, Some(group)) => Counting::Local(group_counters(group)),
+        (Store::Local, None) => Counting::Local(Arc::new(Counters::new(
             config.window_type,
             Duration::from_secs(config.time_window),
-        )),
+        ))),
+        (Store::Redis(shared), group) => Counting::Redis {
+            prefix: match group {
+                // A group is one counter wherever it is configured alike.
+                Some(group) => shared.key_prefix(
+                    DESCRIPTOR.name,
+                    &format!("group:{}", group.name),
+                    &json!([group.count, group.time_window, group.window_type]),
+                ),
+                None => shared.key_prefix(DESCRIPTOR.name, env.owner, &own),
+            },
+            shared,
+            script: match config.window_type {
+                WindowType::Fixed => &FIXED_WINDOW,
+                WindowType::Sliding => &SLIDING_WINDOW,
+            },
+        },
     };
     Ok(Arc::new(LimitCount {
         key,
@@ -146,7 +177,7 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
             count: config.count,
             window: Duration::from_secs(config.time_window),
         },
-        counters,
+        counting,
         refusal,
         quota_header: config
             .show_limit_quota_header
@@ -182,7 +213,7 @@ fn group_counters(key: GroupKey) -> Arc<Counters> {
 struct LimitCount {
     key: LimitKey,
     limit: Limit,
-    counters: Arc<Counters>,
+    counting: Counting,
     refusal: Reply,
     /// `X-RateLimit-Limit`'s value, when the quota headers are sent.
     quota_header: Option<Arc<str>>,
@@ -198,9 +229,42 @@ impl Plugin for LimitCount {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
-        let quota = self
-            .counters
-            .admit(&self.key.of(ctx), &self.limit, Instant::now());
+        match &self.counting {
+            Counting::Local(counters) => {
+                let quota = counters.admit(&self.key.of(ctx), &self.limit, Instant::now());
+                match self.decide(ctx, &quota) {
+                    None => Step::Continue,
+                    Some(refusal) => Step::Reply(refusal),
+                }
+            }
+            Counting::Redis {
+                shared,
+                script,
+                prefix,
+            } => {
+                let key = format!("{prefix}{}", self.key.of(ctx));
+                let args = [
+                    i64::try_from(self.limit.count).unwrap_or(i64::MAX),
+                    self.limit.window.as_millis() as i64,
+                ];
+                Step::Call(shared.call(Duration::ZERO, async move {
+                    let (admitted, remaining, reset_ms): (i64, i64, i64) =
+                        shared.redis.run_script(script, &key, &args).await?;
+                    let quota = Quota {
+                        admitted: admitted == 1,
+                        remaining: remaining.max(0) as u64,
+                        reset: whole_seconds(Duration::from_millis(reset_ms.max(0) as u64)),
+                    };
+                    Ok(self.decide(ctx, &quota))
+                }))
+            }
+        }
+    }
+}
+
+impl LimitCount {
+    /// Announces `quota` and says whether the request is refused.
+    fn decide(&self, ctx: &mut RequestCtx<'_>, quota: &Quota) -> Option<Reply> {
         // Response edits, so that the upstream's answer and the refusal both carry them.
         if let Some(limit) = &self.quota_header {
             let headers = &mut ctx.response.headers;
@@ -208,13 +272,74 @@ impl Plugin for LimitCount {
             headers.set("X-RateLimit-Remaining", quota.remaining.to_string());
             headers.set("X-RateLimit-Reset", quota.reset.to_string());
         }
-        if quota.admitted {
-            Step::Continue
-        } else {
-            Step::Reply(self.refusal.clone())
-        }
+        (!quota.admitted).then(|| self.refusal.clone())
     }
 }
+
+/// Where a `limit-count` counts.
+enum Counting {
+    /// On this node: the instance's counters, or its group's.
+    Local(Arc<Counters>),
+    /// In Redis, under keys starting with `prefix`.
+    Redis {
+        shared: Shared,
+        script: &'static Script,
+        prefix: String,
+    },
+}
+
+/// A fixed window in Redis: the key holds the count and expires at the window's end, so
+/// the first request after it starts the next. Answers `{admitted, remaining, reset_ms}`.
+/// A refused request is not counted, as on a node.
+static FIXED_WINDOW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then used, ttl = 0, window end
+if used >= limit then return {0, 0, ttl} end
+if used == 0 then
+  redis.call('SET', KEYS[1], 1, 'PX', window)
+else
+  redis.call('INCR', KEYS[1])
+end
+return {1, limit - used - 1, ttl}
+",
+    )
+});
+
+/// The sliding window of [`SlidingWindow`], kept in a hash (`start` in Redis's own
+/// milliseconds, `previous`, `current`) that expires when neither count matters any more.
+/// Answers `{admitted, remaining, reset_ms}`.
+static SLIDING_WINDOW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local saved = redis.call('HMGET', KEYS[1], 'start', 'previous', 'current')
+local start, previous, current = tonumber(saved[1]), tonumber(saved[2]) or 0, tonumber(saved[3]) or 0
+if not start or now >= start + 2 * window then
+  start, previous, current = now, 0, 0
+elseif now >= start + window then
+  start, previous, current = start + window, current, 0
+end
+local left = window - (now - start)
+local carried = previous * left / window
+local admitted = carried + current < limit
+if admitted then current = current + 1 end
+redis.call('HSET', KEYS[1], 'start', start, 'previous', previous, 'current', current)
+redis.call('PEXPIRE', KEYS[1], start + 2 * window - now)
+local wait = left
+if not admitted and current < limit then
+  wait = math.max(0, left - window * (limit - current) / previous)
+end
+local remaining = math.max(0, math.floor(limit - carried - current))
+return {admitted and 1 or 0, remaining, math.ceil(wait)}
+",
+    )
+});
 
 #[derive(Debug, Clone, Copy)]
 struct Limit {
@@ -640,17 +765,6 @@ mod tests {
         ];
         for (config, path) in cases {
             assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, path, "{config}");
-        }
-    }
-
-    #[test]
-    fn the_redis_policies_are_refused_as_not_built_yet() {
-        for policy in ["redis", "redis-cluster"] {
-            let config = json!({"count": 1, "time_window": 60, "policy": policy,
-                "redis_host": "127.0.0.1", "redis_cluster_nodes": ["a:1", "b:2"]});
-            let error = refusal(&DESCRIPTOR, config);
-            assert_eq!(error.path, "policy");
-            assert!(error.to_string().contains("not built yet"), "{error}");
         }
     }
 

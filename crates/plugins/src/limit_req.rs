@@ -1,13 +1,17 @@
 //! `limit-req`: limits the rate of requests per key with nginx's leaky bucket (`limit_req`).
 //! A request beyond `rate` waits its turn while the requests ahead of it fit in `burst` (or,
 //! with `nodelay`, goes on at once), and is refused beyond that.
+//!
+//! With `policy: redis` or `redis-cluster`, the bucket is kept in Redis for every node at
+//! once: one script per request, on Redis's clock, answers how long the request waits.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use pylon_model::FieldError;
 use pylon_plugin::{Phases, Plugin, Reply, RequestCtx, Step};
 use schemars::JsonSchema;
+use pylon_redis::Script;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -15,7 +19,8 @@ use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::limits::key::{KeyType, LimitKey};
 use crate::limits::state::KeyedState;
-use crate::limits::{default_rejected_code, hold, local_config, Policy};
+use crate::limits::redis::{store, Shared, Store};
+use crate::limits::{default_rejected_code, hold, Policy, MIN_DELAY};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "limit-req",
@@ -31,8 +36,8 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
 /// range.
 const MAX_DRAIN: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// APISIX's Redis settings (`redis_host`, ..., `sync_interval`) are accepted and ignored: APISIX
-/// keeps them in a configuration whose `policy` is `local`.
+/// APISIX's Redis settings (`redis_host`, ..., `sync_interval`) are read by
+/// [`crate::limits::redis::store`] before this is parsed.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(extend("patternProperties" = {"^redis_": {}, "^sync_interval$": {}}))]
@@ -59,18 +64,26 @@ struct LimitReqConfig {
     /// Let requests within the burst through at once instead of at the rate.
     #[serde(default)]
     nodelay: bool,
-    /// Let requests through when the counts cannot be reached. The local counts always can:
-    /// it is for the Redis policies.
+    /// Whether requests go on (`true`) or are refused with a 500 when Redis fails.
     #[serde(default)]
-    #[allow(dead_code)] // Read once the Redis policies are built.
+    #[allow(dead_code)] // Read by `limits::redis::store`, with the Redis fields.
     allow_degradation: bool,
+    /// Where the buckets are: `local` (this node), `redis` or `redis-cluster`.
     #[serde(default)]
-    #[allow(dead_code)] // Only `local` gets this far: see `limits::local_config`.
+    #[allow(dead_code)] // Read by `limits::redis::store`, with the Redis fields.
     policy: Policy,
 }
 
-fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
-    Ok(Arc::new(LimitReq::new(parse(&*local_config(config)?)?)?))
+fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
+    let (own, store) = store(config)?;
+    let mut limiter = LimitReq::new(parse(&own)?)?;
+    if let Store::Redis(shared) = store {
+        limiter.redis = Some(RedisBuckets {
+            prefix: shared.key_prefix(DESCRIPTOR.name, env.owner, &own),
+            shared,
+        });
+    }
+    Ok(Arc::new(limiter))
 }
 
 struct LimitReq {
@@ -86,7 +99,34 @@ struct LimitReq {
     /// it keeps with the time it was last updated instead. Stored this way, an entry says
     /// by itself when it has drained, and a drained one is the same as none.
     buckets: KeyedState<Instant>,
+    /// With a Redis policy: the buckets kept there instead.
+    redis: Option<RedisBuckets>,
 }
+
+struct RedisBuckets {
+    shared: Shared,
+    prefix: String,
+}
+
+/// A key's bucket in Redis, as the local one: the theoretical arrival time in Redis's own
+/// microseconds, expiring when it has drained. `ARGV`: the interval and the burst's
+/// tolerance (`burst × interval`), in microseconds. Answers the request's wait, or -1 when
+/// it is refused (and not counted).
+static BUCKET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local wait = tat - now
+if wait > tolerance then return -1 end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+return wait
+",
+    )
+});
 
 impl LimitReq {
     fn new(config: LimitReqConfig) -> Result<LimitReq, FieldError> {
@@ -111,6 +151,7 @@ impl LimitReq {
             nodelay: config.nodelay,
             rejected: refusal(config.rejected_code, config.rejected_msg.as_deref())?,
             buckets: KeyedState::new(|tat, now| *tat <= now),
+            redis: None,
         })
     }
 
@@ -145,6 +186,24 @@ impl Plugin for LimitReq {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
+        if let Some(redis) = &self.redis {
+            let key = format!("{}{}", redis.prefix, self.key.of(ctx));
+            let interval = self.interval.as_micros().max(1) as i64;
+            let args = [interval, (interval as f64 * self.burst).round() as i64];
+            // The longest a request waits for its turn: the burst ahead of it.
+            let longest_hold = self.interval.mul_f64(self.burst);
+            return Step::Call(redis.shared.call(longest_hold, async move {
+                let wait: i64 = redis.shared.redis.run_script(&BUCKET, &key, &args).await?;
+                let Ok(wait) = u64::try_from(wait) else {
+                    return Ok(Some(self.rejected.clone()));
+                };
+                let wait = Duration::from_micros(wait);
+                if !self.nodelay && wait >= MIN_DELAY {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(None)
+            }));
+        }
         match self.admit(&self.key.of(ctx), Instant::now()) {
             None => Step::Reply(self.rejected.clone()),
             Some(wait) if !self.nodelay => hold(wait),
@@ -345,17 +404,6 @@ mod tests {
         ];
         for (config, field) in cases {
             assert_eq!(refusal(&DESCRIPTOR, config.clone()).path, field, "{config}");
-        }
-    }
-
-    #[test]
-    fn the_redis_policies_are_refused_as_not_built_yet() {
-        for policy in ["redis", "redis-cluster"] {
-            let config = json!({"rate": 1, "burst": 0, "key": "remote_addr", "policy": policy,
-                "redis_host": "127.0.0.1"});
-            let error = refusal(&DESCRIPTOR, config);
-            assert_eq!(error.path, "policy");
-            assert!(error.to_string().contains("not built yet"), "{error}");
         }
     }
 

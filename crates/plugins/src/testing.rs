@@ -25,6 +25,7 @@ pub(crate) fn build(descriptor: &Descriptor, config: Value) -> Result<Arc<dyn Pl
         &BuildEnv {
             credentials: &credentials,
             metadata: None,
+            owner: "",
         },
     )
 }
@@ -46,6 +47,7 @@ pub(crate) fn build_with_metadata(
         &BuildEnv {
             credentials: &credentials,
             metadata: Some(&metadata),
+            owner: "",
         },
     )
 }

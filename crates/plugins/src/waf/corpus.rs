@@ -61,6 +61,7 @@ fn the_shipped_rules_block_the_attacks_and_pass_the_benign_requests() {
     let env = BuildEnv {
         credentials: &credentials,
         metadata: None,
+        owner: "",
     };
     let waf = Waf(Arc::new(settings(&json!({}), &env).unwrap()));
     let mut by_class: Vec<(String, usize, usize)> = Vec::new();
