@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit and integration tests.
 # The store's and discovery's tests run real etcd servers (`etcd` and `etcdctl` on the PATH),
-# and discovery's DNS tests a real dnsmasq: they are installed here with apt-get when missing
-# (Debian's etcd-server, etcd-client and dnsmasq-base, the binary without the system service
-# the dnsmasq package would start). Other servers later tests need (Redis) will be installed
-# the same way.
+# discovery's DNS tests a real dnsmasq, and the Redis client's and rate limits' tests real
+# Redis servers, a Redis Cluster and a Sentinel (`redis-server` and `redis-cli`): they are
+# installed here with apt-get when missing (Debian's etcd-server, etcd-client, dnsmasq-base,
+# the binary without the system service the dnsmasq package would start, and redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -13,6 +13,9 @@ if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
 fi
 if ! command -v dnsmasq >/dev/null && [ ! -x /usr/sbin/dnsmasq ]; then
     missing+=(dnsmasq-base)
+fi
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    missing+=(redis-server)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)

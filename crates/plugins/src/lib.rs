@@ -60,5 +60,7 @@ pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
 pub use file_logger::{file_log_counts, FileLogCounts};
 pub use proxy_mirror::{mirror_counts, MirrorCounts};
+/// The Redis servers the limiting plugins use, and whether each answers.
+pub use pylon_redis::{Redis, Status as RedisStatus};
 pub use traffic_split::{route_split_upstreams, SplitTarget, SplitUpstream};
 pub use waf::{waf_verdicts, WafVerdicts};

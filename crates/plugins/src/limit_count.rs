@@ -31,16 +31,16 @@ use std::time::{Duration, Instant};
 
 use pylon_model::FieldError;
 use pylon_plugin::{Phases, Plugin, Reply, RequestCtx, Step};
-use schemars::JsonSchema;
 use pylon_redis::Script;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::limits::key::{KeyType, LimitKey};
-use crate::limits::state::KeyedState;
 use crate::limits::redis::{store, Shared, Store};
+use crate::limits::state::KeyedState;
 use crate::limits::{default_rejected_code, Policy};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {

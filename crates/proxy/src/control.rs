@@ -91,6 +91,16 @@ impl NodeStatus {
         let waf = pylon_plugins::waf_verdicts();
         let mirror = pylon_plugins::mirror_counts();
         let file_log = pylon_plugins::file_log_counts();
+        let redis: Vec<_> = pylon_plugins::Redis::statuses()
+            .into_iter()
+            .map(|redis| {
+                serde_json::json!({
+                    "name": redis.name,
+                    "reachable": redis.reachable,
+                    "failures": redis.failures,
+                })
+            })
+            .collect();
         serde_json::json!({
             "id": self.id,
             "role": self.role,
@@ -114,6 +124,7 @@ impl NodeStatus {
                 "dropped": file_log.dropped,
                 "failed": file_log.failed,
             },
+            "redis": redis,
         })
     }
 }

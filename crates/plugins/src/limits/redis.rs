@@ -215,7 +215,12 @@ fn addresses(field: &str, list: &[String]) -> Result<Vec<Address>, FieldError> {
     list.iter()
         .enumerate()
         .map(|(i, item)| {
-            let bad = || FieldError::new(format!("{field}[{i}]"), format!("`{item}` is not `host:port`"));
+            let bad = || {
+                FieldError::new(
+                    format!("{field}[{i}]"),
+                    format!("`{item}` is not `host:port`"),
+                )
+            };
             let (host, port) = item.rsplit_once(':').ok_or_else(bad)?;
             let host = host
                 .strip_prefix('[')
@@ -279,7 +284,8 @@ mod tests {
 
     #[test]
     fn local_drops_the_redis_fields_as_apisix_keeps_them() {
-        let config = json!({"policy": "local", "redis_host": "10.0.0.1", "sync_interval": 1, "count": 2});
+        let config =
+            json!({"policy": "local", "redis_host": "10.0.0.1", "sync_interval": 1, "count": 2});
         let (own, local) = store(&config).unwrap();
         assert_eq!(*own, json!({"policy": "local", "count": 2}));
         assert!(matches!(local, Store::Local));
@@ -295,7 +301,10 @@ mod tests {
         let (own, Store::Redis(shared)) = store(&config).unwrap() else {
             panic!("a Redis store")
         };
-        assert_eq!(*own, json!({"policy": "redis", "allow_degradation": true, "count": 1}));
+        assert_eq!(
+            *own,
+            json!({"policy": "redis", "allow_degradation": true, "count": 1})
+        );
         assert!(shared.allow_degradation);
         let settings = shared.redis.settings();
         assert_eq!(
@@ -350,18 +359,51 @@ mod tests {
         let cases = [
             (json!({"policy": "redis"}), "redis_host"),
             (json!({"policy": "redis", "redis_host": ""}), "redis_host"),
-            (json!({"policy": "redis", "redis_host": "h", "redis_port": 0}), "redis_port"),
-            (json!({"policy": "redis", "redis_host": "h", "redis_timeout": 0}), "redis_timeout"),
-            (json!({"policy": "redis", "redis_host": "h", "redis_color": 1}), "redis_color"),
-            (json!({"policy": "redis", "redis_sentinels": ["h:1"]}), "redis_sentinel_master"),
-            (json!({"policy": "redis", "redis_host": "h", "redis_sentinels": ["h:1"]}), "redis_sentinels"),
-            (json!({"policy": "redis-cluster", "redis_cluster_name": "c"}), "redis_cluster_nodes"),
-            (json!({"policy": "redis-cluster", "redis_cluster_nodes": ["h:1"]}), "redis_cluster_name"),
-            (json!({"policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": []}), "redis_cluster_nodes"),
-            (json!({"policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["h:1", "h"]}), "redis_cluster_nodes[1]"),
-            (json!({"policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["::1:7000"]}), "redis_cluster_nodes[0]"),
+            (
+                json!({"policy": "redis", "redis_host": "h", "redis_port": 0}),
+                "redis_port",
+            ),
+            (
+                json!({"policy": "redis", "redis_host": "h", "redis_timeout": 0}),
+                "redis_timeout",
+            ),
+            (
+                json!({"policy": "redis", "redis_host": "h", "redis_color": 1}),
+                "redis_color",
+            ),
+            (
+                json!({"policy": "redis", "redis_sentinels": ["h:1"]}),
+                "redis_sentinel_master",
+            ),
+            (
+                json!({"policy": "redis", "redis_host": "h", "redis_sentinels": ["h:1"]}),
+                "redis_sentinels",
+            ),
+            (
+                json!({"policy": "redis-cluster", "redis_cluster_name": "c"}),
+                "redis_cluster_nodes",
+            ),
+            (
+                json!({"policy": "redis-cluster", "redis_cluster_nodes": ["h:1"]}),
+                "redis_cluster_name",
+            ),
+            (
+                json!({"policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": []}),
+                "redis_cluster_nodes",
+            ),
+            (
+                json!({"policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["h:1", "h"]}),
+                "redis_cluster_nodes[1]",
+            ),
+            (
+                json!({"policy": "redis-cluster", "redis_cluster_name": "c", "redis_cluster_nodes": ["::1:7000"]}),
+                "redis_cluster_nodes[0]",
+            ),
             (json!({"policy": "memcached"}), "policy"),
-            (json!({"policy": "redis", "redis_host": "h", "allow_degradation": "yes"}), "allow_degradation"),
+            (
+                json!({"policy": "redis", "redis_host": "h", "allow_degradation": "yes"}),
+                "allow_degradation",
+            ),
         ];
         for (config, path) in cases {
             assert_eq!(error(config.clone()).path, path, "{config}");

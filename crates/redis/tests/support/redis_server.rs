@@ -110,11 +110,18 @@ impl RedisServer {
         let port = self.tls_port.unwrap_or(self.port);
         let deadline = Instant::now() + READY_WITHIN;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = self.process.as_mut().and_then(|p| p.try_wait().ok().flatten())
+            if let Some(status) = self
+                .process
+                .as_mut()
+                .and_then(|p| p.try_wait().ok().flatten())
             {
                 panic!("redis-server exited ({status}): {}", self.log());
             }
-            assert!(Instant::now() < deadline, "redis-server did not listen: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -255,7 +262,10 @@ impl Sentinel {
             .cli(&["sentinel", "get-master-addr-by-name", name])
             .contains(&master.port.to_string())
         {
-            assert!(Instant::now() < deadline, "the sentinel does not know {name}");
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel does not know {name}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         sentinel
