@@ -8,6 +8,7 @@ standalone configuration (JSON is YAML: a PEM key's newlines need no indentation
   waf    waf with its shipped rules (query, headers, cookies and up to 64 KB of body)
   mirror proxy-mirror copying every request, body and all, to the upstream itself
   limit  limit-count (policy local) by client address, with a count no run reaches
+  limit-redis  the same count kept in Redis (policy redis, 127.0.0.1:6399), one key for all
 
 usage: plugin-routes.py [PUBLIC_KEY_PEM] > routes.yaml
 """
@@ -29,6 +30,11 @@ routes = [
     }},
     {"id": "limit", "uri": "/limit", "upstream": upstream, "plugins": {
         "limit-count": {"count": 1000000000, "time_window": 3600},
+    }},
+    {"id": "limit-redis", "uri": "/limit-redis", "upstream": upstream, "plugins": {
+        "limit-count": {"count": 1000000000, "time_window": 3600, "key_type": "constant",
+                        "key": "bench", "policy": "redis", "redis_host": "127.0.0.1",
+                        "redis_port": 6399},
     }},
 ]
 consumer_plugins = {"key-auth": {"key": "bench-key"}}
