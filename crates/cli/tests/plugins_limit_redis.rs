@@ -303,3 +303,74 @@ async fn when_redis_stops_allow_degradation_decides_and_limiting_resumes_when_it
     }
     assert_eq!(status(&node)["redis"][0]["reachable"], json!(true));
 }
+
+#[tokio::test]
+async fn redis_counts_carry_the_quota_headers_and_groups_share_one_count_between_routes() {
+    let redis = RedisServer::start();
+    let up = Upstream::start("up");
+    let limit = |group: Option<&str>| {
+        let mut config = json!({"count": 2, "time_window": 60, "key_type": "constant",
+            "key": "all", "rejected_code": 429, "policy": "redis", "redis_host": "127.0.0.1",
+            "redis_port": redis.port});
+        if let Some(group) = group {
+            config["group"] = json!(group);
+        }
+        json!({ "limit-count": config })
+    };
+    let mut configured = Vec::new();
+    for protocol in PROTOCOLS {
+        configured.push(route(&format!("{protocol:?}"), &up, limit(None)));
+        for n in 1..=2 {
+            let group = format!("{protocol:?}-group");
+            configured.push(route(&format!("{group}-{n}"), &up, limit(Some(&group))));
+        }
+    }
+    let nodes = start_nodes(2, &routes(&configured));
+    for protocol in PROTOCOLS {
+        let uri = format!("/{protocol:?}");
+        for (n, (status, remaining)) in [(200, "1"), (200, "0"), (429, "0")].into_iter().enumerate()
+        {
+            let res = call(protocol, nodes[n % 2].addr, "GET", &uri, &[], b"").await;
+            assert_eq!(res.status, status, "{protocol:?} request {n}");
+            assert_eq!(res.header("x-ratelimit-limit"), Some("2"));
+            assert_eq!(res.header("x-ratelimit-remaining"), Some(remaining));
+            let reset: u64 = res.header("x-ratelimit-reset").unwrap().parse().unwrap();
+            assert!((1..=60).contains(&reset), "reset in {reset} s");
+        }
+        // Two routes of one group, through two nodes: one count of two.
+        let group = format!("/{protocol:?}-group");
+        let statuses = [
+            call(
+                protocol,
+                nodes[0].addr,
+                "GET",
+                &format!("{group}-1"),
+                &[],
+                b"",
+            )
+            .await
+            .status,
+            call(
+                protocol,
+                nodes[1].addr,
+                "GET",
+                &format!("{group}-2"),
+                &[],
+                b"",
+            )
+            .await
+            .status,
+            call(
+                protocol,
+                nodes[0].addr,
+                "GET",
+                &format!("{group}-2"),
+                &[],
+                b"",
+            )
+            .await
+            .status,
+        ];
+        assert_eq!(statuses, [200, 200, 429], "{protocol:?}: the group's count");
+    }
+}
