@@ -19,8 +19,8 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, FromRedisValue,
-    IntoConnectionInfo, RedisConnectionInfo, RedisError, TlsMode,
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue,
+    IntoConnectionInfo, RedisConnectionInfo, RedisError, ServerErrorKind, TlsMode,
 };
 use thread_local::ThreadLocal;
 
@@ -349,9 +349,14 @@ fn name_of(topology: &Topology) -> String {
     }
 }
 
-/// Whether `error` says the connection is unusable, rather than that a command failed.
+/// Whether `error` says the connection is unusable, rather than that a command failed. A
+/// server that became a replica (`READONLY`, after a Sentinel failover) is one to leave: the
+/// next connection asks the Sentinels for the master again.
 fn is_connection_error(error: &RedisError) -> bool {
-    error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error()
+        || error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
 /// A worker's connection to one Redis.

@@ -23,6 +23,17 @@ fn address(text: &str) -> Address {
     }
 }
 
+/// Polls `done`, bounded.
+fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting until {what}");
+}
+
 fn settings(topology: Topology) -> Settings {
     Settings {
         topology,
@@ -139,6 +150,45 @@ async fn a_sentinel_names_the_master() {
     let count: i64 = redis.run_script(&counter(), "k", &[]).await.unwrap();
     assert_eq!(count, 1);
     assert_eq!(master.cli(&["get", "k"]), "1");
+}
+
+#[tokio::test]
+async fn after_a_sentinel_failover_calls_go_to_the_new_master() {
+    let old = RedisServer::start();
+    let new = RedisServer::start_with(&[]);
+    new.cli(&["replicaof", "127.0.0.1", &old.port.to_string()]);
+    let sentinel = Sentinel::start("main", &old);
+    let redis = Redis::shared(settings(Topology::Sentinel {
+        sentinels: vec![address(&sentinel.address())],
+        master: "main".into(),
+        password: None,
+    }));
+    let script = counter();
+    assert_eq!(redis.run_script::<i64>(&script, "k", &[]).await.unwrap(), 1);
+    // The replica has the count, and the Sentinel has seen the replica, before it is
+    // promoted; the old master is a replica once the failover is over.
+    wait_for(
+        || new.cli(&["get", "k"]) == "1",
+        "the replica has the count",
+    );
+    sentinel.wait_for_replica("main");
+    sentinel.failover("main", new.port);
+    wait_for(
+        || old.cli(&["role"]).starts_with("slave"),
+        "the old master is a replica",
+    );
+    // The old master is a replica now: the calls that reach it fail, and the client asks the
+    // Sentinel again. Bounded: a few pauses of 200 ms.
+    let mut count = None;
+    for _ in 0..100 {
+        if let Ok(n) = redis.run_script::<i64>(&script, "k", &[]).await {
+            count = Some(n);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count, Some(2), "the count went on on the new master");
+    assert_eq!(new.cli(&["get", "k"]), "2");
 }
 
 #[tokio::test]

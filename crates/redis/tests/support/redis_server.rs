@@ -274,6 +274,39 @@ impl Sentinel {
     pub fn address(&self) -> String {
         self.server.address()
     }
+
+    /// Waits until the Sentinel knows a replica of `name`.
+    pub fn wait_for_replica(&self, name: &str) {
+        let deadline = Instant::now() + READY_WITHIN;
+        while !self
+            .server
+            .cli(&["sentinel", "replicas", name])
+            .contains("slave")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel sees no replica of {name}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Fails `name` over and waits until the Sentinel names the server on `port` as master.
+    pub fn failover(&self, name: &str, port: u16) {
+        self.server.cli(&["sentinel", "failover", name]);
+        let deadline = Instant::now() + READY_WITHIN;
+        while !self
+            .server
+            .cli(&["sentinel", "get-master-addr-by-name", name])
+            .contains(&port.to_string())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not promote {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 pub fn free_port() -> u16 {
