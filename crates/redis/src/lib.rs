@@ -191,7 +191,11 @@ impl Redis {
     }
 
     fn record(&self, ok: bool) {
-        self.reachable.store(ok, Ordering::Relaxed);
+        // Written only when it changes: every worker reads this line, and a store per call
+        // would bounce it between their cores.
+        if self.reachable.load(Ordering::Relaxed) != ok {
+            self.reachable.store(ok, Ordering::Relaxed);
+        }
         if !ok {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
