@@ -86,7 +86,10 @@ impl OutlierDetection {
     pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
         for (path, value) in [
             ("consecutive_5xx", self.consecutive_5xx),
-            ("consecutive_gateway_failure", self.consecutive_gateway_failure),
+            (
+                "consecutive_gateway_failure",
+                self.consecutive_gateway_failure,
+            ),
         ] {
             if !(1..=u32::from(u16::MAX)).contains(&value) {
                 errors.push(FieldError::new(path, "must be 1..65535"));
@@ -160,10 +163,7 @@ mod tests {
             ),
             (5, 100)
         );
-        assert_eq!(
-            (outlier.interval, outlier.base_ejection_time),
-            (10.0, 30.0)
-        );
+        assert_eq!((outlier.interval, outlier.base_ejection_time), (10.0, 30.0));
         assert_eq!(outlier.max_ejection_percent, 10);
         assert_eq!(outlier.max_ejection_time(), 300.0);
         assert!(errors("{}").is_empty());
@@ -204,8 +204,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_negative_counts_are_refused() {
-        assert!(serde_json::from_str::<OutlierDetection>(r#"{"consecutive_5xx_errors": 1}"#)
-            .is_err());
+        assert!(
+            serde_json::from_str::<OutlierDetection>(r#"{"consecutive_5xx_errors": 1}"#).is_err()
+        );
         assert!(serde_json::from_str::<OutlierDetection>(r#"{"consecutive_5xx": -1}"#).is_err());
         assert!(serde_json::from_str::<OutlierDetection>(r#"{"interval": "10s"}"#).is_err());
     }
