@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use support::client::{get, Response};
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::upstream::{respond, Upstream};
-use support::{wait_until, Pylon};
+use support::{validate, wait_until, Pylon};
 
 /// Requests the test may send while waiting for something traffic brings about.
 const MAX_REQUESTS: usize = 200;
@@ -324,6 +324,22 @@ async fn an_ejection_survives_changes_that_leave_the_nodes_and_outlier_detection
         assert!(!ejected(&pylon, c.up.addr), "{what}");
         assert_eq!(outlier(&pylon, c.up.addr)["ejections"], 0, "{what}");
         ask_until(protocol, &pylon, |_| c.requests() > 2).await;
+    }
+}
+
+#[test]
+fn bad_outlier_detection_is_refused_with_its_path() {
+    let text = json!({"upstreams": [{"id": "u", "nodes": {"127.0.0.1:80": 1},
+        "outlier_detection": {"consecutive_5xx": 0, "max_ejection_percent": 101,
+                              "base_ejection_time": 60, "max_ejection_time": 30}}]});
+    let (code, _, stderr) = validate(&text.to_string());
+    assert_ne!(code, Some(0));
+    for expected in [
+        "upstreams[0].outlier_detection.consecutive_5xx: must be 1..65535",
+        "upstreams[0].outlier_detection.max_ejection_percent: must be 0..100 (a percentage)",
+        "upstreams[0].outlier_detection.max_ejection_time: must be at least base_ejection_time (60 seconds)",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
 }
 

@@ -12,6 +12,12 @@
 //! neither an upstream's nodes nor its checks keeps its state and its running checker; one
 //! that changes the nodes keeps the state of the nodes that stayed; one that changes the
 //! checks starts afresh; a removed upstream's state and checker go.
+//!
+//! Outlier detection ([`outlier`], an upstream's `outlier_detection`) is the other judge of
+//! a node: it ejects one that keeps failing real traffic for a while. Its state is its own,
+//! compiled and carried the same way (by its nodes and its configuration), so that a change to
+//! the checks leaves ejections alone and the other way round; a node is used when neither
+//! took it out.
 
 pub(crate) mod active;
 mod outlier;
