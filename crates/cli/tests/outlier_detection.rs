@@ -296,6 +296,8 @@ async fn an_ejection_survives_changes_that_leave_the_nodes_and_outlier_detection
         let other_route = json!({"id": "other", "uri": "/other",
                                  "upstream": {"nodes": {other.up.addr.to_string(): 1}}});
         pylon.reload(&routes(&nodes, &config, &[other_route]));
+        let res = call(protocol, pylon.addr, "GET", "/other", &[], b"").await;
+        assert_eq!(who(&res), "other", "{what}");
         assert!(
             ejected(&pylon, c.up.addr),
             "{what}: after another route came"
