@@ -11,6 +11,7 @@ mod consumer;
 mod error;
 pub mod expr;
 mod key;
+mod outlier;
 mod proto;
 mod reference;
 mod route;
@@ -31,6 +32,7 @@ pub use checks::{
 pub use config::{Config, GlobalRule, PluginConfig, Resource, Service};
 pub use error::{FieldError, ValidationErrors};
 pub use key::{Key, Kind};
+pub use outlier::OutlierDetection;
 pub use reference::is_secret_reference;
 pub use route::Route;
 pub use schema::json_schema;

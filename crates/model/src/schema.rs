@@ -200,6 +200,16 @@ mod tests {
         );
         assert_eq!(defs["KeepalivePool"]["properties"]["size"]["default"], 320);
         assert_eq!(defs["UpstreamTls"]["properties"]["verify"]["default"], true);
+        let outlier = &defs["OutlierDetection"]["properties"];
+        assert_eq!(outlier["consecutive_5xx"]["default"], 5);
+        assert_eq!(
+            (
+                &outlier["max_ejection_percent"]["minimum"],
+                &outlier["max_ejection_percent"]["maximum"]
+            ),
+            (&json!(0), &json!(100))
+        );
+        assert_eq!(outlier["base_ejection_time"]["minimum"], 0.001);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::checks::HealthChecks;
 use crate::config::{de_opt_id, id_schema, Labels};
 use crate::error::FieldError;
+use crate::outlier::OutlierDetection;
 use crate::tls::{load_key_pair, KeyPair, REDACTED};
 
 /// The nodes requests are balanced over, and how they are reached.
@@ -70,6 +71,9 @@ pub struct Upstream {
     /// Health checks of the nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checks: Option<HealthChecks>,
+    /// Ejection of nodes that keep failing, as Envoy's: a Pylon extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
     /// Where the nodes come from instead of `nodes`: `dns`, `etcd`, `consul` or `consul_kv`,
     /// as the node config's `discovery:` section sets them up.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -203,6 +203,9 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
     if let Some(checks) = &u.checks {
         nested(errors, "checks", |e| checks.validate(e));
     }
+    if let Some(outlier) = &u.outlier_detection {
+        nested(errors, "outlier_detection", |e| outlier.validate(e));
+    }
     match (&u.discovery_type, &u.service_name) {
         (Some(_), None) => errors.push(FieldError::new(
             "service_name",
@@ -480,7 +483,7 @@ fn timeout(path: &str, t: &Timeout, errors: &mut Vec<FieldError>) {
 }
 
 /// A duration the data plane turns into a deadline is bounded by [`MAX_SECONDS`].
-fn at_most_a_year(path: &str, seconds: f64, errors: &mut Vec<FieldError>) {
+pub(crate) fn at_most_a_year(path: &str, seconds: f64, errors: &mut Vec<FieldError>) {
     if seconds > MAX_SECONDS {
         errors.push(FieldError::new(
             path,
@@ -787,6 +790,33 @@ mod tests {
         assert_eq!(
             route_errors(json!({"uri": "/a", "timeout": a_year, "upstream": upstream(json!({}))})),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn outlier_detection_errors_name_their_field_within_the_upstream() {
+        assert_eq!(
+            route_errors(route_with(json!({"outlier_detection": {
+                "consecutive_gateway_failure": 0,
+                "base_ejection_time": 60,
+                "max_ejection_time": 30,
+            }}))),
+            [
+                "upstream.outlier_detection.consecutive_gateway_failure: must be 1..65535",
+                "upstream.outlier_detection.max_ejection_time: must be at least base_ejection_time (60 seconds)",
+            ]
+        );
+        assert!(route_errors(route_with(json!({"outlier_detection": {}}))).is_empty());
+        let unknown = resource_errors(
+            Kind::Upstreams,
+            upstream(json!({"outlier_detection": {"consecutive_errors": 3}})),
+        );
+        assert_eq!(unknown.len(), 1);
+        assert!(
+            unknown[0].starts_with(
+                "outlier_detection.consecutive_errors: unknown field `consecutive_errors`"
+            ),
+            "{unknown:?}"
         );
     }
 

@@ -14,7 +14,7 @@ use pylon_balancer::BalancerState;
 use pylon_router::RequestView;
 
 use crate::error::GatewayError;
-use crate::health::passive::Attempt as HealthReport;
+use crate::health::Attempt as HealthReport;
 use crate::snapshot::{NodeTarget, UpstreamTarget, WorkerView};
 
 /// Why one attempt failed before anything reached the client.
@@ -191,18 +191,29 @@ impl<'v> Attempts<'v> {
         }
     }
 
-    /// Tells the passive health check, if the upstream has one, how the attempt went.
+    /// Tells the passive health check and outlier detection, where the upstream has them,
+    /// how the attempt went.
     fn report_health<T: UpstreamAnswer>(&self, index: usize, result: &Result<T, Failure>) {
-        let Some(health) = self.upstream.health.as_deref() else {
+        let (health, outlier) = (
+            self.upstream.health.as_deref(),
+            self.upstream.outlier.as_deref(),
+        );
+        if health.is_none() && outlier.is_none() {
             return;
-        };
+        }
         let report = match result {
             Ok(delivered) => delivered.upstream_status().map(HealthReport::Answered),
             Err(f) if f.error == GatewayError::GatewayTimeout => Some(HealthReport::TimedOut),
             Err(_) => Some(HealthReport::Failed),
         };
-        if let Some(report) = report {
+        let Some(report) = report else {
+            return;
+        };
+        if let Some(health) = health {
             health.report_attempt(index, report);
+        }
+        if let Some(outlier) = outlier {
+            outlier.report_attempt(index, report);
         }
     }
 
@@ -256,9 +267,10 @@ impl<'v> Attempts<'v> {
     }
 }
 
-/// The node for the next attempt: an untried healthy one if there is one. Unhealthy nodes
-/// are left out, so a lower priority tier takes over when every node above it is down; and
-/// when no node is healthy at all, all of them take traffic rather than none (as APISIX).
+/// The node for the next attempt: an untried healthy one if there is one. Nodes that health
+/// checks marked unhealthy or outlier detection ejected are left out, so a lower priority tier
+/// takes over when every node above it is down; and when no node is healthy at all, all of
+/// them take traffic rather than none (as APISIX, and as Envoy's panic threshold).
 fn pick_node(
     state: &mut BalancerState,
     upstream: &UpstreamTarget,
@@ -266,7 +278,10 @@ fn pick_node(
     tried: &[usize],
 ) -> Option<usize> {
     let spec = &upstream.balancer;
-    let down = |i: usize| upstream.health.as_ref().is_some_and(|h| h.is_down(i));
+    let down = |i: usize| {
+        upstream.health.as_ref().is_some_and(|h| h.is_down(i))
+            || upstream.outlier.as_ref().is_some_and(|o| o.is_ejected(i))
+    };
     state
         .pick(spec, key, |i| tried.contains(&i) || down(i))
         // Every healthy node was tried: retries may go round them again rather than give up
@@ -417,5 +432,35 @@ routes:
         health.report_attempt(2, HealthReport::Answered(500));
         assert_eq!(picks(&[]), [0, 1], "none healthy: all, by priority");
         assert_eq!(picks(&[0, 1]), [2]);
+    }
+
+    #[test]
+    fn ejected_nodes_are_skipped_like_unhealthy_ones() {
+        let text = r#"
+upstreams:
+  - id: u
+    nodes: {"127.0.0.1:1": 1, "127.0.0.1:2": 1}
+    outlier_detection: {consecutive_5xx: 1, base_ejection_time: 60, max_ejection_percent: 100}
+routes:
+  - {id: r, uri: /, upstream_id: u}
+"#;
+        let config = pylon_model::parse_standalone(text).unwrap().1;
+        let snapshot = crate::snapshot::Snapshot::compile(&config);
+        let upstream = &*only_upstream(&snapshot);
+        let outlier = upstream.outlier.as_ref().unwrap();
+        let mut state = upstream.balancer.new_state();
+        let mut picks = || -> Vec<usize> {
+            let mut picked: Vec<usize> = (0..4)
+                .filter_map(|_| pick_node(&mut state, upstream, None, &[]))
+                .collect();
+            picked.sort_unstable();
+            picked.dedup();
+            picked
+        };
+        assert_eq!(picks(), [0, 1]);
+        outlier.report_attempt(0, HealthReport::Answered(503));
+        assert_eq!(picks(), [1], "the ejected node is left out");
+        outlier.report_attempt(1, HealthReport::Failed);
+        assert_eq!(picks(), [0, 1], "every node out: all take traffic");
     }
 }

@@ -374,7 +374,7 @@ impl Compiler {
 
     /// The compiled upstream at `key` for route `user`: the one in use if it was compiled
     /// from the same configuration (and discovered nodes), else compiled now, keeping its
-    /// slot and, where the nodes and checks allow, its health state.
+    /// slot and, where the nodes, checks and outlier detection allow, its health state.
     fn acquire_upstream(
         &mut self,
         key: String,

@@ -17,7 +17,7 @@ use pylon_router::{RequestView, Router};
 
 use rustls::pki_types::ServerName;
 
-use crate::health::UpstreamHealth;
+use crate::health::{UpstreamHealth, UpstreamOutlier};
 use crate::settings::{secs, UpstreamDefaults};
 use crate::tls::{server_name, SniTable, TlsContext, UpstreamTls};
 
@@ -105,6 +105,8 @@ pub struct UpstreamTarget {
     pub grpc: bool,
     /// With `checks`: the nodes' health, shared by every worker and the checker.
     pub(crate) health: Option<Arc<UpstreamHealth>>,
+    /// With `outlier_detection`: which nodes are ejected, shared by every worker.
+    pub(crate) outlier: Option<Arc<UpstreamOutlier>>,
 }
 
 pub struct NodeTarget {
@@ -279,6 +281,10 @@ pub(crate) fn compile_upstream(
     let health = UpstreamHealth::compile(&key, upstream, nodes, &addresses, tls)
         .map_err(|e| CompileError(format!("{key}: checks: {e}")))?
         .map(Arc::new);
+    let resolved: Vec<_> = targets.iter().map(|t| t.addr).collect();
+    let outlier =
+        UpstreamOutlier::compile(&key, upstream.outlier_detection.as_ref(), nodes, &resolved)
+            .map(Arc::new);
     Ok(UpstreamTarget {
         key,
         slot,
@@ -294,6 +300,7 @@ pub(crate) fn compile_upstream(
         tls: upstream_tls,
         grpc: upstream.scheme.is_grpc(),
         health,
+        outlier,
     })
 }
 

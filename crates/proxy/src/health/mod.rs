@@ -12,9 +12,16 @@
 //! neither an upstream's nodes nor its checks keeps its state and its running checker; one
 //! that changes the nodes keeps the state of the nodes that stayed; one that changes the
 //! checks starts afresh; a removed upstream's state and checker go.
+//!
+//! Outlier detection ([`outlier`], an upstream's `outlier_detection`) is the other judge of
+//! a node: it ejects one that keeps failing real traffic for a while. Its state is its own,
+//! compiled and carried the same way (by its nodes and its configuration), so that a change to
+//! the checks leaves ejections alone and the other way round; a node is used when neither
+//! took it out.
 
 pub(crate) mod active;
-pub(crate) mod passive;
+mod outlier;
+mod passive;
 mod registry;
 mod status;
 
@@ -26,10 +33,23 @@ use pylon_model::{CheckType, HealthChecks, Node, Upstream};
 
 use crate::tls::{TlsContext, TlsError};
 use active::ActivePlan;
+pub(crate) use outlier::UpstreamOutlier;
 use passive::PassivePolicy;
 pub use registry::HealthRegistry;
 pub(crate) use status::Outcome;
 use status::{NodeHealth, Thresholds};
+
+/// How one proxied attempt ended, as far as the node is concerned: what passive checks and
+/// outlier detection judge a node by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// The node answered with this status.
+    Answered(u16),
+    /// Connecting, sending or reading failed, or the answer was not HTTP.
+    Failed,
+    /// The node did not connect or answer in time.
+    TimedOut,
+}
 
 /// One upstream's health checks and the health of its nodes, in node order (the balancer's
 /// indices).
@@ -133,7 +153,7 @@ impl UpstreamHealth {
     }
 
     /// Counts what a proxied attempt to node `index` saw, for passive checks.
-    pub fn report_attempt(&self, index: usize, attempt: passive::Attempt) {
+    pub fn report_attempt(&self, index: usize, attempt: Attempt) {
         let Some(passive) = &self.config.passive else {
             return;
         };
@@ -213,11 +233,16 @@ impl UpstreamHealth {
 
 impl CheckedNode {
     fn display(&self) -> String {
-        match self.addr {
-            Some(addr) if addr.ip().to_string() == self.host => addr.to_string(),
-            Some(addr) => format!("{}:{} ({addr})", self.host, self.port),
-            None => format!("{}:{}", self.host, self.port),
-        }
+        node_display(&self.host, self.port, self.addr)
+    }
+}
+
+/// A node for the logs: its address, with the host name it was configured by, if any.
+fn node_display(host: &str, port: u16, addr: Option<SocketAddr>) -> String {
+    match addr {
+        Some(addr) if addr.ip().to_string() == host => addr.to_string(),
+        Some(addr) => format!("{host}:{port} ({addr})"),
+        None => format!("{host}:{port}"),
     }
 }
 

@@ -7,18 +7,7 @@
 use pylon_model::{CheckType, PassiveCheck};
 
 use super::status::{Outcome, Thresholds};
-use super::StatusClasses;
-
-/// How one proxied attempt ended, as far as the node is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Attempt {
-    /// The node answered with this status.
-    Answered(u16),
-    /// Connecting, sending or reading failed, or the answer was not HTTP.
-    Failed,
-    /// The node did not connect or answer in time.
-    TimedOut,
-}
+use super::{Attempt, StatusClasses};
 
 pub(crate) struct PassivePolicy {
     /// `tcp` checks judge connections only: any answer is a success.
