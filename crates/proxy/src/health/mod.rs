@@ -28,6 +28,7 @@ use crate::tls::{TlsContext, TlsError};
 use active::ActivePlan;
 use passive::PassivePolicy;
 pub use registry::HealthRegistry;
+pub(crate) use registry::NodeHealthReport;
 pub(crate) use status::Outcome;
 use status::{NodeHealth, Thresholds};
 

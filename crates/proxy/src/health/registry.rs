@@ -83,12 +83,41 @@ impl HealthRegistry {
             .map(|checked| UpstreamReport::of(&checked.health))
     }
 
+    /// Every checked node and whether it is healthy, for the metrics.
+    pub(crate) fn node_health(&self) -> Vec<NodeHealthReport> {
+        let upstreams = self.lock();
+        let checked = upstreams.values().map(|checked| &checked.health);
+        checked
+            .flat_map(|health| {
+                let upstream = format!("{}/{}", Key::DEFAULT_PREFIX, health.config.key);
+                health.nodes.iter().map(move |node| NodeHealthReport {
+                    upstream: upstream.clone(),
+                    ip: node
+                        .addr
+                        .map_or_else(|| node.host.clone(), |a| a.ip().to_string()),
+                    port: node.port,
+                    healthy: node.health.is_healthy(),
+                })
+            })
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Checked>> {
         // The map stays consistent whatever a panicking holder was doing: each insert is whole.
         self.upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// One checked node's health, as the metrics label it.
+#[derive(Debug)]
+pub(crate) struct NodeHealthReport {
+    /// The store key of the resource that defines the upstream: `/pylon/upstreams/1`.
+    pub upstream: String,
+    pub ip: String,
+    pub port: u16,
+    pub healthy: bool,
 }
 
 /// One upstream's health as the control API shows it (APISIX's format).
