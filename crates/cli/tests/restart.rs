@@ -327,11 +327,13 @@ impl Node {
         let mut config = format!(
             "proxy:\n  listen: [{}]\n  workers: {workers}\n  https:\n    listen: [{}]\n\
              control:\n  listen: {}\n\
+             metrics:\n  listen: {}\n\
              access_log:\n  path: access.log\n\
              log:\n  level: info\n",
             listen.join(", "),
             at(running.and_then(|p| p.https_addr)),
             at(running.and_then(|p| p.control)),
+            at(running.and_then(|p| p.metrics)),
         );
         config += &match &self.source {
             Source::Yaml => format!("config:\n  source: yaml\n  file: routes-{generation}.yaml\n"),

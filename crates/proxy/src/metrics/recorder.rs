@@ -10,7 +10,8 @@
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -42,16 +43,17 @@ pub(crate) struct Counter(AtomicU64);
 impl Counter {
     fn add(&self, n: u64) {
         // One writer: a load and a store cannot lose an update, and cost no locked
-        // instruction.
-        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+        // instruction. Release (a plain store on x86): a scrape that sees this count sees
+        // every count the worker made before it.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Release);
     }
 
     fn sub(&self, n: u64) {
-        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Release);
     }
 
     pub fn get(&self) -> u64 {
-        self.0.load(Relaxed)
+        self.0.load(Acquire)
     }
 }
 
@@ -161,14 +163,15 @@ impl Recorder {
         &self.counters
     }
 
-    /// Counts a request; `refused` when the codec refused it before routing.
+    /// Counts a request in the node's totals, after its other counts (a scrape that sees
+    /// it sees them); `refused` when the codec refused it before routing.
     pub fn request(&self, refused: Option<GatewayError>) {
-        self.counters.requests.add(1);
         if let Some(error) = refused {
             if let Some(i) = REFUSALS.iter().position(|(e, _)| *e == error) {
                 self.counters.refused[i].add(1);
             }
         }
+        self.counters.requests.add(1);
     }
 
     pub fn accepted(&self, handled: bool) {

@@ -91,6 +91,7 @@ impl Traffic {
     pub(crate) fn totals(&self) -> Totals {
         let mut totals = Totals::default();
         for worker in self.0.iter() {
+            // First: the counts of every request it includes are read after it.
             totals.requests += worker.requests.get();
             totals.accepted += worker.accepted.get();
             totals.handled += worker.handled.get();

@@ -196,7 +196,6 @@ pub(crate) fn log<H: RequestFields>(
 ) {
     let latency = request.started.elapsed();
     let head = vars.head;
-    worker.metrics.request(request.refused);
     if let Some(names) = request.counted {
         let consumer = request.plugin_ctx.and_then(RequestCtx::consumer);
         let sample = Sample {
@@ -211,6 +210,7 @@ pub(crate) fn log<H: RequestFields>(
         let labels = request.route.map(|route| route.labels.get(names));
         worker.metrics.observe(labels, &sample);
     }
+    worker.metrics.request(request.refused);
     if !worker.access_log.is_enabled() {
         return;
     }
