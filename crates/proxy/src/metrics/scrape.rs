@@ -195,8 +195,9 @@ mod tests {
         assert_eq!(request.buckets[bucket(5.0)], 2);
         assert_eq!(request.buckets[bucket(50.0)], 1);
         assert_eq!(request.buckets[bucket(500.0)], 1);
-        // The gateway's own share is what the upstream did not take.
-        assert_eq!(sums.gateway_latency.sum_micros, 168_000);
+        // The gateway's own share is what the upstream (half, in whole milliseconds) did not
+        // take: 2 + 15 + 150 + 2 ms.
+        assert_eq!(sums.gateway_latency.sum_micros, 169_000);
     }
 
     #[test]
