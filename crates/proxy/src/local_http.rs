@@ -46,7 +46,9 @@ impl Answer {
 }
 
 /// Answers every connection to `listener` with `respond(method, path)`, for ever; run it on
-/// the control runtime. `name` says whose listener failed in the log.
+/// the control runtime. `respond` runs on the runtime's blocking threads: a long answer (a
+/// scrape of many routes' metrics) holds up no config change. `name` says whose listener
+/// failed in the log.
 pub(crate) async fn serve<F>(listener: TcpListener, name: &'static str, respond: F)
 where
     F: Fn(&str, &str) -> Answer + Send + Sync + 'static,
@@ -57,7 +59,7 @@ where
             Ok((stream, _)) => {
                 let respond = respond.clone();
                 tokio::spawn(async move {
-                    let exchange = answer(stream, &*respond);
+                    let exchange = answer(stream, respond);
                     let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await;
                 });
             }
@@ -70,15 +72,21 @@ where
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
-    respond: &(dyn Fn(&str, &str) -> Answer + Sync),
-) -> io::Result<()> {
+async fn answer<F>(mut stream: TcpStream, respond: Arc<F>) -> io::Result<()>
+where
+    F: Fn(&str, &str) -> Answer + Send + Sync + 'static,
+{
     let mut buf = Vec::with_capacity(1024);
     let mut head = RequestHead::default();
     let answer = loop {
         match head.parse(&buf, &LIMITS) {
-            Ok(Some(_)) => break respond(head.method(), head.path()),
+            Ok(Some(_)) => {
+                let (method, path) = (head.method().to_owned(), head.path().to_owned());
+                let answered = tokio::task::spawn_blocking(move || respond(&method, &path));
+                break answered
+                    .await
+                    .unwrap_or_else(|_| Answer::error(500, "500 Internal Server Error"));
+            }
             Ok(None) => {}
             Err(_) => break Answer::error(400, "400 Bad Request"),
         }
