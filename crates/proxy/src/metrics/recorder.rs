@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashTable};
+use pylon_plugin::MetricNames;
 
 use super::labels::{LabelSet, RouteLabels};
 use crate::error::GatewayError;
@@ -191,7 +192,7 @@ impl Recorder {
 
     /// Counts a request under its route's `labels` (none: no route matched).
     pub fn observe(&self, labels: Option<&LabelSet>, sample: &Sample<'_>) {
-        let labels = labels.unwrap_or_else(|| self.unmatched.get(pylon_plugin::MetricNames::Ids));
+        let labels = labels.unwrap_or_else(|| self.unmatched.get(MetricNames::Ids));
         let hash = self.hash(labels, sample);
         let mut index = self.index.borrow_mut();
         let entry = index.entry(hash, |s| s.is(labels, sample), |s| s.hash);
@@ -209,10 +210,10 @@ impl Recorder {
         };
         series.requests.add(1);
         series.request_latency.observe(sample.latency);
-        let upstream = sample.upstream_latency.unwrap_or_default();
         if let Some(latency) = sample.upstream_latency {
             series.upstream_latency.observe(latency);
         }
+        let upstream = sample.upstream_latency.unwrap_or_default();
         series
             .gateway_latency
             .observe(sample.latency.saturating_sub(upstream));
