@@ -4,9 +4,7 @@
 //! counted by cause, every scrape accepted by `promtool check metrics`, a real Prometheus
 //! scraping the listener, and the listener handed over on a restart.
 //!
-//! Scrape time with many routes (BENCHMARKS.md): start a node on `bench/gen-routes.py 10000
-//! prometheus`, and time `curl -so /dev/null -w '%{time_total}\n'
-//! http://127.0.0.1:9091/apisix/prometheus/metrics` after a request to every route.
+//! Scrape time with many routes (BENCHMARKS.md) is measured by `bench/metrics-scrape.sh`.
 
 mod support;
 
