@@ -107,6 +107,7 @@ proxy:
   https: {listen: ["127.0.0.1:0"]}
 access_log: {enabled: false}
 control: {listen: "127.0.0.1:0"}
+metrics: {listen: "127.0.0.1:0"}
 admin:
   listen: "127.0.0.1:0"
   admin_key: [{name: admin, key: $key, role: admin}]

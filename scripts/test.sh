@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit and integration tests.
 # The store's and discovery's tests run real etcd servers (`etcd` and `etcdctl` on the PATH),
-# discovery's DNS tests a real dnsmasq, and the Redis client's and rate limits' tests real
-# Redis servers, a Redis Cluster and a Sentinel (`redis-server` and `redis-cli`): they are
-# installed here with apt-get when missing (Debian's etcd-server, etcd-client, dnsmasq-base,
-# the binary without the system service the dnsmasq package would start, and redis-server).
+# discovery's DNS tests a real dnsmasq, the Redis client's and rate limits' tests real Redis
+# servers, a Redis Cluster and a Sentinel (`redis-server` and `redis-cli`), and the metrics
+# tests check every scrape with `promtool` and have a real Prometheus scrape the gateway: they
+# are installed here with apt-get when missing (Debian's etcd-server, etcd-client,
+# dnsmasq-base, the binary without the system service the dnsmasq package would start,
+# redis-server, and prometheus, which ships promtool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -16,6 +18,9 @@ if ! command -v dnsmasq >/dev/null && [ ! -x /usr/sbin/dnsmasq ]; then
 fi
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     missing+=(redis-server)
+fi
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    missing+=(prometheus)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)

@@ -15,8 +15,8 @@ use pylon_admin::{AdminApi, AdminSettings, Role as AdminRole};
 use pylon_discovery::Registry;
 use pylon_model::{FieldError, ValidationErrors};
 use pylon_proxy::{
-    AccessLog, ControlApi, ControlPriority, Gateway, HandoffEvent, HandoffServer, NodeStatus,
-    Publisher, Snapshot, Takeover, TlsContext,
+    AccessLog, ControlApi, ControlPriority, Exporter, Gateway, HandoffEvent, HandoffServer,
+    MetricsApi, NodeStatus, Publisher, Snapshot, Takeover, TlsContext, METRICS_PATHS,
 };
 use pylon_store::{ConfigStore, EmbeddedStore, EtcdStore, Keyring, Replica, YamlStore};
 
@@ -318,6 +318,13 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             store: replica.subscribe(),
         };
         let health = publisher.as_ref().map(Publisher::health).unwrap_or_default();
+        let metrics = if node.metrics.enabled {
+            let api = MetricsApi::bind(&node.metrics, &mut inherited).await;
+            Some(api.with_context(|| format!("metrics.listen {}", node.metrics.listen))?)
+        } else {
+            None
+        };
+        let exported = (status.clone(), health.clone());
         let control = if node.control.enabled {
             let discovery = publisher.as_ref().map(Publisher::discovery);
             let api = ControlApi::bind(&node.control, &mut inherited, health, status, discovery);
@@ -333,9 +340,14 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         } else {
             None
         };
-        let mut handoff = node.handoff_socket().and_then(|path| {
-            serve_handoff(path, gateway.as_mut(), control.as_ref(), admin.as_ref(), &node)
-        });
+        let local_apis = LocalApis {
+            control: control.as_ref(),
+            metrics: metrics.as_ref(),
+            admin: admin.as_ref(),
+        };
+        let mut handoff = node
+            .handoff_socket()
+            .and_then(|path| serve_handoff(path, gateway.as_mut(), &local_apis, &node));
         if let Some(takeover) = takeover {
             let (pid, count) = (takeover.pid(), takeover.socket_count());
             if let Err(e) = takeover.finish() {
@@ -347,6 +359,15 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         if let Some(control) = control {
             println!("pylon: control API listening on http://{}", control.local_addr()?);
             tasks.push(tokio::spawn(control.serve()));
+        }
+        if let Some(metrics) = metrics {
+            let addr = metrics.local_addr()?;
+            println!("pylon: metrics listening on http://{addr}{}", METRICS_PATHS[0]);
+            let (status, health) = exported;
+            let traffic = gateway.as_ref().map(Gateway::traffic);
+            let etcd = node.config.source == SourceKind::Etcd;
+            let exporter = Exporter::new(traffic, status, health, etcd);
+            tasks.push(tokio::spawn(metrics.serve(exporter)));
         }
         if let Some(admin) = &admin {
             println!("pylon: admin API listening on http://{}", admin.local_addr()?);
@@ -520,21 +541,32 @@ impl Signals {
     }
 }
 
-/// Listens on the handoff socket, ready to give a successor the proxy's, the Admin API's and
-/// the control API's listening sockets. A failure costs only the restarts without downtime: it
-/// is logged, and the node serves on.
+/// The node's listeners besides the proxy's, those it runs.
+struct LocalApis<'a> {
+    control: Option<&'a ControlApi>,
+    metrics: Option<&'a MetricsApi>,
+    admin: Option<&'a AdminApi>,
+}
+
+/// Listens on the handoff socket, ready to give a successor the proxy's, the Admin API's, the
+/// control API's and the metrics listener's sockets. A failure costs only the restarts without
+/// downtime: it is logged, and the node serves on.
 fn serve_handoff(
     path: &Path,
     gateway: Option<&mut Gateway>,
-    control: Option<&ControlApi>,
-    admin: Option<&AdminApi>,
+    apis: &LocalApis<'_>,
     node: &NodeConfig,
 ) -> Option<HandoffServer> {
     let mut listeners = gateway.map(Gateway::take_listeners).unwrap_or_default();
-    let started = control
+    let started = apis
+        .control
         .map_or(Ok(()), |api| api.share(&node.control, &mut listeners))
         .and_then(|()| {
-            admin.map_or(Ok(()), |api| {
+            let metrics = apis.metrics;
+            metrics.map_or(Ok(()), |api| api.share(&node.metrics, &mut listeners))
+        })
+        .and_then(|()| {
+            apis.admin.map_or(Ok(()), |api| {
                 listeners.share_admin(node.admin.listen, api.listener())
             })
         })

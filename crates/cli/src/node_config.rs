@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use pylon_admin::AdminSettings;
 use pylon_discovery::DiscoverySettings;
-use pylon_proxy::{AccessLogSettings, ControlSettings, ProxySettings};
+use pylon_proxy::{AccessLogSettings, ControlSettings, MetricsSettings, ProxySettings};
 use pylon_store::EtcdSettings;
 use serde::Deserialize;
 
@@ -19,6 +19,9 @@ pub struct NodeConfig {
     pub access_log: AccessLogSettings,
     /// The control API (`/v1/healthcheck`): loopback only, as APISIX's.
     pub control: ControlSettings,
+    /// The metrics listener (Prometheus's text format), as APISIX's `prometheus` export
+    /// server.
+    pub metrics: MetricsSettings,
     pub config: ConfigSource,
     /// The Admin API: on traditional and control-plane nodes whose store can be written.
     pub admin: AdminSettings,
@@ -298,6 +301,8 @@ mod tests {
         assert!(config.runs_admin());
         assert_eq!(config.control.listen, "127.0.0.1:9090".parse().unwrap());
         assert!(config.control.enabled);
+        assert_eq!(config.metrics.listen, "127.0.0.1:9091".parse().unwrap());
+        assert!(config.metrics.enabled);
     }
 
     #[test]

@@ -22,6 +22,7 @@ fn embedded_node() -> String {
     format!(
         "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 1\n  https:\n    listen: [\"127.0.0.1:0\"]\n\
          control:\n  listen: \"127.0.0.1:0\"\n\
+         metrics:\n  listen: \"127.0.0.1:0\"\n\
          admin:\n  listen: \"127.0.0.1:0\"\n  admin_key:\n    - {{name: admin, key: {ADMIN_KEY}, role: admin}}\n    - {{name: viewer, key: {VIEWER_KEY}, role: viewer}}\n\
          config:\n  source: embedded\n  data_dir: data\n\
          log:\n  level: info\n"

@@ -36,6 +36,7 @@ fn node_config(cluster_endpoints: &[String], role: &str) -> String {
         "deployment:\n  role: {role}\n\
          proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 1\n  https:\n    listen: [\"127.0.0.1:0\"]\n\
          control:\n  listen: \"127.0.0.1:0\"\n\
+         metrics:\n  listen: \"127.0.0.1:0\"\n\
          admin:\n  listen: \"127.0.0.1:0\"\n  admin_key: [{{name: admin, key: {ADMIN_KEY}, role: admin}}]\n\
          data_encryption:\n  keyring: [\"a shared cluster secret\"]\n\
          config:\n  source: etcd\n  data_dir: data\n  etcd:\n    endpoints: [{endpoints}]\n    prefix: /pylon-test\n    timeout: 2\n\

@@ -413,7 +413,7 @@ fn a_taken_control_port_stops_pylon_from_starting() {
     std::fs::write(dir.path().join("apisix.yaml"), "routes: []\n").unwrap();
     std::fs::write(
         dir.path().join("node.yaml"),
-        format!("proxy:\n  listen: [\"127.0.0.1:0\"]\ncontrol:\n  listen: \"{addr}\"\nconfig:\n  source: yaml\n  file: apisix.yaml\n"),
+        format!("proxy:\n  listen: [\"127.0.0.1:0\"]\ncontrol:\n  listen: \"{addr}\"\nmetrics:\n  enabled: false\nconfig:\n  source: yaml\n  file: apisix.yaml\n"),
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pylon"))

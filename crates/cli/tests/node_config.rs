@@ -13,7 +13,8 @@ use support::{pylon_command, Pylon, WAIT};
 /// Every listener on a free port, so that a node that is not refused starts cleanly.
 const LISTENERS: &str =
     "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 1\n  https: {listen: []}\n\
-                         control: {listen: \"127.0.0.1:0\"}\nadmin: {listen: \"127.0.0.1:0\"}\n";
+                         control: {listen: \"127.0.0.1:0\"}\nmetrics: {listen: \"127.0.0.1:0\"}\n\
+                         admin: {listen: \"127.0.0.1:0\"}\n";
 
 const ROUTES: &str = "routes:\n  - {id: r, uri: /*, upstream: {nodes: {\"127.0.0.1:1980\": 1}}}\n";
 

@@ -107,6 +107,7 @@ fn the_admin_api_serves_metadata_writes_and_refuses_bad_ones() {
     let node = format!(
         "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 1\n\
          control:\n  listen: \"127.0.0.1:0\"\n\
+         metrics:\n  listen: \"127.0.0.1:0\"\n\
          admin:\n  listen: \"127.0.0.1:0\"\n  admin_key:\n    - {{name: admin, key: {ADMIN_KEY}, role: admin}}\n\
          config:\n  source: embedded\n  data_dir: data\n\
          log:\n  level: info\n"

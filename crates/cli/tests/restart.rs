@@ -79,15 +79,28 @@ fn two_successive_takeovers(source: Source) {
     // More workers than the first one had: the second binds a third socket per address.
     phase.store(1, Ordering::SeqCst);
     let mut second = node.start(1, &two, 3, Some(&first));
-    // Two per proxy listener (one per worker of the first), the control API's and the Admin API's.
+    // Two per proxy listener (one per worker of the first), the control API's, the metrics
+    // listener's and the Admin API's.
     assert!(
         took_over(&second, node.handed_over(2), &first),
         "{:?}",
         second.startup
     );
     assert_eq!(
-        (second.addr, second.https_addr, second.control, second.admin),
-        (first.addr, first.https_addr, first.control, first.admin)
+        (
+            second.addr,
+            second.https_addr,
+            second.control,
+            second.metrics,
+            second.admin
+        ),
+        (
+            first.addr,
+            first.https_addr,
+            first.control,
+            first.metrics,
+            first.admin
+        )
     );
     load.wait_for(1, 3);
     let stdout = assert_drained(&mut first);
@@ -240,9 +253,10 @@ impl Node {
     }
 
     /// How many listening sockets a pylon with `workers` workers hands over: one per worker
-    /// on each proxy listener (http and https), the control API's, and the Admin API's.
+    /// on each proxy listener (http and https), the control API's, the metrics listener's, and
+    /// the Admin API's.
     fn handed_over(&self, workers: usize) -> usize {
-        2 * workers + 1 + usize::from(self.has_admin())
+        2 * workers + 2 + usize::from(self.has_admin())
     }
 
     /// Starts generation `generation` with `workers` workers, routing everything to
@@ -327,11 +341,13 @@ impl Node {
         let mut config = format!(
             "proxy:\n  listen: [{}]\n  workers: {workers}\n  https:\n    listen: [{}]\n\
              control:\n  listen: {}\n\
+             metrics:\n  listen: {}\n\
              access_log:\n  path: access.log\n\
              log:\n  level: info\n",
             listen.join(", "),
             at(running.and_then(|p| p.https_addr)),
             at(running.and_then(|p| p.control)),
+            at(running.and_then(|p| p.metrics)),
         );
         config += &match &self.source {
             Source::Yaml => format!("config:\n  source: yaml\n  file: routes-{generation}.yaml\n"),

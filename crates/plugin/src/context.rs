@@ -406,6 +406,19 @@ pub struct LogCtx<'a, 'r> {
     pub upstream_status: Option<u16>,
     pub bytes_sent: u64,
     pub latency: Duration,
+    /// Set by a plugin that has the gateway count this request in its metrics by route
+    /// (`prometheus`), with how it names the route and service. Left unset, the request
+    /// counts only in the node's totals.
+    pub metrics: Cell<Option<MetricNames>>,
+}
+
+/// How the gateway's metrics name a request's route and service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricNames {
+    /// By id.
+    Ids,
+    /// By `name` where the resource has one, else by id.
+    Names,
 }
 
 #[cfg(test)]

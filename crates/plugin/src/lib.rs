@@ -33,8 +33,8 @@ pub use call::{call_failures, Call, CallError, CallFailures, FailurePolicy};
 pub use chain::{Chain, ChainBuilder, Entry};
 pub use consumer::Consumer;
 pub use context::{
-    HeaderEdit, HeaderEdits, LogCtx, RequestCtx, RequestEdits, ResponseCtx, ResponseEdits,
-    ResponseHeaders, Text,
+    HeaderEdit, HeaderEdits, LogCtx, MetricNames, RequestCtx, RequestEdits, ResponseCtx,
+    ResponseEdits, ResponseHeaders, Text,
 };
 pub use meta::Meta;
 pub use phase::{Phase, Phases, RequestPhase};

@@ -409,6 +409,7 @@ mod tests {
             upstream_status: Some(500),
             bytes_sent: 0,
             latency: Duration::ZERO,
+            metrics: Default::default(),
         };
         plugin.log(&log);
         let reply = replied(plugin.access(&mut ctx)).expect("open");

@@ -4,8 +4,8 @@ use crate::descriptor::Descriptor;
 use crate::{
     api_breaker, basic_auth, client_control, compression, consumer_restriction, cors,
     fault_injection, file_logger, forward_auth, hmac_auth, ip_restriction, jwt_auth, key_auth,
-    limit_conn, limit_count, limit_req, mocking, proxy_mirror, proxy_rewrite, real_ip, redirect,
-    request_id, request_validation, response_rewrite, traffic_split, uri_blocker, waf,
+    limit_conn, limit_count, limit_req, mocking, prometheus, proxy_mirror, proxy_rewrite, real_ip,
+    redirect, request_id, request_validation, response_rewrite, traffic_split, uri_blocker, waf,
 };
 
 /// Every plugin, by name.
@@ -28,6 +28,7 @@ pub static CATALOG: &[Descriptor] = &[
     limit_count::DESCRIPTOR,
     limit_req::DESCRIPTOR,
     mocking::DESCRIPTOR,
+    prometheus::DESCRIPTOR,
     proxy_mirror::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,
     real_ip::DESCRIPTOR,

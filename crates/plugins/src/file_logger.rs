@@ -468,6 +468,7 @@ mod tests {
             upstream_status: Some(status),
             bytes_sent: 321,
             latency: Duration::from_micros(12_345),
+            metrics: Default::default(),
         }
     }
 

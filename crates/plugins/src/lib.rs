@@ -35,6 +35,7 @@ mod limit_req;
 mod limits;
 mod mocking;
 mod outbound;
+mod prometheus;
 mod proxy_mirror;
 mod proxy_rewrite;
 mod query;

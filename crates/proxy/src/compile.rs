@@ -15,6 +15,7 @@ use pylon_router::{RouteSpec, RouterBuilder};
 use pylon_store::Revision;
 
 use crate::health::HealthRegistry;
+use crate::metrics::{Named, RouteLabels};
 use crate::settings::UpstreamDefaults;
 use crate::snapshot::{
     compile_upstream, resolve, CompileError, RouteTarget, Snapshot, Split, Timeouts, UpstreamTarget,
@@ -300,8 +301,21 @@ impl Compiler {
                 .unwrap_or_default();
         }
         let id: Arc<str> = Arc::from(id);
+        let uris: Vec<String> = route.all_uris().map(str::to_owned).collect();
+        let labels = RouteLabels::new(
+            Named {
+                id: id.clone(),
+                name: route.name.as_deref(),
+            },
+            service.map(|(service_id, service)| Named {
+                id: Arc::from(service_id.as_str()),
+                name: service.name.as_deref(),
+            }),
+            &uris,
+            &hosts,
+        );
         let spec = RouteSpec {
-            uris: route.all_uris().map(str::to_owned).collect(),
+            uris,
             hosts,
             methods: route.methods.clone().unwrap_or_default(),
             remote_addrs: route.all_remote_addrs().map(str::to_owned).collect(),
@@ -318,6 +332,7 @@ impl Compiler {
                 service_id: route.service_id.as_deref().map(Arc::from),
                 plugins: chain,
                 splits,
+                labels,
             },
         };
         if let Err(e) = self.router.insert(id.clone(), spec) {

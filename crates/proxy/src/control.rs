@@ -16,27 +16,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use pylon_discovery::Registry;
 use pylon_store::View;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::handoff::{Kind, Listeners};
 use crate::health::HealthRegistry;
-use crate::http1::{HeadLimits, RequestHead};
+use crate::local_http::{self, Answer};
 use crate::snapshot::SnapshotCell;
-
-/// A client has this long to send its request and take the answer.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
-const LIMITS: HeadLimits = HeadLimits {
-    max_request_line: 4096,
-    max_head: 16 * 1024,
-    max_headers: 64,
-};
 
 /// The `control` section of the node config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,48 +170,13 @@ impl ControlApi {
 
     /// Serves for ever; run it on the control runtime.
     pub async fn serve(self) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    let state = self.state.clone();
-                    tokio::spawn(async move {
-                        let exchange = answer(stream, &state);
-                        let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange).await;
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("control API accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        let state = self.state;
+        local_http::serve(self.listener, "control API", move |method, path| {
+            let (status, body) = route(method, path, &state);
+            Answer::json(status, body)
+        })
+        .await
     }
-}
-
-async fn answer(mut stream: TcpStream, state: &State) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut head = RequestHead::default();
-    let (status, body) = loop {
-        match head.parse(&buf, &LIMITS) {
-            Ok(Some(_)) => break route(head.method(), head.path(), state),
-            Ok(None) => {}
-            Err(_) => break error(400, "400 Bad Request"),
-        }
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {}\r\nServer: Pylon\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        reason(status),
-        body.len(),
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 /// The status and JSON body for `method path`.
@@ -276,21 +231,8 @@ fn route(method: &str, path: &str, state: &State) -> (u16, String) {
 }
 
 fn error(status: u16, message: &str) -> (u16, String) {
-    (
-        status,
-        serde_json::json!({ "error_msg": message }).to_string(),
-    )
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        503 => "Service Unavailable",
-        _ => "Internal Server Error",
-    }
+    let answer = Answer::error(status, message);
+    (answer.status, answer.body)
 }
 
 #[cfg(test)]

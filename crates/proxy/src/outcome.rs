@@ -1,5 +1,5 @@
 //! How a request ended. Codecs say it where it happens; the connection loop, the access log
-//! and (later) metrics and traces read it, and nothing derives it again from a status code.
+//! and the metrics (and, later, traces) read it, and nothing derives it again from a status code.
 
 use std::net::SocketAddr;
 use std::time::Duration;

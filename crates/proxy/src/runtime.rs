@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
 use crate::downstream;
+use crate::metrics::WorkerCounters;
 use crate::snapshot::SnapshotCell;
 use crate::worker::{Limits, Worker};
 
@@ -31,6 +32,7 @@ pub(crate) fn run(
     snapshots: SnapshotCell,
     limits: Arc<Limits>,
     access_log: AccessLog,
+    counters: Arc<WorkerCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -38,7 +40,7 @@ pub(crate) fn run(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let worker = Rc::new(Worker::new(limits, access_log, snapshots));
+        let worker = Rc::new(Worker::new(limits, access_log, counters, snapshots));
         for listener in listeners {
             let socket = TcpListener::from_std(listener.socket)?;
             tokio::task::spawn_local(downstream::accept(worker.clone(), socket, listener.tls));

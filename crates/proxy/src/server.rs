@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
 use crate::handoff::{Kind, Listeners};
+use crate::metrics::Traffic;
 use crate::runtime::{self, Listener};
 use crate::settings::ProxySettings;
 use crate::snapshot::SnapshotCell;
@@ -24,6 +25,7 @@ pub struct Gateway {
     workers: Vec<JoinHandle<()>>,
     /// Copies of the listening sockets, for a successor to take over.
     listeners: Listeners,
+    traffic: Traffic,
 }
 
 impl Gateway {
@@ -67,21 +69,29 @@ impl Gateway {
             if tls { &mut https_addrs } else { &mut addrs }.push(addr);
         }
         let limits = Arc::new(Limits::new(settings));
+        let traffic = Traffic::new(workers);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = Vec::new();
         for (i, listeners) in per_worker.into_iter().enumerate() {
-            let (snapshots, limits, access_log, shutdown_rx) = (
+            let (snapshots, limits, access_log, counters, shutdown_rx) = (
                 snapshots.clone(),
                 limits.clone(),
                 access_log.clone(),
+                traffic.worker(i),
                 shutdown_rx.clone(),
             );
             let handle = std::thread::Builder::new()
                 .name(format!("pylon-worker-{i}"))
                 .spawn(move || {
-                    if let Err(e) =
-                        runtime::run(listeners, snapshots, limits, access_log, shutdown_rx)
-                    {
+                    let run = runtime::run(
+                        listeners,
+                        snapshots,
+                        limits,
+                        access_log,
+                        counters,
+                        shutdown_rx,
+                    );
+                    if let Err(e) = run {
                         tracing::error!(worker = i, "worker failed: {e}");
                     }
                 })?;
@@ -93,7 +103,13 @@ impl Gateway {
             shutdown,
             workers: handles,
             listeners,
+            traffic,
         })
+    }
+
+    /// The workers' counters, for the metrics listener.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic.clone()
     }
 
     /// The plain HTTP addresses actually listened on (port 0 resolved).

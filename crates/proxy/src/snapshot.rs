@@ -18,6 +18,7 @@ use pylon_router::{RequestView, Router};
 use rustls::pki_types::ServerName;
 
 use crate::health::{UpstreamHealth, UpstreamOutlier};
+use crate::metrics::RouteLabels;
 use crate::settings::{secs, UpstreamDefaults};
 use crate::tls::{server_name, SniTable, TlsContext, UpstreamTls};
 
@@ -49,6 +50,8 @@ pub struct RouteTarget {
     pub plugins: Chain,
     /// The upstreams its `traffic-split` may send a request to instead of its own.
     pub splits: Vec<Split>,
+    /// What its requests are counted under in the metrics.
+    pub(crate) labels: RouteLabels,
 }
 
 /// An upstream a plugin may choose for a request instead of the route's own.

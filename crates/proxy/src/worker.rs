@@ -12,6 +12,7 @@ use tokio::sync::{futures::Notified, Notify};
 
 use crate::access_log::AccessLog;
 use crate::http1::HeadLimits;
+use crate::metrics::{Recorder, WorkerCounters};
 use crate::settings::{secs, Http2Settings, ProxySettings};
 use crate::snapshot::{Snapshot, SnapshotCell, WorkerView};
 use crate::upstream::h2::H2Upstreams;
@@ -51,26 +52,31 @@ impl Limits {
 pub(crate) struct Worker {
     pub limits: Arc<Limits>,
     pub access_log: AccessLog,
+    pub metrics: Recorder,
     pub pool: RefCell<Pool>,
     /// HTTP/2 upstream connections (gRPC), one per node.
     pub h2_upstreams: Rc<RefCell<H2Upstreams>>,
     snapshots: RefCell<Cache<SnapshotCell, Arc<Snapshot>>>,
     view: RefCell<Option<Rc<WorkerView>>>,
-    connections: Cell<usize>,
     stopping: Cell<bool>,
     stop: Notify,
 }
 
 impl Worker {
-    pub fn new(limits: Arc<Limits>, access_log: AccessLog, snapshots: SnapshotCell) -> Self {
+    pub fn new(
+        limits: Arc<Limits>,
+        access_log: AccessLog,
+        counters: Arc<WorkerCounters>,
+        snapshots: SnapshotCell,
+    ) -> Self {
         Worker {
             limits,
             access_log,
+            metrics: Recorder::new(counters),
             pool: RefCell::default(),
             h2_upstreams: Rc::default(),
             snapshots: RefCell::new(Cache::new(snapshots)),
             view: RefCell::default(),
-            connections: Cell::new(0),
             stopping: Cell::new(false),
             stop: Notify::new(),
         }
@@ -78,12 +84,12 @@ impl Worker {
 
     /// Client connections open now.
     pub fn connections(&self) -> usize {
-        self.connections.get()
+        self.metrics.counters().active.get() as usize
     }
 
     /// Counts a client connection for as long as the returned guard lives.
     pub fn open_connection(self: &Rc<Self>) -> OpenConnection {
-        self.connections.set(self.connections.get() + 1);
+        self.metrics.connection_opened();
         OpenConnection(self.clone())
     }
 
@@ -124,6 +130,6 @@ pub(crate) struct OpenConnection(Rc<Worker>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.connections.set(self.0.connections.get() - 1);
+        self.0.metrics.connection_closed();
     }
 }

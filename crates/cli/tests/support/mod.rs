@@ -31,6 +31,8 @@ pub struct Pylon {
     pub startup: Vec<String>,
     /// The control API (`/v1/healthcheck`), on a free port of its own.
     pub control: Option<SocketAddr>,
+    /// The metrics listener, likewise.
+    pub metrics: Option<SocketAddr>,
     /// The Admin API, on nodes that run one.
     pub admin: Option<SocketAddr>,
     stdout_lines: mpsc::Receiver<String>,
@@ -96,7 +98,7 @@ impl Pylon {
             _ => String::new(),
         };
         let node = format!(
-            "proxy:\n  listen: [{listen}]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  source: yaml\n  file: apisix.yaml\n"
+            "proxy:\n  listen: [{listen}]\n{workers}{https}{proxy_extra}\naccess_log:\n  path: access.log\ncontrol:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  listen: \"127.0.0.1:0\"\nlog:\n  level: info\nconfig:\n  source: yaml\n  file: apisix.yaml\n"
         );
         Self::run_node(dir, &node)
     }
@@ -139,7 +141,7 @@ impl Pylon {
         });
         let deadline = Instant::now() + WAIT;
         let (mut addr, mut https_addr, mut control, mut handoff_socket) = (None, None, None, None);
-        let mut admin = None;
+        let (mut admin, mut metrics) = (None, None);
         let mut startup = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -154,6 +156,9 @@ impl Pylon {
                         line.strip_prefix("pylon: control API listening on http://")
                     {
                         control = Some(a.parse().unwrap());
+                    } else if let Some(a) = line.strip_prefix("pylon: metrics listening on http://")
+                    {
+                        metrics = a.split('/').next().and_then(|a| a.parse().ok());
                     } else if let Some(a) =
                         line.strip_prefix("pylon: admin API listening on http://")
                     {
@@ -171,6 +176,7 @@ impl Pylon {
                             addr: addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
                             https_addr,
                             control,
+                            metrics,
                             admin,
                             handoff_socket,
                             startup,

@@ -91,7 +91,9 @@ pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener, tls: bool)
                 continue;
             }
         };
-        if worker.connections() >= worker.limits.max_connections {
+        let handled = worker.connections() < worker.limits.max_connections;
+        worker.metrics.accepted(handled);
+        if !handled {
             drop(stream);
             continue;
         }

@@ -11,10 +11,10 @@
 //!
 //! 1. The new process connects and says `take 1` (the protocol version).
 //! 2. The old one sends each listening socket in a message of its own, `socket <listener>
-//!    <http|https|control|admin> <configured address>` with the descriptor attached
-//!    (`SCM_RIGHTS`), then `end <count>`. It keeps serving meanwhile. The control API's and
-//!    the Admin API's sockets go too: their ports are fixed, and the new process could not
-//!    bind them while the old one holds them.
+//!    <http|https|control|metrics|admin> <configured address>` with the descriptor attached
+//!    (`SCM_RIGHTS`), then `end <count>`. It keeps serving meanwhile. The control API's, the
+//!    metrics listener's and the Admin API's sockets go too: their ports are fixed, and the
+//!    new process could not bind them while the old one holds them.
 //! 3. A new process whose config store admits one process at a time (the embedded store)
 //!    says `release store`. The old one stops taking Admin API requests (new ones wait in the
 //!    listening socket's queue, for the new process), answers those in flight, lets go of the
@@ -70,6 +70,8 @@ pub(crate) enum Kind {
     Https,
     /// The control API ([`crate::ControlApi`]).
     Control,
+    /// The metrics listener ([`crate::MetricsApi`]).
+    Metrics,
     /// The Admin API, which lives outside this crate: see [`Listeners::take_admin`].
     Admin,
 }
@@ -98,14 +100,21 @@ impl Kind {
             Kind::Http => "http",
             Kind::Https => "https",
             Kind::Control => "control",
+            Kind::Metrics => "metrics",
             Kind::Admin => "admin",
         }
     }
 
     fn from_word(word: &str) -> Option<Kind> {
-        [Kind::Http, Kind::Https, Kind::Control, Kind::Admin]
-            .into_iter()
-            .find(|kind| kind.word() == word)
+        [
+            Kind::Http,
+            Kind::Https,
+            Kind::Control,
+            Kind::Metrics,
+            Kind::Admin,
+        ]
+        .into_iter()
+        .find(|kind| kind.word() == word)
     }
 }
 

@@ -127,7 +127,7 @@ impl Takeover {
     }
 }
 
-/// `<listener> <http|https|control> <configured address>`.
+/// `<listener> <http|https|control|metrics|admin> <configured address>`.
 fn parse_socket<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<(usize, SocketAddr, Kind)> {
     let index = words.next()?.parse().ok()?;
     let kind = Kind::from_word(words.next()?)?;

@@ -36,6 +36,7 @@ use active::ActivePlan;
 pub(crate) use outlier::UpstreamOutlier;
 use passive::PassivePolicy;
 pub use registry::HealthRegistry;
+pub(crate) use registry::NodeHealthReport;
 pub(crate) use status::Outcome;
 use status::{NodeHealth, Thresholds};
 

@@ -83,6 +83,28 @@ impl HealthRegistry {
             .map(|watched| UpstreamReport::of(key, watched))
     }
 
+    /// Every checked node and whether it is healthy, for the metrics.
+    pub(crate) fn node_health(&self) -> Vec<NodeHealthReport> {
+        let upstreams = self.lock();
+        let checked = upstreams
+            .values()
+            .filter_map(|watched| watched.checks.as_ref())
+            .map(|checked| &checked.health);
+        checked
+            .flat_map(|health| {
+                let upstream = format!("{}/{}", Key::DEFAULT_PREFIX, health.config.key);
+                health.nodes.iter().map(move |node| NodeHealthReport {
+                    upstream: upstream.clone(),
+                    ip: node
+                        .addr
+                        .map_or_else(|| node.host.clone(), |a| a.ip().to_string()),
+                    port: node.port,
+                    healthy: node.health.is_healthy(),
+                })
+            })
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Watched>> {
         // The map stays consistent whatever a panicking holder was doing: each insert is whole.
         self.upstreams
@@ -118,6 +140,16 @@ fn attach_checks(upstream: &mut UpstreamTarget, old: Option<Checked>) -> Option<
     };
     upstream.health = Some(health);
     Some(checked)
+}
+
+/// One checked node's health, as the metrics label it.
+#[derive(Debug)]
+pub(crate) struct NodeHealthReport {
+    /// The store key of the resource that defines the upstream: `/pylon/upstreams/1`.
+    pub upstream: String,
+    pub ip: String,
+    pub port: u16,
+    pub healthy: bool,
 }
 
 /// One upstream's health as the control API shows it: APISIX's format, with outlier

@@ -5,13 +5,13 @@
 
 mod plugins;
 
-use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
-use pylon_plugin::{Reply, RequestCtx};
+use pylon_plugin::{MetricNames, Reply, RequestCtx};
 
 use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
+use crate::metrics::Sample;
 use crate::outcome::{End, Outcome};
 use crate::snapshot::{RouteTarget, Timeouts, UpstreamTarget, WorkerView};
 use crate::vars::{RequestFields, RequestVars};
@@ -87,8 +87,9 @@ pub(crate) async fn run<D: Downstream>(
     let started = Instant::now();
     let view = worker.view();
     let route = view.snapshot.router.find(vars);
-    // The client as the log names it: the peer, or the address `real-ip` found.
-    let mut client = vars.client.ip();
+    // The plugins' view of the request, and whether they have it counted by route.
+    let mut plugin_ctx = None;
+    let mut counted = None;
     let outcome = match (refused, route) {
         (Some(error), _) => downstream.error(vars, error).await,
         (None, None) if view.snapshot.global_plugins.is_empty() => {
@@ -105,14 +106,14 @@ pub(crate) async fn run<D: Downstream>(
                 ),
                 None => (Plugins::global(&view.snapshot), "", None),
             };
-            let mut ctx = RequestCtx::new(vars, route_id, service_id);
-            let outcome = match plugins.request(&mut ctx).await {
+            let ctx = plugin_ctx.insert(RequestCtx::new(vars, route_id, service_id));
+            let outcome = match plugins.request(ctx).await {
                 Some(reply) => {
-                    let reply = plugins.reply(&ctx, reply);
+                    let reply = plugins.reply(ctx, reply);
                     downstream.reply(vars, &reply, End::Complete).await
                 }
                 None => {
-                    let work = PluginWork { plugins, ctx: &ctx };
+                    let work = PluginWork { plugins, ctx };
                     let chosen = ctx.upstream_override.as_deref();
                     let upstream = route.and_then(|r| r.upstream_for(chosen));
                     match (route, upstream) {
@@ -138,12 +139,18 @@ pub(crate) async fn run<D: Downstream>(
                     }
                 }
             };
-            plugins.log(&ctx, &outcome, started.elapsed());
-            client = ctx.client_ip();
+            counted = plugins.log(ctx, &outcome, started.elapsed());
             outcome
         }
     };
-    log(worker, vars, client, route, started, &outcome);
+    let request = Logged {
+        route,
+        plugin_ctx: plugin_ctx.as_ref(),
+        refused,
+        counted,
+        started,
+    };
+    log(worker, vars, &request, &outcome);
     outcome
 }
 
@@ -166,19 +173,51 @@ async fn answer_error<D: Downstream>(
     }
 }
 
-/// The access log's record of one request: the one place it is made.
+/// What the log step knows of a request besides its outcome.
+pub(crate) struct Logged<'a> {
+    /// The route it matched (or, refused, would have matched).
+    pub route: Option<&'a RouteTarget>,
+    /// The plugins' view of it, when it went through plugins.
+    pub plugin_ctx: Option<&'a RequestCtx<'a>>,
+    /// Why the codec refused it before routing.
+    pub refused: Option<GatewayError>,
+    /// How the metrics count it by route, when a plugin (`prometheus`) asked.
+    pub counted: Option<MetricNames>,
+    pub started: Instant,
+}
+
+/// The access log's record of one request, and its count in the metrics: the one place
+/// either is made.
 pub(crate) fn log<H: RequestFields>(
     worker: &Worker,
     vars: &RequestVars<'_, H>,
-    client: IpAddr,
-    route: Option<&RouteTarget>,
-    started: Instant,
+    request: &Logged<'_>,
     outcome: &Outcome,
 ) {
+    let latency = request.started.elapsed();
+    let head = vars.head;
+    if let Some(names) = request.counted {
+        let consumer = request.plugin_ctx.and_then(RequestCtx::consumer);
+        let sample = Sample {
+            consumer: consumer.map_or("", |c| c.username()),
+            node: outcome.upstream.map(|addr| addr.ip()),
+            status: outcome.status,
+            latency,
+            upstream_latency: outcome.upstream_latency,
+            ingress: head.head_length(),
+            egress: outcome.bytes_sent,
+        };
+        let labels = request.route.map(|route| route.labels.get(names));
+        worker.metrics.observe(labels, &sample);
+    }
+    worker.metrics.request(request.refused);
     if !worker.access_log.is_enabled() {
         return;
     }
-    let head = vars.head;
+    // The client as the log names it: the peer, or the address `real-ip` found.
+    let client = request
+        .plugin_ctx
+        .map_or_else(|| vars.client.ip(), RequestCtx::client_ip);
     worker.access_log.record(AccessRecord {
         time: SystemTime::now(),
         client,
@@ -188,10 +227,10 @@ pub(crate) fn log<H: RequestFields>(
         status: outcome.status,
         bytes_sent: outcome.bytes_sent,
         request_length: head.head_length(),
-        route_id: route.map(|r| r.id.clone()),
+        route_id: request.route.map(|r| r.id.clone()),
         upstream: outcome.upstream,
         upstream_latency: outcome.upstream_latency,
-        latency: started.elapsed(),
+        latency,
         user_agent: head
             .header("user-agent")
             .map(|v| String::from_utf8_lossy(v).into_owned())

@@ -6,12 +6,13 @@
 //! route with no plugins (and no global rules) costs a bit test per phase.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::time::Duration;
 
 use bytes::Bytes;
 use pylon_plugin::{
-    BodyFilters, Chain, Consumer, LogCtx, Phase, Reply, RequestBodyInspectors, RequestCtx,
-    RequestPhase, RequestTaps, ResponseCtx, ResponseEdits, ResponseHeaders,
+    BodyFilters, Chain, Consumer, LogCtx, MetricNames, Phase, Reply, RequestBodyInspectors,
+    RequestCtx, RequestPhase, RequestTaps, ResponseCtx, ResponseEdits, ResponseHeaders,
 };
 
 use crate::error::GatewayError;
@@ -173,10 +174,16 @@ impl<'s> Plugins<'s> {
             || ctx.consumer().is_some_and(|c| hooks(c.plugins()))
     }
 
-    /// Runs the `log` phase.
-    pub fn log(&self, ctx: &RequestCtx<'_>, outcome: &Outcome, latency: Duration) {
+    /// Runs the `log` phase; says how the request is to be counted in the metrics by route,
+    /// if a plugin (`prometheus`) asked for it.
+    pub fn log(
+        &self,
+        ctx: &RequestCtx<'_>,
+        outcome: &Outcome,
+        latency: Duration,
+    ) -> Option<MetricNames> {
         if !self.uses(Phase::Log, ctx) {
-            return;
+            return None;
         }
         let consumer = ctx.consumer().cloned();
         let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
@@ -190,9 +197,11 @@ impl<'s> Plugins<'s> {
                 .map(|_| outcome.status),
             bytes_sent: outcome.bytes_sent,
             latency,
+            metrics: Cell::default(),
         };
         self.global.log(&log, None);
         self.route.log(&log, consumer_plugins);
+        log.metrics.get()
     }
 }
 

@@ -17,7 +17,7 @@ use crate::http1::{
     request_framing, BodyFraming, ChunkedScanner, HeadError, RequestHead, ResponseHead,
 };
 use crate::outcome::{End, Outcome};
-use crate::pipeline::{self, Exchange};
+use crate::pipeline::{self, Exchange, Logged};
 use crate::relay::{read_more, write_all, RelayError};
 use crate::tls::{ClientStream, MaybeTls};
 use crate::vars::{normalize_host, RequestFields, RequestVars};
@@ -233,7 +233,14 @@ async fn reject_unparsed(worker: &Worker, conn: &mut ClientConnection, error: Ga
     let view = worker.view();
     let route = view.snapshot.router.find(&vars);
     let outcome = respond_error(worker, &mut conn.io, error, false).await;
-    pipeline::log(worker, &vars, vars.client.ip(), route, started, &outcome);
+    let request = Logged {
+        route,
+        plugin_ctx: None,
+        refused: Some(error),
+        counted: None,
+        started,
+    };
+    pipeline::log(worker, &vars, &request, &outcome);
 }
 
 /// The HTTP/1 codec's side of the current request: the connection's I/O and the request
