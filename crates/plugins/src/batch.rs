@@ -201,9 +201,7 @@ impl Queue {
     pub(crate) fn push(&self, entry: Vec<u8>) {
         let len = entry.len();
         let before = self.pending_bytes.fetch_add(len, Ordering::Relaxed);
-        let over = self
-            .max_pending_bytes
-            .is_some_and(|max| before + len > max);
+        let over = self.max_pending_bytes.is_some_and(|max| before + len > max);
         if over || self.entries.try_send(entry).is_err() {
             self.pending_bytes.fetch_sub(len, Ordering::Relaxed);
             Counts::add(&self.counts.dropped, 1);
@@ -577,7 +575,9 @@ mod tests {
         static PLACES: Destinations<&str> = Destinations::new();
         let counts = counts();
         let (first, _) = collect(0);
-        let a = PLACES.queue("here", &settings(1), counts, || first).unwrap();
+        let a = PLACES
+            .queue("here", &settings(1), counts, || first)
+            .unwrap();
         let b = PLACES
             .queue("here", &settings(1), counts, || -> Collect {
                 panic!("started twice")
@@ -585,17 +585,28 @@ mod tests {
             .unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         let (other, _) = collect(0);
-        let c = PLACES.queue("there", &settings(1), counts, || other).unwrap();
+        let c = PLACES
+            .queue("there", &settings(1), counts, || other)
+            .unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
         let (resized, _) = collect(0);
-        let d = PLACES.queue("here", &settings(2), counts, || resized).unwrap();
+        let d = PLACES
+            .queue("here", &settings(2), counts, || resized)
+            .unwrap();
         assert!(!Arc::ptr_eq(&a, &d));
 
         let (sink, batches) = collect(0);
         let queue = start(settings(10), counts, sink).unwrap();
         queue.push(b"last".to_vec());
         drop(queue);
-        assert_eq!(next(&batches), [b"last".to_vec()], "sent before the thread ends");
-        assert!(batches.recv_timeout(Duration::from_secs(10)).is_err(), "the thread ended");
+        assert_eq!(
+            next(&batches),
+            [b"last".to_vec()],
+            "sent before the thread ends"
+        );
+        assert!(
+            batches.recv_timeout(Duration::from_secs(10)).is_err(),
+            "the thread ended"
+        );
     }
 }

@@ -4,9 +4,9 @@ use crate::descriptor::Descriptor;
 use crate::{
     api_breaker, basic_auth, client_control, compression, consumer_restriction, cors,
     fault_injection, file_logger, forward_auth, hmac_auth, http_logger, ip_restriction, jwt_auth,
-    key_auth, limit_conn, limit_count, limit_req, mocking, proxy_mirror, proxy_rewrite, real_ip,
-    redirect, request_id, request_validation, response_rewrite, syslog, tcp_logger,
-    traffic_split, udp_logger, uri_blocker, waf,
+    key_auth, limit_conn, limit_count, limit_req, mocking, opentelemetry, proxy_mirror,
+    proxy_rewrite, real_ip, redirect, request_id, request_validation, response_rewrite, syslog,
+    tcp_logger, traffic_split, udp_logger, uri_blocker, waf,
 };
 
 /// Every plugin, by name.
@@ -30,6 +30,7 @@ pub static CATALOG: &[Descriptor] = &[
     limit_count::DESCRIPTOR,
     limit_req::DESCRIPTOR,
     mocking::DESCRIPTOR,
+    opentelemetry::DESCRIPTOR,
     proxy_mirror::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,
     real_ip::DESCRIPTOR,

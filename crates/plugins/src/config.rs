@@ -63,9 +63,10 @@ pub(crate) fn merged_schema(parts: &[Value]) -> Value {
             }
         }
         if let Some(Value::Array(required)) = part.get("required") {
-            let entry = merged
-                .as_object_mut()
-                .map(|m| m.entry("required").or_insert_with(|| Value::Array(Vec::new())));
+            let entry = merged.as_object_mut().map(|m| {
+                m.entry("required")
+                    .or_insert_with(|| Value::Array(Vec::new()))
+            });
             if let Some(Value::Array(into)) = entry {
                 into.extend(required.iter().cloned());
             }
@@ -190,7 +191,10 @@ mod tests {
     #[test]
     fn a_configuration_splits_into_its_parts_and_their_schemas_merge() {
         let (named, rest) = split_fields(&json!({"a": 1, "b": 2, "_meta": {}}), &["a"]);
-        assert_eq!((named, rest), (json!({"a": 1}), json!({"b": 2, "_meta": {}})));
+        assert_eq!(
+            (named, rest),
+            (json!({"a": 1}), json!({"b": 2, "_meta": {}}))
+        );
         let (named, rest) = split_fields(&json!([1]), &["a"]);
         assert_eq!((named, rest), (json!({}), json!([1])));
 

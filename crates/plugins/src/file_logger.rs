@@ -83,10 +83,7 @@ struct FileLoggerConfig {
 
 /// The configuration's schema: its own fields and those of the record.
 fn schema() -> Value {
-    merged_schema(&[
-        schema_of::<FileLoggerConfig>(),
-        schema_of::<RecordConfig>(),
-    ])
+    merged_schema(&[schema_of::<FileLoggerConfig>(), schema_of::<RecordConfig>()])
 }
 
 struct FileLogger {
@@ -284,7 +281,10 @@ mod tests {
                 "include_req_body",
             ),
             (at(&dir, json!({"log_format": ["$uri"]})), "log_format"),
-            (at(&dir, json!({"match": [[["uri", "~~", "("]]]})), "match[0]"),
+            (
+                at(&dir, json!({"match": [[["uri", "~~", "("]]]})),
+                "match[0]",
+            ),
             (at(&dir, json!({"batch_max_size": 1})), ""),
         ];
         for (config, field) in cases {

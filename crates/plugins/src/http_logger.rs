@@ -120,7 +120,7 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
                     endpoint.clone(),
                     headers.clone(),
                     content_type,
-                    body,
+                    Box::new(body),
                     timeout,
                 )
             })
@@ -149,12 +149,30 @@ mod tests {
             (json!({"uri": "https://x/logs"}), "uri"),
             (json!({"uri": "http://x", "timeout": 0}), "timeout"),
             (json!({"uri": "http://x", "ssl_verify": true}), "ssl_verify"),
-            (json!({"uri": "http://x", "auth_header": "a\r\nb: c"}), "auth_header"),
-            (json!({"uri": "http://x", "concat_method": "xml"}), "concat_method"),
-            (json!({"uri": "http://x", "batch_max_size": 0}), "batch_max_size"),
-            (json!({"uri": "http://x", "inactive_timeout": "1"}), "inactive_timeout"),
-            (json!({"uri": "http://x", "include_req_body": true}), "include_req_body"),
-            (json!({"uri": "http://x", "match": [[["uri", "~~", "("]]]}), "match[0][0][2]"),
+            (
+                json!({"uri": "http://x", "auth_header": "a\r\nb: c"}),
+                "auth_header",
+            ),
+            (
+                json!({"uri": "http://x", "concat_method": "xml"}),
+                "concat_method",
+            ),
+            (
+                json!({"uri": "http://x", "batch_max_size": 0}),
+                "batch_max_size",
+            ),
+            (
+                json!({"uri": "http://x", "inactive_timeout": "1"}),
+                "inactive_timeout",
+            ),
+            (
+                json!({"uri": "http://x", "include_req_body": true}),
+                "include_req_body",
+            ),
+            (
+                json!({"uri": "http://x", "match": [[["uri", "~~", "("]]]}),
+                "match[0][0][2]",
+            ),
             (json!({"uri": "http://x", "other": 1}), "other"),
         ];
         for (config, field) in cases {
@@ -162,7 +180,10 @@ mod tests {
             assert_eq!(error.path, field, "{config}: {error:?}");
         }
         let error = refusal(&DESCRIPTOR, json!({"uri": "https://x"}));
-        assert!(error.message.contains("https is not supported yet"), "{error:?}");
+        assert!(
+            error.message.contains("https is not supported yet"),
+            "{error:?}"
+        );
         let error = refusal(&DESCRIPTOR, json!({"uri": "http://x", "other": 1}));
         assert!(error.message.contains("`other`"), "{error:?}");
     }

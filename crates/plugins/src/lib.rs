@@ -38,6 +38,7 @@ mod limits;
 mod log_record;
 mod logger;
 mod mocking;
+mod opentelemetry;
 mod outbound;
 mod post;
 mod proxy_mirror;
@@ -60,15 +61,16 @@ mod uri_blocker;
 mod uri_rewrite;
 mod waf;
 
+pub use batch::ShipCounts;
 pub use catalog::{find, CATALOG};
 pub use compile::{
     builds_every_plugin, check, check_config, check_resource, secret_pointers, CompiledPlugins,
 };
-pub use batch::ShipCounts;
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
 pub use file_logger::{file_log_counts, FileLogCounts};
 pub use http_logger::http_log_counts;
+pub use opentelemetry::span_counts;
 pub use proxy_mirror::{mirror_counts, MirrorCounts};
 pub use syslog::syslog_counts;
 pub use tcp_logger::tcp_log_counts;

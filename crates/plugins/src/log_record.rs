@@ -43,8 +43,12 @@ pub(crate) struct RecordConfig {
 
 impl RecordConfig {
     /// The names of its fields, to tell them from a logger's own.
-    pub(crate) const FIELDS: &'static [&'static str] =
-        &["log_format", "include_req_body", "include_resp_body", "match"];
+    pub(crate) const FIELDS: &'static [&'static str] = &[
+        "log_format",
+        "include_req_body",
+        "include_resp_body",
+        "match",
+    ];
 }
 
 /// What a logger records, built from its [`RecordConfig`] and its metadata.
@@ -192,7 +196,10 @@ pub(crate) struct LoggerMetadata {
 }
 
 /// Parses a logger's metadata; `batches` says whether the logger has a queue to bound.
-pub(crate) fn parse_metadata(metadata: &Value, batches: bool) -> Result<LoggerMetadata, FieldError> {
+pub(crate) fn parse_metadata(
+    metadata: &Value,
+    batches: bool,
+) -> Result<LoggerMetadata, FieldError> {
     let config: LoggerMetadataConfig = parse(metadata)?;
     match config.max_pending_entries {
         Some(_) if !batches => {
@@ -355,12 +362,9 @@ pub(crate) mod tests {
                 .unwrap_or_else(|| panic!("{config} was accepted"));
             assert!(error.path.starts_with(field), "{config}: {error:?}");
         }
-        let error = Records::new(
-            parse(&json!({"include_resp_body": true})).unwrap(),
-            None,
-        )
-        .err()
-        .unwrap();
+        let error = Records::new(parse(&json!({"include_resp_body": true})).unwrap(), None)
+            .err()
+            .unwrap();
         assert!(error.message.contains("not supported yet"), "{error:?}");
     }
 
@@ -398,8 +402,8 @@ pub(crate) mod tests {
 
     #[test]
     fn the_metadata_format_serves_the_routes_without_their_own() {
-        let metadata = parse_metadata(&json!({"log_format": {"m": "$request_method"}}), true)
-            .unwrap();
+        let metadata =
+            parse_metadata(&json!({"log_format": {"m": "$request_method"}}), true).unwrap();
         let request = TestRequest::get("/p");
         let ctx = RequestCtx::new(&request, "r1", None);
         let own = Records::new(
@@ -412,8 +416,16 @@ pub(crate) mod tests {
         assert_eq!(none.record(&log_ctx(&ctx, 200)), Some(json!({"m": "GET"})));
 
         for (metadata, batches, field) in [
-            (json!({"max_pending_entries": 0}), true, "max_pending_entries"),
-            (json!({"max_pending_entries": 5}), false, "max_pending_entries"),
+            (
+                json!({"max_pending_entries": 0}),
+                true,
+                "max_pending_entries",
+            ),
+            (
+                json!({"max_pending_entries": 5}),
+                false,
+                "max_pending_entries",
+            ),
             (json!({"log_format": 1}), true, "log_format"),
             (json!({"other": 1}), true, "other"),
         ] {

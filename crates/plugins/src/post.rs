@@ -10,6 +10,9 @@ use tokio::net::TcpStream;
 use crate::batch::Sink;
 use crate::outbound::{self, push_header, Endpoint};
 
+/// How a batch becomes a request body.
+pub(crate) type Body = Box<dyn Fn(&[Vec<u8>]) -> Vec<u8> + Send>;
+
 /// A destination that takes batches as POST requests.
 pub(crate) struct Post {
     endpoint: Endpoint,
@@ -18,7 +21,7 @@ pub(crate) struct Post {
     headers: Vec<(String, String)>,
     content_type: &'static str,
     /// How a batch becomes a body.
-    body: fn(&[Vec<u8>]) -> Vec<u8>,
+    body: Body,
     /// Bounds each exchange: connecting, sending, and reading the answer.
     timeout: Duration,
     /// The connection the last answer left open.
@@ -30,7 +33,7 @@ impl Post {
         endpoint: Endpoint,
         headers: Vec<(String, String)>,
         content_type: &'static str,
-        body: fn(&[Vec<u8>]) -> Vec<u8>,
+        body: Body,
         timeout: Duration,
     ) -> Post {
         Post {
@@ -55,7 +58,11 @@ impl Post {
         head.extend_from_slice(b" HTTP/1.1\r\n");
         push_header(&mut head, "Host", self.endpoint.authority.as_bytes());
         push_header(&mut head, "Content-Type", self.content_type.as_bytes());
-        push_header(&mut head, "Content-Length", body.len().to_string().as_bytes());
+        push_header(
+            &mut head,
+            "Content-Length",
+            body.len().to_string().as_bytes(),
+        );
         for (name, value) in &self.headers {
             push_header(&mut head, name, value.as_bytes());
         }
@@ -138,7 +145,7 @@ mod tests {
             Endpoint::parse(&format!("http://{addr}/logs?x=1")).unwrap(),
             vec![("Authorization".into(), "Bearer t".into())],
             "application/json",
-            json_array,
+            Box::new(json_array),
             Duration::from_secs(10),
         )
     }

@@ -181,8 +181,13 @@ fn hostname() -> &'static str {
     NAME.get_or_init(|| {
         let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let name = name.trim();
-        let printable = !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic());
-        if printable { name.to_owned() } else { "-".to_owned() }
+        let printable =
+            !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_graphic());
+        if printable {
+            name.to_owned()
+        } else {
+            "-".to_owned()
+        }
     })
 }
 
@@ -252,11 +257,20 @@ mod tests {
         let cases = [
             (json!({"host": "h"}), ""),
             (json!({"host": "h", "port": 0}), "port"),
-            (json!({"host": "h", "port": 1, "sock_type": "sctp"}), "sock_type"),
+            (
+                json!({"host": "h", "port": 1, "sock_type": "sctp"}),
+                "sock_type",
+            ),
             (json!({"host": "h", "port": 1, "tls": true}), "tls"),
             (json!({"host": "h", "port": 1, "pool_size": 4}), "pool_size"),
-            (json!({"host": "h", "port": 1, "flush_limit": 0}), "flush_limit"),
-            (json!({"host": "h", "port": 1, "drop_limit": 0}), "drop_limit"),
+            (
+                json!({"host": "h", "port": 1, "flush_limit": 0}),
+                "flush_limit",
+            ),
+            (
+                json!({"host": "h", "port": 1, "drop_limit": 0}),
+                "drop_limit",
+            ),
             (json!({"host": "h", "port": 1, "timeout": 0}), "timeout"),
         ];
         for (config, field) in cases {

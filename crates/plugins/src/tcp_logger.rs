@@ -69,7 +69,10 @@ impl Server {
     /// Checks `host` and `port` as configured.
     pub(crate) fn new(host: String, port: u16) -> Result<Server, FieldError> {
         if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
-            return Err(FieldError::new("host", "must be a host name or an IP address"));
+            return Err(FieldError::new(
+                "host",
+                "must be a host name or an IP address",
+            ));
         }
         if port == 0 {
             return Err(FieldError::new("port", "must be 1 to 65535"));
@@ -159,8 +162,14 @@ mod tests {
             (json!({"host": "h", "port": 70000}), "port"),
             (json!({"host": "h", "port": 1, "timeout": 0}), "timeout"),
             (json!({"host": "h", "port": 1, "tls": true}), "tls"),
-            (json!({"host": "h", "port": 1, "tls_options": "x"}), "tls_options"),
-            (json!({"host": "h", "port": 1, "retry_delay": -1}), "retry_delay"),
+            (
+                json!({"host": "h", "port": 1, "tls_options": "x"}),
+                "tls_options",
+            ),
+            (
+                json!({"host": "h", "port": 1, "retry_delay": -1}),
+                "retry_delay",
+            ),
         ];
         for (config, field) in cases {
             let error = refusal(&DESCRIPTOR, config.clone());
@@ -181,7 +190,12 @@ mod tests {
             let (sent, accepted) = tokio::join!(sink.send(&batch), listener.accept());
             sent.unwrap();
             let mut received = Vec::new();
-            accepted.unwrap().0.read_to_end(&mut received).await.unwrap();
+            accepted
+                .unwrap()
+                .0
+                .read_to_end(&mut received)
+                .await
+                .unwrap();
             assert_eq!(received, json_array(&batch));
         }
         drop(listener);

@@ -118,6 +118,7 @@ impl NodeStatus {
             "tcp_logger": shipped(pylon_plugins::tcp_log_counts()),
             "udp_logger": shipped(pylon_plugins::udp_log_counts()),
             "syslog": shipped(pylon_plugins::syslog_counts()),
+            "opentelemetry": shipped(pylon_plugins::span_counts()),
         })
     }
 }
