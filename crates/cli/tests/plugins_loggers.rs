@@ -98,7 +98,9 @@ async fn http_logger_posts_the_records_in_batches() {
                         "batch_max_size": 1}),
                 ),
             ],
-            &[json!({"id": "http-logger", "log_format": {"method": "$request_method", "uri": "$uri"}})],
+            &[
+                json!({"id": "http-logger", "log_format": {"method": "$request_method", "uri": "$uri"}}),
+            ],
         ),
         "",
     );
@@ -110,7 +112,11 @@ async fn http_logger_posts_the_records_in_batches() {
         }
         let batch = &posts(&collector, "/logs?r=batched", i + 1)[i];
         assert_eq!(batch.method, "POST", "{what}");
-        assert_eq!(batch.header("content-type"), Some("application/json"), "{what}");
+        assert_eq!(
+            batch.header("content-type"),
+            Some("application/json"),
+            "{what}"
+        );
         assert_eq!(batch.header("authorization"), Some("Bearer t"), "{what}");
         let records = serde_json::from_slice(&batch.body).expect("a JSON body");
         let expected: Vec<_> = targets
@@ -249,7 +255,10 @@ async fn a_full_buffer_drops_and_counts_and_requests_go_on() {
         "{bodies:?}"
     );
     let counts = counts(&pylon, "http_logger");
-    assert_eq!((&counts["dropped"], &counts["failed"]), (&json!(2), &json!(0)));
+    assert_eq!(
+        (&counts["dropped"], &counts["failed"]),
+        (&json!(2), &json!(0))
+    );
 }
 
 /// The connections `receiver` has had closed, once it has at least `n`, each one's bytes
@@ -340,7 +349,9 @@ async fn udp_logger_sends_each_batch_as_a_datagram() {
                 "udp-logger",
                 json!({"host": "127.0.0.1", "port": receiver.addr.port(), "batch_max_size": 1}),
             )],
-            &[json!({"id": "udp-logger", "log_format": {"uri": "$request_uri", "status": "$status"}})],
+            &[
+                json!({"id": "udp-logger", "log_format": {"uri": "$request_uri", "status": "$status"}}),
+            ],
         ),
         "",
     );
@@ -417,7 +428,11 @@ async fn syslog_sends_rfc_5424_entries_over_tcp_and_udp() {
         "",
     );
     let tcp_entries = || {
-        let bytes: Vec<u8> = tcp.connections().into_iter().flat_map(|c| c.bytes).collect();
+        let bytes: Vec<u8> = tcp
+            .connections()
+            .into_iter()
+            .flat_map(|c| c.bytes)
+            .collect();
         octet_counted(&bytes)
     };
     for (i, protocol) in PROTOCOLS.into_iter().enumerate() {

@@ -189,7 +189,11 @@ fn traceparent(value: &str) -> (Vec<u8>, Vec<u8>, bool) {
 
 /// The `traceparent` the upstream got with its last request.
 fn sent_upstream(up: &Upstream) -> (Vec<u8>, Vec<u8>, bool) {
-    traceparent(up.last().header("traceparent").expect("a traceparent upstream"))
+    traceparent(
+        up.last()
+            .header("traceparent")
+            .expect("a traceparent upstream"),
+    )
 }
 
 /// A caller's `traceparent` in trace `trace` (32 hex digits), sampled or not.
@@ -208,12 +212,7 @@ fn metadata(collector: &Upstream) -> Value {
         "batch_span_processor": {"inactive_timeout": 0.05, "max_export_batch_size": 16}})
 }
 
-async fn request(
-    protocol: Protocol,
-    pylon: &Pylon,
-    target: &str,
-    headers: &[(&str, &str)],
-) {
+async fn request(protocol: Protocol, pylon: &Pylon, target: &str, headers: &[(&str, &str)]) {
     let res = call(protocol, pylon.addr, "GET", target, headers, b"").await;
     assert_eq!(res.status, 200, "{protocol:?} {target}: {}", res.text());
 }
@@ -260,7 +259,10 @@ async fn a_span_continues_the_callers_trace_and_carries_the_request() {
         assert_eq!(span.name, "GET /traced", "{what}");
         assert_eq!(span.kind, 2, "{what}: a server span");
         assert!(span.start_time_unix_nano > 0, "{what}");
-        assert!(span.end_time_unix_nano >= span.start_time_unix_nano, "{what}");
+        assert!(
+            span.end_time_unix_nano >= span.start_time_unix_nano,
+            "{what}"
+        );
         assert_eq!(span.status.clone().unwrap_or_default().code, 0, "{what}");
         let attributes = exported.attributes();
         for (key, value) in [
@@ -279,7 +281,10 @@ async fn a_span_continues_the_callers_trace_and_carries_the_request() {
         // Without a traceparent, or with a malformed one, a new trace starts here.
         for (n, headers) in [
             (0, vec![("apikey", "ann-key")]),
-            (1, vec![("apikey", "ann-key"), ("traceparent", "00-not-a-trace-01")]),
+            (
+                1,
+                vec![("apikey", "ann-key"), ("traceparent", "00-not-a-trace-01")],
+            ),
         ] {
             let target = format!("/traced?n={i}&new={n}");
             request(protocol, &pylon, &target, &headers).await;
@@ -288,10 +293,14 @@ async fn a_span_continues_the_callers_trace_and_carries_the_request() {
             assert!(sampled, "{what} {target}");
             let span = span_of(&collector, &target).span;
             assert_eq!((span.trace_id, span.span_id), (trace_id, span_id), "{what}");
-            assert!(span.parent_span_id.is_empty(), "{what} {target}: a root span");
+            assert!(
+                span.parent_span_id.is_empty(),
+                "{what} {target}: a root span"
+            );
         }
     }
-    let spans = || get(pylon.control.unwrap(), "localhost", "/v1/status").json()["opentelemetry"].clone();
+    let spans =
+        || get(pylon.control.unwrap(), "localhost", "/v1/status").json()["opentelemetry"].clone();
     wait_until(|| spans()["sent"] == 6, "every span counted as sent");
     assert_eq!(spans()["dropped"], 0);
 }
@@ -305,7 +314,8 @@ async fn only_the_sampled_requests_are_exported() {
             "plugins": {"opentelemetry": {"sampler": sampler}},
             "upstream": {"nodes": {up.addr.to_string(): 1}}})
     };
-    let ratio = |fraction: f64| json!({"name": "trace_id_ratio", "options": {"fraction": fraction}});
+    let ratio =
+        |fraction: f64| json!({"name": "trace_id_ratio", "options": {"fraction": fraction}});
     let document = json!({
         "routes": [
             traced("/off", json!({"name": "always_off"})),
@@ -346,7 +356,11 @@ async fn only_the_sampled_requests_are_exported() {
             let target = format!("{uri}?n={i}-{k}");
             let headers: Vec<_> = parent.map(|p| ("traceparent", p)).into_iter().collect();
             request(protocol, &pylon, &target, &headers).await;
-            assert_eq!(sent_upstream(&up).2, sampled, "{what} {target}: the decision sent on");
+            assert_eq!(
+                sent_upstream(&up).2,
+                sampled,
+                "{what} {target}: the decision sent on"
+            );
             if sampled {
                 expected.push(target);
             }

@@ -98,7 +98,7 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
         }
         headers.push(("Authorization".to_owned(), auth.clone()));
     }
-    let (content_type, body): (_, fn(&[Vec<u8>]) -> Vec<u8>) = match config.concat_method {
+    let (content_type, body): (_, Join) = match config.concat_method {
         ConcatMethod::Json => ("application/json", json_array),
         ConcatMethod::NewLine => ("text/plain", lines),
     };
@@ -128,6 +128,9 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
         queue: OnceLock::new(),
     }))
 }
+
+/// How a batch's records become a body.
+type Join = fn(&[Vec<u8>]) -> Vec<u8>;
 
 /// Records one per line.
 fn lines(batch: &[Vec<u8>]) -> Vec<u8> {

@@ -68,8 +68,14 @@ fn keep(mut stream: TcpStream, index: usize, all: &Mutex<Vec<Connection>>, stopp
     while !stopped.load(Ordering::SeqCst) {
         match stream.read(&mut chunk) {
             Ok(0) => break,
-            Ok(n) => all.lock().unwrap()[index].bytes.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Ok(n) => all.lock().unwrap()[index]
+                .bytes
+                .extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => break,
         }
     }
