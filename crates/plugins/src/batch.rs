@@ -107,7 +107,7 @@ impl BatchConfig {
             buffer_duration: Duration::from_secs(self.buffer_duration),
             max_retry_count: self.max_retry_count,
             retry_delay: Duration::from_secs(self.retry_delay),
-            max_pending_entries: max_pending_entries.max(1),
+            max_pending_entries,
             max_pending_bytes: None,
         })
     }

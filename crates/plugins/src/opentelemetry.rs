@@ -66,7 +66,7 @@ struct OpenTelemetryConfig {
     #[serde(default)]
     sampler: SamplerConfig,
     /// Request variables (`http_x_tenant`, `route_id`, ...; a leading `$` is allowed) that
-    /// become attributes of the span, named as given, when the request has them.
+    /// become attributes of the span, named after the variable, when the request has them.
     #[serde(default)]
     additional_attributes: Vec<String>,
     /// Header name prefixes (any case): every request header whose name starts with one
