@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -404,6 +404,8 @@ pub struct LogCtx<'a, 'r> {
     /// 504 when no node answered. `None` for a request answered before the upstream (a
     /// plugin's reply, no route) or one its client left.
     pub upstream_status: Option<u16>,
+    /// The last upstream node tried, whether or not it answered.
+    pub upstream_addr: Option<SocketAddr>,
     pub bytes_sent: u64,
     pub latency: Duration,
     /// Set by a plugin that has the gateway count this request in its metrics by route

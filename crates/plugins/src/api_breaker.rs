@@ -407,6 +407,7 @@ mod tests {
             request: &ctx,
             status: 500,
             upstream_status: Some(500),
+            upstream_addr: None,
             bytes_sent: 0,
             latency: Duration::ZERO,
             metrics: Default::default(),

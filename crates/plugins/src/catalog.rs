@@ -3,9 +3,10 @@
 use crate::descriptor::Descriptor;
 use crate::{
     api_breaker, basic_auth, client_control, compression, consumer_restriction, cors,
-    fault_injection, file_logger, forward_auth, hmac_auth, ip_restriction, jwt_auth, key_auth,
-    limit_conn, limit_count, limit_req, mocking, prometheus, proxy_mirror, proxy_rewrite, real_ip,
-    redirect, request_id, request_validation, response_rewrite, traffic_split, uri_blocker, waf,
+    fault_injection, file_logger, forward_auth, hmac_auth, http_logger, ip_restriction, jwt_auth,
+    key_auth, limit_conn, limit_count, limit_req, mocking, opentelemetry, prometheus, proxy_mirror,
+    proxy_rewrite, real_ip, redirect, request_id, request_validation, response_rewrite, syslog,
+    tcp_logger, traffic_split, udp_logger, uri_blocker, waf,
 };
 
 /// Every plugin, by name.
@@ -21,6 +22,7 @@ pub static CATALOG: &[Descriptor] = &[
     file_logger::DESCRIPTOR,
     forward_auth::DESCRIPTOR,
     hmac_auth::DESCRIPTOR,
+    http_logger::DESCRIPTOR,
     ip_restriction::DESCRIPTOR,
     jwt_auth::DESCRIPTOR,
     key_auth::DESCRIPTOR,
@@ -28,6 +30,7 @@ pub static CATALOG: &[Descriptor] = &[
     limit_count::DESCRIPTOR,
     limit_req::DESCRIPTOR,
     mocking::DESCRIPTOR,
+    opentelemetry::DESCRIPTOR,
     prometheus::DESCRIPTOR,
     proxy_mirror::DESCRIPTOR,
     proxy_rewrite::DESCRIPTOR,
@@ -36,7 +39,10 @@ pub static CATALOG: &[Descriptor] = &[
     request_id::DESCRIPTOR,
     request_validation::DESCRIPTOR,
     response_rewrite::DESCRIPTOR,
+    syslog::DESCRIPTOR,
+    tcp_logger::DESCRIPTOR,
     traffic_split::DESCRIPTOR,
+    udp_logger::DESCRIPTOR,
     uri_blocker::DESCRIPTOR,
     waf::DESCRIPTOR,
 ];

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use pylon_model::FieldError;
 use pylon_plugin::Reply;
@@ -28,6 +28,51 @@ pub(crate) fn parse<T: DeserializeOwned>(config: &Value) -> Result<T, FieldError
         let path = if path == "." { String::new() } else { path };
         FieldError::new(path, e.into_inner().to_string())
     })
+}
+
+/// Splits a configuration object in two: the fields `names` names, and the rest. Each part is
+/// then parsed by its own type, so that types shared by several plugins keep their
+/// `deny_unknown_fields` and their error paths (serde's `flatten` would lose both). A
+/// configuration that is not an object stays whole in the rest, for its parse to refuse.
+pub(crate) fn split_fields(config: &Value, names: &[&str]) -> (Value, Value) {
+    let Value::Object(map) = config else {
+        return (Value::Object(Map::new()), config.clone());
+    };
+    let (named, rest): (Map<String, Value>, Map<String, Value>) = map
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .partition(|(k, _)| names.contains(&k.as_str()));
+    (Value::Object(named), Value::Object(rest))
+}
+
+/// The JSON Schema of a configuration whose fields are those of several types (see
+/// [`split_fields`]): the first's, with the others' properties, requirements and
+/// definitions added.
+pub(crate) fn merged_schema(parts: &[Value]) -> Value {
+    let mut parts = parts.iter().cloned();
+    let mut merged = parts.next().unwrap_or_default();
+    for part in parts {
+        for key in ["properties", "$defs"] {
+            if let Some(Value::Object(more)) = part.get(key) {
+                let entry = merged
+                    .as_object_mut()
+                    .map(|m| m.entry(key).or_insert_with(|| Value::Object(Map::new())));
+                if let Some(Value::Object(into)) = entry {
+                    into.extend(more.clone());
+                }
+            }
+        }
+        if let Some(Value::Array(required)) = part.get("required") {
+            let entry = merged.as_object_mut().map(|m| {
+                m.entry("required")
+                    .or_insert_with(|| Value::Array(Vec::new()))
+            });
+            if let Some(Value::Array(into)) = entry {
+                into.extend(required.iter().cloned());
+            }
+        }
+    }
+    merged
 }
 
 /// The answer of a plugin that refuses requests: `rejected_code` (200 to 599), with
@@ -140,6 +185,27 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "a.b: environment variable `NOPE` is not set"
+        );
+    }
+
+    #[test]
+    fn a_configuration_splits_into_its_parts_and_their_schemas_merge() {
+        let (named, rest) = split_fields(&json!({"a": 1, "b": 2, "_meta": {}}), &["a"]);
+        assert_eq!(
+            (named, rest),
+            (json!({"a": 1}), json!({"b": 2, "_meta": {}}))
+        );
+        let (named, rest) = split_fields(&json!([1]), &["a"]);
+        assert_eq!((named, rest), (json!({}), json!([1])));
+
+        let merged = merged_schema(&[
+            json!({"type": "object", "properties": {"a": {}}, "required": ["a"]}),
+            json!({"properties": {"b": {}}, "required": ["b"], "$defs": {"B": {}}}),
+        ]);
+        assert_eq!(
+            merged,
+            json!({"type": "object", "properties": {"a": {}, "b": {}},
+                "required": ["a", "b"], "$defs": {"B": {}}})
         );
     }
 }

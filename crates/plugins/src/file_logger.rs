@@ -1,5 +1,5 @@
-//! `file-logger`: appends one JSON line per request to a file, with the fields `log_format`
-//! names or a default record, for the requests `match` selects.
+//! `file-logger`: appends one JSON line per request to a file: the record of
+//! [`crate::log_record`], for the requests `match` selects.
 //!
 //! A worker never touches the file. The log phase renders the line and hands it to a bounded
 //! queue; one writer thread per path, started by the first line, appends what gathered, in
@@ -17,30 +17,31 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use pylon_model::expr::Expr;
 use pylon_model::FieldError;
-use pylon_plugin::{LogCtx, Phases, Plugin, Template};
-use pylon_router::RequestView;
+use pylon_plugin::{LogCtx, Phases, Plugin};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use crate::config::{parse, schema_of};
-use crate::descriptor::{BuildEnv, Descriptor};
+use crate::config::{merged_schema, parse, schema_of, split_fields};
+use crate::descriptor::{BuildEnv, Descriptor, Metadata, MetadataSpec};
+use crate::log_record::{
+    parse_metadata, LoggerMetadata, LoggerMetadataConfig, RecordConfig, Records,
+};
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "file-logger",
     priority: 399,
-    schema: schema_of::<FileLoggerConfig>,
+    schema,
     build,
     credential: None,
-    metadata: None,
+    metadata: Some(MetadataSpec {
+        schema: schema_of::<LoggerMetadataConfig>,
+        parse: |metadata| Ok(Arc::new(parse_metadata(metadata, false)?) as Metadata),
+    }),
 };
-
-/// The most `match` alternatives (APISIX's `maxItems`).
-const MAX_MATCH: usize = 20;
 
 /// Lines waiting for a file's writer at most; past them, lines are dropped.
 const QUEUE_LINES: usize = 4096;
@@ -78,28 +79,15 @@ struct FileLoggerConfig {
     /// gateway's working directory.
     #[schemars(length(min = 1))]
     path: String,
-    /// The record's fields: a string starting with `$` is that request variable (left out
-    /// when the request has none), a string with `$var`s in it is rendered, anything else is
-    /// written as given. Unset: a default record.
-    log_format: Option<Map<String, Value>>,
-    /// Not supported yet: only `false`.
-    #[serde(default)]
-    include_req_body: bool,
-    /// Not supported yet: only `false`.
-    #[serde(default)]
-    include_resp_body: bool,
-    /// `vars` expressions: only requests that match one of them are logged. An empty list
-    /// matches no request.
-    #[serde(rename = "match")]
-    #[schemars(with = "Option<Vec<Vec<Value>>>", length(max = 20))]
-    matches: Option<Vec<Value>>,
+}
+
+/// The configuration's schema: its own fields and those of the record.
+fn schema() -> Value {
+    merged_schema(&[schema_of::<FileLoggerConfig>(), schema_of::<RecordConfig>()])
 }
 
 struct FileLogger {
-    /// `None`: the default record.
-    format: Option<Vec<(String, Field)>>,
-    /// Alternatives: a request that matches any one is logged. `None`: every request.
-    matches: Option<Vec<Expr>>,
+    records: Records,
     path: PathBuf,
     /// The queue to the path's writer, started by the first request logged: a configuration
     /// only checked (by the Admin API) or compiled on a node that serves no traffic starts
@@ -107,54 +95,20 @@ struct FileLogger {
     lines: OnceLock<Arc<Lines>>,
 }
 
-fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
-    Ok(Arc::new(FileLogger::new(parse(config)?)?))
+fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
+    let (record, own) = split_fields(config, RecordConfig::FIELDS);
+    let records = Records::new(parse(&record)?, env.metadata::<LoggerMetadata>())?;
+    Ok(Arc::new(FileLogger::new(parse(&own)?, records)?))
 }
 
 impl FileLogger {
-    fn new(config: FileLoggerConfig) -> Result<FileLogger, FieldError> {
-        for (field, set) in [
-            ("include_req_body", config.include_req_body),
-            ("include_resp_body", config.include_resp_body),
-        ] {
-            if set {
-                return Err(FieldError::new(
-                    field,
-                    "logging bodies is not supported yet",
-                ));
-            }
-        }
-        let matches = match config.matches {
-            Some(matches) if matches.len() > MAX_MATCH => {
-                return Err(FieldError::new(
-                    "match",
-                    format!("must have at most {MAX_MATCH} expressions"),
-                ));
-            }
-            Some(matches) => Some(
-                matches
-                    .iter()
-                    .enumerate()
-                    .map(|(i, expr)| {
-                        Expr::parse(expr).map_err(|e| e.within(&format!("match[{i}]")))
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            None => None,
-        };
-        let format = config.log_format.map(|format| {
-            format
-                .into_iter()
-                .map(|(name, value)| (name, Field::parse(value)))
-                .collect()
-        });
+    fn new(config: FileLoggerConfig, records: Records) -> Result<FileLogger, FieldError> {
         let path = PathBuf::from(config.path);
         // Building is validating: a path that cannot be written is refused here.
         open(&path)
             .map_err(|e| FieldError::new("path", format!("cannot open {}: {e}", path.display())))?;
         Ok(FileLogger {
-            format,
-            matches,
+            records,
             path,
             lines: OnceLock::new(),
         })
@@ -167,63 +121,6 @@ impl FileLogger {
         }
         let lines = writer(&self.path)?;
         Ok(self.lines.get_or_init(|| lines))
-    }
-
-    /// The record of a request, `None` when `match` leaves it out.
-    fn record(&self, ctx: &LogCtx<'_, '_>) -> Option<Value> {
-        let vars = LogVars(ctx);
-        let selected = self.matches.as_ref().is_none_or(|alternatives| {
-            alternatives
-                .iter()
-                .any(|expr| pylon_router::eval_vars(expr, &vars))
-        });
-        if !selected {
-            return None;
-        }
-        Some(match &self.format {
-            Some(format) => Value::Object(
-                format
-                    .iter()
-                    .filter_map(|(name, field)| Some((name.clone(), field.render(&vars)?)))
-                    .collect(),
-            ),
-            None => default_record(ctx),
-        })
-    }
-}
-
-/// One field of `log_format`.
-enum Field {
-    Value(Value),
-    /// `$name`: the variable's value, the field left out without one (as APISIX's).
-    Var(String),
-    Text(Template),
-}
-
-impl Field {
-    fn parse(value: Value) -> Field {
-        let Value::String(text) = value else {
-            return Field::Value(value);
-        };
-        if let Some(name) = text.strip_prefix('$').filter(|name| {
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        }) {
-            return Field::Var(name.to_owned());
-        }
-        let template = Template::parse(&text);
-        if template.is_literal() {
-            Field::Value(Value::String(text))
-        } else {
-            Field::Text(template)
-        }
-    }
-
-    fn render(&self, vars: &LogVars<'_, '_, '_>) -> Option<Value> {
-        match self {
-            Field::Value(value) => Some(value.clone()),
-            Field::Var(name) => vars.var(name).map(|v| Value::String(v.into_owned())),
-            Field::Text(template) => Some(Value::String(template.render(vars).into_owned())),
-        }
     }
 }
 
@@ -330,7 +227,7 @@ impl Plugin for FileLogger {
     }
 
     fn log(&self, ctx: &LogCtx<'_, '_>) {
-        let Some(record) = self.record(ctx) else {
+        let Some(record) = self.records.record(ctx) else {
             return;
         };
         let Ok(mut line) = serde_json::to_vec(&record) else {
@@ -351,126 +248,14 @@ impl Plugin for FileLogger {
     }
 }
 
-/// APISIX's essentials, from what the log phase knows.
-fn default_record(ctx: &LogCtx<'_, '_>) -> Value {
-    let request = ctx.request;
-    let var = |name| request.var(name).map(|v| v.into_owned());
-    let mut headers = Map::new();
-    request.for_each_header(&mut |name, value| {
-        let name = name.to_ascii_lowercase();
-        let value = Value::String(String::from_utf8_lossy(value).into_owned());
-        // A repeated header is a list of its values, as APISIX's.
-        match headers.get_mut(&name) {
-            Some(Value::Array(values)) => values.push(value),
-            Some(first) => *first = Value::Array(vec![first.take(), value]),
-            None => {
-                headers.insert(name, value);
-            }
-        }
-    });
-    let uri = var("request_uri");
-    let url = match (var("scheme"), request.host(), &uri) {
-        (Some(scheme), Some(host), Some(uri)) => Some(match var("server_port") {
-            Some(port) => format!("{scheme}://{host}:{port}{uri}"),
-            None => format!("{scheme}://{host}{uri}"),
-        }),
-        _ => None,
-    };
-    let start = SystemTime::now()
-        .checked_sub(ctx.latency)
-        .and_then(|start| start.duration_since(UNIX_EPOCH).ok())
-        .unwrap_or_default();
-    let mut record = json!({
-        "request": {
-            "method": request.method(),
-            "uri": uri,
-            "url": url,
-            "headers": headers,
-        },
-        "response": {"status": ctx.status, "size": ctx.bytes_sent},
-        "client_ip": request.client_ip().to_string(),
-        "route_id": request.route_id(),
-        "start_time": start.as_millis() as u64,
-        "latency": millis(ctx.latency),
-    });
-    let more = [
-        ("upstream_status", ctx.upstream_status.map(Value::from)),
-        ("service_id", request.service_id().map(Value::from)),
-        (
-            "consumer",
-            request
-                .consumer()
-                .map(|c| json!({"username": c.username()})),
-        ),
-    ];
-    for (name, value) in more {
-        if let Some(value) = value {
-            record[name] = value;
-        }
-    }
-    record
-}
-
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// The request's variables, and those of its answer that nginx's log phase has: `status`,
-/// `upstream_status`, `bytes_sent`, `request_time` (seconds).
-struct LogVars<'c, 'a, 'r>(&'c LogCtx<'a, 'r>);
-
-impl RequestView for LogVars<'_, '_, '_> {
-    fn path(&self) -> &str {
-        self.0.request.path()
-    }
-
-    fn host(&self) -> Option<&str> {
-        self.0.request.host()
-    }
-
-    fn method(&self) -> &str {
-        self.0.request.method()
-    }
-
-    fn remote_addr(&self) -> std::net::IpAddr {
-        self.0.request.client_ip()
-    }
-
-    fn for_each_header(&self, each: &mut dyn FnMut(&str, &[u8])) {
-        self.0.request.for_each_header(each);
-    }
-
-    fn var(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        let ctx = self.0;
-        let value = match name {
-            "status" => ctx.status.to_string(),
-            "upstream_status" => ctx.upstream_status?.to_string(),
-            "bytes_sent" => ctx.bytes_sent.to_string(),
-            "request_time" => format!("{:.3}", ctx.latency.as_secs_f64()),
-            _ => return ctx.request.var(name),
-        };
-        Some(value.into())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use pylon_plugin::RequestCtx;
     use serde_json::json;
 
     use super::*;
-    use crate::testing::{refusal, TestRequest};
-
-    fn log_ctx<'a, 'r>(request: &'a RequestCtx<'r>, status: u16) -> LogCtx<'a, 'r> {
-        LogCtx {
-            request,
-            status,
-            upstream_status: Some(status),
-            bytes_sent: 321,
-            latency: Duration::from_micros(12_345),
-            metrics: Default::default(),
-        }
-    }
+    use crate::log_record::tests::log_ctx;
+    use crate::testing::{build_with_metadata, refusal, TestRequest};
 
     /// `config` with `path` set to `file.log` in `dir`.
     fn at(dir: &tempfile::TempDir, mut config: Value) -> Value {
@@ -479,7 +264,9 @@ mod tests {
     }
 
     fn logger(dir: &tempfile::TempDir, config: Value) -> FileLogger {
-        FileLogger::new(parse(&at(dir, config)).unwrap()).unwrap()
+        let (record, own) = split_fields(&at(dir, config), RecordConfig::FIELDS);
+        let records = Records::new(parse(&record).unwrap(), None).unwrap();
+        FileLogger::new(parse(&own).unwrap(), records).unwrap()
     }
 
     #[test]
@@ -493,17 +280,12 @@ mod tests {
                 at(&dir, json!({"include_req_body": true})),
                 "include_req_body",
             ),
-            (
-                at(&dir, json!({"include_resp_body": true})),
-                "include_resp_body",
-            ),
             (at(&dir, json!({"log_format": ["$uri"]})), "log_format"),
-            (at(&dir, json!({"match": {}})), "match"),
             (
                 at(&dir, json!({"match": [[["uri", "~~", "("]]]})),
                 "match[0]",
             ),
-            (at(&dir, json!({"match": vec![json!([]); 21]})), "match"),
+            (at(&dir, json!({"batch_max_size": 1})), ""),
         ];
         for (config, field) in cases {
             let error = refusal(&DESCRIPTOR, config.clone());
@@ -511,102 +293,23 @@ mod tests {
         }
         let error = refusal(&DESCRIPTOR, json!({}));
         assert!(error.message.contains("`path`"), "{error:?}");
-        let error = refusal(&DESCRIPTOR, at(&dir, json!({"include_resp_body": true})));
-        assert!(error.message.contains("not supported yet"), "{error:?}");
+        let error = build_with_metadata(
+            &DESCRIPTOR,
+            at(&dir, json!({})),
+            json!({"max_pending_entries": 10}),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(error.path, "max_pending_entries");
     }
 
     #[test]
-    fn log_format_renders_variables_and_keeps_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let logger = logger(
-            &dir,
-            json!({"log_format": {
-                "host": "$host",
-                "client": "$remote_addr",
-                "status": "$status",
-                "time": "$request_time",
-                "who": "user ${http_x_user} from $remote_addr",
-                "missing": "$http_x_absent",
-                "price": "5 $",
-                "fixed": 7,
-                "nested": {"a": "$host"}
-            }}),
-        );
-        let request = TestRequest::get("/p?q=1").header("X-User", "ann");
-        let ctx = RequestCtx::new(&request, "r1", None);
-        assert_eq!(
-            logger.record(&log_ctx(&ctx, 201)),
-            Some(json!({
-                "host": "example.com",
-                "client": "192.0.2.7",
-                "status": "201",
-                "time": "0.012",
-                "who": "user ann from 192.0.2.7",
-                "price": "5 $",
-                "fixed": 7,
-                "nested": {"a": "$host"}
-            }))
-        );
-    }
-
-    #[test]
-    fn the_default_record_has_the_essentials() {
-        let dir = tempfile::tempdir().unwrap();
-        let logger = logger(&dir, json!({}));
-        let request = TestRequest::get("/p?q=1")
-            .header("Accept", "a")
-            .header("accept", "b");
-        let ctx = RequestCtx::new(&request, "r1", Some("s1"));
-        let record = logger.record(&log_ctx(&ctx, 200)).unwrap();
-        assert_eq!(record["request"]["method"], "GET");
-        assert_eq!(record["request"]["uri"], "/p?q=1");
-        assert_eq!(record["request"]["url"], "http://example.com/p?q=1");
-        assert_eq!(record["request"]["headers"]["accept"], json!(["a", "b"]));
-        assert_eq!(record["response"], json!({"status": 200, "size": 321}));
-        assert_eq!(record["upstream_status"], 200);
-        assert_eq!(record["client_ip"], "192.0.2.7");
-        assert_eq!(
-            (&record["route_id"], &record["service_id"]),
-            (&json!("r1"), &json!("s1"))
-        );
-        assert_eq!(record["latency"], 12.345);
-        assert!(record["start_time"].as_u64().unwrap() > 1_600_000_000_000);
-        assert!(record.get("consumer").is_none());
-    }
-
-    #[test]
-    fn match_logs_only_the_requests_one_alternative_selects() {
-        let dir = tempfile::tempdir().unwrap();
-        let logger = logger(
-            &dir,
-            json!({"match": [
-                [["arg_name", "==", "jack"]],
-                [["status", ">=", 500], ["uri", "~~", "^/api/"]]
-            ]}),
-        );
-        let cases = [
-            ("/x?name=jack", 200, true),
-            ("/x?name=jill", 200, false),
-            ("/api/a", 502, true),
-            ("/api/a", 200, false),
-            ("/other", 502, false),
-        ];
-        for (target, status, logged) in cases {
-            let request = TestRequest::get(target);
-            let ctx = RequestCtx::new(&request, "r1", None);
-            assert_eq!(
-                logger.record(&log_ctx(&ctx, status)).is_some(),
-                logged,
-                "{target} {status}"
-            );
+    fn the_schema_has_the_record_fields() {
+        let schema = schema();
+        for field in ["path", "log_format", "match", "include_req_body"] {
+            assert!(schema["properties"].get(field).is_some(), "{field}");
         }
-        let none = self::logger(&dir, json!({"match": []}));
-        let request = TestRequest::get("/");
-        let ctx = RequestCtx::new(&request, "r1", None);
-        assert!(
-            none.record(&log_ctx(&ctx, 200)).is_none(),
-            "an empty match selects nothing"
-        );
+        assert_eq!(schema["required"], json!(["path"]));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod api_breaker;
 mod basic_auth;
+mod batch;
 mod catalog;
 mod client_control;
 mod compile;
@@ -25,6 +26,7 @@ mod file_logger;
 mod forward_auth;
 mod header_ops;
 mod hmac_auth;
+mod http_logger;
 mod ip_restriction;
 mod ip_set;
 mod jwt_auth;
@@ -33,8 +35,12 @@ mod limit_conn;
 mod limit_count;
 mod limit_req;
 mod limits;
+mod log_record;
+mod logger;
 mod mocking;
+mod opentelemetry;
 mod outbound;
+mod post;
 mod prometheus;
 mod proxy_mirror;
 mod proxy_rewrite;
@@ -46,13 +52,17 @@ mod regex_sub;
 mod request_id;
 mod request_validation;
 mod response_rewrite;
+mod syslog;
+mod tcp_logger;
 #[cfg(test)]
 mod testing;
 mod traffic_split;
+mod udp_logger;
 mod uri_blocker;
 mod uri_rewrite;
 mod waf;
 
+pub use batch::ShipCounts;
 pub use catalog::{find, CATALOG};
 pub use compile::{
     builds_every_plugin, check, check_config, check_resource, secret_pointers, CompiledPlugins,
@@ -60,8 +70,13 @@ pub use compile::{
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
 pub use file_logger::{file_log_counts, FileLogCounts};
+pub use http_logger::http_log_counts;
+pub use opentelemetry::span_counts;
 pub use proxy_mirror::{mirror_counts, MirrorCounts};
 /// The Redis servers the limiting plugins use, and whether each answers.
 pub use pylon_redis::{Redis, Status as RedisStatus};
+pub use syslog::syslog_counts;
+pub use tcp_logger::tcp_log_counts;
 pub use traffic_split::{route_split_upstreams, SplitTarget, SplitUpstream};
+pub use udp_logger::udp_log_counts;
 pub use waf::{waf_verdicts, WafVerdicts};

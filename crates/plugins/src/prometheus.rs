@@ -81,6 +81,7 @@ mod tests {
             request: &ctx,
             status: 200,
             upstream_status: Some(200),
+            upstream_addr: None,
             bytes_sent: 10,
             latency: Duration::from_millis(1),
             metrics: Default::default(),

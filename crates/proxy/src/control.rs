@@ -114,9 +114,24 @@ impl NodeStatus {
                 "dropped": file_log.dropped,
                 "failed": file_log.failed,
             },
+            "http_logger": shipped(pylon_plugins::http_log_counts()),
+            "tcp_logger": shipped(pylon_plugins::tcp_log_counts()),
+            "udp_logger": shipped(pylon_plugins::udp_log_counts()),
+            "syslog": shipped(pylon_plugins::syslog_counts()),
+            "opentelemetry": shipped(pylon_plugins::span_counts()),
             "redis": redis,
         })
     }
+}
+
+/// What became of the entries a plugin sends in batches (a logger's records, spans).
+fn shipped(counts: pylon_plugins::ShipCounts) -> serde_json::Value {
+    serde_json::json!({
+        "sent": counts.sent,
+        "dropped": counts.dropped,
+        "failed": counts.failed,
+        "retried": counts.retried,
+    })
 }
 
 /// The control API's listener, bound and ready to serve.

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod http2;
 pub mod protocols;
+pub mod receivers;
 pub mod tls;
 pub mod upstream;
 

@@ -195,6 +195,7 @@ impl<'s> Plugins<'s> {
                 .upstream
                 .filter(|_| !client_left)
                 .map(|_| outcome.status),
+            upstream_addr: outcome.upstream,
             bytes_sent: outcome.bytes_sent,
             latency,
             metrics: Cell::default(),
