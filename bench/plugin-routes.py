@@ -9,6 +9,7 @@ standalone configuration (JSON is YAML: a PEM key's newlines need no indentation
   mirror proxy-mirror copying every request, body and all, to the upstream itself
   limit  limit-count (policy local) by client address, with a count no run reaches
   limit-redis  the same count kept in Redis (policy redis, 127.0.0.1:6399), one key for all
+  apisix APISIX's benchmark route: limit-count (policy local) + prometheus
 
 usage: plugin-routes.py [PUBLIC_KEY_PEM] > routes.yaml
 """
@@ -30,6 +31,10 @@ routes = [
     }},
     {"id": "limit", "uri": "/limit", "upstream": upstream, "plugins": {
         "limit-count": {"count": 1000000000, "time_window": 3600},
+    }},
+    {"id": "apisix", "uri": "/apisix", "upstream": upstream, "plugins": {
+        "limit-count": {"count": 1000000000, "time_window": 3600},
+        "prometheus": {},
     }},
     {"id": "limit-redis", "uri": "/limit-redis", "upstream": upstream, "plugins": {
         "limit-count": {"count": 1000000000, "time_window": 3600, "key_type": "constant",

@@ -225,6 +225,15 @@ fn status(node: &Pylon) -> Value {
     get(node.control.unwrap(), "localhost", "/v1/status").json()
 }
 
+/// What `node`'s metrics say of the reachability of the Redis on `port`.
+fn redis_reachable_metric(node: &Pylon, port: u16) -> Option<String> {
+    let text = get(node.metrics.unwrap(), "localhost", "/metrics").text();
+    let sample = format!("pylon_redis_reachable{{name=\"127.0.0.1:{port}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&sample))
+        .map(str::to_owned)
+}
+
 #[tokio::test]
 async fn when_redis_stops_allow_degradation_decides_and_limiting_resumes_when_it_is_back() {
     let mut redis = RedisServer::start();
@@ -270,6 +279,10 @@ async fn when_redis_stops_allow_degradation_decides_and_limiting_resumes_when_it
     let report = status(&node);
     assert_eq!(report["redis"][0]["reachable"], json!(false), "{report}");
     assert_eq!(
+        redis_reachable_metric(&node, redis.port).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
         report["plugin_call_failures"],
         json!({"let_through": 6, "refused": 6}),
         "{report}"
@@ -302,6 +315,10 @@ async fn when_redis_stops_allow_degradation_decides_and_limiting_resumes_when_it
         );
     }
     assert_eq!(status(&node)["redis"][0]["reachable"], json!(true));
+    assert_eq!(
+        redis_reachable_metric(&node, redis.port).as_deref(),
+        Some("1")
+    );
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use super::recorder::{LATENCY_BUCKETS, REFUSALS};
 use super::scrape::{HistogramTotals, StatusLabels, Totals, TrafficLabels};
 use crate::health::NodeHealthReport;
+use pylon_plugins::RedisStatus;
 
 /// The `Content-Type` of the answer.
 pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -36,6 +37,8 @@ pub(crate) struct NodeState {
     /// The revision the workers serve; none on a node without a proxy.
     pub served_revision: Option<u64>,
     pub upstream_nodes: Vec<NodeHealthReport>,
+    /// Each Redis the limiting plugins use.
+    pub redis: Vec<RedisStatus>,
 }
 
 /// The text of one scrape: the traffic (on a node that proxies) and the node's state.
@@ -207,6 +210,32 @@ impl Collector for NodeCollector {
             metric
                 .encode_family(&labels)?
                 .encode_gauge(&u64::from(checked.healthy))?;
+        }
+
+        if !node.redis.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "pylon_redis_reachable",
+                "Whether the last call to each Redis the limiting plugins use succeeded (1) or failed (0)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for redis in &node.redis {
+                metric
+                    .encode_family(&[("name", redis.name.as_str())])?
+                    .encode_gauge(&u64::from(redis.reachable))?;
+            }
+            let mut metric = encoder.encode_descriptor(
+                "pylon_redis_failures",
+                "Calls and connects to each Redis that failed or timed out",
+                None,
+                MetricType::Counter,
+            )?;
+            for redis in &node.redis {
+                counter_sample(
+                    metric.encode_family(&[("name", redis.name.as_str())])?,
+                    redis.failures,
+                )?;
+            }
         }
         Ok(())
     }

@@ -100,6 +100,7 @@ impl Exporter {
                 .as_ref()
                 .map(|cell| cell.load().revision),
             upstream_nodes: self.health.node_health(),
+            redis: pylon_plugins::Redis::statuses(),
         };
         exposition::render(self.traffic.as_ref().map(Traffic::totals), node)
     }
