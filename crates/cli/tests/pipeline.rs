@@ -1,5 +1,6 @@
 //! The request pipeline both protocols share, seen through the access log: one record per
-//! request, built in one place, that says which side ended an exchange that broke off and why.
+//! request, built in one place, that says which side ended an exchange that broke off and why,
+//! a request whose client left included.
 
 mod support;
 
@@ -7,9 +8,11 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
+use support::client::Conn;
+use support::http2::{get_headers, rst_stream, RawH2, CANCEL};
 use support::protocols::{call, PROTOCOLS};
 use support::upstream::{respond, Gate, Received, Upstream};
-use support::Pylon;
+use support::{read_json_lines, wait_until, Pylon};
 
 /// Routes `/refused` to a closed port, `/slow` to `slow` (with a short read timeout) and
 /// `/ok` to `ok`.
@@ -73,6 +76,87 @@ async fn the_access_log_names_the_side_and_cause_of_a_failed_exchange() {
                 "{what}: {line}"
             );
         }
+    }
+    gate.open();
+}
+
+/// How a client leaves a request still held at the upstream.
+#[derive(Debug, Clone, Copy)]
+enum Leaving {
+    Http1Close,
+    Http2Reset,
+    Http2Close,
+}
+
+#[tokio::test]
+async fn a_request_whose_client_leaves_is_logged_and_its_log_phase_runs() {
+    let cases = [
+        Leaving::Http1Close,
+        Leaving::Http2Reset,
+        Leaving::Http2Close,
+    ];
+    let gate = Gate::default();
+    let held = gate.clone();
+    let slow = Upstream::with_handler(
+        "slow",
+        Arc::new(move |_: &Received, stream: &mut TcpStream| {
+            held.wait();
+            respond(stream, 200, &[], b"too late");
+            false
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_log = dir.path().join("plugin.log");
+    let routes = json!({"routes": [{"id": "slow", "uri": "/slow/*",
+        "upstream": {"nodes": {slow.addr.to_string(): 1}},
+        "plugins": {"file-logger": {"path": plugin_log.display().to_string()}}}]});
+    let pylon = Pylon::start(&routes.to_string(), "");
+    for (i, leaving) in cases.into_iter().enumerate() {
+        let target = format!("/slow/{i}");
+        let (mut http1, mut http2) = (None, None);
+        match leaving {
+            Leaving::Http1Close => {
+                let mut conn = Conn::connect(pylon.addr);
+                conn.send(format!("GET {target} HTTP/1.1\r\nHost: example.com\r\n\r\n").as_bytes());
+                http1 = Some(conn);
+            }
+            Leaving::Http2Reset | Leaving::Http2Close => {
+                let mut raw = RawH2::connect(pylon.addr);
+                raw.write(&get_headers(1, &target));
+                http2 = Some(raw);
+            }
+        }
+        wait_until(
+            || slow.request_count() == i + 1,
+            "the request at the upstream",
+        );
+        match leaving {
+            Leaving::Http1Close => drop(http1.take()),
+            Leaving::Http2Reset => http2.as_mut().unwrap().write(&rst_stream(1, CANCEL)),
+            Leaving::Http2Close => drop(http2.take()),
+        }
+        let log = pylon.wait_access_log(i + 1);
+        let line = &log[i];
+        let what = format!("{leaving:?}: {line}");
+        assert_eq!(line["uri"], target, "{what}");
+        assert_eq!(line["status"], 499, "{what}");
+        assert_eq!(line["failure"], "client_reset", "{what}");
+        assert_eq!(line["route_id"], "slow", "{what}");
+        // The route's `file-logger` saw it in its log phase too.
+        wait_until(
+            || {
+                read_json_lines(&plugin_log)
+                    .iter()
+                    .any(|record| record["request"]["uri"] == target.as_str())
+            },
+            &format!("{leaving:?}: the plugin's record"),
+        );
+        let records = read_json_lines(&plugin_log);
+        let record = records
+            .iter()
+            .find(|record| record["request"]["uri"] == target.as_str())
+            .unwrap();
+        assert_eq!(record["response"]["status"], 499, "{leaving:?}: {record}");
     }
     gate.open();
 }

@@ -12,7 +12,7 @@ use pylon_plugin::{MetricNames, Reply, RequestCtx};
 use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
 use crate::metrics::Sample;
-use crate::outcome::{End, Outcome};
+use crate::outcome::{Cause, End, Outcome, Side};
 use crate::snapshot::{RouteTarget, Timeouts, UpstreamTarget, WorkerView};
 use crate::vars::{RequestFields, RequestVars};
 use crate::worker::Worker;
@@ -87,8 +87,18 @@ pub(crate) async fn run<D: Downstream>(
     let started = Instant::now();
     let view = worker.view();
     let route = view.snapshot.router.find(vars);
-    // The plugins' view of the request, and whether they have it counted by route.
-    let mut plugin_ctx = None;
+    // Holds the plugins' view of the request, and logs the request if its future is dropped
+    // before it ends.
+    let mut unfinished = Unfinished {
+        worker,
+        vars,
+        route,
+        started,
+        plugins: None,
+        ctx: None,
+        ended: false,
+    };
+    // Whether the plugins have it counted by route.
     let mut counted = None;
     let outcome = match (refused, route) {
         (Some(error), _) => downstream.error(vars, error).await,
@@ -106,7 +116,10 @@ pub(crate) async fn run<D: Downstream>(
                 ),
                 None => (Plugins::global(&view.snapshot), "", None),
             };
-            let ctx = plugin_ctx.insert(RequestCtx::new(vars, route_id, service_id));
+            unfinished.plugins = Some(plugins);
+            let ctx = unfinished
+                .ctx
+                .insert(RequestCtx::new(vars, route_id, service_id));
             let outcome = match plugins.request(ctx).await {
                 Some(reply) => {
                     let reply = plugins.reply(ctx, reply);
@@ -143,15 +156,52 @@ pub(crate) async fn run<D: Downstream>(
             outcome
         }
     };
+    unfinished.ended = true;
     let request = Logged {
         route,
-        plugin_ctx: plugin_ctx.as_ref(),
+        plugin_ctx: unfinished.ctx.as_ref(),
         refused,
         counted,
         started,
     };
     log(worker, vars, &request, &outcome);
     outcome
+}
+
+/// A request under way. A codec drops a request's future when its client leaves before the
+/// end (an HTTP/2 stream reset, say): then, once whatever the request was waiting on is
+/// dropped, the `log` phase and the access log still see it, as a 499 that sent nothing
+/// the log can count.
+struct Unfinished<'a, 'v, H: RequestFields> {
+    worker: &'a Worker,
+    vars: &'a RequestVars<'v, H>,
+    route: Option<&'a RouteTarget>,
+    started: Instant,
+    plugins: Option<Plugins<'a>>,
+    ctx: Option<RequestCtx<'a>>,
+    /// The request ran to its end and was logged there.
+    ended: bool,
+}
+
+impl<H: RequestFields> Drop for Unfinished<'_, '_, H> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let outcome = Outcome::failed(499, 0, Side::Client, Cause::Reset);
+        let counted = match (&self.plugins, &self.ctx) {
+            (Some(plugins), Some(ctx)) => plugins.log(ctx, &outcome, self.started.elapsed()),
+            _ => None,
+        };
+        let request = Logged {
+            route: self.route,
+            plugin_ctx: self.ctx.as_ref(),
+            refused: None,
+            counted,
+            started: self.started,
+        };
+        log(self.worker, self.vars, &request, &outcome);
+    }
 }
 
 /// Answers with the gateway's own response to `error`, edited by the plugins when there are
