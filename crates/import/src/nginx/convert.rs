@@ -301,19 +301,26 @@ impl Converter {
             return None;
         };
         let mut node = json!({"host": host, "port": port, "weight": 1});
+        let mut left = Vec::new();
         for param in params {
             match param.split_once('=') {
                 Some(("weight", w)) => match w.parse::<u32>() {
                     Ok(w) => node["weight"] = json!(w),
-                    Err(_) => self.unconverted(d, format!("weight {w:?} is not a number")),
+                    Err(_) => left.push(param.as_str()),
                 },
                 None if param == "backup" => node["priority"] = json!(-1),
                 None if param == "down" => return None,
-                _ => self.unconverted(
-                    d,
-                    format!("{param}: not converted (passive checks are configured per upstream in Pylon)"),
-                ),
+                _ => left.push(param.as_str()),
             }
+        }
+        if !left.is_empty() {
+            self.unconverted(
+                d,
+                format!(
+                    "{} not converted (Pylon's passive health checks are set per upstream)",
+                    left.join(" ")
+                ),
+            );
         }
         Some(node)
     }
@@ -527,6 +534,8 @@ impl Converter {
             "return" => ret(d, actions),
             "rewrite" => rewrite(d, actions),
             "location" => Err("nested locations are not converted".into()),
+            // Where files are: the location is listed as serving files when it does not proxy.
+            "root" | "alias" | "index" => Ok(()),
             name if NODE_LEVEL.contains(&name) => Ok(()),
             _ => Err("no Pylon equivalent is known to the importer".into()),
         };

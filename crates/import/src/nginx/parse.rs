@@ -99,9 +99,12 @@ fn tokenize(file: &Path, text: &str) -> Result<Vec<(Token, usize)>, ParseError> 
                             ))
                         }
                         Some(q) if q == c => break,
-                        // nginx unescapes only the quote and the backslash; `\n`, `\d` and the
-                        // like stay as written, for regexes.
-                        Some('\\') => match chars.next_if(|&n| n == c || n == '\\') {
+                        // nginx unescapes the quotes, the backslash, `\n`, `\r` and `\t`;
+                        // the rest (`\d`, `\.`) stays as written, for regexes.
+                        Some('\\') => match chars.next_if(|&n| "\"'\\nrt".contains(n)) {
+                            Some('n') => word.push('\n'),
+                            Some('r') => word.push('\r'),
+                            Some('t') => word.push('\t'),
                             Some(n) => word.push(n),
                             None => word.push('\\'),
                         },
@@ -355,11 +358,11 @@ mod tests {
     #[test]
     fn quotes_escapes_and_comments() {
         let d = parse(
-            "# a comment\nadd_header X \"a b; {c}\" # trailing\n;\nreturn 200 'it\\'s \\\\ \\d';\nset $x ${y}z;",
+            "# a comment\nadd_header X \"a b; {c}\" # trailing\n;\nreturn 200 'it\\'s \\\\ \\d\\n';\nset $x ${y}z;",
         );
         assert_eq!(d[0].args, ["X", "a b; {c}"]);
         assert_eq!(d[0].line, 2);
-        assert_eq!(d[1].args, ["200", "it's \\ \\d"]);
+        assert_eq!(d[1].args, ["200", "it's \\ \\d\n"]);
         assert_eq!(d[2].args, ["$x", "${y}z"]);
     }
 
