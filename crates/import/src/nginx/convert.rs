@@ -732,17 +732,16 @@ fn ret(d: &Directive, actions: &mut Actions) -> Result<(), String> {
             }
         }
         (_, text) => {
-            let mut mocking = json!({
+            let text = text.map(String::as_str).unwrap_or_default();
+            if text.contains('$') {
+                return Err("a response text with variables has no Pylon form".into());
+            }
+            let mocking = json!({
                 "response_status": code,
                 "content_type": "text/plain",
                 "with_mock_header": false,
+                "response_example": text,
             });
-            if let Some(text) = text {
-                if text.contains('$') {
-                    return Err("a response text with variables has no Pylon form".into());
-                }
-                mocking["response_example"] = json!(text);
-            }
             ("mocking", mocking)
         }
     });
