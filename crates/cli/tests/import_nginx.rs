@@ -32,7 +32,11 @@ async fn an_imported_nginx_config_routes_as_nginx_does() {
         Upstream::start("legacy"),
     );
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("api.conf"), api_conf(&app, &canary, &legacy)).unwrap();
+    std::fs::write(
+        dir.path().join("api.conf"),
+        api_conf(&app, &canary, &legacy),
+    )
+    .unwrap();
 
     let (code, document, stderr) = pylon_command(dir.path(), &["import", "nginx", "api.conf"], &[]);
     assert_eq!(code, Some(3), "some directives are not converted: {stderr}");
@@ -53,7 +57,12 @@ async fn an_imported_nginx_config_routes_as_nginx_does() {
         let what = |path: &str| format!("{protocol:?} {path}");
 
         let res = call(protocol, pylon.addr, "GET", "/", &[], b"").await;
-        assert_eq!((res.status, res.text().as_str()), (200, "api root"), "{}", what("/"));
+        assert_eq!(
+            (res.status, res.text().as_str()),
+            (200, "api root"),
+            "{}",
+            what("/")
+        );
 
         let res = call(protocol, pylon.addr, "GET", "/orders?page=2", &[], b"").await;
         assert_eq!(res.text(), "app", "{}", what("/orders"));
@@ -65,7 +74,12 @@ async fn an_imported_nginx_config_routes_as_nginx_does() {
         assert_eq!(res.text(), "app", "{}", what("/v1/orders"));
         let canary_on = [("X-Canary", "1")];
         let res = call(protocol, pylon.addr, "GET", "/v1/orders", &canary_on, b"").await;
-        assert_eq!(res.text(), "canary", "{}", what("/v1/orders with the canary header"));
+        assert_eq!(
+            res.text(),
+            "canary",
+            "{}",
+            what("/v1/orders with the canary header")
+        );
 
         // The regex location beats the /v1/ prefix, and its `if`...
         let res = call(protocol, pylon.addr, "GET", "/v1/users/42", &canary_on, b"").await;

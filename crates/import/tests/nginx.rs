@@ -25,7 +25,10 @@ fn unconverted(conversion: &Conversion) -> Vec<String> {
         .unconverted
         .iter()
         .map(|u| {
-            let location = Path::new(&u.location).file_name().unwrap().to_string_lossy();
+            let location = Path::new(&u.location)
+                .file_name()
+                .unwrap()
+                .to_string_lossy();
             format!("{location}: {}", u.directive)
         })
         .collect()
@@ -47,9 +50,15 @@ fn router(document: &Value) -> Router<String> {
         .unwrap()
         .iter()
         .map(|r| {
-            let mut spec = RouteSpec::new(r["uri"].as_str().unwrap(), r["id"].as_str().unwrap().to_string());
+            let mut spec = RouteSpec::new(
+                r["uri"].as_str().unwrap(),
+                r["id"].as_str().unwrap().to_string(),
+            );
             if let Some(hosts) = r["hosts"].as_array() {
-                spec.hosts = hosts.iter().map(|h| h.as_str().unwrap().to_string()).collect();
+                spec.hosts = hosts
+                    .iter()
+                    .map(|h| h.as_str().unwrap().to_string())
+                    .collect();
             }
             spec.priority = r["priority"].as_i64().unwrap_or(0);
             if let Some(vars) = r.get("vars") {
@@ -100,7 +109,14 @@ impl RequestView for Request<'_> {
 }
 
 /// Each row: scheme, method, host, path, headers, and the route id nginx's choice became.
-type Row<'a> = (&'a str, &'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Option<&'a str>,
+);
 
 fn check_table(document: &Value, table: &[Row<'_>]) {
     let router = router(document);
@@ -113,7 +129,10 @@ fn check_table(document: &Value, table: &[Row<'_>]) {
             headers,
         };
         let found = router.find(&request).map(String::as_str);
-        assert_eq!(found, expected, "{method} {scheme}://{host}{path} {headers:?}");
+        assert_eq!(
+            found, expected,
+            "{method} {scheme}://{host}{path} {headers:?}"
+        );
     }
 }
 
@@ -179,7 +198,10 @@ fn shop_mapping() {
     );
     let redirect = route(&doc, "server1");
     assert_eq!(redirect["uri"], "/*");
-    assert_eq!(redirect["hosts"], json!(["shop.example.com", "www.shop.example.com"]));
+    assert_eq!(
+        redirect["hosts"],
+        json!(["shop.example.com", "www.shop.example.com"])
+    );
     assert_eq!(redirect["vars"], json!([["scheme", "==", "http"]]));
     assert_eq!(
         redirect["plugins"],
@@ -204,7 +226,10 @@ fn shop_mapping() {
     );
     assert_eq!(
         route(&doc, "server2-location3-if1")["vars"],
-        json!([["scheme", "==", "https"], ["request_method", "==", "OPTIONS"]])
+        json!([
+            ["scheme", "==", "https"],
+            ["request_method", "==", "OPTIONS"]
+        ])
     );
     let png = route(&doc, "server2-location5-1");
     assert_eq!(png["vars"][1], json!(["uri", "~*", "\\.(png|jpg|css|js)$"]));
@@ -273,7 +298,10 @@ fn api_precedence_is_nginx_s() {
 fn api_mapping() {
     let doc = import("api.conf").document;
     let root = route(&doc, "server2-location1");
-    assert_eq!(root["hosts"], json!(["api.example.com", "api.example.org", "*.api.example.org"]));
+    assert_eq!(
+        root["hosts"],
+        json!(["api.example.com", "api.example.org", "*.api.example.org"])
+    );
     assert_eq!(root["plugins"]["mocking"]["response_example"], "api root");
     assert_eq!(route(&doc, "server1-location1").get("hosts"), None);
     assert_eq!(
@@ -283,7 +311,10 @@ fn api_mapping() {
     );
     assert_eq!(
         route(&doc, "server2-location3-if1")["vars"],
-        json!([["http_x_canary", "~~", "."], ["http_x_canary", "!", "==", "0"]])
+        json!([
+            ["http_x_canary", "~~", "."],
+            ["http_x_canary", "!", "==", "0"]
+        ])
     );
     assert_eq!(route(&doc, "server2-location6")["enable_websocket"], true);
     let legacy = route(&doc, "server2-location7");

@@ -217,7 +217,10 @@ impl Converter {
             .upstreams
             .into_iter()
             .map(|mut u| {
-                if self.https_upstreams.contains(u["id"].as_str().unwrap_or_default()) {
+                if self
+                    .https_upstreams
+                    .contains(u["id"].as_str().unwrap_or_default())
+                {
                     u["scheme"] = json!("https");
                 }
                 u
@@ -255,18 +258,16 @@ impl Converter {
         let [name] = d.args.as_slice() else {
             return self.unconverted(d, "expected one name");
         };
+        let mut upstream = json!({"id": name, "name": name, "type": "roundrobin"});
         let mut nodes = Vec::new();
-        let mut balancer = json!({"type": "roundrobin"});
         for item in children(d) {
             match item.name.as_str() {
-                "server" => {
-                    if let Some(node) = self.upstream_node(item) {
-                        nodes.push(node);
-                    }
-                }
-                "least_conn" => balancer = json!({"type": "least_conn"}),
+                "server" => nodes.extend(self.upstream_node(item)),
+                "least_conn" => upstream["type"] = json!("least_conn"),
                 "ip_hash" => {
-                    balancer = json!({"type": "chash", "hash_on": "vars", "key": "remote_addr"})
+                    upstream["type"] = json!("chash");
+                    upstream["hash_on"] = json!("vars");
+                    upstream["key"] = json!("remote_addr");
                 }
                 _ => self.unknown(item),
             }
@@ -274,13 +275,7 @@ impl Converter {
         if nodes.is_empty() {
             return self.unconverted(d, "no server that Pylon can send requests to");
         }
-        let mut upstream = json!({"id": name, "name": name, "nodes": nodes});
-        upstream.as_object_mut().unwrap().extend(
-            balancer
-                .as_object()
-                .expect("a literal object")
-                .clone(),
-        );
+        upstream["nodes"] = Value::Array(nodes);
         self.upstreams.push(upstream);
         self.upstream_names.insert(name.clone());
     }
@@ -348,18 +343,22 @@ impl Converter {
                 "server_name" => self.server_names(d, &mut hosts),
                 "location" => locations.push(*d),
                 "return" if server_return.is_none() => server_return = Some(*d),
+                "rewrite" | "if" => self.unconverted(
+                    d,
+                    "server-level rewrites and conditions run before the location is chosen; only location-level ones are converted",
+                ),
                 "proxy_set_header" | "add_header" => {}
                 // Files are served by locations, which are listed when they serve files.
                 "root" | "index" => {}
-                "ssl_certificate" | "ssl_certificate_key" => self.unconverted(
-                    d,
-                    "certificates are Pylon ssl resources, not converted",
-                ),
+                "ssl_certificate" | "ssl_certificate_key" => {
+                    self.unconverted(d, "certificates are Pylon ssl resources, not converted")
+                }
                 _ => self.unknown(d),
             }
         }
         let route_base = |id: String, uri: &str, d: &Directive| {
-            let mut route = json!({"id": id, "uri": uri, "desc": format!("nginx {}", d.location())});
+            let mut route =
+                json!({"id": id, "uri": uri, "desc": format!("nginx {}", d.location())});
             if !hosts.is_empty() {
                 route["hosts"] = json!(hosts);
             }
@@ -376,7 +375,10 @@ impl Converter {
             for location in locations {
                 self.unconverted(
                     location,
-                    format!("never reached: the server's return at {} answers first", ret.location()),
+                    format!(
+                        "never reached: the server's return at {} answers first",
+                        ret.location()
+                    ),
                 );
             }
             return;
@@ -404,7 +406,12 @@ impl Converter {
             .count() as i64;
         let max_ifs = parsed
             .iter()
-            .map(|p| children(p.directive).iter().filter(|d| d.name == "if").count())
+            .map(|p| {
+                children(p.directive)
+                    .iter()
+                    .filter(|d| d.name == "if")
+                    .count()
+            })
             .max()
             .unwrap_or(0) as i64;
         // One step per `if` above each location's own route, so ifs never outrank a regex.
@@ -423,7 +430,13 @@ impl Converter {
         for (n, location) in parsed.iter().enumerate() {
             let id = format!("server{index}-location{}", n + 1);
             let mut actions = Actions::default();
-            self.inherit(&inherited, location.directive, &mut actions, location.kind, &location.path);
+            self.inherit(
+                &inherited,
+                location.directive,
+                &mut actions,
+                location.kind,
+                &location.path,
+            );
             let mut ifs = Vec::new();
             for d in children(location.directive) {
                 match d.name.as_str() {
@@ -496,12 +509,18 @@ impl Converter {
                 continue;
             }
             if name.starts_with('~') {
-                self.unconverted(d, format!("the regex server name {name:?} has no Pylon form"));
+                self.unconverted(
+                    d,
+                    format!("the regex server name {name:?} has no Pylon form"),
+                );
             } else if let Some(domain) = name.strip_prefix('.') {
                 hosts.push(domain.to_string());
                 hosts.push(format!("*.{domain}"));
             } else if name.ends_with(".*") || name[1..].contains('*') {
-                self.unconverted(d, format!("the wildcard {name:?}: Pylon matches only leading wildcards"));
+                self.unconverted(
+                    d,
+                    format!("the wildcard {name:?}: Pylon matches only leading wildcards"),
+                );
             } else {
                 hosts.push(name);
             }
@@ -559,7 +578,9 @@ impl Converter {
             .filter(|(s, _)| *s == "http" || *s == "https")
             .ok_or_else(|| format!("{target:?}: only http:// and https:// URLs are converted"))?;
         if rest.contains('$') {
-            return Err("a URL with variables is chosen per request; Pylon's upstreams are fixed".into());
+            return Err(
+                "a URL with variables is chosen per request; Pylon's upstreams are fixed".into(),
+            );
         }
         let (authority, uri) = match rest.find('/') {
             Some(slash) => (&rest[..slash], Some(&rest[slash..])),
@@ -645,7 +666,8 @@ fn finish_route(mut route: Value, actions: Actions, vars: Vec<Value>) -> Option<
         rewrite.insert("headers".into(), json!({"set": actions.request_headers}));
     }
     // An answered request goes nowhere to be rewritten.
-    if !rewrite.is_empty() && !plugins.contains_key("mocking") && !plugins.contains_key("redirect") {
+    if !rewrite.is_empty() && !plugins.contains_key("mocking") && !plugins.contains_key("redirect")
+    {
         plugins.insert("proxy-rewrite".into(), Value::Object(rewrite));
     }
     if !actions.response_headers.is_empty() {
@@ -685,9 +707,8 @@ fn proxy_set_header(d: &Directive, actions: &mut Actions) -> Result<(), String> 
         | ("x-real-ip", "$remote_addr")
         | ("x-forwarded-proto", "$scheme")
         | ("x-forwarded-host", "$host") => {}
-        ("upgrade", "$http_upgrade") | ("connection", "upgrade" | "Upgrade" | "$connection_upgrade") => {
-            actions.websocket = true
-        }
+        ("upgrade", "$http_upgrade")
+        | ("connection", "upgrade" | "Upgrade" | "$connection_upgrade") => actions.websocket = true,
         (_, "") => {
             actions.request_headers.insert(name.clone(), json!(""));
         }
@@ -715,7 +736,11 @@ fn ret(d: &Directive, actions: &mut Actions) -> Result<(), String> {
         return Ok(());
     }
     let (code, rest) = match d.args.as_slice() {
-        [url] if url.starts_with("http://") || url.starts_with("https://") || url.starts_with('$') => {
+        [url]
+            if url.starts_with("http://")
+                || url.starts_with("https://")
+                || url.starts_with('$') =>
+        {
             (302, Some(url))
         }
         [code] => (parse_code(code)?, None),
@@ -725,8 +750,14 @@ fn ret(d: &Directive, actions: &mut Actions) -> Result<(), String> {
     actions.answer = Some(match (code, rest) {
         (301 | 302 | 303 | 307 | 308, Some(url)) => {
             // The commonest redirect of all is the same URL over HTTPS.
-            if matches!(url.as_str(), "https://$host$request_uri" | "https://$http_host$request_uri") {
-                ("redirect", json!({"uri": "https://$host$request_uri", "ret_code": code}))
+            if matches!(
+                url.as_str(),
+                "https://$host$request_uri" | "https://$http_host$request_uri"
+            ) {
+                (
+                    "redirect",
+                    json!({"uri": "https://$host$request_uri", "ret_code": code}),
+                )
             } else {
                 ("redirect", json!({"uri": template(url)?, "ret_code": code}))
             }
@@ -785,7 +816,8 @@ fn rewrite(d: &Directive, actions: &mut Actions) -> Result<(), String> {
                 .into(),
         );
     }
-    if actions.proxy_rewrite.contains_key("regex_uri") || actions.proxy_rewrite.contains_key("uri") {
+    if actions.proxy_rewrite.contains_key("regex_uri") || actions.proxy_rewrite.contains_key("uri")
+    {
         return Err("only one path rewrite per location is converted".into());
     }
     actions
@@ -816,7 +848,9 @@ fn template(value: &str) -> Result<String, String> {
         if name.chars().all(|c| c.is_ascii_digit()) && !name.is_empty() {
             // A regex capture, `$1`: Pylon's regex_uri uses the same.
         } else if !known_variable(name) {
-            return Err(format!("the nginx variable ${name} has no Pylon equivalent"));
+            return Err(format!(
+                "the nginx variable ${name} has no Pylon equivalent"
+            ));
         }
         // Braces keep `${name}rest` apart; a plain name needs them only before a name character.
         if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
@@ -864,7 +898,10 @@ fn parse_location(d: &Directive) -> Result<(Match, String), String> {
         other => return Err(format!("unknown modifier {other:?}")),
     };
     if path.starts_with('@') {
-        return Err("named locations are reached only by internal redirects, which Pylon does not make".into());
+        return Err(
+            "named locations are reached only by internal redirects, which Pylon does not make"
+                .into(),
+        );
     }
     if !matches!(kind, Match::Regex { .. }) {
         if !path.starts_with('/') {
@@ -872,10 +909,15 @@ fn parse_location(d: &Directive) -> Result<(Match, String), String> {
         }
         // The router reads `:name` segments as parameters and `*` as the prefix mark.
         if path.contains("/:") || path.contains('*') {
-            return Err(format!("the path {path:?} has characters Pylon's router reads as patterns"));
+            return Err(format!(
+                "the path {path:?} has characters Pylon's router reads as patterns"
+            ));
         }
     } else if let Err(e) = pylon_model::expr::Expr::parse(&json!([["uri", "~~", path]])) {
-        return Err(format!("the regex is not one Pylon's regex engine accepts: {}", e.message));
+        return Err(format!(
+            "the regex is not one Pylon's regex engine accepts: {}",
+            e.message
+        ));
     }
     Ok((kind, path))
 }
@@ -890,7 +932,12 @@ fn parse_condition(args: &[String]) -> Result<Vec<Value>, String> {
         *last = last.strip_suffix(')').unwrap_or(last).to_string();
     }
     words.retain(|w| !w.is_empty());
-    let unsupported = || format!("the condition ({}) has no Pylon form", args.join(" ").trim_matches(['(', ')']));
+    let unsupported = || {
+        format!(
+            "the condition ({}) has no Pylon form",
+            args.join(" ").trim_matches(['(', ')'])
+        )
+    };
     let var = words
         .first()
         .and_then(|w| w.strip_prefix('$'))

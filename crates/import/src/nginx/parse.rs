@@ -80,9 +80,7 @@ fn tokenize(file: &Path, text: &str) -> Result<Vec<(Token, usize)>, ParseError> 
         match c {
             '\n' => line += 1,
             c if c.is_whitespace() => {}
-            '#' => {
-                while chars.next_if(|&c| c != '\n').is_some() {}
-            }
+            '#' => while chars.next_if(|&c| c != '\n').is_some() {},
             '{' => tokens.push((Token::Open, line)),
             '}' => tokens.push((Token::Close, line)),
             ';' => tokens.push((Token::End, line)),
@@ -168,11 +166,7 @@ fn block(
             },
             Some((Token::Word(name), line)) => (name, line),
             Some((Token::Open | Token::End, line)) => {
-                return Err(ParseError::syntax(
-                    file,
-                    line,
-                    "expected a directive name",
-                ))
+                return Err(ParseError::syntax(file, line, "expected a directive name"))
             }
         };
         let mut args = Vec::new();
@@ -368,11 +362,23 @@ mod tests {
 
     #[test]
     fn errors_say_where() {
-        assert_eq!(error("a 1;\nb \"open;\n"), "t.conf:2: unterminated \"quoted\" string");
-        assert_eq!(error("a 1;\nb {\n c;\n"), "t.conf:2: the block opened here is never closed");
+        assert_eq!(
+            error("a 1;\nb \"open;\n"),
+            "t.conf:2: unterminated \"quoted\" string"
+        );
+        assert_eq!(
+            error("a 1;\nb {\n c;\n"),
+            "t.conf:2: the block opened here is never closed"
+        );
         assert_eq!(error("a;\n}\n"), "t.conf:2: unexpected \"}\"");
-        assert_eq!(error("a 1;\nb 2"), "t.conf:2: directive \"b\" is not terminated by \";\"");
-        assert_eq!(error("a {\n b 2 }"), "t.conf:2: directive \"b\" is not terminated by \";\"");
+        assert_eq!(
+            error("a 1;\nb 2"),
+            "t.conf:2: directive \"b\" is not terminated by \";\""
+        );
+        assert_eq!(
+            error("a {\n b 2 }"),
+            "t.conf:2: directive \"b\" is not terminated by \";\""
+        );
         assert_eq!(error("\n;"), "t.conf:2: expected a directive name");
     }
 
@@ -386,7 +392,11 @@ mod tests {
             "http {\n  include conf.d/*.conf;\n  include missing/*.conf;\n}\n",
         )
         .unwrap();
-        std::fs::write(root.join("conf.d/b.conf"), "server { include ../common; }\n").unwrap();
+        std::fs::write(
+            root.join("conf.d/b.conf"),
+            "server { include ../common; }\n",
+        )
+        .unwrap();
         std::fs::write(root.join("conf.d/a.conf"), "\nserver {}\n").unwrap();
         std::fs::write(root.join("conf.d/skip.txt"), "broken {").unwrap();
         std::fs::write(root.join("common"), "\n\nlisten 80;\n").unwrap();
