@@ -385,14 +385,17 @@ impl Converter {
         }
 
         struct Parsed<'d> {
+            /// The location's 1-based position in the server, for its route ids.
+            number: usize,
             kind: Match,
             path: String,
             directive: &'d Directive,
         }
         let mut parsed = Vec::new();
-        for location in locations {
+        for (n, location) in locations.into_iter().enumerate() {
             match parse_location(location) {
                 Ok((kind, path)) => parsed.push(Parsed {
+                    number: n + 1,
                     kind,
                     path,
                     directive: location,
@@ -427,8 +430,8 @@ impl Converter {
         }
 
         let mut regex_index = 0;
-        for (n, location) in parsed.iter().enumerate() {
-            let id = format!("server{index}-location{}", n + 1);
+        for location in &parsed {
+            let id = format!("server{index}-location{}", location.number);
             let mut actions = Actions::default();
             self.inherit(
                 &inherited,
