@@ -64,8 +64,23 @@ enum Command {
         #[command(flatten)]
         admin: AdminTarget,
     },
+    /// Turn another proxy's configuration into a standalone resource file, printed on stdout.
+    ///
+    /// What cannot be converted is listed on stderr as `file:line: directive: reason`. Exit
+    /// status: 0 when everything converted, 3 when something was listed (the document is still
+    /// printed), 1 when a file cannot be read, 2 when it is not valid nginx syntax.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// An nginx configuration: `nginx.conf` or a `conf.d` file, with its includes.
+    Nginx { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -115,6 +130,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { config } => run(config.as_deref()),
         Command::Validate { file, config } => validate(file.as_deref(), config.as_deref()),
         Command::Config { action, admin } => config_command(action, &admin),
+        Command::Import { source } => return import(source),
         Command::Version => {
             println!("pylon {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -126,6 +142,38 @@ fn main() -> std::process::ExitCode {
             eprintln!("pylon: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `pylon import`: the exit status says whether everything converted (see [`Command::Import`]).
+fn import(source: ImportSource) -> std::process::ExitCode {
+    use pylon_import::nginx;
+    let ImportSource::Nginx { file } = source;
+    let directives = match nginx::load(&file) {
+        Ok(directives) => directives,
+        Err(e) => {
+            eprintln!("pylon: {e}");
+            return std::process::ExitCode::from(match e {
+                nginx::ParseError::Read { .. } => 1,
+                nginx::ParseError::Syntax { .. } => 2,
+            });
+        }
+    };
+    let conversion = nginx::convert(&directives);
+    match serde_yaml::to_string(&conversion.document) {
+        Ok(yaml) => print!("{yaml}"),
+        Err(e) => {
+            eprintln!("pylon: cannot write the document: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    for item in &conversion.unconverted {
+        eprintln!("{item}");
+    }
+    if conversion.unconverted.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(3)
     }
 }
 
