@@ -203,33 +203,30 @@ impl UpstreamHealth {
         if (&old.checks, old.tls_fingerprint) != (&new.checks, new.tls_fingerprint) {
             return (self.clone(), true);
         }
-        let same_nodes = previous.nodes.len() == self.nodes.len()
-            && previous
-                .nodes
-                .iter()
-                .zip(self.nodes.iter())
-                .all(|(a, b)| a.same_node(b));
-        if same_nodes {
+        let Some(nodes) = carry_nodes(&previous.nodes, &self.nodes, |a, b| a.same_node(b)) else {
             return (previous.clone(), false);
-        }
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|node| {
-                previous
-                    .nodes
-                    .iter()
-                    .find(|old| old.same_node(node))
-                    .unwrap_or(node)
-                    .clone()
-            })
-            .collect();
+        };
         let carried = UpstreamHealth {
             config: self.config.clone(),
             nodes,
         };
         (Arc::new(carried), true)
     }
+}
+
+/// The nodes of a new version, given those of the version in force (`old`): `None` when they
+/// are the same nodes in the same order, so that the state in force is kept whole; else the
+/// new list, each node that stayed keeping its old state. Health checks and outlier detection
+/// carry their per-node state alike.
+fn carry_nodes<N: Clone>(old: &[N], new: &[N], same: impl Fn(&N, &N) -> bool) -> Option<Box<[N]>> {
+    if old.len() == new.len() && old.iter().zip(new).all(|(a, b)| same(a, b)) {
+        return None;
+    }
+    let carried = new
+        .iter()
+        .map(|node| old.iter().find(|o| same(o, node)).unwrap_or(node).clone())
+        .collect();
+    Some(carried)
 }
 
 impl CheckedNode {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use pylon_model::{Node, OutlierDetection};
 use serde::Serialize;
 
-use super::{node_display, Attempt};
+use super::{carry_nodes, node_display, Attempt};
 
 /// One upstream's outlier detection and the state of its nodes, in node order (the balancer's
 /// indices).
@@ -313,27 +313,9 @@ impl UpstreamOutlier {
         let Some(previous) = previous.filter(|p| p.policy.config == self.policy.config) else {
             return self.clone();
         };
-        let same_nodes = previous.nodes.len() == self.nodes.len()
-            && previous
-                .nodes
-                .iter()
-                .zip(self.nodes.iter())
-                .all(|(a, b)| a.same_node(b));
-        if same_nodes {
+        let Some(nodes) = carry_nodes(&previous.nodes, &self.nodes, |a, b| a.same_node(b)) else {
             return previous.clone();
-        }
-        let nodes = self
-            .nodes
-            .iter()
-            .map(|node| {
-                previous
-                    .nodes
-                    .iter()
-                    .find(|old| old.same_node(node))
-                    .unwrap_or(node)
-                    .clone()
-            })
-            .collect();
+        };
         Arc::new(Self {
             policy: previous.policy.clone(),
             nodes,
