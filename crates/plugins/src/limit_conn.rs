@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::limits::key::{KeyType, LimitKey};
-use crate::limits::redis::{store, Shared, Store};
+use crate::limits::redis::{store, RedisCounts};
 use crate::limits::state::KeyedState;
 use crate::limits::{default_rejected_code, hold, Policy, MIN_DELAY};
 
@@ -79,12 +79,7 @@ struct LimitConnConfig {
 fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
     let (own, store) = store(config)?;
     let mut limiter = LimitConn::new(parse(&own)?)?;
-    if let Store::Redis(shared) = store {
-        limiter.redis = Some(RedisCounts {
-            prefix: shared.key_prefix(DESCRIPTOR.name, env.owner, &own),
-            shared,
-        });
-    }
+    limiter.redis = store.redis_counts(DESCRIPTOR.name, env.owner, &own);
     Ok(Arc::new(limiter))
 }
 
@@ -99,11 +94,6 @@ struct LimitConn {
     in_flight: Arc<KeyedState<u64>>,
     /// With a Redis policy: the counts kept there instead.
     redis: Option<RedisCounts>,
-}
-
-struct RedisCounts {
-    shared: Shared,
-    prefix: String,
 }
 
 /// How long a key's count in Redis outlives its last request in, in milliseconds.
@@ -186,7 +176,7 @@ impl Plugin for LimitConn {
     fn access<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         let limit = u64::from(self.conn) + u64::from(self.burst);
         if let Some(redis) = &self.redis {
-            let key = format!("{}{}", redis.prefix, self.key.of(ctx));
+            let key = redis.key(&self.key.of(ctx));
             let args = [limit as i64, REDIS_COUNT_TTL_MS];
             let longest_hold = self.delay(limit).unwrap_or_default();
             return Step::Call(redis.shared.call(longest_hold, async move {

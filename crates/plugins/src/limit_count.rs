@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::limits::key::{KeyType, LimitKey};
-use crate::limits::redis::{store, Shared, Store};
+use crate::limits::redis::{store, RedisCounts, Store};
 use crate::limits::state::KeyedState;
 use crate::limits::{default_rejected_code, Policy};
 
@@ -155,16 +155,15 @@ fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldErr
             Duration::from_secs(config.time_window),
         ))),
         (Store::Redis(shared), group) => Counting::Redis {
-            prefix: match group {
+            counts: match group {
                 // A group is one counter wherever it is configured alike.
-                Some(group) => shared.key_prefix(
+                Some(group) => shared.counts(
                     DESCRIPTOR.name,
                     &format!("group:{}", group.name),
                     &json!([group.count, group.time_window, group.window_type]),
                 ),
-                None => shared.key_prefix(DESCRIPTOR.name, env.owner, &own),
+                None => shared.counts(DESCRIPTOR.name, env.owner, &own),
             },
-            shared,
             script: match config.window_type {
                 WindowType::Fixed => &FIXED_WINDOW,
                 WindowType::Sliding => &SLIDING_WINDOW,
@@ -237,12 +236,9 @@ impl Plugin for LimitCount {
                     Some(refusal) => Step::Reply(refusal),
                 }
             }
-            Counting::Redis {
-                shared,
-                script,
-                prefix,
-            } => {
-                let key = format!("{prefix}{}", self.key.of(ctx));
+            Counting::Redis { counts, script } => {
+                let key = counts.key(&self.key.of(ctx));
+                let shared = &counts.shared;
                 let args = [
                     i64::try_from(self.limit.count).unwrap_or(i64::MAX),
                     self.limit.window.as_millis() as i64,
@@ -280,11 +276,10 @@ impl LimitCount {
 enum Counting {
     /// On this node: the instance's counters, or its group's.
     Local(Arc<Counters>),
-    /// In Redis, under keys starting with `prefix`.
+    /// In Redis, with the script of the window type.
     Redis {
-        shared: Shared,
+        counts: RedisCounts,
         script: &'static Script,
-        prefix: String,
     },
 }
 

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::config::{parse, refusal, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::limits::key::{KeyType, LimitKey};
-use crate::limits::redis::{store, Shared, Store};
+use crate::limits::redis::{store, RedisCounts};
 use crate::limits::state::KeyedState;
 use crate::limits::{default_rejected_code, hold, Policy, MIN_DELAY};
 
@@ -77,12 +77,7 @@ struct LimitReqConfig {
 fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
     let (own, store) = store(config)?;
     let mut limiter = LimitReq::new(parse(&own)?)?;
-    if let Store::Redis(shared) = store {
-        limiter.redis = Some(RedisBuckets {
-            prefix: shared.key_prefix(DESCRIPTOR.name, env.owner, &own),
-            shared,
-        });
-    }
+    limiter.redis = store.redis_counts(DESCRIPTOR.name, env.owner, &own);
     Ok(Arc::new(limiter))
 }
 
@@ -100,12 +95,7 @@ struct LimitReq {
     /// by itself when it has drained, and a drained one is the same as none.
     buckets: KeyedState<Instant>,
     /// With a Redis policy: the buckets kept there instead.
-    redis: Option<RedisBuckets>,
-}
-
-struct RedisBuckets {
-    shared: Shared,
-    prefix: String,
+    redis: Option<RedisCounts>,
 }
 
 /// A key's bucket in Redis, as the local one: the theoretical arrival time in Redis's own
@@ -187,7 +177,7 @@ impl Plugin for LimitReq {
 
     fn access<'a>(&'a self, ctx: &'a mut RequestCtx<'_>) -> Step<'a> {
         if let Some(redis) = &self.redis {
-            let key = format!("{}{}", redis.prefix, self.key.of(ctx));
+            let key = redis.key(&self.key.of(ctx));
             let interval = self.interval.as_micros().max(1) as i64;
             let args = [interval, (interval as f64 * self.burst).round() as i64];
             // The longest a request waits for its turn: the burst ahead of it.

@@ -238,13 +238,42 @@ fn addresses(field: &str, list: &[String]) -> Result<Vec<Address>, FieldError> {
         .collect()
 }
 
+impl Store {
+    /// The counts in Redis of plugin `plugin` configured with `config` at `owner`; `None` for
+    /// `local`.
+    pub fn redis_counts(self, plugin: &str, owner: &str, config: &Value) -> Option<RedisCounts> {
+        match self {
+            Store::Local => None,
+            Store::Redis(shared) => Some(shared.counts(plugin, owner, config)),
+        }
+    }
+}
+
+/// A plugin's counts in Redis: its server, and the start of their keys.
+pub(crate) struct RedisCounts {
+    pub shared: Shared,
+    prefix: String,
+}
+
+impl RedisCounts {
+    /// The Redis key of the count of `key`.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
 impl Shared {
-    /// The start of the Redis keys of plugin `plugin` configured with `config` at `owner`:
-    /// `pylon:<plugin>:<owner>:<hash of config>:`. Every node that serves the configuration
-    /// names the same keys, and a changed configuration counts afresh, as on a node.
-    pub fn key_prefix(&self, plugin: &str, owner: &str, config: &Value) -> String {
+    /// The counts of plugin `plugin` configured with `config` at `owner`, under keys
+    /// `pylon:<plugin>:<owner>:<hash of config>:<key>`. Every node that serves the
+    /// configuration names the same keys, and a changed configuration counts afresh, as on a
+    /// node.
+    pub fn counts(self, plugin: &str, owner: &str, config: &Value) -> RedisCounts {
         let hash = crc32fast::hash(config.to_string().as_bytes());
-        format!("{}:{plugin}:{owner}:{hash:08x}:", self.namespace)
+        let prefix = format!("{}:{plugin}:{owner}:{hash:08x}:", self.namespace);
+        RedisCounts {
+            shared: self,
+            prefix,
+        }
     }
 
     /// A call to Redis that decides the request (`work`'s `Ok(Some(reply))` refuses it),
