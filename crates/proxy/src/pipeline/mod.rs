@@ -87,8 +87,8 @@ pub(crate) async fn run<D: Downstream>(
     let started = Instant::now();
     let view = worker.view();
     let route = view.snapshot.router.find(vars);
-    // Holds the plugins' view of the request, and logs the request if its future is dropped
-    // before it ends.
+    // Holds the plugins' view of the request, and logs the request once: at its end, or when
+    // its future is dropped before that.
     let mut unfinished = Unfinished {
         worker,
         vars,
@@ -98,8 +98,6 @@ pub(crate) async fn run<D: Downstream>(
         ctx: None,
         ended: false,
     };
-    // Whether the plugins have it counted by route.
-    let mut counted = None;
     let outcome = match (refused, route) {
         (Some(error), _) => downstream.error(vars, error).await,
         (None, None) if view.snapshot.global_plugins.is_empty() => {
@@ -152,26 +150,17 @@ pub(crate) async fn run<D: Downstream>(
                     }
                 }
             };
-            counted = plugins.log(ctx, &outcome, started.elapsed());
             outcome
         }
     };
-    unfinished.ended = true;
-    let request = Logged {
-        route,
-        plugin_ctx: unfinished.ctx.as_ref(),
-        refused,
-        counted,
-        started,
-    };
-    log(worker, vars, &request, &outcome);
+    unfinished.finish(&outcome, refused);
     outcome
 }
 
-/// A request under way. A codec drops a request's future when its client leaves before the
-/// end (an HTTP/2 stream reset, say): then, once whatever the request was waiting on is
-/// dropped, the `log` phase and the access log still see it, as a 499 that sent nothing
-/// the log can count.
+/// A request under way, logged once by [`Unfinished::finish`]. A codec drops a request's
+/// future when its client leaves before the end (its HTTP/2 connection closed, say): then,
+/// once whatever the request was waiting on is dropped, the `log` phase and the access log
+/// still see it, as a 499 that sent nothing the log can count.
 struct Unfinished<'a, 'v, H: RequestFields> {
     worker: &'a Worker,
     vars: &'a RequestVars<'v, H>,
@@ -179,28 +168,35 @@ struct Unfinished<'a, 'v, H: RequestFields> {
     started: Instant,
     plugins: Option<Plugins<'a>>,
     ctx: Option<RequestCtx<'a>>,
-    /// The request ran to its end and was logged there.
+    /// The request was logged ([`Unfinished::finish`]).
     ended: bool,
 }
 
-impl<H: RequestFields> Drop for Unfinished<'_, '_, H> {
-    fn drop(&mut self) {
-        if self.ended {
-            return;
-        }
-        let outcome = Outcome::failed(499, 0, Side::Client, Cause::Reset);
+impl<H: RequestFields> Unfinished<'_, '_, H> {
+    /// Ends the request: its plugins' `log` phase, then its access log record and metrics.
+    fn finish(&mut self, outcome: &Outcome, refused: Option<GatewayError>) {
+        self.ended = true;
+        // Whether the plugins have it counted by route.
         let counted = match (&self.plugins, &self.ctx) {
-            (Some(plugins), Some(ctx)) => plugins.log(ctx, &outcome, self.started.elapsed()),
+            (Some(plugins), Some(ctx)) => plugins.log(ctx, outcome, self.started.elapsed()),
             _ => None,
         };
         let request = Logged {
             route: self.route,
             plugin_ctx: self.ctx.as_ref(),
-            refused: None,
+            refused,
             counted,
             started: self.started,
         };
-        log(self.worker, self.vars, &request, &outcome);
+        log(self.worker, self.vars, &request, outcome);
+    }
+}
+
+impl<H: RequestFields> Drop for Unfinished<'_, '_, H> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.finish(&Outcome::failed(499, 0, Side::Client, Cause::Reset), None);
+        }
     }
 }
 
