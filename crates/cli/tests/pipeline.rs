@@ -8,9 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use support::client::Conn;
-use support::http2::{get_headers, rst_stream, RawH2, CANCEL};
-use support::protocols::{call, PROTOCOLS};
+use support::protocols::{call, LeavingClient, LEAVINGS, PROTOCOLS};
 use support::upstream::{respond, Gate, Received, Upstream};
 use support::{read_json_lines, wait_until, Pylon};
 
@@ -80,21 +78,9 @@ async fn the_access_log_names_the_side_and_cause_of_a_failed_exchange() {
     gate.open();
 }
 
-/// How a client leaves a request still held at the upstream.
-#[derive(Debug, Clone, Copy)]
-enum Leaving {
-    Http1Close,
-    Http2Reset,
-    Http2Close,
-}
-
 #[tokio::test]
 async fn a_request_whose_client_leaves_is_logged_and_its_log_phase_runs() {
-    let cases = [
-        Leaving::Http1Close,
-        Leaving::Http2Reset,
-        Leaving::Http2Close,
-    ];
+    let cases = LEAVINGS;
     let gate = Gate::default();
     let held = gate.clone();
     let slow = Upstream::with_handler(
@@ -113,28 +99,12 @@ async fn a_request_whose_client_leaves_is_logged_and_its_log_phase_runs() {
     let pylon = Pylon::start(&routes.to_string(), "");
     for (i, leaving) in cases.into_iter().enumerate() {
         let target = format!("/slow/{i}");
-        let (mut http1, mut http2) = (None, None);
-        match leaving {
-            Leaving::Http1Close => {
-                let mut conn = Conn::connect(pylon.addr);
-                conn.send(format!("GET {target} HTTP/1.1\r\nHost: example.com\r\n\r\n").as_bytes());
-                http1 = Some(conn);
-            }
-            Leaving::Http2Reset | Leaving::Http2Close => {
-                let mut raw = RawH2::connect(pylon.addr);
-                raw.write(&get_headers(1, &target));
-                http2 = Some(raw);
-            }
-        }
+        let mut client = LeavingClient::send(leaving, pylon.addr, &target);
         wait_until(
             || slow.request_count() == i + 1,
             "the request at the upstream",
         );
-        match leaving {
-            Leaving::Http1Close => drop(http1.take()),
-            Leaving::Http2Reset => http2.as_mut().unwrap().write(&rst_stream(1, CANCEL)),
-            Leaving::Http2Close => drop(http2.take()),
-        }
+        client.leave();
         let log = pylon.wait_access_log(i + 1);
         let line = &log[i];
         let what = format!("{leaving:?}: {line}");

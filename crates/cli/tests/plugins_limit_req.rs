@@ -13,9 +13,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::client::{Conn, Response};
-use support::http2::{get_headers, rst_stream, RawH2, CANCEL};
-use support::protocols::{assert_refused, call, Protocol, PROTOCOLS};
+use support::client::Response;
+use support::protocols::{assert_refused, call, LeavingClient, Protocol, LEAVINGS, PROTOCOLS};
 use support::upstream::{respond, Gate, Received, Upstream};
 use support::{wait_until, Pylon, WAIT};
 
@@ -205,24 +204,9 @@ async fn limit_conn_refuses_past_conn_and_admits_again_once_the_request_ends() {
     }
 }
 
-/// How a client leaves a request held at the upstream.
-#[derive(Debug, Clone, Copy)]
-enum Leaving {
-    /// Closes its HTTP/1.1 connection.
-    Http1Close,
-    /// Resets its HTTP/2 stream, keeping the connection.
-    Http2Reset,
-    /// Closes its HTTP/2 connection.
-    Http2Close,
-}
-
 #[tokio::test]
 async fn limit_conn_gives_the_place_back_when_the_client_leaves_mid_request() {
-    let cases = [
-        Leaving::Http1Close,
-        Leaving::Http2Reset,
-        Leaving::Http2Close,
-    ];
+    let cases = LEAVINGS;
     let gates = cases.map(|_| Gate::default());
     let released = cases.map(|_| Arc::new(AtomicUsize::new(0)));
     let ups: Vec<_> = (0..cases.len())
@@ -247,30 +231,14 @@ async fn limit_conn_gives_the_place_back_when_the_client_leaves_mid_request() {
         let (hold, quick) = (format!("/{i}/hold"), format!("/{i}/quick"));
         let up = &ups[i];
         // The client that leaves, its request held at the upstream.
-        let (mut http1, mut http2) = (None, None);
-        match leaving {
-            Leaving::Http1Close => {
-                let mut conn = Conn::connect(pylon.addr);
-                conn.send(format!("GET {hold} HTTP/1.1\r\nHost: example.com\r\n\r\n").as_bytes());
-                http1 = Some(conn);
-            }
-            Leaving::Http2Reset | Leaving::Http2Close => {
-                let mut raw = RawH2::connect(pylon.addr);
-                raw.write(&get_headers(1, &hold));
-                http2 = Some(raw);
-            }
-        }
+        let mut client = LeavingClient::send(leaving, pylon.addr, &hold);
         wait_until(|| up.request_count() == 1, "the request at the upstream");
         for protocol in PROTOCOLS {
             let res = call(protocol, pylon.addr, "GET", &quick, &[], b"").await;
             let what = format!("{leaving:?}, {protocol:?} while one is in flight");
             assert_refused(&res, 429, json!({"error_msg": "busy"}), up, 1, &what);
         }
-        match leaving {
-            Leaving::Http1Close => drop(http1.take()),
-            Leaving::Http2Reset => http2.as_mut().unwrap().write(&rst_stream(1, CANCEL)),
-            Leaving::Http2Close => drop(http2.take()),
-        }
+        client.leave();
         for protocol in PROTOCOLS {
             let res = once_admitted(protocol, pylon.addr, &quick).await;
             let what = format!("{leaving:?}, {protocol:?} once the client left");

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::client::{Conn, Response};
-use super::http2::{connect, request, send};
+use super::http2::{connect, get_headers, request, rst_stream, send, RawH2, CANCEL};
 use super::upstream::Upstream;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,4 +85,62 @@ pub fn assert_refused(
         before,
         "{what}: the upstream got the request"
     );
+}
+
+/// How a client leaves a request it sent before the answer.
+#[derive(Debug, Clone, Copy)]
+pub enum Leaving {
+    /// Closes its HTTP/1.1 connection.
+    Http1Close,
+    /// Resets its HTTP/2 stream, keeping the connection.
+    Http2Reset,
+    /// Closes its HTTP/2 connection.
+    Http2Close,
+}
+
+pub const LEAVINGS: [Leaving; 3] = [
+    Leaving::Http1Close,
+    Leaving::Http2Reset,
+    Leaving::Http2Close,
+];
+
+/// A client that sent one GET and will leave it as [`Leaving`] says. After a reset, its
+/// HTTP/2 connection stays open as long as this lives.
+pub struct LeavingClient {
+    leaving: Leaving,
+    http1: Option<Conn>,
+    http2: Option<RawH2>,
+}
+
+impl LeavingClient {
+    /// Sends a GET of `target` to `addr` for host `example.com`, on a new connection.
+    pub fn send(leaving: Leaving, addr: SocketAddr, target: &str) -> Self {
+        let (mut http1, mut http2) = (None, None);
+        match leaving {
+            Leaving::Http1Close => {
+                let mut conn = Conn::connect(addr);
+                conn.send(format!("GET {target} HTTP/1.1\r\nHost: example.com\r\n\r\n").as_bytes());
+                http1 = Some(conn);
+            }
+            Leaving::Http2Reset | Leaving::Http2Close => {
+                let mut raw = RawH2::connect(addr);
+                raw.write(&get_headers(1, target));
+                http2 = Some(raw);
+            }
+        }
+        LeavingClient {
+            leaving,
+            http1,
+            http2,
+        }
+    }
+
+    /// Leaves the request.
+    pub fn leave(&mut self) {
+        match self.leaving {
+            Leaving::Http1Close => drop(self.http1.take()),
+            Leaving::Http2Reset => self.http2.as_mut().unwrap().write(&rst_stream(1, CANCEL)),
+            Leaving::Http2Close => drop(self.http2.take()),
+        }
+    }
 }
