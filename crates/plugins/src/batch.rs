@@ -130,7 +130,7 @@ pub(crate) struct BatchSettings {
 }
 
 /// What became of one plugin's entries since the process started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ShipCounts {
     /// Delivered to their destination.
     pub sent: u64,

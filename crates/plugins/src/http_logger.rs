@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::batch::{Counts, Destinations, ShipCounts};
+use crate::batch::{Counts, Destinations};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::logger::{self, json_array, Logger};
 use crate::outbound::Endpoint;
@@ -27,13 +27,9 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     metadata: Some(logger::METADATA),
 };
 
-static COUNTS: Counts = Counts::new();
+/// What became of its entries since the process started (`/v1/status`).
+pub(crate) static COUNTS: Counts = Counts::new();
 static DESTINATIONS: Destinations<Destination> = Destinations::new();
-
-/// What became of `http-logger`'s records since the process started.
-pub fn http_log_counts() -> ShipCounts {
-    COUNTS.snapshot()
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

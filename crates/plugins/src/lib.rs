@@ -70,13 +70,20 @@ pub use compile::{
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
 pub use file_logger::{file_log_counts, FileLogCounts};
-pub use http_logger::http_log_counts;
-pub use opentelemetry::span_counts;
 pub use proxy_mirror::{mirror_counts, MirrorCounts};
 /// The Redis servers the limiting plugins use, and whether each answers.
 pub use pylon_redis::{Redis, Status as RedisStatus};
-pub use syslog::syslog_counts;
-pub use tcp_logger::tcp_log_counts;
 pub use traffic_split::{route_split_upstreams, SplitTarget, SplitUpstream};
-pub use udp_logger::udp_log_counts;
 pub use waf::{waf_verdicts, WafVerdicts};
+
+/// What became of the entries of each plugin that sends in batches (the loggers' records,
+/// `opentelemetry`'s spans), by the name `/v1/status` reports it under.
+pub fn shipped_counts() -> [(&'static str, ShipCounts); 5] {
+    [
+        ("http_logger", http_logger::COUNTS.snapshot()),
+        ("tcp_logger", tcp_logger::COUNTS.snapshot()),
+        ("udp_logger", udp_logger::COUNTS.snapshot()),
+        ("syslog", syslog::COUNTS.snapshot()),
+        ("opentelemetry", opentelemetry::COUNTS.snapshot()),
+    ]
+}

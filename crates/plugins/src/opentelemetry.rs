@@ -30,7 +30,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::batch::{Counts, Destinations, Queue, ShipCounts};
+use crate::batch::{Counts, Destinations, Queue};
 use crate::config::{parse, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor, MetadataSpec};
 use crate::log_record::LogVars;
@@ -51,13 +51,9 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     }),
 };
 
-static COUNTS: Counts = Counts::new();
+/// What became of its entries since the process started (`/v1/status`).
+pub(crate) static COUNTS: Counts = Counts::new();
 static EXPORTERS: Destinations<Exporter> = Destinations::new();
-
-/// What became of the spans since the process started.
-pub fn span_counts() -> ShipCounts {
-    COUNTS.snapshot()
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

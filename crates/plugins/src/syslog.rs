@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::batch::{Counts, Destinations, ShipCounts, Sink};
+use crate::batch::{Counts, Destinations, Sink};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::logger::{self, Logger};
 use crate::tcp_logger::{refuse_tls, Server};
@@ -36,13 +36,9 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
 const HEADER_START: &str = "<46>1";
 const APP_NAME: &str = "pylon";
 
-static COUNTS: Counts = Counts::new();
+/// What became of its entries since the process started (`/v1/status`).
+pub(crate) static COUNTS: Counts = Counts::new();
 static DESTINATIONS: Destinations<Transport> = Destinations::new();
-
-/// What became of `syslog`'s records since the process started.
-pub fn syslog_counts() -> ShipCounts {
-    COUNTS.snapshot()
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::batch::{Counts, Destinations, ShipCounts, Sink};
+use crate::batch::{Counts, Destinations, Sink};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::logger::{self, json_array, Logger};
 
@@ -27,13 +27,9 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     metadata: Some(logger::METADATA),
 };
 
-static COUNTS: Counts = Counts::new();
+/// What became of its entries since the process started (`/v1/status`).
+pub(crate) static COUNTS: Counts = Counts::new();
 static DESTINATIONS: Destinations<(Server, Duration)> = Destinations::new();
-
-/// What became of `tcp-logger`'s records since the process started.
-pub fn tcp_log_counts() -> ShipCounts {
-    COUNTS.snapshot()
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

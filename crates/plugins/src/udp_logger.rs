@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::net::UdpSocket;
 
-use crate::batch::{Counts, Destinations, ShipCounts, Sink};
+use crate::batch::{Counts, Destinations, Sink};
 use crate::descriptor::{BuildEnv, Descriptor};
 use crate::logger::{self, json_array, Logger};
 use crate::tcp_logger::Server;
@@ -31,13 +31,9 @@ pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
 /// The most bytes of records one datagram carries (a UDP payload is at most 65507 bytes).
 const MAX_DATAGRAM: usize = 65_000;
 
-static COUNTS: Counts = Counts::new();
+/// What became of its entries since the process started (`/v1/status`).
+pub(crate) static COUNTS: Counts = Counts::new();
 static DESTINATIONS: Destinations<(Server, Duration)> = Destinations::new();
-
-/// What became of `udp-logger`'s records since the process started.
-pub fn udp_log_counts() -> ShipCounts {
-    COUNTS.snapshot()
-}
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

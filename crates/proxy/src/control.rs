@@ -91,7 +91,7 @@ impl NodeStatus {
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut report = serde_json::json!({
             "id": self.id,
             "role": self.role,
             "version": env!("CARGO_PKG_VERSION"),
@@ -114,24 +114,13 @@ impl NodeStatus {
                 "dropped": file_log.dropped,
                 "failed": file_log.failed,
             },
-            "http_logger": shipped(pylon_plugins::http_log_counts()),
-            "tcp_logger": shipped(pylon_plugins::tcp_log_counts()),
-            "udp_logger": shipped(pylon_plugins::udp_log_counts()),
-            "syslog": shipped(pylon_plugins::syslog_counts()),
-            "opentelemetry": shipped(pylon_plugins::span_counts()),
             "redis": redis,
-        })
+        });
+        for (name, counts) in pylon_plugins::shipped_counts() {
+            report[name] = serde_json::json!(counts);
+        }
+        report
     }
-}
-
-/// What became of the entries a plugin sends in batches (a logger's records, spans).
-fn shipped(counts: pylon_plugins::ShipCounts) -> serde_json::Value {
-    serde_json::json!({
-        "sent": counts.sent,
-        "dropped": counts.dropped,
-        "failed": counts.failed,
-        "retried": counts.retried,
-    })
 }
 
 /// The control API's listener, bound and ready to serve.
