@@ -41,6 +41,20 @@ fn unsupported(kind: Kind, method: &Method) -> bool {
         }
         Kind::Protos => &[Method::PATCH],
         Kind::Routes | Kind::Services | Kind::Upstreams | Kind::Ssls | Kind::StreamRoutes => &[],
+        // Not resources: no APISIX path names them.
+        Kind::Tenants
+        | Kind::Users
+        | Kind::ChangeSets
+        | Kind::Versions
+        | Kind::Audit
+        | Kind::AuditHead
+        | Kind::Nodes => &[
+            Method::GET,
+            Method::PUT,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+        ],
     };
     refused.contains(method)
 }

@@ -178,5 +178,12 @@ pub(crate) fn singular(kind: Kind) -> &'static str {
         Kind::Protos => "proto",
         Kind::PluginMetadata => "plugin_metadata",
         Kind::Secrets => "secret",
+        Kind::Tenants => "tenant",
+        Kind::Users => "user",
+        Kind::ChangeSets => "change set",
+        Kind::Versions => "version",
+        Kind::Audit => "audit record",
+        Kind::AuditHead => "audit chain",
+        Kind::Nodes => "node",
     }
 }

@@ -120,6 +120,11 @@ pub struct PluginConfig {
     pub update_time: Option<i64>,
 }
 
+/// The field naming the tenant a resource belongs to (Pylon's, as Weibo's `saas_id`); a
+/// resource without it belongs to the tenant [`DEFAULT_TENANT`].
+pub const TENANT_FIELD: &str = "tenant_id";
+pub const DEFAULT_TENANT: &str = "default";
+
 /// One resource of any kind, parsed and validated on its own.
 #[derive(Debug, Clone, PartialEq)]
 // Resources are parsed once per write, never per request: their size does not matter.
@@ -137,7 +142,19 @@ pub enum Resource {
 
 impl Resource {
     /// Parses and validates one resource; error paths are relative to the resource.
+    /// A resource's owner, [`TENANT_FIELD`], is the control plane's: it is not part of what
+    /// the data plane parses.
     pub fn from_json(kind: Kind, value: &serde_json::Value) -> Result<Resource, ValidationErrors> {
+        let without_tenant;
+        let value = match value.as_object() {
+            Some(fields) if fields.contains_key(TENANT_FIELD) => {
+                let mut fields = fields.clone();
+                fields.remove(TENANT_FIELD);
+                without_tenant = serde_json::Value::Object(fields);
+                &without_tenant
+            }
+            _ => value,
+        };
         fn parse<T: serde::de::DeserializeOwned>(
             value: &serde_json::Value,
         ) -> Result<T, ValidationErrors> {
@@ -185,6 +202,15 @@ impl Resource {
                 Resource::Other(kind, value.clone())
             }
             Kind::StreamRoutes | Kind::PluginMetadata => Resource::Other(kind, value.clone()),
+            Kind::Tenants
+            | Kind::Users
+            | Kind::ChangeSets
+            | Kind::Versions
+            | Kind::Audit
+            | Kind::AuditHead
+            | Kind::Nodes => {
+                return Err(FieldError::new("", format!("{kind} is not a resource kind")).into())
+            }
         };
         errors.extend(validate::resource(&resource));
         validate::descriptive_fields(kind, value, &mut errors);

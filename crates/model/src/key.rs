@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-/// The kinds of resource, with APISIX's plural names.
+/// The kinds of entry in the store: the resources the data plane serves, with APISIX's plural
+/// names, and the control plane's own records beside them (tenants, users, change sets,
+/// versions, audit, gateway nodes), kept in the same store so that one transaction can publish
+/// a change together with its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Routes,
@@ -22,6 +25,19 @@ pub enum Kind {
     Protos,
     PluginMetadata,
     Secrets,
+    Tenants,
+    /// Admin API users, each with a role and its token's hash.
+    Users,
+    /// Changes waiting for review, in canary, or published.
+    ChangeSets,
+    /// A resource as one publish left it. The id is `<kind>/<resource id>/<audit sequence>`.
+    Versions,
+    /// The audit log, one record per sequence number, chained by hash.
+    Audit,
+    /// The audit chain's last sequence number and hash: one entry, `audit_head/chain`.
+    AuditHead,
+    /// Gateway nodes, as each registers itself.
+    Nodes,
 }
 
 impl Kind {
@@ -41,6 +57,17 @@ impl Kind {
         Kind::Secrets,
     ];
 
+    /// The control plane's kinds: stored beside the resources, never served by the data plane.
+    pub const CONTROL: [Kind; 7] = [
+        Kind::Tenants,
+        Kind::Users,
+        Kind::ChangeSets,
+        Kind::Versions,
+        Kind::Audit,
+        Kind::AuditHead,
+        Kind::Nodes,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Routes => "routes",
@@ -56,17 +83,44 @@ impl Kind {
             Kind::Protos => "protos",
             Kind::PluginMetadata => "plugin_metadata",
             Kind::Secrets => "secrets",
+            Kind::Tenants => "tenants",
+            Kind::Users => "users",
+            Kind::ChangeSets => "change_sets",
+            Kind::Versions => "versions",
+            Kind::Audit => "audit",
+            Kind::AuditHead => "audit_head",
+            Kind::Nodes => "nodes",
         }
     }
 
+    /// A resource kind by name (the control plane's kinds are not resources).
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Any kind a store may hold, by name.
+    pub fn parse_stored(s: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .chain(Kind::CONTROL)
+            .find(|k| k.as_str() == s)
+    }
+
+    /// Whether the data plane serves entries of this kind.
+    pub fn is_resource(self) -> bool {
+        !Kind::CONTROL.contains(&self)
+    }
+
+    /// Whether entries of this kind only accumulate (versions, audit records): a process's
+    /// copy of the store leaves them out, and they are read from the store when asked for.
+    pub fn is_history(self) -> bool {
+        matches!(self, Kind::Versions | Kind::Audit)
     }
 
     /// Whether ids of this kind have several `/`-separated parts: secrets are
     /// `<manager>/<id>` (`vault/1`), credentials `<username>/credentials/<id>`.
     pub fn has_compound_id(self) -> bool {
-        matches!(self, Kind::Secrets | Kind::Credentials)
+        matches!(self, Kind::Secrets | Kind::Credentials | Kind::Versions)
     }
 
     /// Consumers are named by `username`, everything else by `id`.
@@ -111,7 +165,7 @@ impl Key {
         let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
         let (kind, id) = rest.split_once('/')?;
         let parts_empty = id.split('/').any(str::is_empty);
-        let kind = Kind::parse(kind)?;
+        let kind = Kind::parse_stored(kind)?;
         if parts_empty || (id.contains('/') && !kind.has_compound_id()) {
             return None;
         }

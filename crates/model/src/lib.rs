@@ -29,7 +29,9 @@ pub use checks::{
     ActiveCheck, ActiveHealthy, ActiveUnhealthy, CheckType, HealthChecks, PassiveCheck,
     PassiveHealthy, PassiveUnhealthy,
 };
-pub use config::{Config, GlobalRule, PluginConfig, Resource, Service};
+pub use config::{
+    Config, GlobalRule, PluginConfig, Resource, Service, DEFAULT_TENANT, TENANT_FIELD,
+};
 pub use error::{FieldError, ValidationErrors};
 pub use key::{Key, Kind};
 pub use outlier::OutlierDetection;

@@ -135,7 +135,10 @@ impl Publisher {
     fn publish(&mut self, view: &Arc<View>) {
         let started = std::time::Instant::now();
         let changed = self.update_config(view);
-        if changed.is_empty() && view.revision == self.cell.load().revision {
+        if changed.is_empty() {
+            // Only the control plane's records changed (a node's heartbeat, a change set under
+            // review): the snapshot in force already serves this revision.
+            self.served.send_replace(view.revision);
             return;
         }
         let compiled = self.compiler.update(&self.config, &changed, view.revision);
@@ -157,7 +160,11 @@ impl Publisher {
     fn update_config(&mut self, view: &Arc<View>) -> Vec<Key> {
         let previous = std::mem::replace(&mut self.parsed, view.clone());
         let mut changed = Vec::new();
-        for (key, entry) in previous.entries.changes(&view.entries) {
+        let changes = previous.entries.changes(&view.entries);
+        for (key, entry) in changes
+            .into_iter()
+            .filter(|(key, _)| key.kind.is_resource())
+        {
             match entry.map(|e| self.parse(key, &e.value)) {
                 Some(Ok(resource)) => self.config.insert(key, resource),
                 Some(Err(errors)) => {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
-use pylon_model::Key;
+use pylon_model::{Key, Kind};
 use tokio::sync::mpsc;
 
 use crate::{Change, Entry, Event, Listing, Precondition, Revision, StoreError, Txn, WatchStream};
@@ -61,12 +61,38 @@ impl EventLog {
         self.lock().entries.get(key).cloned()
     }
 
+    /// Every entry, history included (what a snapshot saves).
     pub fn list(&self) -> Listing {
+        self.list_where(|_| true)
+    }
+
+    /// Every entry but those of the history kinds: what [`crate::ConfigStore::list`] lists.
+    pub fn list_current(&self) -> Listing {
+        self.list_where(|key| !key.kind.is_history())
+    }
+
+    fn list_where(&self, keep: impl Fn(&Key) -> bool) -> Listing {
         let state = self.lock();
         Listing {
             revision: state.revision,
-            entries: state.entries.values().cloned().collect(),
+            entries: state
+                .entries
+                .values()
+                .filter(|e| keep(&e.key))
+                .cloned()
+                .collect(),
         }
+    }
+
+    /// The entries of `kind` whose id starts with `id_prefix`, in key order.
+    pub fn history(&self, kind: Kind, id_prefix: &str) -> Vec<Entry> {
+        let state = self.lock();
+        state
+            .entries
+            .range(Key::new(kind, id_prefix)..)
+            .take_while(|(key, _)| key.kind == kind && key.id.starts_with(id_prefix))
+            .map(|(_, entry)| entry.clone())
+            .collect()
     }
 
     /// Subscribes to the changes after `after`, replaying those still in history.

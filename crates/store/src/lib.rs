@@ -24,7 +24,7 @@ pub use secret_file::read_or_create_secrets;
 pub use yaml::YamlStore;
 
 use async_trait::async_trait;
-use pylon_model::Key;
+use pylon_model::{Key, Kind};
 use tokio::sync::mpsc;
 
 /// A store revision: increases with every change, never reused.
@@ -144,8 +144,13 @@ pub enum StoreError {
 
 #[async_trait]
 pub trait ConfigStore: Send + Sync {
-    /// Every entry, at the store's current revision.
+    /// Every entry but those of the history kinds ([`Kind::is_history`]: versions and audit
+    /// records, which only accumulate), at the store's current revision.
     async fn list(&self) -> Result<Listing, StoreError>;
+
+    /// The entries of `kind` whose id starts with `id_prefix`, in key order: how history is
+    /// read.
+    async fn history(&self, kind: Kind, id_prefix: &str) -> Result<Vec<Entry>, StoreError>;
 
     /// One entry, as of the store's current revision.
     async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError>;

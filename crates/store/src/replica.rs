@@ -49,8 +49,13 @@ impl View {
         }
     }
 
+    /// Applies `change`, but for history (which a copy leaves out, as listings do).
     fn apply(&mut self, change: Change) {
-        for event in change.events {
+        let current = change
+            .events
+            .into_iter()
+            .filter(|e| !e.key().kind.is_history());
+        for event in current {
             match event {
                 Event::Put(entry) => self.entries.insert(Arc::new(entry)),
                 Event::Delete { key, .. } => self.entries.remove(&key),
@@ -292,7 +297,7 @@ fn read_cache(path: &Path) -> Result<View, String> {
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut entries = Entries::default();
     for e in cached.entries {
-        let kind = pylon_model::Kind::parse(&e.kind)
+        let kind = pylon_model::Kind::parse_stored(&e.kind)
             .ok_or_else(|| format!("{}: unknown kind `{}`", path.display(), e.kind))?;
         let entry = Entry {
             key: Key::new(kind, e.id.into_owned()),
@@ -342,7 +347,11 @@ mod tests {
     impl ConfigStore for Flaky {
         async fn list(&self) -> Result<Listing, StoreError> {
             self.check()?;
-            Ok(self.log().list())
+            Ok(self.log().list_current())
+        }
+        async fn history(&self, kind: Kind, id_prefix: &str) -> Result<Vec<Entry>, StoreError> {
+            self.check()?;
+            Ok(self.log().history(kind, id_prefix))
         }
         async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError> {
             self.check()?;

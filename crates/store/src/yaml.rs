@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use pylon_model::{parse_standalone, Key, ValidationErrors};
+use pylon_model::{parse_standalone, Key, Kind, ValidationErrors};
 
 use crate::{ConfigStore, Entry, EventLog, Listing, Revision, StoreError, Txn, WatchStream};
 
@@ -74,7 +74,11 @@ impl Drop for YamlStore {
 #[async_trait]
 impl ConfigStore for YamlStore {
     async fn list(&self) -> Result<Listing, StoreError> {
-        Ok(self.log.list())
+        Ok(self.log.list_current())
+    }
+
+    async fn history(&self, kind: Kind, id_prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.log.history(kind, id_prefix))
     }
 
     async fn watch(&self, after: Revision) -> Result<WatchStream, StoreError> {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use pylon_admin::{AdminApi, AdminKey, AdminSettings, Role};
-use pylon_model::Key;
+use pylon_model::{Key, Kind};
 use pylon_store::{
     ConfigStore, Entry, EventLog, Keyring, Listing, Replica, Revision, StoreError, Txn, WatchStream,
 };
@@ -28,7 +28,10 @@ pub struct LogStore(pub EventLog);
 #[async_trait]
 impl ConfigStore for LogStore {
     async fn list(&self) -> Result<Listing, StoreError> {
-        Ok(self.0.list())
+        Ok(self.0.list_current())
+    }
+    async fn history(&self, kind: Kind, id_prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.0.history(kind, id_prefix))
     }
     async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError> {
         Ok(self.0.get(key))

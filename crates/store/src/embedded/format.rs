@@ -150,7 +150,7 @@ pub fn decode_snapshot(body: &[u8]) -> Result<Listing, String> {
 }
 
 fn key(kind: &str, id: Cow<'_, str>) -> Result<Key, String> {
-    let kind = Kind::parse(kind).ok_or_else(|| format!("unknown kind `{kind}`"))?;
+    let kind = Kind::parse_stored(kind).ok_or_else(|| format!("unknown kind `{kind}`"))?;
     Ok(Key::new(kind, id.into_owned()))
 }
 

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use pylon_model::Key;
+use pylon_model::{Key, Kind};
 
 use crate::{
     Change, ConfigStore, Entry, EventLog, Listing, Revision, StoreError, Txn, WatchStream,
@@ -227,7 +227,11 @@ impl Inner {
 #[async_trait]
 impl ConfigStore for EmbeddedStore {
     async fn list(&self) -> Result<Listing, StoreError> {
-        Ok(self.inner.log.list())
+        Ok(self.inner.log.list_current())
+    }
+
+    async fn history(&self, kind: Kind, id_prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.inner.log.history(kind, id_prefix))
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError> {

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use pylon_model::Key;
+use pylon_model::{Key, Kind};
 
 use super::prefix;
 use super::proto::{self, EventType};
@@ -43,6 +43,29 @@ impl Keyspace {
     /// `[start, end)`, covering exactly the keys under `<prefix>/`.
     pub fn range(&self) -> (Vec<u8>, Vec<u8>) {
         prefix::range(&format!("{}/", self.prefix))
+    }
+
+    /// The ranges that cover the keys under `<prefix>/` but the history kinds', in key order.
+    pub fn current_ranges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let (mut start, end) = self.range();
+        let mut history: Vec<_> = Kind::CONTROL
+            .into_iter()
+            .filter(|kind| kind.is_history())
+            .map(|kind| self.history_range(kind, ""))
+            .collect();
+        history.sort();
+        let mut ranges = Vec::new();
+        for (skip_from, skip_to) in history {
+            ranges.push((start, skip_from));
+            start = skip_to;
+        }
+        ranges.push((start, end));
+        ranges
+    }
+
+    /// `[start, end)`, covering the keys of `kind` whose id starts with `id_prefix`.
+    pub fn history_range(&self, kind: Kind, id_prefix: &str) -> (Vec<u8>, Vec<u8>) {
+        prefix::range(&format!("{}/{kind}/{id_prefix}", self.prefix))
     }
 
     /// The stored entry, or `None` for a key or value that is not Pylon's.

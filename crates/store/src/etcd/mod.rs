@@ -34,7 +34,7 @@ pub use settings::EtcdSettings;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pylon_model::Key;
+use pylon_model::{Key, Kind};
 
 use crate::{ConfigStore, Entry, Listing, Revision, StoreError, Txn, WatchStream};
 use endpoints::Endpoints;
@@ -70,11 +70,25 @@ impl EtcdStore {
 impl ConfigStore for EtcdStore {
     async fn list(&self) -> Result<Listing, StoreError> {
         let mut entries = Vec::new();
-        let revision = list_range(&self.endpoints, self.keyspace.range(), |kv| {
+        // The ranges around the history, each read at the revision of the first.
+        let mut revision = 0;
+        for range in self.keyspace.current_ranges() {
+            revision = list_range(&self.endpoints, range, revision, |kv| {
+                entries.extend(self.keyspace.entry(kv));
+            })
+            .await?;
+        }
+        Ok(Listing { revision, entries })
+    }
+
+    async fn history(&self, kind: Kind, id_prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = Vec::new();
+        let range = self.keyspace.history_range(kind, id_prefix);
+        list_range(&self.endpoints, range, 0, |kv| {
             entries.extend(self.keyspace.entry(kv));
         })
         .await?;
-        Ok(Listing { revision, entries })
+        Ok(entries)
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>, StoreError> {
@@ -116,21 +130,21 @@ impl ConfigStore for EtcdStore {
     }
 }
 
-/// Reads every key in `[key, range_end)` in pages, all at the revision of the first, so that
-/// it is one consistent snapshot however large; hands each to `take` in key order and returns
-/// the revision.
+/// Reads every key in `[key, range_end)` in pages, all at `revision` (0: the revision of the
+/// first page), so that it is one consistent snapshot however large; hands each to `take` in
+/// key order and returns the revision read at.
 async fn list_range(
     endpoints: &Endpoints,
     (key, range_end): (Vec<u8>, Vec<u8>),
+    mut revision: Revision,
     mut take: impl FnMut(&KeyValue),
 ) -> Result<Revision, StoreError> {
     let mut request = RangeRequest {
         key,
         range_end,
         limit: PAGE,
-        revision: 0,
+        revision: i64::try_from(revision).unwrap_or(i64::MAX),
     };
-    let mut revision = 0;
     loop {
         let page: RangeResponse = endpoints.unary(RANGE, request.clone()).await?;
         if request.revision == 0 {

@@ -52,7 +52,7 @@ impl EtcdKeys {
     /// Every key beginning with `prefix`, in key order, and the revision they were read at.
     pub async fn list(&self, prefix: &str) -> Result<(Revision, Vec<RawEntry>), StoreError> {
         let mut entries = Vec::new();
-        let revision = list_range(&self.endpoints, range(prefix), |kv| {
+        let revision = list_range(&self.endpoints, range(prefix), 0, |kv| {
             entries.push(raw_entry(kv));
         })
         .await?;
