@@ -7,6 +7,7 @@ use crate::response::Reply;
 
 const ADMIN_PREFIX: &str = "/apisix/admin";
 const CONFIG_PATH: &str = "/pylon/admin/config";
+const PYLON_PREFIX: &str = "/pylon/admin";
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Target {
@@ -27,6 +28,9 @@ pub(crate) enum Target {
     Plugin(String),
     /// `/pylon/admin/config`.
     Config,
+    /// `/pylon/admin/<segments>`: the control plane's endpoints (tenants, users, change sets,
+    /// versions, audit, nodes).
+    Control(Vec<String>),
 }
 
 /// A collection or one resource in it.
@@ -80,6 +84,12 @@ impl Target {
     pub fn parse(path: &str) -> Result<Target, Reply> {
         if path == CONFIG_PATH {
             return Ok(Target::Config);
+        }
+        if let Some(rest) = path.strip_prefix(PYLON_PREFIX) {
+            if rest.starts_with('/') {
+                let segments = rest.split('/').filter(|s| !s.is_empty());
+                return Ok(Target::Control(segments.map(str::to_owned).collect()));
+            }
         }
         let Some(rest) = path.strip_prefix(ADMIN_PREFIX) else {
             return Err(Reply::error(http::StatusCode::NOT_FOUND, "not found"));

@@ -1,17 +1,18 @@
 //! Who may use the API: the client's address must be allowed, and the request must carry a
-//! known key (`X-API-KEY` header, `api_key` query argument or `x_api_key` cookie, as APISIX
-//! reads them); a viewer's key only reads.
+//! known token (`X-API-KEY` header, `api_key` query argument or `x_api_key` cookie, as APISIX
+//! reads them): a key of the node config or a user's token; a role that only reads only reads.
 
 use std::net::IpAddr;
 
 use http::{HeaderMap, Method, StatusCode};
 use ipnet::IpNet;
+use pylon_store::View;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
+use crate::identity::{self, Caller};
 use crate::query::Query;
 use crate::response::Reply;
-use crate::settings::{AdminKey, Role};
+use crate::settings::AdminKey;
 
 /// Whether `client` may reach the API at all. An empty list allows everyone.
 pub(crate) fn address_allowed(allow: &[IpNet], client: IpAddr) -> bool {
@@ -30,37 +31,49 @@ pub(crate) fn address_refused() -> Reply {
     )
 }
 
-/// The role of the request's key, if it may do what it asks.
-pub(crate) fn authorize(
+/// Who the request's token (the `X-API-KEY` header, the `api_key` query argument or the
+/// `x_api_key` cookie) says is calling: a key of the node config, or a user of `view`.
+pub(crate) fn identify(
     keys: &[AdminKey],
-    method: &Method,
+    view: &View,
     headers: &HeaderMap,
     query: &Query,
-) -> Result<Role, Reply> {
-    let refuse = |reason: &str| {
-        Reply::json(
-            StatusCode::UNAUTHORIZED,
-            json!({ "error_msg": "failed to check token", "description": reason }),
-        )
-    };
+) -> Result<Caller, Reply> {
     let token = query
         .get("api_key")
         .map(str::to_owned)
         .or_else(|| header_token(headers))
         .or_else(|| cookie_token(headers));
     let Some(token) = token else {
-        return Err(refuse("missing apikey"));
+        return Err(unauthorized("missing apikey"));
     };
-    let Some(key) = keys
-        .iter()
-        .find(|k| constant_time_eq(k.key.as_bytes(), token.as_bytes()))
-    else {
-        return Err(refuse("wrong apikey"));
-    };
-    if key.role == Role::Viewer && !(method == Method::GET || method == Method::HEAD) {
-        return Err(refuse("invalid method for role viewer"));
+    identity::identify(keys, view, &token).ok_or_else(|| unauthorized("wrong apikey"))
+}
+
+/// APISIX's refusal of a request its token does not allow.
+pub(crate) fn unauthorized(reason: &str) -> Reply {
+    Reply::json(
+        StatusCode::UNAUTHORIZED,
+        json!({ "error_msg": "failed to check token", "description": reason }),
+    )
+}
+
+/// Refuses a change by a caller whose role only reads, as APISIX refuses a viewer's key.
+pub(crate) fn check_writes(caller: &Caller, method: &Method) -> Result<(), Reply> {
+    let reads = method == Method::GET || method == Method::HEAD;
+    if reads || caller.role.writes() {
+        Ok(())
+    } else {
+        Err(unauthorized(&format!(
+            "invalid method for role {}",
+            caller.role.as_str()
+        )))
     }
-    Ok(key.role)
+}
+
+/// A request the caller's role or tenant does not allow.
+pub(crate) fn forbidden(message: impl Into<String>) -> Reply {
+    Reply::error(StatusCode::FORBIDDEN, message)
 }
 
 fn header_token(headers: &HeaderMap) -> Option<String> {
@@ -81,14 +94,10 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// Compares keys without revealing, through timing, how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.ct_eq(b).into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Role;
 
     fn keys() -> Vec<AdminKey> {
         vec![
@@ -105,33 +114,33 @@ mod tests {
         ]
     }
 
+    fn caller(method: Method, headers: &HeaderMap, query: &Query) -> Result<Caller, Reply> {
+        let caller = identify(&keys(), &View::default(), headers, query)?;
+        check_writes(&caller, &method)?;
+        Ok(caller)
+    }
+
     #[test]
     fn reads_the_key_from_the_query_the_header_or_the_cookie() {
         let mut headers = HeaderMap::new();
         let none = Query::default();
         assert_eq!(
-            authorize(&keys(), &Method::GET, &headers, &none)
-                .unwrap_err()
-                .status,
+            caller(Method::GET, &headers, &none).unwrap_err().status,
             StatusCode::UNAUTHORIZED
         );
         headers.insert("cookie", "a=b; X_API_KEY=viewer-key".parse().unwrap());
-        assert_eq!(
-            authorize(&keys(), &Method::GET, &headers, &none),
-            Ok(Role::Viewer)
-        );
-        let refused = authorize(&keys(), &Method::PUT, &headers, &none).unwrap_err();
+        assert_eq!(caller(Method::GET, &headers, &none).unwrap().name, "key:v");
+        let refused = caller(Method::PUT, &headers, &none).unwrap_err();
         assert_eq!(
             refused.body.unwrap()["description"],
             "invalid method for role viewer"
         );
         headers.insert("x-api-key", "admin-key".parse().unwrap());
-        assert_eq!(
-            authorize(&keys(), &Method::PUT, &headers, &none),
-            Ok(Role::Admin)
-        );
+        assert!(caller(Method::PUT, &headers, &none)
+            .unwrap()
+            .is_platform_admin());
         let wrong = Query::parse("api_key=nope");
-        let refused = authorize(&keys(), &Method::GET, &headers, &wrong).unwrap_err();
+        let refused = caller(Method::GET, &headers, &wrong).unwrap_err();
         assert_eq!(refused.body.unwrap()["description"], "wrong apikey");
     }
 

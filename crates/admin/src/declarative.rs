@@ -17,10 +17,12 @@ use pylon_model::{FieldError, Key, Kind};
 use pylon_store::{Keyring, Precondition, Txn, View};
 use serde_json::{json, Map, Value};
 
+use crate::audit::Record;
 use crate::query::Query;
 use crate::references::{self, id_text};
 use crate::response::Reply;
 use crate::secrets;
+use crate::tenancy;
 use crate::writer::{Backend, Plan};
 
 /// Fields the server keeps; a document may carry them (a dump does) or not (a hand-written
@@ -70,7 +72,7 @@ impl Op {
 }
 
 /// `POST /pylon/admin/config`.
-pub(crate) async fn apply(backend: &Backend, query: &Query, body: &[u8]) -> Reply {
+pub(crate) async fn apply(backend: &Backend, record: &Record, query: &Query, body: &[u8]) -> Reply {
     let dry_run = query.flag("dry_run");
     let prune = query.flag("prune");
     let document = match read_document(body) {
@@ -78,10 +80,14 @@ pub(crate) async fn apply(backend: &Backend, query: &Query, body: &[u8]) -> Repl
         Err(errors) => return invalid(&errors),
     };
     let result = backend
-        .write(|view| {
+        .write(record, |view| {
             let desired = resulting_config(&backend.keyring, view, &document, prune)
                 .map_err(|errors| invalid(&errors))?;
             let (txn, changes) = difference(&backend.keyring, view, desired)?;
+            for (key, value) in &txn.writes {
+                let before = view.entries.get(key).map(|e| &e.value);
+                tenancy::check_direct(view, key, before.into_iter().chain(value))?;
+            }
             let txn = if dry_run { Txn::default() } else { txn };
             Ok(Plan {
                 txn,
@@ -195,7 +201,7 @@ fn resulting_config(
     // Without prune, what the store holds beyond the document stays: it is checked with it.
     let mut kept: BTreeMap<Kind, Vec<Key>> = BTreeMap::new();
     if !prune {
-        for (key, entry) in &view.entries {
+        for (key, entry) in view.entries.iter().filter(|(k, _)| k.kind.is_resource()) {
             if named.contains_key(key) {
                 continue;
             }
@@ -326,7 +332,10 @@ fn difference(
         txn.writes.push((key.clone(), Some(value)));
         changes.push((op, key.clone()));
     }
-    for (key, entry) in &view.entries {
+    // The control plane's records (users, change sets, the audit chain) are not the
+    // document's to remove.
+    let resources = view.entries.iter().filter(|(k, _)| k.kind.is_resource());
+    for (key, entry) in resources {
         if !desired.contains_key(key) {
             txn.conditions
                 .push((key.clone(), Precondition::ModRevision(entry.mod_revision)));

@@ -13,10 +13,16 @@
 #![forbid(unsafe_code)]
 
 mod address;
+mod audit;
 mod auth;
+mod change_sets;
+mod control;
 mod declarative;
+mod history;
+mod identity;
 mod listing;
 mod merge;
+mod nodes;
 mod plugins;
 mod query;
 mod references;
@@ -26,6 +32,8 @@ mod schema;
 mod secrets;
 mod server;
 mod settings;
+mod tenancy;
+mod tenants;
 mod validation;
 mod writer;
 

@@ -18,12 +18,15 @@ use pylon_store::{Entry, Precondition, Revision, Txn, View};
 use serde_json::{json, Map, Value};
 
 use crate::address::Address;
+use crate::audit::Record;
+use crate::identity::Caller;
 use crate::listing::Listing;
 use crate::merge;
 use crate::query::Query;
 use crate::references::{self, id_text};
 use crate::response::{key_path, node, presentable, singular, Reply};
 use crate::secrets;
+use crate::tenancy::{self, Via};
 use crate::validation::{self, Refusal};
 use crate::writer::{Backend, Committed, Plan};
 
@@ -59,8 +62,10 @@ fn unsupported(kind: Kind, method: &Method) -> bool {
     refused.contains(method)
 }
 
+/// Answers `method` on `address` for the caller `record` names (and records the write).
 pub(crate) async fn handle(
     backend: &Backend,
+    record: &Record,
     method: &Method,
     address: Address,
     query: &Query,
@@ -68,6 +73,10 @@ pub(crate) async fn handle(
 ) -> Reply {
     if unsupported(address.kind, method) {
         return Reply::method_not_supported(method, address.kind);
+    }
+    let caller = &record.caller;
+    if let Err(reply) = tenancy::check_kind(caller, address.kind) {
+        return reply;
     }
     if query.get("ttl").is_some() {
         return Reply::bad_request(
@@ -80,38 +89,42 @@ pub(crate) async fn handle(
     }
     let result = match *method {
         Method::GET | Method::HEAD => Ok(match address.key() {
-            Some(key) => get(&backend.replica.view(), &key),
-            None => return list(&backend.replica.view(), &address, query),
+            Some(key) => get(&backend.replica.view(), caller, &key),
+            None => return list(&backend.replica.view(), caller, &address, query),
         }),
-        Method::PUT => put(backend, &address, body).await,
-        Method::POST if address.id.is_none() => post(backend, &address, body).await,
+        Method::PUT => put(backend, record, &address, body).await,
+        Method::POST if address.id.is_none() => post(backend, record, &address, body).await,
         // POST makes the id; one in the path is refused, as APISIX does.
         Method::POST => Err(Reply::bad_request(format!(
             "wrong {} id, do not need it",
             singular(address.kind)
         ))),
-        Method::PATCH => patch(backend, &address, body).await,
-        Method::DELETE => delete(backend, &address, query.flag("force")).await,
+        Method::PATCH => patch(backend, record, &address, body).await,
+        Method::DELETE => delete(backend, record, &address, query.flag("force")).await,
         _ => Err(Reply::error(StatusCode::NOT_FOUND, "not found")),
     };
     result.unwrap_or_else(|reply| reply)
 }
 
-fn get(view: &View, key: &Key) -> Reply {
+/// One resource; another tenant's is not found.
+fn get(view: &View, caller: &Caller, key: &Key) -> Reply {
     match view.entries.get(key) {
-        Some(entry) => Reply::json(StatusCode::OK, node(entry)),
-        None => Reply::not_found(),
+        Some(entry) if tenancy::visible(caller, &entry.value) => {
+            Reply::json(StatusCode::OK, node(entry))
+        }
+        _ => Reply::not_found(),
     }
 }
 
-fn list(view: &View, address: &Address, query: &Query) -> Reply {
+/// The collection, as far as the caller's tenant reaches.
+fn list(view: &View, caller: &Caller, address: &Address, query: &Query) -> Reply {
     let listing = match Listing::from_query(address.kind, query) {
         Ok(listing) => listing,
         Err(reply) => return reply,
     };
     let entries: Vec<Arc<Entry>> = view
         .of_kind(address.kind)
-        .filter(|e| address.contains(&e.key))
+        .filter(|e| address.contains(&e.key) && tenancy::visible(caller, &e.value))
         .cloned()
         .collect();
     let (page, total) = listing.select(entries);
@@ -153,7 +166,12 @@ impl Written {
     }
 }
 
-async fn put(backend: &Backend, address: &Address, body: Option<Value>) -> Result<Reply, Reply> {
+async fn put(
+    backend: &Backend,
+    record: &Record,
+    address: &Address,
+    body: Option<Value>,
+) -> Result<Reply, Reply> {
     let body = object_body(body, "missing configurations")?;
     forbid_server_fields(&body)?;
     let id = put_id(address, &body)?;
@@ -165,15 +183,17 @@ async fn put(backend: &Backend, address: &Address, body: Option<Value>) -> Resul
         _ => Value::String(key.id.clone()),
     };
     let committed = backend
-        .write(|view| {
-            if key.kind == Kind::Credentials && !consumer_exists(view, &key) {
-                return Err(Reply::error(StatusCode::NOT_FOUND, "consumer not found"));
-            }
+        .write(record, |view| {
             let existing = view.entries.get(&key);
-            let mut value = body.clone();
-            let created = existing.and_then(|e| e.value.get("create_time")).cloned();
-            stamp(&mut value, &key, stored_id.clone(), created, None);
-            let stored = prepare(backend, view, &key, value.clone())?;
+            let (value, stored) = put_value(
+                backend,
+                view,
+                &record.caller,
+                &key,
+                stored_id.clone(),
+                &body,
+                Via::Direct,
+            )?;
             let condition = existing.map_or(Precondition::Absent, |e| {
                 Precondition::ModRevision(e.mod_revision)
             });
@@ -186,7 +206,7 @@ async fn put(backend: &Backend, address: &Address, body: Option<Value>) -> Resul
                         StatusCode::CREATED
                     },
                     key: key.clone(),
-                    value: Value::Object(value),
+                    value,
                     previous: existing.map(|e| (e.create_revision, e.mod_revision)),
                 },
             })
@@ -195,7 +215,47 @@ async fn put(backend: &Backend, address: &Address, body: Option<Value>) -> Resul
     Ok(Written::reply(committed))
 }
 
-async fn post(backend: &Backend, address: &Address, body: Option<Value>) -> Result<Reply, Reply> {
+/// What a PUT of `body` (checked as [`put`] checks it) at `key` by `caller` writes, checked
+/// against `view`: the value as written (to show), and as stored (secrets sealed).
+pub(crate) fn put_value(
+    backend: &Backend,
+    view: &View,
+    caller: &Caller,
+    key: &Key,
+    stored_id: Value,
+    body: &Map<String, Value>,
+    via: Via,
+) -> Result<(Value, Value), Reply> {
+    if key.kind == Kind::Credentials && !consumer_exists(view, key) {
+        return Err(Reply::error(StatusCode::NOT_FOUND, "consumer not found"));
+    }
+    let existing = view.entries.get(key);
+    let mut value = body.clone();
+    let created = existing.and_then(|e| e.value.get("create_time")).cloned();
+    stamp(&mut value, key, stored_id, created, None);
+    tenancy::check_write(view, caller, key, existing.map(|e| &**e), &mut value, via)?;
+    let stored = prepare(backend, view, key, value.clone())?;
+    Ok((Value::Object(value), stored))
+}
+
+/// Checks a body for a PUT at `key` as [`put`] does: an object, without the server's fields,
+/// naming no other id.
+pub(crate) fn put_body(key: &Key, body: Option<Value>) -> Result<Map<String, Value>, Reply> {
+    let body = object_body(body, "missing configurations")?;
+    forbid_server_fields(&body)?;
+    let stated = body.get(key.kind.id_field());
+    if stated.is_some_and(|id| id_text(id).as_deref() != Some(key.id.as_str())) {
+        return Err(wrong_id(key.kind));
+    }
+    Ok(body)
+}
+
+async fn post(
+    backend: &Backend,
+    record: &Record,
+    address: &Address,
+    body: Option<Value>,
+) -> Result<Reply, Reply> {
     let body = object_body(body, "missing configurations")?;
     forbid_server_fields(&body)?;
     if body.contains_key("id") {
@@ -205,10 +265,11 @@ async fn post(backend: &Backend, address: &Address, body: Option<Value>) -> Resu
         )));
     }
     let committed = backend
-        .write(|view| {
+        .write(record, |view| {
             let key = generated_key(view, address);
             let mut value = body.clone();
             stamp(&mut value, &key, Value::String(key.id.clone()), None, None);
+            tenancy::check_write(view, &record.caller, &key, None, &mut value, Via::Direct)?;
             let stored = prepare(backend, view, &key, value.clone())?;
             Ok(Plan {
                 txn: Txn::put(key.clone(), stored).when(key.clone(), Precondition::Absent),
@@ -224,7 +285,12 @@ async fn post(backend: &Backend, address: &Address, body: Option<Value>) -> Resu
     Ok(Written::reply(committed))
 }
 
-async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Result<Reply, Reply> {
+async fn patch(
+    backend: &Backend,
+    record: &Record,
+    address: &Address,
+    body: Option<Value>,
+) -> Result<Reply, Reply> {
     let Some(key) = address.key() else {
         return Err(missing_id(address.kind));
     };
@@ -236,9 +302,10 @@ async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Res
         return Err(Reply::bad_request("invalid configuration"));
     }
     let committed = backend
-        .write(|view| {
-            let Some(existing) = view.entries.get(&key) else {
-                return Err(Reply::not_found());
+        .write(record, |view| {
+            let existing = match view.entries.get(&key) {
+                Some(existing) if tenancy::visible(&record.caller, &existing.value) => existing,
+                _ => return Err(Reply::not_found()),
             };
             let mut current = existing.value.clone();
             secrets::open(&backend.keyring, key.kind, &mut current).map_err(|e| {
@@ -278,6 +345,14 @@ async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Res
                 created,
                 given_update_time,
             );
+            tenancy::check_write(
+                view,
+                &record.caller,
+                &key,
+                Some(existing),
+                &mut value,
+                Via::Direct,
+            )?;
             let stored = prepare(backend, view, &key, value.clone())?;
             Ok(Plan {
                 txn: Txn::put(key.clone(), stored).when(
@@ -296,39 +371,28 @@ async fn patch(backend: &Backend, address: &Address, body: Option<Value>) -> Res
     Ok(Written::reply(committed))
 }
 
-async fn delete(backend: &Backend, address: &Address, force: bool) -> Result<Reply, Reply> {
+async fn delete(
+    backend: &Backend,
+    record: &Record,
+    address: &Address,
+    force: bool,
+) -> Result<Reply, Reply> {
     let Some(key) = address.key() else {
         return Err(missing_id(address.kind));
     };
     backend
-        .write(|view| {
-            let Some(existing) = view.entries.get(&key) else {
-                return Err(Reply::not_found());
+        .write(record, |view| {
+            let existing = match view.entries.get(&key) {
+                Some(existing) if tenancy::visible(&record.caller, &existing.value) => existing,
+                _ => return Err(Reply::not_found()),
             };
-            if !force {
-                if let Some(refusal) = references::delete_refusal(view, &key) {
-                    return Err(Reply::bad_request(refusal));
-                }
-            }
-            let mut txn = Txn::delete(key.clone()).when(
+            let mut txn = Txn::default().when(
                 key.clone(),
                 Precondition::ModRevision(existing.mod_revision),
             );
-            // A consumer's credentials go with it, as APISIX removes them with the consumer.
-            if key.kind == Kind::Consumers {
-                let credentials = Address {
-                    kind: Kind::Credentials,
-                    parent: Some(key.id.clone()),
-                    id: None,
-                    sub_path: Vec::new(),
-                };
-                for entry in view
-                    .of_kind(Kind::Credentials)
-                    .filter(|e| credentials.contains(&e.key))
-                {
-                    txn.writes.push((entry.key.clone(), None));
-                }
-            }
+            let deleted = delete_keys(view, &record.caller, existing, force, Via::Direct)?;
+            txn.writes
+                .extend(deleted.into_iter().map(|key| (key, None)));
             Ok(Plan { txn, outcome: () })
         })
         .await?;
@@ -337,6 +401,40 @@ async fn delete(backend: &Backend, address: &Address, force: bool) -> Result<Rep
         // APISIX answers the count as a string.
         json!({ "deleted": "1", "key": key_path(&key) }),
     ))
+}
+
+/// The keys a delete of `existing` by `caller` removes, checked against `view`: the resource,
+/// and a consumer's credentials with it, as APISIX removes them with the consumer. Refused
+/// while another resource refers to it, unless `force`.
+pub(crate) fn delete_keys(
+    view: &View,
+    caller: &Caller,
+    existing: &Entry,
+    force: bool,
+    via: Via,
+) -> Result<Vec<Key>, Reply> {
+    let key = &existing.key;
+    tenancy::check_delete(view, caller, existing, via)?;
+    if !force {
+        if let Some(refusal) = references::delete_refusal(view, key) {
+            return Err(Reply::bad_request(refusal));
+        }
+    }
+    let mut keys = vec![key.clone()];
+    if key.kind == Kind::Consumers {
+        let credentials = Address {
+            kind: Kind::Credentials,
+            parent: Some(key.id.clone()),
+            id: None,
+            sub_path: Vec::new(),
+        };
+        keys.extend(
+            view.of_kind(Kind::Credentials)
+                .filter(|e| credentials.contains(&e.key))
+                .map(|e| e.key.clone()),
+        );
+    }
+    Ok(keys)
 }
 
 /// Checks `value` as the new content of `key` and returns what to store: secrets (an SSL's
@@ -388,7 +486,7 @@ fn stamp(
     );
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -162,6 +162,21 @@ pub(crate) fn presentable(kind: Kind, mut value: Value) -> Value {
     value
 }
 
+/// A list as the API answers one: `{list, total}`.
+pub(crate) fn listed(list: Vec<Value>) -> Reply {
+    let total = list.len();
+    Reply::json(StatusCode::OK, json!({ "list": list, "total": total }))
+}
+
+/// A request body as `T`, or a refusal that names the field and the reason.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: Option<Value>) -> Result<T, Reply> {
+    let body = body.ok_or_else(|| Reply::bad_request("missing configurations"))?;
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        Reply::bad_request(format!("invalid configuration: {path}: {}", e.into_inner()))
+    })
+}
+
 /// The kind's name in APISIX's messages (`missing route id`).
 pub(crate) fn singular(kind: Kind) -> &'static str {
     match kind {

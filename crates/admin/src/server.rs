@@ -19,7 +19,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::address::Target;
+use crate::audit::Record;
 use crate::auth;
+use crate::control;
 use crate::declarative;
 use crate::plugins;
 use crate::query::Query;
@@ -182,22 +184,28 @@ impl Shared {
         if cors && request.method() == Method::OPTIONS {
             return Reply::preflight();
         }
-        let reply = self.dispatch(request).await;
+        let reply = self.dispatch(peer, request).await;
         reply.into_response(cors)
     }
 
-    async fn dispatch(&self, request: Request<Incoming>) -> Reply {
+    async fn dispatch(&self, peer: SocketAddr, request: Request<Incoming>) -> Reply {
         let query = Query::parse(request.uri().query().unwrap_or_default());
         let target = match Target::parse(request.uri().path()) {
             Ok(target) => target,
             Err(reply) => return reply,
         };
         let method = request.method().clone();
-        if let Err(reply) =
-            auth::authorize(&self.settings.admin_key, &method, request.headers(), &query)
-        {
-            return reply;
-        }
+        let backend = &self.backend;
+        let caller = match auth::identify(
+            &self.settings.admin_key,
+            &backend.replica.view(),
+            request.headers(),
+            &query,
+        ) {
+            Ok(caller) => caller,
+            Err(reply) => return reply,
+        };
+        let record = Record::new(&caller, peer, format!("{method} {}", request.uri().path()));
         let limit = match target {
             Target::Config => self.settings.max_config_size,
             _ => self.settings.max_body_size,
@@ -206,13 +214,19 @@ impl Shared {
             Ok(body) => body,
             Err(reply) => return reply,
         };
-        let backend = &self.backend;
         match (target, &method) {
             (Target::Root, &Method::HEAD) => Reply::empty(StatusCode::OK),
-            (Target::Resource(address), _) => match json_body(&body) {
-                Ok(json) => resources::handle(backend, &method, address, &query, json).await,
-                Err(reply) => reply,
-            },
+            (Target::Resource(address), _) => {
+                if let Err(reply) = auth::check_writes(&caller, &method) {
+                    return reply;
+                }
+                match json_body(&body) {
+                    Ok(json) => {
+                        resources::handle(backend, &record, &method, address, &query, json).await
+                    }
+                    Err(reply) => reply,
+                }
+            }
             (Target::Schema(name), &Method::GET) => schema::schema(&name),
             (Target::PluginList, &Method::GET) => plugins::list(&query),
             (Target::Plugins, &Method::GET) => plugins::all(),
@@ -221,10 +235,19 @@ impl Shared {
                 Ok(json) => schema::validate(&kind, json),
                 Err(reply) => reply,
             },
+            (Target::Config, _) if caller.tenant.is_some() => auth::forbidden(
+                "the whole configuration is the platform's: a tenant's users use change sets",
+            ),
             (Target::Config, &Method::GET) => {
                 declarative::dump(&backend.replica.view(), &backend.keyring)
             }
-            (Target::Config, &Method::POST) => declarative::apply(backend, &query, &body).await,
+            (Target::Config, &Method::POST) => match auth::check_writes(&caller, &method) {
+                Ok(()) => declarative::apply(backend, &record, &query, &body).await,
+                Err(reply) => reply,
+            },
+            (Target::Control(path), _) => {
+                control::handle(backend, &record, &method, &path, &query, &body).await
+            }
             _ => Reply::error(StatusCode::NOT_FOUND, "not found"),
         }
     }
@@ -259,7 +282,7 @@ async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, Re
 }
 
 /// The body as JSON, or `None` when there is none.
-fn json_body(body: &[u8]) -> Result<Option<serde_json::Value>, Reply> {
+pub(crate) fn json_body(body: &[u8]) -> Result<Option<serde_json::Value>, Reply> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

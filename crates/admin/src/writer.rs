@@ -20,6 +20,7 @@ use http::StatusCode;
 use pylon_store::{ConfigStore, Keyring, Replica, Revision, StoreError, Txn, View};
 use tokio::sync::watch;
 
+use crate::audit::{self, Record};
 use crate::response::Reply;
 
 /// Plans tried before giving up with 409.
@@ -56,9 +57,11 @@ pub(crate) struct Committed<T> {
 }
 
 impl Backend {
-    /// Plans with `plan` and commits, again and again while others write first (bounded).
+    /// Plans with `plan` and commits, with the audit record of the write (see [`audit`]),
+    /// again and again while others write first (bounded).
     pub async fn write<T>(
         &self,
+        record: &Record,
         mut plan: impl FnMut(&View) -> Result<Plan<T>, Reply>,
     ) -> Result<Committed<T>, Reply> {
         let _turn = self.turn.lock().await;
@@ -73,14 +76,15 @@ impl Backend {
             .await
             .unwrap_or_else(|_| replica.view());
         for attempt in 0..ATTEMPTS {
-            let Plan { txn, outcome } = plan(&view)?;
-            if txn.writes.is_empty() {
+            let Plan { mut txn, outcome } = plan(&view)?;
+            if txn.writes.is_empty() && !record.event {
                 return Ok(Committed {
                     revision: view.revision,
                     changed: false,
                     outcome,
                 });
             }
+            audit::append(&view, record, &mut txn);
             match store.commit(txn.unchanged_since(view.revision)).await {
                 Ok(revision) => {
                     if tokio::time::timeout(CATCH_UP_AFTER_COMMIT, self.caught_up(revision))

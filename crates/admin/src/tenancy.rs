@@ -1,0 +1,322 @@
+//! Tenants: every resource belongs to one (its `tenant_id`, or `default` without one), a
+//! tenant's callers see and change only its resources, a resource refers only to its own
+//! tenant's, and a route may not take traffic another tenant's route already serves.
+//!
+//! The platform's own resources (global rules, plugin metadata, secrets) act on every tenant's
+//! traffic: only the platform's callers reach them.
+
+use pylon_model::{Key, Kind, DEFAULT_TENANT, TENANT_FIELD};
+use pylon_store::{Entry, View};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::auth::forbidden;
+use crate::identity::Caller;
+use crate::references;
+use crate::response::Reply;
+
+/// A tenant as stored under `tenants/<id>`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub(crate) struct Tenant {
+    /// Whether its changes are reviewed before they are published.
+    #[serde(default)]
+    pub review: bool,
+}
+
+impl Tenant {
+    /// The tenant `id`, if it exists (the default tenant always does, without review).
+    pub fn from_view(view: &View, id: &str) -> Option<Tenant> {
+        match view.entries.get(&Key::new(Kind::Tenants, id)) {
+            Some(entry) => Some(serde_json::from_value(entry.value.clone()).unwrap_or_default()),
+            None => (id == DEFAULT_TENANT).then(Tenant::default),
+        }
+    }
+}
+
+/// Whether only the platform's callers reach resources of `kind`.
+pub(crate) fn is_platform_kind(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::GlobalRules | Kind::PluginMetadata | Kind::Secrets
+    )
+}
+
+/// The tenant a resource's value belongs to.
+pub(crate) fn owner(value: &Value) -> &str {
+    value[TENANT_FIELD].as_str().unwrap_or(DEFAULT_TENANT)
+}
+
+/// Refuses a caller of one tenant the platform's kinds.
+pub(crate) fn check_kind(caller: &Caller, kind: Kind) -> Result<(), Reply> {
+    if caller.tenant.is_some() && is_platform_kind(kind) {
+        return Err(forbidden(format!(
+            "{kind} act on every tenant's traffic: only the platform's users reach them"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `caller` sees the resource `value`.
+pub(crate) fn visible(caller: &Caller, value: &Value) -> bool {
+    caller.reaches(owner(value))
+}
+
+/// How a write reaches the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// Straight to the live configuration.
+    Direct,
+    /// Into a change set, reviewed before it is published.
+    ChangeSet,
+}
+
+/// Settles the tenant of a write of `value` at `key` (replacing `existing`, if any) by
+/// `caller`, and checks that the write keeps the tenants apart: the caller reaches both the old
+/// and the new owner, the resource refers only to its own tenant's, a route takes no traffic
+/// another tenant serves, and (for a direct write) no tenant involved requires review.
+pub(crate) fn check_write(
+    view: &View,
+    caller: &Caller,
+    key: &Key,
+    existing: Option<&Entry>,
+    value: &mut Map<String, Value>,
+    via: Via,
+) -> Result<(), Reply> {
+    check_kind(caller, key.kind)?;
+    if let Some(existing) = existing {
+        check_reaches(caller, key, &existing.value)?;
+    }
+    if is_platform_kind(key.kind) {
+        value.remove(TENANT_FIELD);
+        return check_review(view, key, [], via);
+    }
+    let stated = match value.get(TENANT_FIELD) {
+        None => None,
+        Some(Value::String(tenant)) => Some(tenant.clone()),
+        Some(_) => {
+            return Err(Reply::bad_request(
+                "invalid configuration: tenant_id: must be a string",
+            ))
+        }
+    };
+    let tenant = match (&caller.tenant, stated) {
+        (Some(own), Some(stated)) if *own != stated => {
+            return Err(Reply::bad_request(format!(
+                "invalid configuration: tenant_id: must be `{own}`, the caller's tenant"
+            )))
+        }
+        (Some(own), _) => own.clone(),
+        (None, Some(stated)) => stated,
+        (None, None) => existing
+            .map_or(DEFAULT_TENANT, |e| owner(&e.value))
+            .to_owned(),
+    };
+    if Tenant::from_view(view, &tenant).is_none() {
+        return Err(Reply::bad_request(format!(
+            "invalid configuration: tenant_id: no tenant `{tenant}`"
+        )));
+    }
+    if tenant == DEFAULT_TENANT {
+        value.remove(TENANT_FIELD);
+    } else {
+        value.insert(TENANT_FIELD.to_owned(), Value::String(tenant.clone()));
+    }
+    let previous = existing.map(|e| owner(&e.value));
+    check_review(
+        view,
+        key,
+        previous.into_iter().chain([tenant.as_str()]),
+        via,
+    )?;
+    let value = Value::Object(value.clone());
+    check_references(view, key, &value, &tenant)?;
+    if key.kind == Kind::Routes {
+        check_traffic(view, key, &value, &tenant)?;
+    }
+    Ok(())
+}
+
+/// Checks that `caller` may delete `existing` directly (or through a change set).
+pub(crate) fn check_delete(
+    view: &View,
+    caller: &Caller,
+    existing: &Entry,
+    via: Via,
+) -> Result<(), Reply> {
+    check_kind(caller, existing.key.kind)?;
+    check_reaches(caller, &existing.key, &existing.value)?;
+    let tenant = (!is_platform_kind(existing.key.kind)).then(|| owner(&existing.value));
+    check_review(view, &existing.key, tenant, via)
+}
+
+/// Checks that a direct write of `key` (its values before and after) involves no tenant that
+/// requires review.
+pub(crate) fn check_direct<'v>(
+    view: &View,
+    key: &Key,
+    values: impl IntoIterator<Item = &'v Value>,
+) -> Result<(), Reply> {
+    if !key.kind.is_resource() || is_platform_kind(key.kind) {
+        return Ok(());
+    }
+    check_review(view, key, values.into_iter().map(owner), Via::Direct)
+}
+
+fn check_reaches(caller: &Caller, key: &Key, value: &Value) -> Result<(), Reply> {
+    if is_platform_kind(key.kind) || visible(caller, value) {
+        Ok(())
+    } else {
+        Err(forbidden(format!("{key} is another tenant's")))
+    }
+}
+
+/// A direct write to a tenant that requires review is refused, for every caller: such a
+/// tenant's changes go through change sets.
+fn check_review<'t>(
+    view: &View,
+    key: &Key,
+    tenants: impl IntoIterator<Item = &'t str>,
+    via: Via,
+) -> Result<(), Reply> {
+    if via == Via::ChangeSet {
+        return Ok(());
+    }
+    for tenant in tenants {
+        if Tenant::from_view(view, tenant).is_some_and(|t| t.review) {
+            return Err(forbidden(format!(
+                "tenant `{tenant}` requires review before publish: {key} changes through a change set (POST /pylon/admin/change_sets)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every resource `value` refers to must be its tenant's; a credential's consumer too.
+fn check_references(view: &View, key: &Key, value: &Value, tenant: &str) -> Result<(), Reply> {
+    let mut targets = references::outgoing(key.kind, value);
+    if key.kind == Kind::Credentials {
+        if let Some((username, _)) = key.id.split_once("/credentials/") {
+            targets.push(("consumer", Key::new(Kind::Consumers, username)));
+        }
+    }
+    for (field, target) in targets {
+        let Some(entry) = view.entries.get(&target) else {
+            continue;
+        };
+        let target_tenant = owner(&entry.value);
+        if target_tenant != tenant {
+            return Err(Reply::bad_request(format!(
+                "invalid configuration: {field}: {target} belongs to tenant `{target_tenant}`, and a resource of tenant `{tenant}` refers only to its own tenant's"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What requests a route takes: its hosts (none: any), paths and methods (none: any).
+struct Traffic {
+    hosts: Vec<String>,
+    uris: Vec<String>,
+    methods: Vec<String>,
+}
+
+impl Traffic {
+    fn of(view: &View, route: &Value) -> Traffic {
+        let strings = |value: &Value, one: &str, many: &str| -> Vec<String> {
+            let mut all: Vec<String> = value[many]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_ascii_lowercase)
+                .collect();
+            all.extend(value[one].as_str().map(str::to_ascii_lowercase));
+            all
+        };
+        let mut hosts = strings(route, "host", "hosts");
+        if hosts.is_empty() {
+            // A route without hosts takes its service's.
+            let service = references::id_text(&route["service_id"])
+                .and_then(|id| view.entries.get(&Key::new(Kind::Services, id)));
+            if let Some(service) = service {
+                hosts = strings(&service.value, "host", "hosts");
+            }
+        }
+        Traffic {
+            hosts,
+            uris: strings(route, "uri", "uris"),
+            methods: strings(route, "method", "methods"),
+        }
+    }
+
+    /// A request both routes would take, described, if there is one.
+    fn shared_with(&self, other: &Traffic) -> Option<String> {
+        fn meet<'a>(a: &'a [String], b: &'a [String]) -> Option<Option<&'a String>> {
+            match (a.is_empty(), b.is_empty()) {
+                (true, true) => Some(None),
+                (true, false) => b.first().map(Some),
+                (false, true) => a.first().map(Some),
+                (false, false) => a.iter().find(|x| b.contains(x)).map(Some),
+            }
+        }
+        let uri = self.uris.iter().find(|u| other.uris.contains(u))?;
+        let host = meet(&self.hosts, &other.hosts)?;
+        meet(&self.methods, &other.methods)?;
+        Some(match host {
+            Some(host) => format!("host `{host}` path `{uri}`"),
+            None => format!("path `{uri}` on any host"),
+        })
+    }
+}
+
+/// A route of one tenant may not take requests (same host, path and method) that a route of
+/// another tenant already serves: the refusal names that route.
+fn check_traffic(view: &View, key: &Key, value: &Value, tenant: &str) -> Result<(), Reply> {
+    let traffic = Traffic::of(view, value);
+    for other in view.of_kind(Kind::Routes) {
+        if other.key == *key || owner(&other.value) == tenant {
+            continue;
+        }
+        if let Some(shared) = traffic.shared_with(&Traffic::of(view, &other.value)) {
+            return Err(Reply::error(
+                http::StatusCode::CONFLICT,
+                format!(
+                    "{shared} is served by {} of tenant `{}`: a tenant's route may not take another tenant's traffic",
+                    other.key,
+                    owner(&other.value)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn traffic(route: Value) -> Traffic {
+        Traffic::of(&View::default(), &route)
+    }
+
+    #[test]
+    fn routes_share_traffic_when_path_host_and_method_meet() {
+        let a = traffic(json!({"uri": "/api/*", "hosts": ["a.com", "b.com"]}));
+        let same = traffic(json!({"uris": ["/x", "/api/*"], "host": "B.com"}));
+        assert_eq!(
+            a.shared_with(&same).as_deref(),
+            Some("host `b.com` path `/api/*`")
+        );
+        let any_host = traffic(json!({"uri": "/api/*"}));
+        assert!(a.shared_with(&any_host).is_some());
+        let other_host = traffic(json!({"uri": "/api/*", "host": "c.com"}));
+        assert_eq!(a.shared_with(&other_host), None);
+        let other_path = traffic(json!({"uri": "/api", "host": "a.com"}));
+        assert_eq!(a.shared_with(&other_path), None);
+        let get = traffic(json!({"uri": "/api/*", "methods": ["GET"]}));
+        let post = traffic(json!({"uri": "/api/*", "methods": ["POST"]}));
+        assert_eq!(get.shared_with(&post), None);
+        assert!(get.shared_with(&any_host).is_some());
+    }
+}
