@@ -416,12 +416,7 @@ async fn draft(
     changes: Vec<(String, Option<Value>)>,
 ) -> Result<Reply, Reply> {
     let caller = &record.caller;
-    if !caller.role.writes() {
-        return Err(forbidden(format!(
-            "a {} makes no change sets",
-            caller.role.as_str()
-        )));
-    }
+    require_writer(caller)?;
     let tenant = match (&caller.tenant, new.tenant) {
         (Some(own), Some(stated)) if *own != stated => {
             return Err(Reply::bad_request(format!(
@@ -465,7 +460,12 @@ async fn draft(
                 create_time: now(),
                 update_time: now(),
             };
-            for (i, (key, value)) in changes.iter().enumerate() {
+            // Added so that what a change refers to is in place before it (an upstream before
+            // the route naming it), and gone after it.
+            let mut ordered: Vec<(usize, &(String, Option<Value>))> =
+                changes.iter().enumerate().collect();
+            ordered.sort_by_key(|(_, (key, value))| application_rank(key, value.is_none()));
+            for (i, (key, value)) in ordered {
                 put_change(backend, view, caller, &mut cs, key, value.clone())
                     .map_err(|reply| located(reply, &format!("changes[{i}]")))?;
             }
@@ -477,6 +477,21 @@ async fn draft(
         })
         .await?;
     Ok(Reply::json(StatusCode::CREATED, committed.outcome))
+}
+
+/// Where a change of `key` goes among others: resources referred to are written before what
+/// refers to them, and deleted after it.
+fn application_rank(key: &str, deletes: bool) -> i8 {
+    let depth = match parse_key(key).map(|k| k.kind) {
+        Some(Kind::Services | Kind::Consumers) => 1,
+        Some(Kind::Routes | Kind::StreamRoutes | Kind::Credentials) => 2,
+        _ => 0,
+    };
+    if deletes {
+        -depth
+    } else {
+        depth
+    }
 }
 
 /// A refusal about one change of several, saying which.
@@ -612,12 +627,7 @@ async fn edit(
     change: impl Fn(&View, &mut ChangeSet) -> Result<(), Reply>,
 ) -> Result<Reply, Reply> {
     let caller = &record.caller;
-    if !caller.role.writes() {
-        return Err(forbidden(format!(
-            "a {} changes no change sets",
-            caller.role.as_str()
-        )));
-    }
+    require_writer(caller)?;
     let committed = backend
         .write(record, |view| {
             let (entry, mut cs) = find(view, caller, id)?;
@@ -728,7 +738,7 @@ async fn transition(
                 Action::Approve | Action::Reject => {
                     if !caller.role.reviews() {
                         return Err(forbidden(format!(
-                            "a {} reviews no change sets",
+                            "role `{}` reviews no change sets",
                             caller.role.as_str()
                         )));
                     }
@@ -807,7 +817,7 @@ fn require_writer(caller: &Caller) -> Result<(), Reply> {
         Ok(())
     } else {
         Err(forbidden(format!(
-            "a {} changes no change sets",
+            "role `{}` changes no change sets",
             caller.role.as_str()
         )))
     }

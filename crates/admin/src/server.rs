@@ -196,6 +196,7 @@ impl Shared {
         };
         let method = request.method().clone();
         let backend = &self.backend;
+        backend.catch_up().await;
         let caller = match auth::identify(
             &self.settings.admin_key,
             &backend.replica.view(),

@@ -114,14 +114,17 @@ async fn put_tenant(
             let existing = view.entries.get(&key);
             let created =
                 existing.map_or_else(now, |e| e.value["create_time"].as_i64().unwrap_or(0));
-            let value = json!({
+            let mut value = json!({
                 "id": id,
-                "name": body.name,
-                "desc": body.desc,
                 "review": body.review,
                 "create_time": created,
                 "update_time": now(),
             });
+            for (field, text) in [("name", &body.name), ("desc", &body.desc)] {
+                if let Some(text) = text {
+                    value[field] = Value::String(text.clone());
+                }
+            }
             Ok(Plan {
                 txn: Txn::put(key.clone(), value.clone()).when(key.clone(), condition(existing)),
                 outcome: (value, existing.is_some()),
@@ -240,7 +243,7 @@ fn require_user_admin(caller: &Caller) -> Result<(), Reply> {
     match caller.role {
         Role::PlatformAdmin | Role::TenantAdmin => Ok(()),
         role => Err(forbidden(format!(
-            "a {} does not manage users",
+            "role `{}` does not manage users",
             role.as_str()
         ))),
     }

@@ -27,6 +27,9 @@ use crate::response::Reply;
 const ATTEMPTS: u32 = 16;
 /// How long a conflicting writer waits for the replica to see the write that beat it.
 const CATCH_UP_AFTER_CONFLICT: Duration = Duration::from_secs(2);
+/// How long a request waits for the store's last revision, and for this node's copy to reach
+/// it, before it reads the copy as it is.
+const CATCH_UP_BEFORE_READ: Duration = Duration::from_secs(1);
 /// How long an answer waits for the replica to show the committed write.
 const CATCH_UP_AFTER_COMMIT: Duration = Duration::from_secs(5);
 
@@ -121,6 +124,18 @@ impl Backend {
 }
 
 impl Backend {
+    /// Brings this node's copy of the store up to every write acknowledged so far, through
+    /// any node, so that a request (and the token it is checked with: a user removed through
+    /// another node an instant ago) never reads older than a write answered before it. While
+    /// the store cannot be reached, the copy is read as it is.
+    pub async fn catch_up(&self) {
+        let committed = tokio::time::timeout(CATCH_UP_BEFORE_READ, self.store.committed_revision());
+        if let Ok(Ok(revision)) = committed.await {
+            let caught_up = self.replica.caught_up(revision);
+            let _ = tokio::time::timeout(CATCH_UP_BEFORE_READ, caught_up).await;
+        }
+    }
+
     /// Completes once this node has `revision`: its workers serve it, on a node that
     /// proxies; its copy of the store holds it, on one that does not.
     async fn caught_up(&self, revision: Revision) {
