@@ -405,7 +405,9 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
                     control: control.as_ref().map(ControlApi::local_addr).transpose()?,
                 };
                 let interval = node.deployment.heartbeat_interval;
-                Some(Registration::new(store.clone(), identity, role.as_str(), addresses, interval, publisher))
+                let role = role.as_str();
+                let store = store.clone();
+                Some(Registration::new(store, identity, role, addresses, interval, publisher))
             }
             _ => None,
         };

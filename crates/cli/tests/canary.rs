@@ -21,7 +21,7 @@ use support::client::{admin, get};
 use support::cluster::{node_config, ADMIN_KEY, PREFIX};
 use support::protocols::{call, PROTOCOLS};
 use support::upstream::Upstream;
-use support::{wait_until, Pylon};
+use support::{wait_until, wait_until_within, Pylon};
 use tokio::runtime::Runtime;
 
 /// A node of the test cluster: its id and labels, beating every second.
@@ -297,6 +297,51 @@ fn a_canary_is_served_by_the_nodes_it_targets_until_it_is_aborted() {
     assert_serves(&store.runtime, &b, "/r", "two");
     assert_eq!(status(&b)["canaries"], json!(["cs3"]));
     assert_serves(&store.runtime, &a, "/r", "one");
+}
+
+/// While the store is away, a node serves on and says that its record is not written; once the
+/// store is back, its next beat writes it again.
+#[test]
+fn a_node_serves_on_while_its_record_cannot_be_written() {
+    let mut cluster = EtcdCluster::single();
+    let endpoints = cluster.endpoints();
+    let up = Upstream::start("one");
+    let dir = tempfile::tempdir().unwrap();
+    let node = labelled_node(&endpoints, "traditional", "gw-a", "{zone: east}", dir);
+    let admin_addr = node.admin.unwrap();
+    let route = json!({"uri": "/r", "upstream": {"nodes": {up.addr.to_string(): 1}}});
+    let res = admin(
+        admin_addr,
+        ADMIN_KEY,
+        "PUT",
+        "/apisix/admin/routes/r",
+        Some(&route),
+    );
+    assert_eq!(res.status, 201, "{}", res.text());
+    let runtime = Runtime::new().unwrap();
+    assert_serves(&runtime, &node, "/r", "one");
+
+    cluster.stop(0);
+    node.wait_for_log("nodes/gw-a not written");
+    assert_serves(&runtime, &node, "/r", "one");
+
+    cluster.restart(&[0]);
+    let back = unix_now();
+    wait_until_within(
+        Duration::from_secs(45),
+        || node.stderr().contains("nodes/gw-a written again"),
+        "the record to be written again",
+    );
+    let record = Store::new(&endpoints)
+        .get(Key::new(Kind::Nodes, "gw-a"))
+        .unwrap();
+    assert!(record["last_seen"].as_u64() >= Some(back), "{record}");
+    assert_serves(&runtime, &node, "/r", "one");
+}
+
+fn unix_now() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.unwrap().as_secs()
 }
 
 /// A node on the embedded store registers itself in it, beats, and leaves its record when it
