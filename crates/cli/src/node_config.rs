@@ -65,8 +65,8 @@ impl Default for Deployment {
 /// list.
 const MAX_LABEL_NAME: usize = 64;
 const MAX_LABEL_VALUE: usize = 256;
-/// Heartbeats more frequent than this would load the store for nothing, and slower ones than
-/// [`MAX_SECONDS`] make `last_seen` meaningless.
+/// Heartbeats more frequent than this would load the store (and every node that follows it)
+/// for nothing.
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 
 impl Deployment {
@@ -334,7 +334,8 @@ fn settings_of_other_sources(value: &serde_yaml::Value, source: SourceKind) -> V
         .collect()
 }
 
-/// Seconds (`10`, `0.5`) or a duration with its unit (`"10s"`, `"1m 30s"`), as `config.etcd.timeout`.
+/// Seconds (`10`, `0.5`) or a duration with its unit (`"10s"`, `"1m 30s"`), as
+/// `config.etcd.timeout` is written.
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
