@@ -15,8 +15,9 @@ use pylon_admin::{AdminApi, AdminSettings, Role as AdminRole};
 use pylon_discovery::Registry;
 use pylon_model::{FieldError, ValidationErrors};
 use pylon_proxy::{
-    AccessLog, ControlApi, ControlPriority, Exporter, Gateway, HandoffEvent, HandoffServer,
-    MetricsApi, NodeStatus, Publisher, Snapshot, Takeover, TlsContext, METRICS_PATHS,
+    AccessLog, Addresses, ControlApi, ControlPriority, Exporter, Gateway, HandoffEvent,
+    HandoffServer, MetricsApi, NodeIdentity, NodeStatus, Publisher, Registration, Snapshot,
+    Takeover, TlsContext, METRICS_PATHS,
 };
 use pylon_store::{ConfigStore, EmbeddedStore, EtcdStore, Keyring, Replica, YamlStore};
 
@@ -284,6 +285,10 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
     runtime.block_on(async {
         let role = node.deployment.role;
         let node_id = node.node_id()?;
+        let identity = NodeIdentity {
+            id: node_id.clone(),
+            labels: node.deployment.labels.clone(),
+        };
         let keyring = Arc::new(keyring(&node)?);
         let tls = role.proxies().then(|| tls_context(&node)).transpose()?;
         let access_log = AccessLog::start(&node.access_log).context("access log")?;
@@ -325,6 +330,7 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
                     Registry::new(&node.discovery).context("the node config's `discovery`")?;
                 let mut publisher = Publisher::new(
                     &replica,
+                    identity.clone(),
                     cell.clone(),
                     node.proxy.upstream.clone(),
                     Arc::new(tls),
@@ -360,9 +366,10 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         };
         // Health checkers and the control API run here, on the control runtime.
         let status = NodeStatus {
-            id: node_id.clone(),
+            node: identity.clone(),
             role: role.as_str(),
             serving: role.proxies().then(|| cell.clone()),
+            canaries: publisher.as_ref().map(Publisher::canaries),
             store: replica.subscribe(),
         };
         let health = publisher.as_ref().map(Publisher::health).unwrap_or_default();
@@ -387,6 +394,22 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             Some(gateway)
         } else {
             None
+        };
+        // A node that proxies tells the cluster about itself, where the store can be written.
+        let registration = match &publisher {
+            Some(publisher) if node.config.source != SourceKind::Yaml => {
+                let addresses = Addresses {
+                    http: gateway.as_ref().map_or(Vec::new(), |g| g.local_addrs().to_vec()),
+                    https: gateway.as_ref().map_or(Vec::new(), |g| g.https_addrs().to_vec()),
+                    admin: admin.as_ref().map(AdminApi::local_addr).transpose()?,
+                    control: control.as_ref().map(ControlApi::local_addr).transpose()?,
+                };
+                let interval = node.deployment.heartbeat_interval;
+                let role = role.as_str();
+                let store = store.clone();
+                Some(Registration::new(store, identity, role, addresses, interval, publisher))
+            }
+            _ => None,
         };
         let local_apis = LocalApis {
             control: control.as_ref(),
@@ -456,6 +479,9 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
         }
         if let Some(publisher) = publisher.take() {
             tasks.push(tokio::spawn(publisher.follow()));
+        }
+        if let Some(registration) = registration {
+            tasks.push(tokio::spawn(registration.run()));
         }
         let mut signals = Signals::new()?;
         loop {

@@ -2,14 +2,17 @@
 //! source, Admin API, logs). Every field has a default, so an empty file, or none, is a working
 //! configuration: a traditional node on the embedded store in `./data`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pylon_admin::AdminSettings;
 use pylon_discovery::DiscoverySettings;
+use pylon_model::MAX_SECONDS;
 use pylon_proxy::{AccessLogSettings, ControlSettings, MetricsSettings, ProxySettings};
 use pylon_store::EtcdSettings;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,13 +34,72 @@ pub struct NodeConfig {
     pub discovery: DiscoverySettings,
 }
 
-/// What this node does in a cluster, as APISIX's deployment roles.
-#[derive(Debug, Default, Deserialize)]
+/// What this node does in a cluster, as APISIX's deployment roles, and how it presents itself.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Deployment {
     pub role: Role,
     /// Reported on `/v1/status`. Default: generated once and kept in `config.data_dir/node_id`.
     pub node_id: Option<String>,
+    /// Free-form `name: value` pairs (`zone: east`): reported on `/v1/status` and in the node's
+    /// record, and what canary change sets target nodes by.
+    pub labels: BTreeMap<String, String>,
+    /// How often a node that proxies writes its record (`nodes/<id>`) to the config store:
+    /// seconds, or a duration with its unit (`"10s"`).
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for Deployment {
+    fn default() -> Self {
+        Self {
+            role: Role::default(),
+            node_id: None,
+            labels: BTreeMap::new(),
+            heartbeat_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The longest label name and value: enough for a zone, a rack or a release, short enough to
+/// list.
+const MAX_LABEL_NAME: usize = 64;
+const MAX_LABEL_VALUE: usize = 256;
+/// Heartbeats more frequent than this would load the store (and every node that follows it)
+/// for nothing.
+const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+
+impl Deployment {
+    /// Every problem with these settings, with the field's path.
+    fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (name, value) in &self.labels {
+            let field = format!("deployment.labels.{name}");
+            if name.trim().is_empty() {
+                errors.push(format!(
+                    "deployment.labels: a label name must not be blank ({name:?})"
+                ));
+            } else if name.len() > MAX_LABEL_NAME {
+                errors.push(format!(
+                    "{field}: the name must be at most {MAX_LABEL_NAME} bytes"
+                ));
+            }
+            if value.trim().is_empty() {
+                errors.push(format!("{field}: must not be blank"));
+            } else if value.len() > MAX_LABEL_VALUE {
+                errors.push(format!("{field}: must be at most {MAX_LABEL_VALUE} bytes"));
+            }
+        }
+        if !(MIN_HEARTBEAT..=Duration::from_secs_f64(MAX_SECONDS))
+            .contains(&self.heartbeat_interval)
+        {
+            errors.push(format!(
+                "deployment.heartbeat_interval: must be {}s to {MAX_SECONDS}s (a year)",
+                MIN_HEARTBEAT.as_secs()
+            ));
+        }
+        errors
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -227,6 +289,7 @@ impl NodeConfig {
             (config, value)
         };
         let mut errors = config.proxy.validate();
+        errors.extend(config.deployment.validate());
         let role = config.deployment.role;
         match (role, config.config.source) {
             (Role::DataPlane, SourceKind::Embedded) => errors.push(
@@ -269,6 +332,24 @@ fn settings_of_other_sources(value: &serde_yaml::Value, source: SourceKind) -> V
             )
         })
         .collect()
+}
+
+/// Seconds (`10`, `0.5`) or a duration with its unit (`"10s"`, `"1m 30s"`), as
+/// `config.etcd.timeout` is written.
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Seconds(f64),
+        WithUnit(String),
+    }
+    match Written::deserialize(deserializer)? {
+        Written::Seconds(seconds) => Duration::try_from_secs_f64(seconds)
+            .map_err(|_| serde::de::Error::custom(format!("{seconds} is not a duration"))),
+        Written::WithUnit(text) => {
+            humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        }
+    }
 }
 
 /// A node id that is unique without coordination: host name, time and process id.
@@ -325,6 +406,78 @@ mod tests {
             err,
             "proxy.keepalive_timeout: must be a number of seconds > 0"
         );
+    }
+
+    #[test]
+    fn labels_and_the_heartbeat_are_checked_with_their_field() {
+        let config = NodeConfig::parse("").unwrap();
+        assert!(config.deployment.labels.is_empty());
+        assert_eq!(
+            config.deployment.heartbeat_interval,
+            Duration::from_secs(10)
+        );
+        let config = NodeConfig::parse(
+            "deployment:\n  labels: {zone: east, tier: edge}\n  heartbeat_interval: 2.5\n",
+        )
+        .unwrap();
+        assert_eq!(config.deployment.labels["zone"], "east");
+        assert_eq!(config.deployment.labels["tier"], "edge");
+        assert_eq!(
+            config.deployment.heartbeat_interval,
+            Duration::from_millis(2500)
+        );
+        let config = NodeConfig::parse("deployment:\n  heartbeat_interval: 1m 30s\n").unwrap();
+        assert_eq!(
+            config.deployment.heartbeat_interval,
+            Duration::from_secs(90)
+        );
+
+        let error = |yaml: &str| NodeConfig::parse(yaml).unwrap_err().to_string();
+        assert_eq!(
+            error("deployment:\n  labels: {zone: \"\"}\n"),
+            "deployment.labels.zone: must not be blank"
+        );
+        assert_eq!(
+            error("deployment:\n  labels: {\" \": east}\n"),
+            "deployment.labels: a label name must not be blank (\" \")"
+        );
+        let long = "x".repeat(65);
+        assert_eq!(
+            error(&format!("deployment:\n  labels: {{{long}: east}}\n")),
+            format!("deployment.labels.{long}: the name must be at most 64 bytes")
+        );
+        assert_eq!(
+            error(&format!(
+                "deployment:\n  labels: {{zone: {}}}\n",
+                "y".repeat(257)
+            )),
+            "deployment.labels.zone: must be at most 256 bytes"
+        );
+        let error = error("deployment:\n  labels: {zone: [east]}\n");
+        assert!(
+            error.starts_with("deployment.labels.zone: invalid type"),
+            "{error}"
+        );
+        for written in ["0", "0.5", "\"100ms\"", "40000000"] {
+            let error =
+                NodeConfig::parse(&format!("deployment:\n  heartbeat_interval: {written}\n"))
+                    .unwrap_err()
+                    .to_string();
+            assert_eq!(
+                error, "deployment.heartbeat_interval: must be 1s to 31536000s (a year)",
+                "{written}"
+            );
+        }
+        for written in ["-1", "soon"] {
+            let error =
+                NodeConfig::parse(&format!("deployment:\n  heartbeat_interval: {written}\n"))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                error.starts_with("deployment.heartbeat_interval: "),
+                "{written}: {error}"
+            );
+        }
     }
 
     #[test]

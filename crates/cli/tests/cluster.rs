@@ -13,36 +13,9 @@ use std::net::SocketAddr;
 use etcd::EtcdCluster;
 use serde_json::json;
 use support::client::{admin, get, try_admin, Conn};
+use support::cluster::{node, node_config, ADMIN_KEY};
 use support::upstream::Upstream;
 use support::{wait_until, wait_until_within, Pylon};
-
-const ADMIN_KEY: &str = "cluster-admin-key";
-
-/// A node on `endpoints` with `role`; `dir` may hold the data dir (node id, local copy) of an
-/// earlier run.
-fn node(cluster_endpoints: &[String], role: &str, dir: tempfile::TempDir) -> Pylon {
-    let config = node_config(cluster_endpoints, role);
-    Pylon::run_node(dir, &config).unwrap_or_else(|e| panic!("{role} node did not start: {e}"))
-}
-
-/// The node config of [`node`]: one worker, every listener on a free port.
-fn node_config(cluster_endpoints: &[String], role: &str) -> String {
-    let endpoints = cluster_endpoints
-        .iter()
-        .map(|e| format!("\"{e}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "deployment:\n  role: {role}\n\
-         proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 1\n  https:\n    listen: [\"127.0.0.1:0\"]\n\
-         control:\n  listen: \"127.0.0.1:0\"\n\
-         metrics:\n  listen: \"127.0.0.1:0\"\n\
-         admin:\n  listen: \"127.0.0.1:0\"\n  admin_key: [{{name: admin, key: {ADMIN_KEY}, role: admin}}]\n\
-         data_encryption:\n  keyring: [\"a shared cluster secret\"]\n\
-         config:\n  source: etcd\n  data_dir: data\n  etcd:\n    endpoints: [{endpoints}]\n    prefix: /pylon-test\n    timeout: 2\n\
-         log:\n  level: info\n"
-    )
-}
 
 /// Waits on things that take an etcd election or the store's reconnect backoff.
 fn wait_long(cond: impl FnMut() -> bool, what: &str) {

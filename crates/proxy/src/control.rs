@@ -4,8 +4,9 @@
 //! for the operator on the machine (loopback by default, as APISIX's): it has no
 //! authentication, so it must never listen where traffic comes from.
 //!
-//! - `GET /v1/status`: the node's id and role, the configuration revision it serves, and the
-//!   store's: where they differ, a change is still being applied or was refused.
+//! - `GET /v1/status`: the node's id, labels and role, the configuration revision it serves, and
+//!   the store's (where they differ, a change is still being applied or was refused), and the
+//!   canary change sets it serves.
 //! - `GET /v1/discovery/<type>/dump`: a discovery type's followed services, their nodes, and
 //!   its settings (secrets hidden), as APISIX's.
 //! - `GET /v1/healthcheck`: every upstream with health checks, its nodes and their status.
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::canary::NodeIdentity;
 use crate::handoff::{Kind, Listeners};
 use crate::health::HealthRegistry;
 use crate::local_http::{self, Answer};
@@ -49,11 +51,14 @@ impl Default for ControlSettings {
 /// What `/v1/status` reports, read at each request.
 #[derive(Clone)]
 pub struct NodeStatus {
-    pub id: String,
+    pub node: NodeIdentity,
     /// `traditional`, `data_plane` or `control_plane`.
     pub role: &'static str,
     /// The snapshot the proxy serves; `None` on a node without a proxy (control plane).
     pub serving: Option<SnapshotCell>,
+    /// The canary change sets the proxy serves ([`crate::Publisher::canaries`]); `None` on a
+    /// node without a proxy.
+    pub canaries: Option<watch::Receiver<Vec<String>>>,
     /// The node's copy of the store.
     pub store: watch::Receiver<Arc<View>>,
 }
@@ -92,10 +97,12 @@ impl NodeStatus {
             })
             .collect();
         let mut report = serde_json::json!({
-            "id": self.id,
+            "id": self.node.id,
+            "labels": self.node.labels,
             "role": self.role,
             "version": env!("CARGO_PKG_VERSION"),
             "serving_revision": self.serving.as_ref().map(|cell| cell.load().revision),
+            "canaries": self.canaries.as_ref().map(|canaries| canaries.borrow().clone()),
             "store": {
                 "revision": store.revision,
                 "resources": store.entries.len(),
@@ -247,9 +254,13 @@ mod tests {
         State {
             health: Arc::default(),
             status: NodeStatus {
-                id: "node-1".into(),
+                node: NodeIdentity {
+                    id: "node-1".into(),
+                    labels: [("zone".to_owned(), "east".to_owned())].into(),
+                },
                 role: "control_plane",
                 serving: None,
+                canaries: None,
                 store: watch::channel(Arc::new(view)).1,
             },
             discovery: None,
@@ -317,8 +328,10 @@ mod tests {
         assert_eq!(code, 200);
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["id"], "node-1");
+        assert_eq!(body["labels"], serde_json::json!({"zone": "east"}));
         assert_eq!(body["role"], "control_plane");
         assert_eq!(body["serving_revision"], serde_json::Value::Null);
+        assert_eq!(body["canaries"], serde_json::Value::Null);
         assert_eq!(body["store"]["revision"], 42);
         assert_eq!(body["store"]["connected"], true);
     }

@@ -11,6 +11,7 @@
 
 mod access_log;
 mod attempts;
+mod canary;
 mod compile;
 mod control;
 mod downstream;
@@ -24,6 +25,7 @@ mod outbound;
 mod outcome;
 mod pipeline;
 mod publish;
+mod registration;
 mod relay;
 mod runtime;
 mod server;
@@ -36,11 +38,13 @@ mod vars;
 mod worker;
 
 pub use access_log::AccessLog;
+pub use canary::NodeIdentity;
 pub use control::{ControlApi, ControlSettings, NodeStatus};
 pub use handoff::{HandoffError, HandoffEvent, HandoffServer, Listeners, StoreRelease, Takeover};
 pub use health::HealthRegistry;
 pub use metrics::{Exporter, MetricsApi, MetricsSettings, Traffic, METRICS_PATHS};
 pub use publish::Publisher;
+pub use registration::{Addresses, Registration};
 pub use runtime::ControlPriority;
 pub use server::Gateway;
 pub use settings::{

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod client;
+pub mod cluster;
 pub mod http2;
 pub mod protocols;
 pub mod receivers;
