@@ -996,3 +996,166 @@ fn a_document_of_resources_becomes_one_change_set() {
     assert_eq!(trail["total"], 1);
     assert_eq!(trail["list"][0]["changes"].as_array().unwrap().len(), 4);
 }
+
+/// What node `node` answers on `path` over both protocols: the upstream's name, or the status.
+fn answer(node: &Pylon, path: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answers: Vec<String> = PROTOCOLS
+        .iter()
+        .map(|&protocol| {
+            let res = runtime.block_on(call(protocol, node.addr, "GET", path, &[], b""));
+            res.header("x-upstream")
+                .map_or_else(|| res.status.to_string(), str::to_owned)
+        })
+        .collect();
+    assert_eq!(answers[0], answers[1], "HTTP/1 and HTTP/2 answer alike");
+    answers[0].clone()
+}
+
+fn wait_answers(node: &Pylon, path: &str, expected: &str) {
+    wait_until(
+        || answer(node, path) == expected,
+        &format!("{path} to be answered by {expected}"),
+    );
+}
+
+fn node_status(node: &Pylon) -> Value {
+    support::client::get(node.control.unwrap(), "localhost", "/v1/status").json()
+}
+
+/// A reviewed change goes to one node of three first; promoted, every node serves it; a second
+/// one is aborted and every node serves the live configuration again.
+#[test]
+fn a_change_set_is_served_by_one_node_then_promoted_or_aborted() {
+    let plane = Plane::etcd(3);
+    let (live, next) = (Upstream::start("live"), Upstream::start("next"));
+    tenant(&plane, "shop", true);
+    let ann = user(&plane, "ann", "editor", Some("shop"));
+    let rev = user(&plane, "rev", "reviewer", Some("shop"));
+    let reviewed = |id: &str, upstream: &Upstream| {
+        let res = ann.call(
+            &plane,
+            0,
+            "POST",
+            "/pylon/admin/change_sets",
+            Some(json!({"id": id, "title": id, "changes": [{"key": "routes/r", "value": route("/r", "example.com", upstream)}]})),
+        );
+        assert_eq!(res.status, 201, "{}", res.text());
+        ann.call(
+            &plane,
+            0,
+            "POST",
+            &format!("/pylon/admin/change_sets/{id}/submit"),
+            None,
+        );
+        let res = rev.call(
+            &plane,
+            1,
+            "POST",
+            &format!("/pylon/admin/change_sets/{id}/approve"),
+            None,
+        );
+        assert_eq!(res.json()["state"], "approved", "{}", res.text());
+    };
+    reviewed("first", &live);
+    let res = ann.call(
+        &plane,
+        2,
+        "POST",
+        "/pylon/admin/change_sets/first/publish",
+        None,
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    for node in &plane.nodes {
+        wait_answers(node, "/r", "live");
+    }
+
+    // Every node has registered itself.
+    let nodes = plane.platform("GET", "/pylon/admin/nodes", None).json();
+    assert_eq!(nodes["total"], 3, "{nodes}");
+    let chosen = node_status(&plane.nodes[0])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    reviewed("second", &next);
+    let canary = json!({"nodes": [chosen]});
+    let res = ann.call(
+        &plane,
+        1,
+        "POST",
+        "/pylon/admin/change_sets/second/canary",
+        Some(canary.clone()),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["state"], "canary");
+    wait_answers(&plane.nodes[0], "/r", "next");
+    wait_until(
+        || node_status(&plane.nodes[0])["canaries"] == json!(["second"]),
+        "the chosen node to say it serves the canary",
+    );
+    for node in &plane.nodes[1..] {
+        assert_eq!(answer(node, "/r"), "live");
+        assert_eq!(node_status(node)["canaries"], json!([]));
+    }
+    // Live is untouched until promotion.
+    let live_route = plane.platform("GET", "/apisix/admin/routes/r", None).json();
+    assert!(live_route["value"]["upstream"]["nodes"]
+        .get(live.addr.to_string())
+        .is_some());
+
+    let res = ann.call(
+        &plane,
+        2,
+        "POST",
+        "/pylon/admin/change_sets/second/promote",
+        None,
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json()["state"], "published");
+    for node in &plane.nodes {
+        wait_answers(node, "/r", "next");
+        wait_until(
+            || node_status(node)["canaries"] == json!([]),
+            "no node to serve a canary once promoted",
+        );
+    }
+
+    // An aborted canary leaves every node on the live configuration.
+    reviewed("third", &live);
+    let res = ann.call(
+        &plane,
+        0,
+        "POST",
+        "/pylon/admin/change_sets/third/canary",
+        Some(canary),
+    );
+    assert_eq!(res.status, 200, "{}", res.text());
+    wait_answers(&plane.nodes[0], "/r", "live");
+    assert_eq!(answer(&plane.nodes[1], "/r"), "next");
+    let res = ann.call(
+        &plane,
+        1,
+        "POST",
+        "/pylon/admin/change_sets/third/abort",
+        None,
+    );
+    assert_eq!(res.json()["state"], "aborted", "{}", res.text());
+    for node in &plane.nodes {
+        wait_answers(node, "/r", "next");
+    }
+    assert_eq!(
+        ann.call(
+            &plane,
+            1,
+            "POST",
+            "/pylon/admin/change_sets/third/publish",
+            None
+        )
+        .status,
+        409
+    );
+}
