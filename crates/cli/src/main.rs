@@ -65,14 +65,25 @@ enum Command {
         #[command(flatten)]
         admin: AdminTarget,
     },
-    /// Turn another proxy's configuration into a standalone resource file, printed on stdout.
+    /// Turn another proxy's configuration into a standalone resource file, printed on stdout,
+    /// or sent to a node's Admin API as a change set (`--change-set TITLE`).
     ///
     /// What cannot be converted is listed on stderr as `file:line: directive: reason`. Exit
     /// status: 0 when everything converted, 3 when something was listed (the document is still
-    /// printed), 1 when a file cannot be read, 2 when it is not valid nginx syntax.
+    /// printed or sent), 1 when a file cannot be read or the change set is refused, 2 when it
+    /// is not valid nginx syntax.
     Import {
         #[command(subcommand)]
         source: ImportSource,
+        /// Send the document to the Admin API as one draft change set with this title, instead
+        /// of printing it.
+        #[arg(long, value_name = "TITLE", global = true)]
+        change_set: Option<String>,
+        /// The tenant the change set is for (a platform admin's key may name any).
+        #[arg(long, value_name = "TENANT", global = true)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        admin: AdminTarget,
     },
     /// Print the version.
     Version,
@@ -131,7 +142,22 @@ fn main() -> std::process::ExitCode {
         Command::Run { config } => run(config.as_deref()),
         Command::Validate { file, config } => validate(file.as_deref(), config.as_deref()),
         Command::Config { action, admin } => config_command(action, &admin),
-        Command::Import { source } => return import(source),
+        Command::Import {
+            source,
+            change_set,
+            tenant,
+            admin,
+        } => {
+            let destination = match change_set {
+                Some(title) => Destination::ChangeSet {
+                    title,
+                    tenant,
+                    admin,
+                },
+                None => Destination::Stdout,
+            };
+            return import(source, destination);
+        }
         Command::Version => {
             println!("pylon {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -146,8 +172,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Where `pylon import` puts the document.
+enum Destination {
+    Stdout,
+    ChangeSet {
+        title: String,
+        tenant: Option<String>,
+        admin: AdminTarget,
+    },
+}
+
 /// `pylon import`: the exit status says whether everything converted (see [`Command::Import`]).
-fn import(source: ImportSource) -> std::process::ExitCode {
+fn import(source: ImportSource, destination: Destination) -> std::process::ExitCode {
     use pylon_import::nginx;
     let ImportSource::Nginx { file } = source;
     let directives = match nginx::load(&file) {
@@ -161,12 +197,19 @@ fn import(source: ImportSource) -> std::process::ExitCode {
         }
     };
     let conversion = nginx::convert(&directives);
-    match serde_yaml::to_string(&conversion.document) {
-        Ok(yaml) => print!("{yaml}"),
-        Err(e) => {
-            eprintln!("pylon: cannot write the document: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let sent = match destination {
+        Destination::Stdout => serde_yaml::to_string(&conversion.document)
+            .map(|yaml| print!("{yaml}"))
+            .context("cannot write the document"),
+        Destination::ChangeSet {
+            title,
+            tenant,
+            admin,
+        } => send_change_set(&conversion.document, &title, tenant.as_deref(), &admin),
+    };
+    if let Err(e) = sent {
+        eprintln!("pylon: {e:#}");
+        return std::process::ExitCode::FAILURE;
     }
     for item in &conversion.unconverted {
         eprintln!("{item}");
@@ -178,7 +221,47 @@ fn import(source: ImportSource) -> std::process::ExitCode {
     }
 }
 
-fn config_command(action: ConfigAction, target: &AdminTarget) -> anyhow::Result<()> {
+/// Sends `document` to `POST /pylon/admin/change_sets/import` and says what was made.
+fn send_change_set(
+    document: &serde_json::Value,
+    title: &str,
+    tenant: Option<&str>,
+    target: &AdminTarget,
+) -> anyhow::Result<()> {
+    let client = admin_client(target)?;
+    let mut path = format!(
+        "/pylon/admin/change_sets/import?title={}",
+        query_value(title)
+    );
+    if let Some(tenant) = tenant {
+        path.push_str(&format!("&tenant_id={}", query_value(tenant)));
+    }
+    let body = serde_json::to_vec(document)?;
+    let created = client.request("POST", &path, Some(&body))?.json()?;
+    println!(
+        "change set {} ({} changes) is a draft of tenant {}: review and publish it through the Admin API",
+        created["id"].as_str().unwrap_or_default(),
+        created["changes"].as_array().map_or(0, Vec::len),
+        created["tenant_id"].as_str().unwrap_or_default(),
+    );
+    Ok(())
+}
+
+/// `value` percent-encoded for a query string.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A client for the Admin API `target` names: its address and key, or the node config's.
+fn admin_client(target: &AdminTarget) -> anyhow::Result<admin_client::AdminClient> {
     let node = NodeConfig::load(target.config.as_deref())?;
     let address = match &target.admin {
         Some(address) => address.clone(),
@@ -197,7 +280,11 @@ fn config_command(action: ConfigAction, target: &AdminTarget) -> anyhow::Result<
                 .context("no admin key: pass --api-key or set admin.admin_key")?
         }
     };
-    let client = admin_client::AdminClient::new(&address, api_key)?;
+    admin_client::AdminClient::new(&address, api_key)
+}
+
+fn config_command(action: ConfigAction, target: &AdminTarget) -> anyhow::Result<()> {
+    let client = admin_client(target)?;
     match action {
         ConfigAction::Dump => declarative::dump(&client),
         ConfigAction::Diff { file, prune } => declarative::diff(&client, &file, prune),

@@ -7,6 +7,8 @@ mod support;
 
 use std::path::Path;
 
+use serde_json::json;
+use support::client::{admin, get};
 use support::protocols::{call, PROTOCOLS};
 use support::upstream::Upstream;
 use support::{pylon_command, validate, Pylon};
@@ -94,6 +96,101 @@ async fn an_imported_nginx_config_routes_as_nginx_does() {
         let res = call(protocol, pylon.addr, "GET", "/legacy/report?x=1", &[], b"").await;
         assert_eq!(res.text(), "legacy", "{}", what("/legacy/report"));
         assert_eq!(legacy.last().target, "/report?x=1");
+    }
+}
+
+/// Sent as a change set: a draft of the tenant named, reviewed and published like any other,
+/// and then served.
+#[tokio::test]
+async fn an_imported_nginx_config_becomes_a_change_set() {
+    const KEY: &str = "import-admin-key";
+    let (app, canary, legacy) = (
+        Upstream::start("app"),
+        Upstream::start("canary"),
+        Upstream::start("legacy"),
+    );
+    let node = format!(
+        "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 1\n\
+         control:\n  listen: \"127.0.0.1:0\"\n\
+         metrics:\n  listen: \"127.0.0.1:0\"\n\
+         admin:\n  listen: \"127.0.0.1:0\"\n  admin_key: [{{name: ops, key: {KEY}, role: admin}}]\n\
+         config:\n  source: embedded\n  data_dir: data\n"
+    );
+    let pylon = Pylon::run_node(tempfile::tempdir().unwrap(), &node).unwrap();
+    let admin_addr = pylon.admin.unwrap();
+    let res = admin(
+        admin_addr,
+        KEY,
+        "PUT",
+        "/pylon/admin/tenants/web",
+        Some(&json!({"review": true})),
+    );
+    assert_eq!(res.status, 201);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("api.conf"),
+        api_conf(&app, &canary, &legacy),
+    )
+    .unwrap();
+
+    let admin_arg = admin_addr.to_string();
+    let args = [
+        "import",
+        "nginx",
+        "api.conf",
+        "--change-set",
+        "from nginx: api.conf",
+        "--tenant",
+        "web",
+        "--admin",
+        &admin_arg,
+        "--api-key",
+        KEY,
+    ];
+    let (code, stdout, stderr) = pylon_command(dir.path(), &args, &[]);
+    assert_eq!(
+        code,
+        Some(3),
+        "what is not converted is still listed: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
+    assert!(stdout.contains("is a draft of tenant web"), "{stdout}");
+
+    let sets = admin(admin_addr, KEY, "GET", "/pylon/admin/change_sets", None).json();
+    assert_eq!(sets["total"], 1);
+    let set = &sets["list"][0];
+    assert_eq!(set["title"], "from nginx: api.conf");
+    assert_eq!(set["tenant_id"], "web");
+    let id = set["id"].as_str().unwrap();
+    // Nothing is served before the set is reviewed and published.
+    assert_eq!(get(pylon.addr, "example.com", "/orders").status, 404);
+    let reviewer = admin(
+        admin_addr,
+        KEY,
+        "PUT",
+        "/pylon/admin/users/rev",
+        Some(&json!({"role": "reviewer", "tenant_id": "web"})),
+    )
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let step = |key: &str, action: &str| {
+        let res = admin(
+            admin_addr,
+            key,
+            "POST",
+            &format!("/pylon/admin/change_sets/{id}/{action}"),
+            None,
+        );
+        assert_eq!(res.status, 200, "{action}: {}", res.text());
+    };
+    step(KEY, "submit");
+    step(&reviewer, "approve");
+    step(KEY, "publish");
+    for protocol in PROTOCOLS {
+        let res = call(protocol, pylon.addr, "GET", "/orders", &[], b"").await;
+        assert_eq!(res.text(), "app", "{protocol:?}");
     }
 }
 
