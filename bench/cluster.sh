@@ -84,7 +84,7 @@ taskset -c $pin_load etcd --name bench --data-dir "$tmp/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
   --initial-cluster "bench=http://127.0.0.1:$etcd_peer" \
-  --max-txn-ops $((routes * 2)) --max-request-bytes $((64 << 20)) --logger zap --log-level warn > "$tmp/etcd.log" 2>&1 & pids+=($!)
+  --max-txn-ops $((routes * 2 + 8)) --max-request-bytes $((64 << 20)) --logger zap --log-level warn > "$tmp/etcd.log" 2>&1 & pids+=($!)
 sed "s#PREFIX#$tmp#g" bench/protocols-upstream-nginx.conf > "$tmp/upstream.conf"
 taskset -c $pin_load nginx -c "$tmp/upstream.conf" -p "$tmp" & pids+=($!)
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$etcd_client/health" && break; sleep 0.1; done
