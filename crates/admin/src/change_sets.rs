@@ -29,7 +29,7 @@ use crate::response::{listed, parse_body, Reply};
 use crate::secrets;
 use crate::tenancy::{self, owner, Tenant, Via};
 use crate::validation::{self, Refusal};
-use crate::writer::{Backend, Plan};
+use crate::writer::{Backend, Committed, Plan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -147,6 +147,35 @@ impl ChangeSet {
             }
         }
         scratch
+    }
+
+    /// Sets the change of `key`; a new one takes the revision `view` (the live configuration)
+    /// has for it as its base, a replaced one keeps the base the set first took. Deleting what
+    /// only the set made drops its change.
+    fn set(&mut self, view: &View, key: &Key, value: Option<Value>) {
+        let text = key.to_string();
+        if value.is_none() && !view.entries.contains_key(key) {
+            self.changes.retain(|c| c.key != text);
+            return;
+        }
+        match self.changes.iter_mut().find(|c| c.key == text) {
+            Some(change) => change.value = value,
+            None => self.changes.push(Change {
+                key: text,
+                value,
+                base: view.entries.get(key).map_or(0, |e| e.mod_revision),
+            }),
+        }
+    }
+
+    /// After a change of content: a set under review goes back to draft, since what was
+    /// reviewed is no longer what it holds.
+    fn edited(&mut self, caller: &Caller) {
+        if self.state != State::Draft {
+            self.state = State::Draft;
+            self.note(caller, "edited", None);
+        }
+        self.update_time = now();
     }
 
     fn note(&mut self, caller: &Caller, action: &str, comment: Option<String>) {
@@ -561,19 +590,52 @@ fn put_change(
         }
     };
     for (key, value) in writes {
-        let text = key.to_string();
-        let base = view.entries.get(&key).map_or(0, |e| e.mod_revision);
-        match cs.changes.iter_mut().find(|c| c.key == text) {
-            // The base stays the one the set first took.
-            Some(change) => change.value = value,
-            None => cs.changes.push(Change {
-                key: text,
-                value,
-                base,
-            }),
-        }
+        cs.set(view, &key, value);
     }
     Ok(())
+}
+
+/// Plans a write as `plan` makes one to the live configuration, but against the live
+/// configuration with change set `id`'s changes in place, and commits its writes as changes
+/// of the set (`?change_set=<id>` on the APISIX paths): existing tools build a change set.
+pub(crate) async fn write_into<T>(
+    backend: &Backend,
+    record: &Record,
+    id: &str,
+    mut plan: impl FnMut(&View) -> Result<Plan<T>, Reply>,
+) -> Result<Committed<T>, Reply> {
+    let caller = &record.caller;
+    require_writer(caller)?;
+    let record = Record {
+        change_set: Some(id.to_owned()),
+        ..record.clone()
+    };
+    backend
+        .write(&record, |view| {
+            let (entry, mut cs) = find(view, caller, id)?;
+            require_editable(&cs)?;
+            let scratch = cs.applied_to(view, None);
+            let Plan { txn, outcome } = plan(&scratch)?;
+            for (key, value) in txn.writes {
+                let current = value
+                    .as_ref()
+                    .or(scratch.entries.get(&key).map(|e| &e.value));
+                let tenant = current.map_or(cs.tenant_id.as_str(), owner);
+                if tenant != cs.tenant_id {
+                    return Err(Reply::bad_request(format!(
+                        "{key} is tenant `{tenant}`'s, and change set `{id}` is tenant `{}`'s",
+                        cs.tenant_id
+                    )));
+                }
+                cs.set(view, &key, value);
+            }
+            cs.edited(caller);
+            Ok(Plan {
+                txn: store_plan(&entry, &cs).txn,
+                outcome,
+            })
+        })
+        .await
 }
 
 /// `POST /pylon/admin/change_sets/<id>/changes`: adds or replaces one change. A set under
@@ -631,21 +693,9 @@ async fn edit(
     let committed = backend
         .write(record, |view| {
             let (entry, mut cs) = find(view, caller, id)?;
-            if !cs.state.editable() {
-                return Err(Reply::error(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "change set `{id}` is {}: it changes no more",
-                        cs.state.as_str()
-                    ),
-                ));
-            }
+            require_editable(&cs)?;
             change(view, &mut cs)?;
-            if cs.state != State::Draft {
-                cs.state = State::Draft;
-                cs.note(caller, "edited", None);
-            }
-            cs.update_time = now();
+            cs.edited(caller);
             Ok(store_plan(&entry, &cs))
         })
         .await?;
@@ -810,6 +860,21 @@ async fn transition(
         })
         .await?;
     Ok(Reply::json(StatusCode::OK, committed.outcome))
+}
+
+fn require_editable(cs: &ChangeSet) -> Result<(), Reply> {
+    if cs.state.editable() {
+        Ok(())
+    } else {
+        Err(Reply::error(
+            StatusCode::CONFLICT,
+            format!(
+                "change set `{}` is {}: it changes no more",
+                cs.id,
+                cs.state.as_str()
+            ),
+        ))
+    }
 }
 
 fn require_writer(caller: &Caller) -> Result<(), Reply> {

@@ -86,7 +86,7 @@ pub(crate) async fn apply(backend: &Backend, record: &Record, query: &Query, bod
             let (txn, changes) = difference(&backend.keyring, view, desired)?;
             for (key, value) in &txn.writes {
                 let before = view.entries.get(key).map(|e| &e.value);
-                tenancy::check_direct(view, key, before.into_iter().chain(value))?;
+                tenancy::check_applied(view, key, before, value.as_ref())?;
             }
             let txn = if dry_run { Txn::default() } else { txn };
             Ok(Plan {

@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 
 use crate::address::Address;
 use crate::audit::Record;
+use crate::change_sets;
 use crate::identity::Caller;
 use crate::listing::Listing;
 use crate::merge;
@@ -83,6 +84,10 @@ pub(crate) async fn handle(
             "ttl is not supported: Pylon's stores keep no expiring resources",
         );
     }
+    let to = match query.get("change_set") {
+        Some(id) => Destination::ChangeSet(id),
+        None => Destination::Live,
+    };
     let has_sub_path = !address.sub_path.is_empty();
     if has_sub_path && *method != Method::PATCH {
         return Reply::error(StatusCode::NOT_FOUND, "not found");
@@ -92,15 +97,15 @@ pub(crate) async fn handle(
             Some(key) => get(&backend.replica.view(), caller, &key),
             None => return list(&backend.replica.view(), caller, &address, query),
         }),
-        Method::PUT => put(backend, record, &address, body).await,
-        Method::POST if address.id.is_none() => post(backend, record, &address, body).await,
+        Method::PUT => put(backend, record, to, &address, body).await,
+        Method::POST if address.id.is_none() => post(backend, record, to, &address, body).await,
         // POST makes the id; one in the path is refused, as APISIX does.
         Method::POST => Err(Reply::bad_request(format!(
             "wrong {} id, do not need it",
             singular(address.kind)
         ))),
-        Method::PATCH => patch(backend, record, &address, body).await,
-        Method::DELETE => delete(backend, record, &address, query.flag("force")).await,
+        Method::PATCH => patch(backend, record, to, &address, body).await,
+        Method::DELETE => delete(backend, record, to, &address, query.flag("force")).await,
         _ => Err(Reply::error(StatusCode::NOT_FOUND, "not found")),
     };
     result.unwrap_or_else(|reply| reply)
@@ -130,6 +135,54 @@ fn list(view: &View, caller: &Caller, address: &Address, query: &Query) -> Reply
     let (page, total) = listing.select(entries);
     let list: Vec<Value> = page.iter().map(|e| node(e)).collect();
     Reply::json(StatusCode::OK, json!({ "list": list, "total": total }))
+}
+
+/// Where a write goes: live, or (`?change_set=<id>`) into a change set, to be reviewed and
+/// published with it.
+#[derive(Debug, Clone, Copy)]
+enum Destination<'a> {
+    Live,
+    ChangeSet(&'a str),
+}
+
+impl Destination<'_> {
+    fn via(self) -> Via {
+        match self {
+            Destination::Live => Via::Direct,
+            Destination::ChangeSet(_) => Via::ChangeSet,
+        }
+    }
+
+    /// Commits what `plan` writes: to the live configuration, or as changes of the set.
+    async fn write<T>(
+        self,
+        backend: &Backend,
+        record: &Record,
+        plan: impl FnMut(&View) -> Result<Plan<T>, Reply>,
+    ) -> Result<Committed<T>, Reply> {
+        match self {
+            Destination::Live => backend.write(record, plan).await,
+            Destination::ChangeSet(id) => change_sets::write_into(backend, record, id, plan).await,
+        }
+    }
+
+    /// The answer to a write of `key`: APISIX's, or, for a change set, 202 and the set's id.
+    fn reply(self, committed: Committed<Written>) -> Reply {
+        match self {
+            Destination::Live => Written::reply(committed),
+            Destination::ChangeSet(id) => {
+                let written = committed.outcome;
+                Reply::json(
+                    StatusCode::ACCEPTED,
+                    json!({
+                        "key": key_path(&written.key),
+                        "value": presentable(written.key.kind, written.value),
+                        "change_set": id,
+                    }),
+                )
+            }
+        }
+    }
 }
 
 /// What a write answers once committed.
@@ -169,6 +222,7 @@ impl Written {
 async fn put(
     backend: &Backend,
     record: &Record,
+    to: Destination<'_>,
     address: &Address,
     body: Option<Value>,
 ) -> Result<Reply, Reply> {
@@ -182,8 +236,8 @@ async fn put(
         Some(number @ Value::Number(_)) if address.id.is_none() => number.clone(),
         _ => Value::String(key.id.clone()),
     };
-    let committed = backend
-        .write(record, |view| {
+    let committed = to
+        .write(backend, record, |view| {
             let existing = view.entries.get(&key);
             let (value, stored) = put_value(
                 backend,
@@ -192,7 +246,7 @@ async fn put(
                 &key,
                 stored_id.clone(),
                 &body,
-                Via::Direct,
+                to.via(),
             )?;
             let condition = existing.map_or(Precondition::Absent, |e| {
                 Precondition::ModRevision(e.mod_revision)
@@ -212,7 +266,7 @@ async fn put(
             })
         })
         .await?;
-    Ok(Written::reply(committed))
+    Ok(to.reply(committed))
 }
 
 /// What a PUT of `body` (checked as [`put`] checks it) at `key` by `caller` writes, checked
@@ -253,6 +307,7 @@ pub(crate) fn put_body(key: &Key, body: Option<Value>) -> Result<Map<String, Val
 async fn post(
     backend: &Backend,
     record: &Record,
+    to: Destination<'_>,
     address: &Address,
     body: Option<Value>,
 ) -> Result<Reply, Reply> {
@@ -264,12 +319,12 @@ async fn post(
             singular(address.kind)
         )));
     }
-    let committed = backend
-        .write(record, |view| {
+    let committed = to
+        .write(backend, record, |view| {
             let key = generated_key(view, address);
             let mut value = body.clone();
             stamp(&mut value, &key, Value::String(key.id.clone()), None, None);
-            tenancy::check_write(view, &record.caller, &key, None, &mut value, Via::Direct)?;
+            tenancy::check_write(view, &record.caller, &key, None, &mut value, to.via())?;
             let stored = prepare(backend, view, &key, value.clone())?;
             Ok(Plan {
                 txn: Txn::put(key.clone(), stored).when(key.clone(), Precondition::Absent),
@@ -282,12 +337,13 @@ async fn post(
             })
         })
         .await?;
-    Ok(Written::reply(committed))
+    Ok(to.reply(committed))
 }
 
 async fn patch(
     backend: &Backend,
     record: &Record,
+    to: Destination<'_>,
     address: &Address,
     body: Option<Value>,
 ) -> Result<Reply, Reply> {
@@ -301,8 +357,8 @@ async fn patch(
     if address.sub_path.is_empty() && !body.is_object() {
         return Err(Reply::bad_request("invalid configuration"));
     }
-    let committed = backend
-        .write(record, |view| {
+    let committed = to
+        .write(backend, record, |view| {
             let existing = match view.entries.get(&key) {
                 Some(existing) if tenancy::visible(&record.caller, &existing.value) => existing,
                 _ => return Err(Reply::not_found()),
@@ -351,7 +407,7 @@ async fn patch(
                 &key,
                 Some(existing),
                 &mut value,
-                Via::Direct,
+                to.via(),
             )?;
             let stored = prepare(backend, view, &key, value.clone())?;
             Ok(Plan {
@@ -368,39 +424,44 @@ async fn patch(
             })
         })
         .await?;
-    Ok(Written::reply(committed))
+    Ok(to.reply(committed))
 }
 
 async fn delete(
     backend: &Backend,
     record: &Record,
+    to: Destination<'_>,
     address: &Address,
     force: bool,
 ) -> Result<Reply, Reply> {
     let Some(key) = address.key() else {
         return Err(missing_id(address.kind));
     };
-    backend
-        .write(record, |view| {
-            let existing = match view.entries.get(&key) {
-                Some(existing) if tenancy::visible(&record.caller, &existing.value) => existing,
-                _ => return Err(Reply::not_found()),
-            };
-            let mut txn = Txn::default().when(
-                key.clone(),
-                Precondition::ModRevision(existing.mod_revision),
-            );
-            let deleted = delete_keys(view, &record.caller, existing, force, Via::Direct)?;
-            txn.writes
-                .extend(deleted.into_iter().map(|key| (key, None)));
-            Ok(Plan { txn, outcome: () })
-        })
-        .await?;
-    Ok(Reply::json(
-        StatusCode::OK,
-        // APISIX answers the count as a string.
-        json!({ "deleted": "1", "key": key_path(&key) }),
-    ))
+    to.write(backend, record, |view| {
+        let existing = match view.entries.get(&key) {
+            Some(existing) if tenancy::visible(&record.caller, &existing.value) => existing,
+            _ => return Err(Reply::not_found()),
+        };
+        let mut txn = Txn::default().when(
+            key.clone(),
+            Precondition::ModRevision(existing.mod_revision),
+        );
+        let deleted = delete_keys(view, &record.caller, existing, force, to.via())?;
+        txn.writes
+            .extend(deleted.into_iter().map(|key| (key, None)));
+        Ok(Plan { txn, outcome: () })
+    })
+    .await?;
+    // APISIX answers the count as a string.
+    let mut answer = json!({ "deleted": "1", "key": key_path(&key) });
+    let status = match to {
+        Destination::Live => StatusCode::OK,
+        Destination::ChangeSet(id) => {
+            answer["change_set"] = json!(id);
+            StatusCode::ACCEPTED
+        }
+    };
+    Ok(Reply::json(status, answer))
 }
 
 /// The keys a delete of `existing` by `caller` removes, checked against `view`: the resource,

@@ -149,17 +149,26 @@ pub(crate) fn check_delete(
     check_review(view, &existing.key, tenant, via)
 }
 
-/// Checks that a direct write of `key` (its values before and after) involves no tenant that
-/// requires review.
-pub(crate) fn check_direct<'v>(
+/// Checks a write of `key` in a whole configuration applied at once (the platform's): the
+/// tenant it names exists, and neither it nor the tenant it had requires review.
+pub(crate) fn check_applied(
     view: &View,
     key: &Key,
-    values: impl IntoIterator<Item = &'v Value>,
+    before: Option<&Value>,
+    after: Option<&Value>,
 ) -> Result<(), Reply> {
     if !key.kind.is_resource() || is_platform_kind(key.kind) {
         return Ok(());
     }
-    check_review(view, key, values.into_iter().map(owner), Via::Direct)
+    if let Some(tenant) = after.map(owner) {
+        if Tenant::from_view(view, tenant).is_none() {
+            return Err(Reply::bad_request(format!(
+                "invalid configuration: {key}.tenant_id: no tenant `{tenant}`"
+            )));
+        }
+    }
+    let tenants = before.into_iter().chain(after).map(owner);
+    check_review(view, key, tenants, Via::Direct)
 }
 
 fn check_reaches(caller: &Caller, key: &Key, value: &Value) -> Result<(), Reply> {

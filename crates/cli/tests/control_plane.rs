@@ -312,6 +312,22 @@ fn isolation(plane: &Plane) {
         res.text()
     );
 
+    // A whole configuration applied by the platform names existing tenants only.
+    let mut nobody = route("/z", "z.example.com", &up);
+    nobody["id"] = json!("z");
+    nobody["tenant_id"] = json!("nope");
+    let res = plane.platform(
+        "POST",
+        "/pylon/admin/config",
+        Some(json!({"routes": [nobody]})),
+    );
+    assert_eq!(res.status, 400);
+    assert!(
+        res.text().contains("routes/z.tenant_id: no tenant `nope`"),
+        "{}",
+        res.text()
+    );
+
     // The platform's own resources and the whole configuration are not a tenant's.
     let res = a_admin.call(
         plane,
@@ -653,10 +669,18 @@ fn review(plane: &Plane) {
     platform_write["tenant_id"] = json!("payments");
     assert_eq!(
         plane
-            .platform("PUT", "/apisix/admin/routes/pay", Some(platform_write))
+            .platform(
+                "PUT",
+                "/apisix/admin/routes/pay",
+                Some(platform_write.clone())
+            )
             .status,
         403
     );
+    platform_write["id"] = json!("pay");
+    let document = json!({"routes": [platform_write]});
+    let res = plane.platform("POST", "/pylon/admin/config", Some(document));
+    assert_eq!(res.status, 403, "nor a whole configuration: {}", res.text());
 
     // A bad change is refused when it is added, with its field.
     let res = author.call(
@@ -783,6 +807,72 @@ fn review(plane: &Plane) {
         409
     );
     wait_served(plane, "/pay/x", 200);
+
+    // The APISIX paths build a change set with `?change_set=`: nothing goes live.
+    let res = author.call(
+        plane,
+        1,
+        "POST",
+        "/pylon/admin/change_sets",
+        Some(json!({"id": "cs3", "title": "via APISIX paths"})),
+    );
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = author.call(
+        plane,
+        0,
+        "PUT",
+        "/apisix/admin/routes/pay2?change_set=cs3",
+        Some(route("/pay2", "example.com", &up)),
+    );
+    assert_eq!(res.status, 202, "{}", res.text());
+    assert_eq!(res.json()["change_set"], "cs3");
+    assert_eq!(res.json()["value"]["tenant_id"], "payments");
+    let res = author.call(
+        plane,
+        1,
+        "PATCH",
+        "/apisix/admin/routes/pay?change_set=cs3",
+        Some(json!({"desc": "patched"})),
+    );
+    assert_eq!(res.status, 202, "{}", res.text());
+    let res = author.call(
+        plane,
+        0,
+        "DELETE",
+        "/apisix/admin/routes/pay2?change_set=cs3",
+        None,
+    );
+    assert_eq!(res.status, 202, "{}", res.text());
+    let cs3 = author
+        .call(plane, 1, "GET", "/pylon/admin/change_sets/cs3", None)
+        .json();
+    let keys: Vec<&str> = cs3["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["routes/pay"],
+        "a route made and deleted in the set leaves no change"
+    );
+    assert_eq!(cs3["diff"][0]["proposed"]["desc"], "patched");
+    assert_eq!(cs3["diff"][0]["live"]["desc"], Value::Null);
+    wait_served(plane, "/pay2", 404);
+    let by_set = author
+        .call(
+            plane,
+            1,
+            "GET",
+            "/pylon/admin/audit?resource=change_sets/cs3",
+            None,
+        )
+        .json();
+    assert_eq!(
+        by_set["total"], 4,
+        "made, and three writes through the APISIX paths: {by_set}"
+    );
 
     // The audit log has it all, by user and by resource.
     let trail = reviewer
