@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use support::client::{get, Conn, Response};
 use support::upstream::{named, respond, Gate, Handler, Upstream};
-use support::{wait_until, Pylon, WAIT};
+use support::{closed_port, wait_until, Pylon, WAIT};
 
 const ONE_WORKER: &str = "  workers: 1\n";
 
@@ -41,14 +41,6 @@ fn node(addr: SocketAddr, weight: u32, priority: i32) -> String {
         addr.ip(),
         addr.port()
     )
-}
-
-/// A loopback address nothing listens on: connecting to it is refused.
-fn dead_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 fn refuses(addr: SocketAddr) -> bool {
@@ -300,9 +292,10 @@ fn the_backup_tier_serves_only_while_every_primary_node_is_down() {
 #[test]
 fn a_refused_connection_is_retried_on_another_node() {
     let live = Upstream::start("live");
+    let dead = closed_port();
     let routes = format!(
         "routes:\n  - {{id: r, uri: /t, upstream: {{nodes: {{\"{}\": 1, {}}}}}}}\n",
-        dead_addr(),
+        dead.addr,
         live.node()
     );
     let pylon = Pylon::start(&routes, "");

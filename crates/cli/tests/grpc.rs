@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use support::Pylon;
+use support::{closed_port, Pylon};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tonic::body::BoxBody;
@@ -523,11 +523,8 @@ async fn bidi_streaming_answers_each_message_before_the_next_is_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_errors_are_grpc_statuses() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let pylon = Pylon::start(&routes(closed), "");
+    let closed = closed_port();
+    let pylon = Pylon::start(&routes(closed.addr), "");
     let mut grpc = client(&pylon).await;
 
     let status = call_unary(&mut grpc, Request::new(echo("hi", 1)))

@@ -18,7 +18,7 @@ use support::http2::{
     GOAWAY, HEADERS, REFUSED_STREAM, RST_STREAM,
 };
 use support::upstream::{respond, Gate, Received, Upstream};
-use support::{wait_until, wait_until_within, Pylon, WAIT};
+use support::{closed_port, wait_until, wait_until_within, Pylon, WAIT};
 
 fn routes_to_addr(addr: SocketAddr) -> String {
     format!(
@@ -164,14 +164,11 @@ async fn request_bodies_go_up_with_their_length_or_chunked() {
 #[tokio::test]
 async fn a_post_goes_to_the_next_node_when_the_first_refuses_the_connection() {
     let up = echo();
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     // Round robin over a dead node and a live one: half the requests meet the dead one first.
     let routes = format!(
-        "routes:\n  - id: r1\n    uri: /*\n    upstream:\n      nodes:\n        \"{closed}\": 1\n        \"{}\": 1\n",
-        up.addr
+        "routes:\n  - id: r1\n    uri: /*\n    upstream:\n      nodes:\n        \"{}\": 1\n        \"{}\": 1\n",
+        closed.addr, up.addr
     );
     let pylon = Pylon::start(&routes, "");
     let mut h2 = connect(pylon.addr).await;
@@ -378,13 +375,10 @@ async fn many_streams_share_one_connection() {
 
 #[tokio::test]
 async fn gateway_errors_are_the_same_statuses_and_json() {
-    // A port nothing listens on.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let routes = format!(
-        "routes:\n  - id: down\n    uri: /down\n    upstream:\n      nodes:\n        \"{closed}\": 1\n"
+        "routes:\n  - id: down\n    uri: /down\n    upstream:\n      nodes:\n        \"{}\": 1\n",
+        closed.addr
     );
     let pylon = Pylon::start(&routes, "");
     let mut h2 = connect(pylon.addr).await;

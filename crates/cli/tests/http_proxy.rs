@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 use support::client::{get, Conn, Response};
 use support::upstream::{respond, Received, Upstream};
-use support::{Pylon, WAIT};
+use support::{closed_port, Pylon, WAIT};
 
 /// Routes every path to `up`, with extra upstream fields (indented 6 spaces).
 fn routes_to(up: &Upstream, upstream_extra: &str) -> String {
@@ -1023,10 +1023,8 @@ fn an_upstream_slower_than_the_read_timeout_is_a_504() {
 
 #[test]
 fn a_refused_connection_is_a_502() {
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
-    let pylon = Pylon::start(&routes_to_addr(addr, ""), "");
+    let closed = closed_port();
+    let pylon = Pylon::start(&routes_to_addr(closed.addr, ""), "");
     let res = get(pylon.addr, "example.com", "/x");
     assert_gateway_error(&res, 502);
     let log = pylon.wait_access_log(1);

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use support::client::{get, Response};
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::upstream::{respond, Upstream};
-use support::{validate, wait_until, Pylon};
+use support::{closed_port, validate, wait_until, Pylon};
 
 /// Requests the test may send while waiting for something traffic brings about.
 const MAX_REQUESTS: usize = 200;
@@ -63,14 +63,6 @@ fn routes(nodes: &[SocketAddr], outlier: &Value, extra: &[Value]) -> String {
         "routes": routes,
     })
     .to_string()
-}
-
-/// A port nothing listens on.
-fn closed_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// `GET /t` on a new connection (so both workers serve).
@@ -205,12 +197,18 @@ async fn gateway_failures_eject_a_node_that_cannot_be_reached() {
         let (a, b, closed) = (Node::start("a", 200), Node::start("b", 200), closed_port());
         let config = json!({"consecutive_gateway_failure": 2, "base_ejection_time": 30,
                             "max_ejection_percent": 34});
-        let pylon = Pylon::start(&routes(&[a.up.addr, b.up.addr, closed], &config, &[]), "");
+        let pylon = Pylon::start(
+            &routes(&[a.up.addr, b.up.addr, closed.addr], &config, &[]),
+            "",
+        );
         let what = format!("{protocol:?}");
 
         // Each attempt on the closed port is the gateway's 502 (no retries): two eject it.
         ask_until(protocol, &pylon, |answers| count(answers, "502") == 2).await;
-        wait_until(|| ejected(&pylon, closed), "the closed port to be ejected");
+        wait_until(
+            || ejected(&pylon, closed.addr),
+            "the closed port to be ejected",
+        );
         let counts = &report(&pylon)["outlier_detection"];
         assert_eq!(
             (

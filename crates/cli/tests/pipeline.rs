@@ -4,13 +4,13 @@
 
 mod support;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use support::protocols::{call, LeavingClient, LEAVINGS, PROTOCOLS};
 use support::upstream::{respond, Gate, Received, Upstream};
-use support::{read_json_lines, wait_until, Pylon};
+use support::{closed_port, read_json_lines, wait_until, Pylon};
 
 /// Routes `/refused` to a closed port, `/slow` to `slow` (with a short read timeout) and
 /// `/ok` to `ok`.
@@ -29,10 +29,7 @@ fn config(closed: std::net::SocketAddr, slow: &Upstream, ok: &Upstream) -> Strin
 
 #[tokio::test]
 async fn the_access_log_names_the_side_and_cause_of_a_failed_exchange() {
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let gate = Gate::default();
     let held = gate.clone();
     let slow = Upstream::with_handler(
@@ -44,7 +41,7 @@ async fn the_access_log_names_the_side_and_cause_of_a_failed_exchange() {
         }),
     );
     let ok = Upstream::start("ok");
-    let pylon = Pylon::start(&config(closed, &slow, &ok), "");
+    let pylon = Pylon::start(&config(closed.addr, &slow, &ok), "");
     let cases = [
         ("/refused", 502, Some("upstream_refused")),
         ("/slow", 504, Some("upstream_timeout")),

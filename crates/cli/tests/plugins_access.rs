@@ -6,14 +6,14 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use support::client::{get, Response};
 use support::protocols::{assert_refused, call, Protocol, PROTOCOLS};
 use support::upstream::{respond, Gate, Received, Upstream};
-use support::Pylon;
+use support::{closed_port, Pylon};
 
 /// A route on `uri` to `up` with `plugins`.
 fn route(id: &str, uri: &str, up: &Upstream, plugins: Value) -> Value {
@@ -425,13 +425,10 @@ async fn cors_runs_before_authentication_so_its_headers_reach_a_401() {
 
 #[tokio::test]
 async fn cors_headers_reach_the_gateways_own_errors() {
-    let down = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let down = closed_port();
     let config = json!({"routes": [{
         "id": "c", "uri": "/c", "plugins": {"cors": {"allow_origins": "**"}},
-        "upstream": {"nodes": {down.to_string(): 1}}
+        "upstream": {"nodes": {down.addr.to_string(): 1}}
     }]});
     let pylon = Pylon::start(&config.to_string(), "");
     for protocol in PROTOCOLS {
@@ -699,10 +696,7 @@ async fn forward_auth_applies_its_failure_policy_when_the_service_hangs_or_is_do
             false
         }),
     );
-    let down = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let down = closed_port();
     let timeout = json!({"timeout": 500});
     let pylon = Pylon::start(
         &routes(&[
@@ -728,13 +722,13 @@ async fn forward_auth_applies_its_failure_policy_when_the_service_hangs_or_is_do
                 "down-closed",
                 "/down/closed",
                 &up,
-                forward_auth(down, timeout.clone()),
+                forward_auth(down.addr, timeout.clone()),
             ),
             route(
                 "down-open",
                 "/down/open",
                 &up,
-                forward_auth(down, json!({"allow_degradation": true})),
+                forward_auth(down.addr, json!({"allow_degradation": true})),
             ),
         ]),
         "",

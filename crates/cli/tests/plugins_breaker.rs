@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::upstream::{respond, Upstream};
-use support::Pylon;
+use support::{closed_port, Pylon};
 
 /// GETs `uri`, and waits until the gateway has logged it: its `log` phase, where the breaker
 /// counts the answer, runs just before the access log line is written, after the response.
@@ -92,18 +92,14 @@ async fn failures_open_the_breaker_and_successes_close_it() {
 
 #[tokio::test]
 async fn an_upstream_that_cannot_be_reached_counts_as_failing() {
-    // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let breaker = json!({"api-breaker": {
         "break_response_code": 599,
         "unhealthy": {"http_statuses": [502], "failures": 1}
     }});
     let routes = json!({"routes": [
         {"id": "down", "uri": "/down/*", "plugins": breaker,
-         "upstream": {"nodes": {closed.to_string(): 1}}}
+         "upstream": {"nodes": {closed.addr.to_string(): 1}}}
     ]});
     let pylon = Pylon::start(&routes.to_string(), "");
     for protocol in PROTOCOLS {

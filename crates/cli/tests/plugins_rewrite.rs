@@ -7,7 +7,7 @@
 mod support;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use support::client::Response;
 use support::http2::{connect, request, send};
 use support::protocols::{call, PROTOCOLS};
 use support::upstream::{respond, Received, Upstream};
-use support::Pylon;
+use support::{closed_port, Pylon};
 
 /// A route on `uri` to `addr` with `plugins`.
 fn route(id: &str, uri: &str, addr: SocketAddr, plugins: Value) -> Value {
@@ -170,14 +170,11 @@ async fn proxy_rewrite_adds_sets_and_removes_upstream_headers() {
 async fn proxy_rewrite_edits_go_with_every_attempt() {
     let up = Upstream::start("up");
     // Refuses connections: an attempt there fails and the request goes to the next node.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port();
     let config = json!({"routes": [{
         "id": "r", "uri": "/r",
         "plugins": {"proxy-rewrite": {"uri": "/rewritten", "headers": {"set": {"X-Set": "yes"}}}},
-        "upstream": {"nodes": {closed.to_string(): 1, up.addr.to_string(): 1}, "retries": 1}
+        "upstream": {"nodes": {closed.addr.to_string(): 1, up.addr.to_string(): 1}, "retries": 1}
     }]});
     let pylon = Pylon::start(&config.to_string(), "");
     for protocol in PROTOCOLS {
@@ -349,14 +346,11 @@ fn filtered_upstream() -> Upstream {
 #[tokio::test]
 async fn response_rewrite_filters_edit_the_body_whoever_made_it() {
     let up = filtered_upstream();
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closed_port();
     let pylon = Pylon::start(
         &routes(&[
             route("f", "/f/*", up.addr, body_filters()),
-            route("dead", "/dead", dead, body_filters()),
+            route("dead", "/dead", dead.addr, body_filters()),
         ]),
         "",
     );
@@ -780,14 +774,11 @@ async fn request_id_gives_the_upstream_and_the_client_one_id_keeping_the_clients
 #[tokio::test]
 async fn request_id_reaches_plugin_refusals_and_gateway_errors() {
     let up = Upstream::start("up");
-    let down = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let down = closed_port();
     let config = json!({
         "routes": [
             route("auth", "/auth", up.addr, json!({"request-id": {}, "key-auth": {}})),
-            route("down", "/down", down, json!({"request-id": {}})),
+            route("down", "/down", down.addr, json!({"request-id": {}})),
         ],
         "consumers": [{"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}}]
     });
@@ -821,16 +812,13 @@ async fn request_id_reaches_plugin_refusals_and_gateway_errors() {
 #[tokio::test]
 async fn mocking_answers_without_the_upstream() {
     // Nothing listens there: any attempt to proxy would be a 502.
-    let nowhere = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let nowhere = closed_port();
     let pylon = Pylon::start(
         &routes(&[
             route(
                 "example",
                 "/example",
-                nowhere,
+                nowhere.addr,
                 json!({"mocking": {
                     "response_status": 201,
                     "response_example": "{\"a\": \"$arg_a\"}",
@@ -840,7 +828,7 @@ async fn mocking_answers_without_the_upstream() {
             route(
                 "schema",
                 "/schema",
-                nowhere,
+                nowhere.addr,
                 json!({"mocking": {
                     "response_schema": {"type": "object", "properties": {
                         "name": {"type": "string", "example": "pylon"},
@@ -852,13 +840,13 @@ async fn mocking_answers_without_the_upstream() {
             route(
                 "delayed",
                 "/delayed",
-                nowhere,
+                nowhere.addr,
                 json!({"mocking": {"delay": 1, "response_example": "late"}}),
             ),
             route(
                 "xml",
                 "/xml",
-                nowhere,
+                nowhere.addr,
                 json!({"mocking": {
                     "content_type": "text/xml", "response_example": "<a>1</a>"
                 }}),

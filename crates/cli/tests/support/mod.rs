@@ -340,6 +340,32 @@ pub fn wait_until_within(within: Duration, mut cond: impl FnMut() -> bool, what:
     }
 }
 
+/// A loopback port that refuses connections for as long as this guard lives.
+///
+/// The port is bound and never listened on, so a connection to it is refused at once (RST),
+/// as on any closed port, while no other socket can bind it (it is bound without
+/// `SO_REUSEADDR`). Binding a listener on `127.0.0.1:0` and dropping it instead gives the port
+/// back: another test of the same binary (they run in parallel) may start an upstream on it,
+/// and the "closed" address answers.
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+/// Reserves a loopback port that nothing listens on; see [`ClosedPort`].
+pub fn closed_port() -> ClosedPort {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    ClosedPort {
+        addr,
+        _socket: socket,
+    }
+}
+
 // === reloads ===
 
 impl Pylon {
