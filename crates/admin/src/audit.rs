@@ -14,6 +14,7 @@ use pylon_store::{ConfigStore, Entry, Precondition, StoreError, Txn, View};
 use ring::digest::{digest, SHA256};
 use serde_json::{json, Map, Value};
 
+use crate::clock::now_ms;
 use crate::identity::{hex, Caller};
 
 /// The previous hash of the first record.
@@ -171,12 +172,6 @@ fn hash_of(entry: &Value) -> String {
     fields.remove("hash");
     let text = Value::Object(fields).to_string();
     hex(digest(&SHA256, text.as_bytes()).as_ref())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Which records a query asks for.

@@ -22,9 +22,10 @@ use serde_json::{json, Map, Value};
 
 use crate::audit::Record;
 use crate::auth::forbidden;
+use crate::clock::now;
 use crate::identity::{Caller, Role};
 use crate::query::Query;
-use crate::resources::{self, now};
+use crate::resource_write;
 use crate::response::{listed, parse_body, Reply};
 use crate::secrets;
 use crate::tenancy::{self, owner, Tenant, Via};
@@ -215,7 +216,7 @@ pub(crate) async fn handle(
     body: &[u8],
 ) -> Result<Reply, Reply> {
     let caller = &record.caller;
-    let json = || crate::server::json_body(body);
+    let json = || crate::body::json_body(body);
     match (rest, method) {
         ([], &Method::GET) => Ok(list(&backend.replica.view(), caller, query)),
         ([], &Method::POST) => create(backend, record, json()?).await,
@@ -335,7 +336,7 @@ fn validate(backend: &Backend, view: &View, cs: &ChangeSet) -> Vec<String> {
             Some(value) => check_put(backend, &scratch, &author, &key, value),
             None => match scratch.entries.get(&key) {
                 Some(existing) => {
-                    resources::delete_keys(&scratch, &author, existing, false, Via::ChangeSet)
+                    resource_write::delete_keys(&scratch, &author, existing, false, Via::ChangeSet)
                         .map(drop)
                 }
                 None => Ok(()),
@@ -569,8 +570,8 @@ fn put_change(
     };
     let writes: Vec<(Key, Option<Value>)> = match value {
         Some(body) => {
-            let body = resources::put_body(&key, Some(body))?;
-            let (_, stored) = resources::put_value(
+            let body = resource_write::put_body(&key, Some(body))?;
+            let (_, stored) = resource_write::put_value(
                 backend,
                 &scratch,
                 &author,
@@ -583,7 +584,7 @@ fn put_change(
         }
         None => {
             let existing = scratch.entries.get(&key).ok_or_else(Reply::not_found)?;
-            resources::delete_keys(&scratch, &author, existing, false, Via::ChangeSet)?
+            resource_write::delete_keys(&scratch, &author, existing, false, Via::ChangeSet)?
                 .into_iter()
                 .map(|k| (k, None))
                 .collect()

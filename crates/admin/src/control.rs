@@ -5,12 +5,12 @@
 use http::{Method, StatusCode};
 
 use crate::audit::Record;
+use crate::body::json_body;
 use crate::change_sets;
 use crate::history;
 use crate::nodes;
 use crate::query::Query;
 use crate::response::Reply;
-use crate::server::json_body;
 use crate::tenants;
 use crate::writer::Backend;
 

@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use crate::audit::Record;
 use crate::auth::forbidden;
+use crate::clock::now;
 use crate::identity::{self, Caller, Role, User};
-use crate::resources::now;
 use crate::response::{listed, parse_body, Reply};
 use crate::tenancy::owner;
 use crate::writer::{Backend, Plan};
