@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pylon_model::Key;
+use pylon_model::{Key, Kind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -231,21 +231,39 @@ struct CachedEntry<'a> {
 }
 
 async fn keep_cache(path: PathBuf, mut views: watch::Receiver<Arc<View>>) {
+    let mut kept: Option<Arc<View>> = None;
     loop {
         // A view that is not live holds the last content the store gave: still worth keeping.
         let view = views.borrow_and_update().clone();
-        let target = path.clone();
-        let started = tokio::time::Instant::now();
-        let written = tokio::task::spawn_blocking(move || write_cache(&target, &view)).await;
-        if let Ok(Err(e)) = written {
-            tracing::warn!("local config copy {} not written: {e}", path.display());
+        let mut pause = CACHE_INTERVAL;
+        if worth_writing(kept.as_deref(), &view) {
+            let (target, copy) = (path.clone(), view.clone());
+            let started = tokio::time::Instant::now();
+            let written = tokio::task::spawn_blocking(move || write_cache(&target, &copy)).await;
+            match written {
+                Ok(Ok(())) => kept = Some(view),
+                Ok(Err(e)) => {
+                    tracing::warn!("local config copy {} not written: {e}", path.display())
+                }
+                Err(_) => {}
+            }
+            pause = pause.max(started.elapsed() * (CACHE_SHARE - 1));
         }
-        let pause = started.elapsed() * (CACHE_SHARE - 1);
-        tokio::time::sleep(pause.max(CACHE_INTERVAL)).await;
+        tokio::time::sleep(pause).await;
         if views.changed().await.is_err() {
             return;
         }
     }
+}
+
+/// Whether `view` is worth writing over the copy of `kept`. Nodes beat every few seconds
+/// each: a copy that differs only by their records serves a start as well, and rewriting a
+/// large copy for each beat would cost a good share of a core.
+fn worth_writing(kept: Option<&View>, view: &View) -> bool {
+    kept.is_none_or(|kept| {
+        let changes = kept.entries.changes(&view.entries);
+        changes.iter().any(|(key, _)| key.kind != Kind::Nodes)
+    })
 }
 
 /// Writes the view to a temporary file and renames it over the cache: a crash leaves the old
@@ -439,6 +457,30 @@ mod tests {
         store.down.store(false, Ordering::SeqCst);
         let view = until(&replica, |v| v.live).await;
         assert_eq!(view.entries.len(), 2);
+    }
+
+    #[test]
+    fn a_nodes_beat_alone_does_not_rewrite_the_local_copy() {
+        let entry = |key: Key, n: u64| {
+            Arc::new(Entry {
+                key,
+                value: json!({"n": n}),
+                create_revision: 1,
+                mod_revision: n,
+            })
+        };
+        let view = |entries: Vec<Arc<Entry>>, revision| View {
+            revision,
+            entries: Entries::from_iter(entries),
+            live: true,
+        };
+        let node = Key::new(Kind::Nodes, "gw-a");
+        let kept = view(vec![entry(route("1"), 1), entry(node.clone(), 1)], 1);
+        assert!(worth_writing(None, &kept));
+        let beat = view(vec![entry(route("1"), 1), entry(node.clone(), 2)], 2);
+        assert!(!worth_writing(Some(&kept), &beat));
+        let change = view(vec![entry(route("1"), 3), entry(node, 2)], 3);
+        assert!(worth_writing(Some(&kept), &change));
     }
 
     /// Two processes that follow one etcd from one data directory (the old and the new one
