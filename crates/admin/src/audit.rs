@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 
 use pylon_model::{Key, Kind, DEFAULT_TENANT, TENANT_FIELD};
 use pylon_store::{ConfigStore, Entry, Precondition, StoreError, Txn, View};
-use ring::digest::{digest, SHA256};
+use ring::digest::SHA256;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
 use crate::clock::now_ms;
@@ -166,12 +167,43 @@ fn shown(value: &Value) -> Value {
 }
 
 /// The SHA-256 of a record without its own hash, over its JSON text (objects' fields are in
-/// one order, so a record read back hashes as it was written).
-fn hash_of(entry: &Value) -> String {
-    let mut fields: Map<String, Value> = entry.as_object().cloned().unwrap_or_default();
-    fields.remove("hash");
-    let text = Value::Object(fields).to_string();
-    hex(digest(&SHA256, text.as_bytes()).as_ref())
+/// one order, so a record read back hashes as it was written). The text is hashed as it is
+/// written out, never held: a publish of thousands of resources makes a record of megabytes.
+fn hash_of(record: &Value) -> String {
+    let mut digest = DigestWriter(ring::digest::Context::new(&SHA256));
+    match record.as_object() {
+        Some(fields) => serde_json::to_writer(&mut digest, &WithoutHash(fields)),
+        None => serde_json::to_writer(&mut digest, record),
+    }
+    .expect("a JSON value serializes");
+    hex(digest.0.finish().as_ref())
+}
+
+/// A record's fields but its `hash`.
+struct WithoutHash<'a>(&'a Map<String, Value>);
+
+impl Serialize for WithoutHash<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (name, value) in self.0.iter().filter(|(name, _)| *name != "hash") {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+/// Hashes what is written to it.
+struct DigestWriter(ring::digest::Context);
+
+impl std::io::Write for DigestWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Which records a query asks for.
