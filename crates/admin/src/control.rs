@@ -41,7 +41,7 @@ pub(crate) async fn handle(
         (["change_sets", rest @ ..], _) => {
             change_sets::handle(backend, record, method, rest, query, body).await
         }
-        (["nodes"], &Method::GET) => nodes::list(backend, record),
+        (["nodes"], &Method::GET) => nodes::list(backend),
         _ => Err(Reply::error(StatusCode::NOT_FOUND, "not found")),
     };
     result.unwrap_or_else(|reply| reply)

@@ -79,13 +79,19 @@ pub(crate) async fn verify(backend: &Backend, record: &Record) -> Result<Reply, 
     })
 }
 
-/// What a versions path names: a resource, and one of its versions or a diff of two.
+/// What a versions path names: a resource, and what of its versions.
 struct VersionPath {
     key: Key,
-    /// `None`: every version.
-    seq: Option<u64>,
-    rollback: bool,
-    diff: bool,
+    asked: Asked,
+}
+
+#[derive(Debug, PartialEq)]
+enum Asked {
+    Every,
+    One(u64),
+    /// Two, `?from=&to=`, field by field.
+    Diff,
+    RollbackTo(u64),
 }
 
 impl VersionPath {
@@ -106,19 +112,14 @@ impl VersionPath {
         let (id, tail) = rest.split_at(parts);
         let key = Key::new(kind, id.join("/"));
         let seq = |s: &str| s.parse::<u64>().ok();
-        let (seq, rollback, diff) = match tail {
-            [] => (None, false, false),
-            ["diff"] => (None, false, true),
-            [n] => (Some(seq(n)?), false, false),
-            [n, "rollback"] => (Some(seq(n)?), true, false),
+        let asked = match tail {
+            [] => Asked::Every,
+            ["diff"] => Asked::Diff,
+            [n] => Asked::One(seq(n)?),
+            [n, "rollback"] => Asked::RollbackTo(seq(n)?),
             _ => return None,
         };
-        Some(VersionPath {
-            key,
-            seq,
-            rollback,
-            diff,
-        })
+        Some(VersionPath { key, asked })
     }
 }
 
@@ -153,8 +154,8 @@ pub(crate) async fn versions(
                 )
             })
     };
-    match (path.seq, method) {
-        (None, &Method::GET) if path.diff => {
+    match (path.asked, method) {
+        (Asked::Diff, &Method::GET) => {
             let number = |name: &str| {
                 query
                     .get(name)
@@ -173,7 +174,7 @@ pub(crate) async fn versions(
                 json!({ "key": path.key.to_string(), "from": from["seq"], "to": to["seq"], "changes": changes }),
             ))
         }
-        (None, &Method::GET) => {
+        (Asked::Every, &Method::GET) => {
             let summaries = versions
                 .iter()
                 .map(|v| {
@@ -186,10 +187,8 @@ pub(crate) async fn versions(
                 .collect();
             Ok(listed(summaries))
         }
-        (Some(seq), &Method::GET) if !path.rollback => {
-            Ok(Reply::json(StatusCode::OK, find(seq)?.clone()))
-        }
-        (Some(seq), &Method::POST) if path.rollback => {
+        (Asked::One(seq), &Method::GET) => Ok(Reply::json(StatusCode::OK, find(seq)?.clone())),
+        (Asked::RollbackTo(seq), &Method::POST) => {
             let version = find(seq)?;
             let value = version["value"].clone();
             let value = (!value.is_null()).then_some(value);
@@ -255,14 +254,21 @@ mod tests {
     fn version_paths_follow_the_kinds_ids() {
         let p = VersionPath::parse(&["routes", "1", "00000000000000000042", "rollback"]).unwrap();
         assert_eq!(
-            (p.key, p.seq, p.rollback),
-            (Key::new(Kind::Routes, "1"), Some(42), true)
+            (p.key, p.asked),
+            (Key::new(Kind::Routes, "1"), Asked::RollbackTo(42))
         );
         let p = VersionPath::parse(&["consumers", "jack"]).unwrap();
-        assert_eq!((p.key, p.seq), (Key::new(Kind::Consumers, "jack"), None));
+        assert_eq!(
+            (p.key, p.asked),
+            (Key::new(Kind::Consumers, "jack"), Asked::Every)
+        );
         let p = VersionPath::parse(&["credentials", "jack", "credentials", "a", "7"]).unwrap();
-        assert_eq!((p.key.id.as_str(), p.seq), ("jack/credentials/a", Some(7)));
-        assert!(VersionPath::parse(&["routes", "1", "diff"]).unwrap().diff);
+        assert_eq!(
+            (p.key.id.as_str(), p.asked),
+            ("jack/credentials/a", Asked::One(7))
+        );
+        let p = VersionPath::parse(&["routes", "1", "diff"]).unwrap();
+        assert_eq!(p.asked, Asked::Diff);
         assert!(VersionPath::parse(&["routes", "1", "x"]).is_none());
         assert!(VersionPath::parse(&["nope", "1"]).is_none());
     }

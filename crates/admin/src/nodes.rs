@@ -5,11 +5,10 @@
 use pylon_model::Kind;
 use serde_json::Value;
 
-use crate::audit::Record;
 use crate::response::{listed, Reply};
 use crate::writer::Backend;
 
-pub(crate) fn list(backend: &Backend, _record: &Record) -> Result<Reply, Reply> {
+pub(crate) fn list(backend: &Backend) -> Result<Reply, Reply> {
     let view = backend.replica.view();
     let nodes: Vec<Value> = view.of_kind(Kind::Nodes).map(|e| e.value.clone()).collect();
     Ok(listed(nodes))
