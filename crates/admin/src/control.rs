@@ -42,6 +42,7 @@ pub(crate) async fn handle(
             change_sets::handle(backend, record, method, rest, query, body).await
         }
         (["nodes"], &Method::GET) => nodes::list(backend),
+        (["nodes", id], &Method::DELETE) => nodes::forget(backend, record, id).await,
         _ => Err(Reply::error(StatusCode::NOT_FOUND, "not found")),
     };
     result.unwrap_or_else(|reply| reply)

@@ -482,7 +482,7 @@ fn every_path_and_role(plane: &Plane) {
 
     // Callers in order: platform admin, platform viewer, then team-a's tenant admin, editor,
     // reviewer and viewer, then team-b's editor.
-    let matrix: [(&str, &str, Option<Value>, [u16; 7]); 17] = [
+    let matrix: [(&str, &str, Option<Value>, [u16; 7]); 18] = [
         (
             "GET",
             "/apisix/admin/routes/a1",
@@ -584,6 +584,12 @@ fn every_path_and_role(plane: &Plane) {
             "/pylon/admin/nodes",
             None,
             [200, 200, 200, 200, 200, 200, 200],
+        ),
+        (
+            "DELETE",
+            "/pylon/admin/nodes/gone",
+            None,
+            [404, 403, 403, 403, 403, 403, 403],
         ),
     ];
     for (n, (method, path, body, statuses)) in matrix.iter().enumerate() {
@@ -1362,6 +1368,13 @@ fn a_change_set_is_served_by_one_node_then_promoted_or_aborted() {
     // Every node has registered itself.
     let nodes = plane.platform("GET", "/pylon/admin/nodes", None).json();
     assert_eq!(nodes["total"], 3, "{nodes}");
+    let gone = nodes["list"][2]["id"].as_str().unwrap().to_owned();
+    let res = plane.platform("DELETE", &format!("/pylon/admin/nodes/{gone}"), None);
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(
+        plane.platform("GET", "/pylon/admin/nodes", None).json()["total"],
+        2
+    );
     let chosen = node_status(&plane.nodes[0])["id"]
         .as_str()
         .unwrap()
