@@ -261,24 +261,34 @@ impl Traffic {
         }
     }
 
-    /// Whether `route` has one of these paths: the cheap first test of another route.
-    fn has_a_path_of(&self, route: &Value) -> bool {
-        one_or_many(route, "uri", "uris").any(|uri| self.uris.iter().any(|mine| mine == uri))
+    /// A path of `route` that some request shares with one of these: the cheap first test
+    /// of another route.
+    fn path_shared_with<'v>(&self, route: &'v Value) -> Option<&'v str> {
+        one_or_many(route, "uri", "uris")
+            .find(|uri| self.uris.iter().any(|mine| paths_meet(mine, uri)))
     }
 
-    /// A request both routes would take, described, if there is one.
+    /// Requests both routes would take, described by the other route's host and path, if
+    /// there are some.
     fn shared_with(&self, other: &Traffic) -> Option<String> {
-        fn meet<'a>(a: &'a [String], b: &'a [String]) -> Option<Option<&'a String>> {
-            match (a.is_empty(), b.is_empty()) {
-                (true, true) => Some(None),
-                (true, false) => b.first().map(Some),
-                (false, true) => a.first().map(Some),
-                (false, false) => a.iter().find(|x| b.contains(x)).map(Some),
+        /// The other's entry that meets one of `mine` (none given: any), if they meet.
+        fn meet<'a>(
+            mine: &[String],
+            others: &'a [String],
+            same: impl Fn(&str, &str) -> bool,
+        ) -> Option<Option<&'a String>> {
+            match (mine.is_empty(), others.is_empty()) {
+                (_, true) => Some(None),
+                (true, false) => others.first().map(Some),
+                (false, false) => others
+                    .iter()
+                    .find(|o| mine.iter().any(|m| same(m, o)))
+                    .map(Some),
             }
         }
-        let uri = self.uris.iter().find(|u| other.uris.contains(u))?;
-        let host = meet(&self.hosts, &other.hosts)?;
-        meet(&self.methods, &other.methods)?;
+        let uri = meet(&self.uris, &other.uris, paths_meet)??;
+        let host = meet(&self.hosts, &other.hosts, hosts_meet)?;
+        meet(&self.methods, &other.methods, |a, b| a == b)?;
         Some(match host {
             Some(host) => format!("host `{host}` path `{uri}`"),
             None => format!("path `{uri}` on any host"),
@@ -286,8 +296,59 @@ impl Traffic {
     }
 }
 
-/// A route of one tenant may not take requests (same host, path and method) that a route of
-/// another tenant already serves: the refusal names that route.
+/// Whether some request path matches both route paths: exact paths, `:name` segments (any one
+/// segment) and a trailing `*` (anything after what precedes it), as the router reads them.
+fn paths_meet(a: &str, b: &str) -> bool {
+    match (a.strip_suffix('*'), b.strip_suffix('*')) {
+        (Some(a), Some(b)) => prefix_meets(a, b) || prefix_meets(b, a),
+        (Some(prefix), None) => prefix_meets(prefix, b),
+        (None, Some(prefix)) => prefix_meets(prefix, a),
+        (None, None) => {
+            let (a, b) = (a.split('/'), b.split('/'));
+            a.clone().count() == b.clone().count() && a.zip(b).all(|(x, y)| segments_meet(x, y))
+        }
+    }
+}
+
+/// Whether a path that `pattern` matches can start with `prefix`.
+fn prefix_meets(prefix: &str, pattern: &str) -> bool {
+    let mut prefix_parts = prefix.split('/').peekable();
+    let mut pattern_parts = pattern.split('/');
+    while let Some(part) = prefix_parts.next() {
+        let last = prefix_parts.peek().is_none();
+        let Some(theirs) = pattern_parts.next() else {
+            // The pattern's paths end before the prefix does (`/a` against `/a/`).
+            return false;
+        };
+        let meets = if last {
+            // The prefix's last part may be cut short: `/ab*` starts `/abc`.
+            theirs.starts_with(':') || theirs.starts_with(part)
+        } else {
+            segments_meet(part, theirs)
+        };
+        if !meets {
+            return false;
+        }
+    }
+    true
+}
+
+fn segments_meet(a: &str, b: &str) -> bool {
+    a == b || (a.starts_with(':') && !b.is_empty()) || (b.starts_with(':') && !a.is_empty())
+}
+
+/// Whether some host matches both host patterns (a leading `*.` is any labels before).
+fn hosts_meet(a: &str, b: &str) -> bool {
+    match (a.strip_prefix('*'), b.strip_prefix('*')) {
+        (Some(a), Some(b)) => a.ends_with(b) || b.ends_with(a),
+        (Some(suffix), None) => b.ends_with(suffix),
+        (None, Some(suffix)) => a.ends_with(suffix),
+        (None, None) => a == b,
+    }
+}
+
+/// A route of one tenant may not take requests (a host, path and method both match) that a
+/// route of another tenant already serves: the refusal names that route.
 fn check_traffic(view: &View, key: &Key, value: &Value, tenant: &str) -> Result<(), Reply> {
     // Without tenants every route is the default tenant's: there is no other tenant's traffic
     // to take, and the scan of every route is spared.
@@ -296,7 +357,7 @@ fn check_traffic(view: &View, key: &Key, value: &Value, tenant: &str) -> Result<
     }
     let traffic = Traffic::of(view, value);
     for other in view.of_kind(Kind::Routes) {
-        let elsewhere = other.key == *key || !traffic.has_a_path_of(&other.value);
+        let elsewhere = other.key == *key || traffic.path_shared_with(&other.value).is_none();
         if elsewhere || owner(&other.value) == tenant {
             continue;
         }
@@ -316,6 +377,37 @@ fn check_traffic(view: &View, key: &Key, value: &Value, tenant: &str) -> Result<
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn paths_and_hosts_meet_as_the_router_matches_them() {
+        use super::{hosts_meet, paths_meet};
+        for (a, b) in [
+            ("/a", "/a"),
+            ("/a/*", "/a/b"),
+            ("/a/*", "/a/b/c"),
+            ("/a/*", "/a/:id"),
+            ("/ab*", "/abc"),
+            ("/a/*", "/a/b/*"),
+            ("/users/:id/profile", "/users/7/profile"),
+            ("/*", "/anything"),
+        ] {
+            assert!(paths_meet(a, b) && paths_meet(b, a), "{a} and {b}");
+        }
+        for (a, b) in [
+            ("/a", "/b"),
+            ("/a/*", "/b/c"),
+            ("/a/:id", "/a/b/c"),
+            ("/users/:id/profile", "/users/7/settings"),
+            ("/a/b/*", "/a/c"),
+            ("/a/*", "/a"),
+        ] {
+            assert!(!paths_meet(a, b) && !paths_meet(b, a), "{a} and {b}");
+        }
+        assert!(hosts_meet("*.a.com", "x.y.a.com"));
+        assert!(hosts_meet("*.a.com", "*.y.a.com"));
+        assert!(!hosts_meet("*.a.com", "a.com"));
+        assert!(!hosts_meet("b.com", "a.com"));
+    }
+
     use super::*;
     use serde_json::json;
 
@@ -337,6 +429,19 @@ mod tests {
         assert_eq!(a.shared_with(&other_host), None);
         let other_path = traffic(json!({"uri": "/api", "host": "a.com"}));
         assert_eq!(a.shared_with(&other_path), None);
+        // Paths meet by the router's patterns, hosts by their wildcards.
+        let inside = traffic(json!({"uri": "/api/orders", "host": "x.b.com"}));
+        let wildcard = traffic(json!({"uri": "/api/*", "host": "*.b.com"}));
+        assert_eq!(
+            inside.shared_with(&wildcard).as_deref(),
+            Some("host `*.b.com` path `/api/*`")
+        );
+        let param = traffic(json!({"uri": "/api/:what"}));
+        assert!(param.shared_with(&inside).is_some());
+        assert_eq!(
+            param.shared_with(&traffic(json!({"uri": "/api/a/b"}))),
+            None
+        );
         let get = traffic(json!({"uri": "/api/*", "methods": ["GET"]}));
         let post = traffic(json!({"uri": "/api/*", "methods": ["POST"]}));
         assert_eq!(get.shared_with(&post), None);

@@ -197,19 +197,20 @@ pub(crate) async fn users(
     let view = backend.replica.view();
     match (rest, method) {
         ([], &Method::GET) => {
-            require_user_admin(caller)?;
+            if !(platform_reader(caller) || caller.role == Role::TenantAdmin) {
+                return Err(forbidden(format!(
+                    "role `{}` does not see users",
+                    caller.role.as_str()
+                )));
+            }
             let list: Vec<Value> = users_of(&view)
-                .filter(|u| manages(caller, u.tenant_id.as_deref()))
+                .filter(|u| sees(caller, u))
                 .map(|u| u.shown())
                 .collect();
             Ok(listed(list))
         }
         ([name], &Method::GET) => match User::from_view(&view, name) {
-            Some(user)
-                if user.username == caller.name || manages(caller, user.tenant_id.as_deref()) =>
-            {
-                Ok(Reply::json(StatusCode::OK, user.shown()))
-            }
+            Some(user) if sees(caller, &user) => Ok(Reply::json(StatusCode::OK, user.shown())),
             _ => Err(Reply::not_found()),
         },
         ([name], &Method::PUT) => {
@@ -228,6 +229,18 @@ pub(crate) async fn users(
 fn users_of(view: &View) -> impl Iterator<Item = User> + '_ {
     view.of_kind(Kind::Users)
         .filter_map(|e| serde_json::from_value(e.value.clone()).ok())
+}
+
+/// Whether `caller` sees `user`: itself, the users it manages, or all, for a platform viewer.
+fn sees(caller: &Caller, user: &User) -> bool {
+    user.username == caller.name
+        || platform_reader(caller)
+        || manages(caller, user.tenant_id.as_deref())
+}
+
+/// The platform's admins and viewers read everything.
+fn platform_reader(caller: &Caller) -> bool {
+    caller.tenant.is_none() && matches!(caller.role, Role::PlatformAdmin | Role::Viewer)
 }
 
 /// Whether `caller` manages the users of `tenant` (`None`: the platform's).
