@@ -931,17 +931,15 @@ fn review_before_publish_on_etcd() {
     review(&Plane::etcd(2));
 }
 
-/// Two change sets to one route, published at once through two nodes: one wins, the other is
-/// refused until rebased, reviewed again and published.
-#[test]
-fn a_publish_whose_base_changed_is_refused_until_rebased() {
-    let plane = Plane::etcd(2);
+/// Two change sets to one route, published at once (through two nodes, where there are two):
+/// one wins, the other is refused until rebased, and then published.
+fn concurrent_publishes(plane: &Plane) {
     let up = Upstream::start("one");
-    tenant(&plane, "shop", false);
-    let ann = user(&plane, "ann", "editor", Some("shop"));
-    let bob = user(&plane, "bob", "editor", Some("shop"));
+    tenant(plane, "shop", false);
+    let ann = user(plane, "ann", "editor", Some("shop"));
+    let bob = user(plane, "bob", "editor", Some("shop"));
     let res = ann.call(
-        &plane,
+        plane,
         0,
         "PUT",
         "/apisix/admin/routes/r",
@@ -950,7 +948,7 @@ fn a_publish_whose_base_changed_is_refused_until_rebased() {
     assert_eq!(res.status, 201);
     for (who, id, uri) in [(&ann, "one", "/one/*"), (&bob, "two", "/two/*")] {
         let res = who.call(
-            &plane,
+            plane,
             0,
             "POST",
             "/pylon/admin/change_sets",
@@ -984,21 +982,31 @@ fn a_publish_whose_base_changed_is_refused_until_rebased() {
         refused.text()
     );
     assert!(refused.text().contains("rebase it"), "{}", refused.text());
-    wait_served(&plane, winner, 200);
+    wait_served(plane, winner, 200);
 
     let path = |action: &str| format!("/pylon/admin/change_sets/{loser_id}/{action}");
     let shown = loser
-        .call(&plane, 0, "GET", path("").trim_end_matches('/'), None)
+        .call(plane, 0, "GET", path("").trim_end_matches('/'), None)
         .json();
     assert_eq!(shown["conflicts"][0]["key"], "routes/r");
     assert_eq!(
-        loser.call(&plane, 1, "POST", &path("rebase"), None).status,
+        loser.call(plane, 1, "POST", &path("rebase"), None).status,
         200
     );
-    let res = loser.call(&plane, 1, "POST", &path("publish"), None);
+    let res = loser.call(plane, 1, "POST", &path("publish"), None);
     assert_eq!(res.status, 200, "{}", res.text());
-    wait_served(&plane, loser_uri, 200);
-    wait_served(&plane, winner, 404);
+    wait_served(plane, loser_uri, 200);
+    wait_served(plane, winner, 404);
+}
+
+#[test]
+fn a_publish_whose_base_changed_is_refused_until_rebased_on_the_embedded_store() {
+    concurrent_publishes(&Plane::embedded());
+}
+
+#[test]
+fn a_publish_whose_base_changed_is_refused_until_rebased_on_etcd() {
+    concurrent_publishes(&Plane::etcd(2));
 }
 
 fn rollback(plane: &Plane) {
