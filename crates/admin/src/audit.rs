@@ -57,6 +57,15 @@ impl Record {
             event: false,
         }
     }
+
+    /// This record, for a step of change set `id`, with the comment given for it.
+    pub fn for_change_set(&self, id: &str, comment: Option<String>) -> Record {
+        Record {
+            comment,
+            change_set: Some(id.to_owned()),
+            ..self.clone()
+        }
+    }
 }
 
 /// Adds to `txn` the audit record of its writes (before: as `view` holds them), the versions of

@@ -4,7 +4,7 @@
 //! live; change sets keep it for review.
 
 use http::StatusCode;
-use pylon_model::{Key, Kind};
+use pylon_model::{is_id, is_username, Key, Kind, MAX_ID_LEN, MAX_NAME_LEN};
 use pylon_store::{Entry, View};
 use serde_json::{json, Map, Value};
 
@@ -17,6 +17,36 @@ use crate::secrets;
 use crate::tenancy::{self, Via};
 use crate::validation::{self, Refusal};
 use crate::writer::Backend;
+
+/// The rule of ids (APISIX's `id_schema`), as refusals state it.
+pub(crate) fn id_rule() -> String {
+    format!("1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`")
+}
+
+/// The rule of consumers' and users' names, as refusals state it.
+pub(crate) fn username_rule() -> String {
+    format!("1 to {MAX_NAME_LEN} letters, digits, `-`, `_`")
+}
+
+/// Refuses `id`, the id of what `subject` names (`tenant id`), unless it follows [`id_rule`].
+pub(crate) fn check_id(subject: &str, id: &str) -> Result<(), Reply> {
+    match is_id(id) {
+        true => Ok(()),
+        false => Err(name_refusal(subject, id, &id_rule())),
+    }
+}
+
+/// Refuses `name` (`username`) unless it follows [`username_rule`].
+pub(crate) fn check_username(subject: &str, name: &str) -> Result<(), Reply> {
+    match is_username(name) {
+        true => Ok(()),
+        false => Err(name_refusal(subject, name, &username_rule())),
+    }
+}
+
+pub(crate) fn name_refusal(subject: &str, name: &str, rule: &str) -> Reply {
+    Reply::bad_request(format!("invalid {subject} `{name}`: use {rule}"))
+}
 
 /// Fields the server keeps: a PUT or POST may not set them.
 const SERVER_FIELDS: [&str; 2] = ["create_time", "update_time"];

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use pylon_model::{is_id, is_username, Key, Kind, MAX_ID_LEN, MAX_NAME_LEN};
+use pylon_model::{is_id, is_username, Key, Kind};
 use pylon_store::{Entry, Precondition, Revision, Txn, View};
 use serde_json::{json, Map, Value};
 
@@ -26,7 +26,8 @@ use crate::merge;
 use crate::query::Query;
 use crate::references::id_text;
 use crate::resource_write::{
-    delete_keys, forbid_server_fields, object_body, prepare, put_value, stamp, wrong_id,
+    delete_keys, forbid_server_fields, id_rule, name_refusal, object_body, prepare, put_value,
+    stamp, username_rule, wrong_id,
 };
 use crate::response::{key_path, node, presentable, singular, Reply};
 use crate::secrets;
@@ -286,16 +287,15 @@ async fn post(
     let committed = to
         .write(backend, record, |view| {
             let key = generated_key(view, address);
-            let mut value = body.clone();
-            stamp(&mut value, &key, Value::String(key.id.clone()), None, None);
-            tenancy::check_write(view, &record.caller, &key, None, &mut value, to.via())?;
-            let stored = prepare(backend, view, &key, value.clone())?;
+            let id = Value::String(key.id.clone());
+            let (value, stored) =
+                put_value(backend, view, &record.caller, &key, id, &body, to.via())?;
             Ok(Plan {
                 txn: Txn::put(key.clone(), stored).when(key.clone(), Precondition::Absent),
                 outcome: Written {
                     status: StatusCode::CREATED,
                     key,
-                    value: Value::Object(value),
+                    value,
                     previous: None,
                 },
             })
@@ -453,25 +453,15 @@ fn put_id(address: &Address, body: &Map<String, Value>) -> Result<String, Reply>
 
 fn check_id_syntax(address: &Address, id: &str) -> Result<(), Reply> {
     let (ok, what, rule) = match address.kind {
-        Kind::Consumers => (
-            is_username(id),
-            "username",
-            format!("1 to {MAX_NAME_LEN} letters, digits, `-`, `_`"),
-        ),
-        _ => (
-            is_id(id),
-            "id",
-            format!("1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`"),
-        ),
+        Kind::Consumers => (is_username(id), "username", username_rule()),
+        _ => (is_id(id), "id", id_rule()),
     };
     let parent_ok = address.parent.as_deref().is_none_or(is_id);
     if ok && parent_ok {
         Ok(())
     } else {
-        Err(Reply::bad_request(format!(
-            "invalid {} {what} `{id}`: use {rule}",
-            singular(address.kind),
-        )))
+        let subject = format!("{} {what}", singular(address.kind));
+        Err(name_refusal(&subject, id, &rule))
     }
 }
 

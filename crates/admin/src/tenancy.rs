@@ -31,6 +31,37 @@ impl Tenant {
             None => (id == DEFAULT_TENANT).then(Tenant::default),
         }
     }
+
+    /// Whether tenant `id` exists and reviews its changes before they are published.
+    pub fn requires_review(view: &View, id: &str) -> bool {
+        Tenant::from_view(view, id).is_some_and(|t| t.review)
+    }
+}
+
+/// The tenant a write by `caller` is for: the caller's own (which a `stated` one must be), or
+/// for the platform's callers the `stated` one, else `otherwise`.
+pub(crate) fn tenant_for(
+    caller: &Caller,
+    stated: Option<String>,
+    otherwise: &str,
+) -> Result<String, Reply> {
+    match (&caller.tenant, stated) {
+        (Some(own), Some(stated)) if *own != stated => Err(Reply::bad_request(format!(
+            "invalid configuration: tenant_id: must be `{own}`, the caller's tenant"
+        ))),
+        (Some(own), _) => Ok(own.clone()),
+        (None, stated) => Ok(stated.unwrap_or_else(|| otherwise.to_owned())),
+    }
+}
+
+/// Refuses a `tenant` that does not exist, naming the `field` that gave it.
+pub(crate) fn require_tenant(view: &View, tenant: &str, field: &str) -> Result<(), Reply> {
+    match Tenant::from_view(view, tenant) {
+        Some(_) => Ok(()),
+        None => Err(Reply::bad_request(format!(
+            "invalid configuration: {field}: no tenant `{tenant}`"
+        ))),
+    }
 }
 
 /// Whether only the platform's callers reach resources of `kind`.
@@ -99,23 +130,9 @@ pub(crate) fn check_write(
             ))
         }
     };
-    let tenant = match (&caller.tenant, stated) {
-        (Some(own), Some(stated)) if *own != stated => {
-            return Err(Reply::bad_request(format!(
-                "invalid configuration: tenant_id: must be `{own}`, the caller's tenant"
-            )))
-        }
-        (Some(own), _) => own.clone(),
-        (None, Some(stated)) => stated,
-        (None, None) => existing
-            .map_or(DEFAULT_TENANT, |e| owner(&e.value))
-            .to_owned(),
-    };
-    if Tenant::from_view(view, &tenant).is_none() {
-        return Err(Reply::bad_request(format!(
-            "invalid configuration: tenant_id: no tenant `{tenant}`"
-        )));
-    }
+    let otherwise = existing.map_or(DEFAULT_TENANT, |e| owner(&e.value));
+    let tenant = tenant_for(caller, stated, otherwise)?;
+    require_tenant(view, &tenant, TENANT_FIELD)?;
     if tenant == DEFAULT_TENANT {
         value.remove(TENANT_FIELD);
     } else {
@@ -161,11 +178,7 @@ pub(crate) fn check_applied(
         return Ok(());
     }
     if let Some(tenant) = after.map(owner) {
-        if Tenant::from_view(view, tenant).is_none() {
-            return Err(Reply::bad_request(format!(
-                "invalid configuration: {key}.tenant_id: no tenant `{tenant}`"
-            )));
-        }
+        require_tenant(view, tenant, &format!("{key}.{TENANT_FIELD}"))?;
     }
     let tenants = before.into_iter().chain(after).map(owner);
     check_review(view, key, tenants, Via::Direct)
@@ -191,7 +204,7 @@ fn check_review<'t>(
         return Ok(());
     }
     for tenant in tenants {
-        if Tenant::from_view(view, tenant).is_some_and(|t| t.review) {
+        if Tenant::requires_review(view, tenant) {
             return Err(forbidden(format!(
                 "tenant `{tenant}` requires review before publish: {key} changes through a change set (POST /pylon/admin/change_sets)"
             )));

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use pylon_model::{is_id, is_username, Key, Kind, DEFAULT_TENANT, MAX_ID_LEN, MAX_NAME_LEN};
+use pylon_model::{Key, Kind};
 use pylon_store::{Entry, Precondition, Txn, View};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -17,8 +17,9 @@ use crate::audit::Record;
 use crate::auth::forbidden;
 use crate::clock::now;
 use crate::identity::{self, Caller, Role, User};
+use crate::resource_write;
 use crate::response::{listed, parse_body, Reply};
-use crate::tenancy::owner;
+use crate::tenancy::{self, owner};
 use crate::writer::{Backend, Plan};
 
 /// `POST /pylon/admin/login`: says who the token is, and records that it was used to log in.
@@ -102,11 +103,7 @@ async fn put_tenant(
     id: &str,
     body: Option<Value>,
 ) -> Result<Reply, Reply> {
-    if !is_id(id) {
-        return Err(Reply::bad_request(format!(
-            "invalid tenant id `{id}`: use 1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`"
-        )));
-    }
+    resource_write::check_id("tenant id", id)?;
     let body: TenantBody = parse_body(body)?;
     let key = Key::new(Kind::Tenants, id);
     let committed = backend
@@ -282,17 +279,7 @@ fn check_user(view: &View, body: &UserBody) -> Result<(), Reply> {
         (Some(_), Role::PlatformAdmin) => Err(Reply::bad_request(
             "invalid configuration: role: a platform_admin belongs to no tenant",
         )),
-        (Some(tenant), _)
-            if tenant != DEFAULT_TENANT
-                && !view
-                    .entries
-                    .contains_key(&Key::new(Kind::Tenants, tenant.as_str())) =>
-        {
-            Err(Reply::bad_request(format!(
-                "invalid configuration: tenant_id: no tenant `{tenant}`"
-            )))
-        }
-        (Some(_), _) => Ok(()),
+        (Some(tenant), _) => tenancy::require_tenant(view, tenant, "tenant_id"),
     }
 }
 
@@ -302,11 +289,7 @@ async fn put_user(
     name: &str,
     body: UserBody,
 ) -> Result<Reply, Reply> {
-    if !is_username(name) {
-        return Err(Reply::bad_request(format!(
-            "invalid username `{name}`: use 1 to {MAX_NAME_LEN} letters, digits, `-`, `_`"
-        )));
-    }
+    resource_write::check_username("username", name)?;
     let caller = &record.caller;
     if !manages(caller, body.tenant_id.as_deref()) {
         return Err(forbidden(match &caller.tenant {

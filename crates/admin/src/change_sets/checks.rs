@@ -15,7 +15,7 @@ use crate::tenancy::{self, Via};
 use crate::validation::{self, Refusal};
 use crate::writer::Backend;
 
-use super::model::{parse_key, ChangeSet, State};
+use super::model::{live_revision, parse_key, ChangeSet, State};
 
 /// Why the set, applied to `view` change by change, would be refused: one message per
 /// problem, each naming its resource.
@@ -89,7 +89,7 @@ pub(super) fn conflicts(view: &View, cs: &ChangeSet) -> Vec<Value> {
         .iter()
         .filter_map(|change| {
             let key = parse_key(&change.key)?;
-            let now = view.entries.get(&key).map_or(0, |e| e.mod_revision);
+            let now = live_revision(view, &key);
             (now != change.base)
                 .then(|| json!({ "key": change.key, "base": change.base, "live": now }))
         })

@@ -2,7 +2,7 @@
 //! `?change_set=`), documents imported whole.
 
 use http::StatusCode;
-use pylon_model::{is_id, Key, Kind, DEFAULT_TENANT, MAX_ID_LEN};
+use pylon_model::{Key, Kind, DEFAULT_TENANT};
 use pylon_store::{Precondition, Txn, View};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -14,7 +14,7 @@ use crate::identity::{Caller, Role};
 use crate::query::Query;
 use crate::resource_write;
 use crate::response::{parse_body, Reply};
-use crate::tenancy::{owner, Tenant, Via};
+use crate::tenancy::{self, owner, Via};
 use crate::writer::{Backend, Committed, Plan};
 
 use super::checks::{reply_message, require_editable, require_writer};
@@ -53,7 +53,8 @@ pub(super) async fn create(
         title: body.title,
         tenant: body.tenant_id,
     };
-    draft(backend, record, new, changes).await
+    let created = draft(backend, record, new, changes).await?;
+    Ok(Reply::json(StatusCode::CREATED, created))
 }
 
 /// A change set to make: its id (none: one is made up), title and tenant (none: the caller's).
@@ -63,38 +64,22 @@ pub(super) struct Draft {
     pub tenant: Option<String>,
 }
 
-/// Makes a draft holding `changes`, each checked as it is added.
+/// Makes a draft holding `changes`, each checked as it is added; returns it as stored.
 pub(super) async fn draft(
     backend: &Backend,
     record: &Record,
     new: Draft,
     changes: Vec<(String, Option<Value>)>,
-) -> Result<Reply, Reply> {
+) -> Result<Value, Reply> {
     let caller = &record.caller;
     require_writer(caller)?;
-    let tenant = match (&caller.tenant, new.tenant) {
-        (Some(own), Some(stated)) if *own != stated => {
-            return Err(Reply::bad_request(format!(
-                "invalid configuration: tenant_id: must be `{own}`, the caller's tenant"
-            )))
-        }
-        (Some(own), _) => own.clone(),
-        (None, stated) => stated.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
-    };
+    let tenant = tenancy::tenant_for(caller, new.tenant, DEFAULT_TENANT)?;
     if let Some(id) = &new.id {
-        if !is_id(id) {
-            return Err(Reply::bad_request(format!(
-                "invalid change set id `{id}`: use 1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`"
-            )));
-        }
+        resource_write::check_id("change set id", id)?;
     }
     let committed = backend
         .write(record, |view| {
-            if Tenant::from_view(view, &tenant).is_none() {
-                return Err(Reply::bad_request(format!(
-                    "invalid configuration: tenant_id: no tenant `{tenant}`"
-                )));
-            }
+            tenancy::require_tenant(view, &tenant, "tenant_id")?;
             let id = new.id.clone().unwrap_or_else(|| next_id(view));
             let key = Key::new(Kind::ChangeSets, id.clone());
             if view.entries.contains_key(&key) {
@@ -131,7 +116,7 @@ pub(super) async fn draft(
             })
         })
         .await?;
-    Ok(Reply::json(StatusCode::CREATED, committed.outcome))
+    Ok(committed.outcome)
 }
 
 /// Where a change of `key` goes among others: resources referred to are written before what
@@ -232,10 +217,7 @@ pub(crate) async fn write_into<T>(
 ) -> Result<Committed<T>, Reply> {
     let caller = &record.caller;
     require_writer(caller)?;
-    let record = Record {
-        change_set: Some(id.to_owned()),
-        ..record.clone()
-    };
+    let record = record.for_change_set(id, None);
     backend
         .write(&record, |view| {
             let (entry, mut cs) = find(view, caller, id)?;
@@ -383,7 +365,8 @@ pub(super) async fn import(
         title: query.get("title").unwrap_or("import").to_owned(),
         tenant: query.get("tenant_id").map(str::to_owned),
     };
-    draft(backend, record, new, changes).await
+    let created = draft(backend, record, new, changes).await?;
+    Ok(Reply::json(StatusCode::CREATED, created))
 }
 
 /// The document's resources as changes: `<kind>/<id>` and the resource.

@@ -15,7 +15,7 @@ use super::checks::{
     check_other_canaries, check_publishable, require_current, require_valid, require_writer,
 };
 use super::editing::{draft, Draft};
-use super::model::{find, parse_key, store_plan, CanaryTarget, State};
+use super::model::{find, live_revision, parse_key, store_plan, CanaryTarget, State};
 
 pub(super) enum Action {
     Submit,
@@ -35,11 +35,7 @@ pub(super) async fn transition(
     comment: Option<String>,
 ) -> Result<Reply, Reply> {
     let caller = &record.caller;
-    let record = Record {
-        comment: comment.clone(),
-        change_set: Some(id.to_owned()),
-        ..record.clone()
-    };
+    let record = record.for_change_set(id, comment.clone());
     let committed = backend
         .write(&record, |view| {
             let (entry, mut cs) = find(view, caller, id)?;
@@ -49,7 +45,7 @@ pub(super) async fn transition(
                     format!("change set `{id}` is {}: {why}", cs.state.as_str()),
                 ))
             };
-            let review = Tenant::from_view(view, &cs.tenant_id).is_some_and(|t| t.review);
+            let review = Tenant::requires_review(view, &cs.tenant_id);
             match &action {
                 Action::Submit => {
                     require_writer(caller)?;
@@ -96,10 +92,9 @@ pub(super) async fn transition(
                         return refuse("it is rebased no more");
                     }
                     for change in &mut cs.changes {
-                        let key = parse_key(&change.key);
-                        change.base = key
-                            .and_then(|k| view.entries.get(&k))
-                            .map_or(0, |e| e.mod_revision);
+                        if let Some(key) = parse_key(&change.key) {
+                            change.base = live_revision(view, &key);
+                        }
                     }
                     // What was approved was checked against another base.
                     if cs.state == State::Approved {
@@ -148,16 +143,11 @@ pub(super) async fn publish(
 ) -> Result<Reply, Reply> {
     let caller = &record.caller;
     require_writer(caller)?;
-    let record = Record {
-        comment: comment.clone(),
-        change_set: Some(id.to_owned()),
-        ..record.clone()
-    };
+    let record = record.for_change_set(id, comment.clone());
     let committed = backend
         .write(&record, |view| {
             let (entry, mut cs) = find(view, caller, id)?;
-            let review = Tenant::from_view(view, &cs.tenant_id).is_some_and(|t| t.review);
-            check_publishable(&cs, review)?;
+            check_publishable(&cs, Tenant::requires_review(view, &cs.tenant_id))?;
             require_current(view, &cs)?;
             require_valid(backend, view, &cs)?;
             let mut txn = Txn::default();
@@ -200,7 +190,7 @@ pub(crate) async fn write_or_propose(
         .map(|e| owner(&e.value).to_owned())
         .or_else(|| value.as_ref().map(|v| owner(v).to_owned()))
         .unwrap_or_else(|| DEFAULT_TENANT.to_owned());
-    let review = Tenant::from_view(&view, &tenant).is_some_and(|t| t.review);
+    let review = Tenant::requires_review(&view, &tenant);
     let value = value.map(|mut v| {
         // A version holds the server's fields; a change is written as a PUT's body is.
         if let Some(fields) = v.as_object_mut() {
@@ -215,15 +205,12 @@ pub(crate) async fn write_or_propose(
         tenant: Some(tenant),
     };
     let created = draft(backend, record, new, vec![(key.to_string(), value)]).await?;
-    let id = created
-        .body
-        .as_ref()
-        .and_then(|b| b["id"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let id = created["id"]
+        .as_str()
+        .expect("a stored change set has its id");
     if review {
-        transition(backend, record, &id, Action::Submit, None).await
+        transition(backend, record, id, Action::Submit, None).await
     } else {
-        publish(backend, record, &id, None).await
+        publish(backend, record, id, None).await
     }
 }

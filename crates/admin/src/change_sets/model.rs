@@ -146,7 +146,7 @@ impl ChangeSet {
             None => self.changes.push(Change {
                 key: text,
                 value,
-                base: view.entries.get(key).map_or(0, |e| e.mod_revision),
+                base: live_revision(view, key),
             }),
         }
     }
@@ -179,6 +179,12 @@ impl ChangeSet {
             role: Role::Editor,
         }
     }
+}
+
+/// The revision of `key` in the live configuration `view`: what a change takes as its base
+/// (0: the resource does not exist).
+pub(super) fn live_revision(view: &View, key: &Key) -> u64 {
+    view.entries.get(key).map_or(0, |e| e.mod_revision)
 }
 
 /// `<kind>/<id>` of a resource kind.
