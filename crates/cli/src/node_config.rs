@@ -12,7 +12,7 @@ use pylon_discovery::DiscoverySettings;
 use pylon_model::MAX_SECONDS;
 use pylon_proxy::{AccessLogSettings, ControlSettings, MetricsSettings, ProxySettings};
 use pylon_store::EtcdSettings;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,7 +46,7 @@ pub struct Deployment {
     pub labels: BTreeMap<String, String>,
     /// How often a node that proxies writes its record (`nodes/<id>`) to the config store:
     /// seconds, or a duration with its unit (`"10s"`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "pylon_store::deserialize_duration")]
     pub heartbeat_interval: Duration,
 }
 
@@ -332,24 +332,6 @@ fn settings_of_other_sources(value: &serde_yaml::Value, source: SourceKind) -> V
             )
         })
         .collect()
-}
-
-/// Seconds (`10`, `0.5`) or a duration with its unit (`"10s"`, `"1m 30s"`), as
-/// `config.etcd.timeout` is written.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Written {
-        Seconds(f64),
-        WithUnit(String),
-    }
-    match Written::deserialize(deserializer)? {
-        Written::Seconds(seconds) => Duration::try_from_secs_f64(seconds)
-            .map_err(|_| serde::de::Error::custom(format!("{seconds} is not a duration"))),
-        Written::WithUnit(text) => {
-            humantime::parse_duration(&text).map_err(serde::de::Error::custom)
-        }
-    }
 }
 
 /// A node id that is unique without coordination: host name, time and process id.

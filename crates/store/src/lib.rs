@@ -5,6 +5,7 @@
 //! backend (the YAML file here; the embedded store and etcd next) plugs in without touching it.
 #![forbid(unsafe_code)]
 
+mod duration;
 mod embedded;
 mod entries;
 mod etcd;
@@ -14,6 +15,7 @@ mod replica;
 mod secret_file;
 mod yaml;
 
+pub use duration::deserialize_duration;
 pub use embedded::{EmbeddedError, EmbeddedOptions, EmbeddedStore};
 pub use entries::Entries;
 pub use etcd::{EtcdError, EtcdKeys, EtcdSettings, EtcdStore, RawEntry, RawEvent, RawWatchStream};

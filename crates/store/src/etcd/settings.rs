@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::deserialize_duration;
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EtcdSettings {
@@ -14,7 +16,7 @@ pub struct EtcdSettings {
     pub prefix: String,
     /// How long one request to one endpoint may take, connecting included: seconds (`5`,
     /// `0.5`, as APISIX writes it) or a duration with its unit (`"5s"`, `"500ms"`).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "timeout")]
     pub timeout: Duration,
 }
 
@@ -28,27 +30,16 @@ impl Default for EtcdSettings {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Written {
-        Seconds(f64),
-        WithUnit(String),
-    }
-    let duration = match Written::deserialize(deserializer)? {
-        Written::Seconds(seconds) => Duration::try_from_secs_f64(seconds)
-            .map_err(|_| serde::de::Error::custom(format!("{seconds} is not a duration")))?,
-        Written::WithUnit(text) => {
-            humantime::parse_duration(&text).map_err(serde::de::Error::custom)?
-        }
-    };
-    // Every request would fail at once.
-    if duration.is_zero() {
+/// A timeout as the node config writes durations, more than zero: every request would fail
+/// at once.
+fn timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let timeout = deserialize_duration(deserializer)?;
+    if timeout.is_zero() {
         return Err(serde::de::Error::custom(
             "the timeout must be more than zero",
         ));
     }
-    Ok(duration)
+    Ok(timeout)
 }
 
 #[cfg(test)]
