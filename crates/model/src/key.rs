@@ -160,6 +160,16 @@ impl Key {
         format!("{prefix}/{}/{}", self.kind, self.id)
     }
 
+    /// Parses a resource's key as it displays, `<kind>/<id>` (`routes/1`,
+    /// `credentials/jack/credentials/a`); `None` for anything else, a control plane's key
+    /// included.
+    pub fn parse(text: &str) -> Option<Key> {
+        let (kind, id) = text.split_once('/')?;
+        let kind = Kind::parse(kind)?;
+        let parts_ok = !id.split('/').any(str::is_empty);
+        (parts_ok && (kind.has_compound_id() || !id.contains('/'))).then(|| Key::new(kind, id))
+    }
+
     /// Parses `<prefix>/<kind>/<id>`; `None` for anything else.
     pub fn from_path(prefix: &str, path: &str) -> Option<Key> {
         let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
@@ -202,5 +212,19 @@ mod tests {
             Some(Key::new(Kind::Credentials, "jack/credentials/a"))
         );
         assert_eq!(Key::from_path("/pylon", "/pylon/secrets/vault/"), None);
+        assert_eq!(
+            Key::parse("credentials/jack/credentials/a"),
+            Some(Key::new(Kind::Credentials, "jack/credentials/a"))
+        );
+        assert_eq!(Key::parse("routes/1"), Some(Key::new(Kind::Routes, "1")));
+        for refused in [
+            "routes/1/2",
+            "routes",
+            "routes/",
+            "nodes/gw-1",
+            "secrets/vault/",
+        ] {
+            assert_eq!(Key::parse(refused), None, "{refused}");
+        }
     }
 }

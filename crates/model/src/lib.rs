@@ -5,6 +5,7 @@
 //! `upstream_id` must name an upstream). Every error carries the path of the field it is about.
 #![forbid(unsafe_code)]
 
+mod change_set;
 mod checks;
 mod config;
 mod consumer;
@@ -25,6 +26,7 @@ mod tls;
 mod upstream;
 mod validate;
 
+pub use change_set::{CanaryTarget, Change, ChangeSet, ChangeSetState, Review};
 pub use checks::{
     ActiveCheck, ActiveHealthy, ActiveUnhealthy, CheckType, HealthChecks, PassiveCheck,
     PassiveHealthy, PassiveUnhealthy,

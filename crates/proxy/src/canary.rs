@@ -8,12 +8,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pylon_model::{Key, Kind};
+use pylon_model::{ChangeSet, ChangeSetState, Key, Kind};
 use pylon_store::{Entry, Revision, View};
 use serde::Deserialize;
-
-/// The state of a change set whose changes its target nodes serve.
-const CANARY: &str = "canary";
+use serde_json::json;
 
 /// Who this node is, as change sets target it and as it reports itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,49 +31,12 @@ pub(crate) struct Canary {
     pub changes: Vec<(Key, Option<Arc<Entry>>)>,
 }
 
-/// A change set record, as far as a node reads it (the Admin API writes it).
-#[derive(Deserialize)]
-struct ChangeSetRecord {
-    #[serde(default)]
-    changes: Vec<ChangeRecord>,
-    #[serde(default)]
-    canary: Target,
-}
-
-#[derive(Deserialize)]
-struct ChangeRecord {
-    /// `<kind>/<id>`.
-    key: String,
-    /// The resource as stored; `null` deletes it.
-    value: Option<serde_json::Value>,
-}
-
-/// The nodes a canary goes to: those named, and those that carry every label given.
-#[derive(Debug, Default, Deserialize)]
-struct Target {
-    #[serde(default)]
-    nodes: Vec<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-}
-
-impl Target {
-    fn includes(&self, node: &NodeIdentity) -> bool {
-        self.nodes.contains(&node.id)
-            || (!self.labels.is_empty()
-                && self
-                    .labels
-                    .iter()
-                    .all(|(name, value)| node.labels.get(name) == Some(value)))
-    }
-}
-
 /// The change sets of `view` in canary state that target `node`, in change set id order (the
 /// order they are laid over in). One that cannot be read is logged and not served at all: half
 /// of a change set is a configuration nobody reviewed.
 pub(crate) fn targeting(view: &View, node: &NodeIdentity) -> Vec<Canary> {
     view.of_kind(Kind::ChangeSets)
-        .filter(|entry| entry.value.get("state").and_then(|s| s.as_str()) == Some(CANARY))
+        .filter(|entry| entry.value.get("state") == Some(&json!(ChangeSetState::Canary)))
         .filter_map(|entry| match read(entry, node) {
             Ok(canary) => canary,
             Err(e) => {
@@ -88,8 +49,9 @@ pub(crate) fn targeting(view: &View, node: &NodeIdentity) -> Vec<Canary> {
 
 /// The canary that `entry` is for `node`; `None` when it targets other nodes.
 fn read(entry: &Entry, node: &NodeIdentity) -> Result<Option<Canary>, String> {
-    let record = ChangeSetRecord::deserialize(&entry.value).map_err(|e| e.to_string())?;
-    if !record.canary.includes(node) {
+    let record = ChangeSet::deserialize(&entry.value).map_err(|e| e.to_string())?;
+    let targeted = record.canary.as_ref();
+    if !targeted.is_some_and(|target| target.includes(&node.id, &node.labels)) {
         return Ok(None);
     }
     let revision = entry.mod_revision;
@@ -98,8 +60,7 @@ fn read(entry: &Entry, node: &NodeIdentity) -> Result<Option<Canary>, String> {
         .into_iter()
         .enumerate()
         .map(|(i, change)| {
-            let key = Key::from_path("", &format!("/{}", change.key))
-                .filter(|key| key.kind.is_resource())
+            let key = Key::parse(&change.key)
                 .ok_or_else(|| format!("changes[{i}].key: `{}` is no resource", change.key))?;
             let entry = change.value.map(|value| {
                 Arc::new(Entry {
@@ -150,29 +111,6 @@ mod tests {
             entries: Entries::from_iter(entries),
             live: true,
         }
-    }
-
-    #[test]
-    fn a_canary_targets_the_nodes_it_names_and_those_with_all_its_labels() {
-        let target =
-            |canary: serde_json::Value| serde_json::from_value::<Target>(canary).expect("a target");
-        let east = node("gw-1", &[("zone", "east"), ("tier", "edge")]);
-        let west = node("gw-2", &[("zone", "west")]);
-        let by_id = target(json!({"nodes": ["gw-2"]}));
-        assert!(!by_id.includes(&east) && by_id.includes(&west));
-        let by_label = target(json!({"labels": {"zone": "east"}}));
-        assert!(by_label.includes(&east) && !by_label.includes(&west));
-        // Every label must match; one the node lacks is a mismatch.
-        let both = target(json!({"labels": {"zone": "east", "tier": "core"}}));
-        assert!(!both.includes(&east));
-        let missing = target(json!({"labels": {"rack": "r1"}}));
-        assert!(!missing.includes(&east));
-        // Named or labelled: either will do.
-        let either = target(json!({"nodes": ["gw-2"], "labels": {"zone": "east"}}));
-        assert!(either.includes(&east) && either.includes(&west));
-        // No labels is no target: it does not take every node.
-        let nobody = target(json!({"nodes": [], "labels": {}}));
-        assert!(!nobody.includes(&east) && !nobody.includes(&node("", &[])));
     }
 
     #[test]

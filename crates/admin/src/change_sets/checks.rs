@@ -4,6 +4,7 @@
 use http::StatusCode;
 use pylon_model::{Key, Kind};
 use pylon_store::View;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::forbidden;
@@ -15,7 +16,7 @@ use crate::tenancy::{self, Via};
 use crate::validation::{self, Refusal};
 use crate::writer::Backend;
 
-use super::model::{live_revision, parse_key, ChangeSet, State};
+use super::model::{live_revision, ChangeSet, Editing, State};
 
 /// Why the set, applied to `view` change by change, would be refused: one message per
 /// problem, each naming its resource.
@@ -23,7 +24,7 @@ pub(super) fn validate(backend: &Backend, view: &View, cs: &ChangeSet) -> Vec<St
     let mut errors = Vec::new();
     let author = cs.author();
     for change in &cs.changes {
-        let Some(key) = parse_key(&change.key) else {
+        let Some(key) = Key::parse(&change.key) else {
             errors.push(format!("{}: not a resource key", change.key));
             continue;
         };
@@ -88,7 +89,7 @@ pub(super) fn conflicts(view: &View, cs: &ChangeSet) -> Vec<Value> {
     cs.changes
         .iter()
         .filter_map(|change| {
-            let key = parse_key(&change.key)?;
+            let key = Key::parse(&change.key)?;
             let now = live_revision(view, &key);
             (now != change.base)
                 .then(|| json!({ "key": change.key, "base": change.base, "live": now }))
@@ -193,7 +194,7 @@ pub(super) fn check_other_canaries(view: &View, cs: &ChangeSet) -> Result<(), Re
     let mine: Vec<Key> = cs.keys().collect();
     for other in view
         .of_kind(Kind::ChangeSets)
-        .filter_map(|e| ChangeSet::from_entry(e))
+        .filter_map(|e| ChangeSet::deserialize(&e.value).ok())
     {
         if other.id == cs.id || other.state != State::Canary {
             continue;

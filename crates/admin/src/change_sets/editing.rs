@@ -18,7 +18,7 @@ use crate::tenancy::{self, owner, Via};
 use crate::writer::{Backend, Committed, Plan};
 
 use super::checks::{reply_message, require_editable, require_writer};
-use super::model::{find, parse_key, store_plan, ChangeSet, State};
+use super::model::{find, store_plan, ChangeSet, Editing, State};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +122,7 @@ pub(super) async fn draft(
 /// Where a change of `key` goes among others: resources referred to are written before what
 /// refers to them, and deleted after it.
 pub(super) fn application_rank(key: &str, deletes: bool) -> i8 {
-    let depth = match parse_key(key).map(|k| k.kind) {
+    let depth = match Key::parse(key).map(|k| k.kind) {
         Some(Kind::Services | Kind::Consumers) => 1,
         Some(Kind::Routes | Kind::StreamRoutes | Kind::Credentials) => 2,
         _ => 0,
@@ -168,7 +168,7 @@ pub(super) fn put_change(
     key_text: &str,
     value: Option<Value>,
 ) -> Result<(), Reply> {
-    let key = parse_key(key_text).ok_or_else(|| {
+    let key = Key::parse(key_text).ok_or_else(|| {
         Reply::bad_request(format!(
             "invalid configuration: key: `{key_text}` is not `<kind>/<id>` of a resource"
         ))

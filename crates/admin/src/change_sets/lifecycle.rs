@@ -15,7 +15,7 @@ use super::checks::{
     check_other_canaries, check_publishable, require_current, require_valid, require_writer,
 };
 use super::editing::{draft, Draft};
-use super::model::{find, live_revision, parse_key, store_plan, CanaryTarget, State};
+use super::model::{find, live_revision, store_plan, CanaryTarget, Editing, State};
 
 pub(super) enum Action {
     Submit,
@@ -92,7 +92,7 @@ pub(super) async fn transition(
                         return refuse("it is rebased no more");
                     }
                     for change in &mut cs.changes {
-                        if let Some(key) = parse_key(&change.key) {
+                        if let Some(key) = Key::parse(&change.key) {
                             change.base = live_revision(view, &key);
                         }
                     }
@@ -152,7 +152,7 @@ pub(super) async fn publish(
             require_valid(backend, view, &cs)?;
             let mut txn = Txn::default();
             for change in &cs.changes {
-                let key = parse_key(&change.key).expect("validated keys parse");
+                let key = Key::parse(&change.key).expect("validated keys parse");
                 let condition = match change.base {
                     0 => Precondition::Absent,
                     base => Precondition::ModRevision(base),

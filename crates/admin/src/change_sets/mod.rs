@@ -20,8 +20,9 @@ pub(crate) use editing::write_into;
 pub(crate) use lifecycle::write_or_propose;
 
 use http::{Method, StatusCode};
-use pylon_model::Kind;
+use pylon_model::{Key, Kind};
 use pylon_store::View;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::audit::Record;
@@ -33,7 +34,7 @@ use crate::writer::Backend;
 use checks::{conflicts, validate};
 use editing::{add_change, create, drop_change, import, remove};
 use lifecycle::{publish, transition, Action};
-use model::{find, parse_key, CanaryTarget, ChangeSet};
+use model::{find, CanaryTarget, ChangeSet};
 
 /// Answers `/pylon/admin/change_sets[/<id>[/<action>]]`; `rest` is the path after `change_sets`.
 pub(crate) async fn handle(
@@ -84,7 +85,7 @@ fn list(view: &View, caller: &Caller, query: &Query) -> Reply {
     let state = query.get("state");
     let sets: Vec<Value> = view
         .of_kind(Kind::ChangeSets)
-        .filter_map(|e| ChangeSet::from_entry(e))
+        .filter_map(|e| ChangeSet::deserialize(&e.value).ok())
         .filter(|cs| caller.reaches(&cs.tenant_id))
         .filter(|cs| state.is_none_or(|s| cs.state.as_str() == s))
         .map(|cs| summary(&cs))
@@ -113,11 +114,11 @@ fn show(backend: &Backend, caller: &Caller, id: &str) -> Result<Reply, Reply> {
         .changes
         .iter()
         .map(|change| {
-            let live = parse_key(&change.key).and_then(|k| view.entries.get(&k).cloned());
+            let live = Key::parse(&change.key).and_then(|k| view.entries.get(&k).cloned());
             json!({
                 "key": change.key,
                 "live": live.as_ref().map(|e| shown(e.key.kind, &e.value)),
-                "proposed": change.value.as_ref().zip(parse_key(&change.key)).map(|(v, k)| shown(k.kind, v)),
+                "proposed": change.value.as_ref().zip(Key::parse(&change.key)).map(|(v, k)| shown(k.kind, v)),
             })
         })
         .collect();
