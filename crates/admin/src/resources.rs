@@ -46,13 +46,7 @@ fn unsupported(kind: Kind, method: &Method) -> bool {
         Kind::Protos => &[Method::PATCH],
         Kind::Routes | Kind::Services | Kind::Upstreams | Kind::Ssls | Kind::StreamRoutes => &[],
         // Not resources: no APISIX path names them.
-        Kind::Tenants
-        | Kind::Users
-        | Kind::ChangeSets
-        | Kind::Versions
-        | Kind::Audit
-        | Kind::AuditHead
-        | Kind::Nodes => &[
+        pylon_model::control_kinds!() => &[
             Method::GET,
             Method::PUT,
             Method::POST,

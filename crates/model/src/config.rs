@@ -202,13 +202,7 @@ impl Resource {
                 Resource::Other(kind, value.clone())
             }
             Kind::StreamRoutes | Kind::PluginMetadata => Resource::Other(kind, value.clone()),
-            Kind::Tenants
-            | Kind::Users
-            | Kind::ChangeSets
-            | Kind::Versions
-            | Kind::Audit
-            | Kind::AuditHead
-            | Kind::Nodes => {
+            crate::control_kinds!() => {
                 return Err(FieldError::new("", format!("{kind} is not a resource kind")).into())
             }
         };

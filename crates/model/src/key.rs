@@ -108,7 +108,7 @@ impl Kind {
 
     /// Whether the data plane serves entries of this kind.
     pub fn is_resource(self) -> bool {
-        !Kind::CONTROL.contains(&self)
+        !matches!(self, crate::control_kinds!())
     }
 
     /// Whether entries of this kind only accumulate (versions, audit records): a process's
@@ -136,6 +136,21 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The control plane's kinds ([`Kind::CONTROL`]) as one pattern, for the matches over every
+/// kind that treat them alike: `match kind { control_kinds!() => ..., Kind::Routes => ... }`.
+#[macro_export]
+macro_rules! control_kinds {
+    () => {
+        $crate::Kind::Tenants
+            | $crate::Kind::Users
+            | $crate::Kind::ChangeSets
+            | $crate::Kind::Versions
+            | $crate::Kind::Audit
+            | $crate::Kind::AuditHead
+            | $crate::Kind::Nodes
+    };
 }
 
 /// A resource's address in the store: `/pylon/<kind>/<id>` under the default prefix.

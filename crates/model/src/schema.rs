@@ -43,13 +43,7 @@ pub fn json_schema(kind: Kind) -> Value {
         Kind::Protos => schema_of::<Proto>(),
         Kind::StreamRoutes | Kind::PluginMetadata | Kind::Secrets => unchecked(kind),
         // The control plane's records are written by the Admin API only, never as documents.
-        Kind::Tenants
-        | Kind::Users
-        | Kind::ChangeSets
-        | Kind::Versions
-        | Kind::Audit
-        | Kind::AuditHead
-        | Kind::Nodes => unchecked(kind),
+        crate::control_kinds!() => unchecked(kind),
     }
 }
 

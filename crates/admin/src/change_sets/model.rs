@@ -1,4 +1,5 @@
-//! What a change set is, as stored under `change_sets/<id>`.
+//! A change set's stored form (the model's, which the canary nodes read too), and what the Admin
+//! API does to one.
 
 use std::sync::Arc;
 
