@@ -24,6 +24,7 @@ mod metrics;
 mod outbound;
 mod outcome;
 mod pipeline;
+mod proxy_protocol;
 mod publish;
 mod registration;
 mod relay;
