@@ -541,6 +541,12 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
                     snapshot.certificates.len()
                 );
             }
+            for addr in gateway.proxied_addrs() {
+                println!("pylon: PROXY protocol listening on http://{addr}");
+            }
+            for addr in gateway.proxied_https_addrs() {
+                println!("pylon: PROXY protocol listening on https://{addr}");
+            }
         }
         if let Some(path) = node.handoff_socket().filter(|_| handoff.is_some()) {
             println!(

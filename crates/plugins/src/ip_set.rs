@@ -12,14 +12,14 @@ use pylon_model::expr::parse_network;
 use pylon_model::FieldError;
 
 #[derive(Debug, Clone, Default)]
-pub(crate) struct IpSet {
+pub struct IpSet {
     v4: Box<[(u128, u128)]>,
     v6: Box<[(u128, u128)]>,
 }
 
 impl IpSet {
     /// Parses `entries` (addresses or CIDRs); a bad entry is reported at `field[i]`.
-    pub(crate) fn parse(field: &str, entries: &[String]) -> Result<IpSet, FieldError> {
+    pub fn parse(field: &str, entries: &[String]) -> Result<IpSet, FieldError> {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
@@ -45,7 +45,7 @@ impl IpSet {
 
     /// Whether `ip` is in the set. An IPv4 client that a dual-stack listener reports as
     /// `::ffff:a.b.c.d` is matched against the IPv4 networks.
-    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+    pub fn contains(&self, ip: IpAddr) -> bool {
         match ip.to_canonical() {
             IpAddr::V4(ip) => within(&self.v4, u32::from(ip).into()),
             IpAddr::V6(ip) => within(&self.v6, u128::from(ip)),

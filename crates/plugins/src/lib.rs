@@ -70,6 +70,7 @@ pub use compile::{
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
 pub use file_logger::{file_log_counts, FileLogCounts};
+pub use ip_set::IpSet;
 pub use proxy_mirror::{mirror_counts, MirrorCounts};
 /// The Redis servers the limiting plugins use, and whether each answers.
 pub use pylon_redis::{Redis, Status as RedisStatus};

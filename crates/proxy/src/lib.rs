@@ -9,6 +9,7 @@
 //! `BENCHMARKS.md` has the figures against nginx on the same machine.
 #![forbid(unsafe_code)]
 
+mod accept;
 mod access_log;
 mod attempts;
 mod canary;
@@ -49,7 +50,8 @@ pub use registration::{Addresses, Registration};
 pub use runtime::ControlPriority;
 pub use server::Gateway;
 pub use settings::{
-    AccessLogSettings, Http2Settings, HttpsSettings, ProxySettings, UpstreamDefaults,
+    AccessLogSettings, Http2Settings, HttpsSettings, ProxyProtocolSettings, ProxySettings,
+    UpstreamDefaults,
 };
 pub use snapshot::{CompileError, Snapshot, SnapshotCell};
 pub use tls::{TlsContext, TlsError};

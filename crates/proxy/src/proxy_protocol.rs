@@ -8,6 +8,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
 /// What starts every version 2 header.
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest version 1 header, CRLF included (the protocol's own bound).
@@ -37,6 +40,45 @@ pub(crate) enum Parsed {
     Incomplete,
     /// Not a PROXY protocol header, or a broken one.
     Invalid(&'static str),
+}
+
+/// Why a connection's header could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HeaderError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the connection closed before its PROXY protocol header ended")]
+    Closed,
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// Reads the header that starts `stream`, and not a byte more: what follows (a TLS
+/// ClientHello, an HTTP request) stays in the socket for whoever reads next. Bytes are looked
+/// at before they are taken, and taken only as far as the header goes.
+pub(crate) async fn read_header(stream: &mut TcpStream) -> Result<Header, HeaderError> {
+    let mut taken = Vec::new();
+    let mut peeked = [0u8; 512];
+    loop {
+        let n = stream.peek(&mut peeked).await?;
+        if n == 0 {
+            return Err(HeaderError::Closed);
+        }
+        let start = taken.len();
+        taken.extend_from_slice(&peeked[..n]);
+        match parse(&taken) {
+            Parsed::Complete(header, length) => {
+                taken.truncate(length);
+                stream.read_exact(&mut taken[start..]).await?;
+                return Ok(header);
+            }
+            // Every byte seen is the header's: take them all, and look at what comes next.
+            Parsed::Incomplete => {
+                stream.read_exact(&mut taken[start..]).await?;
+            }
+            Parsed::Invalid(reason) => return Err(HeaderError::Invalid(reason)),
+        }
+    }
 }
 
 /// Reads a version 1 or 2 header at the start of `bytes`.

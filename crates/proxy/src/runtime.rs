@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::accept::{accept, Serves};
 use crate::access_log::AccessLog;
-use crate::downstream;
 use crate::metrics::WorkerCounters;
 use crate::snapshot::SnapshotCell;
 use crate::worker::{Limits, Worker};
@@ -22,8 +22,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// A listening socket of one worker.
 pub(crate) struct Listener {
     pub socket: std::net::TcpListener,
-    /// Connections start with a TLS handshake.
-    pub tls: bool,
+    pub serves: Serves,
 }
 
 /// Runs a worker on the current thread until it has stopped and drained.
@@ -43,7 +42,7 @@ pub(crate) fn run(
         let worker = Rc::new(Worker::new(limits, access_log, counters, snapshots));
         for listener in listeners {
             let socket = TcpListener::from_std(listener.socket)?;
-            tokio::task::spawn_local(downstream::accept(worker.clone(), socket, listener.tls));
+            tokio::task::spawn_local(accept(worker.clone(), socket, listener.serves));
         }
         tokio::task::spawn_local(sweep_pool(worker.clone()));
 

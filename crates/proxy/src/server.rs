@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use crate::accept::Serves;
 use crate::access_log::AccessLog;
 use crate::handoff::{Kind, Listeners};
 use crate::metrics::Traffic;
@@ -21,6 +22,9 @@ const BACKLOG: i32 = 4096;
 pub struct Gateway {
     addrs: Vec<SocketAddr>,
     https_addrs: Vec<SocketAddr>,
+    /// The listeners that expect a PROXY protocol header.
+    proxied_addrs: Vec<SocketAddr>,
+    proxied_https_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     /// Copies of the listening sockets, for a successor to take over.
@@ -40,12 +44,22 @@ impl Gateway {
     ) -> std::io::Result<Gateway> {
         let workers = settings.worker_count();
         let mut per_worker: Vec<Vec<Listener>> = (0..workers).map(|_| Vec::new()).collect();
-        let plain = settings.listen.iter().map(|&addr| (addr, false));
-        let tls = settings.https.listen.iter().map(|&addr| (addr, true));
+        let pp = &settings.proxy_protocol;
+        let listens = [
+            (&settings.listen, Serves::http(false, false)),
+            (&settings.https.listen, Serves::http(true, false)),
+            (&pp.listen, Serves::http(false, true)),
+            (&pp.https_listen, Serves::http(true, true)),
+        ];
         let (mut addrs, mut https_addrs) = (Vec::new(), Vec::new());
+        let (mut proxied_addrs, mut proxied_https_addrs) = (Vec::new(), Vec::new());
         let mut listeners = Listeners::default();
-        for (requested, tls) in plain.chain(tls) {
-            let mut sockets = inherited.take(requested, Kind::proxy(tls));
+        let each = listens
+            .iter()
+            .flat_map(|(addrs, serves)| addrs.iter().map(move |&addr| (addr, *serves)));
+        for (requested, serves) in each {
+            let kind = Kind::Proxy(serves);
+            let mut sockets = inherited.take(requested, kind);
             // Port 0 is resolved by the first bind; the other sockets join that port.
             let mut addr = match sockets.first() {
                 Some(socket) => socket.local_addr()?,
@@ -60,13 +74,18 @@ impl Gateway {
                 .iter()
                 .map(|s| s.try_clone())
                 .collect::<Result<_, _>>()?;
-            listeners.push(requested, Kind::proxy(tls), copies)?;
+            listeners.push(requested, kind, copies)?;
             // Each socket has its own accept queue: with fewer workers than sockets (more
             // came over from the previous process), a worker serves several.
             for (i, socket) in sockets.into_iter().enumerate() {
-                per_worker[i % workers].push(Listener { socket, tls });
+                per_worker[i % workers].push(Listener { socket, serves });
             }
-            if tls { &mut https_addrs } else { &mut addrs }.push(addr);
+            match (serves.tls, serves.proxy_protocol) {
+                (false, false) => addrs.push(addr),
+                (true, false) => https_addrs.push(addr),
+                (false, true) => proxied_addrs.push(addr),
+                (true, true) => proxied_https_addrs.push(addr),
+            }
         }
         let limits = Arc::new(Limits::new(settings));
         let traffic = Traffic::new(workers);
@@ -100,6 +119,8 @@ impl Gateway {
         Ok(Gateway {
             addrs,
             https_addrs,
+            proxied_addrs,
+            proxied_https_addrs,
             shutdown,
             workers: handles,
             listeners,
@@ -120,6 +141,16 @@ impl Gateway {
     /// The HTTPS addresses actually listened on (port 0 resolved).
     pub fn https_addrs(&self) -> &[SocketAddr] {
         &self.https_addrs
+    }
+
+    /// The plain HTTP addresses whose connections start with a PROXY protocol header.
+    pub fn proxied_addrs(&self) -> &[SocketAddr] {
+        &self.proxied_addrs
+    }
+
+    /// The HTTPS addresses whose connections start with a PROXY protocol header.
+    pub fn proxied_https_addrs(&self) -> &[SocketAddr] {
+        &self.proxied_https_addrs
     }
 
     /// Copies of the listening sockets, for [`crate::HandoffServer`]; the gateway keeps none.

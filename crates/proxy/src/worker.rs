@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::cache::Cache;
+use pylon_plugins::IpSet;
 use tokio::sync::{futures::Notified, Notify};
 
 use crate::access_log::AccessLog;
@@ -30,6 +31,8 @@ pub(crate) struct Limits {
     pub shutdown_grace: Duration,
     pub handshake_timeout: Duration,
     pub http2: Http2Settings,
+    /// The peers allowed to send a PROXY protocol header; `None`: every peer.
+    pub proxy_protocol_trusted: Option<IpSet>,
 }
 
 impl Limits {
@@ -45,6 +48,11 @@ impl Limits {
             shutdown_grace: secs(settings.shutdown_grace),
             handshake_timeout: secs(settings.https.handshake_timeout),
             http2: settings.http2.clone(),
+            // Validated with the settings; were it not, nobody would be trusted.
+            proxy_protocol_trusted: settings
+                .proxy_protocol
+                .trusted_peers()
+                .unwrap_or_else(|_| Some(IpSet::default())),
         }
     }
 }

@@ -27,6 +27,9 @@ pub struct Pylon {
     pub addr: SocketAddr,
     /// The HTTPS listener, when there is one.
     pub https_addr: Option<SocketAddr>,
+    /// The listeners whose connections start with a PROXY protocol header, plain and TLS.
+    pub proxied_addrs: Vec<SocketAddr>,
+    pub proxied_https_addrs: Vec<SocketAddr>,
     /// Where a successor takes this pylon over.
     pub handoff_socket: Option<PathBuf>,
     /// What pylon printed up to the line saying it serves.
@@ -144,6 +147,7 @@ impl Pylon {
         let deadline = Instant::now() + WAIT;
         let (mut addr, mut https_addr, mut control, mut handoff_socket) = (None, None, None, None);
         let (mut admin, mut metrics) = (None, None);
+        let (mut proxied_addrs, mut proxied_https_addrs) = (Vec::new(), Vec::new());
         let mut startup = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -165,6 +169,14 @@ impl Pylon {
                         line.strip_prefix("pylon: admin API listening on http://")
                     {
                         admin = Some(a.parse().unwrap());
+                    } else if let Some(a) =
+                        line.strip_prefix("pylon: PROXY protocol listening on http://")
+                    {
+                        proxied_addrs.push(a.parse().unwrap());
+                    } else if let Some(a) =
+                        line.strip_prefix("pylon: PROXY protocol listening on https://")
+                    {
+                        proxied_https_addrs.push(a.parse().unwrap());
                     } else if let Some(path) = line.strip_prefix("pylon: handoff socket: ") {
                         handoff_socket = path.split(' ').next().map(PathBuf::from);
                     }
@@ -177,6 +189,8 @@ impl Pylon {
                             dir,
                             addr: addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
                             https_addr,
+                            proxied_addrs,
+                            proxied_https_addrs,
                             control,
                             metrics,
                             admin,

@@ -6,17 +6,21 @@ pub(crate) mod h2;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use self::h2::{Rewind, Sniffed};
 use crate::tls::{self, Handshake, MaybeTls};
 use crate::worker::Worker;
 
 /// A connection to the plain HTTP listener.
-async fn serve(worker: Rc<Worker>, mut stream: TcpStream, client: SocketAddr, local: SocketAddr) {
+pub(crate) async fn serve(
+    worker: Rc<Worker>,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+) {
     // Small writes are whole messages; delaying them only adds latency.
     let _ = stream.set_nodelay(true);
     // HTTP/2 with prior knowledge (h2c) is told from HTTP/1 by its first bytes.
@@ -40,7 +44,12 @@ async fn serve(worker: Rc<Worker>, mut stream: TcpStream, client: SocketAddr, lo
 
 /// A connection to the HTTPS listener: the handshake, with the certificate for the client's
 /// SNI in the current snapshot, then HTTP/2 or HTTP/1.1 as ALPN chose.
-async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, client: SocketAddr, local: SocketAddr) {
+pub(crate) async fn serve_tls(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     let snapshot = worker.view().snapshot.clone();
     let tls = match tls::accept(
@@ -69,46 +78,4 @@ async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, client: SocketAddr, lo
     }
     let buf = BytesMut::with_capacity(8 * 1024);
     h1::serve(worker, MaybeTls::Tls(tls), server_name, client, local, buf).await;
-}
-
-/// Accepts connections on one listener until the worker stops.
-pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
-    loop {
-        let stopping = worker.stopping();
-        if worker.is_stopping() {
-            return;
-        }
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopping => return,
-        };
-        let (stream, client) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::error!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let handled = worker.connections() < worker.limits.max_connections;
-        worker.metrics.accepted(handled);
-        if !handled {
-            drop(stream);
-            continue;
-        }
-        let Ok(local) = stream.local_addr() else {
-            continue;
-        };
-        let open = worker.open_connection();
-        let conn_worker = worker.clone();
-        tokio::task::spawn_local(async move {
-            if tls {
-                serve_tls(conn_worker, stream, client, local).await;
-            } else {
-                serve(conn_worker, stream, client, local).await;
-            }
-            drop(open);
-        });
-    }
 }

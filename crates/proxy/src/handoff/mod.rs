@@ -11,7 +11,7 @@
 //!
 //! 1. The new process connects and says `take 1` (the protocol version).
 //! 2. The old one sends each listening socket in a message of its own, `socket <listener>
-//!    <http|https|control|metrics|admin> <configured address>` with the descriptor attached
+//!    <http|https|http+proxy|https+proxy|control|metrics|admin> <configured address>` with the descriptor attached
 //!    (`SCM_RIGHTS`), then `end <count>`. It keeps serving meanwhile. The control API's, the
 //!    metrics listener's and the Admin API's sockets go too: their ports are fixed, and the
 //!    new process could not bind them while the old one holds them.
@@ -37,6 +37,8 @@ mod takeover;
 mod wire;
 
 use std::net::{SocketAddr, TcpListener};
+
+use crate::accept::Serves;
 
 pub use server::{HandoffEvent, HandoffServer, StoreRelease};
 pub use takeover::Takeover;
@@ -66,8 +68,8 @@ pub struct Listeners {
 /// What a listening socket serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    Http,
-    Https,
+    /// A data-plane listener.
+    Proxy(Serves),
     /// The control API ([`crate::ControlApi`]).
     Control,
     /// The metrics listener ([`crate::MetricsApi`]).
@@ -87,34 +89,20 @@ struct Group {
 }
 
 impl Kind {
-    pub(crate) fn proxy(tls: bool) -> Kind {
-        if tls {
-            Kind::Https
-        } else {
-            Kind::Http
-        }
-    }
-
-    fn word(self) -> &'static str {
+    fn word(self) -> String {
         match self {
-            Kind::Http => "http",
-            Kind::Https => "https",
-            Kind::Control => "control",
-            Kind::Metrics => "metrics",
-            Kind::Admin => "admin",
+            Kind::Proxy(serves) => serves.word(),
+            Kind::Control => "control".to_owned(),
+            Kind::Metrics => "metrics".to_owned(),
+            Kind::Admin => "admin".to_owned(),
         }
     }
 
     fn from_word(word: &str) -> Option<Kind> {
-        [
-            Kind::Http,
-            Kind::Https,
-            Kind::Control,
-            Kind::Metrics,
-            Kind::Admin,
-        ]
-        .into_iter()
-        .find(|kind| kind.word() == word)
+        Serves::all()
+            .map(Kind::Proxy)
+            .chain([Kind::Control, Kind::Metrics, Kind::Admin])
+            .find(|kind| kind.word() == word)
     }
 }
 
@@ -192,10 +180,18 @@ mod tests {
         let https = TcpListener::bind(any_port()).unwrap();
         let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
         let mut own = Listeners::default();
-        own.push(any_port(), Kind::Http, vec![http.try_clone().unwrap()])
-            .unwrap();
-        own.push(any_port(), Kind::Https, vec![https.try_clone().unwrap()])
-            .unwrap();
+        own.push(
+            any_port(),
+            Kind::Proxy(Serves::http(false, false)),
+            vec![http.try_clone().unwrap()],
+        )
+        .unwrap();
+        own.push(
+            any_port(),
+            Kind::Proxy(Serves::http(true, false)),
+            vec![https.try_clone().unwrap()],
+        )
+        .unwrap();
         let mut server = HandoffServer::start(&path, own).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "only this user may take the sockets");
@@ -206,9 +202,11 @@ mod tests {
         assert_eq!(takeover.socket_count(), 2);
         let mut inherited = takeover.take_listeners();
         // Matched by the configured address and scheme, or by the address bound.
-        assert!(inherited.take(https_addr, Kind::Http).is_empty());
-        let tls = inherited.take(https_addr, Kind::Https);
-        let plain = inherited.take(any_port(), Kind::Http);
+        assert!(inherited
+            .take(https_addr, Kind::Proxy(Serves::http(false, false)))
+            .is_empty());
+        let tls = inherited.take(https_addr, Kind::Proxy(Serves::http(true, false)));
+        let plain = inherited.take(any_port(), Kind::Proxy(Serves::http(false, false)));
         assert_eq!((plain.len(), tls.len()), (1, 1));
 
         // The very socket: a connection made to the original is accepted on the copy.

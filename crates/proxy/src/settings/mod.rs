@@ -2,6 +2,7 @@
 //! Durations are in seconds, as in APISIX's config.
 
 mod http2;
+mod proxy_protocol;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http1::HeadLimits;
 pub use http2::Http2Settings;
+pub use proxy_protocol::ProxyProtocolSettings;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -48,6 +50,7 @@ pub struct ProxySettings {
     pub https: HttpsSettings,
     /// HTTP/2 from clients (h2c on `listen`, `h2` on `https.listen`) and its abuse limits.
     pub http2: Http2Settings,
+    pub proxy_protocol: ProxyProtocolSettings,
     /// How far below the workers' CPU priority the control side runs (a nice increment, 0–19):
     /// compiling a change, the Admin API, health checks and the local config copy then take a
     /// core from a busy worker only when the worker has nothing to do. 0: the same priority.
@@ -113,6 +116,7 @@ impl Default for ProxySettings {
             upstream: UpstreamDefaults::default(),
             https: HttpsSettings::default(),
             http2: Http2Settings::default(),
+            proxy_protocol: ProxyProtocolSettings::default(),
             control_nice: 10,
         }
     }
@@ -157,10 +161,24 @@ impl ProxySettings {
     /// Every problem with these settings, with the field's path under `proxy`.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        if self.listen.is_empty() && self.https.listen.is_empty() {
+        let pp = &self.proxy_protocol;
+        if [
+            &self.listen,
+            &self.https.listen,
+            &pp.listen,
+            &pp.https_listen,
+        ]
+        .iter()
+        .all(|addrs| addrs.is_empty())
+        {
             errors.push(
-                "proxy.listen: needs at least one address (or proxy.https.listen)".to_owned(),
+                "proxy.listen: needs at least one address (or proxy.https.listen, \
+                 proxy.proxy_protocol.listen or .https_listen)"
+                    .to_owned(),
             );
+        }
+        if let Err(e) = pp.trusted_peers() {
+            errors.push(e);
         }
         let seconds = [
             ("proxy.client_header_timeout", self.client_header_timeout),

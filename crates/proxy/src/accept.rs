@@ -1,0 +1,151 @@
+//! Accepting connections on a data-plane listener: the worker's connection limit, the PROXY
+//! protocol header when the listener expects one, then the protocol the listener serves.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::downstream;
+use crate::proxy_protocol::{self, Header};
+use crate::worker::Worker;
+
+/// What a data-plane listener serves, and how its connections arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Serves {
+    pub protocol: Protocol,
+    /// Connections start with a TLS handshake, after the PROXY header if there is one.
+    pub tls: bool,
+    /// Connections start with a PROXY protocol header from a load balancer.
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http,
+}
+
+impl Serves {
+    pub(crate) fn http(tls: bool, proxy_protocol: bool) -> Serves {
+        Serves {
+            protocol: Protocol::Http,
+            tls,
+            proxy_protocol,
+        }
+    }
+
+    /// Every kind of listener, for reading [`Serves::word`] back.
+    pub(crate) fn all() -> impl Iterator<Item = Serves> {
+        [false, true].into_iter().flat_map(|tls| {
+            [false, true]
+                .into_iter()
+                .map(move |proxy_protocol| Serves::http(tls, proxy_protocol))
+        })
+    }
+
+    /// The listener's kind in a word: `http`, `https`, and `+proxy` for a PROXY header.
+    pub(crate) fn word(self) -> String {
+        let base = match (self.protocol, self.tls) {
+            (Protocol::Http, false) => "http",
+            (Protocol::Http, true) => "https",
+        };
+        if self.proxy_protocol {
+            format!("{base}+proxy")
+        } else {
+            base.to_owned()
+        }
+    }
+}
+
+/// Accepts connections on one listener until the worker stops.
+pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener, serves: Serves) {
+    loop {
+        let stopping = worker.stopping();
+        if worker.is_stopping() {
+            return;
+        }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::error!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let handled = worker.connections() < worker.limits.max_connections;
+        worker.metrics.accepted(handled);
+        if !handled {
+            drop(stream);
+            continue;
+        }
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let open = worker.open_connection();
+        let conn_worker = worker.clone();
+        tokio::task::spawn_local(async move {
+            serve(conn_worker, stream, peer, local, serves).await;
+            drop(open);
+        });
+    }
+}
+
+async fn serve(
+    worker: Rc<Worker>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    serves: Serves,
+) {
+    let client = if serves.proxy_protocol {
+        match proxied_client(&worker, &mut stream, peer).await {
+            Some(client) => client,
+            None => return,
+        }
+    } else {
+        peer
+    };
+    match serves.protocol {
+        Protocol::Http if serves.tls => downstream::serve_tls(worker, stream, client, local).await,
+        Protocol::Http => downstream::serve(worker, stream, client, local).await,
+    }
+}
+
+/// The client a trusted peer's PROXY header names (the peer itself for a `LOCAL` header, a
+/// load balancer's health check); `None` closes the connection: an untrusted peer, or a
+/// missing, broken or late header.
+async fn proxied_client(
+    worker: &Worker,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
+    if let Some(trusted) = &worker.limits.proxy_protocol_trusted {
+        if !trusted.contains(peer.ip()) {
+            tracing::debug!(%peer, "PROXY protocol header from an untrusted peer: closed");
+            return None;
+        }
+    }
+    let header = tokio::time::timeout(
+        worker.limits.header_timeout,
+        proxy_protocol::read_header(stream),
+    )
+    .await;
+    match header {
+        Ok(Ok(Header::Proxied { source, .. })) => Some(source),
+        Ok(Ok(Header::Local)) => Some(peer),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "no PROXY protocol header: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no PROXY protocol header in time");
+            None
+        }
+    }
+}
