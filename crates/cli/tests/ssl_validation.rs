@@ -75,7 +75,7 @@ fn every_tls_and_health_check_mistake_is_reported_with_its_path() {
         "ssls[1].cert: certificate expired at 2001-01-01T00:00:00Z",
         "ssls[1].snis[0]: `a.*.test` is not a host name",
         "ssls[2].snis: a server certificate needs at least one name",
-        "routes[0].upstream.tls: applies only to `https` and `grpcs` upstreams",
+        "routes[0].upstream.tls: applies only to `https`, `grpcs` and `tls` upstreams",
         "routes[0].upstream.checks.active: required when checks.passive is set",
         "routes[1].upstream.tls.client_key: required when tls.client_cert is set",
         "routes[1].upstream.checks.active.healthy.http_statuses[0]: must be 200..599",

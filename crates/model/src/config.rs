@@ -12,6 +12,7 @@ use crate::proto::Proto;
 use crate::route::Route;
 use crate::secret;
 use crate::ssl::Ssl;
+use crate::stream_route::{stream_scheme, StreamRoute};
 use crate::upstream::Upstream;
 use crate::validate;
 
@@ -136,6 +137,7 @@ pub enum Resource {
     GlobalRule(GlobalRule),
     PluginConfig(PluginConfig),
     Ssl(Ssl),
+    StreamRoute(StreamRoute),
     /// Kinds the data plane does not use yet: kept as the JSON objects they are.
     Other(Kind, serde_json::Value),
 }
@@ -190,6 +192,11 @@ impl Resource {
                 validate::plugin_objects(Some(&group.plugins), &mut errors);
                 Resource::Other(kind, value.clone())
             }
+            Kind::StreamRoutes => {
+                let route: StreamRoute = parse(value)?;
+                route.validate(&mut errors);
+                Resource::StreamRoute(route)
+            }
             Kind::Protos => {
                 parse::<Proto>(value)?.validate(&mut errors);
                 Resource::Other(kind, value.clone())
@@ -201,7 +208,7 @@ impl Resource {
                 secret::validate(value, &mut errors);
                 Resource::Other(kind, value.clone())
             }
-            Kind::StreamRoutes | Kind::PluginMetadata => Resource::Other(kind, value.clone()),
+            Kind::PluginMetadata => Resource::Other(kind, value.clone()),
             crate::control_kinds!() => {
                 return Err(FieldError::new("", format!("{kind} is not a resource kind")).into())
             }
@@ -221,6 +228,7 @@ impl Resource {
             Resource::GlobalRule(g) => serde_json::to_value(g),
             Resource::PluginConfig(p) => serde_json::to_value(p),
             Resource::Ssl(s) => serde_json::to_value(s),
+            Resource::StreamRoute(r) => serde_json::to_value(r),
             Resource::Other(_, v) => return v.clone(),
         };
         // Serializing plain data structs into a JSON value cannot fail.
@@ -254,6 +262,7 @@ pub struct Config {
     pub global_rules: BTreeMap<String, GlobalRule>,
     pub plugin_configs: BTreeMap<String, PluginConfig>,
     pub ssls: BTreeMap<String, Ssl>,
+    pub stream_routes: BTreeMap<String, StreamRoute>,
     /// Resources of the kinds the data plane does not use yet.
     pub others: BTreeMap<Key, serde_json::Value>,
 }
@@ -302,6 +311,7 @@ impl Config {
             Resource::GlobalRule(g) => drop(self.global_rules.insert(id, g)),
             Resource::PluginConfig(p) => drop(self.plugin_configs.insert(id, p)),
             Resource::Ssl(s) => drop(self.ssls.insert(id, s)),
+            Resource::StreamRoute(r) => drop(self.stream_routes.insert(id, r)),
             Resource::Other(_, v) => drop(self.others.insert(key.clone(), v)),
         }
     }
@@ -317,6 +327,7 @@ impl Config {
             .chain(of(Kind::GlobalRules, &self.global_rules))
             .chain(of(Kind::PluginConfigs, &self.plugin_configs))
             .chain(of(Kind::Ssls, &self.ssls))
+            .chain(of(Kind::StreamRoutes, &self.stream_routes))
             .chain(self.others.keys().cloned())
     }
 
@@ -330,6 +341,7 @@ impl Config {
             Kind::GlobalRules => drop(self.global_rules.remove(id)),
             Kind::PluginConfigs => drop(self.plugin_configs.remove(id)),
             Kind::Ssls => drop(self.ssls.remove(id)),
+            Kind::StreamRoutes => drop(self.stream_routes.remove(id)),
             _ => drop(self.others.remove(key)),
         }
     }
@@ -376,6 +388,16 @@ impl Config {
                 &|i| self.upstreams.contains_key(i),
             );
         }
+        for (id, route) in &self.stream_routes {
+            let key = Key::new(Kind::StreamRoutes, id);
+            check(key.clone(), "service_id", route.service_id.as_ref(), &|i| {
+                self.services.contains_key(i)
+            });
+            check(key, "upstream_id", route.upstream_id.as_ref(), &|i| {
+                self.upstreams.contains_key(i)
+            });
+        }
+        errors.extend(self.check_stream_upstreams(&locate));
         for (id, route) in &self.routes {
             // As APISIX's schema: a route with plugins needs no upstream (they answer it).
             let has_upstream = route.plugins.is_some()
@@ -396,6 +418,69 @@ impl Config {
                     locate(&Key::new(Kind::Routes, id)),
                     "has no upstream: set `upstream`, `upstream_id`, a `service_id` whose service has one, or `plugins` that answer",
                 ));
+            }
+        }
+        errors
+    }
+}
+
+impl Config {
+    /// Each upstream serves the kind of route that uses it: a stream route needs one that
+    /// carries bytes (`tcp`/`tls`, or `http`/`https` read as those), an HTTP route one that
+    /// speaks HTTP; and a stream route has an upstream at all.
+    fn check_stream_upstreams(&self, locate: &impl Fn(&Key) -> String) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let by_id = |id: &Option<String>| id.as_ref().and_then(|i| self.upstreams.get(i));
+        for (id, route) in &self.routes {
+            let service = route.service_id.as_ref().and_then(|s| self.services.get(s));
+            let upstream = route
+                .upstream
+                .as_ref()
+                .or_else(|| by_id(&route.upstream_id))
+                .or_else(|| {
+                    service.and_then(|s| s.upstream.as_ref().or_else(|| by_id(&s.upstream_id)))
+                });
+            if let Some(u) = upstream.filter(|u| u.scheme.is_stream_only()) {
+                errors.push(FieldError::new(
+                    locate(&Key::new(Kind::Routes, id)),
+                    format!(
+                        "its upstream's scheme `{}` is for stream routes; an HTTP route's upstream speaks http, https, grpc or grpcs",
+                        u.scheme.as_str()
+                    ),
+                ));
+            }
+        }
+        for (id, route) in &self.stream_routes {
+            let key = Key::new(Kind::StreamRoutes, id);
+            let service = route.service_id.as_ref().and_then(|s| self.services.get(s));
+            let upstream = route
+                .upstream
+                .as_ref()
+                .or_else(|| by_id(&route.upstream_id))
+                .or_else(|| {
+                    service.and_then(|s| s.upstream.as_ref().or_else(|| by_id(&s.upstream_id)))
+                });
+            let missing_reference = route
+                .upstream_id
+                .as_ref()
+                .is_some_and(|u| !self.upstreams.contains_key(u))
+                || route
+                    .service_id
+                    .as_ref()
+                    .is_some_and(|s| !self.services.contains_key(s));
+            match upstream {
+                // An inline upstream's scheme is checked with the route itself.
+                Some(_) if route.upstream.is_some() => {}
+                Some(u) => {
+                    let mut scheme = Vec::new();
+                    stream_scheme(u.scheme, &mut scheme);
+                    errors.extend(scheme.into_iter().map(|e| e.within(&format!("{}.upstream", locate(&key)))));
+                }
+                None if !missing_reference => errors.push(FieldError::new(
+                    locate(&key),
+                    "has no upstream: set `upstream`, `upstream_id` or a `service_id` whose service has one",
+                )),
+                None => {}
             }
         }
         errors

@@ -21,6 +21,7 @@ use crate::key::Kind;
 use crate::proto::Proto;
 use crate::route::Route;
 use crate::ssl::Ssl;
+use crate::stream_route::StreamRoute;
 use crate::upstream::Upstream;
 
 /// The JSON Schema (draft 2020-12) of one resource of `kind`, as a self-contained document:
@@ -41,7 +42,8 @@ pub fn json_schema(kind: Kind) -> Value {
         Kind::Credentials => schema_of::<Credential>(),
         Kind::ConsumerGroups => schema_of::<ConsumerGroup>(),
         Kind::Protos => schema_of::<Proto>(),
-        Kind::StreamRoutes | Kind::PluginMetadata | Kind::Secrets => unchecked(kind),
+        Kind::StreamRoutes => schema_of::<StreamRoute>(),
+        Kind::PluginMetadata | Kind::Secrets => unchecked(kind),
         // The control plane's records are written by the Admin API only, never as documents.
         crate::control_kinds!() => unchecked(kind),
     }
@@ -61,13 +63,7 @@ fn unchecked(kind: Kind) -> Value {
         // A consumer's `username`.
         _ => json!({"type": "string"}),
     };
-    let mut properties = json!({kind.id_field(): id});
-    if kind == Kind::StreamRoutes {
-        properties["plugins"] = json!({
-            "description": "Plugins by name, with their configuration.",
-            "type": "object",
-        });
-    }
+    let properties = json!({kind.id_field(): id});
     json!({
         "$schema": meta_schemas::DRAFT2020_12,
         "title": kind.as_str(),
@@ -189,7 +185,10 @@ mod tests {
             ["vars", "header", "cookie", "consumer", "vars_combinations"]
         );
         assert_eq!(names("PassHost"), ["pass", "node", "rewrite"]);
-        assert_eq!(names("Scheme"), ["http", "https", "grpc", "grpcs"]);
+        assert_eq!(
+            names("Scheme"),
+            ["http", "https", "grpc", "grpcs", "tcp", "tls"]
+        );
         assert_eq!(props["scheme"]["default"], "http");
         assert_eq!(
             (&props["retries"]["minimum"], &props["retries"]["maximum"]),

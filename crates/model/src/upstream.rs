@@ -198,7 +198,8 @@ pub enum PassHost {
     Rewrite,
 }
 
-/// How the gateway talks to the nodes: HTTP/1.1 or gRPC (HTTP/2), in clear or over TLS.
+/// How the gateway talks to the nodes: HTTP/1.1 or gRPC (HTTP/2), in clear or over TLS; for
+/// stream routes, the bytes as they are, in clear (`tcp`) or over TLS (`tls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheme {
@@ -207,6 +208,8 @@ pub enum Scheme {
     Https,
     Grpc,
     Grpcs,
+    Tcp,
+    Tls,
 }
 
 impl Scheme {
@@ -220,7 +223,12 @@ impl Scheme {
     }
 
     pub fn is_tls(self) -> bool {
-        matches!(self, Scheme::Https | Scheme::Grpcs)
+        matches!(self, Scheme::Https | Scheme::Grpcs | Scheme::Tls)
+    }
+
+    /// Only stream routes speak it: an HTTP route's upstream may not.
+    pub fn is_stream_only(self) -> bool {
+        matches!(self, Scheme::Tcp | Scheme::Tls)
     }
 
     pub fn is_grpc(self) -> bool {
@@ -233,6 +241,8 @@ impl Scheme {
             Scheme::Https => "https",
             Scheme::Grpc => "grpc",
             Scheme::Grpcs => "grpcs",
+            Scheme::Tcp => "tcp",
+            Scheme::Tls => "tls",
         }
     }
 }

@@ -40,7 +40,8 @@ pub(crate) fn resource(resource: &Resource) -> Vec<FieldError> {
         Resource::GlobalRule(g) => plugin_objects(Some(&g.plugins), &mut errors),
         Resource::PluginConfig(p) => plugin_objects(Some(&p.plugins), &mut errors),
         Resource::Ssl(s) => s.validate(&mut errors),
-        Resource::Other(..) => {}
+        // Checked as it is parsed, with its own rules.
+        Resource::StreamRoute(_) | Resource::Other(..) => {}
     }
     errors
 }
@@ -125,7 +126,7 @@ fn route(r: &Route, errors: &mut Vec<FieldError>) {
     unsupported(errors, "script", r.script.is_some());
 }
 
-fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
+pub(crate) fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
     // No nodes is valid, as in APISIX: the upstream answers 503 until it has some (staged
     // roll-outs, and discovery, fill it later).
     if let Some(Err(errs)) = u.nodes.as_ref().map(|n| n.resolve(u.scheme)) {
@@ -193,7 +194,7 @@ fn upstream(u: &Upstream, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(
                 "tls",
                 format!(
-                    "applies only to `https` and `grpcs` upstreams, and scheme is `{}`",
+                    "applies only to `https`, `grpcs` and `tls` upstreams, and scheme is `{}`",
                     u.scheme.as_str()
                 ),
             ));
@@ -462,7 +463,7 @@ fn host_chars(host: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
 }
 
-fn remote_addr(path: &str, addr: &str, errors: &mut Vec<FieldError>) {
+pub(crate) fn remote_addr(path: &str, addr: &str, errors: &mut Vec<FieldError>) {
     if addr.parse::<IpAddr>().is_err() && addr.parse::<ipnet::IpNet>().is_err() {
         errors.push(FieldError::new(
             path,
@@ -511,7 +512,11 @@ fn unsupported(errors: &mut Vec<FieldError>, field: &str, present: bool) {
     }
 }
 
-fn nested(errors: &mut Vec<FieldError>, prefix: &str, check: impl FnOnce(&mut Vec<FieldError>)) {
+pub(crate) fn nested(
+    errors: &mut Vec<FieldError>,
+    prefix: &str,
+    check: impl FnOnce(&mut Vec<FieldError>),
+) {
     let mut inner = Vec::new();
     check(&mut inner);
     errors.extend(inner.into_iter().map(|e| e.within(prefix)));
@@ -727,15 +732,13 @@ mod tests {
         let consumer = json!({"username": "jack", "group_id": "a b"});
         let errors = Resource::from_json(Kind::Consumers, &consumer).unwrap_err();
         assert_eq!(errors.0[0].to_string(), format!("group_id: {id_error}"));
-        let stream_route = json!({"id": "a/b", "create_time": "yesterday"});
+        let stream_route = json!({"id": "a/b", "server_port": 9100});
         let errors = Resource::from_json(Kind::StreamRoutes, &stream_route).unwrap_err();
-        assert_eq!(
-            errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            [
-                format!("id: {id_error}"),
-                "create_time: must be an integer".to_owned()
-            ]
-        );
+        assert_eq!(errors.0[0].to_string(), format!("id: {id_error}"));
+        // Kinds kept as written are checked too.
+        let metadata = json!({"id": "limit-count", "create_time": "yesterday"});
+        let errors = Resource::from_json(Kind::PluginMetadata, &metadata).unwrap_err();
+        assert_eq!(errors.0[0].to_string(), "create_time: must be an integer");
         // Compound ids are the Admin API's own.
         let secret =
             json!({"id": "vault/1", "uri": "http://127.0.0.1:8200", "prefix": "kv", "token": "t"});
@@ -844,10 +847,10 @@ mod tests {
                 port
             );
         }
-        let errors = route_errors(route_with(json!({"scheme": "tcp"})));
+        let errors = route_errors(route_with(json!({"scheme": "kafka"})));
         assert_eq!(errors.len(), 1);
         assert!(
-            errors[0].starts_with("upstream.scheme: unknown variant `tcp`, expected one of"),
+            errors[0].starts_with("upstream.scheme: unknown variant `kafka`, expected one of"),
             "{errors:?}"
         );
     }
@@ -906,7 +909,7 @@ mod tests {
         }
         assert_eq!(
             route_errors(route_with(json!({"tls": {"verify": false}}))),
-            ["upstream.tls: applies only to `https` and `grpcs` upstreams, and scheme is `http`"]
+            ["upstream.tls: applies only to `https`, `grpcs` and `tls` upstreams, and scheme is `http`"]
         );
         let errors = route_errors(route_with(
             json!({"scheme": "https", "tls": {"client_cert_id": 1}}),

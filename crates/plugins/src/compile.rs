@@ -407,6 +407,22 @@ pub fn check_resource(kind: Kind, resource: &Value) -> Vec<FieldError> {
         _ => Scope::Route,
     };
     let mut errors = check(plugins, scope);
+    if kind == Kind::StreamRoutes {
+        errors.extend(
+            plugins
+                .keys()
+                .filter(|name| !STREAM_PLUGINS.contains(&name.as_str()))
+                .map(|name| {
+                    FieldError::new(
+                        format!("plugins.{name}"),
+                        format!(
+                            "does not run on stream routes, which run {}",
+                            STREAM_PLUGINS.join(" and ")
+                        ),
+                    )
+                }),
+        );
+    }
     if kind == Kind::Credentials {
         errors.extend(
             plugins
@@ -422,6 +438,9 @@ pub fn check_resource(kind: Kind, resource: &Value) -> Vec<FieldError> {
     }
     errors
 }
+
+/// The plugins a stream route runs: on a connection, not on HTTP requests.
+pub const STREAM_PLUGINS: [&str; 2] = ["ip-restriction", "limit-conn"];
 
 /// What only a whole configuration shows of its plugins, beyond what [`check_resource`]
 /// finds in each resource: two consumers with the same credential (the same API key, say).

@@ -1,0 +1,135 @@
+//! Stream routes: which TCP connections they take (by the address and port they reached, the
+//! client's address and the TLS server name), and where their bytes go.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{de_opt_id, id_schema, Labels, Plugins};
+use crate::error::FieldError;
+use crate::upstream::{Scheme, Upstream};
+use crate::validate::{host_pattern, nested, plugin_objects, remote_addr, upstream};
+
+/// A stream route, with APISIX's fields. Each condition set must hold; none set: every
+/// connection of the stream listeners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRoute {
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "id_schema")]
+    pub id: Option<String>,
+    /// A name for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A description for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<String>,
+    /// Key-value pairs to tag and select resources by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    /// The client's address: an IP address or a CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<String>,
+    /// The address the client reached (the listener's): an IP address or a CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_addr: Option<String>,
+    /// The port the client reached (the listener's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub server_port: Option<u16>,
+    /// The TLS server name the client asked for; a leading `*.` matches any subdomain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "id_schema")]
+    /// The service whose upstream the route uses.
+    pub service_id: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "de_opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "id_schema")]
+    /// The upstream connections go to, by id.
+    pub upstream_id: Option<String>,
+    /// The upstream connections go to, written inline; takes precedence over `upstream_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
+    /// Plugins by name, with their configuration: stream routes run `ip-restriction` and
+    /// `limit-conn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugins: Option<Plugins>,
+    /// Pylon's: the PROXY protocol header (`v1` or `v2`) each upstream connection starts
+    /// with, naming the client, for upstreams that ask for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_proxy_protocol: Option<ProxyProtocolVersion>,
+    /// APISIX's xRPC protocols: not supported by this build, refused when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<serde_json::Value>,
+    /// When the resource was created, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<i64>,
+    /// When the resource was last changed, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_time: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocolVersion {
+    V1,
+    V2,
+}
+
+impl StreamRoute {
+    pub(crate) fn validate(&self, errors: &mut Vec<FieldError>) {
+        for (field, addr) in [
+            ("remote_addr", &self.remote_addr),
+            ("server_addr", &self.server_addr),
+        ] {
+            if let Some(addr) = addr {
+                remote_addr(field, addr, errors);
+            }
+        }
+        if let Some(sni) = &self.sni {
+            host_pattern("sni", sni, errors);
+        }
+        if let Some(u) = &self.upstream {
+            nested(errors, "upstream", |e| {
+                upstream(u, e);
+                stream_scheme(u.scheme, e);
+            });
+        }
+        plugin_objects(self.plugins.as_ref(), errors);
+        if self.protocol.is_some() {
+            errors.push(FieldError::new(
+                "protocol",
+                "is not supported by this build yet",
+            ));
+        }
+    }
+}
+
+/// What an upstream of a stream route may speak: bytes, in clear or over TLS. `http` (the
+/// default) and `https` are read as `tcp` and `tls`, so that an upstream serves both kinds of
+/// route.
+pub(crate) fn stream_scheme(scheme: Scheme, errors: &mut Vec<FieldError>) {
+    if scheme.is_grpc() {
+        errors.push(FieldError::new(
+            "scheme",
+            format!(
+                "`{}` is for HTTP routes; a stream route's upstream is `tcp` or `tls`",
+                scheme.as_str()
+            ),
+        ));
+    }
+}
