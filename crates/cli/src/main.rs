@@ -547,6 +547,9 @@ fn run(node_config: Option<&Path>) -> anyhow::Result<()> {
             for addr in gateway.proxied_https_addrs() {
                 println!("pylon: PROXY protocol listening on https://{addr}");
             }
+            for (addr, kind) in gateway.stream_addrs() {
+                println!("pylon: stream listening on {kind}://{addr}");
+            }
         }
         if let Some(path) = node.handoff_socket().filter(|_| handoff.is_some()) {
             println!(

@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::downstream;
 use crate::proxy_protocol::{self, Header};
+use crate::stream;
 use crate::worker::Worker;
 
 /// What a data-plane listener serves, and how its connections arrive.
@@ -24,6 +25,8 @@ pub(crate) struct Serves {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
     Http,
+    /// The L4 proxy: the stream routes take the connections.
+    Tcp,
 }
 
 impl Serves {
@@ -35,20 +38,33 @@ impl Serves {
         }
     }
 
+    pub(crate) fn tcp(tls: bool, proxy_protocol: bool) -> Serves {
+        Serves {
+            protocol: Protocol::Tcp,
+            tls,
+            proxy_protocol,
+        }
+    }
+
     /// Every kind of listener, for reading [`Serves::word`] back.
     pub(crate) fn all() -> impl Iterator<Item = Serves> {
-        [false, true].into_iter().flat_map(|tls| {
-            [false, true]
-                .into_iter()
-                .map(move |proxy_protocol| Serves::http(tls, proxy_protocol))
+        let flags = [(false, false), (false, true), (true, false), (true, true)];
+        flags.into_iter().flat_map(|(tls, proxy_protocol)| {
+            [
+                Serves::http(tls, proxy_protocol),
+                Serves::tcp(tls, proxy_protocol),
+            ]
         })
     }
 
-    /// The listener's kind in a word: `http`, `https`, and `+proxy` for a PROXY header.
+    /// The listener's kind in a word: `http`, `https`, `tcp`, `tcp+tls`, and `+proxy` for
+    /// a PROXY header.
     pub(crate) fn word(self) -> String {
         let base = match (self.protocol, self.tls) {
             (Protocol::Http, false) => "http",
             (Protocol::Http, true) => "https",
+            (Protocol::Tcp, false) => "tcp",
+            (Protocol::Tcp, true) => "tcp+tls",
         };
         if self.proxy_protocol {
             format!("{base}+proxy")
@@ -114,6 +130,7 @@ async fn serve(
     match serves.protocol {
         Protocol::Http if serves.tls => downstream::serve_tls(worker, stream, client, local).await,
         Protocol::Http => downstream::serve(worker, stream, client, local).await,
+        Protocol::Tcp => stream::serve(worker, stream, client, local, serves.tls).await,
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use pylon_discovery::{Registry, ServiceWatch};
-use pylon_model::{Config, Key, Kind, Node, Route, Service, Upstream};
+use pylon_model::{Config, Key, Kind, Node, Route, Service, StreamRoute, Upstream};
 use pylon_plugins::{builds_every_plugin, route_split_upstreams, CompiledPlugins, SplitTarget};
 use pylon_router::{RouteSpec, RouterBuilder};
 use pylon_store::Revision;
@@ -20,7 +20,9 @@ use crate::settings::UpstreamDefaults;
 use crate::snapshot::{
     compile_upstream, resolve, CompileError, RouteTarget, Snapshot, Split, Timeouts, UpstreamTarget,
 };
+use crate::stream::{ConnLimit, StreamTable, StreamTarget};
 use crate::tls::{SniTable, TlsContext};
+use serde_json::Value;
 
 /// The discovery type that also keeps upstream nodes' host names resolved.
 const DNS: &str = "dns";
@@ -44,6 +46,14 @@ pub(crate) struct Compiler {
     /// Upstream slots given back, for reuse; `next_slot` is the first never given out.
     free_slots: Vec<usize>,
     next_slot: usize,
+    /// The stream routes, compiled as a whole whenever one of them, an upstream or a
+    /// service changes (they are few).
+    stream: Arc<StreamTable>,
+    /// The upstreams the stream routes use, by the user name they hold them under.
+    stream_upstreams: Vec<(String, String)>,
+    /// Each stream route's `limit-conn`, with the configuration it was built from: kept
+    /// while that is unchanged, so that the connections open count across versions.
+    stream_limits: HashMap<String, (Value, Arc<ConnLimit>)>,
 }
 
 /// What a route was compiled against.
@@ -116,6 +126,9 @@ impl Compiler {
             upstreams: HashMap::new(),
             free_slots: Vec::new(),
             next_slot: 0,
+            stream: Arc::default(),
+            stream_upstreams: Vec::new(),
+            stream_limits: HashMap::new(),
         }
     }
 
@@ -155,6 +168,15 @@ impl Compiler {
             self.certificates = Arc::new(SniTable::compile(&config.ssls, &self.tls));
         }
         self.recompile(config, affected, &mut not_served);
+        let streams_touched = changed.iter().any(|key| {
+            matches!(
+                key.kind,
+                Kind::StreamRoutes | Kind::Upstreams | Kind::Services
+            )
+        });
+        if streams_touched && !(config.stream_routes.is_empty() && self.stream.is_empty()) {
+            self.compile_streams(config, &mut not_served);
+        }
         Compiled {
             snapshot: self.snapshot(revision),
             not_served,
@@ -165,12 +187,17 @@ impl Compiler {
     /// when none did (another upstream's service moved, and that was compiled already).
     pub(crate) fn rediscover(&mut self, config: &Config, revision: Revision) -> Option<Compiled> {
         let outdated = self.upstreams.values().filter(|u| u.outdated());
-        let affected: BTreeSet<String> = outdated.flat_map(|u| u.users.iter().cloned()).collect();
-        if affected.is_empty() {
+        let users: BTreeSet<String> = outdated.flat_map(|u| u.users.iter().cloned()).collect();
+        if users.is_empty() {
             return None;
         }
+        let (streams, affected): (BTreeSet<String>, _) =
+            users.into_iter().partition(|user| is_stream_user(user));
         let mut not_served = Vec::new();
         self.recompile(config, affected, &mut not_served);
+        if !streams.is_empty() {
+            self.compile_streams(config, &mut not_served);
+        }
         Some(Compiled {
             snapshot: self.snapshot(revision),
             not_served,
@@ -183,6 +210,106 @@ impl Compiler {
             router: self.router.router(),
             certificates: self.certificates.clone(),
             global_plugins: self.plugins.global.clone(),
+            stream: self.stream.clone(),
+        }
+    }
+
+    /// Compiles every stream route anew, reusing the upstreams (and their health state) and
+    /// the connection limits that did not change. A route that cannot be compiled is left
+    /// out and reported.
+    fn compile_streams(&mut self, config: &Config, not_served: &mut Vec<CompileError>) {
+        let previous = std::mem::take(&mut self.stream_upstreams);
+        let mut limits = HashMap::new();
+        let mut targets = Vec::new();
+        for (id, route) in &config.stream_routes {
+            let user = format!("{STREAM_USER}{id}");
+            let compiled = self.compile_stream(config, id, route, &user, &mut limits);
+            match compiled {
+                Ok((target, upstream_key)) => {
+                    self.stream_upstreams.push((user, upstream_key));
+                    targets.push(target);
+                }
+                Err(e) => not_served.push(e),
+            }
+        }
+        for (user, key) in previous {
+            if !self.stream_upstreams.contains(&(user.clone(), key.clone())) {
+                self.release_upstream(&key, &user);
+            }
+        }
+        self.stream_limits = limits;
+        self.stream = Arc::new(StreamTable::new(targets));
+    }
+
+    fn compile_stream(
+        &mut self,
+        config: &Config,
+        id: &str,
+        route: &StreamRoute,
+        user: &str,
+        limits: &mut HashMap<String, (Value, Arc<ConnLimit>)>,
+    ) -> Result<(StreamTarget, String), CompileError> {
+        let located = |e: &dyn std::fmt::Display| CompileError(format!("stream_routes/{id}: {e}"));
+        let service = route
+            .service_id
+            .as_ref()
+            .and_then(|s| config.services.get(s));
+        let upstream_by_id = |uid: &String| {
+            config
+                .upstreams
+                .get(uid)
+                .map(|u| (format!("upstreams/{uid}"), u))
+        };
+        let (key, source) = match (&route.upstream, &route.upstream_id, service) {
+            (Some(u), _, _) => (format!("{STREAM_USER}{id}"), u),
+            (None, Some(uid), _) => upstream_by_id(uid)
+                .ok_or_else(|| located(&format!("upstream `{uid}` does not exist")))?,
+            (None, None, Some(service)) => match (&service.upstream, &service.upstream_id) {
+                (Some(u), _) => (
+                    format!(
+                        "services/{}",
+                        route.service_id.as_deref().unwrap_or_default()
+                    ),
+                    u,
+                ),
+                (None, Some(uid)) => upstream_by_id(uid)
+                    .ok_or_else(|| located(&format!("upstream `{uid}` does not exist")))?,
+                (None, None) => return Err(located(&"has no upstream")),
+            },
+            (None, None, None) => return Err(located(&"has no upstream")),
+        };
+        let limit = match route.plugins.as_ref().and_then(|p| p.get("limit-conn")) {
+            None => None,
+            Some(config) => {
+                let kept = self
+                    .stream_limits
+                    .get(id)
+                    .filter(|(built_from, _)| built_from == config)
+                    .map(|(_, limit)| limit.clone());
+                let limit = match kept {
+                    Some(limit) => limit,
+                    None => Arc::new(ConnLimit::parse(config).map_err(|e| located(&e))?),
+                };
+                limits.insert(id.to_owned(), (config.clone(), limit.clone()));
+                Some(limit)
+            }
+        };
+        let connect_timeout = source
+            .timeout
+            .map_or_else(
+                || Timeouts::from_defaults(&self.defaults),
+                Timeouts::from_model,
+            )
+            .connect;
+        let upstream = self
+            .acquire_upstream(key.clone(), source, user)
+            .map_err(|e| located(&e))?;
+        match StreamTarget::new(id, route, upstream, connect_timeout, limit) {
+            Ok(target) => Ok((target, key)),
+            Err(e) => {
+                self.release_upstream(&key, user);
+                Err(located(&e))
+            }
         }
     }
 
@@ -533,6 +660,14 @@ impl Compiler {
             self.health.detach(key);
         }
     }
+}
+
+/// What a stream route's hold on an upstream is named, beside the routes' ids (which cannot
+/// hold a `/`).
+const STREAM_USER: &str = "stream_routes/";
+
+fn is_stream_user(user: &str) -> bool {
+    user.starts_with(STREAM_USER)
 }
 
 /// The services, upstreams and plugin configs a route's compiled form depends on.

@@ -33,6 +33,7 @@ mod runtime;
 mod server;
 mod settings;
 mod snapshot;
+mod stream;
 mod tls;
 mod tunnel;
 mod upstream;
@@ -51,7 +52,7 @@ pub use runtime::ControlPriority;
 pub use server::Gateway;
 pub use settings::{
     AccessLogSettings, Http2Settings, HttpsSettings, ProxyProtocolSettings, ProxySettings,
-    UpstreamDefaults,
+    StreamListen, StreamSettings, UpstreamDefaults,
 };
 pub use snapshot::{CompileError, Snapshot, SnapshotCell};
 pub use tls::{TlsContext, TlsError};

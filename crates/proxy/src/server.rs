@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::accept::Serves;
+use crate::accept::{self, Serves};
 use crate::access_log::AccessLog;
 use crate::handoff::{Kind, Listeners};
 use crate::metrics::Traffic;
@@ -25,6 +25,8 @@ pub struct Gateway {
     /// The listeners that expect a PROXY protocol header.
     proxied_addrs: Vec<SocketAddr>,
     proxied_https_addrs: Vec<SocketAddr>,
+    /// The stream listeners.
+    stream_addrs: Vec<(SocketAddr, Serves)>,
     shutdown: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     /// Copies of the listening sockets, for a successor to take over.
@@ -53,10 +55,17 @@ impl Gateway {
         ];
         let (mut addrs, mut https_addrs) = (Vec::new(), Vec::new());
         let (mut proxied_addrs, mut proxied_https_addrs) = (Vec::new(), Vec::new());
+        let mut stream_addrs = Vec::new();
         let mut listeners = Listeners::default();
+        let streams = settings
+            .stream
+            .tcp
+            .iter()
+            .map(|l| (l.addr, Serves::tcp(l.tls, l.proxy_protocol)));
         let each = listens
             .iter()
-            .flat_map(|(addrs, serves)| addrs.iter().map(move |&addr| (addr, *serves)));
+            .flat_map(|(addrs, serves)| addrs.iter().map(move |&addr| (addr, *serves)))
+            .chain(streams);
         for (requested, serves) in each {
             let kind = Kind::Proxy(serves);
             let mut sockets = inherited.take(requested, kind);
@@ -81,6 +90,7 @@ impl Gateway {
                 per_worker[i % workers].push(Listener { socket, serves });
             }
             match (serves.tls, serves.proxy_protocol) {
+                _ if serves.protocol == accept::Protocol::Tcp => stream_addrs.push((addr, serves)),
                 (false, false) => addrs.push(addr),
                 (true, false) => https_addrs.push(addr),
                 (false, true) => proxied_addrs.push(addr),
@@ -121,6 +131,7 @@ impl Gateway {
             https_addrs,
             proxied_addrs,
             proxied_https_addrs,
+            stream_addrs,
             shutdown,
             workers: handles,
             listeners,
@@ -151,6 +162,14 @@ impl Gateway {
     /// The HTTPS addresses whose connections start with a PROXY protocol header.
     pub fn proxied_https_addrs(&self) -> &[SocketAddr] {
         &self.proxied_https_addrs
+    }
+
+    /// The stream listeners' addresses, each with what it is: `tcp`, `tcp+tls`, and
+    /// `+proxy` when connections start with a PROXY protocol header.
+    pub fn stream_addrs(&self) -> impl Iterator<Item = (SocketAddr, String)> + '_ {
+        self.stream_addrs
+            .iter()
+            .map(|(addr, serves)| (*addr, serves.word()))
     }
 
     /// Copies of the listening sockets, for [`crate::HandoffServer`]; the gateway keeps none.

@@ -20,6 +20,7 @@ use rustls::pki_types::ServerName;
 use crate::health::{UpstreamHealth, UpstreamOutlier};
 use crate::metrics::RouteLabels;
 use crate::settings::{secs, UpstreamDefaults};
+use crate::stream::StreamTable;
 use crate::tls::{server_name, SniTable, TlsContext, UpstreamTls};
 
 /// One configuration version, compiled for the request path.
@@ -33,6 +34,8 @@ pub struct Snapshot {
     /// The plugins of the global rules: they run for every routed request, before the
     /// route's own.
     pub global_plugins: Chain,
+    /// The stream routes, for the stream listeners.
+    pub(crate) stream: Arc<StreamTable>,
 }
 
 /// What a matched route leads to.
@@ -174,6 +177,7 @@ impl Snapshot {
             router: Router::default(),
             certificates: Arc::default(),
             global_plugins: Chain::default(),
+            stream: Arc::default(),
         }
     }
 }

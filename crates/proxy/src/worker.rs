@@ -33,6 +33,7 @@ pub(crate) struct Limits {
     pub http2: Http2Settings,
     /// The peers allowed to send a PROXY protocol header; `None`: every peer.
     pub proxy_protocol_trusted: Option<IpSet>,
+    pub stream_idle_timeout: Duration,
 }
 
 impl Limits {
@@ -53,6 +54,7 @@ impl Limits {
                 .proxy_protocol
                 .trusted_peers()
                 .unwrap_or_else(|_| Some(IpSet::default())),
+            stream_idle_timeout: secs(settings.stream.idle_timeout),
         }
     }
 }

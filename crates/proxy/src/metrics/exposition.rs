@@ -17,7 +17,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::recorder::{LATENCY_BUCKETS, REFUSALS};
+use super::recorder::{LATENCY_BUCKETS, REFUSALS, STREAM_STATUSES};
 use super::scrape::{HistogramTotals, StatusLabels, Totals, TrafficLabels};
 use crate::health::NodeHealthReport;
 use pylon_plugins::RedisStatus;
@@ -140,6 +140,26 @@ impl Collector for TrafficCollector {
                 cause,
             };
             counter_sample(metric.encode_family(&labels)?, count)?;
+        }
+
+        let mut metric = encoder.encode_descriptor(
+            "pylon_stream_connections",
+            "Stream connections ended, by status: 200 relayed, 403 ip-restriction, 404 no stream route, 502/504 no node connected, 503 limit-conn",
+            None,
+            MetricType::Counter,
+        )?;
+        for (status, count) in STREAM_STATUSES.iter().zip(totals.stream_connections) {
+            counter_sample(metric.encode_family(&StreamStatus(*status))?, count)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "pylon_stream_bytes",
+            "Bytes the stream connections moved, by direction",
+            None,
+            MetricType::Counter,
+        )?;
+        let directions = ["from_client", "from_upstream"];
+        for (direction, bytes) in directions.into_iter().zip(totals.stream_bytes) {
+            counter_sample(metric.encode_family(&[("direction", direction)])?, bytes)?;
         }
         Ok(())
     }
@@ -312,6 +332,15 @@ impl EncodeLabelSet for Refusal<'_> {
         use prometheus_client::encoding::EncodeLabel;
         ("code", Code(self.code)).encode(encoder.encode_label())?;
         ("cause", self.cause).encode(encoder.encode_label())
+    }
+}
+
+struct StreamStatus(u16);
+
+impl EncodeLabelSet for StreamStatus {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        use prometheus_client::encoding::EncodeLabel;
+        ("status", Code(self.0)).encode(encoder.encode_label())
     }
 }
 

@@ -37,6 +37,9 @@ pub(crate) const REFUSALS: [(GatewayError, &str); 5] = [
     (GatewayError::NotImplemented, "not_implemented"),
 ];
 
+/// The statuses a stream connection ends with (see [`crate::stream`]), as counted.
+pub(crate) const STREAM_STATUSES: [u16; 6] = [200, 403, 404, 502, 503, 504];
+
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -70,6 +73,10 @@ pub(crate) struct WorkerCounters {
     pub active: Counter,
     /// By the index of [`REFUSALS`].
     pub refused: [Counter; REFUSALS.len()],
+    /// Stream connections ended, by the index of [`STREAM_STATUSES`].
+    pub stream_connections: [Counter; STREAM_STATUSES.len()],
+    /// Bytes the stream connections moved: from clients, and from upstreams.
+    pub stream_bytes: [Counter; 2],
     /// Every series this worker has made.
     series: Mutex<Vec<Arc<Series>>>,
 }
@@ -188,6 +195,15 @@ impl Recorder {
 
     pub fn connection_closed(&self) {
         self.counters.active.sub(1);
+    }
+
+    /// Counts a stream connection that ended with `status`, and the bytes it moved.
+    pub fn stream_session(&self, status: u16, from_client: u64, from_upstream: u64) {
+        if let Some(i) = STREAM_STATUSES.iter().position(|&s| s == status) {
+            self.counters.stream_connections[i].add(1);
+        }
+        self.counters.stream_bytes[0].add(from_client);
+        self.counters.stream_bytes[1].add(from_upstream);
     }
 
     /// Counts a request under its route's `labels` (none: no route matched).

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::recorder::{Histogram, WorkerCounters, LATENCY_BUCKETS, REFUSALS};
+use super::recorder::{Histogram, WorkerCounters, LATENCY_BUCKETS, REFUSALS, STREAM_STATUSES};
 
 /// Every worker's counters: what the metrics listener reads. Cheap to clone.
 #[derive(Clone, Default)]
@@ -19,6 +19,10 @@ pub(crate) struct Totals {
     pub active: u64,
     /// By the index of [`REFUSALS`].
     pub refused: [u64; REFUSALS.len()],
+    /// By the index of [`STREAM_STATUSES`].
+    pub stream_connections: [u64; STREAM_STATUSES.len()],
+    /// From clients, from upstreams.
+    pub stream_bytes: [u64; 2],
     /// `apisix_http_status`: requests by all their labels.
     pub statuses: BTreeMap<StatusLabels, u64>,
     /// `apisix_http_latency` and `apisix_bandwidth`, whose labels leave out the status and
@@ -98,6 +102,13 @@ impl Traffic {
             totals.active += worker.active.get();
             for (total, refused) in totals.refused.iter_mut().zip(&worker.refused) {
                 *total += refused.get();
+            }
+            let streams = &worker.stream_connections;
+            for (total, count) in totals.stream_connections.iter_mut().zip(streams) {
+                *total += count.get();
+            }
+            for (total, bytes) in totals.stream_bytes.iter_mut().zip(&worker.stream_bytes) {
+                *total += bytes.get();
             }
             for series in worker.series() {
                 let labels = &series.labels;

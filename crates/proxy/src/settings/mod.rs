@@ -3,6 +3,7 @@
 
 mod http2;
 mod proxy_protocol;
+mod stream;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::http1::HeadLimits;
 pub use http2::Http2Settings;
 pub use proxy_protocol::ProxyProtocolSettings;
+pub use stream::{StreamListen, StreamSettings};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,6 +53,8 @@ pub struct ProxySettings {
     /// HTTP/2 from clients (h2c on `listen`, `h2` on `https.listen`) and its abuse limits.
     pub http2: Http2Settings,
     pub proxy_protocol: ProxyProtocolSettings,
+    /// The L4 proxy's listeners, for the stream routes.
+    pub stream: StreamSettings,
     /// How far below the workers' CPU priority the control side runs (a nice increment, 0–19):
     /// compiling a change, the Admin API, health checks and the local config copy then take a
     /// core from a busy worker only when the worker has nothing to do. 0: the same priority.
@@ -117,6 +121,7 @@ impl Default for ProxySettings {
             https: HttpsSettings::default(),
             http2: Http2Settings::default(),
             proxy_protocol: ProxyProtocolSettings::default(),
+            stream: StreamSettings::default(),
             control_nice: 10,
         }
     }
@@ -185,6 +190,7 @@ impl ProxySettings {
             ("proxy.client_body_timeout", self.client_body_timeout),
             ("proxy.client_send_timeout", self.client_send_timeout),
             ("proxy.keepalive_timeout", self.keepalive_timeout),
+            ("proxy.stream.idle_timeout", self.stream.idle_timeout),
             (
                 "proxy.https.handshake_timeout",
                 self.https.handshake_timeout,

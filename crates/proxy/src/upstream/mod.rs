@@ -8,6 +8,7 @@ pub(crate) mod pool;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::attempts::Failure;
@@ -24,8 +25,27 @@ pub(crate) async fn connect(
     node: &NodeTarget,
     timeout: Duration,
 ) -> Result<UpstreamConn, Failure> {
+    connect_with_preface(addr, upstream, node, timeout, &[]).await
+}
+
+/// [`connect`], writing `preface` (a PROXY protocol header) on the TCP connection first,
+/// before any TLS handshake.
+pub(crate) async fn connect_with_preface(
+    addr: SocketAddr,
+    upstream: &UpstreamTarget,
+    node: &NodeTarget,
+    timeout: Duration,
+    preface: &[u8],
+) -> Result<UpstreamConn, Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+    let connect = async {
+        let mut tcp = TcpStream::connect(addr).await?;
+        if !preface.is_empty() {
+            tcp.write_all(preface).await?;
+        }
+        Ok::<_, std::io::Error>(tcp)
+    };
+    let tcp = match tokio::time::timeout_at(deadline, connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(_)) => return Err(Failure::before_sending(GatewayError::BadGateway)),
         Err(_) => return Err(Failure::before_sending(GatewayError::GatewayTimeout)),

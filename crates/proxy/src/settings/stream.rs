@@ -1,0 +1,38 @@
+//! `proxy.stream`: the listeners whose connections the stream routes take.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSettings {
+    /// TCP listeners (APISIX's `stream_proxy.tcp`); none by default.
+    pub tcp: Vec<StreamListen>,
+    /// Seconds a connection may pass no byte either way before both sides are closed.
+    pub idle_timeout: f64,
+}
+
+/// One TCP listener of the L4 proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamListen {
+    pub addr: SocketAddr,
+    /// Terminate TLS with the `ssls` (the routes can then match the server name).
+    #[serde(default)]
+    pub tls: bool,
+    /// Connections start with a PROXY protocol header, from the peers
+    /// `proxy.proxy_protocol.trusted` allows.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            tcp: Vec::new(),
+            // nginx's `proxy_timeout`.
+            idle_timeout: 600.0,
+        }
+    }
+}

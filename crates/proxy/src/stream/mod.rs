@@ -1,0 +1,241 @@
+//! The L4 proxy: a connection to a stream listener is matched to a stream route (by the
+//! address and port it reached, the client's address and, on a TLS listener, the server name),
+//! passes the route's `ip-restriction` and `limit-conn`, and is relayed byte for byte to a
+//! node of the route's upstream, tried in turn (balancer, health checks, retries) until one
+//! connects.
+//!
+//! Each connection is one access log line, in the HTTP lines' shape: method `TCP`, the server
+//! name as host, nginx's stream statuses (200 relayed, 403 refused by `ip-restriction`, 404 no
+//! route, 502/504 no node connected, 503 over `limit-conn`), bytes each way and durations.
+
+mod relay;
+mod table;
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use pylon_model::ProxyProtocolVersion;
+use pylon_router::RequestView;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+pub(crate) use table::{Arrival, ConnLimit, StreamTable, StreamTarget};
+
+use crate::access_log::AccessRecord;
+use crate::attempts::{Attempts, UpstreamAnswer};
+use crate::proxy_protocol;
+use crate::tls::{self, Handshake};
+use crate::upstream::connect_with_preface;
+use crate::upstream::pool::UpstreamConn;
+use crate::worker::Worker;
+use table::Admission;
+
+/// A connection to a stream listener; `tls`: the listener terminates TLS, with the `ssls`.
+pub(crate) async fn serve(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    let started = Instant::now();
+    if !tls {
+        let arrival = Arrival {
+            client,
+            local,
+            sni: None,
+        };
+        return proxy(&worker, stream, &arrival, started).await;
+    }
+    let certificates = worker.view().snapshot.certificates.clone();
+    match tls::accept(stream, &certificates, worker.limits.handshake_timeout).await {
+        Handshake::Done(tls) => {
+            drop(certificates);
+            let sni = tls.get_ref().1.server_name().map(str::to_owned);
+            let arrival = Arrival {
+                client,
+                local,
+                sni: sni.as_deref(),
+            };
+            proxy(&worker, *tls, &arrival, started).await;
+        }
+        Handshake::Failed(reason) => {
+            tracing::debug!(%client, "TLS handshake failed: {reason}");
+        }
+    }
+}
+
+/// What one connection came to, for its log line.
+struct Session<'a> {
+    status: u16,
+    route: Option<&'a StreamTarget>,
+    upstream: Option<SocketAddr>,
+    connect_latency: Option<Duration>,
+    relayed: relay::Relayed,
+    failure: Option<&'static str>,
+}
+
+async fn proxy<C>(worker: &Worker, client_io: C, arrival: &Arrival<'_>, started: Instant)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let view = worker.view();
+    let mut session = Session {
+        status: 404,
+        route: None,
+        upstream: None,
+        connect_latency: None,
+        relayed: relay::Relayed::default(),
+        failure: None,
+    };
+    if let Some(route) = view.snapshot.stream.find(arrival) {
+        session.route = Some(route);
+        relay_to(worker, &view, route, client_io, arrival, &mut session).await;
+    }
+    log(worker, arrival, started, &session);
+}
+
+/// Takes the connection through the route's plugins and to a node, and relays it.
+async fn relay_to<'r, C>(
+    worker: &Worker,
+    view: &crate::snapshot::WorkerView,
+    route: &'r StreamTarget,
+    client_io: C,
+    arrival: &Arrival<'_>,
+    session: &mut Session<'r>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    if route
+        .access
+        .as_ref()
+        .is_some_and(|a| !a.admits(arrival.client.ip()))
+    {
+        session.status = 403;
+        return;
+    }
+    let _permit = match route.limit.as_ref().map(|limit| limit.admit(arrival)) {
+        None => None,
+        Some(Admission::Now(permit)) => Some(permit),
+        Some(Admission::After(permit, delay)) => {
+            tokio::time::sleep(delay).await;
+            Some(permit)
+        }
+        Some(Admission::Refused) => {
+            session.status = 503;
+            return;
+        }
+    };
+    let preface = match route.proxy_protocol {
+        None => Vec::new(),
+        Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(arrival.client, arrival.local),
+        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(arrival.client, arrival.local),
+    };
+    let vars = StreamVars(arrival);
+    let mut attempts = Attempts::new(view, &route.upstream, &vars, "");
+    let connected = attempts
+        .run(true, async |node, addr, _fresh| {
+            let conn =
+                connect_with_preface(addr, &route.upstream, node, route.connect_timeout, &preface)
+                    .await?;
+            Ok(Connected(conn))
+        })
+        .await;
+    match connected {
+        Ok(done) => {
+            session.upstream = done.node.addr;
+            session.connect_latency = Some(done.latency);
+            session.status = 200;
+            let idle = worker.limits.stream_idle_timeout;
+            session.relayed = relay::relay(client_io, done.value.0.stream, idle).await;
+            session.failure = if session.relayed.idle {
+                Some("idle_timeout")
+            } else if session.relayed.broken {
+                Some("connection_broken")
+            } else {
+                None
+            };
+        }
+        Err(gave_up) => {
+            session.status = gave_up.error.status();
+            session.upstream = gave_up.node.and_then(|n| n.addr);
+            session.connect_latency = gave_up.latency;
+            session.failure = Some("upstream_connect");
+        }
+    }
+}
+
+/// A node that took the connection.
+struct Connected(UpstreamConn);
+
+impl UpstreamAnswer for Connected {
+    /// A connection made is the node's success for passive health checks, as a `tcp` check
+    /// counts it.
+    fn upstream_status(&self) -> Option<u16> {
+        Some(200)
+    }
+}
+
+fn log(worker: &Worker, arrival: &Arrival<'_>, started: Instant, session: &Session<'_>) {
+    worker.metrics.stream_session(
+        session.status,
+        session.relayed.from_client,
+        session.relayed.from_upstream,
+    );
+    if !worker.access_log.is_enabled() {
+        return;
+    }
+    worker.access_log.record(AccessRecord {
+        time: SystemTime::now(),
+        client: arrival.client.ip(),
+        method: "TCP".to_owned(),
+        uri: String::new(),
+        host: arrival.sni.unwrap_or_default().to_owned(),
+        status: session.status,
+        bytes_sent: session.relayed.from_upstream,
+        request_length: session.relayed.from_client,
+        route_id: session.route.map(|r| r.id.clone()),
+        upstream: session.upstream,
+        upstream_latency: session.connect_latency,
+        latency: started.elapsed(),
+        user_agent: String::new(),
+        failure: session.failure,
+    });
+}
+
+/// A stream connection as the balancer's `chash` key sees it: `remote_addr`, `remote_port`,
+/// `server_addr`, `server_port` and `server_name` (the SNI).
+struct StreamVars<'a>(&'a Arrival<'a>);
+
+impl RequestView for StreamVars<'_> {
+    fn path(&self) -> &str {
+        ""
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.0.sni
+    }
+
+    fn method(&self) -> &str {
+        ""
+    }
+
+    fn remote_addr(&self) -> IpAddr {
+        self.0.client.ip()
+    }
+
+    fn var(&self, name: &str) -> Option<Cow<'_, str>> {
+        let arrival = self.0;
+        Some(Cow::Owned(match name {
+            "remote_addr" => arrival.client.ip().to_string(),
+            "remote_port" => arrival.client.port().to_string(),
+            "server_addr" => arrival.local.ip().to_string(),
+            "server_port" => arrival.local.port().to_string(),
+            "server_name" => return arrival.sni.map(Cow::Borrowed),
+            _ => return None,
+        }))
+    }
+}
