@@ -365,7 +365,7 @@ impl FieldSpec {
 /// A marker's bytes from its hex form; empty for no marker.
 pub(crate) fn parse_marker(hex: &str) -> Result<Vec<u8>, String> {
     let digits = hex.as_bytes();
-    if digits.len() % 2 != 0 || !digits.iter().all(u8::is_ascii_hexdigit) {
+    if !digits.len().is_multiple_of(2) || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err("must be hex digits, two per byte (\"09\")".to_owned());
     }
     if digits.len() / 2 > MAX_MARKER {
