@@ -38,7 +38,8 @@ pub struct FramesConfig {
     /// Calls a connection runs at once; it stops reading while this many are in flight.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
-    /// Seconds a client may stay silent, mid-frame or between frames with nothing in flight.
+    /// Seconds a client may stay silent: mid-frame, between frames with no call in flight, or
+    /// not reading the answers waiting for it.
     #[serde(default = "default_read_timeout")]
     pub read_timeout: u64,
     /// What a bad frame, a client silent mid-frame or a failed call gets.

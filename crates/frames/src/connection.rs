@@ -69,7 +69,8 @@ pub enum Closed {
     ClientClosed,
     #[error("the gateway stops")]
     Stopped,
-    #[error("the client was silent between frames for read_timeout")]
+    /// Silent between frames, or not reading the answers waiting for it.
+    #[error("the client was idle for read_timeout")]
     IdleTimeout,
     #[error("the client was silent mid-frame for read_timeout")]
     FrameTimeout,
@@ -396,13 +397,14 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Driver<'a, IO> {
         progress
     }
 
-    /// Times out a client silent for `read_timeout` while the connection waits for it: mid-frame,
-    /// or between frames with no call in flight (a client waiting for answers is not silent).
+    /// Times out a client silent for `read_timeout` while the connection waits for it: to take
+    /// the answers waiting for it, to send the rest of a frame, or, with no call in flight, to
+    /// send the next one. A client waiting for its answers is not silent.
     fn check_silence(&mut self, cx: &mut Context<'_>, in_flight: usize) -> bool {
-        let paused =
-            in_flight >= self.protocol.max_in_flight() || self.write.len() >= WRITE_HIGH_WATER;
-        let waiting =
-            self.closing.is_none() && !paused && (in_flight == 0 || !self.read.is_empty());
+        let blocked_on_writes = self.write.len() >= WRITE_HIGH_WATER;
+        let reads = in_flight < self.protocol.max_in_flight() && !blocked_on_writes;
+        let waiting = self.closing.is_none()
+            && (blocked_on_writes || (reads && (in_flight == 0 || !self.read.is_empty())));
         let starts = waiting && !self.waiting;
         self.waiting = waiting;
         if !waiting {
@@ -413,7 +415,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Driver<'a, IO> {
         }
         while self.timer.as_mut().poll(cx).is_ready() {
             if self.timer.deadline() >= self.silent_until {
-                self.timed_out();
+                self.timed_out(blocked_on_writes);
                 return true;
             }
             let until = self.silent_until;
@@ -422,9 +424,9 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Driver<'a, IO> {
         false
     }
 
-    fn timed_out(&mut self) {
+    fn timed_out(&mut self, blocked_on_writes: bool) {
         self.counters.timeout();
-        if self.read.is_empty() {
+        if blocked_on_writes || self.read.is_empty() {
             self.stop_reading(Closed::IdleTimeout);
         } else {
             self.error_for_unread();
@@ -455,6 +457,8 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Driver<'a, IO> {
                     self.write.advance(n);
                     self.unflushed = true;
                     progress = true;
+                    // The client takes what it is sent: it is not silent.
+                    self.silent_until = Instant::now() + self.protocol.read_timeout();
                 }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(progress),

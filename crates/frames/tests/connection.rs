@@ -744,3 +744,23 @@ async fn a_failed_call_closes_with_on_error_close_and_a_refusal_always_closes() 
         "{closed}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_does_not_read_its_answers_times_out() {
+    let protocol = protocol(json!({"read_timeout": 10}));
+    let body: &'static str = Box::leak("x".repeat(50_000).into_boxed_str());
+    let all_answers = protocol.layout().frame_len(body.len()) * 4;
+    let (closed, counters) = run(&protocol, &Echo, |mut client| async move {
+        // Four answers of 50 kB: more than the stream and the write buffer hold.
+        let frames: Vec<Frame> = (0..4).map(|i| frame(SEND, i, body)).collect();
+        client.send(&frames).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // What was written before the timeout is there to read, then the close.
+        let mut received = Vec::new();
+        client.io.read_to_end(&mut received).await.unwrap();
+        assert!(received.len() < all_answers, "{} bytes", received.len());
+    })
+    .await;
+    assert!(matches!(closed, Closed::IdleTimeout), "{closed}");
+    assert_eq!(counters.timeouts, 1);
+}
