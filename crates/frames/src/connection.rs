@@ -191,8 +191,9 @@ struct Driver<'a, IO> {
     closing: Option<Closed>,
     /// Fires at the read timeout, or once closing, at the end of the grace period.
     timer: Pin<Box<Sleep>>,
-    /// When the client, if it stays silent, times out. Each read moves it without touching
-    /// the timer, which, when it fires early, is set again: cheaper than a reset per read.
+    /// When the client, if it stays silent, times out. Each read, and each write the client
+    /// takes, moves it without touching the timer, which, when it fires early, is set again:
+    /// cheaper than a timer reset per read.
     silent_until: Instant,
     /// The connection was waiting for the client at the last poll: silence counts from when
     /// it starts waiting.
@@ -213,7 +214,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Driver<'a, IO> {
             counters,
             io,
             read: BytesMut::with_capacity(READ_BUFFER),
-            write: BytesMut::with_capacity(READ_BUFFER),
+            write: BytesMut::new(),
             unflushed: false,
             pushes,
             grace,
