@@ -322,6 +322,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     /// HelloTalk's frame: 0x09, a 20-byte header, the body, 0x0A.
@@ -599,5 +600,36 @@ mod tests {
             )
             .unwrap();
         assert_eq!(buf[0], 255);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whatever a client sends, the decoder takes exactly one frame off the front (which
+        /// encodes back to the bytes it took), or leaves the bytes as they were.
+        #[test]
+        fn any_bytes_decode_to_one_frame_or_nothing(
+            marked: bool,
+            tail in prop::collection::vec(any::<u8>(), 0..40),
+        ) {
+            // Small fields and limits, so that random bytes make frames too.
+            let config = json!({
+                "start": "09", "end": "0a", "header_length": 3,
+                "body_length": {"offset": 0, "width": 1},
+                "command": {"offset": 1, "width": 1},
+                "sequence": {"offset": 2, "width": 1}
+            });
+            let layout = Layout::new(&serde_json::from_value(config).unwrap(), 16).unwrap();
+            let bytes: Vec<u8> = marked.then_some(0x09).into_iter().chain(tail).collect();
+            let mut buf = BytesMut::from(&bytes[..]);
+            match layout.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    let mut encoded = BytesMut::new();
+                    layout.encode(&frame, &mut encoded).unwrap();
+                    prop_assert_eq!([&encoded[..], &buf[..]].concat(), bytes);
+                }
+                Ok(None) | Err(_) => prop_assert_eq!(&buf[..], &bytes[..]),
+            }
+        }
     }
 }
