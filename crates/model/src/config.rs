@@ -476,9 +476,9 @@ impl Config {
                     stream_scheme(u.scheme, &mut scheme);
                     errors.extend(scheme.into_iter().map(|e| e.within(&format!("{}.upstream", locate(&key)))));
                 }
-                None if !missing_reference => errors.push(FieldError::new(
+                None if !missing_reference && route.protocol.is_none() => errors.push(FieldError::new(
                     locate(&key),
-                    "has no upstream: set `upstream`, `upstream_id` or a `service_id` whose service has one",
+                    "has no upstream: set `upstream`, `upstream_id`, a `service_id` whose service has one, or a `protocol`",
                 )),
                 None => {}
             }

@@ -72,9 +72,11 @@ pub struct StreamRoute {
     /// with, naming the client, for upstreams that ask for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_proxy_protocol: Option<ProxyProtocolVersion>,
-    /// APISIX's xRPC protocols: not supported by this build, refused when set.
+    /// What the connections speak, when the gateway reads them rather than relaying bytes
+    /// (APISIX's xRPC field): `pylon-frames`, the framed binary protocol, whose frames become
+    /// HTTP requests to the routes. Such a route needs no upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<serde_json::Value>,
+    pub protocol: Option<StreamProtocol>,
     /// When the resource was created, in seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<i64>,
@@ -82,6 +84,20 @@ pub struct StreamRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<i64>,
 }
+
+/// The protocol a stream route's connections speak.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamProtocol {
+    /// `pylon-frames` (the only one this build has).
+    pub name: String,
+    /// The protocol's configuration (for `pylon-frames`: the frame layout and the commands).
+    #[serde(default)]
+    pub conf: serde_json::Value,
+}
+
+/// The framed binary protocol's name in `protocol.name`.
+pub const FRAMES_PROTOCOL: &str = "pylon-frames";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -110,11 +126,16 @@ impl StreamRoute {
             });
         }
         plugin_objects(self.plugins.as_ref(), errors);
-        if self.protocol.is_some() {
-            errors.push(FieldError::new(
-                "protocol",
-                "is not supported by this build yet",
-            ));
+        if let Some(protocol) = &self.protocol {
+            if protocol.name != FRAMES_PROTOCOL {
+                errors.push(FieldError::new(
+                    "protocol.name",
+                    format!(
+                        "`{}` is not a protocol of this build; it has `{FRAMES_PROTOCOL}`",
+                        protocol.name
+                    ),
+                ));
+            }
         }
     }
 }

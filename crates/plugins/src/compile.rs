@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use pylon_model::{Config, FieldError, Key, Kind, Route};
+use pylon_model::{Config, FieldError, Key, Kind, Route, FRAMES_PROTOCOL};
 use pylon_plugin::{Chain, ChainBuilder, Consumer, Entry, Meta};
 use serde_json::{Map, Value};
 
@@ -399,14 +399,18 @@ pub fn check_resource(kind: Kind, resource: &Value) -> Vec<FieldError> {
         };
         return checked.err().into_iter().collect();
     }
+    let mut errors = Vec::new();
+    if kind == Kind::StreamRoutes {
+        errors.extend(stream_protocol_errors(resource));
+    }
     let Some(plugins) = resource.get("plugins").and_then(Value::as_object) else {
-        return Vec::new();
+        return errors;
     };
     let scope = match kind {
         Kind::Consumers | Kind::Credentials => Scope::Consumer,
         _ => Scope::Route,
     };
-    let mut errors = check(plugins, scope);
+    errors.extend(check(plugins, scope));
     if kind == Kind::StreamRoutes {
         errors.extend(
             plugins
@@ -437,6 +441,24 @@ pub fn check_resource(kind: Kind, resource: &Value) -> Vec<FieldError> {
         );
     }
     errors
+}
+
+/// A stream route's `protocol.conf`, checked as its protocol reads it (the name itself is the
+/// model's to check).
+fn stream_protocol_errors(resource: &Value) -> Vec<FieldError> {
+    let Some(protocol) = resource.get("protocol") else {
+        return Vec::new();
+    };
+    if protocol.get("name").and_then(Value::as_str) != Some(FRAMES_PROTOCOL) {
+        return Vec::new();
+    }
+    let conf = protocol.get("conf").cloned().unwrap_or(Value::Null);
+    let errors = pylon_frames::Protocol::from_json(&conf).err();
+    errors
+        .into_iter()
+        .flatten()
+        .map(|e| e.within("protocol.conf"))
+        .collect()
 }
 
 /// The plugins a stream route runs: on a connection, not on HTTP requests.

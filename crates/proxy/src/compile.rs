@@ -226,7 +226,9 @@ impl Compiler {
             let compiled = self.compile_stream(config, id, route, &user, &mut limits);
             match compiled {
                 Ok((target, upstream_key)) => {
-                    self.stream_upstreams.push((user, upstream_key));
+                    if let Some(key) = upstream_key {
+                        self.stream_upstreams.push((user, key));
+                    }
                     targets.push(target);
                 }
                 Err(e) => not_served.push(e),
@@ -248,35 +250,16 @@ impl Compiler {
         route: &StreamRoute,
         user: &str,
         limits: &mut HashMap<String, (Value, Arc<ConnLimit>)>,
-    ) -> Result<(StreamTarget, String), CompileError> {
+    ) -> Result<(StreamTarget, Option<String>), CompileError> {
         let located = |e: &dyn std::fmt::Display| CompileError(format!("stream_routes/{id}: {e}"));
         let service = route
             .service_id
             .as_ref()
             .and_then(|s| config.services.get(s));
-        let upstream_by_id = |uid: &String| {
-            config
-                .upstreams
-                .get(uid)
-                .map(|u| (format!("upstreams/{uid}"), u))
-        };
-        let (key, source) = match (&route.upstream, &route.upstream_id, service) {
-            (Some(u), _, _) => (format!("{STREAM_USER}{id}"), u),
-            (None, Some(uid), _) => upstream_by_id(uid)
-                .ok_or_else(|| located(&format!("upstream `{uid}` does not exist")))?,
-            (None, None, Some(service)) => match (&service.upstream, &service.upstream_id) {
-                (Some(u), _) => (
-                    format!(
-                        "services/{}",
-                        route.service_id.as_deref().unwrap_or_default()
-                    ),
-                    u,
-                ),
-                (None, Some(uid)) => upstream_by_id(uid)
-                    .ok_or_else(|| located(&format!("upstream `{uid}` does not exist")))?,
-                (None, None) => return Err(located(&"has no upstream")),
-            },
-            (None, None, None) => return Err(located(&"has no upstream")),
+        // A route whose connections speak frames sends them to HTTP routes, not upstream.
+        let wanted = match route.protocol {
+            Some(_) => None,
+            None => Some(stream_upstream(config, id, route, service).map_err(|e| located(&e))?),
         };
         let limit = match route.plugins.as_ref().and_then(|p| p.get("limit-conn")) {
             None => None,
@@ -294,20 +277,30 @@ impl Compiler {
                 Some(limit)
             }
         };
-        let connect_timeout = source
-            .timeout
+        let connect_timeout = wanted
+            .as_ref()
+            .and_then(|(_, source)| source.timeout)
             .map_or_else(
                 || Timeouts::from_defaults(&self.defaults),
                 Timeouts::from_model,
             )
             .connect;
-        let upstream = self
-            .acquire_upstream(key.clone(), source, user)
-            .map_err(|e| located(&e))?;
-        match StreamTarget::new(id, route, upstream, connect_timeout, limit) {
+        let upstream = match wanted {
+            Some((key, source)) => {
+                let target = self
+                    .acquire_upstream(key.clone(), source, user)
+                    .map_err(|e| located(&e))?;
+                Some((key, target))
+            }
+            None => None,
+        };
+        let (key, target) = upstream.unzip();
+        match StreamTarget::new(id, route, target, connect_timeout, limit) {
             Ok(target) => Ok((target, key)),
             Err(e) => {
-                self.release_upstream(&key, user);
+                if let Some(key) = &key {
+                    self.release_upstream(key, user);
+                }
                 Err(located(&e))
             }
         }
@@ -659,6 +652,36 @@ impl Compiler {
             self.free_slots.push(slot);
             self.health.detach(key);
         }
+    }
+}
+
+/// The upstream a stream route relays to, with the key its runtime state is kept under: its
+/// own, its `upstream_id`'s, or its service's.
+fn stream_upstream<'a>(
+    config: &'a Config,
+    id: &str,
+    route: &'a StreamRoute,
+    service: Option<&'a Service>,
+) -> Result<(String, &'a Upstream), String> {
+    let by_id = |uid: &String| {
+        config
+            .upstreams
+            .get(uid)
+            .map(|u| (format!("upstreams/{uid}"), u))
+            .ok_or_else(|| format!("upstream `{uid}` does not exist"))
+    };
+    match (&route.upstream, &route.upstream_id, service) {
+        (Some(u), _, _) => Ok((format!("{STREAM_USER}{id}"), u)),
+        (None, Some(uid), _) => by_id(uid),
+        (None, None, Some(service)) => match (&service.upstream, &service.upstream_id) {
+            (Some(u), _) => {
+                let sid = route.service_id.as_deref().unwrap_or_default();
+                Ok((format!("services/{sid}"), u))
+            }
+            (None, Some(uid)) => by_id(uid),
+            (None, None) => Err("has no upstream".to_owned()),
+        },
+        (None, None, None) => Err("has no upstream".to_owned()),
     }
 }
 

@@ -77,6 +77,8 @@ pub(crate) struct WorkerCounters {
     pub stream_connections: [Counter; STREAM_STATUSES.len()],
     /// Bytes the stream connections moved: from clients, and from upstreams.
     pub stream_bytes: [Counter; 2],
+    /// What the framed-protocol connections read, wrote and refused.
+    pub frames: pylon_frames::Counters,
     /// Every series this worker has made.
     series: Mutex<Vec<Arc<Series>>>,
 }

@@ -8,6 +8,7 @@
 //! name as host, nginx's stream statuses (200 relayed, 403 refused by `ip-restriction`, 404 no
 //! route, 502/504 no node connected, 503 over `limit-conn`), bytes each way and durations.
 
+mod frames;
 mod relay;
 mod table;
 
@@ -78,7 +79,7 @@ struct Session<'a> {
     failure: Option<&'static str>,
 }
 
-async fn proxy<C>(worker: &Worker, client_io: C, arrival: &Arrival<'_>, started: Instant)
+async fn proxy<C>(worker: &Rc<Worker>, client_io: C, arrival: &Arrival<'_>, started: Instant)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -98,9 +99,10 @@ where
     log(worker, arrival, started, &session);
 }
 
-/// Takes the connection through the route's plugins and to a node, and relays it.
+/// Takes the connection through the route's plugins and to a node, and relays it; or, on a
+/// route of the framed protocol, serves its frames.
 async fn relay_to<'r, C>(
-    worker: &Worker,
+    worker: &Rc<Worker>,
     view: &crate::snapshot::WorkerView,
     route: &'r StreamTarget,
     client_io: C,
@@ -129,18 +131,29 @@ async fn relay_to<'r, C>(
             return;
         }
     };
+    let upstream = match (&route.frames, &route.upstream) {
+        (Some(protocol), _) => {
+            session.status = 200;
+            return frames::serve(worker, client_io, protocol, arrival.client, arrival.local).await;
+        }
+        (None, Some(upstream)) => upstream,
+        // Compiled routes have one or the other.
+        (None, None) => {
+            session.status = 502;
+            return;
+        }
+    };
     let preface = match route.proxy_protocol {
         None => Vec::new(),
         Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(arrival.client, arrival.local),
         Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(arrival.client, arrival.local),
     };
     let vars = StreamVars(arrival);
-    let mut attempts = Attempts::new(view, &route.upstream, &vars, "");
+    let mut attempts = Attempts::new(view, upstream, &vars, "");
     let connected = attempts
         .run(true, async |node, addr, _fresh| {
             let conn =
-                connect_with_preface(addr, &route.upstream, node, route.connect_timeout, &preface)
-                    .await?;
+                connect_with_preface(addr, upstream, node, route.connect_timeout, &preface).await?;
             Ok(Connected(conn))
         })
         .await;

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use pylon_frames::Protocol;
 use pylon_model::{FieldError, ProxyProtocolVersion, StreamRoute};
 use pylon_plugins::IpSet;
 use serde::Deserialize;
@@ -34,7 +35,10 @@ pub(crate) struct StreamTarget {
     server: Option<IpSet>,
     port: Option<u16>,
     sni: Option<SniPattern>,
-    pub upstream: Arc<UpstreamTarget>,
+    /// Where the bytes go; `None` on a route whose connections speak frames.
+    pub upstream: Option<Arc<UpstreamTarget>>,
+    /// The framed protocol its connections speak (`protocol: pylon-frames`).
+    pub frames: Option<Arc<Protocol>>,
     pub connect_timeout: Duration,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     pub access: Option<Access>,
@@ -61,14 +65,28 @@ impl StreamTable {
 }
 
 impl StreamTarget {
-    /// `upstream` and `connect_timeout` are the compiler's; the rest is the route's own.
+    /// `upstream`, `connect_timeout` and `limit` are the compiler's; the rest is the route's
+    /// own.
     pub(crate) fn new(
         id: &str,
         route: &StreamRoute,
-        upstream: Arc<UpstreamTarget>,
+        upstream: Option<Arc<UpstreamTarget>>,
         connect_timeout: Duration,
         limit: Option<Arc<ConnLimit>>,
     ) -> Result<StreamTarget, FieldError> {
+        let frames = match &route.protocol {
+            Some(protocol) => {
+                let compiled = Protocol::from_json(&protocol.conf).map_err(|errors| {
+                    let first = errors.into_iter().next();
+                    first.map_or_else(
+                        || FieldError::new("protocol.conf", "invalid"),
+                        |e| e.within("protocol.conf"),
+                    )
+                })?;
+                Some(Arc::new(compiled))
+            }
+            None => None,
+        };
         let network = |field: &str, addr: &Option<String>| {
             addr.as_ref()
                 .map(|a| IpSet::parse(field, std::slice::from_ref(a)))
@@ -86,6 +104,7 @@ impl StreamTarget {
             port: route.server_port,
             sni: route.sni.as_deref().map(SniPattern::new),
             upstream,
+            frames,
             connect_timeout,
             proxy_protocol: route.upstream_proxy_protocol,
             access,

@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::tcp::{ReadHalf as TcpReadHalf, WriteHalf as TcpWriteHalf};
 use tokio::net::TcpStream;
 
@@ -18,6 +18,9 @@ pub type UpstreamStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 pub enum MaybeTls<T> {
     Plain(TcpStream),
     Tls(Box<T>),
+    /// A client inside the process: the framed-protocol gateway, whose frames become HTTP
+    /// requests served like any other.
+    InProcess(DuplexStream),
 }
 
 /// The TCP connection under either kind of stream.
@@ -38,10 +41,12 @@ impl TcpCarrier for tokio_rustls::client::TlsStream<TcpStream> {
 }
 
 impl<T: TcpCarrier> MaybeTls<T> {
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP connection underneath; none for an in-process one.
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            MaybeTls::Plain(tcp) => tcp,
-            MaybeTls::Tls(tls) => tls.tcp(),
+            MaybeTls::Plain(tcp) => Some(tcp),
+            MaybeTls::Tls(tls) => Some(tls.tcp()),
+            MaybeTls::InProcess(_) => None,
         }
     }
 }
@@ -58,6 +63,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> MaybeTls<T> {
                 let (read, write) = tokio::io::split(&mut **tls);
                 (ReadHalf::Tls(read), WriteHalf::Tls(write))
             }
+            MaybeTls::InProcess(duplex) => {
+                let (read, write) = tokio::io::split(duplex);
+                (ReadHalf::InProcess(read), WriteHalf::InProcess(write))
+            }
         }
     }
 }
@@ -65,11 +74,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> MaybeTls<T> {
 pub enum ReadHalf<'a, T> {
     Plain(TcpReadHalf<'a>),
     Tls(tokio::io::ReadHalf<&'a mut T>),
+    InProcess(tokio::io::ReadHalf<&'a mut DuplexStream>),
 }
 
 pub enum WriteHalf<'a, T> {
     Plain(TcpWriteHalf<'a>),
     Tls(tokio::io::WriteHalf<&'a mut T>),
+    InProcess(tokio::io::WriteHalf<&'a mut DuplexStream>),
 }
 
 /// Forwards each I/O call to whichever variant is there.
@@ -142,7 +153,7 @@ macro_rules! delegate_write {
     };
 }
 
-delegate_io!(MaybeTls<T>, Plain, Tls);
-delegate_write!(MaybeTls<T>, Plain, Tls);
-delegate_io!(ReadHalf<'a, T>, Plain, Tls);
-delegate_write!(WriteHalf<'a, T>, Plain, Tls);
+delegate_io!(MaybeTls<T>, Plain, Tls, InProcess);
+delegate_write!(MaybeTls<T>, Plain, Tls, InProcess);
+delegate_io!(ReadHalf<'a, T>, Plain, Tls, InProcess);
+delegate_write!(WriteHalf<'a, T>, Plain, Tls, InProcess);

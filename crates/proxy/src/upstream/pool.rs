@@ -86,7 +86,10 @@ impl Pool {
 /// For TLS the raw socket is probed: an idle TLS connection has no bytes in flight either.
 fn is_quiet(stream: &UpstreamStream) -> bool {
     let mut probe = [0u8; 1];
-    matches!(stream.tcp().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    // Upstream connections are always TCP.
+    stream.tcp().is_some_and(
+        |tcp| matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+    )
 }
 
 #[cfg(test)]

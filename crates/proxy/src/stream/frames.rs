@@ -1,0 +1,227 @@
+//! The framed-protocol gateway: a stream route with `protocol: pylon-frames` reads its
+//! connections as frames (`pylon_frames` decodes them, runs many at once and writes the
+//! answers), and each frame becomes an HTTP request to the route its command names.
+//!
+//! The request goes through the very pipeline HTTP clients go through, as an HTTP/1.1 request
+//! on a connection inside the process (no socket, no port): routing, plugins (auth, limits,
+//! rewrites), upstream balancing and retries, the access log and the metrics all apply, with
+//! the frame's client as the client. Each frame connection keeps a few such connections open,
+//! one per call in flight.
+//!
+//! The frame's body is the request body (`application/x-protobuf`), and the answer's body is
+//! the answer frame's; the command, sequence id and header fields travel as `X-Frame-*`
+//! headers for the routes to match and log. A status outside 2xx is a failed call: the client
+//! gets the protocol's `on_error` frame.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use pylon_frames::{CommandRoute, Connection, DispatchError, Dispatcher, Frame, Protocol};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+
+use crate::downstream::h1;
+use crate::http1::{has_token, response_framing, BodyFraming, ChunkedScanner, ResponseHead};
+use crate::tls::MaybeTls;
+use crate::worker::Worker;
+
+/// Bytes buffered each way on an in-process connection.
+const PIPE: usize = 64 * 1024;
+/// The largest answer head accepted from the pipeline.
+const MAX_HEAD: usize = 64 * 1024;
+/// An answer bigger than this cannot be a frame's body.
+const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
+/// Serves one connection of a frames route until it ends.
+pub(crate) async fn serve<IO>(
+    worker: &Rc<Worker>,
+    io: IO,
+    protocol: &Protocol,
+    client: SocketAddr,
+    local: SocketAddr,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let calls = Calls {
+        worker: worker.clone(),
+        client,
+        local,
+        idle: RefCell::default(),
+        command_field_names: protocol
+            .layout()
+            .fields()
+            .map(|(name, id)| (format!("x-frame-{name}"), id))
+            .collect(),
+    };
+    let closed = Connection::new(protocol, io, &calls, &worker.metrics.counters().frames)
+        .stop_on(worker.stopping())
+        .grace(worker.limits.shutdown_grace)
+        .run()
+        .await;
+    tracing::debug!(%client, "frames connection closed: {closed:?}");
+}
+
+/// The HTTP calls of one frames connection.
+struct Calls {
+    worker: Rc<Worker>,
+    client: SocketAddr,
+    local: SocketAddr,
+    /// In-process HTTP/1.1 connections between calls.
+    idle: RefCell<Vec<Pipe>>,
+    /// Each header field of the layout, with the request header that carries it.
+    command_field_names: Vec<(String, pylon_frames::FieldId)>,
+}
+
+/// The client's end of an in-process HTTP/1.1 connection.
+struct Pipe {
+    io: DuplexStream,
+    buf: BytesMut,
+}
+
+impl Calls {
+    /// A new in-process connection, served by the worker's HTTP/1 codec like any client's.
+    fn open(&self) -> Pipe {
+        let (ours, theirs) = tokio::io::duplex(PIPE);
+        tokio::task::spawn_local(h1::serve(
+            self.worker.clone(),
+            MaybeTls::InProcess(theirs),
+            None,
+            self.client,
+            self.local,
+            BytesMut::with_capacity(8 * 1024),
+        ));
+        Pipe {
+            io: ours,
+            buf: BytesMut::with_capacity(8 * 1024),
+        }
+    }
+
+    fn request(&self, route: &CommandRoute, frame: &Frame) -> Vec<u8> {
+        let mut head = String::with_capacity(256);
+        let host = route.host.as_deref().unwrap_or("frames");
+        let _ = write!(
+            head,
+            "{} {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nX-Frame-Command: {}\r\nX-Frame-Sequence: {}\r\n",
+            route.method,
+            route.uri,
+            frame.body.len(),
+            frame.command,
+            frame.sequence,
+        );
+        for (header, id) in &self.command_field_names {
+            let _ = write!(head, "{header}: {}\r\n", frame.fields.get(*id));
+        }
+        head.push_str("\r\n");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&frame.body);
+        request
+    }
+}
+
+impl Dispatcher for Calls {
+    async fn dispatch(&self, route: &CommandRoute, frame: Frame) -> Result<Frame, DispatchError> {
+        let pipe = self.idle.borrow_mut().pop();
+        let mut pipe = pipe.unwrap_or_else(|| self.open());
+        let request = self.request(route, &frame);
+        let failed =
+            |e: &dyn std::fmt::Display| DispatchError::Failed(format!("{}: {e}", route.uri));
+        pipe.io.write_all(&request).await.map_err(|e| failed(&e))?;
+        let answer = read_answer(&mut pipe, &route.method)
+            .await
+            .map_err(|e| failed(&e))?;
+        if answer.keep_alive {
+            self.idle.borrow_mut().push(pipe);
+        }
+        if !(200..300).contains(&answer.status) {
+            return Err(failed(&format_args!("answered {}", answer.status)));
+        }
+        Ok(Frame {
+            body: answer.body,
+            ..frame
+        })
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: Bytes,
+    keep_alive: bool,
+}
+
+/// Reads one whole response from the pipeline.
+async fn read_answer(pipe: &mut Pipe, method: &str) -> std::io::Result<Answer> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut head = ResponseHead::default();
+    let head_len = loop {
+        if let Some(len) = head
+            .parse(&pipe.buf, MAX_HEAD)
+            .map_err(|_| invalid("a malformed response head"))?
+        {
+            break len;
+        }
+        read_some(pipe).await?;
+    };
+    let status = head.status();
+    let closes = head
+        .header("connection")
+        .is_some_and(|v| has_token(v, "close"));
+    let framing =
+        response_framing(&head, method).map_err(|_| invalid("a response of unknown length"))?;
+    let _ = pipe.buf.split_to(head_len);
+    let (body, keep_alive) = match framing {
+        BodyFraming::None => (Bytes::new(), !closes),
+        BodyFraming::Length(n) => {
+            let n = usize::try_from(n).ok().filter(|&n| n <= MAX_ANSWER);
+            let n = n.ok_or_else(|| invalid("an answer too big for a frame"))?;
+            while pipe.buf.len() < n {
+                read_some(pipe).await?;
+            }
+            (pipe.buf.split_to(n).freeze(), !closes)
+        }
+        BodyFraming::Chunked => {
+            let mut scanner = ChunkedScanner::default();
+            let mut body = BytesMut::new();
+            loop {
+                let used = scanner
+                    .scan(&pipe.buf, |data| body.extend_from_slice(data))
+                    .map_err(|_| invalid("a malformed chunked answer"))?;
+                let _ = pipe.buf.split_to(used);
+                if scanner.is_done() {
+                    break;
+                }
+                if body.len() > MAX_ANSWER {
+                    return Err(invalid("an answer too big for a frame"));
+                }
+                read_some(pipe).await?;
+            }
+            (body.freeze(), !closes)
+        }
+        BodyFraming::UntilClose => {
+            loop {
+                if pipe.buf.len() > MAX_ANSWER {
+                    return Err(invalid("an answer too big for a frame"));
+                }
+                if pipe.io.read_buf(&mut pipe.buf).await? == 0 {
+                    break;
+                }
+            }
+            (pipe.buf.split().freeze(), false)
+        }
+    };
+    Ok(Answer {
+        status,
+        body,
+        keep_alive,
+    })
+}
+
+async fn read_some(pipe: &mut Pipe) -> std::io::Result<()> {
+    pipe.buf.reserve(8 * 1024);
+    match pipe.io.read_buf(&mut pipe.buf).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        _ => Ok(()),
+    }
+}
