@@ -24,6 +24,7 @@ mod descriptor;
 mod fault_injection;
 mod file_logger;
 mod forward_auth;
+mod grpc_transcode;
 mod header_ops;
 mod hmac_auth;
 mod http_logger;
@@ -42,6 +43,7 @@ mod opentelemetry;
 mod outbound;
 mod post;
 mod prometheus;
+mod protos;
 mod proxy_mirror;
 mod proxy_rewrite;
 mod query;
@@ -70,6 +72,7 @@ pub use compile::{
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
 pub use file_logger::{file_log_counts, FileLogCounts};
+pub use protos::Protos;
 pub use proxy_mirror::{mirror_counts, MirrorCounts};
 /// The Redis servers the limiting plugins use, and whether each answers.
 pub use pylon_redis::{Redis, Status as RedisStatus};

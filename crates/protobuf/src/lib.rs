@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use base64::Engine;
 use miette::Diagnostic;
-use prost_reflect::{DescriptorPool, MethodDescriptor, ServiceDescriptor};
+use prost_reflect::{DescriptorPool, ServiceDescriptor};
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
 pub use grpc::{frame, http_status, status_name, Deframer, FrameError};
 pub use http_rule::{Binding, Bound, RuleError};
 pub use json::{set_param, Codec, JsonError, OptionError};
-pub use prost_reflect::MessageDescriptor;
+pub use prost_reflect::{MessageDescriptor, MethodDescriptor};
 
 /// The `google.api` files a proto may import for HTTP annotations, written from the public
 /// HttpRule specification.
