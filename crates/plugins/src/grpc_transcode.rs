@@ -8,7 +8,7 @@
 //! server-sent events to a client that accepts `text/event-stream`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -225,6 +225,7 @@ impl Plugin for GrpcTranscode {
             body: Vec::new(),
             failure: None,
             streaming: false,
+            deadline: None,
         }))
     }
 }
@@ -255,6 +256,8 @@ struct Call {
     failure: Option<(u32, String)>,
     /// A streamed answer's head went out: the status comes as its last line or event.
     streaming: bool,
+    /// When the call's deadline passes.
+    deadline: Option<Instant>,
 }
 
 impl Transcoder for Call {
@@ -308,6 +311,7 @@ impl Transcoder for Call {
             self.form = if events { Form::Events } else { Form::Lines };
         }
         self.output = Some(method.output());
+        self.deadline = self.shared.deadline.map(|d| Instant::now() + d);
         let mut headers = Vec::new();
         if let Some(deadline) = self.shared.deadline {
             headers.push((
@@ -391,6 +395,11 @@ impl Transcoder for Call {
             .or_else(|| self.head_status.take())
             .or_else(|| self.deframer.finish().err().map(|e| (13, e.to_string())))
             .unwrap_or_else(|| (13, "the upstream sent no grpc-status".into()));
+        // The upstream gave up on the call at its `grpc-timeout` (some servers say CANCELLED
+        // then): past the deadline, a failed call failed by it.
+        if status.0 != 0 && self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return self.expired(out);
+        }
         self.answer(status, details, out);
     }
 
