@@ -9,6 +9,7 @@
 //! - `ws ADDR`: WebSocket connections, each sending a small binary message and waiting for its
 //!   echo, over and over; reports messages per second.
 //! - `ws-echo ADDR`: the WebSocket echo upstream for `ws`.
+//! - `grpc-echo ADDR`: a gRPC upstream (h2c) that answers each call with its own message.
 //! - `propagation ADMIN_ADDR PROXY_ADDR`: routes written one after the other through an Admin
 //!   API; reports how long each took to be served through a proxy, and the writes' own time.
 //! - `churn ADMIN_ADDR`: one route changed at a steady rate, as background for other loads.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod grpc_echo;
 mod handshakes;
 mod http1;
 mod propagation;
@@ -38,6 +40,7 @@ const USAGE: &str = "usage:
                          [--conns N] [--path P] [--duration S] [--warmup S]
   pylon-loadgen ws ADDR [--path P] [--conns N] [--size BYTES] [--duration S] [--warmup S]
   pylon-loadgen ws-echo ADDR
+  pylon-loadgen grpc-echo ADDR
   pylon-loadgen propagation ADMIN_ADDR PROXY_ADDR --key K [--count N] [--deadline S]
                             [--upstream ID] [--run NAME]
   pylon-loadgen churn ADMIN_ADDR --key K [--interval S] [--duration S] [--deadline S]
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             "tls" => handshakes::run(&addr, &args).await,
             "ws" => ws_load::run(&addr, &args).await,
             "ws-echo" => ws_echo::serve(&addr).await,
+            "grpc-echo" => grpc_echo::serve(&addr).await,
             "propagation" => match &second {
                 Some(proxy) => propagation::propagation(&addr, proxy, &args).await,
                 None => Err("propagation needs ADMIN_ADDR and PROXY_ADDR".to_owned()),

@@ -229,11 +229,12 @@ fn resulting_config(
     // shows, as two consumers with one key), and references from the kinds it keeps as JSON
     // (a consumer's group, a credential's consumer).
     let clashes = pylon_plugins::check_config(&config);
+    let protos = pylon_plugins::Protos::compile(&config, pylon_plugins::Protos::none());
     let missing: Vec<FieldError> = entries
         .iter()
         .flat_map(|(key, value)| {
             let location = named.get(key).cloned().unwrap_or_else(|| key.to_string());
-            let plugins = pylon_plugins::check_resource(key.kind, value);
+            let plugins = pylon_plugins::check_resource(key.kind, value, &protos);
             let unchecked = references::missing(key.kind, value, |k| entries.contains_key(k))
                 .into_iter()
                 .filter(|e| !model_checks(key.kind, &e.path));

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use pylon_model::{Config, FieldError, Key, Kind, Resource};
+use pylon_plugins::Protos;
 use pylon_store::{Keyring, View};
 use serde_json::Value;
 
@@ -42,7 +43,8 @@ pub(crate) fn check_write(
     {
         return Err(Refusal::MissingReference(refusal));
     }
-    let mut errors = pylon_plugins::check_resource(key.kind, value);
+    let protos = referenced_protos(view, value);
+    let mut errors = pylon_plugins::check_resource(key.kind, value, &protos);
     if matches!(key.kind, Kind::Consumers | Kind::Credentials) {
         errors.extend(credential_clashes(keyring, view, key, value));
     }
@@ -60,6 +62,24 @@ pub(crate) fn check_write(
             errors.0.into_iter().map(|e| relative_to(key, e)).collect(),
         )),
     }
+}
+
+/// The protos the resource's plugins name (`proto_id`, for gRPC transcoding), compiled for
+/// their checks.
+fn referenced_protos(view: &View, value: &Value) -> Protos {
+    let plugins = value.get("plugins").and_then(Value::as_object);
+    let sources: Vec<(String, &str)> = plugins
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, config)| references::id_text(config.get("proto_id")?))
+        .filter_map(|id| {
+            let entry = view.entries.get(&Key::new(Kind::Protos, &id))?;
+            let content = entry.value.get("content")?.as_str()?;
+            Some((id, content))
+        })
+        .collect();
+    let entries = sources.iter().map(|(id, content)| (id.as_str(), *content));
+    Protos::from_entries(entries, Protos::none())
 }
 
 /// A consumer's or credential's authentication plugins that another consumer has the same

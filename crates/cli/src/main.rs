@@ -316,12 +316,13 @@ fn validate(file: Option<&Path>, node_config: Option<&Path>) -> anyhow::Result<(
         }
         None => error,
     };
+    let protos = pylon_plugins::Protos::compile(&document.config, pylon_plugins::Protos::none());
     let mut plugin_errors: Vec<FieldError> = document
         .entries
         .iter()
         .flat_map(|(key, value)| {
             let location = &document.locations[key];
-            pylon_plugins::check_resource(key.kind, value)
+            pylon_plugins::check_resource(key.kind, value, &protos)
                 .into_iter()
                 .map(move |e| e.within(location))
         })

@@ -7,6 +7,7 @@ use crate::context::{LogCtx, RequestCtx, ResponseCtx};
 use crate::meta::Meta;
 use crate::phase::{Phase, Phases, RequestPhase};
 use crate::reply::Reply;
+use crate::transcode::Transcoder;
 use crate::{Plugin, Step};
 
 /// One plugin of a chain, with how it was configured to run.
@@ -181,6 +182,19 @@ impl Chain {
                 }
             }
         }
+    }
+
+    /// The transcoder of the first plugin of the chain (with the consumer's, as
+    /// [`Chain::run`]) that makes this request's upstream exchange itself, if any.
+    pub fn transcoder(
+        &self,
+        ctx: &RequestCtx<'_>,
+        consumer: Option<&Chain>,
+    ) -> Option<Box<dyn Transcoder>> {
+        let consumer_entries = consumer.map_or(&[][..], |c| &c.entries[..]);
+        merged(&self.entries, consumer_entries)
+            .filter(|entry| entry.applies(Phase::Transcode, ctx))
+            .find_map(|entry| entry.plugin.transcoder(ctx))
     }
 
     /// Runs `log` over the chain (with the consumer's plugins, as [`Chain::run`]).

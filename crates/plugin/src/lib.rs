@@ -23,6 +23,7 @@ mod meta;
 mod phase;
 mod reply;
 mod template;
+mod transcode;
 
 use std::any::Any;
 
@@ -40,6 +41,7 @@ pub use meta::Meta;
 pub use phase::{Phase, Phases, RequestPhase};
 pub use reply::Reply;
 pub use template::Template;
+pub use transcode::{Answer, AnswerHead, GrpcCall, Transcoder};
 
 /// What a request phase decided.
 pub enum Step<'a> {
@@ -73,6 +75,12 @@ pub enum Step<'a> {
 /// 7. `body_filter`: `G` then `R`, once the response head is final: each plugin may put a
 ///    [`BodyFilter`] in the way of this response's body, which then sees every piece of it.
 /// 8. `log`: `G` then `R`, once the response is over (or the client left).
+///
+/// A plugin that speaks to the upstream in another protocol than the client's (gRPC for a
+/// JSON client) makes the exchange itself: after `before_proxy`, the first plugin whose
+/// [`Plugin::transcoder`] says so takes the request's whole body and turns it into the
+/// upstream's request, and the upstream's answer into the client's (steps 5 to 7 are then
+/// its own).
 ///
 /// Within a phase, plugins run by descending priority.
 pub trait Plugin: Send + Sync + 'static {
@@ -130,6 +138,13 @@ pub trait Plugin: Send + Sync + 'static {
     /// Runs when the request is over, with what the access log records. The default does
     /// nothing.
     fn log(&self, _ctx: &LogCtx<'_, '_>) {}
+
+    /// Decides, once the request phases have passed, whether this plugin makes the exchange
+    /// with the upstream itself, as a gRPC call: `Some(transcoder)` to make it. The default
+    /// leaves the request to be proxied as it is.
+    fn transcoder(&self, _ctx: &RequestCtx<'_>) -> Option<Box<dyn Transcoder>> {
+        None
+    }
 }
 
 /// Per-request state a plugin keeps between its phases (a generated id, a decision), held

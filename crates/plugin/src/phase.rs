@@ -13,6 +13,9 @@ pub enum Phase {
     HeaderFilter,
     BodyFilter,
     Log,
+    /// The exchange with the upstream, made by a plugin in another protocol than the
+    /// client's (see [`crate::Transcoder`]).
+    Transcode,
 }
 
 /// The phases that run before the upstream exchange and may answer the request themselves.
@@ -45,7 +48,7 @@ impl From<RequestPhase> for Phase {
 /// A set of phases, as one bit each: a chain keeps the union of its plugins' sets and tests
 /// one bit to skip a phase nobody uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Phases(u8);
+pub struct Phases(u16);
 
 impl Phases {
     pub const NONE: Phases = Phases(0);
@@ -57,9 +60,10 @@ impl Phases {
     pub const HEADER_FILTER: Phases = Phases::of(Phase::HeaderFilter);
     pub const BODY_FILTER: Phases = Phases::of(Phase::BodyFilter);
     pub const LOG: Phases = Phases::of(Phase::Log);
+    pub const TRANSCODE: Phases = Phases::of(Phase::Transcode);
 
     pub const fn of(phase: Phase) -> Phases {
-        Phases(1 << phase as u8)
+        Phases(1 << phase as u16)
     }
 
     pub const fn with(self, other: Phases) -> Phases {
@@ -67,7 +71,7 @@ impl Phases {
     }
 
     pub const fn has(self, phase: Phase) -> bool {
-        self.0 & (1 << phase as u8) != 0
+        self.0 & (1 << phase as u16) != 0
     }
 
     pub const fn is_empty(self) -> bool {

@@ -192,6 +192,7 @@ mod tests {
             ],
         );
         let env = BuildEnv {
+            protos: crate::protos::Protos::none(),
             credentials: &consumers,
             metadata: None,
             owner: "",

@@ -3,10 +3,10 @@
 use crate::descriptor::Descriptor;
 use crate::{
     api_breaker, basic_auth, client_control, compression, consumer_restriction, cors,
-    fault_injection, file_logger, forward_auth, hmac_auth, http_logger, ip_restriction, jwt_auth,
-    key_auth, limit_conn, limit_count, limit_req, mocking, opentelemetry, prometheus, proxy_mirror,
-    proxy_rewrite, real_ip, redirect, request_id, request_validation, response_rewrite, syslog,
-    tcp_logger, traffic_split, udp_logger, uri_blocker, waf,
+    fault_injection, file_logger, forward_auth, grpc_transcode, hmac_auth, http_logger,
+    ip_restriction, jwt_auth, key_auth, limit_conn, limit_count, limit_req, mocking, opentelemetry,
+    prometheus, proxy_mirror, proxy_rewrite, real_ip, redirect, request_id, request_validation,
+    response_rewrite, syslog, tcp_logger, traffic_split, udp_logger, uri_blocker, waf,
 };
 
 /// Every plugin, by name.
@@ -21,6 +21,7 @@ pub static CATALOG: &[Descriptor] = &[
     fault_injection::DESCRIPTOR,
     file_logger::DESCRIPTOR,
     forward_auth::DESCRIPTOR,
+    grpc_transcode::DESCRIPTOR,
     hmac_auth::DESCRIPTOR,
     http_logger::DESCRIPTOR,
     ip_restriction::DESCRIPTOR,

@@ -13,6 +13,7 @@ use crate::catalog::find;
 use crate::config::resolve_env;
 use crate::credentials::{Credential, Credentials};
 use crate::descriptor::{BuildEnv, Metadata, Scope};
+use crate::protos::{check_proto, Protos};
 
 type Plugins = Map<String, Value>;
 
@@ -33,10 +34,17 @@ impl CompiledPlugins {
     /// configs' plugins of `config`. What cannot be built is left out and reported, the rest
     /// serves: a plugin whose metadata is refused is built as if it had none.
     pub fn compile(config: &Config) -> (CompiledPlugins, Vec<FieldError>) {
+        Self::compile_with(config, Protos::none())
+    }
+
+    /// As [`CompiledPlugins::compile`], taking the protos whose content did not change from
+    /// `previous`, compiled.
+    fn compile_with(config: &Config, previous: &Protos) -> (CompiledPlugins, Vec<FieldError>) {
         let mut errors = Vec::new();
         let mut env = Environment {
             credentials: Arc::default(),
             metadata: compile_metadata(config, &mut errors),
+            protos: Protos::compile(config, previous),
         };
         // A consumer's own plugins are built before any credential is known.
         let mut clashes = Vec::new();
@@ -73,7 +81,7 @@ impl CompiledPlugins {
     /// instance carries on with its state (a token cache, say).
     pub fn update(&mut self, config: &Config, changed: &[Key]) -> Vec<FieldError> {
         if changed.iter().any(|key| builds_every_plugin(key.kind)) {
-            let (compiled, errors) = Self::compile(config);
+            let (compiled, errors) = Self::compile_with(config, &self.env.protos);
             *self = compiled;
             return errors;
         }
@@ -151,7 +159,8 @@ pub fn route_plugin<'c>(config: &'c Config, route: &'c Route, name: &str) -> Opt
 }
 
 /// Whether resources of `kind` feed what every plugin is built with (consumers and their
-/// credentials, plugin metadata, secrets): a change to one builds every plugin again.
+/// credentials, plugin metadata, secrets, protos): a change to one builds every plugin
+/// again (a proto whose content did not change is not compiled again).
 pub fn builds_every_plugin(kind: Kind) -> bool {
     matches!(
         kind,
@@ -160,6 +169,7 @@ pub fn builds_every_plugin(kind: Kind) -> bool {
             | Kind::ConsumerGroups
             | Kind::PluginMetadata
             | Kind::Secrets
+            | Kind::Protos
     )
 }
 
@@ -199,6 +209,7 @@ struct Environment {
     credentials: Arc<Credentials>,
     /// Each plugin's metadata, by plugin name.
     metadata: HashMap<&'static str, Metadata>,
+    protos: Protos,
 }
 
 impl Environment {
@@ -207,6 +218,7 @@ impl Environment {
             credentials: &self.credentials,
             metadata: self.metadata.get(name),
             owner,
+            protos: &self.protos,
         }
     }
 }
@@ -282,9 +294,16 @@ fn build_entry(
 }
 
 /// Checks a `plugins` object where it sits (`scope`): every name is a plugin of this build
-/// and every configuration builds. Paths are `plugins.<name>.<field>`.
-pub fn check(plugins: &Plugins, scope: Scope) -> Vec<FieldError> {
-    let env = Environment::default();
+/// and every configuration builds, with `protos` as the configuration's. Paths are
+/// `plugins.<name>.<field>`.
+pub fn check(plugins: &Plugins, scope: Scope, protos: &Protos) -> Vec<FieldError> {
+    let credentials = Arc::default();
+    let env = BuildEnv {
+        credentials: &credentials,
+        metadata: None,
+        owner: "",
+        protos,
+    };
     let mut errors = Vec::new();
     for (name, config) in plugins {
         let within = format!("plugins.{name}");
@@ -294,8 +313,7 @@ pub fn check(plugins: &Plugins, scope: Scope) -> Vec<FieldError> {
         };
         let result = match (scope, &descriptor.credential) {
             (Scope::Consumer, Some(spec)) => (spec.parse)(config).map(drop),
-            _ => Meta::parse(config)
-                .and_then(|_| (descriptor.build)(config, &env.for_plugin(name, "")).map(drop)),
+            _ => Meta::parse(config).and_then(|_| (descriptor.build)(config, &env).map(drop)),
         };
         if let Err(e) = result {
             errors.push(e.within(&within));
@@ -390,8 +408,12 @@ fn consumers(
 /// Checks the plugins of one resource, as it is written: `plugins` on a route, service,
 /// plugin config, global rule or consumer group configures plugins to run; on a consumer or
 /// credential, an authentication plugin's entry is the consumer's credential; a
-/// `plugin_metadata` resource is the metadata of the plugin its `id` names.
-pub fn check_resource(kind: Kind, resource: &Value) -> Vec<FieldError> {
+/// `plugin_metadata` resource is the metadata of the plugin its `id` names; a `protos`
+/// resource's content must compile. Plugins that read protos find them in `protos`.
+pub fn check_resource(kind: Kind, resource: &Value, protos: &Protos) -> Vec<FieldError> {
+    if kind == Kind::Protos {
+        return check_proto(resource);
+    }
     if kind == Kind::PluginMetadata {
         let checked = match resource.get("id").and_then(Value::as_str) {
             Some(name) => parse_metadata(name, resource).map(drop),
@@ -410,7 +432,7 @@ pub fn check_resource(kind: Kind, resource: &Value) -> Vec<FieldError> {
         Kind::Consumers | Kind::Credentials => Scope::Consumer,
         _ => Scope::Route,
     };
-    errors.extend(check(plugins, scope));
+    errors.extend(check(plugins, scope, protos));
     if kind == Kind::StreamRoutes {
         errors.extend(
             plugins
@@ -512,7 +534,7 @@ mod tests {
     #[test]
     fn metadata_is_checked_by_the_plugin_its_id_names() {
         let check = |value: Value| {
-            check_resource(Kind::PluginMetadata, &value)
+            check_resource(Kind::PluginMetadata, &value, Protos::none())
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()

@@ -9,6 +9,7 @@ use pylon_plugin::Plugin;
 use serde_json::Value;
 
 use crate::credentials::{Credentials, Secret};
+use crate::protos::Protos;
 
 /// What building a plugin may use besides its own configuration.
 pub struct BuildEnv<'a> {
@@ -21,6 +22,8 @@ pub struct BuildEnv<'a> {
     /// `consumers/jack`): what state kept beyond this node (the Redis counters) is keyed by.
     /// Empty when a configuration is only checked.
     pub owner: &'a str,
+    /// The configuration's compiled `protos`, for the gRPC transcoding plugins.
+    pub protos: &'a Protos,
 }
 
 impl BuildEnv<'_> {

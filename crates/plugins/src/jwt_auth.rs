@@ -563,6 +563,7 @@ ewIDAQAB
     fn plugin(config: Value, keys: &Keys) -> JwtAuth {
         let consumers = credentials(&DESCRIPTOR, &keys.consumers);
         let env = BuildEnv {
+            protos: crate::protos::Protos::none(),
             credentials: &consumers,
             metadata: None,
             owner: "",

@@ -23,6 +23,7 @@ pub(crate) fn build(descriptor: &Descriptor, config: Value) -> Result<Arc<dyn Pl
     (descriptor.build)(
         &config,
         &BuildEnv {
+            protos: crate::protos::Protos::none(),
             credentials: &credentials,
             metadata: None,
             owner: "",
@@ -45,6 +46,7 @@ pub(crate) fn build_with_metadata(
     (descriptor.build)(
         &config,
         &BuildEnv {
+            protos: crate::protos::Protos::none(),
             credentials: &credentials,
             metadata: Some(&metadata),
             owner: "",

@@ -59,6 +59,7 @@ fn the_shipped_rules_block_the_attacks_and_pass_the_benign_requests() {
     // The plugin with its defaults, built as the gateway builds it.
     let credentials = Arc::new(crate::credentials::Credentials::default());
     let env = BuildEnv {
+        protos: crate::protos::Protos::none(),
         credentials: &credentials,
         metadata: None,
         owner: "",

@@ -4,8 +4,11 @@
 //! request and carries out the answers in its wire format; [`run`] is monomorphised per codec.
 
 mod plugins;
+mod transcode;
 
 use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
 
 use pylon_plugin::{MetricNames, Reply, RequestCtx};
 
@@ -41,6 +44,24 @@ pub(crate) trait Downstream {
         &mut self,
         vars: &RequestVars<'_, Self::Head>,
         exchange: Exchange<'_>,
+    ) -> Outcome;
+
+    /// The request's whole body, for a plugin that makes the upstream exchange itself;
+    /// `None` when it is longer than `limit` bytes (it is then left unread).
+    async fn read_body(
+        &mut self,
+        vars: &RequestVars<'_, Self::Head>,
+        limit: usize,
+    ) -> Result<Option<Bytes>, GatewayError>;
+
+    /// Answers with `head` (its body is empty), then with each piece `next` yields, sent as
+    /// it comes, until `next` yields `None` (the response is whole) or `Err` (it is cut short:
+    /// the client must see it broken off, never as complete).
+    async fn stream(
+        &mut self,
+        vars: &RequestVars<'_, Self::Head>,
+        head: &Reply,
+        next: impl AsyncFnMut() -> Option<Result<Bytes, ()>>,
     ) -> Outcome;
 
     /// Whether plugins' response edits apply to the gateway's own errors. A gRPC client gets
@@ -137,7 +158,13 @@ pub(crate) async fn run<D: Downstream>(
                                 timeouts,
                                 work,
                             };
-                            downstream.forward(vars, exchange).await
+                            match plugins.transcoder(ctx) {
+                                Some(transcoder) => {
+                                    transcode::transcode(downstream, vars, exchange, transcoder)
+                                        .await
+                                }
+                                None => downstream.forward(vars, exchange).await,
+                            }
                         }
                         (Some(_), None) => {
                             let error = GatewayError::MissingUpstream;

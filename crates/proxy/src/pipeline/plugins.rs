@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pylon_plugin::{
     BodyFilters, Chain, Consumer, LogCtx, MetricNames, Phase, Reply, RequestBodyInspectors,
-    RequestCtx, RequestPhase, RequestTaps, ResponseCtx, ResponseEdits, ResponseHeaders,
+    RequestCtx, RequestPhase, RequestTaps, ResponseCtx, ResponseEdits, ResponseHeaders, Transcoder,
 };
 
 use crate::error::GatewayError;
@@ -158,6 +158,19 @@ impl<'s> Plugins<'s> {
         taps
     }
 
+    /// The transcoder of the plugin that makes this request's upstream exchange itself, if
+    /// any (see [`pylon_plugin::Transcoder`]); a bit test for every other route.
+    pub fn transcoder(&self, ctx: &RequestCtx<'_>) -> Option<Box<dyn Transcoder>> {
+        if !self.uses(Phase::Transcode, ctx) {
+            return None;
+        }
+        let consumer = ctx.consumer().cloned();
+        let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
+        self.global
+            .transcoder(ctx, None)
+            .or_else(|| self.route.transcoder(ctx, consumer_plugins))
+    }
+
     /// Whether the response goes through plugins at all: without, a codec passes the
     /// upstream's head and body on as they are.
     pub fn touches_response(&self, ctx: &RequestCtx<'_>) -> bool {
@@ -227,7 +240,7 @@ pub(crate) fn error_reply(error: GatewayError) -> Reply {
 }
 
 /// A reply with the response edits applied: status, headers, body.
-fn edited_reply(mut reply: Reply, edits: &ResponseEdits) -> Reply {
+pub(super) fn edited_reply(mut reply: Reply, edits: &ResponseEdits) -> Reply {
     if let Some(status) = edits.status {
         reply.status = status;
     }

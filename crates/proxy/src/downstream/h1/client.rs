@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pylon_plugin::Reply;
 use tokio::io::AsyncWrite;
 
@@ -104,6 +104,70 @@ pub(crate) async fn send_reply(
         },
         Err(_) => Outcome::failed(reply.status, 0, Side::Client, Cause::Reset),
     }
+}
+
+/// Answers with `head`, then the pieces `next` yields as they come: chunked, or (to an
+/// HTTP/1.0 client, `http10`) delimited by the close. A piece that is an error cuts the
+/// response short: the connection closes without the last chunk, so the client sees the
+/// body broken off.
+pub(crate) async fn send_streamed(
+    worker: &Worker,
+    io: &mut ClientIo,
+    head: &Reply,
+    (keep_alive, http10): (bool, bool),
+    mut next: impl AsyncFnMut() -> Option<Result<Bytes, ()>>,
+) -> Outcome {
+    let timeout = worker.limits.send_timeout;
+    let out = &mut io.out;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    write_status(out, head.status);
+    out.extend_from_slice(b"\r\nServer: Pylon\r\n");
+    for (name, value) in &head.headers {
+        if plugin_may_set(name) && !name.eq_ignore_ascii_case("content-length") {
+            push_header(out, name.as_bytes(), value.as_bytes());
+        }
+    }
+    if !http10 {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let gone = |sent| Outcome::failed(head.status, sent, Side::Client, Cause::Reset);
+    if write_all(&mut io.stream, out, timeout).await.is_err() {
+        return gone(0);
+    }
+    let mut sent = 0;
+    while let Some(piece) = next().await {
+        let Ok(piece) = piece else {
+            return Outcome::failed(head.status, sent, Side::Upstream, Cause::Reset);
+        };
+        if piece.is_empty() {
+            continue;
+        }
+        out.clear();
+        if !http10 {
+            out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        }
+        out.extend_from_slice(&piece);
+        if !http10 {
+            out.extend_from_slice(b"\r\n");
+        }
+        if write_all(&mut io.stream, out, timeout).await.is_err() {
+            return gone(sent);
+        }
+        sent += piece.len() as u64;
+    }
+    if !http10
+        && write_all(&mut io.stream, b"0\r\n\r\n", timeout)
+            .await
+            .is_err()
+    {
+        return gone(sent);
+    }
+    Outcome::complete(head.status, sent, keep_alive)
 }
 
 /// Writes the gateway's own response for `error` through `out`; returns the bytes written,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use pylon_plugin::{Reply, RequestBodyInspectors};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,7 +23,8 @@ use crate::tls::{ClientStream, MaybeTls};
 use crate::vars::{normalize_host, RequestFields, RequestVars};
 use crate::worker::Worker;
 use client::{
-    respond_error, send_reply, wants_keep_alive, ClientConnection, ClientIo, ClientRequest,
+    respond_error, send_reply, send_streamed, wants_keep_alive, ClientConnection, ClientIo,
+    ClientRequest,
 };
 use forward::{expects_continue, CONTINUE};
 
@@ -279,6 +280,32 @@ impl pipeline::Downstream for Http1<'_> {
         respond_error(self.worker, self.io, error, keep_alive).await
     }
 
+    async fn read_body(
+        &mut self,
+        vars: &RequestVars<'_>,
+        limit: usize,
+    ) -> Result<Option<Bytes>, GatewayError> {
+        self.take_body(vars.head, limit).await
+    }
+
+    async fn stream(
+        &mut self,
+        vars: &RequestVars<'_>,
+        head: &Reply,
+        next: impl AsyncFnMut() -> Option<Result<Bytes, ()>>,
+    ) -> Outcome {
+        let keep_alive = self.keeps_alive(vars.head) && !self.worker.is_stopping();
+        let http10 = vars.head.minor_version() == 0;
+        send_streamed(
+            self.worker,
+            self.io,
+            head,
+            (keep_alive && !http10, http10),
+            next,
+        )
+        .await
+    }
+
     async fn forward(&mut self, vars: &RequestVars<'_>, exchange: Exchange<'_>) -> Outcome {
         let work = exchange.work;
         let mut inspectors = work.plugins.request_body(work.ctx);
@@ -299,6 +326,65 @@ impl pipeline::Downstream for Http1<'_> {
 }
 
 impl Http1<'_> {
+    /// Reads the whole body out of the connection, when it is at most `limit` bytes; a longer
+    /// one is left where it is (the connection then closes after the answer).
+    async fn take_body(
+        &mut self,
+        head: &RequestHead,
+        limit: usize,
+    ) -> Result<Option<Bytes>, GatewayError> {
+        let timeout = self.worker.limits.body_timeout;
+        let io = &mut *self.io;
+        let arrived = |read: Result<usize, RelayError>| match read {
+            Ok(0) => Err(GatewayError::BadRequest),
+            Ok(_) => Ok(()),
+            Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(GatewayError::RequestTimeout)
+            }
+            Err(_) => Err(GatewayError::BadRequest),
+        };
+        let length = match self.framing {
+            BodyFraming::None | BodyFraming::UntilClose => return Ok(Some(Bytes::new())),
+            BodyFraming::Length(n) if n > limit as u64 => return Ok(None),
+            BodyFraming::Length(n) => Some(n as usize),
+            BodyFraming::Chunked => None,
+        };
+        if expects_continue(head) && head.minor_version() == 1 {
+            let sent = write_all(&mut io.stream, CONTINUE, self.worker.limits.send_timeout);
+            sent.await.map_err(|_| GatewayError::BadRequest)?;
+        }
+        let body = match length {
+            Some(n) => {
+                while io.buf.len() < n {
+                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
+                }
+                io.buf.split_to(n).freeze()
+            }
+            None => {
+                let mut scanner = ChunkedScanner::default();
+                let mut body = Vec::new();
+                loop {
+                    let used = scanner
+                        .scan(&io.buf, |data| body.extend_from_slice(data))
+                        .map_err(|_| GatewayError::BadRequest)?;
+                    io.buf.advance(used);
+                    if body.len() > limit {
+                        // What was read of it is gone: the connection cannot go on.
+                        self.body_intact = false;
+                        return Ok(None);
+                    }
+                    if scanner.is_done() {
+                        break Bytes::from(body);
+                    }
+                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
+                }
+            }
+        };
+        // Read whole: the next request follows in the buffer.
+        self.framing = BodyFraming::None;
+        Ok(Some(body))
+    }
+
     /// Reads the start of the body into the read buffer, up to what `inspectors` look at, and
     /// shows it to them; `Some(refusal)` when one refuses the request. The held bytes stay in
     /// the buffer, where forwarding takes them from as from any body that arrived early.

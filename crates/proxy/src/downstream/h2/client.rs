@@ -89,6 +89,21 @@ impl UpstreamAnswer for Delivered {
     }
 }
 
+/// The head of a response the gateway makes: the reply's status and headers (without its
+/// length, which depends on how its body goes out).
+pub(super) fn response_head(reply: &Reply) -> Response<()> {
+    let mut head = Response::new(());
+    *head.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let headers = head.headers_mut();
+    headers.insert(SERVER, HeaderValue::from_static("Pylon"));
+    for (name, value) in &reply.headers {
+        if !is_hop_by_hop(name) && !name.eq_ignore_ascii_case("content-length") {
+            append_header(headers, name.as_bytes(), value.as_bytes());
+        }
+    }
+    head
+}
+
 impl Client {
     pub fn new(respond: SendResponse<Bytes>, conn: Rc<Connection>, grpc: bool, head: bool) -> Self {
         Client {
@@ -108,15 +123,8 @@ impl Client {
     /// Answers with a complete response the gateway made: a plugin's reply, or its own error
     /// after plugins edited it (`end` says which).
     pub fn send_reply(&mut self, reply: &Reply, end: End) -> Delivered {
-        let mut head = Response::new(());
-        *head.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+        let mut head = response_head(reply);
         let headers = head.headers_mut();
-        headers.insert(SERVER, HeaderValue::from_static("Pylon"));
-        for (name, value) in &reply.headers {
-            if !is_hop_by_hop(name) && !name.eq_ignore_ascii_case("content-length") {
-                append_header(headers, name.as_bytes(), value.as_bytes());
-            }
-        }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
         let head_only = reply.body.is_empty() || self.head;
         let sent = self

@@ -5,19 +5,19 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::RecvStream;
+use h2::{Reason, RecvStream};
 use http::request::Parts;
 use http::{Method, Request};
 use pylon_plugin::Reply;
 
-use super::body::{Halt, RequestBody};
-use super::client::{Client, Delivered};
+use super::body::{BodyOut, Halt, RequestBody};
+use super::client::{response_head, Client, Delivered};
 use super::exchange::Exchange;
 use super::{to_h1, to_h2, Connection};
 use crate::attempts::{Attempts, GaveUp};
 use crate::error::GatewayError;
 use crate::outbound::RequestContext;
-use crate::outcome::{End, Outcome};
+use crate::outcome::{End, Outcome, Side};
 use crate::pipeline::{self, Exchange as PipelineExchange, PluginWork};
 use crate::vars::{normalize_host, RequestFields, RequestVars, TlsInfo};
 use crate::worker::Worker;
@@ -91,6 +91,7 @@ pub(super) async fn serve(
     // CONNECT tunnels are not proxied (and extended CONNECT is not offered).
     let refused = (!host_ok || parts.method == Method::CONNECT).then_some(GatewayError::BadRequest);
     let mut http2 = Http2 {
+        worker: &worker,
         client: Client::new(respond, conn.clone(), is_grpc(&parts), head),
         body: RequestBody::new(recv),
     };
@@ -98,12 +99,13 @@ pub(super) async fn serve(
 }
 
 /// The HTTP/2 codec's side of one stream: the response half and the request body.
-struct Http2 {
+struct Http2<'w> {
+    worker: &'w Worker,
     client: Client,
     body: RequestBody,
 }
 
-impl pipeline::Downstream for Http2 {
+impl pipeline::Downstream for Http2<'_> {
     type Head = Parts;
 
     async fn reply(&mut self, _: &RequestVars<'_, Parts>, reply: &Reply, end: End) -> Outcome {
@@ -112,6 +114,57 @@ impl pipeline::Downstream for Http2 {
 
     async fn error(&mut self, _: &RequestVars<'_, Parts>, error: GatewayError) -> Outcome {
         self.client.send_error(error).into()
+    }
+
+    async fn read_body(
+        &mut self,
+        _: &RequestVars<'_, Parts>,
+        limit: usize,
+    ) -> Result<Option<Bytes>, GatewayError> {
+        let timeout = self.worker.limits.body_timeout;
+        match self.body.hold(limit.saturating_add(1), timeout).await {
+            Ok(()) => {}
+            Err(Halt::TimedOut) => return Err(GatewayError::RequestTimeout),
+            Err(halt) => {
+                self.client.halted(halt);
+                return Err(GatewayError::BadRequest);
+            }
+        }
+        if self.body.early_len() > limit {
+            return Ok(None);
+        }
+        Ok(Some(match self.body.early() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            pieces => Bytes::from(pieces.concat()),
+        }))
+    }
+
+    async fn stream(
+        &mut self,
+        _: &RequestVars<'_, Parts>,
+        head: &Reply,
+        mut next: impl AsyncFnMut() -> Option<Result<Bytes, ()>>,
+    ) -> Outcome {
+        let Ok(mut send) = self.client.send_head(response_head(head), false) else {
+            return Delivered::CLIENT_GONE.into();
+        };
+        let mut out = BodyOut::plain(&mut send, self.worker.limits.send_timeout);
+        while let Some(piece) = next().await {
+            let Ok(piece) = piece else {
+                out.send_reset(Reason::INTERNAL_ERROR);
+                return Delivered::cut_short(head.status, out.sent(), Side::Upstream).into();
+            };
+            if let Err(halt) = out.data(piece, false).await {
+                self.client.halted(halt);
+                return Delivered::cut_short(head.status, out.sent(), Side::Client).into();
+            }
+        }
+        if let Err(halt) = out.finish(None).await {
+            self.client.halted(halt);
+            return Delivered::cut_short(head.status, out.sent(), Side::Client).into();
+        }
+        Delivered::upstream(head.status, out.sent()).into()
     }
 
     /// A gRPC client gets the gateway's errors as a gRPC status (see [`Client::send_error`]).
