@@ -204,6 +204,13 @@ fn connections_go_to_a_node_that_takes_them() {
         assert_eq!(exchange(plain, &[i]), live.answer(&[i]), "connection {i}");
     }
     assert_eq!(live.connections().len(), 6);
+    let lines = pylon.wait_access_log(6);
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["upstream_addr"] == live.addr.to_string()),
+        "{lines:?}"
+    );
 
     // With no node to take it, the connection is closed and logged 502.
     let nowhere = json!({
@@ -240,6 +247,7 @@ fn connections_go_to_a_node_that_takes_them() {
         }
         used.insert(first);
     }
+    // Twenty clients hashed onto one of three nodes by chance: about one run in 10^9.
     assert!(used.len() > 1, "20 clients all on {used:?}");
 }
 
