@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use support::protocols::{Protocol, PROTOCOLS};
+use support::proxy_header::{v1, v2, v2_local};
 use support::tls::{client_config, ssl_yaml, TestCa};
 use support::upstream::Upstream;
 use support::{Pylon, WAIT};
@@ -16,41 +17,6 @@ use tokio::net::TcpStream;
 
 const CLIENT: &str = "203.0.113.7:40123";
 const GATEWAY: &str = "192.0.2.1:443";
-
-fn v1(source: &str, destination: &str) -> Vec<u8> {
-    let (s, d): (SocketAddr, SocketAddr) = (source.parse().unwrap(), destination.parse().unwrap());
-    let family = if s.is_ipv4() { "TCP4" } else { "TCP6" };
-    format!(
-        "PROXY {family} {} {} {} {}\r\n",
-        s.ip(),
-        d.ip(),
-        s.port(),
-        d.port()
-    )
-    .into_bytes()
-}
-
-/// A v2 `PROXY` header for TCP over IPv4, written out byte by byte as the protocol lays it.
-fn v2(source: &str, destination: &str) -> Vec<u8> {
-    let (s, d): (SocketAddr, SocketAddr) = (source.parse().unwrap(), destination.parse().unwrap());
-    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (s, d) else {
-        panic!("IPv4 addresses");
-    };
-    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
-    header.extend_from_slice(&s.ip().octets());
-    header.extend_from_slice(&d.ip().octets());
-    header.extend_from_slice(&s.port().to_be_bytes());
-    header.extend_from_slice(&d.port().to_be_bytes());
-    header
-}
-
-/// A v2 `LOCAL` header (a load balancer's own health check).
-fn v2_local() -> Vec<u8> {
-    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    header.extend_from_slice(&[0x20, 0x00, 0, 0]);
-    header
-}
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}

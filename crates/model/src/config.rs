@@ -6,7 +6,7 @@ use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::consumer::{Consumer, ConsumerGroup, Credential};
-use crate::error::{FieldError, ValidationErrors};
+use crate::error::{join_path, FieldError, ValidationErrors};
 use crate::key::{Key, Kind};
 use crate::proto::Proto;
 use crate::route::Route;
@@ -433,16 +433,18 @@ impl Config {
         let by_id = |id: &Option<String>| id.as_ref().and_then(|i| self.upstreams.get(i));
         for (id, route) in &self.routes {
             let service = route.service_id.as_ref().and_then(|s| self.services.get(s));
-            let upstream = route
-                .upstream
-                .as_ref()
-                .or_else(|| by_id(&route.upstream_id))
-                .or_else(|| {
-                    service.and_then(|s| s.upstream.as_ref().or_else(|| by_id(&s.upstream_id)))
-                });
+            // The field the upstream comes through: the route's own, or a reference to one.
+            let (field, upstream) = match (&route.upstream, by_id(&route.upstream_id)) {
+                (Some(u), _) => ("upstream.scheme", Some(u)),
+                (None, Some(u)) => ("upstream_id", Some(u)),
+                (None, None) => (
+                    "service_id",
+                    service.and_then(|s| s.upstream.as_ref().or_else(|| by_id(&s.upstream_id))),
+                ),
+            };
             if let Some(u) = upstream.filter(|u| u.scheme.is_stream_only()) {
                 errors.push(FieldError::new(
-                    locate(&Key::new(Kind::Routes, id)),
+                    join_path(&locate(&Key::new(Kind::Routes, id)), field),
                     format!(
                         "its upstream's scheme `{}` is for stream routes; an HTTP route's upstream speaks http, https, grpc or grpcs",
                         u.scheme.as_str()

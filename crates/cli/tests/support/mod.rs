@@ -6,7 +6,9 @@ pub mod client;
 pub mod cluster;
 pub mod http2;
 pub mod protocols;
+pub mod proxy_header;
 pub mod receivers;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
 
@@ -30,6 +32,9 @@ pub struct Pylon {
     /// The listeners whose connections start with a PROXY protocol header, plain and TLS.
     pub proxied_addrs: Vec<SocketAddr>,
     pub proxied_https_addrs: Vec<SocketAddr>,
+    /// The stream (L4) listeners in the order pylon printed them, each with its kind: `tcp`,
+    /// `tcp+tls`, `tcp+proxy` or `tcp+tls+proxy`.
+    pub stream_addrs: Vec<(String, SocketAddr)>,
     /// Where a successor takes this pylon over.
     pub handoff_socket: Option<PathBuf>,
     /// What pylon printed up to the line saying it serves.
@@ -148,6 +153,7 @@ impl Pylon {
         let (mut addr, mut https_addr, mut control, mut handoff_socket) = (None, None, None, None);
         let (mut admin, mut metrics) = (None, None);
         let (mut proxied_addrs, mut proxied_https_addrs) = (Vec::new(), Vec::new());
+        let mut stream_addrs = Vec::new();
         let mut startup = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -177,6 +183,9 @@ impl Pylon {
                         line.strip_prefix("pylon: PROXY protocol listening on https://")
                     {
                         proxied_https_addrs.push(a.parse().unwrap());
+                    } else if let Some(a) = line.strip_prefix("pylon: stream listening on ") {
+                        let (kind, addr) = a.split_once("://").expect("kind://address");
+                        stream_addrs.push((kind.to_owned(), addr.parse().unwrap()));
                     } else if let Some(path) = line.strip_prefix("pylon: handoff socket: ") {
                         handoff_socket = path.split(' ').next().map(PathBuf::from);
                     }
@@ -191,6 +200,7 @@ impl Pylon {
                             https_addr,
                             proxied_addrs,
                             proxied_https_addrs,
+                            stream_addrs,
                             control,
                             metrics,
                             admin,
