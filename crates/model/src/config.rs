@@ -12,7 +12,7 @@ use crate::proto::Proto;
 use crate::route::Route;
 use crate::secret;
 use crate::ssl::Ssl;
-use crate::stream_route::{stream_scheme, StreamRoute};
+use crate::stream_route::StreamRoute;
 use crate::upstream::Upstream;
 use crate::validate;
 
@@ -430,18 +430,9 @@ impl Config {
     /// speaks HTTP; and a stream route has an upstream at all.
     fn check_stream_upstreams(&self, locate: &impl Fn(&Key) -> String) -> Vec<FieldError> {
         let mut errors = Vec::new();
-        let by_id = |id: &Option<String>| id.as_ref().and_then(|i| self.upstreams.get(i));
         for (id, route) in &self.routes {
-            let service = route.service_id.as_ref().and_then(|s| self.services.get(s));
-            // The field the upstream comes through: the route's own, or a reference to one.
-            let (field, upstream) = match (&route.upstream, by_id(&route.upstream_id)) {
-                (Some(u), _) => ("upstream.scheme", Some(u)),
-                (None, Some(u)) => ("upstream_id", Some(u)),
-                (None, None) => (
-                    "service_id",
-                    service.and_then(|s| s.upstream.as_ref().or_else(|| by_id(&s.upstream_id))),
-                ),
-            };
+            let (field, upstream) =
+                self.upstream_through(&route.upstream, &route.upstream_id, &route.service_id);
             if let Some(u) = upstream.filter(|u| u.scheme.is_stream_only()) {
                 errors.push(FieldError::new(
                     join_path(&locate(&Key::new(Kind::Routes, id)), field),
@@ -453,15 +444,9 @@ impl Config {
             }
         }
         for (id, route) in &self.stream_routes {
-            let key = Key::new(Kind::StreamRoutes, id);
-            let service = route.service_id.as_ref().and_then(|s| self.services.get(s));
-            let upstream = route
-                .upstream
-                .as_ref()
-                .or_else(|| by_id(&route.upstream_id))
-                .or_else(|| {
-                    service.and_then(|s| s.upstream.as_ref().or_else(|| by_id(&s.upstream_id)))
-                });
+            let at = locate(&Key::new(Kind::StreamRoutes, id));
+            let (field, upstream) =
+                self.upstream_through(&route.upstream, &route.upstream_id, &route.service_id);
             let missing_reference = route
                 .upstream_id
                 .as_ref()
@@ -473,19 +458,43 @@ impl Config {
             match upstream {
                 // An inline upstream's scheme is checked with the route itself.
                 Some(_) if route.upstream.is_some() => {}
-                Some(u) => {
-                    let mut scheme = Vec::new();
-                    stream_scheme(u.scheme, &mut scheme);
-                    errors.extend(scheme.into_iter().map(|e| e.within(&format!("{}.upstream", locate(&key)))));
-                }
+                Some(u) if u.scheme.is_grpc() => errors.push(FieldError::new(
+                    join_path(&at, field),
+                    format!(
+                        "its upstream's scheme `{}` is for HTTP routes; a stream route's upstream is `tcp` or `tls`",
+                        u.scheme.as_str()
+                    ),
+                )),
+                Some(_) => {}
                 None if !missing_reference && route.protocol.is_none() => errors.push(FieldError::new(
-                    locate(&key),
+                    at,
                     "has no upstream: set `upstream`, `upstream_id`, a `service_id` whose service has one, or a `protocol`",
                 )),
                 None => {}
             }
         }
         errors
+    }
+
+    /// A route's upstream, with the field it comes through: its own (`upstream.scheme`, the
+    /// field a scheme error is about), its `upstream_id`'s, or its service's.
+    fn upstream_through<'a>(
+        &'a self,
+        own: &'a Option<Upstream>,
+        upstream_id: &Option<String>,
+        service_id: &Option<String>,
+    ) -> (&'static str, Option<&'a Upstream>) {
+        let by_id = |id: &Option<String>| id.as_ref().and_then(|i| self.upstreams.get(i));
+        match (own, by_id(upstream_id)) {
+            (Some(u), _) => ("upstream.scheme", Some(u)),
+            (None, Some(u)) => ("upstream_id", Some(u)),
+            (None, None) => {
+                let service = service_id.as_ref().and_then(|s| self.services.get(s));
+                let upstream =
+                    service.and_then(|s| s.upstream.as_ref().or_else(|| by_id(&s.upstream_id)));
+                ("service_id", upstream)
+            }
+        }
     }
 }
 

@@ -143,7 +143,7 @@ impl StreamRoute {
 /// What an upstream of a stream route may speak: bytes, in clear or over TLS. `http` (the
 /// default) and `https` are read as `tcp` and `tls`, so that an upstream serves both kinds of
 /// route.
-pub(crate) fn stream_scheme(scheme: Scheme, errors: &mut Vec<FieldError>) {
+fn stream_scheme(scheme: Scheme, errors: &mut Vec<FieldError>) {
     if scheme.is_grpc() {
         errors.push(FieldError::new(
             "scheme",

@@ -13,6 +13,7 @@ use crate::catalog::find;
 use crate::config::resolve_env;
 use crate::credentials::{Credential, Credentials};
 use crate::descriptor::{BuildEnv, Metadata, Scope};
+use crate::limit_conn::stream_conn_key;
 use crate::protos::{check_proto, Protos};
 
 type Plugins = Map<String, Value>;
@@ -448,6 +449,9 @@ pub fn check_resource(kind: Kind, resource: &Value, protos: &Protos) -> Vec<Fiel
                     )
                 }),
         );
+        if let Some(limit) = plugins.get("limit-conn") {
+            errors.extend(stream_conn_key(limit).err());
+        }
     }
     if kind == Kind::Credentials {
         errors.extend(

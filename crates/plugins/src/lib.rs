@@ -74,6 +74,7 @@ pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};
 pub use file_logger::{file_log_counts, FileLogCounts};
 pub use ip_set::IpSet;
+pub use limit_conn::{stream_conn_key, StreamConnKey};
 pub use protos::Protos;
 pub use proxy_mirror::{mirror_counts, MirrorCounts};
 /// The Redis servers the limiting plugins use, and whether each answers.

@@ -76,6 +76,40 @@ struct LimitConnConfig {
     policy: Policy,
 }
 
+/// What a stream route's `limit-conn` counts connections by: a connection has no headers or
+/// arguments, only its two addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamConnKey {
+    RemoteAddr,
+    ServerAddr,
+}
+
+/// The key of a stream route's `limit-conn` (whose fields its schema has checked), counted on
+/// this node: `key` is `remote_addr` or `server_addr`, `policy` is `local`.
+pub fn stream_conn_key(config: &Value) -> Result<StreamConnKey, FieldError> {
+    if config
+        .get("policy")
+        .and_then(Value::as_str)
+        .is_some_and(|policy| policy != "local")
+    {
+        return Err(FieldError::new(
+            "plugins.limit-conn.policy",
+            "a stream route counts on this node only (`local`)",
+        ));
+    }
+    match config.get("key").and_then(Value::as_str) {
+        Some("remote_addr") => Ok(StreamConnKey::RemoteAddr),
+        Some("server_addr") => Ok(StreamConnKey::ServerAddr),
+        other => Err(FieldError::new(
+            "plugins.limit-conn.key",
+            format!(
+                "a stream route counts by `remote_addr` or `server_addr`, not `{}`",
+                other.unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 fn build(config: &Value, env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldError> {
     let (own, store) = store(config)?;
     let mut limiter = LimitConn::new(parse(&own)?)?;

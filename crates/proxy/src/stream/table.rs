@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pylon_frames::Protocol;
 use pylon_model::{FieldError, ProxyProtocolVersion, StreamRoute};
-use pylon_plugins::IpSet;
+use pylon_plugins::{stream_conn_key, IpSet, StreamConnKey};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -217,24 +217,16 @@ pub(crate) struct ConnLimit {
     conn: u32,
     burst: u32,
     delay: Duration,
-    key: LimitKey,
+    key: StreamConnKey,
     open: Mutex<HashMap<IpAddr, u32>>,
 }
 
+/// The fields of `limit-conn` a stream route uses; the rest are its schema's to check.
 #[derive(Deserialize)]
 struct LimitConnConfig {
     conn: u32,
     burst: u32,
     default_conn_delay: f64,
-    key: String,
-    #[serde(default)]
-    policy: Option<String>,
-}
-
-#[derive(Clone, Copy)]
-enum LimitKey {
-    RemoteAddr,
-    ServerAddr,
 }
 
 /// A connection's place under a [`ConnLimit`], given back when it is dropped.
@@ -254,30 +246,13 @@ impl ConnLimit {
     /// The limit `config` asks for (the `limit-conn` plugin's fields, already checked by its
     /// schema); a stream route counts by `remote_addr` or `server_addr`, on this node.
     pub(crate) fn parse(config: &Value) -> Result<ConnLimit, FieldError> {
-        let config: LimitConnConfig = serde_json::from_value(config.clone())
+        let key = stream_conn_key(config)?;
+        let fields: LimitConnConfig = serde_json::from_value(config.clone())
             .map_err(|e| FieldError::new("plugins.limit-conn", e.to_string()))?;
-        let key = match config.key.as_str() {
-            "remote_addr" => LimitKey::RemoteAddr,
-            "server_addr" => LimitKey::ServerAddr,
-            other => {
-                return Err(FieldError::new(
-                    "plugins.limit-conn.key",
-                    format!(
-                        "a stream route counts by `remote_addr` or `server_addr`, not `{other}`"
-                    ),
-                ))
-            }
-        };
-        if config.policy.as_deref().is_some_and(|p| p != "local") {
-            return Err(FieldError::new(
-                "plugins.limit-conn.policy",
-                "a stream route counts on this node only (`local`)",
-            ));
-        }
         Ok(ConnLimit {
-            conn: config.conn,
-            burst: config.burst,
-            delay: Duration::try_from_secs_f64(config.default_conn_delay).unwrap_or_default(),
+            conn: fields.conn,
+            burst: fields.burst,
+            delay: Duration::try_from_secs_f64(fields.default_conn_delay).unwrap_or_default(),
             key,
             open: Mutex::default(),
         })
@@ -285,8 +260,8 @@ impl ConnLimit {
 
     pub(crate) fn admit(self: &Arc<Self>, arrival: &Arrival<'_>) -> Admission {
         let key = match self.key {
-            LimitKey::RemoteAddr => arrival.client.ip(),
-            LimitKey::ServerAddr => arrival.local.ip(),
+            StreamConnKey::RemoteAddr => arrival.client.ip(),
+            StreamConnKey::ServerAddr => arrival.local.ip(),
         };
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(key).or_default();
