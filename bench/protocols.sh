@@ -18,6 +18,11 @@
 #   ws             WebSocket echo messages/s: pylon-loadgen ws, CONNS connections, each sending
 #                  a WS_SIZE-byte binary message and waiting for its echo; "direct" is the
 #                  echo server without a proxy (the ceiling)
+#   tcp            L4 proxy (stream route; nginx's stream module) echo messages/s: pylon-loadgen
+#                  tcp, CONNS kept connections, each sending WS_SIZE bytes and waiting for
+#                  them back from the TCP echo on :1982
+#   tcp-conn       the same with a new connection per message (HS_CONNS at once): connections/s,
+#                  and the proxy's CPU per connection
 #
 # For each run it prints the rate, the proxy's CPU time per operation, how busy its core was
 # (a proxy at ~100 % is saturated, so its rate is what one core does), how busy the load
@@ -36,18 +41,19 @@
 #        OTHERS_MAX (default 0.15), RETRIES (default 3): a measurement during which processes
 #        not started here used more than OTHERS_MAX cores is run again, up to RETRIES times;
 #        before each, up to QUIET_WAIT s (default 60) are spent waiting for a quiet second
-# needs: nginx with ssl and http2 (nginx-light), wrk, h2load (nghttp2-client), openssl,
-#        python3, curl, taskset
+# needs: nginx with ssl and http2 (nginx-light) and its stream module (libnginx-mod-stream),
+#        wrk, h2load (nghttp2-client), openssl, python3, curl, taskset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${DURATION:-8} warm=${WARMUP:-1} rounds=${ROUNDS:-3} conns=${CONNS:-50}
 hs_conns=${HS_CONNS:-64} streams=${STREAMS:-10} ws_size=${WS_SIZE:-64}
 retries=${RETRIES:-3} others_max=${OTHERS_MAX:-0.15} quiet_wait=${QUIET_WAIT:-60}
-tests=("$@"); [[ ${#tests[@]} -gt 0 ]] || tests=(tls13-full tls13-resumed tls12-full tls12-resumed https h2 h2c ws)
+tests=("$@"); [[ ${#tests[@]} -gt 0 ]] || tests=(tls13-full tls13-resumed tls12-full tls12-resumed https h2 h2c ws tcp tcp-conn)
 target=${CARGO_TARGET_DIR:-target}
 for t in nginx wrk h2load openssl python3 curl taskset; do
   command -v $t >/dev/null || { echo "protocols: $t missing (apt-get install nginx-light wrk nghttp2-client openssl curl)" >&2; exit 2; }
 done
+[[ -f /usr/lib/nginx/modules/ngx_stream_module.so ]] || { echo "protocols: nginx's stream module missing (apt-get install libnginx-mod-stream)" >&2; exit 2; }
 [[ -n ${SKIP_BUILD:-} ]] || cargo build --release -p pylon-cli -p pylon-loadgen
 pylon=${PYLON:-$target/release/pylon} loadgen=${LOADGEN:-$target/release/pylon-loadgen}
 ncpu=$(nproc); pin_load=0; pin_proxy=$(( ncpu > 1 ? 1 : 0 ))
@@ -69,6 +75,7 @@ cp bench/protocols-node.yaml "$tmp/node.yaml"
   printf 'routes:\n'
   printf '  - id: bench\n    uri: /*\n    upstream:\n      nodes:\n        "127.0.0.1:1980": 1\n'
   printf '  - id: ws\n    uri: /ws\n    enable_websocket: true\n    upstream:\n      nodes:\n        "127.0.0.1:1981": 1\n'
+  printf 'stream_routes:\n  - id: tcp\n    upstream:\n      nodes:\n        "127.0.0.1:1982": 1\n'
   printf 'ssls:\n  - id: bench\n    snis: ["bench.test"]\n    cert: |\n'
   sed 's/^/      /' "$tmp/cert.pem"
   printf '    key: |\n'
@@ -78,6 +85,7 @@ cp bench/protocols-node.yaml "$tmp/node.yaml"
 
 taskset -c $pin_load nginx -c "$tmp/protocols-upstream-nginx.conf" -p "$tmp" & pids+=($!)
 taskset -c $pin_load "$loadgen" ws-echo 127.0.0.1:1981 2> "$tmp/echo.log" & pids+=($!)
+taskset -c $pin_load "$loadgen" tcp-echo 127.0.0.1:1982 2> "$tmp/tcp-echo.log" & pids+=($!)
 taskset -c $pin_proxy nginx -c "$tmp/protocols-nginx.conf" -p "$tmp" & pids+=($!); nginx_pid=$!
 taskset -c $pin_proxy "$pylon" run -c "$tmp/node.yaml" > "$tmp/pylon.log" 2>&1 & pids+=($!); pylon_pid=$!
 wait_up() { # curl arguments
@@ -155,11 +163,11 @@ PY
 }
 # load TEST TARGET (nginx|pylon|direct): the command line for one test against one target.
 load() {
-  local tls_addr http_addr h2c_url
+  local tls_addr http_addr h2c_url tcp_addr
   case $2 in
-    nginx) tls_addr=127.0.0.1:9444 http_addr=127.0.0.1:9081 h2c_url=http://127.0.0.1:9083/hello ;;
-    pylon) tls_addr=127.0.0.1:9443 http_addr=127.0.0.1:9080 h2c_url=http://127.0.0.1:9080/hello ;;
-    direct) tls_addr="" http_addr=127.0.0.1:1981 h2c_url="" ;;
+    nginx) tls_addr=127.0.0.1:9444 http_addr=127.0.0.1:9081 h2c_url=http://127.0.0.1:9083/hello tcp_addr=127.0.0.1:9101 ;;
+    pylon) tls_addr=127.0.0.1:9443 http_addr=127.0.0.1:9080 h2c_url=http://127.0.0.1:9080/hello tcp_addr=127.0.0.1:9100 ;;
+    direct) tls_addr="" http_addr=127.0.0.1:1981 h2c_url="" tcp_addr=127.0.0.1:1982 ;;
   esac
   local lg=("$loadgen" tls "$tls_addr" --sni bench.test --conns "$hs_conns" --duration "$dur" --warmup "$warm")
   case $1 in
@@ -172,6 +180,8 @@ load() {
     h2) echo "$warm" h2load -t1 -c"$conns" -m"$streams" -D"$dur" --warm-up-time="$warm" "https://$tls_addr/hello" ;;
     h2c) echo "$warm" h2load -t1 -c"$conns" -m"$streams" -D"$dur" --warm-up-time="$warm" "$h2c_url" ;;
     ws) echo "$warm" "$loadgen" ws "$http_addr" --path /ws --conns "$conns" --size "$ws_size" --duration "$dur" --warmup "$warm" ;;
+    tcp) echo "$warm" "$loadgen" tcp "$tcp_addr" --conns "$conns" --size "$ws_size" --duration "$dur" --warmup "$warm" ;;
+    tcp-conn) echo "$warm" "$loadgen" tcp "$tcp_addr" --reconnect --conns "$hs_conns" --size "$ws_size" --duration "$dur" --warmup "$warm" ;;
   esac
 }
 results=$tmp/results; : > "$results"
@@ -184,7 +194,7 @@ for r in $(seq "$rounds"); do
     esac
     # Alternate which goes first, so a slow drift of the machine's load favours neither.
     order=(nginx pylon); (( r % 2 == 0 )) && order=(pylon nginx)
-    [[ $test == ws ]] && order=(direct "${order[@]}")
+    [[ $test == ws || $test == tcp ]] && order=(direct "${order[@]}")
     for who in "${order[@]}"; do
       case $who in nginx) pid=$nginx_worker ;; pylon) pid=$pylon_pid ;; direct) pid="" ;; esac
       read -ra cmd <<< "$(load "$test" "$who")"

@@ -10,6 +10,11 @@
 //!   echo, over and over; reports messages per second.
 //! - `ws-echo ADDR`: the WebSocket echo upstream for `ws`.
 //! - `grpc-echo ADDR`: a gRPC upstream (h2c) that answers each call with its own message.
+//! - `tcp ADDR`: raw TCP connections, each sending a small message and waiting for its echo,
+//!   over and over (or, with `--reconnect`, each exchange on a new connection); `tcp-echo
+//!   ADDR` is its upstream.
+//! - `frames ADDR`: framed-protocol connections, each keeping `--inflight` frames in flight;
+//!   reports answers per second.
 //! - `propagation ADMIN_ADDR PROXY_ADDR`: routes written one after the other through an Admin
 //!   API; reports how long each took to be served through a proxy, and the writes' own time.
 //! - `churn ADMIN_ADDR`: one route changed at a steady rate, as background for other loads.
@@ -21,11 +26,13 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod frames;
 mod grpc_echo;
 mod handshakes;
 mod http1;
 mod propagation;
 mod sha1;
+mod tcp;
 mod window;
 mod ws_echo;
 mod ws_frame;
@@ -41,6 +48,10 @@ const USAGE: &str = "usage:
   pylon-loadgen ws ADDR [--path P] [--conns N] [--size BYTES] [--duration S] [--warmup S]
   pylon-loadgen ws-echo ADDR
   pylon-loadgen grpc-echo ADDR
+  pylon-loadgen tcp ADDR [--conns N] [--size BYTES] [--reconnect] [--duration S] [--warmup S]
+  pylon-loadgen tcp-echo ADDR
+  pylon-loadgen frames ADDR [--conns N] [--inflight K] [--size BYTES] [--command C]
+                       [--duration S] [--warmup S]
   pylon-loadgen propagation ADMIN_ADDR PROXY_ADDR --key K [--count N] [--deadline S]
                             [--upstream ID] [--run NAME]
   pylon-loadgen churn ADMIN_ADDR --key K [--interval S] [--duration S] [--deadline S]
@@ -81,6 +92,9 @@ fn main() -> ExitCode {
             "ws" => ws_load::run(&addr, &args).await,
             "ws-echo" => ws_echo::serve(&addr).await,
             "grpc-echo" => grpc_echo::serve(&addr).await,
+            "tcp" => tcp::run(&addr, &args).await,
+            "tcp-echo" => tcp::echo_server(&addr).await,
+            "frames" => frames::run(&addr, &args).await,
             "propagation" => match &second {
                 Some(proxy) => propagation::propagation(&addr, proxy, &args).await,
                 None => Err("propagation needs ADMIN_ADDR and PROXY_ADDR".to_owned()),
