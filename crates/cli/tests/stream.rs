@@ -405,6 +405,38 @@ fn a_tls_listener_terminates_tls_and_routes_by_server_name() {
 }
 
 #[test]
+fn a_plain_listener_passes_tls_through_by_the_server_name_it_asks_for() {
+    let ca = TestCa::new("test ca");
+    let (exact, wildcard, other) = (
+        EchoUpstream::start("exact"),
+        EchoUpstream::start("wildcard"),
+        EchoUpstream::start("other"),
+    );
+    let routes = config(&[
+        json!({"id": "exact", "sni": "a.example.com", "upstream": upstream(&[exact.addr])}),
+        json!({"id": "wildcard", "sni": "*.example.org", "upstream": upstream(&[wildcard.addr])}),
+        json!({"id": "other", "upstream": upstream(&[other.addr])}),
+    ]);
+    let pylon = start(&routes, &[PLAIN]);
+    let addr = listener(&pylon, 0);
+    let config = client_config(ca.roots(), &[]);
+    for (name, up) in [("a.example.com", &exact), ("b.example.org", &wildcard)] {
+        let server = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        let mut client = rustls::ClientConnection::new(config.clone(), server).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        // Untouched: the upstream gets the very ClientHello, and answers the client directly.
+        assert_eq!(exchange(addr, &hello), up.answer(&hello), "{name}");
+        assert_eq!(up.connections()[0].bytes, hello, "{name}");
+        let line = logged_as(&pylon, Some(up.name.as_str()), 200);
+        assert_eq!(line["host"], name);
+    }
+    // Anything else on the listener goes by the other routes, its first bytes intact.
+    assert_eq!(exchange(addr, b"hello"), other.answer(b"hello"));
+    assert_eq!(other.connections()[0].bytes, b"hello");
+}
+
+#[test]
 fn a_silent_connection_is_closed_after_the_idle_timeout() {
     let up = EchoUpstream::start("up");
     let route = json!({"id": "idle", "upstream": upstream(&[up.addr])});

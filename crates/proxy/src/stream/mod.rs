@@ -10,6 +10,7 @@
 
 mod frames;
 mod relay;
+mod sni;
 mod table;
 
 use std::borrow::Cow;
@@ -17,15 +18,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::BytesMut;
 use pylon_model::ProxyProtocolVersion;
 use pylon_router::RequestView;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub(crate) use table::{Arrival, ConnLimit, StreamTable, StreamTarget};
 
 use crate::access_log::AccessRecord;
 use crate::attempts::{Attempts, UpstreamAnswer};
+use crate::downstream::h2::Rewind;
 use crate::proxy_protocol;
 use crate::tls::{self, Handshake};
 use crate::upstream::connect_with_preface;
@@ -44,12 +47,22 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     let started = Instant::now();
     if !tls {
-        let arrival = Arrival {
+        let mut arrival = Arrival {
             client,
             local,
             sni: None,
         };
-        return proxy(&worker, stream, &arrival, started).await;
+        if !worker.view().snapshot.stream.routes_by_name(&arrival) {
+            return proxy(&worker, stream, &arrival, started).await;
+        }
+        // A TLS connection routed by name is passed through: its ClientHello is read for the
+        // name, and is then read again by whatever serves the connection.
+        let mut stream = stream;
+        let mut early = BytesMut::new();
+        let timeout = worker.limits.handshake_timeout;
+        let name = read_server_name(&mut stream, &mut early, timeout).await;
+        arrival.sni = name.as_deref();
+        return proxy(&worker, Rewind::new(early, stream), &arrival, started).await;
     }
     let certificates = worker.view().snapshot.certificates.clone();
     match tls::accept(stream, &certificates, worker.limits.handshake_timeout).await {
@@ -77,6 +90,31 @@ struct Session<'a> {
     connect_latency: Option<Duration>,
     relayed: relay::Relayed,
     failure: Option<&'static str>,
+}
+
+/// Reads a ClientHello's server name into `early` (none: not TLS, no name, or not within
+/// `timeout`); whatever was read stays in `early`.
+async fn read_server_name(
+    stream: &mut TcpStream,
+    early: &mut BytesMut,
+    timeout: Duration,
+) -> Option<String> {
+    let read = async {
+        loop {
+            match sni::client_hello(early) {
+                sni::Hello::Tls(name) => return name,
+                sni::Hello::NotTls => return None,
+                sni::Hello::Incomplete if early.len() >= sni::MAX_HELLO => return None,
+                sni::Hello::Incomplete => {}
+            }
+            early.reserve(sni::MAX_HELLO - early.len());
+            match stream.read_buf(early).await {
+                Ok(n) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
 }
 
 async fn proxy<C>(worker: &Rc<Worker>, client_io: C, arrival: &Arrival<'_>, started: Instant)

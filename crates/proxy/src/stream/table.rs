@@ -59,6 +59,14 @@ impl StreamTable {
         self.routes.iter().find(|route| route.takes(arrival))
     }
 
+    /// Whether a route could take `arrival` by the server name its ClientHello sends: then
+    /// the name is read before the route is chosen.
+    pub(crate) fn routes_by_name(&self, arrival: &Arrival<'_>) -> bool {
+        self.routes
+            .iter()
+            .any(|route| route.sni.is_some() && route.takes_by_address(arrival))
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
@@ -125,6 +133,14 @@ impl StreamTarget {
     }
 
     fn takes(&self, arrival: &Arrival<'_>) -> bool {
+        self.takes_by_address(arrival)
+            && self
+                .sni
+                .as_ref()
+                .is_none_or(|pattern| arrival.sni.is_some_and(|name| pattern.matches(name)))
+    }
+
+    fn takes_by_address(&self, arrival: &Arrival<'_>) -> bool {
         self.port.is_none_or(|port| port == arrival.local.port())
             && self
                 .server
@@ -134,10 +150,6 @@ impl StreamTarget {
                 .remote
                 .as_ref()
                 .is_none_or(|set| set.contains(arrival.client.ip()))
-            && self
-                .sni
-                .as_ref()
-                .is_none_or(|pattern| arrival.sni.is_some_and(|name| pattern.matches(name)))
     }
 }
 
