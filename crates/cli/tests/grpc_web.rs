@@ -211,19 +211,26 @@ fn put(pylon: &Pylon, path: &str, body: Value) -> Response {
     )
 }
 
-/// The gateway with `/demo.Echo/*` through `grpc-web` to the echo server.
+/// The gateway with `/demo.Echo/*` through `grpc-web` to the echo server, and `/web/*` too,
+/// its prefix stripped by `proxy-rewrite`.
 fn gateway(echo: SocketAddr) -> Pylon {
     let pylon = start_pylon();
-    let route = json!({
-        "uri": "/demo.Echo/*",
-        "plugins": {"grpc-web": {}},
-        "upstream": {"scheme": "grpc", "nodes": {echo.to_string(): 1}},
-    });
+    let upstream = json!({"scheme": "grpc", "nodes": {echo.to_string(): 1}});
+    let res = put(&pylon, "/apisix/admin/upstreams/echo", upstream);
+    assert!(res.status < 300, "{}", res.text());
+    let route = json!({"uri": "/demo.Echo/*", "plugins": {"grpc-web": {}}, "upstream_id": "echo"});
     let res = put(&pylon, "/apisix/admin/routes/echo", route);
     assert!(res.status < 300, "{}", res.text());
+    let prefixed = json!({
+        "uri": "/web/*",
+        "plugins": {"grpc-web": {}, "proxy-rewrite": {"regex_uri": ["^/web(/.*)", "$1"]}},
+        "upstream_id": "echo",
+    });
+    let res = put(&pylon, "/apisix/admin/routes/prefixed", prefixed);
+    assert!(res.status < 300, "{}", res.text());
     wait_until(
-        || support::client::get(pylon.addr, "example.com", "/demo.Echo/Say").status == 405,
-        "the route to be served",
+        || support::client::get(pylon.addr, "example.com", "/web/demo.Echo/Say").status == 405,
+        "the routes to be served",
     );
     pylon
 }
@@ -262,7 +269,11 @@ fn answer_bytes(content_type: &str, body: &[u8]) -> Vec<u8> {
     if content_type != TEXT {
         return body.to_vec();
     }
-    assert_eq!(body.len() % 4, 0, "{}", String::from_utf8_lossy(body));
+    assert!(
+        body.len().is_multiple_of(4),
+        "{}",
+        String::from_utf8_lossy(body)
+    );
     body.chunks(4)
         .flat_map(|group| {
             STANDARD
@@ -332,6 +343,15 @@ async fn unary_calls_in_binary_and_text_round_trip_frame_by_frame() {
                 res.text()
             );
         }
+        // The method's path as a rewrite plugin made it.
+        let path = "/web/demo.Echo/Say";
+        let res = web_call(protocol, &pylon, path, BINARY, &[], &note("again")).await;
+        assert_web_answer(&res, BINARY, "prefixed");
+        let expected = [
+            frame(0, &note("hello again, nobody").encode_to_vec()),
+            trailer(0, ""),
+        ];
+        assert_eq!(res.body, expected.concat(), "{protocol:?}: {}", res.text());
     }
 }
 

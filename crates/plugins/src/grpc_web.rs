@@ -360,7 +360,7 @@ fn metadata(ctx: &RequestCtx<'_>) -> Vec<(String, String)> {
 /// A gRPC-Web text body: base64, possibly several padded segments one after the other (a
 /// client may encode each message apart). `None` when it is not base64.
 fn decode_text(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 4 != 0 {
+    if !text.len().is_multiple_of(4) {
         return None;
     }
     let mut decoded = Vec::with_capacity(text.len() / 4 * 3);
