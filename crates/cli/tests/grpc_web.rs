@@ -543,7 +543,8 @@ async fn preflights_are_answered_and_what_is_not_a_grpc_web_call_refused() {
         );
         assert_eq!(res.header("access-control-allow-origin"), Some("*"));
 
-        let body = request_body(BINARY, &note("x"));
+        // Without a body: the refusal comes before any is read, and an HTTP/2 client could
+        // find its stream already answered and closed when it sends one.
         for content_type in ["application/grpc", "application/json"] {
             let headers = [("content-type", content_type)];
             let res = call(
@@ -552,7 +553,7 @@ async fn preflights_are_answered_and_what_is_not_a_grpc_web_call_refused() {
                 "POST",
                 "/demo.Echo/Say",
                 &headers,
-                &body,
+                b"",
             )
             .await;
             assert_eq!(

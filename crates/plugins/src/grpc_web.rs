@@ -260,15 +260,9 @@ impl WebCall {
     fn write(&self, bytes: &[u8], out: &mut Answer) {
         match self.encoding {
             Encoding::Binary => out.body.extend_from_slice(bytes),
-            Encoding::Text => {
-                let start = out.body.len();
-                let len = base64::encoded_len(bytes.len(), true).unwrap_or_default();
-                out.body.resize(start + len, 0);
-                let written = STANDARD
-                    .encode_slice(bytes, &mut out.body[start..])
-                    .unwrap_or_default();
-                out.body.truncate(start + written);
-            }
+            Encoding::Text => out
+                .body
+                .extend_from_slice(STANDARD.encode(bytes).as_bytes()),
         }
     }
 }
