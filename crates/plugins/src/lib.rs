@@ -25,6 +25,7 @@ mod fault_injection;
 mod file_logger;
 mod forward_auth;
 mod grpc_transcode;
+mod grpc_web;
 mod header_ops;
 mod hmac_auth;
 mod http_logger;

@@ -91,6 +91,20 @@ pub fn http_status(code: u32) -> u16 {
     }
 }
 
+/// The gRPC status of a call whose response is not gRPC's, by its HTTP status (gRPC's
+/// HTTP-to-gRPC status mapping): what a client reports for an answer from a proxy or a
+/// server that is not the gRPC service.
+pub fn code_of_http_status(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
 /// A gRPC status code's name (`NOT_FOUND`).
 pub fn status_name(code: u32) -> &'static str {
     const NAMES: [&str; 17] = [
@@ -161,5 +175,21 @@ mod tests {
             (503, 401, 500)
         );
         assert_eq!(status_name(5), "NOT_FOUND");
+    }
+
+    #[test]
+    fn http_statuses_map_to_grpc_as_grpc_says() {
+        let pairs = [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 14),
+            (503, 14),
+        ];
+        for (status, code) in pairs {
+            assert_eq!(code_of_http_status(status), code, "{status}");
+        }
+        assert_eq!((code_of_http_status(500), code_of_http_status(302)), (2, 2));
     }
 }

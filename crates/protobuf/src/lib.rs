@@ -18,7 +18,7 @@ use miette::Diagnostic;
 use prost_reflect::{DescriptorPool, ServiceDescriptor};
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
-pub use grpc::{frame, http_status, status_name, Deframer, FrameError};
+pub use grpc::{code_of_http_status, frame, http_status, status_name, Deframer, FrameError};
 pub use http_rule::{Binding, Bound, RuleError};
 pub use json::{set_param, Codec, JsonError, OptionError};
 pub use prost_reflect::{MessageDescriptor, MethodDescriptor};
