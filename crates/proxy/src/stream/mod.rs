@@ -1,8 +1,9 @@
 //! The L4 proxy: a connection to a stream listener is matched to a stream route (by the
-//! address and port it reached, the client's address and, on a TLS listener, the server name),
-//! passes the route's `ip-restriction` and `limit-conn`, and is relayed byte for byte to a
-//! node of the route's upstream, tried in turn (balancer, health checks, retries) until one
-//! connects.
+//! address and port it reached, the client's address and the TLS server name: the handshake's
+//! on a listener that terminates TLS, else the ClientHello's, read and replayed), passes the
+//! route's `ip-restriction` and `limit-conn`, and is relayed byte for byte to a node of the
+//! route's upstream, tried in turn (balancer, health checks, retries) until one connects. A
+//! route of the framed protocol serves the connection's frames instead ([`frames`]).
 //!
 //! Each connection is one access log line, in the HTTP lines' shape: method `TCP`, the server
 //! name as host, nginx's stream statuses (200 relayed, 403 refused by `ip-restriction`, 404 no
