@@ -302,7 +302,10 @@ fn frames_pass_as_bytes_with_their_header_fields_as_headers() {
     );
 
     let got = backend.last();
-    assert_eq!((got.method.as_str(), got.target.as_str()), ("POST", "/im/raw"));
+    assert_eq!(
+        (got.method.as_str(), got.target.as_str()),
+        ("POST", "/im/raw")
+    );
     assert_eq!(got.body, b"\x00\xffabc");
     let headers = [
         ("host", "im.internal"),
@@ -415,7 +418,11 @@ fn im_backend() -> Upstream {
 fn bodies_convert_to_and_from_json_with_a_proto_from_the_admin_api() {
     let backend = im_backend();
     let (pylon, addr) = admin_node();
-    let res = put(&pylon, "/apisix/admin/protos/im", &json!({"content": IM_PROTO}));
+    let res = put(
+        &pylon,
+        "/apisix/admin/protos/im",
+        &json!({"content": IM_PROTO}),
+    );
     assert!(res.status < 300, "{}", res.text());
     let route = http_route("send", "/im/send", &backend, json!({}));
     let res = put(&pylon, "/apisix/admin/routes/send", &route);
@@ -487,6 +494,22 @@ fn bodies_convert_to_and_from_json_with_a_proto_from_the_admin_api() {
     wait_frame_metrics(&pylon, &[(&errors("call_failed"), 3.0)]);
 }
 
+#[test]
+fn a_standalone_file_naming_a_message_its_proto_lacks_is_refused() {
+    let commands = json!({"4097": {"uri": "/im/send", "proto_id": "im",
+                                   "request": "im.SendReq", "response": "im.Sent"}});
+    let doc = json!({
+        "protos": [{"id": "im", "content": IM_PROTO}],
+        "stream_routes": [{"id": "im", "protocol": protocol(commands, json!({}))}],
+    });
+    let (code, _, stderr) = support::validate(&doc.to_string());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stream_routes[0].protocol.conf.commands.4097.response: message `im.Sent` is not defined in proto `im`"),
+        "{stderr}"
+    );
+}
+
 /// A client on a frames route once it is served: a new stream route takes effect when the
 /// configuration is published, which a client sees as answers instead of a closed connection.
 fn served(addr: SocketAddr) -> FrameClient {
@@ -552,7 +575,11 @@ fn frames_in_flight_are_answered_as_their_calls_end() {
     );
     let mut client = FrameClient::connect(addr);
     for sequence in 1..=4u32 {
-        client.send(&Frame::new(4099, sequence, format!("call {sequence}").as_bytes()));
+        client.send(&Frame::new(
+            4099,
+            sequence,
+            format!("call {sequence}").as_bytes(),
+        ));
     }
     wait_until(
         || backend.request_count() == 4,
@@ -590,7 +617,10 @@ fn the_http_routes_plugins_apply_to_frames() {
         .iter()
         .find(|line| line["client_ip"] == "127.0.0.3")
         .unwrap_or_else(|| panic!("no line for the refused frame in {lines:?}"));
-    assert_eq!((&refused["uri"], &refused["status"]), (&json!("/im/raw"), &json!(403)));
+    assert_eq!(
+        (&refused["uri"], &refused["status"]),
+        (&json!("/im/raw"), &json!(403))
+    );
 }
 
 // === errors ===
@@ -614,7 +644,11 @@ fn failed_calls_and_unknown_commands_get_their_error_frames() {
     client.send(&Frame::new(4099, 1, b"fail"));
     assert_eq!(client.answer(), Frame::error(ON_ERROR, 1), "a 500");
     client.send(&Frame::new(4100, 2, b""));
-    assert_eq!(client.answer(), Frame::error(ON_ERROR, 2), "no HTTP route: 404");
+    assert_eq!(
+        client.answer(),
+        Frame::error(ON_ERROR, 2),
+        "no HTTP route: 404"
+    );
     client.send(&Frame::new(777, 3, b""));
     assert_eq!(client.answer(), Frame::error(UNKNOWN_COMMAND, 3));
     client.send(&Frame::new(4099, 4, b"fine"));

@@ -483,10 +483,12 @@ fn stream_protocol_errors(resource: &Value, protos: &Protos) -> Vec<FieldError> 
         return Vec::new();
     }
     let conf = protocol.get("conf").cloned().unwrap_or(Value::Null);
-    let checked = FramesConfig::from_json(&conf).map_err(|e| vec![e]).and_then(|config| {
-        pylon_frames::Protocol::new(&config)?;
-        frame_messages(&config, protos).map(drop)
-    });
+    let checked = FramesConfig::from_json(&conf)
+        .map_err(|e| vec![e])
+        .and_then(|config| {
+            pylon_frames::Protocol::new(&config)?;
+            frame_messages(&config, protos).map(drop)
+        });
     checked
         .err()
         .into_iter()
@@ -728,9 +730,7 @@ mod tests {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
         };
-        let send = |proto: &str, request: &str, response: &str| {
-            json!({"uri": "/im/send", "proto_id": proto, "request": request, "response": response})
-        };
+        let send = |proto: &str, request: &str, response: &str| json!({"uri": "/im/send", "proto_id": proto, "request": request, "response": response});
         assert_eq!(
             check(send("im", "im.SendReq", "im.SendResp")),
             Vec::<String>::new()
@@ -749,11 +749,16 @@ mod tests {
         let broken = check(send("broken", "im.SendReq", "im.SendResp"));
         assert_eq!(broken.len(), 1);
         assert!(
-            broken[0].starts_with("protocol.conf.commands.4097.proto_id: proto `broken` does not compile: "),
+            broken[0].starts_with(
+                "protocol.conf.commands.4097.proto_id: proto `broken` does not compile: "
+            ),
             "{broken:?}"
         );
 
-        let config = FramesConfig::from_json(&route(send("im", "im.SendReq", "im.SendResp"))["protocol"]["conf"]).unwrap();
+        let config = FramesConfig::from_json(
+            &route(send("im", "im.SendReq", "im.SendResp"))["protocol"]["conf"],
+        )
+        .unwrap();
         let messages = frame_messages(&config, &protos).unwrap();
         assert_eq!(messages.len(), 1, "the raw command has no messages");
         let (id, found) = &messages[0];

@@ -997,13 +997,14 @@ mod tests {
         let v1 = versions.change(&[(stream.clone(), Some(frames))]);
         assert!(v1.stream.is_empty(), "no proto: not served");
 
-        let content = |sent: &str| {
-            json!({"content": format!("syntax = \"proto3\"; package im; message Send {{}} message {sent} {{}}")})
-        };
+        let content = |sent: &str| json!({"content": format!("syntax = \"proto3\"; package im; message Send {{}} message {sent} {{}}")});
         let v2 = versions.change(&[(proto.clone(), Some(content("Other")))]);
         assert!(v2.stream.is_empty(), "no `im.Sent`: not served");
         let v3 = versions.change(&[(proto.clone(), Some(content("Sent")))]);
-        assert!(!v3.stream.is_empty(), "a proto change compiles the stream routes");
+        assert!(
+            !v3.stream.is_empty(),
+            "a proto change compiles the stream routes"
+        );
         let v4 = versions.change(&[(proto, None)]);
         assert!(v4.stream.is_empty());
     }

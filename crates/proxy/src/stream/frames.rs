@@ -203,8 +203,9 @@ impl Dispatcher for Calls<'_> {
             return Err(failed(&format_args!("answered {}", answer.status)));
         }
         let body = match messages {
-            Some(messages) => encode_answer(&self.frames.codec, messages, &answer.body)
-                .map_err(|e| failed(&e))?,
+            Some(messages) => {
+                encode_answer(&self.frames.codec, messages, &answer.body).map_err(|e| failed(&e))?
+            }
             None => answer.body,
         };
         Ok(Frame { body, ..frame })
