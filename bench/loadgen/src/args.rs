@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Options that take no value.
-const FLAGS: [&str; 1] = ["resume"];
+const FLAGS: [&str; 2] = ["resume", "reconnect"];
 
 pub struct Args {
     values: HashMap<String, String>,

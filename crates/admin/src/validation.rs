@@ -64,12 +64,16 @@ pub(crate) fn check_write(
     }
 }
 
-/// The protos the resource's plugins name (`proto_id`, for gRPC transcoding), compiled for
-/// their checks.
+/// The protos the resource names (`proto_id`: its plugins', for gRPC transcoding, and a
+/// framed-protocol stream route's commands'), compiled for their checks.
 fn referenced_protos(view: &View, value: &Value) -> Protos {
     let plugins = value.get("plugins").and_then(Value::as_object);
+    let commands = value
+        .pointer("/protocol/conf/commands")
+        .and_then(Value::as_object);
     let sources: Vec<(String, &str)> = plugins
         .into_iter()
+        .chain(commands)
         .flatten()
         .filter_map(|(_, config)| references::id_text(config.get("proto_id")?))
         .filter_map(|id| {

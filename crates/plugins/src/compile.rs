@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use pylon_frames::FramesConfig;
 use pylon_model::{Config, FieldError, Key, Kind, Route, FRAMES_PROTOCOL};
 use pylon_plugin::{Chain, ChainBuilder, Consumer, Entry, Meta};
+use pylon_protobuf::MessageDescriptor;
 use serde_json::{Map, Value};
 
 use crate::catalog::find;
@@ -100,6 +102,12 @@ impl CompiledPlugins {
             self.global = global_chain(config, &self.env, &mut errors);
         }
         errors
+    }
+
+    /// The compiled `protos` the plugins read: framed-protocol stream routes take their
+    /// message types from them too.
+    pub fn protos(&self) -> &Protos {
+        &self.env.protos
     }
 
     /// A route's chain: its service's plugins, then its plugin config's, then its own, a
@@ -424,7 +432,7 @@ pub fn check_resource(kind: Kind, resource: &Value, protos: &Protos) -> Vec<Fiel
     }
     let mut errors = Vec::new();
     if kind == Kind::StreamRoutes {
-        errors.extend(stream_protocol_errors(resource));
+        errors.extend(stream_protocol_errors(resource, protos));
     }
     let Some(plugins) = resource.get("plugins").and_then(Value::as_object) else {
         return errors;
@@ -470,8 +478,8 @@ pub fn check_resource(kind: Kind, resource: &Value, protos: &Protos) -> Vec<Fiel
 }
 
 /// A stream route's `protocol.conf`, checked as its protocol reads it (the name itself is the
-/// model's to check).
-fn stream_protocol_errors(resource: &Value) -> Vec<FieldError> {
+/// model's to check), its commands' message types looked up in `protos`.
+fn stream_protocol_errors(resource: &Value, protos: &Protos) -> Vec<FieldError> {
     let Some(protocol) = resource.get("protocol") else {
         return Vec::new();
     };
@@ -479,12 +487,74 @@ fn stream_protocol_errors(resource: &Value) -> Vec<FieldError> {
         return Vec::new();
     }
     let conf = protocol.get("conf").cloned().unwrap_or(Value::Null);
-    let errors = pylon_frames::Protocol::from_json(&conf).err();
-    errors
+    let checked = FramesConfig::from_json(&conf)
+        .map_err(|e| vec![e])
+        .and_then(|config| {
+            pylon_frames::Protocol::new(&config)?;
+            frame_messages(&config, protos).map(drop)
+        });
+    checked
+        .err()
         .into_iter()
         .flatten()
         .map(|e| e.within("protocol.conf"))
         .collect()
+}
+
+/// The message types of a framed-protocol command's bodies: its frame's body is a `request`,
+/// the answer frame's a `response`.
+#[derive(Debug, Clone)]
+pub struct FrameMessages {
+    pub request: MessageDescriptor,
+    pub response: MessageDescriptor,
+}
+
+/// The message types of each command of `config` that names a proto, by command id, looked
+/// up in `protos`; errors have paths relative to `protocol.conf`
+/// (`commands.4097.request: ...`). `config` is valid (see [`FramesConfig::validate`]).
+pub fn frame_messages(
+    config: &FramesConfig,
+    protos: &Protos,
+) -> Result<Vec<(u64, FrameMessages)>, Vec<FieldError>> {
+    let mut resolved = Vec::new();
+    let mut errors = Vec::new();
+    for (id, command) in &config.commands {
+        let (Some(proto_id), Some(request), Some(response), Ok(number)) = (
+            &command.proto_id,
+            &command.request,
+            &command.response,
+            id.parse::<u64>(),
+        ) else {
+            continue;
+        };
+        let at = |field: &str| format!("commands.{id}.{field}");
+        let schema = match protos.schema(proto_id, &at("proto_id")) {
+            Ok(schema) => schema,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let message = |field: &str, name: &str| {
+            schema.message(name).ok_or_else(|| {
+                FieldError::new(
+                    at(field),
+                    format!("message `{name}` is not defined in proto `{proto_id}`"),
+                )
+            })
+        };
+        match (message("request", request), message("response", response)) {
+            (Ok(request), Ok(response)) => {
+                resolved.push((number, FrameMessages { request, response }));
+            }
+            (request, response) => errors.extend(request.err().into_iter().chain(response.err())),
+        }
+    }
+    if errors.is_empty() {
+        Ok(resolved)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The plugins a stream route runs: on a connection, not on HTTP requests.
@@ -641,5 +711,63 @@ mod tests {
         entries.remove(1);
         compiled.update(&config_with(&entries), &[service("2")]);
         assert!(!compiled.shared.contains_key(&service("2")));
+    }
+
+    #[test]
+    fn a_frames_route_names_messages_of_an_existing_proto() {
+        let im = "syntax = \"proto3\";\npackage im;\nmessage SendReq { string text = 1; }\nmessage SendResp { uint64 id = 1; }\n";
+        let protos = Protos::from_entries([("im", im), ("broken", "message {")], Protos::none());
+        let route = |command: Value| {
+            json!({"protocol": {"name": "pylon-frames", "conf": {
+                "layout": {
+                    "start": "09", "end": "0a", "header_length": 8,
+                    "body_length": {"offset": 0, "width": 4},
+                    "command": {"offset": 4, "width": 2},
+                    "sequence": {"offset": 6, "width": 2}
+                },
+                "commands": {"4097": command, "4098": {"uri": "/raw"}}
+            }}})
+        };
+        let check = |command: Value| {
+            check_resource(Kind::StreamRoutes, &route(command), &protos)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        let send = |proto: &str, request: &str, response: &str| json!({"uri": "/im/send", "proto_id": proto, "request": request, "response": response});
+        assert_eq!(
+            check(send("im", "im.SendReq", "im.SendResp")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check(send("im", "im.Nope", "SendResp")),
+            [
+                "protocol.conf.commands.4097.request: message `im.Nope` is not defined in proto `im`",
+                "protocol.conf.commands.4097.response: message `SendResp` is not defined in proto `im`",
+            ]
+        );
+        assert_eq!(
+            check(send("chat", "im.SendReq", "im.SendResp")),
+            ["protocol.conf.commands.4097.proto_id: proto `chat` does not exist"]
+        );
+        let broken = check(send("broken", "im.SendReq", "im.SendResp"));
+        assert_eq!(broken.len(), 1);
+        assert!(
+            broken[0].starts_with(
+                "protocol.conf.commands.4097.proto_id: proto `broken` does not compile: "
+            ),
+            "{broken:?}"
+        );
+
+        let config = FramesConfig::from_json(
+            &route(send("im", "im.SendReq", "im.SendResp"))["protocol"]["conf"],
+        )
+        .unwrap();
+        let messages = frame_messages(&config, &protos).unwrap();
+        assert_eq!(messages.len(), 1, "the raw command has no messages");
+        let (id, found) = &messages[0];
+        assert_eq!(*id, 4097);
+        assert_eq!(found.request.full_name(), "im.SendReq");
+        assert_eq!(found.response.full_name(), "im.SendResp");
     }
 }

@@ -68,8 +68,8 @@ mod waf;
 pub use batch::ShipCounts;
 pub use catalog::{find, CATALOG};
 pub use compile::{
-    builds_every_plugin, check, check_config, check_resource, secret_pointers, CompiledPlugins,
-    STREAM_PLUGINS,
+    builds_every_plugin, check, check_config, check_resource, frame_messages, secret_pointers,
+    CompiledPlugins, FrameMessages, STREAM_PLUGINS,
 };
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};

@@ -46,8 +46,8 @@ pub(crate) struct Compiler {
     /// Upstream slots given back, for reuse; `next_slot` is the first never given out.
     free_slots: Vec<usize>,
     next_slot: usize,
-    /// The stream routes, compiled as a whole whenever one of them, an upstream or a
-    /// service changes (they are few).
+    /// The stream routes, compiled as a whole whenever one of them, an upstream, a service
+    /// or a proto changes (they are few).
     stream: Arc<StreamTable>,
     /// The upstreams the stream routes use, by the user name they hold them under.
     stream_upstreams: Vec<(String, String)>,
@@ -168,10 +168,11 @@ impl Compiler {
             self.certificates = Arc::new(SniTable::compile(&config.ssls, &self.tls));
         }
         self.recompile(config, affected, &mut not_served);
+        // Frames routes take their message types from the protos.
         let streams_touched = changed.iter().any(|key| {
             matches!(
                 key.kind,
-                Kind::StreamRoutes | Kind::Upstreams | Kind::Services
+                Kind::StreamRoutes | Kind::Upstreams | Kind::Services | Kind::Protos
             )
         });
         if streams_touched && !(config.stream_routes.is_empty() && self.stream.is_empty()) {
@@ -295,7 +296,8 @@ impl Compiler {
             None => None,
         };
         let (key, target) = upstream.unzip();
-        match StreamTarget::new(id, route, target, connect_timeout, limit) {
+        let protos = self.plugins.protos();
+        match StreamTarget::new(id, route, target, connect_timeout, limit, protos) {
             Ok(target) => Ok((target, key)),
             Err(e) => {
                 if let Some(key) = &key {
@@ -975,6 +977,36 @@ mod tests {
         assert!(versions.compiler.upstreams.is_empty());
         let v3 = versions.change(&[(route("s"), Some(inline(2)))]);
         assert_eq!(upstream_of(&v3, "/a").slot, slot);
+    }
+
+    #[test]
+    fn a_frames_route_is_served_once_its_proto_defines_its_messages() {
+        let mut versions = Versions::new();
+        let stream = Key::new(Kind::StreamRoutes, "im");
+        let proto = Key::new(Kind::Protos, "im");
+        let frames = json!({"protocol": {"name": "pylon-frames", "conf": {
+            "layout": {
+                "header_length": 8,
+                "body_length": {"offset": 0, "width": 4},
+                "command": {"offset": 4, "width": 2},
+                "sequence": {"offset": 6, "width": 2}
+            },
+            "commands": {"1": {"uri": "/send", "proto_id": "im",
+                               "request": "im.Send", "response": "im.Sent"}}
+        }}});
+        let v1 = versions.change(&[(stream.clone(), Some(frames))]);
+        assert!(v1.stream.is_empty(), "no proto: not served");
+
+        let content = |sent: &str| json!({"content": format!("syntax = \"proto3\"; package im; message Send {{}} message {sent} {{}}")});
+        let v2 = versions.change(&[(proto.clone(), Some(content("Other")))]);
+        assert!(v2.stream.is_empty(), "no `im.Sent`: not served");
+        let v3 = versions.change(&[(proto.clone(), Some(content("Sent")))]);
+        assert!(
+            !v3.stream.is_empty(),
+            "a proto change compiles the stream routes"
+        );
+        let v4 = versions.change(&[(proto, None)]);
+        assert!(v4.stream.is_empty());
     }
 
     /// An upstream, comparably: its key and nodes.

@@ -18,7 +18,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::recorder::{LATENCY_BUCKETS, REFUSALS, STREAM_STATUSES};
-use super::scrape::{HistogramTotals, StatusLabels, Totals, TrafficLabels};
+use super::scrape::{HistogramTotals, StatusLabels, Totals, TrafficLabels, FRAME_ERRORS};
 use crate::health::NodeHealthReport;
 use pylon_plugins::RedisStatus;
 
@@ -160,6 +160,25 @@ impl Collector for TrafficCollector {
         let directions = ["from_client", "from_upstream"];
         for (direction, bytes) in directions.into_iter().zip(totals.stream_bytes) {
             counter_sample(metric.encode_family(&[("direction", direction)])?, bytes)?;
+        }
+
+        let mut metric = encoder.encode_descriptor(
+            "pylon_frames",
+            "Frames of the framed-protocol stream routes, by direction: read from clients, written to them (answers, error frames, pushed frames)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, count) in ["in", "out"].into_iter().zip(totals.frames) {
+            counter_sample(metric.encode_family(&[("direction", direction)])?, count)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "pylon_frames_errors",
+            "What went wrong on framed-protocol connections, by reason: a bad frame (missing_start, bad_end, too_long, bad_length, truncated), an unknown_command, a call_failed, a client timeout, calls abandoned at close",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in FRAME_ERRORS.iter().zip(totals.frame_errors) {
+            counter_sample(metric.encode_family(&[("reason", *reason)])?, count)?;
         }
         Ok(())
     }

@@ -4,7 +4,39 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use pylon_frames::CounterValues;
+
 use super::recorder::{Histogram, WorkerCounters, LATENCY_BUCKETS, REFUSALS, STREAM_STATUSES};
+
+/// What goes wrong on framed-protocol connections, as counted: bad frames by kind (each
+/// closes its connection), frames of unknown commands, calls without an answer, clients
+/// timed out, and calls abandoned when a closing connection's grace period ended.
+pub(crate) const FRAME_ERRORS: [&str; 9] = [
+    "missing_start",
+    "bad_end",
+    "too_long",
+    "bad_length",
+    "truncated",
+    "unknown_command",
+    "call_failed",
+    "timeout",
+    "abandoned",
+];
+
+/// A worker's frames counts by the index of [`FRAME_ERRORS`].
+fn frame_errors(counts: &CounterValues) -> [u64; FRAME_ERRORS.len()] {
+    [
+        counts.missing_start,
+        counts.bad_end,
+        counts.too_long,
+        counts.bad_length,
+        counts.truncated,
+        counts.unknown_commands,
+        counts.dispatch_errors,
+        counts.timeouts,
+        counts.abandoned,
+    ]
+}
 
 /// Every worker's counters: what the metrics listener reads. Cheap to clone.
 #[derive(Clone, Default)]
@@ -23,6 +55,10 @@ pub(crate) struct Totals {
     pub stream_connections: [u64; STREAM_STATUSES.len()],
     /// From clients, from upstreams.
     pub stream_bytes: [u64; 2],
+    /// Frames the framed-protocol connections read, and wrote.
+    pub frames: [u64; 2],
+    /// By the index of [`FRAME_ERRORS`].
+    pub frame_errors: [u64; FRAME_ERRORS.len()],
     /// `apisix_http_status`: requests by all their labels.
     pub statuses: BTreeMap<StatusLabels, u64>,
     /// `apisix_http_latency` and `apisix_bandwidth`, whose labels leave out the status and
@@ -109,6 +145,12 @@ impl Traffic {
             }
             for (total, bytes) in totals.stream_bytes.iter_mut().zip(&worker.stream_bytes) {
                 *total += bytes.get();
+            }
+            let frames = worker.frames.read();
+            totals.frames[0] += frames.frames_in;
+            totals.frames[1] += frames.frames_out;
+            for (total, count) in totals.frame_errors.iter_mut().zip(frame_errors(&frames)) {
+                *total += count;
             }
             for series in worker.series() {
                 let labels = &series.labels;

@@ -10,8 +10,11 @@
 //!
 //! The frame's body is the request body (`application/x-protobuf`), and the answer's body is
 //! the answer frame's; the command, sequence id and header fields travel as `X-Frame-*`
-//! headers for the routes to match and log. A status outside 2xx is a failed call: the client
-//! gets the protocol's `on_error` frame.
+//! headers for the routes to match and log. A command that names a proto's message types
+//! converts instead: its frame's body, a `request` message, is sent as JSON
+//! (`application/json`), and the JSON answer is encoded as a `response` message. A status
+//! outside 2xx, a body that is not a `request` or an answer that is not a `response` is a
+//! failed call: the client gets the protocol's `on_error` frame.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -19,7 +22,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use pylon_frames::{CommandRoute, Connection, DispatchError, Dispatcher, Frame, Protocol};
+use pylon_frames::{
+    CommandRoute, Connection, DispatchError, Dispatcher, Frame, FramesConfig, Protocol,
+};
+use pylon_model::FieldError;
+use pylon_plugins::{frame_messages, FrameMessages, Protos};
+use pylon_protobuf::Codec;
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 
 use crate::downstream::h1;
@@ -34,18 +43,51 @@ const MAX_HEAD: usize = 64 * 1024;
 /// An answer bigger than this cannot be a frame's body.
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
+/// A frames route's protocol, compiled with the message types its commands' bodies are.
+pub(crate) struct Frames {
+    protocol: Protocol,
+    /// By command id, sorted: the commands whose bodies convert to and from JSON.
+    messages: Box<[(u64, FrameMessages)]>,
+    codec: Codec,
+}
+
+impl Frames {
+    /// Compiles `protocol.conf`, taking message types from `protos`; errors have paths
+    /// relative to it.
+    pub(crate) fn new(conf: &Value, protos: &Protos) -> Result<Frames, Vec<FieldError>> {
+        let config = FramesConfig::from_json(conf).map_err(|e| vec![e])?;
+        let protocol = Protocol::new(&config)?;
+        let mut messages = frame_messages(&config, protos)?;
+        messages.sort_unstable_by_key(|(id, _)| *id);
+        Ok(Frames {
+            protocol,
+            messages: messages.into_boxed_slice(),
+            codec: Codec::default(),
+        })
+    }
+
+    fn messages(&self, command: u64) -> Option<&FrameMessages> {
+        let index = (self.messages)
+            .binary_search_by_key(&command, |(id, _)| *id)
+            .ok()?;
+        Some(&self.messages[index].1)
+    }
+}
+
 /// Serves one connection of a frames route until it ends.
 pub(crate) async fn serve<IO>(
     worker: &Rc<Worker>,
     io: IO,
-    protocol: &Protocol,
+    frames: &Frames,
     client: SocketAddr,
     local: SocketAddr,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let protocol = &frames.protocol;
     let calls = Calls {
         worker: worker.clone(),
+        frames,
         client,
         local,
         idle: RefCell::default(),
@@ -64,8 +106,9 @@ pub(crate) async fn serve<IO>(
 }
 
 /// The HTTP calls of one frames connection.
-struct Calls {
+struct Calls<'a> {
     worker: Rc<Worker>,
+    frames: &'a Frames,
     client: SocketAddr,
     local: SocketAddr,
     /// In-process HTTP/1.1 connections between calls.
@@ -80,7 +123,7 @@ struct Pipe {
     buf: BytesMut,
 }
 
-impl Calls {
+impl Calls<'_> {
     /// A new in-process connection, served by the worker's HTTP/1 codec like any client's.
     fn open(&self) -> Pipe {
         let (ours, theirs) = tokio::io::duplex(PIPE);
@@ -98,15 +141,23 @@ impl Calls {
         }
     }
 
-    fn request(&self, route: &CommandRoute, frame: &Frame) -> Vec<u8> {
+    /// The HTTP request `frame` becomes, with `body` (the frame's, or its JSON) of
+    /// `content_type`.
+    fn request(
+        &self,
+        route: &CommandRoute,
+        frame: &Frame,
+        content_type: &str,
+        body: &[u8],
+    ) -> Vec<u8> {
         let mut head = String::with_capacity(256);
         let host = route.host.as_deref().unwrap_or("frames");
         let _ = write!(
             head,
-            "{} {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nX-Frame-Command: {}\r\nX-Frame-Sequence: {}\r\n",
+            "{} {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nX-Frame-Command: {}\r\nX-Frame-Sequence: {}\r\n",
             route.method,
             route.uri,
-            frame.body.len(),
+            body.len(),
             frame.command,
             frame.sequence,
         );
@@ -115,33 +166,63 @@ impl Calls {
         }
         head.push_str("\r\n");
         let mut request = head.into_bytes();
-        request.extend_from_slice(&frame.body);
+        request.extend_from_slice(body);
         request
     }
-}
 
-impl Dispatcher for Calls {
-    async fn dispatch(&self, route: &CommandRoute, frame: Frame) -> Result<Frame, DispatchError> {
+    /// Sends `request` on an in-process connection and reads the whole answer.
+    async fn exchange(&self, request: &[u8], method: &str) -> std::io::Result<Answer> {
         let pipe = self.idle.borrow_mut().pop();
         let mut pipe = pipe.unwrap_or_else(|| self.open());
-        let request = self.request(route, &frame);
-        let failed =
-            |e: &dyn std::fmt::Display| DispatchError::Failed(format!("{}: {e}", route.uri));
-        pipe.io.write_all(&request).await.map_err(|e| failed(&e))?;
-        let answer = read_answer(&mut pipe, &route.method)
-            .await
-            .map_err(|e| failed(&e))?;
+        pipe.io.write_all(request).await?;
+        let answer = read_answer(&mut pipe, method).await?;
         if answer.keep_alive {
             self.idle.borrow_mut().push(pipe);
         }
+        Ok(answer)
+    }
+}
+
+impl Dispatcher for Calls<'_> {
+    async fn dispatch(&self, route: &CommandRoute, frame: Frame) -> Result<Frame, DispatchError> {
+        let failed =
+            |e: &dyn std::fmt::Display| DispatchError::Failed(format!("{}: {e}", route.uri));
+        let messages = self.frames.messages(frame.command);
+        let request = match messages {
+            Some(messages) => {
+                let mut json = Vec::with_capacity(frame.body.len() * 2);
+                (self.frames.codec)
+                    .decode(&messages.request, &frame.body, &mut json)
+                    .map_err(|e| failed(&e))?;
+                self.request(route, &frame, "application/json", &json)
+            }
+            None => self.request(route, &frame, "application/x-protobuf", &frame.body),
+        };
+        let answer = (self.exchange(&request, &route.method).await).map_err(|e| failed(&e))?;
         if !(200..300).contains(&answer.status) {
             return Err(failed(&format_args!("answered {}", answer.status)));
         }
-        Ok(Frame {
-            body: answer.body,
-            ..frame
-        })
+        let body = match messages {
+            Some(messages) => {
+                encode_answer(&self.frames.codec, messages, &answer.body).map_err(|e| failed(&e))?
+            }
+            None => answer.body,
+        };
+        Ok(Frame { body, ..frame })
     }
+}
+
+/// A JSON answer as a `response` message; an empty one is the empty message.
+fn encode_answer(codec: &Codec, messages: &FrameMessages, json: &[u8]) -> Result<Bytes, String> {
+    if json.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let value: Value =
+        serde_json::from_slice(json).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    let wire = codec
+        .encode(&messages.response, &value)
+        .map_err(|e| format!("the answer: {e}"))?;
+    Ok(Bytes::from(wire))
 }
 
 struct Answer {

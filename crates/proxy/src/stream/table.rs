@@ -6,12 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pylon_frames::Protocol;
 use pylon_model::{FieldError, ProxyProtocolVersion, StreamRoute};
-use pylon_plugins::{stream_conn_key, IpSet, StreamConnKey};
+use pylon_plugins::{stream_conn_key, IpSet, Protos, StreamConnKey};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::frames::Frames;
 use crate::snapshot::UpstreamTarget;
 
 /// The stream routes, most specific first: a route with more conditions is tried before one
@@ -38,7 +38,7 @@ pub(crate) struct StreamTarget {
     /// Where the bytes go; `None` on a route whose connections speak frames.
     pub upstream: Option<Arc<UpstreamTarget>>,
     /// The framed protocol its connections speak (`protocol: pylon-frames`).
-    pub frames: Option<Arc<Protocol>>,
+    pub frames: Option<Arc<Frames>>,
     pub connect_timeout: Duration,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     pub access: Option<Access>,
@@ -73,18 +73,19 @@ impl StreamTable {
 }
 
 impl StreamTarget {
-    /// `upstream`, `connect_timeout` and `limit` are the compiler's; the rest is the route's
-    /// own.
+    /// `upstream`, `connect_timeout` and `limit` are the compiler's, and `protos` the
+    /// version's, where a frames route's message types are; the rest is the route's own.
     pub(crate) fn new(
         id: &str,
         route: &StreamRoute,
         upstream: Option<Arc<UpstreamTarget>>,
         connect_timeout: Duration,
         limit: Option<Arc<ConnLimit>>,
+        protos: &Protos,
     ) -> Result<StreamTarget, FieldError> {
         let frames = match &route.protocol {
             Some(protocol) => {
-                let compiled = Protocol::from_json(&protocol.conf).map_err(|errors| {
+                let compiled = Frames::new(&protocol.conf, protos).map_err(|errors| {
                     let first = errors.into_iter().next();
                     first.map_or_else(
                         || FieldError::new("protocol.conf", "invalid"),
