@@ -37,16 +37,7 @@ pub async fn run(addr: &str, args: &Args) -> Result<String, String> {
             failure
         });
     }
-    let counts = window.close().await;
-    let first_error = std::iter::from_fn(|| tasks.try_join_next())
-        .find_map(|r| r.ok().flatten())
-        .unwrap_or_else(|| "none".to_owned());
-    Ok(format!(
-        "rate={:.1} done={} errors={} first_error={first_error:?}",
-        window.rate(),
-        counts.done.load(std::sync::atomic::Ordering::Relaxed),
-        counts.errors.load(std::sync::atomic::Ordering::Relaxed),
-    ))
+    Ok(window.report(tasks).await)
 }
 
 fn frame(out: &mut Vec<u8>, command: u16, sequence: u32, body: &[u8]) {

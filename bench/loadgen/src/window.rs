@@ -69,4 +69,19 @@ impl Window {
     pub fn rate(&self) -> f64 {
         self.counts.done.load(Ordering::Relaxed) as f64 / self.duration().as_secs_f64()
     }
+
+    /// Waits for the window to close, then reports on it and on `tasks`, the connections
+    /// (each ends with its failure, if any): `rate=.. done=.. errors=.. first_error=..`.
+    pub async fn report(&self, mut tasks: tokio::task::JoinSet<Option<String>>) -> String {
+        let counts = self.close().await;
+        let first_error = std::iter::from_fn(|| tasks.try_join_next())
+            .find_map(|r| r.ok().flatten())
+            .unwrap_or_else(|| "none".to_owned());
+        format!(
+            "rate={:.1} done={} errors={} first_error={first_error:?}",
+            self.rate(),
+            counts.done.load(Ordering::Relaxed),
+            counts.errors.load(Ordering::Relaxed),
+        )
+    }
 }

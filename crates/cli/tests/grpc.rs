@@ -5,13 +5,13 @@
 mod support;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use support::grpc_server::Method;
 use support::{closed_port, Pylon};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -45,28 +45,6 @@ fn echo(text: &str, count: u32) -> Echo {
 }
 
 // === the upstream: a tonic server written without codegen ===
-
-/// A gRPC method as a closure.
-#[derive(Clone)]
-struct Method<F>(F);
-
-impl<F, Req, Res, Fut> Service<Request<Req>> for Method<F>
-where
-    F: FnMut(Request<Req>) -> Fut,
-    Fut: Future<Output = Result<Response<Res>, Status>>,
-{
-    type Response = Response<Res>;
-    type Error = Status;
-    type Future = Fut;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Req>) -> Fut {
-        (self.0)(request)
-    }
-}
 
 type EchoStream = Pin<Box<dyn Stream<Item = Result<Echo, Status>> + Send>>;
 

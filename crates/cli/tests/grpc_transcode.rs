@@ -10,7 +10,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,9 +17,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::client::{admin, Response};
+use support::grpc_server::{Incoming, Method};
 use support::protocols::{call, PROTOCOLS};
 use support::{wait_until, Pylon};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::body::BoxBody;
 use tonic::codec::ProstCodec;
@@ -115,28 +115,6 @@ struct SlowRequest {
 /// Beyond 2^53: a JSON number would lose it in most clients.
 const BIG_CENTS: i64 = 9_007_199_254_740_993;
 
-/// A gRPC method as a closure.
-#[derive(Clone)]
-struct Method<F>(F);
-
-impl<F, Req, Res, Fut> Service<Request<Req>> for Method<F>
-where
-    F: FnMut(Request<Req>) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<Res>, Status>>,
-{
-    type Response = tonic::Response<Res>;
-    type Error = Status;
-    type Future = Fut;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Req>) -> Fut {
-        (self.0)(request)
-    }
-}
-
 #[derive(Clone)]
 struct Shop;
 
@@ -229,19 +207,6 @@ async fn slow(request: Request<SlowRequest>) -> Result<tonic::Response<Item>, St
     let millis = request.into_inner().millis;
     tokio::time::sleep(Duration::from_millis(millis.into())).await;
     Ok(tonic::Response::new(item("slow")))
-}
-
-/// Connections accepted by the test's listener.
-struct Incoming(TcpListener);
-
-impl Stream for Incoming {
-    type Item = std::io::Result<TcpStream>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0
-            .poll_accept(cx)
-            .map(|accepted| Some(accepted.map(|(stream, _)| stream)))
-    }
 }
 
 async fn start_shop() -> SocketAddr {

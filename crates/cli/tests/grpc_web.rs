@@ -8,7 +8,6 @@
 mod support;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,9 +19,10 @@ use bytes::Bytes;
 use prost::Message;
 use serde_json::{json, Value};
 use support::client::{admin, Conn, Response};
+use support::grpc_server::{Incoming, Method};
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::{wait_until, Pylon, WAIT};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tonic::body::BoxBody;
 use tonic::codec::ProstCodec;
@@ -55,28 +55,6 @@ struct CountRequest {
 fn note(text: &str) -> Note {
     Note {
         text: text.to_owned(),
-    }
-}
-
-/// A gRPC method as a closure.
-#[derive(Clone)]
-struct Method<F>(F);
-
-impl<F, Req, Res, Fut> Service<Request<Req>> for Method<F>
-where
-    F: FnMut(Request<Req>) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<Res>, Status>>,
-{
-    type Response = tonic::Response<Res>;
-    type Error = Status;
-    type Future = Fut;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Req>) -> Fut {
-        (self.0)(request)
     }
 }
 
@@ -159,19 +137,6 @@ async fn count(
     Ok(tonic::Response::new(
         Box::pin(ReceiverStream::new(rx)) as Notes
     ))
-}
-
-/// Connections accepted by the test's listener.
-struct Incoming(TcpListener);
-
-impl Stream for Incoming {
-    type Item = std::io::Result<TcpStream>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0
-            .poll_accept(cx)
-            .map(|accepted| Some(accepted.map(|(stream, _)| stream)))
-    }
 }
 
 async fn start_echo(release: Arc<Notify>) -> SocketAddr {

@@ -335,14 +335,6 @@ impl Http1<'_> {
     ) -> Result<Option<Bytes>, GatewayError> {
         let timeout = self.worker.limits.body_timeout;
         let io = &mut *self.io;
-        let arrived = |read: Result<usize, RelayError>| match read {
-            Ok(0) => Err(GatewayError::BadRequest),
-            Ok(_) => Ok(()),
-            Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                Err(GatewayError::RequestTimeout)
-            }
-            Err(_) => Err(GatewayError::BadRequest),
-        };
         let length = match self.framing {
             BodyFraming::None | BodyFraming::UntilClose => return Ok(Some(Bytes::new())),
             BodyFraming::Length(n) if n > limit as u64 => return Ok(None),
@@ -356,7 +348,7 @@ impl Http1<'_> {
         let body = match length {
             Some(n) => {
                 while io.buf.len() < n {
-                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
+                    body_arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
                 }
                 io.buf.split_to(n).freeze()
             }
@@ -376,7 +368,7 @@ impl Http1<'_> {
                     if scanner.is_done() {
                         break Bytes::from(body);
                     }
-                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
+                    body_arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
                 }
             }
         };
@@ -396,14 +388,6 @@ impl Http1<'_> {
         let limit = inspectors.limit();
         let timeout = self.worker.limits.body_timeout;
         let io = &mut *self.io;
-        let arrived = |read: Result<usize, RelayError>| match read {
-            Ok(0) => Err(GatewayError::BadRequest),
-            Ok(_) => Ok(()),
-            Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                Err(GatewayError::RequestTimeout)
-            }
-            Err(_) => Err(GatewayError::BadRequest),
-        };
         let wanted = match self.framing {
             BodyFraming::Length(n) => usize::try_from(n).unwrap_or(usize::MAX).min(limit),
             BodyFraming::Chunked => limit,
@@ -432,7 +416,7 @@ impl Http1<'_> {
                     if inspected == wanted {
                         return Ok(inspectors.finish(wanted, n == wanted as u64));
                     }
-                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
+                    body_arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
                 }
             }
             _ => {
@@ -451,7 +435,7 @@ impl Http1<'_> {
                     if scanner.is_done() || held >= limit {
                         return Ok(inspectors.finish(held, scanner.is_done()));
                     }
-                    arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
+                    body_arrived(read_more(&mut io.stream, &mut io.buf, timeout).await)?;
                 }
             }
         }
@@ -506,5 +490,18 @@ impl RequestFields for RequestLine<'_> {
     }
     fn head_length(&self) -> u64 {
         self.length
+    }
+}
+
+/// What a read of a request body came to: more bytes, or the error the client gets (a body
+/// cut short is a bad request, one that stopped coming a timeout).
+fn body_arrived(read: Result<usize, RelayError>) -> Result<(), GatewayError> {
+    match read {
+        Ok(0) => Err(GatewayError::BadRequest),
+        Ok(_) => Ok(()),
+        Err(RelayError::Source(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(GatewayError::RequestTimeout)
+        }
+        Err(_) => Err(GatewayError::BadRequest),
     }
 }
