@@ -207,8 +207,14 @@ mod tests {
         let udp_addr = udp.local_addr().unwrap();
         let mut own = Listeners::default();
         let groups = [
-            (Serves::http(false, false), OwnedFd::from(http.try_clone().unwrap())),
-            (Serves::http(true, false), OwnedFd::from(https.try_clone().unwrap())),
+            (
+                Serves::http(false, false),
+                OwnedFd::from(http.try_clone().unwrap()),
+            ),
+            (
+                Serves::http(true, false),
+                OwnedFd::from(https.try_clone().unwrap()),
+            ),
             (Serves::udp(), OwnedFd::from(udp.try_clone().unwrap())),
         ];
         for (serves, socket) in groups {
@@ -247,7 +253,10 @@ mod tests {
         copy.set_nonblocking(false).unwrap();
         let mut buf = [0u8; 16];
         let (n, from) = copy.recv_from(&mut buf).unwrap();
-        assert_eq!((&buf[..n], from), (&b"hello"[..], sender.local_addr().unwrap()));
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"hello"[..], sender.local_addr().unwrap())
+        );
 
         takeover.finish().unwrap();
         assert!(matches!(

@@ -191,7 +191,10 @@ impl ProxySettings {
             ("proxy.client_send_timeout", self.client_send_timeout),
             ("proxy.keepalive_timeout", self.keepalive_timeout),
             ("proxy.stream.idle_timeout", self.stream.idle_timeout),
-            ("proxy.stream.udp_idle_timeout", self.stream.udp_idle_timeout),
+            (
+                "proxy.stream.udp_idle_timeout",
+                self.stream.udp_idle_timeout,
+            ),
             (
                 "proxy.https.handshake_timeout",
                 self.https.handshake_timeout,

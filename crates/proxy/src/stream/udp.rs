@@ -29,6 +29,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
@@ -302,9 +303,19 @@ impl Relay<'_> {
                         }
                     }
                 }
-                readable = socket.readable() => {
-                    if readable.is_err() {
-                        return End::Broken;
+                // A refusal is an error on the socket, not data: wait for either.
+                ready = socket.ready(Interest::READABLE | Interest::ERROR) => {
+                    match ready {
+                        Ok(ready) if ready.is_error() => {
+                            return match socket.take_error() {
+                                Ok(Some(e)) if e.kind() == ErrorKind::ConnectionRefused => {
+                                    End::Refused
+                                }
+                                _ => End::Broken,
+                            };
+                        }
+                        Ok(_) => {}
+                        Err(_) => return End::Broken,
                     }
                     let datagram = {
                         let mut buf = self.peer.scratch.borrow_mut();
