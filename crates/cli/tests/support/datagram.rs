@@ -16,11 +16,14 @@ fn loopback() -> SocketAddr {
 /// How often the upstream's thread looks whether it should stop.
 const POLL: Duration = Duration::from_millis(50);
 
+/// Datagrams an upstream got, each with the address it came from, in the order they came.
+type Received = Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>;
+
 /// An upstream that answers every datagram with `<name>:<datagram>`.
 pub struct UdpEcho {
     pub addr: SocketAddr,
     pub name: String,
-    received: Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>,
+    received: Received,
     stopped: Arc<AtomicBool>,
 }
 
@@ -29,7 +32,7 @@ impl UdpEcho {
         let socket = UdpSocket::bind(loopback()).unwrap();
         socket.set_read_timeout(Some(POLL)).unwrap();
         let addr = socket.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
+        let received = Received::default();
         let stopped = Arc::new(AtomicBool::new(false));
         let (kept, stop, prefix) = (received.clone(), stopped.clone(), format!("{name}:"));
         std::thread::spawn(move || {
