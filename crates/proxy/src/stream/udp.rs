@@ -10,7 +10,7 @@
 //!
 //! A node whose port is closed answers with an ICMP "port unreachable", which the kernel
 //! reports on the connected socket as a refused connection. Until a node has answered, the
-//! session keeps what it sent it (up to [`MAX_KEPT`] datagrams) and, should it refuse, tries
+//! session keeps what it sent it (up to [`MAX_KEPT`] bytes) and, should it refuse, tries
 //! the next node with them as a connection would; a node that is silent is not a dead one
 //! (many UDP protocols never answer), so only a refusal counts against it.
 //!
@@ -36,15 +36,18 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use super::{admit, log, relay, Arrival, Session, StreamVars, Transport};
 use crate::attempts::{Attempts, Failure, UpstreamAnswer};
 use crate::error::GatewayError;
+use crate::snapshot::{UpstreamTarget, WorkerView};
 use crate::worker::Worker;
 
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
-/// Datagrams from a client waiting for its session to relay them; past this many, more are
-/// dropped, as a full socket buffer would drop them.
-const QUEUE: usize = 256;
-/// Datagrams a session keeps for the next node until its node answers.
-const MAX_KEPT: usize = 64;
+/// Datagrams from a client waiting for its session to relay them (it relays each as it comes,
+/// so they wait only while `limit-conn` delays the session); past this many, more are dropped,
+/// as a full socket buffer would drop them.
+const QUEUE: usize = 64;
+/// Bytes a session keeps for the next node until its node answers (the first datagram is
+/// always kept, whatever its size).
+const MAX_KEPT: usize = 64 * 1024;
 
 /// The sessions of one listener, by client address: where to pass each datagram on.
 type Sessions = Rc<RefCell<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
@@ -153,52 +156,63 @@ async fn session(worker: &Rc<Worker>, peer: Peer, local: SocketAddr, first: Byte
             }
         };
         // Routes without an upstream speak frames, over TCP only.
-        if let Some(upstream) = &route.upstream {
-            let vars = StreamVars(&arrival);
-            let mut attempts = Attempts::new(&view, upstream, &vars, "");
-            let mut relay = Relay {
-                worker,
-                peer,
-                kept: vec![first],
-                kept_all: true,
-                from_client: 0,
-                from_upstream: 0,
-                last: tokio::time::Instant::now(),
-            };
-            relay.from_client = relay.kept[0].len() as u64;
-            let opened = attempts
-                .run(true, async |_node, addr, _fresh| relay.open(addr).await)
-                .await;
-            match opened {
-                Ok(done) => {
-                    outcome.status = 200;
-                    outcome.upstream = done.node.addr;
-                    let end = match done.value {
-                        Opened::Answered(socket) => {
-                            outcome.connect_latency = Some(done.latency);
-                            relay.pump(&socket, false).await
-                        }
-                        Opened::Ended(end) => end,
-                    };
-                    outcome.failure = match end {
-                        End::Refused => Some("upstream_refused"),
-                        End::Broken => Some("connection_broken"),
-                        End::Answered | End::Quiet | End::Stopped => None,
-                    };
-                }
-                Err(gave_up) => {
-                    outcome.status = gave_up.error.status();
-                    outcome.upstream = gave_up.node.and_then(|n| n.addr);
-                    outcome.failure = Some("upstream_refused");
-                }
+        match &route.upstream {
+            Some(upstream) => {
+                let relay = Relay {
+                    worker,
+                    peer,
+                    from_client: first.len() as u64,
+                    from_upstream: 0,
+                    kept: vec![first],
+                    kept_all: true,
+                    last: tokio::time::Instant::now(),
+                };
+                relay_to(&view, upstream, &arrival, relay, &mut outcome).await;
             }
-            outcome.relayed.from_client = relay.from_client;
-            outcome.relayed.from_upstream = relay.from_upstream;
-        } else {
-            outcome.status = 502;
+            None => outcome.status = 502,
         }
     }
     log(worker, &arrival, started, &outcome);
+}
+
+/// Relays the session to a node of `upstream` that takes it, into `outcome`.
+async fn relay_to<'r>(
+    view: &WorkerView,
+    upstream: &UpstreamTarget,
+    arrival: &Arrival<'_>,
+    mut relay: Relay<'_>,
+    outcome: &mut Session<'r>,
+) {
+    let vars = StreamVars(arrival);
+    let mut attempts = Attempts::new(view, upstream, &vars, "");
+    let opened = attempts
+        .run(true, async |_node, addr, _fresh| relay.open(addr).await)
+        .await;
+    match opened {
+        Ok(done) => {
+            outcome.status = 200;
+            outcome.upstream = done.node.addr;
+            let end = match done.value {
+                Opened::Answered(socket) => {
+                    outcome.connect_latency = Some(done.latency);
+                    relay.pump(&socket, false).await
+                }
+                Opened::Ended(end) => end,
+            };
+            outcome.failure = match end {
+                End::Refused => Some("upstream_refused"),
+                End::Broken => Some("connection_broken"),
+                End::Answered | End::Quiet | End::Stopped => None,
+            };
+        }
+        Err(gave_up) => {
+            outcome.status = gave_up.error.status();
+            outcome.upstream = gave_up.node.and_then(|n| n.addr);
+            outcome.failure = gave_up.node.map(|_| "upstream_refused");
+        }
+    }
+    outcome.relayed.from_client = relay.from_client;
+    outcome.relayed.from_upstream = relay.from_upstream;
 }
 
 /// Datagrams moving between a client and a node.
@@ -295,8 +309,9 @@ impl Relay<'_> {
                         // Dropped, as a datagram may be.
                         Ok(_) | Err(_) => {}
                     }
-                    if trying {
-                        if self.kept.len() < MAX_KEPT {
+                    if trying && self.kept_all {
+                        let kept: usize = self.kept.iter().map(Bytes::len).sum();
+                        if kept + datagram.len() <= MAX_KEPT {
                             self.kept.push(datagram);
                         } else {
                             self.kept_all = false;
