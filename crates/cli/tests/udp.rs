@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 use support::client::get;
 use support::datagram::{refusing_port, UdpClient, UdpEcho};
+use support::stream::{exchange, EchoUpstream};
 use support::{wait_until, Pylon};
 
 const UDP: &str = "{addr: \"127.0.0.1:0\"}";
@@ -257,10 +258,10 @@ fn a_quiet_session_ends_and_the_clients_next_datagram_opens_another() {
 }
 
 #[test]
-fn ip_restriction_refuses_sessions_unanswered() {
+fn ip_restriction_and_limit_conn_refuse_sessions_unanswered() {
     let up = UdpEcho::start("up");
-    let pylon = start(&config(&[]), &[UDP, UDP]);
-    let [denied, allowed] = [0, 1].map(|i| listener(&pylon, i));
+    let pylon = start(&config(&[]), &[UDP, UDP, UDP]);
+    let [denied, allowed, limited] = [0, 1, 2].map(|i| listener(&pylon, i));
     let route = |id: &str, listener: SocketAddr, plugins: Value| {
         json!({"id": id, "server_port": listener.port(), "plugins": plugins,
                "upstream": upstream(&[up.addr])})
@@ -276,6 +277,12 @@ fn ip_restriction_refuses_sessions_unanswered() {
             allowed,
             json!({"ip-restriction": {"whitelist": ["127.0.0.0/8"]}}),
         ),
+        route(
+            "limited",
+            limited,
+            json!({"limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1,
+                                  "key": "remote_addr"}}),
+        ),
     ]));
     let refused = UdpClient::new(denied);
     refused.send(b"x");
@@ -287,6 +294,38 @@ fn ip_restriction_refuses_sessions_unanswered() {
         1,
         "the refused one reached no upstream"
     );
+
+    // `limit-conn` counts sessions: one open (it has its answer), a second client from the
+    // same address is refused.
+    let first = UdpClient::new(limited);
+    assert_eq!(first.ask(b"first"), up.answer(b"first"));
+    let second = UdpClient::new(limited);
+    second.send(b"second");
+    logged_as(&pylon, Some("limited"), 503);
+    assert!(!second.has_mail());
+    // Once the first session has ended, the second client's next datagram opens one.
+    logged_as(&pylon, Some("limited"), 200);
+    assert_eq!(second.ask(b"again"), up.answer(b"again"));
+}
+
+#[test]
+fn a_route_takes_the_transport_its_upstream_names() {
+    let (datagrams, connections) = (UdpEcho::start("datagrams"), EchoUpstream::start("tcp"));
+    let node = format!("  stream:\n    tcp: [{UDP}]\n    udp: [{UDP}]\n");
+    let pylon = Pylon::start(&config(&[]), &node);
+    let kinds: Vec<&str> = pylon.stream_addrs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["tcp", "udp"]);
+    let (tcp, udp) = (listener(&pylon, 0), listener(&pylon, 1));
+    // Either route tried first (equal conditions: by id), each transport finds its own.
+    for (udp_id, tcp_id) in [("1", "2"), ("2", "1")] {
+        pylon.reload(&config(&[
+            json!({"id": udp_id, "upstream": upstream(&[datagrams.addr])}),
+            json!({"id": tcp_id, "upstream": {"scheme": "tcp",
+                   "nodes": {connections.addr.to_string(): 1}}}),
+        ]));
+        assert_eq!(UdpClient::new(udp).ask(b"d"), datagrams.answer(b"d"));
+        assert_eq!(exchange(tcp, b"c"), connections.answer(b"c"));
+    }
 }
 
 #[test]
