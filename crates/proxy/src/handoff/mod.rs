@@ -316,6 +316,22 @@ mod tests {
     }
 
     #[test]
+    fn a_descriptor_that_is_not_the_socket_its_kind_says_is_refused() {
+        let path = socket_path("mismatch");
+        let tcp = TcpListener::bind(any_port()).unwrap();
+        let mut own = Listeners::default();
+        own.push(any_port(), Kind::Proxy(Serves::udp()), vec![tcp.into()])
+            .unwrap();
+        let server = HandoffServer::start(&path, own).unwrap();
+        let refused = Takeover::connect(&path).err().expect("a refused takeover");
+        assert_eq!(
+            refused.to_string(),
+            "unexpected message on the handoff socket: a `udp` descriptor that is not a UDP socket"
+        );
+        server.close();
+    }
+
+    #[test]
     fn a_stale_socket_file_means_nobody_to_take_over_from() {
         let path = socket_path("stale");
         let server = HandoffServer::start(&path, Listeners::default()).unwrap();
