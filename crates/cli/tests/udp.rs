@@ -107,6 +107,13 @@ fn datagrams_go_both_ways_each_client_gets_its_own_and_sessions_are_logged_and_c
     for client in clients {
         client.join().unwrap();
     }
+    let sources: std::collections::BTreeSet<_> =
+        up.received().iter().map(|(from, _)| *from).collect();
+    assert_eq!(
+        sources.len(),
+        CLIENTS + 1,
+        "a socket to the node per session"
+    );
 
     // One line per session, once it has been quiet for the idle timeout.
     let lines = pylon.wait_access_log(CLIENTS + 1);
