@@ -544,7 +544,7 @@ fn stream_routes_written_through_the_admin_api_are_served_and_bad_ones_refused()
         (
             stream_route,
             json!({"upstream": {"scheme": "grpc", "nodes": nodes["nodes"]}}),
-            "upstream.scheme: `grpc` is for HTTP routes; a stream route's upstream is `tcp` or `tls`",
+            "upstream.scheme: `grpc` is for HTTP routes; a stream route's upstream is `tcp`, `tls` or `udp`",
         ),
         (
             stream_route,

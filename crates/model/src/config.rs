@@ -461,7 +461,7 @@ impl Config {
                 Some(u) if u.scheme.is_grpc() => errors.push(FieldError::new(
                     join_path(&at, field),
                     format!(
-                        "its upstream's scheme `{}` is for HTTP routes; a stream route's upstream is `tcp` or `tls`",
+                        "its upstream's scheme `{}` is for HTTP routes; a stream route's upstream is `tcp`, `tls` or `udp`",
                         u.scheme.as_str()
                     ),
                 )),

@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(names("PassHost"), ["pass", "node", "rewrite"]);
         assert_eq!(
             names("Scheme"),
-            ["http", "https", "grpc", "grpcs", "tcp", "tls"]
+            ["http", "https", "grpc", "grpcs", "tcp", "tls", "udp"]
         );
         assert_eq!(props["scheme"]["default"], "http");
         assert_eq!(

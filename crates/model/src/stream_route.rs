@@ -140,15 +140,15 @@ impl StreamRoute {
     }
 }
 
-/// What an upstream of a stream route may speak: bytes, in clear or over TLS. `http` (the
-/// default) and `https` are read as `tcp` and `tls`, so that an upstream serves both kinds of
-/// route.
+/// What an upstream of a stream route may speak: bytes, in clear or over TLS, or datagrams.
+/// `http` (the default) and `https` are read as `tcp` and `tls`, so that an upstream serves
+/// both kinds of route.
 fn stream_scheme(scheme: Scheme, errors: &mut Vec<FieldError>) {
     if scheme.is_grpc() {
         errors.push(FieldError::new(
             "scheme",
             format!(
-                "`{}` is for HTTP routes; a stream route's upstream is `tcp` or `tls`",
+                "`{}` is for HTTP routes; a stream route's upstream is `tcp`, `tls` or `udp`",
                 scheme.as_str()
             ),
         ));

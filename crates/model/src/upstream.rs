@@ -199,7 +199,8 @@ pub enum PassHost {
 }
 
 /// How the gateway talks to the nodes: HTTP/1.1 or gRPC (HTTP/2), in clear or over TLS; for
-/// stream routes, the bytes as they are, in clear (`tcp`) or over TLS (`tls`).
+/// stream routes, the bytes as they are, in clear (`tcp`) or over TLS (`tls`), or datagrams
+/// (`udp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheme {
@@ -210,6 +211,7 @@ pub enum Scheme {
     Grpcs,
     Tcp,
     Tls,
+    Udp,
 }
 
 impl Scheme {
@@ -228,7 +230,7 @@ impl Scheme {
 
     /// Only stream routes speak it: an HTTP route's upstream may not.
     pub fn is_stream_only(self) -> bool {
-        matches!(self, Scheme::Tcp | Scheme::Tls)
+        matches!(self, Scheme::Tcp | Scheme::Tls | Scheme::Udp)
     }
 
     pub fn is_grpc(self) -> bool {
@@ -243,6 +245,7 @@ impl Scheme {
             Scheme::Grpcs => "grpcs",
             Scheme::Tcp => "tcp",
             Scheme::Tls => "tls",
+            Scheme::Udp => "udp",
         }
     }
 }

@@ -27,6 +27,8 @@ pub(crate) enum Protocol {
     Http,
     /// The L4 proxy: the stream routes take the connections.
     Tcp,
+    /// The L4 proxy on datagrams: the stream routes take a session per client address.
+    Udp,
 }
 
 impl Serves {
@@ -46,25 +48,38 @@ impl Serves {
         }
     }
 
+    /// A UDP listener: neither TLS nor a PROXY header (the PROXY protocol is for streams).
+    pub(crate) fn udp() -> Serves {
+        Serves {
+            protocol: Protocol::Udp,
+            tls: false,
+            proxy_protocol: false,
+        }
+    }
+
     /// Every kind of listener, for reading [`Serves::word`] back.
     pub(crate) fn all() -> impl Iterator<Item = Serves> {
         let flags = [(false, false), (false, true), (true, false), (true, true)];
-        flags.into_iter().flat_map(|(tls, proxy_protocol)| {
-            [
-                Serves::http(tls, proxy_protocol),
-                Serves::tcp(tls, proxy_protocol),
-            ]
-        })
+        flags
+            .into_iter()
+            .flat_map(|(tls, proxy_protocol)| {
+                [
+                    Serves::http(tls, proxy_protocol),
+                    Serves::tcp(tls, proxy_protocol),
+                ]
+            })
+            .chain([Serves::udp()])
     }
 
     /// The listener's kind in a word: `http`, `https`, `tcp`, `tcp+tls`, and `+proxy` for
-    /// a PROXY header.
+    /// a PROXY header; `udp`.
     pub(crate) fn word(self) -> String {
         let base = match (self.protocol, self.tls) {
             (Protocol::Http, false) => "http",
             (Protocol::Http, true) => "https",
             (Protocol::Tcp, false) => "tcp",
             (Protocol::Tcp, true) => "tcp+tls",
+            (Protocol::Udp, _) => "udp",
         };
         if self.proxy_protocol {
             format!("{base}+proxy")
@@ -131,6 +146,8 @@ async fn serve(
         Protocol::Http if serves.tls => downstream::serve_tls(worker, stream, client, local).await,
         Protocol::Http => downstream::serve(worker, stream, client, local).await,
         Protocol::Tcp => stream::serve(worker, stream, client, local, serves.tls).await,
+        // UDP sockets are served by `stream::udp`, never accepted from.
+        Protocol::Udp => {}
     }
 }
 

@@ -278,6 +278,7 @@ impl Compiler {
                 Some(limit)
             }
         };
+        let scheme = wanted.as_ref().map(|(_, source)| source.scheme);
         let connect_timeout = wanted
             .as_ref()
             .and_then(|(_, source)| source.timeout)
@@ -297,7 +298,7 @@ impl Compiler {
         };
         let (key, target) = upstream.unzip();
         let protos = self.plugins.protos();
-        match StreamTarget::new(id, route, target, connect_timeout, limit, protos) {
+        match StreamTarget::new(id, route, target, scheme, connect_timeout, limit, protos) {
             Ok(target) => Ok((target, key)),
             Err(e) => {
                 if let Some(key) = &key {

@@ -154,7 +154,7 @@ impl ControlApi {
         status: NodeStatus,
         discovery: Option<Registry>,
     ) -> io::Result<Self> {
-        let listener = match inherited.take(settings.listen, Kind::Control).pop() {
+        let listener = match inherited.take_tcp(settings.listen, Kind::Control) {
             Some(socket) => TcpListener::from_std(socket)?,
             None => TcpListener::bind(settings.listen).await?,
         };
@@ -170,7 +170,7 @@ impl ControlApi {
 
     /// Adds a copy of the listening socket to `listeners`, for a successor to take over.
     pub fn share(&self, settings: &ControlSettings, listeners: &mut Listeners) -> io::Result<()> {
-        let copy = std::net::TcpListener::from(self.listener.as_fd().try_clone_to_owned()?);
+        let copy = self.listener.as_fd().try_clone_to_owned()?;
         listeners.push(settings.listen, Kind::Control, vec![copy])
     }
 

@@ -52,7 +52,7 @@ pub use runtime::ControlPriority;
 pub use server::Gateway;
 pub use settings::{
     AccessLogSettings, Http2Settings, HttpsSettings, ProxyProtocolSettings, ProxySettings,
-    StreamListen, StreamSettings, UpstreamDefaults,
+    StreamListen, StreamSettings, UdpListen, UpstreamDefaults,
 };
 pub use snapshot::{CompileError, Snapshot, SnapshotCell};
 pub use tls::{TlsContext, TlsError};

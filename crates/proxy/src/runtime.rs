@@ -1,17 +1,19 @@
 //! The thread a worker runs on: its runtime, its accept loops, its pool sweeper, and the drain
 //! when it stops.
 
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
-use crate::accept::{accept, Serves};
+use crate::accept::{accept, Protocol, Serves};
 use crate::access_log::AccessLog;
 use crate::metrics::WorkerCounters;
 use crate::snapshot::SnapshotCell;
+use crate::stream::udp;
 use crate::worker::{Limits, Worker};
 
 /// How often idle upstream connections are checked for expiry and remote close.
@@ -19,9 +21,9 @@ const POOL_SWEEP: Duration = Duration::from_secs(1);
 /// How often a stopping worker checks whether its last connection has finished.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
-/// A listening socket of one worker.
+/// A listening socket of one worker: a TCP one, or a UDP one when it serves datagrams.
 pub(crate) struct Listener {
-    pub socket: std::net::TcpListener,
+    pub socket: OwnedFd,
     pub serves: Serves,
 }
 
@@ -40,9 +42,14 @@ pub(crate) fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let worker = Rc::new(Worker::new(limits, access_log, counters, snapshots));
-        for listener in listeners {
-            let socket = TcpListener::from_std(listener.socket)?;
-            tokio::task::spawn_local(accept(worker.clone(), socket, listener.serves));
+        for Listener { socket, serves } in listeners {
+            if serves.protocol == Protocol::Udp {
+                let socket = UdpSocket::from_std(socket.into())?;
+                tokio::task::spawn_local(udp::serve(worker.clone(), socket));
+            } else {
+                let socket = TcpListener::from_std(socket.into())?;
+                tokio::task::spawn_local(accept(worker.clone(), socket, serves));
+            }
         }
         tokio::task::spawn_local(sweep_pool(worker.clone()));
 

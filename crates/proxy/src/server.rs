@@ -1,6 +1,7 @@
 //! Starting and stopping the data plane: listener sockets, worker threads, graceful shutdown.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -9,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::accept::{self, Serves};
 use crate::access_log::AccessLog;
-use crate::handoff::{Kind, Listeners};
+use crate::handoff::{self, Kind, Listeners};
 use crate::metrics::Traffic;
 use crate::runtime::{self, Listener};
 use crate::settings::ProxySettings;
@@ -37,7 +38,8 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the workers on the listening sockets `inherited` from the process this one
     /// replaces (see [`crate::Takeover`]) and binds the rest: every listen address once per
-    /// worker (`SO_REUSEPORT`: the kernel spreads connections over the workers).
+    /// worker (`SO_REUSEPORT`: the kernel spreads connections, and datagrams by their source,
+    /// over the workers).
     pub fn start(
         settings: &ProxySettings,
         snapshots: SnapshotCell,
@@ -61,7 +63,8 @@ impl Gateway {
             .stream
             .tcp
             .iter()
-            .map(|l| (l.addr, Serves::tcp(l.tls, l.proxy_protocol)));
+            .map(|l| (l.addr, Serves::tcp(l.tls, l.proxy_protocol)))
+            .chain(settings.stream.udp.iter().map(|l| (l.addr, Serves::udp())));
         let each = listens
             .iter()
             .flat_map(|(addrs, serves)| addrs.iter().map(move |&addr| (addr, *serves)))
@@ -71,12 +74,12 @@ impl Gateway {
             let mut sockets = inherited.take(requested, kind);
             // Port 0 is resolved by the first bind; the other sockets join that port.
             let mut addr = match sockets.first() {
-                Some(socket) => socket.local_addr()?,
+                Some(socket) => handoff::local_addr(socket)?,
                 None => requested,
             };
             while sockets.len() < workers {
-                let socket = bind(addr)?;
-                addr = socket.local_addr()?;
+                let socket = bind(addr, serves.protocol)?;
+                addr = handoff::local_addr(&socket)?;
                 sockets.push(socket);
             }
             let copies = sockets
@@ -90,7 +93,7 @@ impl Gateway {
                 per_worker[i % workers].push(Listener { socket, serves });
             }
             match (serves.tls, serves.proxy_protocol) {
-                _ if serves.protocol == accept::Protocol::Tcp => stream_addrs.push((addr, serves)),
+                _ if serves.protocol != accept::Protocol::Http => stream_addrs.push((addr, serves)),
                 (false, false) => addrs.push(addr),
                 (true, false) => https_addrs.push(addr),
                 (false, true) => proxied_addrs.push(addr),
@@ -165,7 +168,7 @@ impl Gateway {
     }
 
     /// The stream listeners' addresses, each with what it is: `tcp`, `tcp+tls`, and
-    /// `+proxy` when connections start with a PROXY protocol header.
+    /// `+proxy` when connections start with a PROXY protocol header; `udp`.
     pub fn stream_addrs(&self) -> impl Iterator<Item = (SocketAddr, String)> + '_ {
         self.stream_addrs
             .iter()
@@ -190,8 +193,15 @@ impl Gateway {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+/// A socket of one worker on `addr`: listening for TCP connections, or bound for datagrams.
+fn bind(addr: SocketAddr, protocol: accept::Protocol) -> std::io::Result<OwnedFd> {
+    let udp = protocol == accept::Protocol::Udp;
+    let (kind, transport) = if udp {
+        (Type::DGRAM, Protocol::UDP)
+    } else {
+        (Type::STREAM, Protocol::TCP)
+    };
+    let socket = Socket::new(Domain::for_address(addr), kind, Some(transport))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -199,6 +209,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
+    if !udp {
+        socket.listen(BACKLOG)?;
+    }
     Ok(socket.into())
 }

@@ -34,6 +34,7 @@ pub(crate) struct Limits {
     /// The peers allowed to send a PROXY protocol header; `None`: every peer.
     pub proxy_protocol_trusted: Option<IpSet>,
     pub stream_idle_timeout: Duration,
+    pub udp_idle_timeout: Duration,
 }
 
 impl Limits {
@@ -55,6 +56,7 @@ impl Limits {
                 .trusted_peers()
                 .unwrap_or_else(|_| Some(IpSet::default())),
             stream_idle_timeout: secs(settings.stream.idle_timeout),
+            udp_idle_timeout: secs(settings.stream.udp_idle_timeout),
         }
     }
 }

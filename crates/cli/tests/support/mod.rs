@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod datagram;
 pub mod grpc_server;
 pub mod http2;
 pub mod protocols;
@@ -34,7 +35,7 @@ pub struct Pylon {
     pub proxied_addrs: Vec<SocketAddr>,
     pub proxied_https_addrs: Vec<SocketAddr>,
     /// The stream (L4) listeners in the order pylon printed them, each with its kind: `tcp`,
-    /// `tcp+tls`, `tcp+proxy` or `tcp+tls+proxy`.
+    /// `tcp+tls`, `tcp+proxy`, `tcp+tls+proxy` or `udp`.
     pub stream_addrs: Vec<(String, SocketAddr)>,
     /// Where a successor takes this pylon over.
     pub handoff_socket: Option<PathBuf>,

@@ -11,7 +11,8 @@
 //!
 //! 1. The new process connects and says `take 1` (the protocol version).
 //! 2. The old one sends each listening socket in a message of its own, `socket <listener>
-//!    <http|https|http+proxy|https+proxy|control|metrics|admin> <configured address>` with the descriptor attached
+//!    <kind> <configured address>` (the kind: `http`, `https`, `tcp`, `tcp+tls`, each maybe
+//!    with `+proxy`; `udp`; `control`, `metrics`, `admin`) with the descriptor attached
 //!    (`SCM_RIGHTS`), then `end <count>`. It keeps serving meanwhile. The control API's, the
 //!    metrics listener's and the Admin API's sockets go too: their ports are fixed, and the
 //!    new process could not bind them while the old one holds them.
@@ -37,8 +38,11 @@ mod takeover;
 mod wire;
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 
-use crate::accept::Serves;
+use socket2::SockRef;
+
+use crate::accept::{Protocol, Serves};
 
 pub use server::{HandoffEvent, HandoffServer, StoreRelease};
 pub use takeover::Takeover;
@@ -78,14 +82,15 @@ pub(crate) enum Kind {
     Admin,
 }
 
-/// The sockets of one listen address (one per worker of the process that bound them).
+/// The sockets of one listen address (one per worker of the process that bound them):
+/// listening TCP sockets, or bound UDP sockets for a [`Kind`] that serves datagrams.
 struct Group {
     /// The address as the configuration says it (port 0 included).
     configured: SocketAddr,
     /// The address actually bound.
     local: SocketAddr,
     kind: Kind,
-    sockets: Vec<TcpListener>,
+    sockets: Vec<OwnedFd>,
 }
 
 impl Kind {
@@ -104,6 +109,19 @@ impl Kind {
             .chain([Kind::Control, Kind::Metrics, Kind::Admin])
             .find(|kind| kind.word() == word)
     }
+
+    /// Its sockets are UDP sockets rather than listening TCP ones.
+    fn is_datagram(self) -> bool {
+        matches!(self, Kind::Proxy(serves) if serves.protocol == Protocol::Udp)
+    }
+}
+
+/// The address `socket` is bound to.
+pub(crate) fn local_addr(socket: &OwnedFd) -> std::io::Result<SocketAddr> {
+    SockRef::from(socket)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP socket"))
 }
 
 impl Listeners {
@@ -111,14 +129,14 @@ impl Listeners {
         &mut self,
         configured: SocketAddr,
         kind: Kind,
-        sockets: Vec<TcpListener>,
+        sockets: Vec<OwnedFd>,
     ) -> std::io::Result<()> {
         let Some(first) = sockets.first() else {
             return Ok(());
         };
         self.groups.push(Group {
             configured,
-            local: first.local_addr()?,
+            local: local_addr(first)?,
             kind,
             sockets,
         });
@@ -129,7 +147,7 @@ impl Listeners {
     /// kind configured the same way, or bound at exactly that address (the previous
     /// configuration may have said port 0 where this one names the port it got). Empty when
     /// there are none.
-    pub(crate) fn take(&mut self, requested: SocketAddr, kind: Kind) -> Vec<TcpListener> {
+    pub(crate) fn take(&mut self, requested: SocketAddr, kind: Kind) -> Vec<OwnedFd> {
         let found = self
             .groups
             .iter()
@@ -142,7 +160,13 @@ impl Listeners {
 
     /// The Admin API's listening socket for `addr`, if a predecessor handed one over.
     pub fn take_admin(&mut self, addr: SocketAddr) -> Option<TcpListener> {
-        self.take(addr, Kind::Admin).pop()
+        self.take_tcp(addr, Kind::Admin)
+    }
+
+    /// The listening TCP socket of the control API or the metrics listener at `addr`, if a
+    /// predecessor handed one over.
+    pub(crate) fn take_tcp(&mut self, addr: SocketAddr, kind: Kind) -> Option<TcpListener> {
+        self.take(addr, kind).pop().map(TcpListener::from)
     }
 
     /// Adds a copy of the Admin API's listening socket, for a successor to take over.
@@ -152,14 +176,14 @@ impl Listeners {
         listener: &tokio::net::TcpListener,
     ) -> std::io::Result<()> {
         use std::os::fd::AsFd;
-        let copy = TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+        let copy = listener.as_fd().try_clone_to_owned()?;
         self.push(configured, Kind::Admin, vec![copy])
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpStream;
+    use std::net::{TcpStream, UdpSocket};
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 
@@ -178,20 +202,25 @@ mod tests {
         let path = socket_path("handoff");
         let http = TcpListener::bind(any_port()).unwrap();
         let https = TcpListener::bind(any_port()).unwrap();
+        let udp = UdpSocket::bind(any_port()).unwrap();
         let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
+        let udp_addr = udp.local_addr().unwrap();
         let mut own = Listeners::default();
-        own.push(
-            any_port(),
-            Kind::Proxy(Serves::http(false, false)),
-            vec![http.try_clone().unwrap()],
-        )
-        .unwrap();
-        own.push(
-            any_port(),
-            Kind::Proxy(Serves::http(true, false)),
-            vec![https.try_clone().unwrap()],
-        )
-        .unwrap();
+        let groups = [
+            (
+                Serves::http(false, false),
+                OwnedFd::from(http.try_clone().unwrap()),
+            ),
+            (
+                Serves::http(true, false),
+                OwnedFd::from(https.try_clone().unwrap()),
+            ),
+            (Serves::udp(), OwnedFd::from(udp.try_clone().unwrap())),
+        ];
+        for (serves, socket) in groups {
+            own.push(any_port(), Kind::Proxy(serves), vec![socket])
+                .unwrap();
+        }
         let mut server = HandoffServer::start(&path, own).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "only this user may take the sockets");
@@ -199,22 +228,35 @@ mod tests {
         // Blocking, on this thread: the server side has a thread of its own.
         let mut takeover = Takeover::connect(&path).unwrap().unwrap();
         assert_eq!(takeover.pid(), std::process::id());
-        assert_eq!(takeover.socket_count(), 2);
+        assert_eq!(takeover.socket_count(), 3);
         let mut inherited = takeover.take_listeners();
         // Matched by the configured address and scheme, or by the address bound.
         assert!(inherited
             .take(https_addr, Kind::Proxy(Serves::http(false, false)))
             .is_empty());
         let tls = inherited.take(https_addr, Kind::Proxy(Serves::http(true, false)));
-        let plain = inherited.take(any_port(), Kind::Proxy(Serves::http(false, false)));
-        assert_eq!((plain.len(), tls.len()), (1, 1));
+        let mut plain = inherited.take(any_port(), Kind::Proxy(Serves::http(false, false)));
+        let mut datagrams = inherited.take(udp_addr, Kind::Proxy(Serves::udp()));
+        assert_eq!((plain.len(), tls.len(), datagrams.len()), (1, 1, 1));
 
         // The very socket: a connection made to the original is accepted on the copy.
         let client = TcpStream::connect(http_addr).unwrap();
-        plain[0].set_nonblocking(false).unwrap();
-        let (accepted, peer) = plain[0].accept().unwrap();
+        let plain = TcpListener::from(plain.remove(0));
+        plain.set_nonblocking(false).unwrap();
+        let (accepted, peer) = plain.accept().unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
         drop(accepted);
+        // And a datagram sent to the original UDP socket is read on the copy.
+        let sender = UdpSocket::bind(any_port()).unwrap();
+        sender.send_to(b"hello", udp_addr).unwrap();
+        let copy = UdpSocket::from(datagrams.remove(0));
+        copy.set_nonblocking(false).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = copy.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"hello"[..], sender.local_addr().unwrap())
+        );
 
         takeover.finish().unwrap();
         assert!(matches!(
@@ -270,6 +312,22 @@ mod tests {
             server.next().await,
             HandoffEvent::Succeeded(pid) if pid == std::process::id()
         ));
+        server.close();
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_the_socket_its_kind_says_is_refused() {
+        let path = socket_path("mismatch");
+        let tcp = TcpListener::bind(any_port()).unwrap();
+        let mut own = Listeners::default();
+        own.push(any_port(), Kind::Proxy(Serves::udp()), vec![tcp.into()])
+            .unwrap();
+        let server = HandoffServer::start(&path, own).unwrap();
+        let refused = Takeover::connect(&path).err().expect("a refused takeover");
+        assert_eq!(
+            refused.to_string(),
+            "unexpected message on the handoff socket: a `udp` descriptor that is not a UDP socket"
+        );
         server.close();
     }
 

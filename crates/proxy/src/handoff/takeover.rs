@@ -2,10 +2,12 @@
 //! let go of the config store if this one needs it, then, once serving, tell the old process
 //! to drain.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
+
+use socket2::SockRef;
 
 use super::{wire, HandoffError, Kind, Listeners};
 
@@ -45,7 +47,7 @@ impl Takeover {
         wire::set_timeout(&connection, STEP_TIMEOUT)?;
         let pid = wire::peer_pid(&connection)?;
         wire::send(&connection, HELLO, None)?;
-        let mut groups: Vec<(usize, SocketAddr, Kind, Vec<TcpListener>)> = Vec::new();
+        let mut groups: Vec<(usize, SocketAddr, Kind, Vec<OwnedFd>)> = Vec::new();
         let mut received = 0;
         loop {
             let message = wire::recv(&connection)?.ok_or_else(|| {
@@ -56,7 +58,7 @@ impl Takeover {
                 (Some("socket"), Some(fd)) => {
                     let (index, configured, kind) = parse_socket(words)
                         .ok_or_else(|| HandoffError::Protocol(message.text.clone()))?;
-                    let socket = listener(fd)?;
+                    let socket = checked(fd, kind)?;
                     received += 1;
                     match groups.last_mut() {
                         Some(group) if group.0 == index => group.3.push(socket),
@@ -127,7 +129,7 @@ impl Takeover {
     }
 }
 
-/// `<listener> <http|https|control|metrics|admin> <configured address>`.
+/// `<listener> <kind> <configured address>`.
 fn parse_socket<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<(usize, SocketAddr, Kind)> {
     let index = words.next()?.parse().ok()?;
     let kind = Kind::from_word(words.next()?)?;
@@ -135,16 +137,22 @@ fn parse_socket<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<(usize, 
     words.next().is_none().then_some((index, configured, kind))
 }
 
-/// A received descriptor as a listener, if it is one.
-fn listener(fd: OwnedFd) -> Result<TcpListener, HandoffError> {
-    if !wire::is_tcp_listener(&fd)? {
-        return Err(HandoffError::Protocol(
-            "a descriptor that is not a listening TCP socket".to_owned(),
-        ));
+/// A received descriptor, if it is the socket `kind` says: a listening TCP socket, or a UDP
+/// one for a kind that serves datagrams.
+fn checked(fd: OwnedFd, kind: Kind) -> Result<OwnedFd, HandoffError> {
+    let (fits, expected) = if kind.is_datagram() {
+        (wire::is_udp_socket(&fd)?, "a UDP socket")
+    } else {
+        (wire::is_tcp_listener(&fd)?, "a listening TCP socket")
+    };
+    if !fits {
+        return Err(HandoffError::Protocol(format!(
+            "a `{}` descriptor that is not {expected}",
+            kind.word()
+        )));
     }
-    let socket = TcpListener::from(fd);
     // Shared with the old process (the flag belongs to the socket, not the descriptor), and
     // already set there; set again so this side does not depend on it.
-    socket.set_nonblocking(true)?;
-    Ok(socket)
+    SockRef::from(&fd).set_nonblocking(true)?;
+    Ok(fd)
 }

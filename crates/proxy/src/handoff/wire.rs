@@ -171,11 +171,21 @@ pub(super) fn tell(socket: &OwnedFd, text: &str) {
     }
 }
 
-/// Whether `fd` is a listening TCP socket, the only kind a handoff may carry.
+/// Whether `fd` is a listening TCP socket, what a handoff carries for most kinds.
 pub(super) fn is_tcp_listener(fd: impl AsFd) -> io::Result<bool> {
     let fd = fd.as_fd();
-    let family = sockopt::socket_domain(fd)?;
     Ok(sockopt::socket_type(fd)? == SocketType::STREAM
-        && (family == AddressFamily::INET || family == AddressFamily::INET6)
+        && is_ip(fd)?
         && sockopt::socket_acceptconn(fd)?)
+}
+
+/// Whether `fd` is a UDP socket, what a handoff carries for the UDP listeners.
+pub(super) fn is_udp_socket(fd: impl AsFd) -> io::Result<bool> {
+    let fd = fd.as_fd();
+    Ok(sockopt::socket_type(fd)? == SocketType::DGRAM && is_ip(fd)?)
+}
+
+fn is_ip(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let family = sockopt::socket_domain(fd)?;
+    Ok(family == AddressFamily::INET || family == AddressFamily::INET6)
 }

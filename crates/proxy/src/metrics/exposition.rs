@@ -144,7 +144,7 @@ impl Collector for TrafficCollector {
 
         let mut metric = encoder.encode_descriptor(
             "pylon_stream_connections",
-            "Stream connections ended, by status: 200 relayed, 403 ip-restriction, 404 no stream route, 502/504 no node connected, 503 limit-conn",
+            "Stream connections and UDP sessions ended, by status: 200 relayed, 403 ip-restriction, 404 no stream route, 502/504 no node connected, 503 limit-conn",
             None,
             MetricType::Counter,
         )?;

@@ -129,7 +129,7 @@ impl MetricsApi {
     /// Listens on `settings.listen`: on the socket a predecessor handed over if there is one
     /// among `inherited` (see [`crate::Takeover`]), else on a new one.
     pub async fn bind(settings: &MetricsSettings, inherited: &mut Listeners) -> io::Result<Self> {
-        let listener = match inherited.take(settings.listen, Kind::Metrics).pop() {
+        let listener = match inherited.take_tcp(settings.listen, Kind::Metrics) {
             Some(socket) => TcpListener::from_std(socket)?,
             None => TcpListener::bind(settings.listen).await?,
         };
@@ -138,7 +138,7 @@ impl MetricsApi {
 
     /// Adds a copy of the listening socket to `listeners`, for a successor to take over.
     pub fn share(&self, settings: &MetricsSettings, listeners: &mut Listeners) -> io::Result<()> {
-        let copy = std::net::TcpListener::from(self.listener.as_fd().try_clone_to_owned()?);
+        let copy = self.listener.as_fd().try_clone_to_owned()?;
         listeners.push(settings.listen, Kind::Metrics, vec![copy])
     }
 

@@ -73,7 +73,7 @@ pub(crate) struct WorkerCounters {
     pub active: Counter,
     /// By the index of [`REFUSALS`].
     pub refused: [Counter; REFUSALS.len()],
-    /// Stream connections ended, by the index of [`STREAM_STATUSES`].
+    /// Stream connections and UDP sessions ended, by the index of [`STREAM_STATUSES`].
     pub stream_connections: [Counter; STREAM_STATUSES.len()],
     /// Bytes the stream connections moved: from clients, and from upstreams.
     pub stream_bytes: [Counter; 2],

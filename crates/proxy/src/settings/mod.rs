@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::http1::HeadLimits;
 pub use http2::Http2Settings;
 pub use proxy_protocol::ProxyProtocolSettings;
-pub use stream::{StreamListen, StreamSettings};
+pub use stream::{StreamListen, StreamSettings, UdpListen};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -191,6 +191,10 @@ impl ProxySettings {
             ("proxy.client_send_timeout", self.client_send_timeout),
             ("proxy.keepalive_timeout", self.keepalive_timeout),
             ("proxy.stream.idle_timeout", self.stream.idle_timeout),
+            (
+                "proxy.stream.udp_idle_timeout",
+                self.stream.udp_idle_timeout,
+            ),
             (
                 "proxy.https.handshake_timeout",
                 self.https.handshake_timeout,

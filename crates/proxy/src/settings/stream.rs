@@ -1,4 +1,4 @@
-//! `proxy.stream`: the listeners whose connections the stream routes take.
+//! `proxy.stream`: the listeners whose connections and datagrams the stream routes take.
 
 use std::net::SocketAddr;
 
@@ -11,6 +11,17 @@ pub struct StreamSettings {
     pub tcp: Vec<StreamListen>,
     /// Seconds a connection may pass no byte either way before both sides are closed.
     pub idle_timeout: f64,
+    /// UDP listeners (APISIX's `stream_proxy.udp`); none by default.
+    pub udp: Vec<UdpListen>,
+    /// Seconds a UDP session may pass no datagram either way before it ends.
+    pub udp_idle_timeout: f64,
+}
+
+/// One UDP listener of the L4 proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpListen {
+    pub addr: SocketAddr,
 }
 
 /// One TCP listener of the L4 proxy.
@@ -33,6 +44,10 @@ impl Default for StreamSettings {
             tcp: Vec::new(),
             // nginx's `proxy_timeout`.
             idle_timeout: 600.0,
+            udp: Vec::new(),
+            // A session has no close to end it: silence is its only end, so it comes sooner
+            // than a connection's.
+            udp_idle_timeout: 60.0,
         }
     }
 }

@@ -8,11 +8,13 @@
 //! Each connection is one access log line, in the HTTP lines' shape: method `TCP`, the server
 //! name as host, nginx's stream statuses (200 relayed, 403 refused by `ip-restriction`, 404 no
 //! route, 502/504 no node connected, 503 over `limit-conn`), bytes each way and durations.
+//! UDP listeners take datagrams by the same routes, a session per client address ([`udp`]).
 
 mod frames;
 mod relay;
 mod sni;
 mod table;
+pub(crate) mod udp;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +27,7 @@ use pylon_router::RequestView;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
-pub(crate) use table::{Arrival, ConnLimit, StreamTable, StreamTarget};
+pub(crate) use table::{Arrival, ConnLimit, StreamTable, StreamTarget, Transport};
 
 use crate::access_log::AccessRecord;
 use crate::attempts::{Attempts, UpstreamAnswer};
@@ -35,7 +37,7 @@ use crate::tls::{self, Handshake};
 use crate::upstream::connect_with_preface;
 use crate::upstream::pool::UpstreamConn;
 use crate::worker::Worker;
-use table::Admission;
+use table::{Admission, ConnPermit};
 
 /// A connection to a stream listener; `tls`: the listener terminates TLS, with the `ssls`.
 pub(crate) async fn serve(
@@ -52,6 +54,7 @@ pub(crate) async fn serve(
             client,
             local,
             sni: None,
+            transport: Transport::Tcp,
         };
         if !worker.view().snapshot.stream.routes_by_name(&arrival) {
             return proxy(&worker, stream, &arrival, started).await;
@@ -74,6 +77,7 @@ pub(crate) async fn serve(
                 client,
                 local,
                 sni: sni.as_deref(),
+                transport: Transport::Tcp,
             };
             proxy(&worker, *tls, &arrival, started).await;
         }
@@ -150,23 +154,10 @@ async fn relay_to<'r, C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    if route
-        .access
-        .as_ref()
-        .is_some_and(|a| !a.admits(arrival.client.ip()))
-    {
-        session.status = 403;
-        return;
-    }
-    let _permit = match route.limit.as_ref().map(|limit| limit.admit(arrival)) {
-        None => None,
-        Some(Admission::Now(permit)) => Some(permit),
-        Some(Admission::After(permit, delay)) => {
-            tokio::time::sleep(delay).await;
-            Some(permit)
-        }
-        Some(Admission::Refused) => {
-            session.status = 503;
+    let _permit = match admit(route, arrival).await {
+        Ok(permit) => permit,
+        Err(status) => {
+            session.status = status;
             return;
         }
     };
@@ -220,6 +211,28 @@ async fn relay_to<'r, C>(
     }
 }
 
+/// Passes `arrival` through the route's `ip-restriction` and `limit-conn` (waiting the delay
+/// it asks for): its place under the limit, if there is one; else the status it is refused
+/// with.
+async fn admit(route: &StreamTarget, arrival: &Arrival<'_>) -> Result<Option<ConnPermit>, u16> {
+    if route
+        .access
+        .as_ref()
+        .is_some_and(|a| !a.admits(arrival.client.ip()))
+    {
+        return Err(403);
+    }
+    match route.limit.as_ref().map(|limit| limit.admit(arrival)) {
+        None => Ok(None),
+        Some(Admission::Now(permit)) => Ok(Some(permit)),
+        Some(Admission::After(permit, delay)) => {
+            tokio::time::sleep(delay).await;
+            Ok(Some(permit))
+        }
+        Some(Admission::Refused) => Err(503),
+    }
+}
+
 /// A node that took the connection.
 struct Connected(UpstreamConn);
 
@@ -243,7 +256,11 @@ fn log(worker: &Worker, arrival: &Arrival<'_>, started: Instant, session: &Sessi
     worker.access_log.record(AccessRecord {
         time: SystemTime::now(),
         client: arrival.client.ip(),
-        method: "TCP".to_owned(),
+        method: match arrival.transport {
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+        }
+        .to_owned(),
         uri: String::new(),
         host: arrival.sni.unwrap_or_default().to_owned(),
         status: session.status,

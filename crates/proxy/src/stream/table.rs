@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pylon_model::{FieldError, ProxyProtocolVersion, StreamRoute};
+use pylon_model::{FieldError, ProxyProtocolVersion, Scheme, StreamRoute};
 use pylon_plugins::{stream_conn_key, IpSet, Protos, StreamConnKey};
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,12 +21,20 @@ pub(crate) struct StreamTable {
     routes: Vec<StreamTarget>,
 }
 
-/// What a connection is matched by.
+/// What a connection, or a UDP session's first datagram, is matched by.
 pub(crate) struct Arrival<'a> {
     pub client: SocketAddr,
     pub local: SocketAddr,
     /// The TLS server name, on a listener that terminates TLS.
     pub sni: Option<&'a str>,
+    pub transport: Transport,
+}
+
+/// How the client's bytes came, and how they go on to the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tcp,
+    Udp,
 }
 
 pub(crate) struct StreamTarget {
@@ -35,6 +43,9 @@ pub(crate) struct StreamTarget {
     server: Option<IpSet>,
     port: Option<u16>,
     sni: Option<SniPattern>,
+    /// The only transport the route takes, when its upstream names one (`tcp`, `tls`: TCP;
+    /// `udp`: UDP) or it speaks frames; `None`: both, each relayed as it came.
+    transport: Option<Transport>,
     /// Where the bytes go; `None` on a route whose connections speak frames.
     pub upstream: Option<Arc<UpstreamTarget>>,
     /// The framed protocol its connections speak (`protocol: pylon-frames`).
@@ -73,12 +84,15 @@ impl StreamTable {
 }
 
 impl StreamTarget {
-    /// `upstream`, `connect_timeout` and `limit` are the compiler's, and `protos` the
-    /// version's, where a frames route's message types are; the rest is the route's own.
+    /// `upstream` (with the `scheme` its definition says), `connect_timeout` and `limit` are
+    /// the compiler's, and `protos` the version's, where a frames route's message types are;
+    /// the rest is the route's own.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: &str,
         route: &StreamRoute,
         upstream: Option<Arc<UpstreamTarget>>,
+        scheme: Option<Scheme>,
         connect_timeout: Duration,
         limit: Option<Arc<ConnLimit>>,
         protos: &Protos,
@@ -96,6 +110,12 @@ impl StreamTarget {
             }
             None => None,
         };
+        let transport = match scheme {
+            _ if frames.is_some() => Some(Transport::Tcp),
+            Some(Scheme::Udp) => Some(Transport::Udp),
+            Some(Scheme::Tcp | Scheme::Tls | Scheme::Https) => Some(Transport::Tcp),
+            _ => None,
+        };
         let network = |field: &str, addr: &Option<String>| {
             addr.as_ref()
                 .map(|a| IpSet::parse(field, std::slice::from_ref(a)))
@@ -112,6 +132,7 @@ impl StreamTarget {
             server: network("server_addr", &route.server_addr)?,
             port: route.server_port,
             sni: route.sni.as_deref().map(SniPattern::new),
+            transport,
             upstream,
             frames,
             connect_timeout,
@@ -142,7 +163,8 @@ impl StreamTarget {
     }
 
     fn takes_by_address(&self, arrival: &Arrival<'_>) -> bool {
-        self.port.is_none_or(|port| port == arrival.local.port())
+        self.transport.is_none_or(|t| t == arrival.transport)
+            && self.port.is_none_or(|port| port == arrival.local.port())
             && self
                 .server
                 .as_ref()
