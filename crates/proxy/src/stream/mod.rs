@@ -13,6 +13,7 @@ mod frames;
 mod relay;
 mod sni;
 mod table;
+pub(crate) mod websocket;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};

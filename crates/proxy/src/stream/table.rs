@@ -67,6 +67,12 @@ impl StreamTable {
             .any(|route| route.sni.is_some() && route.takes_by_address(arrival))
     }
 
+    /// The protocol of the frames route `id`, for the WebSocket clients bridged to it.
+    pub(crate) fn frames_of(&self, id: &str) -> Option<Arc<Frames>> {
+        let route = self.routes.iter().find(|route| &*route.id == id)?;
+        route.frames.clone()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
