@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod frames;
 pub mod http2;
 pub mod protocols;
 pub mod proxy_header;
