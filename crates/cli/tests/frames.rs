@@ -9,10 +9,9 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use prost::Message;
 use serde_json::{json, Value};
@@ -21,7 +20,7 @@ use support::frames::{
     errors, frames, protocol, wait_frame_metrics, Frame, Gate, HEADER, IM_PROTO, ON_ERROR,
     STREAM_LISTENER, UNKNOWN_COMMAND,
 };
-use support::upstream::{respond, Handler, Received, Upstream};
+use support::upstream::{respond, Handler, Upstream};
 use support::{wait_until, Pylon, WAIT};
 
 const ADMIN_KEY: &str = "test-admin-key";
