@@ -245,14 +245,14 @@ impl<H: RequestFields> Drop for Unfinished<'_, '_, H> {
 }
 
 /// The answer to a request on a bridged route that is not a WebSocket upgrade the codec can
-/// take: 426, naming the protocol to upgrade to.
+/// take: 426, saying which upgrade it takes (in the body: `Upgrade` is a connection header,
+/// which the codecs do not let a reply carry).
 pub(crate) async fn upgrade_required<D: Downstream + ?Sized>(
     downstream: &mut D,
     vars: &RequestVars<'_, D::Head>,
     PluginWork { plugins, ctx }: PluginWork<'_>,
 ) -> Outcome {
-    let mut reply = Reply::message(426, "this route takes WebSocket upgrades over HTTP/1.1");
-    reply.headers.push(("upgrade".into(), "websocket".into()));
+    let reply = Reply::message(426, "this route takes WebSocket upgrades over HTTP/1.1");
     let reply = plugins.reply(ctx, reply);
     downstream.reply(vars, &reply, End::Complete).await
 }
