@@ -98,11 +98,11 @@ impl Counters {
         add(&self.bad_messages, 1);
     }
 
-    pub(crate) fn timeout(&self) {
+    pub fn timeout(&self) {
         add(&self.timeouts, 1);
     }
 
-    pub(crate) fn abandoned(&self, calls: usize) {
+    pub fn abandoned(&self, calls: usize) {
         add(&self.abandoned, calls as u64);
     }
 }

@@ -151,18 +151,20 @@ pub(crate) async fn run<D: Downstream>(
             let ctx = unfinished
                 .ctx
                 .insert(RequestCtx::new(vars, route_id, service_id));
-            let outcome = match plugins.request(ctx).await {
-                Some(reply) => {
+            let decided = plugins.request(ctx).await;
+            // A bridged route's clients are served by the gateway, not proxied.
+            let bridge = decided.is_none().then(|| plugins.frames_bridge(ctx));
+            let outcome = match (decided, bridge.flatten()) {
+                (Some(reply), _) => {
                     let reply = plugins.reply(ctx, reply);
                     downstream.reply(vars, &reply, End::Complete).await
                 }
-                None => {
+                (None, Some(bridge)) => {
                     let work = PluginWork { plugins, ctx };
-                    if let Some(bridge) = plugins.frames_bridge(ctx) {
-                        let outcome = downstream.bridge(vars, bridge, work).await;
-                        unfinished.finish(&outcome, refused);
-                        return outcome;
-                    }
+                    downstream.bridge(vars, bridge, work).await
+                }
+                (None, None) => {
+                    let work = PluginWork { plugins, ctx };
                     let chosen = ctx.upstream_override.as_deref();
                     let upstream = route.and_then(|r| r.upstream_for(chosen));
                     match (route, upstream) {

@@ -134,30 +134,40 @@ impl<'a> Bridge<'a> {
         let stopping = worker.stopping();
         tokio::pin!(stopping);
         let mut closing: Option<(CloseCode, String)> = None;
-        let idle = tokio::time::sleep(protocol.read_timeout());
-        tokio::pin!(idle);
         if worker.is_stopping() {
             closing = Some((CloseCode::Away, "the gateway stops".into()));
         }
+        // While reading: the client's silence, with no call in flight, for `read_timeout`.
+        // Once closing: the grace period of the calls in flight.
+        let timer = tokio::time::sleep(protocol.read_timeout());
+        tokio::pin!(timer);
         loop {
             let reading = closing.is_none() && in_flight.len() < protocol.max_in_flight();
             let reaction = tokio::select! {
                 message = ws.next(), if reading => match message {
                     Some(Ok(message)) => {
-                        idle.as_mut().reset(Instant::now() + protocol.read_timeout());
+                        timer.as_mut().reset(Instant::now() + protocol.read_timeout());
                         match self.react(message) {
                             Some(reaction) => reaction,
                             None => continue,
                         }
                     }
                     // The client closed (its close was answered), or the connection broke.
-                    Some(Err(_)) | None => return "the client closed".into(),
+                    Some(Err(_)) | None => {
+                        self.counters.abandoned(in_flight.len());
+                        return "the client closed".into();
+                    }
                 },
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => answer,
                 () = &mut stopping, if closing.is_none() => {
                     Reaction::Close(CloseCode::Away, "the gateway stops".into())
                 }
-                () = &mut idle, if in_flight.is_empty() && closing.is_none() => {
+                () = &mut timer, if in_flight.is_empty() || closing.is_some() => {
+                    if closing.is_some() {
+                        self.counters.abandoned(in_flight.len());
+                        break;
+                    }
+                    self.counters.timeout();
                     Reaction::Close(CloseCode::Away, "idle for read_timeout".into())
                 }
             };
@@ -168,18 +178,28 @@ impl<'a> Bridge<'a> {
                 }
                 Reaction::Answer(message) => message,
                 Reaction::Close(code, reason) => {
-                    closing.get_or_insert((code, reason));
-                    if !in_flight.is_empty() {
-                        continue;
+                    if closing.is_none() {
+                        closing = Some((code, reason));
+                        timer
+                            .as_mut()
+                            .reset(Instant::now() + worker.limits.shutdown_grace);
                     }
-                    break;
+                    if in_flight.is_empty() {
+                        break;
+                    }
+                    continue;
                 }
             };
             if ws.send(message).await.is_err() {
+                self.counters.abandoned(in_flight.len());
                 return "the client is gone".into();
             }
             self.counters.frame_out();
-            if closing.is_some() && in_flight.is_empty() {
+            if closing.is_none() {
+                timer
+                    .as_mut()
+                    .reset(Instant::now() + protocol.read_timeout());
+            } else if in_flight.is_empty() {
                 break;
             }
         }
