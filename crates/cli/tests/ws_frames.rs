@@ -5,7 +5,8 @@
 //! calls in flight are answered as they end; unknown commands and failed calls get error
 //! messages; bad messages close the WebSocket with the code that fits and are counted; the
 //! plugins of the upgrade's route and of the commands' routes apply; a plugin naming a stream
-//! route that does not speak frames is refused; and the worker's shutdown closes with 1001.
+//! route that does not speak frames is refused; silent clients and the worker's shutdown
+//! close with 1001.
 //!
 //! WebSocket over HTTP/2 (RFC 8441) is not bridged: an HTTP/2 request, as an HTTP/1.1 one
 //! that is not an upgrade, gets a 426.
@@ -250,7 +251,7 @@ async fn messages_that_are_not_one_frame_close_the_websocket_and_are_counted() {
             http_route("raw", "/im/raw", &backend, json!({})),
             ws_route("binary", json!({}))
         ]),
-        protocol(commands, json!({})),
+        protocol(commands, json!({"max_body": 1024})),
         json!([]),
     );
     let frame = Frame::new(4099, 1, b"abc").encode();
@@ -268,12 +269,18 @@ async fn messages_that_are_not_one_frame_close_the_websocket_and_are_counted() {
     let mut ws = connect(&pylon).await;
     ws.send(Message::text("{}")).await.unwrap();
     assert_closed_with(&mut ws, CloseCode::Unsupported).await;
+    // Longer than the longest frame (`max_body` 1024): too big, never read whole.
+    let mut ws = connect(&pylon).await;
+    ws.send(Message::binary(vec![0x09; 8 * 1024]))
+        .await
+        .unwrap();
+    assert_closed_with(&mut ws, CloseCode::Size).await;
     wait_frame_metrics(
         &pylon,
         &[
             (&errors("truncated"), 1.0),
             (&errors("bad_end"), 1.0),
-            (&errors("bad_message"), 2.0),
+            (&errors("bad_message"), 3.0),
         ],
     );
     assert_eq!(backend.request_count(), 0, "no bad message became a call");
@@ -595,4 +602,16 @@ async fn a_stopping_gateway_closes_with_1001() {
     assert_eq!(answer_frame(&mut ws).await.body, b"ok");
     pylon.terminate();
     assert_closed_with(&mut ws, CloseCode::Away).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_after_the_read_timeout() {
+    let pylon = gateway(
+        json!([ws_route("binary", json!({}))]),
+        protocol(json!({"1": {"uri": "/one"}}), json!({"read_timeout": 1})),
+        json!([]),
+    );
+    let mut ws = connect(&pylon).await;
+    assert_closed_with(&mut ws, CloseCode::Away).await;
+    wait_frame_metrics(&pylon, &[(&errors("timeout"), 1.0)]);
 }

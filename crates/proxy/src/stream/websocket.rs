@@ -13,9 +13,11 @@
 //!
 //! Calls run concurrently, up to the protocol's `max_in_flight`, and are answered in
 //! completion order. A message that is not a call (a cut frame, JSON that is not a call, a
-//! message of the other mode) is counted and closes the WebSocket: 1007 or 1003. The
-//! stopping worker closes with 1001 once the calls in flight are answered (within its grace).
-//! Pings are answered by the WebSocket layer as it reads.
+//! message of the other mode, one longer than the longest frame) is counted and closes the
+//! WebSocket: 1007, 1003 or 1009. A client silent for `read_timeout` with no call in flight,
+//! and every client of a stopping worker, is closed with 1001 once the calls in flight are
+//! answered (within the shutdown grace). Pings are answered by the WebSocket layer as it
+//! reads.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::frames::{CallFailure, Calls, Frames};
@@ -151,6 +153,10 @@ impl<'a> Bridge<'a> {
                             Some(reaction) => reaction,
                             None => continue,
                         }
+                    }
+                    Some(Err(WsError::Capacity(e))) => {
+                        self.counters.bad_message();
+                        Reaction::Close(CloseCode::Size, e.to_string())
                     }
                     // The client closed (its close was answered), or the connection broke.
                     Some(Err(_)) | None => {
