@@ -6,7 +6,8 @@
 //! messages; bad messages close the WebSocket with the code that fits and are counted; the
 //! plugins of the upgrade's route and of the commands' routes apply; a plugin naming a stream
 //! route that does not speak frames is refused; silent clients and the worker's shutdown
-//! close with 1001.
+//! close with 1001. In `tcp` mode the frames go to a framed TCP backend, the stream route's
+//! upstream, and its frames come back as messages.
 //!
 //! WebSocket over HTTP/2 (RFC 8441) is not bridged: an HTTP/2 request, as an HTTP/1.1 one
 //! that is not an upgrade, gets a 426.
@@ -614,4 +615,111 @@ async fn a_silent_client_is_closed_after_the_read_timeout() {
     let mut ws = connect(&pylon).await;
     assert_closed_with(&mut ws, CloseCode::Away).await;
     wait_frame_metrics(&pylon, &[(&errors("timeout"), 1.0)]);
+}
+
+// === a framed TCP backend ===
+
+/// A backend speaking HelloTalk's frames over TCP: it greets each connection with a frame of
+/// its own (command 9, sequence 0), then answers each frame with its body after `echo: `,
+/// and closes after a frame whose body is `bye`.
+fn framed_backend() -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let hello = Frame::new(9, 0, b"hello");
+                if stream.write_all(&hello.encode()).is_err() {
+                    return;
+                }
+                loop {
+                    let mut header = [0u8; 21];
+                    if stream.read_exact(&mut header).is_err() {
+                        return;
+                    }
+                    let length = u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+                    let mut rest = vec![0; length + 1];
+                    if stream.read_exact(&mut rest).is_err() {
+                        return;
+                    }
+                    let frame = Frame::from_bytes(&[&header[..], &rest].concat());
+                    if frame.body == b"bye" {
+                        return;
+                    }
+                    let body = [&b"echo: "[..], &frame.body].concat();
+                    let answer = Frame { body, ..frame };
+                    if stream.write_all(&answer.encode()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_tcp_mode_frames_are_relayed_to_the_stream_routes_framed_backend() {
+    let backend = framed_backend();
+    let doc = json!({
+        "routes": [ws_route("tcp", json!({}))],
+        "stream_routes": [{"id": "im", "protocol": protocol(json!({"1": {"uri": "/one"}}), json!({})),
+                           "upstream": {"nodes": {backend.to_string(): 1}}}],
+    });
+    let pylon = Pylon::start(&doc.to_string(), "");
+    let mut ws = connect(&pylon).await;
+    // The backend's own frames come as they are sent, each in a message of its own.
+    assert_eq!(answer_frame(&mut ws).await, Frame::new(9, 0, b"hello"));
+    for sequence in [1, 2] {
+        let frame = Frame::new(4099, sequence, format!("call {sequence}").as_bytes());
+        ws.send(Message::binary(frame.encode())).await.unwrap();
+    }
+    for sequence in [1, 2] {
+        let answer = answer_frame(&mut ws).await;
+        assert_eq!(
+            answer,
+            Frame::new(4099, sequence, format!("echo: call {sequence}").as_bytes())
+        );
+    }
+    // The backend closing closes the WebSocket.
+    ws.send(Message::binary(Frame::new(4099, 3, b"bye").encode()))
+        .await
+        .unwrap();
+    assert_closed_with(&mut ws, CloseCode::Normal).await;
+
+    // A message that is not one frame never reaches the backend.
+    let mut ws = connect(&pylon).await;
+    assert_eq!(answer_frame(&mut ws).await.command, 9);
+    let frame = Frame::new(4099, 4, b"x").encode();
+    ws.send(Message::binary(frame[..frame.len() - 1].to_vec()))
+        .await
+        .unwrap();
+    assert_closed_with(&mut ws, CloseCode::Invalid).await;
+    wait_frame_metrics(
+        &pylon,
+        &[
+            (&frames("in"), 3.0),
+            (&frames("out"), 4.0),
+            (&errors("truncated"), 1.0),
+        ],
+    );
+}
+
+#[test]
+fn tcp_mode_needs_a_stream_route_with_an_upstream() {
+    let pylon = admin_node();
+    let stream_route = json!({"protocol": protocol(json!({"1": {"uri": "/one"}}), json!({}))});
+    let res = put(&pylon, "/apisix/admin/stream_routes/im", &stream_route);
+    assert!(res.status < 300, "{}", res.text());
+    let refused = put(
+        &pylon,
+        "/apisix/admin/routes/ws",
+        &ws_route("tcp", json!({})),
+    );
+    assert_refused(
+        &refused,
+        "plugins.websocket-frames.stream_route_id: stream route `im` has no upstream for `mode: tcp` to relay frames to",
+    );
 }

@@ -19,4 +19,7 @@ pub enum BridgeMode {
     /// A text message is a JSON call (`command`, `sequence`, `fields`, `body`); so is its
     /// answer.
     Json,
+    /// A binary message is one frame, relayed to the stream route's upstream (a framed TCP
+    /// backend); each frame the backend sends comes back as one binary message.
+    Tcp,
 }

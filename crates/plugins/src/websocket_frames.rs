@@ -3,6 +3,9 @@
 //! message is one frame in its layout, or a text message one JSON call. The calls go to the
 //! HTTP routes the stream route's commands name, as its TCP clients' frames do.
 //!
+//! With `mode: tcp` the frames go instead to the stream route's upstream (a framed TCP
+//! backend), and the backend's frames come back as messages.
+//!
 //! The plugin only says so; the HTTP/1 codec answers the upgrade and serves the messages.
 
 use std::sync::Arc;
@@ -33,7 +36,8 @@ struct WebSocketFramesConfig {
     /// `pylon-frames`.
     #[schemars(length(min = 1))]
     stream_route_id: String,
-    /// What a message carries: one frame (`binary`) or one JSON call (`json`).
+    /// What a message carries: one frame for the commands' HTTP routes (`binary`), one JSON
+    /// call (`json`), or one frame for the stream route's upstream (`tcp`).
     #[serde(default = "default_mode")]
     mode: Mode,
 }
@@ -43,6 +47,7 @@ struct WebSocketFramesConfig {
 enum Mode {
     Binary,
     Json,
+    Tcp,
 }
 
 fn default_mode() -> Mode {
@@ -61,6 +66,7 @@ fn build(config: &Value, _env: &BuildEnv<'_>) -> Result<Arc<dyn Plugin>, FieldEr
     let mode = match config.mode {
         Mode::Binary => BridgeMode::Binary,
         Mode::Json => BridgeMode::Json,
+        Mode::Tcp => BridgeMode::Tcp,
     };
     Ok(Arc::new(WebSocketFrames {
         bridge: FramesBridge {
@@ -102,12 +108,23 @@ pub fn check_bridged_stream_route<'v>(
         ));
     };
     let name = route.pointer("/protocol/name").and_then(Value::as_str);
-    (name != Some(PROTOCOL_NAME)).then(|| {
-        FieldError::new(
+    if name != Some(PROTOCOL_NAME) {
+        return Some(FieldError::new(
             path,
             format!(
                 "stream route `{id}` does not speak frames (its protocol is not `{PROTOCOL_NAME}`)"
             ),
+        ));
+    }
+    // A service's upstream is not looked up: the route names one, or a service that has one.
+    let mode = resource.pointer("/plugins/websocket-frames/mode");
+    let names_upstream = ["upstream", "upstream_id", "service_id"]
+        .iter()
+        .any(|field| route.get(field).is_some());
+    (mode == Some(&Value::from("tcp")) && !names_upstream).then(|| {
+        FieldError::new(
+            path,
+            format!("stream route `{id}` has no upstream for `mode: tcp` to relay frames to"),
         )
     })
 }
@@ -158,5 +175,19 @@ mod tests {
         assert_eq!(plain.path, "plugins.websocket-frames.stream_route_id");
         assert!(plain.message.contains("does not speak frames"), "{plain}");
         assert_eq!(check_bridged_stream_route(&json!({}), lookup), None);
+
+        let backend = json!({"protocol": {"name": "pylon-frames", "conf": {}}, "upstream_id": "1"});
+        let lookup = |id: &str| match id {
+            "im" => Some(&frames),
+            "backend" => Some(&backend),
+            _ => None,
+        };
+        let tcp = |id: &str| json!({"plugins": {"websocket-frames": {"stream_route_id": id, "mode": "tcp"}}});
+        assert_eq!(check_bridged_stream_route(&tcp("backend"), lookup), None);
+        let no_upstream = check_bridged_stream_route(&tcp("im"), lookup).unwrap();
+        assert_eq!(
+            no_upstream.to_string(),
+            "plugins.websocket-frames.stream_route_id: stream route `im` has no upstream for `mode: tcp` to relay frames to"
+        );
     }
 }

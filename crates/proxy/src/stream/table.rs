@@ -35,7 +35,8 @@ pub(crate) struct StreamTarget {
     server: Option<IpSet>,
     port: Option<u16>,
     sni: Option<SniPattern>,
-    /// Where the bytes go; `None` on a route whose connections speak frames.
+    /// Where the bytes go; on a route whose connections speak frames, the framed backend its
+    /// bridged WebSocket clients (`mode: tcp`) are relayed to, if any.
     pub upstream: Option<Arc<UpstreamTarget>>,
     /// The framed protocol its connections speak (`protocol: pylon-frames`).
     pub frames: Option<Arc<Frames>>,
@@ -67,10 +68,11 @@ impl StreamTable {
             .any(|route| route.sni.is_some() && route.takes_by_address(arrival))
     }
 
-    /// The protocol of the frames route `id`, for the WebSocket clients bridged to it.
-    pub(crate) fn frames_of(&self, id: &str) -> Option<Arc<Frames>> {
-        let route = self.routes.iter().find(|route| &*route.id == id)?;
-        route.frames.clone()
+    /// The frames route `id`, for the WebSocket clients bridged to it.
+    pub(crate) fn frames_route(&self, id: &str) -> Option<&StreamTarget> {
+        self.routes
+            .iter()
+            .find(|route| &*route.id == id && route.frames.is_some())
     }
 
     pub(crate) fn is_empty(&self) -> bool {

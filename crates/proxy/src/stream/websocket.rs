@@ -10,8 +10,11 @@
 //!   as the request's JSON body as it is (it must be the command's `request` message when the
 //!   command names one), and the answer comes back as `{"command", "sequence", "body"}`, or
 //!   `{"command", "sequence", "error": {"status", "message"}}` for a failed call.
+//! - `tcp`: a binary message is one whole frame, relayed to a node of the stream route's
+//!   upstream (a framed TCP backend, one connection per WebSocket), and each frame the node
+//!   sends is one binary message: answers, and frames the backend pushes.
 //!
-//! Calls run concurrently, up to the protocol's `max_in_flight`, and are answered in
+//! In the first two, calls run concurrently, up to the protocol's `max_in_flight`, and are answered in
 //! completion order. A message that is not a call (a cut frame, JSON that is not a call, a
 //! message of the other mode, one longer than the longest frame) is counted and closes the
 //! WebSocket: 1007, 1003 or 1009. A client silent for `read_timeout` with no call in flight,
@@ -20,7 +23,6 @@
 //! reads.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::BytesMut;
@@ -30,7 +32,7 @@ use pylon_frames::{CommandRoute, Counters, Dispatcher, Frame, FrameError};
 use pylon_plugin::BridgeMode;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -38,29 +40,37 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::frames::{CallFailure, Calls, Frames};
+use super::{Arrival, StreamTarget};
+use crate::snapshot::UpstreamTarget;
 use crate::worker::Worker;
+
+/// The close code of a gateway whose upstream failed it (IANA's WebSocket registry).
+const BAD_GATEWAY: CloseCode = CloseCode::Iana(1014);
 
 /// The largest text message of a JSON call, besides the body it carries.
 const JSON_OVERHEAD: usize = 64 * 1024;
 
-/// Serves a WebSocket whose upgrade was answered, until it closes. `early` is what the
+/// Serves a WebSocket whose upgrade was answered, until it closes: its messages are calls of
+/// the frames route `route`, or, in `tcp` mode, frames for its upstream. `early` is what the
 /// client sent after its upgrade request, read along with it.
 pub(crate) async fn serve<S>(
     worker: &Rc<Worker>,
-    io: S,
-    early: BytesMut,
-    frames: &Frames,
+    route: &StreamTarget,
+    (io, early): (S, BytesMut),
     mode: BridgeMode,
-    client: SocketAddr,
-    local: SocketAddr,
+    arrival: &Arrival<'_>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Compiled frames routes have their protocol: the codec looked the route up by it.
+    let Some(frames) = route.frames.as_deref() else {
+        return;
+    };
     let layout = frames.protocol().layout();
     // A message holds one call: nothing longer than the longest frame (or its JSON) is read.
     let longest = layout.frame_len(usize::try_from(layout.max_body()).unwrap_or(usize::MAX));
     let longest = match mode {
-        BridgeMode::Binary => longest,
+        BridgeMode::Binary | BridgeMode::Tcp => longest,
         BridgeMode::Json => longest.saturating_mul(2).saturating_add(JSON_OVERHEAD),
     };
     let config = WebSocketConfig {
@@ -71,13 +81,27 @@ pub(crate) async fn serve<S>(
     let ws =
         WebSocketStream::from_partially_read(io, early.to_vec(), Role::Server, Some(config)).await;
     let bridge = Bridge {
-        calls: Calls::new(worker, frames, client, local),
+        calls: Calls::new(worker, frames, arrival.client, arrival.local),
         frames,
         mode,
         counters: &worker.metrics.counters().frames,
     };
-    let closed = bridge.run(worker, ws).await;
-    tracing::debug!(%client, "bridged WebSocket closed: {closed}");
+    let closed = match (mode, &route.upstream) {
+        (BridgeMode::Tcp, Some(upstream)) => {
+            bridge.relay(worker, route, upstream, arrival, ws).await
+        }
+        (BridgeMode::Tcp, None) => {
+            bridge
+                .close(
+                    worker,
+                    ws,
+                    (CloseCode::Error, "the stream route has no upstream".into()),
+                )
+                .await
+        }
+        _ => bridge.run(worker, ws).await,
+    };
+    tracing::debug!(client = %arrival.client, "bridged WebSocket closed: {closed}");
 }
 
 /// One bridged WebSocket.
@@ -209,12 +233,25 @@ impl<'a> Bridge<'a> {
                 break;
             }
         }
-        let (code, reason) = closing.unwrap_or((CloseCode::Normal, String::new()));
+        let closing = closing.unwrap_or((CloseCode::Normal, String::new()));
+        self.close(worker, ws, closing).await
+    }
+
+    /// Closes with `code` and `reason`, and waits (within the shutdown grace) for the
+    /// client's close, which ends the stream; says why it closed.
+    async fn close<S>(
+        &self,
+        worker: &Worker,
+        mut ws: WebSocketStream<S>,
+        (code, reason): (CloseCode, String),
+    ) -> String
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let frame = CloseFrame {
             code,
             reason: reason.clone().into(),
         };
-        // The close handshake: the client's close ends the stream, within the grace period.
         let handshake = async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
@@ -222,6 +259,111 @@ impl<'a> Bridge<'a> {
         };
         let _ = tokio::time::timeout(worker.limits.shutdown_grace, handshake).await;
         reason
+    }
+
+    /// `mode: tcp`: relays each binary message's frame to a node of the route's upstream,
+    /// and each frame the node sends back as a binary message, until either side closes (or
+    /// both are silent for `read_timeout`). The node is chosen as for the route's TCP clients
+    /// (balancer, health, retries on connect); none connecting closes with 1014.
+    async fn relay<S>(
+        &self,
+        worker: &Worker,
+        route: &StreamTarget,
+        upstream: &UpstreamTarget,
+        arrival: &Arrival<'_>,
+        mut ws: WebSocketStream<S>,
+    ) -> String
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let protocol = self.frames.protocol();
+        let view = worker.view();
+        let mut backend = match super::connect(&view, route, upstream, arrival).await {
+            Ok(done) => done.value.0.stream,
+            Err(gave_up) => {
+                let reason = format!("no node connected: {}", gave_up.error.status());
+                return self.close(worker, ws, (BAD_GATEWAY, reason)).await;
+            }
+        };
+        let mut from_backend = BytesMut::with_capacity(8 * 1024);
+        let stopping = worker.stopping();
+        tokio::pin!(stopping);
+        let silence = tokio::time::sleep(protocol.read_timeout());
+        tokio::pin!(silence);
+        let closing = loop {
+            if worker.is_stopping() {
+                break (CloseCode::Away, "the gateway stops".into());
+            }
+            tokio::select! {
+                message = ws.next() => match message {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        if let Err(reason) = self.frame(&bytes) {
+                            break (CloseCode::Invalid, reason);
+                        }
+                        self.counters.frame_in();
+                        if backend.write_all(&bytes).await.is_err() {
+                            break (BAD_GATEWAY, "the backend is gone".into());
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => {}
+                    Some(Ok(_)) => {
+                        self.counters.bad_message();
+                        break (CloseCode::Unsupported, "frames come in binary messages".into());
+                    }
+                    Some(Err(WsError::Capacity(e))) => {
+                        self.counters.bad_message();
+                        break (CloseCode::Size, e.to_string());
+                    }
+                    Some(Err(_)) | None => return "the client closed".into(),
+                },
+                read = backend.read_buf(&mut from_backend) => match read {
+                    Ok(0) => break (CloseCode::Normal, "the backend closed".into()),
+                    Err(_) => break (BAD_GATEWAY, "the backend is gone".into()),
+                    Ok(_) => {
+                        if let Err(reason) = self.backend_frames(&mut ws, &mut from_backend).await {
+                            break reason;
+                        }
+                    }
+                },
+                () = &mut stopping => break (CloseCode::Away, "the gateway stops".into()),
+                () = &mut silence => {
+                    self.counters.timeout();
+                    break (CloseCode::Away, "idle for read_timeout".into());
+                }
+            }
+            silence
+                .as_mut()
+                .reset(Instant::now() + protocol.read_timeout());
+        };
+        self.close(worker, ws, closing).await
+    }
+
+    /// Sends each whole frame the backend sent, one per message; what follows the last one
+    /// stays for the next read. A frame that breaks the layout ends the relay.
+    async fn backend_frames<S>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        from_backend: &mut BytesMut,
+    ) -> Result<(), (CloseCode, String)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let layout = self.frames.protocol().layout();
+        loop {
+            let frame = match layout.decode(from_backend) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err((CloseCode::Error, format!("the backend: {e}"))),
+            };
+            let mut message = BytesMut::with_capacity(layout.frame_len(frame.body.len()));
+            if let Err(e) = layout.encode(&frame, &mut message) {
+                return Err((CloseCode::Error, format!("the backend: {e}")));
+            }
+            if ws.send(binary(message)).await.is_err() {
+                return Err((CloseCode::Away, "the client is gone".into()));
+            }
+            self.counters.frame_out();
+        }
     }
 
     /// What the client gets for `message`; `None` when it needs nothing (a ping, a pong).
@@ -243,7 +385,7 @@ impl<'a> Bridge<'a> {
             (_, _) => {
                 self.counters.bad_message();
                 let reason = match self.mode {
-                    BridgeMode::Binary => "frames come in binary messages",
+                    BridgeMode::Binary | BridgeMode::Tcp => "frames come in binary messages",
                     BridgeMode::Json => "calls come in text messages",
                 };
                 return Some(Reaction::Close(CloseCode::Unsupported, reason.into()));
@@ -263,7 +405,7 @@ impl<'a> Bridge<'a> {
         Some(match protocol.unknown_command_frame(sequence) {
             None => Reaction::Close(CloseCode::Policy, unknown),
             Some(error) => Reaction::Answer(match self.mode {
-                BridgeMode::Binary => binary(error),
+                BridgeMode::Binary | BridgeMode::Tcp => binary(error),
                 BridgeMode::Json => json_error(command, sequence, 404, &unknown),
             }),
         })

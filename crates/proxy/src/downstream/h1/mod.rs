@@ -20,7 +20,7 @@ use crate::http1::{
 use crate::outcome::{Cause, End, Outcome, Side};
 use crate::pipeline::{self, Exchange, Logged, PluginWork};
 use crate::relay::{read_more, write_all, RelayError};
-use crate::stream::websocket;
+use crate::stream::{websocket, Arrival};
 use crate::tls::{ClientStream, MaybeTls};
 use crate::vars::{normalize_host, RequestFields, RequestVars};
 use crate::worker::Worker;
@@ -323,7 +323,8 @@ impl pipeline::Downstream for Http1<'_> {
             return pipeline::upgrade_required(self, vars, work).await;
         };
         let stream_route = &bridge.stream_route_id;
-        let Some(frames) = self.worker.view().snapshot.stream.frames_of(stream_route) else {
+        let view = self.worker.view();
+        let Some(route) = view.snapshot.stream.frames_route(stream_route) else {
             // Refused when written through the Admin API; a declarative file can still say so.
             tracing::warn!(
                 route = work.ctx.route_id(),
@@ -348,19 +349,13 @@ impl pipeline::Downstream for Http1<'_> {
         {
             return Outcome::failed(101, 0, Side::Client, Cause::Reset);
         }
-        let early = io.buf.split();
-        let (client, local) = (vars.client, vars.local);
-        let mode = bridge.mode;
-        websocket::serve(
-            self.worker,
-            &mut io.stream,
-            early,
-            &frames,
-            mode,
-            client,
-            local,
-        )
-        .await;
+        let arrival = Arrival {
+            client: vars.client,
+            local: vars.local,
+            sni: None,
+        };
+        let connection = (&mut io.stream, io.buf.split());
+        websocket::serve(self.worker, route, connection, bridge.mode, &arrival).await;
         Outcome::complete(101, sent, false)
     }
 
