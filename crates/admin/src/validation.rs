@@ -45,6 +45,10 @@ pub(crate) fn check_write(
     }
     let protos = referenced_protos(view, value);
     let mut errors = pylon_plugins::check_resource(key.kind, value, &protos);
+    errors.extend(pylon_plugins::check_bridged_stream_route(value, |id| {
+        let route = view.entries.get(&Key::new(Kind::StreamRoutes, id))?;
+        Some(&route.value)
+    }));
     if matches!(key.kind, Kind::Consumers | Kind::Credentials) {
         errors.extend(credential_clashes(keyring, view, key, value));
     }

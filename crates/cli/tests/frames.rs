@@ -9,98 +9,25 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use prost::Message;
 use serde_json::{json, Value};
-use support::client::{self, admin, Response};
-use support::upstream::{respond, Handler, Received, Upstream};
+use support::client::{admin, Response};
+use support::frames::{
+    errors, frames, protocol, wait_frame_metrics, Frame, Gate, HEADER, IM_PROTO, ON_ERROR,
+    STREAM_LISTENER, UNKNOWN_COMMAND,
+};
+use support::upstream::{respond, Handler, Upstream};
 use support::{wait_until, Pylon, WAIT};
 
 const ADMIN_KEY: &str = "test-admin-key";
 
-/// The error frames' commands.
-const ON_ERROR: u16 = 65535;
-const UNKNOWN_COMMAND: u16 = 65534;
-
 /// The address frame clients connect from: a loopback address of their own, so that the
 /// logs and plugins that see it cannot mistake it for the gateway's.
 const CLIENT_IP: [u8; 4] = [127, 0, 0, 2];
-
-// === HelloTalk's frames ===
-
-/// A frame of HelloTalk's layout (crates/frames/README.md): the header, big-endian, is the
-/// body's length (u32), the command (u16), the sequence id (u32), the version (u8), flags
-/// (u8), the user id (u32) and 4 reserved bytes.
-#[derive(Debug, Clone, PartialEq)]
-struct Frame {
-    command: u16,
-    sequence: u32,
-    version: u8,
-    flags: u8,
-    user_id: u32,
-    body: Vec<u8>,
-}
-
-const HEADER: usize = 20;
-
-impl Frame {
-    fn new(command: u16, sequence: u32, body: &[u8]) -> Frame {
-        Frame {
-            command,
-            sequence,
-            version: 1,
-            flags: 0x80,
-            user_id: 123_456,
-            body: body.to_vec(),
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut bytes = vec![0x09];
-        bytes.extend_from_slice(&(self.body.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&self.command.to_be_bytes());
-        bytes.extend_from_slice(&self.sequence.to_be_bytes());
-        bytes.extend_from_slice(&[self.version, self.flags]);
-        bytes.extend_from_slice(&self.user_id.to_be_bytes());
-        bytes.extend_from_slice(&[0; 4]);
-        bytes.extend_from_slice(&self.body);
-        bytes.push(0x0a);
-        bytes
-    }
-
-    /// A frame from a header and the body and end marker after it.
-    fn decode(header: &[u8; HEADER], rest: &[u8]) -> Frame {
-        let be32 = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().unwrap());
-        assert_eq!(header[16..], [0; 4], "reserved header bytes are zeros");
-        assert_eq!(rest.last(), Some(&0x0a), "the end marker");
-        Frame {
-            command: u16::from_be_bytes([header[4], header[5]]),
-            sequence: be32(6),
-            version: header[10],
-            flags: header[11],
-            user_id: be32(12),
-            body: rest[..rest.len() - 1].to_vec(),
-        }
-    }
-
-    /// An error frame as the protocol below configures them: its command, the sequence id
-    /// it answers, `version` 1 and every other header field zero, no body.
-    fn error(command: u16, sequence: u32) -> Frame {
-        Frame {
-            command,
-            sequence,
-            version: u8::from(command == ON_ERROR),
-            flags: 0,
-            user_id: 0,
-            body: Vec::new(),
-        }
-    }
-}
 
 /// A framed-protocol client on a blocking socket, from [`CLIENT_IP`] (or another loopback
 /// address).
@@ -172,33 +99,6 @@ fn is_closed(error: &std::io::Error) -> bool {
 
 // === the gateway ===
 
-/// HelloTalk's protocol with `commands`, error frames for failed calls (65535, `version` 1)
-/// and unknown commands (65534), and `extra` fields.
-fn protocol(commands: Value, extra: Value) -> Value {
-    let mut conf = json!({
-        "layout": {
-            "start": "09", "end": "0a", "header_length": 20,
-            "body_length": {"offset": 0, "width": 4},
-            "command": {"offset": 4, "width": 2},
-            "sequence": {"offset": 6, "width": 4},
-            "fields": {
-                "version": {"offset": 10, "width": 1},
-                "flags": {"offset": 11, "width": 1},
-                "user_id": {"offset": 12, "width": 4}
-            }
-        },
-        "on_error": {"action": "error_frame", "command": ON_ERROR, "fields": {"version": 1}},
-        "unknown_command": {"action": "error_frame", "command": UNKNOWN_COMMAND},
-        "commands": commands,
-    });
-    for (field, value) in extra.as_object().unwrap() {
-        conf[field] = value.clone();
-    }
-    json!({"name": "pylon-frames", "conf": conf})
-}
-
-const STREAM_LISTENER: &str = "  stream:\n    tcp:\n      - addr: \"127.0.0.1:0\"\n";
-
 /// A pylon on the standalone `routes` (HTTP routes) and one frames stream route speaking
 /// `protocol`, and the address of its stream listener.
 fn gateway(routes: Value, protocol: Value) -> (Pylon, SocketAddr) {
@@ -237,45 +137,6 @@ fn backend(answer: &'static [u8]) -> Upstream {
             true
         }),
     )
-}
-
-/// The frames counters a scrape of the metrics listener shows, by series
-/// (`pylon_frames_errors_total{reason="bad_end"}`).
-fn frame_metrics(pylon: &Pylon) -> BTreeMap<String, f64> {
-    let res = client::get(pylon.metrics.unwrap(), "localhost", "/metrics");
-    assert_eq!(res.status, 200, "{}", res.text());
-    res.text()
-        .lines()
-        .filter(|line| line.starts_with("pylon_frames"))
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
-        })
-        .collect()
-}
-
-/// Waits (bounded) until the metrics show `expected` for each of its series.
-fn wait_frame_metrics(pylon: &Pylon, expected: &[(&str, f64)]) {
-    let mut seen = BTreeMap::new();
-    let matches = |seen: &BTreeMap<String, f64>| {
-        (expected.iter()).all(|(series, value)| seen.get(*series) == Some(value))
-    };
-    let deadline = Instant::now() + WAIT;
-    while !matches(&seen) {
-        assert!(
-            Instant::now() < deadline,
-            "frames metrics {seen:?}, wanted {expected:?}"
-        );
-        seen = frame_metrics(pylon);
-    }
-}
-
-fn errors(reason: &str) -> String {
-    format!("pylon_frames_errors_total{{reason=\"{reason}\"}}")
-}
-
-fn frames(direction: &str) -> String {
-    format!("pylon_frames_total{{direction=\"{direction}\"}}")
 }
 
 // === bytes as they are ===
@@ -347,12 +208,6 @@ fn frames_pass_as_bytes_with_their_header_fields_as_headers() {
 }
 
 // === JSON ===
-
-const IM_PROTO: &str = r#"syntax = "proto3";
-package im;
-message SendReq { uint32 to = 1; string text = 2; repeated string tags = 3; }
-message SendResp { uint64 id = 1; string status = 2; }
-"#;
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct SendReq {
@@ -531,31 +386,6 @@ fn served(addr: SocketAddr) -> FrameClient {
 }
 
 // === many in flight ===
-
-/// Requests held until the test releases them by sequence id.
-#[derive(Default)]
-struct Gate {
-    released: Mutex<HashSet<String>>,
-    changed: Condvar,
-}
-
-impl Gate {
-    fn release(&self, sequence: u32) {
-        self.released.lock().unwrap().insert(sequence.to_string());
-        self.changed.notify_all();
-    }
-
-    /// Waits (bounded) until `request`'s sequence id is released.
-    fn wait(&self, request: &Received) -> bool {
-        let sequence = request.header("x-frame-sequence").unwrap_or_default();
-        let released = self.released.lock().unwrap();
-        let (released, _) = self
-            .changed
-            .wait_timeout_while(released, WAIT, |released| !released.contains(sequence))
-            .unwrap();
-        released.contains(sequence)
-    }
-}
 
 #[test]
 fn frames_in_flight_are_answered_as_their_calls_end() {

@@ -1,5 +1,7 @@
 //! What connections count, for metrics. One [`Counters`] is shared by the connections that
-//! should add up (a worker's, a route's); it can be read at any time, from any thread.
+//! should add up (a worker's, a route's); it can be read at any time, from any thread. The
+//! engine counts for its connections; an entry point that carries frames otherwise (one per
+//! WebSocket message) counts with the same methods.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,6 +18,7 @@ pub struct Counters {
     truncated: AtomicU64,
     unknown_commands: AtomicU64,
     dispatch_errors: AtomicU64,
+    bad_messages: AtomicU64,
     timeouts: AtomicU64,
     abandoned: AtomicU64,
 }
@@ -37,6 +40,8 @@ pub struct CounterValues {
     pub unknown_commands: u64,
     /// Calls that failed, or whose answer did not fit the layout.
     pub dispatch_errors: u64,
+    /// WebSocket messages that are not one frame, or not one JSON call, of a bridged route.
+    pub bad_messages: u64,
     /// Clients silent for `read_timeout`, mid-frame or between frames.
     pub timeouts: u64,
     /// Calls still in flight when a closing connection's grace period ended.
@@ -56,20 +61,21 @@ impl Counters {
             truncated: get(&self.truncated),
             unknown_commands: get(&self.unknown_commands),
             dispatch_errors: get(&self.dispatch_errors),
+            bad_messages: get(&self.bad_messages),
             timeouts: get(&self.timeouts),
             abandoned: get(&self.abandoned),
         }
     }
 
-    pub(crate) fn frame_in(&self) {
+    pub fn frame_in(&self) {
         add(&self.frames_in, 1);
     }
 
-    pub(crate) fn frame_out(&self) {
+    pub fn frame_out(&self) {
         add(&self.frames_out, 1);
     }
 
-    pub(crate) fn bad_frame(&self, error: &FrameError) {
+    pub fn bad_frame(&self, error: &FrameError) {
         let counter = match error {
             FrameError::MissingStart => &self.missing_start,
             FrameError::BadEnd => &self.bad_end,
@@ -80,19 +86,23 @@ impl Counters {
         add(counter, 1);
     }
 
-    pub(crate) fn unknown_command(&self) {
+    pub fn unknown_command(&self) {
         add(&self.unknown_commands, 1);
     }
 
-    pub(crate) fn dispatch_error(&self) {
+    pub fn dispatch_error(&self) {
         add(&self.dispatch_errors, 1);
     }
 
-    pub(crate) fn timeout(&self) {
+    pub fn bad_message(&self) {
+        add(&self.bad_messages, 1);
+    }
+
+    pub fn timeout(&self) {
         add(&self.timeouts, 1);
     }
 
-    pub(crate) fn abandoned(&self, calls: usize) {
+    pub fn abandoned(&self, calls: usize) {
         add(&self.abandoned, calls as u64);
     }
 }

@@ -209,6 +209,11 @@ impl Layout {
     }
 
     /// The bytes of a frame with a body of `body` bytes.
+    /// The largest body [`Layout::decode`] accepts.
+    pub fn max_body(&self) -> u64 {
+        self.max_body
+    }
+
     pub fn frame_len(&self, body: usize) -> usize {
         self.start.len() + self.header_length + body + self.end.len()
     }

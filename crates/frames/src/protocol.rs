@@ -115,6 +115,24 @@ impl Protocol {
         self.read_timeout
     }
 
+    /// The frame a failed call (or a bad frame) gets, answering `sequence`; `None` when the
+    /// connection closes instead.
+    pub fn on_error_frame(&self, sequence: u64) -> Option<BytesMut> {
+        Some(self.with_sequence(self.on_error.as_ref()?, sequence))
+    }
+
+    /// The frame an unknown command gets, answering `sequence`; `None` when the connection
+    /// closes instead.
+    pub fn unknown_command_frame(&self, sequence: u64) -> Option<BytesMut> {
+        Some(self.with_sequence(self.unknown_command.as_ref()?, sequence))
+    }
+
+    fn with_sequence(&self, error: &ErrorFrame, sequence: u64) -> BytesMut {
+        let mut frame = BytesMut::from(error.bytes());
+        self.layout.set_sequence(&mut frame, sequence);
+        frame
+    }
+
     pub(crate) fn on_error(&self) -> Option<&ErrorFrame> {
         self.on_error.as_ref()
     }

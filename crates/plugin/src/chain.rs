@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::body::{BodyFilters, RequestBodyInspectors, RequestTaps};
+use crate::bridge::FramesBridge;
 use crate::context::{LogCtx, RequestCtx, ResponseCtx};
 use crate::meta::Meta;
 use crate::phase::{Phase, Phases, RequestPhase};
@@ -195,6 +196,19 @@ impl Chain {
         merged(&self.entries, consumer_entries)
             .filter(|entry| entry.applies(Phase::Transcode, ctx))
             .find_map(|entry| entry.plugin.transcoder(ctx))
+    }
+
+    /// The bridge of the first plugin of the chain (with the consumer's, as [`Chain::run`])
+    /// that answers this request's WebSocket upgrade itself, if any.
+    pub fn frames_bridge<'a>(
+        &'a self,
+        ctx: &RequestCtx<'_>,
+        consumer: Option<&'a Chain>,
+    ) -> Option<&'a FramesBridge> {
+        let consumer_entries = consumer.map_or(&[][..], |c| &c.entries[..]);
+        merged(&self.entries, consumer_entries)
+            .filter(|entry| entry.applies(Phase::Bridge, ctx))
+            .find_map(|entry| entry.plugin.frames_bridge())
     }
 
     /// Runs `log` over the chain (with the consumer's plugins, as [`Chain::run`]).

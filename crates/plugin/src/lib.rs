@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod bridge;
 mod call;
 mod chain;
 mod consumer;
@@ -30,6 +31,7 @@ use std::any::Any;
 pub use body::{
     BodyFilter, BodyFilters, RequestBodyInspector, RequestBodyInspectors, RequestTap, RequestTaps,
 };
+pub use bridge::{BridgeMode, FramesBridge};
 pub use call::{call_failures, Call, CallError, CallFailures, FailurePolicy};
 pub use chain::{Chain, ChainBuilder, Entry};
 pub use consumer::Consumer;
@@ -143,6 +145,13 @@ pub trait Plugin: Send + Sync + 'static {
     /// with the upstream itself, as a gRPC call: `Some(transcoder)` to make it. The default
     /// leaves the request to be proxied as it is.
     fn transcoder(&self, _ctx: &RequestCtx<'_>) -> Option<Box<dyn Transcoder>> {
+        None
+    }
+
+    /// Decides, once the request phases have passed, whether the gateway answers this
+    /// request's WebSocket upgrade itself and serves its messages as frames:
+    /// `Some(bridge)` to bridge. The default leaves the request to be proxied.
+    fn frames_bridge(&self) -> Option<&FramesBridge> {
         None
     }
 }

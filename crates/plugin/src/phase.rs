@@ -16,6 +16,8 @@ pub enum Phase {
     /// The exchange with the upstream, made by a plugin in another protocol than the
     /// client's (see [`crate::Transcoder`]).
     Transcode,
+    /// A WebSocket upgrade the gateway answers itself (see [`crate::FramesBridge`]).
+    Bridge,
 }
 
 /// The phases that run before the upstream exchange and may answer the request themselves.
@@ -61,6 +63,7 @@ impl Phases {
     pub const BODY_FILTER: Phases = Phases::of(Phase::BodyFilter);
     pub const LOG: Phases = Phases::of(Phase::Log);
     pub const TRANSCODE: Phases = Phases::of(Phase::Transcode);
+    pub const BRIDGE: Phases = Phases::of(Phase::Bridge);
 
     pub const fn of(phase: Phase) -> Phases {
         Phases(1 << phase as u16)

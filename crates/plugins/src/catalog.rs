@@ -7,6 +7,7 @@ use crate::{
     ip_restriction, jwt_auth, key_auth, limit_conn, limit_count, limit_req, mocking, opentelemetry,
     prometheus, proxy_mirror, proxy_rewrite, real_ip, redirect, request_id, request_validation,
     response_rewrite, syslog, tcp_logger, traffic_split, udp_logger, uri_blocker, waf,
+    websocket_frames,
 };
 
 /// Every plugin, by name.
@@ -47,6 +48,7 @@ pub static CATALOG: &[Descriptor] = &[
     udp_logger::DESCRIPTOR,
     uri_blocker::DESCRIPTOR,
     waf::DESCRIPTOR,
+    websocket_frames::DESCRIPTOR,
 ];
 
 pub fn find(name: &str) -> Option<&'static Descriptor> {

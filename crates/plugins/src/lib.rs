@@ -64,6 +64,7 @@ mod udp_logger;
 mod uri_blocker;
 mod uri_rewrite;
 mod waf;
+mod websocket_frames;
 
 pub use batch::ShipCounts;
 pub use catalog::{find, CATALOG};
@@ -82,6 +83,7 @@ pub use proxy_mirror::{mirror_counts, MirrorCounts};
 pub use pylon_redis::{Redis, Status as RedisStatus};
 pub use traffic_split::{route_split_upstreams, SplitTarget, SplitUpstream};
 pub use waf::{waf_verdicts, WafVerdicts};
+pub use websocket_frames::check_bridged_stream_route;
 
 /// What became of the entries of each plugin that sends in batches (the loggers' records,
 /// `opentelemetry`'s spans), by the name `/v1/status` reports it under.

@@ -257,10 +257,12 @@ impl Compiler {
             .service_id
             .as_ref()
             .and_then(|s| config.services.get(s));
-        // A route whose connections speak frames sends them to HTTP routes, not upstream.
-        let wanted = match route.protocol {
-            Some(_) => None,
-            None => Some(stream_upstream(config, id, route, service).map_err(|e| located(&e))?),
+        // A route whose connections speak frames sends them to HTTP routes; its upstream, if
+        // it has one, is the framed backend its WebSocket clients may be bridged to.
+        let wanted = match stream_upstream(config, id, route, service) {
+            Ok(wanted) => Some(wanted),
+            Err(_) if route.protocol.is_some() && !names_upstream(route, service) => None,
+            Err(e) => return Err(located(&e)),
         };
         let limit = match route.plugins.as_ref().and_then(|p| p.get("limit-conn")) {
             None => None,
@@ -660,6 +662,13 @@ impl Compiler {
 
 /// The upstream a stream route relays to, with the key its runtime state is kept under: its
 /// own, its `upstream_id`'s, or its service's.
+/// Whether a stream route names an upstream, its own or its service's.
+fn names_upstream(route: &StreamRoute, service: Option<&Service>) -> bool {
+    route.upstream.is_some()
+        || route.upstream_id.is_some()
+        || service.is_some_and(|s| s.upstream.is_some() || s.upstream_id.is_some())
+}
+
 fn stream_upstream<'a>(
     config: &'a Config,
     id: &str,

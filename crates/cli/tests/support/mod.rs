@@ -5,6 +5,7 @@
 pub mod client;
 pub mod cluster;
 pub mod datagram;
+pub mod frames;
 pub mod grpc_server;
 pub mod http2;
 pub mod protocols;

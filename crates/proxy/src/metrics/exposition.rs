@@ -173,7 +173,7 @@ impl Collector for TrafficCollector {
         }
         let mut metric = encoder.encode_descriptor(
             "pylon_frames_errors",
-            "What went wrong on framed-protocol connections, by reason: a bad frame (missing_start, bad_end, too_long, bad_length, truncated), an unknown_command, a call_failed, a client timeout, calls abandoned at close",
+            "What went wrong on framed-protocol connections, by reason: a bad frame (missing_start, bad_end, too_long, bad_length, truncated), an unknown_command, a call_failed, a client timeout, calls abandoned at close, a WebSocket bad_message",
             None,
             MetricType::Counter,
         )?;

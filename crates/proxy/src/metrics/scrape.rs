@@ -10,8 +10,9 @@ use super::recorder::{Histogram, WorkerCounters, LATENCY_BUCKETS, REFUSALS, STRE
 
 /// What goes wrong on framed-protocol connections, as counted: bad frames by kind (each
 /// closes its connection), frames of unknown commands, calls without an answer, clients
-/// timed out, and calls abandoned when a closing connection's grace period ended.
-pub(crate) const FRAME_ERRORS: [&str; 9] = [
+/// timed out, calls abandoned when a closing connection's grace period ended, and WebSocket
+/// messages that were not a frame or a JSON call.
+pub(crate) const FRAME_ERRORS: [&str; 10] = [
     "missing_start",
     "bad_end",
     "too_long",
@@ -21,6 +22,7 @@ pub(crate) const FRAME_ERRORS: [&str; 9] = [
     "call_failed",
     "timeout",
     "abandoned",
+    "bad_message",
 ];
 
 /// A worker's frames counts by the index of [`FRAME_ERRORS`].
@@ -35,6 +37,7 @@ fn frame_errors(counts: &CounterValues) -> [u64; FRAME_ERRORS.len()] {
         counts.dispatch_errors,
         counts.timeouts,
         counts.abandoned,
+        counts.bad_messages,
     ]
 }
 

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 
-use pylon_plugin::{MetricNames, Reply, RequestCtx};
+use pylon_plugin::{FramesBridge, MetricNames, Reply, RequestCtx};
 
 use crate::access_log::AccessRecord;
 use crate::error::GatewayError;
@@ -63,6 +63,18 @@ pub(crate) trait Downstream {
         head: &Reply,
         next: impl AsyncFnMut() -> Option<Result<Bytes, ()>>,
     ) -> Outcome;
+
+    /// Serves the client of a route whose WebSocket upgrade the gateway answers itself
+    /// (`websocket-frames`), once the request phases have passed. The default, for a codec
+    /// without upgrades (HTTP/2 has no RFC 8441 support here), answers 426.
+    async fn bridge(
+        &mut self,
+        vars: &RequestVars<'_, Self::Head>,
+        _bridge: FramesBridge,
+        work: PluginWork<'_>,
+    ) -> Outcome {
+        upgrade_required(self, vars, work).await
+    }
 
     /// Whether plugins' response edits apply to the gateway's own errors. A gRPC client gets
     /// those as a gRPC status instead, which plugins do not see.
@@ -139,12 +151,19 @@ pub(crate) async fn run<D: Downstream>(
             let ctx = unfinished
                 .ctx
                 .insert(RequestCtx::new(vars, route_id, service_id));
-            let outcome = match plugins.request(ctx).await {
-                Some(reply) => {
+            let decided = plugins.request(ctx).await;
+            // A bridged route's clients are served by the gateway, not proxied.
+            let bridge = decided.is_none().then(|| plugins.frames_bridge(ctx));
+            let outcome = match (decided, bridge.flatten()) {
+                (Some(reply), _) => {
                     let reply = plugins.reply(ctx, reply);
                     downstream.reply(vars, &reply, End::Complete).await
                 }
-                None => {
+                (None, Some(bridge)) => {
+                    let work = PluginWork { plugins, ctx };
+                    downstream.bridge(vars, bridge, work).await
+                }
+                (None, None) => {
                     let work = PluginWork { plugins, ctx };
                     let chosen = ctx.upstream_override.as_deref();
                     let upstream = route.and_then(|r| r.upstream_for(chosen));
@@ -225,6 +244,19 @@ impl<H: RequestFields> Drop for Unfinished<'_, '_, H> {
             self.finish(&Outcome::failed(499, 0, Side::Client, Cause::Reset), None);
         }
     }
+}
+
+/// The answer to a request on a bridged route that is not a WebSocket upgrade the codec can
+/// take: 426, saying which upgrade it takes (in the body: `Upgrade` is a connection header,
+/// which the codecs do not let a reply carry).
+pub(crate) async fn upgrade_required<D: Downstream + ?Sized>(
+    downstream: &mut D,
+    vars: &RequestVars<'_, D::Head>,
+    PluginWork { plugins, ctx }: PluginWork<'_>,
+) -> Outcome {
+    let reply = Reply::message(426, "this route takes WebSocket upgrades over HTTP/1.1");
+    let reply = plugins.reply(ctx, reply);
+    downstream.reply(vars, &reply, End::Complete).await
 }
 
 /// Answers with the gateway's own response to `error`, edited by the plugins when there are

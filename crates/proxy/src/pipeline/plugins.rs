@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pylon_plugin::{
-    BodyFilters, Chain, Consumer, LogCtx, MetricNames, Phase, Reply, RequestBodyInspectors,
-    RequestCtx, RequestPhase, RequestTaps, ResponseCtx, ResponseEdits, ResponseHeaders, Transcoder,
+    BodyFilters, Chain, Consumer, FramesBridge, LogCtx, MetricNames, Phase, Reply,
+    RequestBodyInspectors, RequestCtx, RequestPhase, RequestTaps, ResponseCtx, ResponseEdits,
+    ResponseHeaders, Transcoder,
 };
 
 use crate::error::GatewayError;
@@ -169,6 +170,19 @@ impl<'s> Plugins<'s> {
         self.global
             .transcoder(ctx, None)
             .or_else(|| self.route.transcoder(ctx, consumer_plugins))
+    }
+
+    /// What the request's WebSocket clients are bridged to, when a plugin has the gateway
+    /// answer the upgrade itself; a bit test for every other route.
+    pub fn frames_bridge(&self, ctx: &RequestCtx<'_>) -> Option<FramesBridge> {
+        if !self.uses(Phase::Bridge, ctx) {
+            return None;
+        }
+        let consumer = ctx.consumer().cloned();
+        let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
+        (self.global.frames_bridge(ctx, None))
+            .or_else(|| self.route.frames_bridge(ctx, consumer_plugins))
+            .cloned()
     }
 
     /// Whether the response goes through plugins at all: without, a codec passes the

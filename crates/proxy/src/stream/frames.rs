@@ -66,11 +66,20 @@ impl Frames {
         })
     }
 
-    fn messages(&self, command: u64) -> Option<&FrameMessages> {
+    pub(crate) fn protocol(&self) -> &Protocol {
+        &self.protocol
+    }
+
+    /// The message types of `command`'s bodies, when they convert to and from JSON.
+    pub(crate) fn messages(&self, command: u64) -> Option<&FrameMessages> {
         let index = (self.messages)
             .binary_search_by_key(&command, |(id, _)| *id)
             .ok()?;
         Some(&self.messages[index].1)
+    }
+
+    pub(crate) fn codec(&self) -> &Codec {
+        &self.codec
     }
 }
 
@@ -84,29 +93,23 @@ pub(crate) async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let protocol = &frames.protocol;
-    let calls = Calls {
-        worker: worker.clone(),
-        frames,
-        client,
-        local,
-        idle: RefCell::default(),
-        command_field_names: protocol
-            .layout()
-            .fields()
-            .map(|(name, id)| (format!("x-frame-{name}"), id))
-            .collect(),
-    };
-    let closed = Connection::new(protocol, io, &calls, &worker.metrics.counters().frames)
-        .stop_on(worker.stopping())
-        .grace(worker.limits.shutdown_grace)
-        .run()
-        .await;
+    let calls = Calls::new(worker, frames, client, local);
+    let closed = Connection::new(
+        &frames.protocol,
+        io,
+        &calls,
+        &worker.metrics.counters().frames,
+    )
+    .stop_on(worker.stopping())
+    .grace(worker.limits.shutdown_grace)
+    .run()
+    .await;
     tracing::debug!(%client, "frames connection closed: {closed:?}");
 }
 
-/// The HTTP calls of one frames connection.
-struct Calls<'a> {
+/// The HTTP calls of one client of a frames route: a TCP connection speaking frames, or a
+/// WebSocket bridged to the route.
+pub(crate) struct Calls<'a> {
     worker: Rc<Worker>,
     frames: &'a Frames,
     client: SocketAddr,
@@ -117,13 +120,71 @@ struct Calls<'a> {
     command_field_names: Vec<(String, pylon_frames::FieldId)>,
 }
 
+/// Why a call has no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CallFailure {
+    /// The route's answer's status, when it answered outside 2xx; else the gateway's say:
+    /// 400 for a request body that is not the command's, 502 for an answer that is not.
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
 /// The client's end of an in-process HTTP/1.1 connection.
 struct Pipe {
     io: DuplexStream,
     buf: BytesMut,
 }
 
-impl Calls<'_> {
+impl<'a> Calls<'a> {
+    pub(crate) fn new(
+        worker: &Rc<Worker>,
+        frames: &'a Frames,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        Calls {
+            worker: worker.clone(),
+            frames,
+            client,
+            local,
+            idle: RefCell::default(),
+            command_field_names: (frames.protocol.layout().fields())
+                .map(|(name, id)| (format!("x-frame-{name}"), id))
+                .collect(),
+        }
+    }
+
+    /// Sends `frame`'s call to the HTTP route its command names, with `body` (the frame's,
+    /// or its JSON) of `content_type` in place of the frame's own: the answer's body, when
+    /// the route answers with a 2xx.
+    pub(crate) async fn call(
+        &self,
+        route: &CommandRoute,
+        frame: &Frame,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Bytes, CallFailure> {
+        let request = self.request(route, frame, content_type, body);
+        let answer = self.exchange(&request, &route.method).await;
+        let answer = answer.map_err(|e| CallFailure {
+            status: 502,
+            message: format!("{}: {e}", route.uri),
+        })?;
+        if !(200..300).contains(&answer.status) {
+            return Err(CallFailure {
+                status: answer.status,
+                message: format!("{}: answered {}", route.uri, answer.status),
+            });
+        }
+        Ok(answer.body)
+    }
+
     /// A new in-process connection, served by the worker's HTTP/1 codec like any client's.
     fn open(&self) -> Pipe {
         let (ours, theirs) = tokio::io::duplex(PIPE);
@@ -141,8 +202,7 @@ impl Calls<'_> {
         }
     }
 
-    /// The HTTP request `frame` becomes, with `body` (the frame's, or its JSON) of
-    /// `content_type`.
+    /// The HTTP request `frame` becomes, with `body` of `content_type`.
     fn request(
         &self,
         route: &CommandRoute,
@@ -185,28 +245,23 @@ impl Calls<'_> {
 
 impl Dispatcher for Calls<'_> {
     async fn dispatch(&self, route: &CommandRoute, frame: Frame) -> Result<Frame, DispatchError> {
-        let failed =
-            |e: &dyn std::fmt::Display| DispatchError::Failed(format!("{}: {e}", route.uri));
+        let failed = |e: &dyn std::fmt::Display| DispatchError::Failed(e.to_string());
         let messages = self.frames.messages(frame.command);
-        let request = match messages {
+        let body = match messages {
             Some(messages) => {
                 let mut json = Vec::with_capacity(frame.body.len() * 2);
                 (self.frames.codec)
                     .decode(&messages.request, &frame.body, &mut json)
-                    .map_err(|e| failed(&e))?;
-                self.request(route, &frame, "application/json", &json)
+                    .map_err(|e| failed(&format_args!("{}: {e}", route.uri)))?;
+                let answer = self.call(route, &frame, "application/json", &json);
+                let answer = answer.await.map_err(|e| failed(&e))?;
+                encode_answer(&self.frames.codec, messages, &answer)
+                    .map_err(|e| failed(&format_args!("{}: {e}", route.uri)))?
             }
-            None => self.request(route, &frame, "application/x-protobuf", &frame.body),
-        };
-        let answer = (self.exchange(&request, &route.method).await).map_err(|e| failed(&e))?;
-        if !(200..300).contains(&answer.status) {
-            return Err(failed(&format_args!("answered {}", answer.status)));
-        }
-        let body = match messages {
-            Some(messages) => {
-                encode_answer(&self.frames.codec, messages, &answer.body).map_err(|e| failed(&e))?
+            None => {
+                let answer = self.call(route, &frame, "application/x-protobuf", &frame.body);
+                answer.await.map_err(|e| failed(&e))?
             }
-            None => answer.body,
         };
         Ok(Frame { body, ..frame })
     }

@@ -15,6 +15,7 @@ mod relay;
 mod sni;
 mod table;
 pub(crate) mod udp;
+pub(crate) mod websocket;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -30,9 +31,10 @@ use tokio::net::TcpStream;
 pub(crate) use table::{Arrival, ConnLimit, StreamTable, StreamTarget, Transport};
 
 use crate::access_log::AccessRecord;
-use crate::attempts::{Attempts, UpstreamAnswer};
+use crate::attempts::{Attempts, Done, GaveUp, UpstreamAnswer};
 use crate::downstream::h2::Rewind;
 use crate::proxy_protocol;
+use crate::snapshot::UpstreamTarget;
 use crate::tls::{self, Handshake};
 use crate::upstream::connect_with_preface;
 use crate::upstream::pool::UpstreamConn;
@@ -173,21 +175,7 @@ async fn relay_to<'r, C>(
             return;
         }
     };
-    let preface = match route.proxy_protocol {
-        None => Vec::new(),
-        Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(arrival.client, arrival.local),
-        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(arrival.client, arrival.local),
-    };
-    let vars = StreamVars(arrival);
-    let mut attempts = Attempts::new(view, upstream, &vars, "");
-    let connected = attempts
-        .run(true, async |node, addr, _fresh| {
-            let conn =
-                connect_with_preface(addr, upstream, node, route.connect_timeout, &preface).await?;
-            Ok(Connected(conn))
-        })
-        .await;
-    match connected {
+    match connect(view, route, upstream, arrival).await {
         Ok(done) => {
             session.upstream = done.node.addr;
             session.connect_latency = Some(done.latency);
@@ -233,8 +221,33 @@ async fn admit(route: &StreamTarget, arrival: &Arrival<'_>) -> Result<Option<Con
     }
 }
 
+/// Connects to a node of the route's `upstream` for the client of `arrival`, the nodes
+/// tried in turn (balancer, health, retries), with the PROXY protocol header the route asks
+/// for.
+pub(crate) async fn connect<'v>(
+    view: &'v crate::snapshot::WorkerView,
+    route: &StreamTarget,
+    upstream: &'v UpstreamTarget,
+    arrival: &Arrival<'_>,
+) -> Result<Done<'v, Connected>, GaveUp<'v>> {
+    let preface = match route.proxy_protocol {
+        None => Vec::new(),
+        Some(ProxyProtocolVersion::V1) => proxy_protocol::encode_v1(arrival.client, arrival.local),
+        Some(ProxyProtocolVersion::V2) => proxy_protocol::encode_v2(arrival.client, arrival.local),
+    };
+    let vars = StreamVars(arrival);
+    let mut attempts = Attempts::new(view, upstream, &vars, "");
+    attempts
+        .run(true, async |node, addr, _fresh| {
+            let conn =
+                connect_with_preface(addr, upstream, node, route.connect_timeout, &preface).await?;
+            Ok(Connected(conn))
+        })
+        .await
+}
+
 /// A node that took the connection.
-struct Connected(UpstreamConn);
+pub(crate) struct Connected(pub UpstreamConn);
 
 impl UpstreamAnswer for Connected {
     /// A connection made is the node's success for passive health checks, as a `tcp` check

@@ -46,7 +46,8 @@ pub(crate) struct StreamTarget {
     /// The only transport the route takes, when its upstream names one (`tcp`, `tls`: TCP;
     /// `udp`: UDP) or it speaks frames; `None`: both, each relayed as it came.
     transport: Option<Transport>,
-    /// Where the bytes go; `None` on a route whose connections speak frames.
+    /// Where the bytes go; on a route whose connections speak frames, the framed backend its
+    /// bridged WebSocket clients (`mode: tcp`) are relayed to, if any.
     pub upstream: Option<Arc<UpstreamTarget>>,
     /// The framed protocol its connections speak (`protocol: pylon-frames`).
     pub frames: Option<Arc<Frames>>,
@@ -76,6 +77,13 @@ impl StreamTable {
         self.routes
             .iter()
             .any(|route| route.sni.is_some() && route.takes_by_address(arrival))
+    }
+
+    /// The frames route `id`, for the WebSocket clients bridged to it.
+    pub(crate) fn frames_route(&self, id: &str) -> Option<&StreamTarget> {
+        self.routes
+            .iter()
+            .find(|route| &*route.id == id && route.frames.is_some())
     }
 
     pub(crate) fn is_empty(&self) -> bool {

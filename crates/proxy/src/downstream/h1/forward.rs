@@ -415,7 +415,7 @@ where
 
 /// The protocol a WebSocket handshake asks to upgrade to (`Upgrade: websocket` with
 /// `Connection: upgrade`, on an HTTP/1.1 GET).
-fn websocket_upgrade(head: &RequestHead) -> Option<&[u8]> {
+pub(super) fn websocket_upgrade(head: &RequestHead) -> Option<&[u8]> {
     let protocol = head.header("upgrade")?;
     let asked = head.method() == "GET"
         && head.minor_version() == 1

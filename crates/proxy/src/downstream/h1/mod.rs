@@ -9,16 +9,18 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use pylon_plugin::{Reply, RequestBodyInspectors};
+use pylon_plugin::{FramesBridge, Reply, RequestBodyInspectors};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::GatewayError;
 use crate::http1::{
     request_framing, BodyFraming, ChunkedScanner, HeadError, RequestHead, ResponseHead,
 };
-use crate::outcome::{End, Outcome};
-use crate::pipeline::{self, Exchange, Logged};
+use crate::outcome::{Cause, End, Outcome, Side};
+use crate::pipeline::{self, Exchange, Logged, PluginWork};
 use crate::relay::{read_more, write_all, RelayError};
+use crate::stream::{websocket, Arrival, Transport};
 use crate::tls::{ClientStream, MaybeTls};
 use crate::vars::{normalize_host, RequestFields, RequestVars};
 use crate::worker::Worker;
@@ -26,7 +28,7 @@ use client::{
     respond_error, send_reply, send_streamed, wants_keep_alive, ClientConnection, ClientIo,
     ClientRequest,
 };
-use forward::{expects_continue, CONTINUE};
+use forward::{expects_continue, websocket_upgrade, CONTINUE};
 
 /// How long a stopping worker still waits for the next request on an idle keep-alive
 /// connection: the time for a client to send one right after reading a response.
@@ -178,7 +180,7 @@ async fn read_head(worker: &Worker, conn: &mut ClientConnection, first: bool) ->
 }
 
 /// Handles one parsed request; returns whether the connection can carry another.
-async fn handle(worker: &Worker, conn: &mut ClientConnection) -> bool {
+async fn handle(worker: &Rc<Worker>, conn: &mut ClientConnection) -> bool {
     let head = &conn.request.head;
     let host_ok = match head.client_host() {
         // More than one Host is refused (RFC 9112 §3.2): routing on one and forwarding
@@ -247,7 +249,7 @@ async fn reject_unparsed(worker: &Worker, conn: &mut ClientConnection, error: Ga
 /// The HTTP/1 codec's side of the current request: the connection's I/O and the request
 /// body's framing.
 struct Http1<'c> {
-    worker: &'c Worker,
+    worker: &'c Rc<Worker>,
     io: &'c mut ClientIo,
     framing: BodyFraming,
     /// The body is still where the request left it: not once forwarding started, nor when
@@ -304,6 +306,58 @@ impl pipeline::Downstream for Http1<'_> {
             next,
         )
         .await
+    }
+
+    /// A WebSocket handshake (RFC 6455 §4.2) is answered here, and the connection then
+    /// carries the bridge's messages until it closes; any other request gets a 426.
+    async fn bridge(
+        &mut self,
+        vars: &RequestVars<'_>,
+        bridge: FramesBridge,
+        work: PluginWork<'_>,
+    ) -> Outcome {
+        let head = vars.head;
+        let key = head.header("sec-websocket-key");
+        let version_13 = head.header("sec-websocket-version") == Some(b"13");
+        let (Some(key), true, Some(_)) = (key, version_13, websocket_upgrade(head)) else {
+            return pipeline::upgrade_required(self, vars, work).await;
+        };
+        let stream_route = &bridge.stream_route_id;
+        let view = self.worker.view();
+        let Some(route) = view.snapshot.stream.frames_route(stream_route) else {
+            // Refused when written through the Admin API; a declarative file can still say so.
+            tracing::warn!(
+                route = work.ctx.route_id(),
+                %stream_route,
+                "websocket-frames names a stream route that does not speak frames"
+            );
+            return self.error(vars, GatewayError::BadGateway).await;
+        };
+        // The connection is the WebSocket's from here: nothing after this request is HTTP.
+        self.body_intact = false;
+        let io = &mut *self.io;
+        io.out.clear();
+        io.out.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+        );
+        io.out.extend_from_slice(derive_accept_key(key).as_bytes());
+        io.out.extend_from_slice(b"\r\n\r\n");
+        let sent = io.out.len() as u64;
+        if write_all(&mut io.stream, &io.out, self.worker.limits.send_timeout)
+            .await
+            .is_err()
+        {
+            return Outcome::failed(101, 0, Side::Client, Cause::Reset);
+        }
+        let arrival = Arrival {
+            client: vars.client,
+            local: vars.local,
+            sni: None,
+            transport: Transport::Tcp,
+        };
+        let connection = (&mut io.stream, io.buf.split());
+        websocket::serve(self.worker, route, connection, bridge.mode, &arrival).await;
+        Outcome::complete(101, sent, false)
     }
 
     async fn forward(&mut self, vars: &RequestVars<'_>, exchange: Exchange<'_>) -> Outcome {

@@ -1,0 +1,25 @@
+//! Bridges: a route whose WebSocket clients the gateway serves itself, each message a call
+//! of a framed-protocol stream route (`websocket-frames`), instead of proxying the upgrade.
+
+use std::sync::Arc;
+
+/// What a route's WebSocket clients are bridged to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FramesBridge {
+    /// The stream route (`protocol: pylon-frames`) whose layout and commands the messages use.
+    pub stream_route_id: Arc<str>,
+    pub mode: BridgeMode,
+}
+
+/// What a WebSocket message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeMode {
+    /// A binary message is one frame in the stream route's layout; so is its answer.
+    Binary,
+    /// A text message is a JSON call (`command`, `sequence`, `fields`, `body`); so is its
+    /// answer.
+    Json,
+    /// A binary message is one frame, relayed to the stream route's upstream (a framed TCP
+    /// backend); each frame the backend sends comes back as one binary message.
+    Tcp,
+}
