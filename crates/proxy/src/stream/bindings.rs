@@ -116,12 +116,14 @@ impl Bindings {
             // The connection is closing: it takes no more frames.
             Err(mpsc::error::TrySendError::Closed(())) => return Ok(Pushed::NotBound),
         };
+        // Checked before it takes an id (which fits: it wraps), so that ids have no gaps.
+        frame.sequence = 0;
+        layout.check(&frame)?;
         let count = pusher.next_sequence.fetch_add(1, Ordering::Relaxed);
         frame.sequence = match layout.max_sequence().checked_add(1) {
             Some(ids) => count % ids,
             None => count,
         };
-        layout.check(&frame)?;
         let sequence = frame.sequence;
         permit.send(frame);
         Ok(Pushed::Queued(sequence))
