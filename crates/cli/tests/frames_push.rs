@@ -20,7 +20,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use support::client::Response;
 use support::frames::{
-    frame_metrics, protocol, stream_addr, wait_frame_metrics, Frame, FrameClient, STREAM_LISTENER,
+    frame_metrics, protocol, stream_addr, wait_frame_metrics, Frame, FrameClient, IM_PROTO,
+    STREAM_LISTENER,
 };
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::upstream::{respond, Upstream};
@@ -32,6 +33,17 @@ const LOGIN: u16 = 4097;
 const ECHO: u16 = 4099;
 /// The command of the frames pushed.
 const NOTICE: u16 = 8193;
+/// A command whose bodies are `im` messages: its answers (and frames pushed) are `SendResp`s.
+const SEND: u16 = 4101;
+
+/// `im.SendResp`, as a client decodes it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SendResp {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(string, tag = "2")]
+    status: String,
+}
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -62,6 +74,8 @@ fn gateway(backend: &Upstream, extra: Value) -> (Pylon, SocketAddr) {
     let commands = json!({
         LOGIN.to_string(): {"uri": "/im/login"},
         ECHO.to_string(): {"uri": "/im/echo"},
+        SEND.to_string(): {"uri": "/im/send", "proto_id": "im",
+                           "request": "im.SendReq", "response": "im.SendResp"},
     });
     let bridge = |id: &str, mode: &str| {
         json!({"id": id, "uri": format!("/ws/{mode}"),
@@ -77,6 +91,7 @@ fn gateway(backend: &Upstream, extra: Value) -> (Pylon, SocketAddr) {
              "plugins": {"key-auth": {}, "frames-push": {"stream_route_id": "im"}}},
         ],
         "consumers": [{"username": "jack", "plugins": {"key-auth": {"key": "jack-key"}}}],
+        "protos": [{"id": "im", "content": IM_PROTO}],
         "stream_routes": [{"id": "im", "protocol": protocol(commands, extra)}],
     });
     let pylon = Pylon::start(&doc.to_string(), STREAM_LISTENER);
@@ -306,6 +321,88 @@ async fn the_push_routes_plugins_apply() {
         sequence += 1;
         assert_eq!(client.answer(), pushed(sequence, b"jack's"), "{protocol:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_push_of_a_command_with_messages_is_encoded_as_its_response() {
+    let backend = backend();
+    let (pylon, addr) = gateway(&backend, json!({}));
+    let mut client = logged_in(addr, 7);
+    let json_body = ("Content-Type", "application/json");
+    let key = ("X-Frame-Connection-Key", "user-7");
+    let send = SEND.to_string();
+    let headers = [json_body, key, ("X-Frame-Command", send.as_str())];
+    let mut sequence = 0;
+    for protocol in PROTOCOLS {
+        let note = json!({"id": 42, "status": format!("over {protocol:?}")}).to_string();
+        let res = call(
+            protocol,
+            pylon.addr,
+            "POST",
+            "/push",
+            &headers,
+            note.as_bytes(),
+        )
+        .await;
+        assert_eq!(res.status, 202, "{protocol:?}: {}", res.text());
+        sequence += 1;
+        let frame = client.answer();
+        assert_eq!((frame.command, frame.sequence), (SEND, sequence));
+        let message = <SendResp as prost::Message>::decode(&frame.body[..]).unwrap();
+        let status = format!("over {protocol:?}");
+        assert_eq!(message, SendResp { id: 42, status }, "{protocol:?}");
+
+        let wrong = call(
+            protocol,
+            pylon.addr,
+            "POST",
+            "/push",
+            &headers,
+            br#"{"id": "x"}"#,
+        );
+        let wrong = wrong.await;
+        assert_eq!(wrong.status, 400, "{protocol:?}: {}", wrong.text());
+        let message = wrong.json()["error_msg"].as_str().unwrap().to_owned();
+        assert!(
+            message.starts_with("body: not a `im.SendResp`: "),
+            "{message}"
+        );
+        let not_json = call(protocol, pylon.addr, "POST", "/push", &headers, b"<xml/>").await;
+        assert_eq!(not_json.status, 400, "{protocol:?}: {}", not_json.text());
+    }
+    // Without the JSON content type, the body goes as it is.
+    let raw = SendResp {
+        id: 7,
+        status: "raw".into(),
+    };
+    let raw = prost::Message::encode_to_vec(&raw);
+    let headers = [key, ("X-Frame-Command", send.as_str())];
+    let res = call(Protocol::Http1, pylon.addr, "POST", "/push", &headers, &raw).await;
+    assert_eq!(res.status, 202, "{}", res.text());
+    assert_eq!(client.answer().body, raw);
+
+    // A bridged JSON client gets the message decoded back to JSON.
+    let mut text = connect(&pylon, "json").await;
+    let login = json!({"command": LOGIN, "sequence": 1, "fields": {"user_id": 9}});
+    text.send(Message::text(login.to_string())).await.unwrap();
+    assert!(matches!(next(&mut text).await, Message::Text(_)));
+    let headers = [
+        json_body,
+        ("X-Frame-Connection-Key", "user-9"),
+        ("X-Frame-Command", send.as_str()),
+    ];
+    let note = br#"{"id": 5, "status": "to the browser"}"#;
+    let res = call(Protocol::Http2, pylon.addr, "POST", "/push", &headers, note).await;
+    assert_eq!(res.status, 202, "{}", res.text());
+    let Message::Text(message) = next(&mut text).await else {
+        panic!("a text push");
+    };
+    let message: Value = serde_json::from_str(&message).unwrap();
+    assert_eq!(
+        (&message["command"], &message["sequence"]),
+        (&json!(SEND), &json!(1))
+    );
+    assert_eq!(message["body"]["status"], "to the browser", "{message}");
 }
 
 // === WebSocket clients ===
