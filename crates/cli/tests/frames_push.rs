@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use support::client::Response;
+use support::client::{admin, Response};
 use support::frames::{
     frame_metrics, protocol, stream_addr, wait_frame_metrics, Frame, FrameClient, IM_PROTO,
     STREAM_LISTENER,
@@ -403,6 +403,52 @@ async fn a_json_push_of_a_command_with_messages_is_encoded_as_its_response() {
         (&json!(SEND), &json!(1))
     );
     assert_eq!(message["body"]["status"], "to the browser", "{message}");
+}
+
+// === the Admin API ===
+
+const ADMIN_KEY: &str = "test-admin-key";
+
+#[test]
+fn a_push_route_must_name_a_stream_route_that_speaks_frames() {
+    let node = format!(
+        "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 1\n\
+         admin:\n  listen: \"127.0.0.1:0\"\n  admin_key:\n    - {{name: admin, key: {ADMIN_KEY}, role: admin}}\n\
+         config:\n  source: embedded\n  data_dir: data\n"
+    );
+    let pylon = Pylon::run_node(tempfile::tempdir().unwrap(), &node)
+        .unwrap_or_else(|e| panic!("pylon did not start: {e}"));
+    let put =
+        |path: &str, body: &Value| admin(pylon.admin.unwrap(), ADMIN_KEY, "PUT", path, Some(body));
+    let assert_refused = |res: Response, expected: &str| {
+        assert_eq!(res.status, 400, "{}", res.text());
+        assert!(
+            res.text().contains(expected),
+            "{} lacks {expected}",
+            res.text()
+        );
+    };
+    let route = json!({"uri": "/push", "plugins": {"frames-push": {"stream_route_id": "im"}}});
+    let path = "/apisix/admin/routes/push";
+    assert_refused(
+        put(path, &route),
+        "plugins.frames-push.stream_route_id: stream route `im` does not exist",
+    );
+    let plain = json!({"upstream": {"nodes": {"127.0.0.1:9": 1}}});
+    let res = put("/apisix/admin/stream_routes/im", &plain);
+    assert!(res.status < 300, "{}", res.text());
+    assert_refused(
+        put(path, &route),
+        "plugins.frames-push.stream_route_id: stream route `im` does not speak frames",
+    );
+    let commands = json!({LOGIN.to_string(): {"uri": "/im/login"}});
+    let frames = json!({"protocol": protocol(commands, json!({}))});
+    let res = put("/apisix/admin/stream_routes/im", &frames);
+    assert!(res.status < 300, "{}", res.text());
+    let res = put(path, &route);
+    assert!(res.status < 300, "{}", res.text());
+    let no_id = json!({"uri": "/push", "plugins": {"frames-push": {}}});
+    assert_refused(put(path, &no_id), "stream_route_id");
 }
 
 // === WebSocket clients ===
