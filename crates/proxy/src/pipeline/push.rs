@@ -80,7 +80,7 @@ pub(super) async fn push<D: Downstream>(
                 None => Ok(body),
             };
             match body {
-                Ok(body) if body.len() > max_body => too_long(body.len(), max_body),
+                Ok(body) if body.len() > max_body => too_long(max_body),
                 Ok(body) => {
                     let frame = Frame {
                         command: request.command,
@@ -93,7 +93,7 @@ pub(super) async fn push<D: Downstream>(
                 Err(reply) => reply,
             }
         }
-        Ok(None) => too_long(limit + 1, limit),
+        Ok(None) => too_long(limit),
         Err(error) => return downstream.error(vars, error).await,
     };
     let reply = plugins.reply(ctx, reply);
@@ -165,8 +165,8 @@ fn answer(pushed: Result<Pushed, EncodeError>, key: &str) -> Reply {
         Ok(Pushed::Queued(sequence)) => Reply::json(202, &json!({ "sequence": sequence })),
         Ok(Pushed::NotBound) => error(404, &format!("no connection for key `{key}`")),
         Ok(Pushed::Full) => error(503, &format!("the push queue of key `{key}` is full")),
-        Err(EncodeError::BodyTooLong { length, max }) => {
-            too_long(usize::try_from(length).unwrap_or(usize::MAX), max as usize)
+        Err(EncodeError::BodyTooLong { max, .. }) => {
+            too_long(usize::try_from(max).unwrap_or(usize::MAX))
         }
         Err(e @ EncodeError::TooWide { .. }) => {
             // The sequence id wraps within its field, and pushes set no other field.
@@ -175,10 +175,10 @@ fn answer(pushed: Result<Pushed, EncodeError>, key: &str) -> Reply {
     }
 }
 
-fn too_long(length: usize, max: usize) -> Reply {
+fn too_long(max: usize) -> Reply {
     error(
         413,
-        &format!("body: {length} bytes, over the frame's most of {max}"),
+        &format!("body: longer than {max} bytes, the most a push takes"),
     )
 }
 

@@ -19,12 +19,13 @@
 //! connection (see [`super::bindings`]): frames pushed to the key then come as messages
 //! between the answers, a binary message each (`binary`), or `{"command", "sequence",
 //! "body"}` (`json`: the body decoded from the command's `response` message when it names
-//! one, else the body's JSON, else its text as a string). A message that is not a call (a cut frame, JSON that is not a call, a
-//! message of the other mode, one longer than the longest frame) is counted and closes the
-//! WebSocket: 1007, 1003 or 1009. A client silent for `read_timeout` with no call in flight,
-//! and every client of a stopping worker, is closed with 1001 once the calls in flight are
-//! answered (within the shutdown grace). Pings are answered by the WebSocket layer as it
-//! reads.
+//! one, else the body's JSON, else its text as a string).
+//!
+//! A message that is not a call (a cut frame, JSON that is not a call, a message of the other
+//! mode, one longer than the longest frame) is counted and closes the WebSocket: 1007, 1003
+//! or 1009. A client silent for `read_timeout` with no call in flight, and every client of a
+//! stopping worker, is closed with 1001 once the calls in flight are answered (within the
+//! shutdown grace). Pings are answered by the WebSocket layer as it reads.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
