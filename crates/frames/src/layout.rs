@@ -285,8 +285,13 @@ impl Layout {
         Some(self.sequence.read(header))
     }
 
-    /// Appends `frame` to `buf`, or nothing when a value does not fit its header field.
-    pub fn encode(&self, frame: &Frame, buf: &mut BytesMut) -> Result<(), EncodeError> {
+    /// The largest sequence id the header holds.
+    pub fn max_sequence(&self) -> u64 {
+        self.sequence.max()
+    }
+
+    /// Whether [`Layout::encode`] can write `frame`: every value fits its header field.
+    pub fn check(&self, frame: &Frame) -> Result<(), EncodeError> {
         let length = frame.body.len() as u64 + self.length_overhead;
         if length > self.body_length.max() {
             return Err(EncodeError::BodyTooLong {
@@ -299,6 +304,13 @@ impl Layout {
         for ((name, slot), &value) in self.fields.iter().zip(frame.fields.0.iter()) {
             slot.fits(name, value)?;
         }
+        Ok(())
+    }
+
+    /// Appends `frame` to `buf`, or nothing when a value does not fit its header field.
+    pub fn encode(&self, frame: &Frame, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        self.check(frame)?;
+        let length = frame.body.len() as u64 + self.length_overhead;
 
         buf.reserve(self.frame_len(frame.body.len()));
         buf.put_slice(&self.start);

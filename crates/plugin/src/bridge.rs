@@ -1,5 +1,7 @@
-//! Bridges: a route whose WebSocket clients the gateway serves itself, each message a call
-//! of a framed-protocol stream route (`websocket-frames`), instead of proxying the upgrade.
+//! Bridges: a route whose requests the gateway serves itself with a framed-protocol stream
+//! route instead of proxying them: its WebSocket clients, each message a call of the stream
+//! route (`websocket-frames`), or pushes to the stream route's connected clients
+//! (`frames-push`).
 
 use std::sync::Arc;
 
@@ -22,4 +24,12 @@ pub enum BridgeMode {
     /// A binary message is one frame, relayed to the stream route's upstream (a framed TCP
     /// backend); each frame the backend sends comes back as one binary message.
     Tcp,
+}
+
+/// A route whose requests push a frame to a client of a frames route, found by the key its
+/// connection is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FramesPush {
+    /// The stream route (`protocol: pylon-frames`) whose clients the frames go to.
+    pub stream_route_id: Arc<str>,
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::body::{BodyFilters, RequestBodyInspectors, RequestTaps};
-use crate::bridge::FramesBridge;
+use crate::bridge::{FramesBridge, FramesPush};
 use crate::context::{LogCtx, RequestCtx, ResponseCtx};
 use crate::meta::Meta;
 use crate::phase::{Phase, Phases, RequestPhase};
@@ -209,6 +209,19 @@ impl Chain {
         merged(&self.entries, consumer_entries)
             .filter(|entry| entry.applies(Phase::Bridge, ctx))
             .find_map(|entry| entry.plugin.frames_bridge())
+    }
+
+    /// The push of the first plugin of the chain (with the consumer's, as [`Chain::run`])
+    /// that has the gateway push this request's body to a frames client, if any.
+    pub fn frames_push<'a>(
+        &'a self,
+        ctx: &RequestCtx<'_>,
+        consumer: Option<&'a Chain>,
+    ) -> Option<&'a FramesPush> {
+        let consumer_entries = consumer.map_or(&[][..], |c| &c.entries[..]);
+        merged(&self.entries, consumer_entries)
+            .filter(|entry| entry.applies(Phase::Bridge, ctx))
+            .find_map(|entry| entry.plugin.frames_push())
     }
 
     /// Runs `log` over the chain (with the consumer's plugins, as [`Chain::run`]).

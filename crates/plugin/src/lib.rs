@@ -31,7 +31,7 @@ use std::any::Any;
 pub use body::{
     BodyFilter, BodyFilters, RequestBodyInspector, RequestBodyInspectors, RequestTap, RequestTaps,
 };
-pub use bridge::{BridgeMode, FramesBridge};
+pub use bridge::{BridgeMode, FramesBridge, FramesPush};
 pub use call::{call_failures, Call, CallError, CallFailures, FailurePolicy};
 pub use chain::{Chain, ChainBuilder, Entry};
 pub use consumer::Consumer;
@@ -152,6 +152,13 @@ pub trait Plugin: Send + Sync + 'static {
     /// request's WebSocket upgrade itself and serves its messages as frames:
     /// `Some(bridge)` to bridge. The default leaves the request to be proxied.
     fn frames_bridge(&self) -> Option<&FramesBridge> {
+        None
+    }
+
+    /// Decides, once the request phases have passed, whether the gateway answers this
+    /// request itself by pushing its body as a frame to a client of a frames route:
+    /// `Some(push)` to push. The default leaves the request to be proxied.
+    fn frames_push(&self) -> Option<&FramesPush> {
         None
     }
 }

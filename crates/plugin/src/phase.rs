@@ -16,7 +16,8 @@ pub enum Phase {
     /// The exchange with the upstream, made by a plugin in another protocol than the
     /// client's (see [`crate::Transcoder`]).
     Transcode,
-    /// A WebSocket upgrade the gateway answers itself (see [`crate::FramesBridge`]).
+    /// A request the gateway serves itself with a frames route: a WebSocket upgrade it
+    /// answers (see [`crate::FramesBridge`]), or a push (see [`crate::FramesPush`]).
     Bridge,
 }
 

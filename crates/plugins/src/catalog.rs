@@ -3,11 +3,11 @@
 use crate::descriptor::Descriptor;
 use crate::{
     api_breaker, basic_auth, client_control, compression, consumer_restriction, cors,
-    fault_injection, file_logger, forward_auth, grpc_transcode, grpc_web, hmac_auth, http_logger,
-    ip_restriction, jwt_auth, key_auth, limit_conn, limit_count, limit_req, mocking, opentelemetry,
-    prometheus, proxy_mirror, proxy_rewrite, real_ip, redirect, request_id, request_validation,
-    response_rewrite, syslog, tcp_logger, traffic_split, udp_logger, uri_blocker, waf,
-    websocket_frames,
+    fault_injection, file_logger, forward_auth, frames_push, grpc_transcode, grpc_web, hmac_auth,
+    http_logger, ip_restriction, jwt_auth, key_auth, limit_conn, limit_count, limit_req, mocking,
+    opentelemetry, prometheus, proxy_mirror, proxy_rewrite, real_ip, redirect, request_id,
+    request_validation, response_rewrite, syslog, tcp_logger, traffic_split, udp_logger,
+    uri_blocker, waf, websocket_frames,
 };
 
 /// Every plugin, by name.
@@ -22,6 +22,7 @@ pub static CATALOG: &[Descriptor] = &[
     fault_injection::DESCRIPTOR,
     file_logger::DESCRIPTOR,
     forward_auth::DESCRIPTOR,
+    frames_push::DESCRIPTOR,
     grpc_transcode::DESCRIPTOR,
     grpc_web::DESCRIPTOR,
     hmac_auth::DESCRIPTOR,

@@ -24,6 +24,7 @@ mod descriptor;
 mod fault_injection;
 mod file_logger;
 mod forward_auth;
+mod frames_push;
 mod grpc_transcode;
 mod grpc_web;
 mod header_ops;

@@ -90,10 +90,18 @@ impl Plugin for WebSocketFrames {
     }
 }
 
-/// The stream route a resource's `websocket-frames` names must exist and speak frames:
-/// `stream_route` finds a stream route's JSON by id. Errors have paths relative to the
-/// resource.
+/// The stream routes a resource's `websocket-frames` and `frames-push` name must exist and
+/// speak frames (and, for `mode: tcp`, have an upstream): `stream_route` finds a stream
+/// route's JSON by id. Errors have paths relative to the resource.
 pub fn check_bridged_stream_route<'v>(
+    resource: &Value,
+    stream_route: impl Fn(&str) -> Option<&'v Value>,
+) -> Option<FieldError> {
+    check_websocket_stream_route(resource, &stream_route)
+        .or_else(|| crate::frames_push::check_pushed_stream_route(resource, &stream_route))
+}
+
+fn check_websocket_stream_route<'v>(
     resource: &Value,
     stream_route: impl Fn(&str) -> Option<&'v Value>,
 ) -> Option<FieldError> {
@@ -101,30 +109,42 @@ pub fn check_bridged_stream_route<'v>(
         .pointer("/plugins/websocket-frames/stream_route_id")?
         .as_str()?;
     let path = "plugins.websocket-frames.stream_route_id";
-    let Some(route) = stream_route(id) else {
+    let route = stream_route(id);
+    if let Some(error) = frames_route_error(path, id, route) {
+        return Some(error);
+    }
+    // A service's upstream is not looked up: the route names one, or a service that has one.
+    let mode = resource.pointer("/plugins/websocket-frames/mode");
+    let names_upstream = ["upstream", "upstream_id", "service_id"]
+        .iter()
+        .any(|field| route.is_some_and(|route| route.get(field).is_some()));
+    (mode == Some(&Value::from("tcp")) && !names_upstream).then(|| {
+        FieldError::new(
+            path,
+            format!("stream route `{id}` has no upstream for `mode: tcp` to relay frames to"),
+        )
+    })
+}
+
+/// Why stream route `id` (`route`, when it exists), named at `path`, cannot serve frames.
+pub(crate) fn frames_route_error(
+    path: &str,
+    id: &str,
+    route: Option<&Value>,
+) -> Option<FieldError> {
+    let Some(route) = route else {
         return Some(FieldError::new(
             path,
             format!("stream route `{id}` does not exist"),
         ));
     };
     let name = route.pointer("/protocol/name").and_then(Value::as_str);
-    if name != Some(PROTOCOL_NAME) {
-        return Some(FieldError::new(
+    (name != Some(PROTOCOL_NAME)).then(|| {
+        FieldError::new(
             path,
             format!(
                 "stream route `{id}` does not speak frames (its protocol is not `{PROTOCOL_NAME}`)"
             ),
-        ));
-    }
-    // A service's upstream is not looked up: the route names one, or a service that has one.
-    let mode = resource.pointer("/plugins/websocket-frames/mode");
-    let names_upstream = ["upstream", "upstream_id", "service_id"]
-        .iter()
-        .any(|field| route.get(field).is_some());
-    (mode == Some(&Value::from("tcp")) && !names_upstream).then(|| {
-        FieldError::new(
-            path,
-            format!("stream route `{id}` has no upstream for `mode: tcp` to relay frames to"),
         )
     })
 }

@@ -13,6 +13,7 @@ use crate::accept::{accept, Protocol, Serves};
 use crate::access_log::AccessLog;
 use crate::metrics::WorkerCounters;
 use crate::snapshot::SnapshotCell;
+use crate::stream::bindings::Bindings;
 use crate::stream::udp;
 use crate::worker::{Limits, Worker};
 
@@ -34,6 +35,7 @@ pub(crate) fn run(
     limits: Arc<Limits>,
     access_log: AccessLog,
     counters: Arc<WorkerCounters>,
+    bindings: Arc<Bindings>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -41,7 +43,9 @@ pub(crate) fn run(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let worker = Rc::new(Worker::new(limits, access_log, counters, snapshots));
+        let worker = Rc::new(Worker::new(
+            limits, access_log, counters, snapshots, bindings,
+        ));
         for Listener { socket, serves } in listeners {
             if serves.protocol == Protocol::Udp {
                 let socket = UdpSocket::from_std(socket.into())?;

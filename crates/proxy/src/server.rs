@@ -105,11 +105,12 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut handles = Vec::new();
         for (i, listeners) in per_worker.into_iter().enumerate() {
-            let (snapshots, limits, access_log, counters, shutdown_rx) = (
+            let (snapshots, limits, access_log, counters, bindings, shutdown_rx) = (
                 snapshots.clone(),
                 limits.clone(),
                 access_log.clone(),
                 traffic.worker(i),
+                traffic.bindings(),
                 shutdown_rx.clone(),
             );
             let handle = std::thread::Builder::new()
@@ -121,6 +122,7 @@ impl Gateway {
                         limits,
                         access_log,
                         counters,
+                        bindings,
                         shutdown_rx,
                     );
                     if let Err(e) = run {

@@ -16,6 +16,7 @@ use crate::http1::HeadLimits;
 use crate::metrics::{Recorder, WorkerCounters};
 use crate::settings::{secs, Http2Settings, ProxySettings};
 use crate::snapshot::{Snapshot, SnapshotCell, WorkerView};
+use crate::stream::bindings::Bindings;
 use crate::upstream::h2::H2Upstreams;
 use crate::upstream::pool::Pool;
 
@@ -68,6 +69,8 @@ pub(crate) struct Worker {
     pub pool: RefCell<Pool>,
     /// HTTP/2 upstream connections (gRPC), one per node.
     pub h2_upstreams: Rc<RefCell<H2Upstreams>>,
+    /// The node's frames connections bound to a key, shared by every worker.
+    pub bindings: Arc<Bindings>,
     snapshots: RefCell<Cache<SnapshotCell, Arc<Snapshot>>>,
     view: RefCell<Option<Rc<WorkerView>>>,
     stopping: Cell<bool>,
@@ -80,6 +83,7 @@ impl Worker {
         access_log: AccessLog,
         counters: Arc<WorkerCounters>,
         snapshots: SnapshotCell,
+        bindings: Arc<Bindings>,
     ) -> Self {
         Worker {
             limits,
@@ -87,6 +91,7 @@ impl Worker {
             metrics: Recorder::new(counters),
             pool: RefCell::default(),
             h2_upstreams: Rc::default(),
+            bindings,
             snapshots: RefCell::new(Cache::new(snapshots)),
             view: RefCell::default(),
             stopping: Cell::new(false),

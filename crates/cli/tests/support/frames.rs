@@ -3,6 +3,8 @@
 //! of the metrics listener.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
@@ -187,4 +189,86 @@ impl Gate {
             .unwrap();
         released.contains(sequence)
     }
+}
+
+/// The address frame clients connect from: a loopback address of their own, so that the
+/// logs and plugins that see it cannot mistake it for the gateway's.
+pub const CLIENT_IP: [u8; 4] = [127, 0, 0, 2];
+
+/// A framed-protocol client on a blocking socket, from [`CLIENT_IP`] (or another loopback
+/// address).
+pub struct FrameClient {
+    pub stream: TcpStream,
+}
+
+impl FrameClient {
+    pub fn connect(addr: SocketAddr) -> FrameClient {
+        Self::connect_from(addr, CLIENT_IP.into())
+    }
+
+    pub fn connect_from(addr: SocketAddr, from: IpAddr) -> FrameClient {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        FrameClient { stream }
+    }
+
+    pub fn send(&mut self, frame: &Frame) {
+        self.send_raw(&frame.encode());
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next frame, or `None` when the gateway closed the connection.
+    pub fn read(&mut self) -> Option<Frame> {
+        let mut header = [0u8; HEADER + 1];
+        match self.stream.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if is_closed(&e) => return None,
+            Err(e) => panic!("reading a frame: {e}"),
+        }
+        assert_eq!(header[0], 0x09, "the start marker");
+        let header: [u8; HEADER] = header[1..].try_into().unwrap();
+        let length = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
+        let mut rest = vec![0; length + 1];
+        self.stream.read_exact(&mut rest).expect("a whole frame");
+        Some(Frame::decode(&header, &rest))
+    }
+
+    pub fn answer(&mut self) -> Frame {
+        self.read().expect("an answer frame")
+    }
+
+    /// Asserts that the gateway closes the connection with nothing more to read.
+    pub fn assert_closed(&mut self) {
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => {}
+            Ok(_) => panic!("a byte after the last frame: {byte:?}"),
+            Err(e) if is_closed(&e) => {}
+            Err(e) => panic!("the connection is still open: {e}"),
+        }
+    }
+}
+
+fn is_closed(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+    )
+}
+
+/// The stream listener's address, from pylon's startup lines.
+pub fn stream_addr(pylon: &Pylon) -> SocketAddr {
+    let line = pylon
+        .startup
+        .iter()
+        .find_map(|line| line.strip_prefix("pylon: stream listening on tcp://"))
+        .unwrap_or_else(|| panic!("no stream listener in {:?}", pylon.startup));
+    line.parse().unwrap()
 }

@@ -180,6 +180,13 @@ impl Collector for TrafficCollector {
         for (reason, count) in FRAME_ERRORS.iter().zip(totals.frame_errors) {
             counter_sample(metric.encode_family(&[("reason", *reason)])?, count)?;
         }
+        let mut metric = encoder.encode_descriptor(
+            "pylon_frames_connections_bound",
+            "Framed-protocol connections (TCP or bridged WebSocket) bound to a key that pushes reach them by, now",
+            None,
+            MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&totals.frames_bound)?;
         Ok(())
     }
 }

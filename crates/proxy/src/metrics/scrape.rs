@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use pylon_frames::CounterValues;
 
+use crate::stream::bindings::Bindings;
+
 use super::recorder::{Histogram, WorkerCounters, LATENCY_BUCKETS, REFUSALS, STREAM_STATUSES};
 
 /// What goes wrong on framed-protocol connections, as counted: bad frames by kind (each
@@ -41,9 +43,13 @@ fn frame_errors(counts: &CounterValues) -> [u64; FRAME_ERRORS.len()] {
     ]
 }
 
-/// Every worker's counters: what the metrics listener reads. Cheap to clone.
+/// Every worker's counters, and the node's bound frames connections: what the metrics
+/// listener reads. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct Traffic(Arc<[Arc<WorkerCounters>]>);
+pub struct Traffic {
+    workers: Arc<[Arc<WorkerCounters>]>,
+    bindings: Arc<Bindings>,
+}
 
 /// The node's totals at one moment, every worker's added up.
 #[derive(Debug, Default)]
@@ -60,6 +66,8 @@ pub(crate) struct Totals {
     pub stream_bytes: [u64; 2],
     /// Frames the framed-protocol connections read, and wrote.
     pub frames: [u64; 2],
+    /// Frames connections bound to a key now.
+    pub frames_bound: u64,
     /// By the index of [`FRAME_ERRORS`].
     pub frame_errors: [u64; FRAME_ERRORS.len()],
     /// `apisix_http_status`: requests by all their labels.
@@ -121,19 +129,30 @@ impl HistogramTotals {
 impl Traffic {
     /// A fresh counter set for each of `workers` workers.
     pub(crate) fn new(workers: usize) -> Self {
-        Traffic((0..workers).map(|_| Arc::default()).collect())
+        Traffic {
+            workers: (0..workers).map(|_| Arc::default()).collect(),
+            bindings: Arc::default(),
+        }
     }
 
     /// Worker `i`'s counters.
     pub(crate) fn worker(&self, i: usize) -> Arc<WorkerCounters> {
-        self.0[i].clone()
+        self.workers[i].clone()
+    }
+
+    /// The node's bound frames connections, which every worker shares.
+    pub(crate) fn bindings(&self) -> Arc<Bindings> {
+        self.bindings.clone()
     }
 
     /// Adds every worker's counters up. Each counter is read once; a request being counted
     /// meanwhile shows in some of its counters only, and in all of them at the next scrape.
     pub(crate) fn totals(&self) -> Totals {
-        let mut totals = Totals::default();
-        for worker in self.0.iter() {
+        let mut totals = Totals {
+            frames_bound: self.bindings.bound(),
+            ..Totals::default()
+        };
+        for worker in self.workers.iter() {
             // First: the counts of every request it includes are read after it.
             totals.requests += worker.requests.get();
             totals.accepted += worker.accepted.get();
@@ -188,7 +207,7 @@ impl Traffic {
 impl std::fmt::Debug for Traffic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Traffic")
-            .field("workers", &self.0.len())
+            .field("workers", &self.workers.len())
             .finish()
     }
 }

@@ -4,6 +4,7 @@
 //! request and carries out the answers in its wire format; [`run`] is monomorphised per codec.
 
 mod plugins;
+mod push;
 mod transcode;
 
 use std::time::{Instant, SystemTime};
@@ -152,18 +153,29 @@ pub(crate) async fn run<D: Downstream>(
                 .ctx
                 .insert(RequestCtx::new(vars, route_id, service_id));
             let decided = plugins.request(ctx).await;
-            // A bridged route's clients are served by the gateway, not proxied.
-            let bridge = decided.is_none().then(|| plugins.frames_bridge(ctx));
-            let outcome = match (decided, bridge.flatten()) {
-                (Some(reply), _) => {
+            // A bridged route's clients, and a push route's requests, are served by the
+            // gateway, not proxied.
+            let bridge = decided
+                .is_none()
+                .then(|| plugins.frames_bridge(ctx))
+                .flatten();
+            let push = (decided.is_none() && bridge.is_none())
+                .then(|| plugins.frames_push(ctx))
+                .flatten();
+            let outcome = match (decided, bridge, push) {
+                (Some(reply), _, _) => {
                     let reply = plugins.reply(ctx, reply);
                     downstream.reply(vars, &reply, End::Complete).await
                 }
-                (None, Some(bridge)) => {
+                (None, Some(bridge), _) => {
                     let work = PluginWork { plugins, ctx };
                     downstream.bridge(vars, bridge, work).await
                 }
-                (None, None) => {
+                (None, None, Some(push)) => {
+                    let work = PluginWork { plugins, ctx };
+                    push::push(worker, downstream, vars, &push, work).await
+                }
+                (None, None, None) => {
                     let work = PluginWork { plugins, ctx };
                     let chosen = ctx.upstream_override.as_deref();
                     let upstream = route.and_then(|r| r.upstream_for(chosen));

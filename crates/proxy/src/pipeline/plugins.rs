@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pylon_plugin::{
-    BodyFilters, Chain, Consumer, FramesBridge, LogCtx, MetricNames, Phase, Reply,
+    BodyFilters, Chain, Consumer, FramesBridge, FramesPush, LogCtx, MetricNames, Phase, Reply,
     RequestBodyInspectors, RequestCtx, RequestPhase, RequestTaps, ResponseCtx, ResponseEdits,
     ResponseHeaders, Transcoder,
 };
@@ -182,6 +182,19 @@ impl<'s> Plugins<'s> {
         let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
         (self.global.frames_bridge(ctx, None))
             .or_else(|| self.route.frames_bridge(ctx, consumer_plugins))
+            .cloned()
+    }
+
+    /// Where the request's body is pushed, when a plugin has the gateway push it to a frames
+    /// client and answer itself; a bit test for every other route.
+    pub fn frames_push(&self, ctx: &RequestCtx<'_>) -> Option<FramesPush> {
+        if !self.uses(Phase::Bridge, ctx) {
+            return None;
+        }
+        let consumer = ctx.consumer().cloned();
+        let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
+        (self.global.frames_push(ctx, None))
+            .or_else(|| self.route.frames_push(ctx, consumer_plugins))
             .cloned()
     }
 

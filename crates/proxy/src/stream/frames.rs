@@ -15,6 +15,9 @@
 //! (`application/json`), and the JSON answer is encoded as a `response` message. A status
 //! outside 2xx, a body that is not a `request` or an answer that is not a `response` is a
 //! failed call: the client gets the protocol's `on_error` frame.
+//!
+//! A 2xx answer carrying `X-Frame-Connection-Key` binds the connection to that key (see
+//! [`super::bindings`]), and frames pushed to the key are written between the answers.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -30,7 +33,10 @@ use pylon_plugins::{frame_messages, FrameMessages, Protos};
 use pylon_protobuf::Codec;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
 
+use super::bindings::Binding;
+use super::StreamTarget;
 use crate::downstream::h1;
 use crate::http1::{has_token, response_framing, BodyFraming, ChunkedScanner, ResponseHead};
 use crate::tls::MaybeTls;
@@ -83,23 +89,28 @@ impl Frames {
     }
 }
 
-/// Serves one connection of a frames route until it ends.
+/// The answer header that binds the connection whose call it answers to a key.
+const CONNECTION_KEY: &str = "x-frame-connection-key";
+
+/// Serves one connection of the frames route `route` until it ends.
 pub(crate) async fn serve<IO>(
     worker: &Rc<Worker>,
     io: IO,
+    route: &StreamTarget,
     frames: &Frames,
     client: SocketAddr,
     local: SocketAddr,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let calls = Calls::new(worker, frames, client, local);
+    let (calls, pushes) = Calls::new(worker, route, frames, client, local);
     let closed = Connection::new(
         &frames.protocol,
         io,
         &calls,
         &worker.metrics.counters().frames,
     )
+    .pushes(pushes)
     .stop_on(worker.stopping())
     .grace(worker.limits.shutdown_grace)
     .run()
@@ -118,6 +129,8 @@ pub(crate) struct Calls<'a> {
     idle: RefCell<Vec<Pipe>>,
     /// Each header field of the layout, with the request header that carries it.
     command_field_names: Vec<(String, pylon_frames::FieldId)>,
+    /// The key pushes reach the client by, once an answer bound it.
+    binding: Binding,
 }
 
 /// Why a call has no answer.
@@ -142,13 +155,16 @@ struct Pipe {
 }
 
 impl<'a> Calls<'a> {
+    /// The calls of a client of `route`, and the frames pushed to it.
     pub(crate) fn new(
         worker: &Rc<Worker>,
+        route: &StreamTarget,
         frames: &'a Frames,
         client: SocketAddr,
         local: SocketAddr,
-    ) -> Self {
-        Calls {
+    ) -> (Self, mpsc::Receiver<Frame>) {
+        let (binding, pushes) = worker.bindings.connection(route.id.clone());
+        let calls = Calls {
             worker: worker.clone(),
             frames,
             client,
@@ -157,7 +173,9 @@ impl<'a> Calls<'a> {
             command_field_names: (frames.protocol.layout().fields())
                 .map(|(name, id)| (format!("x-frame-{name}"), id))
                 .collect(),
-        }
+            binding,
+        };
+        (calls, pushes)
     }
 
     /// Sends `frame`'s call to the HTTP route its command names, with `body` (the frame's,
@@ -181,6 +199,9 @@ impl<'a> Calls<'a> {
                 status: answer.status,
                 message: format!("{}: answered {}", route.uri, answer.status),
             });
+        }
+        if let Some(key) = &answer.connection_key {
+            self.binding.bind(key);
         }
         Ok(answer.body)
     }
@@ -284,6 +305,8 @@ struct Answer {
     status: u16,
     body: Bytes,
     keep_alive: bool,
+    /// The key the answer binds the connection to.
+    connection_key: Option<Box<str>>,
 }
 
 /// Reads one whole response from the pipeline.
@@ -301,6 +324,11 @@ async fn read_answer(pipe: &mut Pipe, method: &str) -> std::io::Result<Answer> {
         read_some(pipe).await?;
     };
     let status = head.status();
+    let connection_key = (head.header(CONNECTION_KEY))
+        .and_then(|key| std::str::from_utf8(key).ok())
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map(Box::from);
     let closes = head
         .header("connection")
         .is_some_and(|v| has_token(v, "close"));
@@ -351,6 +379,7 @@ async fn read_answer(pipe: &mut Pipe, method: &str) -> std::io::Result<Answer> {
         status,
         body,
         keep_alive,
+        connection_key,
     })
 }
 

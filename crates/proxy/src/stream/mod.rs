@@ -10,6 +10,7 @@
 //! route, 502/504 no node connected, 503 over `limit-conn`), bytes each way and durations.
 //! UDP listeners take datagrams by the same routes, a session per client address ([`udp`]).
 
+pub(crate) mod bindings;
 mod frames;
 mod relay;
 mod sni;
@@ -166,7 +167,8 @@ async fn relay_to<'r, C>(
     let upstream = match (&route.frames, &route.upstream) {
         (Some(protocol), _) => {
             session.status = 200;
-            return frames::serve(worker, client_io, protocol, arrival.client, arrival.local).await;
+            let (client, local) = (arrival.client, arrival.local);
+            return frames::serve(worker, client_io, route, protocol, client, local).await;
         }
         (None, Some(upstream)) => upstream,
         // Compiled routes have one or the other.

@@ -15,12 +15,17 @@
 //!   sends is one binary message: answers, and frames the backend pushes.
 //!
 //! In the first two, calls run concurrently, up to the protocol's `max_in_flight`, and are answered in
-//! completion order. A message that is not a call (a cut frame, JSON that is not a call, a
-//! message of the other mode, one longer than the longest frame) is counted and closes the
-//! WebSocket: 1007, 1003 or 1009. A client silent for `read_timeout` with no call in flight,
-//! and every client of a stopping worker, is closed with 1001 once the calls in flight are
-//! answered (within the shutdown grace). Pings are answered by the WebSocket layer as it
-//! reads.
+//! completion order. A call's answer may bind the WebSocket to a key, as a TCP client's
+//! connection (see [`super::bindings`]): frames pushed to the key then come as messages
+//! between the answers, a binary message each (`binary`), or `{"command", "sequence",
+//! "body"}` (`json`: the body decoded from the command's `response` message when it names
+//! one, else the body's JSON, else its text as a string).
+//!
+//! A message that is not a call (a cut frame, JSON that is not a call, a message of the other
+//! mode, one longer than the longest frame) is counted and closes the WebSocket: 1007, 1003
+//! or 1009. A client silent for `read_timeout` with no call in flight, and every client of a
+//! stopping worker, is closed with 1001 once the calls in flight are answered (within the
+//! shutdown grace). Pings are answered by the WebSocket layer as it reads.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -33,6 +38,7 @@ use pylon_plugin::BridgeMode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -80,8 +86,9 @@ pub(crate) async fn serve<S>(
     };
     let ws =
         WebSocketStream::from_partially_read(io, early.to_vec(), Role::Server, Some(config)).await;
+    let (calls, pushes) = Calls::new(worker, route, frames, arrival.client, arrival.local);
     let bridge = Bridge {
-        calls: Calls::new(worker, frames, arrival.client, arrival.local),
+        calls,
         frames,
         mode,
         counters: &worker.metrics.counters().frames,
@@ -99,7 +106,7 @@ pub(crate) async fn serve<S>(
                 )
                 .await
         }
-        _ => bridge.run(worker, ws).await,
+        _ => bridge.run(worker, ws, pushes).await,
     };
     tracing::debug!(client = %arrival.client, "bridged WebSocket closed: {closed}");
 }
@@ -151,7 +158,12 @@ struct JsonCall {
 }
 
 impl<'a> Bridge<'a> {
-    async fn run<S>(&'a self, worker: &Worker, mut ws: WebSocketStream<S>) -> String
+    async fn run<S>(
+        &'a self,
+        worker: &Worker,
+        mut ws: WebSocketStream<S>,
+        mut pushes: mpsc::Receiver<Frame>,
+    ) -> String
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -189,6 +201,10 @@ impl<'a> Bridge<'a> {
                     }
                 },
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => answer,
+                Some(frame) = pushes.recv(), if closing.is_none() => match self.pushed(frame) {
+                    Some(message) => Reaction::Answer(message),
+                    None => continue,
+                },
                 () = &mut stopping, if closing.is_none() => {
                     Reaction::Close(CloseCode::Away, "the gateway stops".into())
                 }
@@ -409,6 +425,32 @@ impl<'a> Bridge<'a> {
                 BridgeMode::Json => json_error(command, sequence, 404, &unknown),
             }),
         })
+    }
+
+    /// The message a frame pushed to the client is; `None` for one that does not fit the
+    /// layout (checked before it was queued: not expected).
+    fn pushed(&self, frame: Frame) -> Option<Message> {
+        if self.mode == BridgeMode::Json {
+            let codec = self.frames.codec();
+            let body: Option<Value> = match self.frames.messages(frame.command) {
+                // Encoded from JSON by the push, with the same message type.
+                Some(messages) => codec.decode_value(&messages.response, &frame.body).ok(),
+                None => serde_json::from_slice(&frame.body).ok(),
+            };
+            let body = body.unwrap_or_else(|| String::from_utf8_lossy(&frame.body).into());
+            let message =
+                json!({"command": frame.command, "sequence": frame.sequence, "body": body});
+            return Some(Message::Text(message.to_string()));
+        }
+        let layout = self.frames.protocol().layout();
+        let mut bytes = BytesMut::with_capacity(layout.frame_len(frame.body.len()));
+        match layout.encode(&frame, &mut bytes) {
+            Ok(()) => Some(binary(bytes)),
+            Err(e) => {
+                tracing::warn!("a pushed frame dropped: {e}");
+                None
+            }
+        }
     }
 
     /// The frame a binary message holds whole, and nothing else.
