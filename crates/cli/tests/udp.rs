@@ -8,9 +8,8 @@ mod support;
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use support::client::get;
 use support::datagram::{refusing_port, UdpClient, UdpEcho};
-use support::stream::{exchange, EchoUpstream};
+use support::stream::{config, exchange, listener, logged_as, reports, round_robin, EchoUpstream};
 use support::{wait_until, Pylon};
 
 const UDP: &str = "{addr: \"127.0.0.1:0\"}";
@@ -27,43 +26,9 @@ fn start(config: &str, listeners: &[&str]) -> Pylon {
     Pylon::start(config, &udp_node(listeners))
 }
 
-/// A standalone config of `routes` (JSON is YAML).
-fn config(routes: &[Value]) -> String {
-    format!("stream_routes: {}\n", Value::from(routes.to_vec()))
-}
-
 /// A round-robin `udp` upstream over `nodes`.
 fn upstream(nodes: &[SocketAddr]) -> Value {
-    let nodes: serde_json::Map<String, Value> =
-        nodes.iter().map(|n| (n.to_string(), json!(1))).collect();
-    json!({"type": "roundrobin", "scheme": "udp", "nodes": nodes})
-}
-
-/// The `i`th UDP listener's address.
-fn listener(pylon: &Pylon, i: usize) -> SocketAddr {
-    pylon.stream_addrs[i].1
-}
-
-/// The first access log line `matches` picks, once written (bounded wait).
-fn logged(pylon: &Pylon, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-    wait_until(|| pylon.access_log().iter().any(&matches), what);
-    pylon.access_log().into_iter().find(matches).unwrap()
-}
-
-/// The line of a session that `route` ended with `status`.
-fn logged_as(pylon: &Pylon, route: Option<&str>, status: u16) -> Value {
-    logged(
-        pylon,
-        &format!("a log line of route {route:?} with status {status}"),
-        |line| line["route_id"].as_str() == route && line["status"] == status,
-    )
-}
-
-/// Whether the metrics listener reports `sample` (a whole line of the exposition).
-fn reports(pylon: &Pylon, sample: &str) -> bool {
-    let metrics = pylon.metrics.expect("a metrics listener");
-    let text = get(metrics, "localhost", "/apisix/prometheus/metrics").text();
-    text.lines().any(|line| line == sample)
+    round_robin(nodes, json!({"scheme": "udp"}))
 }
 
 #[test]

@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
+use super::client::get;
 use super::receivers::Connection;
-use super::WAIT;
+use super::{wait_until, Pylon, WAIT};
 
 /// An upstream that echoes each connection's bytes as they come and, once the client's side
 /// has ended, sends its name and closes: an answer that ends in the name shows the client's
@@ -152,4 +155,47 @@ pub fn is_closed_unanswered(stream: &mut TcpStream) -> bool {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ),
     }
+}
+
+/// A standalone config of stream `routes` (JSON is YAML).
+pub fn config(routes: &[Value]) -> String {
+    format!("stream_routes: {}\n", Value::from(routes.to_vec()))
+}
+
+/// A round-robin upstream over `nodes`, with `extra` fields (a `scheme`, say).
+pub fn round_robin(nodes: &[SocketAddr], extra: Value) -> Value {
+    let nodes: serde_json::Map<String, Value> =
+        nodes.iter().map(|n| (n.to_string(), json!(1))).collect();
+    let mut upstream = json!({"type": "roundrobin", "nodes": nodes});
+    if let (Some(upstream), Value::Object(extra)) = (upstream.as_object_mut(), extra) {
+        upstream.extend(extra);
+    }
+    upstream
+}
+
+/// The `i`th stream listener's address.
+pub fn listener(pylon: &Pylon, i: usize) -> SocketAddr {
+    pylon.stream_addrs[i].1
+}
+
+/// The first access log line `matches` picks, once written (bounded wait).
+fn logged(pylon: &Pylon, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    wait_until(|| pylon.access_log().iter().any(&matches), what);
+    pylon.access_log().into_iter().find(matches).unwrap()
+}
+
+/// The line of the connection or session that `route` ended with `status`.
+pub fn logged_as(pylon: &Pylon, route: Option<&str>, status: u16) -> Value {
+    logged(
+        pylon,
+        &format!("a log line of route {route:?} with status {status}"),
+        |line| line["route_id"].as_str() == route && line["status"] == status,
+    )
+}
+
+/// Whether the metrics listener reports `sample` (a whole line of the exposition).
+pub fn reports(pylon: &Pylon, sample: &str) -> bool {
+    let metrics = pylon.metrics.expect("a metrics listener");
+    let text = get(metrics, "localhost", "/apisix/prometheus/metrics").text();
+    text.lines().any(|line| line == sample)
 }
