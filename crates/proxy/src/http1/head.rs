@@ -26,7 +26,8 @@ pub enum HeadError {
     Version,
 }
 
-/// Where one header is within the head.
+/// Where one header is within the head: its name in [`Block::text`], its value in
+/// [`Block::raw`].
 #[derive(Debug, Clone)]
 struct HeaderAt {
     name: Range<usize>,
@@ -36,46 +37,62 @@ struct HeaderAt {
 /// The header block shared by request and response heads.
 #[derive(Debug, Default)]
 struct Block {
+    /// The head as received.
     raw: Vec<u8>,
+    /// The parts httparse has checked as text (method, target, reason, header names), copied
+    /// as `str`: they are read dozens of times per request, and reading them from `raw` would
+    /// check them as UTF-8 each time.
+    text: String,
     headers: Vec<HeaderAt>,
 }
 
 impl Block {
-    fn fill(&mut self, buf: &[u8], len: usize, headers: &[httparse::Header<'_>]) {
+    /// Starts the block of a new head: the first `len` bytes of `buf`.
+    fn start(&mut self, buf: &[u8], len: usize) {
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
+        self.text.clear();
         self.headers.clear();
-        let base = buf.as_ptr() as usize;
-        let at = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            start..start + s.len()
-        };
-        self.headers.extend(headers.iter().map(|h| HeaderAt {
-            name: at(h.name.as_bytes()),
-            value: at(h.value),
-        }));
     }
 
-    fn str_at(&self, r: &Range<usize>) -> &str {
-        // httparse admits only tokens (ASCII) in method, target, header names and reason; the
-        // check cannot fail on bytes it accepted.
-        std::str::from_utf8(&self.raw[r.clone()]).unwrap_or("")
+    /// Keeps `part` as text; returns where it is in `text`.
+    fn push_text(&mut self, part: &str) -> Range<usize> {
+        let start = self.text.len();
+        self.text.push_str(part);
+        start..self.text.len()
+    }
+
+    /// Records `headers`, parsed from `buf`, whose first bytes [`Block::start`] kept.
+    fn push_headers(&mut self, buf: &[u8], headers: &[httparse::Header<'_>]) {
+        let base = buf.as_ptr() as usize;
+        for header in headers {
+            let start = header.value.as_ptr() as usize - base;
+            let name = self.push_text(header.name);
+            self.headers.push(HeaderAt {
+                name,
+                value: start..start + header.value.len(),
+            });
+        }
+    }
+
+    fn text_at(&self, r: &Range<usize>) -> &str {
+        &self.text[r.clone()]
     }
 
     fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
         self.headers
             .iter()
-            .map(|h| (self.str_at(&h.name), &self.raw[h.value.clone()]))
+            .map(|h| (self.text_at(&h.name), &self.raw[h.value.clone()]))
     }
 
-    /// Lookups run several times per request over every header: names are compared as
-    /// bytes, length first, without the UTF-8 check `headers` makes.
+    /// Names are compared length first: lookups run several times per request over every
+    /// header.
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|h| {
                 h.name.len() == name.len()
-                    && self.raw[h.name.clone()].eq_ignore_ascii_case(name.as_bytes())
+                    && self.text.as_bytes()[h.name.clone()].eq_ignore_ascii_case(name.as_bytes())
             })
             .map(|h| &self.raw[h.value.clone()])
     }
@@ -107,15 +124,13 @@ impl RequestHead {
                     return Err(HeadError::LineTooLong);
                 }
                 let version = req.version.ok_or(HeadError::Malformed("no version"))?;
-                let base = buf.as_ptr() as usize;
-                let at = |s: &str| {
-                    let start = s.as_ptr() as usize - base;
-                    start..start + s.len()
-                };
-                self.method = at(req.method.ok_or(HeadError::Malformed("no method"))?);
-                self.target = at(req.path.ok_or(HeadError::Malformed("no target"))?);
+                let method = req.method.ok_or(HeadError::Malformed("no method"))?;
+                let target = req.path.ok_or(HeadError::Malformed("no target"))?;
+                self.block.start(buf, len);
+                self.method = self.block.push_text(method);
+                self.target = self.block.push_text(target);
                 self.minor_version = version;
-                self.block.fill(buf, len, req.headers);
+                self.block.push_headers(buf, req.headers);
                 Ok(Some(len))
             }
             Ok(httparse::Status::Partial) => match memchr::memchr(b'\n', buf) {
@@ -136,12 +151,12 @@ impl RequestHead {
     }
 
     pub fn method(&self) -> &str {
-        self.block.str_at(&self.method)
+        self.block.text_at(&self.method)
     }
 
     /// The request target exactly as received.
     pub fn target(&self) -> &str {
-        self.block.str_at(&self.target)
+        self.block.text_at(&self.target)
     }
 
     /// The target's path: everything before `?`, without the scheme and authority of an
@@ -239,17 +254,11 @@ impl ResponseHead {
         let mut res = httparse::Response::new(&mut storage);
         match res.parse(buf) {
             Ok(httparse::Status::Complete(len)) if len <= max_head => {
-                let base = buf.as_ptr() as usize;
-                let reason = res.reason.unwrap_or("");
-                let start = reason.as_ptr() as usize - base;
-                self.reason = if reason.is_empty() {
-                    0..0
-                } else {
-                    start..start + reason.len()
-                };
                 self.status = res.code.ok_or(HeadError::Malformed("no status"))?;
                 self.minor_version = res.version.ok_or(HeadError::Malformed("no version"))?;
-                self.block.fill(buf, len, res.headers);
+                self.block.start(buf, len);
+                self.reason = self.block.push_text(res.reason.unwrap_or(""));
+                self.block.push_headers(buf, res.headers);
                 Ok(Some(len))
             }
             Ok(httparse::Status::Partial) if buf.len() <= max_head => Ok(None),
@@ -264,7 +273,7 @@ impl ResponseHead {
     }
 
     pub fn reason(&self) -> &str {
-        self.block.str_at(&self.reason)
+        self.block.text_at(&self.reason)
     }
 
     pub fn minor_version(&self) -> u8 {
