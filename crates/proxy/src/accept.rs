@@ -120,35 +120,46 @@ pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener, serves: Se
         };
         let open = worker.open_connection();
         let conn_worker = worker.clone();
-        tokio::task::spawn_local(async move {
-            serve(conn_worker, stream, peer, local, serves).await;
-            drop(open);
-        });
+        // A task per protocol, each future as large as its own protocol needs: a task's
+        // future is moved in memory when spawned.
+        match serves.protocol {
+            Protocol::Http => tokio::task::spawn_local(async move {
+                if let Some((stream, client)) = client_of(&conn_worker, stream, peer, serves).await
+                {
+                    if serves.tls {
+                        downstream::serve_tls(conn_worker, stream, client, local).await;
+                    } else {
+                        downstream::serve(conn_worker, stream, client, local).await;
+                    }
+                }
+                drop(open);
+            }),
+            Protocol::Tcp => tokio::task::spawn_local(async move {
+                if let Some((stream, client)) = client_of(&conn_worker, stream, peer, serves).await
+                {
+                    stream::serve(conn_worker, stream, client, local, serves.tls).await;
+                }
+                drop(open);
+            }),
+            // UDP sockets are served by `stream::udp`, never accepted from.
+            Protocol::Udp => continue,
+        };
     }
 }
 
-async fn serve(
-    worker: Rc<Worker>,
+/// The connection and its client: the peer, or the client its PROXY header names on a
+/// listener that takes one (`None`: the connection is closed).
+async fn client_of(
+    worker: &Worker,
     mut stream: TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
     serves: Serves,
-) {
-    let client = if serves.proxy_protocol {
-        match proxied_client(&worker, &mut stream, peer).await {
-            Some(client) => client,
-            None => return,
-        }
-    } else {
-        peer
-    };
-    match serves.protocol {
-        Protocol::Http if serves.tls => downstream::serve_tls(worker, stream, client, local).await,
-        Protocol::Http => downstream::serve(worker, stream, client, local).await,
-        Protocol::Tcp => stream::serve(worker, stream, client, local, serves.tls).await,
-        // UDP sockets are served by `stream::udp`, never accepted from.
-        Protocol::Udp => {}
+) -> Option<(TcpStream, SocketAddr)> {
+    if !serves.proxy_protocol {
+        return Some((stream, peer));
     }
+    let client = proxied_client(worker, &mut stream, peer).await?;
+    Some((stream, client))
 }
 
 /// The client a trusted peer's PROXY header names (the peer itself for a `LOCAL` header, a

@@ -29,6 +29,7 @@ mod proxy_protocol;
 mod publish;
 mod registration;
 mod relay;
+mod rewind;
 mod runtime;
 mod server;
 mod settings;

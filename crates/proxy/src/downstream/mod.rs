@@ -10,7 +10,8 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use self::h2::{Rewind, Sniffed};
+use self::h2::Sniffed;
+use crate::rewind::Rewind;
 use crate::tls::{self, Handshake, MaybeTls};
 use crate::worker::Worker;
 

@@ -33,8 +33,8 @@ pub(crate) use table::{Arrival, ConnLimit, StreamTable, StreamTarget, Transport}
 
 use crate::access_log::AccessRecord;
 use crate::attempts::{Attempts, Done, GaveUp, UpstreamAnswer};
-use crate::downstream::h2::Rewind;
 use crate::proxy_protocol;
+use crate::rewind::Rewind;
 use crate::snapshot::UpstreamTarget;
 use crate::tls::{self, Handshake};
 use crate::upstream::connect_with_preface;
@@ -71,6 +71,19 @@ pub(crate) async fn serve(
         arrival.sni = name.as_deref();
         return proxy(&worker, Rewind::new(early, stream), &arrival, started).await;
     }
+    // Boxed: a TLS session is large, and the plain connections' tasks need not carry it.
+    Box::pin(terminate_tls(worker, stream, client, local, started)).await;
+}
+
+/// A connection to a listener that terminates TLS: the handshake with the `ssls`, then the
+/// route its server name matches.
+async fn terminate_tls(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    started: Instant,
+) {
     let certificates = worker.view().snapshot.certificates.clone();
     match tls::accept(stream, &certificates, worker.limits.handshake_timeout).await {
         Handshake::Done(tls) => {
@@ -82,7 +95,7 @@ pub(crate) async fn serve(
                 sni: sni.as_deref(),
                 transport: Transport::Tcp,
             };
-            proxy(&worker, *tls, &arrival, started).await;
+            proxy(&worker, tls, &arrival, started).await;
         }
         Handshake::Failed(reason) => {
             tracing::debug!(%client, "TLS handshake failed: {reason}");

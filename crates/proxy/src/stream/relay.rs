@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
@@ -74,13 +75,15 @@ where
     R: AsyncRead,
     W: AsyncWrite,
 {
-    let mut buf = vec![0u8; CHUNK];
+    // Never zeroed: a read fills what it hands on.
+    let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
+        buf.clear();
+        if from.read_buf(&mut buf).await? == 0 {
             return to.shutdown().await;
         }
-        to.write_all(&buf[..n]).await?;
+        to.write_all(&buf).await?;
+        let n = buf.len();
         moved.set(moved.get() + n as u64);
         last_moved.set(Instant::now());
     }

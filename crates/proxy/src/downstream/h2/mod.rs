@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use crate::settings::secs;
 use crate::worker::Worker;
 
-pub(crate) use preface::{sniff, Rewind, Sniffed};
+pub(crate) use preface::{sniff, Sniffed};
 
 /// Who is at the other end of a client connection.
 pub(crate) struct Peer {

@@ -1,14 +1,11 @@
 //! Telling HTTP/2 with prior knowledge (h2c) from HTTP/1 on a plain connection: an HTTP/2
 //! client opens with a fixed preface that no HTTP/1 request starts with. The bytes read to
-//! decide are handed on to whichever protocol it is, through [`Rewind`] for HTTP/2.
+//! decide are handed on to whichever protocol it is, through [`crate::rewind::Rewind`] for HTTP/2.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::AsyncRead;
 
 use crate::relay::read_more;
 
@@ -46,67 +43,10 @@ pub(crate) async fn sniff<R: AsyncRead + Unpin>(
     }
 }
 
-/// A connection whose first bytes were already read: they are read again first.
-pub(crate) struct Rewind<T> {
-    prefix: BytesMut,
-    inner: T,
-}
-
-impl<T> Rewind<T> {
-    pub fn new(prefix: BytesMut, inner: T) -> Self {
-        Rewind { prefix, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rewind::Rewind;
     use tokio::io::AsyncReadExt;
     use tokio_test::io::Builder;
 
