@@ -122,6 +122,14 @@ fn frames_pass_as_bytes_with_their_header_fields_as_headers() {
         (&json!("127.0.0.2"), &json!("im")),
         "{connection}"
     );
+    // Its bytes each way, whole frames; the client's close is no failure.
+    let (asked, answered) = (request.encode().len(), answer.encode().len());
+    assert_eq!(
+        (&connection["request_length"], &connection["bytes_sent"]),
+        (&json!(asked), &json!(answered)),
+        "{connection}"
+    );
+    assert_eq!(connection.get("failure"), None, "{connection}");
     wait_frame_metrics(&pylon, &[(&frames("in"), 1.0), (&frames("out"), 1.0)]);
 }
 
@@ -457,6 +465,21 @@ fn bad_frames_get_the_error_frame_and_close_and_are_counted() {
             (&frames("out"), 4.0),
         ],
     );
+    assert_eq!(connections_failed(&pylon, 3, "bad_frame"), 3);
+}
+
+/// Waits for `n` frames connections' log lines: how many of them failed with `failure`.
+fn connections_failed(pylon: &Pylon, n: usize, failure: &str) -> usize {
+    let ended = || -> Vec<Value> {
+        let lines = pylon.access_log().into_iter();
+        lines.filter(|line| line["method"] == "TCP").collect()
+    };
+    wait_until(
+        || ended().len() >= n,
+        &format!("{n} frames connections' log lines"),
+    );
+    let ended = ended();
+    ended.iter().filter(|l| l["failure"] == failure).count()
 }
 
 #[test]
@@ -479,4 +502,6 @@ fn silent_clients_are_timed_out() {
     mid_frame.assert_closed();
     idle.assert_closed();
     wait_frame_metrics(&pylon, &[(&errors("timeout"), 2.0)]);
+    assert_eq!(connections_failed(&pylon, 2, "client_timeout"), 1);
+    assert_eq!(connections_failed(&pylon, 2, "idle_timeout"), 1);
 }

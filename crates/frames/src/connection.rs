@@ -88,6 +88,16 @@ pub enum Closed {
     Io(io::Error),
 }
 
+/// How a connection ended, and the bytes it moved (for its log line).
+#[derive(Debug)]
+pub struct Ended {
+    pub why: Closed,
+    /// Bytes read from the client.
+    pub received: u64,
+    /// Bytes written to the client.
+    pub sent: u64,
+}
+
 /// A client connection speaking frames, ready to [`run`](Connection::run).
 pub struct Connection<'a, IO, D, S = Pending<()>> {
     protocol: &'a Protocol,
@@ -151,7 +161,7 @@ where
     }
 
     /// Serves the connection until it ends, and says why.
-    pub async fn run(self) -> Closed {
+    pub async fn run(self) -> Ended {
         let Connection {
             protocol,
             io,
@@ -168,7 +178,12 @@ where
         let mut calls = FuturesUnordered::new();
         let mut stop = pin!(stop);
         let mut driver = Driver::new(protocol, counters, io, pushes, grace);
-        poll_fn(|cx| driver.poll(cx, &mut calls, &call, stop.as_mut())).await
+        let why = poll_fn(|cx| driver.poll(cx, &mut calls, &call, stop.as_mut())).await;
+        Ended {
+            why,
+            received: driver.received,
+            sent: driver.sent,
+        }
     }
 }
 
@@ -198,6 +213,8 @@ struct Driver<'a, IO> {
     /// The connection was waiting for the client at the last poll: silence counts from when
     /// it starts waiting.
     waiting: bool,
+    received: u64,
+    sent: u64,
 }
 
 impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Driver<'a, IO> {
@@ -222,6 +239,8 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Driver<'a, IO> {
             timer: Box::pin(tokio::time::sleep_until(silent_until)),
             silent_until,
             waiting: false,
+            received: 0,
+            sent: 0,
         }
     }
 
@@ -297,7 +316,8 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Driver<'a, IO> {
                     match poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
                         Poll::Pending => break,
                         Poll::Ready(Ok(0)) => self.end_of_input(),
-                        Poll::Ready(Ok(_)) => {
+                        Poll::Ready(Ok(n)) => {
+                            self.received += n as u64;
                             self.silent_until = Instant::now() + protocol.read_timeout();
                         }
                         Poll::Ready(Err(e)) => return Err(e),
@@ -456,6 +476,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Driver<'a, IO> {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
                     self.write.advance(n);
+                    self.sent += n as u64;
                     self.unflushed = true;
                     progress = true;
                     // The client takes what it is sent: it is not silent.

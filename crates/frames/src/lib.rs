@@ -22,7 +22,7 @@ pub use config::{
     ByteOrder, CommandRoute, ErrorAction, FieldSpec, FramesConfig, LayoutConfig, LengthIncludes,
     MAX_MARKER, PROTOCOL_NAME,
 };
-pub use connection::{Closed, Connection, DispatchError, Dispatcher, DEFAULT_GRACE};
+pub use connection::{Closed, Connection, DispatchError, Dispatcher, Ended, DEFAULT_GRACE};
 pub use counters::{CounterValues, Counters};
 pub use layout::{EncodeError, FieldId, Fields, Frame, FrameError, Layout, MAX_FIELDS};
 pub use protocol::Protocol;

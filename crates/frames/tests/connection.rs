@@ -198,11 +198,11 @@ where
     let (server, client) = tokio::io::duplex(1 << 16);
     let client = Client::new(client, protocol);
     let connection = pylon_frames::Connection::new(protocol, server, dispatcher, &counters).run();
-    let (closed, ()) =
+    let (ended, ()) =
         tokio::time::timeout(BOUND, async { tokio::join!(connection, script(client)) })
             .await
             .expect("the test ran to its end");
-    (closed, counters.read())
+    (ended.why, counters.read())
 }
 
 /// Yields until `condition` holds, a bounded number of times.
@@ -238,6 +238,37 @@ async fn many_frames_in_one_read_are_each_answered_with_their_sequence() {
     .await;
     assert!(matches!(closed, Closed::ClientClosed), "{closed}");
     assert_eq!((counters.frames_in, counters.frames_out), (10, 10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bytes_each_way_are_counted() {
+    let protocol = protocol(json!({}));
+    let counters = Counters::default();
+    let (server, client) = tokio::io::duplex(1 << 16);
+    let mut client = Client::new(client, &protocol);
+    let connection = pylon_frames::Connection::new(&protocol, server, &Echo, &counters).run();
+    let script = async {
+        client
+            .send(&[frame(SEND, 1, "hello"), frame(SEND, 2, "")])
+            .await;
+        client.recv().await.unwrap();
+        client.recv().await.unwrap();
+        client.io.shutdown().await.unwrap();
+        assert_eq!(client.recv().await, None);
+    };
+    let (ended, ()) = tokio::time::timeout(BOUND, async { tokio::join!(connection, script) })
+        .await
+        .unwrap();
+    let mut sent = BytesMut::new();
+    for f in [frame(SEND, 1, "hello"), frame(SEND, 2, "")] {
+        protocol.layout().encode(&f, &mut sent).unwrap();
+    }
+    // Echo answers each frame with its body under the answer command: the same sizes.
+    assert!(matches!(ended.why, Closed::ClientClosed), "{}", ended.why);
+    assert_eq!(
+        (ended.received, ended.sent),
+        (sent.len() as u64, sent.len() as u64)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -608,6 +639,7 @@ async fn pushed_frames_are_written_whole_between_answers() {
         tokio::time::timeout(BOUND, async { tokio::join!(connection.run(), script) })
             .await
             .unwrap();
+    let closed = closed.why;
     assert!(matches!(closed, Closed::ClientClosed), "{closed}");
     assert_eq!(counters.read().frames_out, 121);
 }
@@ -647,6 +679,7 @@ async fn a_stop_finishes_the_calls_in_flight_and_reads_nothing_more() {
         tokio::time::timeout(BOUND, async { tokio::join!(connection.run(), script) })
             .await
             .unwrap();
+    let closed = closed.why;
     assert!(matches!(closed, Closed::Stopped), "{closed}");
     assert_eq!(counters.read().abandoned, 0);
 }
@@ -669,6 +702,7 @@ async fn calls_still_running_when_the_grace_period_ends_are_abandoned() {
         tokio::time::timeout(BOUND, async { tokio::join!(connection.run(), script) })
             .await
             .unwrap();
+    let closed = closed.why;
     assert!(matches!(closed, Closed::Stopped), "{closed}");
     assert_eq!(counters.read().abandoned, 1);
 }

@@ -26,7 +26,7 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use pylon_frames::{
-    CommandRoute, Connection, DispatchError, Dispatcher, Frame, FramesConfig, Protocol,
+    Closed, CommandRoute, Connection, DispatchError, Dispatcher, Frame, FramesConfig, Protocol,
 };
 use pylon_model::FieldError;
 use pylon_plugins::{frame_messages, FrameMessages, Protos};
@@ -36,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::mpsc;
 
 use super::bindings::Binding;
+use super::relay::Relayed;
 use super::StreamTarget;
 use crate::downstream::h1;
 use crate::http1::{has_token, response_framing, BodyFraming, ChunkedScanner, ResponseHead};
@@ -92,7 +93,8 @@ impl Frames {
 /// The answer header that binds the connection whose call it answers to a key.
 const CONNECTION_KEY: &str = "x-frame-connection-key";
 
-/// Serves one connection of the frames route `route` until it ends.
+/// Serves one connection of the frames route `route` until it ends: the bytes it moved, and
+/// the log's name for why it ended, if not by the client's close or the gateway's stop.
 pub(crate) async fn serve<IO>(
     worker: &Rc<Worker>,
     io: IO,
@@ -100,11 +102,12 @@ pub(crate) async fn serve<IO>(
     frames: &Frames,
     client: SocketAddr,
     local: SocketAddr,
-) where
+) -> (Relayed, Option<&'static str>)
+where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let (calls, pushes) = Calls::new(worker, route, frames, client, local);
-    let closed = Connection::new(
+    let ended = Connection::new(
         &frames.protocol,
         io,
         &calls,
@@ -115,7 +118,25 @@ pub(crate) async fn serve<IO>(
     .grace(worker.limits.shutdown_grace)
     .run()
     .await;
-    tracing::debug!(%client, "frames connection closed: {closed:?}");
+    tracing::debug!(%client, "frames connection closed: {}", ended.why);
+    let relayed = Relayed {
+        from_client: ended.received,
+        from_upstream: ended.sent,
+        idle: matches!(ended.why, Closed::IdleTimeout),
+        broken: matches!(ended.why, Closed::Io(_)),
+    };
+    let failure = match ended.why {
+        Closed::ClientClosed | Closed::Stopped => None,
+        Closed::IdleTimeout => Some("idle_timeout"),
+        Closed::FrameTimeout => Some("client_timeout"),
+        Closed::BadFrame(_) => Some("bad_frame"),
+        Closed::UnknownCommand(_) => Some("unknown_command"),
+        Closed::DispatchFailed(_) => Some("call_failed"),
+        Closed::Unencodable(_) => Some("bad_answer"),
+        Closed::Refused(_) => Some("refused"),
+        Closed::Io(_) => Some("connection_broken"),
+    };
+    (relayed, failure)
 }
 
 /// The HTTP calls of one client of a frames route: a TCP connection speaking frames, or a

@@ -181,7 +181,9 @@ async fn relay_to<'r, C>(
         (Some(protocol), _) => {
             session.status = 200;
             let (client, local) = (arrival.client, arrival.local);
-            return frames::serve(worker, client_io, route, protocol, client, local).await;
+            (session.relayed, session.failure) =
+                frames::serve(worker, client_io, route, protocol, client, local).await;
+            return;
         }
         (None, Some(upstream)) => upstream,
         // Compiled routes have one or the other.
