@@ -378,9 +378,11 @@ impl Config {
             .chain(with_plugins(Kind::GlobalRules, &self.global_rules, |g| {
                 Some(&g.plugins)
             }))
-            .chain(with_plugins(Kind::PluginConfigs, &self.plugin_configs, |p| {
-                Some(&p.plugins)
-            }))
+            .chain(with_plugins(
+                Kind::PluginConfigs,
+                &self.plugin_configs,
+                |p| Some(&p.plugins),
+            ))
             .chain(streams)
             .chain(
                 self.others
