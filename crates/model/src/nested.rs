@@ -56,7 +56,7 @@ pub const NESTED_REFERENCES: &[NestedReference] = &[
 ];
 
 /// The parts of one resource that hold nested references.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Holders<'a> {
     pub plugins: Option<&'a Plugins>,
     /// A framed-protocol stream route's commands, by id.
