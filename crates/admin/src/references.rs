@@ -1,8 +1,9 @@
-//! The references between resources (a route's `upstream_id`, a consumer's `group_id`, ...):
-//! a write must point at resources that exist, and a delete is refused while something still
+//! The references between resources (a route's `upstream_id`, a consumer's `group_id`, and
+//! those nested in plugins and stream routes' protocols, as `grpc-transcode`'s `proto_id`): a
+//! write must point at resources that exist, and a delete is refused while something still
 //! points at its resource.
 
-use pylon_model::{FieldError, Key, Kind};
+use pylon_model::{FieldError, Holders, Key, Kind, NESTED_REFERENCES};
 use pylon_store::View;
 use serde_json::Value;
 
@@ -11,8 +12,6 @@ struct Reference {
     from: Kind,
     field: &'static str,
     to: Kind,
-    /// How APISIX names the referring resource in its refusal (`route [1] is still using it`).
-    label: &'static str,
 }
 
 const REFERENCES: &[Reference] = &[
@@ -21,43 +20,36 @@ const REFERENCES: &[Reference] = &[
         from: Kind::Routes,
         field: "upstream_id",
         to: Kind::Upstreams,
-        label: "route",
     },
     Reference {
         from: Kind::Routes,
         field: "service_id",
         to: Kind::Services,
-        label: "route",
     },
     Reference {
         from: Kind::Routes,
         field: "plugin_config_id",
         to: Kind::PluginConfigs,
-        label: "route",
     },
     Reference {
         from: Kind::Services,
         field: "upstream_id",
         to: Kind::Upstreams,
-        label: "service",
     },
     Reference {
         from: Kind::StreamRoutes,
         field: "upstream_id",
         to: Kind::Upstreams,
-        label: "stream_route",
     },
     Reference {
         from: Kind::StreamRoutes,
         field: "service_id",
         to: Kind::Services,
-        label: "stream_route",
     },
     Reference {
         from: Kind::Consumers,
         field: "group_id",
         to: Kind::ConsumerGroups,
-        label: "consumer",
     },
 ];
 
@@ -135,27 +127,76 @@ pub(crate) fn missing(kind: Kind, value: &Value, exists: impl Fn(&Key) -> bool) 
     errors
 }
 
-/// The resources in `view` that point at `target`.
+/// Errors for every reference nested in `value`, a `kind` (a plugin's `proto_id`, say), to a
+/// resource for which `exists` is false; paths are relative to the resource.
+pub(crate) fn missing_nested(
+    kind: Kind,
+    value: &Value,
+    exists: impl Fn(&Key) -> bool,
+) -> Vec<FieldError> {
+    Holders::of(kind, value)
+        .references()
+        .into_iter()
+        .filter(|found| !exists(&found.target))
+        .map(|found| found.missing())
+        .collect()
+}
+
+/// Every resource `value`, a `kind`, points at, by a top-level field or a nested one.
+pub(crate) fn targets(kind: Kind, value: &Value) -> Vec<Key> {
+    let nested = Holders::of(kind, value).references();
+    outgoing(kind, value)
+        .into_iter()
+        .map(|(_, key)| key)
+        .chain(nested.into_iter().map(|found| found.target))
+        .collect()
+}
+
+/// The resources in `view` that point at `target`: by a top-level field first, then by one
+/// nested in their plugins or protocol.
 pub(crate) fn referrers<'v>(view: &'v View, target: &Key) -> Vec<&'v Key> {
-    REFERENCES
+    let direct = REFERENCES
         .iter()
         .filter(|r| r.to == target.kind)
         .flat_map(|r| {
             view.of_kind(r.from).filter(move |entry| {
                 entry.value.get(r.field).and_then(id_text).as_deref() == Some(target.id.as_str())
             })
-        })
-        .map(|entry| &entry.key)
-        .collect()
+        });
+    let nested = NESTED_REFERENCES
+        .iter()
+        .any(|r| r.to == target.kind)
+        .then(|| view.entries.values())
+        .into_iter()
+        .flatten()
+        .filter(|entry| {
+            Holders::of(entry.key.kind, &entry.value)
+                .references()
+                .iter()
+                .any(|found| found.target == *target)
+        });
+    direct.chain(nested).map(|entry| &entry.key).collect()
+}
+
+/// How APISIX names a referring resource in its refusal to delete (`route [1] is still using
+/// it now`).
+fn label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Routes => "route",
+        Kind::Services => "service",
+        Kind::StreamRoutes => "stream_route",
+        Kind::Consumers => "consumer",
+        Kind::ConsumerGroups => "consumer_group",
+        Kind::PluginConfigs => "plugin_config",
+        Kind::GlobalRules => "global_rule",
+        _ => "resource",
+    }
 }
 
 /// APISIX's refusal to delete `target` while `referrer` uses it, or `None` if nothing does.
 pub(crate) fn delete_refusal(view: &View, target: &Key) -> Option<String> {
     let referrer = *referrers(view, target).first()?;
-    let label = REFERENCES
-        .iter()
-        .find(|r| r.from == referrer.kind && r.to == target.kind)
-        .map_or("resource", |r| r.label);
+    let label = label(referrer.kind);
     let what = match target.kind {
         // APISIX's wording, kept for the scripts that match it.
         Kind::Services => "service directly",
@@ -215,5 +256,67 @@ mod tests {
             |_| false,
         );
         assert_eq!(errors[0].to_string(), "consumer `jack` does not exist");
+    }
+
+    fn view(entries: &[(Kind, &str, Value)]) -> View {
+        let entries = entries.iter().map(|(kind, id, value)| {
+            std::sync::Arc::new(pylon_store::Entry {
+                key: Key::new(*kind, *id),
+                value: value.clone(),
+                create_revision: 1,
+                mod_revision: 1,
+            })
+        });
+        View {
+            revision: 1,
+            entries: entries.collect(),
+            live: true,
+        }
+    }
+
+    #[test]
+    fn a_proto_or_stream_route_named_inside_plugins_or_commands_is_in_use() {
+        let transcode = json!({"plugins": {"grpc-transcode": {"proto_id": 1}}});
+        let bridge = json!({"plugins": {"websocket-frames": {"stream_route_id": "im"}}});
+        let frames = json!({"protocol": {"name": "pylon-frames", "conf": {
+            "commands": {"4097": {"uri": "/send", "proto_id": "chat"}}
+        }}});
+        let view = view(&[
+            (Kind::Routes, "r1", transcode.clone()),
+            (Kind::GlobalRules, "g", transcode),
+            (Kind::Consumers, "jack", bridge),
+            (Kind::StreamRoutes, "im", frames),
+        ]);
+        let proto = Key::new(Kind::Protos, "1");
+        assert_eq!(
+            referrers(&view, &proto),
+            [
+                &Key::new(Kind::Routes, "r1"),
+                &Key::new(Kind::GlobalRules, "g")
+            ]
+        );
+        assert_eq!(
+            delete_refusal(&view, &proto).as_deref(),
+            Some("can not delete this proto, route [r1] is still using it now")
+        );
+        assert_eq!(
+            delete_refusal(&view, &Key::new(Kind::Protos, "chat")).as_deref(),
+            Some("can not delete this proto, stream_route [im] is still using it now")
+        );
+        assert_eq!(
+            delete_refusal(&view, &Key::new(Kind::StreamRoutes, "im")).as_deref(),
+            Some("can not delete this stream route, consumer [jack] is still using it now")
+        );
+        assert_eq!(delete_refusal(&view, &Key::new(Kind::Protos, "2")), None);
+
+        let errors = missing_nested(
+            Kind::Routes,
+            &view.entries[&Key::new(Kind::Routes, "r1")].value,
+            |_| false,
+        );
+        assert_eq!(
+            errors[0].to_string(),
+            "plugins.grpc-transcode.proto_id: proto `1` does not exist"
+        );
     }
 }

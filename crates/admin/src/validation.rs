@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use pylon_model::{Config, FieldError, Key, Kind, Resource};
+use pylon_model::{Config, FieldError, Holders, Key, Kind, Resource};
 use pylon_plugins::Protos;
 use pylon_store::{Keyring, View};
 use serde_json::Value;
@@ -43,7 +43,11 @@ pub(crate) fn check_write(
     {
         return Err(Refusal::MissingReference(refusal));
     }
-    let protos = referenced_protos(view, value);
+    let missing = references::missing_nested(key.kind, value, |k| view.entries.contains_key(k));
+    if !missing.is_empty() {
+        return Err(Refusal::Invalid(missing));
+    }
+    let protos = referenced_protos(view, key, value);
     let mut errors = pylon_plugins::check_resource(key.kind, value, &protos);
     errors.extend(pylon_plugins::check_bridged_stream_route(value, |id| {
         let route = view.entries.get(&Key::new(Kind::StreamRoutes, id))?;
@@ -70,24 +74,18 @@ pub(crate) fn check_write(
 
 /// The protos the resource names (`proto_id`: its plugins', for gRPC transcoding, and a
 /// framed-protocol stream route's commands'), compiled for their checks.
-fn referenced_protos(view: &View, value: &Value) -> Protos {
-    let plugins = value.get("plugins").and_then(Value::as_object);
-    let commands = value
-        .pointer("/protocol/conf/commands")
-        .and_then(Value::as_object);
-    let sources: Vec<(String, &str)> = plugins
-        .into_iter()
-        .chain(commands)
-        .flatten()
-        .filter_map(|(_, config)| references::id_text(config.get("proto_id")?))
-        .filter_map(|id| {
-            let entry = view.entries.get(&Key::new(Kind::Protos, &id))?;
+fn referenced_protos(view: &View, key: &Key, value: &Value) -> Protos {
+    let found = Holders::of(key.kind, value).references();
+    let sources: Vec<(&str, &str)> = found
+        .iter()
+        .filter(|found| found.target.kind == Kind::Protos)
+        .filter_map(|found| {
+            let entry = view.entries.get(&found.target)?;
             let content = entry.value.get("content")?.as_str()?;
-            Some((id, content))
+            Some((found.target.id.as_str(), content))
         })
         .collect();
-    let entries = sources.iter().map(|(id, content)| (id.as_str(), *content));
-    Protos::from_entries(entries, Protos::none())
+    Protos::from_entries(sources, Protos::none())
 }
 
 /// A consumer's or credential's authentication plugins that another consumer has the same
@@ -128,21 +126,13 @@ fn neighbourhood(view: &View, key: &Key, value: &Value) -> BTreeMap<Key, Value> 
         .into_iter()
         .cloned()
         .collect();
-    pending.extend(
-        references::outgoing(key.kind, value)
-            .into_iter()
-            .map(|(_, k)| k),
-    );
+    pending.extend(references::targets(key.kind, value));
     while let Some(next) = pending.pop() {
         if found.contains_key(&next) {
             continue;
         }
         if let Some(entry) = view.entries.get(&next) {
-            pending.extend(
-                references::outgoing(next.kind, &entry.value)
-                    .into_iter()
-                    .map(|(_, k)| k),
-            );
+            pending.extend(references::targets(next.kind, &entry.value));
             found.insert(next, entry.value.clone());
         }
     }

@@ -593,6 +593,38 @@ consumers:
     );
 }
 
+#[tokio::test]
+async fn an_apply_naming_a_missing_proto_or_stream_route_inside_plugins_is_refused() {
+    let api = TestApi::start().await;
+    seed(&api).await;
+    let before = dump(&api).await;
+    let document = r#"
+routes:
+  - id: ws
+    uri: /ws
+    plugins:
+      websocket-frames: {stream_route_id: im}
+global_rules:
+  - id: g
+    plugins:
+      grpc-transcode: {proto_id: p9, service: s.S, method: M}
+"#;
+    let refused = api
+        .call("POST", "/pylon/admin/config", Some(document))
+        .await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert_eq!(
+        refused.body["errors"],
+        json!([
+            {"path": "routes[0].plugins.websocket-frames.stream_route_id",
+             "message": "stream route `im` does not exist"},
+            {"path": "global_rules[0].plugins.grpc-transcode.proto_id",
+             "message": "proto `p9` does not exist"},
+        ])
+    );
+    assert_eq!(dump(&api).await, before);
+}
+
 fn sorted(changes: &Value) -> Vec<String> {
     let mut list: Vec<String> = changes
         .as_array()

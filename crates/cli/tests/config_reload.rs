@@ -148,6 +148,43 @@ fn an_invalid_file_is_refused_with_its_errors_and_the_last_good_one_stays() {
 }
 
 #[test]
+fn a_file_naming_a_missing_proto_or_stream_route_inside_plugins_is_refused() {
+    let a = Upstream::start("a");
+    let other = Upstream::start("other");
+    let pylon = Pylon::start(&routes_to(&a, &other), "");
+    assert_eq!(answer(&pylon, "/r"), "a");
+
+    let dangling = format!(
+        "routes:\n\
+         \x20 - id: r\n    uri: /r\n    upstream: {{nodes: {{{}}}}}\n    plugins:\n      grpc-transcode: {{proto_id: p9, service: s.S, method: M}}\n\
+         \x20 - {{id: other, uri: /other, upstream: {{nodes: {{{}}}}}}}\n\
+         \x20 - {{id: ws, uri: /ws, plugins: {{websocket-frames: {{stream_route_id: im}}}}}}\n",
+        a.node(),
+        other.node()
+    );
+    pylon.write_routes(&dangling);
+    pylon.wait_for_log("routes[0].plugins.grpc-transcode.proto_id: proto `p9` does not exist");
+    pylon.wait_for_log(
+        "routes[2].plugins.websocket-frames.stream_route_id: stream route `im` does not exist",
+    );
+    assert!(
+        pylon.stderr().contains("previous version stays in force"),
+        "{}",
+        pylon.stderr()
+    );
+    assert_eq!(answer(&pylon, "/r"), "a");
+    assert_eq!(answer(&pylon, "/other"), "other");
+
+    // `pylon validate` says the same before anything runs.
+    let (code, _, stderr) = validate(&dangling);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("routes[0].plugins.grpc-transcode.proto_id: proto `p9` does not exist"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn validate_accepts_a_good_file_and_lists_every_error_of_a_bad_one() {
     let (code, stdout, _) = validate(
         "upstreams:\n  - {id: u, nodes: {\"127.0.0.1:8080\": 1}}\nroutes:\n  - {id: r, uri: /r, upstream_id: u}\n  - {id: s, uri: \"/s/:id\", upstream: {nodes: {\"127.0.0.1:8081\": 1}}}\n",

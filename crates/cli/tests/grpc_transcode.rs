@@ -537,3 +537,43 @@ async fn bad_protos_and_plugin_configs_are_refused_with_the_field() {
         "must be 0 or more milliseconds",
     );
 }
+
+#[test]
+fn a_proto_in_use_is_not_deleted_until_its_last_user_is() {
+    let pylon = start_pylon();
+    let call = |method: &str, path: &str| {
+        admin(
+            pylon.admin.expect("an Admin API"),
+            ADMIN_KEY,
+            method,
+            path,
+            None,
+        )
+    };
+    let res = put(
+        &pylon,
+        "/apisix/admin/protos/shop",
+        json!({"content": SHOP_PROTO}),
+    );
+    assert!(res.status < 300, "{}", res.text());
+    let upstream = json!({"scheme": "grpc", "nodes": {"127.0.0.1:1": 1}});
+    assert!(put(&pylon, "/apisix/admin/upstreams/shop", upstream).status < 300);
+    route(
+        &pylon,
+        "r",
+        "/item",
+        json!({"proto_id": "shop", "service": "demo.Shop", "method": "GetItem"}),
+    );
+
+    let refused = call("DELETE", "/apisix/admin/protos/shop");
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(
+        refused.json()["error_msg"],
+        "can not delete this proto, route [r] is still using it now"
+    );
+    assert_eq!(call("GET", "/apisix/admin/protos/shop").status, 200);
+
+    assert_eq!(call("DELETE", "/apisix/admin/routes/r").status, 200);
+    assert_eq!(call("DELETE", "/apisix/admin/protos/shop").status, 200);
+    assert_eq!(call("GET", "/apisix/admin/protos/shop").status, 404);
+}

@@ -337,6 +337,50 @@ fn assert_refused(res: &client::Response, expected: &str) {
     assert!(message.contains(expected), "{message}\nwanted: {expected}");
 }
 
+#[test]
+fn a_stream_route_or_proto_in_use_is_not_deleted_until_its_last_user_is() {
+    let pylon = admin_node();
+    let call =
+        |method: &str, path: &str| admin(pylon.admin.unwrap(), ADMIN_KEY, method, path, None);
+    let res = put(
+        &pylon,
+        "/apisix/admin/protos/im",
+        &json!({"content": IM_PROTO}),
+    );
+    assert!(res.status < 300, "{}", res.text());
+    let commands = json!({"4097": {"uri": "/im/send", "proto_id": "im",
+                                   "request": "im.SendReq", "response": "im.SendResp"}});
+    let stream_route = json!({"protocol": protocol(commands, json!({}))});
+    let res = put(&pylon, "/apisix/admin/stream_routes/im", &stream_route);
+    assert!(res.status < 300, "{}", res.text());
+    let res = put(
+        &pylon,
+        "/apisix/admin/routes/ws",
+        &ws_route("json", json!({})),
+    );
+    assert!(res.status < 300, "{}", res.text());
+
+    // The route's plugin names the stream route, whose command names the proto.
+    let refused = call("DELETE", "/apisix/admin/stream_routes/im");
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(
+        refused.json()["error_msg"],
+        "can not delete this stream route, route [ws] is still using it now"
+    );
+    let refused = call("DELETE", "/apisix/admin/protos/im");
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert_eq!(
+        refused.json()["error_msg"],
+        "can not delete this proto, stream_route [im] is still using it now"
+    );
+    assert_eq!(call("GET", "/apisix/admin/stream_routes/im").status, 200);
+    assert_eq!(call("GET", "/apisix/admin/protos/im").status, 200);
+
+    assert_eq!(call("DELETE", "/apisix/admin/routes/ws").status, 200);
+    assert_eq!(call("DELETE", "/apisix/admin/stream_routes/im").status, 200);
+    assert_eq!(call("DELETE", "/apisix/admin/protos/im").status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_messages_are_json_calls_checked_against_the_proto_of_the_admin_api() {
     let backend = im_backend();

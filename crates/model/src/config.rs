@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::consumer::{Consumer, ConsumerGroup, Credential};
 use crate::error::{join_path, FieldError, ValidationErrors};
 use crate::key::{Key, Kind};
+use crate::nested::{commands_of, Holders};
 use crate::proto::Proto;
 use crate::route::Route;
 use crate::secret;
@@ -331,6 +332,65 @@ impl Config {
             .chain(self.others.keys().cloned())
     }
 
+    /// Whether the resource at `key` is part of this configuration.
+    pub fn contains(&self, key: &Key) -> bool {
+        let id = key.id.as_str();
+        match key.kind {
+            Kind::Routes => self.routes.contains_key(id),
+            Kind::Services => self.services.contains_key(id),
+            Kind::Upstreams => self.upstreams.contains_key(id),
+            Kind::GlobalRules => self.global_rules.contains_key(id),
+            Kind::PluginConfigs => self.plugin_configs.contains_key(id),
+            Kind::Ssls => self.ssls.contains_key(id),
+            Kind::StreamRoutes => self.stream_routes.contains_key(id),
+            _ => self.others.contains_key(key),
+        }
+    }
+
+    /// Where each resource holds nested references (see [`NESTED_REFERENCES`]).
+    ///
+    /// [`NESTED_REFERENCES`]: crate::NESTED_REFERENCES
+    pub fn holders(&self) -> impl Iterator<Item = (Key, Holders<'_>)> + '_ {
+        fn with_plugins<'c, V>(
+            kind: Kind,
+            map: &'c BTreeMap<String, V>,
+            plugins: impl Fn(&V) -> Option<&Plugins> + 'c,
+        ) -> impl Iterator<Item = (Key, Holders<'c>)> + 'c {
+            map.iter().map(move |(id, resource)| {
+                let holders = Holders {
+                    plugins: plugins(resource),
+                    commands: None,
+                };
+                (Key::new(kind, id), holders)
+            })
+        }
+        let streams = self.stream_routes.iter().map(|(id, route)| {
+            let holders = Holders {
+                plugins: route.plugins.as_ref(),
+                commands: route.protocol.as_ref().and_then(|p| commands_of(&p.conf)),
+            };
+            (Key::new(Kind::StreamRoutes, id), holders)
+        });
+        with_plugins(Kind::Routes, &self.routes, |r| r.plugins.as_ref())
+            .chain(with_plugins(Kind::Services, &self.services, |s| {
+                s.plugins.as_ref()
+            }))
+            .chain(with_plugins(Kind::GlobalRules, &self.global_rules, |g| {
+                Some(&g.plugins)
+            }))
+            .chain(with_plugins(
+                Kind::PluginConfigs,
+                &self.plugin_configs,
+                |p| Some(&p.plugins),
+            ))
+            .chain(streams)
+            .chain(
+                self.others
+                    .iter()
+                    .map(|(key, value)| (key.clone(), Holders::of(key.kind, value))),
+            )
+    }
+
     /// Removes one resource, if present.
     pub fn remove(&mut self, key: &Key) {
         let id = key.id.as_str();
@@ -398,6 +458,13 @@ impl Config {
             });
         }
         errors.extend(self.check_stream_upstreams(&locate));
+        for (key, holders) in self.holders() {
+            let missing = holders
+                .references()
+                .into_iter()
+                .filter(|found| !self.contains(&found.target));
+            errors.extend(missing.map(|found| found.missing().within(&locate(&key))));
+        }
         for (id, route) in &self.routes {
             // As APISIX's schema: a route with plugins needs no upstream (they answer it).
             let has_upstream = route.plugins.is_some()

@@ -12,6 +12,7 @@ mod consumer;
 mod error;
 pub mod expr;
 mod key;
+mod nested;
 mod outlier;
 mod proto;
 mod reference;
@@ -37,6 +38,7 @@ pub use config::{
 };
 pub use error::{FieldError, ValidationErrors};
 pub use key::{Key, Kind};
+pub use nested::{Found, Holder, Holders, NestedReference, NESTED_REFERENCES};
 pub use outlier::OutlierDetection;
 pub use reference::is_secret_reference;
 pub use route::Route;

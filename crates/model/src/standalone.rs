@@ -236,6 +236,46 @@ routes:
     }
 
     #[test]
+    fn ids_inside_plugins_and_protocols_must_name_resources_of_the_file() {
+        let file = |protos: &str| {
+            format!(
+                r#"
+protos:{protos}
+stream_routes:
+  - id: im
+    protocol: {{name: pylon-frames, conf: {{commands: {{"4097": {{uri: /send, proto_id: p2}}}}}}}}
+routes:
+  - id: r
+    uri: /r
+    plugins:
+      grpc-transcode: {{proto_id: p1, service: s.S, method: M}}
+      websocket-frames: {{stream_route_id: im}}
+consumers:
+  - username: jack
+    plugins:
+      frames-push: {{stream_route_id: chat}}
+"#
+            )
+        };
+        let errors = parse_standalone(&file(" []")).unwrap_err();
+        let got: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            [
+                "routes[0].plugins.grpc-transcode.proto_id: proto `p1` does not exist",
+                "stream_routes[0].protocol.conf.commands.4097.proto_id: proto `p2` does not exist",
+                "consumers[0].plugins.frames-push.stream_route_id: stream route `chat` does not exist",
+            ]
+        );
+        let protos = "\n  - {id: p1, content: x}\n  - {id: p2, content: y}";
+        let errors = parse_standalone(&file(protos)).unwrap_err();
+        assert_eq!(
+            errors.to_string(),
+            "consumers[0].plugins.frames-push.stream_route_id: stream route `chat` does not exist"
+        );
+    }
+
+    #[test]
     fn empty_file_is_an_empty_config() {
         let (entries, config) = parse_standalone("#END\n").unwrap();
         assert!(entries.is_empty());
