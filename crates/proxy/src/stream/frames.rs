@@ -23,6 +23,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pylon_frames::{
@@ -37,7 +38,6 @@ use tokio::sync::mpsc;
 
 use super::bindings::Binding;
 use super::relay::Relayed;
-use super::StreamTarget;
 use crate::downstream::h1;
 use crate::http1::{has_token, response_framing, BodyFraming, ChunkedScanner, ResponseHead};
 use crate::tls::MaybeTls;
@@ -98,7 +98,7 @@ const CONNECTION_KEY: &str = "x-frame-connection-key";
 pub(crate) async fn serve<IO>(
     worker: &Rc<Worker>,
     io: IO,
-    route: &StreamTarget,
+    route_id: Arc<str>,
     frames: &Frames,
     client: SocketAddr,
     local: SocketAddr,
@@ -106,7 +106,7 @@ pub(crate) async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let (calls, pushes) = Calls::new(worker, route, frames, client, local);
+    let (calls, pushes) = Calls::new(worker, route_id, frames, client, local);
     let ended = Connection::new(
         &frames.protocol,
         io,
@@ -176,15 +176,15 @@ struct Pipe {
 }
 
 impl<'a> Calls<'a> {
-    /// The calls of a client of `route`, and the frames pushed to it.
+    /// The calls of a client of the stream route `route_id`, and the frames pushed to it.
     pub(crate) fn new(
         worker: &Rc<Worker>,
-        route: &StreamTarget,
+        route_id: Arc<str>,
         frames: &'a Frames,
         client: SocketAddr,
         local: SocketAddr,
     ) -> (Self, mpsc::Receiver<Frame>) {
-        let (binding, pushes) = worker.bindings.connection(route.id.clone());
+        let (binding, pushes) = worker.bindings.connection(route_id);
         let calls = Calls {
             worker: worker.clone(),
             frames,

@@ -21,6 +21,7 @@ pub(crate) mod websocket;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -40,6 +41,7 @@ use crate::tls::{self, Handshake};
 use crate::upstream::connect_with_preface;
 use crate::upstream::pool::UpstreamConn;
 use crate::worker::Worker;
+use frames::Frames;
 use table::{Admission, ConnPermit};
 
 /// A connection to a stream listener; `tls`: the listener terminates TLS, with the `ssls`.
@@ -104,13 +106,21 @@ async fn terminate_tls(
 }
 
 /// What one connection came to, for its log line.
-struct Session<'a> {
+struct Session {
     status: u16,
-    route: Option<&'a StreamTarget>,
+    route_id: Option<Arc<str>>,
     upstream: Option<SocketAddr>,
     connect_latency: Option<Duration>,
     relayed: relay::Relayed,
     failure: Option<&'static str>,
+}
+
+/// How a connection that passed its route is served. It keeps what it needs of the route, not
+/// the configuration it was routed by: a long connection would otherwise keep every
+/// configuration version it lived through.
+enum Serving {
+    Relay(UpstreamConn),
+    Frames(Arc<Frames>),
 }
 
 /// Reads a ClientHello's server name into `early` (none: not TLS, no name, or not within
@@ -142,76 +152,78 @@ async fn proxy<C>(worker: &Rc<Worker>, client_io: C, arrival: &Arrival<'_>, star
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let view = worker.view();
     let mut session = Session {
         status: 404,
-        route: None,
+        route_id: None,
         upstream: None,
         connect_latency: None,
         relayed: relay::Relayed::default(),
         failure: None,
     };
-    if let Some(route) = view.snapshot.stream.find(arrival) {
-        session.route = Some(route);
-        relay_to(worker, &view, route, client_io, arrival, &mut session).await;
+    if let Some((serving, _permit)) = open(worker, arrival, &mut session).await {
+        session.status = 200;
+        match serving {
+            Serving::Relay(upstream) => {
+                let idle = worker.limits.stream_idle_timeout;
+                session.relayed = relay::relay(client_io, upstream.stream, idle).await;
+                session.failure = if session.relayed.idle {
+                    Some("idle_timeout")
+                } else if session.relayed.broken {
+                    Some("connection_broken")
+                } else {
+                    None
+                };
+            }
+            Serving::Frames(frames) => {
+                let route_id = session.route_id.clone().unwrap_or_default();
+                let (client, local) = (arrival.client, arrival.local);
+                (session.relayed, session.failure) =
+                    frames::serve(worker, client_io, route_id, &frames, client, local).await;
+            }
+        }
     }
     log(worker, arrival, started, &session);
 }
 
-/// Takes the connection through the route's plugins and to a node, and relays it; or, on a
-/// route of the framed protocol, serves its frames.
-async fn relay_to<'r, C>(
-    worker: &Rc<Worker>,
-    view: &crate::snapshot::WorkerView,
-    route: &'r StreamTarget,
-    client_io: C,
+/// Finds the connection's route, takes it through the route's plugins and, unless the route
+/// serves frames, to a node: how it is served, under its place in the route's `limit-conn`;
+/// `None` when it is refused or no node took it (`session` says why).
+async fn open(
+    worker: &Worker,
     arrival: &Arrival<'_>,
-    session: &mut Session<'r>,
-) where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    let _permit = match admit(route, arrival).await {
+    session: &mut Session,
+) -> Option<(Serving, Option<ConnPermit>)> {
+    let view = worker.view();
+    let route = view.snapshot.stream.find(arrival)?;
+    session.route_id = Some(route.id.clone());
+    let permit = match admit(route, arrival).await {
         Ok(permit) => permit,
         Err(status) => {
             session.status = status;
-            return;
+            return None;
         }
     };
     let upstream = match (&route.frames, &route.upstream) {
-        (Some(protocol), _) => {
-            session.status = 200;
-            let (client, local) = (arrival.client, arrival.local);
-            (session.relayed, session.failure) =
-                frames::serve(worker, client_io, route, protocol, client, local).await;
-            return;
-        }
+        (Some(frames), _) => return Some((Serving::Frames(frames.clone()), permit)),
         (None, Some(upstream)) => upstream,
         // Compiled routes have one or the other.
         (None, None) => {
             session.status = 502;
-            return;
+            return None;
         }
     };
-    match connect(view, route, upstream, arrival).await {
+    match connect(&view, route, upstream, arrival).await {
         Ok(done) => {
             session.upstream = done.node.addr;
             session.connect_latency = Some(done.latency);
-            session.status = 200;
-            let idle = worker.limits.stream_idle_timeout;
-            session.relayed = relay::relay(client_io, done.value.0.stream, idle).await;
-            session.failure = if session.relayed.idle {
-                Some("idle_timeout")
-            } else if session.relayed.broken {
-                Some("connection_broken")
-            } else {
-                None
-            };
+            Some((Serving::Relay(done.value.0), permit))
         }
         Err(gave_up) => {
             session.status = gave_up.error.status();
             session.upstream = gave_up.node.and_then(|n| n.addr);
             session.connect_latency = gave_up.latency;
             session.failure = Some("upstream_connect");
+            None
         }
     }
 }
@@ -274,7 +286,7 @@ impl UpstreamAnswer for Connected {
     }
 }
 
-fn log(worker: &Worker, arrival: &Arrival<'_>, started: Instant, session: &Session<'_>) {
+fn log(worker: &Worker, arrival: &Arrival<'_>, started: Instant, session: &Session) {
     worker.metrics.stream_session(
         session.status,
         session.relayed.from_client,
@@ -296,7 +308,7 @@ fn log(worker: &Worker, arrival: &Arrival<'_>, started: Instant, session: &Sessi
         status: session.status,
         bytes_sent: session.relayed.from_upstream,
         request_length: session.relayed.from_client,
-        route_id: session.route.map(|r| r.id.clone()),
+        route_id: session.route_id.clone(),
         upstream: session.upstream,
         upstream_latency: session.connect_latency,
         latency: started.elapsed(),

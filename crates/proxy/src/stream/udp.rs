@@ -140,14 +140,14 @@ async fn session(worker: &Rc<Worker>, peer: Peer, local: SocketAddr, first: Byte
     let view = worker.view();
     let mut outcome = Session {
         status: 404,
-        route: None,
+        route_id: None,
         upstream: None,
         connect_latency: None,
         relayed: relay::Relayed::default(),
         failure: None,
     };
     if let Some(route) = view.snapshot.stream.find(&arrival) {
-        outcome.route = Some(route);
+        outcome.route_id = Some(route.id.clone());
         let _permit = match admit(route, &arrival).await {
             Ok(permit) => permit,
             Err(status) => {
@@ -176,12 +176,12 @@ async fn session(worker: &Rc<Worker>, peer: Peer, local: SocketAddr, first: Byte
 }
 
 /// Relays the session to a node of `upstream` that takes it, into `outcome`.
-async fn relay_to<'r>(
+async fn relay_to(
     view: &WorkerView,
     upstream: &UpstreamTarget,
     arrival: &Arrival<'_>,
     mut relay: Relay<'_>,
-    outcome: &mut Session<'r>,
+    outcome: &mut Session,
 ) {
     let vars = StreamVars(arrival);
     let mut attempts = Attempts::new(view, upstream, &vars, "");

@@ -86,7 +86,13 @@ pub(crate) async fn serve<S>(
     };
     let ws =
         WebSocketStream::from_partially_read(io, early.to_vec(), Role::Server, Some(config)).await;
-    let (calls, pushes) = Calls::new(worker, route, frames, arrival.client, arrival.local);
+    let (calls, pushes) = Calls::new(
+        worker,
+        route.id.clone(),
+        frames,
+        arrival.client,
+        arrival.local,
+    );
     let bridge = Bridge {
         calls,
         frames,
