@@ -54,7 +54,11 @@ message SlowRequest { uint32 millis = 1; }
 
 service Shop {
   rpc GetItem (GetItemRequest) returns (Item) {
-    option (google.api.http) = { get: "/v1/items/{id}" };
+    option (google.api.http) = {
+      get: "/v1/items/{id}"
+      additional_bindings { get: "/v1/items/{id}/price" response_body: "price" }
+      additional_bindings { get: "/v1/items/{id}/tags" response_body: "tags" }
+    };
   }
   rpc PutItem (Item) returns (Item) {
     option (google.api.http) = { post: "/v1/shelves/{id}/items" body: "*" };
@@ -411,6 +415,15 @@ async fn annotations_choose_the_method_and_fill_it_from_path_body_and_query() {
             (json["id"].clone(), json["name"].clone()),
             (json!("s9"), json!("lamp"))
         );
+    }
+    // `response_body`: one field of the answer is the body, whatever its type.
+    for res in both(&pylon, "GET", "/v1/items/42/price", &[], "").await {
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.json(), json!({"cents": BIG_CENTS, "currency": "EUR"}));
+    }
+    for res in both(&pylon, "GET", "/v1/items/42/tags", &[], "").await {
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.json(), json!(["a", "b"]));
     }
     // No rule for this verb and path.
     for res in both(&pylon, "DELETE", "/v1/items/42", &[], "").await {

@@ -18,7 +18,8 @@ use pylon_plugin::{
     Answer, AnswerHead, GrpcCall, Phases, Plugin, Reply, RequestCtx, ResponseHeaders, Transcoder,
 };
 use pylon_protobuf::{
-    frame, http_status, Binding, Codec, Deframer, MessageDescriptor, MethodDescriptor, Schema,
+    frame, http_status, Binding, Codec, Deframer, FieldDescriptor, MessageDescriptor,
+    MethodDescriptor, Schema,
 };
 use pylon_router::RequestView;
 use schemars::JsonSchema;
@@ -219,6 +220,7 @@ impl Plugin for GrpcTranscode {
         Some(Box::new(Call {
             shared: self.shared.clone(),
             output: None,
+            response_field: None,
             form: Form::Unary,
             deframer: Deframer::new(self.shared.max_response),
             head_status: None,
@@ -246,6 +248,9 @@ struct Call {
     shared: Arc<Shared>,
     /// The method's output type, once the call is made.
     output: Option<MessageDescriptor>,
+    /// The output's field that is the answer's body (the binding's `response_body`); `None`:
+    /// the whole message.
+    response_field: Option<FieldDescriptor>,
     form: Form,
     deframer: Deframer,
     /// A `grpc-status` in the response head (a trailers-only answer), with its message.
@@ -296,6 +301,7 @@ impl Transcoder for Call {
                 let input = bound
                     .input(body, &query)
                     .map_err(|e| Reply::message(400, &e.to_string()))?;
+                self.response_field = bound.response_body().cloned();
                 (bound.method().clone(), input)
             }
         };
@@ -354,6 +360,7 @@ impl Transcoder for Call {
         }
         let Some(output) = &self.output else { return };
         let (codec, form, body) = (&self.shared.codec, self.form, &mut self.body);
+        let field = self.response_field.as_ref();
         let mut failure = None;
         let mut messages = 0;
         let pushed = self.deframer.push(piece, |message| {
@@ -369,7 +376,11 @@ impl Transcoder for Call {
             if form == Form::Events {
                 into.extend_from_slice(b"data: ");
             }
-            if let Err(e) = codec.decode(output, message, into) {
+            let decoded = match field {
+                Some(field) => codec.decode_field(output, field, message, into),
+                None => codec.decode(output, message, into),
+            };
+            if let Err(e) = decoded {
                 into.truncate(start);
                 failure = Some((13, e.to_string()));
                 return;

@@ -2,7 +2,7 @@
 //! request's path variables, body and query arguments fill its input message, as the public
 //! HttpRule specification says.
 
-use prost_reflect::{MethodDescriptor, ServiceDescriptor, Value as Reflected};
+use prost_reflect::{FieldDescriptor, MethodDescriptor, ServiceDescriptor, Value as Reflected};
 use serde_json::{Map, Value};
 
 use crate::json::{set_param, JsonError};
@@ -23,6 +23,9 @@ pub struct Binding {
     /// `*`: the whole body is the input message; a field name: the body is that field;
     /// `None`: no body, and query arguments fill what the path does not.
     body: Option<String>,
+    /// The field of the output whose value is the response body (`response_body`); `None`:
+    /// the whole output message.
+    response_body: Option<FieldDescriptor>,
     method: MethodDescriptor,
 }
 
@@ -75,6 +78,11 @@ impl Binding {
 impl Bound<'_> {
     pub fn method(&self) -> &MethodDescriptor {
         &self.binding.method
+    }
+
+    /// The output field whose value is the answer's body, if the rule names one.
+    pub fn response_body(&self) -> Option<&FieldDescriptor> {
+        self.binding.response_body.as_ref()
     }
 
     /// Whether the request's body is read at all.
@@ -154,6 +162,14 @@ fn collect(
             )));
         }
     }
+    let response_body = match text("response_body") {
+        None => None,
+        Some(field) => Some(method.output().get_field_by_name(&field).ok_or_else(|| {
+            error(format!(
+                "response_body field `{field}` is not in the output message"
+            ))
+        })?),
+    };
     for (field, _) in &template.variables {
         let first = field.split('.').next().unwrap_or_default();
         if method.input().get_field_by_name(first).is_none() {
@@ -166,6 +182,7 @@ fn collect(
         verb,
         template,
         body,
+        response_body,
         method: method.clone(),
     });
     if top {
@@ -363,6 +380,7 @@ service Library {
     option (google.api.http) = {
       get: "/v1/{name=shelves/*/books/*}"
       additional_bindings { get: "/v1/books/{name}:fetch" }
+      additional_bindings { get: "/v1/books/{name}:title" response_body: "title" }
     };
   }
   rpc CreateBook (CreateBookRequest) returns (Book) {
@@ -413,6 +431,11 @@ message CreateBookRequest { string shelf = 1; Book book = 2; int64 trace = 3; }
         assert_eq!(json, json!({"name": "shelves/s1/books/b 1", "full": true}));
         let (method, json) = input("GET", "/v1/books/b2:fetch", None, &[]);
         assert_eq!((method.as_str(), json), ("GetBook", json!({"name": "b2"})));
+        let bindings = bindings();
+        let title = Binding::find(&bindings, "GET", "/v1/books/b2:title").unwrap();
+        assert_eq!(title.response_body().map(|f| f.name()), Some("title"));
+        let fetch = Binding::find(&bindings, "GET", "/v1/books/b2:fetch").unwrap();
+        assert!(fetch.response_body().is_none(), "the whole message");
         let (_, json) = input(
             "PATCH",
             "/v1/a/b/c",
@@ -455,7 +478,7 @@ message CreateBookRequest { string shelf = 1; Book book = 2; int64 trace = 3; }
                 "{verb} {path}"
             );
         }
-        assert_eq!(bindings.len(), 4, "Plain has no rule");
+        assert_eq!(bindings.len(), 5, "Plain has no rule");
     }
 
     #[test]
@@ -472,6 +495,13 @@ message CreateBookRequest { string shelf = 1; Book book = 2; int64 trace = 3; }
         assert_eq!(
             error.to_string(),
             "method `lib.Library.CreateBook`: body field `nope` is not in the input message"
+        );
+        let proto = LIBRARY.replace("response_body: \"title\"", "response_body: \"nope\"");
+        let schema = Schema::compile("lib.proto", &proto).unwrap();
+        let error = Binding::of_service(&schema.service("lib.Library").unwrap()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "method `lib.Library.GetBook`: response_body field `nope` is not in the output message"
         );
     }
 }

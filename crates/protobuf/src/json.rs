@@ -120,6 +120,35 @@ impl Codec {
             .map_err(|e| JsonError(e.to_string()))
     }
 
+    /// The JSON of `field` of a message of type `desc`, appended to `out`; a field the
+    /// message does not set is its default value (`null` for a message).
+    pub fn decode_field(
+        &self,
+        desc: &MessageDescriptor,
+        field: &FieldDescriptor,
+        wire: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), JsonError> {
+        let message = self.message(desc, wire)?;
+        let mut only = DynamicMessage::new(desc.clone());
+        if message.has_field(field) {
+            only.set_field(field, message.get_field(field).into_owned());
+        }
+        // Defaults shown, so that the field is there whatever its value (its own fields'
+        // defaults show then too).
+        let options = self.serialize_options(desc).skip_default_fields(false);
+        let json = only
+            .serialize_with_options(serde_json::value::Serializer, &options)
+            .map_err(|e| JsonError(e.to_string()))?;
+        let name = if self.json_names {
+            field.json_name()
+        } else {
+            field.name()
+        };
+        serde_json::to_writer(out, json.get(name).unwrap_or(&Value::Null))
+            .map_err(|e| JsonError(e.to_string()))
+    }
+
     /// The JSON of a message of type `desc`, as a value.
     pub fn decode_value(&self, desc: &MessageDescriptor, wire: &[u8]) -> Result<Value, JsonError> {
         let message = self.message(desc, wire)?;
@@ -297,6 +326,27 @@ message Outer {
             (json!(false), json!(0))
         );
         assert_eq!(out["display_name"], "d");
+    }
+
+    #[test]
+    fn one_field_decodes_alone_and_an_unset_one_as_its_default() {
+        let codec = Codec::from_options(&["int64_as_string"]).unwrap();
+        let wire = codec
+            .encode(&outer(), &json!({"inner": {"big": 7}, "counts": [1, 2]}))
+            .unwrap();
+        let field = |codec: &Codec, name: &str| {
+            let desc = outer();
+            let mut out = Vec::new();
+            let field = desc.get_field_by_name(name).unwrap();
+            codec.decode_field(&desc, &field, &wire, &mut out).unwrap();
+            serde_json::from_slice::<Value>(&out).unwrap()
+        };
+        assert_eq!(field(&codec, "inner"), json!({"big": "7", "colour": "RED"}));
+        assert_eq!(field(&codec, "counts"), json!([1, 2]));
+        assert_eq!(field(&codec, "name"), json!(""), "unset: its default");
+        assert_eq!(field(&codec, "tags"), json!({}));
+        let json_names = Codec::from_options(&["field_as_json_name"]).unwrap();
+        assert_eq!(field(&json_names, "display_name"), json!(""));
     }
 
     #[test]

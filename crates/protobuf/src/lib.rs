@@ -21,7 +21,7 @@ use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 pub use grpc::{code_of_http_status, frame, http_status, status_name, Deframer, FrameError};
 pub use http_rule::{Binding, Bound, RuleError};
 pub use json::{set_param, Codec, JsonError, OptionError};
-pub use prost_reflect::{MessageDescriptor, MethodDescriptor};
+pub use prost_reflect::{FieldDescriptor, MessageDescriptor, MethodDescriptor};
 
 /// The `google.api` files a proto may import for HTTP annotations, written from the public
 /// HttpRule specification.
