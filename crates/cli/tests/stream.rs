@@ -350,7 +350,9 @@ fn a_tls_listener_terminates_tls_and_routes_by_server_name() {
     .concat();
     let pylon = start(&format!("{routes}ssls:\n{ssls}"), &[TLS]);
     let addr = listener(&pylon, 0);
-    let config = client_config(ca.roots(), &[]);
+    // A client that would speak HTTP/2 if the gateway chose it: the bytes go to a TCP
+    // upstream, and no protocol is chosen for them.
+    let config = client_config(ca.roots(), &["h2", "http/1.1"]);
     for (name, up) in [("a.example.com", &exact), ("b.example.org", &wildcard)] {
         let server = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
         let conn = rustls::ClientConnection::new(config.clone(), server).unwrap();
@@ -362,6 +364,7 @@ fn a_tls_listener_terminates_tls_and_routes_by_server_name() {
         let mut answer = Vec::new();
         tls.read_to_end(&mut answer).unwrap();
         assert_eq!(answer, up.answer(b"hello"), "{name}");
+        assert_eq!(tls.conn.alpn_protocol(), None, "{name}");
         // The upstream reads the bytes in clear.
         assert_eq!(up.connections()[0].bytes, b"hello", "{name}");
         let line = logged_as(&pylon, Some(up.name.as_str()), 200);
@@ -386,7 +389,9 @@ fn a_plain_listener_passes_tls_through_by_the_server_name_it_asks_for() {
     ]);
     let pylon = start(&routes, &[PLAIN]);
     let addr = listener(&pylon, 0);
-    let config = client_config(ca.roots(), &[]);
+    // A client that would speak HTTP/2 if the gateway chose it: the bytes go to a TCP
+    // upstream, and no protocol is chosen for them.
+    let config = client_config(ca.roots(), &["h2", "http/1.1"]);
     for (name, up) in [("a.example.com", &exact), ("b.example.org", &wildcard)] {
         let server = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
         let mut client = rustls::ClientConnection::new(config.clone(), server).unwrap();

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use self::h2::Sniffed;
 use crate::rewind::Rewind;
-use crate::tls::{self, Handshake, MaybeTls};
+use crate::tls::{self, Carries, Handshake, MaybeTls};
 use crate::worker::Worker;
 
 /// A connection to the plain HTTP listener.
@@ -56,6 +56,7 @@ pub(crate) async fn serve_tls(
     let tls = match tls::accept(
         stream,
         &snapshot.certificates,
+        Carries::Http,
         worker.limits.handshake_timeout,
     )
     .await

@@ -37,7 +37,7 @@ use crate::attempts::{Attempts, Done, GaveUp, UpstreamAnswer};
 use crate::proxy_protocol;
 use crate::rewind::Rewind;
 use crate::snapshot::UpstreamTarget;
-use crate::tls::{self, Handshake};
+use crate::tls::{self, Carries, Handshake};
 use crate::upstream::connect_with_preface;
 use crate::upstream::pool::UpstreamConn;
 use crate::worker::Worker;
@@ -87,7 +87,8 @@ async fn terminate_tls(
     started: Instant,
 ) {
     let certificates = worker.view().snapshot.certificates.clone();
-    match tls::accept(stream, &certificates, worker.limits.handshake_timeout).await {
+    let timeout = worker.limits.handshake_timeout;
+    match tls::accept(stream, &certificates, Carries::Bytes, timeout).await {
         Handshake::Done(tls) => {
             drop(certificates);
             let sni = tls.get_ref().1.server_name().map(str::to_owned);

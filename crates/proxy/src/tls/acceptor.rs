@@ -29,12 +29,28 @@ const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 /// A ClientHello larger than this is not one a real client sends.
 const MAX_CLIENT_HELLO: usize = 64 * 1024;
 
+/// What a TLS listener's connections carry, which says what ALPN offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    /// HTTP: `h2` or `http/1.1`, as the client prefers.
+    Http,
+    /// A stream listener's bytes, relayed as they are: no protocol is chosen, so that a
+    /// client never speaks one the upstream behind does not.
+    Bytes,
+}
+
+/// One ssl's server configs, by what the connection carries.
+struct Configs {
+    http: Arc<ServerConfig>,
+    bytes: Arc<ServerConfig>,
+}
+
 /// The server configs of one snapshot, by SNI.
 #[derive(Default)]
 pub struct SniTable {
-    by_name: HostTable<Option<Arc<ServerConfig>>>,
+    by_name: HostTable<Option<Arc<Configs>>>,
     /// For clients that send no SNI, or one nothing matches.
-    fallback: Option<Arc<ServerConfig>>,
+    fallback: Option<Arc<Configs>>,
     len: usize,
 }
 
@@ -48,7 +64,14 @@ impl SniTable {
             .filter(|(_, ssl)| ssl.kind == SslType::Server && ssl.is_enabled())
         {
             let config = match server_config(ssl, tls) {
-                Ok(config) => Arc::new(config),
+                Ok(http) => {
+                    let mut bytes = http.clone();
+                    bytes.alpn_protocols.clear();
+                    Arc::new(Configs {
+                        http: Arc::new(http),
+                        bytes: Arc::new(bytes),
+                    })
+                }
                 Err(e) => {
                     tracing::error!("ssls/{id}: left out: {e}");
                     continue;
@@ -82,13 +105,18 @@ impl SniTable {
         self.len
     }
 
-    fn find<'a>(&'a self, name: &'a str) -> Option<&'a Arc<ServerConfig>> {
+    fn find<'a>(&'a self, name: &'a str) -> Option<&'a Arc<Configs>> {
         self.by_name.matching(name).flatten().next()
     }
 
-    fn lookup(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
-        sni.and_then(|name| self.find(&name.to_ascii_lowercase()).cloned())
-            .or_else(|| self.fallback.clone())
+    fn lookup(&self, sni: Option<&str>, carries: Carries) -> Option<Arc<ServerConfig>> {
+        let configs = sni
+            .and_then(|name| self.find(&name.to_ascii_lowercase()).cloned())
+            .or_else(|| self.fallback.clone())?;
+        Some(match carries {
+            Carries::Http => configs.http.clone(),
+            Carries::Bytes => configs.bytes.clone(),
+        })
     }
 }
 
@@ -100,9 +128,14 @@ pub enum Handshake {
     Failed(String),
 }
 
-/// Reads the ClientHello, picks the ssl for its SNI from `table`, and completes the handshake,
-/// all within `timeout`.
-pub async fn accept(mut tcp: TcpStream, table: &SniTable, timeout: Duration) -> Handshake {
+/// Reads the ClientHello, picks the ssl for its SNI from `table`, and completes the handshake
+/// for a connection that `carries` what it says, all within `timeout`.
+pub async fn accept(
+    mut tcp: TcpStream,
+    table: &SniTable,
+    carries: Carries,
+    timeout: Duration,
+) -> Handshake {
     let handshake = async {
         let mut acceptor = Acceptor::default();
         let mut buf = vec![0u8; 16 * 1024];
@@ -132,7 +165,7 @@ pub async fn accept(mut tcp: TcpStream, table: &SniTable, timeout: Duration) -> 
             }
         };
         let sni = accepted.client_hello().server_name().map(str::to_owned);
-        let Some(config) = table.lookup(sni.as_deref()) else {
+        let Some(config) = table.lookup(sni.as_deref(), carries) else {
             let _ = tcp.write_all(&UNRECOGNIZED_NAME).await;
             return Err(format!(
                 "no certificate for sni {}",

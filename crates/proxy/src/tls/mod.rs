@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::RootCertStore;
 
-pub use acceptor::{accept, Handshake, SniTable};
+pub use acceptor::{accept, Carries, Handshake, SniTable};
 pub use connector::{server_name, UpstreamTls};
 pub use stream::{ClientStream, MaybeTls, UpstreamStream};
 
