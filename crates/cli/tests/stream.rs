@@ -86,6 +86,9 @@ fn bytes_and_half_closes_go_both_ways_and_are_logged_and_counted() {
             "pylon_stream_bytes_total{{direction=\"from_upstream\"}} {}",
             MIB + up.name.len()
         ),
+        // How long it lasted: within a day, whatever the machine's pace.
+        "pylon_stream_session_duration_seconds_count 1".to_owned(),
+        "pylon_stream_session_duration_seconds_bucket{le=\"86400\"} 1".to_owned(),
     ] {
         wait_until(|| reports(&pylon, &sample), &sample);
     }

@@ -17,7 +17,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::recorder::{LATENCY_BUCKETS, REFUSALS, STREAM_STATUSES};
+use super::recorder::{Scale, LATENCY, REFUSALS, SESSION, STREAM_STATUSES};
 use super::scrape::{HistogramTotals, StatusLabels, Totals, TrafficLabels, FRAME_ERRORS};
 use crate::health::NodeHealthReport;
 use pylon_plugins::RedisStatus;
@@ -85,7 +85,7 @@ impl Collector for TrafficCollector {
                 ("apisix", &sums.gateway_latency),
             ];
             for (kind, histogram) in kinds.into_iter().filter(|(_, h)| h.count() > 0) {
-                histogram_sample(&mut metric, &Typed { kind, labels }, histogram)?;
+                histogram_sample(&mut metric, &Typed { kind, labels }, &LATENCY, histogram)?;
             }
         }
 
@@ -161,6 +161,14 @@ impl Collector for TrafficCollector {
         for (direction, bytes) in directions.into_iter().zip(totals.stream_bytes) {
             counter_sample(metric.encode_family(&[("direction", direction)])?, bytes)?;
         }
+        let mut metric = encoder.encode_descriptor(
+            "pylon_stream_session_duration_seconds",
+            "How long the stream connections and UDP sessions lasted",
+            None,
+            MetricType::Histogram,
+        )?;
+        let (unlabelled, durations): ([(&str, &str); 0], _) = ([], &totals.stream_durations);
+        histogram_sample(&mut metric, &unlabelled, &SESSION, durations)?;
 
         let mut metric = encoder.encode_descriptor(
             "pylon_frames",
@@ -292,21 +300,19 @@ fn counter_sample(mut metric: MetricEncoder<'_>, value: u64) -> fmt::Result {
     metric.encode_counter::<NoLabelSet, _, u64>(&value, None)
 }
 
-fn histogram_sample(
+/// A histogram's sample, its bounds and sum in `scale`'s unit.
+fn histogram_sample<const B: usize>(
     metric: &mut MetricEncoder<'_>,
     labels: &impl EncodeLabelSet,
-    histogram: &HistogramTotals,
+    scale: &Scale,
+    histogram: &HistogramTotals<B>,
 ) -> fmt::Result {
-    let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
-        .iter()
-        .copied()
-        .zip(histogram.buckets.iter().copied())
-        .collect();
-    buckets.push((f64::INFINITY, histogram.buckets[LATENCY_BUCKETS.len()]));
-    let sum_millis = histogram.sum_micros as f64 / 1e3;
+    let bounds = scale.bounds.iter().copied().chain([f64::INFINITY]);
+    let buckets: Vec<(f64, u64)> = bounds.zip(histogram.buckets.iter().copied()).collect();
+    let sum = histogram.sum_micros as f64 / 1e6 * scale.per_second;
     metric
         .encode_family(labels)?
-        .encode_histogram::<NoLabelSet>(sum_millis, histogram.count(), &buckets, None)
+        .encode_histogram::<NoLabelSet>(sum, histogram.count(), &buckets, None)
 }
 
 // === labels ===

@@ -22,11 +22,33 @@ use pylon_plugin::MetricNames;
 use super::labels::{LabelSet, RouteLabels};
 use crate::error::GatewayError;
 
-/// The upper bounds of the latency histograms' buckets, in milliseconds (APISIX's).
-pub(crate) const LATENCY_BUCKETS: [f64; 15] = [
-    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
-    60000.0,
-];
+/// A histogram's buckets: their upper bounds, in a unit `per_second` of which make a second.
+pub(crate) struct Scale {
+    pub bounds: &'static [f64],
+    pub per_second: f64,
+}
+
+/// The request latency histograms': milliseconds, APISIX's bounds.
+pub(crate) const LATENCY: Scale = Scale {
+    bounds: &[
+        1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+        30000.0, 60000.0,
+    ],
+    per_second: 1e3,
+};
+
+/// The stream sessions' durations: seconds, from a short exchange to a day-long connection.
+pub(crate) const SESSION: Scale = Scale {
+    bounds: &[
+        0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
+    ],
+    per_second: 1.0,
+};
+
+/// A histogram over [`LATENCY`]'s buckets, and a last one for longer ones.
+pub(crate) type LatencyHistogram = Histogram<{ LATENCY.bounds.len() + 1 }>;
+/// A histogram over [`SESSION`]'s buckets, and a last one for longer ones.
+pub(crate) type SessionHistogram = Histogram<{ SESSION.bounds.len() + 1 }>;
 
 /// What a codec refuses before routing, as counted: the error and its `cause` label.
 pub(crate) const REFUSALS: [(GatewayError, &str); 5] = [
@@ -77,6 +99,8 @@ pub(crate) struct WorkerCounters {
     pub stream_connections: [Counter; STREAM_STATUSES.len()],
     /// Bytes the stream connections moved: from clients, and from upstreams.
     pub stream_bytes: [Counter; 2],
+    /// How long the stream connections and UDP sessions lasted.
+    pub stream_durations: SessionHistogram,
     /// What the framed-protocol connections read, wrote and refused.
     pub frames: pylon_frames::Counters,
     /// Every series this worker has made.
@@ -101,9 +125,9 @@ pub(crate) struct Series {
     pub requests: Counter,
     /// Whole requests, upstream exchanges, and the gateway's own share (the first less the
     /// second).
-    pub request_latency: Histogram,
-    pub upstream_latency: Histogram,
-    pub gateway_latency: Histogram,
+    pub request_latency: LatencyHistogram,
+    pub upstream_latency: LatencyHistogram,
+    pub gateway_latency: LatencyHistogram,
     /// Bytes from the client (request heads) and to it (whole responses).
     pub ingress: Counter,
     pub egress: Counter,
@@ -122,20 +146,30 @@ pub(crate) struct SeriesLabels {
     pub code: u16,
 }
 
-/// A latency histogram over [`LATENCY_BUCKETS`], and a last bucket for longer ones.
-#[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    pub buckets: [Counter; LATENCY_BUCKETS.len() + 1],
+/// Durations in `B` buckets: one per bound of a [`Scale`] of `B - 1`, and a last one for
+/// longer ones.
+#[derive(Debug)]
+pub(crate) struct Histogram<const B: usize> {
+    pub buckets: [Counter; B],
     pub sum_micros: Counter,
 }
 
-impl Histogram {
-    fn observe(&self, latency: Duration) {
-        let millis = latency.as_secs_f64() * 1e3;
-        let bucket = LATENCY_BUCKETS.partition_point(|&bound| bound < millis);
+impl<const B: usize> Default for Histogram<B> {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| Counter::default()),
+            sum_micros: Counter::default(),
+        }
+    }
+}
+
+impl<const B: usize> Histogram<B> {
+    fn observe(&self, scale: &Scale, duration: Duration) {
+        let value = duration.as_secs_f64() * scale.per_second;
+        let bucket = scale.bounds.partition_point(|&bound| bound < value);
         self.buckets[bucket].add(1);
         self.sum_micros
-            .add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+            .add(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
     }
 }
 
@@ -199,13 +233,15 @@ impl Recorder {
         self.counters.active.sub(1);
     }
 
-    /// Counts a stream connection that ended with `status`, and the bytes it moved.
-    pub fn stream_session(&self, status: u16, from_client: u64, from_upstream: u64) {
+    /// Counts a stream connection that ended with `status`, the bytes it moved and how long
+    /// it lasted.
+    pub fn stream_session(&self, status: u16, moved: [u64; 2], lasted: Duration) {
         if let Some(i) = STREAM_STATUSES.iter().position(|&s| s == status) {
             self.counters.stream_connections[i].add(1);
         }
-        self.counters.stream_bytes[0].add(from_client);
-        self.counters.stream_bytes[1].add(from_upstream);
+        self.counters.stream_bytes[0].add(moved[0]);
+        self.counters.stream_bytes[1].add(moved[1]);
+        self.counters.stream_durations.observe(&SESSION, lasted);
     }
 
     /// Counts a request under its route's `labels` (none: no route matched).
@@ -227,14 +263,14 @@ impl Recorder {
             }
         };
         series.requests.add(1);
-        series.request_latency.observe(sample.latency);
+        series.request_latency.observe(&LATENCY, sample.latency);
         if let Some(latency) = sample.upstream_latency {
-            series.upstream_latency.observe(latency);
+            series.upstream_latency.observe(&LATENCY, latency);
         }
         let upstream = sample.upstream_latency.unwrap_or_default();
         series
             .gateway_latency
-            .observe(sample.latency.saturating_sub(upstream));
+            .observe(&LATENCY, sample.latency.saturating_sub(upstream));
         series.ingress.add(sample.ingress);
         series.egress.add(sample.egress);
     }
@@ -263,9 +299,9 @@ impl Series {
             },
             hash,
             requests: Counter::default(),
-            request_latency: Histogram::default(),
-            upstream_latency: Histogram::default(),
-            gateway_latency: Histogram::default(),
+            request_latency: LatencyHistogram::default(),
+            upstream_latency: LatencyHistogram::default(),
+            gateway_latency: LatencyHistogram::default(),
             ingress: Counter::default(),
             egress: Counter::default(),
         }

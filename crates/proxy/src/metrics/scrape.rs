@@ -8,7 +8,7 @@ use pylon_frames::CounterValues;
 
 use crate::stream::bindings::Bindings;
 
-use super::recorder::{Histogram, WorkerCounters, LATENCY_BUCKETS, REFUSALS, STREAM_STATUSES};
+use super::recorder::{Histogram, WorkerCounters, LATENCY, REFUSALS, SESSION, STREAM_STATUSES};
 
 /// What goes wrong on framed-protocol connections, as counted: bad frames by kind (each
 /// closes its connection), frames of unknown commands, calls without an answer, clients
@@ -64,6 +64,7 @@ pub(crate) struct Totals {
     pub stream_connections: [u64; STREAM_STATUSES.len()],
     /// From clients, from upstreams.
     pub stream_bytes: [u64; 2],
+    pub stream_durations: HistogramTotals<{ SESSION.bounds.len() + 1 }>,
     /// Frames the framed-protocol connections read, and wrote.
     pub frames: [u64; 2],
     /// Frames connections bound to a key now.
@@ -98,27 +99,39 @@ pub(crate) struct TrafficLabels {
 
 #[derive(Debug, Default)]
 pub(crate) struct TrafficTotals {
-    pub request_latency: HistogramTotals,
-    pub upstream_latency: HistogramTotals,
-    pub gateway_latency: HistogramTotals,
+    pub request_latency: LatencyTotals,
+    pub upstream_latency: LatencyTotals,
+    pub gateway_latency: LatencyTotals,
     pub ingress: u64,
     pub egress: u64,
 }
 
 /// A histogram's counts by bucket (not cumulative; the last one past every bound).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub(crate) struct HistogramTotals {
-    pub buckets: [u64; LATENCY_BUCKETS.len() + 1],
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HistogramTotals<const B: usize> {
+    pub buckets: [u64; B],
     pub sum_micros: u64,
 }
 
-impl HistogramTotals {
+/// The totals of a request latency histogram.
+pub(crate) type LatencyTotals = HistogramTotals<{ LATENCY.bounds.len() + 1 }>;
+
+impl<const B: usize> Default for HistogramTotals<B> {
+    fn default() -> Self {
+        HistogramTotals {
+            buckets: [0; B],
+            sum_micros: 0,
+        }
+    }
+}
+
+impl<const B: usize> HistogramTotals<B> {
     /// Every observation: the sum of the buckets, so that it always agrees with them.
     pub fn count(&self) -> u64 {
         self.buckets.iter().sum()
     }
 
-    fn add(&mut self, histogram: &Histogram) {
+    fn add(&mut self, histogram: &Histogram<B>) {
         for (total, bucket) in self.buckets.iter_mut().zip(&histogram.buckets) {
             *total += bucket.get();
         }
@@ -168,6 +181,7 @@ impl Traffic {
             for (total, bytes) in totals.stream_bytes.iter_mut().zip(&worker.stream_bytes) {
                 *total += bytes.get();
             }
+            totals.stream_durations.add(&worker.stream_durations);
             let frames = worker.frames.read();
             totals.frames[0] += frames.frames_in;
             totals.frames[1] += frames.frames_out;
@@ -266,7 +280,7 @@ mod tests {
         assert_eq!(request.count(), 4);
         assert_eq!(request.sum_micros, 336_000);
         // 3 ms twice (le 5), 30 ms (le 50), 300 ms (le 500).
-        let bucket = |bound: f64| LATENCY_BUCKETS.iter().position(|&b| b == bound).unwrap();
+        let bucket = |bound: f64| LATENCY.bounds.iter().position(|&b| b == bound).unwrap();
         assert_eq!(request.buckets[bucket(5.0)], 2);
         assert_eq!(request.buckets[bucket(50.0)], 1);
         assert_eq!(request.buckets[bucket(500.0)], 1);
@@ -294,7 +308,7 @@ mod tests {
         Recorder::new(traffic.worker(0)).observe(None, &sample(200, 120_000));
         let totals = traffic.totals();
         let request = &totals.traffic.values().next().unwrap().request_latency;
-        assert_eq!(request.buckets[LATENCY_BUCKETS.len()], 1);
+        assert_eq!(request.buckets[LATENCY.bounds.len()], 1);
         assert_eq!(request.count(), 1);
     }
 

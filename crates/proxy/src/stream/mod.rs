@@ -288,11 +288,9 @@ impl UpstreamAnswer for Connected {
 }
 
 fn log(worker: &Worker, arrival: &Arrival<'_>, started: Instant, session: &Session) {
-    worker.metrics.stream_session(
-        session.status,
-        session.relayed.from_client,
-        session.relayed.from_upstream,
-    );
+    let lasted = started.elapsed();
+    let moved = [session.relayed.from_client, session.relayed.from_upstream];
+    worker.metrics.stream_session(session.status, moved, lasted);
     if !worker.access_log.is_enabled() {
         return;
     }
@@ -312,7 +310,7 @@ fn log(worker: &Worker, arrival: &Arrival<'_>, started: Instant, session: &Sessi
         route_id: session.route_id.clone(),
         upstream: session.upstream,
         upstream_latency: session.connect_latency,
-        latency: started.elapsed(),
+        latency: lasted,
         user_agent: String::new(),
         failure: session.failure,
     });
