@@ -47,8 +47,12 @@ pub(crate) fn check_write(
     if !missing.is_empty() {
         return Err(Refusal::Invalid(missing));
     }
-    let protos = referenced_protos(view, key, value);
+    let written = (key, value);
+    let protos = referenced_protos(view, key, value, written);
     let mut errors = pylon_plugins::check_resource(key.kind, value, &protos);
+    if key.kind == Kind::Protos {
+        errors.extend(broken_proto_users(view, written));
+    }
     errors.extend(pylon_plugins::check_bridged_stream_route(value, |id| {
         let route = view.entries.get(&Key::new(Kind::StreamRoutes, id))?;
         Some(&route.value)
@@ -73,19 +77,44 @@ pub(crate) fn check_write(
 }
 
 /// The protos the resource names (`proto_id`: its plugins', for gRPC transcoding, and a
-/// framed-protocol stream route's commands'), compiled for their checks.
-fn referenced_protos(view: &View, key: &Key, value: &Value) -> Protos {
+/// framed-protocol stream route's commands'), compiled for their checks: as stored, but for
+/// the one being `written`.
+fn referenced_protos(view: &View, key: &Key, value: &Value, written: (&Key, &Value)) -> Protos {
     let found = Holders::of(key.kind, value).references();
     let sources: Vec<(&str, &str)> = found
         .iter()
         .filter(|found| found.target.kind == Kind::Protos)
         .filter_map(|found| {
-            let entry = view.entries.get(&found.target)?;
-            let content = entry.value.get("content")?.as_str()?;
+            let proto = match written {
+                (key, value) if *key == found.target => value,
+                _ => &view.entries.get(&found.target)?.value,
+            };
+            let content = proto.get("content")?.as_str()?;
             Some((found.target.id.as_str(), content))
         })
         .collect();
     Protos::from_entries(sources, Protos::none())
+}
+
+/// What the users of a proto (`grpc-transcode` plugins, frames commands) would lack with
+/// `written`, its new content: a service, method or message they name. Each error names the
+/// user's field.
+fn broken_proto_users(view: &View, written: (&Key, &Value)) -> Vec<FieldError> {
+    references::referrers(view, written.0)
+        .into_iter()
+        .filter_map(|user| Some((user, &view.entries.get(user)?.value)))
+        .flat_map(|(user, value)| {
+            let protos = referenced_protos(view, user, value, written);
+            let errors = pylon_plugins::check_resource(user.kind, value, &protos);
+            errors.into_iter().map(move |error| FieldError {
+                path: match error.path.as_str() {
+                    "" => user.to_string(),
+                    path => format!("{user}.{path}"),
+                },
+                ..error
+            })
+        })
+        .collect()
 }
 
 /// A consumer's or credential's authentication plugins that another consumer has the same

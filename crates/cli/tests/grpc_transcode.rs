@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::client::{admin, Response};
-use support::grpc_server::{Incoming, Method};
+use support::grpc_server::{self, Method};
 use support::protocols::{call, PROTOCOLS};
 use support::{wait_until, Pylon};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::body::BoxBody;
 use tonic::codec::ProstCodec;
@@ -28,7 +27,6 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
-use tonic::transport::Server;
 use tonic::{Request, Status};
 
 const ADMIN_KEY: &str = "test-admin-key";
@@ -214,16 +212,7 @@ async fn slow(request: Request<SlowRequest>) -> Result<tonic::Response<Item>, St
 }
 
 async fn start_shop() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(Shop)
-            .serve_with_incoming(Incoming(listener))
-            .await
-            .unwrap();
-    });
-    addr
+    grpc_server::serve(Shop).await
 }
 
 // === the gateway ===
@@ -549,6 +538,30 @@ async fn bad_protos_and_plugin_configs_are_refused_with_the_field() {
         "deadline",
         "must be 0 or more milliseconds",
     );
+
+    // A proto change that drops a method a route calls is refused, naming the route's field;
+    // the proto stays as it was.
+    let route =
+        json!({"uri": "/r", "upstream_id": "shop", "plugins": {"grpc-transcode": base(json!({}))}});
+    assert!(put(&pylon, "/apisix/admin/routes/r", route).status < 300);
+    let without = SHOP_PROTO.replace("rpc GetItem (GetItemRequest)", "rpc Fetch (GetItemRequest)");
+    let res = put(
+        &pylon,
+        "/apisix/admin/protos/shop",
+        json!({"content": without}),
+    );
+    assert_eq!(res.status, 400, "{}", res.text());
+    let message = res.json()["error_msg"].as_str().unwrap().to_owned();
+    let expected = "routes/r.plugins.grpc-transcode.method: method `GetItem` is not defined in service `demo.Shop`";
+    assert!(message.contains(expected), "{message}\nwanted: {expected}");
+    let stored = admin(
+        pylon.admin.unwrap(),
+        ADMIN_KEY,
+        "GET",
+        "/apisix/admin/protos/shop",
+        None,
+    );
+    assert_eq!(stored.json()["value"]["content"], SHOP_PROTO);
 }
 
 #[test]

@@ -19,10 +19,9 @@ use bytes::Bytes;
 use prost::Message;
 use serde_json::{json, Value};
 use support::client::{admin, Conn, Response};
-use support::grpc_server::{Incoming, Method};
+use support::grpc_server::{self, Method};
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::{wait_until, Pylon, WAIT};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tonic::body::BoxBody;
 use tonic::codec::ProstCodec;
@@ -30,7 +29,6 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::NamedService;
-use tonic::transport::Server;
 use tonic::{Request, Status};
 
 const ADMIN_KEY: &str = "test-admin-key";
@@ -140,16 +138,7 @@ async fn count(
 }
 
 async fn start_echo(release: Arc<Notify>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(Echo { release })
-            .serve_with_incoming(Incoming(listener))
-            .await
-            .unwrap();
-    });
-    addr
+    grpc_server::serve(Echo { release }).await
 }
 
 // === the gateway ===

@@ -1,14 +1,42 @@
 //! Pieces of the tonic servers the tests write without codegen (no protoc): a method as a
-//! closure, and the connections of a test's own listener.
+//! closure, the connections of a test's own listener, and a service served on a fresh port.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::net::{TcpListener, TcpStream};
+use tonic::body::BoxBody;
 use tonic::codegen::tokio_stream::Stream;
-use tonic::codegen::Service;
+use tonic::codegen::{http, Service};
+use tonic::server::NamedService;
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
+
+/// Serves `service` on a fresh loopback port for as long as the test's runtime runs: its
+/// address.
+pub async fn serve<S>(service: S) -> SocketAddr
+where
+    S: Service<http::Request<BoxBody>, Response = http::Response<BoxBody>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        Server::builder()
+            .add_service(service)
+            .serve_with_incoming(Incoming(listener))
+            .await
+            .unwrap();
+    });
+    addr
+}
 
 /// A gRPC method as a closure.
 #[derive(Clone)]
