@@ -430,6 +430,26 @@ fn a_silent_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[test]
+fn without_half_close_the_first_side_to_end_ends_both() {
+    let up = EchoUpstream::start("up");
+    let route = json!({"id": "whole", "upstream": upstream(&[up.addr])});
+    let pylon = Pylon::start(
+        &config(&[route]),
+        &stream_node(&[PLAIN], "    half_close: false\n"),
+    );
+    // The client's end closes the upstream's connection too: the upstream, which answers
+    // its name only once it sees the client's end, gets no chance to send it.
+    let answer = exchange(listener(&pylon, 0), b"hello");
+    assert!(b"hello".starts_with(&answer), "{answer:?}");
+    let line = logged_as(&pylon, Some("whole"), 200);
+    assert_eq!(line["request_length"], 5);
+    assert!(line.get("failure").is_none(), "{line}");
+    let ended = || up.connections().first().is_some_and(|c| c.closed);
+    wait_until(ended, "the upstream to see the connection end");
+    assert_eq!(up.connections()[0].bytes, b"hello");
+}
+
+#[test]
 fn a_restart_hands_the_stream_listeners_over() {
     let up = EchoUpstream::start("up");
     let routes = config(&[json!({"id": "echo", "upstream": upstream(&[up.addr])})]);

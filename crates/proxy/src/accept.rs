@@ -91,6 +91,12 @@ impl Serves {
 
 /// Accepts connections on one listener until the worker stops.
 pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener, serves: Serves) {
+    // A listener bound to one address is the local end of all its connections: asked once,
+    // not with a system call per connection (a wildcard's connections are asked each).
+    let bound = listener
+        .local_addr()
+        .ok()
+        .filter(|addr| !addr.ip().is_unspecified());
     loop {
         let stopping = worker.stopping();
         if worker.is_stopping() {
@@ -115,7 +121,7 @@ pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener, serves: Se
             drop(stream);
             continue;
         }
-        let Ok(local) = stream.local_addr() else {
+        let Some(local) = bound.or_else(|| stream.local_addr().ok()) else {
             continue;
         };
         let open = worker.open_connection();

@@ -35,6 +35,8 @@ pub(crate) struct Limits {
     /// The peers allowed to send a PROXY protocol header; `None`: every peer.
     pub proxy_protocol_trusted: Option<IpSet>,
     pub stream_idle_timeout: Duration,
+    /// `proxy.stream.half_close`.
+    pub stream_half_close: bool,
     pub udp_idle_timeout: Duration,
 }
 
@@ -57,6 +59,7 @@ impl Limits {
                 .trusted_peers()
                 .unwrap_or_else(|_| Some(IpSet::default())),
             stream_idle_timeout: secs(settings.stream.idle_timeout),
+            stream_half_close: settings.stream.half_close,
             udp_idle_timeout: secs(settings.stream.udp_idle_timeout),
         }
     }

@@ -11,6 +11,9 @@ pub struct StreamSettings {
     pub tcp: Vec<StreamListen>,
     /// Seconds a connection may pass no byte either way before both sides are closed.
     pub idle_timeout: f64,
+    /// Each side's end is passed on as a half-close, and a connection lasts until both sides
+    /// end; `false`: the first side to end ends both (nginx's `proxy_half_close off`).
+    pub half_close: bool,
     /// UDP listeners (APISIX's `stream_proxy.udp`); none by default.
     pub udp: Vec<UdpListen>,
     /// Seconds a UDP session may pass no datagram either way before it ends.
@@ -44,6 +47,9 @@ impl Default for StreamSettings {
             tcp: Vec::new(),
             // nginx's `proxy_timeout`.
             idle_timeout: 600.0,
+            // A request-then-answer protocol whose client ends its side after the request
+            // still gets the answer.
+            half_close: true,
             udp: Vec::new(),
             // A session has no close to end it: silence is its only end, so it comes sooner
             // than a connection's.

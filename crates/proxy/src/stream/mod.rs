@@ -165,8 +165,11 @@ where
         session.status = 200;
         match serving {
             Serving::Relay(upstream) => {
-                let idle = worker.limits.stream_idle_timeout;
-                session.relayed = relay::relay(client_io, upstream.stream, idle).await;
+                let (idle, half_close) = (
+                    worker.limits.stream_idle_timeout,
+                    worker.limits.stream_half_close,
+                );
+                session.relayed = relay::relay(client_io, upstream.stream, idle, half_close).await;
                 session.failure = if session.relayed.idle {
                     Some("idle_timeout")
                 } else if session.relayed.broken {

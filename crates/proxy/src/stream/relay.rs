@@ -26,8 +26,9 @@ pub(crate) struct Relayed {
 
 /// Relays until both directions have ended (each side's end of input is passed on as a
 /// half-close, so a request-then-answer protocol sees the client's end and still answers), a
-/// side fails, or nothing moves for `idle`.
-pub(crate) async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> Relayed
+/// side fails, or nothing moves for `idle`. Without `half_close`, the first side to end ends
+/// both, as nginx's stream proxy does by default.
+pub(crate) async fn relay<C, U>(client: C, upstream: U, idle: Duration, half_close: bool) -> Relayed
 where
     C: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
@@ -36,11 +37,30 @@ where
     let (upstream_in, upstream_out) = tokio::io::split(upstream);
     let last_moved = Cell::new(Instant::now());
     let (from_client, from_upstream) = (Cell::new(0), Cell::new(0));
-    let both = async {
-        tokio::join!(
-            copy(client_in, upstream_out, &from_client, &last_moved),
-            copy(upstream_in, client_out, &from_upstream, &last_moved),
-        )
+    let ended = async {
+        let up = copy(
+            client_in,
+            upstream_out,
+            &from_client,
+            &last_moved,
+            half_close,
+        );
+        let down = copy(
+            upstream_in,
+            client_out,
+            &from_upstream,
+            &last_moved,
+            half_close,
+        );
+        if half_close {
+            let (up, down) = tokio::join!(up, down);
+            up.and(down)
+        } else {
+            tokio::select! {
+                up = up => up,
+                down = down => down,
+            }
+        }
     };
     let watchdog = async {
         loop {
@@ -52,7 +72,7 @@ where
         }
     };
     let (idle, broken) = tokio::select! {
-        (up, down) = both => (false, up.is_err() || down.is_err()),
+        ended = ended => (false, ended.is_err()),
         () = watchdog => (true, false),
     };
     Relayed {
@@ -63,13 +83,14 @@ where
     }
 }
 
-/// One direction: reads until the end of input, writing each read on, then half-closes the
-/// writing side.
+/// One direction: reads until the end of input, writing each read on, then, with
+/// `half_close`, half-closes the writing side.
 async fn copy<R, W>(
     mut from: ReadHalf<R>,
     mut to: WriteHalf<W>,
     moved: &Cell<u64>,
     last_moved: &Cell<Instant>,
+    half_close: bool,
 ) -> std::io::Result<()>
 where
     R: AsyncRead,
@@ -80,7 +101,10 @@ where
     loop {
         buf.clear();
         if from.read_buf(&mut buf).await? == 0 {
-            return to.shutdown().await;
+            return match half_close {
+                true => to.shutdown().await,
+                false => Ok(()),
+            };
         }
         to.write_all(&buf).await?;
         let n = buf.len();
@@ -110,9 +134,27 @@ mod tests {
             client_peer.read_to_end(&mut answer).await.unwrap();
             assert_eq!(answer, b"pong!");
         };
-        let (relayed, ()) = tokio::join!(relay(client, upstream, Duration::from_secs(60)), peers);
+        let relayed = relay(client, upstream, Duration::from_secs(60), true);
+        let (relayed, ()) = tokio::join!(relayed, peers);
         assert_eq!((relayed.from_client, relayed.from_upstream), (4, 5));
         assert!(!relayed.idle && !relayed.broken);
+    }
+
+    #[tokio::test]
+    async fn without_half_close_the_first_end_ends_both() {
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(64);
+        client_peer.write_all(b"ping").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let relayed = relay(client, upstream, Duration::from_secs(60), false).await;
+        assert_eq!((relayed.from_client, relayed.from_upstream), (4, 0));
+        // The upstream got the bytes, then the end of both; the client no answer.
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+        let mut answer = Vec::new();
+        client_peer.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -127,8 +169,10 @@ mod tests {
             upstream_peer.read_exact(&mut byte).await.unwrap();
             (client_peer, upstream_peer)
         };
-        let (relayed, _peers) =
-            tokio::join!(relay(client, upstream, Duration::from_secs(10)), peers);
+        let (relayed, _peers) = tokio::join!(
+            relay(client, upstream, Duration::from_secs(10), true),
+            peers
+        );
         assert!(relayed.idle);
         assert_eq!(relayed.from_client, 1);
         // Ten seconds after the last byte, not after the start.
