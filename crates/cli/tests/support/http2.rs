@@ -80,7 +80,8 @@ pub async fn send(sender: &mut SendRequest<Bytes>, request: Request<()>, body: &
     read_reply(response).await
 }
 
-/// Sends `data` as the peer's window allows.
+/// Sends `data` as the peer's window allows. Stops when the peer closes the stream: a server
+/// may answer a request it refuses, and reset its stream, before the body is all sent.
 pub async fn send_body(stream: &mut SendStream<Bytes>, mut data: Bytes, end: bool) {
     while !data.is_empty() {
         stream.reserve_capacity(data.len());
@@ -88,13 +89,15 @@ pub async fn send_body(stream: &mut SendStream<Bytes>, mut data: Bytes, end: boo
             if stream.capacity() > 0 {
                 break stream.capacity();
             }
-            std::future::poll_fn(|cx| stream.poll_capacity(cx))
-                .await
-                .expect("stream open")
-                .unwrap();
+            match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return,
+            }
         };
         let piece = data.split_to(granted.min(data.len()));
-        stream.send_data(piece, end && data.is_empty()).unwrap();
+        if stream.send_data(piece, end && data.is_empty()).is_err() {
+            return;
+        }
     }
 }
 
