@@ -17,8 +17,8 @@ use prost::Message;
 use serde_json::{json, Value};
 use support::client::{admin, Response};
 use support::frames::{
-    errors, frames, protocol, stream_addr, wait_frame_metrics, Frame, FrameClient, Gate, HEADER,
-    IM_PROTO, ON_ERROR, STREAM_LISTENER, UNKNOWN_COMMAND,
+    errors, frames, protocol, stream_addr, wait_frame_metrics, Frame, FrameClient, Gate, SendResp,
+    HEADER, IM_PROTO, ON_ERROR, STREAM_LISTENER, UNKNOWN_COMMAND,
 };
 use support::upstream::{respond, Handler, Upstream};
 use support::{wait_until, Pylon};
@@ -143,14 +143,6 @@ struct SendReq {
     text: String,
     #[prost(string, repeated, tag = "3")]
     tags: Vec<String>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct SendResp {
-    #[prost(uint64, tag = "1")]
-    id: u64,
-    #[prost(string, tag = "2")]
-    status: String,
 }
 
 /// A node on the embedded store with an Admin API and a stream listener.

@@ -12,20 +12,18 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use support::client::{admin, Response};
 use support::frames::{
-    frame_metrics, protocol, stream_addr, wait_frame_metrics, Frame, FrameClient, IM_PROTO,
-    STREAM_LISTENER,
+    connect_ws, frame_metrics, next_message, protocol, stream_addr, wait_frame_metrics, Frame,
+    FrameClient, SendResp, IM_PROTO, STREAM_LISTENER,
 };
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::upstream::{respond, Upstream};
-use support::{wait_until, Pylon, WAIT};
+use support::{wait_until, Pylon};
 
 /// The login command: its answer binds the connection to `user-<user_id>`.
 const LOGIN: u16 = 4097;
@@ -35,17 +33,6 @@ const ECHO: u16 = 4099;
 const NOTICE: u16 = 8193;
 /// A command whose bodies are `im` messages: its answers (and frames pushed) are `SendResp`s.
 const SEND: u16 = 4101;
-
-/// `im.SendResp`, as a client decodes it.
-#[derive(Clone, PartialEq, prost::Message)]
-struct SendResp {
-    #[prost(uint64, tag = "1")]
-    id: u64,
-    #[prost(string, tag = "2")]
-    status: String,
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A backend that logs users in (`/im/login`: `200 {"ok":true}` binding the connection to
 /// `user-<X-Frame-user_id>`) and echoes (`/im/echo`).
@@ -384,10 +371,10 @@ async fn a_json_push_of_a_command_with_messages_is_encoded_as_its_response() {
     assert_eq!(client.answer().body, raw);
 
     // A bridged JSON client gets the message decoded back to JSON.
-    let mut text = connect(&pylon, "json").await;
+    let mut text = connect_ws(&pylon, "/ws/json").await;
     let login = json!({"command": LOGIN, "sequence": 1, "fields": {"user_id": 9}});
     text.send(Message::text(login.to_string())).await.unwrap();
-    assert!(matches!(next(&mut text).await, Message::Text(_)));
+    assert!(matches!(next_message(&mut text).await, Message::Text(_)));
     let headers = [
         json_body,
         ("X-Frame-Connection-Key", "user-9"),
@@ -396,7 +383,7 @@ async fn a_json_push_of_a_command_with_messages_is_encoded_as_its_response() {
     let note = br#"{"id": 5, "status": "to the browser"}"#;
     let res = call(Protocol::Http2, pylon.addr, "POST", "/push", &headers, note).await;
     assert_eq!(res.status, 202, "{}", res.text());
-    let Message::Text(message) = next(&mut text).await else {
+    let Message::Text(message) = next_message(&mut text).await else {
         panic!("a text push");
     };
     let message: Value = serde_json::from_str(&message).unwrap();
@@ -455,45 +442,28 @@ fn a_push_route_must_name_a_stream_route_that_speaks_frames() {
 
 // === WebSocket clients ===
 
-async fn connect(pylon: &Pylon, mode: &str) -> Ws {
-    let url = format!("ws://{}/ws/{mode}", pylon.addr);
-    let (ws, response) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("the upgrade is answered");
-    assert_eq!(response.status(), 101);
-    ws
-}
-
-async fn next(ws: &mut Ws) -> Message {
-    let message = tokio::time::timeout(WAIT, ws.next()).await;
-    message
-        .expect("a message within the wait")
-        .expect("the WebSocket is open")
-        .expect("a message")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridged_websockets_get_pushed_frames_as_messages() {
     let backend = backend();
     let (pylon, _) = gateway(&backend, json!({}));
 
     // Binary: the login is a frame; the push, one frame in one binary message.
-    let mut binary = connect(&pylon, "binary").await;
+    let mut binary = connect_ws(&pylon, "/ws/binary").await;
     let login = Frame {
         user_id: 8,
         ..Frame::new(LOGIN, 1, b"")
     };
     binary.send(Message::binary(login.encode())).await.unwrap();
-    let Message::Binary(answer) = next(&mut binary).await else {
+    let Message::Binary(answer) = next_message(&mut binary).await else {
         panic!("a binary answer");
     };
     assert_eq!(Frame::from_bytes(&answer).body, br#"{"ok":true}"#);
 
     // JSON: the login is a JSON call; the push, `{"command", "sequence", "body"}`.
-    let mut text = connect(&pylon, "json").await;
+    let mut text = connect_ws(&pylon, "/ws/json").await;
     let login = json!({"command": LOGIN, "sequence": 1, "fields": {"user_id": 9}});
     text.send(Message::text(login.to_string())).await.unwrap();
-    let Message::Text(answer) = next(&mut text).await else {
+    let Message::Text(answer) = next_message(&mut text).await else {
         panic!("a text answer");
     };
     let answer: Value = serde_json::from_str(&answer).unwrap();
@@ -505,7 +475,7 @@ async fn bridged_websockets_get_pushed_frames_as_messages() {
         sequence += 1;
         let res = push(protocol, &pylon, "/push", "user-8", &[], b"\x00\x01bytes").await;
         assert_eq!(res.status, 202, "{protocol:?}: {}", res.text());
-        let Message::Binary(message) = next(&mut binary).await else {
+        let Message::Binary(message) = next_message(&mut binary).await else {
             panic!("{protocol:?}: a binary push");
         };
         assert_eq!(
@@ -518,7 +488,7 @@ async fn bridged_websockets_get_pushed_frames_as_messages() {
         let note = br#"{"text":"hi"}"#;
         let res = push(protocol, &pylon, "/push", "user-9", &json_body, note).await;
         assert_eq!(res.status, 202, "{protocol:?}: {}", res.text());
-        let Message::Text(message) = next(&mut text).await else {
+        let Message::Text(message) = next_message(&mut text).await else {
             panic!("{protocol:?}: a text push");
         };
         let message: Value = serde_json::from_str(&message).unwrap();

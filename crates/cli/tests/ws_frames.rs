@@ -19,21 +19,18 @@ use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use support::client::{self, admin};
 use support::frames::{
-    errors, frames, protocol, wait_frame_metrics, Frame, Gate, IM_PROTO, ON_ERROR, UNKNOWN_COMMAND,
+    connect_ws, errors, frames, next_message, protocol, wait_frame_metrics, Frame, Gate, Ws,
+    IM_PROTO, ON_ERROR, UNKNOWN_COMMAND,
 };
 use support::upstream::{respond, Handler, Upstream};
 use support::{http2, wait_until, Pylon, WAIT};
 
 const ADMIN_KEY: &str = "test-admin-key";
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 // === the gateway ===
 
@@ -61,32 +58,15 @@ fn gateway(routes: Value, protocol: Value, consumers: Value) -> Pylon {
     Pylon::start(&doc.to_string(), "")
 }
 
-async fn connect(pylon: &Pylon) -> Ws {
-    let (ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/ws", pylon.addr))
-        .await
-        .expect("the upgrade is answered");
-    assert_eq!(response.status(), 101);
-    ws
-}
-
-/// The next message that carries data (the WebSocket layer answers pings on its own).
-async fn next(ws: &mut Ws) -> Message {
-    let message = tokio::time::timeout(WAIT, ws.next()).await;
-    message
-        .expect("a message within the wait")
-        .expect("the WebSocket is open")
-        .expect("a message")
-}
-
 async fn answer_frame(ws: &mut Ws) -> Frame {
-    match next(ws).await {
+    match next_message(ws).await {
         Message::Binary(bytes) => Frame::from_bytes(&bytes),
         other => panic!("a binary message, not {other:?}"),
     }
 }
 
 async fn answer_json(ws: &mut Ws) -> Value {
-    match next(ws).await {
+    match next_message(ws).await {
         Message::Text(text) => serde_json::from_str(&text).unwrap(),
         other => panic!("a text message, not {other:?}"),
     }
@@ -94,7 +74,7 @@ async fn answer_json(ws: &mut Ws) -> Value {
 
 /// Asserts that the gateway closes the WebSocket with `code`, and ends the connection.
 async fn assert_closed_with(ws: &mut Ws, code: CloseCode) {
-    match next(ws).await {
+    match next_message(ws).await {
         Message::Close(Some(frame)) => assert_eq!(frame.code, code, "{frame:?}"),
         other => panic!("a close with {code}, not {other:?}"),
     }
@@ -146,7 +126,7 @@ async fn binary_messages_are_frames_answered_as_their_calls_end() {
         protocol(commands, json!({})),
         json!([]),
     );
-    let mut ws = connect(&pylon).await;
+    let mut ws = connect_ws(&pylon, "/ws").await;
     for sequence in 1..=4u32 {
         let frame = Frame::new(4099, sequence, format!("call {sequence}").as_bytes());
         ws.send(Message::binary(frame.encode())).await.unwrap();
@@ -214,7 +194,7 @@ async fn unknown_commands_and_failed_calls_get_the_error_frames() {
         protocol(commands, json!({})),
         json!([]),
     );
-    let mut ws = connect(&pylon).await;
+    let mut ws = connect_ws(&pylon, "/ws").await;
     ws.send(Message::binary(Frame::new(7, 1, b"x").encode()))
         .await
         .unwrap();
@@ -262,16 +242,16 @@ async fn messages_that_are_not_one_frame_close_the_websocket_and_are_counted() {
     let mut bad_end = frame.clone();
     *bad_end.last_mut().unwrap() = 0x0b;
     for message in [cut, doubled, bad_end] {
-        let mut ws = connect(&pylon).await;
+        let mut ws = connect_ws(&pylon, "/ws").await;
         ws.send(Message::binary(message)).await.unwrap();
         assert_closed_with(&mut ws, CloseCode::Invalid).await;
     }
     // Text where frames are expected: unsupported data.
-    let mut ws = connect(&pylon).await;
+    let mut ws = connect_ws(&pylon, "/ws").await;
     ws.send(Message::text("{}")).await.unwrap();
     assert_closed_with(&mut ws, CloseCode::Unsupported).await;
     // Longer than the longest frame (`max_body` 1024): too big, never read whole.
-    let mut ws = connect(&pylon).await;
+    let mut ws = connect_ws(&pylon, "/ws").await;
     ws.send(Message::binary(vec![0x09; 8 * 1024]))
         .await
         .unwrap();
@@ -505,7 +485,7 @@ async fn text_messages_are_json_calls_checked_against_the_proto_of_the_admin_api
         .await
         .unwrap();
     assert_closed_with(&mut ws, CloseCode::Invalid).await;
-    let mut ws = connect(&pylon).await;
+    let mut ws = connect_ws(&pylon, "/ws").await;
     ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_closed_with(&mut ws, CloseCode::Unsupported).await;
     wait_frame_metrics(&pylon, &[(&errors("bad_message"), 2.0)]);
@@ -544,7 +524,7 @@ fn a_standalone_file_with_json_calls_and_a_standalone_proto() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut ws = connect(&pylon).await;
+        let mut ws = connect_ws(&pylon, "/ws").await;
         let call = json!({"command": 4097, "sequence": 8, "body": {"to": 1, "text": "hi"}});
         ws.send(Message::text(call.to_string())).await.unwrap();
         assert_eq!(
@@ -640,7 +620,7 @@ async fn a_stopping_gateway_closes_with_1001() {
         protocol(commands, json!({})),
         json!([]),
     );
-    let mut ws = connect(&pylon).await;
+    let mut ws = connect_ws(&pylon, "/ws").await;
     ws.send(Message::binary(Frame::new(4099, 1, b"x").encode()))
         .await
         .unwrap();
@@ -656,7 +636,7 @@ async fn a_silent_client_is_closed_after_the_read_timeout() {
         protocol(json!({"1": {"uri": "/one"}}), json!({"read_timeout": 1})),
         json!([]),
     );
-    let mut ws = connect(&pylon).await;
+    let mut ws = connect_ws(&pylon, "/ws").await;
     assert_closed_with(&mut ws, CloseCode::Away).await;
     wait_frame_metrics(&pylon, &[(&errors("timeout"), 1.0)]);
 }
@@ -713,7 +693,7 @@ async fn in_tcp_mode_frames_are_relayed_to_the_stream_routes_framed_backend() {
                            "upstream": {"nodes": {backend.to_string(): 1}}}],
     });
     let pylon = Pylon::start(&doc.to_string(), "");
-    let mut ws = connect(&pylon).await;
+    let mut ws = connect_ws(&pylon, "/ws").await;
     // The backend's own frames come as they are sent, each in a message of its own.
     assert_eq!(answer_frame(&mut ws).await, Frame::new(9, 0, b"hello"));
     for sequence in [1, 2] {
@@ -734,7 +714,7 @@ async fn in_tcp_mode_frames_are_relayed_to_the_stream_routes_framed_backend() {
     assert_closed_with(&mut ws, CloseCode::Normal).await;
 
     // A message that is not one frame never reaches the backend.
-    let mut ws = connect(&pylon).await;
+    let mut ws = connect_ws(&pylon, "/ws").await;
     assert_eq!(answer_frame(&mut ws).await.command, 9);
     let frame = Frame::new(4099, 4, b"x").encode();
     ws.send(Message::binary(frame[..frame.len() - 1].to_vec()))

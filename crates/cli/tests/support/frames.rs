@@ -1,6 +1,6 @@
 //! HelloTalk's frames (crates/frames/README.md) for the framed-protocol tests: the frame
-//! codec of a test client, the protocol configuration the tests use, and the frames counters
-//! of the metrics listener.
+//! codec of a test client, the protocol configuration the tests use, the frames counters
+//! of the metrics listener, and a WebSocket client of a bridged route.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
@@ -8,7 +8,10 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::upstream::Received;
 use super::{client, Pylon, WAIT};
@@ -271,4 +274,35 @@ pub fn stream_addr(pylon: &Pylon) -> SocketAddr {
         .find_map(|line| line.strip_prefix("pylon: stream listening on tcp://"))
         .unwrap_or_else(|| panic!("no stream listener in {:?}", pylon.startup));
     line.parse().unwrap()
+}
+
+/// `im.SendResp` of [`IM_PROTO`], as a client decodes it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SendResp {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub status: String,
+}
+
+/// A WebSocket client.
+pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to `path` on `pylon`'s proxy listener, upgraded.
+pub async fn connect_ws(pylon: &Pylon, path: &str) -> Ws {
+    let url = format!("ws://{}{path}", pylon.addr);
+    let (ws, response) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the upgrade is answered");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// The next message that carries data (the WebSocket layer answers pings on its own).
+pub async fn next_message(ws: &mut Ws) -> Message {
+    let message = tokio::time::timeout(WAIT, ws.next()).await;
+    message
+        .expect("a message within the wait")
+        .expect("the WebSocket is open")
+        .expect("a message")
 }

@@ -122,8 +122,7 @@ where
     let relayed = Relayed {
         from_client: ended.received,
         from_upstream: ended.sent,
-        idle: matches!(ended.why, Closed::IdleTimeout),
-        broken: matches!(ended.why, Closed::Io(_)),
+        ..Relayed::default()
     };
     let failure = match ended.why {
         Closed::ClientClosed | Closed::Stopped => None,
