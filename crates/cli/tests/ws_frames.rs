@@ -310,6 +310,19 @@ fn put(pylon: &Pylon, path: &str, body: &Value) -> client::Response {
     admin(pylon.admin.unwrap(), ADMIN_KEY, "PUT", path, Some(body))
 }
 
+/// PUTs `body` at `path`, which must be taken.
+fn put_ok(pylon: &Pylon, path: &str, body: &Value) {
+    let res = put(pylon, path, body);
+    assert!(res.status < 300, "{}", res.text());
+}
+
+/// The frames protocol whose command 4097 is `/im/send` with `im`'s messages.
+fn im_send_protocol() -> Value {
+    let commands = json!({"4097": {"uri": "/im/send", "proto_id": "im",
+                                   "request": "im.SendReq", "response": "im.SendResp"}});
+    protocol(commands, json!({}))
+}
+
 /// Refused with `expected` in its message.
 fn assert_refused(res: &client::Response, expected: &str) {
     assert_eq!(res.status, 400, "{}", res.text());
@@ -322,23 +335,18 @@ fn a_stream_route_or_proto_in_use_is_not_deleted_until_its_last_user_is() {
     let pylon = admin_node();
     let call =
         |method: &str, path: &str| admin(pylon.admin.unwrap(), ADMIN_KEY, method, path, None);
-    let res = put(
+    put_ok(
         &pylon,
         "/apisix/admin/protos/im",
         &json!({"content": IM_PROTO}),
     );
-    assert!(res.status < 300, "{}", res.text());
-    let commands = json!({"4097": {"uri": "/im/send", "proto_id": "im",
-                                   "request": "im.SendReq", "response": "im.SendResp"}});
-    let stream_route = json!({"protocol": protocol(commands, json!({}))});
-    let res = put(&pylon, "/apisix/admin/stream_routes/im", &stream_route);
-    assert!(res.status < 300, "{}", res.text());
-    let res = put(
+    let stream_route = json!({"protocol": im_send_protocol()});
+    put_ok(&pylon, "/apisix/admin/stream_routes/im", &stream_route);
+    put_ok(
         &pylon,
         "/apisix/admin/routes/ws",
         &ws_route("json", json!({})),
     );
-    assert!(res.status < 300, "{}", res.text());
 
     // The route's plugin names the stream route, whose command names the proto.
     let refused = call("DELETE", "/apisix/admin/stream_routes/im");
@@ -365,15 +373,13 @@ fn a_stream_route_or_proto_in_use_is_not_deleted_until_its_last_user_is() {
 async fn text_messages_are_json_calls_checked_against_the_proto_of_the_admin_api() {
     let backend = im_backend();
     let pylon = admin_node();
-    let res = put(
+    put_ok(
         &pylon,
         "/apisix/admin/protos/im",
         &json!({"content": IM_PROTO}),
     );
-    assert!(res.status < 300, "{}", res.text());
     let route = http_route("send", "/im/send", &backend, json!({}));
-    let res = put(&pylon, "/apisix/admin/routes/send", &route);
-    assert!(res.status < 300, "{}", res.text());
+    put_ok(&pylon, "/apisix/admin/routes/send", &route);
 
     // The plugin must name a stream route that speaks frames, and its fields be valid.
     let refused = put(
@@ -386,8 +392,7 @@ async fn text_messages_are_json_calls_checked_against_the_proto_of_the_admin_api
         "plugins.websocket-frames.stream_route_id: stream route `im` does not exist",
     );
     let plain = json!({"upstream": {"nodes": {backend.addr.to_string(): 1}}});
-    let res = put(&pylon, "/apisix/admin/stream_routes/im", &plain);
-    assert!(res.status < 300, "{}", res.text());
+    put_ok(&pylon, "/apisix/admin/stream_routes/im", &plain);
     let refused = put(
         &pylon,
         "/apisix/admin/routes/ws",
@@ -404,17 +409,13 @@ async fn text_messages_are_json_calls_checked_against_the_proto_of_the_admin_api
     );
     assert_refused(&refused, "plugins.websocket-frames.mode");
 
-    let commands = json!({"4097": {"uri": "/im/send", "proto_id": "im",
-                                   "request": "im.SendReq", "response": "im.SendResp"}});
-    let stream_route = json!({"protocol": protocol(commands, json!({}))});
-    let res = put(&pylon, "/apisix/admin/stream_routes/im", &stream_route);
-    assert!(res.status < 300, "{}", res.text());
-    let res = put(
+    let stream_route = json!({"protocol": im_send_protocol()});
+    put_ok(&pylon, "/apisix/admin/stream_routes/im", &stream_route);
+    put_ok(
         &pylon,
         "/apisix/admin/routes/ws",
         &ws_route("json", json!({})),
     );
-    assert!(res.status < 300, "{}", res.text());
 
     let mut ws = served(&pylon).await;
     let call = json!({"command": 4097, "sequence": 1, "fields": {"user_id": 5},
@@ -511,12 +512,10 @@ async fn served(pylon: &Pylon) -> Ws {
 #[test]
 fn a_standalone_file_with_json_calls_and_a_standalone_proto() {
     let backend = im_backend();
-    let commands = json!({"4097": {"uri": "/im/send", "proto_id": "im",
-                                   "request": "im.SendReq", "response": "im.SendResp"}});
     let doc = json!({
         "protos": [{"id": "im", "content": IM_PROTO}],
         "routes": [http_route("send", "/im/send", &backend, json!({})), ws_route("json", json!({}))],
-        "stream_routes": [{"id": "im", "protocol": protocol(commands, json!({}))}],
+        "stream_routes": [{"id": "im", "protocol": im_send_protocol()}],
     });
     let pylon = Pylon::start(&doc.to_string(), "");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -735,8 +734,7 @@ async fn in_tcp_mode_frames_are_relayed_to_the_stream_routes_framed_backend() {
 fn tcp_mode_needs_a_stream_route_with_an_upstream() {
     let pylon = admin_node();
     let stream_route = json!({"protocol": protocol(json!({"1": {"uri": "/one"}}), json!({}))});
-    let res = put(&pylon, "/apisix/admin/stream_routes/im", &stream_route);
-    assert!(res.status < 300, "{}", res.text());
+    put_ok(&pylon, "/apisix/admin/stream_routes/im", &stream_route);
     let refused = put(
         &pylon,
         "/apisix/admin/routes/ws",
