@@ -1,5 +1,5 @@
 //! Pylon's client of Redis: where the nodes of a cluster keep the state they share (the
-//! counters of the Redis rate-limit policies today).
+//! counters of the Redis rate-limit policies, the push gateway's devices and messages).
 //!
 //! One [`Redis`] per distinct setting ([`Redis::shared`]) serves every plugin instance that
 //! names that server. Each worker thread holds its own connection to it: a request's command
@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -24,8 +25,9 @@ use redis::{
 };
 use thread_local::ThreadLocal;
 
-/// A Lua script, run by its digest ([`Redis::run_script`]).
-pub use redis::Script;
+/// Commands, replies and Lua scripts (run by their digest, [`Redis::invoke`]).
+pub use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+pub use redis::{cmd, Cmd, Script, ScriptInvocation, Value};
 
 /// How long a worker's calls fail at once after its connection failed, before one of them
 /// connects again.
@@ -167,17 +169,49 @@ impl Redis {
         key: &str,
         args: &[i64],
     ) -> Result<T, Error> {
-        let result = tokio::time::timeout(self.settings.timeout, async {
-            let (mut connection, generation) = self.connection().await?;
-            let mut invocation = script.key(key);
-            for arg in args {
-                invocation.arg(*arg);
-            }
-            let result = match &mut connection {
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.invoke(&invocation).await
+    }
+
+    /// Runs a script invocation (its keys in one slot), as [`Redis::run_script`] does.
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        self.call(|mut connection| async move {
+            match &mut connection {
                 Connection::Server(c) => invocation.invoke_async(c).await,
                 Connection::Cluster(c) => invocation.invoke_async(c).await,
-            };
-            result.map_err(|e| {
+            }
+        })
+        .await
+    }
+
+    /// Runs one command on this worker's connection. Commands issued at once from one
+    /// worker share its connection and go out together.
+    pub async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, Error> {
+        self.call(|mut connection| async move {
+            match &mut connection {
+                Connection::Server(c) => command.query_async(c).await,
+                Connection::Cluster(c) => command.query_async(c).await,
+            }
+        })
+        .await
+    }
+
+    /// A call on this worker's connection, bounded by the timeout; a connection that fails
+    /// is forgotten, to be made again.
+    async fn call<T, F, Fut>(&self, run: F) -> Result<T, Error>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let result = tokio::time::timeout(self.settings.timeout, async {
+            let (connection, generation) = self.connection().await?;
+            run(connection).await.map_err(|e| {
                 if is_connection_error(&e) {
                     self.forget(generation);
                 }
@@ -188,6 +222,20 @@ impl Redis {
         .unwrap_or(Err(Error::TimedOut));
         self.record(result.is_ok());
         result
+    }
+
+    /// A connection of its own, for a command that blocks (`XREAD BLOCK`) and would hold up
+    /// every other call on a shared one. Its replies may take `block` longer than the
+    /// timeout.
+    pub async fn dedicated(&self, block: Duration) -> Result<Dedicated, Error> {
+        let connection = tokio::time::timeout(self.settings.timeout, self.connect_for(block))
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        self.record(connection.is_ok());
+        Ok(Dedicated {
+            connection: connection?,
+            timeout: self.settings.timeout + block,
+        })
     }
 
     fn record(&self, ok: bool) {
@@ -241,10 +289,15 @@ impl Redis {
     }
 
     async fn connect(&self) -> Result<Connection, RedisError> {
+        self.connect_for(Duration::ZERO).await
+    }
+
+    /// A new connection whose replies may take `block` longer than the timeout.
+    async fn connect_for(&self, block: Duration) -> Result<Connection, RedisError> {
         let settings = &self.settings;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout));
+            .set_response_timeout(Some(settings.timeout + block));
         match &settings.topology {
             Topology::Single(address) => {
                 let client = Client::open(self.connection_info(address)?)?;
@@ -260,7 +313,7 @@ impl Redis {
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut builder = ClusterClientBuilder::new(nodes)
                     .connection_timeout(settings.timeout)
-                    .response_timeout(settings.timeout)
+                    .response_timeout(settings.timeout + block)
                     // A call is bounded by `timeout` as a whole: retries inside it would
                     // only hide a failing node past it.
                     .retries(1);
@@ -328,6 +381,10 @@ impl Redis {
     }
 }
 
+fn timed_out() -> RedisError {
+    std::io::Error::from(std::io::ErrorKind::TimedOut).into()
+}
+
 fn tls_mode(verify: bool) -> TlsMode {
     if verify {
         TlsMode::Secure
@@ -361,6 +418,28 @@ fn is_connection_error(error: &RedisError) -> bool {
         || error.is_connection_dropped()
         || error.is_unrecoverable_error()
         || error.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+}
+
+/// A connection of one caller's own (see [`Redis::dedicated`]).
+pub struct Dedicated {
+    connection: Connection,
+    timeout: Duration,
+}
+
+impl Dedicated {
+    /// Runs one command, which may block up to the `block` the connection was made for.
+    pub async fn query<T: FromRedisValue>(&mut self, command: &Cmd) -> Result<T, Error> {
+        let reply = async {
+            match &mut self.connection {
+                Connection::Server(c) => command.query_async(c).await,
+                Connection::Cluster(c) => command.query_async(c).await,
+            }
+        };
+        tokio::time::timeout(self.timeout, reply)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+            .map_err(Error::Redis)
+    }
 }
 
 /// A worker's connection to one Redis.

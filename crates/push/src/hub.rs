@@ -1,0 +1,760 @@
+//! A node's hub: the devices connected to this node, and the delivery to them.
+//!
+//! Device connections run on the proxy's workers; each has a [`Device`] with an outbox that
+//! the hub fills and the connection drains. Everything else runs on the hub's own thread:
+//! reading this node's inbox and the broadcast stream from Redis, catching up a device that
+//! (re)connects with what waits for it, spreading broadcasts and an app's messages over time
+//! at their rates, and writing acknowledgements, cursors and counts back in batches. No
+//! connection waits for Redis, and an idle connection holds nothing but its [`Device`].
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pylon_redis::{Error, Settings};
+use tokio::sync::{mpsc, Notify};
+
+use crate::bucket::Bucket;
+use crate::config::{AppRates, Delivery as DeliveryConfig, Heartbeat};
+use crate::message::{now_ms, Message, Priority, Target};
+use crate::store::{Attached, CountDelta, Counts, DeviceKey, InboxEntry, Reader, Store, StreamPos};
+use crate::tags::TagExpr;
+
+/// How often the hub spreads queued sends and writes its batches.
+const TICK: Duration = Duration::from_millis(10);
+/// How often batched acknowledgements, cursors and counts go to Redis.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// How long a stream read waits for entries.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+/// How long the hub waits before trying Redis again after a failure.
+const RETRY: Duration = Duration::from_secs(1);
+/// How often the node tells the others it is alive, and looks for expired messages.
+const HEARTBEAT: Duration = Duration::from_secs(3);
+/// Broadcasts read per step of a device's catch-up.
+const CATCH_UP_BATCH: usize = 500;
+
+/// One message as a device's connection sends it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub id: Box<str>,
+    /// The `push` frame's body.
+    pub body: Bytes,
+    pub priority: Priority,
+    /// Its place in the broadcast stream, for a message to a tag or to all.
+    pub broadcast: Option<StreamPos>,
+}
+
+impl Delivery {
+    fn of(message: &Message, broadcast: Option<StreamPos>) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            id: message.id.as_str().into(),
+            body: message.frame_body(),
+            priority: message.priority,
+            broadcast,
+        })
+    }
+}
+
+/// What a connection is to write.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Push(Arc<Delivery>),
+    /// Tell the device to come back after this many milliseconds, and close.
+    Reconnect(u64),
+    /// Send an `error` with this reason, and close.
+    Close(&'static str),
+}
+
+/// A connected device, shared by its connection and the hub.
+pub struct Device {
+    pub key: DeviceKey,
+    /// This node's number for the connection: a replaced connection's does not match.
+    pub conn: u64,
+    tags: Box<[Box<str>]>,
+    outbox: Mutex<VecDeque<Outgoing>>,
+    ready: Notify,
+}
+
+impl Device {
+    pub fn new(key: DeviceKey, conn: u64, tags: Vec<String>) -> Device {
+        Device {
+            key,
+            conn,
+            tags: tags.into_iter().map(String::into_boxed_str).collect(),
+            outbox: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+        }
+    }
+
+    /// Queues `out` for the connection: high-priority messages and closes go first.
+    fn send(&self, out: Outgoing) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let urgent = match &out {
+            Outgoing::Push(d) => d.priority == Priority::High,
+            Outgoing::Reconnect(_) | Outgoing::Close(_) => true,
+        };
+        if urgent {
+            outbox.push_front(out);
+        } else {
+            outbox.push_back(out);
+        }
+        drop(outbox);
+        self.ready.notify_one();
+    }
+
+    /// Waits until something is queued (at once if something is).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// What is queued, oldest first (but high priority first), emptying the outbox.
+    pub fn take(&self) -> VecDeque<Outgoing> {
+        std::mem::take(&mut *self.outbox.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn matches(&self, target: &Target) -> bool {
+        match target {
+            Target::All => true,
+            Target::Tag(expr) => TagExpr::parse(expr).is_ok_and(|e| e.matches(&self.tags)),
+            Target::Devices(devices) => devices.iter().any(|d| **d == *self.key.device),
+        }
+    }
+}
+
+/// The node's counts, for the metrics.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    pub connected: AtomicU64,
+    /// Messages handed to connections (every send, resends included).
+    pub sent: AtomicU64,
+    /// First acknowledgements of messages to devices, and of broadcasts.
+    pub delivered: AtomicU64,
+    /// Redis calls that failed.
+    pub redis_failures: AtomicU64,
+}
+
+/// The rates and heartbeat a hub's gateway is configured with; a new configuration
+/// replaces them in place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rates {
+    pub delivery: DeliveryConfig,
+    pub apps: std::collections::BTreeMap<String, AppRates>,
+    pub heartbeat: Heartbeat,
+}
+
+impl Rates {
+    fn app_rate(&self, app: &str) -> u64 {
+        self.apps.get(app).and_then(|a| a.rate).unwrap_or(self.delivery.rate)
+    }
+
+    fn broadcast_rate(&self, app: &str) -> u64 {
+        (self.apps.get(app))
+            .and_then(|a| a.broadcast_rate)
+            .unwrap_or(self.delivery.broadcast_rate)
+    }
+}
+
+enum Event {
+    Attach(Arc<Device>),
+    Detach(Arc<Device>),
+    Ack {
+        device: Arc<Device>,
+        id: Box<str>,
+        broadcast: Option<StreamPos>,
+    },
+    Drain(Duration),
+}
+
+/// What the hub's own tasks report back to its loop.
+enum Internal {
+    Attached(Arc<Device>, Attached),
+    CaughtUp(Arc<Device>, Vec<(StreamPos, Option<Message>)>),
+    Inbox(Vec<InboxEntry>),
+    Broadcasts(Vec<(StreamPos, Option<Message>)>),
+    Nodes(u64),
+}
+
+/// The hubs in use, by what makes one: the route, the Redis, the key prefix and the node.
+type HubKey = (String, Settings, String, String);
+static HUBS: Mutex<Option<HashMap<HubKey, Weak<Hub>>>> = Mutex::new(None);
+
+pub struct Hub {
+    node: Arc<str>,
+    store: Arc<Store>,
+    rates: Arc<Mutex<Rates>>,
+    events: mpsc::UnboundedSender<Event>,
+    next_conn: AtomicU64,
+    counters: Arc<HubCounters>,
+}
+
+impl Hub {
+    /// The hub of push route `route` on this node, shared by every compiled version of the
+    /// route with the same Redis: its devices stay connected across configuration changes.
+    /// A hub starts its thread when made, and the thread ends with the last holder.
+    pub fn shared(route: &str, redis: Arc<pylon_redis::Redis>, prefix: &str, node: &str, rates: Rates) -> Arc<Hub> {
+        let key = (route.to_owned(), redis.settings().clone(), prefix.to_owned(), node.to_owned());
+        let mut hubs = HUBS.lock().unwrap_or_else(PoisonError::into_inner);
+        let hubs = hubs.get_or_insert_with(HashMap::new);
+        if let Some(hub) = hubs.get(&key).and_then(Weak::upgrade) {
+            *hub.rates.lock().unwrap_or_else(PoisonError::into_inner) = rates;
+            return hub;
+        }
+        hubs.retain(|_, hub| hub.strong_count() > 0);
+        let hub = Hub::start(Store::new(redis, prefix.to_owned()), node, rates);
+        hubs.insert(key, Arc::downgrade(&hub));
+        hub
+    }
+
+    fn start(store: Store, node: &str, rates: Rates) -> Arc<Hub> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub {
+            node: node.into(),
+            store: Arc::new(store),
+            rates: Arc::new(Mutex::new(rates)),
+            events,
+            next_conn: AtomicU64::new(fastrand::u64(1..u64::MAX / 2)),
+            counters: Arc::default(),
+        });
+        let engine = Engine {
+            node: hub.node.clone(),
+            store: hub.store.clone(),
+            rates: hub.rates.clone(),
+            counters: hub.counters.clone(),
+            devices: HashMap::new(),
+            counts: HashMap::new(),
+            acks: Vec::new(),
+            cursors: HashMap::new(),
+            fanouts: VecDeque::new(),
+            apps: HashMap::new(),
+            nodes: 1,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("push-{node}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                match runtime {
+                    Ok(runtime) => {
+                        let tasks = tokio::task::LocalSet::new();
+                        tasks.block_on(&runtime, engine.run(receiver));
+                    }
+                    Err(e) => tracing::error!("push hub: cannot start its runtime: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("push hub: cannot start its thread: {e}");
+        }
+        hub
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn counters(&self) -> &HubCounters {
+        &self.counters
+    }
+
+    /// The heartbeat settings now.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.rates.lock().unwrap_or_else(PoisonError::into_inner).heartbeat.clone()
+    }
+
+    /// A connection number no other connection of this node has.
+    pub fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A device connected: it replaces any other connection of the same device, and is sent
+    /// what waits for it.
+    pub fn attach(&self, device: Arc<Device>) {
+        self.counters.connected.fetch_add(1, Ordering::Relaxed);
+        let _ = self.events.send(Event::Attach(device));
+    }
+
+    /// A device's connection ended.
+    pub fn detach(&self, device: Arc<Device>) {
+        self.counters.connected.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.events.send(Event::Detach(device));
+    }
+
+    /// The device acknowledged message `id`; `broadcast`: its place in the broadcast stream,
+    /// when it came from there.
+    pub fn acknowledge(&self, device: Arc<Device>, id: Box<str>, broadcast: Option<StreamPos>) {
+        let _ = self.events.send(Event::Ack { device, id, broadcast });
+    }
+
+    /// Tells every device of this node to reconnect, each after a delay spread over
+    /// `spread`: a stopping node's devices move to the others without a stampede.
+    pub fn drain(&self, spread: Duration) {
+        let _ = self.events.send(Event::Drain(spread));
+    }
+
+    /// Accepts a message from the push API: saved, then queued for its devices or appended
+    /// to the broadcast stream. `Ok(false)`: its id is taken.
+    pub async fn push(&self, message: Message) -> Result<bool, Error> {
+        let retention = self.rates.lock().unwrap_or_else(PoisonError::into_inner).delivery.retention * 1000;
+        if !self.store.save(&message, retention).await? {
+            return Ok(false);
+        }
+        match &message.target {
+            Target::Devices(devices) => {
+                let devices = devices.clone();
+                self.store.send_to_devices(&Arc::new(message), &devices, now_ms()).await?;
+            }
+            Target::Tag(_) | Target::All => self.store.broadcast(&message).await?,
+        }
+        Ok(true)
+    }
+
+    /// A message and its counts, for the push API.
+    pub async fn message(&self, id: &str) -> Result<Option<(Message, Counts)>, Error> {
+        self.store.message(id).await
+    }
+}
+
+/// A connected device as the hub tracks it.
+struct Local {
+    device: Arc<Device>,
+    /// Broadcasts sent and not acknowledged.
+    unacked: BTreeSet<StreamPos>,
+    /// The last broadcast sent to it or passed over for it.
+    seen: StreamPos,
+    /// The cursor Redis has.
+    written: StreamPos,
+}
+
+impl Local {
+    /// Where its cursor can move: through everything before the first broadcast not yet
+    /// acknowledged.
+    fn cursor(&self) -> StreamPos {
+        self.unacked.first().map_or(self.seen, |first| first.before())
+    }
+}
+
+/// A broadcast going out to this node's devices at its rate.
+struct FanOut {
+    delivery: Arc<Delivery>,
+    expires_at: u64,
+    devices: Vec<Arc<Device>>,
+    next: usize,
+    bucket: Bucket,
+}
+
+/// An app's messages waiting for its rate.
+struct AppQueue {
+    bucket: Bucket,
+    rate: u64,
+    waiting: VecDeque<(Arc<Device>, Arc<Delivery>)>,
+}
+
+/// The hub's loop and its state, on the hub's thread.
+struct Engine {
+    node: Arc<str>,
+    store: Arc<Store>,
+    rates: Arc<Mutex<Rates>>,
+    counters: Arc<HubCounters>,
+    devices: HashMap<DeviceKey, Local>,
+    counts: HashMap<Box<str>, CountDelta>,
+    acks: Vec<(DeviceKey, Box<str>)>,
+    cursors: HashMap<DeviceKey, StreamPos>,
+    fanouts: VecDeque<FanOut>,
+    apps: HashMap<Arc<str>, AppQueue>,
+    /// Nodes alive: a broadcast's rate is shared among them.
+    nodes: u64,
+}
+
+impl Engine {
+    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        let (internal, mut reports) = mpsc::unbounded_channel();
+        tokio::task::spawn_local(read_streams(self.store.clone(), self.node.clone(), internal.clone(), self.counters.clone()));
+        tokio::task::spawn_local(keep_alive(self.store.clone(), self.node.clone(), internal.clone(), self.counters.clone()));
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flushed = Instant::now();
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(event, &internal),
+                    None => break,
+                },
+                Some(report) = reports.recv() => self.on_report(report, &internal),
+                _ = tick.tick() => {
+                    self.spread(Instant::now());
+                    if flushed.elapsed() >= FLUSH_EVERY {
+                        self.flush();
+                        flushed = Instant::now();
+                    }
+                }
+            }
+        }
+        self.flush();
+    }
+
+    fn on_event(&mut self, event: Event, internal: &mpsc::UnboundedSender<Internal>) {
+        match event {
+            Event::Attach(device) => {
+                let local = Local {
+                    device: device.clone(),
+                    unacked: BTreeSet::new(),
+                    seen: StreamPos::default(),
+                    written: StreamPos::default(),
+                };
+                if let Some(old) = self.devices.insert(device.key.clone(), local) {
+                    old.device.send(Outgoing::Close("replaced"));
+                }
+                let (store, node, internal) = (self.store.clone(), self.node.clone(), internal.clone());
+                let counters = self.counters.clone();
+                tokio::task::spawn_local(async move {
+                    match store.attach(&device.key, &node, device.conn, now_ms()).await {
+                        Ok(attached) => {
+                            if let Some((other, conn)) = &attached.previous {
+                                if **other != *node {
+                                    if let Err(e) = store.kick(other, &device.key, *conn).await {
+                                        failed(&counters, "kick", &e);
+                                    }
+                                }
+                            }
+                            let _ = internal.send(Internal::Attached(device, attached));
+                        }
+                        Err(e) => {
+                            failed(&counters, "attach", &e);
+                            // Nothing can be delivered without Redis: the device tries again
+                            // later, maybe on another node.
+                            device.send(Outgoing::Reconnect(fastrand::u64(1000..5000)));
+                        }
+                    }
+                });
+            }
+            Event::Detach(device) => {
+                let current = self.devices.get(&device.key).is_some_and(|l| l.device.conn == device.conn);
+                if current {
+                    if let Some(local) = self.devices.remove(&device.key) {
+                        let cursor = local.cursor();
+                        if cursor > local.written {
+                            self.cursors.insert(device.key.clone(), cursor);
+                        }
+                    }
+                    let store = self.store.clone();
+                    let counters = self.counters.clone();
+                    tokio::task::spawn_local(async move {
+                        if let Err(e) = store.detach(&device.key, device.conn).await {
+                            failed(&counters, "detach", &e);
+                        }
+                    });
+                }
+            }
+            Event::Ack { device, id, broadcast } => {
+                match broadcast {
+                    Some(pos) => {
+                        let Some(local) = self.devices.get_mut(&device.key) else { return };
+                        if local.device.conn != device.conn || !local.unacked.remove(&pos) {
+                            return;
+                        }
+                        self.counts.entry(id).or_default().delivered += 1;
+                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        let cursor = local.cursor();
+                        if cursor > local.written {
+                            local.written = cursor;
+                            self.cursors.insert(device.key.clone(), cursor);
+                        }
+                    }
+                    None => self.acks.push((device.key.clone(), id)),
+                }
+            }
+            Event::Drain(spread) => {
+                let spread_ms = spread.as_millis() as u64;
+                for local in self.devices.values() {
+                    local.device.send(Outgoing::Reconnect(fastrand::u64(0..=spread_ms)));
+                }
+            }
+        }
+    }
+
+    fn on_report(&mut self, report: Internal, internal: &mpsc::UnboundedSender<Internal>) {
+        match report {
+            Internal::Attached(device, attached) => {
+                let Some(local) = self.devices.get_mut(&device.key) else { return };
+                if local.device.conn != device.conn {
+                    return;
+                }
+                local.seen = attached.cursor;
+                local.written = attached.cursor;
+                for message in &attached.pending {
+                    self.send_now(&device, Delivery::of(message, None));
+                }
+                self.catch_up(device, attached.cursor, internal);
+            }
+            Internal::CaughtUp(device, entries) => {
+                let more = entries.len() == CATCH_UP_BATCH;
+                let now = now_ms();
+                let Some(local) = self.devices.get_mut(&device.key) else { return };
+                if local.device.conn != device.conn {
+                    return;
+                }
+                let mut sends = Vec::new();
+                for (pos, message) in entries {
+                    local.seen = local.seen.max(pos);
+                    let Some(message) = message else { continue };
+                    if *message.app_id != *device.key.app || !device.matches(&message.target) {
+                        continue;
+                    }
+                    if message.expired(now) {
+                        self.counts.entry(message.id.as_str().into()).or_default().expired += 1;
+                        continue;
+                    }
+                    local.unacked.insert(pos);
+                    sends.push(Delivery::of(&message, Some(pos)));
+                }
+                let cursor = local.cursor();
+                if cursor > local.written {
+                    local.written = cursor;
+                    self.cursors.insert(device.key.clone(), cursor);
+                }
+                let last = local.seen;
+                for delivery in sends {
+                    self.counts.entry(delivery.id.clone()).or_default().targets += 1;
+                    self.send_now(&device, delivery);
+                }
+                if more {
+                    self.catch_up(device, last, internal);
+                }
+            }
+            Internal::Inbox(entries) => {
+                for entry in entries {
+                    match entry {
+                        InboxEntry::Deliver { device, message } => self.deliver(&device, &message),
+                        InboxEntry::Kick { device, conn } => {
+                            if let Some(local) = self.devices.get(&device).filter(|l| l.device.conn == conn) {
+                                local.device.send(Outgoing::Close("replaced"));
+                            }
+                        }
+                    }
+                }
+            }
+            Internal::Broadcasts(entries) => {
+                for (pos, message) in entries {
+                    if let Some(message) = message {
+                        self.start_fanout(pos, &message);
+                    }
+                }
+            }
+            Internal::Nodes(nodes) => self.nodes = nodes.max(1),
+        }
+    }
+
+    /// Reads the broadcasts after `cursor` for a device that just attached.
+    fn catch_up(&self, device: Arc<Device>, cursor: StreamPos, internal: &mpsc::UnboundedSender<Internal>) {
+        let (store, internal, counters) = (self.store.clone(), internal.clone(), self.counters.clone());
+        tokio::task::spawn_local(async move {
+            match store.broadcasts_after(cursor, CATCH_UP_BATCH).await {
+                Ok(entries) => drop(internal.send(Internal::CaughtUp(device, entries))),
+                Err(e) => failed(&counters, "catch up", &e),
+            }
+        });
+    }
+
+    /// A message from the inbox to a device of this node, now or at its app's rate.
+    fn deliver(&mut self, key: &DeviceKey, message: &Message) {
+        let Some(local) = self.devices.get(key) else { return };
+        if message.expired(now_ms()) {
+            return;
+        }
+        let device = local.device.clone();
+        let delivery = Delivery::of(message, None);
+        let rate = self.rates.lock().unwrap_or_else(PoisonError::into_inner).app_rate(&message.app_id);
+        if rate == 0 || message.priority == Priority::High {
+            return self.send_now(&device, delivery);
+        }
+        let queue = self.apps.entry(key.app.clone()).or_insert_with(|| AppQueue {
+            bucket: Bucket::new(rate, Instant::now()),
+            rate,
+            waiting: VecDeque::new(),
+        });
+        if queue.rate != rate {
+            queue.bucket = Bucket::new(rate, Instant::now());
+            queue.rate = rate;
+        }
+        queue.waiting.push_back((device, delivery));
+    }
+
+    fn send_now(&mut self, device: &Device, delivery: Arc<Delivery>) {
+        self.counts.entry(delivery.id.clone()).or_default().sent += 1;
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        device.send(Outgoing::Push(delivery));
+    }
+
+    /// A broadcast read from the stream: to this node's matching devices, at its rate.
+    fn start_fanout(&mut self, pos: StreamPos, message: &Message) {
+        let devices: Vec<Arc<Device>> = (self.devices.values())
+            .filter(|l| *l.device.key.app == *message.app_id && l.device.matches(&message.target))
+            .map(|l| l.device.clone())
+            .collect();
+        if devices.is_empty() {
+            return;
+        }
+        let rates = self.rates.lock().unwrap_or_else(PoisonError::into_inner);
+        let rate = message.rate.unwrap_or_else(|| rates.broadcast_rate(&message.app_id));
+        drop(rates);
+        self.counts.entry(message.id.as_str().into()).or_default().targets += devices.len() as u64;
+        self.fanouts.push_back(FanOut {
+            delivery: Delivery::of(message, Some(pos)),
+            expires_at: message.expires_at,
+            devices,
+            next: 0,
+            bucket: Bucket::new((rate / self.nodes).max(1), Instant::now()),
+        });
+    }
+
+    /// Sends what the rates allow now: broadcasts in turn, then each app's queue.
+    fn spread(&mut self, now: Instant) {
+        let now_ms = now_ms();
+        let mut fanouts = std::mem::take(&mut self.fanouts);
+        fanouts.retain_mut(|fanout| {
+            if now_ms >= fanout.expires_at {
+                return false;
+            }
+            let allowed = fanout.bucket.take(fanout.devices.len() - fanout.next, now);
+            for device in &fanout.devices[fanout.next..fanout.next + allowed] {
+                let Some(local) = self.devices.get_mut(&device.key) else { continue };
+                if local.device.conn != device.conn {
+                    continue;
+                }
+                let pos = fanout.delivery.broadcast.unwrap_or_default();
+                local.unacked.insert(pos);
+                local.seen = local.seen.max(pos);
+                self.counts.entry(fanout.delivery.id.clone()).or_default().sent += 1;
+                self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                device.send(Outgoing::Push(fanout.delivery.clone()));
+            }
+            fanout.next += allowed;
+            fanout.next < fanout.devices.len()
+        });
+        self.fanouts = fanouts;
+        let mut sends = Vec::new();
+        for queue in self.apps.values_mut() {
+            let allowed = queue.bucket.take(queue.waiting.len(), now);
+            sends.extend(queue.waiting.drain(..allowed));
+        }
+        self.apps.retain(|_, queue| !queue.waiting.is_empty());
+        for (device, delivery) in sends {
+            self.send_now(&device, delivery);
+        }
+    }
+
+    /// Writes the batched acknowledgements, cursors and counts.
+    fn flush(&mut self) {
+        if self.acks.is_empty() && self.cursors.is_empty() && self.counts.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.acks);
+        let cursors = std::mem::take(&mut self.cursors);
+        let counts = std::mem::take(&mut self.counts);
+        let (store, counters) = (self.store.clone(), self.counters.clone());
+        tokio::task::spawn_local(async move {
+            let acknowledged = futures_util::future::join_all(
+                acks.iter().map(|(device, id)| store.acknowledge(device, id)),
+            )
+            .await;
+            let mut counts = counts;
+            for ((_, id), first) in acks.iter().zip(acknowledged) {
+                match first {
+                    Ok(true) => {
+                        counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        counts.entry(id.clone()).or_default().delivered += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e) => failed(&counters, "acknowledge", &e),
+                }
+            }
+            let written = futures_util::future::join_all(
+                cursors.iter().map(|(device, cursor)| store.set_cursor(device, *cursor)),
+            )
+            .await;
+            let counted = futures_util::future::join_all(
+                counts.iter().map(|(id, delta)| store.count(id, *delta)),
+            )
+            .await;
+            for result in written.into_iter().chain(counted) {
+                if let Err(e) = result {
+                    failed(&counters, "write", &e);
+                }
+            }
+        });
+    }
+}
+
+fn failed(counters: &HubCounters, what: &str, error: &Error) {
+    counters.redis_failures.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!("push: {what} failed in Redis: {error}");
+}
+
+/// Reads this node's inbox and the broadcast stream, each in its own task, for as long as
+/// the hub runs; a failed connection is made again after a pause.
+async fn read_streams(store: Arc<Store>, node: Arc<str>, internal: mpsc::UnboundedSender<Internal>, counters: Arc<HubCounters>) {
+    loop {
+        let reader = match store.reader(&node, READ_BLOCK).await {
+            Ok(reader) => reader,
+            Err(e) => {
+                failed(&counters, "connect to read", &e);
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let Reader { mut inbox, mut broadcasts } = reader;
+        let inbox_loop = async {
+            loop {
+                match inbox.next_inbox().await {
+                    Ok(entries) if entries.is_empty() => {}
+                    Ok(entries) => {
+                        if internal.send(Internal::Inbox(entries)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => return failed(&counters, "read the inbox", &e),
+                }
+            }
+        };
+        let broadcast_loop = async {
+            loop {
+                match broadcasts.next_broadcasts().await {
+                    Ok(entries) if entries.is_empty() => {}
+                    Ok(entries) => {
+                        if internal.send(Internal::Broadcasts(entries)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => return failed(&counters, "read the broadcasts", &e),
+                }
+            }
+        };
+        tokio::select! {
+            _ = inbox_loop => {}
+            _ = broadcast_loop => {}
+        }
+        if internal.is_closed() {
+            return;
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Tells the other nodes this one is alive (and learns how many are), and counts the
+/// messages that expired in devices' queues.
+async fn keep_alive(store: Arc<Store>, node: Arc<str>, internal: mpsc::UnboundedSender<Internal>, counters: Arc<HubCounters>) {
+    loop {
+        match store.heartbeat(&node, now_ms()).await {
+            Ok(nodes) => {
+                if internal.send(Internal::Nodes(nodes)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => failed(&counters, "heartbeat", &e),
+        }
+        if let Err(e) = store.sweep_expired(now_ms(), 1000).await {
+            failed(&counters, "expiry sweep", &e);
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
