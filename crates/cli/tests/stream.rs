@@ -544,7 +544,7 @@ fn stream_routes_written_through_the_admin_api_are_served_and_bad_ones_refused()
         (
             stream_route,
             json!({"protocol": {"name": "redis"}, "upstream": nodes}),
-            "protocol.name: `redis` is not a protocol of this build; it has `pylon-frames`",
+            "protocol.name: `redis` is not a protocol of this build; it has `pylon-frames` and `pylon-push`",
         ),
         (
             stream_route,

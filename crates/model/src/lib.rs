@@ -45,7 +45,9 @@ pub use route::Route;
 pub use schema::json_schema;
 pub use ssl::{Ssl, SslClient, SslType, TlsVersion};
 pub use standalone::{parse_standalone, parse_standalone_document, Standalone};
-pub use stream_route::{ProxyProtocolVersion, StreamProtocol, StreamRoute, FRAMES_PROTOCOL};
+pub use stream_route::{
+    ProxyProtocolVersion, StreamProtocol, StreamRoute, FRAMES_PROTOCOL, PUSH_PROTOCOL,
+};
 pub use tls::{parse_certificates, parse_private_key, KeyPair};
 pub use upstream::{
     HashOn, KeepalivePool, Node, Nodes, PassHost, Scheme, Timeout, Upstream, UpstreamTls,

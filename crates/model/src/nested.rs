@@ -53,6 +53,12 @@ pub const NESTED_REFERENCES: &[NestedReference] = &[
         to: Kind::StreamRoutes,
         noun: "stream route",
     },
+    NestedReference {
+        holder: Holder::Plugin("device-push"),
+        field: "stream_route_id",
+        to: Kind::StreamRoutes,
+        noun: "stream route",
+    },
 ];
 
 /// The parts of one resource that hold nested references.

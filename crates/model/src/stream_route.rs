@@ -74,7 +74,8 @@ pub struct StreamRoute {
     pub upstream_proxy_protocol: Option<ProxyProtocolVersion>,
     /// What the connections speak, when the gateway reads them rather than relaying bytes
     /// (APISIX's xRPC field): `pylon-frames`, the framed binary protocol, whose frames become
-    /// HTTP requests to the routes. Such a route needs no upstream.
+    /// HTTP requests to the routes; `pylon-push`, the devices of the push gateway. Such a
+    /// route needs no upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<StreamProtocol>,
     /// When the resource was created, in seconds since the Unix epoch.
@@ -89,15 +90,18 @@ pub struct StreamRoute {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamProtocol {
-    /// `pylon-frames` (the only one this build has).
+    /// `pylon-frames` or `pylon-push`.
     pub name: String,
-    /// The protocol's configuration (for `pylon-frames`: the frame layout and the commands).
+    /// The protocol's configuration (for `pylon-frames`: the frame layout and the commands;
+    /// for `pylon-push`: the device protocol, heartbeats, delivery and the Redis).
     #[serde(default)]
     pub conf: serde_json::Value,
 }
 
 /// The framed binary protocol's name in `protocol.name`.
 pub const FRAMES_PROTOCOL: &str = "pylon-frames";
+/// The push gateway's name in `protocol.name`.
+pub const PUSH_PROTOCOL: &str = "pylon-push";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -127,11 +131,11 @@ impl StreamRoute {
         }
         plugin_objects(self.plugins.as_ref(), errors);
         if let Some(protocol) = &self.protocol {
-            if protocol.name != FRAMES_PROTOCOL {
+            if ![FRAMES_PROTOCOL, PUSH_PROTOCOL].contains(&protocol.name.as_str()) {
                 errors.push(FieldError::new(
                     "protocol.name",
                     format!(
-                        "`{}` is not a protocol of this build; it has `{FRAMES_PROTOCOL}`",
+                        "`{}` is not a protocol of this build; it has `{FRAMES_PROTOCOL}` and `{PUSH_PROTOCOL}`",
                         protocol.name
                     ),
                 ));

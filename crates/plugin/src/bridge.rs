@@ -1,7 +1,7 @@
 //! Bridges: a route whose requests the gateway serves itself with a framed-protocol stream
 //! route instead of proxying them: its WebSocket clients, each message a call of the stream
-//! route (`websocket-frames`), or pushes to the stream route's connected clients
-//! (`frames-push`).
+//! route (`websocket-frames`), pushes to the stream route's connected clients
+//! (`frames-push`), or the push API of a push gateway's devices (`device-push`).
 
 use std::sync::Arc;
 
@@ -31,5 +31,13 @@ pub enum BridgeMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FramesPush {
     /// The stream route (`protocol: pylon-frames`) whose clients the frames go to.
+    pub stream_route_id: Arc<str>,
+}
+
+/// A route whose requests are the push API of a push gateway: messages to its devices, and
+/// the counts of those messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePush {
+    /// The stream route (`protocol: pylon-push`) whose devices the messages go to.
     pub stream_route_id: Arc<str>,
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::body::{BodyFilters, RequestBodyInspectors, RequestTaps};
-use crate::bridge::{FramesBridge, FramesPush};
+use crate::bridge::{DevicePush, FramesBridge, FramesPush};
 use crate::context::{LogCtx, RequestCtx, ResponseCtx};
 use crate::meta::Meta;
 use crate::phase::{Phase, Phases, RequestPhase};
@@ -222,6 +222,19 @@ impl Chain {
         merged(&self.entries, consumer_entries)
             .filter(|entry| entry.applies(Phase::Bridge, ctx))
             .find_map(|entry| entry.plugin.frames_push())
+    }
+
+    /// The push API of the first plugin of the chain (with the consumer's, as
+    /// [`Chain::run`]) that has the gateway serve this request as a push to devices, if any.
+    pub fn device_push<'a>(
+        &'a self,
+        ctx: &RequestCtx<'_>,
+        consumer: Option<&'a Chain>,
+    ) -> Option<&'a DevicePush> {
+        let consumer_entries = consumer.map_or(&[][..], |c| &c.entries[..]);
+        merged(&self.entries, consumer_entries)
+            .filter(|entry| entry.applies(Phase::Bridge, ctx))
+            .find_map(|entry| entry.plugin.device_push())
     }
 
     /// Runs `log` over the chain (with the consumer's plugins, as [`Chain::run`]).

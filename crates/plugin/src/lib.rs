@@ -31,7 +31,7 @@ use std::any::Any;
 pub use body::{
     BodyFilter, BodyFilters, RequestBodyInspector, RequestBodyInspectors, RequestTap, RequestTaps,
 };
-pub use bridge::{BridgeMode, FramesBridge, FramesPush};
+pub use bridge::{BridgeMode, DevicePush, FramesBridge, FramesPush};
 pub use call::{call_failures, Call, CallError, CallFailures, FailurePolicy};
 pub use chain::{Chain, ChainBuilder, Entry};
 pub use consumer::Consumer;
@@ -159,6 +159,13 @@ pub trait Plugin: Send + Sync + 'static {
     /// request itself by pushing its body as a frame to a client of a frames route:
     /// `Some(push)` to push. The default leaves the request to be proxied.
     fn frames_push(&self) -> Option<&FramesPush> {
+        None
+    }
+
+    /// Decides, once the request phases have passed, whether the gateway answers this
+    /// request itself as the push API of a push gateway's devices: `Some(push)` to do so.
+    /// The default leaves the request to be proxied.
+    fn device_push(&self) -> Option<&DevicePush> {
         None
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::descriptor::Descriptor;
 use crate::{
-    api_breaker, basic_auth, client_control, compression, consumer_restriction, cors,
+    api_breaker, basic_auth, client_control, compression, consumer_restriction, cors, device_push,
     fault_injection, file_logger, forward_auth, frames_push, grpc_transcode, grpc_web, hmac_auth,
     http_logger, ip_restriction, jwt_auth, key_auth, limit_conn, limit_count, limit_req, mocking,
     opentelemetry, prometheus, proxy_mirror, proxy_rewrite, real_ip, redirect, request_id,
@@ -19,6 +19,7 @@ pub static CATALOG: &[Descriptor] = &[
     client_control::DESCRIPTOR,
     consumer_restriction::DESCRIPTOR,
     cors::DESCRIPTOR,
+    device_push::DESCRIPTOR,
     fault_injection::DESCRIPTOR,
     file_logger::DESCRIPTOR,
     forward_auth::DESCRIPTOR,

@@ -9,6 +9,8 @@ use pylon_frames::FramesConfig;
 use pylon_model::{Config, FieldError, Key, Kind, Route, FRAMES_PROTOCOL};
 use pylon_plugin::{Chain, ChainBuilder, Consumer, Entry, Meta};
 use pylon_protobuf::MessageDescriptor;
+use pylon_push::PushConfig;
+use pylon_redis::Redis;
 use serde_json::{Map, Value};
 
 use crate::catalog::find;
@@ -16,6 +18,7 @@ use crate::config::resolve_env;
 use crate::credentials::{Credential, Credentials};
 use crate::descriptor::{BuildEnv, Metadata, Scope};
 use crate::limit_conn::stream_conn_key;
+use crate::limits::redis::shared_redis;
 use crate::protos::{check_proto, Protos};
 
 type Plugins = Map<String, Value>;
@@ -145,6 +148,32 @@ impl CompiledPlugins {
             }
         }
         Ok(builder.build())
+    }
+
+    /// The chain that checks the devices of push gateway `id`: its authentication plugins
+    /// ([`PUSH_AUTH_PLUGINS`]), with the consumers they find devices' tokens among.
+    pub fn push_auth_chain(
+        &self,
+        id: &str,
+        plugins: Option<&Plugins>,
+    ) -> Result<Chain, FieldError> {
+        let mut builder = ChainBuilder::new();
+        let auth: Plugins = (plugins.into_iter().flatten())
+            .filter(|(name, _)| PUSH_AUTH_PLUGINS.contains(&name.as_str()))
+            .map(|(name, config)| (name.clone(), config.clone()))
+            .collect();
+        let mut errors = Vec::new();
+        add_all(
+            &mut builder,
+            &auth,
+            &self.env,
+            &format!("stream_routes/{id}"),
+            &mut errors,
+        );
+        match errors.into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(builder.build()),
+        }
     }
 }
 
@@ -443,20 +472,25 @@ pub fn check_resource(kind: Kind, resource: &Value, protos: &Protos) -> Vec<Fiel
     };
     errors.extend(check(plugins, scope, protos));
     if kind == Kind::StreamRoutes {
-        errors.extend(
-            plugins
-                .keys()
-                .filter(|name| !STREAM_PLUGINS.contains(&name.as_str()))
-                .map(|name| {
-                    FieldError::new(
-                        format!("plugins.{name}"),
-                        format!(
-                            "does not run on stream routes, which run {}",
-                            STREAM_PLUGINS.join(" and ")
-                        ),
-                    )
-                }),
-        );
+        let pushes = resource.pointer("/protocol/name").and_then(Value::as_str)
+            == Some(pylon_push::PROTOCOL_NAME);
+        let runs = |name: &str| {
+            STREAM_PLUGINS.contains(&name) || pushes && PUSH_AUTH_PLUGINS.contains(&name)
+        };
+        errors.extend(plugins.keys().filter(|name| !runs(name)).map(|name| {
+            let also = if pushes {
+                format!(", and on a push gateway {}", PUSH_AUTH_PLUGINS.join(" or "))
+            } else {
+                String::new()
+            };
+            FieldError::new(
+                format!("plugins.{name}"),
+                format!(
+                    "does not run on stream routes, which run {}{also}",
+                    STREAM_PLUGINS.join(" and ")
+                ),
+            )
+        }));
         if let Some(limit) = plugins.get("limit-conn") {
             errors.extend(stream_conn_key(limit).err());
         }
@@ -483,10 +517,19 @@ fn stream_protocol_errors(resource: &Value, protos: &Protos) -> Vec<FieldError> 
     let Some(protocol) = resource.get("protocol") else {
         return Vec::new();
     };
-    if protocol.get("name").and_then(Value::as_str) != Some(FRAMES_PROTOCOL) {
+    let conf = protocol.get("conf").cloned().unwrap_or(Value::Null);
+    let name = protocol.get("name").and_then(Value::as_str);
+    if name == Some(pylon_push::PROTOCOL_NAME) {
+        return push_config(&conf)
+            .err()
+            .into_iter()
+            .flatten()
+            .map(|e| e.within("protocol.conf"))
+            .collect();
+    }
+    if name != Some(FRAMES_PROTOCOL) {
         return Vec::new();
     }
-    let conf = protocol.get("conf").cloned().unwrap_or(Value::Null);
     let checked = FramesConfig::from_json(&conf)
         .map_err(|e| vec![e])
         .and_then(|config| {
@@ -499,6 +542,21 @@ fn stream_protocol_errors(resource: &Value, protos: &Protos) -> Vec<FieldError> 
         .flatten()
         .map(|e| e.within("protocol.conf"))
         .collect()
+}
+
+/// A push gateway's `protocol.conf`, checked, with the Redis its `redis` names and that
+/// Redis's key prefix; errors have paths relative to `protocol.conf`.
+pub fn push_config(conf: &Value) -> Result<(PushConfig, Arc<Redis>, String), Vec<FieldError>> {
+    let config = PushConfig::from_json(conf).map_err(|e| vec![e])?;
+    let mut errors = config.validate();
+    match shared_redis(&config.redis) {
+        Ok((redis, prefix)) if errors.is_empty() => Ok((config, redis, prefix)),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            errors.push(e.within("redis"));
+            Err(errors)
+        }
+    }
 }
 
 /// The message types of a framed-protocol command's bodies: its frame's body is a `request`,
@@ -559,6 +617,10 @@ pub fn frame_messages(
 
 /// The plugins a stream route runs: on a connection, not on HTTP requests.
 pub const STREAM_PLUGINS: [&str; 2] = ["ip-restriction", "limit-conn"];
+
+/// The plugins a push gateway's route may have besides: they check the token of each
+/// device's `auth` frame.
+pub const PUSH_AUTH_PLUGINS: [&str; 2] = ["key-auth", "jwt-auth"];
 
 /// What only a whole configuration shows of its plugins, beyond what [`check_resource`]
 /// finds in each resource: two consumers with the same credential (the same API key, say).

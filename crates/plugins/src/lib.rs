@@ -21,6 +21,7 @@ mod consumer_restriction;
 mod cors;
 mod credentials;
 mod descriptor;
+mod device_push;
 mod fault_injection;
 mod file_logger;
 mod forward_auth;
@@ -70,8 +71,8 @@ mod websocket_frames;
 pub use batch::ShipCounts;
 pub use catalog::{find, CATALOG};
 pub use compile::{
-    builds_every_plugin, check, check_config, check_resource, frame_messages, secret_pointers,
-    CompiledPlugins, FrameMessages, STREAM_PLUGINS,
+    builds_every_plugin, check, check_config, check_resource, frame_messages, push_config,
+    secret_pointers, CompiledPlugins, FrameMessages, PUSH_AUTH_PLUGINS, STREAM_PLUGINS,
 };
 pub use credentials::{Credential, Credentials};
 pub use descriptor::{Descriptor, MetadataSpec, Scope};

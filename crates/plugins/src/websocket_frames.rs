@@ -91,14 +91,16 @@ impl Plugin for WebSocketFrames {
 }
 
 /// The stream routes a resource's `websocket-frames` and `frames-push` name must exist and
-/// speak frames (and, for `mode: tcp`, have an upstream): `stream_route` finds a stream
-/// route's JSON by id. Errors have paths relative to the resource.
+/// speak frames (and, for `mode: tcp`, have an upstream), and the one `device-push` names
+/// must be a push gateway: `stream_route` finds a stream route's JSON by id. Errors have
+/// paths relative to the resource.
 pub fn check_bridged_stream_route<'v>(
     resource: &Value,
     stream_route: impl Fn(&str) -> Option<&'v Value>,
 ) -> Option<FieldError> {
     check_websocket_stream_route(resource, &stream_route)
         .or_else(|| crate::frames_push::check_pushed_stream_route(resource, &stream_route))
+        .or_else(|| crate::device_push::check_push_stream_route(resource, &stream_route))
 }
 
 fn check_websocket_stream_route<'v>(

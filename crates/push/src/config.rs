@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The `protocol.name` of a stream route whose connections are devices of the push gateway.
-pub const PROTOCOL_NAME: &str = "pylon-push";
+pub const PROTOCOL_NAME: &str = pylon_model::PUSH_PROTOCOL;
 
 /// The largest `max_body`: an idle device holds no buffer, a busy one at most this.
 const MAX_BODY_LIMIT: u64 = 1 << 20;
@@ -220,15 +220,43 @@ impl PushConfig {
             }
         };
         check("max_body".into(), self.max_body, 1..=MAX_BODY_LIMIT);
-        check("first_frame_timeout".into(), self.first_frame_timeout, 1..=3600);
-        check("heartbeat.interval".into(), self.heartbeat.interval, 1..=MAX_SECONDS);
+        check(
+            "first_frame_timeout".into(),
+            self.first_frame_timeout,
+            1..=3600,
+        );
+        check(
+            "heartbeat.interval".into(),
+            self.heartbeat.interval,
+            1..=MAX_SECONDS,
+        );
         for (network, interval) in &self.heartbeat.networks {
-            check(format!("heartbeat.networks.{network}"), *interval, 1..=MAX_SECONDS);
+            check(
+                format!("heartbeat.networks.{network}"),
+                *interval,
+                1..=MAX_SECONDS,
+            );
         }
-        check("heartbeat.missed".into(), self.heartbeat.missed.into(), 1..=10);
-        check("delivery.max_ttl".into(), self.delivery.max_ttl, 1..=MAX_TTL);
-        check("delivery.ttl".into(), self.delivery.ttl, 1..=self.delivery.max_ttl.max(1));
-        check("delivery.retention".into(), self.delivery.retention, 0..=MAX_TTL);
+        check(
+            "heartbeat.missed".into(),
+            self.heartbeat.missed.into(),
+            1..=10,
+        );
+        check(
+            "delivery.max_ttl".into(),
+            self.delivery.max_ttl,
+            1..=MAX_TTL,
+        );
+        check(
+            "delivery.ttl".into(),
+            self.delivery.ttl,
+            1..=self.delivery.max_ttl.max(1),
+        );
+        check(
+            "delivery.retention".into(),
+            self.delivery.retention,
+            0..=MAX_TTL,
+        );
         check("drain_spread".into(), self.drain_spread, 0..=3600);
         for app in self.apps.keys() {
             if let Err(reason) = crate::message::check_id(app) {

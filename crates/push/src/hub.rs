@@ -146,7 +146,10 @@ pub struct Rates {
 
 impl Rates {
     fn app_rate(&self, app: &str) -> u64 {
-        self.apps.get(app).and_then(|a| a.rate).unwrap_or(self.delivery.rate)
+        self.apps
+            .get(app)
+            .and_then(|a| a.rate)
+            .unwrap_or(self.delivery.rate)
     }
 
     fn broadcast_rate(&self, app: &str) -> u64 {
@@ -193,8 +196,19 @@ impl Hub {
     /// The hub of push route `route` on this node, shared by every compiled version of the
     /// route with the same Redis: its devices stay connected across configuration changes.
     /// A hub starts its thread when made, and the thread ends with the last holder.
-    pub fn shared(route: &str, redis: Arc<pylon_redis::Redis>, prefix: &str, node: &str, rates: Rates) -> Arc<Hub> {
-        let key = (route.to_owned(), redis.settings().clone(), prefix.to_owned(), node.to_owned());
+    pub fn shared(
+        route: &str,
+        redis: Arc<pylon_redis::Redis>,
+        prefix: &str,
+        node: &str,
+        rates: Rates,
+    ) -> Arc<Hub> {
+        let key = (
+            route.to_owned(),
+            redis.settings().clone(),
+            prefix.to_owned(),
+            node.to_owned(),
+        );
         let mut hubs = HUBS.lock().unwrap_or_else(PoisonError::into_inner);
         let hubs = hubs.get_or_insert_with(HashMap::new);
         if let Some(hub) = hubs.get(&key).and_then(Weak::upgrade) {
@@ -233,7 +247,9 @@ impl Hub {
         let spawned = std::thread::Builder::new()
             .name(format!("push-{node}"))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
                 match runtime {
                     Ok(runtime) => {
                         let tasks = tokio::task::LocalSet::new();
@@ -258,7 +274,11 @@ impl Hub {
 
     /// The heartbeat settings now.
     pub fn heartbeat(&self) -> Heartbeat {
-        self.rates.lock().unwrap_or_else(PoisonError::into_inner).heartbeat.clone()
+        self.rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .heartbeat
+            .clone()
     }
 
     /// A connection number no other connection of this node has.
@@ -282,7 +302,11 @@ impl Hub {
     /// The device acknowledged message `id`; `broadcast`: its place in the broadcast stream,
     /// when it came from there.
     pub fn acknowledge(&self, device: Arc<Device>, id: Box<str>, broadcast: Option<StreamPos>) {
-        let _ = self.events.send(Event::Ack { device, id, broadcast });
+        let _ = self.events.send(Event::Ack {
+            device,
+            id,
+            broadcast,
+        });
     }
 
     /// Tells every device of this node to reconnect, each after a delay spread over
@@ -294,14 +318,22 @@ impl Hub {
     /// Accepts a message from the push API: saved, then queued for its devices or appended
     /// to the broadcast stream. `Ok(false)`: its id is taken.
     pub async fn push(&self, message: Message) -> Result<bool, Error> {
-        let retention = self.rates.lock().unwrap_or_else(PoisonError::into_inner).delivery.retention * 1000;
+        let retention = self
+            .rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .delivery
+            .retention
+            * 1000;
         if !self.store.save(&message, retention).await? {
             return Ok(false);
         }
         match &message.target {
             Target::Devices(devices) => {
                 let devices = devices.clone();
-                self.store.send_to_devices(&Arc::new(message), &devices, now_ms()).await?;
+                self.store
+                    .send_to_devices(&Arc::new(message), &devices, now_ms())
+                    .await?;
             }
             Target::Tag(_) | Target::All => self.store.broadcast(&message).await?,
         }
@@ -329,7 +361,9 @@ impl Local {
     /// Where its cursor can move: through everything before the first broadcast not yet
     /// acknowledged.
     fn cursor(&self) -> StreamPos {
-        self.unacked.first().map_or(self.seen, |first| first.before())
+        self.unacked
+            .first()
+            .map_or(self.seen, |first| first.before())
     }
 }
 
@@ -368,8 +402,18 @@ struct Engine {
 impl Engine {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
         let (internal, mut reports) = mpsc::unbounded_channel();
-        tokio::task::spawn_local(read_streams(self.store.clone(), self.node.clone(), internal.clone(), self.counters.clone()));
-        tokio::task::spawn_local(keep_alive(self.store.clone(), self.node.clone(), internal.clone(), self.counters.clone()));
+        tokio::task::spawn_local(read_streams(
+            self.store.clone(),
+            self.node.clone(),
+            internal.clone(),
+            self.counters.clone(),
+        ));
+        tokio::task::spawn_local(keep_alive(
+            self.store.clone(),
+            self.node.clone(),
+            internal.clone(),
+            self.counters.clone(),
+        ));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushed = Instant::now();
@@ -404,10 +448,14 @@ impl Engine {
                 if let Some(old) = self.devices.insert(device.key.clone(), local) {
                     old.device.send(Outgoing::Close("replaced"));
                 }
-                let (store, node, internal) = (self.store.clone(), self.node.clone(), internal.clone());
+                let (store, node, internal) =
+                    (self.store.clone(), self.node.clone(), internal.clone());
                 let counters = self.counters.clone();
                 tokio::task::spawn_local(async move {
-                    match store.attach(&device.key, &node, device.conn, now_ms()).await {
+                    match store
+                        .attach(&device.key, &node, device.conn, now_ms())
+                        .await
+                    {
                         Ok(attached) => {
                             if let Some((other, conn)) = &attached.previous {
                                 if **other != *node {
@@ -428,7 +476,10 @@ impl Engine {
                 });
             }
             Event::Detach(device) => {
-                let current = self.devices.get(&device.key).is_some_and(|l| l.device.conn == device.conn);
+                let current = self
+                    .devices
+                    .get(&device.key)
+                    .is_some_and(|l| l.device.conn == device.conn);
                 if current {
                     if let Some(local) = self.devices.remove(&device.key) {
                         let cursor = local.cursor();
@@ -445,28 +496,34 @@ impl Engine {
                     });
                 }
             }
-            Event::Ack { device, id, broadcast } => {
-                match broadcast {
-                    Some(pos) => {
-                        let Some(local) = self.devices.get_mut(&device.key) else { return };
-                        if local.device.conn != device.conn || !local.unacked.remove(&pos) {
-                            return;
-                        }
-                        self.counts.entry(id).or_default().delivered += 1;
-                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                        let cursor = local.cursor();
-                        if cursor > local.written {
-                            local.written = cursor;
-                            self.cursors.insert(device.key.clone(), cursor);
-                        }
+            Event::Ack {
+                device,
+                id,
+                broadcast,
+            } => match broadcast {
+                Some(pos) => {
+                    let Some(local) = self.devices.get_mut(&device.key) else {
+                        return;
+                    };
+                    if local.device.conn != device.conn || !local.unacked.remove(&pos) {
+                        return;
                     }
-                    None => self.acks.push((device.key.clone(), id)),
+                    self.counts.entry(id).or_default().delivered += 1;
+                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    let cursor = local.cursor();
+                    if cursor > local.written {
+                        local.written = cursor;
+                        self.cursors.insert(device.key.clone(), cursor);
+                    }
                 }
-            }
+                None => self.acks.push((device.key.clone(), id)),
+            },
             Event::Drain(spread) => {
                 let spread_ms = spread.as_millis() as u64;
                 for local in self.devices.values() {
-                    local.device.send(Outgoing::Reconnect(fastrand::u64(0..=spread_ms)));
+                    local
+                        .device
+                        .send(Outgoing::Reconnect(fastrand::u64(0..=spread_ms)));
                 }
             }
         }
@@ -475,7 +532,9 @@ impl Engine {
     fn on_report(&mut self, report: Internal, internal: &mpsc::UnboundedSender<Internal>) {
         match report {
             Internal::Attached(device, attached) => {
-                let Some(local) = self.devices.get_mut(&device.key) else { return };
+                let Some(local) = self.devices.get_mut(&device.key) else {
+                    return;
+                };
                 if local.device.conn != device.conn {
                     return;
                 }
@@ -489,7 +548,9 @@ impl Engine {
             Internal::CaughtUp(device, entries) => {
                 let more = entries.len() == CATCH_UP_BATCH;
                 let now = now_ms();
-                let Some(local) = self.devices.get_mut(&device.key) else { return };
+                let Some(local) = self.devices.get_mut(&device.key) else {
+                    return;
+                };
                 if local.device.conn != device.conn {
                     return;
                 }
@@ -501,7 +562,10 @@ impl Engine {
                         continue;
                     }
                     if message.expired(now) {
-                        self.counts.entry(message.id.as_str().into()).or_default().expired += 1;
+                        self.counts
+                            .entry(message.id.as_str().into())
+                            .or_default()
+                            .expired += 1;
                         continue;
                     }
                     local.unacked.insert(pos);
@@ -526,7 +590,9 @@ impl Engine {
                     match entry {
                         InboxEntry::Deliver { device, message } => self.deliver(&device, &message),
                         InboxEntry::Kick { device, conn } => {
-                            if let Some(local) = self.devices.get(&device).filter(|l| l.device.conn == conn) {
+                            if let Some(local) =
+                                self.devices.get(&device).filter(|l| l.device.conn == conn)
+                            {
                                 local.device.send(Outgoing::Close("replaced"));
                             }
                         }
@@ -545,8 +611,14 @@ impl Engine {
     }
 
     /// Reads the broadcasts after `cursor` for a device that just attached.
-    fn catch_up(&self, device: Arc<Device>, cursor: StreamPos, internal: &mpsc::UnboundedSender<Internal>) {
-        let (store, internal, counters) = (self.store.clone(), internal.clone(), self.counters.clone());
+    fn catch_up(
+        &self,
+        device: Arc<Device>,
+        cursor: StreamPos,
+        internal: &mpsc::UnboundedSender<Internal>,
+    ) {
+        let (store, internal, counters) =
+            (self.store.clone(), internal.clone(), self.counters.clone());
         tokio::task::spawn_local(async move {
             match store.broadcasts_after(cursor, CATCH_UP_BATCH).await {
                 Ok(entries) => drop(internal.send(Internal::CaughtUp(device, entries))),
@@ -557,21 +629,30 @@ impl Engine {
 
     /// A message from the inbox to a device of this node, now or at its app's rate.
     fn deliver(&mut self, key: &DeviceKey, message: &Message) {
-        let Some(local) = self.devices.get(key) else { return };
+        let Some(local) = self.devices.get(key) else {
+            return;
+        };
         if message.expired(now_ms()) {
             return;
         }
         let device = local.device.clone();
         let delivery = Delivery::of(message, None);
-        let rate = self.rates.lock().unwrap_or_else(PoisonError::into_inner).app_rate(&message.app_id);
+        let rate = self
+            .rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .app_rate(&message.app_id);
         if rate == 0 || message.priority == Priority::High {
             return self.send_now(&device, delivery);
         }
-        let queue = self.apps.entry(key.app.clone()).or_insert_with(|| AppQueue {
-            bucket: Bucket::new(rate, Instant::now()),
-            rate,
-            waiting: VecDeque::new(),
-        });
+        let queue = self
+            .apps
+            .entry(key.app.clone())
+            .or_insert_with(|| AppQueue {
+                bucket: Bucket::new(rate, Instant::now()),
+                rate,
+                waiting: VecDeque::new(),
+            });
         if queue.rate != rate {
             queue.bucket = Bucket::new(rate, Instant::now());
             queue.rate = rate;
@@ -595,9 +676,14 @@ impl Engine {
             return;
         }
         let rates = self.rates.lock().unwrap_or_else(PoisonError::into_inner);
-        let rate = message.rate.unwrap_or_else(|| rates.broadcast_rate(&message.app_id));
+        let rate = message
+            .rate
+            .unwrap_or_else(|| rates.broadcast_rate(&message.app_id));
         drop(rates);
-        self.counts.entry(message.id.as_str().into()).or_default().targets += devices.len() as u64;
+        self.counts
+            .entry(message.id.as_str().into())
+            .or_default()
+            .targets += devices.len() as u64;
         self.fanouts.push_back(FanOut {
             delivery: Delivery::of(message, Some(pos)),
             expires_at: message.expires_at,
@@ -617,14 +703,19 @@ impl Engine {
             }
             let allowed = fanout.bucket.take(fanout.devices.len() - fanout.next, now);
             for device in &fanout.devices[fanout.next..fanout.next + allowed] {
-                let Some(local) = self.devices.get_mut(&device.key) else { continue };
+                let Some(local) = self.devices.get_mut(&device.key) else {
+                    continue;
+                };
                 if local.device.conn != device.conn {
                     continue;
                 }
                 let pos = fanout.delivery.broadcast.unwrap_or_default();
                 local.unacked.insert(pos);
                 local.seen = local.seen.max(pos);
-                self.counts.entry(fanout.delivery.id.clone()).or_default().sent += 1;
+                self.counts
+                    .entry(fanout.delivery.id.clone())
+                    .or_default()
+                    .sent += 1;
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 device.send(Outgoing::Push(fanout.delivery.clone()));
             }
@@ -654,7 +745,8 @@ impl Engine {
         let (store, counters) = (self.store.clone(), self.counters.clone());
         tokio::task::spawn_local(async move {
             let acknowledged = futures_util::future::join_all(
-                acks.iter().map(|(device, id)| store.acknowledge(device, id)),
+                acks.iter()
+                    .map(|(device, id)| store.acknowledge(device, id)),
             )
             .await;
             let mut counts = counts;
@@ -669,7 +761,9 @@ impl Engine {
                 }
             }
             let written = futures_util::future::join_all(
-                cursors.iter().map(|(device, cursor)| store.set_cursor(device, *cursor)),
+                cursors
+                    .iter()
+                    .map(|(device, cursor)| store.set_cursor(device, *cursor)),
             )
             .await;
             let counted = futures_util::future::join_all(
@@ -692,7 +786,12 @@ fn failed(counters: &HubCounters, what: &str, error: &Error) {
 
 /// Reads this node's inbox and the broadcast stream, each in its own task, for as long as
 /// the hub runs; a failed connection is made again after a pause.
-async fn read_streams(store: Arc<Store>, node: Arc<str>, internal: mpsc::UnboundedSender<Internal>, counters: Arc<HubCounters>) {
+async fn read_streams(
+    store: Arc<Store>,
+    node: Arc<str>,
+    internal: mpsc::UnboundedSender<Internal>,
+    counters: Arc<HubCounters>,
+) {
     loop {
         let reader = match store.reader(&node, READ_BLOCK).await {
             Ok(reader) => reader,
@@ -702,7 +801,10 @@ async fn read_streams(store: Arc<Store>, node: Arc<str>, internal: mpsc::Unbound
                 continue;
             }
         };
-        let Reader { mut inbox, mut broadcasts } = reader;
+        let Reader {
+            mut inbox,
+            mut broadcasts,
+        } = reader;
         let inbox_loop = async {
             loop {
                 match inbox.next_inbox().await {
@@ -742,7 +844,12 @@ async fn read_streams(store: Arc<Store>, node: Arc<str>, internal: mpsc::Unbound
 
 /// Tells the other nodes this one is alive (and learns how many are), and counts the
 /// messages that expired in devices' queues.
-async fn keep_alive(store: Arc<Store>, node: Arc<str>, internal: mpsc::UnboundedSender<Internal>, counters: Arc<HubCounters>) {
+async fn keep_alive(
+    store: Arc<Store>,
+    node: Arc<str>,
+    internal: mpsc::UnboundedSender<Internal>,
+    counters: Arc<HubCounters>,
+) {
     loop {
         match store.heartbeat(&node, now_ms()).await {
             Ok(nodes) => {

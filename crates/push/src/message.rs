@@ -24,7 +24,8 @@ pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(format!("must be 1 to {MAX_ID_LEN} bytes"));
     }
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-');
+    let allowed =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-');
     if !id.bytes().all(allowed) {
         return Err("may hold letters, digits and `_.:@-` only".into());
     }
@@ -109,13 +110,18 @@ struct PushFrame<'m> {
 impl Message {
     /// Reads a push request's body at `now_ms`, with the delivery defaults; the error names
     /// the field.
-    pub fn from_request(body: &[u8], delivery: &Delivery, now_ms: u64) -> Result<Message, FieldError> {
+    pub fn from_request(
+        body: &[u8],
+        delivery: &Delivery,
+        now_ms: u64,
+    ) -> Result<Message, FieldError> {
         let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let request: PushRequest = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            FieldError::new(path, e.into_inner().to_string())
-        })?;
+        let request: PushRequest =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                FieldError::new(path, e.into_inner().to_string())
+            })?;
         let id = match request.id {
             Some(id) => {
                 check_id(&id).map_err(|e| FieldError::new("id", e))?;
@@ -189,7 +195,10 @@ impl Message {
                 ));
             }
             if rate == 0 {
-                return Err(FieldError::new("rate", "must be at least 1 device per second"));
+                return Err(FieldError::new(
+                    "rate",
+                    "must be at least 1 device per second",
+                ));
             }
         }
         Ok(Message {
@@ -212,7 +221,9 @@ impl Message {
             data: &self.data,
             collapse_key: self.collapse_key.as_deref(),
         };
-        serde_json::to_vec(&frame).map(Bytes::from).unwrap_or_default()
+        serde_json::to_vec(&frame)
+            .map(Bytes::from)
+            .unwrap_or_default()
     }
 
     /// Whether it has expired at `now_ms`.
@@ -253,13 +264,21 @@ mod tests {
         let m = read(json!({"app_id": "a", "device_id": "d1", "data": {"t": 1}})).unwrap();
         assert_eq!(m.target, Target::Devices(vec!["d1".into()]));
         assert_eq!(m.expires_at, 1_000 + 86_400_000);
-        let m = read(json!({"app_id": "a", "device_ids": ["d2", "d1", "d2"], "data": 1,
-            "ttl": 5, "priority": "high", "collapse_key": "score", "id": "m-1"}))
+        let m = read(
+            json!({"app_id": "a", "device_ids": ["d2", "d1", "d2"], "data": 1,
+            "ttl": 5, "priority": "high", "collapse_key": "score", "id": "m-1"}),
+        )
         .unwrap();
         assert_eq!(m.target, Target::Devices(vec!["d1".into(), "d2".into()]));
-        assert_eq!((m.id.as_str(), m.priority, m.expires_at), ("m-1", Priority::High, 6_000));
+        assert_eq!(
+            (m.id.as_str(), m.priority, m.expires_at),
+            ("m-1", Priority::High, 6_000)
+        );
         let m = read(json!({"app_id": "a", "tag": "a AND NOT b", "data": 1, "rate": 10})).unwrap();
-        assert_eq!((m.target, m.rate), (Target::Tag("a AND NOT b".into()), Some(10)));
+        assert_eq!(
+            (m.target, m.rate),
+            (Target::Tag("a AND NOT b".into()), Some(10))
+        );
         let m = read(json!({"app_id": "a", "all": true, "data": "hi"})).unwrap();
         assert_eq!(m.target, Target::All);
         assert_eq!(
@@ -271,19 +290,67 @@ mod tests {
     #[test]
     fn a_bad_request_names_its_field() {
         let cases = [
-            (json!({"device_id": "d", "data": 1}), "", "missing field `app_id`"),
+            (
+                json!({"device_id": "d", "data": 1}),
+                "",
+                "missing field `app_id`",
+            ),
             (json!({"app_id": "a", "data": 1}), "", "give exactly one of"),
-            (json!({"app_id": "a", "device_id": "d", "all": true, "data": 1}), "", "give exactly one of"),
-            (json!({"app_id": "a", "device_id": "d x", "data": 1}), "device_id", "may hold"),
-            (json!({"app_id": "a", "device_ids": ["d", ""], "data": 1}), "device_ids[1]", "must be 1 to"),
-            (json!({"app_id": "a", "device_ids": [], "data": 1}), "device_ids", "must list"),
-            (json!({"app_id": "a", "tag": "a AND", "data": 1}), "tag", "ends where"),
-            (json!({"app_id": "a", "all": true, "data": 1, "ttl": 0}), "ttl", "must be 1 to"),
-            (json!({"app_id": "a", "all": true, "data": 1, "priority": "urgent"}), "priority", "unknown variant"),
-            (json!({"app_id": "a", "all": true, "data": 1, "collapse_key": "k"}), "collapse_key", "applies to"),
-            (json!({"app_id": "a", "device_id": "d", "data": 1, "rate": 5}), "rate", "applies to"),
-            (json!({"app_id": "a", "device_id": "d", "data": 1, "extra": 5}), "extra", "unknown field"),
-            (json!({"app_id": "a", "device_id": "d", "data": "x".repeat(MAX_DATA)}), "data", "bytes; at most"),
+            (
+                json!({"app_id": "a", "device_id": "d", "all": true, "data": 1}),
+                "",
+                "give exactly one of",
+            ),
+            (
+                json!({"app_id": "a", "device_id": "d x", "data": 1}),
+                "device_id",
+                "may hold",
+            ),
+            (
+                json!({"app_id": "a", "device_ids": ["d", ""], "data": 1}),
+                "device_ids[1]",
+                "must be 1 to",
+            ),
+            (
+                json!({"app_id": "a", "device_ids": [], "data": 1}),
+                "device_ids",
+                "must list",
+            ),
+            (
+                json!({"app_id": "a", "tag": "a AND", "data": 1}),
+                "tag",
+                "ends where",
+            ),
+            (
+                json!({"app_id": "a", "all": true, "data": 1, "ttl": 0}),
+                "ttl",
+                "must be 1 to",
+            ),
+            (
+                json!({"app_id": "a", "all": true, "data": 1, "priority": "urgent"}),
+                "priority",
+                "unknown variant",
+            ),
+            (
+                json!({"app_id": "a", "all": true, "data": 1, "collapse_key": "k"}),
+                "collapse_key",
+                "applies to",
+            ),
+            (
+                json!({"app_id": "a", "device_id": "d", "data": 1, "rate": 5}),
+                "rate",
+                "applies to",
+            ),
+            (
+                json!({"app_id": "a", "device_id": "d", "data": 1, "extra": 5}),
+                "extra",
+                "unknown field",
+            ),
+            (
+                json!({"app_id": "a", "device_id": "d", "data": "x".repeat(MAX_DATA)}),
+                "data",
+                "bytes; at most",
+            ),
         ];
         for (body, path, message) in cases {
             let (p, m) = refused(body.clone());

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use pylon_redis::{cmd, Dedicated, Error, Redis, Script, StreamId, StreamRangeReply, StreamReadReply, Value};
+use pylon_redis::{
+    cmd, Dedicated, Error, Redis, Script, StreamId, StreamRangeReply, StreamReadReply, Value,
+};
 use serde::Serialize;
 
 use crate::message::Message;
@@ -86,7 +88,10 @@ impl DeviceKey {
 #[derive(Debug, Clone)]
 pub enum InboxEntry {
     /// Deliver the message to the device, if connected here.
-    Deliver { device: DeviceKey, message: Arc<Message> },
+    Deliver {
+        device: DeviceKey,
+        message: Arc<Message>,
+    },
     /// Close the device's connection `conn`: it connected again elsewhere.
     Kick { device: DeviceKey, conn: u64 },
 }
@@ -185,7 +190,10 @@ impl Store {
     }
 
     fn device_key(&self, device: &DeviceKey, part: &str) -> String {
-        format!("{}:{{{}:{}}}:{part}", self.prefix, device.app, device.device)
+        format!(
+            "{}:{{{}:{}}}:{part}",
+            self.prefix, device.app, device.device
+        )
     }
 
     fn message_key(&self, id: &str) -> String {
@@ -280,8 +288,14 @@ impl Store {
         for result in join_all(sends.iter().map(|add| self.redis.query::<Value>(add))).await {
             result?;
         }
-        self.count(&message.id, CountDelta { targets: devices.len() as u64, ..Default::default() })
-            .await
+        self.count(
+            &message.id,
+            CountDelta {
+                targets: devices.len() as u64,
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Appends a message to a tag or to all to the broadcast stream every node reads.
@@ -300,7 +314,13 @@ impl Store {
 
     /// Records that `node` holds the device on connection `conn`, and reads what waits for
     /// it. A device never seen before starts its broadcast cursor at the stream's end.
-    pub async fn attach(&self, device: &DeviceKey, node: &str, conn: u64, now_ms: u64) -> Result<Attached, Error> {
+    pub async fn attach(
+        &self,
+        device: &DeviceKey,
+        node: &str,
+        conn: u64,
+        now_ms: u64,
+    ) -> Result<Attached, Error> {
         let mut invocation = self.attach.key(self.device_key(device, "s"));
         invocation
             .key(self.device_key(device, "q"))
@@ -308,8 +328,12 @@ impl Store {
             .arg(conn)
             .arg(now_ms + DEVICE_RETENTION_MS)
             .arg(MAX_PENDING);
-        let (before_node, before_conn, cursor, ids): (Option<String>, Option<u64>, Option<String>, Vec<String>) =
-            self.redis.invoke(&invocation).await?;
+        let (before_node, before_conn, cursor, ids): (
+            Option<String>,
+            Option<u64>,
+            Option<String>,
+            Vec<String>,
+        ) = self.redis.invoke(&invocation).await?;
         let previous = before_node
             .zip(before_conn)
             .filter(|(n, c)| !(n == node && *c == conn));
@@ -334,19 +358,38 @@ impl Store {
                 Some(message) if !message.expired(now_ms) => pending.push(Arc::new(message)),
                 Some(_) => self.expire(id, device).await?,
                 // Gone past its retention: nothing to count.
-                None => self.redis.query::<i64>(cmd("ZREM").arg(self.device_key(device, "q")).arg(id)).await.map(drop)?,
+                None => self
+                    .redis
+                    .query::<i64>(cmd("ZREM").arg(self.device_key(device, "q")).arg(id))
+                    .await
+                    .map(drop)?,
             }
         }
-        Ok(Attached { previous, pending, cursor })
+        Ok(Attached {
+            previous,
+            pending,
+            cursor,
+        })
     }
 
     /// The last position of the broadcast stream (`0-0` when it is empty).
     async fn broadcast_end(&self) -> Result<StreamPos, Error> {
         let last: StreamRangeReply = self
             .redis
-            .query(cmd("XREVRANGE").arg(self.broadcast_key()).arg("+").arg("-").arg("COUNT").arg(1))
+            .query(
+                cmd("XREVRANGE")
+                    .arg(self.broadcast_key())
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1),
+            )
             .await?;
-        Ok(last.ids.first().and_then(|e| StreamPos::parse(&e.id)).unwrap_or_default())
+        Ok(last
+            .ids
+            .first()
+            .and_then(|e| StreamPos::parse(&e.id))
+            .unwrap_or_default())
     }
 
     /// Forgets which node holds the device, if `conn` still does.
@@ -380,7 +423,11 @@ impl Store {
             .await?;
         if removed == 1 {
             self.redis
-                .query::<i64>(cmd("ZREM").arg(self.expiry_key()).arg(format!("{id}|{}", device.joined())))
+                .query::<i64>(
+                    cmd("ZREM")
+                        .arg(self.expiry_key())
+                        .arg(format!("{id}|{}", device.joined())),
+                )
                 .await?;
         }
         Ok(removed == 1)
@@ -389,7 +436,12 @@ impl Store {
     /// Moves the device's broadcast cursor.
     pub async fn set_cursor(&self, device: &DeviceKey, cursor: StreamPos) -> Result<(), Error> {
         self.redis
-            .query::<i64>(cmd("HSET").arg(self.device_key(device, "s")).arg("bc").arg(cursor.to_string()))
+            .query::<i64>(
+                cmd("HSET")
+                    .arg(self.device_key(device, "s"))
+                    .arg("bc")
+                    .arg(cursor.to_string()),
+            )
             .await
             .map(drop)
     }
@@ -401,7 +453,14 @@ impl Store {
             .query(cmd("ZREM").arg(self.device_key(device, "q")).arg(id))
             .await?;
         if removed == 1 {
-            self.count(id, CountDelta { expired: 1, ..Default::default() }).await?;
+            self.count(
+                id,
+                CountDelta {
+                    expired: 1,
+                    ..Default::default()
+                },
+            )
+            .await?;
         }
         Ok(())
     }
@@ -422,8 +481,13 @@ impl Store {
             )
             .await?;
         for member in &due {
-            let taken: i64 = self.redis.query(cmd("ZREM").arg(self.expiry_key()).arg(member)).await?;
-            let Some((id, device)) = member.split_once('|') else { continue };
+            let taken: i64 = self
+                .redis
+                .query(cmd("ZREM").arg(self.expiry_key()).arg(member))
+                .await?;
+            let Some((id, device)) = member.split_once('|') else {
+                continue;
+            };
             if let (1, Some(device)) = (taken, DeviceKey::parse(device)) {
                 self.expire(id, &device).await?;
             }
@@ -440,14 +504,11 @@ impl Store {
             ("delivered", delta.delivered),
             ("expired", delta.expired),
         ];
-        let increments = fields
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(field, n)| {
-                let mut increment = cmd("HINCRBY");
-                increment.arg(&key).arg(*field).arg(*n);
-                async move { self.redis.query::<i64>(&increment).await }
-            });
+        let increments = fields.iter().filter(|(_, n)| *n > 0).map(|(field, n)| {
+            let mut increment = cmd("HINCRBY");
+            increment.arg(&key).arg(*field).arg(*n);
+            async move { self.redis.query::<i64>(&increment).await }
+        });
         for result in join_all(increments).await {
             result?;
         }
@@ -456,7 +517,10 @@ impl Store {
 
     /// A message and its counts; `None` once it is gone (past its retention) or never was.
     pub async fn message(&self, id: &str) -> Result<Option<(Message, Counts)>, Error> {
-        let fields: HashMap<String, String> = self.redis.query(cmd("HGETALL").arg(self.message_key(id))).await?;
+        let fields: HashMap<String, String> = self
+            .redis
+            .query(cmd("HGETALL").arg(self.message_key(id)))
+            .await?;
         let Some(message) = fields.get("m").and_then(|m| serde_json::from_str(m).ok()) else {
             return Ok(None);
         };
@@ -474,15 +538,26 @@ impl Store {
     pub async fn heartbeat(&self, node: &str, now_ms: u64) -> Result<u64, Error> {
         let key = self.nodes_key();
         let alive_since = now_ms.saturating_sub(NODE_ALIVE.as_millis() as u64);
-        self.redis.query::<i64>(cmd("ZADD").arg(&key).arg(now_ms).arg(node)).await?;
         self.redis
-            .query::<i64>(cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(format!("({alive_since}")))
+            .query::<i64>(cmd("ZADD").arg(&key).arg(now_ms).arg(node))
+            .await?;
+        self.redis
+            .query::<i64>(
+                cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(format!("({alive_since}")),
+            )
             .await?;
         self.redis.query(cmd("ZCARD").arg(&key)).await
     }
 
     /// Broadcasts after `cursor`, up to `count` of them, for a device catching up.
-    pub async fn broadcasts_after(&self, cursor: StreamPos, count: usize) -> Result<Vec<(StreamPos, Option<Message>)>, Error> {
+    pub async fn broadcasts_after(
+        &self,
+        cursor: StreamPos,
+        count: usize,
+    ) -> Result<Vec<(StreamPos, Option<Message>)>, Error> {
         let reply: StreamRangeReply = self
             .redis
             .query(
@@ -500,8 +575,16 @@ impl Store {
     /// A reader of this node's inbox and of the broadcast stream, from their ends now.
     pub async fn reader(&self, node: &str, block: Duration) -> Result<Reader, Error> {
         Ok(Reader {
-            inbox: Tail::new(self.redis.dedicated(block).await?, self.inbox_key(node), block),
-            broadcasts: Tail::new(self.redis.dedicated(block).await?, self.broadcast_key(), block),
+            inbox: Tail::new(
+                self.redis.dedicated(block).await?,
+                self.inbox_key(node),
+                block,
+            ),
+            broadcasts: Tail::new(
+                self.redis.dedicated(block).await?,
+                self.broadcast_key(),
+                block,
+            ),
         })
     }
 }
@@ -561,7 +644,11 @@ impl Tail {
                     .arg(&self.last),
             )
             .await?;
-        let entries: Vec<StreamId> = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+        let entries: Vec<StreamId> = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect();
         if let Some(last) = entries.last() {
             self.last = last.id.clone();
         }
@@ -579,7 +666,10 @@ impl Tail {
                     return Some(InboxEntry::Kick { device, conn });
                 }
                 let message = serde_json::from_str(&text(entry.map.get("m"))?).ok()?;
-                Some(InboxEntry::Deliver { device, message: Arc::new(message) })
+                Some(InboxEntry::Deliver {
+                    device,
+                    message: Arc::new(message),
+                })
             })
             .collect())
     }

@@ -125,7 +125,9 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
                 }
                 let word = &text[start..at];
                 if word.len() > MAX_TAG_LEN {
-                    return Err(format!("the tag at byte {start} is over {MAX_TAG_LEN} bytes"));
+                    return Err(format!(
+                        "the tag at byte {start} is over {MAX_TAG_LEN} bytes"
+                    ));
                 }
                 tokens.push(keyword(word).unwrap_or_else(|| Token::Tag(word.to_owned())));
             }

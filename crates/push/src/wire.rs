@@ -93,7 +93,9 @@ pub fn error(why: &str) -> Bytes {
 }
 
 fn json(value: &impl Serialize) -> Bytes {
-    serde_json::to_vec(value).map(Bytes::from).unwrap_or_default()
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -111,10 +113,14 @@ mod tests {
         let refused = |body: &str| Hello::parse(body.as_bytes()).unwrap_err();
         assert!(refused("garbage").starts_with("bad auth frame"));
         assert!(refused(r#"{"token":"k","device_id":"","app_id":"a"}"#).starts_with("device_id"));
-        assert!(refused(r#"{"token":"k","device_id":"d","app_id":"a","tags":["x y"]}"#)
-            .starts_with("tag \"x y\""));
-        assert!(refused(r#"{"token":"k","device_id":"d","app_id":"a","x":1}"#)
-            .contains("unknown field"));
+        assert!(
+            refused(r#"{"token":"k","device_id":"d","app_id":"a","tags":["x y"]}"#)
+                .starts_with("tag \"x y\"")
+        );
+        assert!(
+            refused(r#"{"token":"k","device_id":"d","app_id":"a","x":1}"#)
+                .contains("unknown field")
+        );
     }
 
     #[test]

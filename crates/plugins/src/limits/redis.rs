@@ -122,6 +122,29 @@ pub(crate) fn store(config: &Value) -> Result<(Cow<'_, Value>, Store), FieldErro
     Ok((Cow::Owned(Value::Object(own)), store))
 }
 
+/// The Redis of a configuration other than a limiting plugin's (a push gateway's `redis`):
+/// `limit-count`'s Redis fields, with `policy` `redis` or `redis-cluster`. Answers the
+/// shared client and what every key starts with (`redis_prefix`, by default `pylon`).
+pub fn shared_redis(config: &Value) -> Result<(Arc<Redis>, String), FieldError> {
+    if !config.is_object() {
+        return Err(FieldError::new("", "must be an object"));
+    }
+    let (own, store) = store(config)?;
+    let unknown = own
+        .as_object()
+        .and_then(|o| o.keys().find(|f| *f != "policy"));
+    if let Some(field) = unknown {
+        return Err(FieldError::new(field.as_str(), "is not a Redis field"));
+    }
+    match store {
+        Store::Redis(shared) => Ok((shared.redis, shared.namespace)),
+        Store::Local => Err(FieldError::new(
+            "policy",
+            "must be `redis` or `redis-cluster`",
+        )),
+    }
+}
+
 /// The settings of `policy`, or `None` for `local`.
 fn settings(policy: Policy, f: RedisFields) -> Result<Option<Settings>, FieldError> {
     let timeout_ms = f.redis_timeout.unwrap_or(DEFAULT_TIMEOUT_MS);
