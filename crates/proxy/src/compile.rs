@@ -9,8 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use pylon_discovery::{Registry, ServiceWatch};
-use pylon_model::{Config, Key, Kind, Node, Route, Service, StreamRoute, Upstream};
-use pylon_plugins::{builds_every_plugin, route_split_upstreams, CompiledPlugins, SplitTarget};
+use pylon_model::{Config, Key, Kind, Node, Route, Service, StreamRoute, Upstream, PUSH_PROTOCOL};
+use pylon_plugins::{
+    builds_every_plugin, push_config, route_split_upstreams, CompiledPlugins, SplitTarget,
+};
 use pylon_router::{RouteSpec, RouterBuilder};
 use pylon_store::Revision;
 
@@ -20,6 +22,7 @@ use crate::settings::UpstreamDefaults;
 use crate::snapshot::{
     compile_upstream, resolve, CompileError, RouteTarget, Snapshot, Split, Timeouts, UpstreamTarget,
 };
+use crate::stream::push::PushGateway;
 use crate::stream::{ConnLimit, StreamTable, StreamTarget};
 use crate::tls::{SniTable, TlsContext};
 use serde_json::Value;
@@ -29,6 +32,8 @@ const DNS: &str = "dns";
 
 /// The compiled state of the configuration in force, kept between versions.
 pub(crate) struct Compiler {
+    /// This node's id: a push gateway's devices are recorded in Redis as held by it.
+    node: Arc<str>,
     defaults: UpstreamDefaults,
     tls: Arc<TlsContext>,
     health: Arc<HealthRegistry>,
@@ -108,12 +113,14 @@ pub(crate) struct Compiled {
 
 impl Compiler {
     pub(crate) fn new(
+        node: Arc<str>,
         defaults: UpstreamDefaults,
         tls: Arc<TlsContext>,
         health: Arc<HealthRegistry>,
         discovery: Registry,
     ) -> Self {
         Self {
+            node,
             defaults,
             tls,
             health,
@@ -168,12 +175,13 @@ impl Compiler {
             self.certificates = Arc::new(SniTable::compile(&config.ssls, &self.tls));
         }
         self.recompile(config, affected, &mut not_served);
-        // Frames routes take their message types from the protos.
+        // Frames routes take their message types from the protos; push gateways check
+        // devices against the consumers.
         let streams_touched = changed.iter().any(|key| {
             matches!(
                 key.kind,
                 Kind::StreamRoutes | Kind::Upstreams | Kind::Services | Kind::Protos
-            )
+            ) || builds_every_plugin(key.kind) && self.stream.push_gateways().next().is_some()
         });
         if streams_touched && !(config.stream_routes.is_empty() && self.stream.is_empty()) {
             self.compile_streams(config, &mut not_served);
@@ -299,8 +307,37 @@ impl Compiler {
             None => None,
         };
         let (key, target) = upstream.unzip();
+        let push = match &route.protocol {
+            Some(protocol) if protocol.name == PUSH_PROTOCOL => {
+                let built = self
+                    .plugins
+                    .push_auth_chain(id, route.plugins.as_ref())
+                    .and_then(|auth| {
+                        PushGateway::new(&protocol.conf, auth, &self.node, id, push_config)
+                    });
+                match built {
+                    Ok(gateway) => Some(Arc::new(gateway)),
+                    Err(e) => {
+                        if let Some(key) = &key {
+                            self.release_upstream(key, user);
+                        }
+                        return Err(located(&e));
+                    }
+                }
+            }
+            _ => None,
+        };
         let protos = self.plugins.protos();
-        match StreamTarget::new(id, route, target, scheme, connect_timeout, limit, protos) {
+        match StreamTarget::new(
+            id,
+            route,
+            target,
+            scheme,
+            connect_timeout,
+            limit,
+            protos,
+            push,
+        ) {
             Ok(target) => Ok((target, key)),
             Err(e) => {
                 if let Some(key) = &key {
@@ -768,8 +805,13 @@ impl Snapshot {
     pub(crate) fn compile(config: &Config) -> Snapshot {
         let tls = Arc::new(TlsContext::new(None, None).expect("a default TLS context builds"));
         let discovery = Registry::new(&Default::default()).expect("default discovery settings");
-        let mut compiler =
-            Compiler::new(UpstreamDefaults::default(), tls, Arc::default(), discovery);
+        let mut compiler = Compiler::new(
+            "node".into(),
+            UpstreamDefaults::default(),
+            tls,
+            Arc::default(),
+            discovery,
+        );
         let keys: Vec<Key> = config.keys().collect();
         compiler.update(config, &keys, 1).snapshot
     }
@@ -827,6 +869,7 @@ mod tests {
             Self {
                 entries: BTreeMap::new(),
                 compiler: Compiler::new(
+                    "node".into(),
                     UpstreamDefaults::default(),
                     tls,
                     Arc::default(),

@@ -64,7 +64,13 @@ impl Publisher {
         Self {
             views: replica.subscribe(),
             cell,
-            compiler: Compiler::new(defaults, tls, health.clone(), discovery.clone()),
+            compiler: Compiler::new(
+                node.id.as_str().into(),
+                defaults,
+                tls,
+                health.clone(),
+                discovery.clone(),
+            ),
             discovery,
             keyring,
             health,

@@ -63,6 +63,10 @@ pub(crate) fn run(
             }
         }
         worker.stop();
+        // Devices are told to reconnect (to the other nodes), each after its own delay.
+        for gateway in worker.view().snapshot.stream.push_gateways() {
+            gateway.drain();
+        }
         let deadline = Instant::now() + worker.limits.shutdown_grace;
         while worker.connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;

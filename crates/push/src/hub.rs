@@ -8,7 +8,7 @@
 //! connection waits for Redis, and an idle connection holds nothing but its [`Device`].
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -190,6 +190,7 @@ pub struct Hub {
     events: mpsc::UnboundedSender<Event>,
     next_conn: AtomicU64,
     counters: Arc<HubCounters>,
+    draining: AtomicBool,
 }
 
 impl Hub {
@@ -230,6 +231,7 @@ impl Hub {
             events,
             next_conn: AtomicU64::new(fastrand::u64(1..u64::MAX / 2)),
             counters: Arc::default(),
+            draining: AtomicBool::new(false),
         });
         let engine = Engine {
             node: hub.node.clone(),
@@ -272,6 +274,15 @@ impl Hub {
         &self.counters
     }
 
+    /// The delivery settings now.
+    pub fn delivery(&self) -> DeliveryConfig {
+        self.rates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .delivery
+            .clone()
+    }
+
     /// The heartbeat settings now.
     pub fn heartbeat(&self) -> Heartbeat {
         self.rates
@@ -310,9 +321,12 @@ impl Hub {
     }
 
     /// Tells every device of this node to reconnect, each after a delay spread over
-    /// `spread`: a stopping node's devices move to the others without a stampede.
+    /// `spread`: a stopping node's devices move to the others without a stampede. Once:
+    /// every worker of a stopping node asks.
     pub fn drain(&self, spread: Duration) {
-        let _ = self.events.send(Event::Drain(spread));
+        if !self.draining.swap(true, Ordering::Relaxed) {
+            let _ = self.events.send(Event::Drain(spread));
+        }
     }
 
     /// Accepts a message from the push API: saved, then queued for its devices or appended

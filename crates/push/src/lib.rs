@@ -18,3 +18,4 @@ pub mod wire;
 
 pub use config::{PushConfig, PROTOCOL_NAME};
 pub use message::{Message, Priority, Target};
+pub use pylon_redis::Error as StoreError;

@@ -73,6 +73,18 @@ pub fn auth_ok(heartbeat: u64, node: &str) -> Bytes {
 }
 
 #[derive(Serialize)]
+struct HeartbeatChanged {
+    heartbeat: u64,
+}
+
+/// The `pong` body that tells the device its ping interval changed.
+pub fn heartbeat(interval: u64) -> Bytes {
+    json(&HeartbeatChanged {
+        heartbeat: interval,
+    })
+}
+
+#[derive(Serialize)]
 struct Reconnect {
     after_ms: u64,
 }

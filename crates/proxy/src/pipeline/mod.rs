@@ -3,6 +3,7 @@
 //! answer), the log phase and the access log. A server codec ([`Downstream`]) supplies the
 //! request and carries out the answers in its wire format; [`run`] is monomorphised per codec.
 
+mod device_push;
 mod plugins;
 mod push;
 mod transcode;
@@ -162,20 +163,27 @@ pub(crate) async fn run<D: Downstream>(
             let push = (decided.is_none() && bridge.is_none())
                 .then(|| plugins.frames_push(ctx))
                 .flatten();
-            let outcome = match (decided, bridge, push) {
-                (Some(reply), _, _) => {
+            let device_push = (decided.is_none() && bridge.is_none() && push.is_none())
+                .then(|| plugins.device_push(ctx))
+                .flatten();
+            let outcome = match (decided, bridge, push, device_push) {
+                (Some(reply), _, _, _) => {
                     let reply = plugins.reply(ctx, reply);
                     downstream.reply(vars, &reply, End::Complete).await
                 }
-                (None, Some(bridge), _) => {
+                (None, Some(bridge), _, _) => {
                     let work = PluginWork { plugins, ctx };
                     downstream.bridge(vars, bridge, work).await
                 }
-                (None, None, Some(push)) => {
+                (None, None, Some(push), _) => {
                     let work = PluginWork { plugins, ctx };
                     push::push(worker, downstream, vars, &push, work).await
                 }
-                (None, None, None) => {
+                (None, None, None, Some(api)) => {
+                    let work = PluginWork { plugins, ctx };
+                    device_push::serve(worker, downstream, vars, &api, work).await
+                }
+                (None, None, None, None) => {
                     let work = PluginWork { plugins, ctx };
                     let chosen = ctx.upstream_override.as_deref();
                     let upstream = route.and_then(|r| r.upstream_for(chosen));

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pylon_plugin::{
-    BodyFilters, Chain, Consumer, FramesBridge, FramesPush, LogCtx, MetricNames, Phase, Reply,
-    RequestBodyInspectors, RequestCtx, RequestPhase, RequestTaps, ResponseCtx, ResponseEdits,
-    ResponseHeaders, Transcoder,
+    BodyFilters, Chain, Consumer, DevicePush, FramesBridge, FramesPush, LogCtx, MetricNames, Phase,
+    Reply, RequestBodyInspectors, RequestCtx, RequestPhase, RequestTaps, ResponseCtx,
+    ResponseEdits, ResponseHeaders, Transcoder,
 };
 
 use crate::error::GatewayError;
@@ -182,6 +182,19 @@ impl<'s> Plugins<'s> {
         let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
         (self.global.frames_bridge(ctx, None))
             .or_else(|| self.route.frames_bridge(ctx, consumer_plugins))
+            .cloned()
+    }
+
+    /// The push gateway whose API the request is, when a plugin has the gateway serve it;
+    /// a bit test for every other route.
+    pub fn device_push(&self, ctx: &RequestCtx<'_>) -> Option<DevicePush> {
+        if !self.uses(Phase::Bridge, ctx) {
+            return None;
+        }
+        let consumer = ctx.consumer().cloned();
+        let consumer_plugins = consumer.as_deref().map(Consumer::plugins);
+        (self.global.device_push(ctx, None))
+            .or_else(|| self.route.device_push(ctx, consumer_plugins))
             .cloned()
     }
 

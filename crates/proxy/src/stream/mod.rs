@@ -12,6 +12,7 @@
 
 pub(crate) mod bindings;
 mod frames;
+pub(crate) mod push;
 mod relay;
 mod sni;
 mod table;
@@ -42,6 +43,7 @@ use crate::upstream::connect_with_preface;
 use crate::upstream::pool::UpstreamConn;
 use crate::worker::Worker;
 use frames::Frames;
+use push::PushGateway;
 use table::{Admission, ConnPermit};
 
 /// A connection to a stream listener; `tls`: the listener terminates TLS, with the `ssls`.
@@ -122,6 +124,7 @@ struct Session {
 enum Serving {
     Relay(UpstreamConn),
     Frames(Arc<Frames>),
+    Push(Arc<PushGateway>),
 }
 
 /// Reads a ClientHello's server name into `early` (none: not TLS, no name, or not within
@@ -151,7 +154,7 @@ async fn read_server_name(
 
 async fn proxy<C>(worker: &Rc<Worker>, client_io: C, arrival: &Arrival<'_>, started: Instant)
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let mut session = Session {
         status: 404,
@@ -161,7 +164,7 @@ where
         relayed: relay::Relayed::default(),
         failure: None,
     };
-    if let Some((serving, _permit)) = open(worker, arrival, &mut session).await {
+    if let Some((serving, permit)) = open(worker, arrival, &mut session).await {
         session.status = 200;
         match serving {
             Serving::Relay(upstream) => {
@@ -184,7 +187,15 @@ where
                 (session.relayed, session.failure) =
                     frames::serve(worker, client_io, route_id, &frames, client, local).await;
             }
+            Serving::Push(gateway) => {
+                // A device's connection lives long and idle: it gets a task of its own,
+                // which logs it when it ends.
+                let route_id = session.route_id.unwrap_or_default();
+                let client = arrival.client;
+                return push::spawn(worker.clone(), client_io, gateway, route_id, client, permit);
+            }
         }
+        drop(permit);
     }
     log(worker, arrival, started, &session);
 }
@@ -207,6 +218,9 @@ async fn open(
             return None;
         }
     };
+    if let Some(push) = &route.push {
+        return Some((Serving::Push(push.clone()), permit));
+    }
     let upstream = match (&route.frames, &route.upstream) {
         (Some(frames), _) => return Some((Serving::Frames(frames.clone()), permit)),
         (None, Some(upstream)) => upstream,

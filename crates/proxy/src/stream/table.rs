@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::frames::Frames;
+use super::push::PushGateway;
 use crate::snapshot::UpstreamTarget;
 
 /// The stream routes, most specific first: a route with more conditions is tried before one
@@ -51,6 +52,8 @@ pub(crate) struct StreamTarget {
     pub upstream: Option<Arc<UpstreamTarget>>,
     /// The framed protocol its connections speak (`protocol: pylon-frames`).
     pub frames: Option<Arc<Frames>>,
+    /// The push gateway its connections are devices of (`protocol: pylon-push`).
+    pub push: Option<Arc<PushGateway>>,
     pub connect_timeout: Duration,
     pub proxy_protocol: Option<ProxyProtocolVersion>,
     pub access: Option<Access>,
@@ -89,6 +92,18 @@ impl StreamTable {
     pub(crate) fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
+
+    /// Push gateway `id`, if this version has it.
+    pub(crate) fn push_route(&self, id: &str) -> Option<&Arc<PushGateway>> {
+        (self.routes.iter())
+            .find(|route| &*route.id == id)
+            .and_then(|route| route.push.as_ref())
+    }
+
+    /// Every push gateway of this version.
+    pub(crate) fn push_gateways(&self) -> impl Iterator<Item = &Arc<PushGateway>> {
+        self.routes.iter().filter_map(|route| route.push.as_ref())
+    }
 }
 
 impl StreamTarget {
@@ -104,8 +119,10 @@ impl StreamTarget {
         connect_timeout: Duration,
         limit: Option<Arc<ConnLimit>>,
         protos: &Protos,
+        push: Option<Arc<PushGateway>>,
     ) -> Result<StreamTarget, FieldError> {
         let frames = match &route.protocol {
+            _ if push.is_some() => None,
             Some(protocol) => {
                 let compiled = Frames::new(&protocol.conf, protos).map_err(|errors| {
                     let first = errors.into_iter().next();
@@ -119,7 +136,7 @@ impl StreamTarget {
             None => None,
         };
         let transport = match scheme {
-            _ if frames.is_some() => Some(Transport::Tcp),
+            _ if frames.is_some() || push.is_some() => Some(Transport::Tcp),
             Some(Scheme::Udp) => Some(Transport::Udp),
             Some(Scheme::Tcp | Scheme::Tls | Scheme::Https) => Some(Transport::Tcp),
             _ => None,
@@ -143,6 +160,7 @@ impl StreamTarget {
             transport,
             upstream,
             frames,
+            push,
             connect_timeout,
             proxy_protocol: route.upstream_proxy_protocol,
             access,
