@@ -1,0 +1,31 @@
+//! A device simulator for Pylon's push gateway: many device connections from one process,
+//! speaking the pylon-push device protocol over TCP in the default frame layout, for the
+//! gateway's tests and benchmarks.
+//!
+//! A [`Fleet`] runs every connection as a task on one current-thread tokio runtime on its own
+//! thread, and offers a blocking API so that tests can be plain `#[test]` functions:
+//!
+//! - [`Fleet::connect`] opens and authenticates devices a bounded number at a time and
+//!   reports each device's [`Outcome`];
+//! - devices ping at the interval the gateway gave (or [`Options::ping_every`]), acknowledge
+//!   every push (unless [`Fleet::set_ack`] turns it off) and answer nothing else;
+//! - everything a device receives is recorded: its pushes in arrival order with the instant
+//!   and the connection they came on ([`Received`]), its `auth_ok`, `error` and `reconnect`
+//!   frames and how each connection ended ([`DeviceState`]); [`Fleet::wait_until`] waits for
+//!   a condition over all of it;
+//! - [`Fleet::disconnect`], [`Fleet::reconnect`], [`Fleet::reconnect_all`] and
+//!   [`Options::follow_reconnect`] move devices between connections and nodes;
+//! - [`Fleet::send_raw`], [`raw_session`] and the [`frame`] codec serve hostile-input tests.
+
+#![forbid(unsafe_code)]
+
+mod connection;
+mod fleet;
+pub mod frame;
+mod raw;
+mod state;
+
+pub use fleet::{Fleet, Options};
+pub use frame::{decode_frame, encode_frame, Frame};
+pub use raw::raw_session;
+pub use state::{CloseReason, DeviceSpec, DeviceState, Outcome, Received, View};
