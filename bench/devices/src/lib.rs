@@ -16,6 +16,9 @@
 //! - [`Fleet::disconnect`], [`Fleet::reconnect`], [`Fleet::reconnect_all`] and
 //!   [`Options::follow_reconnect`] move devices between connections and nodes;
 //! - [`Fleet::send_raw`], [`raw_session`] and the [`frame`] codec serve hostile-input tests.
+//!
+//! The `pylon-devices` binary holds many devices on a gateway for benchmarks; its options and
+//! output are described in its own module documentation (`src/main.rs`).
 
 #![forbid(unsafe_code)]
 

@@ -3,6 +3,9 @@
 //! connection of the same device, pushes and sends frames on command, and records acks, pings
 //! and authentications.
 
+// Each test crate that includes this module uses a part of it.
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
