@@ -124,7 +124,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     print_line(&json!({
         "connected": args.count - failed,
         "failed": failed,
-        "seconds": started.elapsed().as_secs_f64(),
+        "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     }));
 
     let mut code = ExitCode::SUCCESS;
@@ -234,12 +234,13 @@ fn expect(
     (line, times)
 }
 
-/// Milliseconds from `start` to `at`, negative when `at` came first.
+/// Milliseconds from `start` to `at` to the microsecond, negative when `at` came first.
 fn millis_since(start: Instant, at: Instant) -> f64 {
-    match at.checked_duration_since(start) {
+    let millis = match at.checked_duration_since(start) {
         Some(after) => after.as_secs_f64() * 1000.0,
         None => -(start - at).as_secs_f64() * 1000.0,
-    }
+    };
+    (millis * 1000.0).round() / 1000.0
 }
 
 /// Prints the pushes received each second for `seconds` seconds from `start`, when the
