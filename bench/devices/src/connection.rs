@@ -2,27 +2,22 @@
 //! gateway's interval, acknowledges pushes and records everything it receives; with
 //! `follow_reconnect`, it also obeys `reconnect` by connecting again after the delay.
 //!
-//! A connection keeps little of its own: a read buffer that grows only to the largest frame
-//! received, and a link through which the fleet closes it or injects raw bytes.
+//! A connection keeps little of its own besides its transport (`wire`): the session's
+//! counters, and a link through which the fleet closes it or injects raw bytes.
 
 use std::mem;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::fleet::Shared;
-use crate::frame::{command, decode_frame, encode_frame, encode_json, Frame};
+use crate::frame::command;
 use crate::state::{CloseReason, DeviceSpec, Outcome, Received};
-
-/// Bytes a connection's read buffer starts with: enough for pings, pongs and small pushes.
-const READ_BUFFER: usize = 256;
+use crate::wire::Wire;
 
 /// What the fleet asks of a running connection.
 pub(crate) enum Control {
@@ -95,10 +90,11 @@ pub(crate) async fn run(
     }
 }
 
-/// What a received frame asks of the connection.
+/// What a received command asks of the connection.
 enum Step {
     Continue,
-    Reply(Vec<u8>),
+    /// Send this command with this body.
+    Reply(u8, Value),
     Authenticated(Value),
     End(CloseReason),
 }
@@ -123,73 +119,65 @@ impl Session<'_> {
         reporter: &mut Option<Reporter>,
     ) -> CloseReason {
         let options = &self.shared.options;
-        let mut stream = match timeout(options.auth_timeout, TcpStream::connect(addr)).await {
+        let websocket = options.websocket.as_deref();
+        let mut wire = match timeout(options.auth_timeout, Wire::open(addr, websocket)).await {
             Err(_) => return CloseReason::ConnectFailed("timed out".to_owned()),
-            Ok(Err(e)) => return CloseReason::ConnectFailed(e.to_string()),
-            Ok(Ok(stream)) => stream,
+            Ok(Err(reason)) => return reason,
+            Ok(Ok(wire)) => wire,
         };
-        // Pings and acks are small frames that should leave at once.
-        let _ = stream.set_nodelay(true);
         self.shared.mark_open(self.spec, self.number);
-        let auth = encode_json(command::AUTH, self.sequence, &self.spec.auth_body());
-        if let Err(e) = stream.write_all(&auth).await {
-            return CloseReason::Io(e.to_string());
+        if let Err(reason) = wire
+            .send(command::AUTH, self.sequence, &self.spec.auth_body())
+            .await
+        {
+            return reason;
         }
         let auth_deadline = Instant::now() + options.auth_timeout;
         let mut authenticated = false;
-        let mut buf = BytesMut::with_capacity(READ_BUFFER);
         loop {
             tokio::select! {
-                read = stream.read_buf(&mut buf) => {
-                    match read {
-                        Ok(0) => return CloseReason::Eof,
-                        Ok(_) => {}
-                        Err(e) => return CloseReason::Io(e.to_string()),
-                    }
-                    loop {
-                        let frame = match decode_frame(&mut buf, options.max_body) {
-                            Ok(Some(frame)) => frame,
-                            Ok(None) => break,
-                            Err(e) => return CloseReason::Protocol(e.to_string()),
-                        };
-                        let reply = match self.on_frame(frame) {
-                            Step::Continue => continue,
-                            Step::Reply(reply) => reply,
-                            Step::End(reason) => return reason,
-                            Step::Authenticated(body) => {
-                                authenticated = true;
-                                if self.ping_every.is_none() {
-                                    self.ping_every = options.ping_every;
-                                }
-                                self.last_ping = Instant::now();
-                                if let Some(reporter) = reporter.take() {
-                                    reporter.report(Outcome::Authenticated(body));
-                                }
-                                continue;
+                received = wire.receive(options.max_body) => {
+                    let received = match received {
+                        Ok(received) => received,
+                        Err(reason) => return reason,
+                    };
+                    match self.on_command(received.command, received.sequence, received.body) {
+                        Step::Continue => {}
+                        Step::End(reason) => return reason,
+                        Step::Reply(command, body) => {
+                            self.sequence = self.sequence.wrapping_add(1);
+                            if let Err(reason) = wire.send(command, self.sequence, &body).await {
+                                return reason;
                             }
-                        };
-                        if let Err(e) = stream.write_all(&reply).await {
-                            return CloseReason::Io(e.to_string());
+                        }
+                        Step::Authenticated(body) => {
+                            authenticated = true;
+                            if self.ping_every.is_none() {
+                                self.ping_every = options.ping_every;
+                            }
+                            self.last_ping = Instant::now();
+                            if let Some(reporter) = reporter.take() {
+                                reporter.report(Outcome::Authenticated(body));
+                            }
                         }
                     }
                 }
                 () = link.notify.notified() => {
                     for control in link.take() {
-                        match control {
+                        let sent = match control {
                             Control::Close => return CloseReason::Local,
-                            Control::Raw(bytes) => {
-                                if let Err(e) = stream.write_all(&bytes).await {
-                                    return CloseReason::Io(e.to_string());
-                                }
-                            }
+                            Control::Raw(bytes) => wire.send_raw(bytes).await,
+                        };
+                        if let Err(reason) = sent {
+                            return reason;
                         }
                     }
                 }
                 () = sleep_until(self.last_ping + self.ping_every.unwrap_or_default()),
                     if authenticated && self.ping_every.is_some() => {
                     self.sequence = self.sequence.wrapping_add(1);
-                    if let Err(e) = stream.write_all(&encode_frame(command::PING, self.sequence, b"")).await {
-                        return CloseReason::Io(e.to_string());
+                    if let Err(reason) = wire.send(command::PING, self.sequence, &Value::Null).await {
+                        return reason;
                     }
                     self.last_ping = Instant::now();
                     self.shared.update(self.spec, |device| device.state.pings_sent += 1);
@@ -199,12 +187,8 @@ impl Session<'_> {
         }
     }
 
-    fn on_frame(&mut self, frame: Frame) -> Step {
-        let body = match frame.json() {
-            Ok(body) => body,
-            Err(e) => return Step::End(CloseReason::Protocol(format!("body not JSON: {e}"))),
-        };
-        match frame.command {
+    fn on_command(&mut self, command: u8, sequence: u32, body: Value) -> Step {
+        match command {
             command::AUTH_OK => {
                 self.set_heartbeat(&body);
                 let recorded = body.clone();
@@ -220,7 +204,7 @@ impl Session<'_> {
                     .update(self.spec, |device| device.state.pongs += 1);
                 Step::Continue
             }
-            command::PUSH => self.on_push(frame.sequence, body),
+            command::PUSH => self.on_push(sequence, body),
             command::RECONNECT => {
                 let after_ms = body["after_ms"].as_u64().unwrap_or(0);
                 let number = self.number;
@@ -269,12 +253,7 @@ impl Session<'_> {
         if !ack {
             return Step::Continue;
         }
-        self.sequence = self.sequence.wrapping_add(1);
-        Step::Reply(encode_json(
-            command::ACK,
-            self.sequence,
-            &json!({ "id": id }),
-        ))
+        Step::Reply(command::ACK, json!({ "id": id }))
     }
 
     /// The ping interval: the fleet's override, else the `heartbeat` seconds the gateway gave.

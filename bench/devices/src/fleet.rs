@@ -18,6 +18,8 @@ use crate::state::{
 /// How the fleet's devices behave.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Speak WebSocket to `ws://ADDR{path}` instead of frames over TCP.
+    pub websocket: Option<String>,
     /// Ping at this interval instead of the gateway's `heartbeat` (tests shorten it).
     pub ping_every: Option<Duration>,
     /// On `reconnect {after_ms}`: close, wait `after_ms`, connect again with the same spec to
@@ -42,6 +44,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
+            websocket: None,
             ping_every: None,
             follow_reconnect: false,
             fallback: Vec::new(),

@@ -19,6 +19,34 @@ pub mod command {
     pub const ERROR: u8 = 8;
 }
 
+/// The commands' names, the `"type"` of WebSocket text messages.
+const NAMES: [(u8, &str); 8] = [
+    (command::AUTH, "auth"),
+    (command::AUTH_OK, "auth_ok"),
+    (command::PING, "ping"),
+    (command::PONG, "pong"),
+    (command::PUSH, "push"),
+    (command::ACK, "ack"),
+    (command::RECONNECT, "reconnect"),
+    (command::ERROR, "error"),
+];
+
+/// The name of a command, as WebSocket text messages carry it in `"type"`.
+pub fn command_name(command: u8) -> Option<&'static str> {
+    NAMES
+        .iter()
+        .find(|(number, _)| *number == command)
+        .map(|(_, name)| *name)
+}
+
+/// The command a WebSocket text message's `"type"` names.
+pub fn command_by_name(name: &str) -> Option<u8> {
+    NAMES
+        .iter()
+        .find(|(_, known)| *known == name)
+        .map(|(number, _)| *number)
+}
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -142,6 +170,15 @@ mod tests {
                 max: 99
             })
         );
+    }
+
+    #[test]
+    fn names_and_numbers_match() {
+        for number in 1..=8 {
+            assert_eq!(command_by_name(command_name(number).unwrap()), Some(number));
+        }
+        assert_eq!(command_name(9), None);
+        assert_eq!(command_by_name("nope"), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A device simulator for Pylon's push gateway: many device connections from one process,
-//! speaking the pylon-push device protocol over TCP in the default frame layout, for the
-//! gateway's tests and benchmarks.
+//! speaking the pylon-push device protocol (frames over TCP in the default layout, or
+//! WebSocket with [`Options::websocket`]), for the gateway's tests and benchmarks.
 //!
 //! A [`Fleet`] runs every connection as a task on one current-thread tokio runtime on its own
 //! thread, and offers a blocking API so that tests can be plain `#[test]` functions:
@@ -27,6 +27,7 @@ mod fleet;
 pub mod frame;
 mod raw;
 mod state;
+mod wire;
 
 pub use fleet::{Fleet, Options};
 pub use frame::{decode_frame, encode_frame, Frame};

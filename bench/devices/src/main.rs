@@ -2,14 +2,15 @@
 //!
 //! ```text
 //! pylon-devices --addr HOST:PORT [--addr HOST:PORT ...] --app APP --count N [--prefix dev-]
-//!               --token TOKEN [--tags a,b] [--network wifi] [--concurrency 256]
+//!               --token TOKEN [--tags a,b] [--network wifi] [--concurrency 256] [--ws PATH]
 //!               [--expect-id ID [--timeout-secs 60] | --count-pushes SECS | --hold-secs S]
 //!               [--report FILE]
 //! ```
 //!
 //! Connects N devices (device ids PREFIX0 .. PREFIX{N-1}, spread over the addresses round
 //! robin, `--concurrency` at a time; a device sent `reconnect` connects again to the next
-//! address), then prints one JSON line:
+//! address; with `--ws PATH` they speak WebSocket to `ws://HOST:PORT{PATH}` instead of frames
+//! over TCP), then prints one JSON line:
 //!
 //! `{"connected": N, "failed": F, "seconds": S}`: devices authenticated, devices that were not
 //! (the first failure's reason goes to stderr), seconds it took.
@@ -62,6 +63,9 @@ struct Args {
     tags: Vec<String>,
     #[arg(long)]
     network: Option<String>,
+    /// Speak WebSocket to ws://ADDR{PATH} instead of frames over TCP.
+    #[arg(long = "ws", value_name = "PATH")]
+    websocket: Option<String>,
     /// Connections being opened and authenticated at once.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
@@ -92,6 +96,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     let addrs = resolve(&args.addrs)?;
     let go = watch_for_go();
     let options = Options {
+        websocket: args.websocket.clone(),
         follow_reconnect: true,
         fallback: addrs.clone(),
         concurrency: args.concurrency,

@@ -110,3 +110,15 @@ fn hold_secs_exits_after_holding() {
     assert_eq!(next_line(&mut stdout)["connected"], 3);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn ws_speaks_websocket() {
+    let gateway = FakeGateway::start(GatewayOptions {
+        websocket: true,
+        ..GatewayOptions::node("gw-ws")
+    });
+    let (mut child, mut stdout) = spawn(&gateway, 4, &["--ws", "/push", "--hold-secs", "0"]);
+    assert_eq!(next_line(&mut stdout)["connected"], 4);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(gateway.recorded(|r| r.auths.len()), 4);
+}

@@ -331,3 +331,67 @@ fn a_frame_the_device_cannot_read_ends_its_connection() {
         Some(CloseReason::Protocol(_))
     ));
 }
+
+fn websocket_gateway(binary: bool) -> FakeGateway {
+    FakeGateway::start(GatewayOptions {
+        websocket: true,
+        binary,
+        heartbeat: 0.02,
+        ..GatewayOptions::node("gw-ws")
+    })
+}
+
+#[test]
+fn websocket_devices_authenticate_ping_and_acknowledge() {
+    for binary in [false, true] {
+        let gateway = websocket_gateway(binary);
+        let options = Options {
+            websocket: Some("/push".to_owned()),
+            ..Options::default()
+        };
+        let fleet = Fleet::with_options(gateway.addr, options);
+        let spec = device("d1").with_tags(&["a"]);
+        assert_eq!(
+            fleet.connect_one(spec),
+            Outcome::Authenticated(json!({ "heartbeat": 0.02, "node": "gw-ws" }))
+        );
+        assert_eq!(
+            gateway.recorded(|r| r.auths[0].0["tags"].clone()),
+            json!(["a"])
+        );
+        assert!(gateway.wait(WAIT, |r| r.pings.values().any(|p| p.len() >= 2)));
+        let push =
+            json!({ "id": "m-1", "priority": "high", "data": { "n": 1 }, "collapse_key": "k" });
+        assert!(gateway.push("app", "d1", push));
+        assert!(fleet.wait_until(WAIT, |view| view.has("app", "d1", "m-1")));
+        let received = &fleet.received("app", "d1")[0];
+        assert_eq!(received.data, json!({ "n": 1 }));
+        assert_eq!(received.collapse_key.as_deref(), Some("k"));
+        assert!(gateway.wait(WAIT, |r| !r.acks.is_empty()));
+        assert_eq!(gateway.acks("app", "d1"), ["m-1"]);
+        assert!(fleet.wait_until(WAIT, |view| view.state("app", "d1").unwrap().pongs >= 1));
+
+        assert!(gateway.reconnect("app", "d1", 0));
+        assert!(fleet.wait_until(WAIT, |view| !view.state("app", "d1").unwrap().open));
+        let state = fleet.state("app", "d1").unwrap();
+        assert_eq!(
+            state.close_reason,
+            Some(CloseReason::Reconnect { after_ms: 0 })
+        );
+    }
+}
+
+#[test]
+fn websocket_to_a_plain_tcp_listener_fails_the_handshake() {
+    let gateway = FakeGateway::start(GatewayOptions::node("gw-1"));
+    let options = Options {
+        websocket: Some("/".to_owned()),
+        auth_timeout: Duration::from_secs(2),
+        ..Options::default()
+    };
+    let fleet = Fleet::with_options(gateway.addr, options);
+    assert!(matches!(
+        fleet.connect_one(device("d1")),
+        Outcome::Failed(CloseReason::ConnectFailed(_))
+    ));
+}

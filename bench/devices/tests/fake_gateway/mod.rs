@@ -1,4 +1,5 @@
-//! A tiny push gateway that speaks the protocol spec, for the fleet's tests only: answers
+//! A tiny push gateway that speaks the protocol spec (TCP frames, or WebSocket), for the
+//! fleet's tests only: answers
 //! `auth` with `auth_ok` (or `error` for the token "bad"), `ping` with `pong`, replaces an older
 //! connection of the same device, pushes and sends frames on command, and records acks, pings
 //! and authentications.
@@ -13,11 +14,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use pylon_devices::frame::{command, decode_frame, encode_frame, encode_json};
+use futures_util::{SinkExt, StreamExt};
+use pylon_devices::frame::{
+    command, command_by_name, command_name, decode_all, decode_frame, encode_frame, encode_json,
+};
+use pylon_devices::Frame;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 #[derive(Clone)]
 pub struct GatewayOptions {
@@ -26,6 +33,10 @@ pub struct GatewayOptions {
     pub heartbeat: f64,
     /// Seconds, in every `pong` when set.
     pub pong_heartbeat: Option<f64>,
+    /// Speak WebSocket (any path) instead of frames over TCP.
+    pub websocket: bool,
+    /// Over WebSocket, send frames as binary messages rather than text.
+    pub binary: bool,
 }
 
 impl GatewayOptions {
@@ -34,6 +45,8 @@ impl GatewayOptions {
             node: node.to_owned(),
             heartbeat: 240.0,
             pong_heartbeat: None,
+            websocket: false,
+            binary: false,
         }
     }
 }
@@ -168,22 +181,82 @@ async fn accept(listener: TcpListener, recorded: Arc<Mutex<Recorded>>, options: 
         let recorded = recorded.clone();
         let options = options.clone();
         tokio::spawn(async move {
-            serve(stream, &recorded, &options).await;
+            let wire = if options.websocket {
+                match tokio_tungstenite::accept_async(stream).await {
+                    Ok(websocket) => FakeWire::WebSocket(Box::new(websocket), options.binary),
+                    Err(_) => return,
+                }
+            } else {
+                FakeWire::Tcp(stream, BytesMut::new())
+            };
+            serve(wire, &recorded, &options).await;
             recorded.lock().unwrap().closed += 1;
         });
     }
 }
 
-async fn serve(mut stream: TcpStream, recorded: &Mutex<Recorded>, options: &GatewayOptions) {
-    let mut buf = BytesMut::new();
-    let first = loop {
-        if let Some(frame) = decode_frame(&mut buf, 1 << 16).unwrap() {
-            break frame;
+/// The gateway's side of either transport; what it sends is given as TCP-layout frames.
+enum FakeWire {
+    Tcp(TcpStream, BytesMut),
+    /// Sends frames as binary messages when the flag is set, else as text messages.
+    WebSocket(Box<WebSocketStream<TcpStream>>, bool),
+}
+
+impl FakeWire {
+    /// The next frame received (a text message read as one), or None at the end.
+    async fn receive(&mut self) -> Option<Frame> {
+        match self {
+            FakeWire::Tcp(stream, buf) => loop {
+                if let Some(frame) = decode_frame(buf, 1 << 16).ok()? {
+                    return Some(frame);
+                }
+                if stream.read_buf(buf).await.ok()? == 0 {
+                    return None;
+                }
+            },
+            FakeWire::WebSocket(websocket, _) => loop {
+                match websocket.next().await?.ok()? {
+                    Message::Text(text) => {
+                        let mut body: Value = serde_json::from_str(&text).ok()?;
+                        let kind = body.as_object_mut()?.remove("type")?;
+                        let command = command_by_name(kind.as_str()?)?;
+                        let frame = encode_json(command, 0, &body);
+                        return decode_all(&frame, 1 << 16).ok()?.0.pop();
+                    }
+                    Message::Binary(bytes) => return decode_all(&bytes, 1 << 16).ok()?.0.pop(),
+                    Message::Close(_) => return None,
+                    _ => {}
+                }
+            },
         }
-        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-            recorded.lock().unwrap().pending -= 1;
-            return;
+    }
+
+    async fn send(&mut self, frame: Vec<u8>) -> bool {
+        match self {
+            FakeWire::Tcp(stream, _) => stream.write_all(&frame).await.is_ok(),
+            FakeWire::WebSocket(websocket, true) => {
+                websocket.send(Message::Binary(frame)).await.is_ok()
+            }
+            FakeWire::WebSocket(websocket, false) => {
+                let frame = decode_all(&frame, 1 << 16).unwrap().0.remove(0);
+                let mut body = match frame.json().unwrap() {
+                    Value::Null => json!({}),
+                    body => body,
+                };
+                body["type"] = json!(command_name(frame.command).unwrap());
+                websocket
+                    .send(Message::Text(body.to_string()))
+                    .await
+                    .is_ok()
+            }
         }
+    }
+}
+
+async fn serve(mut wire: FakeWire, recorded: &Mutex<Recorded>, options: &GatewayOptions) {
+    let Some(first) = wire.receive().await else {
+        recorded.lock().unwrap().pending -= 1;
+        return;
     };
     let auth = first.json().unwrap_or(Value::Null);
     if first.command != command::AUTH || auth["token"] == "bad" {
@@ -193,8 +266,7 @@ async fn serve(mut stream: TcpStream, recorded: &Mutex<Recorded>, options: &Gate
         } else {
             "auth first"
         };
-        let _ = stream
-            .write_all(&encode_json(command::ERROR, 0, &json!({ "error": why })))
+        wire.send(encode_json(command::ERROR, 0, &json!({ "error": why })))
             .await;
         return;
     }
@@ -213,42 +285,38 @@ async fn serve(mut stream: TcpStream, recorded: &Mutex<Recorded>, options: &Gate
         }
     }
     let auth_ok = json!({ "heartbeat": options.heartbeat, "node": options.node });
-    if stream
-        .write_all(&encode_json(command::AUTH_OK, first.sequence, &auth_ok))
+    if !wire
+        .send(encode_json(command::AUTH_OK, first.sequence, &auth_ok))
         .await
-        .is_err()
     {
         return;
     }
     loop {
         tokio::select! {
-            read = stream.read_buf(&mut buf) => {
-                if !matches!(read, Ok(n) if n > 0) {
+            frame = wire.receive() => {
+                let Some(frame) = frame else {
                     return;
-                }
-                while let Ok(Some(frame)) = decode_frame(&mut buf, 1 << 16) {
-                    match frame.command {
-                        command::PING => {
-                            let now = Instant::now();
-                            recorded.lock().unwrap().pings.entry(device.clone()).or_default().push(now);
-                            let body = options.pong_heartbeat.map_or(Vec::new(), |h| {
-                                json!({ "heartbeat": h }).to_string().into_bytes()
-                            });
-                            let pong = encode_frame(command::PONG, frame.sequence, &body);
-                            if stream.write_all(&pong).await.is_err() {
-                                return;
-                            }
+                };
+                match frame.command {
+                    command::PING => {
+                        let now = Instant::now();
+                        recorded.lock().unwrap().pings.entry(device.clone()).or_default().push(now);
+                        let body = options.pong_heartbeat.map_or(Vec::new(), |h| {
+                            json!({ "heartbeat": h }).to_string().into_bytes()
+                        });
+                        if !wire.send(encode_frame(command::PONG, frame.sequence, &body)).await {
+                            return;
                         }
-                        command::ACK => {
-                            let id = frame.json().unwrap()["id"].as_str().unwrap().to_owned();
-                            recorded.lock().unwrap().acks.entry(device.clone()).or_default().push(id);
-                        }
-                        _ => {}
                     }
+                    command::ACK => {
+                        let id = frame.json().unwrap()["id"].as_str().unwrap().to_owned();
+                        recorded.lock().unwrap().acks.entry(device.clone()).or_default().push(id);
+                    }
+                    _ => {}
                 }
             }
             Some((frame, close_after)) = outgoing.recv() => {
-                if stream.write_all(&frame).await.is_err() || close_after {
+                if !wire.send(frame).await || close_after {
                     return;
                 }
             }
