@@ -152,6 +152,9 @@ impl Shared {
 }
 
 /// Many device connections from one process. Dropping the fleet closes them all.
+///
+/// Its methods block: call them from plain threads (a `#[test]` function), not from inside a
+/// tokio runtime (there, through `spawn_blocking`).
 pub struct Fleet {
     shared: Arc<Shared>,
     addr: SocketAddr,

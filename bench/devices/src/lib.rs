@@ -17,6 +17,18 @@
 //!   [`Options::follow_reconnect`] move devices between connections and nodes;
 //! - [`Fleet::send_raw`], [`raw_session`] and the [`frame`] codec serve hostile-input tests.
 //!
+//! ```no_run
+//! use std::time::Duration;
+//! use pylon_devices::{DeviceSpec, Fleet};
+//!
+//! let fleet = Fleet::start("127.0.0.1:7000".parse().unwrap());
+//! let spec = DeviceSpec::new("app", "d1", "token").with_tags(&["news"]);
+//! assert!(fleet.connect_one(spec).is_authenticated());
+//! // ... publish message m-1 through the gateway ...
+//! assert!(fleet.wait_until(Duration::from_secs(5), |view| view.has("app", "d1", "m-1")));
+//! assert_eq!(fleet.distinct_ids("app", "d1"), ["m-1"]);
+//! ```
+//!
 //! The `pylon-devices` binary holds many devices on a gateway for benchmarks; its options and
 //! output are described in its own module documentation (`src/main.rs`).
 

@@ -16,6 +16,12 @@ fn device(name: &str) -> DeviceSpec {
 }
 
 #[test]
+fn a_fleet_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Fleet>();
+}
+
+#[test]
 fn connects_and_authenticates() {
     let gateway = FakeGateway::start(GatewayOptions::node("gw-1"));
     let fleet = Fleet::start(gateway.addr);
