@@ -24,7 +24,8 @@ pub struct Options {
     pub ping_every: Option<Duration>,
     /// On `reconnect {after_ms}`: close, wait `after_ms`, connect again with the same spec to
     /// the next address of `fallback` (round robin over the fleet), or to the same address
-    /// when `fallback` is empty.
+    /// when `fallback` is empty. While it waits, the device has no connection to
+    /// `disconnect`.
     pub follow_reconnect: bool,
     pub fallback: Vec<SocketAddr>,
     /// Connections being opened and authenticated at once by `connect`: a bound, so that

@@ -29,7 +29,7 @@ pub(crate) enum Wire {
 }
 
 /// A command received, whatever its transport.
-pub(crate) struct Received {
+pub(crate) struct Incoming {
     pub command: u8,
     /// The frame's sequence; 0 for WebSocket text messages, which carry none.
     pub sequence: u32,
@@ -59,7 +59,7 @@ impl Wire {
     }
 
     /// The next command received. Cancel safe: a partial frame stays buffered.
-    pub async fn receive(&mut self, max_body: usize) -> Result<Received, CloseReason> {
+    pub async fn receive(&mut self, max_body: usize) -> Result<Incoming, CloseReason> {
         match self {
             Wire::Tcp { stream, buf } => loop {
                 match decode_frame(buf, max_body) {
@@ -141,11 +141,11 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), CloseReason> 
         .map_err(|e| CloseReason::Io(e.to_string()))
 }
 
-fn from_frame(frame: Frame) -> Result<Received, CloseReason> {
+fn from_frame(frame: Frame) -> Result<Incoming, CloseReason> {
     let body = frame
         .json()
         .map_err(|e| CloseReason::Protocol(format!("body not JSON: {e}")))?;
-    Ok(Received {
+    Ok(Incoming {
         command: frame.command,
         sequence: frame.sequence,
         body,
@@ -153,7 +153,7 @@ fn from_frame(frame: Frame) -> Result<Received, CloseReason> {
 }
 
 /// A text message: a JSON object whose `"type"` names the command; the rest is the body.
-fn from_text(text: &str) -> Result<Received, CloseReason> {
+fn from_text(text: &str) -> Result<Incoming, CloseReason> {
     let protocol = |why: String| CloseReason::Protocol(why);
     let mut body: Value =
         serde_json::from_str(text).map_err(|e| protocol(format!("message not JSON: {e}")))?;
@@ -165,7 +165,7 @@ fn from_text(text: &str) -> Result<Received, CloseReason> {
         .as_str()
         .and_then(command_by_name)
         .ok_or_else(|| protocol(format!("unknown message type {kind}")))?;
-    Ok(Received {
+    Ok(Incoming {
         command,
         sequence: 0,
         body,
@@ -173,7 +173,7 @@ fn from_text(text: &str) -> Result<Received, CloseReason> {
 }
 
 /// A binary message: exactly one frame of the TCP layout.
-fn from_binary(bytes: &[u8], max_body: usize) -> Result<Received, CloseReason> {
+fn from_binary(bytes: &[u8], max_body: usize) -> Result<Incoming, CloseReason> {
     let mut buf = BytesMut::from(bytes);
     match decode_frame(&mut buf, max_body) {
         Ok(Some(frame)) if buf.is_empty() => from_frame(frame),
