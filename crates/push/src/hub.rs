@@ -363,21 +363,59 @@ impl Hub {
 /// A connected device as the hub tracks it.
 struct Local {
     device: Arc<Device>,
+    broadcasts: Track,
+}
+
+/// Where a device's connection is in the broadcast stream. A broadcast can reach it twice
+/// over, by the catch-up when it attaches and by the fan-out of the broadcast as it is read;
+/// what this holds sends it once. All of it is empty while the device is idle.
+#[derive(Default)]
+struct Track {
+    /// Its cursor was read from Redis: until then nothing moves it.
+    attached: bool,
     /// Broadcasts sent and not acknowledged.
     unacked: BTreeSet<StreamPos>,
-    /// The last broadcast sent to it or passed over for it.
+    /// Broadcasts acknowledged past the cursor (an earlier one is not yet).
+    acked: BTreeSet<StreamPos>,
+    /// Broadcasts a fan-out under way is to send it.
+    pending: BTreeSet<StreamPos>,
+    /// The last broadcast sent to it, or read and passed over for it.
     seen: StreamPos,
-    /// The cursor Redis has.
+    /// The cursor Redis has: every broadcast up to it is done.
     written: StreamPos,
 }
 
-impl Local {
-    /// Where its cursor can move: through everything before the first broadcast not yet
-    /// acknowledged.
-    fn cursor(&self) -> StreamPos {
-        self.unacked
-            .first()
-            .map_or(self.seen, |first| first.before())
+impl Track {
+    /// Whether broadcast `pos` was sent, is done, or is on its way.
+    fn has(&self, pos: StreamPos) -> bool {
+        pos <= self.written
+            || self.unacked.contains(&pos)
+            || self.acked.contains(&pos)
+            || self.pending.contains(&pos)
+    }
+
+    fn sent(&mut self, pos: StreamPos) {
+        self.unacked.insert(pos);
+        self.seen = self.seen.max(pos);
+    }
+
+    /// The cursor to write, when it can move: through everything before the first broadcast
+    /// not yet acknowledged or not yet sent.
+    fn advance(&mut self) -> Option<StreamPos> {
+        if !self.attached {
+            return None;
+        }
+        let first = [self.unacked.first(), self.pending.first()]
+            .into_iter()
+            .flatten()
+            .min();
+        let cursor = first.map_or(self.seen, |first| first.before());
+        if cursor <= self.written {
+            return None;
+        }
+        self.written = cursor;
+        self.acked.retain(|pos| *pos > cursor);
+        Some(cursor)
     }
 }
 
@@ -455,9 +493,7 @@ impl Engine {
             Event::Attach(device) => {
                 let local = Local {
                     device: device.clone(),
-                    unacked: BTreeSet::new(),
-                    seen: StreamPos::default(),
-                    written: StreamPos::default(),
+                    broadcasts: Track::default(),
                 };
                 if let Some(old) = self.devices.insert(device.key.clone(), local) {
                     old.device.send(Outgoing::Close("replaced"));
@@ -495,9 +531,8 @@ impl Engine {
                     .get(&device.key)
                     .is_some_and(|l| l.device.conn == device.conn);
                 if current {
-                    if let Some(local) = self.devices.remove(&device.key) {
-                        let cursor = local.cursor();
-                        if cursor > local.written {
+                    if let Some(mut local) = self.devices.remove(&device.key) {
+                        if let Some(cursor) = local.broadcasts.advance() {
                             self.cursors.insert(device.key.clone(), cursor);
                         }
                     }
@@ -519,14 +554,14 @@ impl Engine {
                     let Some(local) = self.devices.get_mut(&device.key) else {
                         return;
                     };
-                    if local.device.conn != device.conn || !local.unacked.remove(&pos) {
+                    let track = &mut local.broadcasts;
+                    if local.device.conn != device.conn || !track.unacked.remove(&pos) {
                         return;
                     }
+                    track.acked.insert(pos);
                     self.counts.entry(id).or_default().delivered += 1;
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    let cursor = local.cursor();
-                    if cursor > local.written {
-                        local.written = cursor;
+                    if let Some(cursor) = track.advance() {
                         self.cursors.insert(device.key.clone(), cursor);
                     }
                 }
@@ -552,8 +587,11 @@ impl Engine {
                 if local.device.conn != device.conn {
                     return;
                 }
-                local.seen = attached.cursor;
-                local.written = attached.cursor;
+                let track = &mut local.broadcasts;
+                track.attached = true;
+                track.written = attached.cursor;
+                track.seen = track.seen.max(attached.cursor);
+                track.acked.retain(|pos| *pos > attached.cursor);
                 for message in &attached.pending {
                     self.send_now(&device, Delivery::of(message, None));
                 }
@@ -561,6 +599,7 @@ impl Engine {
             }
             Internal::CaughtUp(device, entries) => {
                 let more = entries.len() == CATCH_UP_BATCH;
+                let last_read = entries.last().map(|(pos, _)| *pos);
                 let now = now_ms();
                 let Some(local) = self.devices.get_mut(&device.key) else {
                     return;
@@ -568,9 +607,13 @@ impl Engine {
                 if local.device.conn != device.conn {
                     return;
                 }
+                let track = &mut local.broadcasts;
                 let mut sends = Vec::new();
                 for (pos, message) in entries {
-                    local.seen = local.seen.max(pos);
+                    if track.has(pos) {
+                        continue;
+                    }
+                    track.seen = track.seen.max(pos);
                     let Some(message) = message else { continue };
                     if *message.app_id != *device.key.app || !device.matches(&message.target) {
                         continue;
@@ -582,15 +625,13 @@ impl Engine {
                             .expired += 1;
                         continue;
                     }
-                    local.unacked.insert(pos);
+                    track.sent(pos);
                     sends.push(Delivery::of(&message, Some(pos)));
                 }
-                let cursor = local.cursor();
-                if cursor > local.written {
-                    local.written = cursor;
+                if let Some(cursor) = track.advance() {
                     self.cursors.insert(device.key.clone(), cursor);
                 }
-                let last = local.seen;
+                let last = last_read.unwrap_or(track.seen);
                 for delivery in sends {
                     self.counts.entry(delivery.id.clone()).or_default().targets += 1;
                     self.send_now(&device, delivery);
@@ -682,9 +723,13 @@ impl Engine {
 
     /// A broadcast read from the stream: to this node's matching devices, at its rate.
     fn start_fanout(&mut self, pos: StreamPos, message: &Message) {
-        let devices: Vec<Arc<Device>> = (self.devices.values())
+        let devices: Vec<Arc<Device>> = (self.devices.values_mut())
             .filter(|l| *l.device.key.app == *message.app_id && l.device.matches(&message.target))
-            .map(|l| l.device.clone())
+            .filter(|l| !l.broadcasts.has(pos))
+            .map(|l| {
+                l.broadcasts.pending.insert(pos);
+                l.device.clone()
+            })
             .collect();
         if devices.is_empty() {
             return;
@@ -712,10 +757,13 @@ impl Engine {
         let now_ms = now_ms();
         let mut fanouts = std::mem::take(&mut self.fanouts);
         fanouts.retain_mut(|fanout| {
-            if now_ms >= fanout.expires_at {
-                return false;
-            }
-            let allowed = fanout.bucket.take(fanout.devices.len() - fanout.next, now);
+            let pos = fanout.delivery.broadcast.unwrap_or_default();
+            let expired = now_ms >= fanout.expires_at;
+            let allowed = match expired {
+                // Not sent: the devices left are no longer waiting for it.
+                true => fanout.devices.len() - fanout.next,
+                false => fanout.bucket.take(fanout.devices.len() - fanout.next, now),
+            };
             for device in &fanout.devices[fanout.next..fanout.next + allowed] {
                 let Some(local) = self.devices.get_mut(&device.key) else {
                     continue;
@@ -723,9 +771,12 @@ impl Engine {
                 if local.device.conn != device.conn {
                     continue;
                 }
-                let pos = fanout.delivery.broadcast.unwrap_or_default();
-                local.unacked.insert(pos);
-                local.seen = local.seen.max(pos);
+                let track = &mut local.broadcasts;
+                track.pending.remove(&pos);
+                if expired || track.has(pos) {
+                    continue;
+                }
+                track.sent(pos);
                 self.counts
                     .entry(fanout.delivery.id.clone())
                     .or_default()

@@ -298,13 +298,12 @@ where
         client: client.ip(),
     };
     let mut ctx = RequestCtx::new(&view, "", None);
-    if gateway
-        .auth
-        .run(RequestPhase::Access, &mut ctx, None)
-        .await
-        .is_some()
-    {
-        return Err(refuse(io, gateway, sequence, "unauthorized", Ended::Refused).await);
+    // The phases a request's authentication runs in (APISIX's plugins identify the
+    // consumer in `rewrite`).
+    for phase in [RequestPhase::Rewrite, RequestPhase::Access] {
+        if gateway.auth.run(phase, &mut ctx, None).await.is_some() {
+            return Err(refuse(io, gateway, sequence, "unauthorized", Ended::Refused).await);
+        }
     }
     let Hello {
         device_id,
