@@ -1,17 +1,27 @@
 #!/usr/bin/env python3
 """Measures pylon's resident memory (RSS) per idle client connection: the figure in the README.
 
-    scripts/rss-per-connection.py [PYLON_BINARY] [CONNECTIONS]
+    scripts/rss-per-connection.py [PYLON_BINARY] [CONNECTIONS] [--push tcp|tls]
 
 Defaults: target/release/pylon, 5000. Opens the connections in four steps, on a pylon proxying
 to a local upstream, and prints the RSS at each step and the cost of each added connection:
 once for connections idle after one request (kept alive), once for connections that have not
-sent one yet. Loopback only; it stops everything it started. Each connection takes a file
-descriptor here and one in pylon: CONNECTIONS must stay below `ulimit -n`.
+sent one yet.
+
+With `--push`, the connections are devices of a push gateway instead (a `pylon-push` stream
+route on a Redis this script starts, `redis-server` on the PATH): each sends its `auth` frame
+and waits for `auth_ok`, then stays idle (its heartbeat is minutes away). `tls`: the stream
+listener terminates TLS (a certificate made with `openssl`), and the devices speak TLS 1.3.
+
+Loopback only; it stops everything it started. Each connection takes a file descriptor here and
+one in pylon: CONNECTIONS must stay below `ulimit -n`.
 """
 import http.server
+import json
 import os
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -105,18 +115,156 @@ def measure(binary, upstream_port, n, send_request):
             proc.wait()
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(directory):
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", directory],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+
+
+def start_push_gateway(binary, redis_port, directory, tls):
+    conf = {"redis": {"policy": "redis", "redis_host": "127.0.0.1", "redis_port": redis_port}}
+    doc = {
+        "consumers": [{"username": "phone", "plugins": {"key-auth": {"key": "device-key"}}}],
+        "stream_routes": [{"id": "devices", "plugins": {"key-auth": {}},
+                           "protocol": {"name": "pylon-push", "conf": conf}}],
+    }
+    if tls:
+        cert, key = (os.path.join(directory, name) for name in ("cert.pem", "key.pem"))
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=push.test",
+             "-addext", "subjectAltName=DNS:push.test"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        doc["ssls"] = [{"id": "push", "snis": ["push.test"],
+                        "cert": open(cert).read(), "key": open(key).read()}]
+    with open(os.path.join(directory, "apisix.yaml"), "w") as f:
+        f.write(json.dumps(doc) + "\n#END\n")
+    with open(os.path.join(directory, "node.yaml"), "w") as f:
+        f.write(
+            "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 2\n  https:\n    listen: []\n"
+            "  handoff_socket: \"\"\n  stream:\n    tcp: [{addr: \"127.0.0.1:0\", tls: %s}]\n"
+            "access_log:\n  enabled: false\ncontrol:\n  enabled: false\n"
+            "config:\n  source: yaml\n  file: apisix.yaml\n" % ("true" if tls else "false")
+        )
+    proc = subprocess.Popen(
+        [binary, "run", "-c", os.path.join(directory, "node.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    addr = None
+    for line in proc.stdout:
+        if line.startswith("pylon: stream listening on tcp"):
+            host, port = line.strip().rsplit("/", 1)[1].rsplit(":", 1)
+            addr = (host, int(port))
+        if " worker(s); " in line:
+            return proc, addr
+    raise SystemExit("pylon did not start")
+
+
+def frame(command, body):
+    """A frame of the push gateway's default layout: body length, command, sequence."""
+    return struct.pack(">IBI", len(body), command, 1) + body
+
+
+def device(addr, context, index):
+    """A device connected and authenticated: its socket, kept open."""
+    sock = socket.create_connection(addr, timeout=10)
+    if context is not None:
+        sock = context.wrap_socket(sock, server_hostname="push.test")
+    auth = {"token": "device-key", "device_id": "d%d" % index, "app_id": "rss"}
+    sock.sendall(frame(1, json.dumps(auth).encode()))
+    header = b""
+    while len(header) < 9:
+        chunk = sock.recv(9 - len(header))
+        if not chunk:
+            raise SystemExit("pylon closed device %d before auth_ok" % index)
+        header += chunk
+    length, command, _ = struct.unpack(">IBI", header)
+    body = b""
+    while len(body) < length:
+        body += sock.recv(length - len(body))
+    if command != 2:
+        raise SystemExit("device %d was refused: %s" % (index, body))
+    return sock
+
+
+def measure_push(binary, n, tls):
+    with tempfile.TemporaryDirectory() as directory:
+        redis, redis_port = start_redis(directory)
+        proc, addr = start_push_gateway(binary, redis_port, directory, tls)
+        context = None
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        try:
+            # Warm up the allocator and the runtimes with devices that come and go.
+            for i in range(200):
+                device(addr, context, n + i).close()
+            time.sleep(1)
+            points = [(0, rss(proc.pid))]
+            conns = []
+            for target in range(n // 4, n + 1, n // 4):
+                while len(conns) < target:
+                    conns.append(device(addr, context, len(conns)))
+                time.sleep(1)
+                points.append((target, rss(proc.pid)))
+            for s in conns:
+                s.close()
+            return points
+        finally:
+            proc.terminate()
+            proc.wait()
+            redis.terminate()
+            redis.wait()
+
+
+def report(label, points):
+    print("%s: %s" % (label, ", ".join(
+        "%d connections %.1f MiB" % (c, r / MIB) for c, r in points)))
+    print("  bytes per added connection: %s" % ", ".join(
+        "%.0f" % ((b[1] - a[1]) / (b[0] - a[0])) for a, b in zip(points, points[1:])))
+
+
 def main():
-    binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/pylon"
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 5000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    push = None
+    if "--push" in sys.argv:
+        at = sys.argv.index("--push")
+        push = sys.argv[at + 1] if at + 1 < len(sys.argv) else "tcp"
+        if push in args:
+            args.remove(push)
+        if push not in ("tcp", "tls"):
+            raise SystemExit("--push takes tcp or tls")
+    binary = args[0] if len(args) > 0 else "target/release/pylon"
+    n = int(args[1]) if len(args) > 1 else 5000
+    if push:
+        report("push devices (%s), idle after auth" % push, measure_push(binary, n, push == "tls"))
+        return
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     try:
         for label, send_request in [("idle after a request", True), ("no request yet", False)]:
-            points = measure(binary, upstream.server_address[1], n, send_request)
-            print("%s: %s" % (label, ", ".join(
-                "%d connections %.1f MiB" % (c, r / MIB) for c, r in points)))
-            print("  bytes per added connection: %s" % ", ".join(
-                "%.0f" % ((b[1] - a[1]) / (b[0] - a[0])) for a, b in zip(points, points[1:])))
+            report(label, measure(binary, upstream.server_address[1], n, send_request))
     finally:
         upstream.shutdown()
 

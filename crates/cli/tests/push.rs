@@ -590,3 +590,54 @@ fn a_bad_push_gateway_configuration_is_refused_with_the_field_named() {
         assert!(printed.contains(error), "{error} in {printed}");
     }
 }
+
+#[test]
+fn devices_speak_websocket_on_the_same_listener() {
+    let redis = RedisServer::start();
+    let (pylon, devices) = node(&redis, json!({}));
+    let options = Options {
+        websocket: Some("/devices".into()),
+        ping_every: Some(Duration::from_millis(100)),
+        ..Options::default()
+    };
+    let fleet = Fleet::with_options(devices, options);
+    connected(
+        &fleet,
+        vec![device("ws").with_tags(&["web"]).with_network("4g")],
+    );
+    assert_eq!(fleet.state(APP, "ws").unwrap().auth_oks[0]["heartbeat"], 20);
+    for protocol in PROTOCOLS {
+        let direct = push(
+            protocol,
+            &pylon,
+            json!({"app_id": APP, "device_id": "ws", "data": {"n": 1}}),
+        );
+        let tagged = push(
+            protocol,
+            &pylon,
+            json!({"app_id": APP, "tag": "web", "data": {"n": 2}}),
+        );
+        waits(&fleet, "both pushes", |v| {
+            v.has(APP, "ws", &direct) && v.has(APP, "ws", &tagged)
+        });
+        let counts = json!({"targets": 1, "sent": 1, "delivered": 1, "expired": 0});
+        assert_eq!(
+            wait_counts(protocol, &pylon, &direct, counts.clone()),
+            counts
+        );
+    }
+    // Pings are answered as text too.
+    waits(&fleet, "pongs", |v| v.state(APP, "ws").unwrap().pongs >= 2);
+    let refused = Fleet::with_options(
+        devices,
+        Options {
+            websocket: Some("/devices".into()),
+            ..Options::default()
+        },
+    )
+    .connect_one(DeviceSpec::new(APP, "bad", "wrong-key"));
+    assert_eq!(
+        refused,
+        Outcome::Failed(CloseReason::Error("unauthorized".into()))
+    );
+}

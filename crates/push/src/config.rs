@@ -269,6 +269,30 @@ impl PushConfig {
 }
 
 impl Commands {
+    /// The command a device's WebSocket text message names in its `type`.
+    pub fn from_device(&self, name: &str) -> Option<u64> {
+        match name {
+            "auth" => Some(self.auth),
+            "ping" => Some(self.ping),
+            "ack" => Some(self.ack),
+            _ => None,
+        }
+    }
+
+    /// The `type` of a WebSocket text message carrying the gateway's `command`.
+    pub fn name_to_device(&self, command: u64) -> &'static str {
+        [
+            (self.auth_ok, "auth_ok"),
+            (self.pong, "pong"),
+            (self.push, "push"),
+            (self.reconnect, "reconnect"),
+            (self.error, "error"),
+        ]
+        .into_iter()
+        .find_map(|(number, name)| (number == command).then_some(name))
+        .unwrap_or("error")
+    }
+
     /// Two commands of one direction with the same number: a frame could not say which.
     fn clashes(&self) -> Vec<FieldError> {
         let from_device = [("auth", self.auth), ("ping", self.ping), ("ack", self.ack)];

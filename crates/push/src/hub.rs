@@ -930,3 +930,91 @@ async fn keep_alive(
         tokio::time::sleep(HEARTBEAT).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(n: u64) -> StreamPos {
+        StreamPos(n, 0)
+    }
+
+    #[test]
+    fn a_cursor_moves_only_through_what_is_acknowledged_and_never_past_what_is_on_its_way() {
+        let mut track = Track::default();
+        track.sent(pos(5));
+        // Nothing moves before the cursor is read from Redis.
+        assert_eq!(track.advance(), None);
+        track.attached = true;
+        track.written = pos(1);
+        track.pending.insert(pos(3));
+        track.sent(pos(7));
+        assert!(track.unacked.remove(&pos(7)));
+        track.acked.insert(pos(7));
+        // 3 is on its way and 5 unacknowledged: the cursor stays before 3.
+        assert_eq!(track.advance(), Some(pos(3).before()));
+        track.pending.remove(&pos(3));
+        track.sent(pos(3));
+        track.unacked.remove(&pos(3));
+        track.acked.insert(pos(3));
+        assert_eq!(track.advance(), Some(pos(5).before()));
+        track.unacked.remove(&pos(5));
+        track.acked.insert(pos(5));
+        // All acknowledged: through the last seen, and nothing is held any more.
+        assert_eq!(track.advance(), Some(pos(7)));
+        assert!(track.acked.is_empty() && track.unacked.is_empty() && track.pending.is_empty());
+        assert_eq!(track.advance(), None);
+    }
+
+    #[test]
+    fn a_broadcast_sent_or_on_its_way_is_not_sent_again() {
+        let mut track = Track {
+            attached: true,
+            written: pos(10),
+            ..Track::default()
+        };
+        assert!(track.has(pos(9)), "done: before the cursor");
+        assert!(!track.has(pos(11)));
+        track.pending.insert(pos(11));
+        assert!(track.has(pos(11)), "a fan-out is to send it");
+        track.sent(pos(12));
+        assert!(track.has(pos(12)), "sent, not acknowledged");
+        track.unacked.remove(&pos(12));
+        track.acked.insert(pos(12));
+        assert!(track.has(pos(12)), "acknowledged past the cursor");
+    }
+
+    #[test]
+    fn high_priority_messages_and_closes_go_first() {
+        let device = Device::new(
+            DeviceKey {
+                app: "a".into(),
+                device: "d".into(),
+            },
+            1,
+            vec!["t".into()],
+        );
+        let delivery = |id: &str, priority| {
+            Outgoing::Push(Arc::new(Delivery {
+                id: id.into(),
+                body: Bytes::new(),
+                priority,
+                broadcast: None,
+            }))
+        };
+        device.send(delivery("normal", Priority::Normal));
+        device.send(delivery("high", Priority::High));
+        device.send(Outgoing::Close("replaced"));
+        let order: Vec<String> = (device.take().into_iter())
+            .map(|out| match out {
+                Outgoing::Push(d) => d.id.to_string(),
+                Outgoing::Reconnect(_) => "reconnect".into(),
+                Outgoing::Close(why) => why.into(),
+            })
+            .collect();
+        assert_eq!(order, ["replaced", "high", "normal"]);
+        assert!(device.take().is_empty());
+        assert!(device.matches(&Target::Tag("t AND NOT u".into())));
+        assert!(!device.matches(&Target::Tag("u".into())));
+    }
+}

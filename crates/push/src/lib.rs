@@ -14,6 +14,7 @@ pub mod hub;
 pub mod message;
 pub mod store;
 pub mod tags;
+pub mod websocket;
 pub mod wire;
 
 pub use config::{PushConfig, PROTOCOL_NAME};

@@ -27,6 +27,7 @@ use pylon_plugins::Redis;
 use pylon_push::config::Commands;
 use pylon_push::hub::{Delivery, Device, Hub, Outgoing, Rates};
 use pylon_push::store::DeviceKey;
+use pylon_push::websocket::{self, Fragments, Message};
 use pylon_push::wire::{self, Hello};
 use pylon_push::PushConfig;
 use pylon_router::RequestView;
@@ -43,6 +44,8 @@ const SCRATCH: usize = 16 * 1024;
 /// duplicate and to know an acknowledged broadcast's place); older ones are resent on the
 /// next connection.
 const MAX_IN_FLIGHT: usize = 1024;
+/// What a WebSocket text message may hold besides a frame's body.
+const JSON_OVERHEAD: usize = 1024;
 /// How long a write to a device may take before the device is let go as not reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -186,19 +189,25 @@ struct Moved {
 }
 
 async fn serve<C>(
-    mut io: C,
+    io: C,
     gateway: &PushGateway,
     client: SocketAddr,
 ) -> (Ended, Option<DeviceKey>, Moved)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut moved = Moved::default();
-    // Boxed: the hello's buffer and the plugins' futures are needed once, not while idle.
-    let hello = Box::pin(authenticate(&mut io, gateway, client, &mut moved)).await;
-    let (hello, partial) = match hello {
+    let mut link = Link {
+        io,
+        gateway,
+        partial: BytesMut::new(),
+        wire: Wire::Frames,
+        moved: Moved::default(),
+    };
+    // Boxed: the handshake, the hello and the plugins' futures are needed once, not while
+    // the device is idle.
+    let hello = match Box::pin(authenticate(&mut link, client)).await {
         Ok(hello) => hello,
-        Err(ended) => return (ended, None, moved),
+        Err(ended) => return (ended, None, link.moved),
     };
     let hub = gateway.hub.clone();
     let key = DeviceKey {
@@ -207,31 +216,25 @@ where
     };
     let device = Arc::new(Device::new(key.clone(), hub.next_conn(), hello.tags));
     let interval = hub.heartbeat().interval_for(hello.network.as_deref());
+    let welcome = wire::auth_ok(interval, hub.node());
+    if let Err(ended) = link
+        .write_frame(gateway.commands.auth_ok, hello.sequence, welcome)
+        .await
+    {
+        return (ended, Some(key), link.moved);
+    }
     let mut connection = DeviceConnection {
-        io,
-        gateway,
+        link,
         device: device.clone(),
-        partial,
         in_flight: Vec::new(),
         sequence: 0,
         network: hello.network.map(String::into_boxed_str),
         interval,
-        moved,
     };
-    let welcome = wire::auth_ok(interval, hub.node());
-    let answered = connection
-        .write_frame(gateway.commands.auth_ok, hello.sequence, welcome)
-        .await;
-    let ended = match answered {
-        Ok(()) => {
-            hub.attach(device.clone());
-            let ended = connection.run().await;
-            hub.detach(device);
-            ended
-        }
-        Err(ended) => ended,
-    };
-    (ended, Some(key), connection.moved)
+    hub.attach(device.clone());
+    let ended = connection.run().await;
+    hub.detach(device);
+    (ended, Some(key), connection.link.moved)
 }
 
 /// A checked `auth` frame's body, and its sequence id.
@@ -243,32 +246,21 @@ struct Authenticated {
     network: Option<String>,
 }
 
-/// Reads the connection's first frame, which must be an `auth` whose token the route's
-/// plugins accept; answers it and the bytes read past it, or how the connection ends.
-async fn authenticate<C>(
-    io: &mut C,
-    gateway: &PushGateway,
-    client: SocketAddr,
-    moved: &mut Moved,
-) -> Result<(Authenticated, BytesMut), Ended>
+/// Reads the connection's first frame (after a WebSocket handshake, if the device opens
+/// with one), which must be an `auth` whose token the route's plugins accept.
+async fn authenticate<C>(link: &mut Link<'_, C>, client: SocketAddr) -> Result<Authenticated, Ended>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut partial = BytesMut::new();
+    let gateway = link.gateway;
     let first = tokio::time::timeout(gateway.first_frame_timeout, async {
+        link.open().await?;
         loop {
-            match read_frames(io, &mut partial, &gateway.layout, 1).await {
-                Ok(Some((mut frames, n))) => {
-                    moved.received += n as u64;
-                    if let Some(frame) = frames.pop() {
-                        return Ok(frame);
-                    }
-                }
-                Ok(None) => return Err(Ended::Closed),
-                Err(ReadError::Io) => return Err(Ended::Broken),
-                Err(ReadError::Frame(why)) => {
-                    return Err(refuse(io, gateway, 0, why, Ended::BadFrame).await)
-                }
+            match link.read().await? {
+                Some(Incoming::Frame(frame)) => return Ok(frame),
+                Some(Incoming::Close) => return Err(Ended::Closed),
+                Some(Incoming::Ping(payload)) => link.pong(&payload).await?,
+                None => {}
             }
         }
     })
@@ -276,22 +268,16 @@ where
     let frame = match first {
         Ok(Ok(frame)) => frame,
         Ok(Err(ended)) => return Err(ended),
-        Err(_) => return Err(refuse(io, gateway, 0, "no auth frame in time", Ended::NoAuth).await),
+        Err(_) => return Err(link.refuse(0, "no auth frame in time", Ended::NoAuth).await),
     };
     let sequence = frame.sequence;
     if frame.command != gateway.commands.auth {
-        return Err(refuse(
-            io,
-            gateway,
-            sequence,
-            "the first frame must be auth",
-            Ended::BadFrame,
-        )
-        .await);
+        let why = "the first frame must be auth";
+        return Err(link.refuse(sequence, why, Ended::BadFrame).await);
     }
     let hello = match Hello::parse(&frame.body) {
         Ok(hello) => hello,
-        Err(why) => return Err(refuse(io, gateway, sequence, &why, Ended::BadFrame).await),
+        Err(why) => return Err(link.refuse(sequence, &why, Ended::BadFrame).await),
     };
     let view = DeviceView {
         token: &hello.token,
@@ -302,7 +288,7 @@ where
     // consumer in `rewrite`).
     for phase in [RequestPhase::Rewrite, RequestPhase::Access] {
         if gateway.auth.run(phase, &mut ctx, None).await.is_some() {
-            return Err(refuse(io, gateway, sequence, "unauthorized", Ended::Refused).await);
+            return Err(link.refuse(sequence, "unauthorized", Ended::Refused).await);
         }
     }
     let Hello {
@@ -312,43 +298,13 @@ where
         network,
         ..
     } = hello;
-    Ok((
-        Authenticated {
-            sequence,
-            app_id,
-            device_id,
-            tags,
-            network,
-        },
-        partial,
-    ))
-}
-
-/// Sends an `error` frame saying `why`, best effort, and answers how the connection ended.
-async fn refuse<C>(
-    io: &mut C,
-    gateway: &PushGateway,
-    sequence: u64,
-    why: &str,
-    ended: Ended,
-) -> Ended
-where
-    C: AsyncWrite + Unpin,
-{
-    let mut bytes = BytesMut::new();
-    if encode(
-        &gateway.layout,
-        gateway.commands.error,
+    Ok(Authenticated {
         sequence,
-        wire::error(why),
-        &mut bytes,
-    )
-    .is_ok()
-    {
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, io.write_all(&bytes)).await;
-    }
-    let _ = io.shutdown().await;
-    ended
+        app_id,
+        device_id,
+        tags,
+        network,
+    })
 }
 
 /// A device's `auth` frame as the authentication plugins see a request: the token is the
@@ -381,176 +337,194 @@ impl RequestView for DeviceView<'_> {
     }
 }
 
-/// An attached device's connection.
-struct DeviceConnection<'g, C> {
+/// How a device speaks on its connection.
+enum Wire {
+    /// Frames of the route's layout, back to back.
+    Frames,
+    /// WebSocket messages: text ones carry a frame's body as JSON with a `type` naming its
+    /// command, binary ones one frame each. The device is answered in the kind it last
+    /// sent.
+    WebSocket { text: bool, fragments: Fragments },
+}
+
+/// What a device sent.
+enum Incoming {
+    Frame(Frame),
+    /// A WebSocket ping, answered with its bytes.
+    Ping(Bytes),
+    /// A WebSocket close.
+    Close,
+}
+
+/// A device's socket: reads through the worker's buffer, frames either way.
+struct Link<'g, C> {
     io: C,
     gateway: &'g PushGateway,
-    device: Arc<Device>,
     /// The bytes of a frame not yet whole; empty (with no capacity) between frames.
     partial: BytesMut,
-    /// Messages sent and not yet acknowledged, oldest first.
-    in_flight: Vec<Arc<Delivery>>,
-    sequence: u64,
-    network: Option<Box<str>>,
-    /// The ping interval the device keeps, in seconds.
-    interval: u64,
+    wire: Wire,
     moved: Moved,
 }
 
-impl<C> DeviceConnection<'_, C>
+impl<C> Link<'_, C>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn run(&mut self) -> Ended {
-        let hub = self.gateway.hub.clone();
-        let silence = |interval| hub.heartbeat().silence_allowed(interval);
-        let idle = tokio::time::sleep(silence(self.interval));
-        tokio::pin!(idle);
+    /// Answers the WebSocket handshake, if the connection opens with one.
+    async fn open(&mut self) -> Result<(), Ended> {
         loop {
-            let woke = tokio::select! {
-                read = read_frames(&mut self.io, &mut self.partial, &self.gateway.layout, usize::MAX) => Woke::Read(read),
-                () = self.device.ready() => Woke::Outbox,
-                () = &mut idle => Woke::Idle,
-            };
-            let step = match woke {
-                Woke::Read(Ok(Some((frames, n)))) => {
-                    self.moved.received += n as u64;
-                    idle.as_mut()
-                        .reset(tokio::time::Instant::now() + silence(self.interval));
-                    self.on_frames(frames).await
-                }
-                Woke::Read(Ok(None)) => Err(Ended::Closed),
-                Woke::Read(Err(ReadError::Io)) => Err(Ended::Broken),
-                Woke::Read(Err(ReadError::Frame(why))) => {
-                    Err(refuse(&mut self.io, self.gateway, 0, why, Ended::BadFrame).await)
-                }
-                Woke::Outbox => self.on_outbox().await,
-                Woke::Idle => Err(Ended::Idle),
-            };
-            if let Err(ended) = step {
-                return ended;
+            match websocket::is_handshake(&self.partial) {
+                Some(false) => return Ok(()),
+                Some(true) => break,
+                None => self.fill().await?,
+            }
+        }
+        let end = loop {
+            if let Some(end) = websocket::handshake_end(&self.partial) {
+                break end;
+            }
+            if self.partial.len() > websocket::MAX_HANDSHAKE {
+                return Err(self.refuse_handshake("the handshake is too long").await);
+            }
+            self.fill().await?;
+        };
+        let head = self.partial.split_to(end);
+        match websocket::accept(&head) {
+            Ok(answer) => {
+                self.wire = Wire::WebSocket {
+                    text: false,
+                    fragments: Fragments::default(),
+                };
+                self.write(&answer).await
+            }
+            Err(why) => Err(self.refuse_handshake(why).await),
+        }
+    }
+
+    async fn refuse_handshake(&mut self, why: &str) -> Ended {
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{why}",
+            why.len()
+        );
+        let _ = self.write(answer.as_bytes()).await;
+        Ended::BadFrame
+    }
+
+    /// Reads what the socket has into the worker's scratch buffer, and keeps it in
+    /// `partial`.
+    async fn fill(&mut self) -> Result<(), Ended> {
+        let (io, partial) = (&mut self.io, &mut self.partial);
+        let n = poll_fn(|cx| {
+            SCRATCH_BUFFER.with_borrow_mut(|scratch| {
+                let mut buf = ReadBuf::new(scratch);
+                ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+                partial.extend_from_slice(buf.filled());
+                Poll::Ready(Ok::<_, io::Error>(buf.filled().len()))
+            })
+        })
+        .await
+        .map_err(|_| Ended::Broken)?;
+        match n {
+            0 => Err(Ended::Closed),
+            n => {
+                self.moved.received += n as u64;
+                Ok(())
             }
         }
     }
 
-    async fn on_frames(&mut self, frames: Vec<Frame>) -> Result<(), Ended> {
-        let commands = self.gateway.commands;
-        for frame in frames {
-            if frame.command == commands.ping {
-                let now = self
-                    .gateway
-                    .hub
-                    .heartbeat()
-                    .interval_for(self.network.as_deref());
-                let body = if now == self.interval {
-                    Bytes::new()
-                } else {
-                    self.interval = now;
-                    wire::heartbeat(now)
-                };
-                self.write_frame(commands.pong, frame.sequence, body)
-                    .await?;
-            } else if frame.command == commands.ack {
-                let id = match wire::ack_id(&frame.body) {
-                    Ok(id) => id,
-                    Err(why) => {
-                        return Err(refuse(
-                            &mut self.io,
-                            self.gateway,
-                            frame.sequence,
-                            &why,
-                            Ended::BadFrame,
-                        )
-                        .await)
-                    }
-                };
-                let sent = self.in_flight.iter().position(|d| *d.id == *id);
-                let broadcast = sent.and_then(|at| self.in_flight.remove(at).broadcast);
-                self.gateway
-                    .hub
-                    .acknowledge(self.device.clone(), id.into_boxed_str(), broadcast);
-            } else {
-                let why = "a frame a device may not send";
-                return Err(refuse(
-                    &mut self.io,
-                    self.gateway,
-                    frame.sequence,
-                    why,
-                    Ended::BadFrame,
-                )
-                .await);
-            }
+    /// The next thing the device sent, reading the socket once if none is whole yet
+    /// (`None`: still not whole). Refuses (with an error to the device) what is not its
+    /// protocol.
+    async fn read(&mut self) -> Result<Option<Incoming>, Ended> {
+        if let Some(incoming) = self.take().await? {
+            return Ok(Some(incoming));
         }
-        Ok(())
+        self.fill().await?;
+        let incoming = self.take().await?;
+        if self.partial.is_empty() {
+            // Give the allocation back: an idle device holds no buffer.
+            self.partial = BytesMut::new();
+        }
+        Ok(incoming)
     }
 
-    /// Writes what the hub queued for the device.
-    async fn on_outbox(&mut self) -> Result<(), Ended> {
-        let commands = self.gateway.commands;
-        let mut bytes = BytesMut::new();
-        let mut end = None;
-        for out in self.device.take() {
-            match out {
-                Outgoing::Push(delivery) => {
-                    if self.in_flight.iter().any(|d| d.id == delivery.id) {
-                        continue;
+    /// Takes the next whole thing the device sent off `partial`.
+    async fn take(&mut self) -> Result<Option<Incoming>, Ended> {
+        let gateway = self.gateway;
+        let layout = &gateway.layout;
+        let taken = match &mut self.wire {
+            Wire::Frames => match layout.decode(&mut self.partial) {
+                Ok(frame) => Ok(frame.map(Incoming::Frame)),
+                Err(e) => Err(e.name()),
+            },
+            Wire::WebSocket { text, fragments } => {
+                let max = layout.frame_len(layout.max_body() as usize) + JSON_OVERHEAD;
+                match websocket::decode(&mut self.partial, fragments, max) {
+                    Ok(None) => Ok(None),
+                    Ok(Some(Message::Text(json))) => {
+                        *text = true;
+                        frame_of_json(&json, &gateway.commands).map(|f| Some(Incoming::Frame(f)))
                     }
-                    self.sequence = (self.sequence + 1) % self.gateway.layout.max_sequence().max(1);
-                    let body = delivery.body.clone();
-                    if encode(
-                        &self.gateway.layout,
-                        commands.push,
-                        self.sequence,
-                        body,
-                        &mut bytes,
-                    )
-                    .is_err()
-                    {
-                        continue;
+                    Ok(Some(Message::Binary(bytes))) => {
+                        *text = false;
+                        let mut bytes = BytesMut::from(&bytes[..]);
+                        match layout.decode(&mut bytes) {
+                            Ok(Some(frame)) if bytes.is_empty() => Ok(Some(Incoming::Frame(frame))),
+                            Ok(_) => Err("a binary message must be one whole frame"),
+                            Err(e) => Err(e.name()),
+                        }
                     }
-                    if self.in_flight.len() == MAX_IN_FLIGHT {
-                        self.in_flight.remove(0);
-                    }
-                    self.in_flight.push(delivery);
-                }
-                Outgoing::Reconnect(after_ms) => {
-                    let _ = encode(
-                        &self.gateway.layout,
-                        commands.reconnect,
-                        0,
-                        wire::reconnect(after_ms),
-                        &mut bytes,
-                    );
-                    end = Some(Ended::Moved);
-                    break;
-                }
-                Outgoing::Close(why) => {
-                    let _ = encode(
-                        &self.gateway.layout,
-                        commands.error,
-                        0,
-                        wire::error(why),
-                        &mut bytes,
-                    );
-                    end = Some(Ended::Replaced);
-                    break;
+                    Ok(Some(Message::Ping(payload))) => Ok(Some(Incoming::Ping(payload))),
+                    Ok(Some(Message::Pong)) => Ok(None),
+                    Ok(Some(Message::Close)) => Ok(Some(Incoming::Close)),
+                    Err(e) => Err(e.name()),
                 }
             }
+        };
+        match taken {
+            Ok(incoming) => Ok(incoming),
+            Err(why) => Err(self.refuse(0, why, Ended::BadFrame).await),
         }
-        self.write(&bytes).await?;
-        match end {
-            Some(ended) => {
-                let _ = self.io.shutdown().await;
-                Err(ended)
+    }
+
+    /// Appends a frame to `out` as the device's wire carries it.
+    fn encode(&self, command: u64, sequence: u64, body: &[u8], out: &mut BytesMut) {
+        let layout = &self.gateway.layout;
+        let frame = |out: &mut BytesMut| {
+            let frame = Frame {
+                command,
+                sequence,
+                fields: Default::default(),
+                body: Bytes::copy_from_slice(body),
+            };
+            // The gateway's own bodies fit every layout's body length field; a sequence
+            // wraps within its field.
+            let _ = layout.encode(&frame, out);
+        };
+        match &self.wire {
+            Wire::Frames => frame(out),
+            Wire::WebSocket { text: false, .. } => {
+                let mut one = BytesMut::new();
+                frame(&mut one);
+                websocket::encode_binary(&one, out);
             }
-            None => Ok(()),
+            Wire::WebSocket { text: true, .. } => {
+                let name = self.gateway.commands.name_to_device(command);
+                websocket::encode_text(&json_of_frame(name, body), out);
+            }
         }
     }
 
     async fn write_frame(&mut self, command: u64, sequence: u64, body: Bytes) -> Result<(), Ended> {
         let mut bytes = BytesMut::new();
-        encode(&self.gateway.layout, command, sequence, body, &mut bytes)
-            .map_err(|_| Ended::BadFrame)?;
+        self.encode(command, sequence, &body, &mut bytes);
+        self.write(&bytes).await
+    }
+
+    async fn pong(&mut self, payload: &[u8]) -> Result<(), Ended> {
+        let mut bytes = BytesMut::new();
+        websocket::encode_pong(payload, &mut bytes);
         self.write(&bytes).await
     }
 
@@ -567,73 +541,204 @@ where
             Err(_) => Err(Ended::NotReading),
         }
     }
-}
 
-enum Woke {
-    Read(Result<Option<(Vec<Frame>, usize)>, ReadError>),
-    Outbox,
-    Idle,
-}
-
-enum ReadError {
-    Io,
-    Frame(&'static str),
-}
-
-/// Reads what the socket has into the worker's scratch buffer and takes the whole frames
-/// off it (at most `most`; the rest stays in `partial`): the frames and the bytes read, or
-/// `None` at the end of the stream.
-async fn read_frames<C>(
-    io: &mut C,
-    partial: &mut BytesMut,
-    layout: &Layout,
-    most: usize,
-) -> Result<Option<(Vec<Frame>, usize)>, ReadError>
-where
-    C: AsyncRead + Unpin,
-{
-    let n = poll_fn(|cx| {
-        SCRATCH_BUFFER.with_borrow_mut(|scratch| {
-            let mut buf = ReadBuf::new(scratch);
-            ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))
-                .map_err(|_: io::Error| ReadError::Io)?;
-            partial.extend_from_slice(buf.filled());
-            Poll::Ready(Ok(buf.filled().len()))
-        })
-    })
-    .await?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let mut frames = Vec::new();
-    while frames.len() < most {
-        match layout.decode(partial) {
-            Ok(Some(frame)) => frames.push(frame),
-            Ok(None) => break,
-            Err(e) => return Err(ReadError::Frame(e.name())),
+    /// Sends a last frame (`error`, `reconnect`), best effort, and closes; answers `ended`.
+    async fn close_with(
+        &mut self,
+        command: u64,
+        sequence: u64,
+        body: Bytes,
+        ended: Ended,
+    ) -> Ended {
+        let mut bytes = BytesMut::new();
+        self.encode(command, sequence, &body, &mut bytes);
+        if let Wire::WebSocket { .. } = self.wire {
+            websocket::encode_close(&mut bytes);
         }
+        let _ = self.write(&bytes).await;
+        let _ = self.io.shutdown().await;
+        ended
     }
-    if partial.is_empty() {
-        // Give the allocation back: an idle device holds no buffer.
-        *partial = BytesMut::new();
+
+    /// Sends an `error` frame saying `why` and closes; answers `ended`.
+    async fn refuse(&mut self, sequence: u64, why: &str, ended: Ended) -> Ended {
+        let error = self.gateway.commands.error;
+        self.close_with(error, sequence, wire::error(why), ended)
+            .await
     }
-    Ok(Some((frames, n)))
 }
 
-fn encode(
-    layout: &Layout,
-    command: u64,
-    sequence: u64,
-    body: Bytes,
-    bytes: &mut BytesMut,
-) -> Result<(), ()> {
-    let frame = Frame {
+/// A WebSocket text message as a frame: its `type` names the command, `seq` (if any) is the
+/// sequence id, and the rest is the body.
+fn frame_of_json(json: &[u8], commands: &Commands) -> Result<Frame, &'static str> {
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(json) else {
+        return Err("a text message must be a JSON object");
+    };
+    let command = match fields.remove("type") {
+        Some(serde_json::Value::String(name)) => commands.from_device(&name),
+        _ => None,
+    };
+    let Some(command) = command else {
+        return Err("a text message's `type` must be auth, ping or ack");
+    };
+    let sequence = fields.remove("seq").and_then(|s| s.as_u64()).unwrap_or(0);
+    let body = serde_json::to_vec(&fields).map_err(|_| "a text message must be a JSON object")?;
+    Ok(Frame {
         command,
         sequence,
         fields: Default::default(),
-        body,
-    };
-    layout.encode(&frame, bytes).map_err(drop)
+        body: Bytes::from(body),
+    })
+}
+
+/// A frame's JSON body as a WebSocket text message: the body with `type` first.
+fn json_of_frame(name: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{{\"type\":\"{name}\"").into_bytes();
+    // The gateway's bodies are JSON objects, or empty.
+    match body.strip_prefix(b"{").map(|rest| rest.trim_ascii_start()) {
+        Some(b"}") | None => out.push(b'}'),
+        Some(rest) => {
+            out.push(b',');
+            out.extend_from_slice(rest);
+        }
+    }
+    out
+}
+
+/// An attached device's connection.
+struct DeviceConnection<'g, C> {
+    link: Link<'g, C>,
+    device: Arc<Device>,
+    /// Messages sent and not yet acknowledged, oldest first.
+    in_flight: Vec<Arc<Delivery>>,
+    sequence: u64,
+    network: Option<Box<str>>,
+    /// The ping interval the device keeps, in seconds.
+    interval: u64,
+}
+
+impl<C> DeviceConnection<'_, C>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(&mut self) -> Ended {
+        let hub = self.link.gateway.hub.clone();
+        let silence = |interval| hub.heartbeat().silence_allowed(interval);
+        let idle = tokio::time::sleep(silence(self.interval));
+        tokio::pin!(idle);
+        loop {
+            let woke = tokio::select! {
+                read = self.link.read() => Woke::Read(read),
+                () = self.device.ready() => Woke::Outbox,
+                () = &mut idle => Woke::Idle,
+            };
+            let step = match woke {
+                Woke::Read(Ok(Some(incoming))) => {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + silence(self.interval));
+                    self.on_incoming(incoming).await
+                }
+                Woke::Read(Ok(None)) => Ok(()),
+                Woke::Read(Err(ended)) => Err(ended),
+                Woke::Outbox => self.on_outbox().await,
+                Woke::Idle => Err(Ended::Idle),
+            };
+            if let Err(ended) = step {
+                return ended;
+            }
+        }
+    }
+
+    async fn on_incoming(&mut self, incoming: Incoming) -> Result<(), Ended> {
+        let commands = self.link.gateway.commands;
+        let frame = match incoming {
+            Incoming::Frame(frame) => frame,
+            Incoming::Ping(payload) => return self.link.pong(&payload).await,
+            Incoming::Close => {
+                let mut bytes = BytesMut::new();
+                websocket::encode_close(&mut bytes);
+                let _ = self.link.write(&bytes).await;
+                return Err(Ended::Closed);
+            }
+        };
+        if frame.command == commands.ping {
+            let hub = &self.link.gateway.hub;
+            let now = hub.heartbeat().interval_for(self.network.as_deref());
+            let body = if now == self.interval {
+                Bytes::new()
+            } else {
+                self.interval = now;
+                wire::heartbeat(now)
+            };
+            self.link
+                .write_frame(commands.pong, frame.sequence, body)
+                .await
+        } else if frame.command == commands.ack {
+            let id = match wire::ack_id(&frame.body) {
+                Ok(id) => id,
+                Err(why) => {
+                    return Err(self
+                        .link
+                        .refuse(frame.sequence, &why, Ended::BadFrame)
+                        .await)
+                }
+            };
+            let sent = self.in_flight.iter().position(|d| *d.id == *id);
+            let broadcast = sent.and_then(|at| self.in_flight.remove(at).broadcast);
+            let hub = &self.link.gateway.hub;
+            hub.acknowledge(self.device.clone(), id.into_boxed_str(), broadcast);
+            Ok(())
+        } else {
+            let why = "a frame a device may not send";
+            Err(self.link.refuse(frame.sequence, why, Ended::BadFrame).await)
+        }
+    }
+
+    /// Writes what the hub queued for the device.
+    async fn on_outbox(&mut self) -> Result<(), Ended> {
+        let commands = self.link.gateway.commands;
+        let max_sequence = self.link.gateway.layout.max_sequence().max(1);
+        let mut bytes = BytesMut::new();
+        for out in self.device.take() {
+            match out {
+                Outgoing::Push(delivery) => {
+                    if self.in_flight.iter().any(|d| d.id == delivery.id) {
+                        continue;
+                    }
+                    self.sequence = (self.sequence + 1) % max_sequence;
+                    self.link
+                        .encode(commands.push, self.sequence, &delivery.body, &mut bytes);
+                    if self.in_flight.len() == MAX_IN_FLIGHT {
+                        self.in_flight.remove(0);
+                    }
+                    self.in_flight.push(delivery);
+                }
+                Outgoing::Reconnect(after_ms) => {
+                    self.link.write(&bytes).await?;
+                    let body = wire::reconnect(after_ms);
+                    let ended = self
+                        .link
+                        .close_with(commands.reconnect, 0, body, Ended::Moved);
+                    return Err(ended.await);
+                }
+                Outgoing::Close(why) => {
+                    self.link.write(&bytes).await?;
+                    let body = wire::error(why);
+                    let ended = self
+                        .link
+                        .close_with(commands.error, 0, body, Ended::Replaced);
+                    return Err(ended.await);
+                }
+            }
+        }
+        self.link.write(&bytes).await
+    }
+}
+
+enum Woke {
+    Read(Result<Option<Incoming>, Ended>),
+    Outbox,
+    Idle,
 }
 
 fn log(
