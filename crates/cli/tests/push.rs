@@ -15,6 +15,7 @@ mod support;
 #[path = "../../redis/tests/support/redis_server.rs"]
 mod redis_server;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use pylon_devices::frame::encode_json;
 use pylon_devices::{raw_session, CloseReason, DeviceSpec, Fleet, Options, Outcome, View};
 use redis_server::RedisServer;
 use serde_json::{json, Value};
-use support::client::Response;
+use support::client::{get, Response};
 use support::frames::STREAM_LISTENER;
 use support::protocols::{call, Protocol, PROTOCOLS};
 use support::Pylon;
@@ -119,6 +120,20 @@ fn wait_counts(protocol: Protocol, pylon: &Pylon, id: &str, expected: Value) -> 
     }
 }
 
+/// The push gateway's series a scrape of the metrics listener shows, with their values
+/// (`pylon_push_device_closes_total{route="devices",reason="unauthorized"}`).
+fn push_metrics(pylon: &Pylon) -> BTreeMap<String, f64> {
+    let res = get(pylon.metrics.unwrap(), "localhost", "/metrics");
+    assert_eq!(res.status, 200);
+    (res.text().lines())
+        .filter(|line| line.starts_with("pylon_push"))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
 fn waits(fleet: &Fleet, what: &str, condition: impl FnMut(&View<'_>) -> bool) {
     assert!(
         fleet.wait_until(WAIT, condition),
@@ -163,6 +178,12 @@ fn a_push_to_a_device_reaches_it_once_and_counts_as_delivered() {
         v.has(APP, "d1", &id) && v.has(APP, "d2", &id)
     });
     assert_eq!(fleet.ids(APP, "d1").len(), 3, "each message once");
+    let metrics = push_metrics(&pylon);
+    assert_eq!(metrics[r#"pylon_push_devices{route="devices"}"#], 2.0);
+    assert_eq!(
+        metrics[r#"pylon_push_messages_total{route="devices",event="sent"}"#],
+        4.0
+    );
 }
 
 #[test]
@@ -394,8 +415,12 @@ fn bad_devices_are_closed_with_an_error_and_counted_in_the_log() {
     assert!(closed && String::from_utf8_lossy(&answer).contains("no auth frame in time"));
     let lines = pylon.wait_access_log(6);
     let failures: Vec<&str> = lines.iter().filter_map(|l| l["failure"].as_str()).collect();
+    let metrics = push_metrics(&pylon);
     for failure in ["unauthorized", "bad_frame", "client_timeout"] {
         assert!(failures.contains(&failure), "{failure} in {failures:?}");
+        let series =
+            format!(r#"pylon_push_device_closes_total{{route="devices",reason="{failure}"}}"#);
+        assert!(metrics[&series] >= 1.0, "{series} in {metrics:?}");
     }
     // A good device beside them is not disturbed.
     connected(&fleet, vec![device("good")]);

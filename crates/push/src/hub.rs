@@ -123,6 +123,20 @@ impl Device {
     }
 }
 
+/// Why device connections end, as the metrics and the access log name it: the device
+/// closed it, or the failure.
+pub const CLOSE_REASONS: [&str; 9] = [
+    "closed",
+    "connection_broken",
+    "client_timeout",
+    "unauthorized",
+    "bad_frame",
+    "idle_timeout",
+    "write_timeout",
+    "replaced",
+    "reconnect",
+];
+
 /// The node's counts, for the metrics.
 #[derive(Debug, Default)]
 pub struct HubCounters {
@@ -131,8 +145,58 @@ pub struct HubCounters {
     pub sent: AtomicU64,
     /// First acknowledgements of messages to devices, and of broadcasts.
     pub delivered: AtomicU64,
+    /// Messages whose TTL passed before their device had them, as this node found them.
+    pub expired: AtomicU64,
     /// Redis calls that failed.
     pub redis_failures: AtomicU64,
+    /// Device connections ended, by the index of [`CLOSE_REASONS`].
+    closes: [AtomicU64; CLOSE_REASONS.len()],
+}
+
+impl HubCounters {
+    /// Counts a device connection that ended for `reason`, one of [`CLOSE_REASONS`].
+    pub fn closed(&self, reason: &str) {
+        if let Some(at) = CLOSE_REASONS.iter().position(|r| *r == reason) {
+            self.closes[at].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One hub's counts at a moment, for a scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubTotals {
+    /// The push gateway's stream route.
+    pub route: String,
+    pub connected: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub expired: u64,
+    pub redis_failures: u64,
+    /// By the index of [`CLOSE_REASONS`].
+    pub closes: [u64; CLOSE_REASONS.len()],
+}
+
+/// The counts of every hub of this process, by route.
+pub fn totals() -> Vec<HubTotals> {
+    let hubs = HUBS.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut totals: Vec<HubTotals> = (hubs.iter().flatten())
+        .filter_map(|((route, ..), hub)| Some((route, hub.upgrade()?)))
+        .map(|(route, hub)| {
+            let c = &hub.counters;
+            let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+            HubTotals {
+                route: route.clone(),
+                connected: read(&c.connected),
+                sent: read(&c.sent),
+                delivered: read(&c.delivered),
+                expired: read(&c.expired),
+                redis_failures: read(&c.redis_failures),
+                closes: std::array::from_fn(|i| read(&c.closes[i])),
+            }
+        })
+        .collect();
+    totals.sort_by(|a, b| a.route.cmp(&b.route));
+    totals
 }
 
 /// The rates and heartbeat a hub's gateway is configured with; a new configuration
@@ -453,10 +517,21 @@ struct Engine {
 
 impl Engine {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) {
+        // The streams' ends are taken before any device is attached: whatever is sent to a
+        // device after its node is recorded is read.
+        let reader = loop {
+            match self.store.reader(&self.node, READ_BLOCK).await {
+                Ok(reader) => break reader,
+                Err(e) => failed(&self.counters, "find the streams' ends", &e),
+            }
+            if events.is_closed() {
+                return;
+            }
+            tokio::time::sleep(RETRY).await;
+        };
         let (internal, mut reports) = mpsc::unbounded_channel();
         tokio::task::spawn_local(read_streams(
-            self.store.clone(),
-            self.node.clone(),
+            reader,
             internal.clone(),
             self.counters.clone(),
         ));
@@ -592,6 +667,7 @@ impl Engine {
                 track.written = attached.cursor;
                 track.seen = track.seen.max(attached.cursor);
                 track.acked.retain(|pos| *pos > attached.cursor);
+                (self.counters.expired).fetch_add(attached.expired, Ordering::Relaxed);
                 for message in &attached.pending {
                     self.send_now(&device, Delivery::of(message, None));
                 }
@@ -619,6 +695,7 @@ impl Engine {
                         continue;
                     }
                     if message.expired(now) {
+                        self.counters.expired.fetch_add(1, Ordering::Relaxed);
                         self.counts
                             .entry(message.id.as_str().into())
                             .or_default()
@@ -849,62 +926,50 @@ fn failed(counters: &HubCounters, what: &str, error: &Error) {
     tracing::warn!("push: {what} failed in Redis: {error}");
 }
 
-/// Reads this node's inbox and the broadcast stream, each in its own task, for as long as
-/// the hub runs; a failed connection is made again after a pause.
+/// Reads this node's inbox and the broadcast stream, each on its own connection, for as
+/// long as the hub runs; a failed read is tried again after a pause, from where it was.
 async fn read_streams(
-    store: Arc<Store>,
-    node: Arc<str>,
+    reader: Reader,
     internal: mpsc::UnboundedSender<Internal>,
     counters: Arc<HubCounters>,
 ) {
-    loop {
-        let reader = match store.reader(&node, READ_BLOCK).await {
-            Ok(reader) => reader,
-            Err(e) => {
-                failed(&counters, "connect to read", &e);
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        let Reader {
-            mut inbox,
-            mut broadcasts,
-        } = reader;
-        let inbox_loop = async {
-            loop {
-                match inbox.next_inbox().await {
-                    Ok(entries) if entries.is_empty() => {}
-                    Ok(entries) => {
-                        if internal.send(Internal::Inbox(entries)).is_err() {
-                            return;
-                        }
+    let Reader {
+        mut inbox,
+        mut broadcasts,
+    } = reader;
+    let inbox_loop = async {
+        loop {
+            match inbox.next_inbox().await {
+                Ok(entries) if entries.is_empty() => {}
+                Ok(entries) => {
+                    if internal.send(Internal::Inbox(entries)).is_err() {
+                        return;
                     }
-                    Err(e) => return failed(&counters, "read the inbox", &e),
+                }
+                Err(e) => {
+                    failed(&counters, "read the inbox", &e);
+                    tokio::time::sleep(RETRY).await;
                 }
             }
-        };
-        let broadcast_loop = async {
-            loop {
-                match broadcasts.next_broadcasts().await {
-                    Ok(entries) if entries.is_empty() => {}
-                    Ok(entries) => {
-                        if internal.send(Internal::Broadcasts(entries)).is_err() {
-                            return;
-                        }
+        }
+    };
+    let broadcast_loop = async {
+        loop {
+            match broadcasts.next_broadcasts().await {
+                Ok(entries) if entries.is_empty() => {}
+                Ok(entries) => {
+                    if internal.send(Internal::Broadcasts(entries)).is_err() {
+                        return;
                     }
-                    Err(e) => return failed(&counters, "read the broadcasts", &e),
+                }
+                Err(e) => {
+                    failed(&counters, "read the broadcasts", &e);
+                    tokio::time::sleep(RETRY).await;
                 }
             }
-        };
-        tokio::select! {
-            _ = inbox_loop => {}
-            _ = broadcast_loop => {}
         }
-        if internal.is_closed() {
-            return;
-        }
-        tokio::time::sleep(RETRY).await;
-    }
+    };
+    tokio::join!(inbox_loop, broadcast_loop);
 }
 
 /// Tells the other nodes this one is alive (and learns how many are), and counts the
@@ -924,8 +989,13 @@ async fn keep_alive(
             }
             Err(e) => failed(&counters, "heartbeat", &e),
         }
-        if let Err(e) = store.sweep_expired(now_ms(), 1000).await {
-            failed(&counters, "expiry sweep", &e);
+        match store.sweep_expired(now_ms(), 1000).await {
+            Ok(expired) => drop(
+                counters
+                    .expired
+                    .fetch_add(expired as u64, Ordering::Relaxed),
+            ),
+            Err(e) => failed(&counters, "expiry sweep", &e),
         }
         tokio::time::sleep(HEARTBEAT).await;
     }

@@ -103,6 +103,8 @@ pub struct Attached {
     pub previous: Option<(String, u64)>,
     /// The messages waiting for it, oldest first (expired ones already taken out).
     pub pending: Vec<Arc<Message>>,
+    /// The expired ones taken out and counted.
+    pub expired: u64,
     /// Its broadcast cursor: every broadcast at or before it is done.
     pub cursor: StreamPos,
 }
@@ -340,7 +342,7 @@ impl Store {
         let cursor = match cursor.as_deref().and_then(StreamPos::parse) {
             Some(cursor) => cursor,
             None => {
-                let end = self.broadcast_end().await?;
+                let end = self.end_of(&self.broadcast_key()).await?;
                 self.set_cursor(device, end).await?;
                 end
             }
@@ -352,11 +354,12 @@ impl Store {
         }))
         .await;
         let mut pending = Vec::new();
+        let mut expired = 0;
         for (id, json) in ids.iter().zip(messages) {
             let message = json?.and_then(|j| serde_json::from_str::<Message>(&j).ok());
             match message {
                 Some(message) if !message.expired(now_ms) => pending.push(Arc::new(message)),
-                Some(_) => self.expire(id, device).await?,
+                Some(_) => expired += u64::from(self.expire(id, device).await?),
                 // Gone past its retention: nothing to count.
                 None => self
                     .redis
@@ -368,28 +371,9 @@ impl Store {
         Ok(Attached {
             previous,
             pending,
+            expired,
             cursor,
         })
-    }
-
-    /// The last position of the broadcast stream (`0-0` when it is empty).
-    async fn broadcast_end(&self) -> Result<StreamPos, Error> {
-        let last: StreamRangeReply = self
-            .redis
-            .query(
-                cmd("XREVRANGE")
-                    .arg(self.broadcast_key())
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1),
-            )
-            .await?;
-        Ok(last
-            .ids
-            .first()
-            .and_then(|e| StreamPos::parse(&e.id))
-            .unwrap_or_default())
     }
 
     /// Forgets which node holds the device, if `conn` still does.
@@ -446,8 +430,9 @@ impl Store {
             .map(drop)
     }
 
-    /// Takes an expired message off the device's queue, counting it if it was there.
-    async fn expire(&self, id: &str, device: &DeviceKey) -> Result<(), Error> {
+    /// Takes an expired message off the device's queue, counting it if it was there:
+    /// whether it was.
+    async fn expire(&self, id: &str, device: &DeviceKey) -> Result<bool, Error> {
         let removed: i64 = self
             .redis
             .query(cmd("ZREM").arg(self.device_key(device, "q")).arg(id))
@@ -462,11 +447,11 @@ impl Store {
             )
             .await?;
         }
-        Ok(())
+        Ok(removed == 1)
     }
 
     /// Counts as expired the queued messages whose time has passed (at most `limit` of
-    /// them): each is taken by one node only.
+    /// them), each taken by one node only: how many this call counted.
     pub async fn sweep_expired(&self, now_ms: u64, limit: usize) -> Result<usize, Error> {
         let due: Vec<String> = self
             .redis
@@ -480,6 +465,7 @@ impl Store {
                     .arg(limit),
             )
             .await?;
+        let mut expired = 0;
         for member in &due {
             let taken: i64 = self
                 .redis
@@ -489,10 +475,10 @@ impl Store {
                 continue;
             };
             if let (1, Some(device)) = (taken, DeviceKey::parse(device)) {
-                self.expire(id, &device).await?;
+                expired += usize::from(self.expire(id, &device).await?);
             }
         }
-        Ok(due.len())
+        Ok(expired)
     }
 
     /// Adds to a message's counts.
@@ -572,20 +558,40 @@ impl Store {
         Ok(reply.ids.iter().filter_map(broadcast_entry).collect())
     }
 
-    /// A reader of this node's inbox and of the broadcast stream, from their ends now.
+    /// A reader of this node's inbox and of the broadcast stream, from their ends now:
+    /// every entry added after this returns is read, across reconnections.
     pub async fn reader(&self, node: &str, block: Duration) -> Result<Reader, Error> {
+        let inbox = self.inbox_key(node);
+        let broadcasts = self.broadcast_key();
         Ok(Reader {
-            inbox: Tail::new(
-                self.redis.dedicated(block).await?,
-                self.inbox_key(node),
-                block,
-            ),
+            inbox: Tail::new(self.redis.clone(), self.end_of(&inbox).await?, inbox, block),
             broadcasts: Tail::new(
-                self.redis.dedicated(block).await?,
-                self.broadcast_key(),
+                self.redis.clone(),
+                self.end_of(&broadcasts).await?,
+                broadcasts,
                 block,
             ),
         })
+    }
+
+    /// The last position of stream `key` (`0-0` when it is empty or absent).
+    async fn end_of(&self, key: &str) -> Result<StreamPos, Error> {
+        let last: StreamRangeReply = self
+            .redis
+            .query(
+                cmd("XREVRANGE")
+                    .arg(key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1),
+            )
+            .await?;
+        Ok(last
+            .ids
+            .first()
+            .and_then(|e| StreamPos::parse(&e.id))
+            .unwrap_or_default())
     }
 }
 
@@ -611,46 +617,56 @@ pub struct Reader {
     pub broadcasts: Tail,
 }
 
-/// New entries of one stream, read from where the last read ended.
+/// New entries of one stream, read from where the last read ended, on a connection of its
+/// own (made again after a failure, from the same place).
 pub struct Tail {
-    connection: Dedicated,
+    redis: Arc<Redis>,
+    connection: Option<Dedicated>,
     key: String,
     block: Duration,
-    last: String,
+    last: StreamPos,
 }
 
 impl Tail {
-    fn new(connection: Dedicated, key: String, block: Duration) -> Tail {
+    fn new(redis: Arc<Redis>, last: StreamPos, key: String, block: Duration) -> Tail {
         Tail {
-            connection,
+            redis,
+            connection: None,
             key,
             block,
-            last: "$".into(),
+            last,
         }
     }
 
     /// The entries after the last read, waiting up to `block` for some.
     async fn next(&mut self) -> Result<Vec<StreamId>, Error> {
-        let reply: Option<StreamReadReply> = self
-            .connection
-            .query(
-                cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(1000)
-                    .arg("BLOCK")
-                    .arg(self.block.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&self.key)
-                    .arg(&self.last),
-            )
-            .await?;
-        let entries: Vec<StreamId> = reply
-            .into_iter()
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            None => self
+                .connection
+                .insert(self.redis.dedicated(self.block).await?),
+        };
+        let mut read = cmd("XREAD");
+        read.arg("COUNT")
+            .arg(1000)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.key)
+            .arg(self.last.to_string());
+        let reply: Option<StreamReadReply> = match connection.query(&read).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.connection = None;
+                return Err(e);
+            }
+        };
+        let entries: Vec<StreamId> = (reply.into_iter())
             .flat_map(|r| r.keys)
             .flat_map(|k| k.ids)
             .collect();
-        if let Some(last) = entries.last() {
-            self.last = last.id.clone();
+        if let Some(last) = entries.last().and_then(|e| StreamPos::parse(&e.id)) {
+            self.last = last;
         }
         Ok(entries)
     }

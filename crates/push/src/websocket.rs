@@ -24,7 +24,11 @@ const PONG: u8 = 0xA;
 pub fn is_handshake(bytes: &[u8]) -> Option<bool> {
     const GET: &[u8] = b"GET ";
     if bytes.len() < GET.len() {
-        return if GET.starts_with(bytes) { None } else { Some(false) };
+        return if GET.starts_with(bytes) {
+            None
+        } else {
+            Some(false)
+        };
     }
     Some(bytes.starts_with(GET))
 }

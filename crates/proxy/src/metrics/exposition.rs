@@ -21,6 +21,7 @@ use super::recorder::{Scale, LATENCY, REFUSALS, SESSION, STREAM_STATUSES};
 use super::scrape::{HistogramTotals, StatusLabels, Totals, TrafficLabels, FRAME_ERRORS};
 use crate::health::NodeHealthReport;
 use pylon_plugins::RedisStatus;
+use pylon_push::hub::{HubTotals, CLOSE_REASONS};
 
 /// The `Content-Type` of the answer.
 pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -195,8 +196,65 @@ impl Collector for TrafficCollector {
             MetricType::Gauge,
         )?;
         metric.encode_gauge(&totals.frames_bound)?;
-        Ok(())
+        encode_push(&mut encoder, &totals.push)
     }
+}
+
+/// The push gateways' devices, messages and Redis failures, by route.
+fn encode_push(encoder: &mut DescriptorEncoder, hubs: &[HubTotals]) -> fmt::Result {
+    if hubs.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(
+        "pylon_push_devices",
+        "Devices connected to this node's push gateways, now",
+        None,
+        MetricType::Gauge,
+    )?;
+    for hub in hubs {
+        metric
+            .encode_family(&[("route", hub.route.as_str())])?
+            .encode_gauge(&hub.connected)?;
+    }
+    let mut metric = encoder.encode_descriptor(
+        "pylon_push_messages",
+        "Messages of the push gateways by event: sent to a device (resends included), delivered (first acknowledged), expired (TTL passed before delivery)",
+        None,
+        MetricType::Counter,
+    )?;
+    for hub in hubs {
+        for (event, count) in [
+            ("sent", hub.sent),
+            ("delivered", hub.delivered),
+            ("expired", hub.expired),
+        ] {
+            let labels = [("route", hub.route.as_str()), ("event", event)];
+            counter_sample(metric.encode_family(&labels)?, count)?;
+        }
+    }
+    let mut metric = encoder.encode_descriptor(
+        "pylon_push_device_closes",
+        "Device connections of the push gateways that ended, by reason: closed by the device, or the failure (unauthorized, bad_frame, client_timeout, idle_timeout, replaced, reconnect ...)",
+        None,
+        MetricType::Counter,
+    )?;
+    for hub in hubs {
+        for (reason, count) in CLOSE_REASONS.iter().zip(hub.closes) {
+            let labels = [("route", hub.route.as_str()), ("reason", *reason)];
+            counter_sample(metric.encode_family(&labels)?, count)?;
+        }
+    }
+    let mut metric = encoder.encode_descriptor(
+        "pylon_push_redis_failures",
+        "Calls of the push gateways to Redis that failed",
+        None,
+        MetricType::Counter,
+    )?;
+    for hub in hubs {
+        let labels = [("route", hub.route.as_str())];
+        counter_sample(metric.encode_family(&labels)?, hub.redis_failures)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]

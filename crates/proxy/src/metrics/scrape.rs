@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use pylon_frames::CounterValues;
+use pylon_push::hub::HubTotals;
 
 use crate::stream::bindings::Bindings;
 
@@ -71,6 +72,8 @@ pub(crate) struct Totals {
     pub frames_bound: u64,
     /// By the index of [`FRAME_ERRORS`].
     pub frame_errors: [u64; FRAME_ERRORS.len()],
+    /// Each push gateway's counts.
+    pub push: Vec<HubTotals>,
     /// `apisix_http_status`: requests by all their labels.
     pub statuses: BTreeMap<StatusLabels, u64>,
     /// `apisix_http_latency` and `apisix_bandwidth`, whose labels leave out the status and
@@ -163,6 +166,7 @@ impl Traffic {
     pub(crate) fn totals(&self) -> Totals {
         let mut totals = Totals {
             frames_bound: self.bindings.bound(),
+            push: pylon_push::hub::totals(),
             ..Totals::default()
         };
         for worker in self.workers.iter() {

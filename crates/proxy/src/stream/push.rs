@@ -169,6 +169,8 @@ pub(crate) fn spawn<C>(
         let started = Instant::now();
         let (ended, device, moved) = serve(io, &gateway, client).await;
         drop(permit);
+        let reason = ended.failure().unwrap_or("closed");
+        gateway.hub.counters().closed(reason);
         log(
             &worker,
             client,
