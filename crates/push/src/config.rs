@@ -317,3 +317,78 @@ impl Commands {
         errors
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors(conf: Value) -> Vec<String> {
+        match PushConfig::from_json(&conf) {
+            Ok(config) => config.validate().iter().map(ToString::to_string).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_the_redis_object_is_required() {
+        let config = PushConfig::from_json(&json!({"redis": {}})).unwrap();
+        assert!(config.validate().is_empty());
+        assert_eq!(config.commands, Commands::default());
+        assert_eq!(config.layout().unwrap().frame_len(3), 12);
+        assert_eq!(
+            config.heartbeat.silence_allowed(10),
+            Duration::from_secs(30)
+        );
+        assert_eq!(errors(json!({})), ["missing field `redis`"]);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let bad = json!({
+            "redis": {},
+            "max_body": 0,
+            "heartbeat": {"interval": 0, "networks": {"4g": 100000}, "missed": 11},
+            "delivery": {"ttl": 10, "max_ttl": 5},
+            "apps": {"a b": {"rate": 1}},
+            "commands": {"ping": 1, "push": 2},
+        });
+        assert_eq!(
+            errors(bad),
+            [
+                "max_body: must be 1 to 1048576",
+                "heartbeat.interval: must be 1 to 86400",
+                "heartbeat.networks.4g: must be 1 to 86400",
+                "heartbeat.missed: must be 1 to 10",
+                "delivery.ttl: must be 1 to 5",
+                "apps.a b: may hold letters, digits and `_.:@-` only",
+                "commands.ping: is 1, as `auth` is",
+                "commands.push: is 2, as `auth_ok` is",
+            ]
+        );
+        assert_eq!(
+            errors(json!({"redis": {}, "heartbeat": {"every": 1}})),
+            ["heartbeat.every: unknown field `every`, expected one of `interval`, `networks`, `missed`"]
+        );
+    }
+
+    #[test]
+    fn the_heartbeat_of_a_network() {
+        let heartbeat = Heartbeat {
+            networks: [("4g".to_owned(), 180)].into(),
+            ..Heartbeat::default()
+        };
+        assert_eq!(heartbeat.interval_for(Some("4g")), 180);
+        assert_eq!(heartbeat.interval_for(Some("wifi")), 240);
+        assert_eq!(heartbeat.interval_for(None), 240);
+    }
+
+    #[test]
+    fn command_names_of_websocket_text_messages() {
+        let commands = Commands::default();
+        assert_eq!(commands.from_device("ack"), Some(6));
+        assert_eq!(commands.from_device("push"), None);
+        assert_eq!(commands.name_to_device(5), "push");
+        assert_eq!(commands.name_to_device(2), "auth_ok");
+    }
+}
