@@ -666,3 +666,63 @@ fn devices_speak_websocket_on_the_same_listener() {
         Outcome::Failed(CloseReason::Error("unauthorized".into()))
     );
 }
+
+/// Reads frames off a device's TLS connection until one with `command` comes.
+fn next_frame(stream: &mut impl std::io::Read, buf: &mut bytes::BytesMut, command: u8) -> Value {
+    loop {
+        if let Some(frame) = pylon_devices::decode_frame(buf, 1 << 20).unwrap() {
+            if frame.command == command {
+                return frame.json().unwrap();
+            }
+            continue;
+        }
+        let mut chunk = [0; 4096];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the gateway closed the device's connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn devices_connect_over_tls() {
+    use std::io::Write;
+    use support::tls::{client_config, TestCa, TlsConn};
+
+    let redis = RedisServer::start();
+    let ca = TestCa::new("push ca");
+    let issued = ca.issue(&["push.test"]);
+    let mut doc: Value = serde_json::from_str(&gateway_doc(&redis, json!({}))).unwrap();
+    doc["ssls"] =
+        json!([{"id": "push", "snis": ["push.test"], "cert": issued.cert, "key": issued.key}]);
+    let listener = "  stream:\n    tcp:\n      - addr: \"127.0.0.1:0\"\n        tls: true\n";
+    let pylon = Pylon::start(&doc.to_string(), listener);
+    let (_, addr) = pylon
+        .stream_addrs
+        .iter()
+        .find(|(kind, _)| kind == "tcp+tls")
+        .unwrap();
+    let mut device = TlsConn::connect(*addr, "push.test", client_config(ca.roots(), &[])).unwrap();
+    let auth = json!({"token": DEVICE_KEY, "device_id": "secure", "app_id": APP});
+    device.stream.write_all(&encode_json(1, 7, &auth)).unwrap();
+    let mut buf = bytes::BytesMut::new();
+    assert_eq!(next_frame(&mut device.stream, &mut buf, 2)["heartbeat"], 30);
+    let id = push(
+        Protocol::Http2,
+        &pylon,
+        json!({"app_id": APP, "device_id": "secure", "data": "s"}),
+    );
+    let pushed = next_frame(&mut device.stream, &mut buf, 5);
+    assert_eq!(
+        (pushed["id"].as_str(), &pushed["data"]),
+        (Some(id.as_str()), &json!("s"))
+    );
+    device
+        .stream
+        .write_all(&encode_json(6, 0, &json!({"id": id})))
+        .unwrap();
+    let counts = json!({"targets": 1, "sent": 1, "delivered": 1, "expired": 0});
+    assert_eq!(
+        wait_counts(Protocol::Http1, &pylon, &id, counts.clone()),
+        counts
+    );
+}
