@@ -726,3 +726,43 @@ fn devices_connect_over_tls() {
         counts
     );
 }
+
+#[test]
+fn a_device_that_misses_its_heartbeats_is_closed_and_one_that_pings_stays() {
+    let redis = RedisServer::start();
+    let (pylon, devices) = node(&redis, json!({"heartbeat": {"interval": 1, "missed": 1}}));
+    let silent = Fleet::with_options(
+        devices,
+        Options {
+            ping_every: Some(Duration::from_secs(3600)),
+            ..Options::default()
+        },
+    );
+    let pinging = Fleet::with_options(
+        devices,
+        Options {
+            ping_every: Some(Duration::from_millis(200)),
+            ..Options::default()
+        },
+    );
+    connected(&silent, vec![device("silent")]);
+    connected(&pinging, vec![device("pinging")]);
+    waits(&silent, "the silent device closed", |v| {
+        v.state(APP, "silent")
+            .is_some_and(|s| !s.open && s.errors.iter().any(|(_, e)| e == "heartbeat missed"))
+    });
+    assert!(pinging.state(APP, "pinging").unwrap().open);
+    let id = push(
+        Protocol::Http1,
+        &pylon,
+        json!({"app_id": APP, "device_id": "pinging", "data": 1}),
+    );
+    waits(&pinging, "the push to the device that pings", |v| {
+        v.has(APP, "pinging", &id)
+    });
+    let metrics = push_metrics(&pylon);
+    assert_eq!(
+        metrics[r#"pylon_push_device_closes_total{route="devices",reason="idle_timeout"}"#],
+        1.0
+    );
+}

@@ -24,6 +24,8 @@ use crate::tags::TagExpr;
 
 /// How often the hub spreads queued sends and writes its batches.
 const TICK: Duration = Duration::from_millis(10);
+/// How often the hub looks for devices that missed their heartbeats.
+const SWEEP_SILENT: Duration = Duration::from_secs(1);
 /// How often batched acknowledgements, cursors and counts go to Redis.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// How long a stream read waits for entries.
@@ -63,8 +65,27 @@ pub enum Outgoing {
     Push(Arc<Delivery>),
     /// Tell the device to come back after this many milliseconds, and close.
     Reconnect(u64),
-    /// Send an `error` with this reason, and close.
-    Close(&'static str),
+    /// Send an `error` saying why, and close.
+    Close(Close),
+}
+
+/// Why the hub closes a device's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Another connection of the device took its place.
+    Replaced,
+    /// It missed its heartbeats.
+    Silent,
+}
+
+impl Close {
+    /// The `error` frame's text.
+    pub fn text(self) -> &'static str {
+        match self {
+            Close::Replaced => "replaced",
+            Close::Silent => "heartbeat missed",
+        }
+    }
 }
 
 /// A connected device, shared by its connection and the hub.
@@ -75,6 +96,8 @@ pub struct Device {
     tags: Box<[Box<str>]>,
     outbox: Mutex<VecDeque<Outgoing>>,
     ready: Notify,
+    /// When it is closed unless it sends something, in milliseconds of [`clock`].
+    silent_until: AtomicU64,
 }
 
 impl Device {
@@ -85,7 +108,13 @@ impl Device {
             tags: tags.into_iter().map(String::into_boxed_str).collect(),
             outbox: Mutex::new(VecDeque::new()),
             ready: Notify::new(),
+            silent_until: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// The device may stay silent until `deadline`; the hub closes it after.
+    pub fn silent_until(&self, deadline: Instant) {
+        self.silent_until.store(clock(deadline), Ordering::Relaxed);
     }
 
     /// Queues `out` for the connection: high-priority messages and closes go first.
@@ -136,6 +165,13 @@ pub const CLOSE_REASONS: [&str; 9] = [
     "replaced",
     "reconnect",
 ];
+
+/// Milliseconds from the first call in this process to `at`: deadlines that fit an atomic.
+fn clock(at: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start).as_millis() as u64
+}
 
 /// The node's counts, for the metrics.
 #[derive(Debug, Default)]
@@ -544,6 +580,7 @@ impl Engine {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushed = Instant::now();
+        let mut swept = Instant::now();
         loop {
             tokio::select! {
                 event = events.recv() => match event {
@@ -552,6 +589,10 @@ impl Engine {
                 },
                 Some(report) = reports.recv() => self.on_report(report, &internal),
                 _ = tick.tick() => {
+                    if swept.elapsed() >= SWEEP_SILENT {
+                        self.close_silent(Instant::now());
+                        swept = Instant::now();
+                    }
                     self.spread(Instant::now());
                     if flushed.elapsed() >= FLUSH_EVERY {
                         self.flush();
@@ -571,7 +612,7 @@ impl Engine {
                     broadcasts: Track::default(),
                 };
                 if let Some(old) = self.devices.insert(device.key.clone(), local) {
-                    old.device.send(Outgoing::Close("replaced"));
+                    old.device.send(Outgoing::Close(Close::Replaced));
                 }
                 let (store, node, internal) =
                     (self.store.clone(), self.node.clone(), internal.clone());
@@ -725,7 +766,7 @@ impl Engine {
                             if let Some(local) =
                                 self.devices.get(&device).filter(|l| l.device.conn == conn)
                             {
-                                local.device.send(Outgoing::Close("replaced"));
+                                local.device.send(Outgoing::Close(Close::Replaced));
                             }
                         }
                     }
@@ -739,6 +780,19 @@ impl Engine {
                 }
             }
             Internal::Nodes(nodes) => self.nodes = nodes.max(1),
+        }
+    }
+
+    /// Closes the devices that missed their heartbeats.
+    fn close_silent(&mut self, now: Instant) {
+        let now = clock(now);
+        for local in self.devices.values() {
+            let device = &local.device;
+            if device.silent_until.load(Ordering::Relaxed) < now {
+                // Once: the connection closes, and detaches.
+                device.silent_until.store(u64::MAX, Ordering::Relaxed);
+                device.send(Outgoing::Close(Close::Silent));
+            }
         }
     }
 
@@ -1074,12 +1128,12 @@ mod tests {
         };
         device.send(delivery("normal", Priority::Normal));
         device.send(delivery("high", Priority::High));
-        device.send(Outgoing::Close("replaced"));
+        device.send(Outgoing::Close(Close::Replaced));
         let order: Vec<String> = (device.take().into_iter())
             .map(|out| match out {
                 Outgoing::Push(d) => d.id.to_string(),
                 Outgoing::Reconnect(_) => "reconnect".into(),
-                Outgoing::Close(why) => why.into(),
+                Outgoing::Close(why) => why.text().into(),
             })
             .collect();
         assert_eq!(order, ["replaced", "high", "normal"]);

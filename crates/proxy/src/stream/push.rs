@@ -25,7 +25,7 @@ use pylon_model::FieldError;
 use pylon_plugin::{Chain, RequestCtx, RequestPhase};
 use pylon_plugins::Redis;
 use pylon_push::config::Commands;
-use pylon_push::hub::{Delivery, Device, Hub, Outgoing, Rates};
+use pylon_push::hub::{Close, Delivery, Device, Hub, Outgoing, Rates};
 use pylon_push::store::DeviceKey;
 use pylon_push::websocket::{self, Fragments, Message};
 use pylon_push::wire::{self, Hello};
@@ -258,11 +258,12 @@ where
     let first = tokio::time::timeout(gateway.first_frame_timeout, async {
         link.open().await?;
         loop {
-            match link.read().await? {
-                Some(Incoming::Frame(frame)) => return Ok(frame),
-                Some(Incoming::Close) => return Err(Ended::Closed),
-                Some(Incoming::Ping(payload)) => link.pong(&payload).await?,
-                None => {}
+            match link.read().await {
+                Ok(Some(Incoming::Frame(frame))) => return Ok(frame),
+                Ok(Some(Incoming::Close)) => return Err(Ended::Closed),
+                Ok(Some(Incoming::Ping(payload))) => link.pong(&payload).await?,
+                Ok(None) => {}
+                Err(failed) => return Err(link.failed(failed).await),
             }
         }
     })
@@ -436,14 +437,14 @@ where
     }
 
     /// The next thing the device sent, reading the socket once if none is whole yet
-    /// (`None`: still not whole). Refuses (with an error to the device) what is not its
-    /// protocol.
-    async fn read(&mut self) -> Result<Option<Incoming>, Ended> {
-        if let Some(incoming) = self.take().await? {
+    /// (`None`: still not whole). Writes nothing: this future is part of every idle
+    /// device's task, so it stays small, and the caller answers a [`Failed::Bad`].
+    async fn read(&mut self) -> Result<Option<Incoming>, Failed> {
+        if let Some(incoming) = self.take()? {
             return Ok(Some(incoming));
         }
-        self.fill().await?;
-        let incoming = self.take().await?;
+        self.fill().await.map_err(Failed::Ended)?;
+        let incoming = self.take()?;
         if self.partial.is_empty() {
             // Give the allocation back: an idle device holds no buffer.
             self.partial = BytesMut::new();
@@ -452,7 +453,7 @@ where
     }
 
     /// Takes the next whole thing the device sent off `partial`.
-    async fn take(&mut self) -> Result<Option<Incoming>, Ended> {
+    fn take(&mut self) -> Result<Option<Incoming>, Failed> {
         let gateway = self.gateway;
         let layout = &gateway.layout;
         let taken = match &mut self.wire {
@@ -484,9 +485,14 @@ where
                 }
             }
         };
-        match taken {
-            Ok(incoming) => Ok(incoming),
-            Err(why) => Err(self.refuse(0, why, Ended::BadFrame).await),
+        taken.map_err(Failed::Bad)
+    }
+
+    /// Answers a failed read: an `error` frame for what is not the protocol's.
+    async fn failed(&mut self, failed: Failed) -> Ended {
+        match failed {
+            Failed::Ended(ended) => ended,
+            Failed::Bad(why) => self.refuse(0, why, Ended::BadFrame).await,
         }
     }
 
@@ -530,18 +536,34 @@ where
         self.write(&bytes).await
     }
 
+    /// Writes `bytes`: at once when the socket takes them all, as it does for a device
+    /// that reads; else through a boxed future that waits (up to [`WRITE_TIMEOUT`]), so that
+    /// waiting costs the idle devices' tasks nothing.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Ended> {
         if bytes.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(bytes)).await {
-            Ok(Ok(())) => {
-                self.moved.sent += bytes.len() as u64;
-                Ok(())
+        let io = &mut self.io;
+        let written = poll_fn(|cx| {
+            let mut written = 0;
+            while written < bytes.len() {
+                match Pin::new(&mut *io).poll_write(cx, &bytes[written..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Pending => break,
+                }
             }
-            Ok(Err(_)) => Err(Ended::Broken),
-            Err(_) => Err(Ended::NotReading),
+            let flushed = written == bytes.len()
+                && matches!(Pin::new(&mut *io).poll_flush(cx), Poll::Ready(Ok(())));
+            Poll::Ready(Ok((written, flushed)))
+        })
+        .await;
+        let (written, flushed) = written.map_err(|()| Ended::Broken)?;
+        if !flushed {
+            Box::pin(write_slowly(io, &bytes[written..])).await?;
         }
+        self.moved.sent += bytes.len() as u64;
+        Ok(())
     }
 
     /// Sends a last frame (`error`, `reconnect`), best effort, and closes; answers `ended`.
@@ -568,6 +590,28 @@ where
         self.close_with(error, sequence, wire::error(why), ended)
             .await
     }
+}
+
+/// The rest of a write the socket did not take at once, and the flush, waiting for a device
+/// that reads slowly, up to [`WRITE_TIMEOUT`].
+async fn write_slowly<C: AsyncWrite + Unpin>(io: &mut C, rest: &[u8]) -> Result<(), Ended> {
+    let write = async {
+        io.write_all(rest).await?;
+        io.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ended::Broken),
+        Err(_) => Err(Ended::NotReading),
+    }
+}
+
+/// Why a read gave nothing to serve.
+enum Failed {
+    /// The connection ended (closed, broken).
+    Ended(Ended),
+    /// The device sent what is not its protocol: this says what, for its `error` frame.
+    Bad(&'static str),
 }
 
 /// A WebSocket text message as a frame: its `type` names the command, `seq` (if any) is the
@@ -623,32 +667,40 @@ impl<C> DeviceConnection<'_, C>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    /// Serves the device until its connection ends. A device silent too long is closed by
+    /// the hub, which watches every device's deadline: a timer per device would cost each
+    /// idle task its size.
     async fn run(&mut self) -> Ended {
-        let hub = self.link.gateway.hub.clone();
-        let silence = |interval| hub.heartbeat().silence_allowed(interval);
-        let idle = tokio::time::sleep(silence(self.interval));
-        tokio::pin!(idle);
+        self.stay_until_silent();
         loop {
             let woke = tokio::select! {
                 read = self.link.read() => Woke::Read(read),
                 () = self.device.ready() => Woke::Outbox,
-                () = &mut idle => Woke::Idle,
             };
             let step = match woke {
                 Woke::Read(Ok(Some(incoming))) => {
-                    idle.as_mut()
-                        .reset(tokio::time::Instant::now() + silence(self.interval));
+                    self.stay_until_silent();
                     self.on_incoming(incoming).await
                 }
                 Woke::Read(Ok(None)) => Ok(()),
-                Woke::Read(Err(ended)) => Err(ended),
+                Woke::Read(Err(failed)) => Err(self.link.failed(failed).await),
                 Woke::Outbox => self.on_outbox().await,
-                Woke::Idle => Err(Ended::Idle),
             };
             if let Err(ended) = step {
                 return ended;
             }
         }
+    }
+
+    /// Moves the device's deadline: it may now stay silent for its missed heartbeats.
+    fn stay_until_silent(&self) {
+        let allowed = self
+            .link
+            .gateway
+            .hub
+            .heartbeat()
+            .silence_allowed(self.interval);
+        self.device.silent_until(Instant::now() + allowed);
     }
 
     async fn on_incoming(&mut self, incoming: Incoming) -> Result<(), Ended> {
@@ -725,10 +777,12 @@ where
                 }
                 Outgoing::Close(why) => {
                     self.link.write(&bytes).await?;
-                    let body = wire::error(why);
-                    let ended = self
-                        .link
-                        .close_with(commands.error, 0, body, Ended::Replaced);
+                    let ended = match why {
+                        Close::Replaced => Ended::Replaced,
+                        Close::Silent => Ended::Idle,
+                    };
+                    let body = wire::error(why.text());
+                    let ended = self.link.close_with(commands.error, 0, body, ended);
                     return Err(ended.await);
                 }
             }
@@ -738,9 +792,8 @@ where
 }
 
 enum Woke {
-    Read(Result<Option<Incoming>, Ended>),
+    Read(Result<Option<Incoming>, Failed>),
     Outbox,
-    Idle,
 }
 
 fn log(
