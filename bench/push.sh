@@ -56,6 +56,7 @@ cat > "$tmp/node.yaml" <<YAML
 proxy:
   listen: ["127.0.0.1:0"]
   workers: 1
+  max_connections_per_worker: 20000
   https:
     listen: []
   handoff_socket: ""

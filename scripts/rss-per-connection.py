@@ -160,6 +160,7 @@ def start_push_gateway(binary, redis_port, directory, tls):
     with open(os.path.join(directory, "node.yaml"), "w") as f:
         f.write(
             "proxy:\n  listen: [\"127.0.0.1:0\"]\n  workers: 2\n  https:\n    listen: []\n"
+            "  max_connections_per_worker: 20000\n"
             "  handoff_socket: \"\"\n  stream:\n    tcp: [{addr: \"127.0.0.1:0\", tls: %s}]\n"
             "access_log:\n  enabled: false\ncontrol:\n  enabled: false\n"
             "config:\n  source: yaml\n  file: apisix.yaml\n" % ("true" if tls else "false")

@@ -216,8 +216,10 @@ fn tags_and_expressions_and_all_reach_the_devices_they_name() {
             &pylon,
             json!({"app_id": APP, "all": true, "data": 3}),
         );
-        waits(&fleet, "the broadcasts", |v| {
-            v.has(APP, "plain", &all) && v.has(APP, "vip", &loud) && v.has(APP, "vip-muted", &all)
+        waits(&fleet, "every delivery the broadcasts owe", |v| {
+            [&vip, &loud, &all].iter().all(|id| v.has(APP, "vip", id))
+                && [&vip, &all].iter().all(|id| v.has(APP, "vip-muted", id))
+                && v.has(APP, "plain", &all)
         });
         assert_eq!(
             fleet

@@ -8,13 +8,17 @@
 //! connection waits for Redis, and an idle connection holds nothing but its [`Device`].
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use pylon_redis::{Error, Settings};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::bucket::Bucket;
 use crate::config::{AppRates, Delivery as DeliveryConfig, Heartbeat};
@@ -95,7 +99,8 @@ pub struct Device {
     pub conn: u64,
     tags: Box<[Box<str>]>,
     outbox: Mutex<VecDeque<Outgoing>>,
-    ready: Notify,
+    /// The connection's task, woken when something is queued.
+    waker: AtomicWaker,
     /// When it is closed unless it sends something, in milliseconds of [`clock`].
     silent_until: AtomicU64,
 }
@@ -107,7 +112,7 @@ impl Device {
             conn,
             tags: tags.into_iter().map(String::into_boxed_str).collect(),
             outbox: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             silent_until: AtomicU64::new(u64::MAX),
         }
     }
@@ -130,12 +135,13 @@ impl Device {
             outbox.push_back(out);
         }
         drop(outbox);
-        self.ready.notify_one();
+        self.waker.wake();
     }
 
-    /// Waits until something is queued (at once if something is).
-    pub async fn ready(&self) {
-        self.ready.notified().await;
+    /// Waits until something is queued (at once if something is). A pointer in size: it
+    /// sits in every idle connection's task.
+    pub fn ready(&self) -> Ready<'_> {
+        Ready(self)
     }
 
     /// What is queued, oldest first (but high priority first), emptying the outbox.
@@ -171,6 +177,25 @@ fn clock(at: Instant) -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let start = *START.get_or_init(Instant::now);
     at.saturating_duration_since(start).as_millis() as u64
+}
+
+/// The future of [`Device::ready`].
+pub struct Ready<'d>(&'d Device);
+
+impl Future for Ready<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let device = self.0;
+        // Registered before looking: a send after the look wakes this task.
+        device.waker.register(cx.waker());
+        let outbox = device.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if outbox.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
 }
 
 /// The node's counts, for the metrics.

@@ -34,7 +34,7 @@ use pylon_router::RequestView;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::access_log::AccessRecord;
-use crate::worker::Worker;
+use crate::worker::{OpenConnection, Worker};
 
 use super::table::ConnPermit;
 
@@ -164,23 +164,26 @@ pub(crate) fn spawn<C>(
     C: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let open = worker.open_connection();
-    tokio::task::spawn_local(async move {
-        let _open = open;
-        let started = Instant::now();
-        let (ended, device, moved) = serve(io, &gateway, client).await;
-        drop(permit);
-        let reason = ended.failure().unwrap_or("closed");
-        gateway.hub.counters().closed(reason);
-        log(
-            &worker,
-            client,
-            started,
-            &route_id,
-            device.as_ref(),
-            ended,
-            moved,
-        );
-    });
+    let session = Session {
+        worker,
+        gateway,
+        route_id,
+        client,
+        started: Instant::now(),
+        _held: (permit, open),
+    };
+    tokio::task::spawn_local(serve(session, io));
+}
+
+/// What a device's task keeps besides its connection: for the log line and the counts at
+/// its end, and its places under `limit-conn` and among the worker's connections.
+struct Session {
+    worker: Rc<Worker>,
+    gateway: Arc<PushGateway>,
+    route_id: Arc<str>,
+    client: SocketAddr,
+    started: Instant,
+    _held: (Option<ConnPermit>, OpenConnection),
 }
 
 /// Bytes each way, for the log.
@@ -190,53 +193,65 @@ struct Moved {
     sent: u64,
 }
 
-async fn serve<C>(
-    io: C,
-    gateway: &PushGateway,
-    client: SocketAddr,
-) -> (Ended, Option<DeviceKey>, Moved)
+async fn serve<C>(session: Session, io: C)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut link = Link {
-        io,
-        gateway,
-        partial: BytesMut::new(),
-        wire: Wire::Frames,
-        moved: Moved::default(),
+    let hub = &session.gateway.hub;
+    // Only the connection lives on, holding the socket: what the hello said is dropped at
+    // the end of this block, since every local kept across an await is part of each idle
+    // device's task.
+    let (mut connection, welcome, sequence) = {
+        // Boxed: the handshake, the hello and the plugins' futures are needed once, not
+        // while the device is idle.
+        let opened = Box::pin(authenticate(io, &session.gateway, session.client)).await;
+        let (link, hello) = match opened {
+            Ok(opened) => opened,
+            Err((ended, moved)) => return session.end(None, ended, moved),
+        };
+        let key = DeviceKey {
+            app: hello.app_id.as_str().into(),
+            device: hello.device_id.as_str().into(),
+        };
+        let interval = hub.heartbeat().interval_for(hello.network.as_deref());
+        let connection = DeviceConnection {
+            link,
+            device: Arc::new(Device::new(key, hub.next_conn(), hello.tags)),
+            in_flight: Vec::new(),
+            sequence: 0,
+            network: hello.network.map(String::into_boxed_str),
+            interval,
+        };
+        (
+            connection,
+            wire::auth_ok(interval, hub.node()),
+            hello.sequence,
+        )
     };
-    // Boxed: the handshake, the hello and the plugins' futures are needed once, not while
-    // the device is idle.
-    let hello = match Box::pin(authenticate(&mut link, client)).await {
-        Ok(hello) => hello,
-        Err(ended) => return (ended, None, link.moved),
+    let auth_ok = session.gateway.commands.auth_ok;
+    let answered = connection.link.write_frame(auth_ok, sequence, welcome);
+    let ended = match answered.await {
+        Ok(()) => {
+            hub.attach(connection.device.clone());
+            let ended = connection.run().await;
+            hub.detach(connection.device.clone());
+            ended
+        }
+        Err(ended) => ended,
     };
-    let hub = gateway.hub.clone();
-    let key = DeviceKey {
-        app: hello.app_id.as_str().into(),
-        device: hello.device_id.as_str().into(),
-    };
-    let device = Arc::new(Device::new(key.clone(), hub.next_conn(), hello.tags));
-    let interval = hub.heartbeat().interval_for(hello.network.as_deref());
-    let welcome = wire::auth_ok(interval, hub.node());
-    if let Err(ended) = link
-        .write_frame(gateway.commands.auth_ok, hello.sequence, welcome)
-        .await
-    {
-        return (ended, Some(key), link.moved);
+    let moved = std::mem::take(&mut connection.link.moved);
+    let key = connection.device.key.clone();
+    drop(connection);
+    session.end(Some(&key), ended, moved);
+}
+
+impl Session {
+    /// Counts the connection's end and logs it.
+    fn end(self, device: Option<&DeviceKey>, ended: Ended, moved: Moved) {
+        let reason = ended.failure().unwrap_or("closed");
+        self.gateway.hub.counters().closed(reason);
+        log(&self, device, ended, moved);
     }
-    let mut connection = DeviceConnection {
-        link,
-        device: device.clone(),
-        in_flight: Vec::new(),
-        sequence: 0,
-        network: hello.network.map(String::into_boxed_str),
-        interval,
-    };
-    hub.attach(device.clone());
-    let ended = connection.run().await;
-    hub.detach(device);
-    (ended, Some(key), connection.link.moved)
 }
 
 /// A checked `auth` frame's body, and its sequence id.
@@ -249,8 +264,30 @@ struct Authenticated {
 }
 
 /// Reads the connection's first frame (after a WebSocket handshake, if the device opens
-/// with one), which must be an `auth` whose token the route's plugins accept.
-async fn authenticate<C>(link: &mut Link<'_, C>, client: SocketAddr) -> Result<Authenticated, Ended>
+/// with one), which must be an `auth` whose token the route's plugins accept: the device's
+/// link and what it said, or how the connection ended.
+async fn authenticate<C>(
+    io: C,
+    gateway: &PushGateway,
+    client: SocketAddr,
+) -> Result<(Link<'_, C>, Authenticated), (Ended, Moved)>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut link = Link {
+        io,
+        gateway,
+        partial: BytesMut::new(),
+        wire: Wire::Frames,
+        moved: Moved::default(),
+    };
+    match hello(&mut link, client).await {
+        Ok(hello) => Ok((link, hello)),
+        Err(ended) => Err((ended, link.moved)),
+    }
+}
+
+async fn hello<C>(link: &mut Link<'_, C>, client: SocketAddr) -> Result<Authenticated, Ended>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -667,9 +704,10 @@ impl<C> DeviceConnection<'_, C>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    /// Serves the device until its connection ends. A device silent too long is closed by
-    /// the hub, which watches every device's deadline: a timer per device would cost each
-    /// idle task its size.
+    /// Serves the device until its connection ends. An idle device's task holds this
+    /// future, waiting: so what it does when woken (a frame to answer, messages to write)
+    /// is boxed, made when needed, and a device silent too long is closed by the hub, which
+    /// watches every device's deadline, rather than by a timer in each task.
     async fn run(&mut self) -> Ended {
         self.stay_until_silent();
         loop {
@@ -680,11 +718,11 @@ where
             let step = match woke {
                 Woke::Read(Ok(Some(incoming))) => {
                     self.stay_until_silent();
-                    self.on_incoming(incoming).await
+                    Box::pin(self.on_incoming(incoming)).await
                 }
                 Woke::Read(Ok(None)) => Ok(()),
-                Woke::Read(Err(failed)) => Err(self.link.failed(failed).await),
-                Woke::Outbox => self.on_outbox().await,
+                Woke::Read(Err(failed)) => Err(Box::pin(self.link.failed(failed)).await),
+                Woke::Outbox => Box::pin(self.on_outbox()).await,
             };
             if let Err(ended) = step {
                 return ended;
@@ -796,16 +834,10 @@ enum Woke {
     Outbox,
 }
 
-fn log(
-    worker: &Worker,
-    client: SocketAddr,
-    started: Instant,
-    route_id: &Arc<str>,
-    device: Option<&DeviceKey>,
-    ended: Ended,
-    moved: Moved,
-) {
-    let lasted = started.elapsed();
+/// The connection's access log line and its stream metrics.
+fn log(session: &Session, device: Option<&DeviceKey>, ended: Ended, moved: Moved) {
+    let worker = &session.worker;
+    let lasted = session.started.elapsed();
     let status = match ended {
         Ended::Refused => 401,
         Ended::BadFrame | Ended::NoAuth if device.is_none() => 400,
@@ -819,14 +851,14 @@ fn log(
     }
     worker.access_log.record(AccessRecord {
         time: SystemTime::now(),
-        client: client.ip(),
+        client: session.client.ip(),
         method: "PUSH".to_owned(),
         uri: device.map_or_else(String::new, |d| format!("/{}/{}", d.app, d.device)),
         host: String::new(),
         status,
         bytes_sent: moved.sent,
         request_length: moved.received,
-        route_id: Some(route_id.clone()),
+        route_id: Some(session.route_id.clone()),
         upstream: None,
         upstream_latency: None,
         latency: lasted,
