@@ -3,8 +3,9 @@
 # starts, with devices from the simulator (pylon-devices). Pylon runs one worker on CPU 1; Redis,
 # the devices and the load run on CPU 0.
 #
-#   memory     scripts/rss-per-connection.py: RSS per idle device at CONNECTIONS devices, plain
-#              TCP and TLS (the RSS script starts its own Pylon, with two workers, and Redis)
+#   memory     scripts/rss-per-connection.py: RSS per idle device at CONNECTIONS devices, over
+#              plain TCP, WebSocket and TLS (the RSS script starts its own Pylon, with two
+#              workers, and Redis)
 #   broadcast  DEVICES devices connected; one message to all of them (`all: true`, the
 #              broadcast rate high enough not to hold it): milliseconds from the POST to the
 #              first and the last device's delivery, each of ROUNDS rounds
@@ -40,7 +41,7 @@ trap cleanup EXIT
 wants() { [[ " ${tests[*]} " == *" $1 "* ]]; }
 
 if wants memory; then
-  for transport in tcp tls; do
+  for transport in tcp ws tls; do
     echo "== memory ($transport): $connections idle devices"
     python3 scripts/rss-per-connection.py "$pylon" "$connections" --push "$transport"
   done

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measures pylon's resident memory (RSS) per idle client connection: the figure in the README.
 
-    scripts/rss-per-connection.py [PYLON_BINARY] [CONNECTIONS] [--push tcp|tls]
+    scripts/rss-per-connection.py [PYLON_BINARY] [CONNECTIONS] [--push tcp|tls|ws]
 
 Defaults: target/release/pylon, 5000. Opens the connections in four steps, on a pylon proxying
 to a local upstream, and prints the RSS at each step and the cost of each added connection:
@@ -12,10 +12,12 @@ With `--push`, the connections are devices of a push gateway instead (a `pylon-p
 route on a Redis this script starts, `redis-server` on the PATH): each sends its `auth` frame
 and waits for `auth_ok`, then stays idle (its heartbeat is minutes away). `tls`: the stream
 listener terminates TLS (a certificate made with `openssl`), and the devices speak TLS 1.3.
+`ws`: the devices open with a WebSocket handshake and send their `auth` as a text message.
 
 Loopback only; it stops everything it started. Each connection takes a file descriptor here and
 one in pylon: CONNECTIONS must stay below `ulimit -n`.
 """
+import base64
 import http.server
 import json
 import os
@@ -186,11 +188,52 @@ def frame(command, body):
     return struct.pack(">IBI", len(body), command, 1) + body
 
 
-def device(addr, context, index):
+def recv_exact(sock, n, index):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise SystemExit("pylon closed device %d before auth_ok" % index)
+        data += chunk
+    return data
+
+
+def ws_device(sock, index):
+    """Opens a WebSocket and authenticates with a text message."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((
+        "GET /devices HTTP/1.1\r\nHost: push.test\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key
+    ).encode())
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += recv_exact(sock, 1, index)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise SystemExit("device %d: no WebSocket: %r" % (index, head))
+    auth = {"type": "auth", "token": "device-key", "device_id": "d%d" % index, "app_id": "rss"}
+    payload = json.dumps(auth).encode()
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    length = bytes([0x80 | len(payload)]) if len(payload) < 126 else \
+        bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+    sock.sendall(bytes([0x81]) + length + mask + masked)
+    header = recv_exact(sock, 2, index)
+    n = header[1] & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", recv_exact(sock, 2, index))[0]
+    answer = json.loads(recv_exact(sock, n, index))
+    if answer.get("type") != "auth_ok":
+        raise SystemExit("device %d was refused: %s" % (index, answer))
+    return sock
+
+
+def device(addr, context, index, websocket=False):
     """A device connected and authenticated: its socket, kept open."""
     sock = socket.create_connection(addr, timeout=10)
     if context is not None:
         sock = context.wrap_socket(sock, server_hostname="push.test")
+    if websocket:
+        return ws_device(sock, index)
     auth = {"token": "device-key", "device_id": "d%d" % index, "app_id": "rss"}
     sock.sendall(frame(1, json.dumps(auth).encode()))
     header = b""
@@ -208,7 +251,8 @@ def device(addr, context, index):
     return sock
 
 
-def measure_push(binary, n, tls):
+def measure_push(binary, n, transport):
+    tls, websocket = transport == "tls", transport == "ws"
     with tempfile.TemporaryDirectory() as directory:
         redis, redis_port = start_redis(directory)
         proc, addr = start_push_gateway(binary, redis_port, directory, tls)
@@ -220,13 +264,13 @@ def measure_push(binary, n, tls):
         try:
             # Warm up the allocator and the runtimes with devices that come and go.
             for i in range(200):
-                device(addr, context, n + i).close()
+                device(addr, context, n + i, websocket).close()
             time.sleep(1)
             points = [(0, rss(proc.pid))]
             conns = []
             for target in range(n // 4, n + 1, n // 4):
                 while len(conns) < target:
-                    conns.append(device(addr, context, len(conns)))
+                    conns.append(device(addr, context, len(conns), websocket))
                 time.sleep(1)
                 points.append((target, rss(proc.pid)))
             for s in conns:
@@ -254,12 +298,12 @@ def main():
         push = sys.argv[at + 1] if at + 1 < len(sys.argv) else "tcp"
         if push in args:
             args.remove(push)
-        if push not in ("tcp", "tls"):
-            raise SystemExit("--push takes tcp or tls")
+        if push not in ("tcp", "tls", "ws"):
+            raise SystemExit("--push takes tcp, tls or ws")
     binary = args[0] if len(args) > 0 else "target/release/pylon"
     n = int(args[1]) if len(args) > 1 else 5000
     if push:
-        report("push devices (%s), idle after auth" % push, measure_push(binary, n, push == "tls"))
+        report("push devices (%s), idle after auth" % push, measure_push(binary, n, push))
         return
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()

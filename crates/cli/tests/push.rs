@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use pylon_devices::frame::encode_json;
 use pylon_devices::{raw_session, CloseReason, DeviceSpec, Fleet, Options, Outcome, View};
-use redis_server::RedisServer;
+use redis_server::{RedisCluster, RedisServer};
 use serde_json::{json, Value};
 use support::client::{get, Response};
 use support::frames::STREAM_LISTENER;
@@ -40,8 +40,14 @@ const WAIT: Duration = Duration::from_secs(15);
 /// (`conf` merged into its `protocol.conf`) whose devices authenticate with `key-auth`, and
 /// the push API on `/push` behind `key-auth`.
 fn gateway_doc(redis: &RedisServer, conf: Value) -> String {
+    let redis = json!({"policy": "redis", "redis_host": "127.0.0.1", "redis_port": redis.port});
+    gateway_doc_on(redis, conf)
+}
+
+/// As [`gateway_doc`], on the Redis `redis` (`limit-count`'s Redis fields) names.
+fn gateway_doc_on(redis: Value, conf: Value) -> String {
     let mut protocol_conf = json!({
-        "redis": {"policy": "redis", "redis_host": "127.0.0.1", "redis_port": redis.port},
+        "redis": redis,
         "first_frame_timeout": 2,
         "heartbeat": {"interval": 30, "networks": {"4g": 20}},
     });
@@ -767,4 +773,61 @@ fn a_device_that_misses_its_heartbeats_is_closed_and_one_that_pings_stays() {
         metrics[r#"pylon_push_device_closes_total{route="devices",reason="idle_timeout"}"#],
         1.0
     );
+}
+
+#[test]
+fn a_redis_cluster_holds_the_devices_and_messages_of_two_nodes() {
+    let cluster = RedisCluster::start();
+    let redis = json!({"policy": "redis-cluster", "redis_cluster_name": "push",
+        "redis_cluster_nodes": cluster.addresses()});
+    let doc = gateway_doc_on(redis, json!({}));
+    let first = Pylon::start(&doc, STREAM_LISTENER);
+    let second = Pylon::start(&doc, STREAM_LISTENER);
+    let first_devices = support::frames::stream_addr(&first);
+    let second_devices = support::frames::stream_addr(&second);
+    let fleet = Fleet::start(first_devices);
+    let names: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+    connected(
+        &fleet,
+        names.iter().map(|n| device(n).with_tags(&["c"])).collect(),
+    );
+    // Accepted by the other node: the devices' keys spread over the cluster's slots.
+    let direct = push(
+        Protocol::Http1,
+        &second,
+        json!({"app_id": APP, "device_ids": names, "data": 1}),
+    );
+    let tagged = push(
+        Protocol::Http2,
+        &second,
+        json!({"app_id": APP, "tag": "c", "data": 2}),
+    );
+    waits(&fleet, "both messages on every device", |v| {
+        names
+            .iter()
+            .all(|n| v.has(APP, n, &direct) && v.has(APP, n, &tagged))
+    });
+    let counts = json!({"targets": 10, "sent": 10, "delivered": 10, "expired": 0});
+    assert_eq!(
+        wait_counts(Protocol::Http1, &first, &direct, counts.clone()),
+        counts
+    );
+    assert_eq!(
+        wait_counts(Protocol::Http2, &second, &tagged, counts.clone()),
+        counts
+    );
+    // Offline, then back on the other node: what waited comes.
+    assert!(fleet.disconnect(APP, "d0"));
+    let later = push(
+        Protocol::Http1,
+        &first,
+        json!({"app_id": APP, "device_id": "d0", "data": 3}),
+    );
+    assert!(fleet
+        .reconnect(APP, "d0", second_devices)
+        .unwrap()
+        .is_authenticated());
+    waits(&fleet, "the message that waited", |v| {
+        v.has(APP, "d0", &later)
+    });
 }
