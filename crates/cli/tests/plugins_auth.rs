@@ -16,6 +16,7 @@ use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::{hmac, signature};
 use serde_json::{json, Value};
+use support::jwt::hs256;
 use support::protocols::{assert_refused, call, Protocol, PROTOCOLS};
 use support::tls::RSA_KEY;
 use support::upstream::Upstream;
@@ -262,16 +263,6 @@ async fn basic_auth_checks_the_user_and_password_and_challenges_without_them() {
 }
 
 // === jwt-auth ===
-
-/// An HS256 JSON Web Token of `payload`, signed with `secret`.
-fn hs256(payload: &Value, secret: &[u8]) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
-    let signing_input = format!("{header}.{payload}");
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let signature = URL_SAFE_NO_PAD.encode(hmac::sign(&key, signing_input.as_bytes()));
-    format!("{signing_input}.{signature}")
-}
 
 #[tokio::test]
 async fn jwt_auth_verifies_hs256_tokens_from_the_header_query_or_cookie() {

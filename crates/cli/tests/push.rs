@@ -831,3 +831,34 @@ fn a_redis_cluster_holds_the_devices_and_messages_of_two_nodes() {
         v.has(APP, "d0", &later)
     });
 }
+
+#[test]
+fn a_device_may_authenticate_with_a_jwt_of_a_consumer() {
+    let redis = RedisServer::start();
+    let mut doc: Value = serde_json::from_str(&gateway_doc(&redis, json!({}))).unwrap();
+    doc["stream_routes"][0]["plugins"] = json!({"jwt-auth": {}});
+    doc["consumers"][1]["plugins"] =
+        json!({"jwt-auth": {"key": "phone-key", "secret": "phone-secret"}});
+    let pylon = Pylon::start(&doc.to_string(), STREAM_LISTENER);
+    let devices = support::frames::stream_addr(&pylon);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = support::jwt::hs256(&json!({"key": "phone-key", "exp": exp}), b"phone-secret");
+    let forged = support::jwt::hs256(&json!({"key": "phone-key", "exp": exp}), b"guess");
+    let fleet = Fleet::start(devices);
+    connected(&fleet, vec![DeviceSpec::new(APP, "jwt", &token)]);
+    let refused = fleet.connect_one(DeviceSpec::new(APP, "forged", &forged));
+    assert_eq!(
+        refused,
+        Outcome::Failed(CloseReason::Error("unauthorized".into()))
+    );
+    let id = push(
+        Protocol::Http1,
+        &pylon,
+        json!({"app_id": APP, "device_id": "jwt", "data": 1}),
+    );
+    waits(&fleet, "the push", |v| v.has(APP, "jwt", &id));
+}

@@ -8,6 +8,7 @@ pub mod datagram;
 pub mod frames;
 pub mod grpc_server;
 pub mod http2;
+pub mod jwt;
 pub mod protocols;
 pub mod proxy_header;
 pub mod receivers;
