@@ -148,12 +148,34 @@ impl Device {
     pub fn take(&self) -> VecDeque<Outgoing> {
         std::mem::take(&mut *self.outbox.lock().unwrap_or_else(PoisonError::into_inner))
     }
+}
 
-    fn matches(&self, target: &Target) -> bool {
-        match target {
-            Target::All => true,
-            Target::Tag(expr) => TagExpr::parse(expr).is_ok_and(|e| e.matches(&self.tags)),
-            Target::Devices(devices) => devices.iter().any(|d| **d == *self.key.device),
+/// Whom a broadcast reaches, read once for all the devices it is matched against.
+enum Audience<'m> {
+    All { app: &'m str },
+    Tagged { app: &'m str, expr: TagExpr },
+}
+
+impl<'m> Audience<'m> {
+    /// The audience of a message to a tag or to all; `None` for one to listed devices (and
+    /// for an expression the push API would have refused).
+    fn of(message: &'m Message) -> Option<Audience<'m>> {
+        let app = message.app_id.as_str();
+        match &message.target {
+            Target::All => Some(Audience::All { app }),
+            Target::Tag(expr) => TagExpr::parse(expr)
+                .ok()
+                .map(|expr| Audience::Tagged { app, expr }),
+            Target::Devices(_) => None,
+        }
+    }
+
+    fn includes(&self, device: &Device) -> bool {
+        match self {
+            Audience::All { app } => *device.key.app == **app,
+            Audience::Tagged { app, expr } => {
+                *device.key.app == **app && expr.matches(&device.tags)
+            }
         }
     }
 }
@@ -757,7 +779,7 @@ impl Engine {
                     }
                     track.seen = track.seen.max(pos);
                     let Some(message) = message else { continue };
-                    if *message.app_id != *device.key.app || !device.matches(&message.target) {
+                    if !Audience::of(&message).is_some_and(|a| a.includes(&device)) {
                         continue;
                     }
                     if message.expired(now) {
@@ -879,9 +901,11 @@ impl Engine {
 
     /// A broadcast read from the stream: to this node's matching devices, at its rate.
     fn start_fanout(&mut self, pos: StreamPos, message: &Message) {
+        let Some(audience) = Audience::of(message) else {
+            return;
+        };
         let devices: Vec<Arc<Device>> = (self.devices.values_mut())
-            .filter(|l| *l.device.key.app == *message.app_id && l.device.matches(&message.target))
-            .filter(|l| !l.broadcasts.has(pos))
+            .filter(|l| audience.includes(&l.device) && !l.broadcasts.has(pos))
             .map(|l| {
                 l.broadcasts.pending.insert(pos);
                 l.device.clone()
@@ -1163,7 +1187,23 @@ mod tests {
             .collect();
         assert_eq!(order, ["replaced", "high", "normal"]);
         assert!(device.take().is_empty());
-        assert!(device.matches(&Target::Tag("t AND NOT u".into())));
-        assert!(!device.matches(&Target::Tag("u".into())));
+        let message = |target| Message {
+            id: "m".into(),
+            app_id: "a".into(),
+            target,
+            data: serde_json::Value::Null,
+            priority: Priority::Normal,
+            collapse_key: None,
+            expires_at: u64::MAX,
+            rate: None,
+        };
+        let includes = |target| Audience::of(&message(target)).is_some_and(|a| a.includes(&device));
+        assert!(includes(Target::Tag("t AND NOT u".into())));
+        assert!(!includes(Target::Tag("u".into())));
+        assert!(includes(Target::All));
+        assert!(
+            !includes(Target::Devices(vec!["d".into()])),
+            "not a broadcast"
+        );
     }
 }

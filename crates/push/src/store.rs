@@ -168,9 +168,10 @@ end
 return 1
 ";
 
-/// Saves a message with its expiry. KEYS: msg; ARGV: JSON, expiry (ms).
+/// Saves a message with its expiry, unless its id is taken (0). KEYS: msg; ARGV: JSON,
+/// expiry (ms).
 const SAVE: &str = r"
-redis.call('HSET', KEYS[1], 'm', ARGV[1])
+if redis.call('HSETNX', KEYS[1], 'm', ARGV[1]) == 0 then return 0 end
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 ";
@@ -221,16 +222,11 @@ impl Store {
     /// Saves a message, kept `retention_ms` past its expiry for its counts. A message id
     /// already taken is refused: `false`.
     pub async fn save(&self, message: &Message, retention_ms: u64) -> Result<bool, Error> {
-        let key = self.message_key(&message.id);
-        let exists: bool = self.redis.query(cmd("EXISTS").arg(&key)).await?;
-        if exists {
-            return Ok(false);
-        }
         let json = serde_json::to_string(message).unwrap_or_default();
-        let mut invocation = self.save.key(&key);
+        let mut invocation = self.save.key(self.message_key(&message.id));
         invocation.arg(json).arg(message.expires_at + retention_ms);
-        self.redis.invoke::<i64>(&invocation).await?;
-        Ok(true)
+        let saved: i64 = self.redis.invoke(&invocation).await?;
+        Ok(saved == 1)
     }
 
     /// Queues `message` for each of `devices` and sends it to the inboxes of the nodes that
