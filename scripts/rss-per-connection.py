@@ -56,6 +56,12 @@ def start_pylon(binary, upstream_port, directory):
             "  handoff_socket: \"\"\naccess_log:\n  enabled: false\ncontrol:\n  enabled: false\n"
             "config:\n  source: yaml\n  file: apisix.yaml\n"
         )
+    return run_pylon(binary, directory, "pylon: proxy listening on http://")
+
+
+def run_pylon(binary, directory, listening):
+    """Starts pylon on `directory`'s node.yaml: the process, and the address of the first
+    listener whose startup line starts with `listening`."""
     proc = subprocess.Popen(
         [binary, "run", "-c", os.path.join(directory, "node.yaml")],
         stdout=subprocess.PIPE,
@@ -64,7 +70,7 @@ def start_pylon(binary, upstream_port, directory):
     )
     addr = None
     for line in proc.stdout:
-        if line.startswith("pylon: proxy listening on http://"):
+        if addr is None and line.startswith(listening):
             host, port = line.strip().rsplit("/", 1)[1].rsplit(":", 1)
             addr = (host, int(port))
         if " worker(s); " in line:
@@ -167,20 +173,7 @@ def start_push_gateway(binary, redis_port, directory, tls):
             "access_log:\n  enabled: false\ncontrol:\n  enabled: false\n"
             "config:\n  source: yaml\n  file: apisix.yaml\n" % ("true" if tls else "false")
         )
-    proc = subprocess.Popen(
-        [binary, "run", "-c", os.path.join(directory, "node.yaml")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    addr = None
-    for line in proc.stdout:
-        if line.startswith("pylon: stream listening on tcp"):
-            host, port = line.strip().rsplit("/", 1)[1].rsplit(":", 1)
-            addr = (host, int(port))
-        if " worker(s); " in line:
-            return proc, addr
-    raise SystemExit("pylon did not start")
+    return run_pylon(binary, directory, "pylon: stream listening on tcp")
 
 
 def frame(command, body):

@@ -269,16 +269,8 @@ impl Store {
                 .arg(message.expires_at)
                 .arg(format!("{}|{}", message.id, device.joined()));
             if let Some(node) = holder? {
-                let mut add = cmd("XADD");
-                add.arg(self.inbox_key(&node))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(STREAM_CAP)
-                    .arg("*")
-                    .arg("d")
-                    .arg(device.joined())
-                    .arg("m")
-                    .arg(&json);
+                let mut add = self.inbox_entry(&node, device);
+                add.arg("m").arg(&json);
                 sends.push(add);
             }
         }
@@ -381,6 +373,14 @@ impl Store {
 
     /// Sends a node's inbox a request to close `conn` of the device.
     pub async fn kick(&self, node: &str, device: &DeviceKey, conn: u64) -> Result<(), Error> {
+        let mut add = self.inbox_entry(node, device);
+        add.arg("kick").arg(conn);
+        self.redis.query::<String>(&add).await.map(drop)
+    }
+
+    /// An `XADD` to `node`'s inbox of an entry about `device`, for the caller to finish
+    /// with what the entry says.
+    fn inbox_entry(&self, node: &str, device: &DeviceKey) -> pylon_redis::Cmd {
         let mut add = cmd("XADD");
         add.arg(self.inbox_key(node))
             .arg("MAXLEN")
@@ -388,10 +388,8 @@ impl Store {
             .arg(STREAM_CAP)
             .arg("*")
             .arg("d")
-            .arg(device.joined())
-            .arg("kick")
-            .arg(conn);
-        self.redis.query::<String>(&add).await.map(drop)
+            .arg(device.joined());
+        add
     }
 
     /// Takes an acknowledged message off the device's queue: `true` if it was there (the

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pylon_redis::{Address, Error, Redis, Script, Settings, Topology};
-use support::redis_server::{RedisCluster, RedisServer, Sentinel};
+use support::redis_server::{try_redis_cli, RedisCluster, RedisServer, Sentinel};
 
 /// Counts a call on `KEYS[1]`: the count after it.
 fn counter() -> Script {
@@ -171,7 +171,7 @@ async fn after_a_sentinel_failover_calls_go_to_the_new_master() {
     sentinel.wait_for_replica("main");
     sentinel.failover("main", new.port);
     wait_for(
-        || old.cli(&["role"]).starts_with("slave"),
+        || try_redis_cli(old.port, &["role"]).is_ok_and(|role| role.starts_with("slave")),
         "the old master is a replica",
     );
     // The old master is a replica now: the calls that reach it fail, and the client asks the
