@@ -533,12 +533,12 @@ struct Track {
 }
 
 impl Track {
-    /// Whether broadcast `pos` was sent, is done, or is on its way.
+    /// Whether broadcast `pos` was sent on this connection, or is on its way. Not whether
+    /// it is before the cursor: a new device's cursor starts at the stream's end, which may
+    /// be past a broadcast the fan-out is still to send it; and the catch-up reads only what
+    /// is after the cursor.
     fn has(&self, pos: StreamPos) -> bool {
-        pos <= self.written
-            || self.unacked.contains(&pos)
-            || self.acked.contains(&pos)
-            || self.pending.contains(&pos)
+        self.unacked.contains(&pos) || self.acked.contains(&pos) || self.pending.contains(&pos)
     }
 
     fn sent(&mut self, pos: StreamPos) {
@@ -1146,7 +1146,10 @@ mod tests {
             written: pos(10),
             ..Track::default()
         };
-        assert!(track.has(pos(9)), "done: before the cursor");
+        assert!(
+            !track.has(pos(9)),
+            "before the cursor, yet not sent on this connection"
+        );
         assert!(!track.has(pos(11)));
         track.pending.insert(pos(11));
         assert!(track.has(pos(11)), "a fan-out is to send it");
