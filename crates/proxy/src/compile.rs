@@ -9,7 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use pylon_discovery::{Registry, ServiceWatch};
-use pylon_model::{Config, Key, Kind, Node, Route, Service, StreamRoute, Upstream, PUSH_PROTOCOL};
+use pylon_model::{
+    Config, FieldError, Key, Kind, Node, Route, Service, StreamRoute, Upstream, PUSH_PROTOCOL,
+};
 use pylon_plugins::{
     builds_every_plugin, push_config, route_split_upstreams, CompiledPlugins, SplitTarget,
 };
@@ -309,11 +311,16 @@ impl Compiler {
         let (key, target) = upstream.unzip();
         let push = match &route.protocol {
             Some(protocol) if protocol.name == PUSH_PROTOCOL => {
-                let built = self
-                    .plugins
-                    .push_auth_chain(id, route.plugins.as_ref())
-                    .and_then(|auth| {
-                        PushGateway::new(&protocol.conf, auth, &self.node, id, push_config)
+                let built = push_config(&protocol.conf)
+                    .map_err(|errors| {
+                        let first = errors.into_iter().next();
+                        first
+                            .unwrap_or_else(|| FieldError::new("", "invalid"))
+                            .within("protocol.conf")
+                    })
+                    .and_then(|checked| {
+                        let auth = self.plugins.push_auth_chain(id, route.plugins.as_ref())?;
+                        PushGateway::new(checked, auth, &self.node, id)
                     });
                 match built {
                     Ok(gateway) => Some(Arc::new(gateway)),

@@ -65,25 +65,20 @@ pub(crate) struct PushGateway {
 }
 
 impl PushGateway {
-    /// Compiles `conf` for route `id` on node `node`, with the route's authentication chain.
+    /// The gateway of route `id` on node `node`: its `protocol.conf` as checked (with its
+    /// Redis and that Redis's key prefix), and the route's authentication chain.
     pub(crate) fn new(
-        conf: &serde_json::Value,
+        (config, redis, prefix): (PushConfig, Arc<Redis>, String),
         auth: Chain,
         node: &str,
         id: &str,
-        checked: impl FnOnce(
-            &serde_json::Value,
-        ) -> Result<(PushConfig, Arc<Redis>, String), Vec<FieldError>>,
     ) -> Result<PushGateway, FieldError> {
-        let first_error = |errors: Vec<FieldError>| {
-            errors
-                .into_iter()
-                .next()
-                .unwrap_or_else(|| FieldError::new("", "invalid"))
+        let layout = config.layout().map_err(|errors| {
+            let first = errors.into_iter().next();
+            first
+                .unwrap_or_else(|| FieldError::new("layout", "invalid"))
                 .within("protocol.conf")
-        };
-        let (config, redis, prefix) = checked(conf).map_err(first_error)?;
-        let layout = config.layout().map_err(first_error)?;
+        })?;
         let rates = Rates {
             delivery: config.delivery.clone(),
             apps: config.apps.clone(),
