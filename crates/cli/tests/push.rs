@@ -862,3 +862,32 @@ fn a_device_may_authenticate_with_a_jwt_of_a_consumer() {
     );
     waits(&fleet, "the push", |v| v.has(APP, "jwt", &id));
 }
+
+#[test]
+fn a_broadcast_reaches_the_devices_that_connected_while_redis_was_away() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let (pylon, devices) = node(&redis, json!({}));
+    let fleet = Fleet::start(devices);
+    let names: Vec<String> = (0..20).map(|i| format!("d{i}")).collect();
+    // Their tokens are the consumers': they connect while the hub cannot reach Redis.
+    connected(&fleet, names.iter().map(|n| device(n)).collect());
+    redis.restart();
+    // The push API answers 503 until its own connection is back; the broadcast then goes
+    // out before the hub, which retries once a second, has read the stream's end.
+    let message = json!({"app_id": APP, "all": true, "data": "back"});
+    let mut accepted = None;
+    for _ in 0..100 {
+        let res = api(Protocol::Http1, &pylon, "POST", "/push", &message);
+        if res.status == 202 {
+            accepted = Some(res.json()["id"].as_str().unwrap().to_owned());
+            break;
+        }
+        assert_eq!(res.status, 503, "{}", String::from_utf8_lossy(&res.body));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = accepted.expect("the push API takes the message once Redis is back");
+    waits(&fleet, "the broadcast on every device", |v| {
+        names.iter().all(|n| v.has(APP, n, &id))
+    });
+}

@@ -97,6 +97,9 @@ pub struct Device {
     pub key: DeviceKey,
     /// This node's number for the connection: a replaced connection's does not match.
     pub conn: u64,
+    /// When it connected, in milliseconds since the Unix epoch: a new device is sent the
+    /// broadcasts made since.
+    connected_ms: u64,
     tags: Box<[Box<str>]>,
     outbox: Mutex<VecDeque<Outgoing>>,
     /// The connection's task, woken when something is queued.
@@ -110,6 +113,7 @@ impl Device {
         Device {
             key,
             conn,
+            connected_ms: now_ms(),
             tags: tags.into_iter().map(String::into_boxed_str).collect(),
             outbox: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
@@ -666,7 +670,13 @@ impl Engine {
                 let counters = self.counters.clone();
                 tokio::task::spawn_local(async move {
                     match store
-                        .attach(&device.key, &node, device.conn, now_ms())
+                        .attach(
+                            &device.key,
+                            &node,
+                            device.conn,
+                            device.connected_ms,
+                            now_ms(),
+                        )
                         .await
                     {
                         Ok(attached) => {

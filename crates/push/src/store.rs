@@ -34,6 +34,9 @@ const STREAM_CAP: u64 = 100_000;
 pub const NODE_ALIVE: Duration = Duration::from_secs(15);
 /// How long a device's keys outlive its last connection or message.
 const DEVICE_RETENTION_MS: u64 = 30 * 86_400_000;
+/// How far before a new device connected its broadcast cursor starts: room for the
+/// difference between this node's clock and Redis's, which numbers the stream.
+pub const NEW_DEVICE_MARGIN_MS: u64 = 1000;
 /// The most queued messages a reconnecting device is sent.
 const MAX_PENDING: i64 = 1000;
 
@@ -303,12 +306,15 @@ impl Store {
     }
 
     /// Records that `node` holds the device on connection `conn`, and reads what waits for
-    /// it. A device never seen before starts its broadcast cursor at the stream's end.
+    /// it. A device never seen before starts its broadcast cursor where the stream was when it
+    /// connected (`connected_ms`), less [`NEW_DEVICE_MARGIN_MS`]: the broadcasts made since
+    /// are its, however late this runs (a hub waiting for Redis attaches its devices late).
     pub async fn attach(
         &self,
         device: &DeviceKey,
         node: &str,
         conn: u64,
+        connected_ms: u64,
         now_ms: u64,
     ) -> Result<Attached, Error> {
         let mut invocation = self.attach.key(self.device_key(device, "s"));
@@ -330,9 +336,10 @@ impl Store {
         let cursor = match cursor.as_deref().and_then(StreamPos::parse) {
             Some(cursor) => cursor,
             None => {
-                let end = self.end_of(&self.broadcast_key()).await?;
-                self.set_cursor(device, end).await?;
-                end
+                // Stream positions are Redis's milliseconds.
+                let start = StreamPos(connected_ms.saturating_sub(NEW_DEVICE_MARGIN_MS), 0);
+                self.set_cursor(device, start).await?;
+                start
             }
         };
         let messages = join_all(ids.iter().map(|id| async move {
