@@ -434,13 +434,26 @@ impl Hub {
             .clone()
     }
 
-    /// The heartbeat settings now.
-    pub fn heartbeat(&self) -> Heartbeat {
-        self.rates
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .heartbeat
-            .clone()
+    /// The ping interval, in seconds, the settings give a device on `network` now.
+    pub fn interval_for(&self, network: Option<&str>) -> u64 {
+        self.heartbeat(|heartbeat| heartbeat.interval_for(network))
+    }
+
+    /// How long a device pinging every `interval` seconds may stay silent, now.
+    pub fn silence_allowed(&self, interval: u64) -> Duration {
+        self.heartbeat(|heartbeat| heartbeat.silence_allowed(interval))
+    }
+
+    /// Reads the heartbeat settings in place: every device frame asks, so they are not
+    /// copied.
+    fn heartbeat<T>(&self, read: impl FnOnce(&Heartbeat) -> T) -> T {
+        read(
+            &self
+                .rates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .heartbeat,
+        )
     }
 
     /// A connection number no other connection of this node has.

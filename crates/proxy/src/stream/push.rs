@@ -208,7 +208,7 @@ where
             app: hello.app_id.as_str().into(),
             device: hello.device_id.as_str().into(),
         };
-        let interval = hub.heartbeat().interval_for(hello.network.as_deref());
+        let interval = hub.interval_for(hello.network.as_deref());
         let connection = DeviceConnection {
             link,
             device: Arc::new(Device::new(key, hub.next_conn(), hello.tags)),
@@ -727,12 +727,7 @@ where
 
     /// Moves the device's deadline: it may now stay silent for its missed heartbeats.
     fn stay_until_silent(&self) {
-        let allowed = self
-            .link
-            .gateway
-            .hub
-            .heartbeat()
-            .silence_allowed(self.interval);
+        let allowed = self.link.gateway.hub.silence_allowed(self.interval);
         self.device.silent_until(Instant::now() + allowed);
     }
 
@@ -750,7 +745,7 @@ where
         };
         if frame.command == commands.ping {
             let hub = &self.link.gateway.hub;
-            let now = hub.heartbeat().interval_for(self.network.as_deref());
+            let now = hub.interval_for(self.network.as_deref());
             let body = if now == self.interval {
                 Bytes::new()
             } else {
