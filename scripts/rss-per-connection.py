@@ -104,23 +104,34 @@ def measure(binary, upstream_port, n, send_request):
             for _ in range(200):
                 with socket.create_connection(addr, timeout=5) as s:
                     request(s)
-            time.sleep(1)
-            points = [(0, rss(proc.pid))]
-            conns = []
-            for target in range(n // 4, n + 1, n // 4):
-                while len(conns) < target:
-                    s = socket.create_connection(addr, timeout=5)
-                    if send_request:
-                        request(s)
-                    conns.append(s)
-                time.sleep(1)
-                points.append((target, rss(proc.pid)))
-            for s in conns:
-                s.close()
-            return points
+            def connect(_):
+                s = socket.create_connection(addr, timeout=5)
+                if send_request:
+                    request(s)
+                return s
+
+            return rss_steps(proc.pid, n, connect)
         finally:
             proc.terminate()
             proc.wait()
+
+
+def rss_steps(pid, n, connect):
+    """Opens `n` connections (`connect(index)` opens one) in four steps, after a second's
+    rest; the RSS before and after each step, as (connections, bytes). Closes them."""
+    time.sleep(1)
+    points = [(0, rss(pid))]
+    conns = []
+    try:
+        for target in range(n // 4, n + 1, n // 4):
+            while len(conns) < target:
+                conns.append(connect(len(conns)))
+            time.sleep(1)
+            points.append((target, rss(pid)))
+    finally:
+        for s in conns:
+            s.close()
+    return points
 
 
 def free_port():
@@ -258,17 +269,7 @@ def measure_push(binary, n, transport):
             # Warm up the allocator and the runtimes with devices that come and go.
             for i in range(200):
                 device(addr, context, n + i, websocket).close()
-            time.sleep(1)
-            points = [(0, rss(proc.pid))]
-            conns = []
-            for target in range(n // 4, n + 1, n // 4):
-                while len(conns) < target:
-                    conns.append(device(addr, context, len(conns), websocket))
-                time.sleep(1)
-                points.append((target, rss(proc.pid)))
-            for s in conns:
-                s.close()
-            return points
+            return rss_steps(proc.pid, n, lambda i: device(addr, context, i, websocket))
         finally:
             proc.terminate()
             proc.wait()
