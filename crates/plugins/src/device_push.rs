@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::config::{parse, schema_of};
 use crate::descriptor::{BuildEnv, Descriptor};
+use crate::websocket_frames::stream_route_error;
 
 pub(crate) const DESCRIPTOR: Descriptor = Descriptor {
     name: "device-push",
@@ -74,22 +75,9 @@ pub(crate) fn check_push_stream_route<'v>(
         .pointer("/plugins/device-push/stream_route_id")?
         .as_str()?;
     let path = "plugins.device-push.stream_route_id";
-    let Some(route) = stream_route(id) else {
-        return Some(FieldError::new(
-            path,
-            format!("stream route `{id}` does not exist"),
-        ));
-    };
-    let name = route.pointer("/protocol/name").and_then(Value::as_str);
-    (name != Some(pylon_push::PROTOCOL_NAME)).then(|| {
-        FieldError::new(
-            path,
-            format!(
-                "stream route `{id}` is not a push gateway (its protocol is not `{}`)",
-                pylon_push::PROTOCOL_NAME
-            ),
-        )
-    })
+    let route = stream_route(id);
+    let protocol = pylon_push::PROTOCOL_NAME;
+    stream_route_error(path, id, route, protocol, "is not a push gateway")
 }
 
 #[cfg(test)]

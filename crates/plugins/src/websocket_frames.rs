@@ -134,6 +134,18 @@ pub(crate) fn frames_route_error(
     id: &str,
     route: Option<&Value>,
 ) -> Option<FieldError> {
+    stream_route_error(path, id, route, PROTOCOL_NAME, "does not speak frames")
+}
+
+/// Why stream route `id` (`route`, when it exists), named at `path`, is not one whose
+/// protocol is `protocol`: it is missing, or it `is_not` (`does not speak frames`, ...).
+pub(crate) fn stream_route_error(
+    path: &str,
+    id: &str,
+    route: Option<&Value>,
+    protocol: &str,
+    is_not: &str,
+) -> Option<FieldError> {
     let Some(route) = route else {
         return Some(FieldError::new(
             path,
@@ -141,12 +153,10 @@ pub(crate) fn frames_route_error(
         ));
     };
     let name = route.pointer("/protocol/name").and_then(Value::as_str);
-    (name != Some(PROTOCOL_NAME)).then(|| {
+    (name != Some(protocol)).then(|| {
         FieldError::new(
             path,
-            format!(
-                "stream route `{id}` does not speak frames (its protocol is not `{PROTOCOL_NAME}`)"
-            ),
+            format!("stream route `{id}` {is_not} (its protocol is not `{protocol}`)"),
         )
     })
 }
