@@ -1012,11 +1012,7 @@ impl Engine {
         let counts = std::mem::take(&mut self.counts);
         let (store, counters) = (self.store.clone(), self.counters.clone());
         tokio::task::spawn_local(async move {
-            let acknowledged = futures_util::future::join_all(
-                acks.iter()
-                    .map(|(device, id)| store.acknowledge(device, id)),
-            )
-            .await;
+            let acknowledged = store.acknowledge(&acks).await;
             let mut counts = counts;
             for ((_, id), first) in acks.iter().zip(acknowledged) {
                 match first {

@@ -20,13 +20,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::future::{join, join_all};
 use pylon_redis::{
     cmd, Dedicated, Error, Redis, Script, StreamId, StreamRangeReply, StreamReadReply, Value,
 };
 use serde::Serialize;
 
-use crate::message::Message;
+use crate::message::{Message, Target};
 
 /// Entries a node inbox or the broadcast stream keeps at most.
 const STREAM_CAP: u64 = 100_000;
@@ -137,6 +137,7 @@ pub struct Store {
     attach: Script,
     detach: Script,
     save: Script,
+    count: Script,
 }
 
 /// Queues a message for a device (dropping the one its collapse key held) and names the
@@ -171,11 +172,18 @@ end
 return 1
 ";
 
-/// Saves a message with its expiry, unless its id is taken (0). KEYS: msg; ARGV: JSON,
-/// expiry (ms).
+/// Saves a message with its expiry and its count of target devices (when named), unless
+/// its id is taken (0). KEYS: msg; ARGV: JSON, expiry (ms), targets.
 const SAVE: &str = r"
 if redis.call('HSETNX', KEYS[1], 'm', ARGV[1]) == 0 then return 0 end
+if ARGV[3] ~= '0' then redis.call('HSET', KEYS[1], 'targets', ARGV[3]) end
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Adds to a message's counts. KEYS: msg; ARGV: field, increment, field, increment...
+const COUNT: &str = r"
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 ";
 
@@ -188,6 +196,7 @@ impl Store {
             attach: Script::new(ATTACH),
             detach: Script::new(DETACH),
             save: Script::new(SAVE),
+            count: Script::new(COUNT),
         }
     }
 
@@ -222,18 +231,26 @@ impl Store {
         format!("{}:nodes", self.prefix)
     }
 
-    /// Saves a message, kept `retention_ms` past its expiry for its counts. A message id
-    /// already taken is refused: `false`.
+    /// Saves a message, kept `retention_ms` past its expiry for its counts, with as many
+    /// targets as it names devices. A message id already taken is refused: `false`.
     pub async fn save(&self, message: &Message, retention_ms: u64) -> Result<bool, Error> {
         let json = serde_json::to_string(message).unwrap_or_default();
+        let targets = match &message.target {
+            Target::Devices(devices) => devices.len(),
+            Target::Tag(_) | Target::All => 0,
+        };
         let mut invocation = self.save.key(self.message_key(&message.id));
-        invocation.arg(json).arg(message.expires_at + retention_ms);
+        invocation
+            .arg(json)
+            .arg(message.expires_at + retention_ms)
+            .arg(targets);
         let saved: i64 = self.redis.invoke(&invocation).await?;
         Ok(saved == 1)
     }
 
-    /// Queues `message` for each of `devices` and sends it to the inboxes of the nodes that
-    /// hold them now.
+    /// Queues a saved `message` for each of `devices` and sends it to the inboxes of the
+    /// nodes that hold them now. The queues and the expiry index are written at once; the
+    /// inboxes then, as the queues name the nodes.
     pub async fn send_to_devices(
         &self,
         message: &Arc<Message>,
@@ -249,7 +266,7 @@ impl Store {
             })
             .collect();
         let expiry = message.expires_at.max(now_ms + DEVICE_RETENTION_MS);
-        let queued = keys.iter().map(|device| {
+        let queued = join_all(keys.iter().map(|device| {
             let mut invocation = self.enqueue.key(self.device_key(device, "q"));
             invocation
                 .key(self.device_key(device, "s"))
@@ -262,33 +279,28 @@ impl Store {
                 let held: (Option<String>, Option<u64>) = self.redis.invoke(&invocation).await?;
                 Ok::<_, Error>(held.0)
             }
-        });
-        let holders = join_all(queued).await;
+        }));
         let mut expiries = cmd("ZADD");
         expiries.arg(self.expiry_key());
-        let mut sends = Vec::new();
-        for (device, holder) in keys.iter().zip(holders) {
+        for device in &keys {
             expiries
                 .arg(message.expires_at)
                 .arg(format!("{}|{}", message.id, device.joined()));
+        }
+        let (holders, indexed) = join(queued, self.redis.query::<i64>(&expiries)).await;
+        indexed?;
+        let mut sends = Vec::new();
+        for (device, holder) in keys.iter().zip(holders) {
             if let Some(node) = holder? {
                 let mut add = self.inbox_entry(&node, device);
                 add.arg("m").arg(&json);
                 sends.push(add);
             }
         }
-        self.redis.query::<i64>(&expiries).await?;
         for result in join_all(sends.iter().map(|add| self.redis.query::<Value>(add))).await {
             result?;
         }
-        self.count(
-            &message.id,
-            CountDelta {
-                targets: devices.len() as u64,
-                ..Default::default()
-            },
-        )
-        .await
+        Ok(())
     }
 
     /// Appends a message to a tag or to all to the broadcast stream every node reads.
@@ -399,23 +411,29 @@ impl Store {
         add
     }
 
-    /// Takes an acknowledged message off the device's queue: `true` if it was there (the
-    /// first acknowledgement, which counts as delivered).
-    pub async fn acknowledge(&self, device: &DeviceKey, id: &str) -> Result<bool, Error> {
-        let removed: i64 = self
-            .redis
-            .query(cmd("ZREM").arg(self.device_key(device, "q")).arg(id))
-            .await?;
-        if removed == 1 {
-            self.redis
-                .query::<i64>(
-                    cmd("ZREM")
-                        .arg(self.expiry_key())
-                        .arg(format!("{id}|{}", device.joined())),
-                )
-                .await?;
+    /// Takes acknowledged messages off their devices' queues: for each, `true` if it was
+    /// there (the first acknowledgement, which counts as delivered). The queues and the
+    /// expiry index are written at once; an entry already gone from either stays gone.
+    pub async fn acknowledge(&self, acks: &[(DeviceKey, Box<str>)]) -> Vec<Result<bool, Error>> {
+        if acks.is_empty() {
+            return Vec::new();
         }
-        Ok(removed == 1)
+        let removed = join_all(acks.iter().map(|(device, id)| async move {
+            let removed: i64 = self
+                .redis
+                .query(cmd("ZREM").arg(self.device_key(device, "q")).arg(&**id))
+                .await?;
+            Ok(removed == 1)
+        }));
+        let mut unindex = cmd("ZREM");
+        unindex.arg(self.expiry_key());
+        for (device, id) in acks {
+            unindex.arg(format!("{id}|{}", device.joined()));
+        }
+        // An index entry left behind by a failed write is harmless: the expiry sweep finds
+        // its message off the queue and counts nothing.
+        let (removed, _) = join(removed, self.redis.query::<i64>(&unindex)).await;
+        removed
     }
 
     /// Moves the device's broadcast cursor.
@@ -482,22 +500,22 @@ impl Store {
         Ok(expired)
     }
 
-    /// Adds to a message's counts.
+    /// Adds to a message's counts, in one call.
     pub async fn count(&self, id: &str, delta: CountDelta) -> Result<(), Error> {
-        let key = self.message_key(id);
+        let mut invocation = self.count.key(self.message_key(id));
         let fields = [
             ("targets", delta.targets),
             ("sent", delta.sent),
             ("delivered", delta.delivered),
             ("expired", delta.expired),
         ];
-        let increments = fields.iter().filter(|(_, n)| *n > 0).map(|(field, n)| {
-            let mut increment = cmd("HINCRBY");
-            increment.arg(&key).arg(*field).arg(*n);
-            async move { self.redis.query::<i64>(&increment).await }
-        });
-        for result in join_all(increments).await {
-            result?;
+        let mut any = false;
+        for (field, n) in fields.into_iter().filter(|(_, n)| *n > 0) {
+            invocation.arg(field).arg(n);
+            any = true;
+        }
+        if any {
+            self.redis.invoke::<i64>(&invocation).await?;
         }
         Ok(())
     }
