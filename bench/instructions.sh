@@ -9,6 +9,7 @@
 # time, see BENCHMARKS.md) is not in them.
 #
 # usage: bench/instructions.sh [BINARY...]   (default: ./target/release/pylon, built first)
+# env:   ROUTES (default "bare chain waf"; any route of bench/plugin-routes.py, e.g. apisix)
 # needs: valgrind, nginx (apt-get install valgrind nginx-light), python3, curl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,7 +57,7 @@ PY
 
 printf '%-40s %-6s %s\n' binary route instructions/request
 for binary in "$@"; do
-    for route in bare chain waf; do
+    for route in ${ROUTES:-bare chain waf}; do
         header="apikey: bench-key"
         few=$(count "$binary" "/$route" "$header" 500)
         many=$(count "$binary" "/$route" "$header" 2500)

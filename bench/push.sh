@@ -11,7 +11,8 @@
 #              first and the last device's delivery, each of ROUNDS rounds
 #   unicast    UNICAST_DEVICES devices connected; wrk posts messages to one device each
 #              (round robin over the devices) for DURATION s with CONNS connections: pushes
-#              accepted per second, and pushes the devices received per second
+#              accepted per second, pushes the devices received per second, Pylon's CPU per
+#              push and the Redis commands per push (delivery and acknowledgement included)
 #
 # usage: bench/push.sh [memory] [broadcast] [unicast]     (default: all three)
 # env:   CONNECTIONS (default 19000), DEVICES (default 10000), UNICAST_DEVICES (default 1000),
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 tests=("$@"); [[ ${#tests[@]} -gt 0 ]] || tests=(memory broadcast unicast)
 connections=${CONNECTIONS:-19000} devices=${DEVICES:-10000} unicast_devices=${UNICAST_DEVICES:-1000}
 rounds=${ROUNDS:-3} dur=${DURATION:-8} conns=${CONNS:-20}
-for t in redis-server wrk curl python3 openssl taskset; do
+for t in redis-server redis-cli wrk curl python3 openssl taskset; do
   command -v $t >/dev/null || { echo "push: $t missing (apt-get install redis-server wrk curl openssl)" >&2; exit 2; }
 done
 target=${CARGO_TARGET_DIR:-target}
@@ -145,11 +146,17 @@ LUA
   devices_pid=$!
   for _ in $(seq 300); do grep -q '"connected"' "$tmp/unicast.out" && break; sleep 0.1; done
   head -1 "$tmp/unicast.out"
-  cpu_before=$(awk '{print $14 + $15}' "/proc/${pids[1]}/stat")
+  redis_commands() { redis-cli -p "$redis_port" info stats | sed -n 's/^total_commands_processed:\([0-9]*\).*/\1/p'; }
+  cpu_before=$(awk '{print $14 + $15}' "/proc/${pids[1]}/stat") commands_before=$(redis_commands)
   taskset -c $pin_load wrk -t1 -c"$conns" -d"${dur}s" -s "$tmp/unicast.lua" "http://$http/push" \
-    | grep -E "Requests/sec|Non-2xx|Latency"
-  cpu_after=$(awk '{print $14 + $15}' "/proc/${pids[1]}/stat")
+    > "$tmp/wrk.out"
+  cpu_after=$(awk '{print $14 + $15}' "/proc/${pids[1]}/stat") commands_after=$(redis_commands)
+  grep -E "Requests/sec|Non-2xx|Latency" "$tmp/wrk.out"
   wait "$devices_pid" || true
   grep '"per_second"' "$tmp/unicast.out" || tail -3 "$tmp/unicast.out"
-  echo "pylon CPU over the run: $(( (cpu_after - cpu_before) * 10 )) ms"
+  pushes=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$tmp/wrk.out")
+  ticks=$(getconf CLK_TCK)
+  echo "pylon CPU over the run: $(( (cpu_after - cpu_before) * 1000 / ticks )) ms," \
+    "$(( (cpu_after - cpu_before) * 1000000 / ticks / pushes )) us per push accepted;" \
+    "Redis commands per push: $(python3 -c "print(f'{($commands_after - $commands_before) / $pushes:.2f}')")"
 fi
