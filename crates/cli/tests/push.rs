@@ -4,11 +4,12 @@
 //! `device-push` route reach one device, a list, a tag expression or every device of an
 //! app; acknowledged messages count as delivered and are not sent again, unacknowledged ones
 //! are sent again on the next connection, messages to offline devices wait until their TTL
-//! and then count as expired; a second connection of a device replaces the first; bad devices
-//! are closed and bad pushes refused with the field named; and two nodes share one Redis, so
-//! that a node killed mid-broadcast loses nothing: its devices reconnect to the other and get
-//! every message they had not acknowledged. The push API behaves the same over HTTP/1.1 and
-//! HTTP/2.
+//! and then count as expired; broadcasts and messages go out at their app's rates, and
+//! high-priority messages overtake them; a second connection of a device replaces the first;
+//! bad devices are closed and bad pushes refused with the field named; and two nodes share one
+//! Redis, so that a node killed mid-broadcast loses nothing: its devices reconnect to the
+//! other and get every message they had not acknowledged. The push API behaves the same over
+//! HTTP/1.1 and HTTP/2.
 
 mod support;
 
@@ -335,6 +336,86 @@ fn messages_to_offline_devices_wait_until_their_ttl_then_count_as_expired() {
         [marker],
         "the expired message is not sent"
     );
+}
+
+/// Where `first` came before `then` among the ids a device received (`then` not yet come
+/// counts as after).
+fn came_before(ids: &[String], first: &str, then: &str) -> bool {
+    let at = |id: &str| ids.iter().position(|i| i == id);
+    match (at(first), at(then)) {
+        (Some(first), Some(then)) => first < then,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+#[test]
+fn broadcasts_and_messages_go_out_at_their_app_rates_and_high_priority_ones_overtake_them() {
+    let redis = RedisServer::start();
+    // The app's broadcasts reach a device a second, its messages to devices two a second.
+    let rates = json!({"apps": {APP: {"rate": 2, "broadcast_rate": 1}}});
+    let (pylon, devices) = node(&redis, rates);
+    let fleet = Fleet::start(devices);
+    let names: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+    connected(&fleet, names.iter().map(|n| device(n)).collect());
+    for protocol in PROTOCOLS {
+        let broadcast = push(
+            protocol,
+            &pylon,
+            json!({"app_id": APP, "all": true, "data": "all"}),
+        );
+        waits(&fleet, "the broadcast's first device", |v| {
+            names.iter().any(|n| v.has(APP, n, &broadcast))
+        });
+        let urgent = push(
+            protocol,
+            &pylon,
+            json!({"app_id": APP, "device_ids": names, "priority": "high", "data": "now"}),
+        );
+        waits(&fleet, "the urgent message on every device", |v| {
+            names.iter().all(|n| v.has(APP, n, &urgent))
+        });
+        // The broadcast takes ten seconds to reach the ten devices: the urgent message
+        // overtook it on those it had not reached yet.
+        let overtaken = (names.iter())
+            .filter(|n| came_before(&fleet.ids(APP, n), &urgent, &broadcast))
+            .count();
+        assert!(
+            overtaken >= 3,
+            "{overtaken} devices had the urgent message first"
+        );
+        waits(&fleet, "the broadcast on every device", |v| {
+            names.iter().all(|n| v.has(APP, n, &broadcast))
+        });
+
+        // Six messages to one device go out at two a second; an urgent one overtakes them.
+        let queued: Vec<String> = (0..6)
+            .map(|i| {
+                push(
+                    protocol,
+                    &pylon,
+                    json!({"app_id": APP, "device_id": "d0", "data": i}),
+                )
+            })
+            .collect();
+        let urgent = push(
+            protocol,
+            &pylon,
+            json!({"app_id": APP, "device_id": "d0", "priority": "high", "data": "now"}),
+        );
+        waits(&fleet, "every message to d0", |v| {
+            queued
+                .iter()
+                .chain([&urgent])
+                .all(|id| v.has(APP, "d0", id))
+        });
+        let ids = fleet.ids(APP, "d0");
+        assert!(came_before(&ids, &urgent, &queued[5]), "{ids:?}");
+        assert!(
+            (queued.windows(2)).all(|pair| came_before(&ids, &pair[0], &pair[1])),
+            "the queued messages keep their order: {ids:?}"
+        );
+    }
 }
 
 #[test]
