@@ -22,6 +22,15 @@ impl FieldError {
         self.path = join_path(prefix, &self.path);
         self
     }
+
+    /// The first of a part's `errors`, seen from the document that holds the part at
+    /// `prefix` (`prefix: invalid` for an empty list, which no check returns).
+    pub fn first_within(errors: Vec<FieldError>, prefix: &str) -> Self {
+        match errors.into_iter().next() {
+            Some(first) => first.within(prefix),
+            None => FieldError::new(prefix, "invalid"),
+        }
+    }
 }
 
 impl fmt::Display for FieldError {

@@ -312,12 +312,7 @@ impl Compiler {
         let push = match &route.protocol {
             Some(protocol) if protocol.name == PUSH_PROTOCOL => {
                 let built = push_config(&protocol.conf)
-                    .map_err(|errors| {
-                        let first = errors.into_iter().next();
-                        first
-                            .unwrap_or_else(|| FieldError::new("", "invalid"))
-                            .within("protocol.conf")
-                    })
+                    .map_err(|errors| FieldError::first_within(errors, "protocol.conf"))
                     .and_then(|checked| {
                         let auth = self.plugins.push_auth_chain(id, route.plugins.as_ref())?;
                         PushGateway::new(checked, auth, &self.node, id)

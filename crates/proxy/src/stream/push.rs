@@ -73,12 +73,8 @@ impl PushGateway {
         node: &str,
         id: &str,
     ) -> Result<PushGateway, FieldError> {
-        let layout = config.layout().map_err(|errors| {
-            let first = errors.into_iter().next();
-            first
-                .unwrap_or_else(|| FieldError::new("layout", "invalid"))
-                .within("protocol.conf")
-        })?;
+        let layout = (config.layout())
+            .map_err(|errors| FieldError::first_within(errors, "protocol.conf"))?;
         let rates = Rates {
             delivery: config.delivery.clone(),
             apps: config.apps.clone(),

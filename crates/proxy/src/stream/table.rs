@@ -124,13 +124,8 @@ impl StreamTarget {
         let frames = match &route.protocol {
             _ if push.is_some() => None,
             Some(protocol) => {
-                let compiled = Frames::new(&protocol.conf, protos).map_err(|errors| {
-                    let first = errors.into_iter().next();
-                    first.map_or_else(
-                        || FieldError::new("protocol.conf", "invalid"),
-                        |e| e.within("protocol.conf"),
-                    )
-                })?;
+                let compiled = Frames::new(&protocol.conf, protos)
+                    .map_err(|errors| FieldError::first_within(errors, "protocol.conf"))?;
                 Some(Arc::new(compiled))
             }
             None => None,
