@@ -502,6 +502,9 @@ impl Store {
 
     /// Adds to a message's counts, in one call.
     pub async fn count(&self, id: &str, delta: CountDelta) -> Result<(), Error> {
+        if delta == CountDelta::default() {
+            return Ok(());
+        }
         let mut invocation = self.count.key(self.message_key(id));
         let fields = [
             ("targets", delta.targets),
@@ -509,15 +512,10 @@ impl Store {
             ("delivered", delta.delivered),
             ("expired", delta.expired),
         ];
-        let mut any = false;
         for (field, n) in fields.into_iter().filter(|(_, n)| *n > 0) {
             invocation.arg(field).arg(n);
-            any = true;
         }
-        if any {
-            self.redis.invoke::<i64>(&invocation).await?;
-        }
-        Ok(())
+        self.redis.invoke::<i64>(&invocation).await.map(drop)
     }
 
     /// A message and its counts; `None` once it is gone (past its retention) or never was.
