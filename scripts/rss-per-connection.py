@@ -193,6 +193,7 @@ def frame(command, body):
 
 
 def recv_exact(sock, n, index):
+    """Reads `n` bytes from device `index`'s socket; pylon closing it first ends the run."""
     data = b""
     while len(data) < n:
         chunk = sock.recv(n - len(data))
@@ -240,16 +241,8 @@ def device(addr, context, index, websocket=False):
         return ws_device(sock, index)
     auth = {"token": "device-key", "device_id": "d%d" % index, "app_id": "rss"}
     sock.sendall(frame(1, json.dumps(auth).encode()))
-    header = b""
-    while len(header) < 9:
-        chunk = sock.recv(9 - len(header))
-        if not chunk:
-            raise SystemExit("pylon closed device %d before auth_ok" % index)
-        header += chunk
-    length, command, _ = struct.unpack(">IBI", header)
-    body = b""
-    while len(body) < length:
-        body += sock.recv(length - len(body))
+    length, command, _ = struct.unpack(">IBI", recv_exact(sock, 9, index))
+    body = recv_exact(sock, length, index)
     if command != 2:
         raise SystemExit("device %d was refused: %s" % (index, body))
     return sock
