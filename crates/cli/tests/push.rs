@@ -107,9 +107,9 @@ fn push(protocol: Protocol, pylon: &Pylon, message: Value) -> String {
     res.json()["id"].as_str().unwrap().to_owned()
 }
 
-/// The message's counts once they are `expected` (they are written in batches), or the last
-/// ones read when they do not get there in time.
-fn wait_counts(protocol: Protocol, pylon: &Pylon, id: &str, expected: Value) -> Value {
+/// Waits for the message's counts to be `expected` (they are written in batches); fails
+/// with the last ones read when they do not get there in time.
+fn assert_counts(protocol: Protocol, pylon: &Pylon, id: &str, expected: &Value) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let res = api(
@@ -120,9 +120,13 @@ fn wait_counts(protocol: Protocol, pylon: &Pylon, id: &str, expected: Value) -> 
             &Value::Null,
         );
         let counts = res.json()["counts"].clone();
-        if counts == expected || std::time::Instant::now() >= deadline {
-            return counts;
+        if counts == *expected {
+            return;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counts of {id}: {counts}, expected {expected}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -167,7 +171,7 @@ fn a_push_to_a_device_reaches_it_once_and_counts_as_delivered() {
         );
         waits(&fleet, "the push", |view| view.has(APP, "d1", &id));
         let counts = json!({"targets": 1, "sent": 1, "delivered": 1, "expired": 0});
-        assert_eq!(wait_counts(protocol, &pylon, &id, counts.clone()), counts);
+        assert_counts(protocol, &pylon, &id, &counts);
         let got = fleet.received(APP, "d1");
         let pushed = got.iter().find(|r| r.id == id).unwrap();
         assert_eq!(pushed.data, json!({"title": "hello"}));
@@ -245,7 +249,7 @@ fn tags_and_expressions_and_all_reach_the_devices_they_name() {
             "another app's device"
         );
         let counts = json!({"targets": 2, "sent": 2, "delivered": 2, "expired": 0});
-        assert_eq!(wait_counts(protocol, &pylon, &vip, counts.clone()), counts);
+        assert_counts(protocol, &pylon, &vip, &counts);
     }
 }
 
@@ -279,10 +283,7 @@ fn unacknowledged_messages_are_sent_again_on_the_next_connection_and_acknowledge
     );
     assert_eq!((got[0].connection, got[1].connection), (1, 2));
     let counts = json!({"targets": 1, "sent": 2, "delivered": 1, "expired": 0});
-    assert_eq!(
-        wait_counts(Protocol::Http2, &pylon, &id, counts.clone()),
-        counts
-    );
+    assert_counts(Protocol::Http2, &pylon, &id, &counts);
     // Acknowledged now: a third connection is not sent it.
     assert!(fleet.disconnect(APP, "d1"));
     let marker = push(
@@ -318,10 +319,7 @@ fn messages_to_offline_devices_wait_until_their_ttl_then_count_as_expired() {
     );
     // The short one's TTL passes while its device is offline; the sweep counts it.
     let expired = json!({"targets": 1, "sent": 0, "delivered": 0, "expired": 1});
-    assert_eq!(
-        wait_counts(Protocol::Http1, &pylon, &short, expired.clone()),
-        expired
-    );
+    assert_counts(Protocol::Http1, &pylon, &short, &expired);
     let fleet = Fleet::start(devices);
     connected(&fleet, vec![device("later"), device("late")]);
     waits(&fleet, "the kept message", |v| v.has(APP, "later", &kept));
@@ -735,10 +733,7 @@ fn devices_speak_websocket_on_the_same_listener() {
             v.has(APP, "ws", &direct) && v.has(APP, "ws", &tagged)
         });
         let counts = json!({"targets": 1, "sent": 1, "delivered": 1, "expired": 0});
-        assert_eq!(
-            wait_counts(protocol, &pylon, &direct, counts.clone()),
-            counts
-        );
+        assert_counts(protocol, &pylon, &direct, &counts);
     }
     // Pings are answered as text too.
     waits(&fleet, "pongs", |v| v.state(APP, "ws").unwrap().pongs >= 2);
@@ -810,10 +805,7 @@ fn devices_connect_over_tls() {
         .write_all(&encode_json(6, 0, &json!({"id": id})))
         .unwrap();
     let counts = json!({"targets": 1, "sent": 1, "delivered": 1, "expired": 0});
-    assert_eq!(
-        wait_counts(Protocol::Http1, &pylon, &id, counts.clone()),
-        counts
-    );
+    assert_counts(Protocol::Http1, &pylon, &id, &counts);
 }
 
 #[test]
@@ -889,14 +881,8 @@ fn a_redis_cluster_holds_the_devices_and_messages_of_two_nodes() {
             .all(|n| v.has(APP, n, &direct) && v.has(APP, n, &tagged))
     });
     let counts = json!({"targets": 10, "sent": 10, "delivered": 10, "expired": 0});
-    assert_eq!(
-        wait_counts(Protocol::Http1, &first, &direct, counts.clone()),
-        counts
-    );
-    assert_eq!(
-        wait_counts(Protocol::Http2, &second, &tagged, counts.clone()),
-        counts
-    );
+    assert_counts(Protocol::Http1, &first, &direct, &counts);
+    assert_counts(Protocol::Http2, &second, &tagged, &counts);
     // Offline, then back on the other node: what waited comes.
     assert!(fleet.disconnect(APP, "d0"));
     let later = push(
